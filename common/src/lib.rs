@@ -1,0 +1,13 @@
+//! Types every Tessera crate shares: identifiers, schemas, the row codec, index keys and
+//! partitioning, and the structured errors carried on the wire.
+
+pub mod codec;
+pub mod key;
+pub mod schema;
+pub mod types;
+pub mod value;
+pub mod wire_error;
+
+pub use schema::{Column, ColumnType, Index, Schema, SchemaError, Ttl};
+pub use types::{Endpoint, Offset, Pid, Term, Tid};
+pub use value::Value;

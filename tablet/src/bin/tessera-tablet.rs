@@ -1,0 +1,109 @@
+//! `tessera-tablet`: a storage server. Flags follow OpenMLDB's names; `--conf` reads the
+//! same keys from a TOML file, and flags win.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use tessera_tablet::storage::FsyncPolicy;
+use tessera_tablet::TabletConfig;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tessera-tablet",
+    version,
+    about = "Tessera tablet server: stores partition replicas"
+)]
+struct Flags {
+    /// TOML file with any of the keys below (flags override it).
+    #[arg(long)]
+    conf: Option<PathBuf>,
+    /// host:port to listen on, e.g. 127.0.0.1:9527.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Directory holding the partition replicas.
+    #[arg(long)]
+    db_root_path: Option<PathBuf>,
+    /// ZooKeeper connect string (host:port[,host:port…]).
+    #[arg(long)]
+    zk_cluster: Option<String>,
+    /// Root path of this cluster in ZooKeeper.
+    #[arg(long)]
+    zk_root_path: Option<String>,
+    /// ZooKeeper session timeout in milliseconds.
+    #[arg(long)]
+    zk_session_timeout: Option<u64>,
+    /// When binlog writes are fsynced: every_write, group (default) or none.
+    #[arg(long)]
+    binlog_fsync: Option<FsyncPolicy>,
+    /// Size in bytes at which a binlog segment is rolled.
+    #[arg(long)]
+    binlog_segment_size: Option<u64>,
+    /// Largest encoded row a put accepts, in bytes (default 16 MiB).
+    #[arg(long)]
+    max_row_size: Option<usize>,
+    /// Seconds between TTL collections.
+    #[arg(long)]
+    gc_interval: Option<u64>,
+}
+
+fn config_from(flags: Flags) -> anyhow::Result<TabletConfig> {
+    let mut config = match &flags.conf {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            TabletConfig::from_toml(&text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("bad config file {}", path.display()))?
+        }
+        None => TabletConfig::default(),
+    };
+    macro_rules! set {
+        ($($flag:ident => $key:ident),* $(,)?) => {
+            $(if let Some(value) = flags.$flag { config.$key = value; })*
+        };
+    }
+    set!(
+        endpoint => endpoint,
+        db_root_path => db_root_path,
+        zk_cluster => zk_cluster,
+        zk_root_path => zk_root_path,
+        zk_session_timeout => zk_session_timeout_ms,
+        binlog_fsync => binlog_fsync,
+        binlog_segment_size => binlog_segment_size,
+        max_row_size => max_row_size,
+        gc_interval => gc_interval_secs,
+    );
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = config_from(Flags::parse())?;
+    config
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("invalid configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tablet")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(tessera_tablet::run(config, shutdown_signal()))
+}

@@ -1,0 +1,212 @@
+//! The partition replicas a tablet holds, keyed by `(tid, pid)`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use tessera_proto::tablet::{TableMeta, TableState, TableStatus};
+use tracing::{error, info, warn};
+
+use crate::error::{Result, TabletError};
+use crate::storage::error::io_error;
+use crate::storage::table::{now_ms, read_meta};
+use crate::storage::{Table, TableOptions};
+
+/// A replica that is on disk but could not be loaded; kept so status calls can say why.
+#[derive(Debug, Clone)]
+struct LoadFailure {
+    meta: Option<TableMeta>,
+    reason: String,
+}
+
+pub struct Catalog {
+    root: PathBuf,
+    options: TableOptions,
+    tables: RwLock<HashMap<(u32, u32), Arc<Table>>>,
+    failed: RwLock<HashMap<(u32, u32), LoadFailure>>,
+    /// Serialises create, load and drop so two of them never race on one directory.
+    admin: Mutex<()>,
+}
+
+fn replica_dir_name(tid: u32, pid: u32) -> String {
+    format!("{tid}_{pid}")
+}
+
+fn parse_replica_dir(name: &str) -> Option<(u32, u32)> {
+    let (tid, pid) = name.split_once('_')?;
+    Some((tid.parse().ok()?, pid.parse().ok()?))
+}
+
+impl Catalog {
+    /// Opens the catalog and loads every replica found under `root`. A replica that fails
+    /// to load is logged and reported by [`Catalog::statuses`]; the others still load.
+    pub fn open(root: &Path, options: TableOptions) -> Result<Catalog> {
+        fs::create_dir_all(root).map_err(io_error(root))?;
+        let catalog = Catalog {
+            root: root.to_path_buf(),
+            options,
+            tables: RwLock::default(),
+            failed: RwLock::default(),
+            admin: Mutex::new(()),
+        };
+        let mut found = Vec::new();
+        for entry in fs::read_dir(root).map_err(io_error(root))? {
+            let entry = entry.map_err(io_error(root))?;
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if let Some(id) = entry.file_name().to_str().and_then(parse_replica_dir) {
+                if is_dir {
+                    found.push(id);
+                }
+            }
+        }
+        found.sort_unstable();
+        for (tid, pid) in found {
+            let _ = catalog.load_locked(tid, pid);
+        }
+        Ok(catalog)
+    }
+
+    fn dir_of(&self, tid: u32, pid: u32) -> PathBuf {
+        self.root.join(replica_dir_name(tid, pid))
+    }
+
+    pub fn get(&self, tid: u32, pid: u32) -> Result<Arc<Table>> {
+        if let Some(table) = self.tables.read().get(&(tid, pid)) {
+            return Ok(table.clone());
+        }
+        match self.failed.read().get(&(tid, pid)) {
+            Some(failure) => Err(TabletError::LoadFailed {
+                tid,
+                pid,
+                reason: failure.reason.clone(),
+            }),
+            None => Err(TabletError::TableNotFound { tid, pid }),
+        }
+    }
+
+    /// Creates a new empty replica.
+    pub fn create(&self, meta: TableMeta) -> Result<Arc<Table>> {
+        let _admin = self.admin.lock();
+        let (tid, pid) = (meta.tid, meta.pid);
+        let dir = self.dir_of(tid, pid);
+        if self.tables.read().contains_key(&(tid, pid)) || dir.exists() {
+            return Err(TabletError::TableExists { tid, pid });
+        }
+        let created = Table::create(&dir, meta, self.options.clone());
+        let (table, _) = match created {
+            Ok(created) => created,
+            Err(e) => {
+                // Leave nothing half-made behind.
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e.into());
+            }
+        };
+        let table = Arc::new(table);
+        self.tables.write().insert((tid, pid), table.clone());
+        info!(tid, pid, name = %table.meta().name, "table created");
+        Ok(table)
+    }
+
+    /// Loads a replica that is on disk but not loaded (for example one that failed
+    /// before and was repaired, or one whose files were put in place by hand).
+    pub fn load(&self, tid: u32, pid: u32) -> Result<Arc<Table>> {
+        let _admin = self.admin.lock();
+        if self.tables.read().contains_key(&(tid, pid)) {
+            return Err(TabletError::TableExists { tid, pid });
+        }
+        self.load_locked(tid, pid)
+    }
+
+    fn load_locked(&self, tid: u32, pid: u32) -> Result<Arc<Table>> {
+        let dir = self.dir_of(tid, pid);
+        if !dir.is_dir() {
+            return Err(TabletError::TableNotFound { tid, pid });
+        }
+        match Table::open(&dir, self.options.clone()) {
+            Ok((table, report)) => {
+                if let Some(torn) = &report.torn_tail {
+                    warn!(tid, pid, file = %torn.file.display(), position = torn.position,
+                        bytes = torn.bytes_dropped, "a torn record was cut from the binlog tail");
+                }
+                let table = Arc::new(table);
+                self.failed.write().remove(&(tid, pid));
+                self.tables.write().insert((tid, pid), table.clone());
+                Ok(table)
+            }
+            Err(e) => {
+                error!(tid, pid, error = %e, "table failed to load");
+                let failure = LoadFailure {
+                    meta: read_meta(&dir).ok().flatten(),
+                    reason: e.to_string(),
+                };
+                self.failed.write().insert((tid, pid), failure);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Unloads a replica and moves its directory to `<root>/recycle/`, from where an
+    /// operator can still restore it.
+    pub fn drop_table(&self, tid: u32, pid: u32) -> Result<()> {
+        let _admin = self.admin.lock();
+        let table = self.tables.write().remove(&(tid, pid));
+        let was_failed = self.failed.write().remove(&(tid, pid)).is_some();
+        if table.is_none() && !was_failed {
+            return Err(TabletError::TableNotFound { tid, pid });
+        }
+        if let Some(table) = table {
+            table.close()?;
+        }
+        let recycle = self.root.join("recycle");
+        fs::create_dir_all(&recycle).map_err(io_error(&recycle))?;
+        let target = recycle.join(format!("{}_{}", replica_dir_name(tid, pid), now_ms()));
+        let dir = self.dir_of(tid, pid);
+        fs::rename(&dir, &target).map_err(io_error(&dir))?;
+        info!(tid, pid, recycled_to = %target.display(), "table dropped");
+        Ok(())
+    }
+
+    /// Status of every replica (or the ones matching `tid` / `pid`), failed ones included.
+    pub fn statuses(&self, tid: Option<u32>, pid: Option<u32>) -> Vec<TableStatus> {
+        let wanted = |t: u32, p: u32| tid.is_none_or(|x| x == t) && pid.is_none_or(|x| x == p);
+        let mut out: Vec<TableStatus> = self
+            .tables
+            .read()
+            .iter()
+            .filter(|((t, p), _)| wanted(*t, *p))
+            .map(|(_, table)| table.status())
+            .collect();
+        for (&(t, p), failure) in self.failed.read().iter() {
+            if wanted(t, p) {
+                let meta = failure.meta.clone().unwrap_or_default();
+                out.push(TableStatus {
+                    tid: t,
+                    pid: p,
+                    db: meta.db,
+                    name: meta.name,
+                    state: TableState::LoadFailed as i32,
+                    error: failure.reason.clone(),
+                    ..TableStatus::default()
+                });
+            }
+        }
+        out.sort_by_key(|s| (s.tid, s.pid));
+        out
+    }
+
+    pub fn tables(&self) -> Vec<Arc<Table>> {
+        self.tables.read().values().cloned().collect()
+    }
+
+    /// Makes every replica durable and stops their binlog flushers.
+    pub fn close_all(&self) {
+        for table in self.tables() {
+            if let Err(e) = table.close() {
+                let meta = table.meta();
+                error!(tid = meta.tid, pid = meta.pid, error = %e, "closing table failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Tablet configuration: a TOML file (`--conf`) and command-line flags with the same
+//! names; flags win. Every key has a default except `endpoint` and `db_root_path`.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use tessera_common::Endpoint;
+
+use crate::storage::{BinlogOptions, FsyncPolicy, TableOptions};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TabletConfig {
+    /// `host:port` the tablet listens on and registers as.
+    pub endpoint: String,
+    /// Where partition replicas live, one directory `<tid>_<pid>` each.
+    pub db_root_path: PathBuf,
+    /// ZooKeeper connect string; empty runs the tablet standalone.
+    pub zk_cluster: String,
+    pub zk_root_path: String,
+    pub zk_session_timeout_ms: u64,
+    /// `every_write`, `group` or `none`.
+    pub binlog_fsync: FsyncPolicy,
+    /// Bytes after which a binlog segment is closed and a new one started.
+    pub binlog_segment_size: u64,
+    /// `group`: the longest a write waits for others to share its fsync.
+    pub binlog_group_commit_interval_ms: u64,
+    /// `group`: fsync at once when this many writes are waiting.
+    pub binlog_group_commit_max_records: u64,
+    /// Largest encoded row a put accepts.
+    pub max_row_size: usize,
+    /// How often expired entries are collected.
+    pub gc_interval_secs: u64,
+    /// Upper bound on rows a scan or preview returns in one response.
+    pub scan_max_rows: usize,
+}
+
+impl Default for TabletConfig {
+    fn default() -> Self {
+        let binlog = BinlogOptions::default();
+        TabletConfig {
+            endpoint: String::new(),
+            db_root_path: PathBuf::new(),
+            zk_cluster: String::new(),
+            zk_root_path: "/tessera".into(),
+            zk_session_timeout_ms: 10_000,
+            binlog_fsync: binlog.fsync,
+            binlog_segment_size: binlog.segment_size,
+            binlog_group_commit_interval_ms: binlog.group_commit_interval.as_millis() as u64,
+            binlog_group_commit_max_records: binlog.group_commit_max_records,
+            max_row_size: 16 << 20,
+            gc_interval_secs: 60,
+            scan_max_rows: 100_000,
+        }
+    }
+}
+
+impl TabletConfig {
+    pub fn from_toml(text: &str) -> Result<TabletConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks every value; the message says which key is wrong and why.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.endpoint.is_empty() {
+            return Err("endpoint is required (host:port)".into());
+        }
+        Endpoint::parse(&self.endpoint)?;
+        if self.db_root_path.as_os_str().is_empty() {
+            return Err("db_root_path is required".into());
+        }
+        if self.binlog_segment_size < 4096 {
+            return Err(format!(
+                "binlog_segment_size {} is below the minimum of 4096 bytes",
+                self.binlog_segment_size
+            ));
+        }
+        if self.max_row_size == 0 || self.max_row_size > 512 << 20 {
+            return Err(format!(
+                "max_row_size {} must be between 1 and 512 MiB",
+                self.max_row_size
+            ));
+        }
+        if self.gc_interval_secs == 0 {
+            return Err("gc_interval_secs must be at least 1".into());
+        }
+        if self.scan_max_rows == 0 {
+            return Err("scan_max_rows must be at least 1".into());
+        }
+        if !self.zk_cluster.is_empty() && !self.zk_root_path.starts_with('/') {
+            return Err(format!(
+                "zk_root_path `{}` must start with /",
+                self.zk_root_path
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn table_options(&self) -> TableOptions {
+        TableOptions {
+            binlog: BinlogOptions {
+                fsync: self.binlog_fsync,
+                segment_size: self.binlog_segment_size,
+                group_commit_interval: std::time::Duration::from_millis(
+                    self.binlog_group_commit_interval_ms,
+                ),
+                group_commit_max_records: self.binlog_group_commit_max_records,
+            },
+            max_row_size: self.max_row_size,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_keys_and_validation() {
+        let config = TabletConfig::from_toml(
+            "endpoint = \"127.0.0.1:9527\"\ndb_root_path = \"/tmp/x\"\nbinlog_fsync = \"every_write\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.binlog_fsync, FsyncPolicy::EveryWrite);
+        assert_eq!(config.max_row_size, 16 << 20);
+        config.validate().unwrap();
+
+        assert!(TabletConfig::from_toml("no_such_key = 1")
+            .unwrap_err()
+            .contains("no_such_key"));
+        assert!(TabletConfig::from_toml("binlog_fsync = \"sometimes\"").is_err());
+        let mut bad = config.clone();
+        bad.endpoint = "nohost".into();
+        assert!(bad.validate().is_err());
+        let mut bad = config;
+        bad.binlog_segment_size = 10;
+        assert!(bad.validate().unwrap_err().contains("binlog_segment_size"));
+    }
+}

@@ -1,0 +1,61 @@
+//! Errors of the tablet server and their mapping onto wire statuses.
+
+use tessera_common::wire_error::{self, ErrorCode};
+use thiserror::Error;
+use tonic::Status;
+
+use crate::storage::StorageError;
+
+#[derive(Debug, Error)]
+pub enum TabletError {
+    #[error("table {tid} partition {pid} is not on this tablet")]
+    TableNotFound { tid: u32, pid: u32 },
+    #[error("table {tid} partition {pid} already exists on this tablet")]
+    TableExists { tid: u32, pid: u32 },
+    #[error("table {tid} partition {pid} failed to load: {reason}")]
+    LoadFailed { tid: u32, pid: u32, reason: String },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("the tablet is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+pub type Result<T, E = TabletError> = std::result::Result<T, E>;
+
+impl From<TabletError> for Status {
+    fn from(error: TabletError) -> Status {
+        let message = error.to_string();
+        match error {
+            TabletError::TableNotFound { .. } => {
+                wire_error::status(ErrorCode::TableNotFound, message)
+            }
+            TabletError::TableExists { .. } => wire_error::status(ErrorCode::TableExists, message),
+            TabletError::LoadFailed { .. } => {
+                wire_error::status(ErrorCode::PartitionUnavailable, message)
+            }
+            TabletError::InvalidArgument(_) => {
+                wire_error::status(ErrorCode::InvalidArgument, message)
+            }
+            TabletError::ShuttingDown => wire_error::status(ErrorCode::ShuttingDown, message),
+            TabletError::Storage(e) => storage_status(e, message),
+        }
+    }
+}
+
+fn storage_status(error: StorageError, message: String) -> Status {
+    match error {
+        StorageError::Row(row) => match row.column() {
+            Some(column) => wire_error::column_status(message, column),
+            None => wire_error::status(ErrorCode::InvalidArgument, message),
+        },
+        StorageError::RowTooLarge { .. } => wire_error::status(ErrorCode::RowTooLarge, message),
+        StorageError::UnknownIndex(_)
+        | StorageError::InvalidArgument(_)
+        | StorageError::Schema(_) => wire_error::status(ErrorCode::InvalidArgument, message),
+        StorageError::Corruption { .. } => wire_error::status(ErrorCode::Corruption, message),
+        StorageError::Io { .. } => wire_error::status(ErrorCode::Io, message),
+        StorageError::Failed(_) => wire_error::status(ErrorCode::PartitionUnavailable, message),
+    }
+}

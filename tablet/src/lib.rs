@@ -1,0 +1,11 @@
+//! The Tessera tablet: storage of partition replicas and the gRPC service over them.
+
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod server;
+pub mod service;
+pub mod storage;
+
+pub use config::TabletConfig;
+pub use server::run;

@@ -1,0 +1,102 @@
+//! Starting and stopping a tablet: load the replicas, serve gRPC, collect expired
+//! entries in the background, and on shutdown stop serving and make everything durable.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tessera_proto::tablet::tablet_server::TabletServer;
+use tracing::{info, warn};
+
+use crate::catalog::Catalog;
+use crate::config::TabletConfig;
+use crate::service::TabletService;
+use crate::storage::table::now_ms;
+
+/// Slack above `max_row_size` for the rest of a request.
+const MESSAGE_OVERHEAD: usize = 4 << 20;
+
+/// Runs a tablet until `shutdown` completes.
+pub async fn run(
+    config: TabletConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    config
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("invalid tablet configuration")?;
+    let addr: SocketAddr = tokio::net::lookup_host(&config.endpoint)
+        .await
+        .with_context(|| format!("cannot resolve endpoint {}", config.endpoint))?
+        .next()
+        .with_context(|| format!("endpoint {} resolves to nothing", config.endpoint))?;
+    if !config.zk_cluster.is_empty() {
+        // Registration in ZooKeeper comes with replication; until then the flags are
+        // accepted so deployment scripts need not change later.
+        warn!(zk_cluster = %config.zk_cluster, "ZooKeeper registration is not available yet; running standalone");
+    }
+
+    let root = config.db_root_path.clone();
+    let options = config.table_options();
+    let catalog = tokio::task::spawn_blocking(move || Catalog::open(&root, options))
+        .await
+        .context("loading tables panicked")??;
+    let catalog = Arc::new(catalog);
+    info!(tables = catalog.tables().len(), "tables loaded");
+
+    let (stop_gc, gc_stopped) = mpsc::channel::<()>();
+    let gc = {
+        let catalog = catalog.clone();
+        let interval = Duration::from_secs(config.gc_interval_secs);
+        std::thread::Builder::new()
+            .name("ttl-gc".into())
+            .spawn(move || run_gc(&catalog, interval, gc_stopped))
+            .context("spawning the TTL collector")?
+    };
+
+    let message_limit = config.max_row_size + MESSAGE_OVERHEAD;
+    let service = TabletServer::new(TabletService::new(catalog.clone(), config.scan_max_rows))
+        .max_decoding_message_size(message_limit)
+        .max_encoding_message_size(usize::MAX);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    info!(endpoint = %config.endpoint, db_root_path = %config.db_root_path.display(), "tablet serving");
+    let served = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(tokio_stream_listener(listener), shutdown)
+        .await;
+
+    info!("tablet stopping");
+    let _ = stop_gc.send(());
+    let _ = gc.join();
+    tokio::task::spawn_blocking(move || catalog.close_all()).await?;
+    info!("tablet stopped");
+    served.context("gRPC server failed")
+}
+
+fn tokio_stream_listener(
+    listener: tokio::net::TcpListener,
+) -> impl futures_core::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener)
+}
+
+fn run_gc(catalog: &Catalog, interval: Duration, stop: mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
+        for table in catalog.tables() {
+            let removed = table.gc(now_ms());
+            if removed > 0 {
+                let meta = table.meta();
+                info!(
+                    tid = meta.tid,
+                    pid = meta.pid,
+                    removed,
+                    "expired entries collected"
+                );
+            }
+        }
+    }
+}

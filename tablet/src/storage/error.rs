@@ -1,0 +1,45 @@
+//! Errors of the storage layer.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use tessera_common::codec::RowError;
+use tessera_common::SchemaError;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StorageError {
+    #[error("i/o error on {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    /// Data on disk failed a check. Never skipped silently: the replica refuses to load.
+    #[error("corrupt data in {} at byte {position}: {reason}", file.display())]
+    Corruption {
+        file: PathBuf,
+        position: u64,
+        reason: String,
+    },
+    /// An earlier write or fsync failed; the binlog accepts nothing more, because the
+    /// state of the file after a failed fsync is unknown.
+    #[error("binlog is unusable after an earlier failure: {0}")]
+    Failed(String),
+    #[error(transparent)]
+    Row(#[from] RowError),
+    #[error("invalid schema: {0}")]
+    Schema(#[from] SchemaError),
+    #[error("row of {size} bytes exceeds the limit of {limit} bytes")]
+    RowTooLarge { size: usize, limit: usize },
+    #[error("table has no index `{0}`")]
+    UnknownIndex(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// `map_err` helper: an io error on `path`.
+pub fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

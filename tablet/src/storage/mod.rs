@@ -1,0 +1,14 @@
+//! Storage of partition replicas: memtable, binlog, snapshots and the table that ties
+//! them together.
+
+pub mod binlog;
+pub mod crashsafe;
+pub mod entry;
+pub mod error;
+pub mod memtable;
+pub mod snapshot;
+pub mod table;
+
+pub use binlog::{BinlogOptions, FsyncPolicy};
+pub use error::{Result, StorageError};
+pub use table::{Table, TableOptions};

@@ -1,0 +1,478 @@
+//! One partition replica on disk and in memory: its metadata, memtable, binlog and
+//! snapshots, and the read and write paths over them.
+//!
+//! ```text
+//! <dir>/table_meta        TableMeta (crash-safe)
+//! <dir>/binlog/*.log      the binlog segments
+//! <dir>/snapshot/         MANIFEST and the current <offset>.snap
+//! ```
+//!
+//! Writes are serialised by the binlog lock: an entry is given its offset, appended and
+//! applied to the memtable under it, so the memtable always reflects a prefix of the
+//! log. The writer then waits for durability outside the lock.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use prost::Message;
+use tessera_common::{codec, key, Schema, Value};
+use tessera_proto::common::TermPair;
+use tessera_proto::tablet::{TableMeta, TableRole, TableState, TableStatus};
+use tracing::info;
+
+use super::binlog::{Binlog, BinlogOptions, Durability, Record, TornTail};
+use super::crashsafe;
+use super::entry::LogEntry;
+use super::error::{io_error, Result, StorageError};
+use super::memtable::{Found, Memtable};
+use super::snapshot;
+
+const META_FILE: &str = "table_meta";
+const META_MAGIC: [u8; 4] = *b"TSMT";
+const META_VERSION: u32 = 1;
+
+#[derive(Debug, Clone)]
+pub struct TableOptions {
+    pub binlog: BinlogOptions,
+    /// Largest encoded row accepted by `put`.
+    pub max_row_size: usize,
+}
+
+impl Default for TableOptions {
+    fn default() -> Self {
+        TableOptions {
+            binlog: BinlogOptions::default(),
+            max_row_size: 16 << 20,
+        }
+    }
+}
+
+/// What loading a replica found.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    pub snapshot_offset: u64,
+    pub snapshot_rows: u64,
+    pub replayed: u64,
+    pub torn_tail: Option<TornTail>,
+}
+
+/// The replica's log position at the time of a read or write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    pub term: u64,
+    pub offset: u64,
+}
+
+/// A decoded row with its ts in the index it was read from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowAt {
+    pub ts: i64,
+    pub values: Vec<Value>,
+}
+
+pub struct Table {
+    meta: TableMeta,
+    schema: Arc<Schema>,
+    dir: PathBuf,
+    options: TableOptions,
+    memtable: Memtable,
+    /// The binlog; its lock serialises writers.
+    writer: Mutex<Binlog>,
+    durability: Arc<Durability>,
+    term: AtomicU64,
+    term_history: Mutex<Vec<TermPair>>,
+    /// Offset of the last applied entry, readable without the writer lock.
+    last_offset: AtomicU64,
+    snapshot_offset: AtomicU64,
+    /// One snapshot at a time.
+    snapshot_lock: Mutex<()>,
+    making_snapshot: AtomicBool,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn meta_path(dir: &Path) -> PathBuf {
+    dir.join(META_FILE)
+}
+
+/// Reads a replica's `table_meta`; `None` when the directory holds no replica.
+pub fn read_meta(dir: &Path) -> Result<Option<TableMeta>> {
+    let path = meta_path(dir);
+    let Some((_version, body)) = crashsafe::read_framed(&path, META_MAGIC)? else {
+        return Ok(None);
+    };
+    TableMeta::decode(body.as_slice())
+        .map(Some)
+        .map_err(|e| StorageError::Corruption {
+            file: path,
+            position: 16,
+            reason: format!("table meta does not decode: {e}"),
+        })
+}
+
+impl Table {
+    /// Creates a new, empty replica in `dir` (which must not hold one already).
+    pub fn create(
+        dir: &Path,
+        mut meta: TableMeta,
+        options: TableOptions,
+    ) -> Result<(Table, LoadReport)> {
+        let schema = meta
+            .schema
+            .as_ref()
+            .ok_or_else(|| StorageError::InvalidArgument("table has no schema".into()))?;
+        // Validate before touching the disk, and store the normalised form.
+        let schema = Schema::from_proto(schema)?;
+        meta.schema = Some(schema.to_proto());
+        if meta.partition_num == 0 {
+            meta.partition_num = 1;
+        }
+        if meta.pid >= meta.partition_num {
+            return Err(StorageError::InvalidArgument(format!(
+                "pid {} is not below partition_num {}",
+                meta.pid, meta.partition_num
+            )));
+        }
+        if meta.term == 0 {
+            meta.term = 1;
+        }
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        crashsafe::fsync_parent(dir)?;
+        crashsafe::write_framed(
+            &meta_path(dir),
+            META_MAGIC,
+            META_VERSION,
+            &meta.encode_to_vec(),
+        )?;
+        Table::open(dir, options)
+    }
+
+    /// Loads a replica: its latest snapshot, then the binlog from the snapshot's offset.
+    pub fn open(dir: &Path, options: TableOptions) -> Result<(Table, LoadReport)> {
+        let meta = read_meta(dir)?.ok_or_else(|| StorageError::Corruption {
+            file: meta_path(dir),
+            position: 0,
+            reason: "missing table meta".into(),
+        })?;
+        let schema = Arc::new(Schema::from_proto(
+            meta.schema.as_ref().unwrap_or(&Default::default()),
+        )?);
+        let memtable = Memtable::new(schema.clone());
+        let mut report = LoadReport::default();
+
+        let snapshot_dir = dir.join("snapshot");
+        let manifest = snapshot::read_manifest(&snapshot_dir)?;
+        let mut term = meta.term.max(1);
+        let mut term_history = vec![TermPair {
+            term,
+            start_offset: 1,
+        }];
+        if let Some(manifest) = &manifest {
+            snapshot::load(&snapshot_dir, manifest, |offset, write_time, row| {
+                memtable
+                    .insert_encoded(offset, write_time, row)
+                    .map_err(|e| StorageError::Corruption {
+                        file: snapshot_dir.join(&manifest.data_file),
+                        position: 0,
+                        reason: format!("row at offset {offset} does not decode: {e}"),
+                    })
+            })?;
+            report.snapshot_offset = manifest.offset;
+            report.snapshot_rows = manifest.record_count;
+            term = term.max(manifest.term);
+            if !manifest.term_history.is_empty() {
+                term_history = manifest.term_history.clone();
+            }
+        }
+
+        let binlog_dir = dir.join("binlog");
+        let (binlog, open_report) = Binlog::open(
+            &binlog_dir,
+            options.binlog.clone(),
+            report.snapshot_offset + 1,
+            |record: Record<'_>| {
+                apply(&memtable, record.offset, record.payload).map_err(|e| {
+                    StorageError::Corruption {
+                        file: binlog_dir.clone(),
+                        position: 0,
+                        reason: format!("entry at offset {} cannot be applied: {e}", record.offset),
+                    }
+                })?;
+                Ok(())
+            },
+        )?;
+        report.replayed = open_report.records_replayed;
+        report.torn_tail = open_report.torn_tail;
+        term = term.max(open_report.last_term);
+
+        info!(
+            tid = meta.tid,
+            pid = meta.pid,
+            snapshot_offset = report.snapshot_offset,
+            replayed = report.replayed,
+            offset = open_report.last_offset,
+            "table loaded"
+        );
+        let table = Table {
+            schema,
+            dir: dir.to_path_buf(),
+            options,
+            memtable,
+            durability: binlog.durability(),
+            last_offset: AtomicU64::new(binlog.last_offset()),
+            writer: Mutex::new(binlog),
+            term: AtomicU64::new(term),
+            term_history: Mutex::new(term_history),
+            snapshot_offset: AtomicU64::new(report.snapshot_offset),
+            snapshot_lock: Mutex::new(()),
+            making_snapshot: AtomicBool::new(false),
+            meta,
+        };
+        Ok((table, report))
+    }
+
+    pub fn meta(&self) -> &TableMeta {
+        &self.meta
+    }
+
+    pub fn schema(&self) -> &Arc<Schema> {
+        &self.schema
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn version(&self) -> Version {
+        Version {
+            term: self.term.load(Ordering::Acquire),
+            offset: self.last_offset.load(Ordering::Acquire),
+        }
+    }
+
+    /// Appends an encoded entry, applies it, and waits until it is durable. Returns its offset and
+    /// what applying it returned.
+    fn write_payload(
+        &self,
+        payload: Vec<u8>,
+        apply_entry: impl FnOnce(u64) -> u64,
+    ) -> Result<(Version, u64)> {
+        let (version, applied) = {
+            let mut binlog = self.writer.lock();
+            let term = self.term.load(Ordering::Acquire);
+            let offset = binlog.append(term, &payload)?;
+            let applied = apply_entry(offset);
+            self.last_offset.store(offset, Ordering::Release);
+            (Version { term, offset }, applied)
+        };
+        self.durability.wait(version.offset)?;
+        Ok((version, applied))
+    }
+
+    /// Writes a whole row.
+    pub fn put(&self, values: &[Value]) -> Result<Version> {
+        let data = codec::encode(&self.schema, values)?;
+        if data.len() > self.options.max_row_size {
+            return Err(StorageError::RowTooLarge {
+                size: data.len(),
+                limit: self.options.max_row_size,
+            });
+        }
+        let write_time_ms = now_ms();
+        // Keys are computed (and a NULL key refused) before anything is logged.
+        let entries = self.memtable.index_entries(values, write_time_ms)?;
+        let payload = LogEntry::Put {
+            write_time_ms,
+            row: &data,
+        }
+        .encode();
+        self.write_payload(payload, |offset| {
+            self.memtable.insert(offset, write_time_ms, data, entries);
+            0
+        })
+        .map(|(version, _)| version)
+    }
+
+    /// Deletes every row whose key in `index` is `key`. Returns the version and the
+    /// number of rows removed.
+    pub fn delete(&self, index: &str, key_values: &[Value]) -> Result<(Version, u64)> {
+        let (position, key) = self.key_of(index, key_values)?;
+        let payload = LogEntry::Delete {
+            index: position as u16,
+            key: &key,
+        }
+        .encode();
+        self.write_payload(payload, |offset| {
+            self.memtable.delete_key(position, &key, offset)
+        })
+    }
+
+    fn key_of(&self, index: &str, key_values: &[Value]) -> Result<(usize, Vec<u8>)> {
+        let (position, ix) = self
+            .schema
+            .index(index)
+            .ok_or_else(|| StorageError::UnknownIndex(index.to_string()))?;
+        Ok((
+            position,
+            key::key_from_values(&self.schema, ix, key_values)?,
+        ))
+    }
+
+    fn decode(&self, found: Found) -> Result<RowAt> {
+        let values = codec::decode(&self.schema, &found.row.data)?;
+        Ok(RowAt {
+            ts: found.ts,
+            values,
+        })
+    }
+
+    /// The newest live row of a key, or the one at exactly `ts`.
+    pub fn get(
+        &self,
+        index: &str,
+        key_values: &[Value],
+        ts: Option<i64>,
+    ) -> Result<(Version, Option<RowAt>)> {
+        let version = self.version();
+        let (position, key) = self.key_of(index, key_values)?;
+        let found = self.memtable.get(position, &key, ts, now_ms());
+        Ok((version, found.map(|f| self.decode(f)).transpose()?))
+    }
+
+    /// Live rows of a key with `min_ts <= ts <= max_ts`, newest first.
+    pub fn scan(
+        &self,
+        index: &str,
+        key_values: &[Value],
+        max_ts: Option<i64>,
+        min_ts: Option<i64>,
+        limit: usize,
+    ) -> Result<(Version, Vec<RowAt>)> {
+        let version = self.version();
+        let (position, key) = self.key_of(index, key_values)?;
+        let rows = self
+            .memtable
+            .scan(position, &key, max_ts, min_ts, limit, now_ms());
+        let rows = rows
+            .into_iter()
+            .map(|f| self.decode(f))
+            .collect::<Result<_>>()?;
+        Ok((version, rows))
+    }
+
+    /// Live entries of a key, or of the whole index when `key_values` is empty.
+    pub fn count(&self, index: &str, key_values: &[Value]) -> Result<(Version, u64)> {
+        let version = self.version();
+        if key_values.is_empty() {
+            let (position, _) = self
+                .schema
+                .index(index)
+                .ok_or_else(|| StorageError::UnknownIndex(index.to_string()))?;
+            return Ok((version, self.memtable.count_index(position, now_ms())));
+        }
+        let (position, key) = self.key_of(index, key_values)?;
+        Ok((version, self.memtable.count_key(position, &key, now_ms())))
+    }
+
+    /// The first `limit` live rows in first-index order.
+    pub fn preview(&self, limit: usize) -> Result<(Version, Vec<RowAt>)> {
+        let version = self.version();
+        let rows = self.memtable.preview(limit, now_ms());
+        let rows = rows
+            .into_iter()
+            .map(|f| self.decode(f))
+            .collect::<Result<_>>()?;
+        Ok((version, rows))
+    }
+
+    /// Snapshots the memtable at the current offset and drops the binlog segments the
+    /// snapshot covers. Returns the snapshot's offset and row count.
+    pub fn make_snapshot(&self) -> Result<(u64, u64)> {
+        let _one_at_a_time = self.snapshot_lock.lock();
+        self.making_snapshot.store(true, Ordering::Release);
+        let result = self.make_snapshot_locked();
+        self.making_snapshot.store(false, Ordering::Release);
+        result
+    }
+
+    fn make_snapshot_locked(&self) -> Result<(u64, u64)> {
+        let snapshot_dir = self.dir.join("snapshot");
+        // Every entry up to `offset` is applied: they are applied under the writer lock.
+        let (offset, term) = {
+            let binlog = self.writer.lock();
+            (binlog.last_offset(), self.term.load(Ordering::Acquire))
+        };
+        if offset == self.snapshot_offset.load(Ordering::Acquire) {
+            if let Some(manifest) = snapshot::read_manifest(&snapshot_dir)? {
+                return Ok((manifest.offset, manifest.record_count));
+            }
+        }
+        // Rows written after `offset` are left out; rows deleted after it may be missing
+        // already, and replaying the log from `offset + 1` deletes them again anyway.
+        let rows = self.memtable.rows_through(offset);
+        let history = self.term_history.lock().clone();
+        let manifest = snapshot::write(&snapshot_dir, offset, term, history, &rows)?;
+        self.snapshot_offset.store(offset, Ordering::Release);
+        let removed = self.writer.lock().remove_segments_through(offset)?;
+        info!(
+            tid = self.meta.tid,
+            pid = self.meta.pid,
+            offset,
+            rows = manifest.record_count,
+            segments_removed = removed,
+            "snapshot made"
+        );
+        Ok((offset, manifest.record_count))
+    }
+
+    /// Drops expired entries. Returns how many were removed.
+    pub fn gc(&self, now_ms: i64) -> u64 {
+        self.memtable.gc(now_ms)
+    }
+
+    pub fn status(&self) -> TableStatus {
+        let version = self.version();
+        TableStatus {
+            tid: self.meta.tid,
+            pid: self.meta.pid,
+            db: self.meta.db.clone(),
+            name: self.meta.name.clone(),
+            offset: version.offset,
+            term: version.term,
+            role: TableRole::Leader as i32,
+            state: if self.making_snapshot.load(Ordering::Acquire) {
+                TableState::MakingSnapshot
+            } else {
+                TableState::Normal
+            } as i32,
+            record_count: self.memtable.record_count(),
+            memory_used_bytes: self.memtable.memory_used(),
+            snapshot_offset: self.snapshot_offset.load(Ordering::Acquire),
+            error: String::new(),
+        }
+    }
+
+    /// Makes everything written durable and stops the binlog's flusher.
+    pub fn close(&self) -> Result<()> {
+        self.writer.lock().close()
+    }
+}
+
+/// Applies one logged entry to the memtable (replay path; the live path applies the
+/// same change directly). Returns rows removed for a delete.
+fn apply(memtable: &Memtable, offset: u64, payload: &[u8]) -> Result<u64> {
+    match LogEntry::decode(payload)? {
+        LogEntry::Put { write_time_ms, row } => {
+            memtable.insert_encoded(offset, write_time_ms, row)?;
+            Ok(0)
+        }
+        LogEntry::Delete { index, key } => Ok(memtable.delete_key(usize::from(index), key, offset)),
+    }
+}
