@@ -19,7 +19,7 @@
 
 use thiserror::Error;
 
-use crate::schema::{ColumnType, Schema};
+use crate::schema::{Column, ColumnType, Schema};
 use crate::value::Value;
 
 pub const ROW_FORMAT_V1: u8 = 1;
@@ -73,23 +73,26 @@ pub fn validate(schema: &Schema, values: &[Value]) -> Result<(), RowError> {
         });
     }
     for (column, value) in schema.columns.iter().zip(values) {
-        match value.column_type() {
-            None if !column.nullable => {
-                return Err(RowError::NullNotAllowed {
-                    column: column.name.clone(),
-                })
-            }
-            Some(ty) if ty != column.ty => {
-                return Err(RowError::TypeMismatch {
-                    column: column.name.clone(),
-                    expected: column.ty.name(),
-                    got: ty.name(),
-                })
-            }
-            _ => {}
+        if value.is_null() && !column.nullable {
+            return Err(RowError::NullNotAllowed {
+                column: column.name.clone(),
+            });
         }
+        check_type(column, value)?;
     }
     Ok(())
+}
+
+/// A non-NULL value must have its column's type.
+pub(crate) fn check_type(column: &Column, value: &Value) -> Result<(), RowError> {
+    match value.column_type() {
+        Some(ty) if ty != column.ty => Err(RowError::TypeMismatch {
+            column: column.name.clone(),
+            expected: column.ty.name(),
+            got: ty.name(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Validates and encodes a row.
@@ -220,7 +223,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::schema::{Column, Index, Ttl};
+    use crate::schema::{Index, Ttl};
 
     fn value_of(ty: ColumnType) -> BoxedStrategy<Value> {
         match ty {

@@ -9,7 +9,7 @@
 //! FNV-1a uses offset basis `0xcbf29ce484222325` and prime `0x100000001b3`. This is part
 //! of the on-disk contract: changing it would send rows to the wrong partition.
 
-use crate::codec::RowError;
+use crate::codec::{self, RowError};
 use crate::schema::{Index, Schema};
 use crate::value::Value;
 
@@ -46,22 +46,14 @@ pub fn key_from_values(
     let mut key = Vec::new();
     for (&pos, value) in index.key_columns.iter().zip(values) {
         let column = &schema.columns[pos];
-        match value.column_type() {
-            None => {
-                return Err(RowError::NullKey {
-                    index: index.name.clone(),
-                    column: column.name.clone(),
-                })
-            }
-            Some(ty) if ty != column.ty => {
-                return Err(RowError::TypeMismatch {
-                    column: column.name.clone(),
-                    expected: column.ty.name(),
-                    got: ty.name(),
-                })
-            }
-            Some(_) => push_component(&mut key, value),
+        if value.is_null() {
+            return Err(RowError::NullKey {
+                index: index.name.clone(),
+                column: column.name.clone(),
+            });
         }
+        codec::check_type(column, value)?;
+        push_component(&mut key, value);
     }
     Ok(key)
 }

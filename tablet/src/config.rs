@@ -137,3 +137,21 @@ mod tests {
         assert!(bad.validate().unwrap_err().contains("binlog_segment_size"));
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// The example file documents every key; it must stay loadable and complete.
+    #[test]
+    fn example_config_loads_and_is_valid() {
+        let text = include_str!("../../conf/tablet.toml");
+        let config = TabletConfig::from_toml(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.endpoint, "127.0.0.1:9527");
+        assert_eq!(
+            config.binlog_segment_size,
+            TabletConfig::default().binlog_segment_size
+        );
+    }
+}

@@ -1,1 +1,12 @@
+//! Integration harness: real Tessera processes (and, for the cluster tests, a real
+//! ZooKeeper) on loopback ports, owned by guards that kill them on drop.
 
+pub mod process;
+pub mod tablet;
+pub mod wait;
+pub mod zookeeper;
+
+pub use process::{binary, free_port};
+pub use tablet::TabletProcess;
+pub use wait::{wait_until, wait_until_async};
+pub use zookeeper::ZooKeeper;

@@ -13,7 +13,8 @@ use tracing_subscriber::EnvFilter;
 #[command(
     name = "tessera-tablet",
     version,
-    about = "Tessera tablet server: stores partition replicas"
+    about = "Tessera tablet server: stores partition replicas",
+    rename_all = "snake_case"
 )]
 struct Flags {
     /// TOML file with any of the keys below (flags override it).

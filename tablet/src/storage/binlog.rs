@@ -42,9 +42,10 @@ const SEGMENT_SUFFIX: &str = ".log";
 pub enum FsyncPolicy {
     /// fsync after every append, before it is acknowledged.
     EveryWrite,
-    /// Group commit: a flusher thread fsyncs whatever has been appended, waiting at most
-    /// the group interval (or until the group's record cap) to gather more; writers are
-    /// acknowledged once their record is covered by an fsync.
+    /// Group commit: a flusher thread fsyncs whatever has been appended; writes that
+    /// arrive during one fsync are covered together by the next. Writers are
+    /// acknowledged once their record is covered by an fsync. An optional interval makes
+    /// the flusher wait to gather more (fewer fsyncs, more latency).
     #[default]
     Group,
     /// Never fsync explicitly (the OS writes back when it likes). Acknowledged once the
@@ -82,7 +83,7 @@ impl Default for BinlogOptions {
         BinlogOptions {
             fsync: FsyncPolicy::Group,
             segment_size: 64 << 20,
-            group_commit_interval: Duration::from_millis(1),
+            group_commit_interval: Duration::ZERO,
             group_commit_max_records: 256,
         }
     }
@@ -270,9 +271,12 @@ fn run_flusher(durability: Arc<Durability>, interval: Duration, max_records: u64
         if state.failure.is_some() || (state.shutdown && state.written == state.durable) {
             return;
         }
-        // Give other writers a moment to join this fsync.
+        // Optionally give other writers a moment to join this fsync. Without an
+        // interval, batches form by themselves from the writes that arrive while the
+        // previous fsync runs.
         let deadline = Instant::now() + interval;
-        while state.written - state.durable < max_records && !state.shutdown {
+        while !interval.is_zero() && state.written - state.durable < max_records && !state.shutdown
+        {
             if durability
                 .pending
                 .wait_until(&mut state, deadline)
@@ -710,11 +714,14 @@ mod tests {
         }
     }
 
+    /// A record seen during open: offset and payload.
+    type Seen = (u64, Vec<u8>);
+
     fn open_collect(
         dir: &Path,
         opts: BinlogOptions,
         start: u64,
-    ) -> Result<(Binlog, OpenReport, Vec<(u64, Vec<u8>)>)> {
+    ) -> Result<(Binlog, OpenReport, Vec<Seen>)> {
         let mut seen = Vec::new();
         let (binlog, report) = Binlog::open(dir, opts, start, |r| {
             seen.push((r.offset, r.payload.to_vec()));

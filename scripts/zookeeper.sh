@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# ZooKeeper from Debian's `zookeeper` package, for tests and the playground.
+#
+#   scripts/zookeeper.sh install            install the package if it is missing
+#   scripts/zookeeper.sh classpath          print the java class path of the server
+#   scripts/zookeeper.sh run DIR PORT       run a standalone server in the foreground,
+#                                           data and zoo.cfg under DIR, on 127.0.0.1:PORT
+set -euo pipefail
+
+JAR_DIR=/usr/share/java
+# The server's jars and what it loads at run time; one slf4j binding (simple, to stderr).
+JARS=(
+  zookeeper zookeeper-jute slf4j-api slf4j-simple commons-cli metrics-core snappy-java
+  netty-handler netty-common netty-buffer netty-transport netty-codec netty-resolver
+  netty-transport-native-epoll netty-transport-native-unix-common
+)
+
+install() {
+  if [[ -f $JAR_DIR/zookeeper.jar ]]; then
+    return 0
+  fi
+  echo "Installing ZooKeeper (Debian package zookeeper)..." >&2
+  local sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq zookeeper >/dev/null
+  [[ -f $JAR_DIR/zookeeper.jar ]] || { echo "zookeeper.jar still missing after install" >&2; exit 1; }
+}
+
+classpath() {
+  local cp="" jar
+  for jar in "${JARS[@]}"; do
+    [[ -f $JAR_DIR/$jar.jar ]] && cp+="${cp:+:}$JAR_DIR/$jar.jar"
+  done
+  echo "$cp"
+}
+
+run() {
+  local dir=$1 port=$2
+  mkdir -p "$dir/data"
+  cat > "$dir/zoo.cfg" <<CFG
+tickTime=200
+minSessionTimeout=400
+maxSessionTimeout=20000
+initLimit=10
+syncLimit=5
+dataDir=$dir/data
+clientPort=$port
+clientPortAddress=127.0.0.1
+admin.enableServer=false
+4lw.commands.whitelist=ruok,srvr,stat
+CFG
+  exec java -Xmx256m -cp "$(classpath)" org.apache.zookeeper.server.ZooKeeperServerMain "$dir/zoo.cfg"
+}
+
+case "${1:-}" in
+  install) install ;;
+  classpath) classpath ;;
+  run) shift; run "$@" ;;
+  *) echo "usage: $0 install | classpath | run DIR PORT" >&2; exit 2 ;;
+esac

@@ -1,0 +1,142 @@
+//! A `tessera-tablet` process under test.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use tessera_proto::tablet::tablet_client::TabletClient;
+use tessera_proto::tablet::GetTableStatusRequest;
+use tonic::transport::Channel;
+
+use crate::process::{self, binary, free_port, log_tail};
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running tablet; killed with SIGKILL when dropped.
+pub struct TabletProcess {
+    child: Option<Child>,
+    pub endpoint: String,
+    pub db_root_path: PathBuf,
+    pub log_path: PathBuf,
+    args: Vec<String>,
+    starts: u32,
+}
+
+impl TabletProcess {
+    /// Starts a tablet on a fresh loopback port with its data under `dir`, passing
+    /// `args` (e.g. `--binlog_fsync=group`) through, and waits until it serves.
+    pub async fn start(dir: &Path, args: &[&str]) -> TabletProcess {
+        let mut tablet = TabletProcess {
+            child: None,
+            endpoint: format!("127.0.0.1:{}", free_port()),
+            db_root_path: dir.join("db"),
+            log_path: dir.join("tablet.log"),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            starts: 0,
+        };
+        tablet.spawn().await;
+        tablet
+    }
+
+    async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "tablet already running");
+        self.starts += 1;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open tablet log");
+        let child = Command::new(binary("tessera-tablet"))
+            .arg(format!("--endpoint={}", self.endpoint))
+            .arg(format!("--db_root_path={}", self.db_root_path.display()))
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn tessera-tablet");
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(mut client) = TabletClient::connect(format!("http://{}", self.endpoint)).await
+            {
+                if client
+                    .get_table_status(GetTableStatusRequest::default())
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                panic!(
+                    "tablet exited with {status} during start-up:\n{}",
+                    log_tail(&self.log_path, 30)
+                );
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "tablet at {} not serving after {START_TIMEOUT:?}:\n{}",
+                    self.endpoint,
+                    log_tail(&self.log_path, 30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn client(&self) -> TabletClient<Channel> {
+        TabletClient::connect(format!("http://{}", self.endpoint))
+            .await
+            .expect("connect to tablet")
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20)
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            process::kill9(&mut child);
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit on its own.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("tablet is running");
+        process::signal(&child, libc::SIGTERM);
+        match process::wait_exit(&mut child, timeout) {
+            Some(status) => status,
+            None => {
+                process::kill9(&mut child);
+                panic!(
+                    "tablet ignored SIGTERM for {timeout:?}:\n{}",
+                    log_tail(&self.log_path, 30)
+                );
+            }
+        }
+    }
+
+    /// Starts the process again on the same endpoint and data directory.
+    pub async fn restart(&mut self) {
+        self.spawn().await;
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for TabletProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,457 @@
+//! A real `tessera-tablet` process: acknowledged writes survive `kill -9`, SIGTERM stops
+//! it cleanly, restarts reload every table, and bad input gets structured errors.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_common::wire_error::{detail_of, ErrorCode};
+use tessera_common::{ColumnType, Schema, Ttl, Value};
+use tessera_proto::tablet::tablet_client::TabletClient;
+use tessera_proto::tablet::*;
+use tessera_tests::{wait_until_async, TabletProcess};
+use tonic::transport::Channel;
+
+const ROWS: u64 = 100_000;
+const WRITERS: u64 = 16;
+
+/// `writer string, seq int64, v int64, pad string`, indexed by writer and ordered by seq:
+/// one scan per writer reads back everything it wrote.
+fn schema() -> Schema {
+    Schema::new(
+        &[
+            ("writer", ColumnType::String, false),
+            ("seq", ColumnType::Int64, false),
+            ("v", ColumnType::Int64, false),
+            ("pad", ColumnType::String, true),
+        ],
+        &[(&["writer"], Some("seq"), Ttl::NONE)],
+    )
+    .unwrap()
+}
+
+fn meta(tid: u32, pid: u32) -> TableMeta {
+    TableMeta {
+        tid,
+        pid,
+        db: "default".into(),
+        name: format!("t{tid}"),
+        schema: Some(schema().to_proto()),
+        partition_num: 4,
+        term: 1,
+    }
+}
+
+fn value_of(writer: u64, seq: u64) -> i64 {
+    (writer * 1_000_000_007 + seq * 31) as i64
+}
+
+fn put_request(tid: u32, writer: u64, seq: u64) -> PutRequest {
+    PutRequest {
+        tid,
+        pid: 0,
+        row: Some(Value::row_to_proto(&[
+            Value::String(format!("w{writer}")),
+            Value::Int64(seq as i64),
+            Value::Int64(value_of(writer, seq)),
+            Value::String("some padding to give rows a realistic size".into()),
+        ])),
+    }
+}
+
+async fn create(client: &mut TabletClient<Channel>, tid: u32, pid: u32) {
+    client
+        .create_table(CreateTableRequest {
+            meta: Some(meta(tid, pid)),
+        })
+        .await
+        .expect("create table");
+}
+
+/// Writes until `ROWS` are acknowledged, kills the tablet with SIGKILL while writes are
+/// still in flight, restarts it, and reads back every acknowledged row.
+async fn acknowledged_rows_survive_kill9(fsync: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tablet = TabletProcess::start(dir.path(), &[&format!("--binlog_fsync={fsync}")]).await;
+    let mut client = tablet.client().await;
+    create(&mut client, 1, 0).await;
+
+    let acked_total = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        // A few connections, shared by several writers each.
+        let mut client = if writer % 4 == 0 {
+            tablet.client().await
+        } else {
+            client.clone()
+        };
+        let acked_total = acked_total.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for seq in 0.. {
+                match client.put(put_request(1, writer, seq)).await {
+                    Ok(_) => {
+                        acked.push(seq);
+                        acked_total.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // The tablet was killed: this write and all later ones are unacknowledged.
+                    Err(_) => break,
+                }
+            }
+            acked
+        }));
+    }
+    let progress = acked_total.clone();
+    wait_until_async(
+        Duration::from_secs(300),
+        &format!("{ROWS} acknowledged writes"),
+        || {
+            let done = progress.load(Ordering::Relaxed) >= ROWS;
+            async move { done }
+        },
+    )
+    .await;
+    tablet.kill9();
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.push(w.await.unwrap());
+    }
+    let total: usize = acked.iter().map(Vec::len).sum();
+    assert!(total as u64 >= ROWS);
+
+    tablet.restart().await;
+    let mut client = tablet.client().await;
+    let status = client
+        .get_table_status(GetTableStatusRequest {
+            tid: Some(1),
+            pid: Some(0),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tables;
+    assert_eq!(status.len(), 1, "the table is reloaded after the restart");
+    assert!(
+        status[0].record_count >= total as u64,
+        "{} rows on disk, {total} acknowledged",
+        status[0].record_count
+    );
+
+    for (writer, acked) in acked.iter().enumerate() {
+        let response = client
+            .scan(ScanRequest {
+                tid: 1,
+                pid: 0,
+                key: vec![Value::String(format!("w{writer}")).to_proto()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut found = BTreeSet::new();
+        for row in &response.rows {
+            let values = Value::row_from_proto(row).unwrap();
+            let (Value::Int64(seq), Value::Int64(v)) = (&values[1], &values[2]) else {
+                panic!("unexpected row {values:?}");
+            };
+            assert_eq!(
+                *v,
+                value_of(writer as u64, *seq as u64),
+                "row content of w{writer}/{seq}"
+            );
+            found.insert(*seq as u64);
+        }
+        let missing: Vec<_> = acked
+            .iter()
+            .filter(|s| !found.contains(s))
+            .take(5)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "fsync={fsync}: writer {writer} lost acknowledged rows, e.g. {missing:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_rows_survive_kill9_with_every_write() {
+    acknowledged_rows_survive_kill9("every_write").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_rows_survive_kill9_with_group_commit() {
+    acknowledged_rows_survive_kill9("group").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_cleanly_and_restart_reloads_every_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tablet = TabletProcess::start(dir.path(), &["--binlog_fsync=none"]).await;
+    let mut client = tablet.client().await;
+    for pid in 0..3 {
+        create(&mut client, 2, pid).await;
+    }
+    for seq in 0..300 {
+        let mut request = put_request(2, seq % 3, seq);
+        request.pid = (seq % 3) as u32;
+        client.put(request).await.unwrap();
+    }
+    client
+        .make_snapshot(MakeSnapshotRequest { tid: 2, pid: 1 })
+        .await
+        .unwrap();
+
+    let status = tablet.terminate(Duration::from_secs(20));
+    assert!(status.success(), "SIGTERM exit status {status}");
+    assert!(
+        tablet.log().contains("tablet stopped"),
+        "clean stop is logged"
+    );
+
+    tablet.restart().await;
+    let mut client = tablet.client().await;
+    let tables = client
+        .get_table_status(GetTableStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .tables;
+    assert_eq!(tables.len(), 3);
+    for table in &tables {
+        assert_eq!(table.record_count, 100, "partition {}", table.pid);
+        assert_eq!(table.state, TableState::Normal as i32);
+        assert_eq!(table.role, TableRole::Leader as i32);
+        assert!(table.memory_used_bytes > 0);
+        assert_eq!(table.term, 1);
+    }
+    assert_eq!(tables[1].snapshot_offset, 100);
+    assert_eq!(tables[1].offset, 100);
+
+    let get = client
+        .get(GetRequest {
+            tid: 2,
+            pid: 1,
+            key: vec![Value::String("w1".into()).to_proto()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let row = Value::row_from_proto(&get.row.unwrap()).unwrap();
+    assert_eq!(row[1], Value::Int64(298), "newest row of w1");
+    assert_eq!(get.offset, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_works_and_bad_input_gets_structured_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let tablet = TabletProcess::start(dir.path(), &["--max_row_size=4096"]).await;
+    let mut client = tablet.client().await;
+    create(&mut client, 3, 0).await;
+    for seq in 0..10 {
+        client.put(put_request(3, 0, seq)).await.unwrap();
+    }
+    let key = vec![Value::String("w0".into()).to_proto()];
+
+    let count = client
+        .count(CountRequest {
+            tid: 3,
+            pid: 0,
+            key: key.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((count.count, count.offset, count.term), (10, 10, 1));
+
+    let at = client
+        .get(GetRequest {
+            tid: 3,
+            pid: 0,
+            key: key.clone(),
+            ts: Some(4),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(at.ts, 4);
+    let scan = client
+        .scan(ScanRequest {
+            tid: 3,
+            pid: 0,
+            key: key.clone(),
+            max_ts: Some(7),
+            min_ts: Some(3),
+            limit: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(scan.ts, vec![7, 6, 5]);
+    let preview = client
+        .preview(PreviewRequest {
+            tid: 3,
+            pid: 0,
+            limit: 4,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(preview.rows.len(), 4);
+
+    let deleted = client
+        .delete(DeleteRequest {
+            tid: 3,
+            pid: 0,
+            key: key.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((deleted.deleted, deleted.offset), (10, 11));
+    let gone = client
+        .get(GetRequest {
+            tid: 3,
+            pid: 0,
+            key: key.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(gone.row.is_none());
+
+    // Wrong type: the error names the column.
+    let mut bad = put_request(3, 0, 1);
+    bad.row.as_mut().unwrap().values[2] = Value::String("seven".into()).to_proto();
+    let status = client.put(bad).await.unwrap_err();
+    let detail = detail_of(&status).expect("structured error");
+    assert_eq!(detail.code(), ErrorCode::InvalidArgument);
+    assert_eq!(detail.column, "v");
+    assert!(
+        status
+            .message()
+            .contains("column `v` expects int64, got string"),
+        "{}",
+        status.message()
+    );
+
+    // Wrong column count.
+    let mut short = put_request(3, 0, 1);
+    short.row.as_mut().unwrap().values.pop();
+    let status = client.put(short).await.unwrap_err();
+    assert!(
+        status
+            .message()
+            .contains("3 values, the table has 4 columns"),
+        "{}",
+        status.message()
+    );
+
+    // Null key.
+    let mut null_key = put_request(3, 0, 1);
+    null_key.row.as_mut().unwrap().values[0] = Value::Null.to_proto();
+    let status = client.put(null_key).await.unwrap_err();
+    assert_eq!(detail_of(&status).unwrap().column, "writer");
+
+    // Missing key on a read.
+    let status = client
+        .get(GetRequest {
+            tid: 3,
+            pid: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        detail_of(&status).unwrap().code(),
+        ErrorCode::InvalidArgument
+    );
+
+    // Unknown table and partition.
+    let status = client.put(put_request(99, 0, 1)).await.unwrap_err();
+    assert_eq!(detail_of(&status).unwrap().code(), ErrorCode::TableNotFound);
+    let mut other_pid = put_request(3, 0, 1);
+    other_pid.pid = 2;
+    let status = client.put(other_pid).await.unwrap_err();
+    assert_eq!(detail_of(&status).unwrap().code(), ErrorCode::TableNotFound);
+
+    // Over the row size limit.
+    let mut huge = put_request(3, 0, 1);
+    huge.row.as_mut().unwrap().values[3] = Value::String("x".repeat(10_000)).to_proto();
+    let status = client.put(huge).await.unwrap_err();
+    assert_eq!(detail_of(&status).unwrap().code(), ErrorCode::RowTooLarge);
+    assert!(status.message().contains("4096"), "{}", status.message());
+
+    // Creating the same replica twice, and a schema that makes no sense.
+    let status = client
+        .create_table(CreateTableRequest {
+            meta: Some(meta(3, 0)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(detail_of(&status).unwrap().code(), ErrorCode::TableExists);
+    let mut no_index = meta(4, 0);
+    no_index.schema.as_mut().unwrap().indexes.clear();
+    let status = client
+        .create_table(CreateTableRequest {
+            meta: Some(no_index),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        status.message().contains("at least one index"),
+        "{}",
+        status.message()
+    );
+
+    // Drop, then the table is gone; loading it again finds nothing to load.
+    client
+        .drop_table(DropTableRequest { tid: 3, pid: 0 })
+        .await
+        .unwrap();
+    let status = client
+        .count(CountRequest {
+            tid: 3,
+            pid: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(detail_of(&status).unwrap().code(), ErrorCode::TableNotFound);
+    let status = client
+        .load_table(LoadTableRequest { tid: 3, pid: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(detail_of(&status).unwrap().code(), ErrorCode::TableNotFound);
+
+    // None of the refused writes reached the log of a surviving table.
+    create(&mut client, 5, 0).await;
+    let status = client
+        .put(PutRequest {
+            tid: 5,
+            pid: 0,
+            row: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        detail_of(&status).unwrap().code(),
+        ErrorCode::InvalidArgument
+    );
+    let tables = client
+        .get_table_status(GetTableStatusRequest {
+            tid: Some(5),
+            pid: Some(0),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tables;
+    assert_eq!(tables[0].offset, 0);
+}
