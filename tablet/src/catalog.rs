@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use tessera_proto::tablet::{TableMeta, TableState, TableStatus};
+use tessera_proto::common::TermPair;
+use tessera_proto::tablet::{ReplicaState, TableMeta, TableState, TableStatus};
 use tracing::{error, info, warn};
 
 use crate::error::{Result, TabletError};
 use crate::storage::error::io_error;
+use crate::storage::replica::write_replica_state;
 use crate::storage::table::{now_ms, read_meta};
 use crate::storage::{Table, TableOptions};
 
@@ -194,6 +196,83 @@ impl Catalog {
         }
         out.sort_by_key(|s| (s.tid, s.pid));
         out
+    }
+
+    /// Cuts a replica's binlog after `keep_through` and reloads it (divergence repair).
+    pub fn truncate_and_reload(&self, tid: u32, pid: u32, keep_through: u64) -> Result<Arc<Table>> {
+        let _admin = self.admin.lock();
+        let old = self.tables.write().remove(&(tid, pid));
+        let Some(old) = old else {
+            return Err(TabletError::TableNotFound { tid, pid });
+        };
+        old.close()?;
+        drop(old);
+        let binlog_dir = self.dir_of(tid, pid).join("binlog");
+        let removed = crate::storage::binlog::truncate_after(&binlog_dir, keep_through)?;
+        info!(
+            tid,
+            pid, keep_through, removed, "binlog truncated at the divergence point"
+        );
+        self.load_locked(tid, pid)
+    }
+
+    /// Where a snapshot being received for `(tid, pid)` is assembled.
+    pub fn incoming_dir(&self, tid: u32, pid: u32) -> PathBuf {
+        self.root
+            .join(format!("{}.incoming", replica_dir_name(tid, pid)))
+    }
+
+    /// Replaces a replica (if any) with the snapshot assembled in `incoming`, as a
+    /// follower in `state`'s term, and loads it.
+    pub fn install_snapshot(
+        &self,
+        tid: u32,
+        pid: u32,
+        incoming: &Path,
+        state: &ReplicaState,
+    ) -> Result<Arc<Table>> {
+        let _admin = self.admin.lock();
+        let dir = self.dir_of(tid, pid);
+        if let Some(old) = self.tables.write().remove(&(tid, pid)) {
+            old.close()?;
+        }
+        self.failed.write().remove(&(tid, pid));
+        if dir.exists() {
+            let recycle = self.root.join("recycle");
+            fs::create_dir_all(&recycle).map_err(io_error(&recycle))?;
+            let target = recycle.join(format!("{}_{}", replica_dir_name(tid, pid), now_ms()));
+            fs::rename(&dir, &target).map_err(io_error(&dir))?;
+        }
+        write_replica_state(incoming, state)?;
+        fs::rename(incoming, &dir).map_err(io_error(incoming))?;
+        crate::storage::crashsafe::fsync_dir(&self.root)?;
+        info!(tid, pid, term = state.term, leader = %state.leader, "snapshot installed");
+        self.load_locked(tid, pid)
+    }
+
+    /// (last term, last offset, term history) of a replica, read from its files when it
+    /// is not loaded.
+    pub fn term_pair(&self, tid: u32, pid: u32) -> Result<(u64, u64, bool, Vec<TermPair>)> {
+        if let Ok(table) = self.get(tid, pid) {
+            let (term, offset) = table.term_pair();
+            return Ok((term, offset, true, table.term_history()));
+        }
+        let dir = self.dir_of(tid, pid);
+        if !dir.is_dir() {
+            return Err(TabletError::TableNotFound { tid, pid });
+        }
+        let manifest = crate::storage::snapshot::read_manifest(&dir.join("snapshot"))?;
+        let from_log = crate::storage::binlog::last_record(&dir.join("binlog"))?;
+        let (term, offset) = match (from_log, &manifest) {
+            (Some(pair), _) => pair,
+            (None, Some(m)) => (
+                crate::replication::history::term_at(&m.term_history, m.offset),
+                m.offset,
+            ),
+            (None, None) => (0, 0),
+        };
+        let history = manifest.map(|m| m.term_history).unwrap_or_default();
+        Ok((term, offset, false, history))
     }
 
     pub fn tables(&self) -> Vec<Arc<Table>> {

@@ -33,6 +33,8 @@ pub struct TabletConfig {
     pub gc_interval_secs: u64,
     /// Upper bound on rows a scan or preview returns in one response.
     pub scan_max_rows: usize,
+    /// How long a quorum write waits for a majority before failing.
+    pub quorum_timeout_ms: u64,
 }
 
 impl Default for TabletConfig {
@@ -51,6 +53,7 @@ impl Default for TabletConfig {
             max_row_size: 16 << 20,
             gc_interval_secs: 60,
             scan_max_rows: 100_000,
+            quorum_timeout_ms: 10_000,
         }
     }
 }
@@ -84,6 +87,15 @@ impl TabletConfig {
         if self.gc_interval_secs == 0 {
             return Err("gc_interval_secs must be at least 1".into());
         }
+        if self.quorum_timeout_ms == 0 {
+            return Err("quorum_timeout_ms must be at least 1".into());
+        }
+        if !self.zk_cluster.is_empty() && self.zk_session_timeout_ms < 400 {
+            return Err(format!(
+                "zk_session_timeout_ms {} is below ZooKeeper's minimum of 400",
+                self.zk_session_timeout_ms
+            ));
+        }
         if self.scan_max_rows == 0 {
             return Err("scan_max_rows must be at least 1".into());
         }
@@ -107,6 +119,9 @@ impl TabletConfig {
                 group_commit_max_records: self.binlog_group_commit_max_records,
             },
             max_row_size: self.max_row_size,
+            quorum_timeout: std::time::Duration::from_millis(self.quorum_timeout_ms),
+            // In a cluster a restarted replica waits for the nameserver to say who leads.
+            restore_leadership: self.zk_cluster.is_empty(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Errors of the tablet server and their mapping onto wire statuses.
 
-use tessera_common::wire_error::{self, ErrorCode};
+use tessera_common::wire_error::{self, ErrorCode, ErrorDetail};
 use thiserror::Error;
 use tonic::Status;
 
@@ -56,6 +56,21 @@ fn storage_status(error: StorageError, message: String) -> Status {
         | StorageError::Schema(_) => wire_error::status(ErrorCode::InvalidArgument, message),
         StorageError::Corruption { .. } => wire_error::status(ErrorCode::Corruption, message),
         StorageError::Io { .. } => wire_error::status(ErrorCode::Io, message),
-        StorageError::Failed(_) => wire_error::status(ErrorCode::PartitionUnavailable, message),
+        StorageError::Failed(_) | StorageError::Unavailable(_) => {
+            wire_error::status(ErrorCode::PartitionUnavailable, message)
+        }
+        StorageError::NotLeader { leader, term } => wire_error::status_from_detail(ErrorDetail {
+            code: ErrorCode::NotLeader as i32,
+            message,
+            leader,
+            term,
+            ..Default::default()
+        }),
+        StorageError::StaleTerm { current, .. } => wire_error::status_from_detail(ErrorDetail {
+            code: ErrorCode::StaleTerm as i32,
+            message,
+            term: current,
+            ..Default::default()
+        }),
     }
 }

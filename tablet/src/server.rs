@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::catalog::Catalog;
 use crate::config::TabletConfig;
+use crate::replication::leader::Replicators;
 use crate::service::TabletService;
 use crate::storage::table::now_ms;
 
@@ -57,10 +58,18 @@ pub async fn run(
             .context("spawning the TTL collector")?
     };
 
+    let replicators = Replicators::new(catalog.clone(), config.endpoint.clone());
+    for table in catalog.tables() {
+        replicators.sync_table(&table);
+    }
+
     let message_limit = config.max_row_size + MESSAGE_OVERHEAD;
-    let service = TabletServer::new(TabletService::new(catalog.clone(), config.scan_max_rows))
-        .max_decoding_message_size(message_limit)
-        .max_encoding_message_size(usize::MAX);
+    let service = TabletServer::new(TabletService::new(
+        replicators.clone(),
+        config.scan_max_rows,
+    ))
+    .max_decoding_message_size(message_limit)
+    .max_encoding_message_size(usize::MAX);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -71,6 +80,7 @@ pub async fn run(
         .await;
 
     info!("tablet stopping");
+    replicators.stop_all();
     let _ = stop_gc.send(());
     let _ = gc.join();
     tokio::task::spawn_blocking(move || catalog.close_all()).await?;

@@ -9,22 +9,47 @@ use tessera_proto::tablet::tablet_server::Tablet;
 use tessera_proto::tablet::*;
 use tonic::{Request, Response, Status};
 
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+
 use crate::catalog::Catalog;
 use crate::error::{Result as TabletResult, TabletError};
+use crate::replication::leader::Replicators;
+use crate::replication::transfer;
+use crate::storage::replica::{AppendOutcome, RoleChange};
 use crate::storage::table::RowAt;
 use crate::storage::Table;
 
 pub struct TabletService {
     catalog: Arc<Catalog>,
+    replicators: Arc<Replicators>,
     scan_max_rows: usize,
 }
 
 impl TabletService {
-    pub fn new(catalog: Arc<Catalog>, scan_max_rows: usize) -> TabletService {
+    pub fn new(replicators: Arc<Replicators>, scan_max_rows: usize) -> TabletService {
         TabletService {
-            catalog,
+            catalog: replicators.catalog().clone(),
+            replicators,
             scan_max_rows,
         }
+    }
+
+    /// Runs a role-changing call on a table, then brings its replicators in line.
+    async fn with_table<T: Send + 'static>(
+        &self,
+        tid: u32,
+        pid: u32,
+        work: impl FnOnce(&Table) -> TabletResult<T> + Send + 'static,
+    ) -> Result<(Arc<Table>, T), Status> {
+        let table = self.table(tid, pid)?;
+        let worker = table.clone();
+        let result = blocking(move || work(&worker)).await;
+        self.replicators.sync_table(&table);
+        Ok((table, result?))
     }
 
     fn table(&self, tid: u32, pid: u32) -> Result<Arc<Table>, Status> {
@@ -139,6 +164,7 @@ impl Tablet for TabletService {
         let key = key_values(&request.key)?;
         let limit = self.limit(request.limit);
         let (version, rows) = blocking(move || {
+            table.check_readable(request.min_offset)?;
             Ok(table.scan(&request.index, &key, request.max_ts, request.min_ts, limit)?)
         })
         .await?;
@@ -158,7 +184,11 @@ impl Tablet for TabletService {
         let request = request.into_inner();
         let table = self.table(request.tid, request.pid)?;
         let key = key_values(&request.key)?;
-        let (version, count) = blocking(move || Ok(table.count(&request.index, &key)?)).await?;
+        let (version, count) = blocking(move || {
+            table.check_readable(request.min_offset)?;
+            Ok(table.count(&request.index, &key)?)
+        })
+        .await?;
         Ok(Response::new(CountResponse {
             count,
             term: version.term,
@@ -173,7 +203,11 @@ impl Tablet for TabletService {
         let request = request.into_inner();
         let table = self.table(request.tid, request.pid)?;
         let limit = self.limit(request.limit);
-        let (version, rows) = blocking(move || Ok(table.preview(limit)?)).await?;
+        let (version, rows) = blocking(move || {
+            table.check_readable(0)?;
+            Ok(table.preview(limit)?)
+        })
+        .await?;
         let (rows, _) = rows_out(rows);
         Ok(Response::new(PreviewResponse {
             rows,
@@ -222,5 +256,232 @@ impl Tablet for TabletService {
             }
         }
         Ok(Response::new(GetTableStatusResponse { tables }))
+    }
+
+    type AppendEntriesStream =
+        Pin<Box<dyn Stream<Item = Result<AppendEntriesResponse, Status>> + Send>>;
+
+    async fn append_entries(
+        &self,
+        request: Request<tonic::Streaming<AppendEntriesRequest>>,
+    ) -> Result<Response<Self::AppendEntriesStream>, Status> {
+        let mut incoming = request.into_inner();
+        let (responses, outgoing) = mpsc::channel(4);
+        let replicators = self.replicators.clone();
+        tokio::spawn(async move {
+            // One leader's requests, handled in order.
+            while let Ok(Some(request)) = incoming.message().await {
+                let response = follower_append(&replicators, request).await;
+                if responses.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(outgoing))))
+    }
+
+    async fn change_role(
+        &self,
+        request: Request<ChangeRoleRequest>,
+    ) -> Result<Response<ChangeRoleResponse>, Status> {
+        let request = request.into_inner();
+        let change = RoleChange {
+            role: request.role(),
+            term: request.term,
+            followers: request.followers,
+            leader: request.leader,
+        };
+        if change.term == 0 {
+            return Err(TabletError::InvalidArgument("change role needs a term".into()).into());
+        }
+        let (table, ()) = self
+            .with_table(request.tid, request.pid, move |t| {
+                Ok(t.change_role(&change)?)
+            })
+            .await?;
+        Ok(Response::new(ChangeRoleResponse {
+            status: Some(table.status()),
+        }))
+    }
+
+    async fn add_replica(
+        &self,
+        request: Request<AddReplicaRequest>,
+    ) -> Result<Response<AddReplicaResponse>, Status> {
+        let AddReplicaRequest { tid, pid, endpoint } = request.into_inner();
+        tessera_common::Endpoint::parse(&endpoint).map_err(TabletError::InvalidArgument)?;
+        self.with_table(tid, pid, move |t| Ok(t.set_follower(&endpoint, true)?))
+            .await?;
+        Ok(Response::new(AddReplicaResponse {}))
+    }
+
+    async fn del_replica(
+        &self,
+        request: Request<DelReplicaRequest>,
+    ) -> Result<Response<DelReplicaResponse>, Status> {
+        let DelReplicaRequest { tid, pid, endpoint } = request.into_inner();
+        self.with_table(tid, pid, move |t| Ok(t.set_follower(&endpoint, false)?))
+            .await?;
+        Ok(Response::new(DelReplicaResponse {}))
+    }
+
+    async fn fence(
+        &self,
+        request: Request<FenceRequest>,
+    ) -> Result<Response<FenceResponse>, Status> {
+        let FenceRequest { tid, pid, term } = request.into_inner();
+        let (_, (last_term, last_offset)) = self
+            .with_table(tid, pid, move |t| Ok(t.fence(term)?))
+            .await?;
+        Ok(Response::new(FenceResponse {
+            last_term,
+            last_offset,
+            term,
+        }))
+    }
+
+    async fn get_term_pair(
+        &self,
+        request: Request<GetTermPairRequest>,
+    ) -> Result<Response<GetTermPairResponse>, Status> {
+        let GetTermPairRequest { tid, pid } = request.into_inner();
+        let catalog = self.catalog.clone();
+        let (last_term, last_offset, loaded, term_history) =
+            blocking(move || catalog.term_pair(tid, pid)).await?;
+        Ok(Response::new(GetTermPairResponse {
+            last_term,
+            last_offset,
+            loaded,
+            term_history,
+        }))
+    }
+
+    async fn pause_snapshot(
+        &self,
+        request: Request<PauseSnapshotRequest>,
+    ) -> Result<Response<PauseSnapshotResponse>, Status> {
+        let PauseSnapshotRequest { tid, pid } = request.into_inner();
+        let table = self.table(tid, pid)?;
+        blocking(move || {
+            table.pause_snapshots();
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(PauseSnapshotResponse {}))
+    }
+
+    async fn recover_snapshot(
+        &self,
+        request: Request<RecoverSnapshotRequest>,
+    ) -> Result<Response<RecoverSnapshotResponse>, Status> {
+        let RecoverSnapshotRequest { tid, pid } = request.into_inner();
+        self.table(tid, pid)?.resume_snapshots();
+        Ok(Response::new(RecoverSnapshotResponse {}))
+    }
+
+    async fn send_snapshot(
+        &self,
+        request: Request<SendSnapshotRequest>,
+    ) -> Result<Response<SendSnapshotResponse>, Status> {
+        let SendSnapshotRequest { tid, pid, endpoint } = request.into_inner();
+        tessera_common::Endpoint::parse(&endpoint).map_err(TabletError::InvalidArgument)?;
+        let table = self.table(tid, pid)?;
+        let state = table.replica_state();
+        let leader = if state.role() == TableRole::Leader {
+            self.replicators.endpoint().to_string()
+        } else {
+            state.leader.clone()
+        };
+        let offset = transfer::send_snapshot(table, state.term, &leader, &endpoint)
+            .await
+            .map_err(|e| Status::from(TabletError::InvalidArgument(e)))?;
+        Ok(Response::new(SendSnapshotResponse { offset }))
+    }
+
+    async fn receive_snapshot(
+        &self,
+        request: Request<tonic::Streaming<SnapshotChunk>>,
+    ) -> Result<Response<ReceiveSnapshotResponse>, Status> {
+        let table = transfer::receive_snapshot(self.catalog.clone(), request.into_inner()).await?;
+        self.replicators.sync_table(&table);
+        Ok(Response::new(ReceiveSnapshotResponse {
+            offset: table.snapshot_offset(),
+        }))
+    }
+
+    async fn get_follower_status(
+        &self,
+        request: Request<GetFollowerStatusRequest>,
+    ) -> Result<Response<GetFollowerStatusResponse>, Status> {
+        let GetFollowerStatusRequest { tid, pid } = request.into_inner();
+        let table = self.table(tid, pid)?;
+        Ok(Response::new(GetFollowerStatusResponse {
+            leader_offset: table.last_offset(),
+            commit_offset: table.commit_offset(),
+            term: table.replica_state().term,
+            followers: self.replicators.follower_status(&table),
+        }))
+    }
+}
+
+/// Handles one AppendEntries request on the follower.
+async fn follower_append(
+    replicators: &Arc<Replicators>,
+    request: AppendEntriesRequest,
+) -> AppendEntriesResponse {
+    let (tid, pid) = (request.tid, request.pid);
+    let respond = |result: AppendResult, term: u64, last_offset: u64, message: String| {
+        AppendEntriesResponse {
+            result: result as i32,
+            term,
+            last_offset,
+            message,
+        }
+    };
+    let table = match replicators.catalog().get(tid, pid) {
+        Ok(table) => table,
+        Err(e) => return respond(AppendResult::Unavailable, 0, 0, e.to_string()),
+    };
+    let worker = table.clone();
+    let outcome = tokio::task::spawn_blocking(move || worker.handle_append(&request)).await;
+    // The request may have turned a leader into a follower: stop its links.
+    replicators.sync_table(&table);
+    let term = table.replica_state().term;
+    match outcome {
+        Ok(Ok(AppendOutcome::Appended(last))) => {
+            respond(AppendResult::Ok, term, last, String::new())
+        }
+        Ok(Ok(AppendOutcome::Mismatch(last))) => {
+            respond(AppendResult::Mismatch, term, last, String::new())
+        }
+        Ok(Ok(AppendOutcome::StaleTerm(current))) => respond(
+            AppendResult::StaleTerm,
+            current,
+            table.last_offset(),
+            String::new(),
+        ),
+        Ok(Ok(AppendOutcome::NeedSnapshot)) => respond(
+            AppendResult::NeedSnapshot,
+            term,
+            table.last_offset(),
+            String::new(),
+        ),
+        Ok(Ok(AppendOutcome::Truncate(keep))) => {
+            let catalog = replicators.catalog().clone();
+            match tokio::task::spawn_blocking(move || catalog.truncate_and_reload(tid, pid, keep))
+                .await
+            {
+                Ok(Ok(_)) => respond(AppendResult::Mismatch, term, keep, String::new()),
+                Ok(Err(e)) => respond(AppendResult::Unavailable, term, 0, e.to_string()),
+                Err(e) => respond(AppendResult::Unavailable, term, 0, e.to_string()),
+            }
+        }
+        Ok(Err(e)) => respond(
+            AppendResult::Unavailable,
+            term,
+            table.last_offset(),
+            e.to_string(),
+        ),
+        Err(e) => respond(AppendResult::Unavailable, term, 0, e.to_string()),
     }
 }

@@ -40,6 +40,7 @@ fn meta(tid: u32, pid: u32) -> TableMeta {
         schema: Some(schema().to_proto()),
         partition_num: 4,
         term: 1,
+        ..TableMeta::default()
     }
 }
 
@@ -454,4 +455,68 @@ async fn every_rpc_works_and_bad_input_gets_structured_errors() {
         .into_inner()
         .tables;
     assert_eq!(tables[0].offset, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_gc_collects_expired_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let tablet = TabletProcess::start(dir.path(), &["--gc_interval=1"]).await;
+    let mut client = tablet.client().await;
+    let schema = Schema::new(
+        &[
+            ("k", ColumnType::String, false),
+            ("seq", ColumnType::Int64, false),
+        ],
+        &[(&["k"], Some("seq"), Ttl::Latest { count: 2 })],
+    )
+    .unwrap();
+    let mut table = meta(6, 0);
+    table.schema = Some(schema.to_proto());
+    client
+        .create_table(CreateTableRequest { meta: Some(table) })
+        .await
+        .unwrap();
+    for seq in 0..5 {
+        let row = Value::row_to_proto(&[Value::String("k".into()), Value::Int64(seq)]);
+        client
+            .put(PutRequest {
+                tid: 6,
+                pid: 0,
+                row: Some(row),
+            })
+            .await
+            .unwrap();
+    }
+    // Reads hide the expired entries at once; the collector removes them soon after.
+    let count = client
+        .count(CountRequest {
+            tid: 6,
+            pid: 0,
+            key: vec![Value::String("k".into()).to_proto()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(count.count, 2);
+    wait_until_async(
+        Duration::from_secs(20),
+        "the TTL collector to drop 3 entries",
+        || {
+            let mut client = client.clone();
+            async move {
+                let status = client
+                    .get_table_status(GetTableStatusRequest {
+                        tid: Some(6),
+                        pid: Some(0),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                status.tables[0].record_count == 2
+            }
+        },
+    )
+    .await;
+    assert!(tablet.log().contains("expired entries collected"));
 }

@@ -254,8 +254,10 @@ impl Durability {
     }
 
     fn check(&self) -> Result<()> {
-        match &self.state.lock().failure {
+        let state = self.state.lock();
+        match &state.failure {
             Some(failure) => Err(StorageError::Failed(failure.clone())),
+            None if state.shutdown => Err(StorageError::Failed("binlog closed".into())),
             None => Ok(()),
         }
     }
@@ -510,8 +512,19 @@ impl Binlog {
     /// Appends one record and returns its offset. The record is handed to the OS; wait
     /// on [`Binlog::durability`] for it to be durable.
     pub fn append(&mut self, term: u64, payload: &[u8]) -> Result<u64> {
+        self.append_at(term, self.next_offset, payload)
+    }
+
+    /// Appends a record whose offset was assigned elsewhere (a follower taking its
+    /// leader's records). The offset must be the next one.
+    pub fn append_at(&mut self, term: u64, offset: u64, payload: &[u8]) -> Result<u64> {
         self.durability.check()?;
-        let offset = self.next_offset;
+        if offset != self.next_offset {
+            return Err(StorageError::InvalidArgument(format!(
+                "record offset {offset} does not continue the binlog at {}",
+                self.next_offset
+            )));
+        }
         let record_len = (RECORD_HEADER_LEN + payload.len()) as u64;
         if self.file_len > 0 && self.file_len + record_len > self.options.segment_size {
             self.roll(offset)?;
@@ -636,7 +649,7 @@ impl Binlog {
 
     /// Stops the flusher after a last fsync. Idempotent.
     pub fn close(&mut self) -> Result<()> {
-        let synced = if self.durability.check().is_ok() {
+        let synced = if self.durability.state.lock().failure.is_none() {
             self.sync()
         } else {
             Ok(())
@@ -680,6 +693,212 @@ fn truncate_torn_tail(path: &Path, position: u64, bytes_dropped: u64) -> Result<
         position,
         bytes_dropped,
     })
+}
+
+/// Cuts a closed binlog after `offset`: later segments are deleted and the segment
+/// holding `offset` is truncated right after its record. Returns how many records were
+/// removed.
+pub fn truncate_after(dir: &Path, offset: u64) -> Result<u64> {
+    let mut removed = 0;
+    let segments = list_segments(dir)?;
+    for segment in segments.iter().rev() {
+        if segment.first_offset > offset {
+            removed += read_segment(&segment.path)?.len() as u64;
+            fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
+            continue;
+        }
+        let bytes = fs::read(&segment.path).map_err(io_error(&segment.path))?;
+        let mut pos = 0;
+        let mut expected = segment.first_offset;
+        while pos < bytes.len() && expected <= offset {
+            let Ok((_, len)) = decode_record(&bytes[pos..]) else {
+                break;
+            };
+            pos += len;
+            expected += 1;
+        }
+        if pos < bytes.len() {
+            let mut rest = pos;
+            while let Ok((_, len)) = decode_record(&bytes[rest..]) {
+                removed += 1;
+                rest += len;
+                if rest >= bytes.len() {
+                    break;
+                }
+            }
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&segment.path)
+                .map_err(io_error(&segment.path))?;
+            file.set_len(pos as u64).map_err(io_error(&segment.path))?;
+            file.sync_all().map_err(io_error(&segment.path))?;
+        }
+        break;
+    }
+    crashsafe::fsync_dir(dir)?;
+    Ok(removed)
+}
+
+fn read_segment(path: &Path) -> Result<Vec<(u64, u64, Vec<u8>)>> {
+    let bytes = fs::read(path).map_err(io_error(path))?;
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let (record, len) =
+            decode_record(&bytes[pos..]).map_err(|fault| StorageError::Corruption {
+                file: path.to_path_buf(),
+                position: pos as u64,
+                reason: format!("{fault:?}"),
+            })?;
+        out.push((record.term, record.offset, record.payload.to_vec()));
+        pos += len;
+    }
+    Ok(out)
+}
+
+/// (term, offset) of the last complete record in a binlog directory, read without
+/// modifying anything; `None` when it holds no record.
+pub fn last_record(dir: &Path) -> Result<Option<(u64, u64)>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    for segment in list_segments(dir)?.iter().rev() {
+        let bytes = fs::read(&segment.path).map_err(io_error(&segment.path))?;
+        let mut pos = 0;
+        let mut last = None;
+        while let Ok((record, len)) = decode_record(&bytes[pos..]) {
+            last = Some((record.term, record.offset));
+            pos += len;
+        }
+        if last.is_some() {
+            return Ok(last);
+        }
+    }
+    Ok(None)
+}
+
+/// One record read back for shipping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedRecord {
+    pub term: u64,
+    pub offset: u64,
+    pub payload: Vec<u8>,
+}
+
+/// Reads records in offset order from a binlog that may be growing, with its own file
+/// handle (so the writer is never blocked). Every record's CRC is checked.
+pub struct BinlogReader {
+    dir: PathBuf,
+    next: u64,
+    /// The open segment, positioned at the record `next`.
+    file: Option<std::io::BufReader<File>>,
+}
+
+/// Why a reader cannot go on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// The binlog no longer holds the wanted offset (collected after a snapshot).
+    NotRetained { wanted: u64 },
+}
+
+impl BinlogReader {
+    /// A reader whose first record will be `next`.
+    pub fn new(dir: &Path, next: u64) -> BinlogReader {
+        BinlogReader {
+            dir: dir.to_path_buf(),
+            next,
+            file: None,
+        }
+    }
+
+    pub fn next_offset(&self) -> u64 {
+        self.next
+    }
+
+    /// Opens the segment holding `next` and skips to it.
+    fn position(&mut self) -> Result<std::result::Result<(), ReadError>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let segments = list_segments(&self.dir)?;
+        let Some(segment) = segments.iter().rev().find(|s| s.first_offset <= self.next) else {
+            return Ok(Err(ReadError::NotRetained { wanted: self.next }));
+        };
+        if segments.first().is_some_and(|s| s.first_offset > self.next) {
+            return Ok(Err(ReadError::NotRetained { wanted: self.next }));
+        }
+        let file = File::open(&segment.path).map_err(io_error(&segment.path))?;
+        let mut reader = std::io::BufReader::with_capacity(256 << 10, file);
+        let mut offset = segment.first_offset;
+        let mut header = [0u8; RECORD_HEADER_LEN];
+        while offset < self.next {
+            reader
+                .read_exact(&mut header)
+                .map_err(io_error(&segment.path))?;
+            let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+            reader
+                .seek(SeekFrom::Current(i64::from(len)))
+                .map_err(io_error(&segment.path))?;
+            offset += 1;
+        }
+        self.file = Some(reader);
+        Ok(Ok(()))
+    }
+
+    /// Reads the records from `next` through `upto` (which must already be written),
+    /// stopping after about `max_bytes` of payload.
+    pub fn read(
+        &mut self,
+        upto: u64,
+        max_bytes: usize,
+    ) -> Result<std::result::Result<Vec<OwnedRecord>, ReadError>> {
+        use std::io::Read;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while self.next <= upto && bytes < max_bytes {
+            if self.file.is_none() {
+                if let Err(e) = self.position()? {
+                    return Ok(Err(e));
+                }
+            }
+            let reader = self.file.as_mut().expect("positioned");
+            let mut header = [0u8; RECORD_HEADER_LEN];
+            match reader.read_exact(&mut header) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    // End of this segment: the record lives in the next one.
+                    self.file = None;
+                    continue;
+                }
+                Err(e) => return Err(io_error(&self.dir)(e)),
+            }
+            let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+            let mut record = header.to_vec();
+            record.resize(RECORD_HEADER_LEN + len, 0);
+            reader
+                .read_exact(&mut record[RECORD_HEADER_LEN..])
+                .map_err(io_error(&self.dir))?;
+            let (decoded, _) =
+                decode_record(&record).map_err(|fault| StorageError::Corruption {
+                    file: self.dir.clone(),
+                    position: 0,
+                    reason: format!("record {} while shipping: {fault:?}", self.next),
+                })?;
+            if decoded.offset != self.next {
+                return Err(StorageError::Corruption {
+                    file: self.dir.clone(),
+                    position: 0,
+                    reason: format!("expected record {}, found {}", self.next, decoded.offset),
+                });
+            }
+            bytes += len;
+            out.push(OwnedRecord {
+                term: decoded.term,
+                offset: decoded.offset,
+                payload: decoded.payload.to_vec(),
+            });
+            self.next += 1;
+        }
+        Ok(Ok(out))
+    }
 }
 
 /// Reads every record of a binlog directory without modifying it (diagnostics, tests).
@@ -964,6 +1183,52 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("expected 2"), "{err}");
+    }
+
+    #[test]
+    fn reader_follows_a_growing_log_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut binlog, _, _) =
+            open_collect(dir.path(), options(FsyncPolicy::None, 200), 1).unwrap();
+        write_n(&mut binlog, 10);
+        let mut reader = BinlogReader::new(dir.path(), 3);
+        let first = reader.read(10, usize::MAX).unwrap().unwrap();
+        assert_eq!(
+            first.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            (3..=10).collect::<Vec<_>>()
+        );
+        assert_eq!(first[0].payload, b"payload-2");
+        write_n(&mut binlog, 30);
+        let rest = reader.read(40, usize::MAX).unwrap().unwrap();
+        assert_eq!(rest.first().unwrap().offset, 11);
+        assert_eq!(rest.last().unwrap().offset, 40);
+        // A byte budget bounds a batch.
+        let mut small = BinlogReader::new(dir.path(), 1);
+        assert!(small.read(40, 20).unwrap().unwrap().len() < 5);
+        // Collected offsets are reported, not invented.
+        binlog.remove_segments_through(20).unwrap();
+        let mut gone = BinlogReader::new(dir.path(), 1);
+        assert_eq!(
+            gone.read(40, usize::MAX).unwrap(),
+            Err(ReadError::NotRetained { wanted: 1 })
+        );
+    }
+
+    #[test]
+    fn truncate_after_cuts_records_and_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut binlog, _, _) =
+            open_collect(dir.path(), options(FsyncPolicy::None, 200), 1).unwrap();
+        write_n(&mut binlog, 40);
+        drop(binlog);
+        assert_eq!(truncate_after(dir.path(), 23).unwrap(), 17);
+        let (mut binlog, report, seen) =
+            open_collect(dir.path(), options(FsyncPolicy::None, 200), 1).unwrap();
+        assert_eq!(report.last_offset, 23);
+        assert_eq!(seen.len(), 23);
+        assert!(report.torn_tail.is_none());
+        assert_eq!(binlog.append(2, b"new").unwrap(), 24);
+        assert!(binlog.append_at(2, 26, b"gap").is_err());
     }
 
     #[test]

@@ -32,6 +32,15 @@ pub enum StorageError {
     UnknownIndex(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// Writes go to the leader; `leader` is empty when this replica does not know it.
+    #[error("this replica is not the leader (leader: {}, term {term})", if leader.is_empty() { "unknown" } else { leader })]
+    NotLeader { leader: String, term: u64 },
+    /// A request from an older term: its sender has been superseded.
+    #[error("term {got} is older than this replica's term {current}")]
+    StaleTerm { current: u64, got: u64 },
+    /// The replica cannot serve this now (quorum not reached, lease lost, behind).
+    #[error("partition unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

@@ -6,6 +6,7 @@ pub mod crashsafe;
 pub mod entry;
 pub mod error;
 pub mod memtable;
+pub mod replica;
 pub mod snapshot;
 pub mod table;
 

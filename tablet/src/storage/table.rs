@@ -12,15 +12,17 @@
 //! log. The writer then waits for durability outside the lock.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use prost::Message;
 use tessera_common::{codec, key, Schema, Value};
 use tessera_proto::common::TermPair;
-use tessera_proto::tablet::{TableMeta, TableRole, TableState, TableStatus};
+use tessera_proto::tablet::{
+    ReplicaState, ReplicationMode, TableMeta, TableRole, TableState, TableStatus,
+};
 use tracing::info;
 
 use super::binlog::{Binlog, BinlogOptions, Durability, Record, TornTail};
@@ -28,7 +30,10 @@ use super::crashsafe;
 use super::entry::LogEntry;
 use super::error::{io_error, Result, StorageError};
 use super::memtable::{Found, Memtable};
+use super::replica::read_replica_state;
 use super::snapshot;
+use crate::replication::history;
+use crate::replication::quorum::Quorum;
 
 const META_FILE: &str = "table_meta";
 const META_MAGIC: [u8; 4] = *b"TSMT";
@@ -39,6 +44,12 @@ pub struct TableOptions {
     pub binlog: BinlogOptions,
     /// Largest encoded row accepted by `put`.
     pub max_row_size: usize,
+    /// How long a quorum write waits for a majority before it is answered with an error.
+    pub quorum_timeout: Duration,
+    /// Whether a replica that was leader before a restart is leader again on load. True
+    /// for a standalone tablet; in a cluster a restarted replica waits to be told its
+    /// role, since another may have been promoted meanwhile.
+    pub restore_leadership: bool,
 }
 
 impl Default for TableOptions {
@@ -46,6 +57,8 @@ impl Default for TableOptions {
         TableOptions {
             binlog: BinlogOptions::default(),
             max_row_size: 16 << 20,
+            quorum_timeout: Duration::from_secs(10),
+            restore_leadership: true,
         }
     }
 }
@@ -74,22 +87,41 @@ pub struct RowAt {
 }
 
 pub struct Table {
-    meta: TableMeta,
+    pub(super) meta: TableMeta,
     schema: Arc<Schema>,
     dir: PathBuf,
-    options: TableOptions,
-    memtable: Memtable,
-    /// The binlog; its lock serialises writers.
-    writer: Mutex<Binlog>,
-    durability: Arc<Durability>,
-    term: AtomicU64,
-    term_history: Mutex<Vec<TermPair>>,
+    pub(super) options: TableOptions,
+    pub(super) memtable: Memtable,
+    /// The binlog; its lock serialises writers. Lock order: writer, then replica.
+    pub(super) writer: Mutex<Binlog>,
+    pub(super) durability: Arc<Durability>,
+    /// Role, term and peers (persisted in `replica_state`), and whether the lease was lost.
+    pub(super) replica: Mutex<ReplicaRuntime>,
+    /// Mirror of the replica's term for lock-free reads of the version.
+    pub(super) term: AtomicU64,
+    /// The log's term history, derived from its records (and the snapshot's manifest).
+    pub(super) history: Mutex<Vec<TermPair>>,
     /// Offset of the last applied entry, readable without the writer lock.
-    last_offset: AtomicU64,
-    snapshot_offset: AtomicU64,
+    pub(super) last_offset: AtomicU64,
+    pub(super) snapshot_offset: AtomicU64,
     /// One snapshot at a time.
-    snapshot_lock: Mutex<()>,
+    pub(super) snapshot_lock: Mutex<()>,
     making_snapshot: AtomicBool,
+    /// Non-zero while snapshots are paused (a snapshot is being sent to another tablet,
+    /// or an operator paused them): no new snapshot, and no binlog collection.
+    pub(super) snapshot_pauses: AtomicUsize,
+    pub(super) quorum: Quorum,
+    /// The last appended offset, for replicators waiting for new records.
+    pub(super) appended: tokio::sync::watch::Sender<u64>,
+}
+
+/// A replica's role as it stands now.
+#[derive(Debug, Clone)]
+pub struct ReplicaRuntime {
+    pub state: ReplicaState,
+    /// The tablet lost its ZooKeeper lease while leading: it serves nothing as leader
+    /// until it is told its role again.
+    pub fenced: bool,
 }
 
 pub fn now_ms() -> i64 {
@@ -170,10 +202,7 @@ impl Table {
         let snapshot_dir = dir.join("snapshot");
         let manifest = snapshot::read_manifest(&snapshot_dir)?;
         let mut term = meta.term.max(1);
-        let mut term_history = vec![TermPair {
-            term,
-            start_offset: 1,
-        }];
+        let mut term_history: Vec<TermPair> = Vec::new();
         if let Some(manifest) = &manifest {
             snapshot::load(&snapshot_dir, manifest, |offset, write_time, row| {
                 memtable
@@ -187,9 +216,8 @@ impl Table {
             report.snapshot_offset = manifest.offset;
             report.snapshot_rows = manifest.record_count;
             term = term.max(manifest.term);
-            if !manifest.term_history.is_empty() {
-                term_history = manifest.term_history.clone();
-            }
+            term_history = manifest.term_history.clone();
+            history::truncate(&mut term_history, manifest.offset);
         }
 
         let binlog_dir = dir.join("binlog");
@@ -198,7 +226,7 @@ impl Table {
             options.binlog.clone(),
             report.snapshot_offset + 1,
             |record: Record<'_>| {
-                apply(&memtable, record.offset, record.payload).map_err(|e| {
+                apply_entry(&memtable, record.offset, record.payload).map_err(|e| {
                     StorageError::Corruption {
                         file: binlog_dir.clone(),
                         position: 0,
@@ -211,6 +239,25 @@ impl Table {
         report.replayed = open_report.records_replayed;
         report.torn_tail = open_report.torn_tail;
         term = term.max(open_report.last_term);
+
+        let mut state = read_replica_state(dir)?.unwrap_or_else(|| ReplicaState {
+            term,
+            role: meta.role,
+            followers: Vec::new(),
+            leader: meta.leader.clone(),
+        });
+        state.term = state.term.max(term);
+        if state.role() == TableRole::Leader && !options.restore_leadership {
+            // Someone else may lead by now: wait to be told.
+            state.role = TableRole::Follower as i32;
+            state.leader.clear();
+            state.followers.clear();
+        }
+        let quorum = Quorum::default();
+        if state.role() == TableRole::Leader {
+            quorum.set_followers(&state.followers);
+        }
+        quorum.set_local(binlog.last_offset());
 
         info!(
             tid = meta.tid,
@@ -227,12 +274,19 @@ impl Table {
             memtable,
             durability: binlog.durability(),
             last_offset: AtomicU64::new(binlog.last_offset()),
+            appended: tokio::sync::watch::Sender::new(binlog.last_offset()),
             writer: Mutex::new(binlog),
-            term: AtomicU64::new(term),
-            term_history: Mutex::new(term_history),
+            term: AtomicU64::new(state.term),
+            replica: Mutex::new(ReplicaRuntime {
+                state,
+                fenced: false,
+            }),
+            history: Mutex::new(term_history),
             snapshot_offset: AtomicU64::new(report.snapshot_offset),
             snapshot_lock: Mutex::new(()),
             making_snapshot: AtomicBool::new(false),
+            snapshot_pauses: AtomicUsize::new(0),
+            quorum,
             meta,
         };
         Ok((table, report))
@@ -266,14 +320,40 @@ impl Table {
     ) -> Result<(Version, u64)> {
         let (version, applied) = {
             let mut binlog = self.writer.lock();
-            let term = self.term.load(Ordering::Acquire);
+            // Checked under the writer lock, so once a fence or role change returns, no
+            // record of the old term can follow.
+            let term = self.writable_term()?;
             let offset = binlog.append(term, &payload)?;
+            history::note_record(&mut self.history.lock(), term, offset);
             let applied = apply_entry(offset);
             self.last_offset.store(offset, Ordering::Release);
+            self.appended.send_replace(offset);
             (Version { term, offset }, applied)
         };
         self.durability.wait(version.offset)?;
+        self.await_commit(version.offset)?;
         Ok((version, applied))
+    }
+
+    /// Quorum mode: wait until a majority holds `offset`.
+    fn await_commit(&self, offset: u64) -> Result<()> {
+        self.quorum.set_local(self.durability.durable_offset());
+        if self.mode() == ReplicationMode::Async {
+            return Ok(());
+        }
+        self.quorum
+            .wait(offset, self.options.quorum_timeout)
+            .map_err(|t| {
+                StorageError::Unavailable(format!(
+                "offset {offset} was not acknowledged by a majority within {:?} (committed: {}); \
+                 it may still be applied",
+                self.options.quorum_timeout, t.commit
+            ))
+            })
+    }
+
+    pub fn mode(&self) -> ReplicationMode {
+        self.meta.mode()
     }
 
     /// Writes a whole row.
@@ -409,6 +489,12 @@ impl Table {
             let binlog = self.writer.lock();
             (binlog.last_offset(), self.term.load(Ordering::Acquire))
         };
+        if self.snapshot_pauses.load(Ordering::Acquire) > 0 {
+            return Err(StorageError::Unavailable(
+                "snapshots are paused (a snapshot is being sent, or PauseSnapshot was called)"
+                    .into(),
+            ));
+        }
         if offset == self.snapshot_offset.load(Ordering::Acquire) {
             if let Some(manifest) = snapshot::read_manifest(&snapshot_dir)? {
                 return Ok((manifest.offset, manifest.record_count));
@@ -417,10 +503,21 @@ impl Table {
         // Rows written after `offset` are left out; rows deleted after it may be missing
         // already, and replaying the log from `offset + 1` deletes them again anyway.
         let rows = self.memtable.rows_through(offset);
-        let history = self.term_history.lock().clone();
+        let history = self.history.lock().clone();
         let manifest = snapshot::write(&snapshot_dir, offset, term, history, &rows)?;
         self.snapshot_offset.store(offset, Ordering::Release);
-        let removed = self.writer.lock().remove_segments_through(offset)?;
+        // Keep every record a follower still needs.
+        let needed_by_followers = self
+            .quorum
+            .acked()
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(u64::MAX);
+        let removed = self
+            .writer
+            .lock()
+            .remove_segments_through(offset.min(needed_by_followers))?;
         info!(
             tid = self.meta.tid,
             pid = self.meta.pid,
@@ -439,14 +536,19 @@ impl Table {
 
     pub fn status(&self) -> TableStatus {
         let version = self.version();
+        let replica = self.replica.lock().state.clone();
         TableStatus {
+            mode: self.meta.mode,
+            followers: replica.followers,
+            leader: replica.leader,
+            commit_offset: self.quorum.commit(),
             tid: self.meta.tid,
             pid: self.meta.pid,
             db: self.meta.db.clone(),
             name: self.meta.name.clone(),
             offset: version.offset,
             term: version.term,
-            role: TableRole::Leader as i32,
+            role: replica.role,
             state: if self.making_snapshot.load(Ordering::Acquire) {
                 TableState::MakingSnapshot
             } else {
@@ -467,7 +569,7 @@ impl Table {
 
 /// Applies one logged entry to the memtable (replay path; the live path applies the
 /// same change directly). Returns rows removed for a delete.
-fn apply(memtable: &Memtable, offset: u64, payload: &[u8]) -> Result<u64> {
+pub(super) fn apply_entry(memtable: &Memtable, offset: u64, payload: &[u8]) -> Result<u64> {
     match LogEntry::decode(payload)? {
         LogEntry::Put { write_time_ms, row } => {
             memtable.insert_encoded(offset, write_time_ms, row)?;

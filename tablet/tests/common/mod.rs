@@ -36,6 +36,7 @@ pub fn meta(tid: u32, pid: u32) -> TableMeta {
         schema: Some(schema().to_proto()),
         partition_num: pid + 1,
         term: 1,
+        ..TableMeta::default()
     }
 }
 
@@ -47,6 +48,7 @@ pub fn options(segment_size: u64) -> TableOptions {
             ..BinlogOptions::default()
         },
         max_row_size: 1 << 20,
+        ..TableOptions::default()
     }
 }
 

@@ -1,0 +1,381 @@
+//! The leader's side of log shipping: one task per follower, each holding a long-lived
+//! AppendEntries stream. A task sends what the follower lacks (everything appended since
+//! the previous batch goes in one batch, so batches grow under load), waits for the
+//! acknowledgement, and otherwise sends a heartbeat now and then. A follower the binlog
+//! no longer reaches gets the snapshot first.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tessera_proto::tablet::tablet_client::TabletClient;
+use tessera_proto::tablet::{
+    AppendEntriesRequest, AppendResult, FollowerStatus, LogRecord, TableRole,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{info, warn};
+
+use super::history;
+use super::transfer;
+use crate::catalog::Catalog;
+use crate::storage::binlog::{BinlogReader, ReadError};
+use crate::storage::Table;
+
+/// Records per AppendEntries batch, at most about this many payload bytes.
+const BATCH_BYTES: usize = 1 << 20;
+/// An idle link sends a heartbeat this often.
+const HEARTBEAT: Duration = Duration::from_millis(200);
+/// A follower that does not answer within this is taken for gone; the link restarts.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What the leader knows of one follower link, for GetFollowerStatus.
+#[derive(Debug, Clone, Default)]
+pub struct LinkStatus {
+    pub connected: bool,
+    pub error: String,
+}
+
+struct Link {
+    stop: watch::Sender<bool>,
+    status: Arc<Mutex<LinkStatus>>,
+    /// The term the link ships for; a new term gets new links.
+    term: u64,
+}
+
+/// Every replicator of this tablet.
+pub struct Replicators {
+    catalog: Arc<Catalog>,
+    /// This tablet's endpoint, named as leader in every request.
+    endpoint: String,
+    links: Mutex<HashMap<(u32, u32), HashMap<String, Link>>>,
+}
+
+impl Replicators {
+    pub fn new(catalog: Arc<Catalog>, endpoint: String) -> Arc<Replicators> {
+        Arc::new(Replicators {
+            catalog,
+            endpoint,
+            links: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// Starts and stops links so they match the table's role and followers now.
+    pub fn sync_table(self: &Arc<Self>, table: &Arc<Table>) {
+        let meta = table.meta();
+        let (tid, pid) = (meta.tid, meta.pid);
+        let state = table.replica_state();
+        let wanted: Vec<String> = if state.role() == TableRole::Leader {
+            state.followers.clone()
+        } else {
+            Vec::new()
+        };
+        let mut links = self.links.lock();
+        let table_links = links.entry((tid, pid)).or_default();
+        table_links.retain(|follower, link| {
+            let keep = wanted.contains(follower) && link.term == state.term;
+            if !keep {
+                let _ = link.stop.send(true);
+            }
+            keep
+        });
+        for follower in wanted {
+            if table_links.contains_key(&follower) {
+                continue;
+            }
+            let (stop, stopped) = watch::channel(false);
+            let status = Arc::new(Mutex::new(LinkStatus::default()));
+            let task = LinkTask {
+                replicators: self.clone(),
+                tid,
+                pid,
+                term: state.term,
+                follower: follower.clone(),
+                status: status.clone(),
+            };
+            tokio::spawn(task.run(stopped));
+            table_links.insert(
+                follower,
+                Link {
+                    stop,
+                    status,
+                    term: state.term,
+                },
+            );
+        }
+    }
+
+    /// Stops every link of a table.
+    pub fn stop_table(&self, tid: u32, pid: u32) {
+        if let Some(links) = self.links.lock().remove(&(tid, pid)) {
+            for link in links.values() {
+                let _ = link.stop.send(true);
+            }
+        }
+    }
+
+    pub fn stop_all(&self) {
+        for (_, links) in self.links.lock().drain() {
+            for link in links.values() {
+                let _ = link.stop.send(true);
+            }
+        }
+    }
+
+    pub fn follower_status(&self, table: &Table) -> Vec<FollowerStatus> {
+        let meta = table.meta();
+        let acked = table.quorum_acked();
+        let links = self.links.lock();
+        let table_links = links.get(&(meta.tid, meta.pid));
+        acked
+            .into_iter()
+            .map(|(endpoint, acked_offset)| {
+                let status = table_links
+                    .and_then(|l| l.get(&endpoint))
+                    .map(|l| l.status.lock().clone())
+                    .unwrap_or_default();
+                FollowerStatus {
+                    endpoint,
+                    acked_offset,
+                    connected: status.connected,
+                    error: status.error,
+                }
+            })
+            .collect()
+    }
+}
+
+struct LinkTask {
+    replicators: Arc<Replicators>,
+    tid: u32,
+    pid: u32,
+    term: u64,
+    follower: String,
+    status: Arc<Mutex<LinkStatus>>,
+}
+
+/// Why a link ended without an error.
+enum LinkEnd {
+    /// This replica no longer leads this follower in this term.
+    NotLeading,
+}
+
+impl LinkTask {
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let outcome = tokio::select! {
+                outcome = self.link() => outcome,
+                _ = stop.changed() => return,
+            };
+            {
+                let mut status = self.status.lock();
+                status.connected = false;
+                if let Err(e) = &outcome {
+                    status.error = e.clone();
+                }
+            }
+            match outcome {
+                Ok(LinkEnd::NotLeading) => return,
+                Err(e) => {
+                    warn!(tid = self.tid, pid = self.pid, follower = %self.follower, error = %e, "replication link failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    fn still_leading(&self, table: &Table) -> bool {
+        let state = table.replica_state();
+        state.role() == TableRole::Leader
+            && state.term == self.term
+            && state.followers.contains(&self.follower)
+    }
+
+    async fn link(&self) -> Result<LinkEnd, String> {
+        let table = self
+            .replicators
+            .catalog
+            .get(self.tid, self.pid)
+            .map_err(|e| e.to_string())?;
+        if !self.still_leading(&table) {
+            return Ok(LinkEnd::NotLeading);
+        }
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.follower))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let mut client = TabletClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let (requests, outgoing) = mpsc::channel::<AppendEntriesRequest>(1);
+        // The first request goes before the call, so the stream opens with it.
+        let mut next = table.last_offset() + 1;
+        requests
+            .send(self.request(&table, next, Vec::new()))
+            .await
+            .map_err(|_| "stream closed".to_string())?;
+        let mut responses = client
+            .append_entries(ReceiverStream::new(outgoing))
+            .await
+            .map_err(|e| format!("stream refused: {}", e.message()))?
+            .into_inner();
+        let mut appended = table.subscribe_appended();
+        let mut reader: Option<BinlogReader> = None;
+        let mut awaiting_response = true;
+        loop {
+            if awaiting_response {
+                let response = tokio::time::timeout(RESPONSE_TIMEOUT, responses.message())
+                    .await
+                    .map_err(|_| "follower did not answer in time".to_string())?
+                    .map_err(|e| format!("stream failed: {}", e.message()))?
+                    .ok_or_else(|| "follower closed the stream".to_string())?;
+                {
+                    let mut status = self.status.lock();
+                    status.connected = true;
+                    status.error.clear();
+                }
+                match response.result() {
+                    AppendResult::Ok => {
+                        table.quorum_ack(&self.follower, response.last_offset);
+                        next = response.last_offset + 1;
+                    }
+                    AppendResult::Mismatch => {
+                        // The follower agrees with us through `last_offset`.
+                        table.quorum_ack(&self.follower, response.last_offset);
+                        next = response.last_offset + 1;
+                        reader = None;
+                    }
+                    AppendResult::StaleTerm => {
+                        info!(tid = self.tid, pid = self.pid, follower = %self.follower, term = response.term,
+                            "a follower is in a newer term: this replica no longer leads");
+                        if let Err(e) = table.fence(response.term) {
+                            warn!(error = %e, "fencing after a stale term failed");
+                        }
+                        return Ok(LinkEnd::NotLeading);
+                    }
+                    AppendResult::NeedSnapshot => {
+                        next = self.send_snapshot(&table).await? + 1;
+                        reader = None;
+                    }
+                    AppendResult::Unavailable => {
+                        return Err(format!("follower unavailable: {}", response.message))
+                    }
+                }
+                awaiting_response = false;
+            }
+            if !self.still_leading(&table) {
+                return Ok(LinkEnd::NotLeading);
+            }
+            let last = table.last_offset();
+            if next > last {
+                // Caught up: wait for new records, or send a heartbeat.
+                let _ = tokio::time::timeout(HEARTBEAT, appended.changed()).await;
+                if table.last_offset() < next {
+                    requests
+                        .send(self.request(&table, next, Vec::new()))
+                        .await
+                        .map_err(|_| "stream closed".to_string())?;
+                    awaiting_response = true;
+                    continue;
+                }
+            }
+            let records = match self.read(&table, &mut reader, next).await? {
+                Ok(records) => records,
+                Err(ReadError::NotRetained { .. }) => {
+                    next = self.send_snapshot(&table).await? + 1;
+                    reader = None;
+                    continue;
+                }
+            };
+            requests
+                .send(self.request(&table, next, records))
+                .await
+                .map_err(|_| "stream closed".to_string())?;
+            awaiting_response = true;
+        }
+    }
+
+    /// Reads the next batch from the binlog on the blocking pool.
+    async fn read(
+        &self,
+        table: &Arc<Table>,
+        reader: &mut Option<BinlogReader>,
+        next: u64,
+    ) -> Result<Result<Vec<LogRecord>, ReadError>, String> {
+        let mut current = match reader.take() {
+            Some(r) if r.next_offset() == next => r,
+            _ => BinlogReader::new(&table.dir().join("binlog"), next),
+        };
+        let upto = table.last_offset();
+        let (current, read) = tokio::task::spawn_blocking(move || {
+            let read = current.read(upto, BATCH_BYTES);
+            (current, read)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        *reader = Some(current);
+        match read.map_err(|e| e.to_string())? {
+            Ok(records) => Ok(Ok(records
+                .into_iter()
+                .map(|r| LogRecord {
+                    term: r.term,
+                    offset: r.offset,
+                    payload: r.payload,
+                })
+                .collect())),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    fn request(&self, table: &Table, next: u64, entries: Vec<LogRecord>) -> AppendEntriesRequest {
+        let prev_offset = next - 1;
+        let term_history = table.term_history();
+        AppendEntriesRequest {
+            tid: self.tid,
+            pid: self.pid,
+            term: self.term,
+            leader: self.replicators.endpoint.clone(),
+            prev_offset,
+            prev_term: history::term_at(&term_history, prev_offset),
+            entries,
+            commit_offset: table.commit_offset(),
+            leader_term_history: term_history,
+            leader_last_offset: table.last_offset(),
+        }
+    }
+
+    async fn send_snapshot(&self, table: &Arc<Table>) -> Result<u64, String> {
+        info!(tid = self.tid, pid = self.pid, follower = %self.follower, "follower is behind the binlog: sending a snapshot");
+        let offset = transfer::send_snapshot(
+            table.clone(),
+            self.term,
+            &self.replicators.endpoint,
+            &self.follower,
+        )
+        .await
+        .map_err(|e| format!("sending the snapshot failed: {e}"))?;
+        table.quorum_ack(&self.follower, offset);
+        Ok(offset)
+    }
+}

@@ -1,0 +1,370 @@
+//! A table as a replica: its role and term, fencing, and the follower's side of log
+//! shipping. Every change of term or role is persisted in `replica_state` before it
+//! takes effect, so a restarted replica never forgets a term it promised to honour.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use prost::Message;
+use tessera_proto::common::TermPair;
+use tessera_proto::tablet::{AppendEntriesRequest, ReplicaState, TableRole};
+use tracing::info;
+
+use super::error::{Result, StorageError};
+use super::table::{apply_entry, Table};
+use super::{crashsafe, snapshot};
+use crate::replication::history;
+
+const STATE_FILE: &str = "replica_state";
+const STATE_MAGIC: [u8; 4] = *b"TSRS";
+const STATE_VERSION: u32 = 1;
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join(STATE_FILE)
+}
+
+pub fn read_replica_state(dir: &Path) -> Result<Option<ReplicaState>> {
+    let path = state_path(dir);
+    let Some((_, body)) = crashsafe::read_framed(&path, STATE_MAGIC)? else {
+        return Ok(None);
+    };
+    ReplicaState::decode(body.as_slice())
+        .map(Some)
+        .map_err(|e| StorageError::Corruption {
+            file: path,
+            position: 16,
+            reason: format!("replica state does not decode: {e}"),
+        })
+}
+
+pub fn write_replica_state(dir: &Path, state: &ReplicaState) -> Result<()> {
+    crashsafe::write_framed(
+        &state_path(dir),
+        STATE_MAGIC,
+        STATE_VERSION,
+        &state.encode_to_vec(),
+    )
+}
+
+/// What a follower did with an AppendEntries request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Records appended (or none sent); the log now ends here, durably.
+    Appended(u64),
+    /// The log does not continue at the leader's `prev_offset`; it ends here and agrees
+    /// with the leader up to here.
+    Mismatch(u64),
+    /// The request's term is older than ours.
+    StaleTerm(u64),
+    /// The log holds records the leader never had after this offset: cut them, reload,
+    /// and answer `Mismatch` with this offset.
+    Truncate(u64),
+    /// The shared point is below our snapshot: only a snapshot from the leader helps.
+    NeedSnapshot,
+}
+
+/// A change of role, as the nameserver orders it.
+#[derive(Debug, Clone)]
+pub struct RoleChange {
+    pub role: TableRole,
+    pub term: u64,
+    pub followers: Vec<String>,
+    pub leader: String,
+}
+
+impl Table {
+    /// The term to write in, if this replica may take writes now.
+    pub(super) fn writable_term(&self) -> Result<u64> {
+        let replica = self.replica.lock();
+        let state = &replica.state;
+        if state.role() != TableRole::Leader {
+            return Err(StorageError::NotLeader {
+                leader: state.leader.clone(),
+                term: state.term,
+            });
+        }
+        if replica.fenced {
+            return Err(StorageError::Unavailable(
+                "the tablet lost its ZooKeeper lease; waiting to be told its role again".into(),
+            ));
+        }
+        Ok(state.term)
+    }
+
+    /// Reads are served by a leader holding its lease, or by any replica that holds at
+    /// least `min_offset` when the client asks for that.
+    pub fn check_readable(&self, min_offset: u64) -> Result<()> {
+        let last = self.last_offset.load(Ordering::Acquire);
+        if min_offset > last {
+            return Err(StorageError::Unavailable(format!(
+                "this replica holds offset {last}, the read needs {min_offset}"
+            )));
+        }
+        let replica = self.replica.lock();
+        if replica.fenced && replica.state.role() == TableRole::Leader && min_offset == 0 {
+            return Err(StorageError::Unavailable(
+                "the tablet lost its ZooKeeper lease; waiting to be told its role again".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn replica_state(&self) -> ReplicaState {
+        self.replica.lock().state.clone()
+    }
+
+    pub fn role(&self) -> TableRole {
+        self.replica.lock().state.role()
+    }
+
+    pub fn term_history(&self) -> Vec<TermPair> {
+        self.history.lock().clone()
+    }
+
+    /// (term of the last record, last offset).
+    pub fn term_pair(&self) -> (u64, u64) {
+        let binlog = self.writer.lock();
+        let last = binlog.last_offset();
+        (history::term_at(&self.history.lock(), last), last)
+    }
+
+    pub fn snapshot_offset(&self) -> u64 {
+        self.snapshot_offset.load(Ordering::Acquire)
+    }
+
+    /// Offset of the last record, readable without locks.
+    pub fn last_offset(&self) -> u64 {
+        self.last_offset.load(Ordering::Acquire)
+    }
+
+    /// Subscribes to the last appended offset (replicators wait on it).
+    pub fn subscribe_appended(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    fn persist(&self, state: &ReplicaState) -> Result<()> {
+        write_replica_state(self.dir(), state)?;
+        self.term.store(state.term, Ordering::Release);
+        Ok(())
+    }
+
+    /// Raises the term to `term` and stops acting as leader; returns (last term, last
+    /// offset). After it returns, this replica appends nothing more in an older term.
+    pub fn fence(&self, term: u64) -> Result<(u64, u64)> {
+        let binlog = self.writer.lock();
+        let mut replica = self.replica.lock();
+        if term < replica.state.term {
+            return Err(StorageError::StaleTerm {
+                current: replica.state.term,
+                got: term,
+            });
+        }
+        let mut state = replica.state.clone();
+        state.term = term;
+        if state.role() == TableRole::Leader {
+            state.role = TableRole::Follower as i32;
+            state.followers.clear();
+        }
+        state.leader.clear();
+        self.persist(&state)?;
+        replica.state = state;
+        self.quorum.set_followers(&[]);
+        let last = binlog.last_offset();
+        info!(
+            tid = self.meta.tid,
+            pid = self.meta.pid,
+            term,
+            offset = last,
+            "replica fenced"
+        );
+        Ok((history::term_at(&self.history.lock(), last), last))
+    }
+
+    /// Makes this replica leader (with followers) or follower (of a leader) in `term`.
+    pub fn change_role(&self, change: &RoleChange) -> Result<()> {
+        let _binlog = self.writer.lock();
+        let mut replica = self.replica.lock();
+        if change.term < replica.state.term {
+            return Err(StorageError::StaleTerm {
+                current: replica.state.term,
+                got: change.term,
+            });
+        }
+        let state = match change.role {
+            TableRole::Leader => ReplicaState {
+                term: change.term,
+                role: TableRole::Leader as i32,
+                followers: change.followers.clone(),
+                leader: String::new(),
+            },
+            TableRole::Follower => ReplicaState {
+                term: change.term,
+                role: TableRole::Follower as i32,
+                followers: Vec::new(),
+                leader: change.leader.clone(),
+            },
+        };
+        self.persist(&state)?;
+        self.quorum.set_followers(&state.followers);
+        info!(
+            tid = self.meta.tid,
+            pid = self.meta.pid,
+            term = change.term,
+            role = ?change.role,
+            followers = ?state.followers,
+            leader = %state.leader,
+            "role changed"
+        );
+        replica.state = state;
+        replica.fenced = false;
+        Ok(())
+    }
+
+    /// Adds (`add`) or removes a follower of this leader.
+    pub fn set_follower(&self, endpoint: &str, add: bool) -> Result<Vec<String>> {
+        let mut replica = self.replica.lock();
+        if replica.state.role() != TableRole::Leader {
+            return Err(StorageError::NotLeader {
+                leader: replica.state.leader.clone(),
+                term: replica.state.term,
+            });
+        }
+        let mut state = replica.state.clone();
+        let present = state.followers.iter().any(|f| f == endpoint);
+        match (add, present) {
+            (true, true) | (false, false) => return Ok(state.followers),
+            (true, false) => state.followers.push(endpoint.to_string()),
+            (false, true) => state.followers.retain(|f| f != endpoint),
+        }
+        self.persist(&state)?;
+        self.quorum.set_followers(&state.followers);
+        replica.state = state;
+        Ok(replica.state.followers.clone())
+    }
+
+    /// Pauses snapshots (and binlog collection) until a matching resume.
+    pub fn pause_snapshots(&self) {
+        let _one_at_a_time = self.snapshot_lock.lock();
+        self.snapshot_pauses.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn resume_snapshots(&self) {
+        let _ = self
+            .snapshot_pauses
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// A current snapshot to send, with snapshots paused until [`Table::resume_snapshots`].
+    pub fn snapshot_for_transfer(&self) -> Result<snapshot::Manifest> {
+        if self.snapshot_pauses.load(Ordering::Acquire) == 0 {
+            self.make_snapshot()?;
+        }
+        self.pause_snapshots();
+        match snapshot::read_manifest(&self.dir().join("snapshot")) {
+            Ok(Some(manifest)) => Ok(manifest),
+            Ok(None) => {
+                self.resume_snapshots();
+                Err(StorageError::Unavailable(
+                    "there is no snapshot to send".into(),
+                ))
+            }
+            Err(e) => {
+                self.resume_snapshots();
+                Err(e)
+            }
+        }
+    }
+
+    pub fn quorum_ack(&self, follower: &str, offset: u64) {
+        self.quorum.ack(follower, offset);
+    }
+
+    pub fn quorum_acked(&self) -> std::collections::BTreeMap<String, u64> {
+        self.quorum.acked()
+    }
+
+    pub fn commit_offset(&self) -> u64 {
+        self.quorum.commit()
+    }
+
+    /// The lease was lost: a leader stops serving until told its role again.
+    pub fn lease_lost(&self) {
+        let mut replica = self.replica.lock();
+        if replica.state.role() == TableRole::Leader && !replica.fenced {
+            replica.fenced = true;
+            info!(
+                tid = self.meta.tid,
+                pid = self.meta.pid,
+                "leader stops serving: ZooKeeper lease lost"
+            );
+        }
+    }
+
+    /// The follower's side of log shipping.
+    pub fn handle_append(&self, request: &AppendEntriesRequest) -> Result<AppendOutcome> {
+        let last = {
+            let mut binlog = self.writer.lock();
+            let mut replica = self.replica.lock();
+            if request.term < replica.state.term {
+                return Ok(AppendOutcome::StaleTerm(replica.state.term));
+            }
+            let state = &replica.state;
+            if state.role() == TableRole::Leader && request.term == state.term {
+                return Err(StorageError::Unavailable(format!(
+                    "{} claims leadership in term {}, which this replica leads",
+                    request.leader, request.term
+                )));
+            }
+            if request.term > state.term
+                || state.role() != TableRole::Follower
+                || state.leader != request.leader
+            {
+                let adopted = ReplicaState {
+                    term: request.term,
+                    role: TableRole::Follower as i32,
+                    followers: Vec::new(),
+                    leader: request.leader.clone(),
+                };
+                self.persist(&adopted)?;
+                self.quorum.set_followers(&[]);
+                replica.state = adopted;
+                replica.fenced = false;
+            }
+            drop(replica);
+
+            let last = binlog.last_offset();
+            let mut history = self.history.lock();
+            let continues = request.prev_offset == last
+                && history::term_at(&history, request.prev_offset) == request.prev_term;
+            if !continues {
+                if request.prev_offset > last {
+                    return Ok(AppendOutcome::Mismatch(last));
+                }
+                let shared = history::divergence_point(
+                    &history,
+                    last,
+                    &request.leader_term_history,
+                    request.leader_last_offset,
+                );
+                if shared >= last {
+                    // Everything we hold, the leader holds too: continue after it.
+                    return Ok(AppendOutcome::Mismatch(last));
+                }
+                if shared < self.snapshot_offset() {
+                    return Ok(AppendOutcome::NeedSnapshot);
+                }
+                return Ok(AppendOutcome::Truncate(shared));
+            }
+            for record in &request.entries {
+                binlog.append_at(record.term, record.offset, &record.payload)?;
+                history::note_record(&mut history, record.term, record.offset);
+                apply_entry(&self.memtable, record.offset, &record.payload)?;
+                self.last_offset.store(record.offset, Ordering::Release);
+            }
+            binlog.last_offset()
+        };
+        self.durability.wait(last)?;
+        self.quorum.set_local(last);
+        Ok(AppendOutcome::Appended(last))
+    }
+}
