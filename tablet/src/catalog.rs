@@ -28,6 +28,9 @@ pub struct Catalog {
     options: TableOptions,
     tables: RwLock<HashMap<(u32, u32), Arc<Table>>>,
     failed: RwLock<HashMap<(u32, u32), LoadFailure>>,
+    /// Replicas being reloaded (after a truncation or a snapshot install): requests get a
+    /// retryable "unavailable", not "not found".
+    reloading: RwLock<std::collections::HashSet<(u32, u32)>>,
     /// Serialises create, load and drop so two of them never race on one directory.
     admin: Mutex<()>,
 }
@@ -51,6 +54,7 @@ impl Catalog {
             options,
             tables: RwLock::default(),
             failed: RwLock::default(),
+            reloading: RwLock::default(),
             admin: Mutex::new(()),
         };
         let mut found = Vec::new();
@@ -77,6 +81,9 @@ impl Catalog {
     pub fn get(&self, tid: u32, pid: u32) -> Result<Arc<Table>> {
         if let Some(table) = self.tables.read().get(&(tid, pid)) {
             return Ok(table.clone());
+        }
+        if self.reloading.read().contains(&(tid, pid)) {
+            return Err(TabletError::Reloading { tid, pid });
         }
         match self.failed.read().get(&(tid, pid)) {
             Some(failure) => Err(TabletError::LoadFailed {
@@ -201,6 +208,7 @@ impl Catalog {
     /// Cuts a replica's binlog after `keep_through` and reloads it (divergence repair).
     pub fn truncate_and_reload(&self, tid: u32, pid: u32, keep_through: u64) -> Result<Arc<Table>> {
         let _admin = self.admin.lock();
+        let _reloading = self.start_reload(tid, pid);
         let old = self.tables.write().remove(&(tid, pid));
         let Some(old) = old else {
             return Err(TabletError::TableNotFound { tid, pid });
@@ -214,6 +222,15 @@ impl Catalog {
             pid, keep_through, removed, "binlog truncated at the divergence point"
         );
         self.load_locked(tid, pid)
+    }
+
+    /// Marks a replica as reloading until the guard drops.
+    fn start_reload(&self, tid: u32, pid: u32) -> ReloadGuard<'_> {
+        self.reloading.write().insert((tid, pid));
+        ReloadGuard {
+            catalog: self,
+            id: (tid, pid),
+        }
     }
 
     /// Where a snapshot being received for `(tid, pid)` is assembled.
@@ -232,6 +249,7 @@ impl Catalog {
         state: &ReplicaState,
     ) -> Result<Arc<Table>> {
         let _admin = self.admin.lock();
+        let _reloading = self.start_reload(tid, pid);
         let dir = self.dir_of(tid, pid);
         if let Some(old) = self.tables.write().remove(&(tid, pid)) {
             old.close()?;
@@ -287,5 +305,16 @@ impl Catalog {
                 error!(tid = meta.tid, pid = meta.pid, error = %e, "closing table failed");
             }
         }
+    }
+}
+
+struct ReloadGuard<'a> {
+    catalog: &'a Catalog,
+    id: (u32, u32),
+}
+
+impl Drop for ReloadGuard<'_> {
+    fn drop(&mut self) {
+        self.catalog.reloading.write().remove(&self.id);
     }
 }

@@ -14,6 +14,8 @@ pub enum TabletError {
     TableExists { tid: u32, pid: u32 },
     #[error("table {tid} partition {pid} failed to load: {reason}")]
     LoadFailed { tid: u32, pid: u32, reason: String },
+    #[error("table {tid} partition {pid} is being reloaded; retry shortly")]
+    Reloading { tid: u32, pid: u32 },
     #[error("{0}")]
     InvalidArgument(String),
     #[error("the tablet is shutting down")]
@@ -32,7 +34,7 @@ impl From<TabletError> for Status {
                 wire_error::status(ErrorCode::TableNotFound, message)
             }
             TabletError::TableExists { .. } => wire_error::status(ErrorCode::TableExists, message),
-            TabletError::LoadFailed { .. } => {
+            TabletError::LoadFailed { .. } | TabletError::Reloading { .. } => {
                 wire_error::status(ErrorCode::PartitionUnavailable, message)
             }
             TabletError::InvalidArgument(_) => {

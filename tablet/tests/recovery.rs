@@ -232,3 +232,36 @@ fn catalog_create_drop_and_reload() {
         "a refused create leaves nothing behind"
     );
 }
+
+#[test]
+fn term_history_is_rebuilt_on_reload() {
+    use tessera_tablet::storage::replica::RoleChange;
+    let dir = tempfile::tempdir().unwrap();
+    let table = create(&dir.path().join("1_0"), 1 << 20);
+    for i in 0..5 {
+        table.put(&row(&format!("k{i}"), i, None, "t")).unwrap();
+    }
+    table.make_snapshot().unwrap();
+    table
+        .change_role(&RoleChange {
+            role: tessera_proto::tablet::TableRole::Leader,
+            term: 4,
+            followers: vec![],
+            leader: String::new(),
+        })
+        .unwrap();
+    for i in 5..8 {
+        table.put(&row(&format!("k{i}"), i, None, "t")).unwrap();
+    }
+    assert_eq!(table.term_pair(), (4, 8));
+    let (table, _) = reopen(table, 1 << 20);
+    // Terms come back from the snapshot's manifest and from the binlog's records.
+    let history: Vec<(u64, u64)> = table
+        .term_history()
+        .iter()
+        .map(|p| (p.term, p.start_offset))
+        .collect();
+    assert_eq!(history, vec![(1, 1), (4, 6)]);
+    assert_eq!(table.term_pair(), (4, 8));
+    assert_eq!(table.replica_state().term, 4, "the term is persisted");
+}

@@ -1,9 +1,11 @@
 //! Integration harness: real Tessera processes (and, for the cluster tests, a real
 //! ZooKeeper) on loopback ports, owned by guards that kill them on drop.
 
+pub mod cluster;
 pub mod process;
 pub mod tablet;
 pub mod wait;
+pub mod workload;
 pub mod zookeeper;
 
 pub use process::{binary, free_port};

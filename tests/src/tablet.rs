@@ -27,6 +27,7 @@ impl TabletProcess {
     /// Starts a tablet on a fresh loopback port with its data under `dir`, passing
     /// `args` (e.g. `--binlog_fsync=group`) through, and waits until it serves.
     pub async fn start(dir: &Path, args: &[&str]) -> TabletProcess {
+        std::fs::create_dir_all(dir).expect("create the tablet's directory");
         let mut tablet = TabletProcess {
             child: None,
             endpoint: format!("127.0.0.1:{}", free_port()),
@@ -123,6 +124,22 @@ impl TabletProcess {
                 );
             }
         }
+    }
+
+    /// SIGSTOP: the process freezes (its connections stay open but nothing answers).
+    pub fn pause(&self) {
+        process::signal(
+            self.child.as_ref().expect("tablet is running"),
+            libc::SIGSTOP,
+        );
+    }
+
+    /// SIGCONT after [`TabletProcess::pause`].
+    pub fn resume(&self) {
+        process::signal(
+            self.child.as_ref().expect("tablet is running"),
+            libc::SIGCONT,
+        );
     }
 
     /// Starts the process again on the same endpoint and data directory.

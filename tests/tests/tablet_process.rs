@@ -1,64 +1,26 @@
 //! A real `tessera-tablet` process: acknowledged writes survive `kill -9`, SIGTERM stops
 //! it cleanly, restarts reload every table, and bad input gets structured errors.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tessera_common::wire_error::{detail_of, ErrorCode};
 use tessera_common::{ColumnType, Schema, Ttl, Value};
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::*;
+use tessera_tests::workload::{self, Writers};
 use tessera_tests::{wait_until_async, TabletProcess};
 use tonic::transport::Channel;
 
 const ROWS: u64 = 100_000;
 const WRITERS: u64 = 16;
 
-/// `writer string, seq int64, v int64, pad string`, indexed by writer and ordered by seq:
-/// one scan per writer reads back everything it wrote.
-fn schema() -> Schema {
-    Schema::new(
-        &[
-            ("writer", ColumnType::String, false),
-            ("seq", ColumnType::Int64, false),
-            ("v", ColumnType::Int64, false),
-            ("pad", ColumnType::String, true),
-        ],
-        &[(&["writer"], Some("seq"), Ttl::NONE)],
-    )
-    .unwrap()
-}
-
 fn meta(tid: u32, pid: u32) -> TableMeta {
-    TableMeta {
-        tid,
-        pid,
-        db: "default".into(),
-        name: format!("t{tid}"),
-        schema: Some(schema().to_proto()),
-        partition_num: 4,
-        term: 1,
-        ..TableMeta::default()
-    }
-}
-
-fn value_of(writer: u64, seq: u64) -> i64 {
-    (writer * 1_000_000_007 + seq * 31) as i64
+    workload::meta(tid, pid, ReplicationMode::Quorum)
 }
 
 fn put_request(tid: u32, writer: u64, seq: u64) -> PutRequest {
-    PutRequest {
-        tid,
-        pid: 0,
-        row: Some(Value::row_to_proto(&[
-            Value::String(format!("w{writer}")),
-            Value::Int64(seq as i64),
-            Value::Int64(value_of(writer, seq)),
-            Value::String("some padding to give rows a realistic size".into()),
-        ])),
-    }
+    workload::put_request(tid, 0, writer, seq)
 }
 
 async fn create(client: &mut TabletClient<Channel>, tid: u32, pid: u32) {
@@ -78,32 +40,13 @@ async fn acknowledged_rows_survive_kill9(fsync: &str) {
     let mut client = tablet.client().await;
     create(&mut client, 1, 0).await;
 
-    let acked_total = Arc::new(AtomicU64::new(0));
-    let mut writers = Vec::new();
-    for writer in 0..WRITERS {
-        // A few connections, shared by several writers each.
-        let mut client = if writer % 4 == 0 {
-            tablet.client().await
-        } else {
-            client.clone()
-        };
-        let acked_total = acked_total.clone();
-        writers.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for seq in 0.. {
-                match client.put(put_request(1, writer, seq)).await {
-                    Ok(_) => {
-                        acked.push(seq);
-                        acked_total.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // The tablet was killed: this write and all later ones are unacknowledged.
-                    Err(_) => break,
-                }
-            }
-            acked
-        }));
+    // A few connections, shared by several writers each.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(tablet.client().await);
     }
-    let progress = acked_total.clone();
+    let writers = Writers::start(&clients, 1, 0, 0, WRITERS);
+    let progress = writers.acked_total.clone();
     wait_until_async(
         Duration::from_secs(300),
         &format!("{ROWS} acknowledged writes"),
@@ -114,10 +57,7 @@ async fn acknowledged_rows_survive_kill9(fsync: &str) {
     )
     .await;
     tablet.kill9();
-    let mut acked = Vec::new();
-    for w in writers {
-        acked.push(w.await.unwrap());
-    }
+    let acked = writers.finish().await;
     let total: usize = acked.iter().map(Vec::len).sum();
     assert!(total as u64 >= ROWS);
 
@@ -138,41 +78,7 @@ async fn acknowledged_rows_survive_kill9(fsync: &str) {
         "{} rows on disk, {total} acknowledged",
         status[0].record_count
     );
-
-    for (writer, acked) in acked.iter().enumerate() {
-        let response = client
-            .scan(ScanRequest {
-                tid: 1,
-                pid: 0,
-                key: vec![Value::String(format!("w{writer}")).to_proto()],
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut found = BTreeSet::new();
-        for row in &response.rows {
-            let values = Value::row_from_proto(row).unwrap();
-            let (Value::Int64(seq), Value::Int64(v)) = (&values[1], &values[2]) else {
-                panic!("unexpected row {values:?}");
-            };
-            assert_eq!(
-                *v,
-                value_of(writer as u64, *seq as u64),
-                "row content of w{writer}/{seq}"
-            );
-            found.insert(*seq as u64);
-        }
-        let missing: Vec<_> = acked
-            .iter()
-            .filter(|s| !found.contains(s))
-            .take(5)
-            .collect();
-        assert!(
-            missing.is_empty(),
-            "fsync={fsync}: writer {writer} lost acknowledged rows, e.g. {missing:?}"
-        );
-    }
+    workload::assert_all_acked_present(&mut client, 1, 0, 0, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -226,6 +226,7 @@ impl Table {
             options.binlog.clone(),
             report.snapshot_offset + 1,
             |record: Record<'_>| {
+                history::note_record(&mut term_history, record.term, record.offset);
                 apply_entry(&memtable, record.offset, record.payload).map_err(|e| {
                     StorageError::Corruption {
                         file: binlog_dir.clone(),

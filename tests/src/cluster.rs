@@ -1,0 +1,138 @@
+//! Driving replicas through the tablet RPCs, as the nameserver will.
+
+use std::time::Duration;
+
+use tessera_common::Value;
+use tessera_proto::tablet::tablet_client::TabletClient;
+use tessera_proto::tablet::*;
+use tonic::transport::Channel;
+
+use crate::wait::wait_until_async;
+use crate::TabletProcess;
+
+pub async fn change_role(
+    client: &mut TabletClient<Channel>,
+    tid: u32,
+    pid: u32,
+    role: TableRole,
+    term: u64,
+    followers: &[&TabletProcess],
+    leader: Option<&TabletProcess>,
+) {
+    client
+        .change_role(ChangeRoleRequest {
+            tid,
+            pid,
+            role: role as i32,
+            term,
+            followers: followers.iter().map(|t| t.endpoint.clone()).collect(),
+            leader: leader.map(|t| t.endpoint.clone()).unwrap_or_default(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("change role to {role:?} in term {term}: {}", e.message()));
+}
+
+/// Creates the replica on every tablet; the first leads the others in term 1.
+pub async fn create_replicated(tablets: &[&TabletProcess], meta: TableMeta) {
+    let (tid, pid) = (meta.tid, meta.pid);
+    for tablet in tablets {
+        tablet
+            .client()
+            .await
+            .create_table(CreateTableRequest {
+                meta: Some(meta.clone()),
+            })
+            .await
+            .expect("create replica");
+    }
+    let (leader, followers) = tablets.split_first().expect("at least one tablet");
+    for follower in followers {
+        change_role(
+            &mut follower.client().await,
+            tid,
+            pid,
+            TableRole::Follower,
+            1,
+            &[],
+            Some(leader),
+        )
+        .await;
+    }
+    change_role(
+        &mut leader.client().await,
+        tid,
+        pid,
+        TableRole::Leader,
+        1,
+        followers,
+        None,
+    )
+    .await;
+}
+
+pub async fn status(tablet: &TabletProcess, tid: u32, pid: u32) -> TableStatus {
+    tablet
+        .client()
+        .await
+        .get_table_status(GetTableStatusRequest {
+            tid: Some(tid),
+            pid: Some(pid),
+        })
+        .await
+        .expect("table status")
+        .into_inner()
+        .tables
+        .remove(0)
+}
+
+/// Waits until every tablet's replica ends at the same offset as the first's.
+pub async fn wait_in_sync(tablets: &[&TabletProcess], tid: u32, pid: u32, timeout: Duration) {
+    let what = format!("replicas of {tid}/{pid} to reach the same offset");
+    wait_until_async(timeout, &what, || async {
+        let mut offsets = Vec::new();
+        for tablet in tablets {
+            offsets.push(status(tablet, tid, pid).await.offset);
+        }
+        offsets.windows(2).all(|w| w[0] == w[1])
+    })
+    .await;
+}
+
+/// (row count, order-independent checksum) of a replica's rows.
+pub async fn rows_checksum(tablet: &TabletProcess, tid: u32, pid: u32) -> (usize, u64) {
+    let rows = tablet
+        .client()
+        .await
+        .preview(PreviewRequest { tid, pid, limit: 0 })
+        .await
+        .expect("preview")
+        .into_inner()
+        .rows;
+    let mut sum = 0u64;
+    for row in &rows {
+        let text = format!("{:?}", Value::row_from_proto(row).unwrap());
+        sum = sum.wrapping_add(tessera_common::key::fnv1a_64(text.as_bytes()));
+    }
+    (rows.len(), sum)
+}
+
+/// Fences each replica in `term`; returns their (last term, last offset) in order.
+pub async fn fence_all(
+    tablets: &[&TabletProcess],
+    tid: u32,
+    pid: u32,
+    term: u64,
+) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for tablet in tablets {
+        let fenced = tablet
+            .client()
+            .await
+            .fence(FenceRequest { tid, pid, term })
+            .await
+            .expect("fence")
+            .into_inner();
+        out.push((fenced.last_term, fenced.last_offset));
+    }
+    out
+}

@@ -1,0 +1,491 @@
+//! Three real tablets replicating one partition, wired through the tablet RPCs the
+//! nameserver will use: quorum and async modes, failover by fence + ChangeRole,
+//! divergence repair, snapshot catch-up and fencing.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tessera_common::wire_error::{detail_of, ErrorCode};
+use tessera_common::Value;
+use tessera_proto::tablet::*;
+use tessera_tests::cluster::{
+    change_role, create_replicated, fence_all, rows_checksum, status, wait_in_sync,
+};
+use tessera_tests::workload::{self, Writers};
+use tessera_tests::{wait_until_async, TabletProcess};
+
+const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn three_tablets(
+    dir: &std::path::Path,
+    args: &[&str],
+) -> (TabletProcess, TabletProcess, TabletProcess) {
+    (
+        TabletProcess::start(&dir.join("a"), args).await,
+        TabletProcess::start(&dir.join("b"), args).await,
+        TabletProcess::start(&dir.join("c"), args).await,
+    )
+}
+
+async fn wait_acked(writers: &Writers, at_least: u64, what: &str) {
+    let progress = writers.acked_total.clone();
+    wait_until_async(Duration::from_secs(120), what, || {
+        let done = progress.load(Ordering::Relaxed) >= at_least;
+        async move { done }
+    })
+    .await;
+}
+
+/// Puts `count` rows for `writer` starting at `seq`, all of which must be acknowledged.
+async fn put_rows(tablet: &TabletProcess, writer: u64, seqs: std::ops::Range<u64>) {
+    let mut client = tablet.client().await;
+    for seq in seqs {
+        client
+            .put(workload::put_request(1, 0, writer, seq))
+            .await
+            .unwrap_or_else(|e| panic!("put w{writer}/{seq}: {}", e.message()));
+    }
+}
+
+/// Picks the replica with the largest (last term, last offset), as ChangeLeader does.
+fn most_up_to_date(pairs: &[(u64, u64)]) -> usize {
+    (0..pairs.len()).max_by_key(|&i| pairs[i]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quorum_writes_survive_a_follower_and_then_the_leader_dying() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, b, mut c) = three_tablets(dir.path(), &[]).await;
+    create_replicated(&[&a, &b, &c], workload::meta(1, 0, ReplicationMode::Quorum)).await;
+
+    let clients = vec![a.client().await, a.client().await];
+    let writers = Writers::start(&clients, 1, 0, 0, 6);
+    wait_acked(&writers, 1000, "1000 writes with three replicas").await;
+
+    // One follower dies: a majority (leader + the other follower) remains.
+    c.kill9();
+    let before = writers.acked();
+    wait_acked(
+        &writers,
+        before + 1000,
+        "writes to go on without one follower",
+    )
+    .await;
+
+    // It comes back and catches up from the leader's binlog.
+    c.restart().await;
+    let before = writers.acked();
+    wait_acked(&writers, before + 500, "writes after the follower returned").await;
+
+    // The leader dies mid-stream.
+    a.kill9();
+    let acked = writers.finish().await;
+
+    // Promote the follower with the most complete log, as ChangeLeader will.
+    let pairs = fence_all(&[&b, &c], 1, 0, 2).await;
+    let (new_leader, other) = if most_up_to_date(&pairs) == 0 {
+        (&b, &c)
+    } else {
+        (&c, &b)
+    };
+    change_role(
+        &mut other.client().await,
+        1,
+        0,
+        TableRole::Follower,
+        2,
+        &[],
+        Some(new_leader),
+    )
+    .await;
+    change_role(
+        &mut new_leader.client().await,
+        1,
+        0,
+        TableRole::Leader,
+        2,
+        &[other],
+        None,
+    )
+    .await;
+
+    workload::assert_all_acked_present(&mut new_leader.client().await, 1, 0, 0, &acked).await;
+
+    // The new pair takes quorum writes, and the two replicas agree.
+    put_rows(new_leader, 100, 0..50).await;
+    wait_in_sync(&[new_leader, other], 1, 0, SYNC_TIMEOUT).await;
+    assert_eq!(
+        rows_checksum(new_leader, 1, 0).await,
+        rows_checksum(other, 1, 0).await
+    );
+    let leader_status = status(new_leader, 1, 0).await;
+    assert_eq!(leader_status.term, 2);
+    assert_eq!(leader_status.role, TableRole::Leader as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn async_mode_old_leader_tail_is_truncated_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut c) = three_tablets(dir.path(), &[]).await;
+    create_replicated(&[&a, &b, &c], workload::meta(1, 0, ReplicationMode::Async)).await;
+
+    put_rows(&a, 0, 0..300).await;
+    wait_in_sync(&[&a, &b, &c], 1, 0, SYNC_TIMEOUT).await;
+
+    // The followers die; the async leader goes on acknowledging writes alone, then dies
+    // too, and the followers come back. (Killed rather than frozen: a frozen follower
+    // would still take the request already in its socket when it thaws.)
+    b.kill9();
+    c.kill9();
+    put_rows(&a, 1, 0..100).await;
+    assert_eq!(status(&a, 1, 0).await.offset, 400);
+    a.kill9();
+    b.restart().await;
+    c.restart().await;
+
+    // B becomes leader in term 2 and writes different records at the same offsets.
+    fence_all(&[&b, &c], 1, 0, 2).await;
+    change_role(
+        &mut c.client().await,
+        1,
+        0,
+        TableRole::Follower,
+        2,
+        &[],
+        Some(&b),
+    )
+    .await;
+    change_role(
+        &mut b.client().await,
+        1,
+        0,
+        TableRole::Leader,
+        2,
+        &[&c],
+        None,
+    )
+    .await;
+    put_rows(&b, 2, 0..50).await;
+
+    // The old leader returns (still believing it leads term 1), learns of term 2 from
+    // its followers, and is then made a follower of B.
+    a.restart().await;
+    change_role(
+        &mut a.client().await,
+        1,
+        0,
+        TableRole::Follower,
+        2,
+        &[],
+        Some(&b),
+    )
+    .await;
+    b.client()
+        .await
+        .add_replica(AddReplicaRequest {
+            tid: 1,
+            pid: 0,
+            endpoint: a.endpoint.clone(),
+        })
+        .await
+        .expect("add replica");
+    wait_in_sync(&[&b, &c, &a], 1, 0, SYNC_TIMEOUT).await;
+
+    let (count, sum) = rows_checksum(&b, 1, 0).await;
+    assert_eq!(
+        count, 350,
+        "300 replicated rows and 50 of the new leader; the 100 unreplicated ones are gone"
+    );
+    assert_eq!(rows_checksum(&c, 1, 0).await, (count, sum));
+    assert_eq!(
+        rows_checksum(&a, 1, 0).await,
+        (count, sum),
+        "the old leader holds exactly the new leader's rows"
+    );
+    assert!(a.log().contains("binlog truncated at the divergence point"));
+}
+
+/// Leader A and follower B; B misses A's last records; A dies; B leads term 2 at once
+/// and writes at the very offsets A had used. Offsets alone cannot tell the logs apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kip101_truncation_then_immediate_leader_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = TabletProcess::start(&dir.path().join("a"), &[]).await;
+    let mut b = TabletProcess::start(&dir.path().join("b"), &[]).await;
+    create_replicated(&[&a, &b], workload::meta(1, 0, ReplicationMode::Async)).await;
+    put_rows(&a, 0, 0..20).await;
+    wait_in_sync(&[&a, &b], 1, 0, SYNC_TIMEOUT).await;
+    b.kill9();
+    put_rows(&a, 1, 0..3).await;
+    a.kill9();
+    b.restart().await;
+
+    fence_all(&[&b], 1, 0, 2).await;
+    change_role(
+        &mut b.client().await,
+        1,
+        0,
+        TableRole::Leader,
+        2,
+        &[&a],
+        None,
+    )
+    .await;
+    put_rows(&b, 2, 0..3).await;
+    assert_eq!(
+        status(&b, 1, 0).await.offset,
+        23,
+        "B wrote offsets 21..=23, as A had"
+    );
+
+    a.restart().await;
+    change_role(
+        &mut a.client().await,
+        1,
+        0,
+        TableRole::Follower,
+        2,
+        &[],
+        Some(&b),
+    )
+    .await;
+    wait_until_async(SYNC_TIMEOUT, "A to take B's records", || async {
+        rows_checksum(&a, 1, 0).await == rows_checksum(&b, 1, 0).await
+    })
+    .await;
+    assert_eq!(rows_checksum(&a, 1, 0).await.0, 23);
+}
+
+/// Both replicas die together while the follower lags; the follower returns first and
+/// leads; the old leader's extra records must not survive its return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kip101_replicas_restarting_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = TabletProcess::start(&dir.path().join("a"), &[]).await;
+    let mut b = TabletProcess::start(&dir.path().join("b"), &[]).await;
+    create_replicated(&[&a, &b], workload::meta(1, 0, ReplicationMode::Async)).await;
+    put_rows(&a, 0, 0..30).await;
+    wait_in_sync(&[&a, &b], 1, 0, SYNC_TIMEOUT).await;
+    b.kill9();
+    put_rows(&a, 1, 0..10).await;
+    a.kill9();
+
+    // B is back first and is fenced before A returns (else A, restored as the leader of
+    // term 1, would simply ship it the missing records).
+    b.restart().await;
+    let pairs = fence_all(&[&b], 1, 0, 2).await;
+    assert_eq!(pairs[0], (1, 30));
+    change_role(
+        &mut b.client().await,
+        1,
+        0,
+        TableRole::Leader,
+        2,
+        &[&a],
+        None,
+    )
+    .await;
+    put_rows(&b, 2, 0..5).await;
+    a.restart().await;
+    change_role(
+        &mut a.client().await,
+        1,
+        0,
+        TableRole::Follower,
+        2,
+        &[],
+        Some(&b),
+    )
+    .await;
+
+    wait_until_async(SYNC_TIMEOUT, "A to match B", || async {
+        rows_checksum(&a, 1, 0).await == rows_checksum(&b, 1, 0).await
+    })
+    .await;
+    assert_eq!(rows_checksum(&a, 1, 0).await.0, 35);
+    assert_eq!(status(&a, 1, 0).await.offset, 35);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_behind_the_retained_binlog_gets_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = three_tablets(dir.path(), &["--binlog_segment_size=4096"]).await;
+    create_replicated(&[&a, &b, &c], workload::meta(1, 0, ReplicationMode::Quorum)).await;
+    put_rows(&a, 0, 0..100).await;
+    wait_in_sync(&[&a, &b, &c], 1, 0, SYNC_TIMEOUT).await;
+
+    // C leaves the replica set, so it no longer holds back binlog collection.
+    let mut leader = a.client().await;
+    leader
+        .del_replica(DelReplicaRequest {
+            tid: 1,
+            pid: 0,
+            endpoint: c.endpoint.clone(),
+        })
+        .await
+        .unwrap();
+    put_rows(&a, 1, 0..600).await;
+    wait_in_sync(&[&a, &b], 1, 0, SYNC_TIMEOUT).await;
+    let snapshot = leader
+        .make_snapshot(MakeSnapshotRequest { tid: 1, pid: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(snapshot.offset, 700);
+    assert_eq!(status(&c, 1, 0).await.offset, 100);
+
+    leader
+        .add_replica(AddReplicaRequest {
+            tid: 1,
+            pid: 0,
+            endpoint: c.endpoint.clone(),
+        })
+        .await
+        .unwrap();
+    put_rows(&a, 2, 0..10).await;
+    wait_in_sync(&[&a, &b, &c], 1, 0, SYNC_TIMEOUT).await;
+    assert_eq!(rows_checksum(&c, 1, 0).await, rows_checksum(&a, 1, 0).await);
+    assert!(
+        a.log().contains("sending a snapshot"),
+        "the catch-up went through a snapshot"
+    );
+    assert!(c.log().contains("snapshot installed"));
+    let c_status = status(&c, 1, 0).await;
+    // The snapshot is taken when it is sent, so it covers at least what was collected.
+    assert!(c_status.snapshot_offset >= 700, "{c_status:?}");
+    assert_eq!(c_status.role, TableRole::Follower as i32);
+    wait_until_async(
+        SYNC_TIMEOUT,
+        "both followers to acknowledge offset 710",
+        || {
+            let mut leader = leader.clone();
+            async move {
+                let status = leader
+                    .get_follower_status(GetFollowerStatusRequest { tid: 1, pid: 0 })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                status.followers.len() == 2
+                    && status
+                        .followers
+                        .iter()
+                        .all(|f| f.acked_offset == 710 && f.connected)
+                    && status.commit_offset == 710
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_terms_are_refused_and_followers_redirect() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = TabletProcess::start(&dir.path().join("a"), &[]).await;
+    let b = TabletProcess::start(&dir.path().join("b"), &[]).await;
+    create_replicated(&[&a, &b], workload::meta(1, 0, ReplicationMode::Quorum)).await;
+    put_rows(&a, 0, 0..5).await;
+    let mut follower = b.client().await;
+
+    // Raise B's term; anything from term 1 is now refused with a structured error.
+    fence_all(&[&b], 1, 0, 3).await;
+    let refused = follower
+        .change_role(ChangeRoleRequest {
+            tid: 1,
+            pid: 0,
+            role: TableRole::Leader as i32,
+            term: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let detail = detail_of(&refused).unwrap();
+    assert_eq!(detail.code(), ErrorCode::StaleTerm);
+    assert_eq!(detail.term, 3);
+    let refused = follower
+        .fence(FenceRequest {
+            tid: 1,
+            pid: 0,
+            term: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(detail_of(&refused).unwrap().code(), ErrorCode::StaleTerm);
+
+    // The leader of term 1 learns from B that it was superseded, and stops taking writes.
+    let mut leader = a.client().await;
+    wait_until_async(SYNC_TIMEOUT, "the old leader to step down", || {
+        let mut leader = leader.clone();
+        async move {
+            match leader.put(workload::put_request(1, 0, 9, 0)).await {
+                Err(e) => detail_of(&e).is_some_and(|d| d.code() == ErrorCode::NotLeader),
+                Ok(_) => false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(status(&a, 1, 0).await.term, 3);
+
+    // Term 3: B leads, A follows; a write to A names the leader.
+    change_role(
+        &mut b.client().await,
+        1,
+        0,
+        TableRole::Leader,
+        3,
+        &[&a],
+        None,
+    )
+    .await;
+    change_role(&mut leader, 1, 0, TableRole::Follower, 3, &[], Some(&b)).await;
+    wait_in_sync(&[&b, &a], 1, 0, SYNC_TIMEOUT).await;
+    let refused = leader
+        .put(workload::put_request(1, 0, 9, 1))
+        .await
+        .unwrap_err();
+    let detail = detail_of(&refused).unwrap();
+    assert_eq!(detail.code(), ErrorCode::NotLeader);
+    assert_eq!(detail.leader, b.endpoint);
+
+    // Follower reads: served when caught up to min_offset, refused when behind.
+    put_rows(&b, 1, 0..3).await;
+    wait_in_sync(&[&b, &a], 1, 0, SYNC_TIMEOUT).await;
+    let offset = status(&b, 1, 0).await.offset;
+    let key = vec![Value::String("w1".into()).to_proto()];
+    let read = leader
+        .count(CountRequest {
+            tid: 1,
+            pid: 0,
+            key: key.clone(),
+            min_offset: offset,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((read.count, read.offset), (3, offset));
+    let behind = leader
+        .count(CountRequest {
+            tid: 1,
+            pid: 0,
+            key,
+            min_offset: offset + 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        detail_of(&behind).unwrap().code(),
+        ErrorCode::PartitionUnavailable
+    );
+
+    // GetTermPair reports where each log ends, in which term.
+    let pair = leader
+        .get_term_pair(GetTermPairRequest { tid: 1, pid: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (pair.last_term, pair.last_offset, pair.loaded),
+        (3, offset, true)
+    );
+}
