@@ -2,6 +2,7 @@
 //! partitioning, and the structured errors carried on the wire.
 
 pub mod codec;
+pub mod coordination;
 pub mod key;
 pub mod schema;
 pub mod types;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tessera_common::coordination::{run_registration, Lease, ZkSettings};
 use tessera_proto::tablet::tablet_server::TabletServer;
 use tracing::{info, warn};
 
@@ -34,11 +35,6 @@ pub async fn run(
         .with_context(|| format!("cannot resolve endpoint {}", config.endpoint))?
         .next()
         .with_context(|| format!("endpoint {} resolves to nothing", config.endpoint))?;
-    if !config.zk_cluster.is_empty() {
-        // Registration in ZooKeeper comes with replication; until then the flags are
-        // accepted so deployment scripts need not change later.
-        warn!(zk_cluster = %config.zk_cluster, "ZooKeeper registration is not available yet; running standalone");
-    }
 
     let root = config.db_root_path.clone();
     let options = config.table_options();
@@ -63,6 +59,25 @@ pub async fn run(
         replicators.sync_table(&table);
     }
 
+    // In a cluster: register in ZooKeeper and hold a lease; leaders stop serving when it
+    // lapses.
+    let (stop_coordination, coordination_stopped) = tokio::sync::watch::channel(false);
+    if !config.zk_cluster.is_empty() {
+        let settings = ZkSettings {
+            cluster: config.zk_cluster.clone(),
+            root: config.zk_root_path.clone(),
+            session_timeout: Duration::from_millis(config.zk_session_timeout_ms),
+        };
+        let lease = Lease::for_session(settings.session_timeout);
+        tokio::spawn(run_registration(
+            settings,
+            config.endpoint.clone(),
+            lease.clone(),
+            coordination_stopped.clone(),
+        ));
+        tokio::spawn(watch_lease(catalog.clone(), lease, coordination_stopped));
+    }
+
     let message_limit = config.max_row_size + MESSAGE_OVERHEAD;
     let service = TabletServer::new(TabletService::new(
         replicators.clone(),
@@ -80,6 +95,7 @@ pub async fn run(
         .await;
 
     info!("tablet stopping");
+    let _ = stop_coordination.send(true);
     replicators.stop_all();
     let _ = stop_gc.send(());
     let _ = gc.join();
@@ -92,6 +108,32 @@ fn tokio_stream_listener(
     listener: tokio::net::TcpListener,
 ) -> impl futures_core::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     tokio_stream::wrappers::TcpListenerStream::new(listener)
+}
+
+/// Fences every leader replica while the lease is not valid.
+async fn watch_lease(
+    catalog: Arc<Catalog>,
+    lease: Arc<Lease>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    const CHECK: Duration = Duration::from_millis(20);
+    let mut was_valid = false;
+    loop {
+        let valid = lease.is_valid();
+        if !valid {
+            if was_valid {
+                warn!(lease = ?lease.valid_for(), "ZooKeeper lease lapsed: leader replicas stop serving");
+            }
+            for table in catalog.tables() {
+                table.lease_lost();
+            }
+        }
+        was_valid = valid;
+        tokio::select! {
+            _ = tokio::time::sleep(CHECK) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 fn run_gc(catalog: &Catalog, interval: Duration, stop: mpsc::Receiver<()>) {

@@ -32,6 +32,7 @@ impl ZooKeeper {
     /// Starts a standalone server with its data under `dir` and waits until it answers.
     pub fn start(dir: &Path) -> ZooKeeper {
         assert!(Self::available(), "ZooKeeper is not installed: run scripts/test.sh, which installs Debian's `zookeeper` package");
+        fs::create_dir_all(dir).expect("create the ZooKeeper directory");
         let port = free_port();
         let log_path = dir.join("zookeeper.log");
         let log = fs::File::create(&log_path).expect("create ZooKeeper log");
@@ -77,6 +78,22 @@ impl ZooKeeper {
         let mut answer = String::new();
         stream.read_to_string(&mut answer).ok()?;
         Some(answer)
+    }
+
+    /// SIGSTOP: the server freezes; clients' requests go unanswered.
+    pub fn pause(&self) {
+        process::signal(
+            self.child.as_ref().expect("ZooKeeper is running"),
+            libc::SIGSTOP,
+        );
+    }
+
+    /// SIGCONT after [`ZooKeeper::pause`].
+    pub fn resume(&self) {
+        process::signal(
+            self.child.as_ref().expect("ZooKeeper is running"),
+            libc::SIGCONT,
+        );
     }
 
     pub fn kill9(&mut self) {

@@ -47,6 +47,9 @@ struct Flags {
     /// Seconds between TTL collections.
     #[arg(long)]
     gc_interval: Option<u64>,
+    /// Milliseconds a quorum write waits for a majority before failing.
+    #[arg(long)]
+    quorum_timeout: Option<u64>,
 }
 
 fn config_from(flags: Flags) -> anyhow::Result<TabletConfig> {
@@ -75,6 +78,7 @@ fn config_from(flags: Flags) -> anyhow::Result<TabletConfig> {
         binlog_segment_size => binlog_segment_size,
         max_row_size => max_row_size,
         gc_interval => gc_interval_secs,
+        quorum_timeout => quorum_timeout_ms,
     );
     Ok(config)
 }

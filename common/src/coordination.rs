@@ -1,0 +1,212 @@
+//! The small coordination layer over ZooKeeper: a server's registration under
+//! `<root>/nodes/<endpoint>` (an ephemeral node, so it disappears with the session) and
+//! the lease that registration keeps alive.
+//!
+//! The lease is what makes an isolated leader stop before anyone replaces it. ZooKeeper
+//! expires a session no sooner than its timeout after the last message it got from the
+//! client; the lease is renewed only by answered requests, dated when they were sent,
+//! and lapses after two thirds of the timeout. So by the time the nameserver sees the
+//! session expire and promotes another replica, the old leader's lease ran out at least
+//! a third of a timeout earlier.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError};
+
+/// Where this cluster lives in ZooKeeper.
+#[derive(Debug, Clone)]
+pub struct ZkSettings {
+    /// `host:port[,host:port…]`.
+    pub cluster: String,
+    /// Root path of this cluster, e.g. `/tessera`.
+    pub root: String,
+    pub session_timeout: Duration,
+}
+
+impl ZkSettings {
+    pub fn nodes_path(&self) -> String {
+        format!("{}/nodes", self.root.trim_end_matches('/'))
+    }
+}
+
+/// Valid while ZooKeeper answered recently enough.
+#[derive(Debug)]
+pub struct Lease {
+    epoch: Instant,
+    /// Milliseconds after `epoch` at which the last answered request was sent; 0: never.
+    renewed_at_ms: AtomicU64,
+    valid_for: Duration,
+}
+
+impl Lease {
+    /// A lease lasting two thirds of `session_timeout` after each renewal.
+    pub fn for_session(session_timeout: Duration) -> Arc<Lease> {
+        Arc::new(Lease {
+            epoch: Instant::now(),
+            renewed_at_ms: AtomicU64::new(0),
+            valid_for: session_timeout * 2 / 3,
+        })
+    }
+
+    /// A request sent at `sent` was answered.
+    pub fn renew(&self, sent: Instant) {
+        let at = sent.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
+        self.renewed_at_ms.fetch_max(at, Ordering::AcqRel);
+    }
+
+    pub fn is_valid(&self) -> bool {
+        self.is_valid_at(Instant::now())
+    }
+
+    pub fn is_valid_at(&self, now: Instant) -> bool {
+        let renewed = self.renewed_at_ms.load(Ordering::Acquire);
+        if renewed == 0 {
+            return false;
+        }
+        let now = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        now.saturating_sub(renewed) < self.valid_for.as_millis() as u64
+    }
+
+    pub fn valid_for(&self) -> Duration {
+        self.valid_for
+    }
+}
+
+/// The registration node's content: who, since when, and that it just started.
+fn node_data(endpoint: &str) -> Vec<u8> {
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{{\"endpoint\":\"{endpoint}\",\"start_time\":{started},\"startup\":true}}")
+        .into_bytes()
+}
+
+/// Keeps `<root>/nodes/<endpoint>` registered and the lease renewed until `stop` turns
+/// true. Reconnects (and re-registers) after a session expires.
+pub async fn run_registration(
+    settings: ZkSettings,
+    endpoint: String,
+    lease: Arc<Lease>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let path = format!("{}/{}", settings.nodes_path(), endpoint);
+    let beat = (settings.session_timeout / 10).max(Duration::from_millis(20));
+    let request_timeout = settings.session_timeout / 3;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let session = tokio::select! {
+            s = register(&settings, &path, &endpoint) => s,
+            _ = stop.changed() => return,
+        };
+        let client = match session {
+            Ok(client) => client,
+            Err(e) => {
+                warn!(zk_cluster = %settings.cluster, error = %e, "ZooKeeper registration failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(beat) => continue,
+                    _ = stop.changed() => return,
+                }
+            }
+        };
+        info!(path = %path, session_timeout = ?client.session_timeout(), "registered in ZooKeeper");
+        // Renew the lease with a read of our own node every beat.
+        loop {
+            let sent = Instant::now();
+            let answer = tokio::select! {
+                a = tokio::time::timeout(request_timeout, client.check_stat(&path)) => a,
+                _ = stop.changed() => {
+                    // Leave cleanly: the node goes away with the session at once.
+                    drop(client);
+                    return;
+                }
+            };
+            match answer {
+                Ok(Ok(Some(_))) => lease.renew(sent),
+                Ok(Ok(None)) => {
+                    warn!(path = %path, "registration node vanished; registering again");
+                    break;
+                }
+                Ok(Err(ZkError::SessionExpired)) | Ok(Err(ZkError::ClientClosed)) => {
+                    warn!("ZooKeeper session expired; registering again");
+                    break;
+                }
+                Ok(Err(e)) => warn!(error = %e, "ZooKeeper request failed"),
+                Err(_) => warn!(timeout = ?request_timeout, "ZooKeeper did not answer in time"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(beat) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+async fn register(settings: &ZkSettings, path: &str, endpoint: &str) -> Result<Client, ZkError> {
+    let client = Client::connector()
+        .with_session_timeout(settings.session_timeout)
+        .connect(&settings.cluster)
+        .await?;
+    let acls = Acls::anyone_all();
+    match client
+        .mkdir(
+            &settings.nodes_path(),
+            &CreateMode::Persistent.with_acls(acls),
+        )
+        .await
+    {
+        Ok(()) | Err(ZkError::NodeExists) => {}
+        Err(e) => return Err(e),
+    }
+    let ephemeral = CreateMode::Ephemeral.with_acls(acls);
+    match client.create(path, &node_data(endpoint), &ephemeral).await {
+        Ok(_) => {}
+        Err(ZkError::NodeExists) => {
+            // Left by this endpoint's previous process, whose session has not expired
+            // yet: it is ours to replace.
+            client.delete(path, None).await.or_else(|e| {
+                if e == ZkError::NoNode {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
+            client
+                .create(path, &node_data(endpoint), &ephemeral)
+                .await?;
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_lapses_two_thirds_into_the_session() {
+        let lease = Lease::for_session(Duration::from_millis(3000));
+        let start = lease.epoch;
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert!(!lease.is_valid_at(at(0)), "never renewed");
+        assert_eq!(lease.valid_for(), Duration::from_millis(2000));
+        lease.renew(at(1000));
+        assert!(lease.is_valid_at(at(1000)));
+        assert!(lease.is_valid_at(at(2900)));
+        assert!(
+            !lease.is_valid_at(at(3100)),
+            "two thirds of the session after the request was sent"
+        );
+        // An older answer arriving late does not move the lease back.
+        lease.renew(at(500));
+        assert!(lease.is_valid_at(at(2900)));
+        lease.renew(at(2500));
+        assert!(lease.is_valid_at(at(4400)));
+    }
+}

@@ -1,0 +1,166 @@
+//! Tablets in a cluster: registration in a real ZooKeeper, the lease that stops an
+//! isolated leader, and replicas that wait to be told their role after a restart.
+
+use std::time::{Duration, Instant};
+
+use tessera_common::wire_error::{detail_of, ErrorCode};
+use tessera_proto::tablet::*;
+use tessera_tests::cluster::{change_role, create_replicated};
+use tessera_tests::workload;
+use tessera_tests::{wait_until_async, TabletProcess, ZooKeeper};
+
+const SESSION_TIMEOUT_MS: u64 = 4000;
+
+fn cluster_args(zk: &ZooKeeper) -> Vec<String> {
+    vec![
+        format!("--zk_cluster={}", zk.connect_string()),
+        "--zk_root_path=/tessera".into(),
+        format!("--zk_session_timeout={SESSION_TIMEOUT_MS}"),
+        "--quorum_timeout=2000".into(),
+    ]
+}
+
+async fn registered(zk: &ZooKeeper) -> Vec<String> {
+    let client = zookeeper_client::Client::connector()
+        .with_session_timeout(Duration::from_secs(5))
+        .connect(&zk.connect_string())
+        .await
+        .expect("connect to ZooKeeper");
+    client
+        .list_children("/tessera/nodes")
+        .await
+        .unwrap_or_default()
+}
+
+async fn put_code(tablet: &TabletProcess, seq: u64) -> Option<ErrorCode> {
+    match tablet
+        .client()
+        .await
+        .put(workload::put_request(1, 0, 7, seq))
+        .await
+    {
+        Ok(_) => None,
+        Err(status) => Some(detail_of(&status).map_or(ErrorCode::Unspecified, |d| d.code())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_hold_a_lease_and_wait_for_their_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let zk = ZooKeeper::start(&dir.path().join("zk"));
+    let args = cluster_args(&zk);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let a = TabletProcess::start(&dir.path().join("a"), &args).await;
+    let mut b = TabletProcess::start(&dir.path().join("b"), &args).await;
+
+    wait_until_async(
+        Duration::from_secs(20),
+        "both tablets under /nodes",
+        || async {
+            let nodes = registered(&zk).await;
+            nodes.contains(&a.endpoint) && nodes.contains(&b.endpoint)
+        },
+    )
+    .await;
+
+    create_replicated(&[&a, &b], workload::meta(1, 0, ReplicationMode::Quorum)).await;
+    wait_until_async(
+        Duration::from_secs(20),
+        "the leader to take writes",
+        || async { put_code(&a, 0).await.is_none() },
+    )
+    .await;
+
+    // ZooKeeper stops answering: the leader must stop serving before its session could
+    // expire (and another replica could be promoted).
+    zk.pause();
+    let cut = Instant::now();
+    let mut seq = 1;
+    wait_until_async(
+        Duration::from_secs(30),
+        "the leader to refuse writes",
+        || {
+            seq += 1;
+            let seq = seq;
+            let a = &a;
+            async move { put_code(a, seq).await == Some(ErrorCode::PartitionUnavailable) }
+        },
+    )
+    .await;
+    let stopped_after = cut.elapsed();
+    assert!(
+        stopped_after < Duration::from_millis(SESSION_TIMEOUT_MS),
+        "the leader served for {stopped_after:?}, longer than the session timeout"
+    );
+    let read = a
+        .client()
+        .await
+        .count(CountRequest {
+            tid: 1,
+            pid: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        detail_of(&read).unwrap().code(),
+        ErrorCode::PartitionUnavailable
+    );
+    assert!(a.log().contains("lease lapsed"));
+
+    // ZooKeeper is back. The leader stays fenced until it is told its role again.
+    zk.resume();
+    wait_until_async(
+        Duration::from_secs(30),
+        "the leader to serve again once told its role",
+        || async {
+            change_role(
+                &mut a.client().await,
+                1,
+                0,
+                TableRole::Leader,
+                1,
+                &[&b],
+                None,
+            )
+            .await;
+            put_code(&a, 100).await.is_none()
+        },
+    )
+    .await;
+
+    // A tablet that dies leaves /nodes when its session expires.
+    b.kill9();
+    wait_until_async(
+        Duration::from_secs(30),
+        "the dead tablet's node to expire",
+        || async { !registered(&zk).await.contains(&b.endpoint) },
+    )
+    .await;
+
+    // In a cluster, a restarted replica does not resume leading on its own.
+    b.restart().await;
+    change_role(&mut b.client().await, 1, 0, TableRole::Leader, 2, &[], None).await;
+    assert_eq!(put_code(&b, 0).await, None, "B leads term 2 alone");
+    b.kill9();
+    b.restart().await;
+    let status = b
+        .client()
+        .await
+        .get_table_status(GetTableStatusRequest {
+            tid: Some(1),
+            pid: Some(0),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tables
+        .remove(0);
+    assert_eq!(
+        status.role,
+        TableRole::Follower as i32,
+        "waits to be told its role"
+    );
+    assert_eq!(status.term, 2, "but remembers its term");
+    assert_eq!(put_code(&b, 1).await, Some(ErrorCode::NotLeader));
+}
