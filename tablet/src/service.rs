@@ -125,9 +125,32 @@ impl Tablet for TabletService {
         &self,
         request: Request<LoadTableRequest>,
     ) -> Result<Response<LoadTableResponse>, Status> {
-        let LoadTableRequest { tid, pid } = request.into_inner();
+        let request = request.into_inner();
+        let (tid, pid) = (request.tid, request.pid);
+        let change = match request.role {
+            Some(_) if request.term == 0 => {
+                return Err(
+                    TabletError::InvalidArgument("loading with a role needs a term".into()).into(),
+                )
+            }
+            Some(_) => Some(RoleChange {
+                role: request.role(),
+                term: request.term,
+                followers: request.followers,
+                leader: request.leader,
+            }),
+            None => None,
+        };
         let catalog = self.catalog.clone();
-        let table = blocking(move || catalog.load(tid, pid)).await?;
+        let table = blocking(move || {
+            let table = catalog.load(tid, pid)?;
+            if let Some(change) = change {
+                table.change_role(&change)?;
+            }
+            Ok(table)
+        })
+        .await?;
+        self.replicators.sync_table(&table);
         Ok(Response::new(LoadTableResponse {
             status: Some(table.status()),
         }))

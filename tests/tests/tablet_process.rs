@@ -332,7 +332,11 @@ async fn every_rpc_works_and_bad_input_gets_structured_errors() {
         .unwrap_err();
     assert_eq!(detail_of(&status).unwrap().code(), ErrorCode::TableNotFound);
     let status = client
-        .load_table(LoadTableRequest { tid: 3, pid: 0 })
+        .load_table(LoadTableRequest {
+            tid: 3,
+            pid: 0,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(detail_of(&status).unwrap().code(), ErrorCode::TableNotFound);
@@ -425,4 +429,96 @@ async fn background_gc_collects_expired_entries() {
     )
     .await;
     assert!(tablet.log().contains("expired entries collected"));
+}
+
+/// The operator's path through a damaged binlog: the replica is reported, not served;
+/// its term pair is still readable from its files; after the damaged tail is cut,
+/// LoadTable brings it back in the role it is given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_replica_is_reported_then_repaired_and_loaded_with_a_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tablet = TabletProcess::start(dir.path(), &["--binlog_fsync=none"]).await;
+    let mut client = tablet.client().await;
+    create(&mut client, 8, 0).await;
+    for seq in 0..20 {
+        client.put(put_request(8, 0, seq)).await.unwrap();
+    }
+    assert!(tablet.terminate(Duration::from_secs(20)).success());
+
+    // Damage the 11th record.
+    let binlog = tablet.db_root_path.join("8_0").join("binlog");
+    let segment = std::fs::read_dir(&binlog)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let bytes = std::fs::read(&segment).unwrap();
+    let record_len = bytes.len() / 20;
+    let mut damaged = bytes.clone();
+    damaged[10 * record_len + 30] ^= 0xff;
+    std::fs::write(&segment, &damaged).unwrap();
+
+    tablet.restart().await;
+    let mut client = tablet.client().await;
+    let status = client
+        .get_table_status(GetTableStatusRequest {
+            tid: Some(8),
+            pid: Some(0),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tables
+        .remove(0);
+    assert_eq!(status.state, TableState::LoadFailed as i32);
+    let position = 10 * record_len;
+    assert!(
+        status.error.contains(&format!("at byte {position}")),
+        "{}",
+        status.error
+    );
+    let refused = client.put(put_request(8, 0, 99)).await.unwrap_err();
+    assert_eq!(
+        detail_of(&refused).unwrap().code(),
+        ErrorCode::PartitionUnavailable
+    );
+    let pair = client
+        .get_term_pair(GetTermPairRequest { tid: 8, pid: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (pair.last_term, pair.last_offset, pair.loaded),
+        (1, 10, false),
+        "the last intact record"
+    );
+
+    // Repair as docs/OPERATIONS.md says: cut the segment at the reported byte.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(position as u64)
+        .unwrap();
+    let loaded = client
+        .load_table(LoadTableRequest {
+            tid: 8,
+            pid: 0,
+            role: Some(TableRole::Follower as i32),
+            term: 5,
+            leader: "127.0.0.1:1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(loaded.state, TableState::Normal as i32);
+    assert_eq!(
+        (loaded.role, loaded.term, loaded.offset),
+        (TableRole::Follower as i32, 5, 10)
+    );
+    assert_eq!(loaded.leader, "127.0.0.1:1");
 }
