@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# A local Tessera to try things on: ZooKeeper and a tablet on loopback.
-# Data lives under $TESSERA_PLAYGROUND (default /tmp/tessera-playground); Ctrl-C stops all.
+# A local Tessera to try things on: ZooKeeper and three tablets registered in it, all on
+# loopback. Data lives under $TESSERA_PLAYGROUND (default /tmp/tessera-playground);
+# Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 dir=${TESSERA_PLAYGROUND:-/tmp/tessera-playground}
 zk_port=${ZK_PORT:-2181}
-tablet_endpoint=${TABLET_ENDPOINT:-127.0.0.1:9527}
 
 scripts/zookeeper.sh install
 echo "Building..."
@@ -24,25 +24,33 @@ trap stop EXIT INT TERM
 
 scripts/zookeeper.sh run "$dir/zookeeper" "$zk_port" >"$dir/zookeeper.log" 2>&1 &
 pids+=($!)
-"$root/target/debug/tessera-tablet" --endpoint="$tablet_endpoint" --db_root_path="$dir/tablet" \
-  >"$dir/tablet.log" 2>&1 &
-pids+=($!)
-
-for _ in $(seq 100); do
-  grep -q "tablet serving" "$dir/tablet.log" 2>/dev/null && break
-  sleep 0.1
+for i in 0 1 2; do
+  endpoint=127.0.0.1:$((9527 + i))
+  "$root/target/debug/tessera-tablet" --endpoint="$endpoint" --db_root_path="$dir/tablet$i" \
+    --zk_cluster=127.0.0.1:$zk_port --zk_root_path=/tessera >"$dir/tablet$i.log" 2>&1 &
+  pids+=($!)
 done
-grep -q "tablet serving" "$dir/tablet.log" || { echo "the tablet did not start:"; tail -20 "$dir/tablet.log"; exit 1; }
+
+for i in 0 1 2; do
+  for _ in $(seq 200); do
+    grep -q "registered in ZooKeeper" "$dir/tablet$i.log" 2>/dev/null && break
+    sleep 0.1
+  done
+  grep -q "registered in ZooKeeper" "$dir/tablet$i.log" || {
+    echo "tablet $i did not come up:"; tail -20 "$dir/tablet$i.log"; exit 1; }
+done
 
 cat <<MSG
 Tessera playground is up.
-  ZooKeeper   127.0.0.1:$zk_port        (log: $dir/zookeeper.log)
-  tablet      $tablet_endpoint   (data: $dir/tablet, log: $dir/tablet.log)
-The nameserver and ns_client are not built yet; the tablet serves its gRPC API
-(proto/protos/tablet.proto) directly. Press Ctrl-C to stop.
+  ZooKeeper   127.0.0.1:$zk_port              (log: $dir/zookeeper.log)
+  tablets     127.0.0.1:9527, :9528, :9529   (data and logs: $dir/tablet<N>, $dir/tablet<N>.log)
+The tablets are registered under /tessera/nodes. The nameserver and ns_client are not
+built yet: the tablets serve their gRPC API (proto/protos/tablet.proto) directly, and
+target/debug/tessera-bench --endpoints=127.0.0.1:9527,127.0.0.1:9528,127.0.0.1:9529
+creates a replicated table and writes to it. Press Ctrl-C to stop.
 MSG
 if [[ -t 0 ]]; then
-  tail -f "$dir/tablet.log"
+  tail -f "$dir"/tablet*.log
 else
   wait
 fi

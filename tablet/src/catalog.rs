@@ -201,6 +201,16 @@ impl Catalog {
                 });
             }
         }
+        for &(t, p) in self.reloading.read().iter() {
+            if wanted(t, p) && !out.iter().any(|s| (s.tid, s.pid) == (t, p)) {
+                out.push(TableStatus {
+                    tid: t,
+                    pid: p,
+                    state: TableState::Loading as i32,
+                    ..TableStatus::default()
+                });
+            }
+        }
         out.sort_by_key(|s| (s.tid, s.pid));
         out
     }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use tessera_common::wire_error::{detail_of, ErrorCode};
 use tessera_common::Value;
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::*;
@@ -10,6 +11,8 @@ use tonic::transport::Channel;
 use crate::wait::wait_until_async;
 use crate::TabletProcess;
 
+/// Sets a replica's role, retrying while the replica answers "unavailable" (it may be
+/// reloading after a truncation), as the nameserver does.
 pub async fn change_role(
     client: &mut TabletClient<Channel>,
     tid: u32,
@@ -19,17 +22,27 @@ pub async fn change_role(
     followers: &[&TabletProcess],
     leader: Option<&TabletProcess>,
 ) {
-    client
-        .change_role(ChangeRoleRequest {
-            tid,
-            pid,
-            role: role as i32,
-            term,
-            followers: followers.iter().map(|t| t.endpoint.clone()).collect(),
-            leader: leader.map(|t| t.endpoint.clone()).unwrap_or_default(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("change role to {role:?} in term {term}: {}", e.message()));
+    let request = ChangeRoleRequest {
+        tid,
+        pid,
+        role: role as i32,
+        term,
+        followers: followers.iter().map(|t| t.endpoint.clone()).collect(),
+        leader: leader.map(|t| t.endpoint.clone()).unwrap_or_default(),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.change_role(request.clone()).await {
+            Ok(_) => return,
+            Err(e)
+                if detail_of(&e).is_some_and(|d| d.code() == ErrorCode::PartitionUnavailable)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("change role to {role:?} in term {term}: {}", e.message()),
+        }
+    }
 }
 
 /// Creates the replica on every tablet; the first leads the others in term 1.

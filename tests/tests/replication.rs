@@ -426,6 +426,8 @@ async fn stale_terms_are_refused_and_followers_redirect() {
     assert_eq!(status(&a, 1, 0).await.term, 3);
 
     // Term 3: B leads, A follows; a write to A names the leader.
+    // Followers first, then the leader, as in docs/OPERATIONS.md.
+    change_role(&mut leader, 1, 0, TableRole::Follower, 3, &[], Some(&b)).await;
     change_role(
         &mut b.client().await,
         1,
@@ -436,7 +438,6 @@ async fn stale_terms_are_refused_and_followers_redirect() {
         None,
     )
     .await;
-    change_role(&mut leader, 1, 0, TableRole::Follower, 3, &[], Some(&b)).await;
     wait_in_sync(&[&b, &a], 1, 0, SYNC_TIMEOUT).await;
     let refused = leader
         .put(workload::put_request(1, 0, 9, 1))
@@ -488,4 +489,71 @@ async fn stale_terms_are_refused_and_followers_redirect() {
         (pair.last_term, pair.last_offset, pair.loaded),
         (3, offset, true)
     );
+}
+
+/// Collection after a snapshot keeps every record a follower of the set still lacks, even
+/// one that is down: when it returns it catches up from the binlog, with no snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn binlog_collection_keeps_what_a_dead_follower_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, mut c) = three_tablets(dir.path(), &["--binlog_segment_size=4096"]).await;
+    create_replicated(&[&a, &b, &c], workload::meta(1, 0, ReplicationMode::Quorum)).await;
+    put_rows(&a, 0, 0..50).await;
+    wait_in_sync(&[&a, &b, &c], 1, 0, SYNC_TIMEOUT).await;
+    c.kill9();
+    put_rows(&a, 1, 0..600).await;
+    let mut leader = a.client().await;
+    let snapshot = leader
+        .make_snapshot(MakeSnapshotRequest { tid: 1, pid: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(snapshot.offset, 650);
+
+    // Paused snapshots are refused until recovered.
+    leader
+        .pause_snapshot(PauseSnapshotRequest { tid: 1, pid: 0 })
+        .await
+        .unwrap();
+    put_rows(&a, 1, 600..610).await;
+    let paused = leader
+        .make_snapshot(MakeSnapshotRequest { tid: 1, pid: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        detail_of(&paused).unwrap().code(),
+        ErrorCode::PartitionUnavailable
+    );
+    leader
+        .recover_snapshot(RecoverSnapshotRequest { tid: 1, pid: 0 })
+        .await
+        .unwrap();
+    leader
+        .make_snapshot(MakeSnapshotRequest { tid: 1, pid: 0 })
+        .await
+        .unwrap();
+
+    c.restart().await;
+    wait_in_sync(&[&a, &b, &c], 1, 0, SYNC_TIMEOUT).await;
+    assert_eq!(rows_checksum(&c, 1, 0).await, rows_checksum(&a, 1, 0).await);
+    assert!(
+        !a.log().contains("sending a snapshot"),
+        "C caught up from the binlog"
+    );
+
+    // An explicit SendSnapshot re-seeds a replica, which then follows again.
+    let sent = leader
+        .send_snapshot(SendSnapshotRequest {
+            tid: 1,
+            pid: 0,
+            endpoint: c.endpoint.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(sent.offset >= 660);
+    put_rows(&a, 2, 0..5).await;
+    wait_in_sync(&[&a, &b, &c], 1, 0, SYNC_TIMEOUT).await;
+    assert_eq!(rows_checksum(&c, 1, 0).await, rows_checksum(&a, 1, 0).await);
+    assert_eq!(status(&c, 1, 0).await.snapshot_offset, sent.offset);
 }

@@ -901,26 +901,6 @@ impl BinlogReader {
     }
 }
 
-/// Reads every record of a binlog directory without modifying it (diagnostics, tests).
-pub fn read_all(dir: &Path) -> Result<Vec<(u64, u64, Vec<u8>)>> {
-    let mut out = Vec::new();
-    for segment in list_segments(dir)? {
-        let bytes = fs::read(&segment.path).map_err(io_error(&segment.path))?;
-        let mut pos = 0;
-        while pos < bytes.len() {
-            let (record, len) =
-                decode_record(&bytes[pos..]).map_err(|fault| StorageError::Corruption {
-                    file: segment.path.clone(),
-                    position: pos as u64,
-                    reason: format!("{fault:?}"),
-                })?;
-            out.push((record.term, record.offset, record.payload.to_vec()));
-            pos += len;
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
