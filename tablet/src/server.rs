@@ -127,6 +127,9 @@ async fn watch_lease(
     let mut was_valid = false;
     loop {
         let valid = lease.is_valid();
+        if valid && !was_valid {
+            info!(lease = ?lease.valid_for(), "ZooKeeper lease acquired");
+        }
         if !valid {
             if was_valid {
                 warn!(lease = ?lease.valid_for(), "ZooKeeper lease lapsed: leader replicas stop serving");

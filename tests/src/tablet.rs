@@ -61,16 +61,21 @@ impl TabletProcess {
         self.wait_ready().await;
     }
 
+    /// Serving, and in a cluster holding its lease (so leaders it is given can write).
     async fn wait_ready(&mut self) {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        let in_cluster = self.args.iter().any(|a| a.starts_with("--zk_cluster="));
+        let leases_before = self.log().matches("ZooKeeper lease acquired").count();
         loop {
             if let Ok(mut client) = TabletClient::connect(format!("http://{}", self.endpoint)).await
             {
-                if client
+                let serving = client
                     .get_table_status(GetTableStatusRequest::default())
                     .await
-                    .is_ok()
-                {
+                    .is_ok();
+                let leased = !in_cluster
+                    || self.log().matches("ZooKeeper lease acquired").count() > leases_before;
+                if serving && leased {
                     return;
                 }
             }

@@ -1,5 +1,5 @@
-//! Three real tablets replicating one partition, wired through the tablet RPCs the
-//! nameserver will use: quorum and async modes, failover by fence + ChangeRole,
+//! Three real tablets in a real ZooKeeper cluster replicating one partition, wired
+//! through the tablet RPCs the nameserver will use: quorum and async modes, failover by fence + ChangeRole,
 //! divergence repair, snapshot catch-up and fencing.
 
 use std::sync::atomic::Ordering;
@@ -12,18 +12,37 @@ use tessera_tests::cluster::{
     change_role, create_replicated, fence_all, rows_checksum, status, wait_in_sync,
 };
 use tessera_tests::workload::{self, Writers};
-use tessera_tests::{wait_until_async, TabletProcess};
+use tessera_tests::{wait_until_async, TabletProcess, ZooKeeper};
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A real ZooKeeper and the arguments that put tablets in its cluster.
+fn zookeeper(dir: &std::path::Path, extra: &[&str]) -> (ZooKeeper, Vec<String>) {
+    let zk = ZooKeeper::start(&dir.join("zk"));
+    let mut args = vec![
+        format!("--zk_cluster={}", zk.connect_string()),
+        "--zk_root_path=/tessera".to_string(),
+        "--zk_session_timeout=4000".to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    (zk, args)
+}
+
+async fn tablet(dir: &std::path::Path, name: &str, args: &[String]) -> TabletProcess {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    TabletProcess::start(&dir.join(name), &args).await
+}
+
 async fn three_tablets(
     dir: &std::path::Path,
-    args: &[&str],
-) -> (TabletProcess, TabletProcess, TabletProcess) {
+    extra: &[&str],
+) -> (ZooKeeper, TabletProcess, TabletProcess, TabletProcess) {
+    let (zk, args) = zookeeper(dir, extra);
     (
-        TabletProcess::start(&dir.join("a"), args).await,
-        TabletProcess::start(&dir.join("b"), args).await,
-        TabletProcess::start(&dir.join("c"), args).await,
+        zk,
+        tablet(dir, "a", &args).await,
+        tablet(dir, "b", &args).await,
+        tablet(dir, "c", &args).await,
     )
 }
 
@@ -55,7 +74,7 @@ fn most_up_to_date(pairs: &[(u64, u64)]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn quorum_writes_survive_a_follower_and_then_the_leader_dying() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut a, b, mut c) = three_tablets(dir.path(), &[]).await;
+    let (_zk, mut a, b, mut c) = three_tablets(dir.path(), &[]).await;
     create_replicated(&[&a, &b, &c], workload::meta(1, 0, ReplicationMode::Quorum)).await;
 
     let clients = vec![a.client().await, a.client().await];
@@ -126,7 +145,7 @@ async fn quorum_writes_survive_a_follower_and_then_the_leader_dying() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn async_mode_old_leader_tail_is_truncated_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut a, mut b, mut c) = three_tablets(dir.path(), &[]).await;
+    let (_zk, mut a, mut b, mut c) = three_tablets(dir.path(), &[]).await;
     create_replicated(&[&a, &b, &c], workload::meta(1, 0, ReplicationMode::Async)).await;
 
     put_rows(&a, 0, 0..300).await;
@@ -167,8 +186,8 @@ async fn async_mode_old_leader_tail_is_truncated_when_it_returns() {
     .await;
     put_rows(&b, 2, 0..50).await;
 
-    // The old leader returns (still believing it leads term 1), learns of term 2 from
-    // its followers, and is then made a follower of B.
+    // The old leader returns; in a cluster it waits to be told its role, and is made a
+    // follower of B.
     a.restart().await;
     change_role(
         &mut a.client().await,
@@ -210,8 +229,9 @@ async fn async_mode_old_leader_tail_is_truncated_when_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kip101_truncation_then_immediate_leader_change() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = TabletProcess::start(&dir.path().join("a"), &[]).await;
-    let mut b = TabletProcess::start(&dir.path().join("b"), &[]).await;
+    let (_zk, args) = zookeeper(dir.path(), &[]);
+    let mut a = tablet(dir.path(), "a", &args).await;
+    let mut b = tablet(dir.path(), "b", &args).await;
     create_replicated(&[&a, &b], workload::meta(1, 0, ReplicationMode::Async)).await;
     put_rows(&a, 0, 0..20).await;
     wait_in_sync(&[&a, &b], 1, 0, SYNC_TIMEOUT).await;
@@ -261,8 +281,9 @@ async fn kip101_truncation_then_immediate_leader_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kip101_replicas_restarting_together() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = TabletProcess::start(&dir.path().join("a"), &[]).await;
-    let mut b = TabletProcess::start(&dir.path().join("b"), &[]).await;
+    let (_zk, args) = zookeeper(dir.path(), &[]);
+    let mut a = tablet(dir.path(), "a", &args).await;
+    let mut b = tablet(dir.path(), "b", &args).await;
     create_replicated(&[&a, &b], workload::meta(1, 0, ReplicationMode::Async)).await;
     put_rows(&a, 0, 0..30).await;
     wait_in_sync(&[&a, &b], 1, 0, SYNC_TIMEOUT).await;
@@ -309,7 +330,7 @@ async fn kip101_replicas_restarting_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_behind_the_retained_binlog_gets_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, c) = three_tablets(dir.path(), &["--binlog_segment_size=4096"]).await;
+    let (_zk, a, b, c) = three_tablets(dir.path(), &["--binlog_segment_size=4096"]).await;
     create_replicated(&[&a, &b, &c], workload::meta(1, 0, ReplicationMode::Quorum)).await;
     put_rows(&a, 0, 0..100).await;
     wait_in_sync(&[&a, &b, &c], 1, 0, SYNC_TIMEOUT).await;
@@ -380,8 +401,9 @@ async fn a_follower_behind_the_retained_binlog_gets_a_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_terms_are_refused_and_followers_redirect() {
     let dir = tempfile::tempdir().unwrap();
-    let a = TabletProcess::start(&dir.path().join("a"), &[]).await;
-    let b = TabletProcess::start(&dir.path().join("b"), &[]).await;
+    let (_zk, args) = zookeeper(dir.path(), &[]);
+    let a = tablet(dir.path(), "a", &args).await;
+    let b = tablet(dir.path(), "b", &args).await;
     create_replicated(&[&a, &b], workload::meta(1, 0, ReplicationMode::Quorum)).await;
     put_rows(&a, 0, 0..5).await;
     let mut follower = b.client().await;
@@ -496,7 +518,7 @@ async fn stale_terms_are_refused_and_followers_redirect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn binlog_collection_keeps_what_a_dead_follower_needs() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, mut c) = three_tablets(dir.path(), &["--binlog_segment_size=4096"]).await;
+    let (_zk, a, b, mut c) = three_tablets(dir.path(), &["--binlog_segment_size=4096"]).await;
     create_replicated(&[&a, &b, &c], workload::meta(1, 0, ReplicationMode::Quorum)).await;
     put_rows(&a, 0, 0..50).await;
     wait_in_sync(&[&a, &b, &c], 1, 0, SYNC_TIMEOUT).await;
