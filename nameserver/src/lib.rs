@@ -1,1 +1,11 @@
+//! The Tessera nameserver: elected through ZooKeeper, keeps the table metadata, follows
+//! the tablets, and places new tables' replicas.
 
+pub mod error;
+pub mod paths;
+pub mod placement;
+pub mod server;
+pub mod service;
+pub mod state;
+
+pub use server::{run, NameserverConfig};

@@ -2,12 +2,14 @@
 //! ZooKeeper) on loopback ports, owned by guards that kill them on drop.
 
 pub mod cluster;
+pub mod nameserver;
 pub mod process;
 pub mod tablet;
 pub mod wait;
 pub mod workload;
 pub mod zookeeper;
 
+pub use nameserver::NameserverProcess;
 pub use process::{binary, free_port};
 pub use tablet::TabletProcess;
 pub use wait::{wait_until, wait_until_async};

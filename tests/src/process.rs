@@ -65,6 +65,22 @@ pub fn kill9(child: &mut Child) {
     }
 }
 
+/// Spawns a workspace binary with stdout and stderr appended to `log_path`.
+pub fn spawn_logged(name: &str, args: &[String], log_path: &std::path::Path) -> Child {
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("open the process log");
+    std::process::Command::new(binary(name))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"))
+}
+
 /// The last `lines` lines of a log file, for failure messages.
 pub fn log_tail(path: &std::path::Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

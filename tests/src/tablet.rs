@@ -1,15 +1,14 @@
 //! A `tessera-tablet` process under test.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::time::Duration;
 
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::GetTableStatusRequest;
 use tonic::transport::Channel;
 
-use crate::process::{self, binary, free_port, log_tail};
+use crate::process::{self, free_port, log_tail};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -43,20 +42,12 @@ impl TabletProcess {
     async fn spawn(&mut self) {
         assert!(self.child.is_none(), "tablet already running");
         self.starts += 1;
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .expect("open tablet log");
-        let child = Command::new(binary("tessera-tablet"))
-            .arg(format!("--endpoint={}", self.endpoint))
-            .arg(format!("--db_root_path={}", self.db_root_path.display()))
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn tessera-tablet");
+        let mut args = vec![
+            format!("--endpoint={}", self.endpoint),
+            format!("--db_root_path={}", self.db_root_path.display()),
+        ];
+        args.extend(self.args.iter().cloned());
+        let child = process::spawn_logged("tessera-tablet", &args, &self.log_path);
         self.child = Some(child);
         self.wait_ready().await;
     }

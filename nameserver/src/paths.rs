@@ -1,0 +1,59 @@
+//! The ZooKeeper layout under `--zk_root_path`.
+
+#[derive(Debug, Clone)]
+pub struct Paths {
+    root: String,
+}
+
+impl Paths {
+    pub fn new(root: &str) -> Paths {
+        Paths {
+            root: root.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// Election nodes (ephemeral sequential `n-…`); the lowest leads.
+    pub fn leader_dir(&self) -> String {
+        format!("{}/leader", self.root)
+    }
+
+    pub fn leader_prefix(&self) -> String {
+        format!("{}/leader/n-", self.root)
+    }
+
+    pub fn nodes(&self) -> String {
+        format!("{}/nodes", self.root)
+    }
+
+    pub fn table_data(&self) -> String {
+        format!("{}/table/table_data", self.root)
+    }
+
+    pub fn table(&self, db: &str, name: &str) -> String {
+        format!("{}/table/table_data/{db}.{name}", self.root)
+    }
+
+    pub fn table_index(&self) -> String {
+        format!("{}/table/table_index", self.root)
+    }
+
+    pub fn table_changed(&self) -> String {
+        format!("{}/notify/table_changed", self.root)
+    }
+
+    pub fn auto_failover(&self) -> String {
+        format!("{}/config/auto_failover", self.root)
+    }
+
+    /// Persistent directories the nameserver makes sure exist.
+    pub fn directories(&self) -> Vec<String> {
+        vec![
+            self.leader_dir(),
+            self.nodes(),
+            self.table_data(),
+            format!("{}/notify", self.root),
+            format!("{}/config", self.root),
+            format!("{}/op/op_data", self.root),
+        ]
+    }
+}

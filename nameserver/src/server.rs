@@ -1,0 +1,90 @@
+//! Starting and stopping a nameserver.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use tessera_common::coordination::ZkSettings;
+use tessera_common::Endpoint;
+use tessera_proto::nameserver::nameserver_server::NameserverServer;
+use tracing::info;
+
+use crate::service::NameserverService;
+use crate::state::Nameserver;
+
+#[derive(Debug, Clone)]
+pub struct NameserverConfig {
+    pub endpoint: String,
+    pub zk_cluster: String,
+    pub zk_root_path: String,
+    pub zk_session_timeout: Duration,
+}
+
+impl NameserverConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        Endpoint::parse(&self.endpoint)?;
+        if self.zk_cluster.is_empty() {
+            return Err(
+                "zk_cluster is required: the nameserver is elected through ZooKeeper".into(),
+            );
+        }
+        if !self.zk_root_path.starts_with('/') {
+            return Err(format!(
+                "zk_root_path `{}` must start with /",
+                self.zk_root_path
+            ));
+        }
+        if self.zk_session_timeout < Duration::from_millis(400) {
+            return Err("zk_session_timeout must be at least 400 ms".into());
+        }
+        Ok(())
+    }
+}
+
+/// Runs a nameserver until `shutdown` completes.
+pub async fn run(
+    config: NameserverConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    config
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("invalid nameserver configuration")?;
+    let addr: SocketAddr = tokio::net::lookup_host(&config.endpoint)
+        .await
+        .with_context(|| format!("cannot resolve endpoint {}", config.endpoint))?
+        .next()
+        .with_context(|| format!("endpoint {} resolves to nothing", config.endpoint))?;
+    let state = Nameserver::new(
+        config.endpoint.clone(),
+        ZkSettings {
+            cluster: config.zk_cluster.clone(),
+            root: config.zk_root_path.clone(),
+            session_timeout: config.zk_session_timeout,
+        },
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let election = tokio::spawn(state.clone().run_election(stopped));
+
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    info!(endpoint = %config.endpoint, "nameserver serving");
+    let incoming = {
+        use tokio_stream::StreamExt;
+        tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+            let stream = accepted?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(stream)
+        })
+    };
+    let served = tonic::transport::Server::builder()
+        .add_service(NameserverServer::new(NameserverService::new(state)))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    let _ = stop.send(true);
+    let _ = election.await;
+    info!("nameserver stopped");
+    served.context("gRPC server failed")
+}

@@ -1,0 +1,115 @@
+//! The nameserver's gRPC face.
+
+use std::sync::Arc;
+
+use tessera_proto::nameserver::nameserver_server::Nameserver as NameserverRpc;
+use tessera_proto::nameserver::*;
+use tonic::{Request, Response, Status};
+
+use crate::state::Nameserver;
+
+pub struct NameserverService {
+    state: Arc<Nameserver>,
+}
+
+impl NameserverService {
+    pub fn new(state: Arc<Nameserver>) -> NameserverService {
+        NameserverService { state }
+    }
+}
+
+#[tonic::async_trait]
+impl NameserverRpc for NameserverService {
+    async fn create_table(
+        &self,
+        request: Request<CreateTableRequest>,
+    ) -> Result<Response<CreateTableResponse>, Status> {
+        let table = self.state.create_table(request.into_inner()).await?;
+        Ok(Response::new(CreateTableResponse { table: Some(table) }))
+    }
+
+    async fn drop_table(
+        &self,
+        request: Request<DropTableRequest>,
+    ) -> Result<Response<DropTableResponse>, Status> {
+        let request = request.into_inner();
+        self.state.drop_table(&request.db, &request.name).await?;
+        Ok(Response::new(DropTableResponse {}))
+    }
+
+    async fn show_table(
+        &self,
+        request: Request<ShowTableRequest>,
+    ) -> Result<Response<ShowTableResponse>, Status> {
+        let request = request.into_inner();
+        let rows = self.state.show_table(&request.db, &request.name).await?;
+        Ok(Response::new(ShowTableResponse { rows }))
+    }
+
+    async fn show_tablet(
+        &self,
+        _: Request<ShowTabletRequest>,
+    ) -> Result<Response<ShowTabletResponse>, Status> {
+        Ok(Response::new(ShowTabletResponse {
+            tablets: self.state.tablets(),
+        }))
+    }
+
+    async fn show_ns(&self, _: Request<ShowNsRequest>) -> Result<Response<ShowNsResponse>, Status> {
+        let nameservers = self
+            .state
+            .nameservers()
+            .await?
+            .into_iter()
+            .map(|(endpoint, leads)| NsInfo {
+                endpoint,
+                role: if leads { "leader" } else { "standby" }.into(),
+            })
+            .collect();
+        Ok(Response::new(ShowNsResponse { nameservers }))
+    }
+
+    async fn show_schema(
+        &self,
+        request: Request<ShowSchemaRequest>,
+    ) -> Result<Response<ShowSchemaResponse>, Status> {
+        let request = request.into_inner();
+        let db = if request.db.is_empty() {
+            crate::state::DEFAULT_DB
+        } else {
+            &request.db
+        };
+        let table = self.state.table(db, &request.name).await?;
+        Ok(Response::new(ShowSchemaResponse { table: Some(table) }))
+    }
+
+    async fn conf_get(
+        &self,
+        request: Request<ConfGetRequest>,
+    ) -> Result<Response<ConfGetResponse>, Status> {
+        let key = request.into_inner().key;
+        let entries = self
+            .state
+            .conf_get()
+            .await?
+            .into_iter()
+            .filter(|e| key.is_empty() || e.key == key)
+            .collect::<Vec<_>>();
+        if entries.is_empty() {
+            return Err(crate::error::NsError::InvalidArgument(format!(
+                "unknown configuration key `{key}`"
+            ))
+            .into());
+        }
+        Ok(Response::new(ConfGetResponse { entries }))
+    }
+
+    async fn conf_set(
+        &self,
+        request: Request<ConfSetRequest>,
+    ) -> Result<Response<ConfSetResponse>, Status> {
+        let request = request.into_inner();
+        self.state.conf_set(&request.key, &request.value).await?;
+        Ok(Response::new(ConfSetResponse {}))
+    }
+}

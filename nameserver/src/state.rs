@@ -1,0 +1,654 @@
+//! The nameserver's state: its ZooKeeper session, whether it leads (and the election
+//! lock through which every metadata write is fenced), the tablet registry, and the
+//! metadata operations.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use prost::Message;
+use tessera_common::coordination::ZkSettings;
+use tessera_common::Schema;
+use tessera_proto::nameserver::*;
+use tessera_proto::tablet::tablet_client::TabletClient;
+use tessera_proto::tablet::{self as tpb, TableRole};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+use zookeeper_client::{
+    Acls, Client, CreateMode, Error as ZkError, LockPrefix, OwnedLockClient, SessionState,
+};
+
+use crate::error::{NsError, Result};
+use crate::paths::Paths;
+use crate::placement;
+
+const TABLET_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const TABLET_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_DB: &str = "default";
+pub const DEFAULT_PARTITION_NUM: u32 = 8;
+pub const DEFAULT_REPLICA_NUM: u32 = 3;
+
+/// What the registry knows of one tablet.
+#[derive(Debug, Clone)]
+pub struct TabletEntry {
+    pub healthy: bool,
+    /// When it registered (healthy) or disappeared (offline).
+    pub since: Instant,
+}
+
+pub struct Nameserver {
+    pub endpoint: String,
+    pub paths: Paths,
+    settings: ZkSettings,
+    /// The current ZooKeeper session.
+    client: RwLock<Option<Client>>,
+    /// Held while this nameserver leads; writes through it are fenced by the lock node.
+    leader: RwLock<Option<Arc<OwnedLockClient>>>,
+    tablets: RwLock<BTreeMap<String, TabletEntry>>,
+    /// Serialises metadata changes.
+    admin: tokio::sync::Mutex<()>,
+}
+
+fn persistent() -> zookeeper_client::CreateOptions<'static> {
+    CreateMode::Persistent.with_acls(Acls::anyone_all())
+}
+
+impl Nameserver {
+    pub fn new(endpoint: String, settings: ZkSettings) -> Arc<Nameserver> {
+        Arc::new(Nameserver {
+            endpoint,
+            paths: Paths::new(&settings.root),
+            settings,
+            client: RwLock::new(None),
+            leader: RwLock::new(None),
+            tablets: RwLock::new(BTreeMap::new()),
+            admin: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.read().is_some()
+    }
+
+    fn client(&self) -> Result<Client> {
+        self.client
+            .read()
+            .clone()
+            .ok_or_else(|| NsError::Zk("not connected to ZooKeeper".into()))
+    }
+
+    /// The election lock, or `NotLeader` naming whoever leads.
+    async fn lock(&self) -> Result<Arc<OwnedLockClient>> {
+        if let Some(lock) = self.leader.read().clone() {
+            return Ok(lock);
+        }
+        let leader = self
+            .nameservers()
+            .await
+            .ok()
+            .and_then(|list| list.into_iter().find(|(_, leads)| *leads))
+            .map(|(endpoint, _)| endpoint)
+            .unwrap_or_default();
+        Err(NsError::NotLeader { leader })
+    }
+
+    /// Runs the election until `stop`: contend, lead until the session ends, contend again.
+    pub async fn run_election(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let session = tokio::select! {
+                s = self.clone().lead_one_session() => s,
+                _ = stop.changed() => return,
+            };
+            self.leader.write().take();
+            if let Err(e) = session {
+                warn!(error = %e, "nameserver session ended");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    async fn lead_one_session(self: Arc<Self>) -> Result<()> {
+        let client = Client::connector()
+            .with_session_timeout(self.settings.session_timeout)
+            .connect(&self.settings.cluster)
+            .await?;
+        for dir in self.paths.directories() {
+            match client.mkdir(&dir, &persistent()).await {
+                Ok(()) | Err(ZkError::NodeExists) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        *self.client.write() = Some(client.clone());
+        tokio::spawn(self.clone().watch_tablets(client.clone()));
+
+        let prefix_path = self.paths.leader_prefix();
+        let prefix = LockPrefix::new_shared(&prefix_path)?;
+        let lock = client
+            .lock(prefix, self.endpoint.as_bytes(), Acls::anyone_all())
+            .await?;
+        let lock = Arc::new(lock.into_owned());
+        for (path, initial) in [
+            (self.paths.table_index(), "0"),
+            (self.paths.table_changed(), "0"),
+            (self.paths.auto_failover(), "true"),
+        ] {
+            match lock.create(&path, initial.as_bytes(), &persistent()).await {
+                Ok(_) | Err(ZkError::NodeExists) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        *self.leader.write() = Some(lock);
+        info!(endpoint = %self.endpoint, "became the nameserver leader");
+
+        let mut states = client.state_watcher();
+        loop {
+            match states.changed().await {
+                SessionState::Expired | SessionState::Closed | SessionState::AuthFailed => {
+                    warn!("ZooKeeper session lost: no longer the leader");
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Follows `/nodes`: present tablets are healthy, vanished ones offline.
+    async fn watch_tablets(self: Arc<Self>, client: Client) {
+        let nodes = self.paths.nodes();
+        loop {
+            match client.list_and_watch_children(&nodes).await {
+                Ok((children, watcher)) => {
+                    self.update_tablets(&children);
+                    watcher.changed().await;
+                }
+                Err(ZkError::SessionExpired) | Err(ZkError::ClientClosed) => return,
+                Err(e) => {
+                    warn!(error = %e, "listing tablets failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    fn update_tablets(&self, present: &[String]) {
+        let now = Instant::now();
+        let mut tablets = self.tablets.write();
+        for endpoint in present {
+            let entry = tablets.entry(endpoint.clone()).or_insert(TabletEntry {
+                healthy: false,
+                since: now,
+            });
+            if !entry.healthy {
+                info!(endpoint = %endpoint, "tablet healthy");
+                *entry = TabletEntry {
+                    healthy: true,
+                    since: now,
+                };
+            }
+        }
+        for (endpoint, entry) in tablets.iter_mut() {
+            if entry.healthy && !present.contains(endpoint) {
+                warn!(endpoint = %endpoint, "tablet offline");
+                *entry = TabletEntry {
+                    healthy: false,
+                    since: now,
+                };
+            }
+        }
+    }
+
+    pub fn tablets(&self) -> Vec<TabletInfo> {
+        self.tablets
+            .read()
+            .iter()
+            .map(|(endpoint, entry)| TabletInfo {
+                endpoint: endpoint.clone(),
+                state: if entry.healthy {
+                    "kTabletHealthy"
+                } else {
+                    "kTabletOffline"
+                }
+                .into(),
+                age_ms: entry.since.elapsed().as_millis() as u64,
+            })
+            .collect()
+    }
+
+    fn healthy_tablets(&self) -> Vec<String> {
+        self.tablets
+            .read()
+            .iter()
+            .filter(|(_, e)| e.healthy)
+            .map(|(endpoint, _)| endpoint.clone())
+            .collect()
+    }
+
+    /// Every nameserver in the election, in order; the first leads.
+    pub async fn nameservers(&self) -> Result<Vec<(String, bool)>> {
+        let client = self.client()?;
+        let mut children = client.list_children(&self.paths.leader_dir()).await?;
+        // `n-<sequence>`: the sequence decides the order.
+        children.sort_by_key(|c| {
+            c.rsplit('-')
+                .next()
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(u64::MAX)
+        });
+        let mut out = Vec::new();
+        for (i, child) in children.iter().enumerate() {
+            let path = format!("{}/{child}", self.paths.leader_dir());
+            if let Ok((data, _)) = client.get_data(&path).await {
+                out.push((String::from_utf8_lossy(&data).into_owned(), i == 0));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every table's metadata, read from ZooKeeper.
+    pub async fn tables(&self) -> Result<Vec<TableInfo>> {
+        let client = self.client()?;
+        let mut out = Vec::new();
+        for child in client.list_children(&self.paths.table_data()).await? {
+            let path = format!("{}/{child}", self.paths.table_data());
+            match client.get_data(&path).await {
+                Ok((data, _)) => out.push(
+                    TableInfo::decode(data.as_slice())
+                        .map_err(|e| NsError::Zk(format!("{path} does not decode: {e}")))?,
+                ),
+                Err(ZkError::NoNode) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        out.sort_by(|a, b| (&a.db, &a.name).cmp(&(&b.db, &b.name)));
+        Ok(out)
+    }
+
+    pub async fn table(&self, db: &str, name: &str) -> Result<TableInfo> {
+        let client = self.client()?;
+        match client.get_data(&self.paths.table(db, name)).await {
+            Ok((data, _)) => {
+                TableInfo::decode(data.as_slice()).map_err(|e| NsError::Zk(e.to_string()))
+            }
+            Err(ZkError::NoNode) => Err(NsError::TableNotFound(format!("{db}.{name}"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Adds one to a counter node, through the election lock.
+    async fn bump(&self, lock: &OwnedLockClient, path: &str) -> Result<u64> {
+        let client = self.client()?;
+        loop {
+            let (data, stat) = client.get_data(path).await?;
+            let next = String::from_utf8_lossy(&data)
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+                + 1;
+            match lock
+                .set_data(path, next.to_string().as_bytes(), Some(stat.version))
+                .await
+            {
+                Ok(_) => return Ok(next),
+                Err(ZkError::BadVersion) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    pub async fn conf_get(&self) -> Result<Vec<ConfEntry>> {
+        let client = self.client()?;
+        let value = match client.get_data(&self.paths.auto_failover()).await {
+            Ok((data, _)) => String::from_utf8_lossy(&data).into_owned(),
+            Err(ZkError::NoNode) => "true".into(),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(vec![ConfEntry {
+            key: "auto_failover".into(),
+            value,
+        }])
+    }
+
+    pub async fn conf_set(&self, key: &str, value: &str) -> Result<()> {
+        if key != "auto_failover" {
+            return Err(NsError::InvalidArgument(format!(
+                "unknown configuration key `{key}` (known: auto_failover)"
+            )));
+        }
+        let value = match value.to_ascii_lowercase().as_str() {
+            "true" => "true",
+            "false" => "false",
+            other => {
+                return Err(NsError::InvalidArgument(format!(
+                    "auto_failover takes true or false, not `{other}`"
+                )))
+            }
+        };
+        let lock = self.lock().await?;
+        lock.set_data(&self.paths.auto_failover(), value.as_bytes(), None)
+            .await?;
+        info!(value, "auto_failover set");
+        Ok(())
+    }
+
+    /// Creates a table: places its replicas, creates them on the tablets with their roles,
+    /// then records the metadata.
+    pub async fn create_table(&self, request: CreateTableRequest) -> Result<TableInfo> {
+        let lock = self.lock().await?;
+        let _admin = self.admin.lock().await;
+        let db = if request.db.is_empty() {
+            DEFAULT_DB.to_string()
+        } else {
+            request.db.clone()
+        };
+        check_name("database", &db)?;
+        check_name("table", &request.name)?;
+        let schema = request
+            .schema
+            .as_ref()
+            .ok_or_else(|| NsError::InvalidArgument("a table needs a schema".into()))?;
+        let schema =
+            Schema::from_proto(schema).map_err(|e| NsError::InvalidArgument(e.to_string()))?;
+        let client = self.client()?;
+        if client
+            .check_stat(&self.paths.table(&db, &request.name))
+            .await?
+            .is_some()
+        {
+            return Err(NsError::TableExists(format!("{db}.{}", request.name)));
+        }
+        let healthy = self.healthy_tablets();
+        let partition_num = if request.partition_num == 0 {
+            DEFAULT_PARTITION_NUM
+        } else {
+            request.partition_num
+        };
+        let replica_num = if request.replica_num == 0 {
+            DEFAULT_REPLICA_NUM.min(healthy.len().max(1) as u32)
+        } else {
+            request.replica_num
+        };
+        let mut leading = BTreeMap::new();
+        for table in self.tables().await? {
+            for partition in &table.partitions {
+                for replica in partition.replicas.iter().filter(|r| r.is_leader) {
+                    *leading.entry(replica.endpoint.clone()).or_insert(0) += 1;
+                }
+            }
+        }
+        let placed = placement::place(&healthy, partition_num, replica_num, &leading)?;
+        let tid = self.bump(&lock, &self.paths.table_index()).await? as u32;
+        let mode = request.mode();
+        let table = TableInfo {
+            db: db.clone(),
+            name: request.name.clone(),
+            tid,
+            schema: Some(schema.to_proto()),
+            partition_num,
+            replica_num,
+            mode: mode as i32,
+            partitions: placed
+                .iter()
+                .enumerate()
+                .map(|(pid, replicas)| PartitionMeta {
+                    pid: pid as u32,
+                    term: 1,
+                    replicas: replicas
+                        .iter()
+                        .enumerate()
+                        .map(|(i, endpoint)| ReplicaMeta {
+                            endpoint: endpoint.clone(),
+                            is_leader: i == 0,
+                            is_alive: true,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        if let Err(e) = self.create_replicas(&table).await {
+            warn!(table = %request.name, error = %e, "creating replicas failed; removing the ones made");
+            self.drop_replicas(&table).await;
+            return Err(e);
+        }
+        lock.create(
+            &self.paths.table(&db, &request.name),
+            &table.encode_to_vec(),
+            &persistent(),
+        )
+        .await?;
+        self.bump(&lock, &self.paths.table_changed()).await?;
+        info!(db = %db, table = %request.name, tid, partition_num, replica_num, mode = ?mode, "table created");
+        Ok(table)
+    }
+
+    async fn create_replicas(&self, table: &TableInfo) -> Result<()> {
+        for partition in &table.partitions {
+            let leader = &partition.replicas[0].endpoint;
+            let followers: Vec<String> = partition.replicas[1..]
+                .iter()
+                .map(|r| r.endpoint.clone())
+                .collect();
+            for replica in &partition.replicas {
+                let role = if replica.is_leader {
+                    TableRole::Leader
+                } else {
+                    TableRole::Follower
+                };
+                let meta = tpb::TableMeta {
+                    tid: table.tid,
+                    pid: partition.pid,
+                    db: table.db.clone(),
+                    name: table.name.clone(),
+                    schema: table.schema.clone(),
+                    partition_num: table.partition_num,
+                    term: partition.term,
+                    mode: table.mode,
+                    role: role as i32,
+                    leader: if replica.is_leader {
+                        String::new()
+                    } else {
+                        leader.clone()
+                    },
+                };
+                let mut tablet = tablet(&replica.endpoint).await?;
+                call(
+                    &replica.endpoint,
+                    tablet.create_table(tpb::CreateTableRequest { meta: Some(meta) }),
+                )
+                .await?;
+            }
+            // Followers first, then the leader with its followers.
+            for follower in &followers {
+                let mut tablet = tablet(follower).await?;
+                call(
+                    follower,
+                    tablet.change_role(tpb::ChangeRoleRequest {
+                        tid: table.tid,
+                        pid: partition.pid,
+                        role: TableRole::Follower as i32,
+                        term: partition.term,
+                        leader: leader.clone(),
+                        ..Default::default()
+                    }),
+                )
+                .await?;
+            }
+            let mut tablet = tablet(leader).await?;
+            call(
+                leader,
+                tablet.change_role(tpb::ChangeRoleRequest {
+                    tid: table.tid,
+                    pid: partition.pid,
+                    role: TableRole::Leader as i32,
+                    term: partition.term,
+                    followers,
+                    ..Default::default()
+                }),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Best effort: drops every replica of the table; unreachable tablets are logged.
+    async fn drop_replicas(&self, table: &TableInfo) {
+        for partition in &table.partitions {
+            for replica in &partition.replicas {
+                let dropped = async {
+                    let mut client = tablet(&replica.endpoint).await?;
+                    call(
+                        &replica.endpoint,
+                        client.drop_table(tpb::DropTableRequest {
+                            tid: table.tid,
+                            pid: partition.pid,
+                        }),
+                    )
+                    .await
+                }
+                .await;
+                if let Err(e) = dropped {
+                    warn!(tid = table.tid, pid = partition.pid, endpoint = %replica.endpoint, error = %e, "dropping a replica failed");
+                }
+            }
+        }
+    }
+
+    pub async fn drop_table(&self, db: &str, name: &str) -> Result<()> {
+        let lock = self.lock().await?;
+        let _admin = self.admin.lock().await;
+        let db = if db.is_empty() { DEFAULT_DB } else { db };
+        let table = self.table(db, name).await?;
+        self.drop_replicas(&table).await;
+        lock.delete(&self.paths.table(db, name), None).await?;
+        self.bump(&lock, &self.paths.table_changed()).await?;
+        info!(db = %db, table = %name, tid = table.tid, "table dropped");
+        Ok(())
+    }
+
+    /// One row per replica, with its live offset and size where the tablet answers.
+    pub async fn show_table(&self, db: &str, name: &str) -> Result<Vec<ShowTableRow>> {
+        let db = if db.is_empty() { DEFAULT_DB } else { db };
+        let tables = if name.is_empty() {
+            self.tables()
+                .await?
+                .into_iter()
+                .filter(|t| t.db == db)
+                .collect()
+        } else {
+            vec![self.table(db, name).await?]
+        };
+        let mut rows = Vec::new();
+        for table in &tables {
+            for partition in &table.partitions {
+                for replica in &partition.replicas {
+                    let status = replica_status(&replica.endpoint, table.tid, partition.pid).await;
+                    rows.push(ShowTableRow {
+                        name: table.name.clone(),
+                        db: table.db.clone(),
+                        tid: table.tid,
+                        pid: partition.pid,
+                        endpoint: replica.endpoint.clone(),
+                        role: if replica.is_leader {
+                            "leader"
+                        } else {
+                            "follower"
+                        }
+                        .into(),
+                        is_alive: replica.is_alive,
+                        offset: status.as_ref().map_or(-1, |s| s.offset as i64),
+                        record_cnt: status.as_ref().map_or(-1, |s| s.record_count as i64),
+                        memused: status.as_ref().map_or(-1, |s| s.memory_used_bytes as i64),
+                        mode: table.mode,
+                    });
+                }
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// Names of databases and tables: letters, digits and `_`, not starting with a digit.
+fn check_name(what: &str, name: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(NsError::InvalidArgument(format!(
+            "{what} name `{name}` must be letters, digits and _, not starting with a digit"
+        )))
+    }
+}
+
+async fn tablet(endpoint: &str) -> Result<TabletClient<Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
+        .map_err(|e| NsError::InvalidArgument(e.to_string()))?
+        .connect_timeout(TABLET_CONNECT_TIMEOUT)
+        .timeout(TABLET_CALL_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| NsError::Tablet {
+            endpoint: endpoint.to_string(),
+            message: format!("cannot connect: {e}"),
+        })?;
+    Ok(TabletClient::new(channel))
+}
+
+async fn call<T>(
+    endpoint: &str,
+    rpc: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T> {
+    rpc.await
+        .map(tonic::Response::into_inner)
+        .map_err(|e| NsError::Tablet {
+            endpoint: endpoint.to_string(),
+            message: e.message().to_string(),
+        })
+}
+
+async fn replica_status(endpoint: &str, tid: u32, pid: u32) -> Option<tpb::TableStatus> {
+    let mut client = tablet(endpoint).await.ok()?;
+    let response = call(
+        endpoint,
+        client.get_table_status(tpb::GetTableStatusRequest {
+            tid: Some(tid),
+            pid: Some(pid),
+        }),
+    )
+    .await
+    .ok()?;
+    response.tables.into_iter().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_proto::tablet::ReplicationMode;
+
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_name("table", "t1_x").is_ok());
+        assert!(check_name("table", "").is_err());
+        assert!(check_name("table", "1t").is_err());
+        assert!(check_name("table", "a.b").is_err());
+        assert!(check_name("table", "a/b").is_err());
+    }
+
+    #[test]
+    fn default_mode_is_quorum() {
+        assert_eq!(
+            CreateTableRequest::default().mode(),
+            ReplicationMode::Quorum
+        );
+    }
+}
