@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod coordination;
+pub mod history;
 pub mod key;
 pub mod schema;
 pub mod types;

@@ -2,8 +2,10 @@
 //! the tablets, and places new tables' replicas.
 
 pub mod error;
+pub mod ops;
 pub mod paths;
 pub mod placement;
+pub mod planner;
 pub mod server;
 pub mod service;
 pub mod state;

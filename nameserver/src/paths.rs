@@ -45,6 +45,18 @@ impl Paths {
         format!("{}/config/auto_failover", self.root)
     }
 
+    pub fn op_index(&self) -> String {
+        format!("{}/op/op_index", self.root)
+    }
+
+    pub fn op_data(&self) -> String {
+        format!("{}/op/op_data", self.root)
+    }
+
+    pub fn op(&self, op_id: u64) -> String {
+        format!("{}/op/op_data/{op_id:010}", self.root)
+    }
+
     /// Persistent directories the nameserver makes sure exist.
     pub fn directories(&self) -> Vec<String> {
         vec![

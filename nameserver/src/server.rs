@@ -19,6 +19,8 @@ pub struct NameserverConfig {
     pub zk_cluster: String,
     pub zk_root_path: String,
     pub zk_session_timeout: Duration,
+    /// Every op task fails its op after this long.
+    pub task_timeout: Duration,
 }
 
 impl NameserverConfig {
@@ -63,9 +65,11 @@ pub async fn run(
             root: config.zk_root_path.clone(),
             session_timeout: config.zk_session_timeout,
         },
+        config.task_timeout,
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let election = tokio::spawn(state.clone().run_election(stopped));
+    let election = tokio::spawn(state.clone().run_election(stopped.clone()));
+    let ops = tokio::spawn(state.clone().run_ops(stopped));
 
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -85,6 +89,7 @@ pub async fn run(
         .await;
     let _ = stop.send(true);
     let _ = election.await;
+    let _ = ops.await;
     info!("nameserver stopped");
     served.context("gRPC server failed")
 }

@@ -112,4 +112,25 @@ impl NameserverRpc for NameserverService {
         self.state.conf_set(&request.key, &request.value).await?;
         Ok(Response::new(ConfSetResponse {}))
     }
+
+    async fn show_op_status(
+        &self,
+        request: Request<ShowOpStatusRequest>,
+    ) -> Result<Response<ShowOpStatusResponse>, Status> {
+        let request = request.into_inner();
+        let db = if request.db.is_empty() {
+            crate::state::DEFAULT_DB
+        } else {
+            &request.db
+        };
+        let ops = self
+            .state
+            .ops()
+            .await?
+            .into_iter()
+            .filter(|op| request.name.is_empty() || (op.db == db && op.name == request.name))
+            .filter(|op| request.pid.is_none_or(|pid| op.pid == pid))
+            .collect();
+        Ok(Response::new(ShowOpStatusResponse { ops }))
+    }
 }

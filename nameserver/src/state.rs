@@ -47,8 +47,16 @@ pub struct Nameserver {
     /// Held while this nameserver leads; writes through it are fenced by the lock node.
     leader: RwLock<Option<Arc<OwnedLockClient>>>,
     tablets: RwLock<BTreeMap<String, TabletEntry>>,
+    /// Whether `/nodes` has been read in the current session. Until then every tablet
+    /// would look offline, so the failover planner waits.
+    registry_ready: std::sync::atomic::AtomicBool,
     /// Serialises metadata changes.
     admin: tokio::sync::Mutex<()>,
+    /// Every op task fails its op after this long.
+    pub(crate) task_timeout: Duration,
+    /// ChangeLeader: the replicas that accepted to follow, from kPromoteLeader to
+    /// kUpdateLeaderInfo (after a leader change they count as alive).
+    pub(crate) told_followers: parking_lot::Mutex<std::collections::HashMap<u64, Vec<String>>>,
 }
 
 fn persistent() -> zookeeper_client::CreateOptions<'static> {
@@ -56,14 +64,17 @@ fn persistent() -> zookeeper_client::CreateOptions<'static> {
 }
 
 impl Nameserver {
-    pub fn new(endpoint: String, settings: ZkSettings) -> Arc<Nameserver> {
+    pub fn new(endpoint: String, settings: ZkSettings, task_timeout: Duration) -> Arc<Nameserver> {
         Arc::new(Nameserver {
+            task_timeout,
+            told_followers: parking_lot::Mutex::default(),
             endpoint,
             paths: Paths::new(&settings.root),
             settings,
             client: RwLock::new(None),
             leader: RwLock::new(None),
             tablets: RwLock::new(BTreeMap::new()),
+            registry_ready: std::sync::atomic::AtomicBool::new(false),
             admin: tokio::sync::Mutex::new(()),
         })
     }
@@ -72,7 +83,7 @@ impl Nameserver {
         self.leader.read().is_some()
     }
 
-    fn client(&self) -> Result<Client> {
+    pub(crate) fn client(&self) -> Result<Client> {
         self.client
             .read()
             .clone()
@@ -80,7 +91,7 @@ impl Nameserver {
     }
 
     /// The election lock, or `NotLeader` naming whoever leads.
-    async fn lock(&self) -> Result<Arc<OwnedLockClient>> {
+    pub(crate) async fn lock(&self) -> Result<Arc<OwnedLockClient>> {
         if let Some(lock) = self.leader.read().clone() {
             return Ok(lock);
         }
@@ -127,6 +138,8 @@ impl Nameserver {
             }
         }
         *self.client.write() = Some(client.clone());
+        self.registry_ready
+            .store(false, std::sync::atomic::Ordering::Release);
         tokio::spawn(self.clone().watch_tablets(client.clone()));
 
         let prefix_path = self.paths.leader_prefix();
@@ -139,6 +152,7 @@ impl Nameserver {
             (self.paths.table_index(), "0"),
             (self.paths.table_changed(), "0"),
             (self.paths.auto_failover(), "true"),
+            (self.paths.op_index(), "0"),
         ] {
             match lock.create(&path, initial.as_bytes(), &persistent()).await {
                 Ok(_) | Err(ZkError::NodeExists) => {}
@@ -167,6 +181,8 @@ impl Nameserver {
             match client.list_and_watch_children(&nodes).await {
                 Ok((children, watcher)) => {
                     self.update_tablets(&children);
+                    self.registry_ready
+                        .store(true, std::sync::atomic::Ordering::Release);
                     watcher.changed().await;
                 }
                 Err(ZkError::SessionExpired) | Err(ZkError::ClientClosed) => return,
@@ -220,6 +236,23 @@ impl Nameserver {
                 age_ms: entry.since.elapsed().as_millis() as u64,
             })
             .collect()
+    }
+
+    pub fn registry_ready(&self) -> bool {
+        self.registry_ready
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn is_healthy(&self, endpoint: &str) -> bool {
+        self.tablets.read().get(endpoint).is_some_and(|e| e.healthy)
+    }
+
+    pub async fn auto_failover(&self) -> Result<bool> {
+        Ok(self
+            .conf_get()
+            .await?
+            .iter()
+            .any(|e| e.key == "auto_failover" && e.value == "true"))
     }
 
     fn healthy_tablets(&self) -> Vec<String> {
@@ -283,7 +316,7 @@ impl Nameserver {
     }
 
     /// Adds one to a counter node, through the election lock.
-    async fn bump(&self, lock: &OwnedLockClient, path: &str) -> Result<u64> {
+    pub(crate) async fn bump_counter(&self, lock: &OwnedLockClient, path: &str) -> Result<u64> {
         let client = self.client()?;
         loop {
             let (data, stat) = client.get_data(path).await?;
@@ -384,7 +417,7 @@ impl Nameserver {
             }
         }
         let placed = placement::place(&healthy, partition_num, replica_num, &leading)?;
-        let tid = self.bump(&lock, &self.paths.table_index()).await? as u32;
+        let tid = self.bump_counter(&lock, &self.paths.table_index()).await? as u32;
         let mode = request.mode();
         let table = TableInfo {
             db: db.clone(),
@@ -423,7 +456,8 @@ impl Nameserver {
             &persistent(),
         )
         .await?;
-        self.bump(&lock, &self.paths.table_changed()).await?;
+        self.bump_counter(&lock, &self.paths.table_changed())
+            .await?;
         info!(db = %db, table = %request.name, tid, partition_num, replica_num, mode = ?mode, "table created");
         Ok(table)
     }
@@ -527,7 +561,8 @@ impl Nameserver {
         let table = self.table(db, name).await?;
         self.drop_replicas(&table).await;
         lock.delete(&self.paths.table(db, name), None).await?;
-        self.bump(&lock, &self.paths.table_changed()).await?;
+        self.bump_counter(&lock, &self.paths.table_changed())
+            .await?;
         info!(db = %db, table = %name, tid = table.tid, "table dropped");
         Ok(())
     }
@@ -589,7 +624,7 @@ fn check_name(what: &str, name: &str) -> Result<()> {
     }
 }
 
-async fn tablet(endpoint: &str) -> Result<TabletClient<Channel>> {
+pub(crate) async fn tablet(endpoint: &str) -> Result<TabletClient<Channel>> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
         .map_err(|e| NsError::InvalidArgument(e.to_string()))?
         .connect_timeout(TABLET_CONNECT_TIMEOUT)
@@ -603,7 +638,7 @@ async fn tablet(endpoint: &str) -> Result<TabletClient<Channel>> {
     Ok(TabletClient::new(channel))
 }
 
-async fn call<T>(
+pub(crate) async fn call<T>(
     endpoint: &str,
     rpc: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T> {

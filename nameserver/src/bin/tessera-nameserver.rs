@@ -28,6 +28,9 @@ struct Flags {
     /// ZooKeeper session timeout in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     zk_session_timeout: u64,
+    /// Milliseconds after which an op task that has not finished fails its op.
+    #[arg(long, default_value_t = 60_000)]
+    task_timeout: u64,
 }
 
 async fn shutdown_signal() {
@@ -53,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         zk_cluster: flags.zk_cluster,
         zk_root_path: flags.zk_root_path,
         zk_session_timeout: Duration::from_millis(flags.zk_session_timeout),
+        task_timeout: Duration::from_millis(flags.task_timeout),
     };
     config
         .validate()

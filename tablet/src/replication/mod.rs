@@ -1,6 +1,6 @@
 //! Replication: term histories, the quorum commit, and the leader's replicators.
 
-pub mod history;
+pub use tessera_common::history;
 pub mod leader;
 pub mod quorum;
 pub mod transfer;

@@ -1,0 +1,578 @@
+//! The op pipeline: persisted multi-task operations that repair the cluster.
+//!
+//! An op lives at `/op/op_data/<op_id>`; its progress (next task, status, times) is
+//! written after every task through the election lock, so a new leader resumes it where
+//! the old one stopped, and a deposed leader cannot write over it. Ops on one partition
+//! run strictly one after another, ops on different partitions in parallel (bounded).
+//! Every task has a timeout; a task that fails or times out fails its op with a reason.
+//! Tasks are idempotent, since a resumed op may repeat the task that was running.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use prost::Message;
+use tessera_proto::nameserver::{OpInfo, PartitionMeta, TableInfo};
+use tessera_proto::tablet::{self as tpb, TableRole};
+use tokio::sync::{watch, Semaphore};
+use tracing::{info, warn};
+use zookeeper_client::{Acls, CreateMode, Error as ZkError};
+
+use crate::error::{NsError, Result};
+use crate::planner::{
+    self, Fenced, Recovery, ReplicaLog, CHANGE_LEADER, OFFLINE_REPLICA, RECOVER_TABLE,
+};
+use crate::state::{call, tablet, Nameserver};
+
+pub const INITED: &str = "kInited";
+pub const DOING: &str = "kDoing";
+pub const DONE: &str = "kDone";
+pub const FAILED: &str = "kFailed";
+
+/// Ops running at once, across partitions.
+const MAX_PARALLEL_OPS: usize = 8;
+/// How often the leader compares metadata with the registry and starts ops.
+const TICK: Duration = Duration::from_millis(200);
+/// A follower this close to its leader counts as caught up.
+const CATCH_UP_LAG: u64 = 16;
+/// Finished ops kept for `showopstatus`.
+const KEEP_FINISHED: usize = 200;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A partition: (db, table, pid).
+type PartitionKey = (String, String, u32);
+/// The partitions with an op running now.
+type Running = Arc<Mutex<HashSet<PartitionKey>>>;
+
+fn tasks_of(op_type: &str) -> Vec<String> {
+    let names: &[&str] = match op_type {
+        CHANGE_LEADER => &["kFenceReplicas", "kPromoteLeader", "kUpdateLeaderInfo"],
+        OFFLINE_REPLICA => &["kDelReplica", "kUpdatePartitionStatus"],
+        RECOVER_TABLE => &[
+            "kPrepareReplica",
+            "kAddReplica",
+            "kWaitCatchUp",
+            "kUpdatePartitionStatus",
+        ],
+        _ => &[],
+    };
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+fn is_finished(op: &OpInfo) -> bool {
+    op.status == DONE || op.status == FAILED || op.status == "kCanceled"
+}
+
+impl Nameserver {
+    /// Every op, oldest first.
+    pub async fn ops(&self) -> Result<Vec<OpInfo>> {
+        let client = self.client()?;
+        let mut ops = Vec::new();
+        for child in client.list_children(&self.paths.op_data()).await? {
+            match client
+                .get_data(&format!("{}/{child}", self.paths.op_data()))
+                .await
+            {
+                Ok((data, _)) => ops
+                    .push(OpInfo::decode(data.as_slice()).map_err(|e| NsError::Zk(e.to_string()))?),
+                Err(ZkError::NoNode) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        ops.sort_by_key(|op| op.op_id);
+        Ok(ops)
+    }
+
+    async fn save_op(&self, op: &OpInfo) -> Result<()> {
+        let lock = self.lock().await?;
+        lock.set_data(&self.paths.op(op.op_id), &op.encode_to_vec(), None)
+            .await?;
+        Ok(())
+    }
+
+    /// Persists a new op.
+    pub async fn add_op(
+        &self,
+        op_type: &str,
+        table: &TableInfo,
+        pid: u32,
+        endpoint: &str,
+    ) -> Result<OpInfo> {
+        let lock = self.lock().await?;
+        let op_id = self.bump_counter(&lock, &self.paths.op_index()).await?;
+        let op = OpInfo {
+            op_id,
+            op_type: op_type.into(),
+            db: table.db.clone(),
+            name: table.name.clone(),
+            pid,
+            status: INITED.into(),
+            tasks: tasks_of(op_type),
+            start_time_ms: now_ms(),
+            endpoint: endpoint.into(),
+            ..OpInfo::default()
+        };
+        lock.create(
+            &self.paths.op(op_id),
+            &op.encode_to_vec(),
+            &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+        )
+        .await?;
+        info!(op_id, op_type, table = %table.name, pid, endpoint, "op added");
+        Ok(op)
+    }
+
+    /// The leader's loop: plan ops from the registry (when auto_failover is on), then run
+    /// every unfinished op whose partition is free.
+    pub async fn run_ops(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let running: Running = Arc::default();
+        let permits = Arc::new(Semaphore::new(MAX_PARALLEL_OPS));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = stop.changed() => return,
+            }
+            if !self.is_leader() {
+                continue;
+            }
+            if let Err(e) = self.clone().tick(&running, &permits).await {
+                warn!(error = %e, "op pipeline tick failed");
+            }
+        }
+    }
+
+    async fn tick(
+        self: Arc<Self>,
+        running: &Running,
+        permits: &Arc<Semaphore>,
+    ) -> Result<()> {
+        let mut ops = self.ops().await?;
+        if self.registry_ready() && self.auto_failover().await? {
+            let busy: HashSet<PartitionKey> = ops
+                .iter()
+                .filter(|op| !is_finished(op))
+                .map(|op| (op.db.clone(), op.name.clone(), op.pid))
+                .collect();
+            for table in self.tables().await? {
+                for planned in planner::plan(&table, |e| self.is_healthy(e)) {
+                    if !busy.contains(&(table.db.clone(), table.name.clone(), planned.pid)) {
+                        ops.push(
+                            self.add_op(planned.op_type, &table, planned.pid, &planned.endpoint)
+                                .await?,
+                        );
+                    }
+                }
+            }
+        }
+        self.trim_finished(&ops).await;
+        // The oldest unfinished op of each free partition starts.
+        let mut seen = HashSet::new();
+        for op in ops.into_iter().filter(|op| !is_finished(op)) {
+            let key = (op.db.clone(), op.name.clone(), op.pid);
+            if !seen.insert(key.clone()) || running.lock().contains(&key) {
+                continue;
+            }
+            running.lock().insert(key.clone());
+            let (ns, running, permits) = (self.clone(), running.clone(), permits.clone());
+            tokio::spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                ns.execute(op).await;
+                running.lock().remove(&key);
+            });
+        }
+        Ok(())
+    }
+
+    async fn trim_finished(&self, ops: &[OpInfo]) {
+        let finished: Vec<&OpInfo> = ops.iter().filter(|op| is_finished(op)).collect();
+        if finished.len() <= KEEP_FINISHED {
+            return;
+        }
+        let Ok(lock) = self.lock().await else { return };
+        for op in &finished[..finished.len() - KEEP_FINISHED] {
+            let _ = lock.delete(&self.paths.op(op.op_id), None).await;
+        }
+    }
+
+    async fn execute(&self, mut op: OpInfo) {
+        op.status = DOING.into();
+        if self.save_op(&op).await.is_err() {
+            return;
+        }
+        while (op.task_index as usize) < op.tasks.len() {
+            let task = op.tasks[op.task_index as usize].clone();
+            let outcome =
+                tokio::time::timeout(self.task_timeout, self.run_task(&mut op, &task)).await;
+            let failure = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("{task}: {e}")),
+                Err(_) => Some(format!("{task} timed out after {:?}", self.task_timeout)),
+            };
+            if let Some(reason) = failure {
+                warn!(op_id = op.op_id, op_type = %op.op_type, reason = %reason, "op failed");
+                op.status = FAILED.into();
+                op.reason = reason;
+                op.end_time_ms = now_ms();
+                let _ = self.save_op(&op).await;
+                return;
+            }
+            op.task_index += 1;
+            if self.save_op(&op).await.is_err() {
+                // Leadership lost: the next leader resumes from the last saved task.
+                return;
+            }
+        }
+        op.status = DONE.into();
+        op.end_time_ms = now_ms();
+        info!(op_id = op.op_id, op_type = %op.op_type, table = %op.name, pid = op.pid, "op done");
+        let _ = self.save_op(&op).await;
+    }
+
+    async fn run_task(&self, op: &mut OpInfo, task: &str) -> Result<()> {
+        let table = self.table(&op.db, &op.name).await?;
+        let partition = table
+            .partitions
+            .iter()
+            .find(|p| p.pid == op.pid)
+            .cloned()
+            .ok_or_else(|| {
+                NsError::InvalidArgument(format!("table {} has no partition {}", op.name, op.pid))
+            })?;
+        match task {
+            "kFenceReplicas" => self.fence_replicas(op, &table, &partition).await,
+            "kPromoteLeader" => self.promote_leader(op, &table, &partition).await,
+            "kUpdateLeaderInfo" => {
+                let (chosen, term, failed) = (op.chosen.clone(), op.term, op.endpoint.clone());
+                let told = self.told_followers.lock().remove(&op.op_id);
+                self.update_partition(&table, op.pid, move |p| {
+                    p.term = term;
+                    for replica in &mut p.replicas {
+                        replica.is_leader = replica.endpoint == chosen;
+                        if replica.endpoint == failed {
+                            replica.is_alive = false;
+                        }
+                        if let Some(told) = &told {
+                            if replica.endpoint != chosen && !told.contains(&replica.endpoint) {
+                                replica.is_alive = false;
+                            }
+                        }
+                    }
+                })
+                .await
+            }
+            "kDelReplica" => {
+                let leader = leader_of(&partition)?;
+                let mut client = tablet(&leader).await?;
+                call(
+                    &leader,
+                    client.del_replica(tpb::DelReplicaRequest {
+                        tid: table.tid,
+                        pid: op.pid,
+                        endpoint: op.endpoint.clone(),
+                    }),
+                )
+                .await
+                .map(|_| ())
+            }
+            "kUpdatePartitionStatus" => {
+                let (endpoint, alive) = (op.endpoint.clone(), op.op_type == RECOVER_TABLE);
+                self.update_partition(&table, op.pid, move |p| {
+                    for replica in p.replicas.iter_mut().filter(|r| r.endpoint == endpoint) {
+                        replica.is_alive = alive;
+                    }
+                })
+                .await
+            }
+            "kPrepareReplica" => self.prepare_replica(op, &table, &partition).await,
+            "kAddReplica" => {
+                let leader = leader_of(&partition)?;
+                let mut client = tablet(&leader).await?;
+                call(
+                    &leader,
+                    client.add_replica(tpb::AddReplicaRequest {
+                        tid: table.tid,
+                        pid: op.pid,
+                        endpoint: op.endpoint.clone(),
+                    }),
+                )
+                .await
+                .map(|_| ())
+            }
+            "kWaitCatchUp" => self.wait_catch_up(op, &table, &partition).await,
+            other => Err(NsError::InvalidArgument(format!("unknown task {other}"))),
+        }
+    }
+
+    /// Raises the term on every reachable replica but the failed leader and picks the
+    /// new leader from their answers.
+    async fn fence_replicas(
+        &self,
+        op: &mut OpInfo,
+        table: &TableInfo,
+        partition: &PartitionMeta,
+    ) -> Result<()> {
+        if op.term == 0 {
+            op.term = partition.term + 1;
+        }
+        let mut answered = Vec::new();
+        for replica in partition
+            .replicas
+            .iter()
+            .filter(|r| r.endpoint != op.endpoint)
+        {
+            let fenced = async {
+                let mut client = tablet(&replica.endpoint).await?;
+                call(
+                    &replica.endpoint,
+                    client.fence(tpb::FenceRequest {
+                        tid: table.tid,
+                        pid: op.pid,
+                        term: op.term,
+                    }),
+                )
+                .await
+            }
+            .await;
+            match fenced {
+                Ok(f) => answered.push(Fenced {
+                    endpoint: replica.endpoint.clone(),
+                    last_term: f.last_term,
+                    last_offset: f.last_offset,
+                }),
+                Err(e) => {
+                    warn!(op_id = op.op_id, endpoint = %replica.endpoint, error = %e, "fence failed")
+                }
+            }
+        }
+        let candidate = (!op.chosen.is_empty()).then(|| op.chosen.clone());
+        op.chosen = planner::choose_leader(
+            &answered,
+            table.replica_num,
+            table.mode(),
+            candidate.as_deref(),
+            op.force,
+        )
+        .map_err(NsError::InvalidArgument)?;
+        info!(op_id = op.op_id, table = %table.name, pid = op.pid, chosen = %op.chosen, term = op.term, "new leader chosen");
+        Ok(())
+    }
+
+    /// Tells the others to follow the chosen replica, then makes it leader of those that
+    /// listened.
+    async fn promote_leader(
+        &self,
+        op: &mut OpInfo,
+        table: &TableInfo,
+        partition: &PartitionMeta,
+    ) -> Result<()> {
+        let mut told = Vec::new();
+        for replica in partition
+            .replicas
+            .iter()
+            .filter(|r| r.endpoint != op.chosen && r.endpoint != op.endpoint && r.is_alive)
+        {
+            let followed = async {
+                let mut client = tablet(&replica.endpoint).await?;
+                call(
+                    &replica.endpoint,
+                    client.change_role(tpb::ChangeRoleRequest {
+                        tid: table.tid,
+                        pid: op.pid,
+                        role: TableRole::Follower as i32,
+                        term: op.term,
+                        leader: op.chosen.clone(),
+                        ..Default::default()
+                    }),
+                )
+                .await
+            }
+            .await;
+            match followed {
+                Ok(_) => told.push(replica.endpoint.clone()),
+                Err(e) => {
+                    warn!(op_id = op.op_id, endpoint = %replica.endpoint, error = %e, "could not make a follower")
+                }
+            }
+        }
+        let mut client = tablet(&op.chosen).await?;
+        call(
+            &op.chosen,
+            client.change_role(tpb::ChangeRoleRequest {
+                tid: table.tid,
+                pid: op.pid,
+                role: TableRole::Leader as i32,
+                term: op.term,
+                followers: told.clone(),
+                ..Default::default()
+            }),
+        )
+        .await?;
+        self.told_followers.lock().insert(op.op_id, told);
+        Ok(())
+    }
+
+    /// Makes sure the returning tablet holds a replica that follows the current leader,
+    /// choosing how it rejoins from the term histories.
+    async fn prepare_replica(
+        &self,
+        op: &mut OpInfo,
+        table: &TableInfo,
+        partition: &PartitionMeta,
+    ) -> Result<()> {
+        let leader = leader_of(partition)?;
+        let mut leader_client = tablet(&leader).await?;
+        let leader_pair = call(
+            &leader,
+            leader_client.get_term_pair(tpb::GetTermPairRequest {
+                tid: table.tid,
+                pid: op.pid,
+            }),
+        )
+        .await?;
+        let mut client = tablet(&op.endpoint).await?;
+        let own = client
+            .get_term_pair(tpb::GetTermPairRequest {
+                tid: table.tid,
+                pid: op.pid,
+            })
+            .await
+            .ok()
+            .map(|r| r.into_inner());
+        let status = client
+            .get_table_status(tpb::GetTableStatusRequest {
+                tid: Some(table.tid),
+                pid: Some(op.pid),
+            })
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().tables.into_iter().next());
+        let decision = planner::recovery(
+            own.as_ref().map(|o| ReplicaLog {
+                history: &o.term_history,
+                last_offset: o.last_offset,
+                snapshot_offset: status.as_ref().map_or(0, |s| s.snapshot_offset),
+            }),
+            &leader_pair.term_history,
+            leader_pair.last_offset,
+        );
+        info!(op_id = op.op_id, table = %table.name, pid = op.pid, endpoint = %op.endpoint, decision = decision.name(), "recovering a replica");
+        op.chosen = decision.name().into();
+        if decision == Recovery::Create {
+            // The tablet lost its copy: an empty replica, seeded by a snapshot on AddReplica.
+            let meta = tpb::TableMeta {
+                tid: table.tid,
+                pid: op.pid,
+                db: table.db.clone(),
+                name: table.name.clone(),
+                schema: table.schema.clone(),
+                partition_num: table.partition_num,
+                term: partition.term,
+                mode: table.mode,
+                role: TableRole::Follower as i32,
+                leader: leader.clone(),
+            };
+            call(
+                &op.endpoint,
+                client.create_table(tpb::CreateTableRequest { meta: Some(meta) }),
+            )
+            .await?;
+        } else if status.is_none_or(|s| s.state == tpb::TableState::LoadFailed as i32) {
+            return Err(NsError::Tablet {
+                endpoint: op.endpoint.clone(),
+                message: "its replica is on disk but not loaded; repair it or drop it".into(),
+            });
+        }
+        // Divergent records are cut and a snapshot is sent as needed by the tablets
+        // themselves once the leader ships to it.
+        call(
+            &op.endpoint,
+            client.change_role(tpb::ChangeRoleRequest {
+                tid: table.tid,
+                pid: op.pid,
+                role: TableRole::Follower as i32,
+                term: partition.term,
+                leader,
+                ..Default::default()
+            }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn wait_catch_up(
+        &self,
+        op: &OpInfo,
+        table: &TableInfo,
+        partition: &PartitionMeta,
+    ) -> Result<()> {
+        let leader = leader_of(partition)?;
+        loop {
+            let mut client = tablet(&leader).await?;
+            let status = call(
+                &leader,
+                client.get_follower_status(tpb::GetFollowerStatusRequest {
+                    tid: table.tid,
+                    pid: op.pid,
+                }),
+            )
+            .await?;
+            let acked = status
+                .followers
+                .iter()
+                .find(|f| f.endpoint == op.endpoint)
+                .map_or(0, |f| f.acked_offset);
+            if acked + CATCH_UP_LAG >= status.leader_offset {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Rewrites one partition's metadata, fenced and with a version check.
+    async fn update_partition(
+        &self,
+        table: &TableInfo,
+        pid: u32,
+        change: impl Fn(&mut PartitionMeta),
+    ) -> Result<()> {
+        let lock = self.lock().await?;
+        let client = self.client()?;
+        let path = self.paths.table(&table.db, &table.name);
+        loop {
+            let (data, stat) = client.get_data(&path).await?;
+            let mut current =
+                TableInfo::decode(data.as_slice()).map_err(|e| NsError::Zk(e.to_string()))?;
+            if let Some(partition) = current.partitions.iter_mut().find(|p| p.pid == pid) {
+                change(partition);
+            }
+            match lock
+                .set_data(&path, &current.encode_to_vec(), Some(stat.version))
+                .await
+            {
+                Ok(_) => break,
+                Err(ZkError::BadVersion) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.bump_counter(&lock, &self.paths.table_changed())
+            .await?;
+        Ok(())
+    }
+}
+
+fn leader_of(partition: &PartitionMeta) -> Result<String> {
+    partition
+        .replicas
+        .iter()
+        .find(|r| r.is_leader && r.is_alive)
+        .map(|r| r.endpoint.clone())
+        .ok_or_else(|| {
+            NsError::InvalidArgument(format!("partition {} has no alive leader", partition.pid))
+        })
+}

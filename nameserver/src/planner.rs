@@ -1,0 +1,359 @@
+//! Decisions of the failover pipeline, free of IO: what to do about a table's partitions
+//! given which tablets are healthy, which replica to promote, and how to bring a
+//! returning replica back.
+
+use tessera_common::history;
+use tessera_proto::common::TermPair;
+use tessera_proto::nameserver::TableInfo;
+use tessera_proto::tablet::ReplicationMode;
+
+pub const CHANGE_LEADER: &str = "kChangeLeader";
+pub const OFFLINE_REPLICA: &str = "kOfflineReplica";
+pub const RECOVER_TABLE: &str = "kRecoverTable";
+
+/// One op the planner wants: its type, the partition, and the replica it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub op_type: &'static str,
+    pub pid: u32,
+    pub endpoint: String,
+}
+
+/// Compares the metadata with the registry. A leader on an unhealthy tablet gets a
+/// ChangeLeader; an alive follower on an unhealthy tablet an OfflineReplica; a replica
+/// marked dead whose tablet is healthy again a RecoverTable, once its partition has an
+/// alive leader. A partition with no alive leader but a healthy replica gets a
+/// ChangeLeader among the healthy ones.
+pub fn plan(table: &TableInfo, healthy: impl Fn(&str) -> bool) -> Vec<Planned> {
+    let mut out = Vec::new();
+    for partition in &table.partitions {
+        let leader = partition
+            .replicas
+            .iter()
+            .find(|r| r.is_leader && r.is_alive);
+        match leader {
+            Some(leader) if !healthy(&leader.endpoint) => {
+                out.push(Planned {
+                    op_type: CHANGE_LEADER,
+                    pid: partition.pid,
+                    endpoint: leader.endpoint.clone(),
+                });
+                continue;
+            }
+            None => {
+                if partition.replicas.iter().any(|r| healthy(&r.endpoint)) {
+                    out.push(Planned {
+                        op_type: CHANGE_LEADER,
+                        pid: partition.pid,
+                        endpoint: String::new(),
+                    });
+                }
+                continue;
+            }
+            Some(_) => {}
+        }
+        for replica in partition.replicas.iter().filter(|r| !r.is_leader) {
+            let up = healthy(&replica.endpoint);
+            if replica.is_alive && !up {
+                out.push(Planned {
+                    op_type: OFFLINE_REPLICA,
+                    pid: partition.pid,
+                    endpoint: replica.endpoint.clone(),
+                });
+            } else if !replica.is_alive && up {
+                out.push(Planned {
+                    op_type: RECOVER_TABLE,
+                    pid: partition.pid,
+                    endpoint: replica.endpoint.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// What a fenced replica reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fenced {
+    pub endpoint: String,
+    pub last_term: u64,
+    pub last_offset: u64,
+}
+
+/// Picks the new leader among the replicas that answered the fence: the largest
+/// (last term, last offset), or the operator's candidate.
+///
+/// In quorum mode at least `replica_num - majority + 1` replicas must have answered, so
+/// the ones that did meet every majority: the chosen one then holds every acknowledged
+/// write. With fewer, the partition stays without a leader unless `force`.
+pub fn choose_leader(
+    answered: &[Fenced],
+    replica_num: u32,
+    mode: ReplicationMode,
+    candidate: Option<&str>,
+    force: bool,
+) -> Result<String, String> {
+    let majority = replica_num / 2 + 1;
+    let needed = (replica_num + 1).saturating_sub(majority).max(1) as usize;
+    if answered.is_empty() {
+        return Err("no replica answered the fence".into());
+    }
+    if mode == ReplicationMode::Quorum && answered.len() < needed && !force {
+        return Err(format!(
+            "only {} of {replica_num} replicas answered; {needed} are needed to be sure no \
+             acknowledged write is lost (force to promote anyway, losing data)",
+            answered.len()
+        ));
+    }
+    if let Some(candidate) = candidate {
+        return answered
+            .iter()
+            .find(|f| f.endpoint == candidate)
+            .map(|f| f.endpoint.clone())
+            .ok_or_else(|| format!("candidate {candidate} did not answer the fence"));
+    }
+    let best = answered
+        .iter()
+        .max_by_key(|f| {
+            (
+                f.last_term,
+                f.last_offset,
+                std::cmp::Reverse(f.endpoint.clone()),
+            )
+        })
+        .expect("not empty");
+    Ok(best.endpoint.clone())
+}
+
+/// How a returning replica rejoins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Its log is a prefix of the leader's: resume from its offset (ReAddReplicaSimplify).
+    Resume { from: u64 },
+    /// It holds records the leader never had: cut them, then resume.
+    Truncate { keep_through: u64 },
+    /// What it shares with the leader lies below its own snapshot: re-seed it from the
+    /// leader's snapshot (ReAddReplicaWithDrop).
+    Reseed,
+    /// It has no copy at all: create it and seed it from a snapshot (ReAddReplica).
+    Create,
+}
+
+impl Recovery {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Recovery::Resume { .. } => "kReAddReplicaSimplify",
+            Recovery::Truncate { .. } => "kReAddReplicaTruncate",
+            Recovery::Reseed => "kReAddReplicaWithDrop",
+            Recovery::Create => "kReAddReplica",
+        }
+    }
+}
+
+/// The replica's own state, if it has a copy: term history, last offset, snapshot offset.
+pub struct ReplicaLog<'a> {
+    pub history: &'a [TermPair],
+    pub last_offset: u64,
+    pub snapshot_offset: u64,
+}
+
+/// Decides how a returning replica rejoins, from the term histories.
+pub fn recovery(
+    replica: Option<ReplicaLog<'_>>,
+    leader_history: &[TermPair],
+    leader_last: u64,
+) -> Recovery {
+    let Some(replica) = replica else {
+        return Recovery::Create;
+    };
+    let shared = history::divergence_point(
+        replica.history,
+        replica.last_offset,
+        leader_history,
+        leader_last,
+    );
+    if shared >= replica.last_offset {
+        Recovery::Resume {
+            from: replica.last_offset + 1,
+        }
+    } else if shared < replica.snapshot_offset {
+        Recovery::Reseed
+    } else {
+        Recovery::Truncate {
+            keep_through: shared,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_proto::nameserver::{PartitionMeta, ReplicaMeta};
+
+    use super::*;
+
+    fn table(replicas: &[(&str, bool, bool)]) -> TableInfo {
+        TableInfo {
+            partitions: vec![PartitionMeta {
+                pid: 0,
+                term: 1,
+                replicas: replicas
+                    .iter()
+                    .map(|&(endpoint, is_leader, is_alive)| ReplicaMeta {
+                        endpoint: endpoint.into(),
+                        is_leader,
+                        is_alive,
+                    })
+                    .collect(),
+            }],
+            ..TableInfo::default()
+        }
+    }
+
+    fn up(list: &'static [&'static str]) -> impl Fn(&str) -> bool {
+        move |e| list.contains(&e)
+    }
+
+    #[test]
+    fn a_dead_leader_gets_change_leader() {
+        let t = table(&[("a", true, true), ("b", false, true), ("c", false, true)]);
+        assert_eq!(
+            plan(&t, up(&["b", "c"])),
+            vec![Planned {
+                op_type: CHANGE_LEADER,
+                pid: 0,
+                endpoint: "a".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_dead_follower_gets_offline_replica() {
+        let t = table(&[("a", true, true), ("b", false, true), ("c", false, true)]);
+        assert_eq!(
+            plan(&t, up(&["a", "b"])),
+            vec![Planned {
+                op_type: OFFLINE_REPLICA,
+                pid: 0,
+                endpoint: "c".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_returning_replica_gets_recover_table() {
+        let t = table(&[("a", false, false), ("b", true, true), ("c", false, true)]);
+        assert_eq!(
+            plan(&t, up(&["a", "b", "c"])),
+            vec![Planned {
+                op_type: RECOVER_TABLE,
+                pid: 0,
+                endpoint: "a".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_partition_without_a_leader_gets_one_when_a_replica_is_up() {
+        let t = table(&[("a", true, false), ("b", false, false)]);
+        assert_eq!(
+            plan(&t, up(&["b"])),
+            vec![Planned {
+                op_type: CHANGE_LEADER,
+                pid: 0,
+                endpoint: String::new()
+            }]
+        );
+        assert!(plan(&t, up(&[])).is_empty(), "nothing to promote");
+    }
+
+    #[test]
+    fn a_healthy_partition_needs_nothing() {
+        let t = table(&[("a", true, true), ("b", false, true)]);
+        assert!(plan(&t, up(&["a", "b"])).is_empty());
+    }
+
+    fn fenced(endpoint: &str, last_term: u64, last_offset: u64) -> Fenced {
+        Fenced {
+            endpoint: endpoint.into(),
+            last_term,
+            last_offset,
+        }
+    }
+
+    #[test]
+    fn the_most_complete_log_wins() {
+        let answered = [fenced("b", 1, 90), fenced("c", 2, 80), fenced("d", 2, 85)];
+        assert_eq!(
+            choose_leader(&answered, 5, ReplicationMode::Quorum, None, false).unwrap(),
+            "d"
+        );
+    }
+
+    #[test]
+    fn quorum_needs_enough_answers_unless_forced() {
+        let one = [fenced("b", 1, 90)];
+        let err = choose_leader(&one, 3, ReplicationMode::Quorum, None, false).unwrap_err();
+        assert!(err.contains("only 1 of 3"), "{err}");
+        assert_eq!(
+            choose_leader(&one, 3, ReplicationMode::Quorum, None, true).unwrap(),
+            "b"
+        );
+        assert_eq!(
+            choose_leader(&one, 3, ReplicationMode::Async, None, false).unwrap(),
+            "b"
+        );
+        let two = [fenced("b", 1, 90), fenced("c", 1, 91)];
+        assert_eq!(
+            choose_leader(&two, 3, ReplicationMode::Quorum, None, false).unwrap(),
+            "c"
+        );
+        // 5 replicas: 3 must answer.
+        assert!(choose_leader(&two, 5, ReplicationMode::Quorum, None, false).is_err());
+    }
+
+    #[test]
+    fn a_candidate_must_have_answered() {
+        let two = [fenced("b", 1, 90), fenced("c", 1, 91)];
+        assert_eq!(
+            choose_leader(&two, 3, ReplicationMode::Quorum, Some("b"), false).unwrap(),
+            "b"
+        );
+        assert!(choose_leader(&two, 3, ReplicationMode::Quorum, Some("x"), false).is_err());
+    }
+
+    fn h(pairs: &[(u64, u64)]) -> Vec<TermPair> {
+        pairs
+            .iter()
+            .map(|&(term, start_offset)| TermPair { term, start_offset })
+            .collect()
+    }
+
+    #[test]
+    fn recovery_decisions() {
+        let leader = h(&[(1, 1), (2, 101)]);
+        let behind = h(&[(1, 1)]);
+        let log = |history: &'static [(u64, u64)], last, snap| (h(history), last, snap);
+        let decide = |(history, last, snap): (Vec<TermPair>, u64, u64)| {
+            recovery(
+                Some(ReplicaLog {
+                    history: &history,
+                    last_offset: last,
+                    snapshot_offset: snap,
+                }),
+                &leader,
+                150,
+            )
+        };
+        assert_eq!(
+            decide((behind.clone(), 80, 0)),
+            Recovery::Resume { from: 81 }
+        );
+        assert_eq!(
+            decide(log(&[(1, 1)], 120, 0)),
+            Recovery::Truncate { keep_through: 100 }
+        );
+        assert_eq!(decide(log(&[(1, 1)], 120, 110)), Recovery::Reseed);
+        assert_eq!(recovery(None, &leader, 150), Recovery::Create);
+        assert_eq!(Recovery::Create.name(), "kReAddReplica");
+    }
+}

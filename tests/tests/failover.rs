@@ -1,0 +1,266 @@
+//! auto_failover with real processes: a nameserver, three tablets and ZooKeeper. A
+//! tablet leading partitions dies under continuous quorum writes; the op pipeline gives
+//! every partition a new leader and loses no acknowledged write; the tablet returns and
+//! RecoverTable brings its replicas back.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_proto::nameserver::nameserver_client::NameserverClient;
+use tessera_proto::nameserver::*;
+use tessera_proto::tablet::tablet_client::TabletClient;
+use tessera_proto::tablet::ReplicationMode;
+use tessera_tests::workload;
+use tessera_tests::{wait_until_async, NameserverProcess, TabletProcess, ZooKeeper};
+use tonic::transport::Channel;
+
+const WAIT: Duration = Duration::from_secs(60);
+const PARTITIONS: u32 = 4;
+
+async fn rows(ns: &mut NameserverClient<Channel>) -> Vec<ShowTableRow> {
+    ns.show_table(ShowTableRequest {
+        db: String::new(),
+        name: "t1".into(),
+    })
+    .await
+    .map(|r| r.into_inner().rows)
+    .unwrap_or_default()
+}
+
+async fn ops(ns: &mut NameserverClient<Channel>) -> Vec<OpInfo> {
+    ns.show_op_status(ShowOpStatusRequest::default())
+        .await
+        .map(|r| r.into_inner().ops)
+        .unwrap_or_default()
+}
+
+/// The alive leader of each partition, per the nameserver.
+fn leaders(rows: &[ShowTableRow]) -> BTreeMap<u32, String> {
+    rows.iter()
+        .filter(|r| r.role == "leader" && r.is_alive)
+        .map(|r| (r.pid, r.endpoint.clone()))
+        .collect()
+}
+
+/// Writes to one partition through whatever the nameserver says leads it, retrying
+/// through failovers; returns the acknowledged sequence numbers.
+fn spawn_writer(
+    ns: NameserverClient<Channel>,
+    tid: u32,
+    pid: u32,
+    stop: Arc<AtomicBool>,
+    acked_total: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<Vec<u64>> {
+    tokio::spawn(async move {
+        let mut ns = ns;
+        let mut acked = Vec::new();
+        let mut leader: Option<(String, TabletClient<Channel>)> = None;
+        let mut seq = 0;
+        while !stop.load(Ordering::Relaxed) {
+            if leader.is_none() {
+                if let Some(endpoint) = leaders(&rows(&mut ns).await).get(&pid).cloned() {
+                    if let Ok(client) = TabletClient::connect(format!("http://{endpoint}")).await {
+                        leader = Some((endpoint, client));
+                    }
+                }
+            }
+            let Some((_, client)) = leader.as_mut() else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            match client
+                .put(workload::put_request(tid, pid, u64::from(pid), seq))
+                .await
+            {
+                Ok(_) => {
+                    acked.push(seq);
+                    acked_total.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    // Not acknowledged: the row may or may not be there; either is fine.
+                    leader = None;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            seq += 1;
+        }
+        acked
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_leader_tablet_is_replaced_and_recovered_without_losing_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let zk = ZooKeeper::start(&dir.path().join("zk"));
+    let args = [
+        format!("--zk_cluster={}", zk.connect_string()),
+        "--zk_root_path=/tessera".to_string(),
+        "--zk_session_timeout=3000".to_string(),
+        "--quorum_timeout=3000".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut tablets = Vec::new();
+    for name in ["t0", "t1", "t2"] {
+        tablets.push(TabletProcess::start(&dir.path().join(name), &args).await);
+    }
+    let nameserver = NameserverProcess::start(&dir.path().join("ns"), &zk, 2000).await;
+    let mut ns = nameserver.client().await;
+    wait_until_async(WAIT, "the nameserver to lead and see three tablets", || {
+        let mut ns = ns.clone();
+        async move {
+            let tablets = ns
+                .show_tablet(ShowTabletRequest {})
+                .await
+                .map(|r| r.into_inner().tablets)
+                .unwrap_or_default();
+            tablets
+                .iter()
+                .filter(|t| t.state == "kTabletHealthy")
+                .count()
+                == 3
+                && ns.conf_get(ConfGetRequest::default()).await.is_ok()
+                && ns.show_ns(ShowNsRequest {}).await.is_ok_and(|r| {
+                    r.into_inner()
+                        .nameservers
+                        .iter()
+                        .any(|n| n.role == "leader")
+                })
+        }
+    })
+    .await;
+    let table = ns
+        .create_table(CreateTableRequest {
+            db: String::new(),
+            name: "t1".into(),
+            schema: Some(workload::schema().to_proto()),
+            partition_num: PARTITIONS,
+            replica_num: 3,
+            mode: ReplicationMode::Quorum as i32,
+        })
+        .await
+        .expect("create table")
+        .into_inner()
+        .table
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked_total = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..PARTITIONS)
+        .map(|pid| {
+            spawn_writer(
+                ns.clone(),
+                table.tid,
+                pid,
+                stop.clone(),
+                acked_total.clone(),
+            )
+        })
+        .collect();
+    let progress = |target: u64| {
+        let acked_total = acked_total.clone();
+        move || {
+            let done = acked_total.load(Ordering::Relaxed) >= target;
+            async move { done }
+        }
+    };
+    wait_until_async(WAIT, "400 writes before the failure", progress(400)).await;
+
+    // Kill the tablet leading partition 0.
+    let before = leaders(&rows(&mut ns).await);
+    let victim = before[&0].clone();
+    let led_by_victim: Vec<u32> = before
+        .iter()
+        .filter(|(_, e)| **e == victim)
+        .map(|(p, _)| *p)
+        .collect();
+    let index = tablets.iter().position(|t| t.endpoint == victim).unwrap();
+    tablets[index].kill9();
+
+    wait_until_async(
+        WAIT,
+        "every partition to have an alive leader on a live tablet",
+        || {
+            let mut ns = ns.clone();
+            let victim = victim.clone();
+            async move {
+                let now = leaders(&rows(&mut ns).await);
+                now.len() == PARTITIONS as usize && now.values().all(|e| *e != victim)
+            }
+        },
+    )
+    .await;
+    let after = acked_total.load(Ordering::Relaxed);
+    wait_until_async(
+        WAIT,
+        "writes to go on after the failover",
+        progress(after + 400),
+    )
+    .await;
+    let all_ops = ops(&mut ns).await;
+    for pid in &led_by_victim {
+        assert!(
+            all_ops
+                .iter()
+                .any(|op| op.op_type == "kChangeLeader" && op.pid == *pid && op.status == "kDone"),
+            "partition {pid} got a finished ChangeLeader: {all_ops:?}"
+        );
+    }
+    let rows_now = rows(&mut ns).await;
+    assert!(
+        rows_now
+            .iter()
+            .filter(|r| r.endpoint == victim)
+            .all(|r| !r.is_alive && r.role == "follower"),
+        "the dead tablet's replicas are marked dead and none of them leads"
+    );
+
+    // It returns: RecoverTable makes its replicas alive followers again.
+    tablets[index].restart().await;
+    wait_until_async(WAIT, "every replica to be alive again", || {
+        let mut ns = ns.clone();
+        async move {
+            let rows = rows(&mut ns).await;
+            rows.len() == (PARTITIONS * 3) as usize && rows.iter().all(|r| r.is_alive)
+        }
+    })
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for writer in writers {
+        acked.push(writer.await.unwrap());
+    }
+    // Every acknowledged write is on every partition's leader...
+    let leaders_now = leaders(&rows(&mut ns).await);
+    for pid in 0..PARTITIONS {
+        let mut client = TabletClient::connect(format!("http://{}", leaders_now[&pid]))
+            .await
+            .unwrap();
+        let mine = vec![Vec::new(); pid as usize]
+            .into_iter()
+            .chain([acked[pid as usize].clone()])
+            .collect::<Vec<_>>();
+        workload::assert_all_acked_present(&mut client, table.tid, pid, 0, &mine).await;
+    }
+    // ...and the replicas of each partition converge.
+    wait_until_async(WAIT, "equal record counts on every replica", || {
+        let mut ns = ns.clone();
+        async move {
+            let rows = rows(&mut ns).await;
+            (0..PARTITIONS).all(|pid| {
+                let counts: Vec<i64> = rows
+                    .iter()
+                    .filter(|r| r.pid == pid)
+                    .map(|r| r.record_cnt)
+                    .collect();
+                counts.len() == 3 && counts[0] >= 0 && counts.iter().all(|c| *c == counts[0])
+            })
+        }
+    })
+    .await;
+    let all_ops = ops(&mut ns).await;
+    assert!(all_ops.iter().all(|op| op.status == "kDone"), "{all_ops:?}");
+    assert!(all_ops.iter().any(|op| op.op_type == "kRecoverTable"));
+}
