@@ -1,6 +1,7 @@
 //! The Tessera nameserver: elected through ZooKeeper, keeps the table metadata, follows
 //! the tablets, and places new tables' replicas.
 
+pub mod commands;
 pub mod error;
 pub mod ops;
 pub mod paths;

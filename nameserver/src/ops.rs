@@ -38,6 +38,8 @@ const TICK: Duration = Duration::from_millis(200);
 const CATCH_UP_LAG: u64 = 16;
 /// Finished ops kept for `showopstatus`.
 const KEEP_FINISHED: usize = 200;
+/// auto_failover waits this long after a failed op before planning its partition again.
+const RETRY_AFTER_FAILURE_MS: u64 = 5_000;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -65,8 +67,10 @@ fn tasks_of(op_type: &str) -> Vec<String> {
     names.iter().map(|n| n.to_string()).collect()
 }
 
-fn is_finished(op: &OpInfo) -> bool {
-    op.status == DONE || op.status == FAILED || op.status == "kCanceled"
+pub const CANCELED: &str = "kCanceled";
+
+pub(crate) fn is_finished(op: &OpInfo) -> bool {
+    op.status == DONE || op.status == FAILED || op.status == CANCELED
 }
 
 impl Nameserver {
@@ -89,7 +93,20 @@ impl Nameserver {
         Ok(ops)
     }
 
-    async fn save_op(&self, op: &OpInfo) -> Result<()> {
+    pub(crate) async fn op(&self, op_id: u64) -> Result<OpInfo> {
+        let client = self.client()?;
+        match client.get_data(&self.paths.op(op_id)).await {
+            Ok((data, _)) => {
+                OpInfo::decode(data.as_slice()).map_err(|e| NsError::Zk(e.to_string()))
+            }
+            Err(ZkError::NoNode) => {
+                Err(NsError::InvalidArgument(format!("there is no op {op_id}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) async fn save_op(&self, op: &OpInfo) -> Result<()> {
         let lock = self.lock().await?;
         lock.set_data(&self.paths.op(op.op_id), &op.encode_to_vec(), None)
             .await?;
@@ -103,10 +120,11 @@ impl Nameserver {
         table: &TableInfo,
         pid: u32,
         endpoint: &str,
+        configure: impl FnOnce(&mut OpInfo),
     ) -> Result<OpInfo> {
         let lock = self.lock().await?;
         let op_id = self.bump_counter(&lock, &self.paths.op_index()).await?;
-        let op = OpInfo {
+        let mut op = OpInfo {
             op_id,
             op_type: op_type.into(),
             db: table.db.clone(),
@@ -118,6 +136,7 @@ impl Nameserver {
             endpoint: endpoint.into(),
             ..OpInfo::default()
         };
+        configure(&mut op);
         lock.create(
             &self.paths.op(op_id),
             &op.encode_to_vec(),
@@ -147,24 +166,32 @@ impl Nameserver {
         }
     }
 
-    async fn tick(
-        self: Arc<Self>,
-        running: &Running,
-        permits: &Arc<Semaphore>,
-    ) -> Result<()> {
+    async fn tick(self: Arc<Self>, running: &Running, permits: &Arc<Semaphore>) -> Result<()> {
         let mut ops = self.ops().await?;
         if self.registry_ready() && self.auto_failover().await? {
+            // Partitions with an op under way, or one that failed moments ago (so a
+            // partition that cannot be repaired yet is not retried in a tight loop).
+            let now = now_ms();
             let busy: HashSet<PartitionKey> = ops
                 .iter()
-                .filter(|op| !is_finished(op))
+                .filter(|op| {
+                    !is_finished(op)
+                        || (op.status == FAILED && now - op.end_time_ms < RETRY_AFTER_FAILURE_MS)
+                })
                 .map(|op| (op.db.clone(), op.name.clone(), op.pid))
                 .collect();
             for table in self.tables().await? {
                 for planned in planner::plan(&table, |e| self.is_healthy(e)) {
                     if !busy.contains(&(table.db.clone(), table.name.clone(), planned.pid)) {
                         ops.push(
-                            self.add_op(planned.op_type, &table, planned.pid, &planned.endpoint)
-                                .await?,
+                            self.add_op(
+                                planned.op_type,
+                                &table,
+                                planned.pid,
+                                &planned.endpoint,
+                                |_| {},
+                            )
+                            .await?,
                         );
                     }
                 }
@@ -206,6 +233,15 @@ impl Nameserver {
             return;
         }
         while (op.task_index as usize) < op.tasks.len() {
+            // An operator may have cancelled it between two tasks.
+            if self
+                .op(op.op_id)
+                .await
+                .is_ok_and(|stored| stored.status == CANCELED)
+            {
+                info!(op_id = op.op_id, "op cancelled");
+                return;
+            }
             let task = op.tasks[op.task_index as usize].clone();
             let outcome =
                 tokio::time::timeout(self.task_timeout, self.run_task(&mut op, &task)).await;
@@ -252,6 +288,7 @@ impl Nameserver {
                 let told = self.told_followers.lock().remove(&op.op_id);
                 self.update_partition(&table, op.pid, move |p| {
                     p.term = term;
+                    p.unavailable_reason.clear();
                     for replica in &mut p.replicas {
                         replica.is_leader = replica.endpoint == chosen;
                         if replica.endpoint == failed {
@@ -351,14 +388,29 @@ impl Nameserver {
             }
         }
         let candidate = (!op.chosen.is_empty()).then(|| op.chosen.clone());
-        op.chosen = planner::choose_leader(
+        let chosen = planner::choose_leader(
             &answered,
             table.replica_num,
             table.mode(),
             candidate.as_deref(),
             op.force,
-        )
-        .map_err(NsError::InvalidArgument)?;
+        );
+        op.chosen = match chosen {
+            Ok(chosen) => chosen,
+            Err(reason) => {
+                // The partition stays without a leader (read-only); say why in the metadata.
+                let (failed, note) = (op.endpoint.clone(), reason.clone());
+                self.update_partition(table, op.pid, move |p| {
+                    p.unavailable_reason = note.clone();
+                    for replica in p.replicas.iter_mut().filter(|r| r.endpoint == failed) {
+                        replica.is_leader = false;
+                        replica.is_alive = false;
+                    }
+                })
+                .await?;
+                return Err(NsError::InvalidArgument(reason));
+            }
+        };
         info!(op_id = op.op_id, table = %table.name, pid = op.pid, chosen = %op.chosen, term = op.term, "new leader chosen");
         Ok(())
     }

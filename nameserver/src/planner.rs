@@ -196,6 +196,7 @@ mod tests {
             partitions: vec![PartitionMeta {
                 pid: 0,
                 term: 1,
+                unavailable_reason: String::new(),
                 replicas: replicas
                     .iter()
                     .map(|&(endpoint, is_leader, is_alive)| ReplicaMeta {

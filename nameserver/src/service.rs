@@ -133,4 +133,66 @@ impl NameserverRpc for NameserverService {
             .collect();
         Ok(Response::new(ShowOpStatusResponse { ops }))
     }
+
+    async fn offline_endpoint(
+        &self,
+        request: Request<EndpointRequest>,
+    ) -> Result<Response<OpsResponse>, Status> {
+        let ops = self
+            .state
+            .offline_endpoint(&request.into_inner().endpoint)
+            .await?;
+        Ok(Response::new(OpsResponse { ops }))
+    }
+
+    async fn recover_endpoint(
+        &self,
+        request: Request<EndpointRequest>,
+    ) -> Result<Response<OpsResponse>, Status> {
+        let ops = self
+            .state
+            .recover_endpoint(&request.into_inner().endpoint)
+            .await?;
+        Ok(Response::new(OpsResponse { ops }))
+    }
+
+    async fn recover_table(
+        &self,
+        request: Request<RecoverTableRequest>,
+    ) -> Result<Response<OpsResponse>, Status> {
+        let r = request.into_inner();
+        let ops = self
+            .state
+            .recover_table(&r.db, &r.name, r.pid, &r.endpoint)
+            .await?;
+        Ok(Response::new(OpsResponse { ops }))
+    }
+
+    async fn change_leader(
+        &self,
+        request: Request<ChangeLeaderRequest>,
+    ) -> Result<Response<OpsResponse>, Status> {
+        let r = request.into_inner();
+        let ops = self
+            .state
+            .change_leader(&r.db, &r.name, r.pid, &r.candidate, r.force)
+            .await?;
+        Ok(Response::new(OpsResponse { ops }))
+    }
+
+    async fn cancel_op(
+        &self,
+        request: Request<OpIdRequest>,
+    ) -> Result<Response<OpsResponse>, Status> {
+        let ops = self.state.cancel_op(request.into_inner().op_id).await?;
+        Ok(Response::new(OpsResponse { ops }))
+    }
+
+    async fn delete_op(
+        &self,
+        request: Request<OpIdRequest>,
+    ) -> Result<Response<OpsResponse>, Status> {
+        let ops = self.state.delete_op(request.into_inner().op_id).await?;
+        Ok(Response::new(OpsResponse { ops }))
+    }
 }

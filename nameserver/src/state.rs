@@ -433,6 +433,7 @@ impl Nameserver {
                 .map(|(pid, replicas)| PartitionMeta {
                     pid: pid as u32,
                     term: 1,
+                    unavailable_reason: String::new(),
                     replicas: replicas
                         .iter()
                         .enumerate()
@@ -601,6 +602,7 @@ impl Nameserver {
                         record_cnt: status.as_ref().map_or(-1, |s| s.record_count as i64),
                         memused: status.as_ref().map_or(-1, |s| s.memory_used_bytes as i64),
                         mode: table.mode,
+                        note: partition.unavailable_reason.clone(),
                     });
                 }
             }

@@ -1,0 +1,314 @@
+//! Failover by hand (auto_failover off) and the quorum rule when too many tablets are
+//! down, with real processes.
+
+use std::time::Duration;
+
+use tessera_common::wire_error::{detail_of, ErrorCode};
+use tessera_proto::nameserver::nameserver_client::NameserverClient;
+use tessera_proto::nameserver::*;
+use tessera_proto::tablet::tablet_client::TabletClient;
+use tessera_proto::tablet::ReplicationMode;
+use tessera_tests::workload;
+use tessera_tests::{wait_until_async, NameserverProcess, TabletProcess, ZooKeeper};
+use tonic::transport::Channel;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn rows(ns: &mut NameserverClient<Channel>) -> Vec<ShowTableRow> {
+    ns.show_table(ShowTableRequest {
+        db: String::new(),
+        name: "t1".into(),
+    })
+    .await
+    .map(|r| r.into_inner().rows)
+    .unwrap_or_default()
+}
+
+async fn ops(ns: &mut NameserverClient<Channel>) -> Vec<OpInfo> {
+    ns.show_op_status(ShowOpStatusRequest::default())
+        .await
+        .map(|r| r.into_inner().ops)
+        .unwrap_or_default()
+}
+
+fn leader_of(rows: &[ShowTableRow], pid: u32) -> Option<String> {
+    rows.iter()
+        .find(|r| r.pid == pid && r.role == "leader" && r.is_alive)
+        .map(|r| r.endpoint.clone())
+}
+
+async fn wait_ops_done(ns: &NameserverClient<Channel>, what: &str) {
+    wait_until_async(WAIT, what, || {
+        let mut ns = ns.clone();
+        async move {
+            let ops = ops(&mut ns).await;
+            !ops.is_empty() && ops.iter().all(|op| op.status == "kDone")
+        }
+    })
+    .await;
+}
+
+async fn wait_offline(ns: &NameserverClient<Channel>, endpoint: &str) {
+    wait_until_async(WAIT, &format!("{endpoint} to show offline"), || {
+        let mut ns = ns.clone();
+        let endpoint = endpoint.to_string();
+        async move {
+            let tablets = ns
+                .show_tablet(ShowTabletRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .tablets;
+            tablets
+                .iter()
+                .any(|t| t.endpoint == endpoint && t.state == "kTabletOffline")
+        }
+    })
+    .await;
+}
+
+async fn put(endpoint: &str, pid: u32, seq: u64) -> Result<(), tonic::Status> {
+    let mut client = TabletClient::connect(format!("http://{endpoint}"))
+        .await
+        .expect("connect");
+    client
+        .put(workload::put_request(1, pid, 0, seq))
+        .await
+        .map(|_| ())
+}
+
+async fn set_auto_failover(ns: &mut NameserverClient<Channel>, on: bool) {
+    ns.conf_set(ConfSetRequest {
+        key: "auto_failover".into(),
+        value: on.to_string(),
+    })
+    .await
+    .expect("confset");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operators_fail_over_by_hand_and_quorum_refuses_to_guess() {
+    let dir = tempfile::tempdir().unwrap();
+    let zk = ZooKeeper::start(&dir.path().join("zk"));
+    let args = [
+        format!("--zk_cluster={}", zk.connect_string()),
+        "--zk_root_path=/tessera".to_string(),
+        "--zk_session_timeout=3000".to_string(),
+        "--quorum_timeout=2000".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut tablets = Vec::new();
+    for name in ["t0", "t1", "t2"] {
+        tablets.push(TabletProcess::start(&dir.path().join(name), &args).await);
+    }
+    let nameserver = NameserverProcess::start(&dir.path().join("ns"), &zk, 2000).await;
+    let mut ns = nameserver.client().await;
+    wait_until_async(WAIT, "three healthy tablets", || {
+        let mut ns = ns.clone();
+        async move {
+            let tablets = ns
+                .show_tablet(ShowTabletRequest {})
+                .await
+                .map(|r| r.into_inner().tablets)
+                .unwrap_or_default();
+            tablets
+                .iter()
+                .filter(|t| t.state == "kTabletHealthy")
+                .count()
+                == 3
+        }
+    })
+    .await;
+    let table = ns
+        .create_table(CreateTableRequest {
+            db: String::new(),
+            name: "t1".into(),
+            schema: Some(workload::schema().to_proto()),
+            partition_num: 1,
+            replica_num: 3,
+            mode: ReplicationMode::Quorum as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .table
+        .unwrap();
+    let leader = leader_of(&rows(&mut ns).await, 0).unwrap();
+    for seq in 0..20 {
+        put(&leader, 0, seq).await.unwrap();
+    }
+
+    // While auto_failover is on, changing replicas by hand is refused, with the reason.
+    let refused = ns
+        .offline_endpoint(EndpointRequest {
+            endpoint: leader.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        refused.message().contains("auto_failover is on"),
+        "{}",
+        refused.message()
+    );
+
+    // Off: a dead leader changes nothing by itself.
+    set_auto_failover(&mut ns, false).await;
+    let victim = tablets.iter().position(|t| t.endpoint == leader).unwrap();
+    tablets[victim].kill9();
+    wait_offline(&ns, &leader).await;
+    for _ in 0..10 {
+        assert!(
+            ops(&mut ns).await.is_empty(),
+            "no op starts while auto_failover is off"
+        );
+        assert_eq!(
+            leader_of(&rows(&mut ns).await, 0).as_deref(),
+            Some(leader.as_str())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // offlineendpoint: a new leader from the two survivors, and writes go on.
+    let started = ns
+        .offline_endpoint(EndpointRequest {
+            endpoint: leader.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ops;
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].op_type, "kChangeLeader");
+    wait_ops_done(&ns, "offlineendpoint's ops to finish").await;
+    let new_leader = leader_of(&rows(&mut ns).await, 0).unwrap();
+    assert_ne!(new_leader, leader);
+    put(&new_leader, 0, 20)
+        .await
+        .expect("quorum write with two of three replicas");
+
+    // recoverendpoint: the old leader returns as a follower and catches up.
+    tablets[victim].restart().await;
+    wait_until_async(WAIT, "the returned tablet to be healthy", || {
+        let mut ns = ns.clone();
+        let endpoint = leader.clone();
+        async move {
+            let tablets = ns
+                .show_tablet(ShowTabletRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .tablets;
+            tablets
+                .iter()
+                .any(|t| t.endpoint == endpoint && t.state == "kTabletHealthy")
+        }
+    })
+    .await;
+    let recovering = ns
+        .recover_endpoint(EndpointRequest {
+            endpoint: leader.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ops;
+    assert_eq!(recovering[0].op_type, "kRecoverTable");
+    wait_ops_done(&ns, "recoverendpoint's ops to finish").await;
+    wait_until_async(WAIT, "three alive replicas with equal counts", || {
+        let mut ns = ns.clone();
+        async move {
+            let rows = rows(&mut ns).await;
+            rows.len() == 3 && rows.iter().all(|r| r.is_alive && r.record_cnt == 21)
+        }
+    })
+    .await;
+
+    // Finished ops can be deleted, not cancelled; unknown ops are named.
+    let first = ops(&mut ns).await[0].op_id;
+    let err = ns
+        .cancel_op(OpIdRequest { op_id: first })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("already ended"), "{}", err.message());
+    ns.delete_op(OpIdRequest { op_id: first }).await.unwrap();
+    assert!(ops(&mut ns).await.iter().all(|op| op.op_id != first));
+    let err = ns.delete_op(OpIdRequest { op_id: 999 }).await.unwrap_err();
+    assert!(err.message().contains("no op 999"), "{}", err.message());
+
+    // Two of three tablets down in quorum mode: no replica can be promoted safely, so the
+    // partition stays without a leader and showtable says why.
+    set_auto_failover(&mut ns, true).await;
+    let leader = leader_of(&rows(&mut ns).await, 0).unwrap();
+    let follower = rows(&mut ns)
+        .await
+        .into_iter()
+        .find(|r| r.endpoint != leader)
+        .unwrap()
+        .endpoint;
+    let survivor = rows(&mut ns)
+        .await
+        .into_iter()
+        .find(|r| r.endpoint != leader && r.endpoint != follower)
+        .unwrap()
+        .endpoint;
+    for endpoint in [&leader, &follower] {
+        let index = tablets
+            .iter()
+            .position(|t| &t.endpoint == endpoint)
+            .unwrap();
+        tablets[index].kill9();
+    }
+    wait_until_async(WAIT, "a failed ChangeLeader that says why", || {
+        let mut ns = ns.clone();
+        async move {
+            let rows = rows(&mut ns).await;
+            ops(&mut ns)
+                .await
+                .iter()
+                .any(|op| op.op_type == "kChangeLeader" && op.status == "kFailed")
+                && rows
+                    .iter()
+                    .any(|r| r.note.contains("only 1 of 3 replicas answered"))
+                && leader_of(&rows, 0).is_none()
+        }
+    })
+    .await;
+    let failed = ops(&mut ns)
+        .await
+        .into_iter()
+        .find(|op| op.op_type == "kChangeLeader" && op.status == "kFailed")
+        .unwrap();
+    assert!(failed.reason.contains("force"), "{}", failed.reason);
+    let refused = put(&survivor, 0, 21).await.unwrap_err();
+    assert_eq!(
+        detail_of(&refused).unwrap().code(),
+        ErrorCode::NotLeader,
+        "the survivor does not lead"
+    );
+
+    // force: the operator accepts the risk; the survivor leads and takes writes.
+    set_auto_failover(&mut ns, false).await;
+    ns.change_leader(ChangeLeaderRequest {
+        db: String::new(),
+        name: "t1".into(),
+        pid: 0,
+        candidate: String::new(),
+        force: true,
+    })
+    .await
+    .unwrap();
+    wait_until_async(WAIT, "the forced leader", || {
+        let mut ns = ns.clone();
+        let survivor = survivor.clone();
+        async move { leader_of(&rows(&mut ns).await, 0).as_deref() == Some(survivor.as_str()) }
+    })
+    .await;
+    put(&survivor, 0, 22)
+        .await
+        .expect("writes after a forced change of leader");
+    assert!(
+        rows(&mut ns).await.iter().all(|r| r.note.is_empty()),
+        "the reason is cleared"
+    );
+    assert_eq!(table.tid, 1);
+}
