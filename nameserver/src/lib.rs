@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod error;
+pub mod http;
 pub mod ops;
 pub mod paths;
 pub mod placement;

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tessera_common::coordination::ZkSettings;
 use tessera_common::Endpoint;
 use tessera_proto::nameserver::nameserver_server::NameserverServer;
@@ -47,7 +48,7 @@ impl NameserverConfig {
 /// Runs a nameserver until `shutdown` completes.
 pub async fn run(
     config: NameserverConfig,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config
         .validate()
@@ -73,19 +74,20 @@ pub async fn run(
 
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+        .with_context(|| format!("cannot listen on {addr}"))?
+        // Small gRPC messages must not wait for delayed ACKs.
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
     info!(endpoint = %config.endpoint, "nameserver serving");
-    let incoming = {
-        use tokio_stream::StreamExt;
-        tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
-            let stream = accepted?;
-            stream.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(stream)
-        })
-    };
-    let served = tonic::transport::Server::builder()
-        .add_service(NameserverServer::new(NameserverService::new(state)))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+    // gRPC and HTTP/1.1 share the port.
+    let grpc =
+        tonic::service::Routes::new(NameserverServer::new(NameserverService::new(state.clone())))
+            .prepare()
+            .into_axum_router();
+    let app = crate::http::with_http(grpc, state);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
         .await;
     let _ = stop.send(true);
     let _ = election.await;

@@ -9,6 +9,7 @@ use tessera_common::wire_error::{detail_of, ErrorCode};
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::*;
 use tessera_proto::tablet::{GetTableStatusRequest, ReplicationMode};
+use tessera_tests::process::http_get;
 use tessera_tests::workload;
 use tessera_tests::{wait_until_async, NameserverProcess, TabletProcess, ZooKeeper};
 use tonic::transport::Channel;
@@ -116,6 +117,14 @@ async fn nameservers_elect_place_create_show_and_fail_over() {
     })
     .await;
 
+    // HTTP on the same port: the leader check routes a load balancer to the leader.
+    assert_eq!(http_get(&leader.endpoint, "/api/leader-check").0, 200);
+    assert_eq!(http_get(&standby.endpoint, "/api/leader-check").0, 404);
+    assert_eq!(http_get(&standby.endpoint, "/api/leader-check/503").0, 503);
+    assert_eq!(http_get(&leader.endpoint, "/api/leader-check/503").0, 200);
+    let (status, body) = http_get(&standby.endpoint, "/api/health");
+    assert_eq!((status, body.trim()), (200, "ok standby"));
+
     // A standby refuses changes and names the leader.
     let refused = standby
         .client()
@@ -196,6 +205,16 @@ async fn nameservers_elect_place_create_show_and_fail_over() {
     let rows = show_table(&mut ns, "t1").await;
     assert_eq!(rows.len(), 12);
     assert_eq!(rows.iter().filter(|r| r.role == "leader").count(), 4);
+    let (status, metrics) = http_get(&leader.endpoint, "/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "tessera_nameserver_is_leader 1",
+        "tessera_tablets{state=\"healthy\"} 3",
+        "tessera_partitions_without_leader 0",
+        "# TYPE tessera_ops gauge",
+    ] {
+        assert!(metrics.contains(line), "metrics lack `{line}`:\n{metrics}");
+    }
     assert!(rows
         .iter()
         .all(|r| r.is_alive && r.mode == ReplicationMode::Quorum as i32 && r.memused >= 0));

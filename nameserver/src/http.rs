@@ -1,0 +1,113 @@
+//! HTTP on the nameserver's own port, beside gRPC: a leader check for load balancers
+//! (an HAProxy `httpchk` routes to the leader), a health check, and Prometheus metrics.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+use crate::state::Nameserver;
+
+/// The HTTP routes, merged into the gRPC router.
+pub fn with_http(grpc: Router, state: Arc<Nameserver>) -> Router {
+    let http = Router::new()
+        .route("/api/leader-check", get(leader_check))
+        .route("/api/leader-check/503", get(leader_check_503))
+        .route("/api/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    grpc.merge(http)
+}
+
+/// 200 on the leader, 404 elsewhere.
+async fn leader_check(State(ns): State<Arc<Nameserver>>) -> impl IntoResponse {
+    if ns.is_leader() {
+        (StatusCode::OK, "leader\n")
+    } else {
+        (StatusCode::NOT_FOUND, "standby\n")
+    }
+}
+
+/// 200 on the leader, 503 elsewhere.
+async fn leader_check_503(State(ns): State<Arc<Nameserver>>) -> impl IntoResponse {
+    if ns.is_leader() {
+        (StatusCode::OK, "leader\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "standby\n")
+    }
+}
+
+async fn health(State(ns): State<Arc<Nameserver>>) -> impl IntoResponse {
+    let role = if ns.is_leader() { "leader" } else { "standby" };
+    (StatusCode::OK, format!("ok {role}\n"))
+}
+
+/// Prometheus text: leadership, tablets by state, ops by type and status, and
+/// partitions without an alive leader.
+async fn metrics(State(ns): State<Arc<Nameserver>>) -> impl IntoResponse {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP tessera_nameserver_is_leader 1 on the leader, 0 on a standby."
+    );
+    let _ = writeln!(out, "# TYPE tessera_nameserver_is_leader gauge");
+    let _ = writeln!(
+        out,
+        "tessera_nameserver_is_leader {}",
+        u8::from(ns.is_leader())
+    );
+
+    let tablets = ns.tablets();
+    let healthy = tablets
+        .iter()
+        .filter(|t| t.state == "kTabletHealthy")
+        .count();
+    let _ = writeln!(
+        out,
+        "# HELP tessera_tablets Tablets known to the nameserver, by state."
+    );
+    let _ = writeln!(out, "# TYPE tessera_tablets gauge");
+    let _ = writeln!(out, "tessera_tablets{{state=\"healthy\"}} {healthy}");
+    let _ = writeln!(
+        out,
+        "tessera_tablets{{state=\"offline\"}} {}",
+        tablets.len() - healthy
+    );
+
+    let mut ops: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for op in ns.ops().await.unwrap_or_default() {
+        *ops.entry((op.op_type, op.status)).or_default() += 1;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tessera_ops Ops kept in ZooKeeper, by type and status."
+    );
+    let _ = writeln!(out, "# TYPE tessera_ops gauge");
+    for ((op_type, status), count) in ops {
+        let _ = writeln!(
+            out,
+            "tessera_ops{{type=\"{op_type}\",status=\"{status}\"}} {count}"
+        );
+    }
+
+    let leaderless = ns
+        .tables()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .filter(|p| !p.replicas.iter().any(|r| r.is_leader && r.is_alive))
+        .count();
+    let _ = writeln!(
+        out,
+        "# HELP tessera_partitions_without_leader Partitions with no alive leader."
+    );
+    let _ = writeln!(out, "# TYPE tessera_partitions_without_leader gauge");
+    let _ = writeln!(out, "tessera_partitions_without_leader {leaderless}");
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
