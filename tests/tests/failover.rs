@@ -264,3 +264,213 @@ async fn a_dead_leader_tablet_is_replaced_and_recovered_without_losing_writes() 
     assert!(all_ops.iter().all(|op| op.status == "kDone"), "{all_ops:?}");
     assert!(all_ops.iter().any(|op| op.op_type == "kRecoverTable"));
 }
+
+/// The nameserver leader dies in the middle of a RecoverTable (ReAddReplica) op: the
+/// standby takes over, resumes the op from its last saved task, and finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_nameserver_leader_resumes_an_unfinished_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let zk = ZooKeeper::start(&dir.path().join("zk"));
+    let args = [
+        format!("--zk_cluster={}", zk.connect_string()),
+        "--zk_root_path=/tessera".to_string(),
+        "--zk_session_timeout=3000".to_string(),
+        "--quorum_timeout=3000".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut tablets = Vec::new();
+    for name in ["t0", "t1", "t2"] {
+        tablets.push(TabletProcess::start(&dir.path().join(name), &args).await);
+    }
+    let first = NameserverProcess::start(&dir.path().join("ns0"), &zk, 2000).await;
+    let second = NameserverProcess::start(&dir.path().join("ns1"), &zk, 2000).await;
+    let leader_endpoint = {
+        let mut ns = first.client().await;
+        let mut found = None;
+        wait_until_async(WAIT, "a nameserver leader that sees three tablets", || {
+            let mut probe = ns.clone();
+            async move {
+                let leads = probe.show_ns(ShowNsRequest {}).await.is_ok_and(|r| {
+                    r.into_inner()
+                        .nameservers
+                        .iter()
+                        .any(|n| n.role == "leader")
+                });
+                leads
+            }
+        })
+        .await;
+        for n in ns
+            .show_ns(ShowNsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .nameservers
+        {
+            if n.role == "leader" {
+                found = Some(n.endpoint);
+            }
+        }
+        found.unwrap()
+    };
+    let (mut leader, standby) = if leader_endpoint == first.endpoint {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let mut ns = leader.client().await;
+    wait_until_async(WAIT, "three healthy tablets", || {
+        let mut ns = ns.clone();
+        async move {
+            let tablets = ns
+                .show_tablet(ShowTabletRequest {})
+                .await
+                .map(|r| r.into_inner().tablets)
+                .unwrap_or_default();
+            tablets
+                .iter()
+                .filter(|t| t.state == "kTabletHealthy")
+                .count()
+                == 3
+        }
+    })
+    .await;
+    ns.conf_set(ConfSetRequest {
+        key: "auto_failover".into(),
+        value: "false".into(),
+    })
+    .await
+    .unwrap();
+    let table = ns
+        .create_table(CreateTableRequest {
+            db: String::new(),
+            name: "t1".into(),
+            schema: Some(workload::schema().to_proto()),
+            partition_num: 1,
+            replica_num: 3,
+            mode: ReplicationMode::Quorum as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .table
+        .unwrap();
+    let partition_leader = leaders(&rows(&mut ns).await)[&0].clone();
+    let mut writer = TabletClient::connect(format!("http://{partition_leader}"))
+        .await
+        .unwrap();
+    for seq in 0..50 {
+        writer
+            .put(workload::put_request(table.tid, 0, 0, seq))
+            .await
+            .unwrap();
+    }
+
+    // A follower goes away and is taken out by hand; more writes follow.
+    let follower = tablets
+        .iter()
+        .position(|t| t.endpoint != partition_leader)
+        .unwrap();
+    let follower_endpoint = tablets[follower].endpoint.clone();
+    tablets[follower].kill9();
+    wait_until_async(WAIT, "the follower to show offline", || {
+        let mut ns = ns.clone();
+        let endpoint = follower_endpoint.clone();
+        async move {
+            let tablets = ns
+                .show_tablet(ShowTabletRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .tablets;
+            tablets
+                .iter()
+                .any(|t| t.endpoint == endpoint && t.state == "kTabletOffline")
+        }
+    })
+    .await;
+    ns.offline_endpoint(EndpointRequest {
+        endpoint: follower_endpoint.clone(),
+    })
+    .await
+    .unwrap();
+    wait_until_async(WAIT, "the OfflineReplica op to finish", || {
+        let mut ns = ns.clone();
+        async move { ops(&mut ns).await.iter().all(|op| op.status == "kDone") }
+    })
+    .await;
+    for seq in 50..100 {
+        writer
+            .put(workload::put_request(table.tid, 0, 0, seq))
+            .await
+            .unwrap();
+    }
+
+    // It returns but freezes, so RecoverTable's first task hangs on it...
+    tablets[follower].restart().await;
+    wait_until_async(WAIT, "the follower to be healthy again", || {
+        let mut ns = ns.clone();
+        let endpoint = follower_endpoint.clone();
+        async move {
+            let tablets = ns
+                .show_tablet(ShowTabletRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .tablets;
+            tablets
+                .iter()
+                .any(|t| t.endpoint == endpoint && t.state == "kTabletHealthy")
+        }
+    })
+    .await;
+    tablets[follower].pause();
+    let recover = ns
+        .recover_endpoint(EndpointRequest {
+            endpoint: follower_endpoint.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ops;
+    let op_id = recover[0].op_id;
+    wait_until_async(WAIT, "the RecoverTable op to be under way", || {
+        let mut ns = ns.clone();
+        async move {
+            ops(&mut ns)
+                .await
+                .iter()
+                .any(|op| op.op_id == op_id && op.status == "kDoing")
+        }
+    })
+    .await;
+
+    // ...and the nameserver leader dies mid-op.
+    leader.kill9();
+    tablets[follower].resume();
+    let ns = standby.client().await;
+    wait_until_async(WAIT, "the standby to resume and finish the op", || {
+        let mut ns = ns.clone();
+        async move {
+            ops(&mut ns)
+                .await
+                .iter()
+                .any(|op| op.op_id == op_id && op.status == "kDone")
+        }
+    })
+    .await;
+    wait_until_async(WAIT, "all replicas alive with 100 rows", || {
+        let mut ns = ns.clone();
+        async move {
+            let rows = rows(&mut ns).await;
+            rows.len() == 3 && rows.iter().all(|r| r.is_alive && r.record_cnt == 100)
+        }
+    })
+    .await;
+    let log = standby.log();
+    assert!(log.contains("became the nameserver leader"));
+    assert!(
+        log.lines().any(|l| l.contains("op done") && l.contains(&format!("op_id={op_id}"))),
+        "the standby finished op {op_id} itself"
+    );
+}
