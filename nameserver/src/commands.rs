@@ -6,7 +6,9 @@ use tessera_proto::nameserver::{OpInfo, TableInfo};
 
 use crate::error::{NsError, Result};
 use crate::ops::{is_finished, CANCELED};
-use crate::planner::{CHANGE_LEADER, OFFLINE_REPLICA, RECOVER_TABLE};
+use crate::planner::{
+    ADD_REPLICA, CHANGE_LEADER, DEL_REPLICA, MAKE_SNAPSHOT, MIGRATE, OFFLINE_REPLICA, RECOVER_TABLE,
+};
 use crate::state::{Nameserver, DEFAULT_DB};
 
 impl Nameserver {
@@ -145,6 +147,225 @@ impl Nameserver {
             })
             .await?;
         Ok(vec![op])
+    }
+
+    /// The partitions `pids` names (all when empty), checked against the table.
+    fn partitions_of(table: &TableInfo, pids: &[u32]) -> Result<Vec<u32>> {
+        if pids.is_empty() {
+            return Ok(table.partitions.iter().map(|p| p.pid).collect());
+        }
+        for pid in pids {
+            if !table.partitions.iter().any(|p| p.pid == *pid) {
+                return Err(NsError::InvalidArgument(format!(
+                    "table {} has no partition {pid} (it has {})",
+                    table.name, table.partition_num
+                )));
+            }
+        }
+        Ok(pids.to_vec())
+    }
+
+    fn replica_of<'a>(
+        table: &'a TableInfo,
+        pid: u32,
+        endpoint: &str,
+    ) -> Option<&'a tessera_proto::nameserver::ReplicaMeta> {
+        table
+            .partitions
+            .iter()
+            .find(|p| p.pid == pid)
+            .and_then(|p| p.replicas.iter().find(|r| r.endpoint == endpoint))
+    }
+
+    /// Adds a follower replica on `endpoint` to each partition, seeded from its leader.
+    pub async fn add_replica(
+        &self,
+        db: &str,
+        name: &str,
+        pids: &[u32],
+        endpoint: &str,
+    ) -> Result<Vec<OpInfo>> {
+        self.refuse_if_auto_failover("addreplica").await?;
+        let table = self
+            .table(if db.is_empty() { DEFAULT_DB } else { db }, name)
+            .await?;
+        if !self.is_healthy(endpoint) {
+            return Err(NsError::InvalidArgument(format!(
+                "{endpoint} is not a healthy tablet"
+            )));
+        }
+        let pids = Self::partitions_of(&table, pids)?;
+        if let Some(pid) = pids
+            .iter()
+            .find(|pid| Self::replica_of(&table, **pid, endpoint).is_some())
+        {
+            return Err(NsError::InvalidArgument(format!(
+                "partition {pid} already has a replica on {endpoint}"
+            )));
+        }
+        let mut ops = Vec::new();
+        for pid in pids {
+            ops.push(
+                self.add_op(ADD_REPLICA, &table, pid, endpoint, |_| {})
+                    .await?,
+            );
+        }
+        Ok(ops)
+    }
+
+    /// Removes a follower replica from each partition and drops it from its tablet.
+    pub async fn del_replica(
+        &self,
+        db: &str,
+        name: &str,
+        pids: &[u32],
+        endpoint: &str,
+    ) -> Result<Vec<OpInfo>> {
+        self.refuse_if_auto_failover("delreplica").await?;
+        let table = self
+            .table(if db.is_empty() { DEFAULT_DB } else { db }, name)
+            .await?;
+        let pids = Self::partitions_of(&table, pids)?;
+        for pid in &pids {
+            match Self::replica_of(&table, *pid, endpoint) {
+                None => {
+                    return Err(NsError::InvalidArgument(format!(
+                        "partition {pid} has no replica on {endpoint}"
+                    )))
+                }
+                Some(r) if r.is_leader => {
+                    return Err(NsError::InvalidArgument(format!(
+                        "{endpoint} leads partition {pid}; change its leader first"
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        let mut ops = Vec::new();
+        for pid in pids {
+            ops.push(
+                self.add_op(DEL_REPLICA, &table, pid, endpoint, |_| {})
+                    .await?,
+            );
+        }
+        Ok(ops)
+    }
+
+    /// Moves follower replicas from `source` to `destination`: add, catch up, remove.
+    pub async fn migrate(
+        &self,
+        db: &str,
+        name: &str,
+        pids: &[u32],
+        source: &str,
+        destination: &str,
+    ) -> Result<Vec<OpInfo>> {
+        self.refuse_if_auto_failover("migrate").await?;
+        let table = self
+            .table(if db.is_empty() { DEFAULT_DB } else { db }, name)
+            .await?;
+        if !self.is_healthy(destination) {
+            return Err(NsError::InvalidArgument(format!(
+                "{destination} is not a healthy tablet"
+            )));
+        }
+        let pids = Self::partitions_of(&table, pids)?;
+        for pid in &pids {
+            match Self::replica_of(&table, *pid, source) {
+                None => return Err(NsError::InvalidArgument(format!("partition {pid} has no replica on {source}"))),
+                Some(r) if r.is_leader => {
+                    return Err(NsError::InvalidArgument(format!(
+                        "{source} leads partition {pid}; only followers migrate (change its leader first)"
+                    )))
+                }
+                Some(_) => {}
+            }
+            if Self::replica_of(&table, *pid, destination).is_some() {
+                return Err(NsError::InvalidArgument(format!(
+                    "partition {pid} already has a replica on {destination}"
+                )));
+            }
+        }
+        let mut ops = Vec::new();
+        for pid in pids {
+            let source = source.to_string();
+            ops.push(
+                self.add_op(MIGRATE, &table, pid, destination, move |op| {
+                    op.source = source
+                })
+                .await?,
+            );
+        }
+        Ok(ops)
+    }
+
+    /// Snapshots partitions (all when `pids` is empty). Allowed with auto_failover on.
+    pub async fn make_snapshot(&self, db: &str, name: &str, pids: &[u32]) -> Result<Vec<OpInfo>> {
+        self.lock().await?;
+        let table = self
+            .table(if db.is_empty() { DEFAULT_DB } else { db }, name)
+            .await?;
+        let mut ops = Vec::new();
+        for pid in Self::partitions_of(&table, pids)? {
+            ops.push(self.add_op(MAKE_SNAPSHOT, &table, pid, "", |_| {}).await?);
+        }
+        Ok(ops)
+    }
+
+    /// Sets replicas' `is_alive` in the metadata only.
+    pub async fn update_table_alive(
+        &self,
+        db: &str,
+        name: &str,
+        pids: &[u32],
+        endpoint: &str,
+        alive: bool,
+    ) -> Result<u32> {
+        self.refuse_if_auto_failover("updatetablealive").await?;
+        let table = self
+            .table(if db.is_empty() { DEFAULT_DB } else { db }, name)
+            .await?;
+        let mut updated = 0;
+        for pid in Self::partitions_of(&table, pids)? {
+            if Self::replica_of(&table, pid, endpoint).is_some() {
+                let endpoint = endpoint.to_string();
+                self.update_partition(&table, pid, move |p| {
+                    for replica in p.replicas.iter_mut().filter(|r| r.endpoint == endpoint) {
+                        replica.is_alive = alive;
+                    }
+                })
+                .await?;
+                updated += 1;
+            }
+        }
+        if updated == 0 {
+            return Err(NsError::InvalidArgument(format!(
+                "no partition of {name} has a replica on {endpoint}"
+            )));
+        }
+        Ok(updated)
+    }
+
+    /// Leader only: a MakeSnapshot op for every partition without an op under way.
+    pub async fn snapshot_everything(&self) -> Result<usize> {
+        let busy: std::collections::HashSet<(String, String, u32)> = self
+            .ops()
+            .await?
+            .into_iter()
+            .filter(|op| !is_finished(op))
+            .map(|op| (op.db, op.name, op.pid))
+            .collect();
+        let mut started = 0;
+        for table in self.tables().await? {
+            for partition in &table.partitions {
+                if !busy.contains(&(table.db.clone(), table.name.clone(), partition.pid)) {
+                    self.add_op(MAKE_SNAPSHOT, &table, partition.pid, "", |_| {})
+                        .await?;
+                    started += 1;
+                }
+            }
+        }
+        Ok(started)
     }
 
     pub async fn cancel_op(&self, op_id: u64) -> Result<Vec<OpInfo>> {

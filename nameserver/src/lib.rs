@@ -8,6 +8,7 @@ pub mod ops;
 pub mod paths;
 pub mod placement;
 pub mod planner;
+pub mod schedule;
 pub mod server;
 pub mod service;
 pub mod state;

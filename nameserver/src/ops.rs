@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use prost::Message;
-use tessera_proto::nameserver::{OpInfo, PartitionMeta, TableInfo};
+use tessera_proto::nameserver::{OpInfo, PartitionMeta, ReplicaMeta, TableInfo};
 use tessera_proto::tablet::{self as tpb, TableRole};
 use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
@@ -21,7 +21,8 @@ use zookeeper_client::{Acls, CreateMode, Error as ZkError};
 
 use crate::error::{NsError, Result};
 use crate::planner::{
-    self, Fenced, Recovery, ReplicaLog, CHANGE_LEADER, OFFLINE_REPLICA, RECOVER_TABLE,
+    self, Fenced, Recovery, ReplicaLog, ADD_REPLICA, CHANGE_LEADER, DEL_REPLICA, MAKE_SNAPSHOT,
+    MIGRATE, OFFLINE_REPLICA, RECOVER_TABLE,
 };
 use crate::state::{call, tablet, Nameserver};
 
@@ -62,6 +63,25 @@ fn tasks_of(op_type: &str) -> Vec<String> {
             "kWaitCatchUp",
             "kUpdatePartitionStatus",
         ],
+        ADD_REPLICA => &[
+            "kAddReplicaMeta",
+            "kPrepareReplica",
+            "kAddReplica",
+            "kWaitCatchUp",
+            "kUpdatePartitionStatus",
+        ],
+        DEL_REPLICA => &["kDelReplica", "kDropReplica", "kDelReplicaMeta"],
+        MIGRATE => &[
+            "kAddReplicaMeta",
+            "kPrepareReplica",
+            "kAddReplica",
+            "kWaitCatchUp",
+            "kUpdatePartitionStatus",
+            "kDelSourceReplica",
+            "kDropSourceReplica",
+            "kDelSourceReplicaMeta",
+        ],
+        MAKE_SNAPSHOT => &["kMakeSnapshot"],
         _ => &[],
     };
     names.iter().map(|n| n.to_string()).collect()
@@ -122,6 +142,12 @@ impl Nameserver {
         endpoint: &str,
         configure: impl FnOnce(&mut OpInfo),
     ) -> Result<OpInfo> {
+        let tasks = tasks_of(op_type);
+        if tasks.is_empty() {
+            return Err(NsError::InvalidArgument(format!(
+                "unknown op type {op_type}"
+            )));
+        }
         let lock = self.lock().await?;
         let op_id = self.bump_counter(&lock, &self.paths.op_index()).await?;
         let mut op = OpInfo {
@@ -131,7 +157,7 @@ impl Nameserver {
             name: table.name.clone(),
             pid,
             status: INITED.into(),
-            tasks: tasks_of(op_type),
+            tasks,
             start_time_ms: now_ms(),
             endpoint: endpoint.into(),
             ..OpInfo::default()
@@ -304,21 +330,48 @@ impl Nameserver {
                 .await
             }
             "kDelReplica" => {
-                let leader = leader_of(&partition)?;
-                let mut client = tablet(&leader).await?;
-                call(
-                    &leader,
-                    client.del_replica(tpb::DelReplicaRequest {
-                        tid: table.tid,
-                        pid: op.pid,
-                        endpoint: op.endpoint.clone(),
-                    }),
-                )
-                .await
-                .map(|_| ())
+                self.del_from_leader(&table, &partition, op.pid, &op.endpoint)
+                    .await
             }
+            "kDelSourceReplica" => {
+                self.del_from_leader(&table, &partition, op.pid, &op.source)
+                    .await
+            }
+            "kDropReplica" => {
+                drop_replica(&table, op.pid, &op.endpoint).await;
+                Ok(())
+            }
+            "kDropSourceReplica" => {
+                drop_replica(&table, op.pid, &op.source).await;
+                Ok(())
+            }
+            "kAddReplicaMeta" => {
+                let endpoint = op.endpoint.clone();
+                self.update_partition(&table, op.pid, move |p| {
+                    if !p.replicas.iter().any(|r| r.endpoint == endpoint) {
+                        p.replicas.push(ReplicaMeta {
+                            endpoint: endpoint.clone(),
+                            is_leader: false,
+                            is_alive: false,
+                        });
+                    }
+                })
+                .await
+            }
+            "kDelReplicaMeta" | "kDelSourceReplicaMeta" => {
+                let endpoint = if task == "kDelReplicaMeta" {
+                    op.endpoint.clone()
+                } else {
+                    op.source.clone()
+                };
+                self.update_partition(&table, op.pid, move |p| {
+                    p.replicas.retain(|r| r.endpoint != endpoint)
+                })
+                .await
+            }
+            "kMakeSnapshot" => self.snapshot_replicas(&table, &partition).await,
             "kUpdatePartitionStatus" => {
-                let (endpoint, alive) = (op.endpoint.clone(), op.op_type == RECOVER_TABLE);
+                let (endpoint, alive) = (op.endpoint.clone(), op.op_type != OFFLINE_REPLICA);
                 self.update_partition(&table, op.pid, move |p| {
                     for replica in p.replicas.iter_mut().filter(|r| r.endpoint == endpoint) {
                         replica.is_alive = alive;
@@ -587,7 +640,7 @@ impl Nameserver {
     }
 
     /// Rewrites one partition's metadata, fenced and with a version check.
-    async fn update_partition(
+    pub(crate) async fn update_partition(
         &self,
         table: &TableInfo,
         pid: u32,
@@ -618,6 +671,75 @@ impl Nameserver {
     }
 }
 
+impl Nameserver {
+    /// Removes a follower from its leader's replica set.
+    async fn del_from_leader(
+        &self,
+        table: &TableInfo,
+        partition: &PartitionMeta,
+        pid: u32,
+        endpoint: &str,
+    ) -> Result<()> {
+        let leader = leader_of(partition)?;
+        let mut client = tablet(&leader).await?;
+        call(
+            &leader,
+            client.del_replica(tpb::DelReplicaRequest {
+                tid: table.tid,
+                pid,
+                endpoint: endpoint.to_string(),
+            }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Snapshots every alive replica; the leader's must succeed.
+    async fn snapshot_replicas(&self, table: &TableInfo, partition: &PartitionMeta) -> Result<()> {
+        for replica in partition.replicas.iter().filter(|r| r.is_alive) {
+            let made = async {
+                let mut client = tablet(&replica.endpoint).await?;
+                call(
+                    &replica.endpoint,
+                    client.make_snapshot(tpb::MakeSnapshotRequest {
+                        tid: table.tid,
+                        pid: partition.pid,
+                    }),
+                )
+                .await
+            }
+            .await;
+            match made {
+                Err(e) if replica.is_leader => return Err(e),
+                Err(e) => {
+                    warn!(endpoint = %replica.endpoint, error = %e, "snapshot on a follower failed")
+                }
+                Ok(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Best effort: drops a replica from its tablet (which may be gone for good).
+async fn drop_replica(table: &TableInfo, pid: u32, endpoint: &str) {
+    let dropped = async {
+        let mut client = tablet(endpoint).await?;
+        call(
+            endpoint,
+            client.drop_table(tpb::DropTableRequest {
+                tid: table.tid,
+                pid,
+            }),
+        )
+        .await
+    }
+    .await;
+    if let Err(e) = dropped {
+        warn!(tid = table.tid, pid, endpoint, error = %e, "dropping a replica failed; its files stay on that tablet");
+    }
+}
+
 fn leader_of(partition: &PartitionMeta) -> Result<String> {
     partition
         .replicas
@@ -627,4 +749,25 @@ fn leader_of(partition: &PartitionMeta) -> Result<String> {
         .ok_or_else(|| {
             NsError::InvalidArgument(format!("partition {} has no alive leader", partition.pid))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_op_type_has_tasks() {
+        for op_type in [
+            CHANGE_LEADER,
+            OFFLINE_REPLICA,
+            RECOVER_TABLE,
+            ADD_REPLICA,
+            DEL_REPLICA,
+            MIGRATE,
+            MAKE_SNAPSHOT,
+        ] {
+            assert!(!tasks_of(op_type).is_empty(), "{op_type}");
+        }
+        assert!(tasks_of("kNoSuchOp").is_empty());
+    }
 }

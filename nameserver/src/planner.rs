@@ -10,6 +10,10 @@ use tessera_proto::tablet::ReplicationMode;
 pub const CHANGE_LEADER: &str = "kChangeLeader";
 pub const OFFLINE_REPLICA: &str = "kOfflineReplica";
 pub const RECOVER_TABLE: &str = "kRecoverTable";
+pub const ADD_REPLICA: &str = "kAddReplica";
+pub const DEL_REPLICA: &str = "kDelReplica";
+pub const MIGRATE: &str = "kMigrate";
+pub const MAKE_SNAPSHOT: &str = "kMakeSnapshot";
 
 /// One op the planner wants: its type, the partition, and the replica it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,6 +11,7 @@ use tessera_common::Endpoint;
 use tessera_proto::nameserver::nameserver_server::NameserverServer;
 use tracing::info;
 
+use crate::schedule::{run_snapshot_schedule, SnapshotSchedule};
 use crate::service::NameserverService;
 use crate::state::Nameserver;
 
@@ -22,6 +23,7 @@ pub struct NameserverConfig {
     pub zk_session_timeout: Duration,
     /// Every op task fails its op after this long.
     pub task_timeout: Duration,
+    pub snapshot_schedule: SnapshotSchedule,
 }
 
 impl NameserverConfig {
@@ -70,7 +72,12 @@ pub async fn run(
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let election = tokio::spawn(state.clone().run_election(stopped.clone()));
-    let ops = tokio::spawn(state.clone().run_ops(stopped));
+    let ops = tokio::spawn(state.clone().run_ops(stopped.clone()));
+    tokio::spawn(run_snapshot_schedule(
+        state.clone(),
+        config.snapshot_schedule,
+        stopped,
+    ));
 
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -195,4 +195,61 @@ impl NameserverRpc for NameserverService {
         let ops = self.state.delete_op(request.into_inner().op_id).await?;
         Ok(Response::new(OpsResponse { ops }))
     }
+
+    async fn add_replica(
+        &self,
+        request: Request<ReplicaRequest>,
+    ) -> Result<Response<OpsResponse>, Status> {
+        let r = request.into_inner();
+        let ops = self
+            .state
+            .add_replica(&r.db, &r.name, &r.pids, &r.endpoint)
+            .await?;
+        Ok(Response::new(OpsResponse { ops }))
+    }
+
+    async fn del_replica(
+        &self,
+        request: Request<ReplicaRequest>,
+    ) -> Result<Response<OpsResponse>, Status> {
+        let r = request.into_inner();
+        let ops = self
+            .state
+            .del_replica(&r.db, &r.name, &r.pids, &r.endpoint)
+            .await?;
+        Ok(Response::new(OpsResponse { ops }))
+    }
+
+    async fn migrate(
+        &self,
+        request: Request<ReplicaRequest>,
+    ) -> Result<Response<OpsResponse>, Status> {
+        let r = request.into_inner();
+        let ops = self
+            .state
+            .migrate(&r.db, &r.name, &r.pids, &r.source, &r.endpoint)
+            .await?;
+        Ok(Response::new(OpsResponse { ops }))
+    }
+
+    async fn make_snapshot(
+        &self,
+        request: Request<PartitionsRequest>,
+    ) -> Result<Response<OpsResponse>, Status> {
+        let r = request.into_inner();
+        let ops = self.state.make_snapshot(&r.db, &r.name, &r.pids).await?;
+        Ok(Response::new(OpsResponse { ops }))
+    }
+
+    async fn update_table_alive(
+        &self,
+        request: Request<UpdateTableAliveRequest>,
+    ) -> Result<Response<UpdateTableAliveResponse>, Status> {
+        let r = request.into_inner();
+        let updated = self
+            .state
+            .update_table_alive(&r.db, &r.name, &r.pids, &r.endpoint, r.alive)
+            .await?;
+        Ok(Response::new(UpdateTableAliveResponse { updated }))
+    }
 }

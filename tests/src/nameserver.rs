@@ -24,6 +24,16 @@ pub struct NameserverProcess {
 impl NameserverProcess {
     /// Starts a nameserver in `zk`'s cluster (root `/tessera`) and waits until it answers.
     pub async fn start(dir: &Path, zk: &ZooKeeper, session_timeout_ms: u64) -> NameserverProcess {
+        Self::start_with(dir, zk, session_timeout_ms, &[]).await
+    }
+
+    /// As [`NameserverProcess::start`], with more flags.
+    pub async fn start_with(
+        dir: &Path,
+        zk: &ZooKeeper,
+        session_timeout_ms: u64,
+        extra: &[&str],
+    ) -> NameserverProcess {
         std::fs::create_dir_all(dir).expect("create the nameserver's directory");
         let endpoint = format!("127.0.0.1:{}", free_port());
         let args = vec![
@@ -32,6 +42,10 @@ impl NameserverProcess {
             "--zk_root_path=/tessera".to_string(),
             format!("--zk_session_timeout={session_timeout_ms}"),
         ];
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(extra.iter().map(|a| a.to_string()))
+            .collect();
         let mut ns = NameserverProcess {
             child: None,
             endpoint,

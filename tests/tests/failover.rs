@@ -470,7 +470,8 @@ async fn a_new_nameserver_leader_resumes_an_unfinished_op() {
     let log = standby.log();
     assert!(log.contains("became the nameserver leader"));
     assert!(
-        log.lines().any(|l| l.contains("op done") && l.contains(&format!("op_id={op_id}"))),
+        log.lines()
+            .any(|l| l.contains("op done") && l.contains(&format!("op_id={op_id}"))),
         "the standby finished op {op_id} itself"
     );
 }

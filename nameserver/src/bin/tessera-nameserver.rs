@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use tessera_nameserver::schedule::SnapshotSchedule;
 use tessera_nameserver::NameserverConfig;
 use tracing_subscriber::EnvFilter;
 
@@ -31,6 +32,12 @@ struct Flags {
     /// Milliseconds after which an op task that has not finished fails its op.
     #[arg(long, default_value_t = 60_000)]
     task_timeout: u64,
+    /// Seconds between snapshots of every partition; 0 uses --make_snapshot_time.
+    #[arg(long, default_value_t = 0)]
+    snapshot_interval: u64,
+    /// Hour of the day (UTC, 0-23) for the daily snapshot of every partition; -1: never.
+    #[arg(long, default_value_t = 23, allow_negative_numbers = true)]
+    make_snapshot_time: i32,
 }
 
 async fn shutdown_signal() {
@@ -59,6 +66,12 @@ fn main() -> anyhow::Result<()> {
         zk_root_path: flags.zk_root_path,
         zk_session_timeout: Duration::from_millis(flags.zk_session_timeout),
         task_timeout: Duration::from_millis(flags.task_timeout),
+        snapshot_schedule: match (flags.snapshot_interval, flags.make_snapshot_time) {
+            (0, -1) => SnapshotSchedule::Off,
+            (0, hour @ 0..=23) => SnapshotSchedule::DailyAt(hour as u32),
+            (0, other) => anyhow::bail!("--make_snapshot_time {other} is not an hour (0-23) or -1"),
+            (secs, _) => SnapshotSchedule::Every(Duration::from_secs(secs)),
+        },
     };
     config
         .validate()
