@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A local Tessera to try things on: ZooKeeper and three tablets registered in it, all on
+# A local Tessera to try things on: ZooKeeper, a nameserver and three tablets, all on
 # loopback. Data lives under $TESSERA_PLAYGROUND (default /tmp/tessera-playground);
 # Ctrl-C stops everything.
 set -euo pipefail
@@ -31,6 +31,10 @@ for i in 0 1 2; do
   pids+=($!)
 done
 
+"$root/target/debug/tessera-nameserver" --endpoint=127.0.0.1:7527 \
+  --zk_cluster=127.0.0.1:$zk_port --zk_root_path=/tessera >"$dir/nameserver.log" 2>&1 &
+pids+=($!)
+
 for i in 0 1 2; do
   for _ in $(seq 200); do
     grep -q "registered in ZooKeeper" "$dir/tablet$i.log" 2>/dev/null && break
@@ -39,18 +43,25 @@ for i in 0 1 2; do
   grep -q "registered in ZooKeeper" "$dir/tablet$i.log" || {
     echo "tablet $i did not come up:"; tail -20 "$dir/tablet$i.log"; exit 1; }
 done
+for _ in $(seq 200); do
+  grep -q "became the nameserver leader" "$dir/nameserver.log" 2>/dev/null && break
+  sleep 0.1
+done
+grep -q "became the nameserver leader" "$dir/nameserver.log" || {
+  echo "the nameserver did not come up:"; tail -20 "$dir/nameserver.log"; exit 1; }
 
 cat <<MSG
 Tessera playground is up.
   ZooKeeper   127.0.0.1:$zk_port              (log: $dir/zookeeper.log)
+  nameserver  127.0.0.1:7527               (log: $dir/nameserver.log; curl 127.0.0.1:7527/metrics)
   tablets     127.0.0.1:9527, :9528, :9529   (data and logs: $dir/tablet<N>, $dir/tablet<N>.log)
-The tablets are registered under /tessera/nodes. The nameserver and ns_client are not
-built yet: the tablets serve their gRPC API (proto/protos/tablet.proto) directly, and
+The nameserver leads and repairs the cluster (auto_failover is on). ns_client is not built
+yet: the nameserver and tablets serve their gRPC APIs (proto/protos/), and
 target/debug/tessera-bench --endpoints=127.0.0.1:9527,127.0.0.1:9528,127.0.0.1:9529
-creates a replicated table and writes to it. Press Ctrl-C to stop.
+creates a replicated table on the tablets and writes to it. Press Ctrl-C to stop.
 MSG
 if [[ -t 0 ]]; then
-  tail -f "$dir"/tablet*.log
+  tail -f "$dir"/nameserver.log "$dir"/tablet*.log
 else
   wait
 fi

@@ -91,6 +91,15 @@ impl NameserverProcess {
         }
     }
 
+    /// Waits until this nameserver leads (its HTTP leader check answers 200).
+    pub async fn wait_leader(&self) {
+        crate::wait_until_async(START_TIMEOUT, "the nameserver to lead", || {
+            let endpoint = self.endpoint.clone();
+            async move { crate::process::http_get(&endpoint, "/api/leader-check").0 == 200 }
+        })
+        .await;
+    }
+
     pub async fn client(&self) -> NameserverClient<Channel> {
         NameserverClient::connect(format!("http://{}", self.endpoint))
             .await

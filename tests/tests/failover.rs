@@ -3,7 +3,6 @@
 //! every partition a new leader and loses no acknowledged write; the tablet returns and
 //! RecoverTable brings its replicas back.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +11,7 @@ use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::*;
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::ReplicationMode;
+use tessera_tests::routed::{self, leaders};
 use tessera_tests::workload;
 use tessera_tests::{wait_until_async, NameserverProcess, TabletProcess, ZooKeeper};
 use tonic::transport::Channel;
@@ -20,13 +20,7 @@ const WAIT: Duration = Duration::from_secs(60);
 const PARTITIONS: u32 = 4;
 
 async fn rows(ns: &mut NameserverClient<Channel>) -> Vec<ShowTableRow> {
-    ns.show_table(ShowTableRequest {
-        db: String::new(),
-        name: "t1".into(),
-    })
-    .await
-    .map(|r| r.into_inner().rows)
-    .unwrap_or_default()
+    routed::table_rows(ns, "t1").await
 }
 
 async fn ops(ns: &mut NameserverClient<Channel>) -> Vec<OpInfo> {
@@ -34,60 +28,6 @@ async fn ops(ns: &mut NameserverClient<Channel>) -> Vec<OpInfo> {
         .await
         .map(|r| r.into_inner().ops)
         .unwrap_or_default()
-}
-
-/// The alive leader of each partition, per the nameserver.
-fn leaders(rows: &[ShowTableRow]) -> BTreeMap<u32, String> {
-    rows.iter()
-        .filter(|r| r.role == "leader" && r.is_alive)
-        .map(|r| (r.pid, r.endpoint.clone()))
-        .collect()
-}
-
-/// Writes to one partition through whatever the nameserver says leads it, retrying
-/// through failovers; returns the acknowledged sequence numbers.
-fn spawn_writer(
-    ns: NameserverClient<Channel>,
-    tid: u32,
-    pid: u32,
-    stop: Arc<AtomicBool>,
-    acked_total: Arc<AtomicU64>,
-) -> tokio::task::JoinHandle<Vec<u64>> {
-    tokio::spawn(async move {
-        let mut ns = ns;
-        let mut acked = Vec::new();
-        let mut leader: Option<(String, TabletClient<Channel>)> = None;
-        let mut seq = 0;
-        while !stop.load(Ordering::Relaxed) {
-            if leader.is_none() {
-                if let Some(endpoint) = leaders(&rows(&mut ns).await).get(&pid).cloned() {
-                    if let Ok(client) = TabletClient::connect(format!("http://{endpoint}")).await {
-                        leader = Some((endpoint, client));
-                    }
-                }
-            }
-            let Some((_, client)) = leader.as_mut() else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            match client
-                .put(workload::put_request(tid, pid, u64::from(pid), seq))
-                .await
-            {
-                Ok(_) => {
-                    acked.push(seq);
-                    acked_total.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(_) => {
-                    // Not acknowledged: the row may or may not be there; either is fine.
-                    leader = None;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-            seq += 1;
-        }
-        acked
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -106,6 +46,7 @@ async fn a_dead_leader_tablet_is_replaced_and_recovered_without_losing_writes() 
         tablets.push(TabletProcess::start(&dir.path().join(name), &args).await);
     }
     let nameserver = NameserverProcess::start(&dir.path().join("ns"), &zk, 2000).await;
+    nameserver.wait_leader().await;
     let mut ns = nameserver.client().await;
     wait_until_async(WAIT, "the nameserver to lead and see three tablets", || {
         let mut ns = ns.clone();
@@ -149,8 +90,9 @@ async fn a_dead_leader_tablet_is_replaced_and_recovered_without_losing_writes() 
     let acked_total = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = (0..PARTITIONS)
         .map(|pid| {
-            spawn_writer(
+            routed::spawn(
                 ns.clone(),
+                "t1",
                 table.tid,
                 pid,
                 stop.clone(),
@@ -230,7 +172,7 @@ async fn a_dead_leader_tablet_is_replaced_and_recovered_without_losing_writes() 
     stop.store(true, Ordering::Relaxed);
     let mut acked = Vec::new();
     for writer in writers {
-        acked.push(writer.await.unwrap());
+        acked.push(writer.await.unwrap().acked);
     }
     // Every acknowledged write is on every partition's leader...
     let leaders_now = leaders(&rows(&mut ns).await);
@@ -318,6 +260,7 @@ async fn a_new_nameserver_leader_resumes_an_unfinished_op() {
     } else {
         (second, first)
     };
+    leader.wait_leader().await;
     let mut ns = leader.client().await;
     wait_until_async(WAIT, "three healthy tablets", || {
         let mut ns = ns.clone();

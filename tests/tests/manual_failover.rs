@@ -102,6 +102,7 @@ async fn operators_fail_over_by_hand_and_quorum_refuses_to_guess() {
         tablets.push(TabletProcess::start(&dir.path().join(name), &args).await);
     }
     let nameserver = NameserverProcess::start(&dir.path().join("ns"), &zk, 2000).await;
+    nameserver.wait_leader().await;
     let mut ns = nameserver.client().await;
     wait_until_async(WAIT, "three healthy tablets", || {
         let mut ns = ns.clone();

@@ -85,6 +85,7 @@ async fn nameservers_elect_place_create_show_and_fail_over() {
     } else {
         (second, first)
     };
+    leader.wait_leader().await;
     let roles = leader
         .client()
         .await

@@ -113,6 +113,7 @@ async fn replicas_are_added_removed_migrated_and_snapshotted() {
         &["--snapshot_interval=1"],
     )
     .await;
+    nameserver.wait_leader().await;
     let mut ns = nameserver.client().await;
     wait_until_async(WAIT, "three healthy tablets", || {
         let mut ns = ns.clone();

@@ -1,0 +1,92 @@
+//! Writers that follow leadership through the nameserver: on any error they ask
+//! `showtable` who leads their partition now and carry on. What an application will get
+//! from the SDK, done by hand for the tests.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_proto::nameserver::nameserver_client::NameserverClient;
+use tessera_proto::nameserver::{ShowTableRequest, ShowTableRow};
+use tessera_proto::tablet::tablet_client::TabletClient;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use crate::workload;
+
+pub async fn table_rows(ns: &mut NameserverClient<Channel>, name: &str) -> Vec<ShowTableRow> {
+    ns.show_table(ShowTableRequest {
+        db: String::new(),
+        name: name.into(),
+    })
+    .await
+    .map(|r| r.into_inner().rows)
+    .unwrap_or_default()
+}
+
+/// The alive leader of each partition.
+pub fn leaders(rows: &[ShowTableRow]) -> BTreeMap<u32, String> {
+    rows.iter()
+        .filter(|r| r.role == "leader" && r.is_alive)
+        .map(|r| (r.pid, r.endpoint.clone()))
+        .collect()
+}
+
+/// What a routed writer saw.
+#[derive(Debug, Default)]
+pub struct WriterLog {
+    /// Acknowledged sequence numbers.
+    pub acked: Vec<u64>,
+    /// When each acknowledgement arrived.
+    pub acked_at: Vec<Instant>,
+}
+
+/// Writes rows `(writer = pid, seq)` to one partition of table `name` (id `tid`) until
+/// `stop`, through whichever replica the nameserver says leads it.
+pub fn spawn(
+    ns: NameserverClient<Channel>,
+    name: &'static str,
+    tid: u32,
+    pid: u32,
+    stop: Arc<AtomicBool>,
+    acked_total: Arc<AtomicU64>,
+) -> JoinHandle<WriterLog> {
+    tokio::spawn(async move {
+        let mut ns = ns;
+        let mut log = WriterLog::default();
+        let mut leader: Option<TabletClient<Channel>> = None;
+        let mut seq = 0;
+        while !stop.load(Ordering::Relaxed) {
+            if leader.is_none() {
+                if let Some(endpoint) = leaders(&table_rows(&mut ns, name).await).get(&pid).cloned()
+                {
+                    leader = TabletClient::connect(format!("http://{endpoint}"))
+                        .await
+                        .ok();
+                }
+            }
+            let Some(client) = leader.as_mut() else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            match client
+                .put(workload::put_request(tid, pid, u64::from(pid), seq))
+                .await
+            {
+                Ok(_) => {
+                    log.acked.push(seq);
+                    log.acked_at.push(Instant::now());
+                    acked_total.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    // Not acknowledged: the row may or may not be there; either is fine.
+                    leader = None;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            seq += 1;
+        }
+        log
+    })
+}
