@@ -6,10 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera_proto::nameserver::*;
-use tessera_proto::tablet::ReplicationMode;
+use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::routed::{self, leaders, table_rows};
-use tessera_tests::{wait_until_async, workload, NameserverProcess, TabletProcess, ZooKeeper};
+use tessera_tests::wait_until_async;
 
 const PARTITIONS: u32 = 4;
 const WAIT: Duration = Duration::from_secs(120);
@@ -17,49 +16,20 @@ const WAIT: Duration = Duration::from_secs(120);
 /// One cluster, one failure; the failover time of each partition the victim led.
 async fn one_run() -> Vec<Duration> {
     let dir = tempfile::tempdir().unwrap();
-    let zk = ZooKeeper::start(&dir.path().join("zk"));
-    let args = [
-        format!("--zk_cluster={}", zk.connect_string()),
-        "--zk_root_path=/tessera".to_string(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut tablets = Vec::new();
-    for name in ["t0", "t1", "t2"] {
-        tablets.push(TabletProcess::start(&dir.path().join(name), &args).await);
-    }
-    let nameserver = NameserverProcess::start(&dir.path().join("ns"), &zk, 10_000).await;
-    nameserver.wait_leader().await;
-    let mut ns = nameserver.client().await;
-    wait_until_async(WAIT, "three healthy tablets", || {
-        let mut ns = ns.clone();
-        async move {
-            let tablets = ns
-                .show_tablet(ShowTabletRequest {})
-                .await
-                .map(|r| r.into_inner().tablets)
-                .unwrap_or_default();
-            tablets
-                .iter()
-                .filter(|t| t.state == "kTabletHealthy")
-                .count()
-                == 3
-        }
-    })
+    // Default settings: 10 s sessions everywhere.
+    let mut cluster = NsCluster::start(
+        dir.path(),
+        NsClusterSpec {
+            tablets: 3,
+            tablet_session_ms: None,
+            tablet_args: &[],
+            nameserver_session_ms: 10_000,
+            nameserver_args: &[],
+        },
+    )
     .await;
-    let table = ns
-        .create_table(CreateTableRequest {
-            db: String::new(),
-            name: "bench".into(),
-            schema: Some(workload::schema().to_proto()),
-            partition_num: PARTITIONS,
-            replica_num: 3,
-            mode: ReplicationMode::Quorum as i32,
-        })
-        .await
-        .expect("create table")
-        .into_inner()
-        .table
-        .unwrap();
+    let mut ns = cluster.ns().await;
+    let table = cluster.create_table("bench", PARTITIONS, 3).await;
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = (0..PARTITIONS)
@@ -90,8 +60,8 @@ async fn one_run() -> Vec<Duration> {
         .filter(|(_, e)| **e == victim)
         .map(|(p, _)| *p)
         .collect();
-    let index = tablets.iter().position(|t| t.endpoint == victim).unwrap();
-    tablets[index].kill9();
+    let index = cluster.tablet_index(&victim);
+    cluster.tablets[index].kill9();
     let killed_at = Instant::now();
     wait_until_async(WAIT, "new leaders for the victim's partitions", || {
         let mut ns = ns.clone();

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod nameserver;
+pub mod nscluster;
 pub mod process;
 pub mod routed;
 pub mod tablet;

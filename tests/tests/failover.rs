@@ -11,6 +11,7 @@ use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::*;
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::ReplicationMode;
+use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::routed::{self, leaders};
 use tessera_tests::workload;
 use tessera_tests::{wait_until_async, NameserverProcess, TabletProcess, ZooKeeper};
@@ -18,6 +19,17 @@ use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(60);
 const PARTITIONS: u32 = 4;
+
+/// Three tablets with 3 s sessions and a nameserver with 2 s ones, so failures are seen fast.
+fn spec() -> NsClusterSpec<'static> {
+    NsClusterSpec {
+        tablets: 3,
+        tablet_session_ms: Some(3000),
+        tablet_args: &["--quorum_timeout=3000"],
+        nameserver_session_ms: 2000,
+        nameserver_args: &[],
+    }
+}
 
 async fn rows(ns: &mut NameserverClient<Channel>) -> Vec<ShowTableRow> {
     routed::table_rows(ns, "t1").await
@@ -33,58 +45,9 @@ async fn ops(ns: &mut NameserverClient<Channel>) -> Vec<OpInfo> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_leader_tablet_is_replaced_and_recovered_without_losing_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let zk = ZooKeeper::start(&dir.path().join("zk"));
-    let args = [
-        format!("--zk_cluster={}", zk.connect_string()),
-        "--zk_root_path=/tessera".to_string(),
-        "--zk_session_timeout=3000".to_string(),
-        "--quorum_timeout=3000".to_string(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut tablets = Vec::new();
-    for name in ["t0", "t1", "t2"] {
-        tablets.push(TabletProcess::start(&dir.path().join(name), &args).await);
-    }
-    let nameserver = NameserverProcess::start(&dir.path().join("ns"), &zk, 2000).await;
-    nameserver.wait_leader().await;
-    let mut ns = nameserver.client().await;
-    wait_until_async(WAIT, "the nameserver to lead and see three tablets", || {
-        let mut ns = ns.clone();
-        async move {
-            let tablets = ns
-                .show_tablet(ShowTabletRequest {})
-                .await
-                .map(|r| r.into_inner().tablets)
-                .unwrap_or_default();
-            tablets
-                .iter()
-                .filter(|t| t.state == "kTabletHealthy")
-                .count()
-                == 3
-                && ns.conf_get(ConfGetRequest::default()).await.is_ok()
-                && ns.show_ns(ShowNsRequest {}).await.is_ok_and(|r| {
-                    r.into_inner()
-                        .nameservers
-                        .iter()
-                        .any(|n| n.role == "leader")
-                })
-        }
-    })
-    .await;
-    let table = ns
-        .create_table(CreateTableRequest {
-            db: String::new(),
-            name: "t1".into(),
-            schema: Some(workload::schema().to_proto()),
-            partition_num: PARTITIONS,
-            replica_num: 3,
-            mode: ReplicationMode::Quorum as i32,
-        })
-        .await
-        .expect("create table")
-        .into_inner()
-        .table
-        .unwrap();
+    let mut cluster = NsCluster::start(dir.path(), spec()).await;
+    let mut ns = cluster.ns().await;
+    let table = cluster.create_table("t1", PARTITIONS, 3).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked_total = Arc::new(AtomicU64::new(0));
@@ -117,8 +80,8 @@ async fn a_dead_leader_tablet_is_replaced_and_recovered_without_losing_writes() 
         .filter(|(_, e)| **e == victim)
         .map(|(p, _)| *p)
         .collect();
-    let index = tablets.iter().position(|t| t.endpoint == victim).unwrap();
-    tablets[index].kill9();
+    let index = cluster.tablet_index(&victim);
+    cluster.tablets[index].kill9();
 
     wait_until_async(
         WAIT,
@@ -159,7 +122,7 @@ async fn a_dead_leader_tablet_is_replaced_and_recovered_without_losing_writes() 
     );
 
     // It returns: RecoverTable makes its replicas alive followers again.
-    tablets[index].restart().await;
+    cluster.tablets[index].restart().await;
     wait_until_async(WAIT, "every replica to be alive again", || {
         let mut ns = ns.clone();
         async move {

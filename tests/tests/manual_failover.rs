@@ -7,9 +7,9 @@ use tessera_common::wire_error::{detail_of, ErrorCode};
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::*;
 use tessera_proto::tablet::tablet_client::TabletClient;
-use tessera_proto::tablet::ReplicationMode;
+use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
+use tessera_tests::wait_until_async;
 use tessera_tests::workload;
-use tessera_tests::{wait_until_async, NameserverProcess, TabletProcess, ZooKeeper};
 use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -89,51 +89,19 @@ async fn set_auto_failover(ns: &mut NameserverClient<Channel>, on: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn operators_fail_over_by_hand_and_quorum_refuses_to_guess() {
     let dir = tempfile::tempdir().unwrap();
-    let zk = ZooKeeper::start(&dir.path().join("zk"));
-    let args = [
-        format!("--zk_cluster={}", zk.connect_string()),
-        "--zk_root_path=/tessera".to_string(),
-        "--zk_session_timeout=3000".to_string(),
-        "--quorum_timeout=2000".to_string(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut tablets = Vec::new();
-    for name in ["t0", "t1", "t2"] {
-        tablets.push(TabletProcess::start(&dir.path().join(name), &args).await);
-    }
-    let nameserver = NameserverProcess::start(&dir.path().join("ns"), &zk, 2000).await;
-    nameserver.wait_leader().await;
-    let mut ns = nameserver.client().await;
-    wait_until_async(WAIT, "three healthy tablets", || {
-        let mut ns = ns.clone();
-        async move {
-            let tablets = ns
-                .show_tablet(ShowTabletRequest {})
-                .await
-                .map(|r| r.into_inner().tablets)
-                .unwrap_or_default();
-            tablets
-                .iter()
-                .filter(|t| t.state == "kTabletHealthy")
-                .count()
-                == 3
-        }
-    })
+    let mut cluster = NsCluster::start(
+        dir.path(),
+        NsClusterSpec {
+            tablets: 3,
+            tablet_session_ms: Some(3000),
+            tablet_args: &["--quorum_timeout=2000"],
+            nameserver_session_ms: 2000,
+            nameserver_args: &[],
+        },
+    )
     .await;
-    let table = ns
-        .create_table(CreateTableRequest {
-            db: String::new(),
-            name: "t1".into(),
-            schema: Some(workload::schema().to_proto()),
-            partition_num: 1,
-            replica_num: 3,
-            mode: ReplicationMode::Quorum as i32,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .table
-        .unwrap();
+    let mut ns = cluster.ns().await;
+    let table = cluster.create_table("t1", 1, 3).await;
     let leader = leader_of(&rows(&mut ns).await, 0).unwrap();
     for seq in 0..20 {
         put(&leader, 0, seq).await.unwrap();
@@ -154,8 +122,8 @@ async fn operators_fail_over_by_hand_and_quorum_refuses_to_guess() {
 
     // Off: a dead leader changes nothing by itself.
     set_auto_failover(&mut ns, false).await;
-    let victim = tablets.iter().position(|t| t.endpoint == leader).unwrap();
-    tablets[victim].kill9();
+    let victim = cluster.tablet_index(&leader);
+    cluster.tablets[victim].kill9();
     wait_offline(&ns, &leader).await;
     for _ in 0..10 {
         assert!(
@@ -188,7 +156,7 @@ async fn operators_fail_over_by_hand_and_quorum_refuses_to_guess() {
         .expect("quorum write with two of three replicas");
 
     // recoverendpoint: the old leader returns as a follower and catches up.
-    tablets[victim].restart().await;
+    cluster.tablets[victim].restart().await;
     wait_until_async(WAIT, "the returned tablet to be healthy", || {
         let mut ns = ns.clone();
         let endpoint = leader.clone();
@@ -253,11 +221,8 @@ async fn operators_fail_over_by_hand_and_quorum_refuses_to_guess() {
         .unwrap()
         .endpoint;
     for endpoint in [&leader, &follower] {
-        let index = tablets
-            .iter()
-            .position(|t| &t.endpoint == endpoint)
-            .unwrap();
-        tablets[index].kill9();
+        let index = cluster.tablet_index(endpoint);
+        cluster.tablets[index].kill9();
     }
     wait_until_async(WAIT, "a failed ChangeLeader that says why", || {
         let mut ns = ns.clone();

@@ -7,8 +7,9 @@ use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::*;
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{GetTableStatusRequest, ReplicationMode, TableStatus};
+use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
+use tessera_tests::wait_until_async;
 use tessera_tests::workload;
-use tessera_tests::{wait_until_async, NameserverProcess, TabletProcess, ZooKeeper};
 use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -95,42 +96,18 @@ async fn wait_equal_counts(ns: &NameserverClient<Channel>, pid: u32, replicas: u
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_are_added_removed_migrated_and_snapshotted() {
     let dir = tempfile::tempdir().unwrap();
-    let zk = ZooKeeper::start(&dir.path().join("zk"));
-    let args = [
-        format!("--zk_cluster={}", zk.connect_string()),
-        "--zk_root_path=/tessera".to_string(),
-        "--zk_session_timeout=3000".to_string(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut tablets = Vec::new();
-    for name in ["t0", "t1", "t2"] {
-        tablets.push(TabletProcess::start(&dir.path().join(name), &args).await);
-    }
-    let nameserver = NameserverProcess::start_with(
-        &dir.path().join("ns"),
-        &zk,
-        2000,
-        &["--snapshot_interval=1"],
+    let cluster = NsCluster::start(
+        dir.path(),
+        NsClusterSpec {
+            tablets: 3,
+            tablet_session_ms: Some(3000),
+            tablet_args: &[],
+            nameserver_session_ms: 2000,
+            nameserver_args: &["--snapshot_interval=1"],
+        },
     )
     .await;
-    nameserver.wait_leader().await;
-    let mut ns = nameserver.client().await;
-    wait_until_async(WAIT, "three healthy tablets", || {
-        let mut ns = ns.clone();
-        async move {
-            let tablets = ns
-                .show_tablet(ShowTabletRequest {})
-                .await
-                .map(|r| r.into_inner().tablets)
-                .unwrap_or_default();
-            tablets
-                .iter()
-                .filter(|t| t.state == "kTabletHealthy")
-                .count()
-                == 3
-        }
-    })
-    .await;
+    let mut ns = cluster.ns().await;
     ns.conf_set(ConfSetRequest {
         key: "auto_failover".into(),
         value: "false".into(),
@@ -164,7 +141,8 @@ async fn replicas_are_added_removed_migrated_and_snapshotted() {
         .unwrap()
         .endpoint
         .clone();
-    let spare = tablets
+    let spare = cluster
+        .tablets
         .iter()
         .map(|t| t.endpoint.clone())
         .find(|e| *e != leader && *e != follower)
@@ -307,5 +285,8 @@ async fn replicas_are_added_removed_migrated_and_snapshotted() {
         }
     })
     .await;
-    assert!(nameserver.log().contains("scheduled snapshots started"));
+    assert!(cluster
+        .nameserver
+        .log()
+        .contains("scheduled snapshots started"));
 }

@@ -1,0 +1,121 @@
+//! A whole cluster for nameserver tests: ZooKeeper, tablets and one nameserver, ready to
+//! take tables.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tessera_proto::nameserver::nameserver_client::NameserverClient;
+use tessera_proto::nameserver::{CreateTableRequest, ShowTabletRequest, TableInfo};
+use tessera_proto::tablet::ReplicationMode;
+use tonic::transport::Channel;
+
+use crate::{wait_until_async, workload, NameserverProcess, TabletProcess, ZooKeeper};
+
+const READY: Duration = Duration::from_secs(60);
+
+pub struct NsCluster {
+    pub zk: ZooKeeper,
+    pub tablets: Vec<TabletProcess>,
+    pub nameserver: NameserverProcess,
+}
+
+/// How to start it. Session timeouts are in milliseconds; `None` keeps the default.
+#[derive(Debug, Clone, Default)]
+pub struct NsClusterSpec<'a> {
+    pub tablets: usize,
+    pub tablet_session_ms: Option<u64>,
+    pub tablet_args: &'a [&'a str],
+    pub nameserver_session_ms: u64,
+    pub nameserver_args: &'a [&'a str],
+}
+
+impl NsCluster {
+    /// Starts everything and waits until the nameserver leads and sees every tablet healthy.
+    pub async fn start(dir: &Path, spec: NsClusterSpec<'_>) -> NsCluster {
+        let zk = ZooKeeper::start(&dir.join("zk"));
+        let mut args = vec![
+            format!("--zk_cluster={}", zk.connect_string()),
+            "--zk_root_path=/tessera".to_string(),
+        ];
+        if let Some(ms) = spec.tablet_session_ms {
+            args.push(format!("--zk_session_timeout={ms}"));
+        }
+        args.extend(spec.tablet_args.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut tablets = Vec::new();
+        for i in 0..spec.tablets {
+            tablets.push(TabletProcess::start(&dir.join(format!("t{i}")), &args).await);
+        }
+        let nameserver = NameserverProcess::start_with(
+            &dir.join("ns"),
+            &zk,
+            spec.nameserver_session_ms,
+            spec.nameserver_args,
+        )
+        .await;
+        nameserver.wait_leader().await;
+        let cluster = NsCluster {
+            zk,
+            tablets,
+            nameserver,
+        };
+        cluster.wait_healthy(spec.tablets).await;
+        cluster
+    }
+
+    pub async fn ns(&self) -> NameserverClient<Channel> {
+        self.nameserver.client().await
+    }
+
+    /// Waits until the nameserver sees `count` healthy tablets.
+    pub async fn wait_healthy(&self, count: usize) {
+        let ns = self.ns().await;
+        wait_until_async(READY, &format!("{count} healthy tablets"), || {
+            let mut ns = ns.clone();
+            async move {
+                let tablets = ns
+                    .show_tablet(ShowTabletRequest {})
+                    .await
+                    .map(|r| r.into_inner().tablets)
+                    .unwrap_or_default();
+                tablets
+                    .iter()
+                    .filter(|t| t.state == "kTabletHealthy")
+                    .count()
+                    == count
+            }
+        })
+        .await;
+    }
+
+    /// Creates a quorum table of the workload's schema through the nameserver.
+    pub async fn create_table(
+        &self,
+        name: &str,
+        partition_num: u32,
+        replica_num: u32,
+    ) -> TableInfo {
+        self.ns()
+            .await
+            .create_table(CreateTableRequest {
+                db: String::new(),
+                name: name.into(),
+                schema: Some(workload::schema().to_proto()),
+                partition_num,
+                replica_num,
+                mode: ReplicationMode::Quorum as i32,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("create table {name}: {}", e.message()))
+            .into_inner()
+            .table
+            .expect("created table")
+    }
+
+    pub fn tablet_index(&self, endpoint: &str) -> usize {
+        self.tablets
+            .iter()
+            .position(|t| t.endpoint == endpoint)
+            .unwrap_or_else(|| panic!("no tablet at {endpoint}"))
+    }
+}
