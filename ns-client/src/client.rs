@@ -1,0 +1,299 @@
+//! Discovery, routing and retry.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use prost::Message;
+use tessera_common::wire_error::{code_of, ErrorCode};
+use tessera_common::{key, Schema, Value};
+use tessera_proto::nameserver::TableInfo;
+use tessera_proto::tablet::tablet_client::TabletClient;
+use tessera_proto::tablet::{GetRequest, PutRequest};
+use tonic::transport::Channel;
+use tracing::debug;
+use zookeeper_client::Error as ZkError;
+
+use crate::error::ClientError;
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// How long one call may keep retrying through failovers before it gives up.
+    pub deadline: Duration,
+    pub zk_session_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            deadline: Duration::from_secs(60),
+            zk_session_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A table's metadata with its parsed schema.
+struct Cached {
+    info: TableInfo,
+    schema: Schema,
+}
+
+/// A connection to a Tessera cluster. Cheap to share (`Arc`) between tasks.
+pub struct Client {
+    zk: zookeeper_client::Client,
+    root: String,
+    options: ClientOptions,
+    tables: Arc<RwLock<HashMap<String, Arc<Cached>>>>,
+    tablets: RwLock<HashMap<String, TabletClient<Channel>>>,
+}
+
+/// What to do after a failed attempt.
+enum Failure {
+    /// Refresh the metadata and try again.
+    Retry(String),
+    /// Retrying cannot help.
+    Fatal(ClientError),
+}
+
+fn classify(status: &tonic::Status) -> Failure {
+    match code_of(status) {
+        ErrorCode::InvalidArgument
+        | ErrorCode::RowTooLarge
+        | ErrorCode::TableExists
+        | ErrorCode::Corruption => {
+            Failure::Fatal(ClientError::InvalidArgument(status.message().to_string()))
+        }
+        // Not the leader any more, the partition moving or reloading, the tablet gone or
+        // stopping, or a replica removed from under stale metadata.
+        _ => Failure::Retry(status.message().to_string()),
+    }
+}
+
+impl Client {
+    pub async fn connect(zk_cluster: &str, zk_root_path: &str) -> Result<Client, ClientError> {
+        Client::connect_with(zk_cluster, zk_root_path, ClientOptions::default()).await
+    }
+
+    pub async fn connect_with(
+        zk_cluster: &str,
+        zk_root_path: &str,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let zk = zookeeper_client::Client::connector()
+            .with_session_timeout(options.zk_session_timeout)
+            .connect(zk_cluster)
+            .await?;
+        let client = Client {
+            zk,
+            root: zk_root_path.trim_end_matches('/').to_string(),
+            options,
+            tables: Arc::default(),
+            tablets: RwLock::default(),
+        };
+        client.follow_table_changes();
+        Ok(client)
+    }
+
+    /// Forgets cached metadata whenever `/notify/table_changed` moves.
+    fn follow_table_changes(&self) {
+        let (zk, tables) = (self.zk.clone(), self.tables.clone());
+        let path = format!("{}/notify/table_changed", self.root);
+        tokio::spawn(async move {
+            loop {
+                match zk.get_and_watch_data(&path).await {
+                    Ok((_, _, watcher)) => {
+                        watcher.changed().await;
+                        tables.write().clear();
+                    }
+                    Err(ZkError::NoNode) => match zk.check_and_watch_stat(&path).await {
+                        Ok((_, watcher)) => {
+                            watcher.changed().await;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    },
+                    Err(ZkError::SessionExpired) | Err(ZkError::ClientClosed) => return,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+        });
+    }
+
+    async fn table(&self, db: &str, name: &str, refresh: bool) -> Result<Arc<Cached>, ClientError> {
+        let id = format!("{db}.{name}");
+        if !refresh {
+            if let Some(cached) = self.tables.read().get(&id) {
+                return Ok(cached.clone());
+            }
+        }
+        let path = format!("{}/table/table_data/{id}", self.root);
+        let (data, _) = match self.zk.get_data(&path).await {
+            Ok(found) => found,
+            Err(ZkError::NoNode) => return Err(ClientError::TableNotFound(id)),
+            Err(e) => return Err(e.into()),
+        };
+        let info = TableInfo::decode(data.as_slice())
+            .map_err(|e| ClientError::Zk(format!("{path}: {e}")))?;
+        let schema = Schema::from_proto(&info.schema.clone().unwrap_or_default())
+            .map_err(|e| ClientError::Zk(format!("{path}: {e}")))?;
+        let cached = Arc::new(Cached { info, schema });
+        self.tables.write().insert(id, cached.clone());
+        Ok(cached)
+    }
+
+    async fn tablet(&self, endpoint: &str) -> Result<TabletClient<Channel>, String> {
+        if let Some(client) = self.tablets.read().get(endpoint) {
+            return Ok(client.clone());
+        }
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(15))
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
+        let client = TabletClient::new(channel);
+        self.tablets
+            .write()
+            .insert(endpoint.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Runs `call` against the leader of the partition `partition` picks, refreshing the
+    /// metadata and retrying through failovers until the deadline.
+    async fn on_leader<T, F, Fut>(
+        &self,
+        db: &str,
+        name: &str,
+        partition: impl Fn(&Cached) -> Result<u32, ClientError>,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(TabletClient<Channel>, u32, u32) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.options.deadline;
+        let mut backoff = Duration::from_millis(20);
+        let mut attempts = 0;
+        let mut refresh = false;
+        loop {
+            attempts += 1;
+            let table = self.table(db, name, refresh).await?;
+            let pid = partition(&table)?;
+            let leader = table
+                .info
+                .partitions
+                .iter()
+                .find(|p| p.pid == pid)
+                .and_then(|p| p.replicas.iter().find(|r| r.is_leader && r.is_alive))
+                .map(|r| r.endpoint.clone());
+            let failure = match leader {
+                None => format!("partition {pid} of {name} has no leader right now"),
+                Some(endpoint) => match self.tablet(&endpoint).await {
+                    Err(e) => e,
+                    Ok(client) => match call(client, table.info.tid, pid).await {
+                        Ok(value) => return Ok(value),
+                        Err(status) => match classify(&status) {
+                            Failure::Fatal(e) => return Err(e),
+                            Failure::Retry(reason) => {
+                                // A broken connection is not reused.
+                                self.tablets.write().remove(&endpoint);
+                                reason
+                            }
+                        },
+                    },
+                },
+            };
+            if Instant::now() + backoff > deadline {
+                return Err(ClientError::Unavailable {
+                    attempts,
+                    last: failure,
+                });
+            }
+            debug!(table = name, pid, attempts, reason = %failure, "retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+            refresh = true;
+        }
+    }
+
+    /// Writes a whole row to its partition's leader. Returns the partition's (term,
+    /// offset) after the write.
+    pub async fn put(
+        &self,
+        db: &str,
+        name: &str,
+        row: Vec<Value>,
+    ) -> Result<(u64, u64), ClientError> {
+        let proto = Value::row_to_proto(&row);
+        self.on_leader(
+            db,
+            name,
+            |table| {
+                let first = table
+                    .schema
+                    .indexes
+                    .first()
+                    .ok_or_else(|| ClientError::InvalidArgument("no index".into()))?;
+                tessera_common::codec::validate(&table.schema, &row)
+                    .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+                let key = key::key_from_row(&table.schema, first, &row)
+                    .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+                Ok(key::partition_of(&key, table.info.partition_num))
+            },
+            |mut client, tid, pid| {
+                let request = PutRequest {
+                    tid,
+                    pid,
+                    row: Some(proto.clone()),
+                };
+                async move {
+                    client
+                        .put(request)
+                        .await
+                        .map(|r| r.into_inner())
+                        .map(|r| (r.term, r.offset))
+                }
+            },
+        )
+        .await
+    }
+
+    /// The newest row of a key of the first index, from its partition's leader.
+    pub async fn get(
+        &self,
+        db: &str,
+        name: &str,
+        key_values: Vec<Value>,
+    ) -> Result<Option<Vec<Value>>, ClientError> {
+        let proto: Vec<_> = key_values.iter().map(Value::to_proto).collect();
+        let row = self
+            .on_leader(
+                db,
+                name,
+                |table| {
+                    let first = table
+                        .schema
+                        .indexes
+                        .first()
+                        .ok_or_else(|| ClientError::InvalidArgument("no index".into()))?;
+                    let key = key::key_from_values(&table.schema, first, &key_values)
+                        .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+                    Ok(key::partition_of(&key, table.info.partition_num))
+                },
+                |mut client, tid, pid| {
+                    let request = GetRequest {
+                        tid,
+                        pid,
+                        key: proto.clone(),
+                        ..Default::default()
+                    };
+                    async move { client.get(request).await.map(|r| r.into_inner().row) }
+                },
+            )
+            .await?;
+        row.map(|r| Value::row_from_proto(&r).map_err(ClientError::InvalidArgument))
+            .transpose()
+    }
+}

@@ -1,0 +1,23 @@
+//! Errors of the client SDK.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("ZooKeeper: {0}")]
+    Zk(String),
+    #[error("table `{0}` does not exist")]
+    TableNotFound(String),
+    /// The request is wrong and retrying cannot help (bad row, unknown index, …).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The deadline passed while the cluster could not serve the request.
+    #[error("gave up after {attempts} attempts: {last}")]
+    Unavailable { attempts: u32, last: String },
+}
+
+impl From<zookeeper_client::Error> for ClientError {
+    fn from(e: zookeeper_client::Error) -> Self {
+        ClientError::Zk(e.to_string())
+    }
+}
