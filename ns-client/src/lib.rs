@@ -22,6 +22,8 @@
 
 mod client;
 mod error;
+pub mod nameserver;
+pub mod shell;
 
 pub use client::{Client, ClientOptions};
 pub use error::ClientError;

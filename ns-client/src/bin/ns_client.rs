@@ -1,0 +1,92 @@
+//! `ns_client`: the operator's shell. `--cmd="…"` runs one command and exits non-zero on
+//! failure; otherwise commands are read from standard input, one per line, stopping at
+//! the first failure.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+use tessera_ns_client::nameserver::NameserverConnection;
+use tessera_ns_client::shell::Shell;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ns_client",
+    version,
+    about = "Tessera operator shell",
+    rename_all = "snake_case"
+)]
+struct Flags {
+    /// ZooKeeper connect string (host:port[,host:port…]).
+    #[arg(long)]
+    zk_cluster: String,
+    /// Root path of the cluster in ZooKeeper.
+    #[arg(long, default_value = "/tessera")]
+    zk_root_path: String,
+    /// Run this command and exit (non-zero on failure).
+    #[arg(long)]
+    cmd: Option<String>,
+    /// Accepted for OpenMLDB compatibility; `--cmd` is never interactive.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    interactive: bool,
+    /// Database to start in.
+    #[arg(long, default_value = "default")]
+    database: String,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let ns = match NameserverConnection::connect(&flags.zk_cluster, &flags.zk_root_path).await {
+        Ok(ns) => ns,
+        Err(e) => {
+            eprintln!("cannot connect to the cluster: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut shell = Shell::new(ns);
+    shell.db = flags.database;
+    if let Some(cmd) = flags.cmd {
+        return match shell.execute(&cmd).await {
+            Ok(out) => {
+                println!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("Error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let interactive = std::io::stdin().is_terminal() && flags.interactive;
+    let stdin = std::io::stdin();
+    loop {
+        if interactive {
+            print!("{}> ", shell.db);
+            let _ = std::io::stdout().flush();
+        }
+        let mut line = String::new();
+        match stdin.lock().read_line(&mut line) {
+            Ok(0) => return ExitCode::SUCCESS,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("cannot read input: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        let trimmed = line.trim();
+        if trimmed.eq_ignore_ascii_case("quit") || trimmed.eq_ignore_ascii_case("exit") {
+            return ExitCode::SUCCESS;
+        }
+        match shell.execute(trimmed).await {
+            Ok(out) if out.is_empty() => {}
+            Ok(out) => println!("{out}"),
+            Err(e) => {
+                eprintln!("Error: {e}");
+                if !interactive {
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The `ns_client` binary against a real cluster: `--cmd` runs one command (non-zero exit
+//! on failure) and standard input runs many, stopping at the first failure.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use tessera_tests::binary;
+use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
+
+fn ns_client(cluster: &NsCluster, cmd: &str) -> Output {
+    Command::new(binary("ns_client"))
+        .arg(format!("--zk_cluster={}", cluster.zk.connect_string()))
+        .arg("--zk_root_path=/tessera")
+        .arg(format!("--cmd={cmd}"))
+        .output()
+        .expect("run ns_client")
+}
+
+fn ok(cluster: &NsCluster, cmd: &str) -> String {
+    let out = ns_client(cluster, cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn fails(cluster: &NsCluster, cmd: &str) -> String {
+    let out = ns_client(cluster, cmd);
+    assert!(!out.status.success(), "`{cmd}` should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_run_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = NsCluster::start(
+        dir.path(),
+        NsClusterSpec {
+            tablets: 3,
+            tablet_session_ms: Some(3000),
+            tablet_args: &[],
+            nameserver_session_ms: 2000,
+            nameserver_args: &[],
+        },
+    )
+    .await;
+    cluster.create_table("t1", 2, 3).await;
+
+    let out = ok(&cluster, "showtable t1");
+    for column in [
+        "name",
+        "tid",
+        "pid",
+        "endpoint",
+        "role",
+        "is_alive",
+        "offset",
+        "record_cnt",
+        "memused",
+    ] {
+        assert!(out.contains(column), "showtable lacks `{column}`:\n{out}");
+    }
+    assert_eq!(out.matches("leader").count(), 2, "{out}");
+    assert_eq!(out.matches("follower").count(), 4, "{out}");
+
+    let out = ok(&cluster, "showtablet");
+    assert_eq!(out.matches("kTabletHealthy").count(), 3, "{out}");
+    let out = ok(&cluster, "showns");
+    assert!(
+        out.contains(&cluster.nameserver.endpoint) && out.contains("leader"),
+        "{out}"
+    );
+    let out = ok(&cluster, "showschema t1");
+    assert!(
+        out.contains("writer") && out.contains("int64") && out.contains("absolute"),
+        "{out}"
+    );
+    let out = ok(&cluster, "confget");
+    assert!(
+        out.contains("auto_failover") && out.contains("true"),
+        "{out}"
+    );
+    assert!(ok(&cluster, "confset auto_failover false;").contains("set auto_failover ok"));
+    let out = ok(&cluster, "makesnapshot t1 0");
+    assert!(out.contains("kMakeSnapshot"), "{out}");
+    let out = ok(&cluster, "showopstatus t1");
+    assert!(
+        out.contains("op_type") && out.contains("kMakeSnapshot"),
+        "{out}"
+    );
+
+    // Mistakes get help, not a stack trace.
+    assert!(fails(&cluster, "showtabel").contains("did you mean `showtable`"));
+    assert!(fails(&cluster, "showschema").contains("usage: showschema name"));
+    assert!(fails(&cluster, "showtable nope").contains("does not exist"));
+    assert!(fails(&cluster, "addreplica t1 0 127.0.0.1:1").contains("127.0.0.1:1 is not a healthy tablet"));
+    assert!(fails(&cluster, "makesnapshot t1 9").contains("no partition 9"));
+    assert!(fails(&cluster, "changeleader t1 x").contains("not a partition id"));
+
+    // Standard input: one command per line, stopping at the first failure.
+    let mut child = Command::new(binary("ns_client"))
+        .arg(format!("--zk_cluster={}", cluster.zk.connect_string()))
+        .arg("--zk_root_path=/tessera")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"showns\nnosuchcommand\nshowtablet\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(stdout.contains("leader"), "the first command ran: {stdout}");
+    assert!(
+        !stdout.contains("kTabletHealthy"),
+        "nothing after the failure ran: {stdout}"
+    );
+
+    assert!(ok(&cluster, "drop table t1").contains("drop table t1 ok"));
+    assert!(fails(&cluster, "showtable t1").contains("does not exist"));
+}
