@@ -21,6 +21,7 @@
 //! ```
 
 mod client;
+pub mod create_table;
 mod error;
 pub mod nameserver;
 pub mod shell;

@@ -155,6 +155,13 @@ pub const COMMANDS: &[CommandSpec] = &[
         2,
         2,
     ),
+    spec(
+        "create",
+        "create table name (col type [not null], …, index(key=col|(cols), ts=col, ttl=N, ttl_type=…)) [options (partitionnum=N, replicanum=N, replication='quorum'|'async')]",
+        "create a table",
+        2,
+        usize::MAX,
+    ),
 ];
 
 pub fn find(name: &str) -> Option<&'static CommandSpec> {
@@ -303,6 +310,25 @@ impl Shell {
     }
 
     async fn run(&mut self, command: &CommandSpec, args: &[&str]) -> Outcome {
+        if command.name == "create" {
+            let statement = format!("create {}", args.join(" "));
+            let request = crate::create_table::parse(&statement, &self.db)?;
+            let table = self
+                .ns
+                .call(|mut c| {
+                    let r = request.clone();
+                    async move { c.create_table(r).await }
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner()
+                .table
+                .unwrap_or_default();
+            return Ok(format!(
+                "Create table {} ok (tid {}, {} partitions, {} replicas)",
+                table.name, table.tid, table.partition_num, table.replica_num
+            ));
+        }
         let db = self.db.clone();
         let arg = |i: usize| args.get(i).map(|s| s.to_string()).unwrap_or_default();
         let pid_of = |i: usize| -> Result<u32, String> {

@@ -47,7 +47,14 @@ async fn commands_run_through_the_binary() {
         },
     )
     .await;
-    cluster.create_table("t1", 2, 3).await;
+    let created = ok(
+        &cluster,
+        "create table t1 (writer string not null, seq bigint, v bigint, pad string, \
+         index(key=writer, ts=seq, ttl=0, ttl_type=absolute)) options (partitionnum=2, replicanum=3, replication='quorum');",
+    );
+    assert!(created.contains("Create table t1 ok"), "{created}");
+    assert!(fails(&cluster, "create table t9 (a strng, index(key=a))")
+        .contains("unknown column type `strng`"));
 
     let out = ok(&cluster, "showtable t1");
     for column in [
@@ -96,7 +103,8 @@ async fn commands_run_through_the_binary() {
     assert!(fails(&cluster, "showtabel").contains("did you mean `showtable`"));
     assert!(fails(&cluster, "showschema").contains("usage: showschema name"));
     assert!(fails(&cluster, "showtable nope").contains("does not exist"));
-    assert!(fails(&cluster, "addreplica t1 0 127.0.0.1:1").contains("127.0.0.1:1 is not a healthy tablet"));
+    assert!(fails(&cluster, "addreplica t1 0 127.0.0.1:1")
+        .contains("127.0.0.1:1 is not a healthy tablet"));
     assert!(fails(&cluster, "makesnapshot t1 9").contains("no partition 9"));
     assert!(fails(&cluster, "changeleader t1 x").contains("not a partition id"));
 

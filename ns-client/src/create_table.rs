@@ -1,0 +1,428 @@
+//! Parsing `create table`, in OpenMLDB's syntax:
+//!
+//! ```text
+//! create table t1 (id string, ts timestamp, v double not null,
+//!     index(key=id, ts=ts, ttl=0, ttl_type=absolute))
+//!     options (partitionnum=8, replicanum=3, replication='quorum');
+//! ```
+//!
+//! `key` may name several columns: `key=(c1, c2)`. `ttl` is minutes (`10` or `10m`) for
+//! `absolute`, a count for `latest`, and `(10m, 100)` for `absandlat` / `absorlat`.
+//! Columns are nullable unless `not null`.
+
+use tessera_proto::common::{ColumnDesc, ColumnType, IndexDesc, TableSchema, TtlDesc, TtlType};
+use tessera_proto::nameserver::CreateTableRequest;
+use tessera_proto::tablet::ReplicationMode;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Word(String),
+    Number(u64),
+    Text(String),
+    Punct(char),
+}
+
+fn tokenize(input: &str) -> Result<Vec<Token>, String> {
+    let mut tokens = Vec::new();
+    let mut chars = input.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let mut word = String::new();
+            while let Some(&c) = chars
+                .peek()
+                .filter(|c| c.is_ascii_alphanumeric() || **c == '_')
+            {
+                word.push(c);
+                chars.next();
+            }
+            tokens.push(Token::Word(word));
+        } else if c.is_ascii_digit() {
+            let mut digits = String::new();
+            while let Some(&c) = chars.peek().filter(|c| c.is_ascii_digit()) {
+                digits.push(c);
+                chars.next();
+            }
+            tokens.push(Token::Number(
+                digits
+                    .parse()
+                    .map_err(|_| format!("number {digits} is too large"))?,
+            ));
+            // `10m`: minutes.
+            if chars.peek() == Some(&'m') {
+                chars.next();
+            }
+        } else if c == '\'' || c == '"' {
+            chars.next();
+            let mut text = String::new();
+            loop {
+                match chars.next() {
+                    Some(q) if q == c => break,
+                    Some(ch) => text.push(ch),
+                    None => return Err("a quoted string is not closed".into()),
+                }
+            }
+            tokens.push(Token::Text(text));
+        } else if "(),=;".contains(c) {
+            tokens.push(Token::Punct(c));
+            chars.next();
+        } else {
+            return Err(format!("unexpected character `{c}`"));
+        }
+    }
+    Ok(tokens)
+}
+
+struct Parser {
+    tokens: Vec<Token>,
+    pos: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.pos)
+    }
+
+    fn next(&mut self) -> Option<Token> {
+        let token = self.tokens.get(self.pos).cloned();
+        self.pos += 1;
+        token
+    }
+
+    fn punct(&mut self, p: char) -> Result<(), String> {
+        match self.next() {
+            Some(Token::Punct(c)) if c == p => Ok(()),
+            other => Err(format!(
+                "expected `{p}`, found {}",
+                describe(other.as_ref())
+            )),
+        }
+    }
+
+    fn word(&mut self, what: &str) -> Result<String, String> {
+        match self.next() {
+            Some(Token::Word(w)) => Ok(w),
+            other => Err(format!(
+                "expected {what}, found {}",
+                describe(other.as_ref())
+            )),
+        }
+    }
+
+    fn keyword(&mut self, keyword: &str) -> Result<(), String> {
+        let word = self.word(&format!("`{keyword}`"))?;
+        if word.eq_ignore_ascii_case(keyword) {
+            Ok(())
+        } else {
+            Err(format!("expected `{keyword}`, found `{word}`"))
+        }
+    }
+
+    fn is_punct(&self, p: char) -> bool {
+        matches!(self.peek(), Some(Token::Punct(c)) if *c == p)
+    }
+
+    fn is_word(&self, word: &str) -> bool {
+        matches!(self.peek(), Some(Token::Word(w)) if w.eq_ignore_ascii_case(word))
+    }
+}
+
+fn describe(token: Option<&Token>) -> String {
+    match token {
+        None => "the end of the statement".into(),
+        Some(Token::Word(w)) => format!("`{w}`"),
+        Some(Token::Number(n)) => format!("`{n}`"),
+        Some(Token::Text(t)) => format!("'{t}'"),
+        Some(Token::Punct(p)) => format!("`{p}`"),
+    }
+}
+
+fn column_type(name: &str) -> Result<ColumnType, String> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "bool" => ColumnType::Bool,
+        "smallint" | "int16" => ColumnType::Int16,
+        "int" | "int32" => ColumnType::Int32,
+        "bigint" | "int64" => ColumnType::Int64,
+        "float" => ColumnType::Float,
+        "double" => ColumnType::Double,
+        "string" | "varchar" => ColumnType::String,
+        "timestamp" => ColumnType::Timestamp,
+        "date" => ColumnType::Date,
+        other => {
+            return Err(format!(
+                "unknown column type `{other}` (bool, int16, int32, int64, float, double, string, timestamp, date)"
+            ))
+        }
+    })
+}
+
+fn parse_index(p: &mut Parser) -> Result<IndexDesc, String> {
+    p.punct('(')?;
+    let mut index = IndexDesc::default();
+    let mut ttl_values: Vec<u64> = Vec::new();
+    let mut ttl_type = TtlType::Absolute;
+    loop {
+        let key = p
+            .word("an index option (key, ts, ttl, ttl_type)")?
+            .to_ascii_lowercase();
+        p.punct('=')?;
+        match key.as_str() {
+            "key" => {
+                if p.is_punct('(') {
+                    p.next();
+                    loop {
+                        index.key_columns.push(p.word("a key column")?);
+                        if p.is_punct(',') {
+                            p.next();
+                        } else {
+                            break;
+                        }
+                    }
+                    p.punct(')')?;
+                } else {
+                    index.key_columns.push(p.word("a key column")?);
+                }
+            }
+            "ts" => index.ts_column = p.word("a ts column")?,
+            "ttl" => {
+                if p.is_punct('(') {
+                    p.next();
+                    loop {
+                        match p.next() {
+                            Some(Token::Number(n)) => ttl_values.push(n),
+                            other => {
+                                return Err(format!(
+                                    "expected a ttl number, found {}",
+                                    describe(other.as_ref())
+                                ))
+                            }
+                        }
+                        if p.is_punct(',') {
+                            p.next();
+                        } else {
+                            break;
+                        }
+                    }
+                    p.punct(')')?;
+                } else {
+                    match p.next() {
+                        Some(Token::Number(n)) => ttl_values.push(n),
+                        other => {
+                            return Err(format!(
+                                "expected a ttl number, found {}",
+                                describe(other.as_ref())
+                            ))
+                        }
+                    }
+                }
+            }
+            "ttl_type" => {
+                ttl_type =
+                    match p.word("a ttl type")?.to_ascii_lowercase().as_str() {
+                        "absolute" => TtlType::Absolute,
+                        "latest" => TtlType::Latest,
+                        "absandlat" => TtlType::AbsAndLat,
+                        "absorlat" => TtlType::AbsOrLat,
+                        other => return Err(format!(
+                            "unknown ttl_type `{other}` (absolute, latest, absandlat, absorlat)"
+                        )),
+                    }
+            }
+            other => {
+                return Err(format!(
+                    "unknown index option `{other}` (key, ts, ttl, ttl_type)"
+                ))
+            }
+        }
+        if p.is_punct(',') {
+            p.next();
+        } else {
+            break;
+        }
+    }
+    p.punct(')')?;
+    if index.key_columns.is_empty() {
+        return Err("an index needs key=…".into());
+    }
+    let first = ttl_values.first().copied().unwrap_or(0);
+    let second = ttl_values.get(1).copied().unwrap_or(0);
+    index.ttl = Some(match ttl_type {
+        TtlType::Absolute => TtlDesc {
+            ttl_type: ttl_type as i32,
+            abs_ttl_minutes: first,
+            lat_ttl: 0,
+        },
+        TtlType::Latest => TtlDesc {
+            ttl_type: ttl_type as i32,
+            abs_ttl_minutes: 0,
+            lat_ttl: first,
+        },
+        _ => TtlDesc {
+            ttl_type: ttl_type as i32,
+            abs_ttl_minutes: first,
+            lat_ttl: second,
+        },
+    });
+    Ok(index)
+}
+
+/// Parses a whole `create table …` statement for database `db`.
+pub fn parse(statement: &str, db: &str) -> Result<CreateTableRequest, String> {
+    let mut p = Parser {
+        tokens: tokenize(statement)?,
+        pos: 0,
+    };
+    p.keyword("create")?;
+    p.keyword("table")?;
+    let name = p.word("a table name")?;
+    let mut request = CreateTableRequest {
+        db: db.to_string(),
+        name,
+        ..CreateTableRequest::default()
+    };
+    let mut schema = TableSchema {
+        version: 1,
+        ..TableSchema::default()
+    };
+    p.punct('(')?;
+    loop {
+        if p.is_word("index") {
+            p.next();
+            schema.indexes.push(parse_index(&mut p)?);
+        } else {
+            let column = p.word("a column name or index(…)")?;
+            let ty = column_type(&p.word(&format!("the type of column `{column}`"))?)?;
+            let mut nullable = true;
+            if p.is_word("not") {
+                p.next();
+                p.keyword("null")?;
+                nullable = false;
+            } else if p.is_word("null") {
+                p.next();
+            }
+            schema.columns.push(ColumnDesc {
+                name: column,
+                r#type: ty as i32,
+                nullable,
+            });
+        }
+        if p.is_punct(',') {
+            p.next();
+        } else {
+            break;
+        }
+    }
+    p.punct(')')?;
+    if p.is_word("options") {
+        p.next();
+        p.punct('(')?;
+        loop {
+            let key = p
+                .word("an option (partitionnum, replicanum, replication)")?
+                .to_ascii_lowercase();
+            p.punct('=')?;
+            let value = p.next();
+            match (key.as_str(), value) {
+                ("partitionnum", Some(Token::Number(n))) => request.partition_num = n as u32,
+                ("replicanum", Some(Token::Number(n))) => request.replica_num = n as u32,
+                ("replication", Some(Token::Text(mode) | Token::Word(mode))) => {
+                    request.mode = match mode.to_ascii_lowercase().as_str() {
+                        "quorum" => ReplicationMode::Quorum,
+                        "async" => ReplicationMode::Async,
+                        other => {
+                            return Err(format!(
+                                "replication must be 'quorum' or 'async', not '{other}'"
+                            ))
+                        }
+                    } as i32
+                }
+                (other, value) => {
+                    return Err(format!(
+                        "bad option `{other}` = {}",
+                        describe(value.as_ref())
+                    ))
+                }
+            }
+            if p.is_punct(',') {
+                p.next();
+            } else {
+                break;
+            }
+        }
+        p.punct(')')?;
+    }
+    while p.is_punct(';') {
+        p.next();
+    }
+    if let Some(extra) = p.peek() {
+        return Err(format!(
+            "unexpected {} after the statement",
+            describe(Some(extra))
+        ));
+    }
+    if schema.indexes.is_empty() {
+        return Err("a table needs at least one index(key=…)".into());
+    }
+    request.schema = Some(schema);
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_design_example_parses() {
+        let r = parse(
+            "create table t1 (id string, ts timestamp, v double, index(key=id, ts=ts, ttl=0, ttl_type=absolute)) \
+             options (partitionnum=8, replicanum=3, replication='quorum');",
+            "default",
+        )
+        .unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.partition_num, r.replica_num),
+            ("t1", 8, 3)
+        );
+        assert_eq!(r.mode(), ReplicationMode::Quorum);
+        let schema = r.schema.clone().unwrap();
+        assert_eq!(schema.columns.len(), 3);
+        assert_eq!(schema.indexes[0].key_columns, vec!["id"]);
+        assert_eq!(schema.indexes[0].ts_column, "ts");
+    }
+
+    #[test]
+    fn multi_column_keys_ttls_and_not_null() {
+        let r = parse(
+            "create table t2 (a string not null, b int, t bigint, index(key=(a, b), ts=t, ttl=(10m, 100), ttl_type=absorlat)) options (replication='async')",
+            "db1",
+        )
+        .unwrap();
+        let schema = r.schema.clone().unwrap();
+        assert!(!schema.columns[0].nullable && schema.columns[1].nullable);
+        assert_eq!(schema.indexes[0].key_columns, vec!["a", "b"]);
+        let ttl = schema.indexes[0].ttl.unwrap();
+        assert_eq!((ttl.abs_ttl_minutes, ttl.lat_ttl), (10, 100));
+        assert_eq!(r.mode(), ReplicationMode::Async);
+        assert_eq!(r.db, "db1");
+    }
+
+    #[test]
+    fn mistakes_say_what_was_expected() {
+        assert!(parse("create table t (a strng, index(key=a))", "d")
+            .unwrap_err()
+            .contains("unknown column type `strng`"));
+        assert!(parse("create table t (a string)", "d")
+            .unwrap_err()
+            .contains("at least one index"));
+        assert!(parse("create table t (a string, index(key=a)", "d")
+            .unwrap_err()
+            .contains("expected `)`"));
+        assert!(parse(
+            "create table t (a string, index(key=a)) options (replication='sync')",
+            "d"
+        )
+        .unwrap_err()
+        .contains("'quorum' or 'async'"));
+    }
+}
