@@ -11,7 +11,9 @@ use tessera_common::wire_error::{code_of, ErrorCode};
 use tessera_common::{key, Schema, Value};
 use tessera_proto::nameserver::TableInfo;
 use tessera_proto::tablet::tablet_client::TabletClient;
-use tessera_proto::tablet::{GetRequest, PutRequest};
+use tessera_proto::tablet::{
+    CountRequest, DeleteRequest, GetRequest, PreviewRequest, PutRequest, ScanRequest,
+};
 use tonic::transport::Channel;
 use tracing::debug;
 use zookeeper_client::Error as ZkError;
@@ -295,5 +297,155 @@ impl Client {
             .await?;
         row.map(|r| Value::row_from_proto(&r).map_err(ClientError::InvalidArgument))
             .transpose()
+    }
+
+    /// The table's schema, as the cluster knows it now.
+    pub async fn schema(&self, db: &str, name: &str) -> Result<Schema, ClientError> {
+        Ok(self.table(db, name, false).await?.schema.clone())
+    }
+
+    fn first_index_partition(table: &Cached, key_values: &[Value]) -> Result<u32, ClientError> {
+        let first = table
+            .schema
+            .indexes
+            .first()
+            .ok_or_else(|| ClientError::InvalidArgument("no index".into()))?;
+        let key = key::key_from_values(&table.schema, first, key_values)
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        Ok(key::partition_of(&key, table.info.partition_num))
+    }
+
+    /// Rows of a key of the first index with `min_ts <= ts <= max_ts`, newest first.
+    pub async fn scan(
+        &self,
+        db: &str,
+        name: &str,
+        key_values: Vec<Value>,
+        max_ts: Option<i64>,
+        min_ts: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Vec<Value>>, ClientError> {
+        let key: Vec<_> = key_values.iter().map(Value::to_proto).collect();
+        let rows = self
+            .on_leader(
+                db,
+                name,
+                |t| Self::first_index_partition(t, &key_values),
+                |mut client, tid, pid| {
+                    let request = ScanRequest {
+                        tid,
+                        pid,
+                        key: key.clone(),
+                        max_ts,
+                        min_ts,
+                        limit,
+                        ..Default::default()
+                    };
+                    async move { client.scan(request).await.map(|r| r.into_inner().rows) }
+                },
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Value::row_from_proto(r).map_err(ClientError::InvalidArgument))
+            .collect()
+    }
+
+    /// Live entries of a key of the first index, or of the whole table when `key_values`
+    /// is empty (summed over every partition's leader).
+    pub async fn count(
+        &self,
+        db: &str,
+        name: &str,
+        key_values: Vec<Value>,
+    ) -> Result<u64, ClientError> {
+        let key: Vec<_> = key_values.iter().map(Value::to_proto).collect();
+        let call = |mut client: TabletClient<Channel>, tid, pid| {
+            let request = CountRequest {
+                tid,
+                pid,
+                key: key.clone(),
+                ..Default::default()
+            };
+            async move { client.count(request).await.map(|r| r.into_inner().count) }
+        };
+        if !key_values.is_empty() {
+            return self
+                .on_leader(
+                    db,
+                    name,
+                    |t| Self::first_index_partition(t, &key_values),
+                    call,
+                )
+                .await;
+        }
+        let partitions = self.table(db, name, false).await?.info.partition_num;
+        let mut total = 0;
+        for pid in 0..partitions {
+            total += self.on_leader(db, name, |_| Ok(pid), call).await?;
+        }
+        Ok(total)
+    }
+
+    /// Up to `limit` rows of the table, partition after partition.
+    pub async fn preview(
+        &self,
+        db: &str,
+        name: &str,
+        limit: u32,
+    ) -> Result<Vec<Vec<Value>>, ClientError> {
+        let partitions = self.table(db, name, false).await?.info.partition_num;
+        let mut out = Vec::new();
+        for pid in 0..partitions {
+            let wanted = limit.saturating_sub(out.len() as u32);
+            if wanted == 0 {
+                break;
+            }
+            let rows = self
+                .on_leader(
+                    db,
+                    name,
+                    |_| Ok(pid),
+                    |mut client, tid, pid| async move {
+                        client
+                            .preview(PreviewRequest {
+                                tid,
+                                pid,
+                                limit: wanted,
+                            })
+                            .await
+                            .map(|r| r.into_inner().rows)
+                    },
+                )
+                .await?;
+            for row in rows {
+                out.push(Value::row_from_proto(&row).map_err(ClientError::InvalidArgument)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes every row of a key of the first index; returns how many.
+    pub async fn delete(
+        &self,
+        db: &str,
+        name: &str,
+        key_values: Vec<Value>,
+    ) -> Result<u64, ClientError> {
+        let key: Vec<_> = key_values.iter().map(Value::to_proto).collect();
+        self.on_leader(
+            db,
+            name,
+            |t| Self::first_index_partition(t, &key_values),
+            |mut client, tid, pid| {
+                let request = DeleteRequest {
+                    tid,
+                    pid,
+                    key: key.clone(),
+                    ..Default::default()
+                };
+                async move { client.delete(request).await.map(|r| r.into_inner().deleted) }
+            },
+        )
+        .await
     }
 }

@@ -218,16 +218,17 @@ fn parse_index(p: &mut Parser) -> Result<IndexDesc, String> {
                 }
             }
             "ttl_type" => {
-                ttl_type =
-                    match p.word("a ttl type")?.to_ascii_lowercase().as_str() {
-                        "absolute" => TtlType::Absolute,
-                        "latest" => TtlType::Latest,
-                        "absandlat" => TtlType::AbsAndLat,
-                        "absorlat" => TtlType::AbsOrLat,
-                        other => return Err(format!(
+                ttl_type = match p.word("a ttl type")?.to_ascii_lowercase().as_str() {
+                    "absolute" => TtlType::Absolute,
+                    "latest" => TtlType::Latest,
+                    "absandlat" => TtlType::AbsAndLat,
+                    "absorlat" => TtlType::AbsOrLat,
+                    other => {
+                        return Err(format!(
                             "unknown ttl_type `{other}` (absolute, latest, absandlat, absorlat)"
-                        )),
+                        ))
                     }
+                }
             }
             other => {
                 return Err(format!(

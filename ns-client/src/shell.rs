@@ -155,6 +155,12 @@ pub const COMMANDS: &[CommandSpec] = &[
         2,
         2,
     ),
+    spec("put", "put table value…", "write a row (one value per column; NULL for null; quote strings with spaces)", 2, usize::MAX),
+    spec("get", "get table key…", "the newest row of a key of the first index", 2, usize::MAX),
+    spec("scan", "scan table key… [max_ts [min_ts [limit]]]", "rows of a key, newest first", 2, usize::MAX),
+    spec("count", "count table [key…]", "rows of a key, or of the whole table", 1, usize::MAX),
+    spec("preview", "preview table [limit]", "the first rows of a table (default 10)", 1, 2),
+    spec("delete", "delete table key…", "delete the rows of a key", 2, usize::MAX),
     spec(
         "create",
         "create table name (col type [not null], …, index(key=col|(cols), ts=col, ttl=N, ttl_type=…)) [options (partitionnum=N, replicanum=N, replication='quorum'|'async')]",
@@ -270,6 +276,8 @@ fn duration(ms: u64) -> String {
 
 pub struct Shell {
     ns: NameserverConnection,
+    /// For the data commands.
+    data: Option<crate::Client>,
     pub db: String,
 }
 
@@ -283,14 +291,22 @@ impl Shell {
     pub fn new(ns: NameserverConnection) -> Shell {
         Shell {
             ns,
+            data: None,
             db: "default".into(),
         }
+    }
+
+    /// Enables put, get, scan, count, preview and delete through the SDK.
+    pub fn with_data(mut self, client: crate::Client) -> Shell {
+        self.data = Some(client);
+        self
     }
 
     /// Runs one statement; the text to print, or the error to report.
     pub async fn execute(&mut self, line: &str) -> Outcome {
         let line = line.trim().trim_end_matches(';').trim();
-        let words: Vec<&str> = line.split_whitespace().collect();
+        let owned = split_words(line)?;
+        let words: Vec<&str> = owned.iter().map(String::as_str).collect();
         let Some((&name, args)) = words.split_first() else {
             return Ok(String::new());
         };
@@ -310,6 +326,9 @@ impl Shell {
     }
 
     async fn run(&mut self, command: &CommandSpec, args: &[&str]) -> Outcome {
+        if ["put", "get", "scan", "count", "preview", "delete"].contains(&command.name) {
+            return self.data_command(command, args).await;
+        }
         if command.name == "create" {
             let statement = format!("create {}", args.join(" "));
             let request = crate::create_table::parse(&statement, &self.db)?;
@@ -774,6 +793,181 @@ impl Shell {
     }
 }
 
+impl Shell {
+    async fn data_command(&mut self, command: &CommandSpec, args: &[&str]) -> Outcome {
+        let Some(client) = &self.data else {
+            return Err("data commands need a connection to the cluster".into());
+        };
+        let (db, name) = (self.db.clone(), args[0].to_string());
+        let schema = client.schema(&db, &name).await.map_err(|e| e.to_string())?;
+        let key_columns = schema
+            .indexes
+            .first()
+            .map(|ix| ix.key_columns.clone())
+            .unwrap_or_default();
+        let rest = &args[1..];
+        let key = |texts: &[&str]| -> Result<Vec<tessera_common::Value>, String> {
+            if texts.len() < key_columns.len() {
+                return Err(format!(
+                    "{} needs {} key value(s); usage: {}",
+                    name,
+                    key_columns.len(),
+                    command.usage
+                ));
+            }
+            key_columns
+                .iter()
+                .zip(texts)
+                .map(|(&pos, text)| parse_value(&schema.columns[pos], text))
+                .collect()
+        };
+        let draw = |rows: Vec<Vec<tessera_common::Value>>| {
+            let header: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+            let mut out = table(&header);
+            let count = rows.len();
+            for row in rows {
+                out.add_row(row.iter().map(|v| v.to_string()).collect::<Vec<_>>());
+            }
+            format!("{out}\n{count} row(s)")
+        };
+        let e = |err: crate::ClientError| err.to_string();
+        match command.name {
+            "put" => {
+                if rest.len() != schema.columns.len() {
+                    return Err(format!(
+                        "{name} has {} columns, {} values were given",
+                        schema.columns.len(),
+                        rest.len()
+                    ));
+                }
+                let row = schema
+                    .columns
+                    .iter()
+                    .zip(rest)
+                    .map(|(column, text)| parse_value(column, text))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let (term, offset) = client.put(&db, &name, row).await.map_err(e)?;
+                Ok(format!("put ok (term {term}, offset {offset})"))
+            }
+            "get" => {
+                let row = client.get(&db, &name, key(rest)?).await.map_err(e)?;
+                Ok(draw(row.into_iter().collect()))
+            }
+            "scan" => {
+                let key_values = key(rest)?;
+                let numbers = rest[key_columns.len()..]
+                    .iter()
+                    .map(|t| {
+                        t.parse::<i64>()
+                            .map_err(|_| format!("`{t}` is not a number; usage: {}", command.usage))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let rows = client
+                    .scan(
+                        &db,
+                        &name,
+                        key_values,
+                        numbers.first().copied(),
+                        numbers.get(1).copied(),
+                        numbers.get(2).map_or(0, |n| *n as u32),
+                    )
+                    .await
+                    .map_err(e)?;
+                Ok(draw(rows))
+            }
+            "count" => {
+                let key_values = if rest.is_empty() {
+                    Vec::new()
+                } else {
+                    key(rest)?
+                };
+                Ok(format!(
+                    "count: {}",
+                    client.count(&db, &name, key_values).await.map_err(e)?
+                ))
+            }
+            "preview" => {
+                let limit = match rest.first() {
+                    Some(t) => t
+                        .parse()
+                        .map_err(|_| format!("`{t}` is not a number; usage: {}", command.usage))?,
+                    None => 10,
+                };
+                Ok(draw(client.preview(&db, &name, limit).await.map_err(e)?))
+            }
+            _ => {
+                let deleted = client.delete(&db, &name, key(rest)?).await.map_err(e)?;
+                Ok(format!("delete ok: {deleted} row(s)"))
+            }
+        }
+    }
+}
+
+/// A column value from its text: `NULL` for null, numbers in decimal, bools as
+/// true/false, timestamps in milliseconds and dates in days since 1970-01-01.
+fn parse_value(
+    column: &tessera_common::Column,
+    text: &str,
+) -> Result<tessera_common::Value, String> {
+    use tessera_common::{ColumnType, Value};
+    if text.eq_ignore_ascii_case("null") {
+        return Ok(Value::Null);
+    }
+    let bad = || {
+        format!(
+            "`{text}` is not a valid {} (column `{}`)",
+            column.ty.name(),
+            column.name
+        )
+    };
+    Ok(match column.ty {
+        ColumnType::Bool => Value::Bool(text.parse().map_err(|_| bad())?),
+        ColumnType::Int16 => Value::Int16(text.parse().map_err(|_| bad())?),
+        ColumnType::Int32 => Value::Int32(text.parse().map_err(|_| bad())?),
+        ColumnType::Int64 => Value::Int64(text.parse().map_err(|_| bad())?),
+        ColumnType::Float => Value::Float(text.parse().map_err(|_| bad())?),
+        ColumnType::Double => Value::Double(text.parse().map_err(|_| bad())?),
+        ColumnType::String => Value::String(text.to_string()),
+        ColumnType::Timestamp => Value::Timestamp(text.parse().map_err(|_| bad())?),
+        ColumnType::Date => Value::Date(text.parse().map_err(|_| bad())?),
+    })
+}
+
+/// Splits a command line into words; '…' and "…" quote words with spaces.
+fn split_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut quote: Option<char> = None;
+    let mut in_word = false;
+    for c in line.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => current.push(c),
+            None if c == '\'' || c == '"' => {
+                quote = Some(c);
+                in_word = true;
+            }
+            None if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut current));
+                    in_word = false;
+                }
+            }
+            None => {
+                current.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err("a quoted value is not closed".into());
+    }
+    if in_word {
+        words.push(current);
+    }
+    Ok(words)
+}
+
 fn started(ops: &[OpInfo]) -> String {
     let ids: Vec<String> = ops
         .iter()
@@ -815,6 +1009,32 @@ mod tests {
         assert_eq!(parse_pid_group("1,3").unwrap(), vec![1, 3]);
         assert!(parse_pid_group("3-1").is_err());
         assert!(parse_pid_group("a").is_err());
+    }
+
+    #[test]
+    fn words_and_values() {
+        assert_eq!(
+            split_words("put t 'a b' 1").unwrap(),
+            vec!["put", "t", "a b", "1"]
+        );
+        assert_eq!(split_words("get t ''").unwrap(), vec!["get", "t", ""]);
+        assert!(split_words("put t 'open").is_err());
+        let column = tessera_common::Column {
+            name: "v".into(),
+            ty: tessera_common::ColumnType::Int64,
+            nullable: true,
+        };
+        assert_eq!(
+            parse_value(&column, "42").unwrap(),
+            tessera_common::Value::Int64(42)
+        );
+        assert_eq!(
+            parse_value(&column, "NULL").unwrap(),
+            tessera_common::Value::Null
+        );
+        assert!(parse_value(&column, "x")
+            .unwrap_err()
+            .contains("column `v`"));
     }
 
     #[test]

@@ -99,6 +99,25 @@ async fn commands_run_through_the_binary() {
         "{out}"
     );
 
+    // Data through the SDK.
+    assert!(ok(&cluster, "put t1 w1 1 10 'two words'").contains("put ok"));
+    assert!(ok(&cluster, "put t1 w1 2 20 NULL").contains("put ok"));
+    assert!(ok(&cluster, "put t1 w2 1 30 x").contains("put ok"));
+    let got = ok(&cluster, "get t1 w1");
+    assert!(got.contains("20") && got.contains("1 row(s)"), "{got}");
+    let scanned = ok(&cluster, "scan t1 w1");
+    assert!(
+        scanned.contains("two words") && scanned.contains("2 row(s)"),
+        "{scanned}"
+    );
+    assert!(ok(&cluster, "count t1 w1").contains("count: 2"));
+    assert!(ok(&cluster, "count t1").contains("count: 3"));
+    assert!(ok(&cluster, "preview t1 10").contains("3 row(s)"));
+    assert!(ok(&cluster, "delete t1 w1").contains("delete ok: 2 row(s)"));
+    assert!(ok(&cluster, "count t1").contains("count: 1"));
+    assert!(fails(&cluster, "put t1 w3 notanumber 1 x").contains("is not a valid int64 (column `seq`)"));
+    assert!(fails(&cluster, "put t1 w3 1").contains("4 columns, 2 values"));
+
     // Mistakes get help, not a stack trace.
     assert!(fails(&cluster, "showtabel").contains("did you mean `showtable`"));
     assert!(fails(&cluster, "showschema").contains("usage: showschema name"));

@@ -44,7 +44,15 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut shell = Shell::new(ns);
+    let data =
+        match tessera_ns_client::Client::connect(&flags.zk_cluster, &flags.zk_root_path).await {
+            Ok(client) => client,
+            Err(e) => {
+                eprintln!("cannot connect to the cluster: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let mut shell = Shell::new(ns).with_data(data);
     shell.db = flags.database;
     if let Some(cmd) = flags.cmd {
         return match shell.execute(&cmd).await {
