@@ -7,6 +7,12 @@ cd "$(dirname "$0")/.."
 
 scripts/zookeeper.sh install
 command -v java >/dev/null || { echo "java is required to run ZooKeeper" >&2; exit 1; }
+# The interactive shell is tested in a real terminal, run by tmux.
+if ! command -v tmux >/dev/null; then
+  echo "Installing tmux..." >&2
+  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq tmux >/dev/null
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -252,4 +252,18 @@ impl NameserverRpc for NameserverService {
             .await?;
         Ok(Response::new(UpdateTableAliveResponse { updated }))
     }
+
+    async fn show_db(&self, _: Request<ShowDbRequest>) -> Result<Response<ShowDbResponse>, Status> {
+        let mut dbs: Vec<String> = self
+            .state
+            .tables()
+            .await?
+            .into_iter()
+            .map(|t| t.db)
+            .collect();
+        dbs.push(crate::state::DEFAULT_DB.to_string());
+        dbs.sort();
+        dbs.dedup();
+        Ok(Response::new(ShowDbResponse { dbs }))
+    }
 }

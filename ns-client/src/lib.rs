@@ -24,6 +24,7 @@ mod client;
 pub mod create_table;
 mod error;
 pub mod nameserver;
+pub mod repl;
 pub mod shell;
 
 pub use client::{Client, ClientOptions};

@@ -63,6 +63,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         1,
         1,
     ),
+    spec("showdb", "showdb", "the databases", 0, 0),
     spec("use", "use db", "switch the current database", 1, 1),
     spec(
         "confget",
@@ -296,6 +297,26 @@ impl Shell {
         }
     }
 
+    /// Names of the current database's tables (for completion); empty if unreachable.
+    pub async fn table_names(&mut self) -> Vec<String> {
+        let db = self.db.clone();
+        let rows = self
+            .ns
+            .call(|mut c| {
+                let request = ShowTableRequest {
+                    db: db.clone(),
+                    name: String::new(),
+                };
+                async move { c.show_table(request).await }
+            })
+            .await
+            .map(|r| r.into_inner().rows)
+            .unwrap_or_default();
+        let mut names: Vec<String> = rows.into_iter().map(|r| r.name).collect();
+        names.dedup();
+        names
+    }
+
     /// Enables put, get, scan, count, preview and delete through the SDK.
     pub fn with_data(mut self, client: crate::Client) -> Shell {
         self.data = Some(client);
@@ -415,6 +436,20 @@ impl Shell {
                     text.push_str(&format!("\n{name} pid {pid} cannot take writes: {note}"));
                 }
                 Ok(text)
+            }
+            "showdb" => {
+                let dbs = self
+                    .ns
+                    .call(|mut c| async move { c.show_db(ShowDbRequest {}).await })
+                    .await
+                    .map_err(status_text)?
+                    .into_inner()
+                    .dbs;
+                let mut out = table(&["db"]);
+                for db in dbs {
+                    out.add_row(vec![db]);
+                }
+                Ok(out.to_string())
             }
             "showtablet" => {
                 let tablets = self

@@ -85,6 +85,7 @@ async fn commands_run_through_the_binary() {
         out.contains("writer") && out.contains("int64") && out.contains("absolute"),
         "{out}"
     );
+    assert!(ok(&cluster, "showdb").contains("default"));
     let out = ok(&cluster, "confget");
     assert!(
         out.contains("auto_failover") && out.contains("true"),
@@ -115,7 +116,9 @@ async fn commands_run_through_the_binary() {
     assert!(ok(&cluster, "preview t1 10").contains("3 row(s)"));
     assert!(ok(&cluster, "delete t1 w1").contains("delete ok: 2 row(s)"));
     assert!(ok(&cluster, "count t1").contains("count: 1"));
-    assert!(fails(&cluster, "put t1 w3 notanumber 1 x").contains("is not a valid int64 (column `seq`)"));
+    assert!(
+        fails(&cluster, "put t1 w3 notanumber 1 x").contains("is not a valid int64 (column `seq`)")
+    );
     assert!(fails(&cluster, "put t1 w3 1").contains("4 columns, 2 values"));
 
     // Mistakes get help, not a stack trace.

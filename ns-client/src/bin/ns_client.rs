@@ -1,8 +1,9 @@
-//! `ns_client`: the operator's shell. `--cmd="…"` runs one command and exits non-zero on
-//! failure; otherwise commands are read from standard input, one per line, stopping at
-//! the first failure.
+//! `ns_client`: the operator's shell. On a terminal it is interactive (history, tab
+//! completion, statements over several lines until `;`). `--cmd="…"` runs one command
+//! and exits non-zero on failure; when standard input is not a terminal, commands are
+//! read from it one per line, stopping at the first failure.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -32,9 +33,14 @@ struct Flags {
     /// Database to start in.
     #[arg(long, default_value = "default")]
     database: String,
+    /// History file of the interactive shell (default: ~/.tessera_ns_client_history).
+    #[arg(long)]
+    history_file: Option<std::path::PathBuf>,
 }
 
-#[tokio::main(flavor = "current_thread")]
+// Multi-threaded: the interactive shell blocks the main thread while it reads a line,
+// and the ZooKeeper session must keep beating meanwhile.
+#[tokio::main(worker_threads = 2)]
 async fn main() -> ExitCode {
     let flags = Flags::parse();
     let ns = match NameserverConnection::connect(&flags.zk_cluster, &flags.zk_root_path).await {
@@ -67,12 +73,21 @@ async fn main() -> ExitCode {
         };
     }
     let interactive = std::io::stdin().is_terminal() && flags.interactive;
+    if interactive {
+        let history = flags
+            .history_file
+            .unwrap_or_else(tessera_ns_client::repl::default_history_file);
+        return match tessera_ns_client::repl::run(&mut shell, history).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let stdin = std::io::stdin();
+    // Not a terminal: one command per line, stopping at the first failure.
     loop {
-        if interactive {
-            print!("{}> ", shell.db);
-            let _ = std::io::stdout().flush();
-        }
         let mut line = String::new();
         match stdin.lock().read_line(&mut line) {
             Ok(0) => return ExitCode::SUCCESS,
@@ -91,9 +106,7 @@ async fn main() -> ExitCode {
             Ok(out) => println!("{out}"),
             Err(e) => {
                 eprintln!("Error: {e}");
-                if !interactive {
-                    return ExitCode::FAILURE;
-                }
+                return ExitCode::FAILURE;
             }
         }
     }

@@ -1,0 +1,138 @@
+//! The interactive shell: line editing and a history file (rustyline), tab completion of
+//! command and table names, and statements that span lines until a `;`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rustyline::completion::{Completer, Pair};
+use rustyline::error::ReadlineError;
+use rustyline::highlight::Highlighter;
+use rustyline::hint::Hinter;
+use rustyline::validate::Validator;
+use rustyline::{Context, Editor, Helper};
+
+use crate::shell::{Shell, COMMANDS};
+
+/// Completes the first word from the commands, later words from the table names.
+struct Completion {
+    tables: Arc<Mutex<Vec<String>>>,
+}
+
+impl Completer for Completion {
+    type Candidate = Pair;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _: &Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
+        let before = &line[..pos];
+        let start = before.rfind(char::is_whitespace).map_or(0, |i| i + 1);
+        let prefix = &before[start..];
+        let first_word = before[..start].trim().is_empty();
+        let candidates: Vec<String> = if first_word {
+            COMMANDS.iter().map(|c| c.name.to_string()).collect()
+        } else {
+            self.tables.lock().clone()
+        };
+        let mut matches: Vec<Pair> = candidates
+            .into_iter()
+            .filter(|c| c.starts_with(prefix))
+            .map(|c| Pair {
+                display: c.clone(),
+                replacement: c,
+            })
+            .collect();
+        matches.sort_by(|a, b| a.display.cmp(&b.display));
+        matches.dedup_by(|a, b| a.display == b.display);
+        Ok((start, matches))
+    }
+}
+
+impl Hinter for Completion {
+    type Hint = String;
+}
+impl Highlighter for Completion {}
+impl Validator for Completion {}
+impl Helper for Completion {}
+
+/// Where the history is kept: `$TESSERA_NS_CLIENT_HISTORY`, else `~/.tessera_ns_client_history`.
+pub fn default_history_file() -> PathBuf {
+    if let Ok(path) = std::env::var("TESSERA_NS_CLIENT_HISTORY") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+    PathBuf::from(home).join(".tessera_ns_client_history")
+}
+
+/// Whether a statement needs more lines: `create table` runs until a `;`.
+fn needs_more(statement: &str) -> bool {
+    let first = statement.split_whitespace().next().unwrap_or("");
+    first.eq_ignore_ascii_case("create") && !statement.trim_end().ends_with(';')
+}
+
+/// Runs the interactive shell until `quit`, `exit` or end of input.
+pub async fn run(shell: &mut Shell, history: PathBuf) -> Result<(), String> {
+    let tables = Arc::new(Mutex::new(shell.table_names().await));
+    let mut editor: Editor<Completion, rustyline::history::DefaultHistory> =
+        Editor::new().map_err(|e| format!("cannot open the terminal: {e}"))?;
+    editor.set_helper(Some(Completion {
+        tables: tables.clone(),
+    }));
+    let _ = editor.load_history(&history);
+    println!("Welcome to Tessera. `help` lists the commands; statements may span lines until `;`.");
+    let mut statement = String::new();
+    loop {
+        let prompt = if statement.is_empty() {
+            format!("{}> ", shell.db)
+        } else {
+            "    -> ".to_string()
+        };
+        let line = match editor.readline(&prompt) {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted) => {
+                statement.clear();
+                continue;
+            }
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(format!("cannot read input: {e}")),
+        };
+        if !statement.is_empty() {
+            statement.push(' ');
+        }
+        statement.push_str(line.trim());
+        if needs_more(&statement) {
+            continue;
+        }
+        let text = std::mem::take(&mut statement);
+        if text.is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(text.as_str());
+        if text.eq_ignore_ascii_case("quit") || text.eq_ignore_ascii_case("exit") {
+            break;
+        }
+        match shell.execute(&text).await {
+            Ok(out) if out.is_empty() => {}
+            Ok(out) => println!("{out}"),
+            Err(e) => println!("Error: {e}"),
+        }
+        *tables.lock() = shell.table_names().await;
+    }
+    let _ = editor.save_history(&history);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_table_spans_lines_until_a_semicolon() {
+        assert!(needs_more("create table t (a string,"));
+        assert!(!needs_more("create table t (a string, index(key=a));"));
+        assert!(!needs_more("showtable"));
+    }
+}
