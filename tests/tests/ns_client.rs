@@ -27,6 +27,32 @@ fn ok(cluster: &NsCluster, cmd: &str) -> String {
     stdout
 }
 
+/// Waits until every op in the pipeline is done (failing fast on a failed one).
+async fn wait_ops_done(cluster: &NsCluster) {
+    let ns = cluster.ns().await;
+    tessera_tests::wait_until_async(
+        std::time::Duration::from_secs(60),
+        "the ops to finish",
+        || {
+            let mut ns = ns.clone();
+            async move {
+                let ops = ns
+                    .show_op_status(tessera_proto::nameserver::ShowOpStatusRequest::default())
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .ops;
+                assert!(
+                    !ops.iter().any(|op| op.status == "kFailed"),
+                    "an op failed: {ops:?}"
+                );
+                ops.iter().all(|op| op.status == "kDone")
+            }
+        },
+    )
+    .await;
+}
+
 fn fails(cluster: &NsCluster, cmd: &str) -> String {
     let out = ns_client(cluster, cmd);
     assert!(!out.status.success(), "`{cmd}` should fail");
@@ -152,6 +178,92 @@ async fn commands_run_through_the_binary() {
     assert!(
         !stdout.contains("kTabletHealthy"),
         "nothing after the failure ran: {stdout}"
+    );
+
+    // The replica-changing commands, on a 2-replica table so a spare tablet exists.
+    assert!(ok(
+        &cluster,
+        "create table t3 (k string, index(key=k)) options (partitionnum=1, replicanum=2);"
+    )
+    .contains("ok"));
+    let replicas = |cluster: &NsCluster| {
+        let cluster_zk = cluster.nameserver.endpoint.clone();
+        async move {
+            let mut ns = tessera_proto::nameserver::nameserver_client::NameserverClient::connect(
+                format!("http://{cluster_zk}"),
+            )
+            .await
+            .unwrap();
+            tessera_tests::routed::table_rows(&mut ns, "t3").await
+        }
+    };
+    let rows = replicas(&cluster).await;
+    let leader = rows
+        .iter()
+        .find(|r| r.role == "leader")
+        .unwrap()
+        .endpoint
+        .clone();
+    let follower = rows
+        .iter()
+        .find(|r| r.role == "follower")
+        .unwrap()
+        .endpoint
+        .clone();
+    let spare = cluster
+        .tablets
+        .iter()
+        .map(|t| t.endpoint.clone())
+        .find(|e| *e != leader && *e != follower)
+        .unwrap();
+    for (cmd, op) in [
+        (format!("addreplica t3 0 {spare}"), "kAddReplica"),
+        (format!("delreplica t3 0 {spare}"), "kDelReplica"),
+        (format!("migrate {follower} t3 0 {spare}"), "kMigrate"),
+        ("changeleader t3 0 auto".to_string(), "kChangeLeader"),
+        (format!("recovertable t3 0 {leader}"), "kRecoverTable"),
+    ] {
+        let out = ok(&cluster, &cmd);
+        assert!(out.contains(op), "`{cmd}`: {out}");
+        wait_ops_done(&cluster).await;
+    }
+    let rows = replicas(&cluster).await;
+    assert!(
+        rows.iter().any(|r| r.endpoint == spare) && !rows.iter().any(|r| r.endpoint == follower),
+        "{rows:?}"
+    );
+    let some_follower = rows
+        .iter()
+        .find(|r| r.role == "follower")
+        .unwrap()
+        .endpoint
+        .clone();
+    assert!(ok(
+        &cluster,
+        &format!("updatetablealive t3 * {some_follower} no")
+    )
+    .contains("update ok: 1"));
+    assert!(ok(
+        &cluster,
+        &format!("updatetablealive t3 0 {some_follower} yes")
+    )
+    .contains("update ok: 1"));
+    assert!(fails(
+        &cluster,
+        &format!("updatetablealive t3 0 {some_follower} maybe")
+    )
+    .contains("yes or no"));
+    assert!(ok(&cluster, &format!("offlineendpoint {some_follower}")).contains("ops started"));
+    wait_ops_done(&cluster).await;
+    assert!(ok(&cluster, &format!("recoverendpoint {some_follower}")).contains("kRecoverTable"));
+    wait_ops_done(&cluster).await;
+    assert!(fails(&cluster, "cancelop 1").contains("already ended"));
+    assert!(fails(&cluster, "cancelop 9999").contains("no op 9999"));
+    assert!(ok(&cluster, "use db2").contains("Database changed to db2"));
+    let help = ok(&cluster, "help changeleader");
+    assert!(
+        help.contains("changeleader name pid [endpoint|auto] [force]"),
+        "{help}"
     );
 
     assert!(ok(&cluster, "drop table t1").contains("drop table t1 ok"));
