@@ -25,6 +25,9 @@ pub struct ClientOptions {
     /// How long one call may keep retrying through failovers before it gives up.
     pub deadline: Duration,
     pub zk_session_timeout: Duration,
+    /// Serve `get` from a follower when it holds everything this client has seen of the
+    /// partition (else from the leader).
+    pub read_from_followers: bool,
 }
 
 impl Default for ClientOptions {
@@ -32,8 +35,16 @@ impl Default for ClientOptions {
         ClientOptions {
             deadline: Duration::from_secs(60),
             zk_session_timeout: Duration::from_secs(10),
+            read_from_followers: false,
         }
     }
+}
+
+/// How reads were served, for observability.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReadStats {
+    pub from_followers: u64,
+    pub from_leaders: u64,
 }
 
 /// A table's metadata with its parsed schema.
@@ -49,6 +60,10 @@ pub struct Client {
     options: ClientOptions,
     tables: Arc<RwLock<HashMap<String, Arc<Cached>>>>,
     tablets: RwLock<HashMap<String, TabletClient<Channel>>>,
+    /// The highest offset this client has seen per (table, partition): a follower read
+    /// asks for at least this much, so it never returns older data than already seen.
+    seen: parking_lot::Mutex<HashMap<(String, u32), u64>>,
+    stats: parking_lot::Mutex<ReadStats>,
 }
 
 /// What to do after a failed attempt.
@@ -93,6 +108,8 @@ impl Client {
             options,
             tables: Arc::default(),
             tablets: RwLock::default(),
+            seen: parking_lot::Mutex::default(),
+            stats: parking_lot::Mutex::default(),
         };
         client.follow_table_changes();
         Ok(client)
@@ -228,23 +245,21 @@ impl Client {
         name: &str,
         row: Vec<Value>,
     ) -> Result<(u64, u64), ClientError> {
+        tessera_common::codec::validate(&self.table(db, name, false).await?.schema, &row)
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         let proto = Value::row_to_proto(&row);
-        self.on_leader(
-            db,
-            name,
-            |table| {
-                let first = table
-                    .schema
-                    .indexes
-                    .first()
-                    .ok_or_else(|| ClientError::InvalidArgument("no index".into()))?;
-                tessera_common::codec::validate(&table.schema, &row)
-                    .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
-                let key = key::key_from_row(&table.schema, first, &row)
-                    .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
-                Ok(key::partition_of(&key, table.info.partition_num))
-            },
-            |mut client, tid, pid| {
+        let pid_of = |table: &Cached| -> Result<u32, ClientError> {
+            let first = table
+                .schema
+                .indexes
+                .first()
+                .ok_or_else(|| ClientError::InvalidArgument("no index".into()))?;
+            let key = key::key_from_row(&table.schema, first, &row)
+                .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+            Ok(key::partition_of(&key, table.info.partition_num))
+        };
+        let (pid, term, offset) = self
+            .on_leader(db, name, pid_of, |mut client, tid, pid| {
                 let request = PutRequest {
                     tid,
                     pid,
@@ -255,35 +270,87 @@ impl Client {
                         .put(request)
                         .await
                         .map(|r| r.into_inner())
-                        .map(|r| (r.term, r.offset))
+                        .map(|r| (pid, r.term, r.offset))
                 }
-            },
-        )
-        .await
+            })
+            .await?;
+        self.note_seen(db, name, pid, offset);
+        Ok((term, offset))
     }
 
-    /// The newest row of a key of the first index, from its partition's leader.
+    fn note_seen(&self, db: &str, name: &str, pid: u32, offset: u64) {
+        let mut seen = self.seen.lock();
+        let entry = seen.entry((format!("{db}.{name}"), pid)).or_insert(0);
+        *entry = (*entry).max(offset);
+    }
+
+    /// How reads were served so far.
+    pub fn read_stats(&self) -> ReadStats {
+        *self.stats.lock()
+    }
+
+    /// A follower read: served only if the follower holds at least what this client has
+    /// seen of the partition; `None` when no follower could serve it.
+    async fn get_from_follower(
+        &self,
+        db: &str,
+        name: &str,
+        key_values: &[Value],
+    ) -> Option<Option<Vec<Value>>> {
+        let table = self.table(db, name, false).await.ok()?;
+        let pid = Self::first_index_partition(&table, key_values).ok()?;
+        let partition = table.info.partitions.iter().find(|p| p.pid == pid)?;
+        let min_offset = self
+            .seen
+            .lock()
+            .get(&(format!("{db}.{name}"), pid))
+            .copied()
+            .unwrap_or(0);
+        for follower in partition
+            .replicas
+            .iter()
+            .filter(|r| !r.is_leader && r.is_alive)
+        {
+            let Ok(mut client) = self.tablet(&follower.endpoint).await else {
+                continue;
+            };
+            let request = GetRequest {
+                tid: table.info.tid,
+                pid,
+                key: key_values.iter().map(Value::to_proto).collect(),
+                min_offset,
+                ..Default::default()
+            };
+            // Refused when behind (or gone): try the next one, then the leader.
+            if let Ok(response) = client.get(request).await {
+                let response = response.into_inner();
+                self.note_seen(db, name, pid, response.offset);
+                self.stats.lock().from_followers += 1;
+                return Some(response.row.and_then(|r| Value::row_from_proto(&r).ok()));
+            }
+        }
+        None
+    }
+
+    /// The newest row of a key of the first index: from a follower that has caught up
+    /// with what this client saw when `read_from_followers` is set, else from the leader.
     pub async fn get(
         &self,
         db: &str,
         name: &str,
         key_values: Vec<Value>,
     ) -> Result<Option<Vec<Value>>, ClientError> {
+        if self.options.read_from_followers {
+            if let Some(found) = self.get_from_follower(db, name, &key_values).await {
+                return Ok(found);
+            }
+        }
         let proto: Vec<_> = key_values.iter().map(Value::to_proto).collect();
-        let row = self
+        let (pid, offset, row) = self
             .on_leader(
                 db,
                 name,
-                |table| {
-                    let first = table
-                        .schema
-                        .indexes
-                        .first()
-                        .ok_or_else(|| ClientError::InvalidArgument("no index".into()))?;
-                    let key = key::key_from_values(&table.schema, first, &key_values)
-                        .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
-                    Ok(key::partition_of(&key, table.info.partition_num))
-                },
+                |t| Self::first_index_partition(t, &key_values),
                 |mut client, tid, pid| {
                     let request = GetRequest {
                         tid,
@@ -291,10 +358,17 @@ impl Client {
                         key: proto.clone(),
                         ..Default::default()
                     };
-                    async move { client.get(request).await.map(|r| r.into_inner().row) }
+                    async move {
+                        client.get(request).await.map(|r| {
+                            let r = r.into_inner();
+                            (pid, r.offset, r.row)
+                        })
+                    }
                 },
             )
             .await?;
+        self.note_seen(db, name, pid, offset);
+        self.stats.lock().from_leaders += 1;
         row.map(|r| Value::row_from_proto(&r).map_err(ClientError::InvalidArgument))
             .transpose()
     }

@@ -27,5 +27,5 @@ pub mod nameserver;
 pub mod repl;
 pub mod shell;
 
-pub use client::{Client, ClientOptions};
+pub use client::{Client, ClientOptions, ReadStats};
 pub use error::ClientError;

@@ -171,8 +171,11 @@ impl Tablet for TabletService {
         let request = request.into_inner();
         let table = self.table(request.tid, request.pid)?;
         let key = key_values(&request.key)?;
-        let (version, found) =
-            blocking(move || Ok(table.get(&request.index, &key, request.ts)?)).await?;
+        let (version, found) = blocking(move || {
+            table.check_readable(request.min_offset)?;
+            Ok(table.get(&request.index, &key, request.ts)?)
+        })
+        .await?;
         Ok(Response::new(GetResponse {
             ts: found.as_ref().map_or(0, |r| r.ts),
             row: found.map(|r| Value::row_to_proto(&r.values)),

@@ -500,6 +500,21 @@ async fn stale_terms_are_refused_and_followers_redirect() {
         detail_of(&behind).unwrap().code(),
         ErrorCode::PartitionUnavailable
     );
+    // Every read refuses to go back in time, get included.
+    let behind = leader
+        .get(GetRequest {
+            tid: 1,
+            pid: 0,
+            key: vec![Value::String("w1".into()).to_proto()],
+            min_offset: offset + 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        detail_of(&behind).unwrap().code(),
+        ErrorCode::PartitionUnavailable
+    );
 
     // GetTermPair reports where each log ends, in which term.
     let pair = leader

@@ -3,7 +3,7 @@
 //! and every one is readable afterwards.
 
 use tessera_common::Value;
-use tessera_ns_client::Client;
+use tessera_ns_client::{Client, ClientOptions};
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::routed::{leaders, table_rows};
 
@@ -71,4 +71,45 @@ async fn an_application_writes_straight_through_a_failover() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+/// Reads from followers never return older data than the client has seen: each read
+/// right after a write finds that write (a follower that has not applied it yet refuses
+/// the read's `min_offset`, and the leader answers), and followers do serve reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_reads_never_go_back_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = NsCluster::start(
+        dir.path(),
+        NsClusterSpec {
+            tablets: 3,
+            tablet_session_ms: Some(3000),
+            tablet_args: &[],
+            nameserver_session_ms: 2000,
+            nameserver_args: &[],
+        },
+    )
+    .await;
+    cluster.create_table("t1", 1, 3).await;
+    let options = ClientOptions {
+        read_from_followers: true,
+        ..ClientOptions::default()
+    };
+    let client = Client::connect_with(&cluster.zk.connect_string(), "/tessera", options)
+        .await
+        .unwrap();
+    for i in 0..300 {
+        client.put("default", "t1", row(i)).await.unwrap();
+        let found = client
+            .get("default", "t1", vec![Value::String(format!("key{i}"))])
+            .await
+            .unwrap();
+        assert_eq!(found, Some(row(i)), "read {i} went back in time");
+    }
+    let stats = client.read_stats();
+    assert_eq!(stats.from_followers + stats.from_leaders, 300);
+    assert!(
+        stats.from_followers > 0,
+        "followers served reads: {stats:?}"
+    );
 }
