@@ -177,6 +177,17 @@ impl Nameserver {
             .and_then(|p| p.replicas.iter().find(|r| r.endpoint == endpoint))
     }
 
+    /// Only follower replicas are removed or moved: the leader must change first.
+    fn require_follower(table: &TableInfo, pid: u32, endpoint: &str) -> Result<()> {
+        match Self::replica_of(table, pid, endpoint) {
+            None => Err(NsError::InvalidArgument(format!("partition {pid} has no replica on {endpoint}"))),
+            Some(r) if r.is_leader => Err(NsError::InvalidArgument(format!(
+                "{endpoint} leads partition {pid}; only followers can be removed or moved (change its leader first)"
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Adds a follower replica on `endpoint` to each partition, seeded from its leader.
     pub async fn add_replica(
         &self,
@@ -227,19 +238,7 @@ impl Nameserver {
             .await?;
         let pids = Self::partitions_of(&table, pids)?;
         for pid in &pids {
-            match Self::replica_of(&table, *pid, endpoint) {
-                None => {
-                    return Err(NsError::InvalidArgument(format!(
-                        "partition {pid} has no replica on {endpoint}"
-                    )))
-                }
-                Some(r) if r.is_leader => {
-                    return Err(NsError::InvalidArgument(format!(
-                        "{endpoint} leads partition {pid}; change its leader first"
-                    )))
-                }
-                Some(_) => {}
-            }
+            Self::require_follower(&table, *pid, endpoint)?;
         }
         let mut ops = Vec::new();
         for pid in pids {
@@ -271,15 +270,7 @@ impl Nameserver {
         }
         let pids = Self::partitions_of(&table, pids)?;
         for pid in &pids {
-            match Self::replica_of(&table, *pid, source) {
-                None => return Err(NsError::InvalidArgument(format!("partition {pid} has no replica on {source}"))),
-                Some(r) if r.is_leader => {
-                    return Err(NsError::InvalidArgument(format!(
-                        "{source} leads partition {pid}; only followers migrate (change its leader first)"
-                    )))
-                }
-                Some(_) => {}
-            }
+            Self::require_follower(&table, *pid, source)?;
             if Self::replica_of(&table, *pid, destination).is_some() {
                 return Err(NsError::InvalidArgument(format!(
                     "partition {pid} already has a replica on {destination}"
