@@ -9,7 +9,7 @@ use crate::ops::{is_finished, CANCELED};
 use crate::planner::{
     ADD_REPLICA, CHANGE_LEADER, DEL_REPLICA, MAKE_SNAPSHOT, MIGRATE, OFFLINE_REPLICA, RECOVER_TABLE,
 };
-use crate::state::{Nameserver, DEFAULT_DB};
+use crate::state::Nameserver;
 
 impl Nameserver {
     async fn refuse_if_auto_failover(&self, command: &str) -> Result<()> {
@@ -89,9 +89,7 @@ impl Nameserver {
         endpoint: &str,
     ) -> Result<Vec<OpInfo>> {
         self.refuse_if_auto_failover("recovertable").await?;
-        let table = self
-            .table(if db.is_empty() { DEFAULT_DB } else { db }, name)
-            .await?;
+        let table = self.table(db, name).await?;
         let partition = table
             .partitions
             .iter()
@@ -122,9 +120,7 @@ impl Nameserver {
         force: bool,
     ) -> Result<Vec<OpInfo>> {
         self.refuse_if_auto_failover("changeleader").await?;
-        let table = self
-            .table(if db.is_empty() { DEFAULT_DB } else { db }, name)
-            .await?;
+        let table = self.table(db, name).await?;
         let partition = table
             .partitions
             .iter()
@@ -147,6 +143,25 @@ impl Nameserver {
             })
             .await?;
         Ok(vec![op])
+    }
+
+    /// One op of `op_type` per partition in `pids`.
+    async fn add_ops(
+        &self,
+        op_type: &str,
+        table: &TableInfo,
+        pids: &[u32],
+        endpoint: &str,
+        configure: impl Fn(&mut OpInfo),
+    ) -> Result<Vec<OpInfo>> {
+        let mut ops = Vec::with_capacity(pids.len());
+        for &pid in pids {
+            ops.push(
+                self.add_op(op_type, table, pid, endpoint, &configure)
+                    .await?,
+            );
+        }
+        Ok(ops)
     }
 
     /// The partitions `pids` names (all when empty), checked against the table.
@@ -197,9 +212,7 @@ impl Nameserver {
         endpoint: &str,
     ) -> Result<Vec<OpInfo>> {
         self.refuse_if_auto_failover("addreplica").await?;
-        let table = self
-            .table(if db.is_empty() { DEFAULT_DB } else { db }, name)
-            .await?;
+        let table = self.table(db, name).await?;
         if !self.is_healthy(endpoint) {
             return Err(NsError::InvalidArgument(format!(
                 "{endpoint} is not a healthy tablet"
@@ -214,14 +227,8 @@ impl Nameserver {
                 "partition {pid} already has a replica on {endpoint}"
             )));
         }
-        let mut ops = Vec::new();
-        for pid in pids {
-            ops.push(
-                self.add_op(ADD_REPLICA, &table, pid, endpoint, |_| {})
-                    .await?,
-            );
-        }
-        Ok(ops)
+        self.add_ops(ADD_REPLICA, &table, &pids, endpoint, |_| {})
+            .await
     }
 
     /// Removes a follower replica from each partition and drops it from its tablet.
@@ -233,21 +240,13 @@ impl Nameserver {
         endpoint: &str,
     ) -> Result<Vec<OpInfo>> {
         self.refuse_if_auto_failover("delreplica").await?;
-        let table = self
-            .table(if db.is_empty() { DEFAULT_DB } else { db }, name)
-            .await?;
+        let table = self.table(db, name).await?;
         let pids = Self::partitions_of(&table, pids)?;
         for pid in &pids {
             Self::require_follower(&table, *pid, endpoint)?;
         }
-        let mut ops = Vec::new();
-        for pid in pids {
-            ops.push(
-                self.add_op(DEL_REPLICA, &table, pid, endpoint, |_| {})
-                    .await?,
-            );
-        }
-        Ok(ops)
+        self.add_ops(DEL_REPLICA, &table, &pids, endpoint, |_| {})
+            .await
     }
 
     /// Moves follower replicas from `source` to `destination`: add, catch up, remove.
@@ -260,9 +259,7 @@ impl Nameserver {
         destination: &str,
     ) -> Result<Vec<OpInfo>> {
         self.refuse_if_auto_failover("migrate").await?;
-        let table = self
-            .table(if db.is_empty() { DEFAULT_DB } else { db }, name)
-            .await?;
+        let table = self.table(db, name).await?;
         if !self.is_healthy(destination) {
             return Err(NsError::InvalidArgument(format!(
                 "{destination} is not a healthy tablet"
@@ -277,30 +274,18 @@ impl Nameserver {
                 )));
             }
         }
-        let mut ops = Vec::new();
-        for pid in pids {
-            let source = source.to_string();
-            ops.push(
-                self.add_op(MIGRATE, &table, pid, destination, move |op| {
-                    op.source = source
-                })
-                .await?,
-            );
-        }
-        Ok(ops)
+        self.add_ops(MIGRATE, &table, &pids, destination, |op| {
+            op.source = source.to_string()
+        })
+        .await
     }
 
     /// Snapshots partitions (all when `pids` is empty). Allowed with auto_failover on.
     pub async fn make_snapshot(&self, db: &str, name: &str, pids: &[u32]) -> Result<Vec<OpInfo>> {
         self.lock().await?;
-        let table = self
-            .table(if db.is_empty() { DEFAULT_DB } else { db }, name)
-            .await?;
-        let mut ops = Vec::new();
-        for pid in Self::partitions_of(&table, pids)? {
-            ops.push(self.add_op(MAKE_SNAPSHOT, &table, pid, "", |_| {}).await?);
-        }
-        Ok(ops)
+        let table = self.table(db, name).await?;
+        let pids = Self::partitions_of(&table, pids)?;
+        self.add_ops(MAKE_SNAPSHOT, &table, &pids, "", |_| {}).await
     }
 
     /// Sets replicas' `is_alive` in the metadata only.
@@ -313,9 +298,7 @@ impl Nameserver {
         alive: bool,
     ) -> Result<u32> {
         self.refuse_if_auto_failover("updatetablealive").await?;
-        let table = self
-            .table(if db.is_empty() { DEFAULT_DB } else { db }, name)
-            .await?;
+        let table = self.table(db, name).await?;
         let mut updated = 0;
         for pid in Self::partitions_of(&table, pids)? {
             if Self::replica_of(&table, pid, endpoint).is_some() {

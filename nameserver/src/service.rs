@@ -74,11 +74,7 @@ impl NameserverRpc for NameserverService {
         request: Request<ShowSchemaRequest>,
     ) -> Result<Response<ShowSchemaResponse>, Status> {
         let request = request.into_inner();
-        let db = if request.db.is_empty() {
-            crate::state::DEFAULT_DB
-        } else {
-            &request.db
-        };
+        let db = crate::state::db_or_default(&request.db);
         let table = self.state.table(db, &request.name).await?;
         Ok(Response::new(ShowSchemaResponse { table: Some(table) }))
     }
@@ -118,11 +114,7 @@ impl NameserverRpc for NameserverService {
         request: Request<ShowOpStatusRequest>,
     ) -> Result<Response<ShowOpStatusResponse>, Status> {
         let request = request.into_inner();
-        let db = if request.db.is_empty() {
-            crate::state::DEFAULT_DB
-        } else {
-            &request.db
-        };
+        let db = crate::state::db_or_default(&request.db);
         let ops = self
             .state
             .ops()

@@ -27,6 +27,15 @@ use crate::placement;
 const TABLET_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const TABLET_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_DB: &str = "default";
+
+/// The database a request means: its own, or `default` when it names none.
+pub fn db_or_default(db: &str) -> &str {
+    if db.is_empty() {
+        DEFAULT_DB
+    } else {
+        db
+    }
+}
 pub const DEFAULT_PARTITION_NUM: u32 = 8;
 pub const DEFAULT_REPLICA_NUM: u32 = 3;
 
@@ -304,7 +313,9 @@ impl Nameserver {
         Ok(out)
     }
 
+    /// A table's metadata; an empty `db` means the default database.
     pub async fn table(&self, db: &str, name: &str) -> Result<TableInfo> {
+        let db = db_or_default(db);
         let client = self.client()?;
         match client.get_data(&self.paths.table(db, name)).await {
             Ok((data, _)) => {
@@ -376,11 +387,7 @@ impl Nameserver {
     pub async fn create_table(&self, request: CreateTableRequest) -> Result<TableInfo> {
         let lock = self.lock().await?;
         let _admin = self.admin.lock().await;
-        let db = if request.db.is_empty() {
-            DEFAULT_DB.to_string()
-        } else {
-            request.db.clone()
-        };
+        let db = db_or_default(&request.db).to_string();
         check_name("database", &db)?;
         check_name("table", &request.name)?;
         let schema = request
@@ -558,7 +565,7 @@ impl Nameserver {
     pub async fn drop_table(&self, db: &str, name: &str) -> Result<()> {
         let lock = self.lock().await?;
         let _admin = self.admin.lock().await;
-        let db = if db.is_empty() { DEFAULT_DB } else { db };
+        let db = db_or_default(db);
         let table = self.table(db, name).await?;
         self.drop_replicas(&table).await;
         lock.delete(&self.paths.table(db, name), None).await?;
@@ -570,7 +577,7 @@ impl Nameserver {
 
     /// One row per replica, with its live offset and size where the tablet answers.
     pub async fn show_table(&self, db: &str, name: &str) -> Result<Vec<ShowTableRow>> {
-        let db = if db.is_empty() { DEFAULT_DB } else { db };
+        let db = db_or_default(db);
         let tables = if name.is_empty() {
             self.tables()
                 .await?
