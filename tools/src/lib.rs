@@ -1,3 +1,5 @@
-//! Operator tools. Today: `tessera-bench`, a load generator for replicated puts.
+//! Operator tools: `tessera-ops` (recoverdata and other cluster-wide operations),
+//! `tessera-daemon` (keeps a server running) and `tessera-bench` (a load generator).
 
 pub mod bench;
+pub mod daemon;
