@@ -21,6 +21,9 @@ use crate::storage::table::now_ms;
 /// Slack above `max_row_size` for the rest of a request.
 const MESSAGE_OVERHEAD: usize = 4 << 20;
 
+/// How long a stopping tablet waits for open requests (replication streams) to end.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Runs a tablet until `shutdown` completes.
 pub async fn run(
     config: TabletConfig,
@@ -89,12 +92,32 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     info!(endpoint = %config.endpoint, db_root_path = %config.db_root_path.display(), "tablet serving");
-    let served = tonic::transport::Server::builder()
+    let (signalled, mut stopping) = tokio::sync::watch::channel(false);
+    let server = tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(tokio_stream_listener(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(tokio_stream_listener(listener), async move {
+            shutdown.await;
+            let _ = signalled.send(true);
+        });
+    tokio::pin!(server);
+    let served = tokio::select! {
+        served = &mut server => served,
+        _ = stopping.wait_for(|s| *s) => {
+            info!("tablet stopping");
+            // A graceful stop waits for every open request, and a leader's AppendEntries
+            // stream into this tablet never ends by itself: stop our own streams so peers
+            // are not held up either, then give the rest a moment.
+            replicators.stop_all();
+            match tokio::time::timeout(STOP_GRACE, &mut server).await {
+                Ok(served) => served,
+                Err(_) => {
+                    info!(grace = ?STOP_GRACE, "closing the replication streams still open");
+                    Ok(())
+                }
+            }
+        }
+    };
 
-    info!("tablet stopping");
     let _ = stop_coordination.send(true);
     replicators.stop_all();
     let _ = stop_gc.send(());
