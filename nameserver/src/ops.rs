@@ -253,6 +253,17 @@ impl Nameserver {
         }
     }
 
+    async fn was_cancelled(&self, op_id: u64) -> bool {
+        let cancelled = self
+            .op(op_id)
+            .await
+            .is_ok_and(|stored| stored.status == CANCELED);
+        if cancelled {
+            info!(op_id, "op cancelled");
+        }
+        cancelled
+    }
+
     async fn execute(&self, mut op: OpInfo) {
         op.status = DOING.into();
         if self.save_op(&op).await.is_err() {
@@ -260,12 +271,7 @@ impl Nameserver {
         }
         while (op.task_index as usize) < op.tasks.len() {
             // An operator may have cancelled it between two tasks.
-            if self
-                .op(op.op_id)
-                .await
-                .is_ok_and(|stored| stored.status == CANCELED)
-            {
-                info!(op_id = op.op_id, "op cancelled");
+            if self.was_cancelled(op.op_id).await {
                 return;
             }
             let task = op.tasks[op.task_index as usize].clone();
@@ -285,6 +291,10 @@ impl Nameserver {
                 return;
             }
             op.task_index += 1;
+            // A cancel that arrived while the task ran must not be written over.
+            if self.was_cancelled(op.op_id).await {
+                return;
+            }
             if self.save_op(&op).await.is_err() {
                 // Leadership lost: the next leader resumes from the last saved task.
                 return;
@@ -464,6 +474,13 @@ impl Nameserver {
                 return Err(NsError::InvalidArgument(reason));
             }
         };
+        if let Some(candidate) = candidate.filter(|c| *c != op.chosen) {
+            op.reason = format!(
+                "candidate {candidate} did not answer or was behind; {} leads instead",
+                op.chosen
+            );
+            warn!(op_id = op.op_id, candidate = %candidate, chosen = %op.chosen, "the candidate cannot lead without losing records");
+        }
         info!(op_id = op.op_id, table = %table.name, pid = op.pid, chosen = %op.chosen, term = op.term, "new leader chosen");
         Ok(())
     }

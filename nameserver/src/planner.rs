@@ -85,7 +85,8 @@ pub struct Fenced {
 }
 
 /// Picks the new leader among the replicas that answered the fence: the largest
-/// (last term, last offset), or the operator's candidate.
+/// (last term, last offset), or the operator's candidate if it holds as much (or if
+/// `force`).
 ///
 /// In quorum mode at least `replica_num - majority + 1` replicas must have answered, so
 /// the ones that did meet every majority: the chosen one then holds every acknowledged
@@ -109,13 +110,25 @@ pub fn choose_leader(
             answered.len()
         ));
     }
-    if let Some(candidate) = candidate {
-        return answered
-            .iter()
-            .find(|f| f.endpoint == candidate)
-            .map(|f| f.endpoint.clone())
-            .ok_or_else(|| format!("candidate {candidate} did not answer the fence"));
+    let best = answered
+        .iter()
+        .map(|f| (f.last_term, f.last_offset))
+        .max()
+        .expect("not empty");
+    // A candidate that lacks records another replica holds would drop them, and some may
+    // have been acknowledged; one that did not answer cannot lead. Either way the most
+    // complete replica leads instead (all replicas are fenced by now, so the partition
+    // needs a leader), and the caller sees the difference and may try again.
+    if let Some(chosen) = candidate.and_then(|c| answered.iter().find(|f| f.endpoint == c)) {
+        if (chosen.last_term, chosen.last_offset) == best || force {
+            return Ok(chosen.endpoint.clone());
+        }
     }
+    Ok(most_complete(answered))
+}
+
+/// The replica with the largest (last term, last offset); ties go to the first by name.
+fn most_complete(answered: &[Fenced]) -> String {
     let best = answered
         .iter()
         .max_by_key(|f| {
@@ -126,7 +139,7 @@ pub fn choose_leader(
             )
         })
         .expect("not empty");
-    Ok(best.endpoint.clone())
+    best.endpoint.clone()
 }
 
 /// How a returning replica rejoins.
@@ -317,13 +330,27 @@ mod tests {
     }
 
     #[test]
-    fn a_candidate_must_have_answered() {
-        let two = [fenced("b", 1, 90), fenced("c", 1, 91)];
+    fn a_candidate_leads_only_if_it_answered_and_holds_every_record() {
+        let two = [fenced("b", 1, 91), fenced("c", 1, 91)];
         assert_eq!(
             choose_leader(&two, 3, ReplicationMode::Quorum, Some("b"), false).unwrap(),
             "b"
         );
-        assert!(choose_leader(&two, 3, ReplicationMode::Quorum, Some("x"), false).is_err());
+        assert_eq!(
+            choose_leader(&two, 3, ReplicationMode::Quorum, Some("x"), false).unwrap(),
+            "b",
+            "a candidate that did not answer cannot lead"
+        );
+        let behind = [fenced("b", 1, 90), fenced("c", 1, 91)];
+        assert_eq!(
+            choose_leader(&behind, 3, ReplicationMode::Quorum, Some("b"), false).unwrap(),
+            "c",
+            "a candidate behind another replica would drop its records"
+        );
+        assert_eq!(
+            choose_leader(&behind, 3, ReplicationMode::Quorum, Some("b"), true).unwrap(),
+            "b"
+        );
     }
 
     fn h(pairs: &[(u64, u64)]) -> Vec<TermPair> {

@@ -266,6 +266,54 @@ fn timestamp(ms: u64) -> String {
     )
 }
 
+/// The `showopstatus` table.
+pub fn ops_table(ops: Vec<OpInfo>) -> String {
+    let mut out = table(&[
+        "op_id",
+        "op_type",
+        "name",
+        "pid",
+        "status",
+        "start_time",
+        "execute_time",
+        "end_time",
+        "cur_task",
+    ]);
+    for op in ops {
+        let end = if op.end_time_ms > 0 {
+            op.end_time_ms
+        } else {
+            0
+        };
+        let execute = if end > 0 {
+            end.saturating_sub(op.start_time_ms)
+        } else {
+            0
+        };
+        let cur_task = op
+            .tasks
+            .get(op.task_index as usize)
+            .cloned()
+            .unwrap_or_else(|| "-".into());
+        out.add_row(vec![
+            op.op_id.to_string(),
+            op.op_type,
+            op.name,
+            op.pid.to_string(),
+            op.status,
+            timestamp(op.start_time_ms),
+            if end > 0 {
+                duration(execute)
+            } else {
+                "-".into()
+            },
+            timestamp(end),
+            cur_task,
+        ]);
+    }
+    out.to_string()
+}
+
 fn duration(ms: u64) -> String {
     match ms {
         0..=999 => format!("{ms}ms"),
@@ -500,50 +548,7 @@ impl Shell {
                     .map_err(status_text)?
                     .into_inner()
                     .ops;
-                let mut out = table(&[
-                    "op_id",
-                    "op_type",
-                    "name",
-                    "pid",
-                    "status",
-                    "start_time",
-                    "execute_time",
-                    "end_time",
-                    "cur_task",
-                ]);
-                for op in ops {
-                    let end = if op.end_time_ms > 0 {
-                        op.end_time_ms
-                    } else {
-                        0
-                    };
-                    let execute = if end > 0 {
-                        end.saturating_sub(op.start_time_ms)
-                    } else {
-                        0
-                    };
-                    let cur_task = op
-                        .tasks
-                        .get(op.task_index as usize)
-                        .cloned()
-                        .unwrap_or_else(|| "-".into());
-                    out.add_row(vec![
-                        op.op_id.to_string(),
-                        op.op_type,
-                        op.name,
-                        op.pid.to_string(),
-                        op.status,
-                        timestamp(op.start_time_ms),
-                        if end > 0 {
-                            duration(execute)
-                        } else {
-                            "-".into()
-                        },
-                        timestamp(end),
-                        cur_task,
-                    ]);
-                }
-                Ok(out.to_string())
+                Ok(ops_table(ops))
             }
             "showschema" => {
                 let request = ShowSchemaRequest { db, name: arg(0) };

@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod nameserver;
 pub mod nscluster;
+pub mod ops;
 pub mod process;
 pub mod routed;
 pub mod tablet;

@@ -3,3 +3,4 @@
 
 pub mod bench;
 pub mod daemon;
+pub mod ops;

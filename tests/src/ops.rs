@@ -1,0 +1,54 @@
+//! Running `tessera-ops` against a test cluster, and checks shared by its tests.
+
+use tessera_proto::nameserver::nameserver_client::NameserverClient;
+use tessera_proto::nameserver::{ConfGetRequest, ShowOpStatusRequest};
+use tonic::transport::Channel;
+
+use crate::{binary, ZooKeeper};
+
+/// Runs `tessera-ops --cmd=<cmd> <args…>`; returns whether it succeeded and its output.
+pub async fn run(zk: &ZooKeeper, cmd: &str, args: &[&str]) -> (bool, String) {
+    let output = tokio::process::Command::new(binary("tessera-ops"))
+        .arg(format!("--zk_cluster={}", zk.connect_string()))
+        .arg("--zk_root_path=/tessera")
+        .arg(format!("--cmd={cmd}"))
+        .arg("--timeout=120")
+        .args(args)
+        .output()
+        .await
+        .expect("run tessera-ops");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Runs it and fails the test, showing the output, unless it succeeded.
+pub async fn run_ok(zk: &ZooKeeper, cmd: &str, args: &[&str]) -> String {
+    let (ok, text) = run(zk, cmd, args).await;
+    assert!(ok, "tessera-ops --cmd={cmd} {args:?} failed:\n{text}");
+    text
+}
+
+pub async fn op_count(ns: &mut NameserverClient<Channel>) -> usize {
+    ns.show_op_status(ShowOpStatusRequest::default())
+        .await
+        .expect("showopstatus")
+        .into_inner()
+        .ops
+        .len()
+}
+
+pub async fn auto_failover(ns: &mut NameserverClient<Channel>) -> bool {
+    ns.conf_get(ConfGetRequest {
+        key: "auto_failover".into(),
+    })
+    .await
+    .expect("confget")
+    .into_inner()
+    .entries
+    .iter()
+    .any(|e| e.value == "true")
+}

@@ -1,0 +1,302 @@
+//! `tessera-ops`: cluster-wide operations built on the nameserver's op pipeline.
+//!
+//! Every command that changes replicas turns `auto_failover` off while it works (the
+//! nameserver refuses hand-made ops otherwise, and would be repairing the same
+//! partitions at the same time) and puts back the setting it found, also when it fails.
+
+pub mod balance;
+pub mod leaders;
+pub mod recoverdata;
+pub mod status;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use tessera_ns_client::nameserver::NameserverConnection;
+use tessera_proto::nameserver::{
+    ConfGetRequest, ConfSetRequest, OpInfo, ShowDbRequest, ShowOpStatusRequest, ShowSchemaRequest,
+    ShowTableRequest, ShowTabletRequest, TableInfo,
+};
+use tessera_proto::tablet::tablet_client::TabletClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// Errors of `tessera-ops`.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("cannot connect to the cluster: {0}")]
+    Connect(String),
+    #[error("the nameserver refused: {0}")]
+    Nameserver(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("timed out after {after:?} waiting for {what}")]
+    Timeout { what: String, after: Duration },
+    #[error("ZooKeeper: {0}")]
+    Zk(#[from] zookeeper_client::Error),
+}
+
+pub type Result<T> = std::result::Result<T, OpsError>;
+
+fn refused(status: tonic::Status) -> OpsError {
+    OpsError::Nameserver(status.message().to_string())
+}
+
+/// A connection to the cluster and how long to wait for ops.
+pub struct Ops {
+    ns: NameserverConnection,
+    pub zk_cluster: String,
+    pub zk_root_path: String,
+    /// How long a command waits for the ops it started.
+    pub timeout: Duration,
+}
+
+/// Every unfinished status of an op.
+pub fn is_finished(op: &OpInfo) -> bool {
+    matches!(op.status.as_str(), "kDone" | "kFailed" | "kCanceled")
+}
+
+impl Ops {
+    pub async fn connect(zk_cluster: &str, zk_root_path: &str, timeout: Duration) -> Result<Ops> {
+        let ns = NameserverConnection::connect(zk_cluster, zk_root_path)
+            .await
+            .map_err(|e| OpsError::Connect(e.to_string()))?;
+        Ok(Ops {
+            ns,
+            zk_cluster: zk_cluster.to_string(),
+            zk_root_path: zk_root_path.trim_end_matches('/').to_string(),
+            timeout,
+        })
+    }
+
+    pub fn nameserver(&mut self) -> &mut NameserverConnection {
+        &mut self.ns
+    }
+
+    pub async fn auto_failover(&mut self) -> Result<bool> {
+        let entries = self
+            .ns
+            .call(|mut c| async move {
+                c.conf_get(ConfGetRequest {
+                    key: "auto_failover".into(),
+                })
+                .await
+            })
+            .await
+            .map_err(refused)?
+            .into_inner()
+            .entries;
+        Ok(entries
+            .iter()
+            .any(|e| e.key == "auto_failover" && e.value == "true"))
+    }
+
+    pub async fn set_auto_failover(&mut self, on: bool) -> Result<()> {
+        self.ns
+            .call(|mut c| async move {
+                c.conf_set(ConfSetRequest {
+                    key: "auto_failover".into(),
+                    value: on.to_string(),
+                })
+                .await
+            })
+            .await
+            .map_err(refused)?;
+        Ok(())
+    }
+
+    /// Turns auto_failover off and returns what it was, for [`Ops::restore_auto_failover`].
+    pub async fn pause_auto_failover(&mut self) -> Result<bool> {
+        let found = self.auto_failover().await?;
+        if found {
+            self.set_auto_failover(false).await?;
+            println!("auto_failover was on: off while this command works");
+        }
+        Ok(found)
+    }
+
+    /// Puts auto_failover back; reports (and does not hide the command's result) when it
+    /// cannot.
+    pub async fn restore_auto_failover(&mut self, found: bool) {
+        if !found {
+            return;
+        }
+        match self.set_auto_failover(true).await {
+            Ok(()) => println!("auto_failover is on again"),
+            Err(e) => eprintln!(
+                "could not turn auto_failover back on ({e}); run `confset auto_failover true` in ns_client"
+            ),
+        }
+    }
+
+    /// Every table of every database, with its partitions' metadata.
+    pub async fn tables(&mut self) -> Result<Vec<TableInfo>> {
+        let dbs = self
+            .ns
+            .call(|mut c| async move { c.show_db(ShowDbRequest {}).await })
+            .await
+            .map_err(refused)?
+            .into_inner()
+            .dbs;
+        let mut tables = Vec::new();
+        for db in dbs {
+            let rows = self
+                .ns
+                .call(|mut c| {
+                    let db = db.clone();
+                    async move {
+                        c.show_table(ShowTableRequest {
+                            db,
+                            name: String::new(),
+                        })
+                        .await
+                    }
+                })
+                .await
+                .map_err(refused)?
+                .into_inner()
+                .rows;
+            let names: std::collections::BTreeSet<String> =
+                rows.into_iter().map(|r| r.name).collect();
+            for name in names {
+                let db = db.clone();
+                let table = self
+                    .ns
+                    .call(|mut c| {
+                        let (db, name) = (db.clone(), name.clone());
+                        async move { c.show_schema(ShowSchemaRequest { db, name }).await }
+                    })
+                    .await
+                    .map_err(refused)?
+                    .into_inner()
+                    .table;
+                tables.extend(table);
+            }
+        }
+        Ok(tables)
+    }
+
+    /// Endpoints of the healthy tablets.
+    pub async fn healthy_tablets(&mut self) -> Result<Vec<String>> {
+        let tablets = self
+            .ns
+            .call(|mut c| async move { c.show_tablet(ShowTabletRequest {}).await })
+            .await
+            .map_err(refused)?
+            .into_inner()
+            .tablets;
+        Ok(tablets
+            .into_iter()
+            .filter(|t| t.state == "kTabletHealthy")
+            .map(|t| t.endpoint)
+            .collect())
+    }
+
+    pub async fn ops(&mut self) -> Result<Vec<OpInfo>> {
+        Ok(self
+            .ns
+            .call(|mut c| async move { c.show_op_status(ShowOpStatusRequest::default()).await })
+            .await
+            .map_err(refused)?
+            .into_inner()
+            .ops)
+    }
+
+    /// Calls the nameserver leader with a request that starts ops; returns them.
+    pub async fn start<F, Fut>(&mut self, call: F) -> Result<Vec<OpInfo>>
+    where
+        F: Fn(tessera_proto::nameserver::nameserver_client::NameserverClient<Channel>) -> Fut,
+        Fut: std::future::Future<
+            Output = std::result::Result<
+                tonic::Response<tessera_proto::nameserver::OpsResponse>,
+                tonic::Status,
+            >,
+        >,
+    {
+        Ok(self.ns.call(call).await.map_err(refused)?.into_inner().ops)
+    }
+
+    /// Waits for the ops to finish, printing progress; returns them as they ended.
+    pub async fn wait_ops(&mut self, started: &[OpInfo], what: &str) -> Result<Vec<OpInfo>> {
+        if started.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: HashSet<u64> = started.iter().map(|op| op.op_id).collect();
+        let deadline = Instant::now() + self.timeout;
+        let mut reported = None;
+        loop {
+            let ours: Vec<OpInfo> = self
+                .ops()
+                .await?
+                .into_iter()
+                .filter(|op| ids.contains(&op.op_id))
+                .collect();
+            let finished = ours.iter().filter(|op| is_finished(op)).count();
+            let failed = ours
+                .iter()
+                .filter(|op| op.status != "kDone" && is_finished(op))
+                .count();
+            if reported != Some((finished, failed)) {
+                println!(
+                    "  {what}: {finished}/{} ops finished{}",
+                    ids.len(),
+                    if failed > 0 {
+                        format!(", {failed} failed")
+                    } else {
+                        String::new()
+                    }
+                );
+                reported = Some((finished, failed));
+            }
+            // An op that disappeared was deleted by someone: it is finished for us.
+            if finished + (ids.len() - ours.len()) == ids.len() {
+                return Ok(ours);
+            }
+            if Instant::now() >= deadline {
+                let waiting: Vec<String> = ours
+                    .iter()
+                    .filter(|op| !is_finished(op))
+                    .map(|op| format!("{} ({} {} pid {})", op.op_id, op.op_type, op.name, op.pid))
+                    .collect();
+                return Err(OpsError::Timeout {
+                    what: format!("{what}: ops {} still running", waiting.join(", ")),
+                    after: self.timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+/// A tablet's client, or why it cannot be reached (quickly: an operator waits).
+pub async fn tablet(endpoint: &str) -> std::result::Result<TabletClient<Channel>, String> {
+    let channel = Endpoint::from_shared(format!("http://{endpoint}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .map_err(|e| format!("unreachable ({e})"))?;
+    Ok(TabletClient::new(channel))
+}
+
+/// The replicas of each partition, per endpoint: how many each tablet holds and leads.
+pub fn load_by_endpoint(tables: &[TableInfo]) -> BTreeMap<String, (usize, usize)> {
+    let mut load: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for table in tables {
+        for partition in &table.partitions {
+            for replica in &partition.replicas {
+                let entry = load.entry(replica.endpoint.clone()).or_default();
+                entry.0 += 1;
+                if replica.is_leader {
+                    entry.1 += 1;
+                }
+            }
+        }
+    }
+    load
+}
+
+/// `(db, table, pid)` of a failed or unfinished op, for summaries.
+pub fn op_label(op: &OpInfo) -> String {
+    format!("{}.{} pid {}", op.db, op.name, op.pid)
+}

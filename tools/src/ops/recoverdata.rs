@@ -1,0 +1,644 @@
+//! `recoverdata`: brings every table back after the whole cluster went down together.
+//!
+//! For every partition each replica's tablet is asked for its last (term, offset) — from
+//! memory if the replica is loaded, from its manifest and binlog if not. The replica with
+//! the largest pair becomes leader (through a ChangeLeader op naming it, so the
+//! nameserver fences the others and checks that enough of them answered), and the others
+//! rejoin it through RecoverTable ops, which cut divergent records or send a snapshot.
+//! A partition whose leader is already the most advanced replica and whose followers
+//! follow it is left alone, so a second run changes nothing.
+
+use std::collections::BTreeMap;
+
+use comfy_table::{presets, Table};
+use tessera_proto::nameserver::{
+    ChangeLeaderRequest, OpInfo, RecoverTableRequest, TableInfo, UpdateTableAliveRequest,
+};
+use tessera_proto::tablet::{
+    GetTableStatusRequest, GetTermPairRequest, LoadTableRequest, ReplicationMode, TableRole,
+    TableState, TableStatus,
+};
+
+use super::{op_label, tablet, Ops, OpsError, Result};
+
+/// What one replica's tablet said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSurvey {
+    pub endpoint: String,
+    pub is_leader: bool,
+    pub is_alive: bool,
+    /// (last term, last offset, loaded), or why it is unknown.
+    pub log: std::result::Result<(u64, u64, bool), String>,
+    /// Role, state and followers of a loaded replica.
+    pub role: Option<TableRole>,
+    pub state: Option<TableState>,
+    pub followers: Vec<String>,
+    pub leader: String,
+}
+
+impl ReplicaSurvey {
+    fn pair(&self) -> Option<(u64, u64)> {
+        self.log.as_ref().ok().map(|(t, o, _)| (*t, *o))
+    }
+
+    fn loaded_normal(&self) -> bool {
+        self.state == Some(TableState::Normal) && self.log.as_ref().is_ok_and(|l| l.2)
+    }
+}
+
+/// What to do about a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// The most advanced replica leads and every other replica follows it.
+    Healthy,
+    /// The leader stays; these replicas rejoin it.
+    RecoverFollowers {
+        leader: String,
+        rejoin: Vec<String>,
+    },
+    /// `leader` (the largest term and offset) leads; `rejoin` follow it.
+    NewLeader {
+        leader: String,
+        term: u64,
+        offset: u64,
+        rejoin: Vec<String>,
+    },
+    Impossible(String),
+}
+
+/// Replicas needed to answer before a quorum partition may pick a leader: enough to meet
+/// every majority, so the chosen one holds every acknowledged write.
+fn needed(replica_num: usize, mode: ReplicationMode) -> usize {
+    if mode == ReplicationMode::Async {
+        return 1;
+    }
+    (replica_num + 1).saturating_sub(replica_num / 2 + 1).max(1)
+}
+
+/// Decides what to do from the survey of one partition's replicas.
+pub fn plan(replicas: &[ReplicaSurvey], mode: ReplicationMode, force: bool) -> Plan {
+    let answered: Vec<&ReplicaSurvey> = replicas.iter().filter(|r| r.log.is_ok()).collect();
+    let Some(best) = answered.iter().filter_map(|r| r.pair()).max() else {
+        let reasons: Vec<String> = replicas
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}: {}",
+                    r.endpoint,
+                    r.log.as_ref().err().cloned().unwrap_or_default()
+                )
+            })
+            .collect();
+        return Plan::Impossible(format!("no replica answered ({})", reasons.join("; ")));
+    };
+    let most_advanced = |r: &ReplicaSurvey| r.pair() == Some(best);
+    let leader = replicas.iter().find(|r| r.is_leader);
+    let followers_of = |leader: &ReplicaSurvey| -> Vec<String> {
+        replicas
+            .iter()
+            .filter(|r| r.endpoint != leader.endpoint)
+            .filter(|r| {
+                !(r.is_alive
+                    && r.loaded_normal()
+                    && r.role == Some(TableRole::Follower)
+                    && r.leader == leader.endpoint
+                    && leader.followers.contains(&r.endpoint))
+            })
+            .filter(|r| r.log.is_ok())
+            .map(|r| r.endpoint.clone())
+            .collect()
+    };
+    // The recorded leader still leads and is the most advanced: only followers may need work.
+    if let Some(leader) = leader.filter(|l| {
+        l.is_alive && l.loaded_normal() && l.role == Some(TableRole::Leader) && most_advanced(l)
+    }) {
+        let rejoin = followers_of(leader);
+        // Unreachable replicas are left for a later run (or auto_failover) to bring back.
+        return if rejoin.is_empty() {
+            Plan::Healthy
+        } else {
+            Plan::RecoverFollowers {
+                leader: leader.endpoint.clone(),
+                rejoin,
+            }
+        };
+    }
+    let need = needed(replicas.len(), mode);
+    if answered.len() < need && !force {
+        return Plan::Impossible(format!(
+            "only {} of {} replicas answered; {need} are needed to be sure no acknowledged \
+             write is lost (start the missing tablets, or --force to promote anyway)",
+            answered.len(),
+            replicas.len()
+        ));
+    }
+    // Among the most advanced: the recorded leader, then a loaded replica, then by name.
+    let chosen = answered
+        .iter()
+        .filter(|r| most_advanced(r))
+        .min_by_key(|r| (!r.is_leader, !r.loaded_normal(), r.endpoint.clone()))
+        .expect("the best pair belongs to an answered replica");
+    Plan::NewLeader {
+        leader: chosen.endpoint.clone(),
+        term: best.0,
+        offset: best.1,
+        rejoin: answered
+            .iter()
+            .filter(|r| r.endpoint != chosen.endpoint)
+            .map(|r| r.endpoint.clone())
+            .collect(),
+    }
+}
+
+/// Asks every replica of a partition for its log and state.
+async fn survey(table: &TableInfo, pid: u32) -> Vec<ReplicaSurvey> {
+    let Some(partition) = table.partitions.iter().find(|p| p.pid == pid) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for replica in &partition.replicas {
+        let mut survey = ReplicaSurvey {
+            endpoint: replica.endpoint.clone(),
+            is_leader: replica.is_leader,
+            is_alive: replica.is_alive,
+            log: Err(String::new()),
+            role: None,
+            state: None,
+            followers: Vec::new(),
+            leader: String::new(),
+        };
+        match tablet(&replica.endpoint).await {
+            Err(e) => survey.log = Err(e),
+            Ok(mut client) => {
+                let (tid, pid) = (table.tid, pid);
+                survey.log = client
+                    .get_term_pair(GetTermPairRequest { tid, pid })
+                    .await
+                    .map(|r| {
+                        let r = r.into_inner();
+                        (r.last_term, r.last_offset, r.loaded)
+                    })
+                    .map_err(|s| s.message().to_string());
+                let status: Option<TableStatus> = client
+                    .get_table_status(GetTableStatusRequest {
+                        tid: Some(tid),
+                        pid: Some(pid),
+                    })
+                    .await
+                    .ok()
+                    .and_then(|r| r.into_inner().tables.into_iter().next());
+                if let Some(status) = status {
+                    survey.role = Some(status.role());
+                    survey.state = Some(status.state());
+                    survey.followers = status.followers;
+                    survey.leader = status.leader;
+                }
+            }
+        }
+        out.push(survey);
+    }
+    out
+}
+
+/// How one partition ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Healthy,
+    Recovered,
+    Failed(String),
+}
+
+/// The outcome of every partition, per table (`db.name`).
+#[derive(Debug, Default)]
+pub struct Report {
+    pub tables: BTreeMap<String, BTreeMap<u32, Outcome>>,
+}
+
+impl Report {
+    pub fn all_ok(&self) -> bool {
+        self.tables
+            .values()
+            .flat_map(|p| p.values())
+            .all(|o| !matches!(o, Outcome::Failed(_)))
+    }
+
+    /// One line per table: partitions healthy, recovered, failed with the reasons.
+    pub fn summary(&self) -> String {
+        let mut out = Table::new();
+        out.load_style(presets::ASCII_FULL_CONDENSED)
+            .set_header(vec![
+                "table",
+                "partitions",
+                "healthy",
+                "recovered",
+                "failed",
+                "status",
+            ]);
+        for (table, partitions) in &self.tables {
+            let count = |f: fn(&Outcome) -> bool| partitions.values().filter(|o| f(o)).count();
+            let failures: Vec<String> = partitions
+                .iter()
+                .filter_map(|(pid, o)| match o {
+                    Outcome::Failed(reason) => Some(format!("pid {pid}: {reason}")),
+                    _ => None,
+                })
+                .collect();
+            let recovered = count(|o| *o == Outcome::Recovered);
+            let status = if !failures.is_empty() {
+                failures.join("\n")
+            } else if recovered > 0 {
+                "recovered".into()
+            } else {
+                "healthy".into()
+            };
+            out.add_row(vec![
+                table.clone(),
+                partitions.len().to_string(),
+                count(|o| *o == Outcome::Healthy).to_string(),
+                recovered.to_string(),
+                failures.len().to_string(),
+                status,
+            ]);
+        }
+        out.to_string()
+    }
+
+    fn set(&mut self, table: &TableInfo, pid: u32, outcome: Outcome) {
+        self.tables
+            .entry(format!("{}.{}", table.db, table.name))
+            .or_default()
+            .insert(pid, outcome);
+    }
+}
+
+/// Runs recoverdata: turns auto_failover off, recovers, and restores the setting it found.
+pub async fn recoverdata(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
+    if dry_run {
+        return recover(ops, true, force).await;
+    }
+    let found = ops.pause_auto_failover().await?;
+    let result = recover(ops, false, force).await;
+    ops.restore_auto_failover(found).await;
+    result
+}
+
+/// Lets the ops already under way end, cancelling those that do not in time: they were
+/// planned before the whole picture was known.
+async fn settle(ops: &mut Ops) -> Result<()> {
+    let unfinished: Vec<OpInfo> = ops
+        .ops()
+        .await?
+        .into_iter()
+        .filter(|op| !super::is_finished(op))
+        .collect();
+    if unfinished.is_empty() {
+        return Ok(());
+    }
+    println!("waiting for {} ops already under way", unfinished.len());
+    let saved = ops.timeout;
+    ops.timeout = saved.min(std::time::Duration::from_secs(30));
+    let waited = ops.wait_ops(&unfinished, "ops under way").await;
+    ops.timeout = saved;
+    if waited.is_err() {
+        for op in ops
+            .ops()
+            .await?
+            .into_iter()
+            .filter(|op| !super::is_finished(op))
+        {
+            println!(
+                "cancelling op {} ({} {})",
+                op.op_id,
+                op.op_type,
+                op_label(&op)
+            );
+            let id = op.op_id;
+            let _ = ops
+                .start(|mut c| async move {
+                    c.cancel_op(tessera_proto::nameserver::OpIdRequest { op_id: id })
+                        .await
+                })
+                .await;
+        }
+    }
+    Ok(())
+}
+
+async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
+    if !dry_run {
+        settle(ops).await?;
+    }
+    let tables = ops.tables().await?;
+    let mut report = Report::default();
+    let mut plans = Vec::new();
+    println!(
+        "surveying {} tables, {} partitions",
+        tables.len(),
+        tables.iter().map(|t| t.partitions.len()).sum::<usize>()
+    );
+    for table in &tables {
+        for partition in &table.partitions {
+            let replicas = survey(table, partition.pid).await;
+            let plan = plan(&replicas, table.mode(), force);
+            let label = format!("{}.{} pid {}", table.db, table.name, partition.pid);
+            let logs: Vec<String> = replicas
+                .iter()
+                .map(|r| match &r.log {
+                    Ok((t, o, loaded)) => format!(
+                        "{} term {t} offset {o}{}",
+                        r.endpoint,
+                        if *loaded { "" } else { " (not loaded)" }
+                    ),
+                    Err(e) => format!("{} unknown: {e}", r.endpoint),
+                })
+                .collect();
+            match &plan {
+                Plan::Healthy => {
+                    println!("{label}: healthy");
+                    report.set(table, partition.pid, Outcome::Healthy);
+                }
+                Plan::RecoverFollowers { leader, rejoin } => println!(
+                    "{label}: {leader} keeps leading; recover {} [{}]",
+                    rejoin.join(", "),
+                    logs.join("; ")
+                ),
+                Plan::NewLeader {
+                    leader,
+                    term,
+                    offset,
+                    rejoin,
+                } => println!(
+                    "{label}: load {leader} as leader (term {term}, offset {offset}); recover {} [{}]",
+                    if rejoin.is_empty() { "nothing".into() } else { rejoin.join(", ") },
+                    logs.join("; ")
+                ),
+                Plan::Impossible(reason) => {
+                    println!("{label}: cannot recover: {reason}");
+                    report.set(table, partition.pid, Outcome::Failed(reason.clone()));
+                }
+            }
+            plans.push((table.clone(), partition.pid, replicas, plan));
+        }
+    }
+    if dry_run {
+        println!("dry run: nothing changed");
+        return Ok(report);
+    }
+
+    // Leaders first, every partition at once; then the followers rejoin them.
+    let mut leader_ops = Vec::new();
+    let mut rejoining = Vec::new();
+    for (table, pid, replicas, plan) in plans {
+        match plan {
+            Plan::NewLeader { leader, rejoin, .. } => {
+                match start_new_leader(ops, &table, pid, &replicas, &leader, force).await {
+                    Ok(op) => {
+                        leader_ops.push(op);
+                        rejoining.push((table, pid, rejoin));
+                    }
+                    Err(e) => report.set(&table, pid, Outcome::Failed(e.to_string())),
+                }
+            }
+            Plan::RecoverFollowers { rejoin, .. } => rejoining.push((table, pid, rejoin)),
+            Plan::Healthy | Plan::Impossible(_) => {}
+        }
+    }
+    let ended = ops.wait_ops(&leader_ops, "leaders").await?;
+    for op in ended.iter().filter(|op| op.status != "kDone") {
+        if let Some(table) = tables.iter().find(|t| t.db == op.db && t.name == op.name) {
+            report.set(
+                table,
+                op.pid,
+                Outcome::Failed(format!("ChangeLeader {}: {}", op.status, op.reason)),
+            );
+        }
+        rejoining.retain(|(t, pid, _)| !(t.db == op.db && t.name == op.name && *pid == op.pid));
+    }
+
+    let mut recover_ops = Vec::new();
+    for (table, pid, rejoin) in &rejoining {
+        let mut failed = None;
+        for endpoint in rejoin {
+            load_if_needed(table, *pid, endpoint).await;
+            let request = RecoverTableRequest {
+                db: table.db.clone(),
+                name: table.name.clone(),
+                pid: *pid,
+                endpoint: endpoint.clone(),
+            };
+            match ops
+                .start(|mut c| {
+                    let r = request.clone();
+                    async move { c.recover_table(r).await }
+                })
+                .await
+            {
+                Ok(started) => recover_ops.extend(started),
+                Err(e) => failed = Some(format!("recovering {endpoint}: {e}")),
+            }
+        }
+        report.set(
+            table,
+            *pid,
+            failed.map_or(Outcome::Recovered, Outcome::Failed),
+        );
+    }
+    let ended = ops.wait_ops(&recover_ops, "replicas").await?;
+    for op in ended.iter().filter(|op| op.status != "kDone") {
+        if let Some(table) = tables.iter().find(|t| t.db == op.db && t.name == op.name) {
+            report.set(
+                table,
+                op.pid,
+                Outcome::Failed(format!(
+                    "replica on {} did not rejoin ({}: {})",
+                    op.endpoint, op.status, op.reason
+                )),
+            );
+        }
+    }
+    Ok(report)
+}
+
+/// Makes sure a replica is loaded; a replica that cannot load is left to its op to report.
+async fn load_if_needed(table: &TableInfo, pid: u32, endpoint: &str) -> Option<String> {
+    let mut client = tablet(endpoint).await.ok()?;
+    let loaded = client
+        .get_term_pair(GetTermPairRequest {
+            tid: table.tid,
+            pid,
+        })
+        .await
+        .ok()?
+        .into_inner()
+        .loaded;
+    if loaded {
+        return None;
+    }
+    client
+        .load_table(LoadTableRequest {
+            tid: table.tid,
+            pid,
+            ..Default::default()
+        })
+        .await
+        .err()
+        .map(|s| s.message().to_string())
+}
+
+/// Loads the chosen replica if needed, marks it the only alive replica in the metadata
+/// (the others rejoin through RecoverTable), and starts a ChangeLeader naming it.
+async fn start_new_leader(
+    ops: &mut Ops,
+    table: &TableInfo,
+    pid: u32,
+    replicas: &[ReplicaSurvey],
+    leader: &str,
+    force: bool,
+) -> Result<OpInfo> {
+    if let Some(reason) = load_if_needed(table, pid, leader).await {
+        return Err(OpsError::InvalidArgument(format!(
+            "the most advanced replica, on {leader}, does not load: {reason} (repair or drop it, then run again)"
+        )));
+    }
+    for replica in replicas {
+        let alive = replica.endpoint == leader;
+        if replica.is_alive == alive {
+            continue;
+        }
+        let request = UpdateTableAliveRequest {
+            db: table.db.clone(),
+            name: table.name.clone(),
+            pids: vec![pid],
+            endpoint: replica.endpoint.clone(),
+            alive,
+        };
+        ops.nameserver()
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.update_table_alive(r).await }
+            })
+            .await
+            .map_err(|s| OpsError::Nameserver(s.message().to_string()))?;
+    }
+    let request = ChangeLeaderRequest {
+        db: table.db.clone(),
+        name: table.name.clone(),
+        pid,
+        candidate: leader.to_string(),
+        force,
+    };
+    ops.start(|mut c| {
+        let r = request.clone();
+        async move { c.change_leader(r).await }
+    })
+    .await?
+    .into_iter()
+    .next()
+    .ok_or_else(|| OpsError::Nameserver("changeleader started no op".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(endpoint: &str, leader: bool, term: u64, offset: u64) -> ReplicaSurvey {
+        ReplicaSurvey {
+            endpoint: endpoint.into(),
+            is_leader: leader,
+            is_alive: true,
+            log: Ok((term, offset, true)),
+            role: Some(TableRole::Follower),
+            state: Some(TableState::Normal),
+            followers: Vec::new(),
+            leader: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_most_advanced_replica_leads_even_if_it_was_a_follower() {
+        let replicas = [
+            replica("a", true, 2, 100),
+            replica("b", false, 2, 101),
+            replica("c", false, 1, 500),
+        ];
+        assert_eq!(
+            plan(&replicas, ReplicationMode::Quorum, false),
+            Plan::NewLeader {
+                leader: "b".into(),
+                term: 2,
+                offset: 101,
+                rejoin: vec!["a".into(), "c".into()],
+            }
+        );
+    }
+
+    #[test]
+    fn ties_go_to_the_recorded_leader() {
+        let replicas = [
+            replica("a", false, 3, 10),
+            replica("b", true, 3, 10),
+            replica("c", false, 3, 10),
+        ];
+        let Plan::NewLeader { leader, .. } = plan(&replicas, ReplicationMode::Quorum, false) else {
+            panic!("a new leader")
+        };
+        assert_eq!(leader, "b");
+    }
+
+    #[test]
+    fn a_quorum_partition_needs_enough_answers() {
+        let mut replicas = [
+            replica("a", true, 3, 10),
+            replica("b", false, 3, 10),
+            replica("c", false, 3, 10),
+        ];
+        replicas[1].log = Err("unreachable".into());
+        replicas[2].log = Err("unreachable".into());
+        assert!(matches!(
+            plan(&replicas, ReplicationMode::Quorum, false),
+            Plan::Impossible(reason) if reason.contains("only 1 of 3")
+        ));
+        assert!(matches!(
+            plan(&replicas, ReplicationMode::Quorum, true),
+            Plan::NewLeader { .. }
+        ));
+        assert!(matches!(
+            plan(&replicas, ReplicationMode::Async, false),
+            Plan::NewLeader { .. }
+        ));
+        for r in &mut replicas {
+            r.log = Err("unreachable".into());
+        }
+        assert!(matches!(
+            plan(&replicas, ReplicationMode::Quorum, true),
+            Plan::Impossible(reason) if reason.contains("no replica answered")
+        ));
+    }
+
+    #[test]
+    fn a_partition_in_order_is_healthy_and_a_stray_follower_rejoins() {
+        let mut leader = replica("a", true, 3, 10);
+        leader.role = Some(TableRole::Leader);
+        leader.followers = vec!["b".into(), "c".into()];
+        let mut replicas = [
+            leader,
+            replica("b", false, 3, 10),
+            replica("c", false, 3, 9),
+        ];
+        for r in &mut replicas[1..] {
+            r.leader = "a".into();
+        }
+        assert_eq!(
+            plan(&replicas, ReplicationMode::Quorum, false),
+            Plan::Healthy
+        );
+        replicas[2].is_alive = false;
+        assert_eq!(
+            plan(&replicas, ReplicationMode::Quorum, false),
+            Plan::RecoverFollowers {
+                leader: "a".into(),
+                rejoin: vec!["c".into()]
+            }
+        );
+    }
+}
