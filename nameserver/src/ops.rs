@@ -184,6 +184,9 @@ impl Nameserver {
                 _ = stop.changed() => return,
             }
             if !self.is_leader() {
+                // Restarts seen while standing by are not this nameserver's to repair
+                // later: by the time it leads, they may be long settled.
+                self.take_restarted();
                 continue;
             }
             if let Err(e) = self.clone().tick(&running, &permits).await {
@@ -194,7 +197,9 @@ impl Nameserver {
 
     async fn tick(self: Arc<Self>, running: &Running, permits: &Arc<Semaphore>) -> Result<()> {
         let mut ops = self.ops().await?;
+        let restarted = self.take_restarted();
         if self.registry_ready() && self.auto_failover().await? {
+            self.mark_restarted_replicas_dead(&restarted).await?;
             // Partitions with an op under way, or one that failed moments ago (so a
             // partition that cannot be repaired yet is not retried in a tight loop).
             let now = now_ms();
@@ -238,6 +243,34 @@ impl Nameserver {
                 ns.execute(op).await;
                 running.lock().remove(&key);
             });
+        }
+        Ok(())
+    }
+
+    /// A tablet that restarted before its session expired was never seen offline, yet
+    /// its replicas came back as followers of nobody. Marking them dead lets the planner
+    /// treat it like any failure: ChangeLeader where it led, RecoverTable for the rest.
+    async fn mark_restarted_replicas_dead(&self, restarted: &[String]) -> Result<()> {
+        for endpoint in restarted {
+            for table in self.tables().await? {
+                for partition in &table.partitions {
+                    if partition
+                        .replicas
+                        .iter()
+                        .any(|r| r.endpoint == *endpoint && r.is_alive)
+                    {
+                        let endpoint = endpoint.clone();
+                        self.update_partition(&table, partition.pid, move |p| {
+                            for replica in p.replicas.iter_mut().filter(|r| r.endpoint == endpoint)
+                            {
+                                replica.is_alive = false;
+                            }
+                        })
+                        .await?;
+                    }
+                }
+            }
+            info!(endpoint = %endpoint, "replicas of a restarted tablet marked dead for repair");
         }
         Ok(())
     }
@@ -327,6 +360,11 @@ impl Nameserver {
                     p.unavailable_reason.clear();
                     for replica in &mut p.replicas {
                         replica.is_leader = replica.endpoint == chosen;
+                        // It answered the fence and took the lead: alive, whatever the
+                        // metadata said before (a restarted tablet's replica).
+                        if replica.endpoint == chosen {
+                            replica.is_alive = true;
+                        }
                         if replica.endpoint == failed {
                             replica.is_alive = false;
                         }

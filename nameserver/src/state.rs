@@ -45,6 +45,9 @@ pub struct TabletEntry {
     pub healthy: bool,
     /// When it registered (healthy) or disappeared (offline).
     pub since: Instant,
+    /// The ZooKeeper session that owns its registration: a new one means the tablet
+    /// restarted, even if it did so before its old session expired.
+    pub session: i64,
 }
 
 pub struct Nameserver {
@@ -59,6 +62,9 @@ pub struct Nameserver {
     /// Whether `/nodes` has been read in the current session. Until then every tablet
     /// would look offline, so the failover planner waits.
     registry_ready: std::sync::atomic::AtomicBool,
+    /// Tablets seen registering again under a new session since the op pipeline last
+    /// looked: their replicas restarted as followers, whatever the metadata says.
+    restarted: parking_lot::Mutex<std::collections::BTreeSet<String>>,
     /// Serialises metadata changes.
     admin: tokio::sync::Mutex<()>,
     /// Every op task fails its op after this long.
@@ -84,6 +90,7 @@ impl Nameserver {
             leader: RwLock::new(None),
             tablets: RwLock::new(BTreeMap::new()),
             registry_ready: std::sync::atomic::AtomicBool::new(false),
+            restarted: Default::default(),
             admin: tokio::sync::Mutex::new(()),
         })
     }
@@ -189,7 +196,15 @@ impl Nameserver {
         loop {
             match client.list_and_watch_children(&nodes).await {
                 Ok((children, watcher)) => {
-                    self.update_tablets(&children);
+                    let mut present = Vec::with_capacity(children.len());
+                    for child in children {
+                        // A node gone meanwhile is left for the next round.
+                        if let Ok(Some(stat)) = client.check_stat(&format!("{nodes}/{child}")).await
+                        {
+                            present.push((child, stat.ephemeral_owner));
+                        }
+                    }
+                    self.update_tablets(&present);
                     self.registry_ready
                         .store(true, std::sync::atomic::Ordering::Release);
                     watcher.changed().await;
@@ -203,31 +218,42 @@ impl Nameserver {
         }
     }
 
-    fn update_tablets(&self, present: &[String]) {
+    /// Takes the registered tablets with the session owning each registration.
+    fn update_tablets(&self, present: &[(String, i64)]) {
         let now = Instant::now();
         let mut tablets = self.tablets.write();
-        for endpoint in present {
+        for (endpoint, session) in present {
             let entry = tablets.entry(endpoint.clone()).or_insert(TabletEntry {
                 healthy: false,
                 since: now,
+                session: *session,
             });
+            if entry.healthy && entry.session != *session {
+                warn!(endpoint = %endpoint, "tablet restarted (registered under a new session)");
+                self.restarted.lock().insert(endpoint.clone());
+                entry.since = now;
+            }
             if !entry.healthy {
                 info!(endpoint = %endpoint, "tablet healthy");
-                *entry = TabletEntry {
-                    healthy: true,
-                    since: now,
-                };
+                entry.healthy = true;
+                entry.since = now;
             }
+            entry.session = *session;
         }
         for (endpoint, entry) in tablets.iter_mut() {
-            if entry.healthy && !present.contains(endpoint) {
+            if entry.healthy && !present.iter().any(|(e, _)| e == endpoint) {
                 warn!(endpoint = %endpoint, "tablet offline");
-                *entry = TabletEntry {
-                    healthy: false,
-                    since: now,
-                };
+                entry.healthy = false;
+                entry.since = now;
             }
         }
+    }
+
+    /// The tablets that restarted since the last call.
+    pub(crate) fn take_restarted(&self) -> Vec<String> {
+        std::mem::take(&mut *self.restarted.lock())
+            .into_iter()
+            .collect()
     }
 
     pub fn tablets(&self) -> Vec<TabletInfo> {

@@ -381,3 +381,78 @@ async fn a_new_nameserver_leader_resumes_an_unfinished_op() {
         "the standby finished op {op_id} itself"
     );
 }
+
+/// A supervising daemon restarts a crashed tablet within a second or two, before its
+/// ZooKeeper session expires: the nameserver never sees it offline, yet its replicas came
+/// back as followers of nobody. The new registration session gives the restart away, and
+/// the partitions it led get a leader again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tablet_restarted_before_its_session_expired_is_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = NsCluster::start(
+        dir.path(),
+        NsClusterSpec {
+            tablets: 3,
+            // Long sessions: the restart below is over well before one expires.
+            tablet_session_ms: Some(15_000),
+            tablet_args: &["--quorum_timeout=3000"],
+            nameserver_session_ms: 2000,
+            nameserver_args: &[],
+        },
+    )
+    .await;
+    let table = cluster.create_table("t1", PARTITIONS, 3).await;
+    let mut ns = cluster.ns().await;
+    let before = leaders(&rows(&mut ns).await);
+    let victim = before[&0].clone();
+    let index = cluster.tablet_index(&victim);
+    cluster.tablets[index].kill9();
+    cluster.tablets[index].restart().await;
+
+    // Every partition ends with an alive leader that really leads, and all replicas alive.
+    let what = "every partition led by a serving leader, every replica alive";
+    wait_until_async(WAIT, what, || {
+        let mut ns = ns.clone();
+        async move {
+            let rows = rows(&mut ns).await;
+            if rows.len() != 3 * PARTITIONS as usize || !rows.iter().all(|r| r.is_alive) {
+                return false;
+            }
+            let leaders = leaders(&rows);
+            for (pid, leader) in &leaders {
+                let Ok(mut client) = TabletClient::connect(format!("http://{leader}")).await else {
+                    return false;
+                };
+                let role = client
+                    .get_table_status(tessera_proto::tablet::GetTableStatusRequest {
+                        tid: Some(table.tid),
+                        pid: Some(*pid),
+                    })
+                    .await
+                    .ok()
+                    .and_then(|r| r.into_inner().tables.into_iter().next())
+                    .map(|s| s.role());
+                if role != Some(tessera_proto::tablet::TableRole::Leader) {
+                    return false;
+                }
+            }
+            leaders.len() == PARTITIONS as usize
+        }
+    })
+    .await;
+    let log = cluster.nameserver.log();
+    assert!(
+        log.contains("tablet restarted (registered under a new session)"),
+        "{log}"
+    );
+
+    // And partition 0 takes writes again.
+    let leader = leaders(&rows(&mut ns).await)[&0].clone();
+    let mut client = TabletClient::connect(format!("http://{leader}"))
+        .await
+        .unwrap();
+    client
+        .put(workload::put_request(table.tid, 0, 0, 1))
+        .await
+        .expect("a write to the repaired partition");
+}
