@@ -55,13 +55,22 @@ impl NameserverConnection {
         Ok(String::from_utf8_lossy(&data).into_owned())
     }
 
-    async fn client(&mut self, fresh: bool) -> Result<NameserverClient<Channel>, ClientError> {
+    /// The cached client, or one for `hint` (where a standby said the leader is), or for
+    /// the endpoint ZooKeeper names.
+    async fn client(
+        &mut self,
+        fresh: bool,
+        hint: Option<String>,
+    ) -> Result<NameserverClient<Channel>, ClientError> {
         if !fresh {
             if let Some((_, client)) = &self.client {
                 return Ok(client.clone());
             }
         }
-        let endpoint = self.leader_endpoint().await?;
+        let endpoint = match hint {
+            Some(endpoint) => endpoint,
+            None => self.leader_endpoint().await?,
+        };
         let client = NameserverClient::connect(format!("http://{endpoint}"))
             .await
             .map_err(|e| ClientError::Unavailable {
@@ -79,8 +88,11 @@ impl NameserverConnection {
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let mut last = tonic::Status::unavailable("no nameserver answered");
-        for attempt in 0..5 {
-            let client = match self.client(attempt > 0).await {
+        // Right after a restart the lowest election node may still be a dead session's,
+        // naming a process that is now a standby; the standby's answer names the leader.
+        let mut hint = None;
+        for attempt in 0..8 {
+            let client = match self.client(attempt > 0, hint.take()).await {
                 Ok(client) => client,
                 Err(e) => {
                     last = tonic::Status::unavailable(e.to_string());
@@ -92,7 +104,11 @@ impl NameserverConnection {
                 Ok(value) => return Ok(value),
                 Err(status) => {
                     let retry = match detail_of(&status) {
-                        Some(d) => d.code() == ErrorCode::NotLeader,
+                        Some(d) if d.code() == ErrorCode::NotLeader => {
+                            hint = (!d.leader.is_empty()).then_some(d.leader);
+                            true
+                        }
+                        Some(_) => false,
                         // No structured reason: the connection itself failed.
                         None => true,
                     };
@@ -100,7 +116,9 @@ impl NameserverConnection {
                         return Err(status);
                     }
                     last = status;
-                    tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+                    if hint.is_none() {
+                        tokio::time::sleep(Duration::from_millis(200 * (attempt + 1).min(5))).await;
+                    }
                 }
             }
         }
