@@ -1,67 +1,137 @@
 #!/usr/bin/env bash
-# A local Tessera to try things on: ZooKeeper, a nameserver and three tablets, all on
-# loopback. Data lives under $TESSERA_PLAYGROUND (default /tmp/tessera-playground);
-# Ctrl-C stops everything.
+# A local Tessera to try things on, every process under tessera-daemon on loopback:
+# ZooKeeper, two nameservers, three tablets (and two taskmanagers once they are built),
+# with a demo table of sample rows. Opens ns_client when it is up.
+#
+#   scripts/playground.sh          install ZooKeeper if missing, build, start, open ns_client
+#   scripts/playground.sh stop     stop every playground process
+#   scripts/playground.sh status   which processes run, and the cluster's view of them
+#
+# Everything lives under $TESSERA_PLAYGROUND (default: ./playground of this checkout):
+# conf/ (generated), run/ (pid files), run/logs/, and the data directories.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-dir=${TESSERA_PLAYGROUND:-/tmp/tessera-playground}
+dir=${TESSERA_PLAYGROUND:-$root/playground}
 zk_port=${ZK_PORT:-2181}
+zk=127.0.0.1:$zk_port
+bin=$root/target/release
+export TESSERA_CONF=$dir/conf
+
+write_conf() {
+  mkdir -p "$dir/conf"
+  cat >"$dir/conf/hosts" <<HOSTS
+[zookeeper]
+$zk $dir/zookeeper
+[nameserver]
+127.0.0.1:7527
+127.0.0.1:7528
+[tablet]
+127.0.0.1:9527 $dir/tablet-9527
+127.0.0.1:9528 $dir/tablet-9528
+127.0.0.1:9529 $dir/tablet-9529
+[taskmanager]
+127.0.0.1:9902
+127.0.0.1:9903
+HOSTS
+  cat >"$dir/conf/tessera.env" <<ENV
+ZK_ROOT_PATH=/tessera
+ZK_SESSION_TIMEOUT=5000
+TESSERA_BIN=$bin
+RUN_DIR=$dir/run
+ENV
+}
+
+ns_client() {
+  "$bin/ns_client" --zk_cluster="$zk" --zk_root_path=/tessera "$@"
+}
+
+status() {
+  [[ -f $dir/conf/hosts ]] || { echo "no playground under $dir"; exit 0; }
+  local pidfile name
+  for pidfile in "$dir"/run/*.pid; do
+    [[ -e $pidfile ]] || continue
+    name=$(basename "$pidfile" .pid)
+    [[ $name == *.child ]] && continue
+    if kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+      echo "  $name: running (daemon $(cat "$pidfile"), process $(cat "$dir/run/$name.child.pid" 2>/dev/null || echo '?'))"
+    else
+      echo "  $name: not running"
+    fi
+  done
+  if [[ -x $bin/ns_client ]]; then
+    ns_client --cmd=showns 2>/dev/null || echo "  the nameservers do not answer"
+    ns_client --cmd=showtablet 2>/dev/null || true
+  fi
+}
+
+# wait_for WHAT COMMAND…: until the command succeeds (60 s).
+wait_for() {
+  local what=$1
+  shift
+  for _ in $(seq 300); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "$what did not happen within 60 s; logs are in $dir/run/logs" >&2
+  exit 1
+}
+
+case "${1:-start}" in
+  stop)
+    [[ -f $dir/conf/hosts ]] || { echo "no playground under $dir"; exit 0; }
+    exec sbin/stop-all.sh
+    ;;
+  status)
+    status
+    exit 0
+    ;;
+  start) ;;
+  *)
+    echo "usage: $0 [start|stop|status]" >&2
+    exit 2
+    ;;
+esac
 
 scripts/zookeeper.sh install
-echo "Building..."
-cargo build --workspace --bins --quiet
-mkdir -p "$dir"
+echo "Building release binaries (the first build takes a few minutes)..."
+cargo build --release --bins --quiet
+write_conf
+sbin/start-all.sh
 
-pids=()
-stop() {
-  echo
-  echo "Stopping..."
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap stop EXIT INT TERM
-
-scripts/zookeeper.sh run "$dir/zookeeper" "$zk_port" >"$dir/zookeeper.log" 2>&1 &
-pids+=($!)
-for i in 0 1 2; do
-  endpoint=127.0.0.1:$((9527 + i))
-  "$root/target/debug/tessera-tablet" --endpoint="$endpoint" --db_root_path="$dir/tablet$i" \
-    --zk_cluster=127.0.0.1:$zk_port --zk_root_path=/tessera >"$dir/tablet$i.log" 2>&1 &
-  pids+=($!)
-done
-
-"$root/target/debug/tessera-nameserver" --endpoint=127.0.0.1:7527 \
-  --zk_cluster=127.0.0.1:$zk_port --zk_root_path=/tessera >"$dir/nameserver.log" 2>&1 &
-pids+=($!)
-
-for i in 0 1 2; do
-  for _ in $(seq 200); do
-    grep -q "registered in ZooKeeper" "$dir/tablet$i.log" 2>/dev/null && break
-    sleep 0.1
+wait_for "a nameserver leading" ns_client --cmd=showns
+wait_for "three healthy tablets" bash -c \
+  "'$bin/ns_client' --zk_cluster=$zk --zk_root_path=/tessera --cmd=showtablet | grep -c kTabletHealthy | grep -qx 3"
+if ns_client --cmd=showtable 2>/dev/null | grep -q demo; then
+  # A restart of the whole playground is a whole-cluster restart: recoverdata puts the
+  # most advanced replica of every partition back in the lead (and changes nothing when
+  # all is well).
+  echo "Existing tables found: running recoverdata"
+  "$bin/tessera-ops" --zk_cluster="$zk" --zk_root_path=/tessera --cmd=recoverdata | tail -n 6
+else
+  ns_client --cmd="create table demo (user string not null, ts timestamp, amount double, city string, \
+index(key=user, ts=ts)) options (partitionnum=4, replicanum=3);"
+  i=0
+  for row in "alice 1700000000000 12.5 paris" "alice 1700000060000 7.25 paris" \
+    "bob 1700000000000 99.0 lyon" "carol 1700000120000 3.5 nice" "dave 1700000180000 42.0 lille"; do
+    ns_client --cmd="put demo $row" >/dev/null
+    i=$((i + 1))
   done
-  grep -q "registered in ZooKeeper" "$dir/tablet$i.log" || {
-    echo "tablet $i did not come up:"; tail -20 "$dir/tablet$i.log"; exit 1; }
-done
-for _ in $(seq 200); do
-  grep -q "became the nameserver leader" "$dir/nameserver.log" 2>/dev/null && break
-  sleep 0.1
-done
-grep -q "became the nameserver leader" "$dir/nameserver.log" || {
-  echo "the nameserver did not come up:"; tail -20 "$dir/nameserver.log"; exit 1; }
+  echo "demo table created with $i rows"
+fi
 
 cat <<MSG
-Tessera playground is up.
-  ZooKeeper   127.0.0.1:$zk_port              (log: $dir/zookeeper.log)
-  nameserver  127.0.0.1:7527               (log: $dir/nameserver.log; curl 127.0.0.1:7527/metrics)
-  tablets     127.0.0.1:9527, :9528, :9529   (data and logs: $dir/tablet<N>, $dir/tablet<N>.log)
-The nameserver leads and repairs the cluster (auto_failover is on). ns_client is not built
-yet: the nameserver and tablets serve their gRPC APIs (proto/protos/), and
-target/debug/tessera-bench --endpoints=127.0.0.1:9527,127.0.0.1:9528,127.0.0.1:9529
-creates a replicated table on the tablets and writes to it. Press Ctrl-C to stop.
+
+Tessera playground is up (everything under $dir):
+  ZooKeeper     $zk (root /tessera)
+  nameservers   127.0.0.1:7527, 127.0.0.1:7528   (curl 127.0.0.1:7527/api/health, /metrics)
+  tablets       127.0.0.1:9527, 127.0.0.1:9528, 127.0.0.1:9529
+  logs          $dir/run/logs/
+Try: showtable demo · scan demo alice · showtablet · showopstatus · help
+Kill a tablet's process (kill -9 \$(cat $dir/run/tablet-9527.child.pid)) and watch
+its daemon restart it and the nameserver repair the partitions.
+Stop everything with: scripts/playground.sh stop
 MSG
 if [[ -t 0 ]]; then
-  tail -f "$dir"/nameserver.log "$dir"/tablet*.log
-else
-  wait
+  exec "$bin/ns_client" --zk_cluster="$zk" --zk_root_path=/tessera
 fi
