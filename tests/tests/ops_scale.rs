@@ -132,6 +132,28 @@ async fn scalein_empties_a_tablet_under_writes_and_scaleout_fills_it_again() {
     assert!(rows.iter().all(|r| r.is_alive), "{rows:?}");
     let again = ops::run_ok(&cluster.zk, "scaleout", &[]).await;
     assert!(again.contains("balanced"), "{again}");
+
+    // The read-only views.
+    let status = ops::run_ok(&cluster.zk, "showtablestatus", &[]).await;
+    let line = status
+        .lines()
+        .find(|l| l.contains("| t3"))
+        .expect("a line for t3");
+    assert!(
+        line.contains("healthy") && line.contains("| 12 "),
+        "{status}"
+    );
+    let done = ops::run_ok(&cluster.zk, "showopstatus", &["--filter=kDone"]).await;
+    assert!(
+        done.contains("kMigrate") && !done.contains("kFailed"),
+        "{done}"
+    );
+    let (ok, bad) = ops::run(&cluster.zk, "showopstatus", &["--filter=kBogus"]).await;
+    assert!(!ok && bad.contains("unknown op status `kBogus`"), "{bad}");
+    let (ok, bad) = ops::run(&cluster.zk, "changeleader", &[]).await;
+    assert!(!ok && bad.contains("exactly one of --from"), "{bad}");
+    let (ok, bad) = ops::run(&cluster.zk, "scalein", &[]).await;
+    assert!(!ok && bad.contains("needs --endpoints"), "{bad}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -69,9 +69,13 @@ struct Args {
 
 fn require_endpoints(args: &Args) -> Result<(), OpsError> {
     if args.endpoints.iter().all(|e| e.trim().is_empty()) {
+        let name = args
+            .cmd
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
         return Err(OpsError::InvalidArgument(format!(
-            "{:?} needs --endpoints=host:port[,host:port…]",
-            args.cmd
+            "{name} needs --endpoints=host:port[,host:port…]"
         )));
     }
     Ok(())
