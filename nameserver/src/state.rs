@@ -228,7 +228,9 @@ impl Nameserver {
                 since: now,
                 session: *session,
             });
-            if entry.healthy && entry.session != *session {
+            // Also after a moment seen offline: the old node may vanish and the new one
+            // appear between two listings, too quickly for any op to have run.
+            if entry.session != *session {
                 warn!(endpoint = %endpoint, "tablet restarted (registered under a new session)");
                 self.restarted.lock().insert(endpoint.clone());
                 entry.since = now;

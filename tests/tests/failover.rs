@@ -411,7 +411,7 @@ async fn a_tablet_restarted_before_its_session_expired_is_repaired() {
 
     // Every partition ends with an alive leader that really leads, and all replicas alive.
     let what = "every partition led by a serving leader, every replica alive";
-    wait_until_async(WAIT, what, || {
+    let repaired = tessera_tests::wait::poll_until_async(WAIT, || {
         let mut ns = ns.clone();
         async move {
             let rows = rows(&mut ns).await;
@@ -440,6 +440,13 @@ async fn a_tablet_restarted_before_its_session_expired_is_repaired() {
         }
     })
     .await;
+    assert!(
+        repaired,
+        "timed out waiting for {what}:\n{:?}\n{:?}\n{}",
+        rows(&mut ns).await,
+        ops(&mut ns).await,
+        cluster.nameserver.log()
+    );
     let log = cluster.nameserver.log();
     assert!(
         log.contains("tablet restarted (registered under a new session)"),
