@@ -90,3 +90,57 @@ pub fn spawn(
         log
     })
 }
+
+/// Routed writers on partitions `0..partitions` of one table, writer id = pid.
+pub struct RoutedWriters {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    handles: Vec<JoinHandle<WriterLog>>,
+}
+
+impl RoutedWriters {
+    pub fn start(
+        ns: &NameserverClient<Channel>,
+        name: &'static str,
+        tid: u32,
+        partitions: u32,
+    ) -> RoutedWriters {
+        let (stop, acked) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let handles = (0..partitions)
+            .map(|pid| spawn(ns.clone(), name, tid, pid, stop.clone(), acked.clone()))
+            .collect();
+        RoutedWriters {
+            stop,
+            acked,
+            handles,
+        }
+    }
+
+    /// Acknowledged writes so far, over all partitions.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `count` writes in all have been acknowledged.
+    pub async fn wait_acked(&self, count: u64, timeout: Duration) {
+        let acked = self.acked.clone();
+        crate::wait_until_async(timeout, &format!("{count} acknowledged writes"), || {
+            let acked = acked.clone();
+            async move { acked.load(Ordering::Relaxed) >= count }
+        })
+        .await;
+    }
+
+    /// Tells the writers to stop and returns what each saw, indexed by pid.
+    pub async fn finish(self) -> Vec<WriterLog> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut logs = Vec::new();
+        for handle in self.handles {
+            logs.push(handle.await.expect("writer task"));
+        }
+        logs
+    }
+}

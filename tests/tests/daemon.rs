@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tessera_tests::process::{kill9, log_tail, signal, wait_exit};
+use tessera_tests::process::{kill9, log_tail, pid_alive, signal, wait_exit};
 use tessera_tests::{binary, free_port, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -58,7 +58,7 @@ impl Daemon {
         wait_until(DEADLINE, "the daemon to start its command", || {
             pid = self
                 .child_pid()
-                .filter(|p| Some(*p) != previous && alive(*p));
+                .filter(|p| Some(*p) != previous && pid_alive(*p));
             pid.is_some()
         });
         pid.unwrap()
@@ -73,17 +73,6 @@ impl Drop for Daemon {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
-}
-
-/// Running, and not a zombie waiting to be reaped.
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s != "Z"))
-        })
-        .unwrap_or(false)
 }
 
 fn kill_pid(pid: i32, sig: libc::c_int) {
@@ -193,7 +182,7 @@ fn sigterm_stops_the_daemon_and_its_tablet_cleanly() {
         log.contains(&format!("pid {tablet_pid} exited with status 0")),
         "{log}"
     );
-    assert!(!alive(tablet_pid), "the tablet is gone");
+    assert!(!pid_alive(tablet_pid), "the tablet is gone");
     assert!(!daemon.pidfile.exists() && !daemon.child_pidfile.exists());
 }
 
@@ -204,6 +193,6 @@ fn sigkill_of_the_daemon_takes_its_command_down() {
     let child = daemon.wait_child(None);
     kill9(&mut daemon.child);
     wait_until(DEADLINE, "the command to die with its daemon", || {
-        !alive(child)
+        !pid_alive(child)
     });
 }

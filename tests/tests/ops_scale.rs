@@ -3,14 +3,12 @@
 //! pre-upgrade / post-upgrade move a tablet's leaders away and back around a restart.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_tests::cluster::{rows_checksum, wait_in_sync};
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
-use tessera_tests::routed::{self, leaders, table_rows};
-use tessera_tests::{ops, wait_until_async, workload, TabletProcess};
+use tessera_tests::routed::{leaders, table_rows, RoutedWriters};
+use tessera_tests::{ops, workload, TabletProcess};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -41,41 +39,13 @@ async fn scalein_empties_a_tablet_under_writes_and_scaleout_fills_it_again() {
         "the tablet holds replicas to move"
     );
 
-    let (stop, acked) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let writers: Vec<_> = (0..4)
-        .map(|pid| {
-            routed::spawn(
-                ns.clone(),
-                "t3",
-                table.tid,
-                pid,
-                stop.clone(),
-                acked.clone(),
-            )
-        })
-        .collect();
-    wait_until_async(DEADLINE, "writes under way", || {
-        let acked = acked.clone();
-        async move { acked.load(Ordering::Relaxed) >= 200 }
-    })
-    .await;
+    let writers = RoutedWriters::start(&ns, "t3", table.tid, 4);
+    writers.wait_acked(200, DEADLINE).await;
 
     let out = ops::run_ok(&cluster.zk, "scalein", &[&format!("--endpoints={leaving}")]).await;
     assert!(out.contains("hold no replica"), "{out}");
-    let at_end = acked.load(Ordering::Relaxed);
-    wait_until_async(DEADLINE, "writes after the scale-in", || {
-        let acked = acked.clone();
-        async move { acked.load(Ordering::Relaxed) >= at_end + 100 }
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    let mut logs = Vec::new();
-    for writer in writers {
-        logs.push(writer.await.unwrap());
-    }
+    writers.wait_acked(writers.acked() + 100, DEADLINE).await;
+    let logs = writers.finish().await;
 
     assert!(
         ops::auto_failover(&mut ns).await,

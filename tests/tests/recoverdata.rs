@@ -4,16 +4,14 @@
 //! the most advanced one. A second run changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_proto::nameserver::{ConfSetRequest, ShowTableRow};
 use tessera_proto::tablet::{GetTermPairRequest, TableRole};
 use tessera_tests::cluster::{status, wait_in_sync};
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
-use tessera_tests::routed::{self, leaders, table_rows};
-use tessera_tests::{ops, wait_until_async, workload, NameserverProcess, TabletProcess};
+use tessera_tests::routed::{leaders, table_rows, RoutedWriters};
+use tessera_tests::{ops, workload, NameserverProcess, TabletProcess};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -92,36 +90,13 @@ async fn recoverdata_brings_back_every_acknowledged_row_after_a_whole_cluster_cr
     let ns = cluster.ns().await;
 
     // Writers on every partition, killed in the middle of their work.
-    let (stop, acked) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let writers: Vec<_> = (0..4)
-        .map(|pid| {
-            routed::spawn(
-                ns.clone(),
-                "t1",
-                table.tid,
-                pid,
-                stop.clone(),
-                acked.clone(),
-            )
-        })
-        .collect();
-    wait_until_async(DEADLINE, "800 acknowledged writes", || {
-        let acked = acked.clone();
-        async move { acked.load(Ordering::Relaxed) >= 800 }
-    })
-    .await;
+    let writers = RoutedWriters::start(&ns, "t1", table.tid, 4);
+    writers.wait_acked(800, DEADLINE).await;
     for tablet in &mut cluster.tablets {
         tablet.kill9();
     }
     cluster.nameserver.kill9();
-    stop.store(true, Ordering::Relaxed);
-    let mut logs = Vec::new();
-    for writer in writers {
-        logs.push(writer.await.unwrap());
-    }
+    let logs = writers.finish().await;
 
     // Everything comes back: tablets first, then a nameserver (auto_failover still on).
     for tablet in &mut cluster.tablets {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use tessera_tests::process::pid_alive;
 use tessera_tests::{binary, free_port, wait_until, ZooKeeper};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -45,16 +46,6 @@ fn ns_client(zk: &str, command: &str) -> String {
 
 fn pid_in(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s != "Z"))
-        })
-        .unwrap_or(false)
 }
 
 #[test]
@@ -116,7 +107,7 @@ fn start_all_and_stop_all_run_a_local_cluster_under_the_daemon() {
     // SAFETY: kill(2) on the pid the daemon wrote.
     unsafe { libc::kill(first, libc::SIGKILL) };
     wait_until(DEADLINE, "the daemon to restart the tablet", || {
-        pid_in(&child_pidfile).is_some_and(|p| p != first && alive(p))
+        pid_in(&child_pidfile).is_some_and(|p| p != first && pid_alive(p))
     });
     wait_until(DEADLINE, "two healthy tablets again", || {
         ns_client(&zk, "showtablet")
@@ -135,7 +126,7 @@ fn start_all_and_stop_all_run_a_local_cluster_under_the_daemon() {
     let out = script(&conf, "stop-all.sh");
     assert!(out.contains("stopping tablet-"), "{out}");
     for pid in children {
-        assert!(!alive(pid), "process {pid} still runs after stop-all");
+        assert!(!pid_alive(pid), "process {pid} still runs after stop-all");
     }
     let left: Vec<_> = std::fs::read_dir(&run)
         .unwrap()

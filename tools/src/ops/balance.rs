@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use tessera_proto::nameserver::{OpInfo, ReplicaRequest, TableInfo};
+use tessera_proto::nameserver::{ReplicaRequest, TableInfo};
 
-use super::leaders::{self, PartitionId};
-use super::{Ops, OpsError, Result};
+use super::leaders;
+use super::{Ops, OpsError, PartitionId, Result};
 
 /// Move the replica of `partition` from `from` to `to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,35 +135,23 @@ async fn run_migrations(
     ops: &mut Ops,
     moves: &[ReplicaMove],
 ) -> Result<Vec<(PartitionId, String)>> {
-    let mut failed = Vec::new();
-    let mut started: Vec<OpInfo> = Vec::new();
-    for m in moves {
-        let request = ReplicaRequest {
-            db: m.partition.0.clone(),
-            name: m.partition.1.clone(),
-            pids: vec![m.partition.2],
-            endpoint: m.to.clone(),
-            source: m.from.clone(),
-        };
-        match ops
-            .start(|mut c| {
-                let r = request.clone();
-                async move { c.migrate(r).await }
-            })
-            .await
-        {
-            Ok(op) => started.extend(op),
-            Err(e) => failed.push((m.partition.clone(), e.to_string())),
-        }
-    }
-    let ended = ops.wait_ops(&started, "replica moves").await?;
-    for op in ended.iter().filter(|op| op.status != "kDone") {
-        failed.push((
-            (op.db.clone(), op.name.clone(), op.pid),
-            format!("migrate to {}: {} {}", op.endpoint, op.status, op.reason),
-        ));
-    }
-    Ok(failed)
+    let requests = moves
+        .iter()
+        .map(|m| {
+            let request = ReplicaRequest {
+                db: m.partition.0.clone(),
+                name: m.partition.1.clone(),
+                pids: vec![m.partition.2],
+                endpoint: m.to.clone(),
+                source: m.from.clone(),
+            };
+            (m.partition.clone(), request)
+        })
+        .collect();
+    ops.start_and_wait(requests, "replica moves", |mut c, r| async move {
+        c.migrate(r).await
+    })
+    .await
 }
 
 fn print_moves(moves: &[ReplicaMove]) {

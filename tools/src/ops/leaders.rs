@@ -9,10 +9,7 @@ use std::time::{Duration, Instant};
 use tessera_proto::nameserver::{ChangeLeaderRequest, OpInfo, RecoverTableRequest, TableInfo};
 use zookeeper_client::{Acls, CreateMode};
 
-use super::{op_label, Ops, OpsError, Result};
-
-/// A partition: (db, table, pid).
-pub type PartitionId = (String, String, u32);
+use super::{op_label, Ops, OpsError, PartitionId, Result};
 
 /// One leadership move: make `to` lead the partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,33 +136,25 @@ pub async fn run_moves(
             break;
         }
         println!("moving {} leaders (round {round})", pending.len());
-        let mut started: Vec<OpInfo> = Vec::new();
-        for m in &pending {
-            let request = ChangeLeaderRequest {
-                db: m.partition.0.clone(),
-                name: m.partition.1.clone(),
-                pid: m.partition.2,
-                candidate: m.to.clone(),
-                force: false,
-            };
-            match ops
-                .start(|mut c| {
-                    let r = request.clone();
-                    async move { c.change_leader(r).await }
-                })
-                .await
-            {
-                Ok(op) => started.extend(op),
-                Err(e) => failed.push((m.partition.clone(), e.to_string())),
-            }
-        }
-        let ended = ops.wait_ops(&started, "leaders").await?;
-        for op in ended.iter().filter(|op| op.status != "kDone") {
-            failed.push((
-                (op.db.clone(), op.name.clone(), op.pid),
-                format!("{} {}: {}", op.op_type, op.status, op.reason),
-            ));
-        }
+        let requests = pending
+            .iter()
+            .map(|m| {
+                let request = ChangeLeaderRequest {
+                    db: m.partition.0.clone(),
+                    name: m.partition.1.clone(),
+                    pid: m.partition.2,
+                    candidate: m.to.clone(),
+                    force: false,
+                };
+                (m.partition.clone(), request)
+            })
+            .collect();
+        failed.extend(
+            ops.start_and_wait(requests, "leaders", |mut c, r| async move {
+                c.change_leader(r).await
+            })
+            .await?,
+        );
         let tables = ops.tables().await?;
         pending.retain(|m| {
             !failed.iter().any(|(id, _)| *id == m.partition)

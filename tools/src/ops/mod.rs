@@ -41,6 +41,9 @@ fn refused(status: tonic::Status) -> OpsError {
     OpsError::Nameserver(status.message().to_string())
 }
 
+/// A partition: (db, table, pid).
+pub type PartitionId = (String, String, u32);
+
 /// A connection to the cluster and how long to wait for ops.
 pub struct Ops {
     ns: NameserverConnection,
@@ -213,6 +216,46 @@ impl Ops {
         >,
     {
         Ok(self.ns.call(call).await.map_err(refused)?.into_inner().ops)
+    }
+
+    /// Starts one op per request (`call` sends it), waits for them all, and returns the
+    /// partitions whose op could not start or did not end `kDone`, with the reason.
+    pub async fn start_and_wait<R, F, Fut>(
+        &mut self,
+        requests: Vec<(PartitionId, R)>,
+        what: &str,
+        call: F,
+    ) -> Result<Vec<(PartitionId, String)>>
+    where
+        R: Clone,
+        F: Fn(tessera_proto::nameserver::nameserver_client::NameserverClient<Channel>, R) -> Fut,
+        Fut: std::future::Future<
+            Output = std::result::Result<
+                tonic::Response<tessera_proto::nameserver::OpsResponse>,
+                tonic::Status,
+            >,
+        >,
+    {
+        let mut failed = Vec::new();
+        let mut started = Vec::new();
+        for (partition, request) in requests {
+            match self.start(|c| call(c, request.clone())).await {
+                Ok(ops) => started.extend(ops),
+                Err(e) => failed.push((partition, e.to_string())),
+            }
+        }
+        for op in self
+            .wait_ops(&started, what)
+            .await?
+            .into_iter()
+            .filter(|op| op.status != "kDone")
+        {
+            failed.push((
+                (op.db.clone(), op.name.clone(), op.pid),
+                format!("{} {}: {}", op.op_type, op.status, op.reason),
+            ));
+        }
+        Ok(failed)
     }
 
     /// Waits for the ops to finish, printing progress; returns them as they ended.
