@@ -231,31 +231,22 @@ pub async fn scaleout(ops: &mut Ops) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_proto::nameserver::{PartitionMeta, ReplicaMeta};
+    use crate::ops::fixtures;
 
+    /// The first replica of each partition leads.
     fn table(partitions: &[&[&str]]) -> TableInfo {
-        TableInfo {
-            db: "default".into(),
-            name: "t".into(),
-            partitions: partitions
-                .iter()
-                .enumerate()
-                .map(|(pid, replicas)| PartitionMeta {
-                    pid: pid as u32,
-                    replicas: replicas
-                        .iter()
-                        .enumerate()
-                        .map(|(i, e)| ReplicaMeta {
-                            endpoint: e.to_string(),
-                            is_leader: i == 0,
-                            is_alive: true,
-                        })
-                        .collect(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }
+        let with_roles: Vec<Vec<(&str, bool)>> = partitions
+            .iter()
+            .map(|replicas| {
+                replicas
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (*e, i == 0))
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<&[(&str, bool)]> = with_roles.iter().map(Vec::as_slice).collect();
+        fixtures::table(&refs)
     }
 
     fn endpoints(names: &[&str]) -> Vec<String> {

@@ -385,31 +385,7 @@ async fn recover_replicas_on(ops: &mut Ops, endpoint: &str) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_proto::nameserver::{PartitionMeta, ReplicaMeta};
-
-    fn table(partitions: &[&[(&str, bool)]]) -> TableInfo {
-        TableInfo {
-            db: "default".into(),
-            name: "t".into(),
-            partitions: partitions
-                .iter()
-                .enumerate()
-                .map(|(pid, replicas)| PartitionMeta {
-                    pid: pid as u32,
-                    replicas: replicas
-                        .iter()
-                        .map(|(e, leader)| ReplicaMeta {
-                            endpoint: e.to_string(),
-                            is_leader: *leader,
-                            is_alive: true,
-                        })
-                        .collect(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }
-    }
+    use crate::ops::fixtures::table;
 
     #[test]
     fn leaders_leave_evenly() {

@@ -343,3 +343,34 @@ pub fn load_by_endpoint(tables: &[TableInfo]) -> BTreeMap<String, (usize, usize)
 pub fn op_label(op: &OpInfo) -> String {
     format!("{}.{} pid {}", op.db, op.name, op.pid)
 }
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use tessera_proto::nameserver::{PartitionMeta, ReplicaMeta, TableInfo};
+
+    /// Table `default.t`: one partition per entry, its replicas as (endpoint, leads),
+    /// all alive.
+    pub fn table(partitions: &[&[(&str, bool)]]) -> TableInfo {
+        TableInfo {
+            db: "default".into(),
+            name: "t".into(),
+            partitions: partitions
+                .iter()
+                .enumerate()
+                .map(|(pid, replicas)| PartitionMeta {
+                    pid: pid as u32,
+                    replicas: replicas
+                        .iter()
+                        .map(|(endpoint, leads)| ReplicaMeta {
+                            endpoint: endpoint.to_string(),
+                            is_leader: *leads,
+                            is_alive: true,
+                        })
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
