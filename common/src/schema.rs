@@ -83,6 +83,36 @@ pub struct Column {
     pub nullable: bool,
 }
 
+impl Column {
+    /// A value of this column from its text, as ns_client and CSV files write it: `NULL`
+    /// for null, numbers in decimal, bools as true/false, timestamps in milliseconds and
+    /// dates in days since 1970-01-01; the error names the column.
+    pub fn parse_value(&self, text: &str) -> Result<crate::Value, String> {
+        use crate::Value;
+        if text.eq_ignore_ascii_case("null") {
+            return Ok(Value::Null);
+        }
+        let bad = || {
+            format!(
+                "`{text}` is not a valid {} (column `{}`)",
+                self.ty.name(),
+                self.name
+            )
+        };
+        Ok(match self.ty {
+            ColumnType::Bool => Value::Bool(text.parse().map_err(|_| bad())?),
+            ColumnType::Int16 => Value::Int16(text.parse().map_err(|_| bad())?),
+            ColumnType::Int32 => Value::Int32(text.parse().map_err(|_| bad())?),
+            ColumnType::Int64 => Value::Int64(text.parse().map_err(|_| bad())?),
+            ColumnType::Float => Value::Float(text.parse().map_err(|_| bad())?),
+            ColumnType::Double => Value::Double(text.parse().map_err(|_| bad())?),
+            ColumnType::String => Value::String(text.to_string()),
+            ColumnType::Timestamp => Value::Timestamp(text.parse().map_err(|_| bad())?),
+            ColumnType::Date => Value::Date(text.parse().map_err(|_| bad())?),
+        })
+    }
+}
+
 /// How entries of an index expire. A bound of 0 means "no bound" on that side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ttl {

@@ -237,6 +237,67 @@ impl Client {
         }
     }
 
+    /// The partition a row belongs to (by its first index's key).
+    pub async fn partition_of(
+        &self,
+        db: &str,
+        name: &str,
+        row: &[Value],
+    ) -> Result<u32, ClientError> {
+        let table = self.table(db, name, false).await?;
+        Self::row_partition(&table, row)
+    }
+
+    fn row_partition(table: &Cached, row: &[Value]) -> Result<u32, ClientError> {
+        let first = table
+            .schema
+            .indexes
+            .first()
+            .ok_or_else(|| ClientError::InvalidArgument("no index".into()))?;
+        let key = key::key_from_row(&table.schema, first, row)
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        Ok(key::partition_of(&key, table.info.partition_num))
+    }
+
+    /// The number of partitions of a table.
+    pub async fn partition_count(&self, db: &str, name: &str) -> Result<u32, ClientError> {
+        Ok(self.table(db, name, false).await?.info.partition_num)
+    }
+
+    /// A page of a partition's rows from its leader: up to `limit` rows after skipping
+    /// `skip` (first-index order). Pages of a partition taking writes meanwhile may miss
+    /// or repeat rows.
+    pub async fn partition_page(
+        &self,
+        db: &str,
+        name: &str,
+        pid: u32,
+        skip: u64,
+        limit: u32,
+    ) -> Result<Vec<Vec<Value>>, ClientError> {
+        let rows = self
+            .on_leader(
+                db,
+                name,
+                |_| Ok(pid),
+                |mut client, tid, pid| async move {
+                    client
+                        .preview(PreviewRequest {
+                            tid,
+                            pid,
+                            limit,
+                            skip,
+                        })
+                        .await
+                        .map(|r| r.into_inner().rows)
+                },
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Value::row_from_proto(r).map_err(ClientError::InvalidArgument))
+            .collect()
+    }
+
     /// Writes a whole row to its partition's leader. Returns the partition's (term,
     /// offset) after the write.
     pub async fn put(
@@ -248,16 +309,7 @@ impl Client {
         tessera_common::codec::validate(&self.table(db, name, false).await?.schema, &row)
             .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         let proto = Value::row_to_proto(&row);
-        let pid_of = |table: &Cached| -> Result<u32, ClientError> {
-            let first = table
-                .schema
-                .indexes
-                .first()
-                .ok_or_else(|| ClientError::InvalidArgument("no index".into()))?;
-            let key = key::key_from_row(&table.schema, first, &row)
-                .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
-            Ok(key::partition_of(&key, table.info.partition_num))
-        };
+        let pid_of = |table: &Cached| Self::row_partition(table, &row);
         let (pid, term, offset) = self
             .on_leader(db, name, pid_of, |mut client, tid, pid| {
                 let request = PutRequest {
@@ -485,6 +537,7 @@ impl Client {
                                 tid,
                                 pid,
                                 limit: wanted,
+                                skip: 0,
                             })
                             .await
                             .map(|r| r.into_inner().rows)

@@ -23,6 +23,7 @@
 mod client;
 pub mod create_table;
 mod error;
+pub mod jobs;
 pub mod nameserver;
 pub mod repl;
 pub mod shell;

@@ -1,43 +1,89 @@
-//! Finding and calling the nameserver leader.
+//! Finding and calling an elected leader: the nameserver's, or the taskmanager's.
 
 use std::time::Duration;
 
 use tessera_common::wire_error::{detail_of, ErrorCode};
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
-use tonic::transport::Channel;
+use tessera_proto::taskmanager::task_manager_client::TaskManagerClient;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ClientError;
 
-/// A connection to whichever nameserver leads, re-resolved when it changes.
-pub struct NameserverConnection {
+/// A connection to whichever instance of an elected service leads (the lowest election
+/// node under `dir`), re-resolved when it changes.
+pub struct LeaderConnection<C> {
     zk: zookeeper_client::Client,
-    root: String,
-    client: Option<(String, NameserverClient<Channel>)>,
+    dir: String,
+    /// `nameserver` or `taskmanager`, for messages.
+    what: &'static str,
+    make: fn(Channel) -> C,
+    client: Option<(String, C)>,
 }
+
+/// The nameserver leader.
+pub type NameserverConnection = LeaderConnection<NameserverClient<Channel>>;
+/// The taskmanager leader.
+pub type TaskManagerConnection = LeaderConnection<TaskManagerClient<Channel>>;
 
 impl NameserverConnection {
     pub async fn connect(
         zk_cluster: &str,
         zk_root_path: &str,
     ) -> Result<NameserverConnection, ClientError> {
+        let root = zk_root_path.trim_end_matches('/');
+        LeaderConnection::open(
+            zk_cluster,
+            format!("{root}/leader"),
+            "nameserver",
+            NameserverClient::new,
+        )
+        .await
+    }
+}
+
+impl TaskManagerConnection {
+    pub async fn connect(
+        zk_cluster: &str,
+        zk_root_path: &str,
+    ) -> Result<TaskManagerConnection, ClientError> {
+        let root = zk_root_path.trim_end_matches('/');
+        LeaderConnection::open(
+            zk_cluster,
+            format!("{root}/taskmanager/leader"),
+            "taskmanager",
+            TaskManagerClient::new,
+        )
+        .await
+    }
+}
+
+impl<C: Clone> LeaderConnection<C> {
+    async fn open(
+        zk_cluster: &str,
+        dir: String,
+        what: &'static str,
+        make: fn(Channel) -> C,
+    ) -> Result<LeaderConnection<C>, ClientError> {
         let zk = zookeeper_client::Client::connector()
             .with_session_timeout(Duration::from_secs(10))
             .connect(zk_cluster)
             .await?;
-        Ok(NameserverConnection {
+        Ok(LeaderConnection {
             zk,
-            root: zk_root_path.trim_end_matches('/').to_string(),
+            dir,
+            what,
+            make,
             client: None,
         })
     }
 
     /// The leader's endpoint: the data of the lowest election node.
     async fn leader_endpoint(&self) -> Result<String, ClientError> {
-        let dir = format!("{}/leader", self.root);
-        let mut children = self.zk.list_children(&dir).await.map_err(|e| match e {
+        let dir = &self.dir;
+        let mut children = self.zk.list_children(dir).await.map_err(|e| match e {
             zookeeper_client::Error::NoNode => ClientError::Unavailable {
                 attempts: 1,
-                last: format!("no nameserver has ever run under {}", self.root),
+                last: format!("no {} has ever run here ({dir})", self.what),
             },
             other => other.into(),
         })?;
@@ -49,7 +95,7 @@ impl NameserverConnection {
         });
         let first = children.first().ok_or_else(|| ClientError::Unavailable {
             attempts: 1,
-            last: "no nameserver is running".into(),
+            last: format!("no {} is running", self.what),
         })?;
         let (data, _) = self.zk.get_data(&format!("{dir}/{first}")).await?;
         Ok(String::from_utf8_lossy(&data).into_owned())
@@ -57,11 +103,7 @@ impl NameserverConnection {
 
     /// The cached client, or one for `hint` (where a standby said the leader is), or for
     /// the endpoint ZooKeeper names.
-    async fn client(
-        &mut self,
-        fresh: bool,
-        hint: Option<String>,
-    ) -> Result<NameserverClient<Channel>, ClientError> {
+    async fn client(&mut self, fresh: bool, hint: Option<String>) -> Result<C, ClientError> {
         if !fresh {
             if let Some((_, client)) = &self.client {
                 return Ok(client.clone());
@@ -71,12 +113,17 @@ impl NameserverConnection {
             Some(endpoint) => endpoint,
             None => self.leader_endpoint().await?,
         };
-        let client = NameserverClient::connect(format!("http://{endpoint}"))
+        let unreachable = |e: String| ClientError::Unavailable {
+            attempts: 1,
+            last: format!("cannot reach the {} at {endpoint}: {e}", self.what),
+        };
+        let channel = Endpoint::from_shared(format!("http://{endpoint}"))
+            .map_err(|e| unreachable(e.to_string()))?
+            .connect_timeout(Duration::from_secs(3))
+            .connect()
             .await
-            .map_err(|e| ClientError::Unavailable {
-                attempts: 1,
-                last: format!("cannot reach the nameserver at {endpoint}: {e}"),
-            })?;
+            .map_err(|e| unreachable(e.to_string()))?;
+        let client = (self.make)(channel);
         self.client = Some((endpoint, client.clone()));
         Ok(client)
     }
@@ -84,10 +131,10 @@ impl NameserverConnection {
     /// Calls the leader, following a leadership change a few times before giving up.
     pub async fn call<T, F, Fut>(&mut self, call: F) -> Result<T, tonic::Status>
     where
-        F: Fn(NameserverClient<Channel>) -> Fut,
+        F: Fn(C) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        let mut last = tonic::Status::unavailable("no nameserver answered");
+        let mut last = tonic::Status::unavailable(format!("no {} answered", self.what));
         // Right after a restart the lowest election node may still be a dead session's,
         // naming a process that is now a standby; the standby's answer names the leader.
         let mut hint = None;

@@ -162,6 +162,11 @@ pub const COMMANDS: &[CommandSpec] = &[
     spec("count", "count table [key…]", "rows of a key, or of the whole table", 1, usize::MAX),
     spec("preview", "preview table [limit]", "the first rows of a table (default 10)", 1, 2),
     spec("delete", "delete table key…", "delete the rows of a key", 2, usize::MAX),
+    spec("load", crate::jobs::LOAD_USAGE, "import a CSV file into a table (a taskmanager job)", 1, usize::MAX),
+    spec("export", crate::jobs::EXPORT_USAGE, "export a table to a CSV file (a taskmanager job)", 1, usize::MAX),
+    spec("showjobs", "showjobs", "the taskmanager's jobs and their progress", 0, 0),
+    spec("showjob", "showjob id", "one job in full", 1, 1),
+    spec("stopjob", "stopjob id", "stop a job that has not ended", 1, 1),
     spec(
         "create",
         "create table name (col type [not null], …, index(key=col|(cols), ts=col, ttl=N, ttl_type=…)) [options (partitionnum=N, replicanum=N, replication='quorum'|'async')]",
@@ -325,6 +330,8 @@ fn duration(ms: u64) -> String {
 
 pub struct Shell {
     ns: NameserverConnection,
+    /// For the job commands.
+    taskmanager: Option<crate::nameserver::TaskManagerConnection>,
     /// For the data commands.
     data: Option<crate::Client>,
     pub db: String,
@@ -340,6 +347,7 @@ impl Shell {
     pub fn new(ns: NameserverConnection) -> Shell {
         Shell {
             ns,
+            taskmanager: None,
             data: None,
             db: "default".into(),
         }
@@ -371,6 +379,135 @@ impl Shell {
         self
     }
 
+    /// Enables load, export, showjobs, showjob and stopjob through the taskmanager.
+    pub fn with_taskmanager(
+        mut self,
+        taskmanager: crate::nameserver::TaskManagerConnection,
+    ) -> Shell {
+        self.taskmanager = Some(taskmanager);
+        self
+    }
+
+    /// The job commands: submitted to, or read from, the taskmanager leader.
+    async fn job_command(&mut self, name: &str, line: &str, args: &[&str]) -> Outcome {
+        use tessera_proto::taskmanager::JobIdRequest;
+        let request = match name {
+            "load" => Some(crate::jobs::parse_load(line, &self.db)?),
+            "export" => Some(crate::jobs::parse_export(line, &self.db)?),
+            _ => None,
+        };
+        let Some(tm) = self.taskmanager.as_mut() else {
+            return Err("this shell has no taskmanager connection".into());
+        };
+        if let Some(request) = request {
+            let job = tm
+                .call(|mut c| {
+                    let r = request.clone();
+                    async move { c.submit_job(r).await }
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            return Ok(format!(
+                "job {} submitted: {} of {}.{} ({}); `showjob {}` follows it",
+                job.id, job.job_type, job.db, job.table, job.path, job.id
+            ));
+        }
+        let id = |i: usize| -> Result<u64, String> {
+            args[i]
+                .parse()
+                .map_err(|_| format!("`{}` is not a job id", args[i]))
+        };
+        match name {
+            "showjobs" => {
+                let jobs = tm
+                    .call(|mut c| async move {
+                        c.show_jobs(tessera_proto::taskmanager::ShowJobsRequest {})
+                            .await
+                    })
+                    .await
+                    .map_err(status_text)?
+                    .into_inner()
+                    .jobs;
+                let mut out = table(&[
+                    "id",
+                    "job_type",
+                    "state",
+                    "table",
+                    "progress",
+                    "start_time",
+                    "end_time",
+                    "error",
+                ]);
+                for job in jobs {
+                    out.add_row(vec![
+                        job.id.to_string(),
+                        job.job_type.clone(),
+                        job.state.clone(),
+                        if job.table.is_empty() {
+                            "-".into()
+                        } else {
+                            format!("{}.{}", job.db, job.table)
+                        },
+                        crate::jobs::progress(&job),
+                        timestamp(job.start_time_ms),
+                        timestamp(job.end_time_ms),
+                        job.error.clone(),
+                    ]);
+                }
+                Ok(out.to_string())
+            }
+            "showjob" => {
+                let id = id(0)?;
+                let job = tm
+                    .call(|mut c| async move { c.show_job(JobIdRequest { id }).await })
+                    .await
+                    .map_err(status_text)?
+                    .into_inner();
+                let options = job.options.clone().unwrap_or_default();
+                let mut out = table(&["field", "value"]);
+                for (field, value) in [
+                    ("id", job.id.to_string()),
+                    ("job_type", job.job_type.clone()),
+                    ("state", job.state.clone()),
+                    ("table", format!("{}.{}", job.db, job.table)),
+                    ("path", job.path.clone()),
+                    (
+                        "options",
+                        format!(
+                            "header={}, delimiter='{}', skip_bad_rows={}",
+                            options.header,
+                            if options.delimiter.is_empty() {
+                                ","
+                            } else {
+                                &options.delimiter
+                            },
+                            options.skip_bad_rows
+                        ),
+                    ),
+                    ("progress", crate::jobs::progress(&job)),
+                    ("skipped", job.skipped.to_string()),
+                    ("start_time", timestamp(job.start_time_ms)),
+                    ("end_time", timestamp(job.end_time_ms)),
+                    ("taskmanager", job.endpoint.clone()),
+                    ("error", job.error.clone()),
+                ] {
+                    out.add_row(vec![field.to_string(), value]);
+                }
+                Ok(out.to_string())
+            }
+            _ => {
+                let id = id(0)?;
+                let job = tm
+                    .call(|mut c| async move { c.stop_job(JobIdRequest { id }).await })
+                    .await
+                    .map_err(status_text)?
+                    .into_inner();
+                Ok(format!("job {} {}", job.id, job.state.to_ascii_lowercase()))
+            }
+        }
+    }
+
     /// Runs one statement; the text to print, or the error to report.
     pub async fn execute(&mut self, line: &str) -> Outcome {
         let line = line.trim().trim_end_matches(';').trim();
@@ -390,6 +527,10 @@ impl Shell {
         };
         if args.len() < command.min_args || args.len() > command.max_args {
             return Err(format!("usage: {}", command.usage));
+        }
+        if ["load", "export", "showjobs", "showjob", "stopjob"].contains(&command.name) {
+            // load and export parse the raw line: their quotes and punctuation matter.
+            return self.job_command(command.name, line, args).await;
         }
         self.run(command, args).await
     }
@@ -858,7 +999,7 @@ impl Shell {
             key_columns
                 .iter()
                 .zip(texts)
-                .map(|(&pos, text)| parse_value(&schema.columns[pos], text))
+                .map(|(&pos, text)| schema.columns[pos].parse_value(text))
                 .collect()
         };
         let draw = |rows: Vec<Vec<tessera_common::Value>>| {
@@ -884,7 +1025,7 @@ impl Shell {
                     .columns
                     .iter()
                     .zip(rest)
-                    .map(|(column, text)| parse_value(column, text))
+                    .map(|(column, text)| column.parse_value(text))
                     .collect::<Result<Vec<_>, _>>()?;
                 let (term, offset) = client.put(&db, &name, row).await.map_err(e)?;
                 Ok(format!("put ok (term {term}, offset {offset})"))
@@ -941,36 +1082,6 @@ impl Shell {
             }
         }
     }
-}
-
-/// A column value from its text: `NULL` for null, numbers in decimal, bools as
-/// true/false, timestamps in milliseconds and dates in days since 1970-01-01.
-fn parse_value(
-    column: &tessera_common::Column,
-    text: &str,
-) -> Result<tessera_common::Value, String> {
-    use tessera_common::{ColumnType, Value};
-    if text.eq_ignore_ascii_case("null") {
-        return Ok(Value::Null);
-    }
-    let bad = || {
-        format!(
-            "`{text}` is not a valid {} (column `{}`)",
-            column.ty.name(),
-            column.name
-        )
-    };
-    Ok(match column.ty {
-        ColumnType::Bool => Value::Bool(text.parse().map_err(|_| bad())?),
-        ColumnType::Int16 => Value::Int16(text.parse().map_err(|_| bad())?),
-        ColumnType::Int32 => Value::Int32(text.parse().map_err(|_| bad())?),
-        ColumnType::Int64 => Value::Int64(text.parse().map_err(|_| bad())?),
-        ColumnType::Float => Value::Float(text.parse().map_err(|_| bad())?),
-        ColumnType::Double => Value::Double(text.parse().map_err(|_| bad())?),
-        ColumnType::String => Value::String(text.to_string()),
-        ColumnType::Timestamp => Value::Timestamp(text.parse().map_err(|_| bad())?),
-        ColumnType::Date => Value::Date(text.parse().map_err(|_| bad())?),
-    })
 }
 
 /// Splits a command line into words; '…' and "…" quote words with spaces.
@@ -1065,16 +1176,14 @@ mod tests {
             nullable: true,
         };
         assert_eq!(
-            parse_value(&column, "42").unwrap(),
+            column.parse_value("42").unwrap(),
             tessera_common::Value::Int64(42)
         );
         assert_eq!(
-            parse_value(&column, "NULL").unwrap(),
+            column.parse_value("NULL").unwrap(),
             tessera_common::Value::Null
         );
-        assert!(parse_value(&column, "x")
-            .unwrap_err()
-            .contains("column `v`"));
+        assert!(column.parse_value("x").unwrap_err().contains("column `v`"));
     }
 
     #[test]

@@ -229,9 +229,10 @@ impl Tablet for TabletService {
         let request = request.into_inner();
         let table = self.table(request.tid, request.pid)?;
         let limit = self.limit(request.limit);
+        let skip = usize::try_from(request.skip).unwrap_or(usize::MAX);
         let (version, rows) = blocking(move || {
             table.check_readable(0)?;
-            Ok(table.preview(limit)?)
+            Ok(table.preview(skip, limit)?)
         })
         .await?;
         let (rows, _) = rows_out(rows);

@@ -116,7 +116,11 @@ pub async fn rows_checksum(tablet: &TabletProcess, tid: u32, pid: u32) -> (usize
     let rows = tablet
         .client()
         .await
-        .preview(PreviewRequest { tid, pid, limit: 0 })
+        .preview(PreviewRequest {
+            tid,
+            pid,
+            ..Default::default()
+        })
         .await
         .expect("preview")
         .into_inner()

@@ -12,7 +12,7 @@ pub mod wait;
 pub mod workload;
 pub mod zookeeper;
 
-pub use nameserver::NameserverProcess;
+pub use nameserver::{ElectedProcess, NameserverProcess};
 pub use process::{binary, free_port};
 pub use tablet::TabletProcess;
 pub use wait::{wait_until, wait_until_async};

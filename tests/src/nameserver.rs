@@ -1,11 +1,10 @@
-//! A `tessera-nameserver` process under test.
+//! An elected server process under test: `tessera-nameserver` or `tessera-taskmanager`.
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::Duration;
 
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
-use tessera_proto::nameserver::ShowNsRequest;
 use tonic::transport::Channel;
 
 use crate::process::{self, free_port, log_tail};
@@ -13,15 +12,19 @@ use crate::ZooKeeper;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A running nameserver; killed with SIGKILL when dropped.
-pub struct NameserverProcess {
+/// A running nameserver or taskmanager; killed with SIGKILL when dropped.
+pub struct ElectedProcess {
+    binary: &'static str,
     child: Option<Child>,
     pub endpoint: String,
     pub log_path: PathBuf,
     args: Vec<String>,
 }
 
-impl NameserverProcess {
+/// The nameserver's process (most tests start only these).
+pub type NameserverProcess = ElectedProcess;
+
+impl ElectedProcess {
     /// Starts a nameserver in `zk`'s cluster (root `/tessera`) and waits until it answers.
     pub async fn start(dir: &Path, zk: &ZooKeeper, session_timeout_ms: u64) -> NameserverProcess {
         Self::start_with(dir, zk, session_timeout_ms, &[]).await
@@ -34,7 +37,26 @@ impl NameserverProcess {
         session_timeout_ms: u64,
         extra: &[&str],
     ) -> NameserverProcess {
-        std::fs::create_dir_all(dir).expect("create the nameserver's directory");
+        Self::start_binary("tessera-nameserver", dir, zk, session_timeout_ms, extra).await
+    }
+
+    /// A taskmanager in `zk`'s cluster (root `/tessera`), once it answers.
+    pub async fn start_taskmanager(
+        dir: &Path,
+        zk: &ZooKeeper,
+        session_timeout_ms: u64,
+    ) -> ElectedProcess {
+        Self::start_binary("tessera-taskmanager", dir, zk, session_timeout_ms, &[]).await
+    }
+
+    async fn start_binary(
+        binary: &'static str,
+        dir: &Path,
+        zk: &ZooKeeper,
+        session_timeout_ms: u64,
+        extra: &[&str],
+    ) -> ElectedProcess {
+        std::fs::create_dir_all(dir).expect("create the process's directory");
         let endpoint = format!("127.0.0.1:{}", free_port());
         let args = vec![
             format!("--endpoint={endpoint}"),
@@ -46,10 +68,11 @@ impl NameserverProcess {
             .into_iter()
             .chain(extra.iter().map(|a| a.to_string()))
             .collect();
-        let mut ns = NameserverProcess {
+        let mut ns = ElectedProcess {
+            binary,
             child: None,
             endpoint,
-            log_path: dir.join("nameserver.log"),
+            log_path: dir.join(format!("{binary}.log")),
             args,
         };
         ns.spawn().await;
@@ -58,18 +81,17 @@ impl NameserverProcess {
 
     async fn spawn(&mut self) {
         self.child = Some(process::spawn_logged(
-            "tessera-nameserver",
+            self.binary,
             &self.args,
             &self.log_path,
         ));
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            if let Ok(mut client) =
-                NameserverClient::connect(format!("http://{}", self.endpoint)).await
+            // HTTP health on the gRPC port answers once it serves.
+            if std::net::TcpStream::connect(&self.endpoint).is_ok()
+                && process::http_get(&self.endpoint, "/api/health").0 == 200
             {
-                if client.show_ns(ShowNsRequest {}).await.is_ok() {
-                    return;
-                }
+                return;
             }
             if let Some(status) = self
                 .child
@@ -77,13 +99,15 @@ impl NameserverProcess {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 panic!(
-                    "nameserver exited with {status}:\n{}",
+                    "{} exited with {status}:\n{}",
+                    self.binary,
                     log_tail(&self.log_path, 30)
                 );
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "nameserver at {} not serving after {START_TIMEOUT:?}:\n{}",
+                "{} at {} not serving after {START_TIMEOUT:?}:\n{}",
+                self.binary,
                 self.endpoint,
                 log_tail(&self.log_path, 30)
             );
@@ -91,9 +115,9 @@ impl NameserverProcess {
         }
     }
 
-    /// Waits until this nameserver leads (its HTTP leader check answers 200).
+    /// Waits until it leads (its HTTP leader check answers 200).
     pub async fn wait_leader(&self) {
-        crate::wait_until_async(START_TIMEOUT, "the nameserver to lead", || {
+        crate::wait_until_async(START_TIMEOUT, &format!("{} to lead", self.binary), || {
             let endpoint = self.endpoint.clone();
             async move { crate::process::http_get(&endpoint, "/api/leader-check").0 == 200 }
         })
@@ -117,7 +141,7 @@ impl NameserverProcess {
     }
 }
 
-impl Drop for NameserverProcess {
+impl Drop for ElectedProcess {
     fn drop(&mut self) {
         self.kill9();
     }

@@ -204,11 +204,27 @@ async fn every_rpc_works_and_bad_input_gets_structured_errors() {
             tid: 3,
             pid: 0,
             limit: 4,
+            skip: 0,
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(preview.rows.len(), 4);
+    let next_page = client
+        .preview(PreviewRequest {
+            tid: 3,
+            pid: 0,
+            limit: 4,
+            skip: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        next_page.rows[..2],
+        preview.rows[2..],
+        "skip pages through the rows"
+    );
 
     let deleted = client
         .delete(DeleteRequest {

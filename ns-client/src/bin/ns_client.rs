@@ -59,6 +59,15 @@ async fn main() -> ExitCode {
             }
         };
     let mut shell = Shell::new(ns).with_data(data);
+    match tessera_ns_client::nameserver::TaskManagerConnection::connect(
+        &flags.zk_cluster,
+        &flags.zk_root_path,
+    )
+    .await
+    {
+        Ok(tm) => shell = shell.with_taskmanager(tm),
+        Err(e) => eprintln!("no taskmanager connection ({e}); job commands are unavailable"),
+    }
     shell.db = flags.database;
     if let Some(cmd) = flags.cmd {
         return match shell.execute(&cmd).await {

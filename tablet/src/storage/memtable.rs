@@ -243,9 +243,17 @@ impl Memtable {
     }
 
     /// The first `limit` live rows of the first index, in index order.
-    pub fn preview(&self, limit: usize, now_ms: i64) -> Vec<Found> {
+    /// Up to `limit` live rows in first-index order, after skipping `skip` of them (a
+    /// page of a table read in several requests).
+    pub fn preview(&self, skip: usize, limit: usize, now_ms: i64) -> Vec<Found> {
         let mut rows = Vec::with_capacity(limit.min(1024));
-        self.for_each_live(0, now_ms, limit, |found| rows.push(found));
+        let mut seen = 0usize;
+        self.for_each_live(0, now_ms, skip.saturating_add(limit), |found| {
+            if seen >= skip {
+                rows.push(found);
+            }
+            seen += 1;
+        });
         rows
     }
 
@@ -403,7 +411,8 @@ mod tests {
         assert_eq!(m.count_key(0, &a, 0), 3);
         assert_eq!(m.count_key(1, &key_of(&m, 1, "y"), 0), 2);
         assert_eq!(m.count_index(0, 0), 4);
-        assert_eq!(m.preview(2, 0).len(), 2);
+        assert_eq!(m.preview(0, 2, 0).len(), 2);
+        assert_eq!(m.preview(1, 10, 0).len(), m.preview(0, 10, 0).len() - 1);
         assert_eq!(m.record_count(), 4);
     }
 

@@ -463,9 +463,9 @@ impl Table {
     }
 
     /// The first `limit` live rows in first-index order.
-    pub fn preview(&self, limit: usize) -> Result<(Version, Vec<RowAt>)> {
+    pub fn preview(&self, skip: usize, limit: usize) -> Result<(Version, Vec<RowAt>)> {
         let version = self.version();
-        let rows = self.memtable.preview(limit, now_ms());
+        let rows = self.memtable.preview(skip, limit, now_ms());
         let rows = rows
             .into_iter()
             .map(|f| self.decode(f))

@@ -1,0 +1,68 @@
+//! `tessera-taskmanager`: runs long jobs (bulk import and export, snapshots). Run two or
+//! more; one is elected through ZooKeeper and works, the others stand by.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tessera_taskmanager::TaskManagerConfig;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tessera-taskmanager",
+    version,
+    about = "Tessera taskmanager",
+    rename_all = "snake_case"
+)]
+struct Flags {
+    /// host:port to listen on (gRPC and HTTP).
+    #[arg(long)]
+    endpoint: String,
+    /// ZooKeeper connect string (host:port[,host:port…]).
+    #[arg(long)]
+    zk_cluster: String,
+    /// Root path of this cluster in ZooKeeper.
+    #[arg(long, default_value = "/tessera")]
+    zk_root_path: String,
+    /// ZooKeeper session timeout in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    zk_session_timeout: u64,
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let flags = Flags::parse();
+    let config = TaskManagerConfig {
+        endpoint: flags.endpoint,
+        zk_cluster: flags.zk_cluster,
+        zk_root_path: flags.zk_root_path,
+        zk_session_timeout: Duration::from_millis(flags.zk_session_timeout),
+    };
+    config
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("invalid configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("taskmanager")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(tessera_taskmanager::run(config, shutdown_signal()))
+}

@@ -1,0 +1,184 @@
+//! Submitting, running, stopping and resuming jobs. A job runs on the leader only; its
+//! record is rewritten as it progresses, so a new leader resumes every job that had not
+//! ended (an import from its checkpoints, an export or a snapshot from the start).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tessera_proto::taskmanager::{CsvOptions, JobInfo, SubmitJobRequest};
+use tracing::{info, warn};
+
+use crate::error::{Result, TmError};
+use crate::state::{is_ended, now_ms, TaskManager, FAILED, FINISHED, RUNNING, STOPPED, SUBMITTED};
+use crate::{export, import, snapshot};
+
+pub const IMPORT: &str = "ImportData";
+pub const EXPORT: &str = "ExportData";
+pub const SNAPSHOT: &str = "SnapshotAll";
+
+/// The delimiter of a job's CSV options: one ASCII character, `,` by default.
+pub fn delimiter(options: &CsvOptions) -> Result<u8> {
+    match options.delimiter.as_bytes() {
+        [] => Ok(b','),
+        [d] if d.is_ascii() && *d != b'"' && *d != b'\n' && *d != b'\r' => Ok(*d),
+        _ => Err(TmError::InvalidArgument(format!(
+            "delimiter must be one ASCII character other than a quote or a line break, not `{}`",
+            options.delimiter
+        ))),
+    }
+}
+
+impl TaskManager {
+    /// Checks a request, records the job and starts it.
+    pub async fn submit(self: &Arc<Self>, request: SubmitJobRequest) -> Result<JobInfo> {
+        self.lock().await?;
+        let options = request.options.clone().unwrap_or_default();
+        let db = if request.db.is_empty() {
+            "default".to_string()
+        } else {
+            request.db.clone()
+        };
+        match request.job_type.as_str() {
+            IMPORT | EXPORT => {
+                delimiter(&options)?;
+                if request.path.is_empty() {
+                    return Err(TmError::InvalidArgument("a file path is required".into()));
+                }
+                // The table must exist (its schema says how to read and write rows).
+                self.data().await?.schema(&db, &request.table).await?;
+                let path = std::path::Path::new(&request.path);
+                if request.job_type == IMPORT && !path.is_file() {
+                    return Err(TmError::InvalidArgument(format!(
+                        "{} is not a file on the taskmanager ({})",
+                        request.path, self.endpoint
+                    )));
+                }
+                if request.job_type == EXPORT
+                    && !path
+                        .parent()
+                        .is_some_and(|p| p.as_os_str().is_empty() || p.is_dir())
+                {
+                    return Err(TmError::InvalidArgument(format!(
+                        "the directory of {} does not exist on the taskmanager ({})",
+                        request.path, self.endpoint
+                    )));
+                }
+            }
+            SNAPSHOT => {}
+            other => {
+                return Err(TmError::InvalidArgument(format!(
+                    "unknown job type `{other}` (one of {IMPORT}, {EXPORT}, {SNAPSHOT})"
+                )))
+            }
+        }
+        let job = self
+            .create_job(JobInfo {
+                job_type: request.job_type,
+                state: SUBMITTED.into(),
+                db,
+                table: request.table,
+                path: request.path,
+                options: Some(options),
+                start_time_ms: now_ms(),
+                endpoint: self.endpoint.clone(),
+                ..JobInfo::default()
+            })
+            .await?;
+        info!(id = job.id, job_type = %job.job_type, table = %job.table, "job submitted");
+        self.spawn_job(job.clone());
+        Ok(job)
+    }
+
+    pub async fn stop_job(&self, id: u64) -> Result<JobInfo> {
+        self.lock().await?;
+        let job = self.job(id).await?;
+        if is_ended(&job) {
+            return Err(TmError::InvalidArgument(format!(
+                "job {id} already ended ({})",
+                job.state
+            )));
+        }
+        // Stop the run first and let it end, so its last progress write cannot land
+        // after (and over) the Stopped record.
+        if let Some(flag) = self.running.lock().get(&id) {
+            flag.store(true, Ordering::Release);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.running.lock().contains_key(&id) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let mut job = self.job(id).await?;
+        job.state = STOPPED.into();
+        job.end_time_ms = now_ms();
+        self.save_job(&job).await?;
+        info!(id, "job stopped");
+        Ok(job)
+    }
+
+    /// After winning the election: every job that had not ended runs again.
+    pub(crate) async fn resume_jobs(self: Arc<Self>) {
+        match self.jobs().await {
+            Ok(jobs) => {
+                for job in jobs.into_iter().filter(|j| !is_ended(j)) {
+                    info!(id = job.id, job_type = %job.job_type, "resuming job");
+                    self.spawn_job(job);
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot list jobs to resume"),
+        }
+    }
+
+    fn spawn_job(self: &Arc<Self>, job: JobInfo) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let id = job.id;
+        {
+            let mut running = self.running.lock();
+            if running.contains_key(&id) {
+                return;
+            }
+            running.insert(id, stop.clone());
+        }
+        let tm = self.clone();
+        tokio::spawn(async move {
+            tm.run_job(job, stop.clone()).await;
+            tm.running.lock().remove(&id);
+        });
+    }
+
+    async fn run_job(self: &Arc<Self>, mut job: JobInfo, stop: Arc<AtomicBool>) {
+        let resumed = job.state == RUNNING;
+        job.state = RUNNING.into();
+        job.endpoint = self.endpoint.clone();
+        if self.save_job(&job).await.is_err() {
+            return;
+        }
+        let outcome = match job.job_type.as_str() {
+            IMPORT => import::run(self, &mut job, &stop, resumed).await,
+            EXPORT => export::run(self, &mut job, &stop).await,
+            SNAPSHOT => snapshot::run(self, &mut job, &stop).await,
+            other => Err(TmError::InvalidArgument(format!(
+                "unknown job type {other}"
+            ))),
+        };
+        // Stopped by an operator (who wrote the record) or deposed (the next leader
+        // resumes it): either way this run has nothing more to say.
+        if stop.load(Ordering::Acquire) || !self.is_leader() {
+            return;
+        }
+        match outcome {
+            Ok(()) => {
+                job.state = FINISHED.into();
+                info!(id = job.id, done = job.done, "job finished");
+            }
+            Err(e) => {
+                job.state = FAILED.into();
+                job.error = e.to_string();
+                warn!(id = job.id, error = %job.error, "job failed");
+            }
+        }
+        job.end_time_ms = now_ms();
+        if let Err(e) = self.save_job(&job).await {
+            warn!(id = job.id, error = %e, "cannot record the end of a job");
+        }
+    }
+}

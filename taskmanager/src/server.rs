@@ -1,0 +1,90 @@
+//! Starting and stopping a taskmanager.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use tessera_common::coordination::ZkSettings;
+use tessera_common::Endpoint;
+use tessera_proto::taskmanager::task_manager_server::TaskManagerServer;
+use tracing::info;
+
+use crate::service::TaskManagerService;
+use crate::state::TaskManager;
+
+#[derive(Debug, Clone)]
+pub struct TaskManagerConfig {
+    pub endpoint: String,
+    pub zk_cluster: String,
+    pub zk_root_path: String,
+    pub zk_session_timeout: Duration,
+}
+
+impl TaskManagerConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        Endpoint::parse(&self.endpoint)?;
+        if self.zk_cluster.is_empty() {
+            return Err(
+                "zk_cluster is required: the taskmanager is elected through ZooKeeper".into(),
+            );
+        }
+        if !self.zk_root_path.starts_with('/') {
+            return Err(format!(
+                "zk_root_path `{}` must start with /",
+                self.zk_root_path
+            ));
+        }
+        if self.zk_session_timeout < Duration::from_millis(400) {
+            return Err("zk_session_timeout must be at least 400 ms".into());
+        }
+        Ok(())
+    }
+}
+
+/// Runs a taskmanager until `shutdown` completes.
+pub async fn run(
+    config: TaskManagerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("invalid taskmanager configuration")?;
+    let addr: SocketAddr = tokio::net::lookup_host(&config.endpoint)
+        .await
+        .with_context(|| format!("cannot resolve endpoint {}", config.endpoint))?
+        .next()
+        .with_context(|| format!("endpoint {} resolves to nothing", config.endpoint))?;
+    let state = TaskManager::new(
+        config.endpoint.clone(),
+        ZkSettings {
+            cluster: config.zk_cluster.clone(),
+            root: config.zk_root_path.clone(),
+            session_timeout: config.zk_session_timeout,
+        },
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let election = tokio::spawn(state.clone().run_election(stopped));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+    info!(endpoint = %config.endpoint, "taskmanager serving");
+    let grpc = tonic::service::Routes::new(TaskManagerServer::new(TaskManagerService::new(
+        state.clone(),
+    )))
+    .prepare()
+    .into_axum_router();
+    let app = crate::http::with_http(grpc, state);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    let _ = stop.send(true);
+    let _ = election.await;
+    info!("taskmanager stopped");
+    served.context("gRPC server failed")
+}

@@ -1,0 +1,305 @@
+//! The taskmanager's state: its ZooKeeper session, whether it leads (and the election
+//! lock through which every job record write is fenced), and the job records.
+//!
+//! Layout under the cluster root: `/taskmanager/leader/n-<seq>` (election, lowest wins,
+//! data = endpoint), `/taskmanager/job_index` (id counter), `/taskmanager/jobs/<id>` (a
+//! `JobInfo`), `/taskmanager/jobs/<id>/<pid>` (an import's `ImportCheckpoint`).
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+use prost::Message;
+use tessera_common::coordination::ZkSettings;
+use tessera_proto::taskmanager::{ImportCheckpoint, JobInfo};
+use tokio::sync::watch;
+use tracing::{info, warn};
+use zookeeper_client::{
+    Acls, Client, CreateMode, Error as ZkError, LockPrefix, OwnedLockClient, SessionState,
+};
+
+use crate::error::{Result, TmError};
+
+pub const SUBMITTED: &str = "Submitted";
+pub const RUNNING: &str = "Running";
+pub const FINISHED: &str = "Finished";
+pub const FAILED: &str = "Failed";
+pub const STOPPED: &str = "Stopped";
+
+pub fn is_ended(job: &JobInfo) -> bool {
+    matches!(job.state.as_str(), FINISHED | FAILED | STOPPED)
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn persistent() -> zookeeper_client::CreateOptions<'static> {
+    CreateMode::Persistent.with_acls(Acls::anyone_all())
+}
+
+pub struct TaskManager {
+    pub endpoint: String,
+    pub settings: ZkSettings,
+    root: String,
+    client: RwLock<Option<Client>>,
+    leader: RwLock<Option<Arc<OwnedLockClient>>>,
+    /// Stop flags of the jobs this leader runs now.
+    pub(crate) running: Mutex<HashMap<u64, Arc<AtomicBool>>>,
+    /// The cluster's SDK client, for the jobs' reads and writes.
+    data: tokio::sync::OnceCell<Arc<tessera_ns_client::Client>>,
+}
+
+impl TaskManager {
+    pub fn new(endpoint: String, settings: ZkSettings) -> Arc<TaskManager> {
+        Arc::new(TaskManager {
+            endpoint,
+            root: format!("{}/taskmanager", settings.root.trim_end_matches('/')),
+            settings,
+            client: RwLock::new(None),
+            leader: RwLock::new(None),
+            running: Mutex::default(),
+            data: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.read().is_some()
+    }
+
+    fn leader_dir(&self) -> String {
+        format!("{}/leader", self.root)
+    }
+
+    fn jobs_dir(&self) -> String {
+        format!("{}/jobs", self.root)
+    }
+
+    fn job_path(&self, id: u64) -> String {
+        format!("{}/jobs/{id:010}", self.root)
+    }
+
+    fn checkpoint_path(&self, id: u64, pid: u32) -> String {
+        format!("{}/{pid}", self.job_path(id))
+    }
+
+    fn client(&self) -> Result<Client> {
+        self.client
+            .read()
+            .clone()
+            .ok_or_else(|| TmError::Zk("not connected to ZooKeeper".into()))
+    }
+
+    /// The election lock, or NotLeader naming the leader.
+    pub(crate) async fn lock(&self) -> Result<Arc<OwnedLockClient>> {
+        if let Some(lock) = self.leader.read().clone() {
+            return Ok(lock);
+        }
+        let leader = self.leader_endpoint().await.unwrap_or_default();
+        Err(TmError::NotLeader { leader })
+    }
+
+    async fn leader_endpoint(&self) -> Result<String> {
+        let client = self.client()?;
+        let mut children = client.list_children(&self.leader_dir()).await?;
+        children.sort_by_key(|c| {
+            c.rsplit('-')
+                .next()
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(u64::MAX)
+        });
+        match children.first() {
+            Some(first) => {
+                let (data, _) = client
+                    .get_data(&format!("{}/{first}", self.leader_dir()))
+                    .await?;
+                Ok(String::from_utf8_lossy(&data).into_owned())
+            }
+            None => Ok(String::new()),
+        }
+    }
+
+    /// The SDK client, connected on first use.
+    pub(crate) async fn data(&self) -> Result<Arc<tessera_ns_client::Client>> {
+        self.data
+            .get_or_try_init(|| async {
+                tessera_ns_client::Client::connect(&self.settings.cluster, &self.settings.root)
+                    .await
+                    .map(Arc::new)
+                    .map_err(TmError::from)
+            })
+            .await
+            .cloned()
+    }
+
+    /// Contends for leadership until `stop`; `on_lead` runs each time it wins.
+    pub async fn run_election(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let session = tokio::select! {
+                s = self.clone().lead_one_session() => s,
+                _ = stop.changed() => return,
+            };
+            self.leader.write().take();
+            self.stop_all_jobs();
+            if let Err(e) = session {
+                warn!(error = %e, "taskmanager session ended");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    async fn lead_one_session(self: Arc<Self>) -> Result<()> {
+        let client = Client::connector()
+            .with_session_timeout(self.settings.session_timeout)
+            .connect(&self.settings.cluster)
+            .await?;
+        for dir in [self.leader_dir(), self.jobs_dir()] {
+            match client.mkdir(&dir, &persistent()).await {
+                Ok(()) | Err(ZkError::NodeExists) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        *self.client.write() = Some(client.clone());
+        let prefix_path = format!("{}/n-", self.leader_dir());
+        let prefix = LockPrefix::new_shared(&prefix_path)?;
+        let lock = client
+            .lock(prefix, self.endpoint.as_bytes(), Acls::anyone_all())
+            .await?;
+        let lock = Arc::new(lock.into_owned());
+        match lock
+            .create(&format!("{}/job_index", self.root), b"0", &persistent())
+            .await
+        {
+            Ok(_) | Err(ZkError::NodeExists) => {}
+            Err(e) => return Err(e.into()),
+        }
+        *self.leader.write() = Some(lock);
+        info!(endpoint = %self.endpoint, "became the taskmanager leader");
+        tokio::spawn(self.clone().resume_jobs());
+
+        let mut states = client.state_watcher();
+        loop {
+            match states.changed().await {
+                SessionState::Expired | SessionState::Closed | SessionState::AuthFailed => {
+                    warn!("ZooKeeper session lost: no longer the leader");
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn stop_all_jobs(&self) {
+        for flag in self.running.lock().values() {
+            flag.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Every job, oldest first.
+    pub async fn jobs(&self) -> Result<Vec<JobInfo>> {
+        let client = self.client()?;
+        let mut jobs = Vec::new();
+        for child in client.list_children(&self.jobs_dir()).await? {
+            if let Some(job) = self
+                .read_job(&client, &format!("{}/{child}", self.jobs_dir()))
+                .await?
+            {
+                jobs.push(job);
+            }
+        }
+        jobs.sort_by_key(|j| j.id);
+        Ok(jobs)
+    }
+
+    async fn read_job(&self, client: &Client, path: &str) -> Result<Option<JobInfo>> {
+        match client.get_data(path).await {
+            Ok((data, _)) => Ok(Some(
+                JobInfo::decode(data.as_slice()).map_err(|e| TmError::Zk(e.to_string()))?,
+            )),
+            Err(ZkError::NoNode) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn job(&self, id: u64) -> Result<JobInfo> {
+        let client = self.client()?;
+        self.read_job(&client, &self.job_path(id))
+            .await?
+            .ok_or(TmError::NoSuchJob(id))
+    }
+
+    /// Persists a new job with the next id.
+    pub(crate) async fn create_job(&self, mut job: JobInfo) -> Result<JobInfo> {
+        let lock = self.lock().await?;
+        let client = self.client()?;
+        let index = format!("{}/job_index", self.root);
+        let id = loop {
+            let (data, stat) = client.get_data(&index).await?;
+            let next = String::from_utf8_lossy(&data)
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+                + 1;
+            match lock
+                .set_data(&index, next.to_string().as_bytes(), Some(stat.version))
+                .await
+            {
+                Ok(_) => break next,
+                Err(ZkError::BadVersion) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        job.id = id;
+        lock.create(&self.job_path(id), &job.encode_to_vec(), &persistent())
+            .await?;
+        Ok(job)
+    }
+
+    /// Rewrites a job record (fenced: only the leader can).
+    pub(crate) async fn save_job(&self, job: &JobInfo) -> Result<()> {
+        let lock = self.lock().await?;
+        lock.set_data(&self.job_path(job.id), &job.encode_to_vec(), None)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn checkpoint(&self, id: u64, pid: u32) -> Result<ImportCheckpoint> {
+        let client = self.client()?;
+        match client.get_data(&self.checkpoint_path(id, pid)).await {
+            Ok((data, _)) => {
+                ImportCheckpoint::decode(data.as_slice()).map_err(|e| TmError::Zk(e.to_string()))
+            }
+            Err(ZkError::NoNode) => Ok(ImportCheckpoint::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) async fn save_checkpoint(
+        &self,
+        id: u64,
+        pid: u32,
+        checkpoint: &ImportCheckpoint,
+    ) -> Result<()> {
+        let lock = self.lock().await?;
+        let path = self.checkpoint_path(id, pid);
+        let data = checkpoint.encode_to_vec();
+        match lock.set_data(&path, &data, None).await {
+            Ok(_) => Ok(()),
+            Err(ZkError::NoNode) => {
+                lock.create(&path, &data, &persistent()).await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! The taskmanager with real processes: two instances elected through ZooKeeper, jobs
+//! submitted with ns_client. A one-million-row import survives `kill -9` of the leader
+//! (the standby finishes it from its checkpoints; the table ends with exactly the file's
+//! rows), an export re-imported gives identical content, and a malformed line fails its
+//! job with the line's number.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use tessera_common::Value;
+use tessera_ns_client::nameserver::TaskManagerConnection;
+use tessera_ns_client::Client;
+use tessera_proto::taskmanager::{JobIdRequest, JobInfo};
+use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
+use tessera_tests::process::http_get;
+use tessera_tests::{binary, ElectedProcess};
+
+const JOB_DEADLINE: Duration = Duration::from_secs(600);
+
+struct Cluster {
+    cluster: NsCluster,
+    taskmanagers: Vec<ElectedProcess>,
+    jobs: TaskManagerConnection,
+    client: Client,
+}
+
+async fn start(dir: &Path) -> Cluster {
+    let cluster = NsCluster::start(
+        dir,
+        NsClusterSpec {
+            tablets: 3,
+            tablet_session_ms: Some(3000),
+            // These tests are about jobs, not durability: no fsync keeps a million
+            // replicated writes quick on a small machine.
+            tablet_args: &["--binlog_fsync=none"],
+            nameserver_session_ms: 2000,
+            nameserver_args: &[],
+        },
+    )
+    .await;
+    let mut taskmanagers = Vec::new();
+    for i in 0..2 {
+        let tm =
+            ElectedProcess::start_taskmanager(&dir.join(format!("tm{i}")), &cluster.zk, 2000).await;
+        if i == 0 {
+            tm.wait_leader().await;
+        }
+        taskmanagers.push(tm);
+    }
+    let zk = cluster.zk.connect_string();
+    Cluster {
+        jobs: TaskManagerConnection::connect(&zk, "/tessera")
+            .await
+            .unwrap(),
+        client: Client::connect(&zk, "/tessera").await.unwrap(),
+        cluster,
+        taskmanagers,
+    }
+}
+
+impl Cluster {
+    /// Runs an ns_client command; its output, and whether it succeeded.
+    fn ns_client(&self, command: &str) -> (bool, String) {
+        let output = Command::new(binary("ns_client"))
+            .arg(format!("--zk_cluster={}", self.cluster.zk.connect_string()))
+            .arg("--zk_root_path=/tessera")
+            .arg(format!("--cmd={command}"))
+            .output()
+            .expect("run ns_client");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    }
+
+    fn ok(&self, command: &str) -> String {
+        let (ok, text) = self.ns_client(command);
+        assert!(ok, "`{command}` failed:\n{text}");
+        text
+    }
+
+    /// Submits a job through ns_client; its id.
+    fn submit(&self, statement: &str) -> u64 {
+        let out = self.ok(statement);
+        out.split_whitespace()
+            .nth(1)
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("no job id in {out}"))
+    }
+
+    async fn show(&mut self, id: u64) -> Option<JobInfo> {
+        self.jobs
+            .call(|mut c| async move { c.show_job(JobIdRequest { id }).await })
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    /// Polls the job until `done` says so or the deadline passes; its last record.
+    async fn poll_job(&mut self, id: u64, done: impl Fn(&JobInfo) -> bool) -> (bool, JobInfo) {
+        let deadline = tokio::time::Instant::now() + JOB_DEADLINE;
+        let mut last = JobInfo::default();
+        while tokio::time::Instant::now() < deadline {
+            if let Some(job) = self.show(id).await {
+                last = job;
+                if done(&last) {
+                    return (true, last);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        (false, last)
+    }
+
+    /// Waits for the job to end; its record.
+    async fn wait_job(&mut self, id: u64) -> JobInfo {
+        let (ended, last) = self
+            .poll_job(id, |j| {
+                matches!(j.state.as_str(), "Finished" | "Failed" | "Stopped")
+            })
+            .await;
+        assert!(ended, "job {id} did not end: {last:?}");
+        last
+    }
+
+    fn create(&self, name: &str, partitions: u32) {
+        self.ok(&format!(
+            "create table {name} (id string not null, ts timestamp, v bigint, note string, \
+             index(key=id, ts=ts)) options (partitionnum={partitions}, replicanum=3);"
+        ));
+    }
+}
+
+/// The data lines of a CSV file (header dropped), sorted.
+fn sorted_lines(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).expect("read the csv");
+    let mut lines: Vec<String> = text.lines().skip(1).map(str::to_string).collect();
+    lines.sort_unstable();
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_million_row_import_survives_the_death_of_the_leader() {
+    const ROWS: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = start(dir.path()).await;
+    assert_eq!(
+        http_get(&c.taskmanagers[0].endpoint, "/api/leader-check").0,
+        200
+    );
+    assert_eq!(
+        http_get(&c.taskmanagers[1].endpoint, "/api/leader-check").0,
+        404
+    );
+    c.create("big", 8);
+
+    let file = dir.path().join("big.csv");
+    let mut text = String::with_capacity(40 * ROWS as usize);
+    text.push_str("id,ts,v,note\n");
+    for i in 0..ROWS {
+        text.push_str(&format!(
+            "k{i},{},{},note {}\n",
+            1_700_000_000_000 + i,
+            i * 7,
+            i % 100
+        ));
+    }
+    std::fs::write(&file, &text).unwrap();
+
+    let started = std::time::Instant::now();
+    let id = c.submit(&format!(
+        "load data infile '{}' into table big options (header=true)",
+        file.display()
+    ));
+    // Progress shows, then the leader dies in the middle.
+    let (midway, seen) = c
+        .poll_job(id, |j| j.total == ROWS && j.done >= ROWS / 4)
+        .await;
+    assert!(midway, "the import made no progress: {seen:?}");
+    eprintln!(
+        "{:?}: {} rows imported when the leader is killed",
+        started.elapsed(),
+        seen.done
+    );
+    assert!(seen.done < ROWS, "killed before the end: {seen:?}");
+    assert_eq!(seen.state, "Running");
+    let shown = c.ok(&format!("showjob {id}"));
+    assert!(
+        shown.contains("ImportData") && shown.contains("Running"),
+        "{shown}"
+    );
+    c.taskmanagers[0].kill9();
+
+    c.taskmanagers[1].wait_leader().await;
+    let job = c.wait_job(id).await;
+    assert_eq!(job.state, "Finished", "{job:?}");
+    eprintln!("{:?}: import finished", started.elapsed());
+    assert_eq!(job.done, ROWS);
+    assert_eq!(
+        job.endpoint, c.taskmanagers[1].endpoint,
+        "the standby finished it"
+    );
+    let log = std::fs::read_to_string(&c.taskmanagers[1].log_path).unwrap();
+    assert!(log.contains("resuming job"), "{log}");
+
+    assert_eq!(
+        c.client.count("default", "big", Vec::new()).await.unwrap(),
+        ROWS
+    );
+    for i in [0, 1, 4_999, 250_001, 499_999, 777_777, ROWS - 1] {
+        let row = c
+            .client
+            .get("default", "big", vec![Value::String(format!("k{i}"))])
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("row k{i} missing"));
+        assert_eq!(
+            row,
+            vec![
+                Value::String(format!("k{i}")),
+                Value::Timestamp(1_700_000_000_000 + i as i64),
+                Value::Int64(i as i64 * 7),
+                Value::String(format!("note {}", i % 100)),
+            ]
+        );
+    }
+    // Exactly the file's rows: none lost, none doubled.
+    let out = dir.path().join("big-export.csv");
+    let export = c.submit(&format!("export table big to '{}'", out.display()));
+    let job = c.wait_job(export).await;
+    assert_eq!(job.state, "Finished", "{job:?}");
+    eprintln!("{:?}: export finished", started.elapsed());
+    assert!(
+        sorted_lines(&out) == sorted_lines(&file),
+        "the table holds exactly the file's rows"
+    );
+    let jobs = c.ok("showjobs");
+    assert!(
+        jobs.contains("ImportData") && jobs.contains("ExportData"),
+        "{jobs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn export_then_import_gives_identical_content_and_bad_lines_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = start(dir.path()).await;
+    c.ok(
+        "create table every (id string not null, ts timestamp, b bool, i16 smallint, i32 int, \
+         f float, d double, day date, note string, index(key=id, ts=ts)) options (partitionnum=4, replicanum=3);",
+    );
+    for i in 0..300 {
+        c.client
+            .put(
+                "default",
+                "every",
+                vec![
+                    Value::String(format!("id{i}")),
+                    Value::Timestamp(1_000 + i),
+                    Value::Bool(i % 2 == 0),
+                    Value::Int16(i as i16),
+                    Value::Int32(-(i as i32)),
+                    Value::Float(i as f32 / 3.0),
+                    Value::Double(i as f64 * 1.5),
+                    Value::Date(19_000 + i as i32),
+                    match i % 4 {
+                        0 => Value::String("with, a comma".into()),
+                        1 => Value::Null,
+                        2 => Value::String("say \"hi\"".into()),
+                        _ => Value::String(format!("plain{i}")),
+                    },
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    let first = dir.path().join("every.csv");
+    let id = c.submit(&format!(
+        "export table every to '{}' options (delimiter='|')",
+        first.display()
+    ));
+    assert_eq!(c.wait_job(id).await.state, "Finished");
+    c.ok(
+        "create table copy (id string not null, ts timestamp, b bool, i16 smallint, i32 int, \
+         f float, d double, day date, note string, index(key=id, ts=ts)) options (partitionnum=2, replicanum=3);",
+    );
+    let id = c.submit(&format!(
+        "load data infile '{}' into table copy options (header=true, delimiter='|')",
+        first.display()
+    ));
+    let job = c.wait_job(id).await;
+    assert_eq!((job.state.as_str(), job.done), ("Finished", 300), "{job:?}");
+    let second = dir.path().join("copy.csv");
+    let id = c.submit(&format!(
+        "export table copy to '{}' options (delimiter='|')",
+        second.display()
+    ));
+    assert_eq!(c.wait_job(id).await.state, "Finished");
+    assert_eq!(sorted_lines(&first).len(), 300);
+    assert_eq!(
+        sorted_lines(&first),
+        sorted_lines(&second),
+        "identical content"
+    );
+
+    // A malformed line: the job fails naming it, and nothing is written.
+    c.create("strict", 2);
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "id,ts,v,note\na,1,10,x\nb,2,20,y\nc,3,30,z\nd,4,notanumber,w\ne,5,50,v\n",
+    )
+    .unwrap();
+    let id = c.submit(&format!(
+        "load data infile '{}' into table strict",
+        bad.display()
+    ));
+    let job = c.wait_job(id).await;
+    assert_eq!(job.state, "Failed");
+    assert!(
+        job.error.contains("line 5") && job.error.contains("`notanumber` is not a valid"),
+        "{job:?}"
+    );
+    assert_eq!(
+        c.client
+            .count("default", "strict", Vec::new())
+            .await
+            .unwrap(),
+        0
+    );
+    // Asked to, it skips the line and counts it.
+    let id = c.submit(&format!(
+        "load data infile '{}' into table strict options (skip_bad_rows=true)",
+        bad.display()
+    ));
+    let job = c.wait_job(id).await;
+    assert_eq!(
+        (job.state.as_str(), job.done, job.skipped),
+        ("Finished", 4, 1),
+        "{job:?}"
+    );
+    assert_eq!(
+        c.client
+            .count("default", "strict", Vec::new())
+            .await
+            .unwrap(),
+        4
+    );
+
+    // Mistakes are refused up front; an ended job cannot be stopped.
+    let (ok, out) = c.ns_client("load data infile '/no/such.csv' into table strict");
+    assert!(!ok && out.contains("is not a file"), "{out}");
+    let (ok, out) = c.ns_client(&format!(
+        "load data infile '{}' into table nosuch",
+        bad.display()
+    ));
+    assert!(!ok && out.contains("nosuch"), "{out}");
+    let (ok, out) = c.ns_client(&format!("stopjob {id}"));
+    assert!(!ok && out.contains("already ended"), "{out}");
+    let (ok, out) = c.ns_client("showjob 999");
+    assert!(!ok && out.contains("no job 999"), "{out}");
+    let (_, metrics) = http_get(&c.taskmanagers[0].endpoint, "/metrics");
+    assert!(
+        metrics.contains("tessera_taskmanager_is_leader 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tessera_taskmanager_jobs{type=\"ImportData\",state=\"Failed\"} 1"),
+        "{metrics}"
+    );
+}
