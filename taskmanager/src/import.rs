@@ -287,10 +287,7 @@ impl PartitionWriter {
 }
 
 /// The partition of a row: its first index's key, hashed as the SDK does.
-fn partition_function(
-    schema: &Schema,
-    partitions: u32,
-) -> Result<PartitionOf> {
+fn partition_function(schema: &Schema, partitions: u32) -> Result<PartitionOf> {
     let first = schema
         .indexes
         .first()

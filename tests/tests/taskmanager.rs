@@ -350,6 +350,51 @@ async fn export_then_import_gives_identical_content_and_bad_lines_are_reported()
         4
     );
 
+    // A running import stops when told, and stays stopped.
+    let long = dir.path().join("long.csv");
+    let mut text = String::from("id,ts,v,note\n");
+    for i in 0..200_000 {
+        text.push_str(&format!("s{i},{i},{i},n\n"));
+    }
+    std::fs::write(&long, text).unwrap();
+    c.create("stopped", 2);
+    let long_id = c.submit(&format!(
+        "load data infile '{}' into table stopped",
+        long.display()
+    ));
+    let (running, seen) = c.poll_job(long_id, |j| j.done > 0).await;
+    assert!(running, "{seen:?}");
+    let out = c.ok(&format!("stopjob {long_id}"));
+    assert!(out.contains(&format!("job {long_id} stopped")), "{out}");
+    let job = c.wait_job(long_id).await;
+    assert_eq!(job.state, "Stopped");
+    let written = c
+        .client
+        .count("default", "stopped", Vec::new())
+        .await
+        .unwrap();
+    assert!(written < 200_000, "stopped before the end: {written}");
+
+    // A snapshot of every table.
+    let snapshot = c
+        .jobs
+        .call(|mut tm| async move {
+            tm.submit_job(tessera_proto::taskmanager::SubmitJobRequest {
+                job_type: "SnapshotAll".into(),
+                ..Default::default()
+            })
+            .await
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let job = c.wait_job(snapshot.id).await;
+    assert_eq!(
+        (job.state.as_str(), job.done, job.total),
+        ("Finished", 4, 4),
+        "{job:?}"
+    );
+
     // Mistakes are refused up front; an ended job cannot be stopped.
     let (ok, out) = c.ns_client("load data infile '/no/such.csv' into table strict");
     assert!(!ok && out.contains("is not a file"), "{out}");
