@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A local Tessera to try things on, every process under tessera-daemon on loopback:
-# ZooKeeper, two nameservers, three tablets (and two taskmanagers once they are built),
-# with a demo table of sample rows. Opens ns_client when it is up.
+# ZooKeeper, two nameservers, three tablets and two taskmanagers, with a demo table of
+# sample rows. Opens ns_client when it is up.
 #
 #   scripts/playground.sh          install ZooKeeper if missing, build, start, open ns_client
 #   scripts/playground.sh stop     stop every playground process
@@ -126,8 +126,10 @@ Tessera playground is up (everything under $dir):
   ZooKeeper     $zk (root /tessera)
   nameservers   127.0.0.1:7527, 127.0.0.1:7528   (curl 127.0.0.1:7527/api/health, /metrics)
   tablets       127.0.0.1:9527, 127.0.0.1:9528, 127.0.0.1:9529
+  taskmanagers  127.0.0.1:9902, 127.0.0.1:9903   (jobs: load data infile, export table, showjobs)
   logs          $dir/run/logs/
-Try: showtable demo · scan demo alice · showtablet · showopstatus · help
+Try: showtable demo · scan demo alice · showtablet · showopstatus · help ·
+     export table demo to '/tmp/demo.csv' · showjobs
 Kill a tablet's process (kill -9 \$(cat $dir/run/tablet-9527.child.pid)) and watch
 its daemon restart it and the nameserver repair the partitions.
 Stop everything with: scripts/playground.sh stop
