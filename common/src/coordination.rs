@@ -185,6 +185,72 @@ async fn register(settings: &ZkSettings, path: &str, endpoint: &str) -> Result<C
     Ok(client)
 }
 
+/// A session for a process elected through ZooKeeper, with `dirs` created.
+pub async fn connect_elected(settings: &ZkSettings, dirs: &[String]) -> Result<Client, ZkError> {
+    let client = Client::connector()
+        .with_session_timeout(settings.session_timeout)
+        .connect(&settings.cluster)
+        .await?;
+    let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    for dir in dirs {
+        match client.mkdir(dir, &persistent).await {
+            Ok(()) | Err(ZkError::NodeExists) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(client)
+}
+
+/// Waits to win the election under `election_dir` (nodes `n-<sequence>`, lowest wins,
+/// data = `endpoint`). The lock fences every write made through it.
+pub async fn contend(
+    client: &Client,
+    election_dir: &str,
+    endpoint: &str,
+) -> Result<zookeeper_client::OwnedLockClient, ZkError> {
+    let prefix_path = format!("{election_dir}/n-");
+    let prefix = zookeeper_client::LockPrefix::new_shared(&prefix_path)?;
+    let lock = client
+        .lock(prefix, endpoint.as_bytes(), Acls::anyone_all())
+        .await?;
+    Ok(lock.into_owned())
+}
+
+/// Completes when the session ends (expired, closed): leadership ends with it.
+pub async fn until_session_ends(client: &Client) {
+    let mut states = client.state_watcher();
+    loop {
+        if let zookeeper_client::SessionState::Expired
+        | zookeeper_client::SessionState::Closed
+        | zookeeper_client::SessionState::AuthFailed = states.changed().await
+        {
+            return;
+        }
+    }
+}
+
+/// The endpoints contending under `election_dir`, the leader first.
+pub async fn election_order(client: &Client, election_dir: &str) -> Result<Vec<String>, ZkError> {
+    let mut children = client.list_children(election_dir).await?;
+    // `n-<sequence>`: the sequence decides the order.
+    children.sort_by_key(|c| {
+        c.rsplit('-')
+            .next()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(u64::MAX)
+    });
+    let mut out = Vec::with_capacity(children.len());
+    for child in children {
+        match client.get_data(&format!("{election_dir}/{child}")).await {
+            Ok((data, _)) => out.push(String::from_utf8_lossy(&data).into_owned()),
+            // It left between the listing and the read.
+            Err(ZkError::NoNode) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@ pub mod coordination;
 pub mod history;
 pub mod key;
 pub mod schema;
+pub mod server_process;
 pub mod types;
 pub mod value;
 pub mod wire_error;

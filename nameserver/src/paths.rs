@@ -17,10 +17,6 @@ impl Paths {
         format!("{}/leader", self.root)
     }
 
-    pub fn leader_prefix(&self) -> String {
-        format!("{}/leader/n-", self.root)
-    }
-
     pub fn nodes(&self) -> String {
         format!("{}/nodes", self.root)
     }

@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use tessera_common::coordination::ZkSettings;
-use tessera_common::Endpoint;
 use tessera_proto::nameserver::nameserver_server::NameserverServer;
 use tracing::info;
 
@@ -28,22 +27,13 @@ pub struct NameserverConfig {
 
 impl NameserverConfig {
     pub fn validate(&self) -> Result<(), String> {
-        Endpoint::parse(&self.endpoint)?;
-        if self.zk_cluster.is_empty() {
-            return Err(
-                "zk_cluster is required: the nameserver is elected through ZooKeeper".into(),
-            );
-        }
-        if !self.zk_root_path.starts_with('/') {
-            return Err(format!(
-                "zk_root_path `{}` must start with /",
-                self.zk_root_path
-            ));
-        }
-        if self.zk_session_timeout < Duration::from_millis(400) {
-            return Err("zk_session_timeout must be at least 400 ms".into());
-        }
-        Ok(())
+        tessera_common::server_process::validate_elected(
+            "nameserver",
+            &self.endpoint,
+            &self.zk_cluster,
+            &self.zk_root_path,
+            self.zk_session_timeout,
+        )
     }
 }
 

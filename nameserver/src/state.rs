@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use prost::Message;
-use tessera_common::coordination::ZkSettings;
+use tessera_common::coordination::{self, ZkSettings};
 use tessera_common::Schema;
 use tessera_proto::nameserver::*;
 use tessera_proto::tablet::tablet_client::TabletClient;
@@ -16,9 +16,7 @@ use tessera_proto::tablet::{self as tpb, TableRole};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tracing::{info, warn};
-use zookeeper_client::{
-    Acls, Client, CreateMode, Error as ZkError, LockPrefix, OwnedLockClient, SessionState,
-};
+use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, OwnedLockClient};
 
 use crate::error::{NsError, Result};
 use crate::paths::Paths;
@@ -143,27 +141,16 @@ impl Nameserver {
     }
 
     async fn lead_one_session(self: Arc<Self>) -> Result<()> {
-        let client = Client::connector()
-            .with_session_timeout(self.settings.session_timeout)
-            .connect(&self.settings.cluster)
-            .await?;
-        for dir in self.paths.directories() {
-            match client.mkdir(&dir, &persistent()).await {
-                Ok(()) | Err(ZkError::NodeExists) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let client =
+            coordination::connect_elected(&self.settings, &self.paths.directories()).await?;
         *self.client.write() = Some(client.clone());
         self.registry_ready
             .store(false, std::sync::atomic::Ordering::Release);
         tokio::spawn(self.clone().watch_tablets(client.clone()));
 
-        let prefix_path = self.paths.leader_prefix();
-        let prefix = LockPrefix::new_shared(&prefix_path)?;
-        let lock = client
-            .lock(prefix, self.endpoint.as_bytes(), Acls::anyone_all())
-            .await?;
-        let lock = Arc::new(lock.into_owned());
+        let lock = Arc::new(
+            coordination::contend(&client, &self.paths.leader_dir(), &self.endpoint).await?,
+        );
         for (path, initial) in [
             (self.paths.table_index(), "0"),
             (self.paths.table_changed(), "0"),
@@ -178,16 +165,9 @@ impl Nameserver {
         *self.leader.write() = Some(lock);
         info!(endpoint = %self.endpoint, "became the nameserver leader");
 
-        let mut states = client.state_watcher();
-        loop {
-            match states.changed().await {
-                SessionState::Expired | SessionState::Closed | SessionState::AuthFailed => {
-                    warn!("ZooKeeper session lost: no longer the leader");
-                    return Ok(());
-                }
-                _ => {}
-            }
-        }
+        coordination::until_session_ends(&client).await;
+        warn!("ZooKeeper session lost: no longer the leader");
+        Ok(())
     }
 
     /// Follows `/nodes`: present tablets are healthy, vanished ones offline.
@@ -303,23 +283,12 @@ impl Nameserver {
 
     /// Every nameserver in the election, in order; the first leads.
     pub async fn nameservers(&self) -> Result<Vec<(String, bool)>> {
-        let client = self.client()?;
-        let mut children = client.list_children(&self.paths.leader_dir()).await?;
-        // `n-<sequence>`: the sequence decides the order.
-        children.sort_by_key(|c| {
-            c.rsplit('-')
-                .next()
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(u64::MAX)
-        });
-        let mut out = Vec::new();
-        for (i, child) in children.iter().enumerate() {
-            let path = format!("{}/{child}", self.paths.leader_dir());
-            if let Ok((data, _)) = client.get_data(&path).await {
-                out.push((String::from_utf8_lossy(&data).into_owned(), i == 0));
-            }
-        }
-        Ok(out)
+        let order = coordination::election_order(&self.client()?, &self.paths.leader_dir()).await?;
+        Ok(order
+            .into_iter()
+            .enumerate()
+            .map(|(i, endpoint)| (endpoint, i == 0))
+            .collect())
     }
 
     /// Every table's metadata, read from ZooKeeper.

@@ -526,27 +526,7 @@ impl Client {
             if wanted == 0 {
                 break;
             }
-            let rows = self
-                .on_leader(
-                    db,
-                    name,
-                    |_| Ok(pid),
-                    |mut client, tid, pid| async move {
-                        client
-                            .preview(PreviewRequest {
-                                tid,
-                                pid,
-                                limit: wanted,
-                                skip: 0,
-                            })
-                            .await
-                            .map(|r| r.into_inner().rows)
-                    },
-                )
-                .await?;
-            for row in rows {
-                out.push(Value::row_from_proto(&row).map_err(ClientError::InvalidArgument)?);
-            }
+            out.extend(self.partition_page(db, name, pid, 0, wanted).await?);
         }
         Ok(out)
     }

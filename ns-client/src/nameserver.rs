@@ -80,25 +80,22 @@ impl<C: Clone> LeaderConnection<C> {
     /// The leader's endpoint: the data of the lowest election node.
     async fn leader_endpoint(&self) -> Result<String, ClientError> {
         let dir = &self.dir;
-        let mut children = self.zk.list_children(dir).await.map_err(|e| match e {
-            zookeeper_client::Error::NoNode => ClientError::Unavailable {
+        let order = tessera_common::coordination::election_order(&self.zk, dir)
+            .await
+            .map_err(|e| match e {
+                zookeeper_client::Error::NoNode => ClientError::Unavailable {
+                    attempts: 1,
+                    last: format!("no {} has ever run here ({dir})", self.what),
+                },
+                other => other.into(),
+            })?;
+        order
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Unavailable {
                 attempts: 1,
-                last: format!("no {} has ever run here ({dir})", self.what),
-            },
-            other => other.into(),
-        })?;
-        children.sort_by_key(|c| {
-            c.rsplit('-')
-                .next()
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(u64::MAX)
-        });
-        let first = children.first().ok_or_else(|| ClientError::Unavailable {
-            attempts: 1,
-            last: format!("no {} is running", self.what),
-        })?;
-        let (data, _) = self.zk.get_data(&format!("{dir}/{first}")).await?;
-        Ok(String::from_utf8_lossy(&data).into_owned())
+                last: format!("no {} is running", self.what),
+            })
     }
 
     /// The cached client, or one for `hint` (where a standby said the leader is), or for

@@ -12,13 +12,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 use prost::Message;
-use tessera_common::coordination::ZkSettings;
+use tessera_common::coordination::{self, ZkSettings};
 use tessera_proto::taskmanager::{ImportCheckpoint, JobInfo};
 use tokio::sync::watch;
 use tracing::{info, warn};
-use zookeeper_client::{
-    Acls, Client, CreateMode, Error as ZkError, LockPrefix, OwnedLockClient, SessionState,
-};
+use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, OwnedLockClient};
 
 use crate::error::{Result, TmError};
 
@@ -104,23 +102,8 @@ impl TaskManager {
     }
 
     async fn leader_endpoint(&self) -> Result<String> {
-        let client = self.client()?;
-        let mut children = client.list_children(&self.leader_dir()).await?;
-        children.sort_by_key(|c| {
-            c.rsplit('-')
-                .next()
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(u64::MAX)
-        });
-        match children.first() {
-            Some(first) => {
-                let (data, _) = client
-                    .get_data(&format!("{}/{first}", self.leader_dir()))
-                    .await?;
-                Ok(String::from_utf8_lossy(&data).into_owned())
-            }
-            None => Ok(String::new()),
-        }
+        let order = coordination::election_order(&self.client()?, &self.leader_dir()).await?;
+        Ok(order.into_iter().next().unwrap_or_default())
     }
 
     /// The SDK client, connected on first use.
@@ -159,23 +142,12 @@ impl TaskManager {
     }
 
     async fn lead_one_session(self: Arc<Self>) -> Result<()> {
-        let client = Client::connector()
-            .with_session_timeout(self.settings.session_timeout)
-            .connect(&self.settings.cluster)
-            .await?;
-        for dir in [self.leader_dir(), self.jobs_dir()] {
-            match client.mkdir(&dir, &persistent()).await {
-                Ok(()) | Err(ZkError::NodeExists) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let client =
+            coordination::connect_elected(&self.settings, &[self.leader_dir(), self.jobs_dir()])
+                .await?;
         *self.client.write() = Some(client.clone());
-        let prefix_path = format!("{}/n-", self.leader_dir());
-        let prefix = LockPrefix::new_shared(&prefix_path)?;
-        let lock = client
-            .lock(prefix, self.endpoint.as_bytes(), Acls::anyone_all())
-            .await?;
-        let lock = Arc::new(lock.into_owned());
+        let lock =
+            Arc::new(coordination::contend(&client, &self.leader_dir(), &self.endpoint).await?);
         match lock
             .create(&format!("{}/job_index", self.root), b"0", &persistent())
             .await
@@ -187,16 +159,9 @@ impl TaskManager {
         info!(endpoint = %self.endpoint, "became the taskmanager leader");
         tokio::spawn(self.clone().resume_jobs());
 
-        let mut states = client.state_watcher();
-        loop {
-            match states.changed().await {
-                SessionState::Expired | SessionState::Closed | SessionState::AuthFailed => {
-                    warn!("ZooKeeper session lost: no longer the leader");
-                    return Ok(());
-                }
-                _ => {}
-            }
-        }
+        coordination::until_session_ends(&client).await;
+        warn!("ZooKeeper session lost: no longer the leader");
+        Ok(())
     }
 
     fn stop_all_jobs(&self) {
