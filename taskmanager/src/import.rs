@@ -66,6 +66,10 @@ fn read_rows(
             Ok(false) => return Ok(()),
             Ok(true) => {}
             Err(e) => {
+                // An unreadable header is still the header.
+                if std::mem::take(&mut first) && options.header {
+                    continue;
+                }
                 bad(line, format!("cannot be read: {e}"))?;
                 continue;
             }
@@ -415,4 +419,83 @@ pub async fn run(
     }
     job.done = done.load(Ordering::Relaxed);
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_common::{ColumnType, Ttl};
+
+    fn schema() -> Schema {
+        Schema::new(
+            &[
+                ("id", ColumnType::String, false),
+                ("v", ColumnType::Int64, true),
+            ],
+            &[(&["id"], None, Ttl::NONE)],
+        )
+        .unwrap()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    fn options(header: bool, delimiter: &str, skip: bool) -> CsvOptions {
+        CsvOptions {
+            header,
+            delimiter: delimiter.into(),
+            skip_bad_rows: skip,
+        }
+    }
+
+    #[test]
+    fn rows_come_with_their_line_numbers() {
+        let f = file("id;v\n\"a;b\";1\nc;NULL\n\"multi\nline\";3\nd;4\n");
+        let mut rows = Vec::new();
+        read_rows(
+            f.path().to_str().unwrap(),
+            &schema(),
+            &options(true, ";", false),
+            |line, row| {
+                rows.push((line, row));
+                Ok(())
+            },
+            |line, reason| panic!("line {line}: {reason}"),
+        )
+        .unwrap();
+        let lines: Vec<u64> = rows.iter().map(|(l, _)| *l).collect();
+        assert_eq!(lines, [2, 3, 4, 6], "a quoted field may span lines");
+        assert_eq!(rows[0].1[0], Value::String("a;b".into()));
+        assert_eq!(rows[1].1[1], Value::Null);
+    }
+
+    #[test]
+    fn a_bad_line_fails_with_its_number_or_is_counted() {
+        let f = file("a,1\nb,x\nc\nd,4\n");
+        let path = f.path().to_str().unwrap();
+        let err = validate(path, &schema(), &options(false, "", false)).unwrap_err();
+        assert!(
+            err.to_string().starts_with("line 2: `x` is not a valid"),
+            "{err}"
+        );
+        assert_eq!(
+            validate(path, &schema(), &options(false, "", true)).unwrap(),
+            (2, 2),
+            "two good rows, two skipped (a bad value, a missing column)"
+        );
+        let missing = file("NULL,1\n");
+        let err = validate(
+            missing.path().to_str().unwrap(),
+            &schema(),
+            &options(false, "", false),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("line 1"),
+            "a null in a not-null column: {err}"
+        );
+    }
 }
