@@ -107,7 +107,8 @@ if ns_client --cmd=showtable 2>/dev/null | grep -q demo; then
   # most advanced replica of every partition back in the lead (and changes nothing when
   # all is well).
   echo "Existing tables found: running recoverdata"
-  "$bin/tessera-ops" --zk_cluster="$zk" --zk_root_path=/tessera --cmd=recoverdata | tail -n 6
+  "$bin/tessera-ops" --zk_cluster="$zk" --zk_root_path=/tessera --cmd=recoverdata | tail -n 6 ||
+    echo "recoverdata reported a problem; run it again with: $bin/tessera-ops --zk_cluster=$zk --cmd=recoverdata"
 else
   ns_client --cmd="create table demo (user string not null, ts timestamp, amount double, city string, \
 index(key=user, ts=ts)) options (partitionnum=4, replicanum=3);"

@@ -9,6 +9,10 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ClientError;
 
+/// How long a call keeps looking for a leader: beyond a ZooKeeper session timeout, so an
+/// election after a crash completes within it.
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+
 /// A connection to whichever instance of an elected service leads (the lowest election
 /// node under `dir`), re-resolved when it changes.
 pub struct LeaderConnection<C> {
@@ -133,38 +137,38 @@ impl<C: Clone> LeaderConnection<C> {
     {
         let mut last = tonic::Status::unavailable(format!("no {} answered", self.what));
         // Right after a restart the lowest election node may still be a dead session's,
-        // naming a process that is now a standby; the standby's answer names the leader.
+        // naming a process that is now a standby (the standby names the leader, which
+        // may be that same dead session's): keep trying until a leader is elected, for
+        // up to LEADER_WAIT.
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         let mut hint = None;
-        for attempt in 0..8 {
-            let client = match self.client(attempt > 0, hint.take()).await {
-                Ok(client) => client,
-                Err(e) => {
-                    last = tonic::Status::unavailable(e.to_string());
-                    tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
-                    continue;
-                }
-            };
-            match call(client).await {
-                Ok(value) => return Ok(value),
-                Err(status) => {
-                    let retry = match detail_of(&status) {
-                        Some(d) if d.code() == ErrorCode::NotLeader => {
-                            hint = (!d.leader.is_empty()).then_some(d.leader);
-                            true
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 0;
+        while tokio::time::Instant::now() < deadline {
+            attempt += 1;
+            match self.client(attempt > 1, hint.take()).await {
+                Err(e) => last = tonic::Status::unavailable(e.to_string()),
+                Ok(client) => match call(client).await {
+                    Ok(value) => return Ok(value),
+                    Err(status) => {
+                        let retry = match detail_of(&status) {
+                            Some(d) if d.code() == ErrorCode::NotLeader => {
+                                hint = (!d.leader.is_empty()).then_some(d.leader);
+                                true
+                            }
+                            Some(_) => false,
+                            // No structured reason: the connection itself failed.
+                            None => true,
+                        };
+                        if !retry {
+                            return Err(status);
                         }
-                        Some(_) => false,
-                        // No structured reason: the connection itself failed.
-                        None => true,
-                    };
-                    if !retry {
-                        return Err(status);
+                        last = status;
                     }
-                    last = status;
-                    if hint.is_none() {
-                        tokio::time::sleep(Duration::from_millis(200 * (attempt + 1).min(5))).await;
-                    }
-                }
+                },
             }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
         Err(last)
     }

@@ -120,14 +120,28 @@ impl TaskManager {
     }
 
     /// Contends for leadership until `stop`; `on_lead` runs each time it wins.
+    /// On a clean stop: gives leadership up and closes the session at once, so a standby
+    /// takes over now rather than after the session times out.
+    async fn release(&self) {
+        let lock = self.leader.write().take();
+        let client = self.client.write().take();
+        if lock.is_some() || client.is_some() {
+            // The lock deletes its node and the last client handle closes the session,
+            // both from background tasks: give them a moment before the process exits.
+            drop(lock);
+            drop(client);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
     pub async fn run_election(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
             if *stop.borrow() {
-                return;
+                break;
             }
             let session = tokio::select! {
                 s = self.clone().lead_one_session() => s,
-                _ = stop.changed() => return,
+                _ = stop.changed() => break,
             };
             self.leader.write().take();
             self.stop_all_jobs();
@@ -136,9 +150,10 @@ impl TaskManager {
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                _ = stop.changed() => return,
+                _ = stop.changed() => break,
             }
         }
+        self.release().await;
     }
 
     async fn lead_one_session(self: Arc<Self>) -> Result<()> {
