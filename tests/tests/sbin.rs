@@ -48,6 +48,18 @@ fn pid_in(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// Runs stop-all.sh (best effort) when dropped, also when the test panics.
+struct StopAllOnDrop(PathBuf);
+
+impl Drop for StopAllOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("sbin").join("stop-all.sh"))
+            .env("TESSERA_CONF", &self.0)
+            .output();
+    }
+}
+
 #[test]
 fn start_all_and_stop_all_run_a_local_cluster_under_the_daemon() {
     if !ZooKeeper::available() {
@@ -82,6 +94,8 @@ fn start_all_and_stop_all_run_a_local_cluster_under_the_daemon() {
     )
     .unwrap();
 
+    // Whatever happens below, nothing started here outlives the test.
+    let _cleanup = StopAllOnDrop(conf.clone());
     let out = script(&conf, "start-all.sh");
     assert!(
         out.contains("4 processes started"),
