@@ -251,27 +251,27 @@ impl Nameserver {
     /// its replicas came back as followers of nobody. Marking them dead lets the planner
     /// treat it like any failure: ChangeLeader where it led, RecoverTable for the rest.
     async fn mark_restarted_replicas_dead(&self, restarted: &[String]) -> Result<()> {
-        for endpoint in restarted {
-            for table in self.tables().await? {
-                for partition in &table.partitions {
-                    if partition
-                        .replicas
-                        .iter()
-                        .any(|r| r.endpoint == *endpoint && r.is_alive)
-                    {
-                        let endpoint = endpoint.clone();
-                        self.update_partition(&table, partition.pid, move |p| {
-                            for replica in p.replicas.iter_mut().filter(|r| r.endpoint == endpoint)
-                            {
-                                replica.is_alive = false;
-                            }
-                        })
-                        .await?;
-                    }
+        if restarted.is_empty() {
+            return Ok(());
+        }
+        let on_restarted = |r: &ReplicaMeta| restarted.contains(&r.endpoint);
+        for table in self.tables().await? {
+            for partition in &table.partitions {
+                if partition
+                    .replicas
+                    .iter()
+                    .any(|r| on_restarted(r) && r.is_alive)
+                {
+                    self.update_partition(&table, partition.pid, |p| {
+                        for replica in p.replicas.iter_mut().filter(|r| on_restarted(r)) {
+                            replica.is_alive = false;
+                        }
+                    })
+                    .await?;
                 }
             }
-            info!(endpoint = %endpoint, "replicas of a restarted tablet marked dead for repair");
         }
+        info!(endpoints = ?restarted, "replicas of restarted tablets marked dead for repair");
         Ok(())
     }
 

@@ -45,6 +45,43 @@ impl NameserverConnection {
     }
 }
 
+impl NameserverConnection {
+    /// (database, table) of every table, database by database, names sorted.
+    pub async fn table_names(&mut self) -> Result<Vec<(String, String)>, tonic::Status> {
+        use tessera_proto::nameserver::{ShowDbRequest, ShowTableRequest};
+        let dbs = self
+            .call(|mut c| async move { c.show_db(ShowDbRequest {}).await })
+            .await?
+            .into_inner()
+            .dbs;
+        let mut out = Vec::new();
+        for db in dbs {
+            let request = ShowTableRequest {
+                db: db.clone(),
+                name: String::new(),
+            };
+            let rows = self
+                .call(|mut c| {
+                    let r = request.clone();
+                    async move { c.show_table(r).await }
+                })
+                .await?
+                .into_inner()
+                .rows;
+            // One row per replica: each name once.
+            let names: std::collections::BTreeSet<String> =
+                rows.into_iter().map(|r| r.name).collect();
+            out.extend(names.into_iter().map(|name| (db.clone(), name)));
+        }
+        Ok(out)
+    }
+}
+
+/// Whether an op of the pipeline has ended: done, failed or cancelled.
+pub fn op_ended(op: &tessera_proto::nameserver::OpInfo) -> bool {
+    matches!(op.status.as_str(), "kDone" | "kFailed" | "kCanceled")
+}
+
 impl TaskManagerConnection {
     pub async fn connect(
         zk_cluster: &str,

@@ -6,10 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera_ns_client::nameserver::NameserverConnection;
-use tessera_proto::nameserver::{
-    PartitionsRequest, ShowDbRequest, ShowOpStatusRequest, ShowTableRequest,
-};
+use tessera_ns_client::nameserver::{op_ended, NameserverConnection};
+use tessera_proto::nameserver::{PartitionsRequest, ShowOpStatusRequest};
 use tessera_proto::taskmanager::JobInfo;
 
 use crate::error::{Result, TmError};
@@ -23,30 +21,7 @@ fn refused(status: tonic::Status) -> TmError {
 
 pub async fn run(tm: &Arc<TaskManager>, job: &mut JobInfo, stop: &Arc<AtomicBool>) -> Result<()> {
     let mut ns = NameserverConnection::connect(&tm.settings.cluster, &tm.settings.root).await?;
-    let dbs = ns
-        .call(|mut c| async move { c.show_db(ShowDbRequest {}).await })
-        .await
-        .map_err(refused)?
-        .into_inner()
-        .dbs;
-    let mut tables = Vec::new();
-    for db in dbs {
-        let request = ShowTableRequest {
-            db: db.clone(),
-            name: String::new(),
-        };
-        let rows = ns
-            .call(|mut c| {
-                let r = request.clone();
-                async move { c.show_table(r).await }
-            })
-            .await
-            .map_err(refused)?
-            .into_inner()
-            .rows;
-        let names: std::collections::BTreeSet<String> = rows.into_iter().map(|r| r.name).collect();
-        tables.extend(names.into_iter().map(|n| (db.clone(), n)));
-    }
+    let tables = ns.table_names().await.map_err(refused)?;
     job.total = tables.len() as u64;
     job.done = 0;
     tm.save_job(job).await?;
@@ -81,7 +56,6 @@ pub async fn run(tm: &Arc<TaskManager>, job: &mut JobInfo, stop: &Arc<AtomicBool
             .into_inner()
             .ops;
         let ours: Vec<_> = all.iter().filter(|op| ops.contains(&op.op_id)).collect();
-        let ended = |s: &str| matches!(s, "kDone" | "kFailed" | "kCanceled");
         if let Some(failed) = ours.iter().find(|op| op.status == "kFailed") {
             return Err(TmError::Cluster(format!(
                 "snapshot of {} pid {} failed: {}",
@@ -93,7 +67,7 @@ pub async fn run(tm: &Arc<TaskManager>, job: &mut JobInfo, stop: &Arc<AtomicBool
             .filter(|(db, name)| {
                 ours.iter()
                     .filter(|op| op.db == *db && op.name == *name)
-                    .all(|op| ended(&op.status))
+                    .all(|op| op_ended(op))
             })
             .map(|(db, name)| (db.as_str(), name.as_str()))
             .collect();

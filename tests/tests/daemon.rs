@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tessera_tests::process::{kill9, log_tail, pid_alive, signal, wait_exit};
+use tessera_tests::process::{kill9, log_tail, pid_alive, read_pid, signal, wait_exit};
 use tessera_tests::{binary, free_port, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -47,9 +47,7 @@ impl Daemon {
     }
 
     fn child_pid(&self) -> Option<i32> {
-        std::fs::read_to_string(&self.child_pidfile)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
+        read_pid(&self.child_pidfile)
     }
 
     /// Waits for the command to be running under a pid other than `previous`.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use tessera_tests::process::pid_alive;
+use tessera_tests::process::{pid_alive, read_pid};
 use tessera_tests::{binary, free_port, wait_until, ZooKeeper};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -42,10 +42,6 @@ fn ns_client(zk: &str, command: &str) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
-}
-
-fn pid_in(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// Runs stop-all.sh (best effort) when dropped, also when the test panics.
@@ -117,11 +113,11 @@ fn start_all_and_stop_all_run_a_local_cluster_under_the_daemon() {
 
     // A tablet crashes: its daemon starts it again.
     let child_pidfile = run.join(format!("tablet-{t1}.child.pid"));
-    let first = pid_in(&child_pidfile).expect("the tablet's pid");
+    let first = read_pid(&child_pidfile).expect("the tablet's pid");
     // SAFETY: kill(2) on the pid the daemon wrote.
     unsafe { libc::kill(first, libc::SIGKILL) };
     wait_until(DEADLINE, "the daemon to restart the tablet", || {
-        pid_in(&child_pidfile).is_some_and(|p| p != first && pid_alive(p))
+        read_pid(&child_pidfile).is_some_and(|p| p != first && pid_alive(p))
     });
     wait_until(DEADLINE, "two healthy tablets again", || {
         ns_client(&zk, "showtablet")
@@ -134,7 +130,7 @@ fn start_all_and_stop_all_run_a_local_cluster_under_the_daemon() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.to_string_lossy().ends_with(".child.pid"))
-        .filter_map(|p| pid_in(&p))
+        .filter_map(|p| read_pid(&p))
         .collect();
     assert_eq!(children.len(), 4);
     let out = script(&conf, "stop-all.sh");

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use tessera_ns_client::nameserver::NameserverConnection;
 use tessera_proto::nameserver::{
-    ConfGetRequest, ConfSetRequest, OpInfo, ShowDbRequest, ShowOpStatusRequest, ShowSchemaRequest,
-    ShowTableRequest, ShowTabletRequest, TableInfo,
+    ConfGetRequest, ConfSetRequest, OpInfo, ShowOpStatusRequest, ShowSchemaRequest,
+    ShowTabletRequest, TableInfo,
 };
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tonic::transport::{Channel, Endpoint};
@@ -53,10 +53,7 @@ pub struct Ops {
     pub timeout: Duration,
 }
 
-/// Every unfinished status of an op.
-pub fn is_finished(op: &OpInfo) -> bool {
-    matches!(op.status.as_str(), "kDone" | "kFailed" | "kCanceled")
-}
+pub use tessera_ns_client::nameserver::op_ended as is_finished;
 
 impl Ops {
     pub async fn connect(zk_cluster: &str, zk_root_path: &str, timeout: Duration) -> Result<Ops> {
@@ -133,47 +130,19 @@ impl Ops {
 
     /// Every table of every database, with its partitions' metadata.
     pub async fn tables(&mut self) -> Result<Vec<TableInfo>> {
-        let dbs = self
-            .ns
-            .call(|mut c| async move { c.show_db(ShowDbRequest {}).await })
-            .await
-            .map_err(refused)?
-            .into_inner()
-            .dbs;
         let mut tables = Vec::new();
-        for db in dbs {
-            let rows = self
+        for (db, name) in self.ns.table_names().await.map_err(refused)? {
+            let table = self
                 .ns
                 .call(|mut c| {
-                    let db = db.clone();
-                    async move {
-                        c.show_table(ShowTableRequest {
-                            db,
-                            name: String::new(),
-                        })
-                        .await
-                    }
+                    let (db, name) = (db.clone(), name.clone());
+                    async move { c.show_schema(ShowSchemaRequest { db, name }).await }
                 })
                 .await
                 .map_err(refused)?
                 .into_inner()
-                .rows;
-            let names: std::collections::BTreeSet<String> =
-                rows.into_iter().map(|r| r.name).collect();
-            for name in names {
-                let db = db.clone();
-                let table = self
-                    .ns
-                    .call(|mut c| {
-                        let (db, name) = (db.clone(), name.clone());
-                        async move { c.show_schema(ShowSchemaRequest { db, name }).await }
-                    })
-                    .await
-                    .map_err(refused)?
-                    .into_inner()
-                    .table;
-                tables.extend(table);
-            }
+                .table;
+            tables.extend(table);
         }
         Ok(tables)
     }
