@@ -40,6 +40,14 @@ pub fn note_record(history: &mut Vec<TermPair>, term: u64, offset: u64) {
     }
 }
 
+/// The offset of the first record of `term`, if the log holds one.
+pub fn first_offset_of(history: &[TermPair], term: u64) -> Option<u64> {
+    history
+        .iter()
+        .find(|p| p.term == term)
+        .map(|p| p.start_offset)
+}
+
 /// Drops what the history says about records after `offset`.
 pub fn truncate(history: &mut Vec<TermPair>, offset: u64) {
     history.retain(|p| p.start_offset <= offset);

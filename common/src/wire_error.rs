@@ -52,7 +52,10 @@ fn grpc_code(code: ErrorCode) -> Code {
         ErrorCode::TableExists => Code::AlreadyExists,
         ErrorCode::Corruption => Code::DataLoss,
         ErrorCode::NotLeader | ErrorCode::StaleTerm => Code::FailedPrecondition,
-        ErrorCode::PartitionUnavailable | ErrorCode::ShuttingDown => Code::Unavailable,
+        ErrorCode::PartitionUnavailable
+        | ErrorCode::ShuttingDown
+        | ErrorCode::NotEnoughReplicas => Code::Unavailable,
+        ErrorCode::OutcomeUnknown => Code::DeadlineExceeded,
         ErrorCode::Io | ErrorCode::Internal | ErrorCode::Unspecified => Code::Internal,
     }
 }

@@ -378,11 +378,14 @@ impl Nameserver {
                 .await
             }
             "kDelReplica" => {
-                self.del_from_leader(&table, &partition, op.pid, &op.endpoint)
+                // OfflineReplica stops shipping to the replica but keeps its vote;
+                // DelReplica takes it out of the voting set.
+                let keep_vote = op.op_type == OFFLINE_REPLICA;
+                self.del_from_leader(&table, &partition, op.pid, &op.endpoint, keep_vote)
                     .await
             }
             "kDelSourceReplica" => {
-                self.del_from_leader(&table, &partition, op.pid, &op.source)
+                self.del_from_leader(&table, &partition, op.pid, &op.source, false)
                     .await
             }
             "kDropReplica" => {
@@ -560,6 +563,10 @@ impl Nameserver {
                 }
             }
         }
+        // Every other replica the metadata lists stays a voting member, dead or not: the
+        // majority a write needs never shrinks with the replicas that are up. The ones
+        // that did not listen are not shipped to until RecoverTable brings them back.
+        let (followers, offline) = voting_members(partition, &op.chosen, &told);
         let mut client = tablet(&op.chosen).await?;
         call(
             &op.chosen,
@@ -568,7 +575,8 @@ impl Nameserver {
                 pid: op.pid,
                 role: TableRole::Leader as i32,
                 term: op.term,
-                followers: told.clone(),
+                followers,
+                offline,
                 ..Default::default()
             }),
         )
@@ -727,13 +735,15 @@ impl Nameserver {
 }
 
 impl Nameserver {
-    /// Removes a follower from its leader's replica set.
+    /// Stops the leader shipping to a follower; unless `keep_vote`, the follower also
+    /// leaves the voting set.
     async fn del_from_leader(
         &self,
         table: &TableInfo,
         partition: &PartitionMeta,
         pid: u32,
         endpoint: &str,
+        keep_vote: bool,
     ) -> Result<()> {
         let leader = leader_of(partition)?;
         let mut client = tablet(&leader).await?;
@@ -743,6 +753,7 @@ impl Nameserver {
                 tid: table.tid,
                 pid,
                 endpoint: endpoint.to_string(),
+                keep_vote,
             }),
         )
         .await
@@ -793,6 +804,27 @@ async fn drop_replica(table: &TableInfo, pid: u32, endpoint: &str) {
     if let Err(e) = dropped {
         warn!(tid = table.tid, pid, endpoint, error = %e, "dropping a replica failed; its files stay on that tablet");
     }
+}
+
+/// The voting members a new leader `chosen` is given: every other replica of the
+/// partition, and among them the ones not shipped to (those that did not follow it).
+fn voting_members(
+    partition: &PartitionMeta,
+    chosen: &str,
+    following: &[String],
+) -> (Vec<String>, Vec<String>) {
+    let followers: Vec<String> = partition
+        .replicas
+        .iter()
+        .map(|r| r.endpoint.clone())
+        .filter(|e| e != chosen)
+        .collect();
+    let offline = followers
+        .iter()
+        .filter(|e| !following.contains(e))
+        .cloned()
+        .collect();
+    (followers, offline)
 }
 
 fn leader_of(partition: &PartitionMeta) -> Result<String> {

@@ -64,6 +64,23 @@ pub struct Client {
     /// asks for at least this much, so it never returns older data than already seen.
     seen: parking_lot::Mutex<HashMap<(String, u32), u64>>,
     stats: parking_lot::Mutex<ReadStats>,
+    /// Idempotence: every put and delete carries this client's id and a sequence number
+    /// of its own, the same on every retry, so a retried write is applied once.
+    client_id: u64,
+    next_seq: std::sync::atomic::AtomicU64,
+}
+
+/// A random id for a client (no two clients should share one).
+fn new_client_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish().max(1)
 }
 
 /// What to do after a failed attempt.
@@ -83,7 +100,8 @@ fn classify(status: &tonic::Status) -> Failure {
             Failure::Fatal(ClientError::InvalidArgument(status.message().to_string()))
         }
         // Not the leader any more, the partition moving or reloading, the tablet gone or
-        // stopping, or a replica removed from under stale metadata.
+        // stopping, a replica removed from under stale metadata, too few replicas up, or
+        // a write of unknown outcome (retried with its sequence number: applied once).
         _ => Failure::Retry(status.message().to_string()),
     }
 }
@@ -110,6 +128,8 @@ impl Client {
             tablets: RwLock::default(),
             seen: parking_lot::Mutex::default(),
             stats: parking_lot::Mutex::default(),
+            client_id: new_client_id(),
+            next_seq: std::sync::atomic::AtomicU64::new(1),
         };
         client.follow_table_changes();
         Ok(client)
@@ -310,12 +330,15 @@ impl Client {
             .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         let proto = Value::row_to_proto(&row);
         let pid_of = |table: &Cached| Self::row_partition(table, &row);
+        let seq = self.next_seq();
         let (pid, term, offset) = self
             .on_leader(db, name, pid_of, |mut client, tid, pid| {
                 let request = PutRequest {
                     tid,
                     pid,
                     row: Some(proto.clone()),
+                    client_id: self.client_id,
+                    seq,
                 };
                 async move {
                     client
@@ -328,6 +351,17 @@ impl Client {
             .await?;
         self.note_seen(db, name, pid, offset);
         Ok((term, offset))
+    }
+
+    /// The sequence number of a new write (kept across its retries).
+    fn next_seq(&self) -> u64 {
+        self.next_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// This client's id, as sent with its writes.
+    pub fn client_id(&self) -> u64 {
+        self.client_id
     }
 
     fn note_seen(&self, db: &str, name: &str, pid: u32, offset: u64) {
@@ -539,6 +573,7 @@ impl Client {
         key_values: Vec<Value>,
     ) -> Result<u64, ClientError> {
         let key: Vec<_> = key_values.iter().map(Value::to_proto).collect();
+        let seq = self.next_seq();
         self.on_leader(
             db,
             name,
@@ -548,6 +583,8 @@ impl Client {
                     tid,
                     pid,
                     key: key.clone(),
+                    client_id: self.client_id,
+                    seq,
                     ..Default::default()
                 };
                 async move { client.delete(request).await.map(|r| r.into_inner().deleted) }

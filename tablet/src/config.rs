@@ -35,6 +35,12 @@ pub struct TabletConfig {
     pub scan_max_rows: usize,
     /// How long a quorum write waits for a majority before failing.
     pub quorum_timeout_ms: u64,
+    /// A client silent this long is forgotten by the partitions' idempotence tables: a
+    /// retry of its writes after that may be applied again.
+    pub client_expiry_secs: u64,
+    /// Writes waiting on one partition beyond which new ones are refused ("overloaded",
+    /// retryable).
+    pub max_writes_in_flight: usize,
 }
 
 impl Default for TabletConfig {
@@ -54,6 +60,8 @@ impl Default for TabletConfig {
             gc_interval_secs: 60,
             scan_max_rows: 100_000,
             quorum_timeout_ms: 10_000,
+            client_expiry_secs: 3600,
+            max_writes_in_flight: 4096,
         }
     }
 }
@@ -86,6 +94,12 @@ impl TabletConfig {
         }
         if self.gc_interval_secs == 0 {
             return Err("gc_interval_secs must be at least 1".into());
+        }
+        if self.client_expiry_secs == 0 {
+            return Err("client_expiry_secs must be at least 1".into());
+        }
+        if self.max_writes_in_flight == 0 {
+            return Err("max_writes_in_flight must be at least 1".into());
         }
         if self.quorum_timeout_ms == 0 {
             return Err("quorum_timeout_ms must be at least 1".into());
@@ -122,6 +136,8 @@ impl TabletConfig {
             quorum_timeout: std::time::Duration::from_millis(self.quorum_timeout_ms),
             // In a cluster a restarted replica waits for the nameserver to say who leads.
             restore_leadership: self.zk_cluster.is_empty(),
+            client_expiry: std::time::Duration::from_secs(self.client_expiry_secs),
+            max_writes_in_flight: self.max_writes_in_flight,
         }
     }
 }

@@ -58,6 +58,10 @@ fn storage_status(error: StorageError, message: String) -> Status {
         | StorageError::Schema(_) => wire_error::status(ErrorCode::InvalidArgument, message),
         StorageError::Corruption { .. } => wire_error::status(ErrorCode::Corruption, message),
         StorageError::Io { .. } => wire_error::status(ErrorCode::Io, message),
+        StorageError::NotEnoughReplicas { .. } => {
+            wire_error::status(ErrorCode::NotEnoughReplicas, message)
+        }
+        StorageError::OutcomeUnknown(_) => wire_error::status(ErrorCode::OutcomeUnknown, message),
         StorageError::Failed(_) | StorageError::Unavailable(_) => {
             wire_error::status(ErrorCode::PartitionUnavailable, message)
         }

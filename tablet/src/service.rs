@@ -19,7 +19,8 @@ use crate::catalog::Catalog;
 use crate::error::{Result as TabletResult, TabletError};
 use crate::replication::leader::Replicators;
 use crate::replication::transfer;
-use crate::storage::replica::{AppendOutcome, RoleChange};
+use crate::storage::entry::RequestId;
+use crate::storage::replica::{AppendOutcome, FollowerChange, RoleChange};
 use crate::storage::table::RowAt;
 use crate::storage::Table;
 
@@ -138,6 +139,7 @@ impl Tablet for TabletService {
                 term: request.term,
                 followers: request.followers,
                 leader: request.leader,
+                offline: request.offline,
             }),
             None => None,
         };
@@ -160,10 +162,14 @@ impl Tablet for TabletService {
         let request = request.into_inner();
         let table = self.table(request.tid, request.pid)?;
         let row = values(request.row.as_ref(), "put")?;
-        let version = blocking(move || Ok(table.put(&row)?)).await?;
+        let id = RequestId::from_wire(request.client_id, request.seq);
+        let _slot = table.write_slot().map_err(TabletError::from)?;
+        let worker = table.clone();
+        let logged = blocking(move || Ok(worker.log_put(&row, id)?)).await?;
+        table.commit(&logged).await.map_err(TabletError::from)?;
         Ok(Response::new(PutResponse {
-            term: version.term,
-            offset: version.offset,
+            term: logged.version.term,
+            offset: logged.version.offset,
         }))
     }
 
@@ -250,11 +256,15 @@ impl Tablet for TabletService {
         let request = request.into_inner();
         let table = self.table(request.tid, request.pid)?;
         let key = key_values(&request.key)?;
-        let (version, deleted) = blocking(move || Ok(table.delete(&request.index, &key)?)).await?;
+        let id = RequestId::from_wire(request.client_id, request.seq);
+        let _slot = table.write_slot().map_err(TabletError::from)?;
+        let worker = table.clone();
+        let logged = blocking(move || Ok(worker.log_delete(&request.index, &key, id)?)).await?;
+        table.commit(&logged).await.map_err(TabletError::from)?;
         Ok(Response::new(DeleteResponse {
-            deleted,
-            term: version.term,
-            offset: version.offset,
+            deleted: logged.applied,
+            term: logged.version.term,
+            offset: logged.version.offset,
         }))
     }
 
@@ -317,6 +327,7 @@ impl Tablet for TabletService {
             term: request.term,
             followers: request.followers,
             leader: request.leader,
+            offline: request.offline,
         };
         if change.term == 0 {
             return Err(TabletError::InvalidArgument("change role needs a term".into()).into());
@@ -337,8 +348,10 @@ impl Tablet for TabletService {
     ) -> Result<Response<AddReplicaResponse>, Status> {
         let AddReplicaRequest { tid, pid, endpoint } = request.into_inner();
         tessera_common::Endpoint::parse(&endpoint).map_err(TabletError::InvalidArgument)?;
-        self.with_table(tid, pid, move |t| Ok(t.set_follower(&endpoint, true)?))
-            .await?;
+        self.with_table(tid, pid, move |t| {
+            Ok(t.set_follower(&endpoint, FollowerChange::Add)?)
+        })
+        .await?;
         Ok(Response::new(AddReplicaResponse {}))
     }
 
@@ -346,8 +359,18 @@ impl Tablet for TabletService {
         &self,
         request: Request<DelReplicaRequest>,
     ) -> Result<Response<DelReplicaResponse>, Status> {
-        let DelReplicaRequest { tid, pid, endpoint } = request.into_inner();
-        self.with_table(tid, pid, move |t| Ok(t.set_follower(&endpoint, false)?))
+        let DelReplicaRequest {
+            tid,
+            pid,
+            endpoint,
+            keep_vote,
+        } = request.into_inner();
+        let change = if keep_vote {
+            FollowerChange::Offline
+        } else {
+            FollowerChange::Remove
+        };
+        self.with_table(tid, pid, move |t| Ok(t.set_follower(&endpoint, change)?))
             .await?;
         Ok(Response::new(DelReplicaResponse {}))
     }

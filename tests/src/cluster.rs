@@ -29,6 +29,7 @@ pub async fn change_role(
         term,
         followers: followers.iter().map(|t| t.endpoint.clone()).collect(),
         leader: leader.map(|t| t.endpoint.clone()).unwrap_or_default(),
+        ..Default::default()
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

@@ -53,6 +53,7 @@ pub fn put_request(tid: u32, pid: u32, writer: u64, seq: u64) -> PutRequest {
             Value::Int64(value_of(writer, seq)),
             Value::String("some padding to give rows a realistic size".into()),
         ])),
+        ..Default::default()
     }
 }
 

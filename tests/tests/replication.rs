@@ -254,8 +254,8 @@ async fn kip101_truncation_then_immediate_leader_change() {
     put_rows(&b, 2, 0..3).await;
     assert_eq!(
         status(&b, 1, 0).await.offset,
-        23,
-        "B wrote offsets 21..=23, as A had"
+        24,
+        "B logged its term's no-op at 21 and rows at 22..=24, over A's 21..=23"
     );
 
     a.restart().await;
@@ -324,7 +324,11 @@ async fn kip101_replicas_restarting_together() {
     })
     .await;
     assert_eq!(rows_checksum(&a, 1, 0).await.0, 35);
-    assert_eq!(status(&a, 1, 0).await.offset, 35);
+    assert_eq!(
+        status(&a, 1, 0).await.offset,
+        36,
+        "30 rows, B's no-op of term 2, 5 rows"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -342,6 +346,7 @@ async fn a_follower_behind_the_retained_binlog_gets_a_snapshot() {
             tid: 1,
             pid: 0,
             endpoint: c.endpoint.clone(),
+            keep_vote: true,
         })
         .await
         .unwrap();

@@ -364,6 +364,7 @@ async fn every_rpc_works_and_bad_input_gets_structured_errors() {
             tid: 5,
             pid: 0,
             row: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -409,6 +410,7 @@ async fn background_gc_collects_expired_entries() {
                 tid: 6,
                 pid: 0,
                 row: Some(row),
+                ..Default::default()
             })
             .await
             .unwrap();

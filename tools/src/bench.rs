@@ -131,6 +131,7 @@ pub async fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
                         tid,
                         pid: 0,
                         row: Some(row),
+                        ..Default::default()
                     })
                     .await
                     .map_err(|e| anyhow::anyhow!("put failed: {}", e.message()))?;

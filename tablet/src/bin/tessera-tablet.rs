@@ -50,6 +50,13 @@ struct Flags {
     /// Milliseconds a quorum write waits for a majority before failing.
     #[arg(long)]
     quorum_timeout: Option<u64>,
+    /// Seconds after which a silent client is forgotten by the idempotence tables
+    /// (default 3600).
+    #[arg(long)]
+    client_expiry: Option<u64>,
+    /// Writes in flight per partition beyond which new ones are refused as overloaded.
+    #[arg(long)]
+    max_writes_in_flight: Option<usize>,
 }
 
 fn config_from(flags: Flags) -> anyhow::Result<TabletConfig> {
@@ -79,6 +86,8 @@ fn config_from(flags: Flags) -> anyhow::Result<TabletConfig> {
         max_row_size => max_row_size,
         gc_interval => gc_interval_secs,
         quorum_timeout => quorum_timeout_ms,
+        client_expiry => client_expiry_secs,
+        max_writes_in_flight => max_writes_in_flight,
     );
     Ok(config)
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{
-    AppendEntriesRequest, AppendResult, FollowerStatus, LogRecord, TableRole,
+    AppendEntriesRequest, AppendEntriesResponse, AppendResult, FollowerStatus, LogRecord,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -76,11 +76,7 @@ impl Replicators {
         let meta = table.meta();
         let (tid, pid) = (meta.tid, meta.pid);
         let state = table.replica_state();
-        let wanted: Vec<String> = if state.role() == TableRole::Leader {
-            state.followers.clone()
-        } else {
-            Vec::new()
-        };
+        let wanted = table.shipping_followers();
         let mut links = self.links.lock();
         let table_links = links.entry((tid, pid)).or_default();
         table_links.retain(|follower, link| {
@@ -156,6 +152,48 @@ impl Replicators {
     }
 }
 
+/// What the leader does with a follower's answer.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Go on from the follower's `last_offset + 1`, crediting it with `credit` if set
+    /// (from a fresh reader position when `resend`).
+    Continue {
+        credit: Option<u64>,
+        resend: bool,
+    },
+    /// The follower is in a newer term.
+    StepDown {
+        term: u64,
+    },
+    SendSnapshot,
+    Fail(String),
+}
+
+/// Decides what an answer proves. Only `Ok` is an acknowledgement: the follower checked
+/// that its log continues the leader's at `prev_offset` (same term there), appended the
+/// entries and made them durable, so its log agrees with the leader's through
+/// `last_offset`. A `Mismatch` only says where the follower's log ends; it may hold
+/// other records there, so it proves nothing and is not counted toward the quorum.
+fn on_response(response: &AppendEntriesResponse) -> Step {
+    match response.result() {
+        AppendResult::Ok => Step::Continue {
+            credit: Some(response.last_offset),
+            resend: false,
+        },
+        AppendResult::Mismatch => Step::Continue {
+            credit: None,
+            resend: true,
+        },
+        AppendResult::StaleTerm => Step::StepDown {
+            term: response.term,
+        },
+        AppendResult::NeedSnapshot => Step::SendSnapshot,
+        AppendResult::Unavailable => {
+            Step::Fail(format!("follower unavailable: {}", response.message))
+        }
+    }
+}
+
 struct LinkTask {
     replicators: Arc<Replicators>,
     tid: u32,
@@ -204,10 +242,8 @@ impl LinkTask {
     }
 
     fn still_leading(&self, table: &Table) -> bool {
-        let state = table.replica_state();
-        state.role() == TableRole::Leader
-            && state.term == self.term
-            && state.followers.contains(&self.follower)
+        table.replica_state().term == self.term
+            && table.shipping_followers().contains(&self.follower)
     }
 
     async fn link(&self) -> Result<LinkEnd, String> {
@@ -255,32 +291,29 @@ impl LinkTask {
                     status.connected = true;
                     status.error.clear();
                 }
-                match response.result() {
-                    AppendResult::Ok => {
-                        table.quorum_ack(&self.follower, response.last_offset);
+                match on_response(&response) {
+                    Step::Continue { credit, resend } => {
+                        if let Some(offset) = credit {
+                            table.quorum_ack(&self.follower, offset);
+                        }
                         next = response.last_offset + 1;
+                        if resend {
+                            reader = None;
+                        }
                     }
-                    AppendResult::Mismatch => {
-                        // The follower agrees with us through `last_offset`.
-                        table.quorum_ack(&self.follower, response.last_offset);
-                        next = response.last_offset + 1;
-                        reader = None;
-                    }
-                    AppendResult::StaleTerm => {
-                        info!(tid = self.tid, pid = self.pid, follower = %self.follower, term = response.term,
+                    Step::StepDown { term } => {
+                        info!(tid = self.tid, pid = self.pid, follower = %self.follower, term,
                             "a follower is in a newer term: this replica no longer leads");
-                        if let Err(e) = table.fence(response.term) {
+                        if let Err(e) = table.fence(term) {
                             warn!(error = %e, "fencing after a stale term failed");
                         }
                         return Ok(LinkEnd::NotLeading);
                     }
-                    AppendResult::NeedSnapshot => {
+                    Step::SendSnapshot => {
                         next = self.send_snapshot(&table).await? + 1;
                         reader = None;
                     }
-                    AppendResult::Unavailable => {
-                        return Err(format!("follower unavailable: {}", response.message))
-                    }
+                    Step::Fail(reason) => return Err(reason),
                 }
                 awaiting_response = false;
             }
@@ -377,5 +410,51 @@ impl LinkTask {
         .map_err(|e| format!("sending the snapshot failed: {e}"))?;
         table.quorum_ack(&self.follower, offset);
         Ok(offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(result: AppendResult, last_offset: u64) -> AppendEntriesResponse {
+        AppendEntriesResponse {
+            result: result as i32,
+            term: 4,
+            last_offset,
+            message: "m".into(),
+        }
+    }
+
+    /// Point 3: a mismatch names where the follower's log ends, which may hold records
+    /// the leader never had; crediting it would count a log that disagrees.
+    #[test]
+    fn only_a_successful_append_is_an_acknowledgement() {
+        assert_eq!(
+            on_response(&answer(AppendResult::Ok, 7)),
+            Step::Continue {
+                credit: Some(7),
+                resend: false
+            }
+        );
+        assert_eq!(
+            on_response(&answer(AppendResult::Mismatch, 7)),
+            Step::Continue {
+                credit: None,
+                resend: true
+            }
+        );
+        assert_eq!(
+            on_response(&answer(AppendResult::StaleTerm, 7)),
+            Step::StepDown { term: 4 }
+        );
+        assert_eq!(
+            on_response(&answer(AppendResult::NeedSnapshot, 7)),
+            Step::SendSnapshot
+        );
+        assert!(matches!(
+            on_response(&answer(AppendResult::Unavailable, 0)),
+            Step::Fail(_)
+        ));
     }
 }

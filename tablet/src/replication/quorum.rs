@@ -1,54 +1,130 @@
-//! The commit offset of a leader: the highest offset a majority of the replicas, leader
-//! included, holds durably. Quorum writes wait on it.
+//! The commit offset of a leader: the highest offset of its own term that a majority of
+//! the partition's voting members, leader included, holds durably. Quorum writes wait
+//! on it.
+//!
+//! Three rules keep an acknowledged write safe:
+//! - the majority is of the *voting members* (every replica the metadata lists, dead or
+//!   offline ones included), never of the followers shipped to now, so losing replicas
+//!   never makes a smaller majority;
+//! - a leader counts replicas only for offsets of its own term (earlier entries commit
+//!   with the first entry of its term above them), so an entry a later leader may still
+//!   overwrite is never reported committed (Raft's "figure 8");
+//! - a replica that stops leading wakes its waiting writers with [`WaitError::SteppedDown`]
+//!   and never recomputes the commit offset from its own log alone.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
+use tokio::sync::watch;
 
 #[derive(Debug, Default)]
 struct State {
     /// The leader's own durable offset.
     local: u64,
-    /// Each follower's acknowledged (durable) offset.
-    followers: BTreeMap<String, u64>,
+    /// Every other voting member and the offset it has acknowledged durably.
+    voters: BTreeMap<String, u64>,
+    /// The term this replica leads in; `None` while it does not lead.
+    leading: Option<u64>,
+    /// The first offset of the leading term: replicas are counted only at or above it.
+    term_start: u64,
     commit: u64,
 }
 
 impl State {
     fn recompute(&mut self) {
-        let mut offsets: Vec<u64> = self.followers.values().copied().collect();
+        if self.leading.is_none() {
+            return;
+        }
+        let mut offsets: Vec<u64> = self.voters.values().copied().collect();
         offsets.push(self.local);
         offsets.sort_unstable_by(|a, b| b.cmp(a));
         let majority = offsets.len() / 2 + 1;
-        // Never backwards: a replica leaving the set does not un-commit anything.
-        self.commit = self.commit.max(offsets[majority - 1]);
+        let candidate = offsets[majority - 1];
+        // Never backwards, and only at an offset of this leader's term.
+        if candidate >= self.term_start {
+            self.commit = self.commit.max(candidate);
+        }
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Quorum {
     state: Mutex<State>,
+    /// Wakes blocking waiters.
     advanced: Condvar,
+    /// Wakes async waiters; the value is a change counter.
+    changes: watch::Sender<u64>,
 }
 
-/// How long a quorum write waited before giving up.
+impl Default for Quorum {
+    fn default() -> Quorum {
+        Quorum {
+            state: Mutex::default(),
+            advanced: Condvar::new(),
+            changes: watch::Sender::new(0),
+        }
+    }
+}
+
+/// Why a quorum wait ended without the offset committed.
 #[derive(Debug, PartialEq, Eq)]
-pub struct QuorumTimeout {
-    pub commit: u64,
+pub enum WaitError {
+    /// No majority within the timeout; the write may still commit later.
+    Timeout { commit: u64 },
+    /// The replica stopped leading in the writer's term; the write may or may not survive.
+    SteppedDown,
 }
 
 impl Quorum {
-    /// Replaces the follower set, keeping what is known of the ones that stay.
-    pub fn set_followers(&self, followers: &[String]) {
+    fn changed(&self) {
+        self.advanced.notify_all();
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Starts leading in `term` with these other voting members. Records of `term` start
+    /// at `term_start`. What followers acknowledged before is forgotten: their logs may
+    /// have changed since.
+    pub fn lead(&self, term: u64, term_start: u64, voters: &[String]) {
         let mut state = self.state.lock();
-        let old = std::mem::take(&mut state.followers);
-        state.followers = followers
+        state.leading = Some(term);
+        state.term_start = term_start;
+        state.voters = voters.iter().map(|v| (v.clone(), 0)).collect();
+        state.recompute();
+        drop(state);
+        self.changed();
+    }
+
+    /// Stops leading: waiting writers fail with [`WaitError::SteppedDown`]. The commit
+    /// offset stays where the last majority put it.
+    pub fn step_down(&self) {
+        let mut state = self.state.lock();
+        if state.leading.take().is_some() {
+            drop(state);
+            self.changed();
+        }
+    }
+
+    /// Replaces the voting set (a member added or removed), keeping what is known of the
+    /// members that stay.
+    pub fn set_voters(&self, voters: &[String]) {
+        let mut state = self.state.lock();
+        let old = std::mem::take(&mut state.voters);
+        state.voters = voters
             .iter()
-            .map(|f| (f.clone(), old.get(f).copied().unwrap_or(0)))
+            .map(|v| (v.clone(), old.get(v).copied().unwrap_or(0)))
             .collect();
         state.recompute();
-        self.advanced.notify_all();
+        drop(state);
+        self.changed();
+    }
+
+    /// A member returns (its log may have changed while it was away): it counts again
+    /// only for what it acknowledges from now on.
+    pub fn rejoin(&self, voter: &str) {
+        if let Some(acked) = self.state.lock().voters.get_mut(voter) {
+            *acked = 0;
+        }
     }
 
     pub fn set_local(&self, durable: u64) {
@@ -56,19 +132,23 @@ impl Quorum {
         if durable > state.local {
             state.local = durable;
             state.recompute();
-            self.advanced.notify_all();
+            drop(state);
+            self.changed();
         }
     }
 
-    /// A follower holds everything through `offset` durably.
-    pub fn ack(&self, follower: &str, offset: u64) {
+    /// A voting member holds everything through `offset` durably, and its log agrees
+    /// with the leader's there.
+    pub fn ack(&self, voter: &str, offset: u64) {
         let mut state = self.state.lock();
-        if let Some(acked) = state.followers.get_mut(follower) {
-            if offset > *acked {
-                *acked = offset;
-                state.recompute();
-                self.advanced.notify_all();
-            }
+        let Some(acked) = state.voters.get_mut(voter) else {
+            return;
+        };
+        if offset > *acked {
+            *acked = offset;
+            state.recompute();
+            drop(state);
+            self.changed();
         }
     }
 
@@ -76,7 +156,7 @@ impl Quorum {
     pub fn reset(&self, offset: u64) {
         let mut state = self.state.lock();
         state.local = state.local.min(offset);
-        for acked in state.followers.values_mut() {
+        for acked in state.voters.values_mut() {
             *acked = (*acked).min(offset);
         }
         state.commit = state.commit.min(offset);
@@ -86,22 +166,68 @@ impl Quorum {
         self.state.lock().commit
     }
 
+    /// What each voting member other than the leader has acknowledged.
     pub fn acked(&self) -> BTreeMap<String, u64> {
-        self.state.lock().followers.clone()
+        self.state.lock().voters.clone()
     }
 
-    /// Blocks until `offset` is committed, or `timeout` passes.
-    pub fn wait(&self, offset: u64, timeout: Duration) -> Result<(), QuorumTimeout> {
+    /// Voting members, the leader included.
+    pub fn voter_count(&self) -> usize {
+        self.state.lock().voters.len() + 1
+    }
+
+    /// Whether `offset` is committed; an error once waiting cannot end well.
+    fn check(state: &State, offset: u64, term: u64) -> Option<Result<(), WaitError>> {
+        if state.commit >= offset {
+            return Some(Ok(()));
+        }
+        if state.leading != Some(term) {
+            return Some(Err(WaitError::SteppedDown));
+        }
+        None
+    }
+
+    /// Blocks until `offset` (written in `term`) is committed, the replica stops leading
+    /// in `term`, or `timeout` passes.
+    pub fn wait_blocking(
+        &self,
+        offset: u64,
+        term: u64,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
         let deadline = Instant::now() + timeout;
         let mut state = self.state.lock();
-        while state.commit < offset {
-            if self.advanced.wait_until(&mut state, deadline).timed_out() && state.commit < offset {
-                return Err(QuorumTimeout {
+        loop {
+            if let Some(done) = Self::check(&state, offset, term) {
+                return done;
+            }
+            if self.advanced.wait_until(&mut state, deadline).timed_out() {
+                return Self::check(&state, offset, term).unwrap_or(Err(WaitError::Timeout {
                     commit: state.commit,
-                });
+                }));
             }
         }
-        Ok(())
+    }
+
+    /// As [`Quorum::wait_blocking`], without holding a thread.
+    pub async fn wait(&self, offset: u64, term: u64, timeout: Duration) -> Result<(), WaitError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.changes.subscribe();
+        loop {
+            {
+                let state = self.state.lock();
+                if let Some(done) = Self::check(&state, offset, term) {
+                    return done;
+                }
+            }
+            let woke = tokio::time::timeout_at(deadline, changes.changed()).await;
+            if !matches!(woke, Ok(Ok(()))) {
+                let state = self.state.lock();
+                return Self::check(&state, offset, term).unwrap_or(Err(WaitError::Timeout {
+                    commit: state.commit,
+                }));
+            }
+        }
     }
 }
 
@@ -109,14 +235,19 @@ impl Quorum {
 mod tests {
     use super::*;
 
-    fn followers(names: &[&str]) -> Vec<String> {
+    fn voters(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn leader_of(names: &[&str]) -> Quorum {
+        let q = Quorum::default();
+        q.lead(1, 1, &voters(names));
+        q
     }
 
     #[test]
     fn majority_of_three_needs_one_follower() {
-        let q = Quorum::default();
-        q.set_followers(&followers(&["b", "c"]));
+        let q = leader_of(&["b", "c"]);
         q.set_local(10);
         assert_eq!(q.commit(), 0);
         q.ack("c", 7);
@@ -124,43 +255,140 @@ mod tests {
         q.ack("b", 12);
         assert_eq!(q.commit(), 10, "the leader's own durable offset bounds it");
         q.ack("x", 100);
-        assert_eq!(q.commit(), 10, "unknown followers do not vote");
+        assert_eq!(q.commit(), 10, "unknown members do not vote");
     }
 
     #[test]
     fn alone_the_leader_commits_what_it_holds() {
-        let q = Quorum::default();
+        let q = leader_of(&[]);
         q.set_local(5);
         assert_eq!(q.commit(), 5);
-        assert!(q.wait(5, Duration::from_millis(1)).is_ok());
+        assert!(q.wait_blocking(5, 1, Duration::from_millis(1)).is_ok());
     }
 
     #[test]
     fn waiting_times_out_without_a_majority() {
-        let q = Quorum::default();
-        q.set_followers(&followers(&["b", "c"]));
+        let q = leader_of(&["b", "c"]);
         q.set_local(3);
         assert_eq!(
-            q.wait(3, Duration::from_millis(20)),
-            Err(QuorumTimeout { commit: 0 })
+            q.wait_blocking(3, 1, Duration::from_millis(20)),
+            Err(WaitError::Timeout { commit: 0 })
         );
         let q = std::sync::Arc::new(q);
         let acker = {
             let q = q.clone();
             std::thread::spawn(move || q.ack("b", 3))
         };
-        assert!(q.wait(3, Duration::from_secs(5)).is_ok());
+        assert!(q.wait_blocking(3, 1, Duration::from_secs(5)).is_ok());
         acker.join().unwrap();
     }
 
     #[test]
     fn five_replicas_need_three() {
-        let q = Quorum::default();
-        q.set_followers(&followers(&["b", "c", "d", "e"]));
+        let q = leader_of(&["b", "c", "d", "e"]);
         q.set_local(9);
         q.ack("b", 9);
         assert_eq!(q.commit(), 0);
         q.ack("c", 4);
         assert_eq!(q.commit(), 4);
+    }
+
+    /// Point 2: a step-down fails the waiters, and the commit offset is not recomputed
+    /// from the leader's own log (before, the follower set was emptied and the commit
+    /// jumped to the leader's log end, reporting unreplicated writes as committed).
+    #[test]
+    fn stepping_down_fails_waiters_and_commits_nothing_more() {
+        let q = std::sync::Arc::new(leader_of(&["b", "c"]));
+        q.set_local(8);
+        q.ack("b", 2);
+        assert_eq!(q.commit(), 2);
+        let waiter = {
+            let q = q.clone();
+            std::thread::spawn(move || q.wait_blocking(8, 1, Duration::from_secs(10)))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        q.step_down();
+        assert_eq!(waiter.join().unwrap(), Err(WaitError::SteppedDown));
+        assert_eq!(q.commit(), 2, "nothing commits on the leader's word alone");
+        q.set_voters(&[]);
+        q.set_local(9);
+        assert_eq!(q.commit(), 2, "a former leader commits nothing");
+        assert_eq!(
+            q.wait_blocking(2, 1, Duration::from_millis(1)),
+            Ok(()),
+            "what was committed stays committed"
+        );
+        assert_eq!(
+            q.wait_blocking(5, 1, Duration::from_millis(1)),
+            Err(WaitError::SteppedDown)
+        );
+    }
+
+    #[tokio::test]
+    async fn async_waiters_wake_on_commit_and_on_step_down() {
+        let q = std::sync::Arc::new(leader_of(&["b", "c"]));
+        q.set_local(4);
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { q.wait(4, 1, Duration::from_secs(10)).await }
+        });
+        tokio::task::yield_now().await;
+        q.ack("c", 4);
+        assert_eq!(waiting.await.unwrap(), Ok(()));
+        q.set_local(6);
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { q.wait(6, 1, Duration::from_secs(10)).await }
+        });
+        tokio::task::yield_now().await;
+        q.step_down();
+        assert_eq!(waiting.await.unwrap(), Err(WaitError::SteppedDown));
+        assert_eq!(
+            q.wait(7, 1, Duration::from_millis(5)).await,
+            Err(WaitError::SteppedDown)
+        );
+    }
+
+    #[test]
+    fn a_waiter_of_an_older_term_is_not_answered_by_a_newer_one() {
+        let q = leader_of(&["b", "c"]);
+        q.set_local(3);
+        q.lead(2, 4, &voters(&["b", "c"]));
+        assert_eq!(
+            q.wait_blocking(3, 1, Duration::from_millis(1)),
+            Err(WaitError::SteppedDown)
+        );
+    }
+
+    /// Replicas are counted only for offsets of the leader's own term.
+    #[test]
+    fn entries_of_earlier_terms_commit_only_under_one_of_this_term() {
+        let q = Quorum::default();
+        // Offsets 1..=5 are from earlier terms; this term starts at 6.
+        q.lead(3, 6, &voters(&["b", "c"]));
+        q.set_local(5);
+        q.ack("b", 5);
+        assert_eq!(q.commit(), 0, "a majority holds 5, but 5 is not of term 3");
+        q.set_local(6);
+        q.ack("b", 6);
+        assert_eq!(q.commit(), 6, "committing 6 commits everything below it");
+    }
+
+    /// Point 1: offline or dead members still count in the majority.
+    #[test]
+    fn the_voting_set_does_not_shrink_with_the_followers_shipped_to() {
+        let q = leader_of(&["b", "c"]);
+        q.set_local(10);
+        // b and c are dead: nobody acknowledges; the leader alone is not a majority.
+        assert_eq!(q.commit(), 0);
+        assert_eq!(q.voter_count(), 3);
+        assert_eq!(
+            q.wait_blocking(10, 1, Duration::from_millis(5)),
+            Err(WaitError::Timeout { commit: 0 })
+        );
+        // Only removing a member (DelReplica) changes the majority.
+        q.set_voters(&voters(&["b"]));
+        q.ack("b", 10);
+        assert_eq!(q.commit(), 10);
     }
 }

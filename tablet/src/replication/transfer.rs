@@ -154,6 +154,7 @@ pub async fn receive_snapshot(
         term: first.term,
         role: TableRole::Follower as i32,
         followers: Vec::new(),
+        offline: Vec::new(),
         leader: first.leader.clone(),
     };
     let _ = fs::remove_dir_all(&incoming);

@@ -3,7 +3,13 @@
 //! ```text
 //! Put:    u8 1 | i64 write_time_ms | encoded row
 //! Delete: u8 2 | u16 index position | index key
+//! Noop:   u8 3                      (a new leader's first record of its term)
+//! Put:    u8 4 | u64 client | u64 seq | i64 write_time_ms | encoded row
+//! Delete: u8 5 | u64 client | u64 seq | i64 write_time_ms | u16 index position | index key
 //! ```
+//!
+//! Kinds 4 and 5 carry the request's client id and sequence number, so every replica
+//! rebuilds the same idempotence table from the log.
 
 use super::error::{Result, StorageError};
 
@@ -11,33 +17,89 @@ use super::error::{Result, StorageError};
 pub enum LogEntry<'a> {
     /// A whole row. `write_time_ms` is the ts of indexes without a ts column, recorded
     /// so that replaying the log rebuilds exactly the same memtable.
-    Put { write_time_ms: i64, row: &'a [u8] },
+    Put {
+        write_time_ms: i64,
+        row: &'a [u8],
+        request: Option<RequestId>,
+    },
     /// Removes every row whose key in index `index` is `key` and whose offset is below
     /// this entry's.
-    Delete { index: u16, key: &'a [u8] },
+    Delete {
+        index: u16,
+        key: &'a [u8],
+        request: Option<(RequestId, i64)>,
+    },
+    /// Changes nothing: a new leader logs one so that it can commit the records of
+    /// earlier terms (a leader counts replicas only for records of its own term).
+    Noop,
+}
+
+/// Who sent a write: a client's id and the request's sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId {
+    pub client_id: u64,
+    pub seq: u64,
+}
+
+impl RequestId {
+    /// `None` for 0/0, a request that asks for no deduplication.
+    pub fn from_wire(client_id: u64, seq: u64) -> Option<RequestId> {
+        (client_id != 0 || seq != 0).then_some(RequestId { client_id, seq })
+    }
 }
 
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
+const NOOP: u8 = 3;
+const PUT_WITH_ID: u8 = 4;
+const DELETE_WITH_ID: u8 = 5;
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
 
 impl<'a> LogEntry<'a> {
     pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
         match self {
-            LogEntry::Put { write_time_ms, row } => {
-                let mut out = Vec::with_capacity(9 + row.len());
-                out.push(PUT);
+            LogEntry::Put {
+                write_time_ms,
+                row,
+                request,
+            } => {
+                out.reserve(25 + row.len());
+                match request {
+                    None => out.push(PUT),
+                    Some(id) => {
+                        out.push(PUT_WITH_ID);
+                        out.extend_from_slice(&id.client_id.to_le_bytes());
+                        out.extend_from_slice(&id.seq.to_le_bytes());
+                    }
+                }
                 out.extend_from_slice(&write_time_ms.to_le_bytes());
                 out.extend_from_slice(row);
-                out
             }
-            LogEntry::Delete { index, key } => {
-                let mut out = Vec::with_capacity(3 + key.len());
-                out.push(DELETE);
+            LogEntry::Delete {
+                index,
+                key,
+                request,
+            } => {
+                out.reserve(27 + key.len());
+                match request {
+                    None => out.push(DELETE),
+                    Some((id, write_time_ms)) => {
+                        out.push(DELETE_WITH_ID);
+                        out.extend_from_slice(&id.client_id.to_le_bytes());
+                        out.extend_from_slice(&id.seq.to_le_bytes());
+                        out.extend_from_slice(&write_time_ms.to_le_bytes());
+                    }
+                }
                 out.extend_from_slice(&index.to_le_bytes());
                 out.extend_from_slice(key);
-                out
             }
+            LogEntry::Noop => out.push(NOOP),
         }
+        out
     }
 
     pub fn decode(payload: &'a [u8]) -> Result<LogEntry<'a>> {
@@ -45,12 +107,34 @@ impl<'a> LogEntry<'a> {
             |reason: &str| StorageError::InvalidArgument(format!("bad binlog entry: {reason}"));
         match payload.first() {
             Some(&PUT) if payload.len() >= 9 => Ok(LogEntry::Put {
-                write_time_ms: i64::from_le_bytes(payload[1..9].try_into().expect("8 bytes")),
+                write_time_ms: u64_at(payload, 1) as i64,
                 row: &payload[9..],
+                request: None,
             }),
             Some(&DELETE) if payload.len() >= 3 => Ok(LogEntry::Delete {
                 index: u16::from_le_bytes(payload[1..3].try_into().expect("2 bytes")),
                 key: &payload[3..],
+                request: None,
+            }),
+            Some(&NOOP) if payload.len() == 1 => Ok(LogEntry::Noop),
+            Some(&PUT_WITH_ID) if payload.len() >= 25 => Ok(LogEntry::Put {
+                request: Some(RequestId {
+                    client_id: u64_at(payload, 1),
+                    seq: u64_at(payload, 9),
+                }),
+                write_time_ms: u64_at(payload, 17) as i64,
+                row: &payload[25..],
+            }),
+            Some(&DELETE_WITH_ID) if payload.len() >= 27 => Ok(LogEntry::Delete {
+                request: Some((
+                    RequestId {
+                        client_id: u64_at(payload, 1),
+                        seq: u64_at(payload, 9),
+                    },
+                    u64_at(payload, 17) as i64,
+                )),
+                index: u16::from_le_bytes(payload[25..27].try_into().expect("2 bytes")),
+                key: &payload[27..],
             }),
             Some(kind) => Err(bad(&format!("kind {kind}, {} bytes", payload.len()))),
             None => Err(bad("empty")),
@@ -68,10 +152,32 @@ mod tests {
             LogEntry::Put {
                 write_time_ms: -5,
                 row: b"row",
+                request: None,
             },
             LogEntry::Delete {
                 index: 3,
                 key: b"k",
+                request: None,
+            },
+            LogEntry::Noop,
+            LogEntry::Put {
+                write_time_ms: 7,
+                row: b"",
+                request: Some(RequestId {
+                    client_id: u64::MAX,
+                    seq: 3,
+                }),
+            },
+            LogEntry::Delete {
+                index: 1,
+                key: b"key",
+                request: Some((
+                    RequestId {
+                        client_id: 9,
+                        seq: 1 << 40,
+                    },
+                    -1,
+                )),
             },
         ] {
             assert_eq!(LogEntry::decode(&entry.encode()).unwrap(), entry);

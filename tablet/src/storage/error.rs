@@ -38,9 +38,21 @@ pub enum StorageError {
     /// A request from an older term: its sender has been superseded.
     #[error("term {got} is older than this replica's term {current}")]
     StaleTerm { current: u64, got: u64 },
-    /// The replica cannot serve this now (quorum not reached, lease lost, behind).
+    /// The replica cannot serve this now (lease lost, behind, reloading).
     #[error("partition unavailable: {0}")]
     Unavailable(String),
+    /// A quorum write cannot commit: too few voting members are shipped to. Nothing was
+    /// written.
+    #[error("not enough replicas: {live} of {voters} hold the partition, {needed} needed")]
+    NotEnoughReplicas {
+        live: usize,
+        voters: usize,
+        needed: usize,
+    },
+    /// The write was logged but its commit could not be confirmed: it may or may not
+    /// survive. A retry with the same client id and sequence number is safe.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

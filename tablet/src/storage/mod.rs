@@ -7,9 +7,10 @@ pub mod entry;
 pub mod error;
 pub mod memtable;
 pub mod replica;
+pub mod sessions;
 pub mod snapshot;
 pub mod table;
 
 pub use binlog::{BinlogOptions, FsyncPolicy};
 pub use error::{Result, StorageError};
-pub use table::{Table, TableOptions};
+pub use table::{Logged, Table, TableOptions};

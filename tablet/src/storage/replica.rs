@@ -10,8 +10,9 @@ use tessera_proto::common::TermPair;
 use tessera_proto::tablet::{AppendEntriesRequest, ReplicaState, TableRole};
 use tracing::info;
 
+use super::entry::LogEntry;
 use super::error::{Result, StorageError};
-use super::table::{apply_entry, Table};
+use super::table::{apply_entry, Table, Version};
 use super::{crashsafe, snapshot};
 use crate::replication::history;
 
@@ -63,13 +64,27 @@ pub enum AppendOutcome {
     NeedSnapshot,
 }
 
+/// A change to one follower of a leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowerChange {
+    /// Ship to it (again); a new member joins the voting set.
+    Add,
+    /// Stop shipping to it; it keeps its vote (OfflineReplica).
+    Offline,
+    /// Take it out of the voting set (DelReplica, Migrate).
+    Remove,
+}
+
 /// A change of role, as the nameserver orders it.
 #[derive(Debug, Clone)]
 pub struct RoleChange {
     pub role: TableRole,
     pub term: u64,
+    /// Leader: every other voting member.
     pub followers: Vec<String>,
     pub leader: String,
+    /// Leader: the voting members not shipped to (offline).
+    pub offline: Vec<String>,
 }
 
 impl Table {
@@ -164,11 +179,13 @@ impl Table {
         if state.role() == TableRole::Leader {
             state.role = TableRole::Follower as i32;
             state.followers.clear();
+            state.offline.clear();
         }
         state.leader.clear();
         self.persist(&state)?;
         replica.state = state;
-        self.quorum.set_followers(&[]);
+        // Writers still waiting learn their outcome is unknown; nothing more commits here.
+        self.quorum.step_down();
         let last = binlog.last_offset();
         info!(
             tid = self.meta.tid,
@@ -182,7 +199,7 @@ impl Table {
 
     /// Makes this replica leader (with followers) or follower (of a leader) in `term`.
     pub fn change_role(&self, change: &RoleChange) -> Result<()> {
-        let _binlog = self.writer.lock();
+        let mut binlog = self.writer.lock();
         let mut replica = self.replica.lock();
         if change.term < replica.state.term {
             return Err(StorageError::StaleTerm {
@@ -191,21 +208,54 @@ impl Table {
             });
         }
         let state = match change.role {
-            TableRole::Leader => ReplicaState {
-                term: change.term,
-                role: TableRole::Leader as i32,
-                followers: change.followers.clone(),
-                leader: String::new(),
-            },
+            TableRole::Leader => {
+                let mut followers = change.followers.clone();
+                followers.sort();
+                followers.dedup();
+                let offline = change
+                    .offline
+                    .iter()
+                    .filter(|f| followers.contains(f))
+                    .cloned()
+                    .collect();
+                ReplicaState {
+                    term: change.term,
+                    role: TableRole::Leader as i32,
+                    followers,
+                    leader: String::new(),
+                    offline,
+                }
+            }
             TableRole::Follower => ReplicaState {
                 term: change.term,
                 role: TableRole::Follower as i32,
                 followers: Vec::new(),
                 leader: change.leader.clone(),
+                offline: Vec::new(),
             },
         };
         self.persist(&state)?;
-        self.quorum.set_followers(&state.followers);
+        if state.role() == TableRole::Leader {
+            let mut history = self.history.lock();
+            let last = binlog.last_offset();
+            let term_start = match history::first_offset_of(&history, change.term) {
+                Some(start) => start,
+                // Nothing of an earlier term to commit.
+                None if last == 0 => 1,
+                None => {
+                    // A record of the new term, so that the records of earlier terms can
+                    // commit without waiting for a client's write.
+                    let offset = binlog.append(change.term, &LogEntry::Noop.encode())?;
+                    history::note_record(&mut history, change.term, offset);
+                    self.last_offset.store(offset, Ordering::Release);
+                    self.appended.send_replace(offset);
+                    offset
+                }
+            };
+            self.quorum.lead(change.term, term_start, &state.followers);
+        } else {
+            self.quorum.step_down();
+        }
         info!(
             tid = self.meta.tid,
             pid = self.meta.pid,
@@ -220,8 +270,10 @@ impl Table {
         Ok(())
     }
 
-    /// Adds (`add`) or removes a follower of this leader.
-    pub fn set_follower(&self, endpoint: &str, add: bool) -> Result<Vec<String>> {
+    /// Changes one follower of this leader: `Add` ships to it again (a returning
+    /// member) or adds it to the voting set, `Offline` stops shipping to it while it
+    /// keeps its vote, `Remove` takes it out of the voting set.
+    pub fn set_follower(&self, endpoint: &str, change: FollowerChange) -> Result<()> {
         let mut replica = self.replica.lock();
         if replica.state.role() != TableRole::Leader {
             return Err(StorageError::NotLeader {
@@ -230,16 +282,51 @@ impl Table {
             });
         }
         let mut state = replica.state.clone();
-        let present = state.followers.iter().any(|f| f == endpoint);
-        match (add, present) {
-            (true, true) | (false, false) => return Ok(state.followers),
-            (true, false) => state.followers.push(endpoint.to_string()),
-            (false, true) => state.followers.retain(|f| f != endpoint),
+        let member = state.followers.iter().any(|f| f == endpoint);
+        let offline = state.offline.iter().any(|f| f == endpoint);
+        match change {
+            FollowerChange::Add if member && !offline => return Ok(()),
+            FollowerChange::Add if member => {
+                state.offline.retain(|f| f != endpoint);
+                self.quorum.rejoin(endpoint);
+            }
+            FollowerChange::Add => state.followers.push(endpoint.to_string()),
+            FollowerChange::Offline if !member || offline => return Ok(()),
+            FollowerChange::Offline => state.offline.push(endpoint.to_string()),
+            FollowerChange::Remove if !member => return Ok(()),
+            FollowerChange::Remove => {
+                state.followers.retain(|f| f != endpoint);
+                state.offline.retain(|f| f != endpoint);
+            }
         }
         self.persist(&state)?;
-        self.quorum.set_followers(&state.followers);
+        self.quorum.set_voters(&state.followers);
+        info!(
+            tid = self.meta.tid,
+            pid = self.meta.pid,
+            endpoint,
+            change = ?change,
+            followers = ?state.followers,
+            offline = ?state.offline,
+            "follower changed"
+        );
         replica.state = state;
-        Ok(replica.state.followers.clone())
+        Ok(())
+    }
+
+    /// The followers a leader ships to now: its voting members that are not offline.
+    pub fn shipping_followers(&self) -> Vec<String> {
+        let replica = self.replica.lock();
+        if replica.state.role() != TableRole::Leader {
+            return Vec::new();
+        }
+        replica
+            .state
+            .followers
+            .iter()
+            .filter(|f| !replica.state.offline.contains(f))
+            .cloned()
+            .collect()
     }
 
     /// Pauses snapshots (and binlog collection) until a matching resume.
@@ -324,9 +411,10 @@ impl Table {
                     role: TableRole::Follower as i32,
                     followers: Vec::new(),
                     leader: request.leader.clone(),
+                    offline: Vec::new(),
                 };
                 self.persist(&adopted)?;
-                self.quorum.set_followers(&[]);
+                self.quorum.step_down();
                 replica.state = adopted;
                 replica.fenced = false;
             }
@@ -355,10 +443,15 @@ impl Table {
                 }
                 return Ok(AppendOutcome::Truncate(shared));
             }
+            let mut sessions = self.sessions.lock();
             for record in &request.entries {
                 binlog.append_at(record.term, record.offset, &record.payload)?;
                 history::note_record(&mut history, record.term, record.offset);
-                apply_entry(&self.memtable, record.offset, &record.payload)?;
+                let at = Version {
+                    term: record.term,
+                    offset: record.offset,
+                };
+                apply_entry(&self.memtable, &mut sessions, at, &record.payload)?;
                 self.last_offset.store(record.offset, Ordering::Release);
             }
             binlog.last_offset()

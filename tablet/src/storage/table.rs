@@ -28,12 +28,14 @@ use tracing::info;
 use super::binlog::{Binlog, BinlogOptions, Durability, Record, TornTail};
 use super::crashsafe;
 use super::entry::LogEntry;
+use super::entry::RequestId;
 use super::error::{io_error, Result, StorageError};
 use super::memtable::{Found, Memtable};
 use super::replica::read_replica_state;
+use super::sessions::{Applied, Seen, Sessions};
 use super::snapshot;
 use crate::replication::history;
-use crate::replication::quorum::Quorum;
+use crate::replication::quorum::{Quorum, WaitError};
 
 const META_FILE: &str = "table_meta";
 const META_MAGIC: [u8; 4] = *b"TSMT";
@@ -50,6 +52,11 @@ pub struct TableOptions {
     /// for a standalone tablet; in a cluster a restarted replica waits to be told its
     /// role, since another may have been promoted meanwhile.
     pub restore_leadership: bool,
+    /// A client whose writes this partition has not seen for this long is forgotten by
+    /// the idempotence table (a retry from it after that may be applied again).
+    pub client_expiry: Duration,
+    /// Writes in flight per partition beyond which new ones are refused as overloaded.
+    pub max_writes_in_flight: usize,
 }
 
 impl Default for TableOptions {
@@ -59,6 +66,8 @@ impl Default for TableOptions {
             max_row_size: 16 << 20,
             quorum_timeout: Duration::from_secs(10),
             restore_leadership: true,
+            client_expiry: Duration::from_secs(3600),
+            max_writes_in_flight: 4096,
         }
     }
 }
@@ -77,6 +86,21 @@ pub struct LoadReport {
 pub struct Version {
     pub term: u64,
     pub offset: u64,
+}
+
+/// A write in the log (durable on this replica), not yet known to be committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a logged write is acknowledged only once it is committed"]
+pub struct Logged {
+    /// Where the write is: its first application's term and offset (for a retried
+    /// request, the original's).
+    pub version: Version,
+    /// Rows a delete removed.
+    pub applied: u64,
+    /// The term this replica led in when it took the request: the commit must come in it.
+    pub leading_term: u64,
+    /// A retry of a request applied before: nothing new was written.
+    pub duplicate: bool,
 }
 
 /// A decoded row with its ts in the index it was read from.
@@ -113,6 +137,11 @@ pub struct Table {
     pub(super) quorum: Quorum,
     /// The last appended offset, for replicators waiting for new records.
     pub(super) appended: tokio::sync::watch::Sender<u64>,
+    /// Results of clients' recent writes, to answer retries. Lock order: writer, then
+    /// sessions.
+    pub(super) sessions: Mutex<Sessions>,
+    /// Bounds the writes waiting on this partition.
+    write_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// A replica's role as it stands now.
@@ -197,6 +226,7 @@ impl Table {
             meta.schema.as_ref().unwrap_or(&Default::default()),
         )?);
         let memtable = Memtable::new(schema.clone());
+        let mut sessions = Sessions::new(options.client_expiry.as_millis() as i64);
         let mut report = LoadReport::default();
 
         let snapshot_dir = dir.join("snapshot");
@@ -218,6 +248,7 @@ impl Table {
             term = term.max(manifest.term);
             term_history = manifest.term_history.clone();
             history::truncate(&mut term_history, manifest.offset);
+            sessions.load_proto(&manifest.client_sessions);
         }
 
         let binlog_dir = dir.join("binlog");
@@ -227,7 +258,11 @@ impl Table {
             report.snapshot_offset + 1,
             |record: Record<'_>| {
                 history::note_record(&mut term_history, record.term, record.offset);
-                apply_entry(&memtable, record.offset, record.payload).map_err(|e| {
+                let at = Version {
+                    term: record.term,
+                    offset: record.offset,
+                };
+                apply_entry(&memtable, &mut sessions, at, record.payload).map_err(|e| {
                     StorageError::Corruption {
                         file: binlog_dir.clone(),
                         position: 0,
@@ -246,6 +281,7 @@ impl Table {
             role: meta.role,
             followers: Vec::new(),
             leader: meta.leader.clone(),
+            offline: Vec::new(),
         });
         state.term = state.term.max(term);
         if state.role() == TableRole::Leader && !options.restore_leadership {
@@ -255,10 +291,12 @@ impl Table {
             state.followers.clear();
         }
         let quorum = Quorum::default();
-        if state.role() == TableRole::Leader {
-            quorum.set_followers(&state.followers);
-        }
         quorum.set_local(binlog.last_offset());
+        if state.role() == TableRole::Leader {
+            let term_start = history::first_offset_of(&term_history, state.term)
+                .unwrap_or(binlog.last_offset() + 1);
+            quorum.lead(state.term, term_start, &state.followers);
+        }
 
         info!(
             tid = meta.tid,
@@ -271,7 +309,6 @@ impl Table {
         let table = Table {
             schema,
             dir: dir.to_path_buf(),
-            options,
             memtable,
             durability: binlog.durability(),
             last_offset: AtomicU64::new(binlog.last_offset()),
@@ -288,6 +325,9 @@ impl Table {
             making_snapshot: AtomicBool::new(false),
             snapshot_pauses: AtomicUsize::new(0),
             quorum,
+            sessions: Mutex::new(sessions),
+            write_slots: Arc::new(tokio::sync::Semaphore::new(options.max_writes_in_flight)),
+            options,
             meta,
         };
         Ok((table, report))
@@ -312,53 +352,163 @@ impl Table {
         }
     }
 
-    /// Appends an encoded entry, applies it, and waits until it is durable. Returns its offset and
-    /// what applying it returned.
+    /// Appends an entry, applies it, and waits until it is durable on this replica. A
+    /// request applied before is answered with its first result instead. `apply_entry`
+    /// gets the new offset and returns rows removed (deletes).
     fn write_payload(
         &self,
+        request: Option<RequestId>,
+        write_time_ms: i64,
         payload: Vec<u8>,
         apply_entry: impl FnOnce(u64) -> u64,
-    ) -> Result<(Version, u64)> {
-        let (version, applied) = {
+    ) -> Result<Logged> {
+        let logged = {
             let mut binlog = self.writer.lock();
             // Checked under the writer lock, so once a fence or role change returns, no
             // record of the old term can follow.
             let term = self.writable_term()?;
+            if let Some(id) = request {
+                match self.sessions.lock().check(id) {
+                    Seen::New => {}
+                    Seen::Applied(first) => {
+                        drop(binlog);
+                        let logged = Logged {
+                            version: Version {
+                                term: first.term,
+                                offset: first.offset,
+                            },
+                            applied: first.deleted,
+                            leading_term: term,
+                            duplicate: true,
+                        };
+                        self.durability.wait(first.offset)?;
+                        return Ok(logged);
+                    }
+                    Seen::TooOld { highest } => {
+                        return Err(StorageError::OutcomeUnknown(format!(
+                            "request {} of client {:x} is older than the {} requests this \
+                             partition remembers (highest {highest}); it may have been applied",
+                            id.seq,
+                            id.client_id,
+                            super::sessions::SEQ_WINDOW
+                        )))
+                    }
+                }
+            }
+            self.check_enough_replicas()?;
             let offset = binlog.append(term, &payload)?;
             history::note_record(&mut self.history.lock(), term, offset);
             let applied = apply_entry(offset);
+            if let Some(id) = request {
+                let first = Applied {
+                    term,
+                    offset,
+                    deleted: applied,
+                };
+                self.sessions.lock().record(id, first, write_time_ms);
+            }
             self.last_offset.store(offset, Ordering::Release);
             self.appended.send_replace(offset);
-            (Version { term, offset }, applied)
+            Logged {
+                version: Version { term, offset },
+                applied,
+                leading_term: term,
+                duplicate: false,
+            }
         };
-        self.durability.wait(version.offset)?;
-        self.await_commit(version.offset)?;
-        Ok((version, applied))
+        self.durability.wait(logged.version.offset)?;
+        self.quorum.set_local(self.durability.durable_offset());
+        Ok(logged)
     }
 
-    /// Quorum mode: wait until a majority holds `offset`.
-    fn await_commit(&self, offset: u64) -> Result<()> {
-        self.quorum.set_local(self.durability.durable_offset());
+    /// Quorum mode refuses a write up front when too few voting members are shipped to
+    /// for it to ever commit (nothing is logged then).
+    fn check_enough_replicas(&self) -> Result<()> {
+        if self.mode() == ReplicationMode::Async {
+            return Ok(());
+        }
+        let replica = self.replica.lock();
+        let voters = replica.state.followers.len() + 1;
+        let live = voters - replica.state.offline.len();
+        let needed = voters / 2 + 1;
+        if live < needed {
+            return Err(StorageError::NotEnoughReplicas {
+                live,
+                voters,
+                needed,
+            });
+        }
+        Ok(())
+    }
+
+    fn commit_error(&self, logged: &Logged, error: WaitError) -> StorageError {
+        let offset = logged.version.offset;
+        match error {
+            WaitError::Timeout { commit } => StorageError::OutcomeUnknown(format!(
+                "offset {offset} was not acknowledged by a majority within {:?} (committed: \
+                 {commit}); it may still be applied",
+                self.options.quorum_timeout
+            )),
+            WaitError::SteppedDown => StorageError::OutcomeUnknown(format!(
+                "this replica stopped leading in term {} before offset {offset} was \
+                 committed; it may or may not survive",
+                logged.leading_term
+            )),
+        }
+    }
+
+    /// Waits until a logged write is committed (quorum mode), without holding a thread.
+    pub async fn commit(&self, logged: &Logged) -> Result<()> {
         if self.mode() == ReplicationMode::Async {
             return Ok(());
         }
         self.quorum
-            .wait(offset, self.options.quorum_timeout)
-            .map_err(|t| {
-                StorageError::Unavailable(format!(
-                "offset {offset} was not acknowledged by a majority within {:?} (committed: {}); \
-                 it may still be applied",
-                self.options.quorum_timeout, t.commit
+            .wait(
+                logged.version.offset,
+                logged.leading_term,
+                self.options.quorum_timeout,
+            )
+            .await
+            .map_err(|e| self.commit_error(logged, e))
+    }
+
+    /// As [`Table::commit`], blocking the calling thread.
+    pub fn commit_blocking(&self, logged: &Logged) -> Result<()> {
+        if self.mode() == ReplicationMode::Async {
+            return Ok(());
+        }
+        self.quorum
+            .wait_blocking(
+                logged.version.offset,
+                logged.leading_term,
+                self.options.quorum_timeout,
+            )
+            .map_err(|e| self.commit_error(logged, e))
+    }
+
+    /// A slot for one write in flight, or an "overloaded" refusal the client may retry.
+    pub fn write_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.write_slots.clone().try_acquire_owned().map_err(|_| {
+            StorageError::Unavailable(format!(
+                "overloaded: {} writes are in flight on this partition; retry shortly",
+                self.options.max_writes_in_flight
             ))
-            })
+        })
     }
 
     pub fn mode(&self) -> ReplicationMode {
         self.meta.mode()
     }
 
-    /// Writes a whole row.
+    /// Writes a whole row and waits until it is committed.
     pub fn put(&self, values: &[Value]) -> Result<Version> {
+        let logged = self.log_put(values, None)?;
+        self.commit_blocking(&logged)?;
+        Ok(logged.version)
+    }
+
+    /// Logs a whole row (durable here, not yet committed): see [`Table::commit`].
+    pub fn log_put(&self, values: &[Value], request: Option<RequestId>) -> Result<Logged> {
         let data = codec::encode(&self.schema, values)?;
         if data.len() > self.options.max_row_size {
             return Err(StorageError::RowTooLarge {
@@ -372,25 +522,39 @@ impl Table {
         let payload = LogEntry::Put {
             write_time_ms,
             row: &data,
+            request,
         }
         .encode();
-        self.write_payload(payload, |offset| {
+        self.write_payload(request, write_time_ms, payload, |offset| {
             self.memtable.insert(offset, write_time_ms, data, entries);
             0
         })
-        .map(|(version, _)| version)
     }
 
     /// Deletes every row whose key in `index` is `key`. Returns the version and the
     /// number of rows removed.
     pub fn delete(&self, index: &str, key_values: &[Value]) -> Result<(Version, u64)> {
+        let logged = self.log_delete(index, key_values, None)?;
+        self.commit_blocking(&logged)?;
+        Ok((logged.version, logged.applied))
+    }
+
+    /// Logs a delete (durable here, not yet committed): see [`Table::commit`].
+    pub fn log_delete(
+        &self,
+        index: &str,
+        key_values: &[Value],
+        request: Option<RequestId>,
+    ) -> Result<Logged> {
         let (position, key) = self.key_of(index, key_values)?;
+        let write_time_ms = now_ms();
         let payload = LogEntry::Delete {
             index: position as u16,
             key: &key,
+            request: request.map(|id| (id, write_time_ms)),
         }
         .encode();
-        self.write_payload(payload, |offset| {
+        self.write_payload(request, write_time_ms, payload, |offset| {
             self.memtable.delete_key(position, &key, offset)
         })
     }
@@ -486,9 +650,14 @@ impl Table {
     fn make_snapshot_locked(&self) -> Result<(u64, u64)> {
         let snapshot_dir = self.dir.join("snapshot");
         // Every entry up to `offset` is applied: they are applied under the writer lock.
-        let (offset, term) = {
+        let (offset, term, sessions) = {
             let binlog = self.writer.lock();
-            (binlog.last_offset(), self.term.load(Ordering::Acquire))
+            let sessions = self.sessions.lock().to_proto();
+            (
+                binlog.last_offset(),
+                self.term.load(Ordering::Acquire),
+                sessions,
+            )
         };
         if self.snapshot_pauses.load(Ordering::Acquire) > 0 {
             return Err(StorageError::Unavailable(
@@ -505,14 +674,17 @@ impl Table {
         // already, and replaying the log from `offset + 1` deletes them again anyway.
         let rows = self.memtable.rows_through(offset);
         let history = self.history.lock().clone();
-        let manifest = snapshot::write(&snapshot_dir, offset, term, history, &rows)?;
+        let manifest = snapshot::write(&snapshot_dir, offset, term, history, sessions, &rows)?;
         self.snapshot_offset.store(offset, Ordering::Release);
-        // Keep every record a follower still needs.
+        // Keep every record a follower shipped to still needs (an offline one catches up
+        // from a snapshot if it must).
+        let shipping = self.shipping_followers();
         let needed_by_followers = self
             .quorum
             .acked()
-            .values()
-            .copied()
+            .into_iter()
+            .filter(|(f, _)| shipping.contains(f))
+            .map(|(_, acked)| acked)
             .min()
             .unwrap_or(u64::MAX);
         let removed = self
@@ -541,6 +713,7 @@ impl Table {
         TableStatus {
             mode: self.meta.mode,
             followers: replica.followers,
+            offline: replica.offline,
             leader: replica.leader,
             commit_offset: self.quorum.commit(),
             tid: self.meta.tid,
@@ -568,14 +741,41 @@ impl Table {
     }
 }
 
-/// Applies one logged entry to the memtable (replay path; the live path applies the
-/// same change directly). Returns rows removed for a delete.
-pub(super) fn apply_entry(memtable: &Memtable, offset: u64, payload: &[u8]) -> Result<u64> {
-    match LogEntry::decode(payload)? {
-        LogEntry::Put { write_time_ms, row } => {
-            memtable.insert_encoded(offset, write_time_ms, row)?;
-            Ok(0)
+/// Applies one logged entry to the memtable and the idempotence table (replay and
+/// follower path; the leader's live path applies the same change directly). Returns
+/// rows removed for a delete.
+pub(super) fn apply_entry(
+    memtable: &Memtable,
+    sessions: &mut Sessions,
+    at: Version,
+    payload: &[u8],
+) -> Result<u64> {
+    let (request, deleted) = match LogEntry::decode(payload)? {
+        LogEntry::Put {
+            write_time_ms,
+            row,
+            request,
+        } => {
+            memtable.insert_encoded(at.offset, write_time_ms, row)?;
+            (request.map(|id| (id, write_time_ms)), 0)
         }
-        LogEntry::Delete { index, key } => Ok(memtable.delete_key(usize::from(index), key, offset)),
+        LogEntry::Delete {
+            index,
+            key,
+            request,
+        } => (
+            request,
+            memtable.delete_key(usize::from(index), key, at.offset),
+        ),
+        LogEntry::Noop => (None, 0),
+    };
+    if let Some((id, write_time_ms)) = request {
+        let first = Applied {
+            term: at.term,
+            offset: at.offset,
+            deleted,
+        };
+        sessions.record(id, first, write_time_ms);
     }
+    Ok(deleted)
 }
