@@ -5,9 +5,16 @@
 //! The lease is what makes an isolated leader stop before anyone replaces it. ZooKeeper
 //! expires a session no sooner than its timeout after the last message it got from the
 //! client; the lease is renewed only by answered requests, dated when they were sent,
-//! and lapses after two thirds of the timeout. So by the time the nameserver sees the
-//! session expire and promotes another replica, the old leader's lease ran out at least
-//! a third of a timeout earlier.
+//! and lapses after two thirds of the timeout the server *negotiated* (which may differ
+//! from the one asked for). A renewal is a `sync` followed by a read of the
+//! registration node: the sync goes through the ZooKeeper leader, so an answer proves
+//! the session is alive on a quorum, not only on a server that may itself be cut off.
+//! So by the time the nameserver sees the session expire and promotes another replica,
+//! the old leader's lease ran out at least a third of a timeout earlier.
+//!
+//! The lease also counts sessions: a lease that lapsed and is renewed again in the same
+//! session (a ZooKeeper stall shorter than the session timeout) lets leaders resume,
+//! since nobody could have replaced them; after a new session they wait to be told.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,17 +46,36 @@ pub struct Lease {
     epoch: Instant,
     /// Milliseconds after `epoch` at which the last answered request was sent; 0: never.
     renewed_at_ms: AtomicU64,
-    valid_for: Duration,
+    /// Two thirds of the session timeout, in milliseconds.
+    valid_for_ms: AtomicU64,
+    /// Which session renews the lease: 1 for the first, one more for each new one.
+    session: AtomicU64,
 }
 
 impl Lease {
-    /// A lease lasting two thirds of `session_timeout` after each renewal.
+    /// A lease lasting two thirds of `session_timeout` after each renewal (until a
+    /// session is established and its negotiated timeout is known).
     pub fn for_session(session_timeout: Duration) -> Arc<Lease> {
         Arc::new(Lease {
             epoch: Instant::now(),
             renewed_at_ms: AtomicU64::new(0),
-            valid_for: session_timeout * 2 / 3,
+            valid_for_ms: AtomicU64::new(two_thirds_ms(session_timeout)),
+            session: AtomicU64::new(0),
         })
+    }
+
+    /// A new session was established with this negotiated timeout: the lease is sized
+    /// from it, and only this session's answers renew it from now on.
+    pub fn new_session(&self, negotiated: Duration) {
+        self.renewed_at_ms.store(0, Ordering::Release);
+        self.valid_for_ms
+            .store(two_thirds_ms(negotiated), Ordering::Release);
+        self.session.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The session renewing the lease (0 before the first).
+    pub fn session(&self) -> u64 {
+        self.session.load(Ordering::Acquire)
     }
 
     /// A request sent at `sent` was answered.
@@ -68,12 +94,16 @@ impl Lease {
             return false;
         }
         let now = now.saturating_duration_since(self.epoch).as_millis() as u64;
-        now.saturating_sub(renewed) < self.valid_for.as_millis() as u64
+        now.saturating_sub(renewed) < self.valid_for_ms.load(Ordering::Acquire)
     }
 
     pub fn valid_for(&self) -> Duration {
-        self.valid_for
+        Duration::from_millis(self.valid_for_ms.load(Ordering::Acquire))
     }
+}
+
+fn two_thirds_ms(timeout: Duration) -> u64 {
+    (timeout.as_millis() as u64 * 2 / 3).max(1)
 }
 
 /// The registration node's content: who, since when, and that it just started.
@@ -115,11 +145,17 @@ pub async fn run_registration(
             }
         };
         info!(path = %path, session_timeout = ?client.session_timeout(), "registered in ZooKeeper");
-        // Renew the lease with a read of our own node every beat.
+        lease.new_session(client.session_timeout());
+        // Renew the lease every beat with a sync (through the ZooKeeper leader) and a
+        // read of our own node.
         loop {
             let sent = Instant::now();
+            let renewal = async {
+                client.sync(&path).await?;
+                client.check_stat(&path).await
+            };
             let answer = tokio::select! {
-                a = tokio::time::timeout(request_timeout, client.check_stat(&path)) => a,
+                a = tokio::time::timeout(request_timeout, renewal) => a,
                 _ = stop.changed() => {
                     // Leave cleanly: the node goes away with the session at once.
                     drop(client);
@@ -274,5 +310,31 @@ mod tests {
         assert!(lease.is_valid_at(at(2900)));
         lease.renew(at(2500));
         assert!(lease.is_valid_at(at(4400)));
+    }
+
+    /// Point 6: the lease is sized from the timeout the server negotiated (a server may
+    /// grant less than was asked for), and a new session starts it afresh.
+    #[test]
+    fn a_new_session_sizes_the_lease_from_the_negotiated_timeout() {
+        let lease = Lease::for_session(Duration::from_millis(9000));
+        let start = lease.epoch;
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert_eq!(lease.session(), 0);
+        lease.new_session(Duration::from_millis(3000));
+        assert_eq!(lease.session(), 1);
+        assert_eq!(lease.valid_for(), Duration::from_millis(2000));
+        lease.renew(at(1000));
+        assert!(
+            !lease.is_valid_at(at(3100)),
+            "valid two thirds of the negotiated 3 s, not of the 9 s asked for"
+        );
+        lease.new_session(Duration::from_millis(6000));
+        assert_eq!(lease.session(), 2);
+        assert!(
+            !lease.is_valid_at(at(1500)),
+            "an earlier session's renewal does not count"
+        );
+        lease.renew(at(1600));
+        assert!(lease.is_valid_at(at(5500)));
     }
 }

@@ -566,7 +566,14 @@ impl Nameserver {
         // Every other replica the metadata lists stays a voting member, dead or not: the
         // majority a write needs never shrinks with the replicas that are up. The ones
         // that did not listen are not shipped to until RecoverTable brings them back.
-        let (followers, offline) = voting_members(partition, &op.chosen, &told);
+        // A forced change (the operator accepted losing writes to get the partition
+        // back) makes the replicas that listened the whole voting set, as an unclean
+        // election must; the others rejoin as new members through RecoverTable.
+        let (followers, offline) = if op.force {
+            (told.clone(), Vec::new())
+        } else {
+            voting_members(partition, &op.chosen, &told)
+        };
         let mut client = tablet(&op.chosen).await?;
         call(
             &op.chosen,

@@ -391,7 +391,9 @@ impl Client {
             .lock()
             .get(&(format!("{db}.{name}"), pid))
             .copied()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            // A read with min_offset 0 is a leader read, which followers refuse.
+            .max(1);
         for follower in partition
             .replicas
             .iter()

@@ -11,6 +11,7 @@ use tessera_proto::tablet::{ReplicaState, TableMeta, TableState, TableStatus};
 use tracing::{error, info, warn};
 
 use crate::error::{Result, TabletError};
+use crate::replication::history;
 use crate::storage::error::io_error;
 use crate::storage::replica::write_replica_state;
 use crate::storage::table::{now_ms, read_meta};
@@ -272,6 +273,10 @@ impl Catalog {
             fs::rename(&dir, &target).map_err(io_error(&dir))?;
         }
         write_replica_state(incoming, state)?;
+        // The received files are fsynced one by one; their directory entries too, before
+        // the replica is counted as holding the snapshot.
+        crate::storage::crashsafe::fsync_dir(&incoming.join("snapshot"))?;
+        crate::storage::crashsafe::fsync_dir(incoming)?;
         fs::rename(incoming, &dir).map_err(io_error(incoming))?;
         crate::storage::crashsafe::fsync_dir(&self.root)?;
         info!(tid, pid, term = state.term, leader = %state.leader, "snapshot installed");
@@ -289,17 +294,7 @@ impl Catalog {
         if !dir.is_dir() {
             return Err(TabletError::TableNotFound { tid, pid });
         }
-        let manifest = crate::storage::snapshot::read_manifest(&dir.join("snapshot"))?;
-        let from_log = crate::storage::binlog::last_record(&dir.join("binlog"))?;
-        let (term, offset) = match (from_log, &manifest) {
-            (Some(pair), _) => pair,
-            (None, Some(m)) => (
-                crate::replication::history::term_at(&m.term_history, m.offset),
-                m.offset,
-            ),
-            (None, None) => (0, 0),
-        };
-        let history = manifest.map(|m| m.term_history).unwrap_or_default();
+        let (term, offset, history) = term_pair_on_disk(&dir)?;
         Ok((term, offset, false, history))
     }
 
@@ -316,6 +311,31 @@ impl Catalog {
             }
         }
     }
+}
+
+/// (last term, last offset, term history) of a replica that is not loaded, from its
+/// files: the snapshot's manifest, then the terms of the binlog's records after it.
+pub fn term_pair_on_disk(dir: &Path) -> Result<(u64, u64, Vec<TermPair>)> {
+    let manifest = crate::storage::snapshot::read_manifest(&dir.join("snapshot"))?;
+    let (mut history, mut last) = match &manifest {
+        Some(m) => {
+            let mut history = m.term_history.clone();
+            history::truncate(&mut history, m.offset);
+            let last = (history::term_at(&history, m.offset), m.offset);
+            (history, last)
+        }
+        None => (Vec::new(), (0, 0)),
+    };
+    // The terms of the records after the snapshot complete its history: a decision
+    // from the manifest alone would miss every term change since.
+    let after = last.1;
+    crate::storage::binlog::scan_records(&dir.join("binlog"), |record| {
+        if record.offset > after {
+            history::note_record(&mut history, record.term, record.offset);
+            last = (record.term, record.offset);
+        }
+    })?;
+    Ok((last.0, last.1, history))
 }
 
 struct ReloadGuard<'a> {

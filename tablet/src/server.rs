@@ -140,7 +140,9 @@ fn tokio_stream_listener(
     })
 }
 
-/// Fences every leader replica while the lease is not valid.
+/// Fences every leader replica while the lease is not valid. A lease renewed again in
+/// the session it lapsed in lets them serve again (nobody can have replaced them: the
+/// session never expired); after a new session they wait to be told their role.
 async fn watch_lease(
     catalog: Arc<Catalog>,
     lease: Arc<Lease>,
@@ -148,14 +150,23 @@ async fn watch_lease(
 ) {
     const CHECK: Duration = Duration::from_millis(20);
     let mut was_valid = false;
+    // The session in which the lease lapsed, while it stays lapsed.
+    let mut lapsed_in: Option<u64> = None;
     loop {
         let valid = lease.is_valid();
         if valid && !was_valid {
-            info!(lease = ?lease.valid_for(), "ZooKeeper lease acquired");
+            info!(lease = ?lease.valid_for(), session = lease.session(), "ZooKeeper lease acquired");
+            if lapsed_in == Some(lease.session()) {
+                for table in catalog.tables() {
+                    table.lease_regained();
+                }
+            }
+            lapsed_in = None;
         }
         if !valid {
             if was_valid {
                 warn!(lease = ?lease.valid_for(), "ZooKeeper lease lapsed: leader replicas stop serving");
+                lapsed_in = Some(lease.session());
             }
             for table in catalog.tables() {
                 table.lease_lost();

@@ -260,9 +260,9 @@ impl Tablet for TabletService {
         let _slot = table.write_slot().map_err(TabletError::from)?;
         let worker = table.clone();
         let logged = blocking(move || Ok(worker.log_delete(&request.index, &key, id)?)).await?;
-        table.commit(&logged).await.map_err(TabletError::from)?;
+        let deleted = table.commit(&logged).await.map_err(TabletError::from)?;
         Ok(Response::new(DeleteResponse {
-            deleted: logged.applied,
+            deleted,
             term: logged.version.term,
             offset: logged.version.offset,
         }))

@@ -268,3 +268,36 @@ fn term_history_is_rebuilt_on_reload() {
     assert_eq!(table.term_pair(), (4, 9));
     assert_eq!(table.replica_state().term, 4, "the term is persisted");
 }
+
+/// Point 8: the term history of a replica that is not loaded comes from its manifest and
+/// from the terms of the binlog records after it (before, from the manifest alone, so a
+/// term change after the last snapshot was missed).
+#[test]
+fn term_history_on_disk_includes_terms_after_the_snapshot() {
+    use tessera_tablet::storage::replica::RoleChange;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("1_0");
+    let table = create(&path, 1 << 20);
+    for i in 0..5 {
+        table.put(&row(&format!("k{i}"), i, None, "t")).unwrap();
+    }
+    table.make_snapshot().unwrap();
+    table
+        .change_role(&RoleChange {
+            role: tessera_proto::tablet::TableRole::Leader,
+            term: 4,
+            followers: vec![],
+            leader: String::new(),
+            offline: vec![],
+        })
+        .unwrap();
+    for i in 5..8 {
+        table.put(&row(&format!("k{i}"), i, None, "t")).unwrap();
+    }
+    table.close().unwrap();
+    drop(table);
+    let (term, offset, history) = tessera_tablet::catalog::term_pair_on_disk(&path).unwrap();
+    let history: Vec<(u64, u64)> = history.iter().map(|p| (p.term, p.start_offset)).collect();
+    assert_eq!(history, vec![(1, 1), (4, 6)]);
+    assert_eq!((term, offset), (4, 9));
+}

@@ -79,12 +79,16 @@ async fn losing_two_of_three_replicas_stops_writes_instead_of_losing_them() {
 
     let writer = client(&cluster, Duration::from_secs(2)).await;
     let mut acked = Vec::new();
-    let mut put = |key: String, i: i64| {
+    let put = |key: String, i: i64| {
         let writer = &writer;
         async move { writer.put("default", "t1", row(&key, i)).await.map(|_| key) }
     };
     for i in 0..20 {
-        acked.push(put(format!("all-{i}"), i).await.expect("write with every replica"));
+        acked.push(
+            put(format!("all-{i}"), i)
+                .await
+                .expect("write with every replica"),
+        );
     }
 
     let first = cluster.tablet_index(&followers[0]);
@@ -115,7 +119,9 @@ async fn losing_two_of_three_replicas_stops_writes_instead_of_losing_them() {
         30 - refusals.len()
     );
     assert!(
-        refusals.iter().all(|e| matches!(e, ClientError::Unavailable { last, .. }
+        refusals
+            .iter()
+            .all(|e| matches!(e, ClientError::Unavailable { last, .. }
             if last.contains("not enough replicas: 1 of 3 hold the partition, 2 needed"))),
         "the refusal says why: {}",
         refusals[0]

@@ -164,3 +164,61 @@ async fn leaders_hold_a_lease_and_wait_for_their_role() {
     assert_eq!(status.term, 2, "but remembers its term");
     assert_eq!(put_code(&b, 1).await, Some(ErrorCode::NotLeader));
 }
+
+/// Point 6 of the replication-safety work: a ZooKeeper stall longer than the lease but
+/// shorter than the session fences the leader, and once ZooKeeper answers again in the
+/// same session the leader serves again by itself (before, it stayed fenced until an
+/// operator or the nameserver told it its role again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_fenced_by_a_short_zookeeper_stall_serves_again_by_itself() {
+    const SESSION_MS: u64 = 6000;
+    let dir = tempfile::tempdir().unwrap();
+    let zk = ZooKeeper::start(&dir.path().join("zk"));
+    let args = [
+        format!("--zk_cluster={}", zk.connect_string()),
+        "--zk_root_path=/tessera".into(),
+        format!("--zk_session_timeout={SESSION_MS}"),
+        "--quorum_timeout=2000".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let a = TabletProcess::start(&dir.path().join("a"), &args).await;
+    let b = TabletProcess::start(&dir.path().join("b"), &args).await;
+    create_replicated(&[&a, &b], workload::meta(1, 0, ReplicationMode::Quorum)).await;
+    wait_until_async(
+        Duration::from_secs(20),
+        "the leader to take writes",
+        || async { put_code(&a, 0).await.is_none() },
+    )
+    .await;
+
+    zk.pause();
+    let cut = Instant::now();
+    let mut seq = 1;
+    wait_until_async(Duration::from_secs(20), "the leader to be fenced", || {
+        seq += 1;
+        let seq = seq;
+        let a = &a;
+        async move { put_code(a, seq).await == Some(ErrorCode::PartitionUnavailable) }
+    })
+    .await;
+    zk.resume();
+    assert!(
+        cut.elapsed() < Duration::from_millis(SESSION_MS),
+        "the stall must stay shorter than the session for this test to mean anything"
+    );
+    let mut seq = 1000;
+    wait_until_async(
+        Duration::from_secs(20),
+        "the leader to serve again without being told its role",
+        || {
+            seq += 1;
+            let seq = seq;
+            let a = &a;
+            async move { put_code(a, seq).await.is_none() }
+        },
+    )
+    .await;
+    assert!(a
+        .log()
+        .contains("leader serves again: ZooKeeper lease renewed in the same session"));
+}

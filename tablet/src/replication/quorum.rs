@@ -152,6 +152,17 @@ impl Quorum {
         }
     }
 
+    /// Everything through `offset` is known committed (learned while following the
+    /// previous leader).
+    pub fn raise_commit(&self, offset: u64) {
+        let mut state = self.state.lock();
+        if offset > state.commit {
+            state.commit = offset;
+            drop(state);
+            self.changed();
+        }
+    }
+
     /// Forgets acknowledgements above `offset` (the log was cut back there).
     pub fn reset(&self, offset: u64) {
         let mut state = self.state.lock();

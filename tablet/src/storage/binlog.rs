@@ -149,6 +149,51 @@ fn decode_record(bytes: &[u8]) -> std::result::Result<(Record<'_>, usize), Recor
     ))
 }
 
+/// Whether the bad record at `pos` of a segment is a write that never finished (a torn
+/// tail, safe to cut) rather than corruption. Only the last segment can end torn, and
+/// only if nothing valid follows: the record runs past the end of the file or is
+/// followed by zeros alone, and no later position holds a valid record of a later
+/// offset (a damaged length field can make a record in the middle look cut short).
+fn is_torn_tail(bytes: &[u8], pos: usize, fault: &RecordFault, expected: u64, last: bool) -> bool {
+    if !last {
+        return false;
+    }
+    let rest = &bytes[pos..];
+    let looks_unfinished = rest.iter().all(|&b| b == 0)
+        || match fault {
+            RecordFault::Incomplete => true,
+            RecordFault::BadChecksum => {
+                let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+                rest[RECORD_HEADER_LEN + len..].iter().all(|&b| b == 0)
+            }
+            RecordFault::BadLength(_) => false,
+        };
+    looks_unfinished && !valid_record_after(bytes, pos, expected)
+}
+
+/// Whether any position after `pos` starts a valid record with an offset above
+/// `expected - 1`. Headers are screened by their offset field before the checksum is
+/// computed, so the scan stays cheap.
+fn valid_record_after(bytes: &[u8], pos: usize, expected: u64) -> bool {
+    let limit = expected.saturating_add(bytes.len() as u64);
+    (pos + 1..bytes.len().saturating_sub(RECORD_HEADER_LEN - 1)).any(|at| {
+        let offset = u64::from_le_bytes(bytes[at + 16..at + 24].try_into().expect("8 bytes"));
+        (expected..limit).contains(&offset) && decode_record(&bytes[at..]).is_ok()
+    })
+}
+
+fn corruption(path: &Path, pos: usize, fault: &RecordFault) -> StorageError {
+    StorageError::Corruption {
+        file: path.to_path_buf(),
+        position: pos as u64,
+        reason: match fault {
+            RecordFault::Incomplete => "record is cut short".into(),
+            RecordFault::BadLength(len) => format!("record length {len} is impossible"),
+            RecordFault::BadChecksum => "record checksum mismatch".into(),
+        },
+    }
+}
+
 /// A torn final record that recovery cut off.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornTail {
@@ -388,40 +433,15 @@ impl Binlog {
                 let record = match decode_record(&bytes[pos..]) {
                     Ok((record, len)) => (record, len),
                     Err(fault) => {
-                        let rest = &bytes[pos..];
-                        // Only a write that never finished looks like this: the record
-                        // runs past the end of the file, or nothing but zeros follows
-                        // the place where it should have ended.
-                        let is_final_record = rest.iter().all(|&b| b == 0)
-                            || match fault {
-                                RecordFault::Incomplete => true,
-                                RecordFault::BadChecksum => {
-                                    let len = u32::from_le_bytes(rest[..4].try_into().expect("4"));
-                                    rest[RECORD_HEADER_LEN + len as usize..]
-                                        .iter()
-                                        .all(|&b| b == 0)
-                                }
-                                RecordFault::BadLength(_) => false,
-                            };
-                        if i == last_index && is_final_record {
+                        if is_torn_tail(&bytes, pos, &fault, expected, i == last_index) {
                             report.torn_tail = Some(truncate_torn_tail(
                                 &segment.path,
                                 pos as u64,
-                                rest.len() as u64,
+                                (bytes.len() - pos) as u64,
                             )?);
                             break;
                         }
-                        return Err(StorageError::Corruption {
-                            file: segment.path.clone(),
-                            position: pos as u64,
-                            reason: match fault {
-                                RecordFault::Incomplete => "record is cut short".into(),
-                                RecordFault::BadLength(len) => {
-                                    format!("record length {len} is impossible")
-                                }
-                                RecordFault::BadChecksum => "record checksum mismatch".into(),
-                            },
-                        });
+                        return Err(corruption(&segment.path, pos, &fault));
                     }
                 };
                 let (record, len) = record;
@@ -447,6 +467,12 @@ impl Binlog {
                     .as_ref()
                     .map_or(bytes.len() as u64, |t| t.position);
             }
+            // What was read may still be only in the page cache (a process crash loses
+            // nothing there, a machine crash does): make it durable before it is counted
+            // durable and acknowledged to a leader.
+            File::open(&segment.path)
+                .and_then(|f| f.sync_all())
+                .map_err(io_error(&segment.path))?;
         }
         if report.last_offset + 1 < start {
             // Every record ends before what the caller needs (its snapshot is newer than
@@ -711,9 +737,10 @@ pub fn truncate_after(dir: &Path, offset: u64) -> Result<u64> {
         let mut pos = 0;
         let mut expected = segment.first_offset;
         while pos < bytes.len() && expected <= offset {
-            let Ok((_, len)) = decode_record(&bytes[pos..]) else {
-                break;
-            };
+            // A bad record before `offset` is corruption: cutting there would remove
+            // records the caller means to keep.
+            let (_, len) = decode_record(&bytes[pos..])
+                .map_err(|fault| corruption(&segment.path, pos, &fault))?;
             pos += len;
             expected += 1;
         }
@@ -762,19 +789,40 @@ pub fn last_record(dir: &Path) -> Result<Option<(u64, u64)>> {
     if !dir.exists() {
         return Ok(None);
     }
-    for segment in list_segments(dir)?.iter().rev() {
+    let mut last = None;
+    scan_records(dir, |record| last = Some((record.term, record.offset)))?;
+    Ok(last)
+}
+
+/// Reads every record of a closed binlog directory in order, without modifying
+/// anything. A torn tail ends the scan as it would end a load; any other bad record is
+/// an error naming file and byte.
+pub fn scan_records(dir: &Path, mut each: impl FnMut(Record<'_>)) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let segments = list_segments(dir)?;
+    for (i, segment) in segments.iter().enumerate() {
         let bytes = fs::read(&segment.path).map_err(io_error(&segment.path))?;
         let mut pos = 0;
-        let mut last = None;
-        while let Ok((record, len)) = decode_record(&bytes[pos..]) {
-            last = Some((record.term, record.offset));
-            pos += len;
-        }
-        if last.is_some() {
-            return Ok(last);
+        let mut expected = segment.first_offset;
+        while pos < bytes.len() {
+            match decode_record(&bytes[pos..]) {
+                Ok((record, len)) => {
+                    expected = record.offset + 1;
+                    each(record);
+                    pos += len;
+                }
+                Err(fault)
+                    if is_torn_tail(&bytes, pos, &fault, expected, i + 1 == segments.len()) =>
+                {
+                    break
+                }
+                Err(fault) => return Err(corruption(&segment.path, pos, &fault)),
+            }
         }
     }
-    Ok(None)
+    Ok(())
 }
 
 /// One record read back for shipping.
@@ -1218,5 +1266,85 @@ mod tests {
             open_collect(dir.path(), options(FsyncPolicy::None, 1 << 20), 101).unwrap();
         assert_eq!(report.last_offset, 100);
         assert_eq!(binlog.append(2, b"x").unwrap(), 101);
+    }
+
+    /// Ten records of 33 bytes each in one segment (payloads `payload-0` … `payload-9`).
+    fn ten_records(dir: &Path) -> PathBuf {
+        let (mut binlog, _, _) = open_collect(dir, options(FsyncPolicy::None, 1 << 20), 1).unwrap();
+        write_n(&mut binlog, 10);
+        drop(binlog);
+        segment_path(dir, 1)
+    }
+
+    fn damage(path: &Path, at: usize, bytes: &[u8]) {
+        let mut contents = fs::read(path).unwrap();
+        contents[at..at + bytes.len()].copy_from_slice(bytes);
+        fs::write(path, contents).unwrap();
+    }
+
+    /// Point 7: a damaged length field makes a record in the middle look cut short;
+    /// before, the load cut it and the seven valid records after it as a torn tail.
+    #[test]
+    fn a_damaged_length_in_the_middle_is_corruption_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = ten_records(dir.path());
+        let size = fs::metadata(&segment).unwrap().len();
+        damage(&segment, 2 * 33, &4096u32.to_le_bytes());
+        let err = open_collect(dir.path(), options(FsyncPolicy::None, 1 << 20), 1)
+            .err()
+            .expect("the load is refused");
+        match err {
+            StorageError::Corruption { file, position, .. } => {
+                assert_eq!((file, position), (segment.clone(), 66));
+            }
+            other => panic!("expected corruption, got {other}"),
+        }
+        assert_eq!(
+            fs::metadata(&segment).unwrap().len(),
+            size,
+            "nothing was cut"
+        );
+        assert!(matches!(
+            last_record(dir.path()),
+            Err(StorageError::Corruption { position: 66, .. })
+        ));
+    }
+
+    /// Point 7: `truncate_after` and `last_record` stop with an error at a bad record
+    /// instead of cutting there or reporting a shorter log.
+    #[test]
+    fn truncation_and_last_record_refuse_a_corrupt_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = ten_records(dir.path());
+        let size = fs::metadata(&segment).unwrap().len();
+        damage(&segment, 2 * 33 + 30, b"X");
+        assert!(matches!(
+            last_record(dir.path()),
+            Err(StorageError::Corruption { position: 66, .. })
+        ));
+        assert!(matches!(
+            truncate_after(dir.path(), 8),
+            Err(StorageError::Corruption { position: 66, .. })
+        ));
+        assert_eq!(
+            fs::metadata(&segment).unwrap().len(),
+            size,
+            "nothing was cut"
+        );
+    }
+
+    /// A real torn tail (the last record half written) is still cut, and reading tools
+    /// see the log as a load would.
+    #[test]
+    fn a_half_written_last_record_is_still_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = ten_records(dir.path());
+        let file = OpenOptions::new().write(true).open(&segment).unwrap();
+        file.set_len(9 * 33 + 20).unwrap();
+        assert_eq!(last_record(dir.path()).unwrap(), Some((1, 9)));
+        let (_, report, seen) =
+            open_collect(dir.path(), options(FsyncPolicy::None, 1 << 20), 1).unwrap();
+        assert_eq!(seen.len(), 9);
+        assert_eq!(report.torn_tail.unwrap().position, 9 * 33);
     }
 }

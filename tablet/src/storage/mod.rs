@@ -1,6 +1,7 @@
 //! Storage of partition replicas: memtable, binlog, snapshots and the table that ties
 //! them together.
 
+pub mod apply;
 pub mod binlog;
 pub mod crashsafe;
 pub mod entry;

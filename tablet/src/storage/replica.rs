@@ -10,9 +10,10 @@ use tessera_proto::common::TermPair;
 use tessera_proto::tablet::{AppendEntriesRequest, ReplicaState, TableRole};
 use tracing::info;
 
+use super::apply::{note_request, PendingEntry};
 use super::entry::LogEntry;
 use super::error::{Result, StorageError};
-use super::table::{apply_entry, Table, Version};
+use super::table::{Table, Version};
 use super::{crashsafe, snapshot};
 use crate::replication::history;
 
@@ -106,20 +107,40 @@ impl Table {
         Ok(state.term)
     }
 
-    /// Reads are served by a leader holding its lease, or by any replica that holds at
-    /// least `min_offset` when the client asks for that.
+    /// Reads see only committed entries. A leader read (`min_offset` 0) is served by the
+    /// leader holding its lease; any other replica answers NotLeader. A follower read
+    /// (`min_offset` > 0, an offset the client saw committed) is served by a replica
+    /// that has applied at least that much, all of it known committed.
     pub fn check_readable(&self, min_offset: u64) -> Result<()> {
-        let last = self.last_offset.load(Ordering::Acquire);
-        if min_offset > last {
+        let applied = self.applied_offset();
+        let replica = self.replica.lock();
+        let leader = replica.state.role() == TableRole::Leader;
+        if min_offset == 0 {
+            if !leader {
+                return Err(StorageError::NotLeader {
+                    leader: replica.state.leader.clone(),
+                    term: replica.state.term,
+                });
+            }
+            if replica.fenced {
+                return Err(StorageError::Unavailable(
+                    "the tablet lost its ZooKeeper lease; waiting to be told its role again".into(),
+                ));
+            }
+        }
+        drop(replica);
+        if min_offset > applied {
             return Err(StorageError::Unavailable(format!(
-                "this replica holds offset {last}, the read needs {min_offset}"
+                "this replica has applied offset {applied}, the read needs {min_offset}"
             )));
         }
-        let replica = self.replica.lock();
-        if replica.fenced && replica.state.role() == TableRole::Leader && min_offset == 0 {
-            return Err(StorageError::Unavailable(
-                "the tablet lost its ZooKeeper lease; waiting to be told its role again".into(),
-            ));
+        let committed = self.known_commit();
+        if applied > committed {
+            // Loaded from disk with a tail not yet known committed.
+            return Err(StorageError::Unavailable(format!(
+                "this replica holds offsets up to {applied}, known committed only through \
+                 {committed}; retry shortly"
+            )));
         }
         Ok(())
     }
@@ -245,14 +266,19 @@ impl Table {
                 None => {
                     // A record of the new term, so that the records of earlier terms can
                     // commit without waiting for a client's write.
-                    let offset = binlog.append(change.term, &LogEntry::Noop.encode())?;
+                    let payload = LogEntry::Noop.encode();
+                    let offset = binlog.append(change.term, &payload)?;
                     history::note_record(&mut history, change.term, offset);
+                    self.queue(offset, PendingEntry::Logged(payload));
                     self.last_offset.store(offset, Ordering::Release);
                     self.appended.send_replace(offset);
                     offset
                 }
             };
             self.quorum.lead(change.term, term_start, &state.followers);
+            // What it applied as a follower was committed under the earlier leader.
+            self.quorum
+                .raise_commit(self.follower_commit.load(Ordering::Acquire));
         } else {
             self.quorum.step_down();
         }
@@ -267,6 +293,10 @@ impl Table {
         );
         replica.state = state;
         replica.fenced = false;
+        drop(replica);
+        drop(binlog);
+        // A lone leader commits what it holds at once.
+        self.advance()?;
         Ok(())
     }
 
@@ -364,6 +394,10 @@ impl Table {
 
     pub fn quorum_ack(&self, follower: &str, offset: u64) {
         self.quorum.ack(follower, offset);
+        if let Err(e) = self.advance() {
+            tracing::error!(tid = self.meta.tid, pid = self.meta.pid, error = %e,
+                "a committed entry could not be applied");
+        }
     }
 
     pub fn quorum_acked(&self) -> std::collections::BTreeMap<String, u64> {
@@ -383,6 +417,22 @@ impl Table {
                 tid = self.meta.tid,
                 pid = self.meta.pid,
                 "leader stops serving: ZooKeeper lease lost"
+            );
+        }
+    }
+
+    /// The lease was renewed in the session it lapsed in: a leader fenced by the lapse
+    /// serves again. (One whose session expired meanwhile stays fenced: another may have
+    /// been promoted, and it waits to be told its role.)
+    pub fn lease_regained(&self) {
+        let mut replica = self.replica.lock();
+        if replica.state.role() == TableRole::Leader && replica.fenced {
+            replica.fenced = false;
+            info!(
+                tid = self.meta.tid,
+                pid = self.meta.pid,
+                term = replica.state.term,
+                "leader serves again: ZooKeeper lease renewed in the same session"
             );
         }
     }
@@ -451,13 +501,19 @@ impl Table {
                     term: record.term,
                     offset: record.offset,
                 };
-                apply_entry(&self.memtable, &mut sessions, at, &record.payload)?;
+                note_request(&mut sessions, at, &record.payload)?;
+                self.queue(record.offset, PendingEntry::Logged(record.payload.clone()));
                 self.last_offset.store(record.offset, Ordering::Release);
             }
-            binlog.last_offset()
+            let last = binlog.last_offset();
+            // The log now agrees with the leader's through `last`: what the leader says is
+            // committed up to there is.
+            self.learn_commit(request.commit_offset.min(last));
+            last
         };
         self.durability.wait(last)?;
         self.quorum.set_local(last);
+        self.advance()?;
         Ok(AppendOutcome::Appended(last))
     }
 }

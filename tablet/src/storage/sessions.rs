@@ -99,11 +99,24 @@ impl Sessions {
         }
     }
 
+    /// Fills in the rows a delete removed, once it is applied.
+    pub fn set_deleted(&mut self, id: RequestId, deleted: u64) {
+        if let Some(applied) = self
+            .clients
+            .get_mut(&id.client_id)
+            .and_then(|c| c.applied.get_mut(&id.seq))
+        {
+            applied.deleted = deleted;
+        }
+    }
+
     pub fn client_count(&self) -> usize {
         self.clients.len()
     }
 
-    pub fn to_proto(&self) -> Vec<ClientSession> {
+    /// The table as it stands at `through` (a snapshot's offset): requests logged after
+    /// it are left out, since the log after the snapshot may still be cut.
+    pub fn to_proto(&self, through: u64) -> Vec<ClientSession> {
         let mut out: Vec<ClientSession> = self
             .clients
             .iter()
@@ -113,6 +126,7 @@ impl Sessions {
                 applied: c
                     .applied
                     .iter()
+                    .filter(|(_, a)| a.offset <= through)
                     .map(|(&seq, a)| AppliedRequest {
                         seq,
                         term: a.term,
@@ -121,6 +135,7 @@ impl Sessions {
                     })
                     .collect(),
             })
+            .filter(|c| !c.applied.is_empty())
             .collect();
         out.sort_by_key(|c| c.client_id);
         out
@@ -188,7 +203,7 @@ mod tests {
                 highest: 1 + SEQ_WINDOW
             }
         );
-        assert_eq!(s.to_proto()[0].applied.len(), 1);
+        assert_eq!(s.to_proto(u64::MAX)[0].applied.len(), 1);
     }
 
     #[test]
@@ -206,8 +221,14 @@ mod tests {
         let mut s = Sessions::new(3_600_000);
         s.record(id(7, 2), at(4), 9);
         let mut back = Sessions::new(3_600_000);
-        back.load_proto(&s.to_proto());
+        s.record(id(7, 3), at(5), 9);
+        back.load_proto(&s.to_proto(4));
         assert_eq!(back.check(id(7, 2)), Seen::Applied(at(4)));
-        assert_eq!(back.to_proto(), s.to_proto());
+        assert_eq!(
+            back.check(id(7, 3)),
+            Seen::New,
+            "a request logged after the snapshot's offset is not in it"
+        );
+        assert_eq!(back.to_proto(u64::MAX), s.to_proto(4));
     }
 }

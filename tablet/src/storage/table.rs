@@ -25,10 +25,10 @@ use tessera_proto::tablet::{
 };
 use tracing::info;
 
+use super::apply::{Pending, PendingEntry};
 use super::binlog::{Binlog, BinlogOptions, Durability, Record, TornTail};
 use super::crashsafe;
-use super::entry::LogEntry;
-use super::entry::RequestId;
+use super::entry::{LogEntry, RequestId};
 use super::error::{io_error, Result, StorageError};
 use super::memtable::{Found, Memtable};
 use super::replica::read_replica_state;
@@ -95,11 +95,11 @@ pub struct Logged {
     /// Where the write is: its first application's term and offset (for a retried
     /// request, the original's).
     pub version: Version,
-    /// Rows a delete removed.
-    pub applied: u64,
     /// The term this replica led in when it took the request: the commit must come in it.
     pub leading_term: u64,
-    /// A retry of a request applied before: nothing new was written.
+    /// The request's id, if it carried one.
+    pub request: Option<RequestId>,
+    /// A retry of a request logged before: nothing new was written.
     pub duplicate: bool,
 }
 
@@ -125,8 +125,15 @@ pub struct Table {
     pub(super) term: AtomicU64,
     /// The log's term history, derived from its records (and the snapshot's manifest).
     pub(super) history: Mutex<Vec<TermPair>>,
-    /// Offset of the last applied entry, readable without the writer lock.
+    /// Offset of the last logged entry, readable without the writer lock.
     pub(super) last_offset: AtomicU64,
+    /// Offset of the last entry applied to the memtable (what reads see).
+    pub(super) applied: AtomicU64,
+    /// Logged entries waiting for their commit to be applied.
+    pub(super) pending: Mutex<Pending>,
+    /// Follower: the commit offset learned from the leader, bounded by the part of the
+    /// log known to agree with the leader's.
+    pub(super) follower_commit: AtomicU64,
     pub(super) snapshot_offset: AtomicU64,
     /// One snapshot at a time.
     pub(super) snapshot_lock: Mutex<()>,
@@ -291,12 +298,24 @@ impl Table {
             state.followers.clear();
         }
         let quorum = Quorum::default();
-        quorum.set_local(binlog.last_offset());
+        let mut binlog = binlog;
+        let mut noop = None;
         if state.role() == TableRole::Leader {
-            let term_start = history::first_offset_of(&term_history, state.term)
-                .unwrap_or(binlog.last_offset() + 1);
+            // A standalone leader comes back leading: it starts its term again.
+            let term_start = match history::first_offset_of(&term_history, state.term) {
+                Some(start) => start,
+                None if binlog.last_offset() == 0 => 1,
+                None => {
+                    let offset = binlog.append(state.term, &LogEntry::Noop.encode())?;
+                    history::note_record(&mut term_history, state.term, offset);
+                    noop = Some(offset);
+                    offset
+                }
+            };
             quorum.lead(state.term, term_start, &state.followers);
         }
+        quorum.set_local(binlog.durability().durable_offset());
+        let replayed = noop.map_or(binlog.last_offset(), |n| n - 1);
 
         info!(
             tid = meta.tid,
@@ -312,6 +331,9 @@ impl Table {
             memtable,
             durability: binlog.durability(),
             last_offset: AtomicU64::new(binlog.last_offset()),
+            applied: AtomicU64::new(replayed),
+            pending: Mutex::new(Pending::replayed(replayed)),
+            follower_commit: AtomicU64::new(0),
             appended: tokio::sync::watch::Sender::new(binlog.last_offset()),
             writer: Mutex::new(binlog),
             term: AtomicU64::new(state.term),
@@ -330,6 +352,12 @@ impl Table {
             options,
             meta,
         };
+        if let Some(offset) = noop {
+            table.queue(offset, PendingEntry::Logged(LogEntry::Noop.encode()));
+            table.durability.wait(offset)?;
+            table.quorum.set_local(offset);
+        }
+        table.advance()?;
         Ok((table, report))
     }
 
@@ -345,10 +373,12 @@ impl Table {
         &self.dir
     }
 
+    /// What a read sees: the term, and the offset of the last applied (committed)
+    /// entry.
     pub fn version(&self) -> Version {
         Version {
             term: self.term.load(Ordering::Acquire),
-            offset: self.last_offset.load(Ordering::Acquire),
+            offset: self.applied.load(Ordering::Acquire),
         }
     }
 
@@ -360,7 +390,7 @@ impl Table {
         request: Option<RequestId>,
         write_time_ms: i64,
         payload: Vec<u8>,
-        apply_entry: impl FnOnce(u64) -> u64,
+        entry: PendingEntry,
     ) -> Result<Logged> {
         let logged = {
             let mut binlog = self.writer.lock();
@@ -377,8 +407,8 @@ impl Table {
                                 term: first.term,
                                 offset: first.offset,
                             },
-                            applied: first.deleted,
                             leading_term: term,
+                            request,
                             duplicate: true,
                         };
                         self.durability.wait(first.offset)?;
@@ -398,21 +428,21 @@ impl Table {
             self.check_enough_replicas()?;
             let offset = binlog.append(term, &payload)?;
             history::note_record(&mut self.history.lock(), term, offset);
-            let applied = apply_entry(offset);
             if let Some(id) = request {
                 let first = Applied {
                     term,
                     offset,
-                    deleted: applied,
+                    deleted: 0,
                 };
                 self.sessions.lock().record(id, first, write_time_ms);
             }
+            self.queue(offset, entry);
             self.last_offset.store(offset, Ordering::Release);
             self.appended.send_replace(offset);
             Logged {
                 version: Version { term, offset },
-                applied,
                 leading_term: term,
+                request,
                 duplicate: false,
             }
         };
@@ -457,33 +487,47 @@ impl Table {
         }
     }
 
-    /// Waits until a logged write is committed (quorum mode), without holding a thread.
-    pub async fn commit(&self, logged: &Logged) -> Result<()> {
-        if self.mode() == ReplicationMode::Async {
-            return Ok(());
+    /// Waits until a logged write is committed (quorum mode), without holding a thread,
+    /// and applies it. Returns the rows it removed (deletes).
+    pub async fn commit(&self, logged: &Logged) -> Result<u64> {
+        if self.mode() == ReplicationMode::Quorum {
+            self.quorum
+                .wait(
+                    logged.version.offset,
+                    logged.leading_term,
+                    self.options.quorum_timeout,
+                )
+                .await
+                .map_err(|e| self.commit_error(logged, e))?;
         }
-        self.quorum
-            .wait(
-                logged.version.offset,
-                logged.leading_term,
-                self.options.quorum_timeout,
-            )
-            .await
-            .map_err(|e| self.commit_error(logged, e))
+        self.applied_result(logged)
     }
 
     /// As [`Table::commit`], blocking the calling thread.
-    pub fn commit_blocking(&self, logged: &Logged) -> Result<()> {
-        if self.mode() == ReplicationMode::Async {
-            return Ok(());
+    pub fn commit_blocking(&self, logged: &Logged) -> Result<u64> {
+        if self.mode() == ReplicationMode::Quorum {
+            self.quorum
+                .wait_blocking(
+                    logged.version.offset,
+                    logged.leading_term,
+                    self.options.quorum_timeout,
+                )
+                .map_err(|e| self.commit_error(logged, e))?;
         }
-        self.quorum
-            .wait_blocking(
-                logged.version.offset,
-                logged.leading_term,
-                self.options.quorum_timeout,
-            )
-            .map_err(|e| self.commit_error(logged, e))
+        self.applied_result(logged)
+    }
+
+    /// Applies what is committed, then the rows the committed write removed.
+    fn applied_result(&self, logged: &Logged) -> Result<u64> {
+        self.advance()?;
+        if !logged.duplicate {
+            return Ok(self.take_deleted(logged.version.offset));
+        }
+        let first = logged.request.map(|id| self.sessions.lock().check(id));
+        Ok(match first {
+            Some(Seen::Applied(first)) => first.deleted,
+            _ => 0,
+        })
     }
 
     /// A slot for one write in flight, or an "overloaded" refusal the client may retry.
@@ -525,18 +569,20 @@ impl Table {
             request,
         }
         .encode();
-        self.write_payload(request, write_time_ms, payload, |offset| {
-            self.memtable.insert(offset, write_time_ms, data, entries);
-            0
-        })
+        let entry = PendingEntry::Put {
+            write_time_ms,
+            data,
+            entries,
+        };
+        self.write_payload(request, write_time_ms, payload, entry)
     }
 
     /// Deletes every row whose key in `index` is `key`. Returns the version and the
     /// number of rows removed.
     pub fn delete(&self, index: &str, key_values: &[Value]) -> Result<(Version, u64)> {
         let logged = self.log_delete(index, key_values, None)?;
-        self.commit_blocking(&logged)?;
-        Ok((logged.version, logged.applied))
+        let removed = self.commit_blocking(&logged)?;
+        Ok((logged.version, removed))
     }
 
     /// Logs a delete (durable here, not yet committed): see [`Table::commit`].
@@ -554,9 +600,12 @@ impl Table {
             request: request.map(|id| (id, write_time_ms)),
         }
         .encode();
-        self.write_payload(request, write_time_ms, payload, |offset| {
-            self.memtable.delete_key(position, &key, offset)
-        })
+        let entry = PendingEntry::Delete {
+            index: position,
+            key,
+            request,
+        };
+        self.write_payload(request, write_time_ms, payload, entry)
     }
 
     fn key_of(&self, index: &str, key_values: &[Value]) -> Result<(usize, Vec<u8>)> {
@@ -650,14 +699,12 @@ impl Table {
     fn make_snapshot_locked(&self) -> Result<(u64, u64)> {
         let snapshot_dir = self.dir.join("snapshot");
         // Every entry up to `offset` is applied: they are applied under the writer lock.
+        // The snapshot is of the applied (committed) entries.
         let (offset, term, sessions) = {
-            let binlog = self.writer.lock();
-            let sessions = self.sessions.lock().to_proto();
-            (
-                binlog.last_offset(),
-                self.term.load(Ordering::Acquire),
-                sessions,
-            )
+            let _binlog = self.writer.lock();
+            let offset = self.applied_offset();
+            let sessions = self.sessions.lock().to_proto(offset);
+            (offset, self.term.load(Ordering::Acquire), sessions)
         };
         if self.snapshot_pauses.load(Ordering::Acquire) > 0 {
             return Err(StorageError::Unavailable(
@@ -673,7 +720,8 @@ impl Table {
         // Rows written after `offset` are left out; rows deleted after it may be missing
         // already, and replaying the log from `offset + 1` deletes them again anyway.
         let rows = self.memtable.rows_through(offset);
-        let history = self.history.lock().clone();
+        let mut history = self.history.lock().clone();
+        history::truncate(&mut history, offset);
         let manifest = snapshot::write(&snapshot_dir, offset, term, history, sessions, &rows)?;
         self.snapshot_offset.store(offset, Ordering::Release);
         // Keep every record a follower shipped to still needs (an offline one catches up

@@ -1,0 +1,247 @@
+//! The replication rules one replica enforces, checked on a real table without a
+//! network: the voting set, step-downs, idempotent writes and committed-only reads.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tessera_proto::common::TermPair;
+use tessera_proto::tablet::{AppendEntriesRequest, LogRecord, TableRole};
+use tessera_tablet::storage::entry::{LogEntry, RequestId};
+use tessera_tablet::storage::replica::{AppendOutcome, FollowerChange, RoleChange};
+use tessera_tablet::storage::{StorageError, Table, TableOptions};
+
+fn leader_of(table: &Table, term: u64, followers: &[&str], offline: &[&str]) {
+    table
+        .change_role(&RoleChange {
+            role: TableRole::Leader,
+            term,
+            followers: followers.iter().map(|f| f.to_string()).collect(),
+            leader: String::new(),
+            offline: offline.iter().map(|f| f.to_string()).collect(),
+        })
+        .unwrap();
+}
+
+fn count(table: &Table, id: &str) -> u64 {
+    table.count("", &key(id)).unwrap().1
+}
+
+fn short_quorum_timeout(dir: &std::path::Path) -> Table {
+    let options = TableOptions {
+        quorum_timeout: Duration::from_millis(50),
+        ..options(1 << 20)
+    };
+    Table::create(dir, meta(1, 0), options).unwrap().0
+}
+
+/// Point 1: members that are down keep their vote; with two of three offline the leader
+/// refuses a quorum write up front (nothing is logged) and says why.
+#[test]
+fn offline_members_keep_their_vote() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = create(&dir.path().join("1_0"), 1 << 20);
+    leader_of(&table, 2, &["b", "c"], &["b", "c"]);
+    let err = table.log_put(&row("a", 1, None, "t"), None).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::NotEnoughReplicas {
+                live: 1,
+                voters: 3,
+                needed: 2
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "not enough replicas: 1 of 3 hold the partition, 2 needed"
+    );
+    assert_eq!(table.last_offset(), 0, "nothing was logged");
+
+    // b comes back: two of three hold the partition again, but b must acknowledge.
+    table.set_follower("b", FollowerChange::Add).unwrap();
+    let logged = table.log_put(&row("a", 1, None, "t"), None).unwrap();
+    table.quorum_ack("b", logged.version.offset);
+    table.commit_blocking(&logged).unwrap();
+    // Taking c offline again changes nothing; removing it shrinks the majority.
+    table.set_follower("c", FollowerChange::Offline).unwrap();
+    assert_eq!(table.replica_state().followers, vec!["b", "c"]);
+    table.set_follower("c", FollowerChange::Remove).unwrap();
+    assert_eq!(table.replica_state().followers, vec!["b"]);
+}
+
+/// Point 2: a leader fenced while a write waits for its quorum answers "outcome
+/// unknown", and does not report it committed (before, the follower set was emptied
+/// and the commit offset jumped to the leader's own log end).
+#[test]
+fn a_step_down_fails_waiting_writes_as_outcome_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = Arc::new(create(&dir.path().join("1_0"), 1 << 20));
+    leader_of(&table, 2, &["b", "c"], &[]);
+    let logged = table.log_put(&row("a", 1, None, "t"), None).unwrap();
+    let waiter = {
+        let table = table.clone();
+        std::thread::spawn(move || table.commit_blocking(&logged))
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    table.fence(3).unwrap();
+    let err = waiter.join().unwrap().unwrap_err();
+    assert!(matches!(err, StorageError::OutcomeUnknown(_)), "{err}");
+    assert_eq!(
+        table.commit_offset(),
+        0,
+        "nothing committed on the leader's word"
+    );
+    assert_eq!(table.applied_offset(), 0, "nor applied");
+}
+
+/// Point 5: a leader's write is visible only once committed; an uncommitted delete
+/// hides nothing yet.
+#[test]
+fn a_leader_shows_only_committed_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = create(&dir.path().join("1_0"), 1 << 20);
+    leader_of(&table, 2, &["b", "c"], &[]);
+    let put = table.log_put(&row("a", 1, None, "t"), None).unwrap();
+    assert_eq!(count(&table, "a"), 0, "not committed: not visible");
+    assert_eq!(table.version().offset, 0);
+    table.quorum_ack("c", put.version.offset);
+    table.commit_blocking(&put).unwrap();
+    assert_eq!(count(&table, "a"), 1);
+    assert_eq!(table.version().offset, 1);
+
+    let delete = table.log_delete("", &key("a"), None).unwrap();
+    assert_eq!(count(&table, "a"), 1, "an uncommitted delete hides nothing");
+    table.quorum_ack("b", delete.version.offset);
+    assert_eq!(
+        table.commit_blocking(&delete).unwrap(),
+        1,
+        "one row removed"
+    );
+    assert_eq!(count(&table, "a"), 0);
+}
+
+fn put_record(term: u64, offset: u64, id: &str) -> LogRecord {
+    let data = tessera_common::codec::encode(&schema(), &row(id, 1, None, "t")).unwrap();
+    LogRecord {
+        term,
+        offset,
+        payload: LogEntry::Put {
+            write_time_ms: 1,
+            row: &data,
+            request: None,
+        }
+        .encode(),
+    }
+}
+
+fn append(prev: u64, entries: Vec<LogRecord>, commit_offset: u64) -> AppendEntriesRequest {
+    let last = entries.last().map_or(prev, |e| e.offset);
+    AppendEntriesRequest {
+        tid: 1,
+        pid: 0,
+        term: 2,
+        leader: "x".into(),
+        prev_offset: prev,
+        prev_term: if prev == 0 { 0 } else { 2 },
+        entries,
+        commit_offset,
+        leader_term_history: vec![TermPair {
+            term: 2,
+            start_offset: 1,
+        }],
+        leader_last_offset: last,
+    }
+}
+
+/// Point 5 on a follower: records are applied up to the commit offset its leader sends,
+/// follower reads see no more, and a leader read is refused with NotLeader.
+#[test]
+fn a_follower_shows_only_what_its_leader_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = create(&dir.path().join("1_0"), 1 << 20);
+    let outcome = table
+        .handle_append(&append(
+            0,
+            vec![put_record(2, 1, "a"), put_record(2, 2, "b")],
+            1,
+        ))
+        .unwrap();
+    assert_eq!(outcome, AppendOutcome::Appended(2));
+    assert_eq!((count(&table, "a"), count(&table, "b")), (1, 0));
+    table.check_readable(1).unwrap();
+    assert!(matches!(
+        table.check_readable(2),
+        Err(StorageError::Unavailable(_))
+    ));
+    assert!(matches!(
+        table.check_readable(0),
+        Err(StorageError::NotLeader { .. })
+    ));
+    // A heartbeat carries the new commit offset.
+    table.handle_append(&append(2, vec![], 2)).unwrap();
+    assert_eq!(count(&table, "b"), 1);
+    table.check_readable(2).unwrap();
+}
+
+/// Point 4: a retried put is answered with its first result, not applied again; the
+/// idempotence table survives a reload and a snapshot.
+#[test]
+fn a_retried_put_is_applied_once_across_reloads_and_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = create(&dir.path().join("1_0"), 1 << 20);
+    let id = RequestId {
+        client_id: 77,
+        seq: 5,
+    };
+    let first = table.log_put(&row("a", 1, None, "t"), Some(id)).unwrap();
+    table.commit_blocking(&first).unwrap();
+    let retry = table.log_put(&row("a", 1, None, "t"), Some(id)).unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.version, first.version);
+    assert_eq!(count(&table, "a"), 1);
+
+    let (table, _) = reopen(table, 1 << 20);
+    let retry = table.log_put(&row("a", 1, None, "t"), Some(id)).unwrap();
+    assert_eq!(
+        (retry.duplicate, retry.version),
+        (true, first.version),
+        "after a replay"
+    );
+    table.make_snapshot().unwrap();
+    let (table, _) = reopen(table, 1 << 20);
+    let retry = table.log_put(&row("a", 1, None, "t"), Some(id)).unwrap();
+    assert_eq!(
+        (retry.duplicate, retry.version),
+        (true, first.version),
+        "after a snapshot"
+    );
+    table.commit_blocking(&retry).unwrap();
+    assert_eq!(count(&table, "a"), 1);
+    let other = table
+        .log_put(
+            &row("a", 2, None, "t"),
+            Some(RequestId {
+                client_id: 77,
+                seq: 6,
+            }),
+        )
+        .unwrap();
+    assert!(!other.duplicate);
+}
+
+/// A quorum write that times out reports an outcome the client can tell from a refusal.
+#[test]
+fn a_quorum_timeout_is_an_unknown_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = short_quorum_timeout(&dir.path().join("1_0"));
+    leader_of(&table, 2, &["b", "c"], &[]);
+    let logged = table.log_put(&row("a", 1, None, "t"), None).unwrap();
+    let err = table.commit_blocking(&logged).unwrap_err();
+    assert!(matches!(err, StorageError::OutcomeUnknown(_)), "{err}");
+    assert!(err.to_string().contains("may still be applied"), "{err}");
+}
