@@ -307,6 +307,7 @@ impl Client {
                             pid,
                             limit,
                             skip,
+                            min_offset: 0,
                         })
                         .await
                         .map(|r| r.into_inner().rows)

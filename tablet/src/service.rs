@@ -237,7 +237,7 @@ impl Tablet for TabletService {
         let limit = self.limit(request.limit);
         let skip = usize::try_from(request.skip).unwrap_or(usize::MAX);
         let (version, rows) = blocking(move || {
-            table.check_readable(0)?;
+            table.check_readable(request.min_offset)?;
             Ok(table.preview(skip, limit)?)
         })
         .await?;

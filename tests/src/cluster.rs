@@ -99,33 +99,57 @@ pub async fn status(tablet: &TabletProcess, tid: u32, pid: u32) -> TableStatus {
         .remove(0)
 }
 
-/// Waits until every tablet's replica ends at the same offset as the first's.
+/// Waits until every tablet's replica ends at the same offset as the first's and has
+/// applied all of it (a follower learns the commit with its leader's next message).
 pub async fn wait_in_sync(tablets: &[&TabletProcess], tid: u32, pid: u32, timeout: Duration) {
-    let what = format!("replicas of {tid}/{pid} to reach the same offset");
+    let what = format!("replicas of {tid}/{pid} to reach and apply the same offset");
     wait_until_async(timeout, &what, || async {
         let mut offsets = Vec::new();
         for tablet in tablets {
-            offsets.push(status(tablet, tid, pid).await.offset);
+            let replica = status(tablet, tid, pid).await;
+            offsets.push((replica.offset, replica.applied_offset));
         }
         offsets.windows(2).all(|w| w[0] == w[1])
     })
     .await;
 }
 
-/// (row count, order-independent checksum) of a replica's rows.
+/// (row count, order-independent checksum) of a replica's rows. A replica that does not
+/// know yet that all it applied is committed (just loaded, or a follower waiting for its
+/// leader's next message) is asked again until it does.
 pub async fn rows_checksum(tablet: &TabletProcess, tid: u32, pid: u32) -> (usize, u64) {
-    let rows = tablet
-        .client()
-        .await
-        .preview(PreviewRequest {
-            tid,
-            pid,
-            ..Default::default()
-        })
-        .await
-        .expect("preview")
-        .into_inner()
-        .rows;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let rows = loop {
+        // A follower is read as a follower read of everything it applied.
+        let replica = status(tablet, tid, pid).await;
+        let min_offset = if replica.role == TableRole::Leader as i32 {
+            0
+        } else if replica.applied_offset == 0 {
+            return (0, 0);
+        } else {
+            replica.applied_offset
+        };
+        let read = tablet
+            .client()
+            .await
+            .preview(PreviewRequest {
+                tid,
+                pid,
+                min_offset,
+                ..Default::default()
+            })
+            .await;
+        match read {
+            Ok(response) => break response.into_inner().rows,
+            Err(e)
+                if detail_of(&e).is_some_and(|d| d.code() == ErrorCode::PartitionUnavailable)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("preview of {tid}/{pid} on {}: {e}", tablet.endpoint),
+        }
+    };
     let mut sum = 0u64;
     for row in &rows {
         let text = format!("{:?}", Value::row_from_proto(row).unwrap());

@@ -162,7 +162,7 @@ enum Step {
         resend: bool,
     },
     /// The follower is in a newer term.
-    StepDown {
+    Superseded {
         term: u64,
     },
     SendSnapshot,
@@ -184,7 +184,7 @@ fn on_response(response: &AppendEntriesResponse) -> Step {
             credit: None,
             resend: true,
         },
-        AppendResult::StaleTerm => Step::StepDown {
+        AppendResult::StaleTerm => Step::Superseded {
             term: response.term,
         },
         AppendResult::NeedSnapshot => Step::SendSnapshot,
@@ -301,7 +301,7 @@ impl LinkTask {
                             reader = None;
                         }
                     }
-                    Step::StepDown { term } => {
+                    Step::Superseded { term } => {
                         info!(tid = self.tid, pid = self.pid, follower = %self.follower, term,
                             "a follower is in a newer term: this replica no longer leads");
                         if let Err(e) = table.fence(term) {
@@ -446,7 +446,7 @@ mod tests {
         );
         assert_eq!(
             on_response(&answer(AppendResult::StaleTerm, 7)),
-            Step::StepDown { term: 4 }
+            Step::Superseded { term: 4 }
         );
         assert_eq!(
             on_response(&answer(AppendResult::NeedSnapshot, 7)),

@@ -291,11 +291,18 @@ impl Table {
             leader = %state.leader,
             "role changed"
         );
+        let leading = state.role() == TableRole::Leader;
         replica.state = state;
         replica.fenced = false;
         drop(replica);
+        let last = binlog.last_offset();
         drop(binlog);
-        // A lone leader commits what it holds at once.
+        if leading {
+            // The leader's own copy counts once durable (its no-op included); a lone
+            // leader then commits what it holds at once.
+            self.durability.wait(last)?;
+            self.quorum.set_local(self.durability.durable_offset());
+        }
         self.advance()?;
         Ok(())
     }

@@ -373,6 +373,11 @@ impl Table {
         &self.dir
     }
 
+    /// The last offset durable on this replica under its fsync policy.
+    pub fn durable_offset(&self) -> u64 {
+        self.durability.durable_offset()
+    }
+
     /// What a read sees: the term, and the offset of the last applied (committed)
     /// entry.
     pub fn version(&self) -> Version {
@@ -762,6 +767,7 @@ impl Table {
             mode: self.meta.mode,
             followers: replica.followers,
             offline: replica.offline,
+            applied_offset: self.applied_offset(),
             leader: replica.leader,
             commit_offset: self.quorum.commit(),
             tid: self.meta.tid,
