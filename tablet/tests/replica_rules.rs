@@ -245,3 +245,54 @@ fn a_quorum_timeout_is_an_unknown_outcome() {
     assert!(matches!(err, StorageError::OutcomeUnknown(_)), "{err}");
     assert!(err.to_string().contains("may still be applied"), "{err}");
 }
+
+/// Point 9: a partition bounds the writes waiting on it and refuses the excess with a
+/// retryable "overloaded" instead of queueing without limit.
+#[test]
+fn writes_beyond_the_bound_are_refused_as_overloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = TableOptions {
+        max_writes_in_flight: 2,
+        ..options(1 << 20)
+    };
+    let table = Table::create(&dir.path().join("1_0"), meta(1, 0), options)
+        .unwrap()
+        .0;
+    let first = table.write_slot().unwrap();
+    let _second = table.write_slot().unwrap();
+    let err = table.write_slot().unwrap_err();
+    assert!(matches!(err, StorageError::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("overloaded"), "{err}");
+    drop(first);
+    let _third = table.write_slot().expect("a slot is free again");
+}
+
+/// Point 5 at a change of leader: a promoted follower may hold committed records it has
+/// not applied yet (it learns the commit with its leader's next message), so it serves
+/// leader reads only once a record of its own term is committed (Raft's read rule).
+#[test]
+fn a_new_leader_serves_reads_only_after_committing_in_its_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = create(&dir.path().join("1_0"), 1 << 20);
+    table
+        .handle_append(&append(
+            0,
+            vec![put_record(2, 1, "a"), put_record(2, 2, "b")],
+            1,
+        ))
+        .unwrap();
+    leader_of(&table, 3, &["b", "c"], &[]);
+    assert_eq!(table.last_offset(), 3, "a no-op starts term 3");
+    assert!(matches!(
+        table.check_readable(0),
+        Err(StorageError::Unavailable(_))
+    ));
+    assert_eq!(count(&table, "b"), 0);
+    table.quorum_ack("b", 3);
+    table.check_readable(0).unwrap();
+    assert_eq!(
+        (count(&table, "a"), count(&table, "b")),
+        (1, 1),
+        "everything below the no-op is committed with it"
+    );
+}

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use tessera_common::wire_error::{detail_of, ErrorCode};
 use tessera_common::{ColumnType, Schema, Ttl, Value};
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{PutRequest, ReplicationMode, ScanRequest, TableMeta};
@@ -122,16 +123,27 @@ pub async fn assert_all_acked_present(
 ) {
     for (i, acked) in acked.iter().enumerate() {
         let writer = first + i as u64;
-        let response = client
-            .scan(ScanRequest {
-                tid,
-                pid,
-                key: vec![Value::String(format!("w{writer}")).to_proto()],
-                ..Default::default()
-            })
-            .await
-            .expect("scan")
-            .into_inner();
+        let request = ScanRequest {
+            tid,
+            pid,
+            key: vec![Value::String(format!("w{writer}")).to_proto()],
+            ..Default::default()
+        };
+        // A new leader serves reads once it committed a record of its term.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let response = loop {
+            match client.scan(request.clone()).await {
+                Ok(response) => break response.into_inner(),
+                Err(e)
+                    if detail_of(&e)
+                        .is_some_and(|d| d.code() == ErrorCode::PartitionUnavailable)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("scan of writer {writer}: {e}"),
+            }
+        };
         let mut found = BTreeSet::new();
         for row in &response.rows {
             let values = Value::row_from_proto(row).unwrap();

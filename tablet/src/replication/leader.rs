@@ -1,12 +1,12 @@
 //! The leader's side of log shipping: one task per follower, each holding a long-lived
-//! AppendEntries stream. A task sends what the follower lacks (everything appended since
-//! the previous batch goes in one batch, so batches grow under load), waits for the
-//! acknowledgement, and otherwise sends a heartbeat now and then. A follower the binlog
-//! no longer reaches gets the snapshot first.
+//! AppendEntries stream. A task sends what the follower lacks in batches (everything
+//! appended since the previous batch, up to 1 MiB), keeps up to four batches on the way
+//! (the follower answers in order), and otherwise sends a heartbeat now and then. A
+//! follower the binlog no longer reaches gets the snapshot first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tessera_proto::tablet::tablet_client::TabletClient;
@@ -29,6 +29,9 @@ const BATCH_BYTES: usize = 1 << 20;
 const HEARTBEAT: Duration = Duration::from_millis(200);
 /// A follower that does not answer within this is taken for gone; the link restarts.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Batches a link keeps on the way to its follower before it waits for an answer, so a
+/// round trip does not cap throughput.
+const MAX_IN_FLIGHT: usize = 4;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -264,11 +267,15 @@ impl LinkTask {
         let mut client = TabletClient::new(channel)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
-        let (requests, outgoing) = mpsc::channel::<AppendEntriesRequest>(1);
-        // The first request goes before the call, so the stream opens with it.
+        let (requests, outgoing) = mpsc::channel::<AppendEntriesRequest>(MAX_IN_FLIGHT + 1);
+        // The first request goes before the call, so the stream opens with it: a probe
+        // at our log end, which the follower answers with where its log stands.
         let mut next = table.last_offset() + 1;
+        let probe = self.request(&table, next, Vec::new());
+        // The commit offset the follower was last told: it applies up to it.
+        let mut told_commit = probe.commit_offset;
         requests
-            .send(self.request(&table, next, Vec::new()))
+            .send(probe)
             .await
             .map_err(|_| "stream closed".to_string())?;
         let mut responses = client
@@ -277,75 +284,115 @@ impl LinkTask {
             .map_err(|e| format!("stream refused: {}", e.message()))?
             .into_inner();
         let mut appended = table.subscribe_appended();
+        let mut commits = table.subscribe_commit();
         let mut reader: Option<BinlogReader> = None;
-        let mut awaiting_response = true;
+        // When each request still unanswered was sent, oldest first. The follower
+        // answers in order.
+        let mut in_flight: VecDeque<Instant> = VecDeque::from([Instant::now()]);
+        // Answers still due for requests sent before the last resend: they may credit
+        // the follower, but cannot move `next`.
+        let mut stale = 0usize;
+        let mut idle_since = Instant::now();
         loop {
-            if awaiting_response {
-                let response = tokio::time::timeout(RESPONSE_TIMEOUT, responses.message())
-                    .await
-                    .map_err(|_| "follower did not answer in time".to_string())?
-                    .map_err(|e| format!("stream failed: {}", e.message()))?
-                    .ok_or_else(|| "follower closed the stream".to_string())?;
-                {
-                    let mut status = self.status.lock();
-                    status.connected = true;
-                    status.error.clear();
-                }
-                match on_response(&response) {
-                    Step::Continue { credit, resend } => {
-                        if let Some(offset) = credit {
-                            table.quorum_ack(&self.follower, offset);
-                        }
-                        next = response.last_offset + 1;
-                        if resend {
-                            reader = None;
-                        }
-                    }
-                    Step::Superseded { term } => {
-                        info!(tid = self.tid, pid = self.pid, follower = %self.follower, term,
-                            "a follower is in a newer term: this replica no longer leads");
-                        if let Err(e) = table.fence(term) {
-                            warn!(error = %e, "fencing after a stale term failed");
-                        }
-                        return Ok(LinkEnd::NotLeading);
-                    }
-                    Step::SendSnapshot => {
-                        next = self.send_snapshot(&table).await? + 1;
-                        reader = None;
-                    }
-                    Step::Fail(reason) => return Err(reason),
-                }
-                awaiting_response = false;
-            }
             if !self.still_leading(&table) {
                 return Ok(LinkEnd::NotLeading);
             }
             let last = table.last_offset();
-            if next > last {
-                // Caught up: wait for new records, or send a heartbeat.
-                let _ = tokio::time::timeout(HEARTBEAT, appended.changed()).await;
-                if table.last_offset() < next {
-                    requests
-                        .send(self.request(&table, next, Vec::new()))
-                        .await
-                        .map_err(|_| "stream closed".to_string())?;
-                    awaiting_response = true;
-                    continue;
+            // Keep up to MAX_IN_FLIGHT batches on the way.
+            if in_flight.len() < MAX_IN_FLIGHT && next <= last && stale == 0 {
+                match self.read(&table, &mut reader, next).await? {
+                    Ok(records) if !records.is_empty() => {
+                        let end = records.last().map_or(next - 1, |r| r.offset);
+                        let request = self.request(&table, next, records);
+                        told_commit = told_commit.max(request.commit_offset);
+                        requests
+                            .send(request)
+                            .await
+                            .map_err(|_| "stream closed".to_string())?;
+                        in_flight.push_back(Instant::now());
+                        next = end + 1;
+                        idle_since = Instant::now();
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(ReadError::NotRetained { .. }) if in_flight.is_empty() => {
+                        next = self.send_snapshot(&table).await? + 1;
+                        reader = None;
+                        continue;
+                    }
+                    // Let the answers on the way come back first.
+                    Err(ReadError::NotRetained { .. }) => {}
                 }
             }
-            let records = match self.read(&table, &mut reader, next).await? {
-                Ok(records) => records,
-                Err(ReadError::NotRetained { .. }) => {
-                    next = self.send_snapshot(&table).await? + 1;
-                    reader = None;
+            let caught_up = next > last;
+            if in_flight.is_empty() {
+                // Nothing on the way. A heartbeat goes now and then, and at once when the
+                // commit offset moved: followers apply (and serve reads) up to it.
+                if table.commit_offset() > told_commit || idle_since.elapsed() >= HEARTBEAT {
+                    let request = self.request(&table, next, Vec::new());
+                    told_commit = told_commit.max(request.commit_offset);
+                    requests
+                        .send(request)
+                        .await
+                        .map_err(|_| "stream closed".to_string())?;
+                    in_flight.push_back(Instant::now());
+                    idle_since = Instant::now();
                     continue;
                 }
+                let heartbeat = tokio::time::sleep_until((idle_since + HEARTBEAT).into());
+                tokio::select! {
+                    _ = appended.changed(), if caught_up => {}
+                    _ = commits.changed() => {}
+                    _ = heartbeat => {}
+                }
+                continue;
+            }
+            let oldest = *in_flight.front().expect("requests in flight");
+            let overdue = tokio::time::sleep_until((oldest + RESPONSE_TIMEOUT).into());
+            let response = tokio::select! {
+                answer = responses.message() => answer
+                    .map_err(|e| format!("stream failed: {}", e.message()))?
+                    .ok_or_else(|| "follower closed the stream".to_string())?,
+                _ = overdue => return Err("follower did not answer in time".into()),
+                // Room in the pipeline and new records: go and send them.
+                _ = appended.changed(), if caught_up && in_flight.len() < MAX_IN_FLIGHT => continue,
             };
-            requests
-                .send(self.request(&table, next, records))
-                .await
-                .map_err(|_| "stream closed".to_string())?;
-            awaiting_response = true;
+            in_flight.pop_front();
+            {
+                let mut status = self.status.lock();
+                status.connected = true;
+                status.error.clear();
+            }
+            let moot = stale > 0;
+            stale = stale.saturating_sub(1);
+            match on_response(&response) {
+                Step::Continue { credit, resend } => {
+                    if let Some(offset) = credit {
+                        table.quorum_ack(&self.follower, offset);
+                    }
+                    if resend && !moot {
+                        // Everything sent after it is moot: the follower rejects it.
+                        next = response.last_offset + 1;
+                        reader = None;
+                        stale = in_flight.len();
+                    }
+                }
+                Step::Superseded { term } => {
+                    info!(tid = self.tid, pid = self.pid, follower = %self.follower, term,
+                        "a follower is in a newer term: this replica no longer leads");
+                    if let Err(e) = table.fence(term) {
+                        warn!(error = %e, "fencing after a stale term failed");
+                    }
+                    return Ok(LinkEnd::NotLeading);
+                }
+                Step::SendSnapshot if moot => {}
+                Step::SendSnapshot => {
+                    next = self.send_snapshot(&table).await? + 1;
+                    reader = None;
+                    stale = in_flight.len();
+                }
+                Step::Fail(reason) => return Err(reason),
+            }
         }
     }
 

@@ -182,6 +182,19 @@ impl Quorum {
         self.state.lock().voters.clone()
     }
 
+    /// Whether this replica leads and has committed a record of its own term: only then
+    /// does its commit offset cover everything any earlier leader committed, so it may
+    /// serve leader reads.
+    pub fn committed_in_own_term(&self) -> bool {
+        let state = self.state.lock();
+        state.leading.is_some() && state.commit >= state.term_start
+    }
+
+    /// Changes whenever the commit offset (or anything else here) may have moved.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     /// Voting members, the leader included.
     pub fn voter_count(&self) -> usize {
         self.state.lock().voters.len() + 1

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use prost::Message;
 use tessera_proto::common::TermPair;
-use tessera_proto::tablet::{AppendEntriesRequest, ReplicaState, TableRole};
+use tessera_proto::tablet::{AppendEntriesRequest, ReplicaState, ReplicationMode, TableRole};
 use tracing::info;
 
 use super::apply::{note_request, PendingEntry};
@@ -125,6 +125,19 @@ impl Table {
             if replica.fenced {
                 return Err(StorageError::Unavailable(
                     "the tablet lost its ZooKeeper lease; waiting to be told its role again".into(),
+                ));
+            }
+            // A new leader knows what is committed only once a record of its own term
+            // is (Raft's read rule), and serves only once it applied that much.
+            let quorum = self.mode() == ReplicationMode::Quorum;
+            if quorum && !self.quorum.committed_in_own_term() {
+                return Err(StorageError::Unavailable(
+                    "the leader has not yet committed a record of its term; retry shortly".into(),
+                ));
+            }
+            if quorum && applied < self.quorum.commit() {
+                return Err(StorageError::Unavailable(
+                    "the leader is applying committed records; retry shortly".into(),
                 ));
             }
         }
@@ -409,6 +422,11 @@ impl Table {
 
     pub fn quorum_acked(&self) -> std::collections::BTreeMap<String, u64> {
         self.quorum.acked()
+    }
+
+    /// Wakes when the commit offset may have moved (replicators tell followers).
+    pub fn subscribe_commit(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.quorum.subscribe()
     }
 
     pub fn commit_offset(&self) -> u64 {
