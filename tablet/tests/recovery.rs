@@ -233,11 +233,11 @@ fn catalog_create_drop_and_reload() {
     );
 }
 
-#[test]
-fn term_history_is_rebuilt_on_reload() {
+/// Five rows in term 1 and a snapshot of them, then the replica leads term 4 (a no-op at
+/// offset 6) and takes three more rows (7..=9).
+fn rows_then_a_new_term(path: &std::path::Path) -> tessera_tablet::storage::Table {
     use tessera_tablet::storage::replica::RoleChange;
-    let dir = tempfile::tempdir().unwrap();
-    let table = create(&dir.path().join("1_0"), 1 << 20);
+    let table = create(path, 1 << 20);
     for i in 0..5 {
         table.put(&row(&format!("k{i}"), i, None, "t")).unwrap();
     }
@@ -256,6 +256,13 @@ fn term_history_is_rebuilt_on_reload() {
     for i in 5..8 {
         table.put(&row(&format!("k{i}"), i, None, "t")).unwrap();
     }
+    table
+}
+
+#[test]
+fn term_history_is_rebuilt_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = rows_then_a_new_term(&dir.path().join("1_0"));
     assert_eq!(table.term_pair(), (4, 9));
     let (table, _) = reopen(table, 1 << 20);
     // Terms come back from the snapshot's manifest and from the binlog's records.
@@ -274,26 +281,9 @@ fn term_history_is_rebuilt_on_reload() {
 /// term change after the last snapshot was missed).
 #[test]
 fn term_history_on_disk_includes_terms_after_the_snapshot() {
-    use tessera_tablet::storage::replica::RoleChange;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("1_0");
-    let table = create(&path, 1 << 20);
-    for i in 0..5 {
-        table.put(&row(&format!("k{i}"), i, None, "t")).unwrap();
-    }
-    table.make_snapshot().unwrap();
-    table
-        .change_role(&RoleChange {
-            role: tessera_proto::tablet::TableRole::Leader,
-            term: 4,
-            followers: vec![],
-            leader: String::new(),
-            offline: vec![],
-        })
-        .unwrap();
-    for i in 5..8 {
-        table.put(&row(&format!("k{i}"), i, None, "t")).unwrap();
-    }
+    let table = rows_then_a_new_term(&path);
     table.close().unwrap();
     drop(table);
     let (term, offset, history) = tessera_tablet::catalog::term_pair_on_disk(&path).unwrap();

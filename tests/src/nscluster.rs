@@ -29,6 +29,20 @@ pub struct NsClusterSpec<'a> {
     pub nameserver_args: &'a [&'a str],
 }
 
+impl NsClusterSpec<'static> {
+    /// Three tablets with 3 s sessions and 3 s quorum timeouts, and a nameserver with
+    /// 2 s sessions, so failures are seen fast.
+    pub fn fast_failover() -> NsClusterSpec<'static> {
+        NsClusterSpec {
+            tablets: 3,
+            tablet_session_ms: Some(3000),
+            tablet_args: &["--quorum_timeout=3000"],
+            nameserver_session_ms: 2000,
+            nameserver_args: &[],
+        }
+    }
+}
+
 impl NsCluster {
     /// Starts everything and waits until the nameserver leads and sees every tablet healthy.
     pub async fn start(dir: &Path, spec: NsClusterSpec<'_>) -> NsCluster {

@@ -20,17 +20,6 @@ use tonic::transport::Channel;
 const WAIT: Duration = Duration::from_secs(60);
 const PARTITIONS: u32 = 4;
 
-/// Three tablets with 3 s sessions and a nameserver with 2 s ones, so failures are seen fast.
-fn spec() -> NsClusterSpec<'static> {
-    NsClusterSpec {
-        tablets: 3,
-        tablet_session_ms: Some(3000),
-        tablet_args: &["--quorum_timeout=3000"],
-        nameserver_session_ms: 2000,
-        nameserver_args: &[],
-    }
-}
-
 async fn rows(ns: &mut NameserverClient<Channel>) -> Vec<ShowTableRow> {
     routed::table_rows(ns, "t1").await
 }
@@ -45,7 +34,7 @@ async fn ops(ns: &mut NameserverClient<Channel>) -> Vec<OpInfo> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_leader_tablet_is_replaced_and_recovered_without_losing_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = NsCluster::start(dir.path(), spec()).await;
+    let mut cluster = NsCluster::start(dir.path(), NsClusterSpec::fast_failover()).await;
     let mut ns = cluster.ns().await;
     let table = cluster.create_table("t1", PARTITIONS, 3).await;
 

@@ -12,16 +12,6 @@ use tessera_tests::wait_until_async;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-fn spec() -> NsClusterSpec<'static> {
-    NsClusterSpec {
-        tablets: 3,
-        tablet_session_ms: Some(3000),
-        tablet_args: &["--quorum_timeout=3000"],
-        nameserver_session_ms: 2000,
-        nameserver_args: &[],
-    }
-}
-
 fn row(key: &str, i: i64) -> Vec<Value> {
     vec![
         Value::String(key.into()),
@@ -65,7 +55,7 @@ async fn wait_dead(cluster: &NsCluster, endpoint: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn losing_two_of_three_replicas_stops_writes_instead_of_losing_them() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = NsCluster::start(dir.path(), spec()).await;
+    let mut cluster = NsCluster::start(dir.path(), NsClusterSpec::fast_failover()).await;
     cluster.create_table("t1", 1, 3).await;
     let mut ns = cluster.ns().await;
     let rows = table_rows(&mut ns, "t1").await;
@@ -168,7 +158,7 @@ async fn losing_two_of_three_replicas_stops_writes_instead_of_losing_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_put_retried_while_followers_are_frozen_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = NsCluster::start(dir.path(), spec()).await;
+    let cluster = NsCluster::start(dir.path(), NsClusterSpec::fast_failover()).await;
     cluster.create_table("t1", 1, 3).await;
     let mut ns = cluster.ns().await;
     let rows = table_rows(&mut ns, "t1").await;

@@ -19,17 +19,7 @@ fn row(i: i64) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_application_writes_straight_through_a_failover() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = NsCluster::start(
-        dir.path(),
-        NsClusterSpec {
-            tablets: 3,
-            tablet_session_ms: Some(3000),
-            tablet_args: &["--quorum_timeout=3000"],
-            nameserver_session_ms: 2000,
-            nameserver_args: &[],
-        },
-    )
-    .await;
+    let mut cluster = NsCluster::start(dir.path(), NsClusterSpec::fast_failover()).await;
     cluster.create_table("t1", 4, 3).await;
     let client = Client::connect(&cluster.zk.connect_string(), "/tessera")
         .await

@@ -44,6 +44,21 @@ async fn put_code(tablet: &TabletProcess, seq: u64) -> Option<ErrorCode> {
     }
 }
 
+/// Waits until the leader on `tablet` refuses writes for want of its lease.
+async fn wait_fenced(tablet: &TabletProcess) {
+    let mut seq = 1;
+    wait_until_async(
+        Duration::from_secs(30),
+        "the leader to refuse writes",
+        || {
+            seq += 1;
+            let seq = seq;
+            async move { put_code(tablet, seq).await == Some(ErrorCode::PartitionUnavailable) }
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaders_hold_a_lease_and_wait_for_their_role() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,18 +90,7 @@ async fn leaders_hold_a_lease_and_wait_for_their_role() {
     // expire (and another replica could be promoted).
     zk.pause();
     let cut = Instant::now();
-    let mut seq = 1;
-    wait_until_async(
-        Duration::from_secs(30),
-        "the leader to refuse writes",
-        || {
-            seq += 1;
-            let seq = seq;
-            let a = &a;
-            async move { put_code(a, seq).await == Some(ErrorCode::PartitionUnavailable) }
-        },
-    )
-    .await;
+    wait_fenced(&a).await;
     let stopped_after = cut.elapsed();
     assert!(
         stopped_after < Duration::from_millis(SESSION_TIMEOUT_MS),
@@ -193,14 +197,7 @@ async fn a_leader_fenced_by_a_short_zookeeper_stall_serves_again_by_itself() {
 
     zk.pause();
     let cut = Instant::now();
-    let mut seq = 1;
-    wait_until_async(Duration::from_secs(20), "the leader to be fenced", || {
-        seq += 1;
-        let seq = seq;
-        let a = &a;
-        async move { put_code(a, seq).await == Some(ErrorCode::PartitionUnavailable) }
-    })
-    .await;
+    wait_fenced(&a).await;
     zk.resume();
     assert!(
         cut.elapsed() < Duration::from_millis(SESSION_MS),

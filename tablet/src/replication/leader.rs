@@ -197,6 +197,33 @@ fn on_response(response: &AppendEntriesResponse) -> Step {
     }
 }
 
+/// The sending half of a link: requests on the way and what they told the follower.
+struct Outbox {
+    requests: mpsc::Sender<AppendEntriesRequest>,
+    /// When each request still unanswered was sent, oldest first (answers come in order).
+    in_flight: VecDeque<Instant>,
+    /// The commit offset the follower was last told: it applies up to it.
+    told_commit: u64,
+    last_sent: Instant,
+}
+
+impl Outbox {
+    fn has_room(&self) -> bool {
+        self.in_flight.len() < MAX_IN_FLIGHT
+    }
+
+    async fn send(&mut self, request: AppendEntriesRequest) -> Result<(), String> {
+        self.told_commit = self.told_commit.max(request.commit_offset);
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| "stream closed".to_string())?;
+        self.last_sent = Instant::now();
+        self.in_flight.push_back(self.last_sent);
+        Ok(())
+    }
+}
+
 struct LinkTask {
     replicators: Arc<Replicators>,
     tid: u32,
@@ -268,16 +295,16 @@ impl LinkTask {
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         let (requests, outgoing) = mpsc::channel::<AppendEntriesRequest>(MAX_IN_FLIGHT + 1);
+        let mut outbox = Outbox {
+            requests,
+            in_flight: VecDeque::new(),
+            told_commit: 0,
+            last_sent: Instant::now(),
+        };
         // The first request goes before the call, so the stream opens with it: a probe
         // at our log end, which the follower answers with where its log stands.
         let mut next = table.last_offset() + 1;
-        let probe = self.request(&table, next, Vec::new());
-        // The commit offset the follower was last told: it applies up to it.
-        let mut told_commit = probe.commit_offset;
-        requests
-            .send(probe)
-            .await
-            .map_err(|_| "stream closed".to_string())?;
+        outbox.send(self.request(&table, next, Vec::new())).await?;
         let mut responses = client
             .append_entries(ReceiverStream::new(outgoing))
             .await
@@ -286,36 +313,25 @@ impl LinkTask {
         let mut appended = table.subscribe_appended();
         let mut commits = table.subscribe_commit();
         let mut reader: Option<BinlogReader> = None;
-        // When each request still unanswered was sent, oldest first. The follower
-        // answers in order.
-        let mut in_flight: VecDeque<Instant> = VecDeque::from([Instant::now()]);
         // Answers still due for requests sent before the last resend: they may credit
         // the follower, but cannot move `next`.
         let mut stale = 0usize;
-        let mut idle_since = Instant::now();
         loop {
             if !self.still_leading(&table) {
                 return Ok(LinkEnd::NotLeading);
             }
             let last = table.last_offset();
             // Keep up to MAX_IN_FLIGHT batches on the way.
-            if in_flight.len() < MAX_IN_FLIGHT && next <= last && stale == 0 {
+            if outbox.has_room() && next <= last && stale == 0 {
                 match self.read(&table, &mut reader, next).await? {
                     Ok(records) if !records.is_empty() => {
                         let end = records.last().map_or(next - 1, |r| r.offset);
-                        let request = self.request(&table, next, records);
-                        told_commit = told_commit.max(request.commit_offset);
-                        requests
-                            .send(request)
-                            .await
-                            .map_err(|_| "stream closed".to_string())?;
-                        in_flight.push_back(Instant::now());
+                        outbox.send(self.request(&table, next, records)).await?;
                         next = end + 1;
-                        idle_since = Instant::now();
                         continue;
                     }
                     Ok(_) => {}
-                    Err(ReadError::NotRetained { .. }) if in_flight.is_empty() => {
+                    Err(ReadError::NotRetained { .. }) if outbox.in_flight.is_empty() => {
                         next = self.send_snapshot(&table).await? + 1;
                         reader = None;
                         continue;
@@ -325,21 +341,16 @@ impl LinkTask {
                 }
             }
             let caught_up = next > last;
-            if in_flight.is_empty() {
+            if outbox.in_flight.is_empty() {
                 // Nothing on the way. A heartbeat goes now and then, and at once when the
                 // commit offset moved: followers apply (and serve reads) up to it.
-                if table.commit_offset() > told_commit || idle_since.elapsed() >= HEARTBEAT {
-                    let request = self.request(&table, next, Vec::new());
-                    told_commit = told_commit.max(request.commit_offset);
-                    requests
-                        .send(request)
-                        .await
-                        .map_err(|_| "stream closed".to_string())?;
-                    in_flight.push_back(Instant::now());
-                    idle_since = Instant::now();
+                if table.commit_offset() > outbox.told_commit
+                    || outbox.last_sent.elapsed() >= HEARTBEAT
+                {
+                    outbox.send(self.request(&table, next, Vec::new())).await?;
                     continue;
                 }
-                let heartbeat = tokio::time::sleep_until((idle_since + HEARTBEAT).into());
+                let heartbeat = tokio::time::sleep_until((outbox.last_sent + HEARTBEAT).into());
                 tokio::select! {
                     _ = appended.changed(), if caught_up => {}
                     _ = commits.changed() => {}
@@ -347,7 +358,7 @@ impl LinkTask {
                 }
                 continue;
             }
-            let oldest = *in_flight.front().expect("requests in flight");
+            let oldest = *outbox.in_flight.front().expect("requests in flight");
             let overdue = tokio::time::sleep_until((oldest + RESPONSE_TIMEOUT).into());
             let response = tokio::select! {
                 answer = responses.message() => answer
@@ -355,9 +366,9 @@ impl LinkTask {
                     .ok_or_else(|| "follower closed the stream".to_string())?,
                 _ = overdue => return Err("follower did not answer in time".into()),
                 // Room in the pipeline and new records: go and send them.
-                _ = appended.changed(), if caught_up && in_flight.len() < MAX_IN_FLIGHT => continue,
+                _ = appended.changed(), if caught_up && outbox.has_room() => continue,
             };
-            in_flight.pop_front();
+            outbox.in_flight.pop_front();
             {
                 let mut status = self.status.lock();
                 status.connected = true;
@@ -374,7 +385,7 @@ impl LinkTask {
                         // Everything sent after it is moot: the follower rejects it.
                         next = response.last_offset + 1;
                         reader = None;
-                        stale = in_flight.len();
+                        stale = outbox.in_flight.len();
                     }
                 }
                 Step::Superseded { term } => {
@@ -389,7 +400,7 @@ impl LinkTask {
                 Step::SendSnapshot => {
                     next = self.send_snapshot(&table).await? + 1;
                     reader = None;
-                    stale = in_flight.len();
+                    stale = outbox.in_flight.len();
                 }
                 Step::Fail(reason) => return Err(reason),
             }

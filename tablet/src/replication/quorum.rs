@@ -187,7 +187,8 @@ impl Quorum {
     /// serve leader reads.
     pub fn committed_in_own_term(&self) -> bool {
         let state = self.state.lock();
-        state.leading.is_some() && state.commit >= state.term_start
+        // A log that begins in this term holds nothing an earlier leader committed.
+        state.leading.is_some() && (state.commit >= state.term_start || state.term_start <= 1)
     }
 
     /// Changes whenever the commit offset (or anything else here) may have moved.
@@ -393,9 +394,15 @@ mod tests {
         q.set_local(5);
         q.ack("b", 5);
         assert_eq!(q.commit(), 0, "a majority holds 5, but 5 is not of term 3");
+        assert!(!q.committed_in_own_term(), "not ready for leader reads yet");
         q.set_local(6);
         q.ack("b", 6);
         assert_eq!(q.commit(), 6, "committing 6 commits everything below it");
+        assert!(q.committed_in_own_term());
+        // A log that starts in this term has nothing earlier to wait for.
+        let fresh = Quorum::default();
+        fresh.lead(1, 1, &voters(&["b", "c"]));
+        assert!(fresh.committed_in_own_term());
     }
 
     /// Point 1: offline or dead members still count in the majority.
