@@ -23,6 +23,9 @@ use super::table::{Table, Version};
 /// Rows-removed results kept for writers that have not collected them, at most.
 const KEPT_RESULTS: usize = 65_536;
 
+/// A delete that was applied: its request, if it carried one, and the rows it removed.
+type AppliedDelete = (Option<RequestId>, u64);
+
 /// A logged entry waiting for its commit.
 pub(super) enum PendingEntry {
     /// A leader's own put, with its index entries computed when it was checked.
@@ -114,31 +117,45 @@ impl Table {
     }
 
     /// Applies every queued entry that is committed, in order.
+    ///
+    /// Lock order: the pending queue is taken with no other table lock held here, and the
+    /// sessions lock only after it is released (the write paths take writer, then
+    /// sessions or pending, one at a time).
     pub fn advance(&self) -> Result<()> {
         let target = self.commit_target();
-        let mut pending = self.pending.lock();
-        pending.known_commit = pending.known_commit.max(target);
-        while pending.applied < target {
-            let offset = pending.applied + 1;
-            let Some(entry) = pending.entries.remove(&offset) else {
-                // Not queued here (replayed on load, or never durable): nothing to do.
-                break;
-            };
-            let removed = self.apply_pending(offset, entry)?;
-            if let Some(removed) = removed {
-                pending.deleted.insert(offset, removed);
-                while pending.deleted.len() > KEPT_RESULTS {
-                    pending.deleted.pop_first();
+        let mut deletes = Vec::new();
+        {
+            let mut pending = self.pending.lock();
+            pending.known_commit = pending.known_commit.max(target);
+            while pending.applied < target {
+                let offset = pending.applied + 1;
+                let Some(entry) = pending.entries.remove(&offset) else {
+                    // Not queued here (replayed on load, or never durable): nothing to do.
+                    break;
+                };
+                if let Some((request, removed)) = self.apply_pending(offset, entry)? {
+                    pending.deleted.insert(offset, removed);
+                    while pending.deleted.len() > KEPT_RESULTS {
+                        pending.deleted.pop_first();
+                    }
+                    deletes.extend(request.map(|id| (id, removed)));
                 }
+                pending.applied = offset;
+                self.applied.store(offset, Ordering::Release);
             }
-            pending.applied = offset;
-            self.applied.store(offset, Ordering::Release);
+        }
+        if !deletes.is_empty() {
+            let mut sessions = self.sessions.lock();
+            for (id, removed) in deletes {
+                sessions.set_deleted(id, removed);
+            }
         }
         Ok(())
     }
 
-    /// Applies one committed entry; returns the rows a delete removed.
-    fn apply_pending(&self, offset: u64, entry: PendingEntry) -> Result<Option<u64>> {
+    /// Applies one committed entry; for a delete, returns its request and the rows it
+    /// removed.
+    fn apply_pending(&self, offset: u64, entry: PendingEntry) -> Result<Option<AppliedDelete>> {
         let (request, removed) = match entry {
             PendingEntry::Put {
                 write_time_ms,
@@ -177,10 +194,7 @@ impl Table {
                 LogEntry::Noop => return Ok(None),
             },
         };
-        if let Some(id) = request {
-            self.sessions.lock().set_deleted(id, removed);
-        }
-        Ok(Some(removed))
+        Ok(Some((request, removed)))
     }
 
     /// Offset of the last entry applied to the memtable: what reads see.

@@ -518,7 +518,6 @@ impl Table {
                 }
                 return Ok(AppendOutcome::Truncate(shared));
             }
-            let mut sessions = self.sessions.lock();
             for record in &request.entries {
                 binlog.append_at(record.term, record.offset, &record.payload)?;
                 history::note_record(&mut history, record.term, record.offset);
@@ -526,7 +525,9 @@ impl Table {
                     term: record.term,
                     offset: record.offset,
                 };
-                note_request(&mut sessions, at, &record.payload)?;
+                // Each lock on its own: the sessions lock is never held while taking
+                // another (see storage::apply).
+                note_request(&mut self.sessions.lock(), at, &record.payload)?;
                 self.queue(record.offset, PendingEntry::Logged(record.payload.clone()));
                 self.last_offset.store(record.offset, Ordering::Release);
             }
