@@ -94,6 +94,8 @@ struct Model {
     /// Writes logged but not known committed, and the acknowledged ones.
     waiting: Vec<(Logged, u64)>,
     acked: Vec<u64>,
+    /// Every request the client sent, acknowledged or not.
+    sent: Vec<u64>,
     next_seq: u64,
     log: Vec<String>,
 }
@@ -122,6 +124,7 @@ impl Model {
             next: HashMap::new(),
             waiting: Vec::new(),
             acked: Vec::new(),
+            sent: Vec::new(),
             next_seq: 1,
             log: Vec::new(),
         };
@@ -234,8 +237,17 @@ impl Model {
         let Some(table) = self.nodes[leader].table.as_ref() else {
             return;
         };
-        // Sometimes a retry of a request already sent (acknowledged or not).
-        let seq = if self.next_seq > 1 && self.rng.chance(20) {
+        // Sometimes a retry of a request already sent: mostly of one whose outcome is
+        // not known yet (what a client does after a timeout), else of any earlier one.
+        let unknown: Vec<u64> = self
+            .sent
+            .iter()
+            .copied()
+            .filter(|s| !self.acked.contains(s))
+            .collect();
+        let seq = if !unknown.is_empty() && self.rng.chance(25) {
+            unknown[self.rng.below(unknown.len() as u64) as usize]
+        } else if self.next_seq > 1 && self.rng.chance(10) {
             1 + self.rng.below(self.next_seq - 1)
         } else {
             self.next_seq += 1;
@@ -246,6 +258,9 @@ impl Model {
             client_id: CLIENT,
             seq,
         };
+        if !self.sent.contains(&seq) {
+            self.sent.push(seq);
+        }
         if let Ok(logged) = table.log_put(&row, Some(id)) {
             self.log
                 .push(format!("put {seq} at {}", logged.version.offset));
