@@ -67,6 +67,8 @@ impl Lease {
     /// A new session was established with this negotiated timeout: the lease is sized
     /// from it, and only this session's answers renew it from now on.
     pub fn new_session(&self, negotiated: Duration) {
+        // The renewal is cleared before the session is counted: whoever reads the new
+        // session number then sees no renewal older than it.
         self.renewed_at_ms.store(0, Ordering::Release);
         self.valid_for_ms
             .store(two_thirds_ms(negotiated), Ordering::Release);
@@ -102,8 +104,83 @@ impl Lease {
     }
 }
 
+/// How often the lease is renewed, and how long one renewal may take, for a session
+/// timeout.
+fn renewal_timing(session_timeout: Duration) -> (Duration, Duration) {
+    (
+        (session_timeout / 10).max(Duration::from_millis(20)),
+        session_timeout / 3,
+    )
+}
+
 fn two_thirds_ms(timeout: Duration) -> u64 {
     (timeout.as_millis() as u64 * 2 / 3).max(1)
+}
+
+/// What a look at the lease found, for the one who fences leaders by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// Valid, as it was.
+    Held,
+    /// Valid again, in a later session than the one it lapsed in (or for the first time):
+    /// leaders stay fenced until told their role.
+    Acquired,
+    /// Valid again in the very session it lapsed in: nobody can have replaced the
+    /// leaders, they may serve again.
+    Regained,
+    /// It just lapsed.
+    Lapsed,
+    /// Still not valid.
+    Lost,
+}
+
+/// Follows the lease from one look to the next (decisions only; the caller acts).
+#[derive(Debug, Default)]
+pub struct LeaseTracker {
+    was_valid: bool,
+    /// The session the lease was last seen valid in.
+    valid_in: Option<u64>,
+    /// The session it lapsed in, while it stays lapsed.
+    lapsed_in: Option<u64>,
+}
+
+impl LeaseTracker {
+    /// Looks at the lease once. The session is read before and after the validity, so a
+    /// renewal is always attributed to the session it came from (a new session clears
+    /// the renewal before it is counted).
+    pub fn look(&mut self, lease: &Lease) -> LeaseEvent {
+        loop {
+            let before = lease.session();
+            let valid = lease.is_valid();
+            if lease.session() == before {
+                return self.observe(before, valid);
+            }
+        }
+    }
+
+    /// The decision for one look: `valid` as renewed in `session`.
+    pub fn observe(&mut self, session: u64, valid: bool) -> LeaseEvent {
+        let was_valid = std::mem::replace(&mut self.was_valid, valid);
+        match (was_valid, valid) {
+            (true, true) => {
+                self.valid_in = Some(session);
+                LeaseEvent::Held
+            }
+            (false, true) => {
+                self.valid_in = Some(session);
+                if self.lapsed_in.take() == Some(session) {
+                    LeaseEvent::Regained
+                } else {
+                    LeaseEvent::Acquired
+                }
+            }
+            (true, false) => {
+                self.lapsed_in = self.valid_in;
+                LeaseEvent::Lapsed
+            }
+            (false, false) => LeaseEvent::Lost,
+        }
+    }
 }
 
 /// The registration node's content: who, since when, and that it just started.
@@ -124,8 +201,7 @@ pub async fn run_registration(
     mut stop: watch::Receiver<bool>,
 ) {
     let path = format!("{}/{}", settings.nodes_path(), endpoint);
-    let beat = (settings.session_timeout / 10).max(Duration::from_millis(20));
-    let request_timeout = settings.session_timeout / 3;
+    let (beat, _) = renewal_timing(settings.session_timeout);
     loop {
         if *stop.borrow() {
             return;
@@ -146,6 +222,8 @@ pub async fn run_registration(
         };
         info!(path = %path, session_timeout = ?client.session_timeout(), "registered in ZooKeeper");
         lease.new_session(client.session_timeout());
+        // Renewals follow the timeout the server granted, which the lease is sized from.
+        let (beat, request_timeout) = renewal_timing(client.session_timeout());
         // Renew the lease every beat with a sync (through the ZooKeeper leader) and a
         // read of our own node.
         loop {
@@ -336,5 +414,31 @@ mod tests {
         );
         lease.renew(at(1600));
         assert!(lease.is_valid_at(at(5500)));
+    }
+
+    /// Leaders resume only when the lease comes back in the session it lapsed in: a
+    /// registration lost and made again (a new session) leaves them fenced, even if the
+    /// lapse is first noticed after the new session began.
+    #[test]
+    fn leaders_resume_only_in_the_session_the_lease_lapsed_in() {
+        let mut t = LeaseTracker::default();
+        assert_eq!(t.observe(0, false), LeaseEvent::Lost);
+        assert_eq!(t.observe(1, true), LeaseEvent::Acquired);
+        assert_eq!(t.observe(1, true), LeaseEvent::Held);
+        assert_eq!(t.observe(1, false), LeaseEvent::Lapsed);
+        assert_eq!(t.observe(1, false), LeaseEvent::Lost);
+        assert_eq!(
+            t.observe(1, true),
+            LeaseEvent::Regained,
+            "a stall within session 1"
+        );
+
+        // The node vanished and session 2 began before the lapse was seen.
+        assert_eq!(t.observe(2, false), LeaseEvent::Lapsed);
+        assert_eq!(
+            t.observe(2, true),
+            LeaseEvent::Acquired,
+            "valid in session 2, but it lapsed in session 1: stay fenced"
+        );
     }
 }

@@ -492,9 +492,13 @@ impl Nameserver {
             }
         }
         let candidate = (!op.chosen.is_empty()).then(|| op.chosen.clone());
+        // The answers must meet every majority of the voting set, which is every replica
+        // the metadata lists (an AddReplica or Migrate in progress makes it larger than
+        // replicanum).
+        let voters = voting_set_size(partition, table.replica_num);
         let chosen = planner::choose_leader(
             &answered,
-            table.replica_num,
+            voters,
             table.mode(),
             candidate.as_deref(),
             op.force,
@@ -834,6 +838,12 @@ fn voting_members(
     (followers, offline)
 }
 
+/// How many voting members a failover must reckon with: the replicas the metadata lists
+/// (never fewer than `replicanum`, which only makes the rule stricter).
+fn voting_set_size(partition: &PartitionMeta, replica_num: u32) -> u32 {
+    (partition.replicas.len() as u32).max(replica_num)
+}
+
 fn leader_of(partition: &PartitionMeta) -> Result<String> {
     partition
         .replicas
@@ -848,6 +858,56 @@ fn leader_of(partition: &PartitionMeta) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn partition(endpoints: &[&str]) -> PartitionMeta {
+        PartitionMeta {
+            pid: 0,
+            replicas: endpoints
+                .iter()
+                .map(|e| ReplicaMeta {
+                    endpoint: e.to_string(),
+                    is_leader: *e == "a",
+                    is_alive: true,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// A new leader votes with every other listed replica; the ones that did not follow
+    /// it are offline (not shipped to) but keep their vote.
+    #[test]
+    fn a_new_leader_is_given_every_listed_replica_as_a_voter() {
+        let (followers, offline) =
+            voting_members(&partition(&["a", "b", "c"]), "b", &["c".to_string()]);
+        assert_eq!(followers, vec!["a", "c"]);
+        assert_eq!(offline, vec!["a"]);
+    }
+
+    /// With replicas being added (five listed for replicanum 3) a failover needs answers
+    /// from three, not two: a write may have been acknowledged by three of the five.
+    #[test]
+    fn the_failover_rule_counts_every_listed_replica() {
+        let five = partition(&["a", "b", "c", "d", "e"]);
+        assert_eq!(voting_set_size(&five, 3), 5);
+        let answered: Vec<Fenced> = ["b", "c"]
+            .iter()
+            .map(|e| Fenced {
+                endpoint: e.to_string(),
+                last_term: 1,
+                last_offset: 5,
+            })
+            .collect();
+        let refused = planner::choose_leader(
+            &answered,
+            voting_set_size(&five, 3),
+            tpb::ReplicationMode::Quorum,
+            None,
+            false,
+        );
+        assert!(refused.is_err(), "{refused:?}");
+        assert_eq!(voting_set_size(&partition(&["a", "b"]), 3), 3);
+    }
 
     #[test]
     fn every_op_type_has_tasks() {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tessera_common::coordination::{run_registration, Lease, ZkSettings};
+use tessera_common::coordination::{run_registration, Lease, LeaseEvent, LeaseTracker, ZkSettings};
 use tessera_proto::tablet::tablet_server::TabletServer;
 use tracing::{info, warn};
 
@@ -149,30 +149,29 @@ async fn watch_lease(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     const CHECK: Duration = Duration::from_millis(20);
-    let mut was_valid = false;
-    // The session in which the lease lapsed, while it stays lapsed.
-    let mut lapsed_in: Option<u64> = None;
+    let mut tracker = LeaseTracker::default();
     loop {
-        let valid = lease.is_valid();
-        if valid && !was_valid {
-            info!(lease = ?lease.valid_for(), session = lease.session(), "ZooKeeper lease acquired");
-            if lapsed_in == Some(lease.session()) {
+        let event = tracker.look(&lease);
+        match event {
+            LeaseEvent::Held => {}
+            LeaseEvent::Acquired => {
+                info!(lease = ?lease.valid_for(), session = lease.session(), "ZooKeeper lease acquired");
+            }
+            LeaseEvent::Regained => {
+                info!(lease = ?lease.valid_for(), session = lease.session(), "ZooKeeper lease regained in the same session");
                 for table in catalog.tables() {
                     table.lease_regained();
                 }
             }
-            lapsed_in = None;
-        }
-        if !valid {
-            if was_valid {
-                warn!(lease = ?lease.valid_for(), "ZooKeeper lease lapsed: leader replicas stop serving");
-                lapsed_in = Some(lease.session());
-            }
-            for table in catalog.tables() {
-                table.lease_lost();
+            LeaseEvent::Lapsed | LeaseEvent::Lost => {
+                if event == LeaseEvent::Lapsed {
+                    warn!(lease = ?lease.valid_for(), "ZooKeeper lease lapsed: leader replicas stop serving");
+                }
+                for table in catalog.tables() {
+                    table.lease_lost();
+                }
             }
         }
-        was_valid = valid;
         tokio::select! {
             _ = tokio::time::sleep(CHECK) => {}
             _ = stop.changed() => return,

@@ -401,6 +401,9 @@ impl LinkTask {
                     next = self.send_snapshot(&table).await? + 1;
                     reader = None;
                     stale = outbox.in_flight.len();
+                    // The transfer took its time; the answers still on the way get theirs.
+                    let now = Instant::now();
+                    outbox.in_flight.iter_mut().for_each(|sent| *sent = now);
                 }
                 Step::Fail(reason) => return Err(reason),
             }

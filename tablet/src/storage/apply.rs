@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use tessera_proto::tablet::{ReplicationMode, TableRole};
+use tracing::error;
 
 use super::entry::{LogEntry, RequestId};
 use super::error::{Result, StorageError};
@@ -23,8 +24,9 @@ use super::table::{Table, Version};
 /// Rows-removed results kept for writers that have not collected them, at most.
 const KEPT_RESULTS: usize = 65_536;
 
-/// A delete that was applied: its request, if it carried one, and the rows it removed.
-type AppliedDelete = (Option<RequestId>, u64);
+/// What applying an entry did: a delete's request, if it carried one, and the rows it
+/// removed (`None` for anything but a delete).
+type AppliedDelete = (Option<RequestId>, Option<u64>);
 
 /// A logged entry waiting for its commit.
 pub(super) enum PendingEntry {
@@ -118,83 +120,85 @@ impl Table {
 
     /// Applies every queued entry that is committed, in order.
     ///
-    /// Lock order: the pending queue is taken with no other table lock held here, and the
-    /// sessions lock only after it is released (the write paths take writer, then
-    /// sessions or pending, one at a time).
+    /// Lock order: pending, then sessions (a delete's result); the write paths take the
+    /// writer lock and then sessions or pending one at a time, never one inside the other.
     pub fn advance(&self) -> Result<()> {
         let target = self.commit_target();
-        let mut deletes = Vec::new();
-        {
-            let mut pending = self.pending.lock();
-            pending.known_commit = pending.known_commit.max(target);
-            while pending.applied < target {
-                let offset = pending.applied + 1;
-                let Some(entry) = pending.entries.remove(&offset) else {
-                    // Not queued here (replayed on load, or never durable): nothing to do.
-                    break;
-                };
-                if let Some((request, removed)) = self.apply_pending(offset, entry)? {
-                    pending.deleted.insert(offset, removed);
-                    while pending.deleted.len() > KEPT_RESULTS {
-                        pending.deleted.pop_first();
-                    }
-                    deletes.extend(request.map(|id| (id, removed)));
+        let mut pending = self.pending.lock();
+        pending.known_commit = pending.known_commit.max(target);
+        while pending.applied < target {
+            let offset = pending.applied + 1;
+            let Some(entry) = pending.entries.remove(&offset) else {
+                // Not queued here (replayed on load, or never durable): nothing to do.
+                break;
+            };
+            let (request, removed) = match entry {
+                PendingEntry::Put {
+                    write_time_ms,
+                    data,
+                    entries,
+                } => {
+                    self.memtable.insert(offset, write_time_ms, data, entries);
+                    (None, None)
                 }
-                pending.applied = offset;
-                self.applied.store(offset, Ordering::Release);
+                PendingEntry::Delete {
+                    index,
+                    key,
+                    request,
+                } => (request, Some(self.memtable.delete_key(index, &key, offset))),
+                PendingEntry::Logged(payload) => match self.apply_logged(offset, &payload) {
+                    Ok(applied) => applied,
+                    Err(e) => {
+                        // Never skipped: the entry stays first in line, and reads wait.
+                        pending
+                            .entries
+                            .insert(offset, PendingEntry::Logged(payload));
+                        error!(tid = self.meta.tid, pid = self.meta.pid, offset, error = %e,
+                            "a committed entry cannot be applied");
+                        return Err(e);
+                    }
+                },
+            };
+            if let Some(removed) = removed {
+                pending.deleted.insert(offset, removed);
+                while pending.deleted.len() > KEPT_RESULTS {
+                    pending.deleted.pop_first();
+                }
+                if let Some(id) = request {
+                    self.sessions.lock().set_deleted(id, removed);
+                }
             }
-        }
-        if !deletes.is_empty() {
-            let mut sessions = self.sessions.lock();
-            for (id, removed) in deletes {
-                sessions.set_deleted(id, removed);
-            }
+            pending.applied = offset;
+            self.applied.store(offset, Ordering::Release);
         }
         Ok(())
     }
 
-    /// Applies one committed entry; for a delete, returns its request and the rows it
-    /// removed.
-    fn apply_pending(&self, offset: u64, entry: PendingEntry) -> Result<Option<AppliedDelete>> {
-        let (request, removed) = match entry {
-            PendingEntry::Put {
-                write_time_ms,
-                data,
-                entries,
+    /// Applies an entry as logged.
+    fn apply_logged(&self, offset: u64, payload: &[u8]) -> Result<AppliedDelete> {
+        match LogEntry::decode(payload)? {
+            LogEntry::Put {
+                write_time_ms, row, ..
             } => {
-                self.memtable.insert(offset, write_time_ms, data, entries);
-                return Ok(None);
+                self.memtable
+                    .insert_encoded(offset, write_time_ms, row)
+                    .map_err(|e| {
+                        StorageError::InvalidArgument(format!(
+                            "entry at offset {offset} cannot be applied: {e}"
+                        ))
+                    })?;
+                Ok((None, None))
             }
-            PendingEntry::Delete {
+            LogEntry::Delete {
                 index,
                 key,
                 request,
-            } => (request, self.memtable.delete_key(index, &key, offset)),
-            PendingEntry::Logged(payload) => match LogEntry::decode(&payload)? {
-                LogEntry::Put {
-                    write_time_ms, row, ..
-                } => {
-                    self.memtable
-                        .insert_encoded(offset, write_time_ms, row)
-                        .map_err(|e| {
-                            StorageError::InvalidArgument(format!(
-                                "entry at offset {offset} cannot be applied: {e}"
-                            ))
-                        })?;
-                    return Ok(None);
-                }
-                LogEntry::Delete {
-                    index,
-                    key,
-                    request,
-                } => (
-                    request.map(|(id, _)| id),
-                    self.memtable.delete_key(usize::from(index), key, offset),
-                ),
-                LogEntry::Noop => return Ok(None),
-            },
-        };
-        Ok(Some((request, removed)))
+            } => Ok((
+                request.map(|(id, _)| id),
+                Some(self.memtable.delete_key(usize::from(index), key, offset)),
+            )),
+            LogEntry::Noop => Ok((None, None)),
+        }
     }
 
     /// Offset of the last entry applied to the memtable: what reads see.

@@ -403,7 +403,8 @@ impl Table {
             // record of the old term can follow.
             let term = self.writable_term()?;
             if let Some(id) = request {
-                match self.sessions.lock().check(id) {
+                let seen = self.sessions.lock().check(id);
+                match seen {
                     Seen::New => {}
                     Seen::Applied(first) => {
                         drop(binlog);
