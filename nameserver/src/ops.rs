@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use prost::Message;
+use tessera_common::wire_error;
 use tessera_proto::nameserver::{OpInfo, PartitionMeta, ReplicaMeta, TableInfo};
 use tessera_proto::tablet::{self as tpb, TableRole};
 use tokio::sync::{watch, Semaphore};
@@ -459,37 +460,18 @@ impl Nameserver {
         partition: &PartitionMeta,
     ) -> Result<()> {
         if op.term == 0 {
-            op.term = partition.term + 1;
+            // A term of its own, from the fenced counter, recorded before any RPC: a
+            // resumed op reuses it, and no other attempt can ever take it.
+            op.term = self.take_term(partition.term).await?;
+            self.save_op(op).await?;
         }
-        let mut answered = Vec::new();
-        for replica in partition
-            .replicas
-            .iter()
-            .filter(|r| r.endpoint != op.endpoint)
-        {
-            let fenced = async {
-                let mut client = tablet(&replica.endpoint).await?;
-                call(
-                    &replica.endpoint,
-                    client.fence(tpb::FenceRequest {
-                        tid: table.tid,
-                        pid: op.pid,
-                        term: op.term,
-                    }),
-                )
-                .await
-            }
-            .await;
-            match fenced {
-                Ok(f) => answered.push(Fenced {
-                    endpoint: replica.endpoint.clone(),
-                    last_term: f.last_term,
-                    last_offset: f.last_offset,
-                }),
-                Err(e) => {
-                    warn!(op_id = op.op_id, endpoint = %replica.endpoint, error = %e, "fence failed")
-                }
-            }
+        let (mut answered, ahead) = fence_all(table, partition, op).await;
+        if let Some(ahead) = ahead.filter(|t| *t >= op.term) {
+            // Some replica is already in a term at least this high (taken before the
+            // counter existed, or by an attempt that failed): take one above it.
+            op.term = self.take_term(ahead).await?;
+            self.save_op(op).await?;
+            answered = fence_all(table, partition, op).await.0;
         }
         let candidate = (!op.chosen.is_empty()).then(|| op.chosen.clone());
         // The answers must meet every majority of the voting set, which is every replica
@@ -528,6 +510,13 @@ impl Nameserver {
         }
         info!(op_id = op.op_id, table = %table.name, pid = op.pid, chosen = %op.chosen, term = op.term, "new leader chosen");
         Ok(())
+    }
+
+    /// A new term above `floor`, from the ZooKeeper counter.
+    async fn take_term(&self, floor: u64) -> Result<u64> {
+        let lock = self.lock().await?;
+        self.bump_counter_above(&lock, &self.paths.term(), floor)
+            .await
     }
 
     /// Tells the others to follow the chosen replica, then makes it leader of those that
@@ -815,6 +804,53 @@ async fn drop_replica(table: &TableInfo, pid: u32, endpoint: &str) {
     if let Err(e) = dropped {
         warn!(tid = table.tid, pid, endpoint, error = %e, "dropping a replica failed; its files stay on that tablet");
     }
+}
+
+/// Fences every replica but the failed leader at the op's term. Returns the answers and
+/// the highest term a refusal named (a replica already in that term).
+async fn fence_all(
+    table: &TableInfo,
+    partition: &PartitionMeta,
+    op: &OpInfo,
+) -> (Vec<Fenced>, Option<u64>) {
+    let mut answered = Vec::new();
+    let mut ahead = None;
+    for replica in partition
+        .replicas
+        .iter()
+        .filter(|r| r.endpoint != op.endpoint)
+    {
+        let Ok(mut client) = tablet(&replica.endpoint).await else {
+            warn!(op_id = op.op_id, endpoint = %replica.endpoint, "fence failed: unreachable");
+            continue;
+        };
+        let fenced = client
+            .fence(tpb::FenceRequest {
+                tid: table.tid,
+                pid: op.pid,
+                term: op.term,
+            })
+            .await;
+        match fenced {
+            Ok(f) => {
+                let f = f.into_inner();
+                answered.push(Fenced {
+                    endpoint: replica.endpoint.clone(),
+                    last_term: f.last_term,
+                    last_offset: f.last_offset,
+                })
+            }
+            Err(status) => {
+                if let Some(detail) = wire_error::detail_of(&status)
+                    .filter(|d| d.code() == wire_error::ErrorCode::StaleTerm)
+                {
+                    ahead = ahead.max(Some(detail.term));
+                }
+                warn!(op_id = op.op_id, endpoint = %replica.endpoint, error = %status.message(), "fence failed")
+            }
+        }
+    }
+    (answered, ahead)
 }
 
 /// The voting members a new leader `chosen` is given: every other replica of the

@@ -33,6 +33,11 @@ impl Paths {
         format!("{}/table/table_index", self.root)
     }
 
+    /// The term counter: every ChangeLeader takes a new term from it.
+    pub fn term(&self) -> String {
+        format!("{}/table/term", self.root)
+    }
+
     pub fn table_changed(&self) -> String {
         format!("{}/notify/table_changed", self.root)
     }

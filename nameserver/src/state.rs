@@ -168,6 +168,7 @@ impl Nameserver {
         );
         for (path, initial) in [
             (self.paths.table_index(), "0"),
+            (self.paths.term(), "0"),
             (self.paths.table_changed(), "0"),
             (self.paths.auto_failover(), "true"),
             (self.paths.op_index(), "0"),
@@ -340,6 +341,17 @@ impl Nameserver {
 
     /// Adds one to a counter node, through the election lock.
     pub(crate) async fn bump_counter(&self, lock: &OwnedLockClient, path: &str) -> Result<u64> {
+        self.bump_counter_above(lock, path, 0).await
+    }
+
+    /// Sets a counter node to one more than the larger of its value and `floor`, through
+    /// the election lock (a deposed leader's attempt fails), and returns the new value.
+    pub(crate) async fn bump_counter_above(
+        &self,
+        lock: &OwnedLockClient,
+        path: &str,
+        floor: u64,
+    ) -> Result<u64> {
         let client = self.client()?;
         loop {
             let (data, stat) = client.get_data(path).await?;
@@ -347,6 +359,7 @@ impl Nameserver {
                 .trim()
                 .parse::<u64>()
                 .unwrap_or(0)
+                .max(floor)
                 + 1;
             match lock
                 .set_data(path, next.to_string().as_bytes(), Some(stat.version))

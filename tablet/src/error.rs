@@ -72,6 +72,12 @@ fn storage_status(error: StorageError, message: String) -> Status {
             term,
             ..Default::default()
         }),
+        StorageError::TermTaken { term, .. } => wire_error::status_from_detail(ErrorDetail {
+            code: ErrorCode::StaleTerm as i32,
+            message,
+            term,
+            ..Default::default()
+        }),
         StorageError::StaleTerm { current, .. } => wire_error::status_from_detail(ErrorDetail {
             code: ErrorCode::StaleTerm as i32,
             message,

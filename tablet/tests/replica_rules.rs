@@ -296,3 +296,61 @@ fn a_new_leader_serves_reads_only_after_committing_in_its_term() {
         "everything below the no-op is committed with it"
     );
 }
+
+/// One leader per term: in a term that has a leader, a second fence, a second leader or
+/// the follower of another leader is refused; a replica fenced in a term and waiting for
+/// its role takes any one role in it, and repeating the same role is harmless.
+#[test]
+fn a_term_has_one_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = create(&dir.path().join("1_0"), 1 << 20);
+    leader_of(&table, 2, &["b", "c"], &[]);
+    let taken = table.fence(2).unwrap_err();
+    assert!(
+        matches!(taken, StorageError::TermTaken { term: 2, .. }),
+        "{taken}"
+    );
+    let follow = |leader: &str, term| {
+        table.change_role(&RoleChange {
+            role: TableRole::Follower,
+            term,
+            followers: vec![],
+            leader: leader.into(),
+            offline: vec![],
+        })
+    };
+    assert!(matches!(
+        follow("x", 2),
+        Err(StorageError::TermTaken { .. })
+    ));
+    leader_of(&table, 2, &["b", "c"], &[]); // the same promotion again: fine
+
+    // Fenced in term 3 (twice: a resumed op), then a follower of x.
+    table.fence(3).unwrap();
+    table.fence(3).unwrap();
+    follow("x", 3).unwrap();
+    follow("x", 3).unwrap();
+    assert!(matches!(
+        follow("y", 3),
+        Err(StorageError::TermTaken { .. })
+    ));
+    assert!(matches!(
+        table.change_role(&RoleChange {
+            role: TableRole::Leader,
+            term: 3,
+            followers: vec![],
+            leader: String::new(),
+            offline: vec![],
+        }),
+        Err(StorageError::TermTaken { .. })
+    ));
+    // Another leader claiming term 3 through replication is refused as well.
+    let mut from_y = append(table.last_offset(), vec![], 0);
+    from_y.term = 3;
+    from_y.leader = "y".into();
+    assert!(table.handle_append(&from_y).is_err());
+    assert!(matches!(
+        table.fence(2),
+        Err(StorageError::StaleTerm { current: 3, got: 2 })
+    ));
+}

@@ -38,6 +38,10 @@ pub enum StorageError {
     /// A request from an older term: its sender has been superseded.
     #[error("term {got} is older than this replica's term {current}")]
     StaleTerm { current: u64, got: u64 },
+    /// A fence or promotion in a term that already has a leader: one leader per term, so
+    /// it needs a higher term.
+    #[error("term {term} already has a leader ({holder}); a fence or a change of leader needs a higher term")]
+    TermTaken { term: u64, holder: String },
     /// The replica cannot serve this now (lease lost, behind, reloading).
     #[error("partition unavailable: {0}")]
     Unavailable(String),

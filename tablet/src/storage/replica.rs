@@ -65,6 +65,47 @@ pub enum AppendOutcome {
     NeedSnapshot,
 }
 
+/// What a request wants of a replica's term.
+#[derive(Debug, Clone, Copy)]
+enum TermClaim<'a> {
+    Fence,
+    Lead,
+    Follow(&'a str),
+}
+
+/// One leader per term. A request in an older term is stale. In the replica's own term
+/// the replica is either fenced and waiting for its role (a follower of nobody), which
+/// anything may settle, or it leads or follows someone in it, which only the same role
+/// may repeat: a second fence, a second leader, or another leader's follower in a term
+/// that has a leader are refused.
+fn check_term(state: &ReplicaState, term: u64, claim: TermClaim<'_>) -> Result<()> {
+    if term < state.term {
+        return Err(StorageError::StaleTerm {
+            current: state.term,
+            got: term,
+        });
+    }
+    if term > state.term {
+        return Ok(());
+    }
+    let leading = state.role() == TableRole::Leader;
+    // Whether the claim differs from the role the replica holds in this term.
+    let differs = match claim {
+        TermClaim::Fence => true,
+        TermClaim::Lead => !leading,
+        TermClaim::Follow(leader) => leading || state.leader != leader,
+    };
+    let holder = if leading {
+        "this replica".to_string()
+    } else {
+        state.leader.clone()
+    };
+    if differs && (leading || !state.leader.is_empty()) {
+        return Err(StorageError::TermTaken { term, holder });
+    }
+    Ok(())
+}
+
 /// A change to one follower of a leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FollowerChange {
@@ -202,12 +243,7 @@ impl Table {
     pub fn fence(&self, term: u64) -> Result<(u64, u64)> {
         let binlog = self.writer.lock();
         let mut replica = self.replica.lock();
-        if term < replica.state.term {
-            return Err(StorageError::StaleTerm {
-                current: replica.state.term,
-                got: term,
-            });
-        }
+        check_term(&replica.state, term, TermClaim::Fence)?;
         let mut state = replica.state.clone();
         state.term = term;
         if state.role() == TableRole::Leader {
@@ -235,12 +271,11 @@ impl Table {
     pub fn change_role(&self, change: &RoleChange) -> Result<()> {
         let mut binlog = self.writer.lock();
         let mut replica = self.replica.lock();
-        if change.term < replica.state.term {
-            return Err(StorageError::StaleTerm {
-                current: replica.state.term,
-                got: change.term,
-            });
-        }
+        let claim = match change.role {
+            TableRole::Leader => TermClaim::Lead,
+            TableRole::Follower => TermClaim::Follow(&change.leader),
+        };
+        check_term(&replica.state, change.term, claim)?;
         let state = match change.role {
             TableRole::Leader => {
                 let mut followers = change.followers.clone();
@@ -475,6 +510,15 @@ impl Table {
                 return Err(StorageError::Unavailable(format!(
                     "{} claims leadership in term {}, which this replica leads",
                     request.leader, request.term
+                )));
+            }
+            if request.term == state.term
+                && !state.leader.is_empty()
+                && state.leader != request.leader
+            {
+                return Err(StorageError::Unavailable(format!(
+                    "{} claims leadership in term {}, which {} leads",
+                    request.leader, request.term, state.leader
                 )));
             }
             if request.term > state.term
