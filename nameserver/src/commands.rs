@@ -97,9 +97,17 @@ impl Nameserver {
             .ok_or_else(|| {
                 NsError::InvalidArgument(format!("table {name} has no partition {pid}"))
             })?;
-        if !partition.replicas.iter().any(|r| r.endpoint == endpoint) {
+        let Some(replica) = partition.replicas.iter().find(|r| r.endpoint == endpoint) else {
             return Err(NsError::InvalidArgument(format!(
                 "partition {pid} of {name} has no replica on {endpoint}"
+            )));
+        };
+        if replica.is_leader && replica.is_alive {
+            // Recovering the leader as a follower of itself would leave the partition
+            // without a serving leader while the metadata still names one.
+            return Err(NsError::InvalidArgument(format!(
+                "{endpoint} leads partition {pid} of {name}: recovertable brings back a \
+                 follower (move the leadership first with changeleader)"
             )));
         }
         Ok(vec![

@@ -192,6 +192,25 @@ async fn operators_fail_over_by_hand_and_quorum_refuses_to_guess() {
     })
     .await;
 
+    // RecoverTable on the partition's leader is refused, saying why.
+    let current = leader_of(&rows(&mut ns).await, 0).unwrap();
+    let refused = ns
+        .recover_table(RecoverTableRequest {
+            db: String::new(),
+            name: "t1".into(),
+            pid: 0,
+            endpoint: current.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .message()
+            .contains(&format!("{current} leads partition 0")),
+        "{}",
+        refused.message()
+    );
+
     // Finished ops can be deleted, not cancelled; unknown ops are named.
     let first = ops(&mut ns).await[0].op_id;
     let err = ns
