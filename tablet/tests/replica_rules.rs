@@ -87,7 +87,7 @@ fn a_step_down_fails_waiting_writes_as_outcome_unknown() {
         let table = table.clone();
         std::thread::spawn(move || table.commit_blocking(&logged))
     };
-    std::thread::sleep(Duration::from_millis(20));
+    // Whether the waiter already waits or starts after the fence, it must fail.
     table.fence(3).unwrap();
     let err = waiter.join().unwrap().unwrap_err();
     assert!(matches!(err, StorageError::OutcomeUnknown(_)), "{err}");

@@ -11,13 +11,43 @@ use tessera_tests::{wait_until_async, TabletProcess, ZooKeeper};
 
 const SESSION_TIMEOUT_MS: u64 = 4000;
 
-fn cluster_args(zk: &ZooKeeper) -> Vec<String> {
+fn cluster_args(zk: &ZooKeeper, session_ms: u64) -> Vec<String> {
     vec![
         format!("--zk_cluster={}", zk.connect_string()),
         "--zk_root_path=/tessera".into(),
-        format!("--zk_session_timeout={SESSION_TIMEOUT_MS}"),
+        format!("--zk_session_timeout={session_ms}"),
         "--quorum_timeout=2000".into(),
     ]
+}
+
+/// Two tablets registered in ZooKeeper with `session_ms` sessions, replicating one quorum
+/// partition that A leads and that takes writes.
+async fn leading_pair(
+    dir: &std::path::Path,
+    zk: &ZooKeeper,
+    session_ms: u64,
+) -> (TabletProcess, TabletProcess) {
+    let args = cluster_args(zk, session_ms);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let a = TabletProcess::start(&dir.join("a"), &args).await;
+    let b = TabletProcess::start(&dir.join("b"), &args).await;
+    wait_until_async(
+        Duration::from_secs(20),
+        "both tablets under /nodes",
+        || async {
+            let nodes = registered(zk).await;
+            nodes.contains(&a.endpoint) && nodes.contains(&b.endpoint)
+        },
+    )
+    .await;
+    create_replicated(&[&a, &b], workload::meta(1, 0, ReplicationMode::Quorum)).await;
+    wait_until_async(
+        Duration::from_secs(20),
+        "the leader to take writes",
+        || async { put_code(&a, 0).await.is_none() },
+    )
+    .await;
+    (a, b)
 }
 
 async fn registered(zk: &ZooKeeper) -> Vec<String> {
@@ -63,28 +93,7 @@ async fn wait_fenced(tablet: &TabletProcess) {
 async fn leaders_hold_a_lease_and_wait_for_their_role() {
     let dir = tempfile::tempdir().unwrap();
     let zk = ZooKeeper::start(&dir.path().join("zk"));
-    let args = cluster_args(&zk);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let a = TabletProcess::start(&dir.path().join("a"), &args).await;
-    let mut b = TabletProcess::start(&dir.path().join("b"), &args).await;
-
-    wait_until_async(
-        Duration::from_secs(20),
-        "both tablets under /nodes",
-        || async {
-            let nodes = registered(&zk).await;
-            nodes.contains(&a.endpoint) && nodes.contains(&b.endpoint)
-        },
-    )
-    .await;
-
-    create_replicated(&[&a, &b], workload::meta(1, 0, ReplicationMode::Quorum)).await;
-    wait_until_async(
-        Duration::from_secs(20),
-        "the leader to take writes",
-        || async { put_code(&a, 0).await.is_none() },
-    )
-    .await;
+    let (a, mut b) = leading_pair(dir.path(), &zk, SESSION_TIMEOUT_MS).await;
 
     // ZooKeeper stops answering: the leader must stop serving before its session could
     // expire (and another replica could be promoted).
@@ -178,22 +187,7 @@ async fn a_leader_fenced_by_a_short_zookeeper_stall_serves_again_by_itself() {
     const SESSION_MS: u64 = 6000;
     let dir = tempfile::tempdir().unwrap();
     let zk = ZooKeeper::start(&dir.path().join("zk"));
-    let args = [
-        format!("--zk_cluster={}", zk.connect_string()),
-        "--zk_root_path=/tessera".into(),
-        format!("--zk_session_timeout={SESSION_MS}"),
-        "--quorum_timeout=2000".into(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let a = TabletProcess::start(&dir.path().join("a"), &args).await;
-    let b = TabletProcess::start(&dir.path().join("b"), &args).await;
-    create_replicated(&[&a, &b], workload::meta(1, 0, ReplicationMode::Quorum)).await;
-    wait_until_async(
-        Duration::from_secs(20),
-        "the leader to take writes",
-        || async { put_code(&a, 0).await.is_none() },
-    )
-    .await;
+    let (a, _b) = leading_pair(dir.path(), &zk, SESSION_MS).await;
 
     zk.pause();
     let cut = Instant::now();

@@ -331,7 +331,7 @@ mod tests {
             let q = q.clone();
             std::thread::spawn(move || q.wait_blocking(8, 1, Duration::from_secs(10)))
         };
-        std::thread::sleep(Duration::from_millis(20));
+        // Whether the waiter already waits or starts after the fence, it must fail.
         q.step_down();
         assert_eq!(waiter.join().unwrap(), Err(WaitError::SteppedDown));
         assert_eq!(q.commit(), 2, "nothing commits on the leader's word alone");

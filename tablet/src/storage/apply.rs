@@ -17,7 +17,7 @@ use tracing::error;
 
 use super::entry::{LogEntry, RequestId};
 use super::error::{Result, StorageError};
-use super::memtable::IndexEntries;
+use super::memtable::{IndexEntries, Memtable};
 use super::sessions::Sessions;
 use super::table::{Table, Version};
 
@@ -26,7 +26,7 @@ const KEPT_RESULTS: usize = 65_536;
 
 /// What applying an entry did: a delete's request, if it carried one, and the rows it
 /// removed (`None` for anything but a delete).
-type AppliedDelete = (Option<RequestId>, Option<u64>);
+pub(super) type AppliedDelete = (Option<RequestId>, Option<u64>);
 
 /// A logged entry waiting for its commit.
 pub(super) enum PendingEntry {
@@ -91,6 +91,37 @@ pub(super) fn note_request(sessions: &mut Sessions, at: Version, payload: &[u8])
     Ok(())
 }
 
+/// Applies an entry as logged to a memtable (replay, or a follower's committed entry).
+pub(super) fn apply_logged(
+    memtable: &Memtable,
+    offset: u64,
+    payload: &[u8],
+) -> Result<AppliedDelete> {
+    match LogEntry::decode(payload)? {
+        LogEntry::Put {
+            write_time_ms, row, ..
+        } => {
+            memtable
+                .insert_encoded(offset, write_time_ms, row)
+                .map_err(|e| {
+                    StorageError::InvalidArgument(format!(
+                        "entry at offset {offset} cannot be applied: {e}"
+                    ))
+                })?;
+            Ok((None, None))
+        }
+        LogEntry::Delete {
+            index,
+            key,
+            request,
+        } => Ok((
+            request.map(|(id, _)| id),
+            Some(memtable.delete_key(usize::from(index), key, offset)),
+        )),
+        LogEntry::Noop => Ok((None, None)),
+    }
+}
+
 impl Table {
     /// Queues a logged entry until it is committed. Called under the writer lock, in
     /// offset order.
@@ -146,18 +177,20 @@ impl Table {
                     key,
                     request,
                 } => (request, Some(self.memtable.delete_key(index, &key, offset))),
-                PendingEntry::Logged(payload) => match self.apply_logged(offset, &payload) {
-                    Ok(applied) => applied,
-                    Err(e) => {
-                        // Never skipped: the entry stays first in line, and reads wait.
-                        pending
-                            .entries
-                            .insert(offset, PendingEntry::Logged(payload));
-                        error!(tid = self.meta.tid, pid = self.meta.pid, offset, error = %e,
+                PendingEntry::Logged(payload) => {
+                    match apply_logged(&self.memtable, offset, &payload) {
+                        Ok(applied) => applied,
+                        Err(e) => {
+                            // Never skipped: the entry stays first in line, and reads wait.
+                            pending
+                                .entries
+                                .insert(offset, PendingEntry::Logged(payload));
+                            error!(tid = self.meta.tid, pid = self.meta.pid, offset, error = %e,
                             "a committed entry cannot be applied");
-                        return Err(e);
+                            return Err(e);
+                        }
                     }
-                },
+                }
             };
             if let Some(removed) = removed {
                 pending.deleted.insert(offset, removed);
@@ -172,33 +205,6 @@ impl Table {
             self.applied.store(offset, Ordering::Release);
         }
         Ok(())
-    }
-
-    /// Applies an entry as logged.
-    fn apply_logged(&self, offset: u64, payload: &[u8]) -> Result<AppliedDelete> {
-        match LogEntry::decode(payload)? {
-            LogEntry::Put {
-                write_time_ms, row, ..
-            } => {
-                self.memtable
-                    .insert_encoded(offset, write_time_ms, row)
-                    .map_err(|e| {
-                        StorageError::InvalidArgument(format!(
-                            "entry at offset {offset} cannot be applied: {e}"
-                        ))
-                    })?;
-                Ok((None, None))
-            }
-            LogEntry::Delete {
-                index,
-                key,
-                request,
-            } => Ok((
-                request.map(|(id, _)| id),
-                Some(self.memtable.delete_key(usize::from(index), key, offset)),
-            )),
-            LogEntry::Noop => Ok((None, None)),
-        }
     }
 
     /// Offset of the last entry applied to the memtable: what reads see.

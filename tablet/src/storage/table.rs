@@ -25,7 +25,7 @@ use tessera_proto::tablet::{
 };
 use tracing::info;
 
-use super::apply::{Pending, PendingEntry};
+use super::apply::{apply_logged, note_request, Pending, PendingEntry};
 use super::binlog::{Binlog, BinlogOptions, Durability, Record, TornTail};
 use super::crashsafe;
 use super::entry::{LogEntry, RequestId};
@@ -269,13 +269,17 @@ impl Table {
                     term: record.term,
                     offset: record.offset,
                 };
-                apply_entry(&memtable, &mut sessions, at, record.payload).map_err(|e| {
-                    StorageError::Corruption {
-                        file: binlog_dir.clone(),
-                        position: 0,
-                        reason: format!("entry at offset {} cannot be applied: {e}", record.offset),
-                    }
-                })?;
+                let corrupt = |e: StorageError| StorageError::Corruption {
+                    file: binlog_dir.clone(),
+                    position: 0,
+                    reason: format!("entry at offset {} cannot be applied: {e}", record.offset),
+                };
+                note_request(&mut sessions, at, record.payload).map_err(corrupt)?;
+                if let (Some(id), Some(removed)) =
+                    apply_logged(&memtable, record.offset, record.payload).map_err(corrupt)?
+                {
+                    sessions.set_deleted(id, removed);
+                }
                 Ok(())
             },
         )?;
@@ -794,43 +798,4 @@ impl Table {
     pub fn close(&self) -> Result<()> {
         self.writer.lock().close()
     }
-}
-
-/// Applies one logged entry to the memtable and the idempotence table (replay and
-/// follower path; the leader's live path applies the same change directly). Returns
-/// rows removed for a delete.
-pub(super) fn apply_entry(
-    memtable: &Memtable,
-    sessions: &mut Sessions,
-    at: Version,
-    payload: &[u8],
-) -> Result<u64> {
-    let (request, deleted) = match LogEntry::decode(payload)? {
-        LogEntry::Put {
-            write_time_ms,
-            row,
-            request,
-        } => {
-            memtable.insert_encoded(at.offset, write_time_ms, row)?;
-            (request.map(|id| (id, write_time_ms)), 0)
-        }
-        LogEntry::Delete {
-            index,
-            key,
-            request,
-        } => (
-            request,
-            memtable.delete_key(usize::from(index), key, at.offset),
-        ),
-        LogEntry::Noop => (None, 0),
-    };
-    if let Some((id, write_time_ms)) = request {
-        let first = Applied {
-            term: at.term,
-            offset: at.offset,
-            deleted,
-        };
-        sessions.record(id, first, write_time_ms);
-    }
-    Ok(deleted)
 }
