@@ -99,17 +99,28 @@ pub async fn status(tablet: &TabletProcess, tid: u32, pid: u32) -> TableStatus {
         .remove(0)
 }
 
-/// Waits until every tablet's replica ends at the same offset as the first's and has
-/// applied all of it (a follower learns the commit with its leader's next message).
+/// Waits until every tablet's replica ends with the same record (same offset and term:
+/// two logs may end at one offset with different records until the divergent one is
+/// cut) and has applied as much (a follower learns the commit with its leader's next
+/// message).
 pub async fn wait_in_sync(tablets: &[&TabletProcess], tid: u32, pid: u32, timeout: Duration) {
-    let what = format!("replicas of {tid}/{pid} to reach and apply the same offset");
+    let what = format!("replicas of {tid}/{pid} to hold and apply the same log");
     wait_until_async(timeout, &what, || async {
-        let mut offsets = Vec::new();
+        let mut ends = Vec::new();
         for tablet in tablets {
             let replica = status(tablet, tid, pid).await;
-            offsets.push((replica.offset, replica.applied_offset));
+            let Ok(pair) = tablet
+                .client()
+                .await
+                .get_term_pair(GetTermPairRequest { tid, pid })
+                .await
+            else {
+                return false;
+            };
+            let pair = pair.into_inner();
+            ends.push((pair.last_term, pair.last_offset, replica.applied_offset));
         }
-        offsets.windows(2).all(|w| w[0] == w[1])
+        ends.windows(2).all(|w| w[0] == w[1])
     })
     .await;
 }
