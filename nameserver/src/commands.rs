@@ -2,10 +2,12 @@
 //! pipeline auto_failover uses, and are refused while auto_failover is on (the
 //! nameserver would be repairing the same partitions at the same time).
 
+use prost::Message;
 use tessera_proto::nameserver::{OpInfo, TableInfo};
+use zookeeper_client::Error as ZkError;
 
 use crate::error::{NsError, Result};
-use crate::ops::{is_finished, CANCELED};
+use crate::ops::{is_finished, now_ms, CANCELED};
 use crate::planner::{
     ADD_REPLICA, CHANGE_LEADER, DEL_REPLICA, MAKE_SNAPSHOT, MIGRATE, OFFLINE_REPLICA, RECOVER_TABLE,
 };
@@ -350,18 +352,38 @@ impl Nameserver {
         Ok(started)
     }
 
+    /// Cancels an unfinished op. The write is version-checked against the op as read,
+    /// so an op that finishes at the same moment is reported as ended, not overwritten.
     pub async fn cancel_op(&self, op_id: u64) -> Result<Vec<OpInfo>> {
-        self.lock().await?;
-        let mut op = self.op(op_id).await?;
-        if is_finished(&op) {
-            return Err(NsError::InvalidArgument(format!(
-                "op {op_id} already ended ({})",
-                op.status
-            )));
+        let lock = self.lock().await?;
+        let client = self.client()?;
+        let path = self.paths.op(op_id);
+        loop {
+            let (data, stat) = match client.get_data(&path).await {
+                Ok(found) => found,
+                Err(ZkError::NoNode) => {
+                    return Err(NsError::InvalidArgument(format!("there is no op {op_id}")))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let mut op = OpInfo::decode(data.as_slice()).map_err(|e| NsError::Zk(e.to_string()))?;
+            if is_finished(&op) {
+                return Err(NsError::InvalidArgument(format!(
+                    "op {op_id} already ended ({})",
+                    op.status
+                )));
+            }
+            op.status = CANCELED.into();
+            op.end_time_ms = now_ms();
+            match lock
+                .set_data(&path, &op.encode_to_vec(), Some(stat.version))
+                .await
+            {
+                Ok(_) => return Ok(vec![op]),
+                Err(ZkError::BadVersion) => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
-        op.status = CANCELED.into();
-        self.save_op(&op).await?;
-        Ok(vec![op])
     }
 
     pub async fn delete_op(&self, op_id: u64) -> Result<Vec<OpInfo>> {

@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::state::Nameserver;
+use crate::state::{Leadership, Nameserver};
 
 /// The HTTP routes, merged into the gRPC router.
 pub fn with_http(grpc: Router, state: Arc<Nameserver>) -> Router {
@@ -24,26 +24,32 @@ pub fn with_http(grpc: Router, state: Arc<Nameserver>) -> Router {
     grpc.merge(http)
 }
 
-/// 200 on the leader, 404 elsewhere.
+/// 200 on the leader, 404 on a standby, 503 on a leader that lost touch with ZooKeeper.
 async fn leader_check(State(ns): State<Arc<Nameserver>>) -> impl IntoResponse {
-    if ns.is_leader() {
-        (StatusCode::OK, "leader\n")
-    } else {
-        (StatusCode::NOT_FOUND, "standby\n")
+    match ns.leadership() {
+        Leadership::Leading => (StatusCode::OK, "leader\n"),
+        Leadership::Suspended => (StatusCode::SERVICE_UNAVAILABLE, SUSPENDED),
+        Leadership::Standby => (StatusCode::NOT_FOUND, "standby\n"),
     }
 }
 
+const SUSPENDED: &str = "leader without ZooKeeper: suspended\n";
+
 /// 200 on the leader, 503 elsewhere.
 async fn leader_check_503(State(ns): State<Arc<Nameserver>>) -> impl IntoResponse {
-    if ns.is_leader() {
-        (StatusCode::OK, "leader\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "standby\n")
+    match ns.leadership() {
+        Leadership::Leading => (StatusCode::OK, "leader\n"),
+        Leadership::Suspended => (StatusCode::SERVICE_UNAVAILABLE, SUSPENDED),
+        Leadership::Standby => (StatusCode::SERVICE_UNAVAILABLE, "standby\n"),
     }
 }
 
 async fn health(State(ns): State<Arc<Nameserver>>) -> impl IntoResponse {
-    let role = if ns.is_leader() { "leader" } else { "standby" };
+    let role = match ns.leadership() {
+        Leadership::Leading => "leader",
+        Leadership::Suspended => "suspended",
+        Leadership::Standby => "standby",
+    };
     (StatusCode::OK, format!("ok {role}\n"))
 }
 

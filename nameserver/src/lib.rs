@@ -8,9 +8,11 @@ pub mod ops;
 pub mod paths;
 pub mod placement;
 pub mod planner;
+pub mod reconcile;
 pub mod schedule;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod voting;
 
 pub use server::{run, NameserverConfig};

@@ -5,7 +5,6 @@
 use tessera_common::history;
 use tessera_proto::common::TermPair;
 use tessera_proto::nameserver::TableInfo;
-use tessera_proto::tablet::ReplicationMode;
 
 pub const CHANGE_LEADER: &str = "kChangeLeader";
 pub const OFFLINE_REPLICA: &str = "kOfflineReplica";
@@ -88,27 +87,20 @@ pub struct Fenced {
 /// (last term, last offset), or the operator's candidate if it holds as much (or if
 /// `force`).
 ///
-/// In quorum mode at least `replica_num - majority + 1` replicas must have answered, so
-/// the ones that did meet every majority: the chosen one then holds every acknowledged
-/// write. With fewer, the partition stays without a leader unless `force`.
+/// `sufficient` says whether the answers meet every majority of the voting sets
+/// (`voting::answers_suffice`; always in async mode). If they do not, the partition stays
+/// without a leader unless `force`: the chosen one might lack an acknowledged write.
 pub fn choose_leader(
     answered: &[Fenced],
-    replica_num: u32,
-    mode: ReplicationMode,
+    sufficient: Result<(), String>,
     candidate: Option<&str>,
     force: bool,
 ) -> Result<String, String> {
-    let majority = replica_num / 2 + 1;
-    let needed = (replica_num + 1).saturating_sub(majority).max(1) as usize;
     if answered.is_empty() {
         return Err("no replica answered the fence".into());
     }
-    if mode == ReplicationMode::Quorum && answered.len() < needed && !force {
-        return Err(format!(
-            "only {} of {replica_num} replicas answered; {needed} are needed to be sure no \
-             acknowledged write is lost (force to promote anyway, losing data)",
-            answered.len()
-        ));
+    if !force {
+        sufficient?;
     }
     let best = answered
         .iter()
@@ -220,6 +212,7 @@ mod tests {
                         endpoint: endpoint.into(),
                         is_leader,
                         is_alive,
+                        joining: false,
                     })
                     .collect(),
             }],
@@ -298,57 +291,44 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_most_complete_log_wins() {
-        let answered = [fenced("b", 1, 90), fenced("c", 2, 80), fenced("d", 2, 85)];
-        assert_eq!(
-            choose_leader(&answered, 5, ReplicationMode::Quorum, None, false).unwrap(),
-            "d"
-        );
+    const ENOUGH: Result<(), String> = Ok(());
+
+    fn too_few() -> Result<(), String> {
+        Err("only 1 of the 3 listed replicas answered".into())
     }
 
     #[test]
-    fn quorum_needs_enough_answers_unless_forced() {
+    fn the_most_complete_log_wins() {
+        let answered = [fenced("b", 1, 90), fenced("c", 2, 80), fenced("d", 2, 85)];
+        assert_eq!(choose_leader(&answered, ENOUGH, None, false).unwrap(), "d");
+    }
+
+    #[test]
+    fn too_few_answers_need_force() {
         let one = [fenced("b", 1, 90)];
-        let err = choose_leader(&one, 3, ReplicationMode::Quorum, None, false).unwrap_err();
-        assert!(err.contains("only 1 of 3"), "{err}");
-        assert_eq!(
-            choose_leader(&one, 3, ReplicationMode::Quorum, None, true).unwrap(),
-            "b"
-        );
-        assert_eq!(
-            choose_leader(&one, 3, ReplicationMode::Async, None, false).unwrap(),
-            "b"
-        );
-        let two = [fenced("b", 1, 90), fenced("c", 1, 91)];
-        assert_eq!(
-            choose_leader(&two, 3, ReplicationMode::Quorum, None, false).unwrap(),
-            "c"
-        );
-        // 5 replicas: 3 must answer.
-        assert!(choose_leader(&two, 5, ReplicationMode::Quorum, None, false).is_err());
+        let err = choose_leader(&one, too_few(), None, false).unwrap_err();
+        assert!(err.contains("only 1 of the 3"), "{err}");
+        assert_eq!(choose_leader(&one, too_few(), None, true).unwrap(), "b");
+        assert!(choose_leader(&[], ENOUGH, None, true).is_err());
     }
 
     #[test]
     fn a_candidate_leads_only_if_it_answered_and_holds_every_record() {
         let two = [fenced("b", 1, 91), fenced("c", 1, 91)];
+        assert_eq!(choose_leader(&two, ENOUGH, Some("b"), false).unwrap(), "b");
         assert_eq!(
-            choose_leader(&two, 3, ReplicationMode::Quorum, Some("b"), false).unwrap(),
-            "b"
-        );
-        assert_eq!(
-            choose_leader(&two, 3, ReplicationMode::Quorum, Some("x"), false).unwrap(),
+            choose_leader(&two, ENOUGH, Some("x"), false).unwrap(),
             "b",
             "a candidate that did not answer cannot lead"
         );
         let behind = [fenced("b", 1, 90), fenced("c", 1, 91)];
         assert_eq!(
-            choose_leader(&behind, 3, ReplicationMode::Quorum, Some("b"), false).unwrap(),
+            choose_leader(&behind, ENOUGH, Some("b"), false).unwrap(),
             "c",
             "a candidate behind another replica would drop its records"
         );
         assert_eq!(
-            choose_leader(&behind, 3, ReplicationMode::Quorum, Some("b"), true).unwrap(),
+            choose_leader(&behind, ENOUGH, Some("b"), true).unwrap(),
             "b"
         );
     }

@@ -23,6 +23,8 @@ pub struct NameserverConfig {
     /// Every op task fails its op after this long.
     pub task_timeout: Duration,
     pub snapshot_schedule: SnapshotSchedule,
+    /// Fault injection for tests: the first run of this op task fails.
+    pub fail_task_once: Option<String>,
 }
 
 impl NameserverConfig {
@@ -60,6 +62,9 @@ pub async fn run(
         },
         config.task_timeout,
     );
+    if let Some(task) = &config.fail_task_once {
+        state.fail_task_once(task);
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let election = tokio::spawn(state.clone().run_election(stopped.clone()));
     let ops = tokio::spawn(state.clone().run_ops(stopped.clone()));

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use prost::Message;
-use tessera_common::coordination::{self, ZkSettings};
+use tessera_common::coordination::{self, Lease, ZkSettings};
 use tessera_common::Schema;
 use tessera_proto::nameserver::*;
 use tessera_proto::tablet::tablet_client::TabletClient;
@@ -70,6 +70,22 @@ pub struct Nameserver {
     /// ChangeLeader: the replicas that accepted to follow, from kPromoteLeader to
     /// kUpdateLeaderInfo (after a leader change they count as alive).
     pub(crate) told_followers: parking_lot::Mutex<std::collections::HashMap<u64, Vec<String>>>,
+    /// Fault injection for tests: the next run of this task fails (see `--fail-task-once`).
+    fail_task_once: parking_lot::Mutex<Option<String>>,
+    /// Valid while ZooKeeper answered within two thirds of the session timeout: a leader
+    /// without it acts as no leader (no op task, no metadata write, 503 on the leader
+    /// check), well before a standby can take over.
+    lease: Arc<Lease>,
+}
+
+/// Where this nameserver stands in the election.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leadership {
+    Leading,
+    /// Holds the election lock but lost touch with ZooKeeper: it may be replaced any
+    /// moment, so it does nothing until ZooKeeper answers again.
+    Suspended,
+    Standby,
 }
 
 fn persistent() -> zookeeper_client::CreateOptions<'static> {
@@ -80,6 +96,8 @@ impl Nameserver {
     pub fn new(endpoint: String, settings: ZkSettings, task_timeout: Duration) -> Arc<Nameserver> {
         Arc::new(Nameserver {
             task_timeout,
+            fail_task_once: parking_lot::Mutex::default(),
+            lease: Lease::for_session(settings.session_timeout),
             told_followers: parking_lot::Mutex::default(),
             endpoint,
             paths: Paths::new(&settings.root),
@@ -93,8 +111,34 @@ impl Nameserver {
         })
     }
 
+    /// Makes the next run of `task` fail, once (fault injection for tests).
+    pub fn fail_task_once(&self, task: &str) {
+        *self.fail_task_once.lock() = Some(task.to_string());
+    }
+
+    /// The injected failure for this run of `task`, if one is armed.
+    pub(crate) fn injected_failure(&self, task: &str) -> Option<NsError> {
+        let mut armed = self.fail_task_once.lock();
+        if armed.as_deref() != Some(task) {
+            return None;
+        }
+        *armed = None;
+        warn!(task, "failing the task as asked (--fail-task-once)");
+        Some(NsError::InvalidArgument(format!(
+            "{task} failed by injection"
+        )))
+    }
+
     pub fn is_leader(&self) -> bool {
-        self.leader.read().is_some()
+        self.leadership() == Leadership::Leading
+    }
+
+    pub fn leadership(&self) -> Leadership {
+        match (self.leader.read().is_some(), self.lease.is_valid()) {
+            (true, true) => Leadership::Leading,
+            (true, false) => Leadership::Suspended,
+            (false, _) => Leadership::Standby,
+        }
     }
 
     pub(crate) fn client(&self) -> Result<Client> {
@@ -107,6 +151,13 @@ impl Nameserver {
     /// The election lock, or `NotLeader` naming whoever leads.
     pub(crate) async fn lock(&self) -> Result<Arc<OwnedLockClient>> {
         if let Some(lock) = self.leader.read().clone() {
+            if !self.lease.is_valid() {
+                return Err(NsError::Zk(
+                    "this nameserver lost touch with ZooKeeper and may be replaced; it acts \
+                     again once ZooKeeper answers"
+                        .into(),
+                ));
+            }
             return Ok(lock);
         }
         let leader = self
@@ -159,6 +210,15 @@ impl Nameserver {
         let client =
             coordination::connect_elected(&self.settings, &self.paths.directories()).await?;
         *self.client.write() = Some(client.clone());
+        // The lease is renewed for as long as this session lasts (until this function
+        // returns and drops `_renewing`).
+        self.lease.new_session(client.session_timeout());
+        let (_renewing, mut renewals_stop) = watch::channel(false);
+        let (lease, renewed, leader_dir) =
+            (self.lease.clone(), client.clone(), self.paths.leader_dir());
+        tokio::spawn(async move {
+            coordination::keep_lease(&renewed, &leader_dir, &lease, &mut renewals_stop).await
+        });
         self.registry_ready
             .store(false, std::sync::atomic::Ordering::Release);
         tokio::spawn(self.clone().watch_tablets(client.clone()));
@@ -288,7 +348,7 @@ impl Nameserver {
             .any(|e| e.key == "auto_failover" && e.value == "true"))
     }
 
-    fn healthy_tablets(&self) -> Vec<String> {
+    pub(crate) fn healthy_tablets(&self) -> Vec<String> {
         self.tablets
             .read()
             .iter()
@@ -473,6 +533,7 @@ impl Nameserver {
                             endpoint: endpoint.clone(),
                             is_leader: i == 0,
                             is_alive: true,
+                            joining: false,
                         })
                         .collect(),
                 })
@@ -612,11 +673,22 @@ impl Nameserver {
         } else {
             vec![self.table(db, name).await?]
         };
+        // One question to each healthy tablet, all at once; replicas on tablets that do
+        // not answer show -1.
+        let reports = self.tablet_reports().await;
         let mut rows = Vec::new();
         for table in &tables {
+            let drifts = crate::reconcile::drifts(table, &reports);
             for partition in &table.partitions {
                 for replica in &partition.replicas {
-                    let status = replica_status(&replica.endpoint, table.tid, partition.pid).await;
+                    let status = reports
+                        .get(&replica.endpoint)
+                        .and_then(|r| r.get(&(table.tid, partition.pid)));
+                    let drift = drifts
+                        .iter()
+                        .find(|d| d.pid == partition.pid && d.endpoint == replica.endpoint)
+                        .map(|d| d.what.clone())
+                        .unwrap_or_default();
                     rows.push(ShowTableRow {
                         name: table.name.clone(),
                         db: table.db.clone(),
@@ -630,11 +702,12 @@ impl Nameserver {
                         }
                         .into(),
                         is_alive: replica.is_alive,
-                        offset: status.as_ref().map_or(-1, |s| s.offset as i64),
-                        record_cnt: status.as_ref().map_or(-1, |s| s.record_count as i64),
-                        memused: status.as_ref().map_or(-1, |s| s.memory_used_bytes as i64),
+                        offset: status.map_or(-1, |s| s.offset as i64),
+                        record_cnt: status.map_or(-1, |s| s.record_count as i64),
+                        memused: status.map_or(-1, |s| s.memory_used_bytes as i64),
                         mode: table.mode,
                         note: partition.unavailable_reason.clone(),
+                        drift,
                     });
                 }
             }
@@ -682,20 +755,6 @@ pub(crate) async fn call<T>(
             endpoint: endpoint.to_string(),
             message: e.message().to_string(),
         })
-}
-
-async fn replica_status(endpoint: &str, tid: u32, pid: u32) -> Option<tpb::TableStatus> {
-    let mut client = tablet(endpoint).await.ok()?;
-    let response = call(
-        endpoint,
-        client.get_table_status(tpb::GetTableStatusRequest {
-            tid: Some(tid),
-            pid: Some(pid),
-        }),
-    )
-    .await
-    .ok()?;
-    response.tables.into_iter().next()
 }
 
 #[cfg(test)]

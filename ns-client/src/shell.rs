@@ -624,6 +624,19 @@ impl Shell {
                 for (name, pid, note) in notes {
                     text.push_str(&format!("\n{name} pid {pid} cannot take writes: {note}"));
                 }
+                let drifted: Vec<_> = rows.iter().filter(|r| !r.drift.is_empty()).collect();
+                for r in &drifted {
+                    text.push_str(&format!(
+                        "\n{} pid {} on {} differs from the metadata: {}",
+                        r.name, r.pid, r.endpoint, r.drift
+                    ));
+                }
+                if !drifted.is_empty() {
+                    text.push_str(
+                        "\n(with auto_failover on the nameserver repairs these; with it off, \
+                         use changeleader or recovertable)",
+                    );
+                }
                 Ok(text)
             }
             "showdb" => {

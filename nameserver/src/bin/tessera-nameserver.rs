@@ -38,6 +38,10 @@ struct Flags {
     /// Hour of the day (UTC, 0-23) for the daily snapshot of every partition; -1: never.
     #[arg(long, default_value_t = 23, allow_negative_numbers = true)]
     make_snapshot_time: i32,
+    /// Fault injection for tests: the first run of this op task (e.g. kPromoteLeader)
+    /// fails.
+    #[arg(long, hide = true)]
+    fail_task_once: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         zk_root_path: flags.zk_root_path,
         zk_session_timeout: Duration::from_millis(flags.zk_session_timeout),
         task_timeout: Duration::from_millis(flags.task_timeout),
+        fail_task_once: flags.fail_task_once,
         snapshot_schedule: match (flags.snapshot_interval, flags.make_snapshot_time) {
             (0, -1) => SnapshotSchedule::Off,
             (0, hour @ 0..=23) => SnapshotSchedule::DailyAt(hour as u32),

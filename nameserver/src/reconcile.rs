@@ -1,0 +1,389 @@
+//! The reconciler's decisions, free of IO: how what the tablets report differs from what
+//! the metadata intends, and which op repairs each difference.
+//!
+//! The planner reacts to the registry (a tablet gone or back). The reconciler catches
+//! everything the registry does not show: a ChangeLeader that fenced the old leader and
+//! then failed, a tablet that restarted within its session, a follower pointed at the
+//! wrong leader, a leader still shipping to a replica the metadata has given up on.
+
+use std::collections::HashMap;
+
+use tessera_proto::nameserver::{PartitionMeta, ReplicaMeta, TableInfo};
+use tessera_proto::tablet::{TableRole, TableStatus};
+
+use crate::planner::{Planned, CHANGE_LEADER, OFFLINE_REPLICA, RECOVER_TABLE};
+
+/// What one tablet reported: its replicas by (tid, pid). A tablet that could not be
+/// asked is absent from the map of observations.
+pub type TabletReport = HashMap<(u32, u32), TableStatus>;
+
+/// One difference between the metadata and a tablet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    pub pid: u32,
+    pub endpoint: String,
+    /// What differs, for `showtable` and the log.
+    pub what: String,
+    /// The op that repairs it.
+    pub repair: &'static str,
+}
+
+impl Drift {
+    pub fn planned(&self) -> Planned {
+        Planned {
+            op_type: self.repair,
+            pid: self.pid,
+            // A leader that does not lead is repaired by fencing every replica and
+            // promoting the most complete: no replica is named as failed.
+            endpoint: if self.repair == CHANGE_LEADER {
+                String::new()
+            } else {
+                self.endpoint.clone()
+            },
+        }
+    }
+}
+
+fn role_of(status: &TableStatus) -> String {
+    match status.role() {
+        TableRole::Leader => format!("leader in term {}", status.term),
+        TableRole::Follower if status.leader.is_empty() => {
+            format!("follower of nobody in term {}", status.term)
+        }
+        TableRole::Follower => format!("follower of {} in term {}", status.leader, status.term),
+    }
+}
+
+/// Every difference in one table. `reports` holds the tablets that answered; replicas on
+/// other tablets are left to the planner (their tablet is down or unreachable).
+pub fn drifts(table: &TableInfo, reports: &HashMap<String, TabletReport>) -> Vec<Drift> {
+    table
+        .partitions
+        .iter()
+        .flat_map(|p| partition_drifts(table.tid, p, reports))
+        .collect()
+}
+
+fn partition_drifts(
+    tid: u32,
+    partition: &PartitionMeta,
+    reports: &HashMap<String, TabletReport>,
+) -> Vec<Drift> {
+    let pid = partition.pid;
+    // None: the tablet did not answer. Some(None): it answered without this replica.
+    let observe = |replica: &ReplicaMeta| {
+        reports
+            .get(&replica.endpoint)
+            .map(|report| report.get(&(tid, pid)))
+    };
+    let drift = |replica: &ReplicaMeta, what: String, repair| Drift {
+        pid,
+        endpoint: replica.endpoint.clone(),
+        what,
+        repair,
+    };
+    let Some(leader) = partition
+        .replicas
+        .iter()
+        .find(|r| r.is_leader && r.is_alive)
+    else {
+        // No leader in the metadata: the planner's ChangeLeader is the repair.
+        return Vec::new();
+    };
+    // The metadata is behind the tablets: some replica took a later term (a ChangeLeader
+    // fenced it and then failed). Only a new ChangeLeader settles who leads.
+    if let Some((replica, status)) = partition
+        .replicas
+        .iter()
+        .filter_map(|r| Some((r, observe(r)??)))
+        .find(|(_, s)| s.term > partition.term)
+    {
+        return vec![drift(
+            replica,
+            format!(
+                "is {} but the metadata's term is {}",
+                role_of(status),
+                partition.term
+            ),
+            CHANGE_LEADER,
+        )];
+    }
+    let leader_status = match observe(leader) {
+        None => return Vec::new(),
+        Some(None) => {
+            return vec![drift(
+                leader,
+                "should lead but its tablet has no such replica".into(),
+                CHANGE_LEADER,
+            )]
+        }
+        Some(Some(status)) => status,
+    };
+    if leader_status.role() != TableRole::Leader || leader_status.term != partition.term {
+        return vec![drift(
+            leader,
+            format!(
+                "should lead in term {} but is {}",
+                partition.term,
+                role_of(leader_status)
+            ),
+            CHANGE_LEADER,
+        )];
+    }
+    let shipped = |e: &str| {
+        leader_status.followers.iter().any(|f| f == e)
+            && !leader_status.offline.iter().any(|f| f == e)
+    };
+    let mut out = Vec::new();
+    for replica in partition.replicas.iter().filter(|r| !r.is_leader) {
+        if !replica.is_alive {
+            // The leader should have stopped shipping to it. A replica whose tablet is up
+            // again is the planner's (RecoverTable); one whose tablet did not answer is
+            // offlined, which keeps its vote.
+            if shipped(&replica.endpoint) && observe(replica).is_none() {
+                out.push(drift(
+                    replica,
+                    "is marked dead but the leader still ships to it".into(),
+                    OFFLINE_REPLICA,
+                ));
+            }
+            continue;
+        }
+        let what = match observe(replica) {
+            None => continue,
+            Some(None) => "should follow but its tablet has no such replica".to_string(),
+            Some(Some(status))
+                if status.role() != TableRole::Follower
+                    || status.leader != leader.endpoint
+                    || status.term != partition.term =>
+            {
+                format!(
+                    "should follow {} in term {} but is {}",
+                    leader.endpoint,
+                    partition.term,
+                    role_of(status)
+                )
+            }
+            Some(Some(_)) if !shipped(&replica.endpoint) => {
+                "follows, but the leader does not ship to it".to_string()
+            }
+            Some(Some(_)) => continue,
+        };
+        out.push(drift(replica, what, RECOVER_TABLE));
+    }
+    out
+}
+
+/// Differences seen in two passes in a row: the ones to repair. A difference seen once
+/// may be an op finishing between the metadata read and the tablet's answer.
+#[derive(Debug, Default)]
+pub struct Confirmations {
+    seen: HashMap<(String, String, u32, String), u32>,
+}
+
+impl Confirmations {
+    /// Takes one pass's differences (keyed by table) and returns the confirmed ones.
+    pub fn confirm(
+        &mut self,
+        pass: Vec<((String, String), Drift)>,
+    ) -> Vec<((String, String), Drift)> {
+        let mut next = HashMap::new();
+        let mut confirmed = Vec::new();
+        for (table, drift) in pass {
+            let key = (
+                table.0.clone(),
+                table.1.clone(),
+                drift.pid,
+                drift.endpoint.clone(),
+            );
+            let count = self.seen.get(&key).copied().unwrap_or(0) + 1;
+            next.insert(key, count);
+            if count >= 2 {
+                confirmed.push((table, drift));
+            }
+        }
+        self.seen = next;
+        confirmed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TID: u32 = 7;
+
+    fn table(replicas: &[(&str, bool, bool)], term: u64) -> TableInfo {
+        TableInfo {
+            tid: TID,
+            partitions: vec![PartitionMeta {
+                pid: 0,
+                term,
+                unavailable_reason: String::new(),
+                replicas: replicas
+                    .iter()
+                    .map(|&(endpoint, is_leader, is_alive)| ReplicaMeta {
+                        endpoint: endpoint.into(),
+                        is_leader,
+                        is_alive,
+                        joining: false,
+                    })
+                    .collect(),
+            }],
+            ..TableInfo::default()
+        }
+    }
+
+    fn leader(term: u64, followers: &[&str], offline: &[&str]) -> TableStatus {
+        TableStatus {
+            tid: TID,
+            role: TableRole::Leader as i32,
+            term,
+            followers: followers.iter().map(|s| s.to_string()).collect(),
+            offline: offline.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn follower(term: u64, of: &str) -> TableStatus {
+        TableStatus {
+            tid: TID,
+            role: TableRole::Follower as i32,
+            term,
+            leader: of.into(),
+            ..Default::default()
+        }
+    }
+
+    fn reports(list: Vec<(&str, Option<TableStatus>)>) -> HashMap<String, TabletReport> {
+        list.into_iter()
+            .map(|(endpoint, status)| {
+                let report = status.map(|s| ((TID, 0), s)).into_iter().collect();
+                (endpoint.to_string(), report)
+            })
+            .collect()
+    }
+
+    fn healthy() -> Vec<(&'static str, Option<TableStatus>)> {
+        vec![
+            ("a", Some(leader(3, &["b", "c"], &[]))),
+            ("b", Some(follower(3, "a"))),
+            ("c", Some(follower(3, "a"))),
+        ]
+    }
+
+    fn repairs(found: &[Drift]) -> Vec<(&'static str, &str)> {
+        found
+            .iter()
+            .map(|d| (d.repair, d.endpoint.as_str()))
+            .collect()
+    }
+
+    const ABC: &[(&str, bool, bool)] = &[("a", true, true), ("b", false, true), ("c", false, true)];
+
+    #[test]
+    fn agreement_needs_nothing() {
+        assert!(drifts(&table(ABC, 3), &reports(healthy())).is_empty());
+    }
+
+    #[test]
+    fn a_fenced_leader_gets_change_leader() {
+        let mut seen = healthy();
+        seen[0].1 = Some(follower(3, ""));
+        let found = drifts(&table(ABC, 3), &reports(seen));
+        assert_eq!(repairs(&found), vec![(CHANGE_LEADER, "a")]);
+        assert!(found[0].what.contains("follower of nobody"), "{found:?}");
+        assert_eq!(found[0].planned().endpoint, "", "every replica is fenced");
+    }
+
+    /// A ChangeLeader fenced the replicas at term 4 and failed before promoting.
+    #[test]
+    fn a_later_term_on_any_replica_gets_change_leader() {
+        let mut seen = healthy();
+        seen[2].1 = Some(follower(4, ""));
+        let found = drifts(&table(ABC, 3), &reports(seen));
+        assert_eq!(repairs(&found), vec![(CHANGE_LEADER, "c")]);
+    }
+
+    #[test]
+    fn a_leader_without_its_replica_gets_change_leader() {
+        let mut seen = healthy();
+        seen[0].1 = None;
+        assert_eq!(
+            repairs(&drifts(&table(ABC, 3), &reports(seen))),
+            vec![(CHANGE_LEADER, "a")]
+        );
+    }
+
+    /// A follower that restarted comes back following nobody.
+    #[test]
+    fn a_follower_astray_gets_recover_table() {
+        let mut seen = healthy();
+        seen[1].1 = Some(follower(3, ""));
+        seen[2].1 = Some(leader(2, &[], &[]));
+        assert_eq!(
+            repairs(&drifts(&table(ABC, 3), &reports(seen))),
+            vec![(RECOVER_TABLE, "b"), (RECOVER_TABLE, "c")]
+        );
+    }
+
+    #[test]
+    fn a_follower_not_shipped_to_gets_recover_table() {
+        let mut seen = healthy();
+        seen[0].1 = Some(leader(3, &["b", "c"], &["c"]));
+        assert_eq!(
+            repairs(&drifts(&table(ABC, 3), &reports(seen))),
+            vec![(RECOVER_TABLE, "c")]
+        );
+    }
+
+    #[test]
+    fn a_dead_member_still_shipped_to_gets_offline_replica() {
+        let t = table(
+            &[("a", true, true), ("b", false, true), ("c", false, false)],
+            3,
+        );
+        let seen = healthy().into_iter().filter(|(e, _)| *e != "c").collect();
+        assert_eq!(
+            repairs(&drifts(&t, &reports(seen))),
+            vec![(OFFLINE_REPLICA, "c")]
+        );
+        // Its tablet answered: it is back, and the planner's RecoverTable is the repair.
+        assert!(drifts(&t, &reports(healthy())).is_empty());
+    }
+
+    /// Replicas on tablets that did not answer are the planner's.
+    #[test]
+    fn unobserved_tablets_are_left_alone() {
+        let seen = healthy().into_iter().filter(|(e, _)| *e != "a").collect();
+        assert!(drifts(&table(ABC, 3), &reports(seen)).is_empty());
+    }
+
+    #[test]
+    fn a_partition_without_a_leader_is_the_planners() {
+        let t = table(&[("a", true, false), ("b", false, true)], 3);
+        assert!(drifts(&t, &reports(healthy())).is_empty());
+    }
+
+    #[test]
+    fn only_differences_seen_twice_in_a_row_are_repaired() {
+        let key = ("db".to_string(), "t".to_string());
+        let d = Drift {
+            pid: 0,
+            endpoint: "a".into(),
+            what: String::new(),
+            repair: CHANGE_LEADER,
+        };
+        let mut confirmations = Confirmations::default();
+        assert!(confirmations
+            .confirm(vec![(key.clone(), d.clone())])
+            .is_empty());
+        assert_eq!(
+            confirmations.confirm(vec![(key.clone(), d.clone())]).len(),
+            1
+        );
+        // Gone for a pass: counting starts again.
+        assert!(confirmations.confirm(vec![]).is_empty());
+        assert!(confirmations.confirm(vec![(key, d)]).is_empty());
+    }
+}
