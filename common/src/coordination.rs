@@ -222,41 +222,64 @@ pub async fn run_registration(
         };
         info!(path = %path, session_timeout = ?client.session_timeout(), "registered in ZooKeeper");
         lease.new_session(client.session_timeout());
-        // Renewals follow the timeout the server granted, which the lease is sized from.
-        let (beat, request_timeout) = renewal_timing(client.session_timeout());
-        // Renew the lease every beat with a sync (through the ZooKeeper leader) and a
-        // read of our own node.
-        loop {
-            let sent = Instant::now();
-            let renewal = async {
-                client.sync(&path).await?;
-                client.check_stat(&path).await
-            };
-            let answer = tokio::select! {
-                a = tokio::time::timeout(request_timeout, renewal) => a,
-                _ = stop.changed() => {
-                    // Leave cleanly: the node goes away with the session at once.
-                    drop(client);
-                    return;
-                }
-            };
-            match answer {
-                Ok(Ok(Some(_))) => lease.renew(sent),
-                Ok(Ok(None)) => {
-                    warn!(path = %path, "registration node vanished; registering again");
-                    break;
-                }
-                Ok(Err(ZkError::SessionExpired)) | Ok(Err(ZkError::ClientClosed)) => {
-                    warn!("ZooKeeper session expired; registering again");
-                    break;
-                }
-                Ok(Err(e)) => warn!(error = %e, "ZooKeeper request failed"),
-                Err(_) => warn!(timeout = ?request_timeout, "ZooKeeper did not answer in time"),
+        match keep_lease(&client, &path, &lease, &mut stop).await {
+            LeaseEnd::Stopped => {
+                // Leave cleanly: the node goes away with the session at once.
+                drop(client);
+                return;
             }
-            tokio::select! {
-                _ = tokio::time::sleep(beat) => {}
-                _ = stop.changed() => return,
+            LeaseEnd::NodeGone => {
+                warn!(path = %path, "registration node vanished; registering again")
             }
+            LeaseEnd::SessionEnded => warn!("ZooKeeper session expired; registering again"),
+        }
+    }
+}
+
+/// Why `keep_lease` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEnd {
+    /// `stop` turned true.
+    Stopped,
+    /// The node renewals read is gone.
+    NodeGone,
+    /// The session expired or was closed.
+    SessionEnded,
+}
+
+/// Renews `lease` from `client`'s session until it ends: every beat a `sync` (through the
+/// ZooKeeper leader) and a read of `path`, each answer renewing the lease from when it
+/// was asked. The lease must already be sized for this session (`Lease::new_session`).
+pub async fn keep_lease(
+    client: &Client,
+    path: &str,
+    lease: &Lease,
+    stop: &mut watch::Receiver<bool>,
+) -> LeaseEnd {
+    // Renewals follow the timeout the server granted, which the lease is sized from.
+    let (beat, request_timeout) = renewal_timing(client.session_timeout());
+    loop {
+        let sent = Instant::now();
+        let renewal = async {
+            client.sync(path).await?;
+            client.check_stat(path).await
+        };
+        let answer = tokio::select! {
+            a = tokio::time::timeout(request_timeout, renewal) => a,
+            _ = stop.changed() => return LeaseEnd::Stopped,
+        };
+        match answer {
+            Ok(Ok(Some(_))) => lease.renew(sent),
+            Ok(Ok(None)) => return LeaseEnd::NodeGone,
+            Ok(Err(ZkError::SessionExpired)) | Ok(Err(ZkError::ClientClosed)) => {
+                return LeaseEnd::SessionEnded
+            }
+            Ok(Err(e)) => warn!(error = %e, "ZooKeeper request failed"),
+            Err(_) => warn!(timeout = ?request_timeout, "ZooKeeper did not answer in time"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(beat) => {}
+            _ = stop.changed() => return LeaseEnd::Stopped,
         }
     }
 }

@@ -32,7 +32,7 @@ enum Command {
 }
 
 /// Cluster-wide operations on a Tessera cluster.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "tessera-ops", version, rename_all = "snake_case")]
 struct Args {
     /// ZooKeeper connect string (host:port[,host:port…]).
@@ -103,6 +103,15 @@ async fn run(args: Args) -> Result<bool, OpsError> {
         Duration::from_secs(args.timeout),
     )
     .await?;
+    ops.command = args
+        .cmd
+        .to_possible_value()
+        .map_or_else(|| "tessera-ops".into(), |v| v.get_name().to_string());
+    // A run that died with auto_failover off is undone before anything else (a dry run
+    // changes nothing, so it only reports it).
+    if !args.dry_run {
+        ops.restore_interrupted().await?;
+    }
     let endpoints: Vec<String> = args
         .endpoints
         .iter()
@@ -170,10 +179,57 @@ async fn run(args: Args) -> Result<bool, OpsError> {
     }
 }
 
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM), naming the signal.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// After an interruption: puts back the auto_failover setting this run turned off.
+async fn restore_after_interruption(args: &Args) {
+    let restored = async {
+        let mut ops = Ops::connect(
+            &args.zk_cluster,
+            &args.zk_root_path,
+            Duration::from_secs(30),
+        )
+        .await?;
+        ops.restore_interrupted().await
+    };
+    match tokio::time::timeout(Duration::from_secs(30), restored).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!(
+            "tessera-ops: could not restore auto_failover ({e}); the next run will, or run \
+             `confset auto_failover true` in ns_client"
+        ),
+        Err(_) => eprintln!(
+            "tessera-ops: could not restore auto_failover in time; the next run will, or run \
+             `confset auto_failover true` in ns_client"
+        ),
+    }
+}
+
 #[tokio::main(worker_threads = 2)]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args).await {
+    let outcome = tokio::select! {
+        outcome = run(args.clone()) => outcome,
+        signal = interrupted() => {
+            eprintln!("tessera-ops: interrupted by {signal}; ops already started go on in the nameserver");
+            restore_after_interruption(&args).await;
+            return ExitCode::from(130);
+        }
+    };
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("tessera-ops: finished with failures (see above)");

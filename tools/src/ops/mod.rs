@@ -2,10 +2,12 @@
 //!
 //! Every command that changes replicas turns `auto_failover` off while it works (the
 //! nameserver refuses hand-made ops otherwise, and would be repairing the same
-//! partitions at the same time) and puts back the setting it found, also when it fails.
+//! partitions at the same time) and puts back the setting it found, also when it fails
+//! or is interrupted; a run killed outright is found and undone by the next (`pause`).
 
 pub mod balance;
 pub mod leaders;
+pub mod pause;
 pub mod recoverdata;
 pub mod status;
 
@@ -51,6 +53,8 @@ pub struct Ops {
     pub zk_root_path: String,
     /// How long a command waits for the ops it started.
     pub timeout: Duration,
+    /// The command being run, as recorded when it turns auto_failover off.
+    pub command: String,
 }
 
 pub use tessera_ns_client::nameserver::op_ended as is_finished;
@@ -65,6 +69,7 @@ impl Ops {
             zk_cluster: zk_cluster.to_string(),
             zk_root_path: zk_root_path.trim_end_matches('/').to_string(),
             timeout,
+            command: "tessera-ops".into(),
         })
     }
 
@@ -102,30 +107,6 @@ impl Ops {
             .await
             .map_err(refused)?;
         Ok(())
-    }
-
-    /// Turns auto_failover off and returns what it was, for [`Ops::restore_auto_failover`].
-    pub async fn pause_auto_failover(&mut self) -> Result<bool> {
-        let found = self.auto_failover().await?;
-        if found {
-            self.set_auto_failover(false).await?;
-            println!("auto_failover was on: off while this command works");
-        }
-        Ok(found)
-    }
-
-    /// Puts auto_failover back; reports (and does not hide the command's result) when it
-    /// cannot.
-    pub async fn restore_auto_failover(&mut self, found: bool) {
-        if !found {
-            return;
-        }
-        match self.set_auto_failover(true).await {
-            Ok(()) => println!("auto_failover is on again"),
-            Err(e) => eprintln!(
-                "could not turn auto_failover back on ({e}); run `confset auto_failover true` in ns_client"
-            ),
-        }
     }
 
     /// Every table of every database, with its partitions' metadata.
@@ -334,6 +315,7 @@ pub(crate) mod fixtures {
                             endpoint: endpoint.to_string(),
                             is_leader: *leads,
                             is_alive: true,
+                            joining: false,
                         })
                         .collect(),
                     ..Default::default()
