@@ -384,6 +384,17 @@ impl Nameserver {
         }
     }
 
+    async fn was_cancelled(&self, op_id: u64) -> bool {
+        let cancelled = self
+            .op(op_id)
+            .await
+            .is_ok_and(|stored| stored.status == CANCELED);
+        if cancelled {
+            info!(op_id, "op cancelled");
+        }
+        cancelled
+    }
+
     async fn execute(&self, mut op: OpInfo) {
         op.status = DOING.into();
         if self.save_op(&op).await.is_err() {
@@ -395,8 +406,12 @@ impl Nameserver {
             if !self.is_leader() {
                 return;
             }
+            // An operator may have cancelled it between two tasks.
+            if self.was_cancelled(op.op_id).await {
+                return;
+            }
             let task = op.tasks[op.task_index as usize].clone();
-            let outcome = match self.injected_failure(&task) {
+            let outcome = match self.injected_fault(&task).await {
                 Some(failure) => Ok(Err(failure)),
                 None => {
                     tokio::time::timeout(self.task_timeout, self.run_task(&mut op, &task)).await
@@ -408,6 +423,11 @@ impl Nameserver {
                 Err(_) => Some(format!("{task} timed out after {:?}", self.task_timeout)),
             };
             if let Some(reason) = failure {
+                if !self.is_leader() {
+                    // Not a failure of the op: whoever leads resumes it.
+                    warn!(op_id = op.op_id, reason = %reason, "op paused: this nameserver no longer leads");
+                    return;
+                }
                 warn!(op_id = op.op_id, op_type = %op.op_type, reason = %reason, "op failed");
                 self.undo_half_done(&op).await;
                 op.status = FAILED.into();
@@ -614,13 +634,13 @@ impl Nameserver {
             op.term = self.take_term(partition.term).await?;
             self.save_op(op).await?;
         }
-        let (mut answered, ahead) = fence_all(table, partition, op).await;
+        let (mut answered, ahead) = self.fence_all(table, partition, op).await?;
         if let Some(ahead) = ahead.filter(|t| *t >= op.term) {
             // Some replica is already in a term at least this high (taken before the
             // counter existed, or by an attempt that failed): take one above it.
             op.term = self.take_term(ahead).await?;
             self.save_op(op).await?;
-            answered = fence_all(table, partition, op).await.0;
+            answered = self.fence_all(table, partition, op).await?.0;
         }
         let candidate = (!op.chosen.is_empty()).then(|| op.chosen.clone());
         // In quorum mode the answers must meet every majority of the voting sets the
@@ -680,6 +700,7 @@ impl Nameserver {
             .iter()
             .filter(|r| r.endpoint != op.chosen && r.endpoint != op.endpoint && r.is_alive)
         {
+            self.check_leading()?;
             let followed = async {
                 let mut client = tablet(&replica.endpoint).await?;
                 call(
@@ -714,6 +735,7 @@ impl Nameserver {
         } else {
             voting_members(partition, &op.chosen, &told)
         };
+        self.check_leading()?;
         let mut client = tablet(&op.chosen).await?;
         call(
             &op.chosen,
@@ -1040,51 +1062,55 @@ fn in_start_order(mut ops: Vec<OpInfo>) -> Vec<OpInfo> {
     ops
 }
 
-/// Fences every replica but the failed leader at the op's term. Returns the answers and
-/// the highest term a refusal named (a replica already in that term).
-async fn fence_all(
-    table: &TableInfo,
-    partition: &PartitionMeta,
-    op: &OpInfo,
-) -> (Vec<Fenced>, Option<u64>) {
-    let mut answered = Vec::new();
-    let mut ahead = None;
-    for replica in partition
-        .replicas
-        .iter()
-        .filter(|r| r.endpoint != op.endpoint)
-    {
-        let Ok(mut client) = tablet(&replica.endpoint).await else {
-            warn!(op_id = op.op_id, endpoint = %replica.endpoint, "fence failed: unreachable");
-            continue;
-        };
-        let fenced = client
-            .fence(tpb::FenceRequest {
-                tid: table.tid,
-                pid: op.pid,
-                term: op.term,
-            })
-            .await;
-        match fenced {
-            Ok(f) => {
-                let f = f.into_inner();
-                answered.push(Fenced {
-                    endpoint: replica.endpoint.clone(),
-                    last_term: f.last_term,
-                    last_offset: f.last_offset,
+impl Nameserver {
+    /// Fences every replica but the failed leader at the op's term. Returns the answers and
+    /// the highest term a refusal named (a replica already in that term).
+    async fn fence_all(
+        &self,
+        table: &TableInfo,
+        partition: &PartitionMeta,
+        op: &OpInfo,
+    ) -> Result<(Vec<Fenced>, Option<u64>)> {
+        let mut answered = Vec::new();
+        let mut ahead = None;
+        for replica in partition
+            .replicas
+            .iter()
+            .filter(|r| r.endpoint != op.endpoint)
+        {
+            self.check_leading()?;
+            let Ok(mut client) = tablet(&replica.endpoint).await else {
+                warn!(op_id = op.op_id, endpoint = %replica.endpoint, "fence failed: unreachable");
+                continue;
+            };
+            let fenced = client
+                .fence(tpb::FenceRequest {
+                    tid: table.tid,
+                    pid: op.pid,
+                    term: op.term,
                 })
-            }
-            Err(status) => {
-                if let Some(detail) = wire_error::detail_of(&status)
-                    .filter(|d| d.code() == wire_error::ErrorCode::StaleTerm)
-                {
-                    ahead = ahead.max(Some(detail.term));
+                .await;
+            match fenced {
+                Ok(f) => {
+                    let f = f.into_inner();
+                    answered.push(Fenced {
+                        endpoint: replica.endpoint.clone(),
+                        last_term: f.last_term,
+                        last_offset: f.last_offset,
+                    })
                 }
-                warn!(op_id = op.op_id, endpoint = %replica.endpoint, error = %status.message(), "fence failed")
+                Err(status) => {
+                    if let Some(detail) = wire_error::detail_of(&status)
+                        .filter(|d| d.code() == wire_error::ErrorCode::StaleTerm)
+                    {
+                        ahead = ahead.max(Some(detail.term));
+                    }
+                    warn!(op_id = op.op_id, endpoint = %replica.endpoint, error = %status.message(), "fence failed")
+                }
             }
         }
+        Ok((answered, ahead))
     }
-    (answered, ahead)
 }
 
 /// The voting members a new leader `chosen` is given: every other replica of the

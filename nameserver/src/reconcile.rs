@@ -92,21 +92,26 @@ fn partition_drifts(
     };
     // The metadata is behind the tablets: some replica took a later term (a ChangeLeader
     // fenced it and then failed). Only a new ChangeLeader settles who leads.
-    if let Some((replica, status)) = partition
-        .replicas
-        .iter()
+    // The named leader is reported first.
+    if let Some((replica, status)) = std::iter::once(leader)
+        .chain(partition.replicas.iter())
         .filter_map(|r| Some((r, observe(r)??)))
         .find(|(_, s)| s.term > partition.term)
     {
-        return vec![drift(
-            replica,
+        let what = if replica.is_leader {
             format!(
-                "is {} but the metadata's term is {}",
+                "should lead in term {} but is {}",
+                partition.term,
+                role_of(status)
+            )
+        } else {
+            format!(
+                "is {}, ahead of the metadata's term {}",
                 role_of(status),
                 partition.term
-            ),
-            CHANGE_LEADER,
-        )];
+            )
+        };
+        return vec![drift(replica, what, CHANGE_LEADER)];
     }
     let leader_status = match observe(leader) {
         None => return Vec::new(),

@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::schedule::{run_snapshot_schedule, SnapshotSchedule};
 use crate::service::NameserverService;
-use crate::state::Nameserver;
+use crate::state::{Nameserver, TaskFault};
 
 #[derive(Debug, Clone)]
 pub struct NameserverConfig {
@@ -23,8 +23,8 @@ pub struct NameserverConfig {
     /// Every op task fails its op after this long.
     pub task_timeout: Duration,
     pub snapshot_schedule: SnapshotSchedule,
-    /// Fault injection for tests: the first run of this op task fails.
-    pub fail_task_once: Option<String>,
+    /// Fault injection for tests: a fault for the first run of one op task.
+    pub inject_task_fault: Option<TaskFault>,
 }
 
 impl NameserverConfig {
@@ -62,8 +62,8 @@ pub async fn run(
         },
         config.task_timeout,
     );
-    if let Some(task) = &config.fail_task_once {
-        state.fail_task_once(task);
+    if let Some(fault) = &config.inject_task_fault {
+        state.inject_task_fault(fault.clone());
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let election = tokio::spawn(state.clone().run_election(stopped.clone()));

@@ -70,12 +70,48 @@ pub struct Nameserver {
     /// ChangeLeader: the replicas that accepted to follow, from kPromoteLeader to
     /// kUpdateLeaderInfo (after a leader change they count as alive).
     pub(crate) told_followers: parking_lot::Mutex<std::collections::HashMap<u64, Vec<String>>>,
-    /// Fault injection for tests: the next run of this task fails (see `--fail-task-once`).
-    fail_task_once: parking_lot::Mutex<Option<String>>,
+    /// Fault injection for tests: the next run of one task fails or is delayed.
+    task_fault: parking_lot::Mutex<Option<TaskFault>>,
     /// Valid while ZooKeeper answered within two thirds of the session timeout: a leader
     /// without it acts as no leader (no op task, no metadata write, 503 on the leader
     /// check), well before a standby can take over.
     lease: Arc<Lease>,
+}
+
+/// A fault injected into the next run of one op task, for tests (`--inject_task_fault`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskFault {
+    pub task: String,
+    pub kind: TaskFaultKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskFaultKind {
+    /// The task fails without running.
+    Fail,
+    /// The task runs after this delay.
+    Delay(Duration),
+}
+
+impl std::str::FromStr for TaskFault {
+    type Err = String;
+
+    /// `<task>:fail` or `<task>:delay_ms=<n>`.
+    fn from_str(text: &str) -> std::result::Result<TaskFault, String> {
+        let usage = || format!("`{text}`: expected <task>:fail or <task>:delay_ms=<n>");
+        let (task, kind) = text.split_once(':').ok_or_else(usage)?;
+        let kind = match kind.split_once('=') {
+            None if kind == "fail" => TaskFaultKind::Fail,
+            Some(("delay_ms", ms)) => {
+                TaskFaultKind::Delay(Duration::from_millis(ms.parse().map_err(|_| usage())?))
+            }
+            _ => return Err(usage()),
+        };
+        Ok(TaskFault {
+            task: task.to_string(),
+            kind,
+        })
+    }
 }
 
 /// Where this nameserver stands in the election.
@@ -96,7 +132,7 @@ impl Nameserver {
     pub fn new(endpoint: String, settings: ZkSettings, task_timeout: Duration) -> Arc<Nameserver> {
         Arc::new(Nameserver {
             task_timeout,
-            fail_task_once: parking_lot::Mutex::default(),
+            task_fault: parking_lot::Mutex::default(),
             lease: Lease::for_session(settings.session_timeout),
             told_followers: parking_lot::Mutex::default(),
             endpoint,
@@ -111,26 +147,50 @@ impl Nameserver {
         })
     }
 
-    /// Makes the next run of `task` fail, once (fault injection for tests).
-    pub fn fail_task_once(&self, task: &str) {
-        *self.fail_task_once.lock() = Some(task.to_string());
+    /// Arms a fault for the next run of an op task (fault injection for tests).
+    pub fn inject_task_fault(&self, fault: TaskFault) {
+        *self.task_fault.lock() = Some(fault);
     }
 
-    /// The injected failure for this run of `task`, if one is armed.
-    pub(crate) fn injected_failure(&self, task: &str) -> Option<NsError> {
-        let mut armed = self.fail_task_once.lock();
-        if armed.as_deref() != Some(task) {
-            return None;
+    /// Applies the armed fault if it is for `task` (once): a failure to report, or a
+    /// delay before the task runs.
+    pub(crate) async fn injected_fault(&self, task: &str) -> Option<NsError> {
+        let fault = {
+            let mut armed = self.task_fault.lock();
+            if armed.as_ref().is_none_or(|f| f.task != task) {
+                return None;
+            }
+            armed.take()?
+        };
+        warn!(task, fault = ?fault.kind, "injecting a fault (--inject_task_fault)");
+        match fault.kind {
+            TaskFaultKind::Fail => Some(NsError::InvalidArgument(format!(
+                "{task} failed by injection"
+            ))),
+            TaskFaultKind::Delay(delay) => {
+                tokio::time::sleep(delay).await;
+                None
+            }
         }
-        *armed = None;
-        warn!(task, "failing the task as asked (--fail-task-once)");
-        Some(NsError::InvalidArgument(format!(
-            "{task} failed by injection"
-        )))
     }
 
     pub fn is_leader(&self) -> bool {
         self.leadership() == Leadership::Leading
+    }
+
+    /// Refuses unless this nameserver leads with a valid lease: checked before each
+    /// tablet RPC of a failover, so a leader that stalled (a pause, a lost network) sends
+    /// nothing more once it may have been replaced.
+    pub(crate) fn check_leading(&self) -> Result<()> {
+        match self.leadership() {
+            Leadership::Leading => Ok(()),
+            Leadership::Suspended => Err(NsError::Zk(
+                "lost touch with ZooKeeper mid-op; whoever leads resumes it".into(),
+            )),
+            Leadership::Standby => Err(NsError::NotLeader {
+                leader: String::new(),
+            }),
+        }
     }
 
     pub fn leadership(&self) -> Leadership {
@@ -770,6 +830,18 @@ mod tests {
         assert!(check_name("table", "1t").is_err());
         assert!(check_name("table", "a.b").is_err());
         assert!(check_name("table", "a/b").is_err());
+    }
+
+    #[test]
+    fn task_faults_parse() {
+        let fail: TaskFault = "kPromoteLeader:fail".parse().unwrap();
+        assert_eq!(fail.task, "kPromoteLeader");
+        assert_eq!(fail.kind, TaskFaultKind::Fail);
+        let delay: TaskFault = "kFenceReplicas:delay_ms=250".parse().unwrap();
+        assert_eq!(delay.kind, TaskFaultKind::Delay(Duration::from_millis(250)));
+        for bad in ["kPromoteLeader", "x:sleep", "x:delay_ms=soon"] {
+            assert!(bad.parse::<TaskFault>().is_err(), "{bad}");
+        }
     }
 
     #[test]

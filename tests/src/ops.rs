@@ -1,7 +1,7 @@
 //! Running `tessera-ops` against a test cluster, and checks shared by its tests.
 
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
-use tessera_proto::nameserver::{ConfGetRequest, ShowOpStatusRequest};
+use tessera_proto::nameserver::{ConfGetRequest, ConfSetRequest, ShowOpStatusRequest};
 use tonic::transport::Channel;
 
 use crate::{binary, ZooKeeper};
@@ -51,4 +51,13 @@ pub async fn auto_failover(ns: &mut NameserverClient<Channel>) -> bool {
     .entries
     .iter()
     .any(|e| e.value == "true")
+}
+
+pub async fn set_auto_failover(ns: &mut NameserverClient<Channel>, on: bool) {
+    ns.conf_set(ConfSetRequest {
+        key: "auto_failover".into(),
+        value: on.to_string(),
+    })
+    .await
+    .expect("confset");
 }

@@ -8,6 +8,7 @@ use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::*;
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
+use tessera_tests::ops::set_auto_failover;
 use tessera_tests::wait_until_async;
 use tessera_tests::workload;
 use tonic::transport::Channel;
@@ -75,15 +76,6 @@ async fn put(endpoint: &str, pid: u32, seq: u64) -> Result<(), tonic::Status> {
         .put(workload::put_request(1, pid, 0, seq))
         .await
         .map(|_| ())
-}
-
-async fn set_auto_failover(ns: &mut NameserverClient<Channel>, on: bool) {
-    ns.conf_set(ConfSetRequest {
-        key: "auto_failover".into(),
-        value: on.to_string(),
-    })
-    .await
-    .expect("confset");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

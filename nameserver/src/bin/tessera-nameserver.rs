@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use tessera_common::server_process::{init_logging, shutdown_signal};
 use tessera_nameserver::schedule::SnapshotSchedule;
+use tessera_nameserver::state::TaskFault;
 use tessera_nameserver::NameserverConfig;
 
 #[derive(Parser, Debug)]
@@ -38,10 +39,10 @@ struct Flags {
     /// Hour of the day (UTC, 0-23) for the daily snapshot of every partition; -1: never.
     #[arg(long, default_value_t = 23, allow_negative_numbers = true)]
     make_snapshot_time: i32,
-    /// Fault injection for tests: the first run of this op task (e.g. kPromoteLeader)
-    /// fails.
+    /// Fault injection for tests: the first run of one op task fails
+    /// (`kPromoteLeader:fail`) or waits first (`kPromoteLeader:delay_ms=3000`).
     #[arg(long, hide = true)]
-    fail_task_once: Option<String>,
+    inject_task_fault: Option<TaskFault>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,7 +54,7 @@ fn main() -> anyhow::Result<()> {
         zk_root_path: flags.zk_root_path,
         zk_session_timeout: Duration::from_millis(flags.zk_session_timeout),
         task_timeout: Duration::from_millis(flags.task_timeout),
-        fail_task_once: flags.fail_task_once,
+        inject_task_fault: flags.inject_task_fault,
         snapshot_schedule: match (flags.snapshot_interval, flags.make_snapshot_time) {
             (0, -1) => SnapshotSchedule::Off,
             (0, hour @ 0..=23) => SnapshotSchedule::DailyAt(hour as u32),

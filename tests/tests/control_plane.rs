@@ -1,0 +1,504 @@
+//! The nameserver's side of safety, with real processes: one leader per term however
+//! ChangeLeader attempts race, a reconciler that repairs what the metadata does not see,
+//! operator tools that put back what they change, and a nameserver that stops acting
+//! once it may have been replaced.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_common::Value;
+use tessera_ns_client::{Client, ClientOptions};
+use tessera_proto::nameserver::nameserver_client::NameserverClient;
+use tessera_proto::nameserver::{
+    ChangeLeaderRequest, ConfSetRequest, OpIdRequest, OpInfo, ShowOpStatusRequest,
+};
+use tessera_proto::tablet::tablet_client::TabletClient;
+use tessera_proto::tablet::{GetTableStatusRequest, TableRole};
+use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
+use tessera_tests::ops::{self, auto_failover, set_auto_failover};
+use tessera_tests::process::http_get;
+use tessera_tests::routed::{leaders, table_rows};
+use tessera_tests::{binary, wait_until_async, NameserverProcess};
+use tonic::transport::Channel;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn row(key: &str, i: i64) -> Vec<Value> {
+    vec![
+        Value::String(key.into()),
+        Value::Int64(i),
+        Value::Int64(i * 3),
+        Value::String("payload".into()),
+    ]
+}
+
+async fn sdk(cluster: &NsCluster, deadline: Duration) -> Client {
+    Client::connect_with(
+        &cluster.zk.connect_string(),
+        "/tessera",
+        ClientOptions {
+            deadline,
+            ..ClientOptions::default()
+        },
+    )
+    .await
+    .expect("connect the SDK")
+}
+
+async fn all_ops(ns: &mut NameserverClient<Channel>) -> Vec<OpInfo> {
+    ns.show_op_status(ShowOpStatusRequest::default())
+        .await
+        .map(|r| r.into_inner().ops)
+        .unwrap_or_default()
+}
+
+async fn op(ns: &mut NameserverClient<Channel>, op_id: u64) -> Option<OpInfo> {
+    all_ops(ns).await.into_iter().find(|o| o.op_id == op_id)
+}
+
+async fn change_leader(ns: &mut NameserverClient<Channel>, candidate: &str) -> u64 {
+    ns.change_leader(ChangeLeaderRequest {
+        db: String::new(),
+        name: "t1".into(),
+        pid: 0,
+        candidate: candidate.into(),
+        force: false,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("changeleader: {}", e.message()))
+    .into_inner()
+    .ops[0]
+        .op_id
+}
+
+/// What each reachable tablet says of partition 0 of `tid`: (role, term).
+async fn replica_roles(endpoints: &[String], tid: u32) -> BTreeMap<String, (TableRole, u64)> {
+    let mut out = BTreeMap::new();
+    for endpoint in endpoints {
+        let Ok(Ok(mut client)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            TabletClient::connect(format!("http://{endpoint}")),
+        )
+        .await
+        else {
+            continue;
+        };
+        let asked = tokio::time::timeout(
+            Duration::from_millis(500),
+            client.get_table_status(GetTableStatusRequest {
+                tid: Some(tid),
+                pid: Some(0),
+            }),
+        )
+        .await;
+        if let Ok(Ok(status)) = asked {
+            if let Some(s) = status.into_inner().tables.first() {
+                out.insert(endpoint.clone(), (s.role(), s.term));
+            }
+        }
+    }
+    out
+}
+
+/// Samples every replica's role until stopped, and returns each term's leaders.
+fn watch_leaders(
+    endpoints: Vec<String>,
+    tid: u32,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<BTreeMap<u64, BTreeSet<String>>> {
+    tokio::spawn(async move {
+        let mut seen: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+        while !stop.load(Ordering::Relaxed) {
+            for (endpoint, (role, term)) in replica_roles(&endpoints, tid).await {
+                if role == TableRole::Leader {
+                    seen.entry(term).or_default().insert(endpoint);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        seen
+    })
+}
+
+/// Waits until partition 0 of t1 has one leader that the tablets agree with (no
+/// difference in showtable) and takes a write.
+async fn wait_served(cluster: &NsCluster, what: &str) {
+    let ns = cluster.ns().await;
+    let writer = sdk(cluster, Duration::from_secs(2)).await;
+    let writer = &writer;
+    let mut attempt = 0;
+    wait_until_async(WAIT, what, || {
+        let mut ns = ns.clone();
+        attempt += 1;
+        let key = format!("probe-{attempt}");
+        async move {
+            let rows = table_rows(&mut ns, "t1").await;
+            leaders(&rows).contains_key(&0)
+                && rows.iter().all(|r| r.drift.is_empty())
+                && writer.put("default", "t1", row(&key, 0)).await.is_ok()
+        }
+    })
+    .await;
+}
+
+/// An operator cancels a ChangeLeader whose promotion is under way and asks for another
+/// leader: the first attempt still promotes its replica, after the cancel. The second
+/// takes a term of its own from the counter, so however the two interleave no term ever
+/// has two leaders (before, both took `metadata term + 1`), the cancel stands, and the
+/// partition ends with one leader holding every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_change_leaders_end_with_one_leader_per_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = NsCluster::start(
+        dir.path(),
+        NsClusterSpec {
+            nameserver_args: &["--inject_task_fault=kPromoteLeader:delay_ms=3000"],
+            ..NsClusterSpec::fast_failover()
+        },
+    )
+    .await;
+    let table = cluster.create_table("t1", 1, 3).await;
+    let mut ns = cluster.ns().await;
+    set_auto_failover(&mut ns, false).await;
+    let rows = table_rows(&mut ns, "t1").await;
+    let endpoints: Vec<String> = rows.iter().map(|r| r.endpoint.clone()).collect();
+    let leader = leaders(&rows)[&0].clone();
+    let others: Vec<&String> = endpoints.iter().filter(|e| **e != leader).collect();
+    let writer = sdk(&cluster, Duration::from_secs(30)).await;
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let key = format!("before-{i}");
+        writer
+            .put("default", "t1", row(&key, i))
+            .await
+            .expect("put");
+        acked.push(key);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_leaders(endpoints.clone(), table.tid, stop.clone());
+    let first = change_leader(&mut ns, others[0]).await;
+    wait_until_async(
+        WAIT,
+        "the first ChangeLeader to reach its promotion",
+        || {
+            let mut ns = ns.clone();
+            async move {
+                op(&mut ns, first)
+                    .await
+                    .is_some_and(|o| o.status == "kDoing" && o.task_index == 1)
+            }
+        },
+    )
+    .await;
+    ns.cancel_op(OpIdRequest { op_id: first })
+        .await
+        .expect("cancel the first attempt");
+    let second = change_leader(&mut ns, others[1]).await;
+    wait_until_async(WAIT, "the second ChangeLeader to finish", || {
+        let mut ns = ns.clone();
+        async move {
+            op(&mut ns, second)
+                .await
+                .is_some_and(|o| o.status == "kDone")
+        }
+    })
+    .await;
+    wait_served(&cluster, "one serving leader after the race").await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = watcher.await.unwrap();
+
+    let first = op(&mut ns, first).await.expect("first op");
+    let second = op(&mut ns, second).await.expect("second op");
+    assert_eq!(first.status, "kCanceled", "the cancel stands: {first:?}");
+    assert!(
+        second.term > first.term && first.term > 0,
+        "each attempt has a term of its own: {} then {}",
+        first.term,
+        second.term
+    );
+    for (term, holders) in &seen {
+        assert_eq!(holders.len(), 1, "term {term} had two leaders: {holders:?}");
+    }
+    assert!(
+        seen.get(&first.term).is_some(),
+        "the cancelled attempt promoted its replica in term {} (seen: {seen:?})",
+        first.term
+    );
+    let final_roles = replica_roles(&endpoints, table.tid).await;
+    let leading: Vec<_> = final_roles
+        .iter()
+        .filter(|(_, (role, _))| *role == TableRole::Leader)
+        .collect();
+    assert_eq!(leading.len(), 1, "{final_roles:?}");
+    for key in &acked {
+        assert!(
+            writer
+                .get("default", "t1", vec![Value::String(key.clone())])
+                .await
+                .expect("get")
+                .is_some(),
+            "acknowledged row {key} was lost"
+        );
+    }
+}
+
+/// A ChangeLeader fences every replica and then fails to promote: the metadata still
+/// names the old leader, which no longer leads. With auto_failover off showtable shows
+/// the difference; turned on, the reconciler gives the partition a leader within
+/// seconds (before, nothing ever did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_leader_whose_promotion_fails_is_repaired_by_the_reconciler() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = NsCluster::start(
+        dir.path(),
+        NsClusterSpec {
+            nameserver_args: &["--inject_task_fault=kPromoteLeader:fail"],
+            ..NsClusterSpec::fast_failover()
+        },
+    )
+    .await;
+    cluster.create_table("t1", 1, 3).await;
+    let mut ns = cluster.ns().await;
+    set_auto_failover(&mut ns, false).await;
+    let leader = leaders(&table_rows(&mut ns, "t1").await)[&0].clone();
+    let failed = change_leader(&mut ns, "").await;
+    wait_until_async(WAIT, "the ChangeLeader to fail", || {
+        let mut ns = ns.clone();
+        async move {
+            op(&mut ns, failed)
+                .await
+                .is_some_and(|o| o.status == "kFailed")
+        }
+    })
+    .await;
+    let rows = table_rows(&mut ns, "t1").await;
+    let drift = rows
+        .iter()
+        .find(|r| r.endpoint == leader)
+        .map(|r| r.drift.clone())
+        .unwrap_or_default();
+    assert!(
+        drift.contains("should lead"),
+        "showtable shows that the named leader does not lead: {rows:?}"
+    );
+    let writer = sdk(&cluster, Duration::from_secs(2)).await;
+    assert!(
+        writer.put("default", "t1", row("fenced", 1)).await.is_err(),
+        "every replica is fenced"
+    );
+
+    set_auto_failover(&mut ns, true).await;
+    wait_served(&cluster, "the reconciler to give the partition a leader").await;
+    assert!(
+        all_ops(&mut ns)
+            .await
+            .iter()
+            .any(|o| o.op_id > failed && o.op_type == "kChangeLeader" && o.status == "kDone"),
+        "the repair went through the op pipeline"
+    );
+}
+
+/// A tablet restarted before its ZooKeeper session expired, while auto_failover was off,
+/// comes back with the replica it led as a follower of nobody. Showtable shows it; with
+/// auto_failover on, the reconciler repairs it (before, the partition stayed without a
+/// serving leader for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tablet_restarted_within_its_session_is_shown_and_then_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = NsCluster::start(dir.path(), NsClusterSpec::fast_failover()).await;
+    cluster.create_table("t1", 1, 3).await;
+    let mut ns = cluster.ns().await;
+    set_auto_failover(&mut ns, false).await;
+    let writer = sdk(&cluster, Duration::from_secs(30)).await;
+    writer
+        .put("default", "t1", row("before", 1))
+        .await
+        .expect("put");
+    let leader = leaders(&table_rows(&mut ns, "t1").await)[&0].clone();
+    let index = cluster.tablet_index(&leader);
+    cluster.tablets[index].kill9();
+    cluster.tablets[index].restart().await;
+    wait_until_async(WAIT, "showtable to show the restarted leader", || {
+        let mut ns = ns.clone();
+        let leader = leader.clone();
+        async move {
+            table_rows(&mut ns, "t1")
+                .await
+                .iter()
+                .any(|r| r.endpoint == leader && r.drift.contains("follower of nobody"))
+        }
+    })
+    .await;
+    assert!(
+        table_rows(&mut ns, "t1").await.iter().all(|r| r.is_alive),
+        "the registry never saw it gone: the metadata still calls every replica alive"
+    );
+
+    set_auto_failover(&mut ns, true).await;
+    wait_served(&cluster, "the reconciler to repair the partition").await;
+    assert!(writer
+        .get("default", "t1", vec![Value::String("before".into())])
+        .await
+        .expect("get")
+        .is_some());
+}
+
+/// Reads tessera-ops' output until a line contains `needle`.
+async fn wait_for_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    needle: &str,
+) {
+    let found = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains(needle) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "tessera-ops never printed `{needle}`");
+}
+
+fn spawn_recoverdata(cluster: &NsCluster) -> tokio::process::Child {
+    tokio::process::Command::new(binary("tessera-ops"))
+        .arg(format!("--zk_cluster={}", cluster.zk.connect_string()))
+        .arg("--zk_root_path=/tessera")
+        .arg("--cmd=recoverdata")
+        .arg("--timeout=120")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run tessera-ops")
+}
+
+/// `tessera-ops recoverdata` turns auto_failover off while it works. Interrupted with
+/// Ctrl-C (SIGINT) mid-run it puts the setting back before exiting; killed outright, the
+/// next run of any command finds the record it left in ZooKeeper, says so, and puts the
+/// setting back (before, auto_failover stayed off for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_interrupted_tessera_ops_run_leaves_auto_failover_as_it_found_it() {
+    use tokio::io::AsyncBufReadExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = NsCluster::start(dir.path(), NsClusterSpec::fast_failover()).await;
+    cluster.create_table("t1", 2, 3).await;
+    let mut ns = cluster.ns().await;
+    assert!(auto_failover(&mut ns).await);
+    // A frozen tablet holds recoverdata up for as long as the test needs.
+    cluster.tablets[2].pause();
+
+    let mut run = spawn_recoverdata(&cluster);
+    let mut lines = tokio::io::BufReader::new(run.stdout.take().unwrap()).lines();
+    wait_for_line(&mut lines, "off while this command works").await;
+    assert!(!auto_failover(&mut ns).await, "off while recoverdata works");
+    let pid = run.id().expect("pid") as i32;
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let status = tokio::time::timeout(WAIT, run.wait())
+        .await
+        .expect("tessera-ops exits after SIGINT")
+        .unwrap();
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut run.stderr.take().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "interrupted mid-run: {stderr}");
+    assert!(stderr.contains("interrupted by SIGINT"), "{stderr}");
+    assert!(auto_failover(&mut ns).await, "auto_failover is back on");
+
+    // Killed outright: the setting stays off until the next run.
+    let mut run = spawn_recoverdata(&cluster);
+    let mut lines = tokio::io::BufReader::new(run.stdout.take().unwrap()).lines();
+    wait_for_line(&mut lines, "off while this command works").await;
+    run.kill().await.unwrap();
+    assert!(
+        !auto_failover(&mut ns).await,
+        "a killed run cannot restore it"
+    );
+    cluster.tablets[2].resume();
+    let out = ops::run_ok(&cluster.zk, "showopstatus", &[]).await;
+    assert!(
+        out.contains("ended without restoring auto_failover"),
+        "the next run reports the interrupted one:\n{out}"
+    );
+    assert!(auto_failover(&mut ns).await, "and restores the setting");
+    let again = ops::run_ok(&cluster.zk, "showopstatus", &[]).await;
+    assert!(
+        !again.contains("ended without restoring"),
+        "the record is gone once restored:\n{again}"
+    );
+}
+
+/// A leader nameserver that cannot reach ZooKeeper suspends itself within two thirds of
+/// its session timeout: 503 on the leader check, metadata changes refused, before a
+/// standby could be elected (which takes the whole timeout). Once ZooKeeper answers again
+/// one nameserver leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nameserver_cut_off_from_zookeeper_suspends_itself() {
+    // Long enough that the session outlives the pause: the lease lapses at two thirds of
+    // it, the session expires no sooner than nine tenths after the last renewal.
+    let session = Duration::from_millis(6000);
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = NsCluster::start(
+        dir.path(),
+        NsClusterSpec {
+            nameserver_session_ms: session.as_millis() as u64,
+            ..NsClusterSpec::fast_failover()
+        },
+    )
+    .await;
+    let standby = NameserverProcess::start(
+        &dir.path().join("ns2"),
+        &cluster.zk,
+        session.as_millis() as u64,
+    )
+    .await;
+    let leader = cluster.nameserver.endpoint.clone();
+    assert_eq!(http_get(&leader, "/api/leader-check").0, 200);
+    assert_eq!(http_get(&standby.endpoint, "/api/leader-check").0, 404);
+    let mut ns = cluster.ns().await;
+
+    cluster.zk.pause();
+    let cut = Instant::now();
+    let suspended = tessera_tests::wait::poll_until_async(session, || {
+        let leader = leader.clone();
+        async move { http_get(&leader, "/api/leader-check").0 == 503 }
+    })
+    .await;
+    let after = cut.elapsed();
+    let refused = ns
+        .conf_set(ConfSetRequest {
+            key: "auto_failover".into(),
+            value: "false".into(),
+        })
+        .await;
+    let health = http_get(&leader, "/api/health").1;
+    let standby_check = http_get(&standby.endpoint, "/api/leader-check").0;
+    cluster.zk.resume();
+    assert!(
+        suspended,
+        "the leader still answered 200 {after:?} after losing ZooKeeper (session {session:?})"
+    );
+    assert!(
+        refused.is_err_and(|e| e.message().contains("lost touch with ZooKeeper")),
+        "a suspended leader refuses metadata changes"
+    );
+    assert!(health.contains("suspended"), "{health}");
+    assert_eq!(standby_check, 404, "no standby took over meanwhile");
+
+    let both = [leader.clone(), standby.endpoint.clone()];
+    wait_until_async(WAIT, "one nameserver to lead again", || {
+        let both = both.clone();
+        async move {
+            both.iter()
+                .filter(|e| http_get(e, "/api/leader-check").0 == 200)
+                .count()
+                == 1
+        }
+    })
+    .await;
+}
