@@ -223,7 +223,7 @@ async fn racing_change_leaders_end_with_one_leader_per_term() {
         assert_eq!(holders.len(), 1, "term {term} had two leaders: {holders:?}");
     }
     assert!(
-        seen.get(&first.term).is_some(),
+        seen.contains_key(&first.term),
         "the cancelled attempt promoted its replica in term {} (seen: {seen:?})",
         first.term
     );
