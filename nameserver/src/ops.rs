@@ -37,8 +37,6 @@ pub const FAILED: &str = "kFailed";
 const MAX_PARALLEL_OPS: usize = 8;
 /// How often the leader compares metadata with the registry and starts ops.
 const TICK: Duration = Duration::from_millis(200);
-/// A follower this close to its leader counts as caught up.
-const CATCH_UP_LAG: u64 = 16;
 /// Finished ops kept for `showopstatus`.
 const KEEP_FINISHED: usize = 200;
 /// auto_failover waits this long after a failed op before planning its partition again.
@@ -78,13 +76,19 @@ fn tasks_of(op_type: &str) -> Vec<String> {
             "kWaitCatchUp",
             "kUpdatePartitionStatus",
         ],
-        DEL_REPLICA => &["kDelReplica", "kDropReplica", "kDelReplicaMeta"],
+        DEL_REPLICA => &[
+            "kMarkReplicaLeaving",
+            "kDelReplica",
+            "kDropReplica",
+            "kDelReplicaMeta",
+        ],
         MIGRATE => &[
             "kAddReplicaMeta",
             "kPrepareReplica",
             "kAddReplica",
             "kWaitCatchUp",
             "kUpdatePartitionStatus",
+            "kMarkSourceLeaving",
             "kDelSourceReplica",
             "kDropSourceReplica",
             "kDelSourceReplicaMeta",
@@ -246,7 +250,10 @@ impl Nameserver {
             let mut busy: HashSet<PartitionKey> = ops
                 .iter()
                 .filter(|op| {
-                    !is_finished(op)
+                    // Queued housekeeping does not hold a failover back: both may be
+                    // queued, and failover starts first.
+                    let queued_housekeeping = op.status == INITED && !is_failover(&op.op_type);
+                    (!is_finished(op) && !queued_housekeeping)
                         || (op.status == FAILED && now - op.end_time_ms < RETRY_AFTER_FAILURE_MS)
                 })
                 .map(|op| (op.db.clone(), op.name.clone(), op.pid))
@@ -280,15 +287,15 @@ impl Nameserver {
             }
         }
         self.trim_finished(&ops).await;
-        // The oldest unfinished op of each free partition may start; failover ops go
-        // first, and housekeeping leaves permits free for them.
+        // One op of each free partition may start: one under way first (it is resumed),
+        // then failover before the rest, oldest first; housekeeping leaves permits free
+        // for failover.
         let mut seen = HashSet::new();
-        let startable: Vec<OpInfo> = ops
+        let unfinished: Vec<OpInfo> = ops.into_iter().filter(|op| !is_finished(op)).collect();
+        let startable = in_start_order(unfinished)
             .into_iter()
-            .filter(|op| !is_finished(op))
-            .filter(|op| seen.insert((op.db.clone(), op.name.clone(), op.pid)))
-            .collect();
-        for op in in_start_order(startable) {
+            .filter(|op| seen.insert((op.db.clone(), op.name.clone(), op.pid)));
+        for op in startable {
             let key = (op.db.clone(), op.name.clone(), op.pid);
             if running.lock().contains(&key) {
                 continue;
@@ -450,8 +457,8 @@ impl Nameserver {
     }
 
     /// After a failed task: an op that had the leader ship to a returning or new replica
-    /// has it stop again (the replica keeps whatever vote it has, so the voting set does
-    /// not change), leaving the partition as before the op. Best effort: if the leader
+    /// has it stop again (a replica that voted before keeps its vote; a joining one loses
+    /// it, which the failover rule allows for), leaving the partition as before the op. Best effort: if the leader
     /// cannot be told, the reconciler sees the difference and repairs it.
     async fn undo_half_done(&self, op: &OpInfo) {
         let shipping_started = op
@@ -468,7 +475,13 @@ impl Nameserver {
         let undone = async {
             let table = self.table_of(op).await?;
             let partition = partition_of(&table, op.pid)?;
-            self.del_from_leader(&table, &partition, op.pid, &op.endpoint, true)
+            // A joining replica stops voting too (the failover rule still counts it while
+            // it is listed as joining); a member that voted before keeps its vote.
+            let joining = partition
+                .replicas
+                .iter()
+                .any(|r| r.endpoint == op.endpoint && r.joining);
+            self.del_from_leader(&table, &partition, op.pid, &op.endpoint, !joining)
                 .await
         }
         .await;
@@ -536,6 +549,10 @@ impl Nameserver {
                 // OfflineReplica stops shipping to the replica but keeps its vote;
                 // DelReplica takes it out of the voting set.
                 let keep_vote = op.op_type == OFFLINE_REPLICA;
+                if !keep_vote {
+                    self.check_writable_without(&table, &partition, &op.endpoint)
+                        .await?;
+                }
                 self.del_from_leader(&table, &partition, op.pid, &op.endpoint, keep_vote)
                     .await?;
                 if keep_vote || table.mode() != tpb::ReplicationMode::Quorum {
@@ -545,6 +562,8 @@ impl Nameserver {
                     .await
             }
             "kDelSourceReplica" => {
+                self.check_writable_without(&table, &partition, &op.source)
+                    .await?;
                 self.del_from_leader(&table, &partition, op.pid, &op.source, false)
                     .await?;
                 if table.mode() != tpb::ReplicationMode::Quorum {
@@ -552,6 +571,21 @@ impl Nameserver {
                 }
                 self.wait_remaining_hold_commit(&table, &partition, &op.source)
                     .await
+            }
+            "kMarkReplicaLeaving" | "kMarkSourceLeaving" => {
+                // Before the leader stops counting its vote: from now on the failover
+                // rule reckons with both the voting sets with and without it.
+                let endpoint = if task == "kMarkReplicaLeaving" {
+                    op.endpoint.clone()
+                } else {
+                    op.source.clone()
+                };
+                self.update_partition(&table, op.pid, move |p| {
+                    for replica in p.replicas.iter_mut().filter(|r| r.endpoint == endpoint) {
+                        replica.leaving = true;
+                    }
+                })
+                .await
             }
             "kDropReplica" => {
                 drop_replica(&table, op.pid, &op.endpoint).await;
@@ -570,6 +604,7 @@ impl Nameserver {
                             is_leader: false,
                             is_alive: false,
                             joining: true,
+                            leaving: false,
                         });
                     }
                 })
@@ -603,6 +638,18 @@ impl Nameserver {
             "kPrepareReplica" => self.prepare_replica(op, &table, &partition).await,
             "kAddReplica" => {
                 let leader = leader_of(&partition)?;
+                // A replica that does not vote yet (new, or left out of a forced change)
+                // starts voting now but may lack acknowledged writes until it catches up.
+                let status = leader_status(&leader, table.tid, op.pid).await?;
+                if !status.followers.contains(&op.endpoint) {
+                    let endpoint = op.endpoint.clone();
+                    self.update_partition(&table, op.pid, move |p| {
+                        for replica in p.replicas.iter_mut().filter(|r| r.endpoint == endpoint) {
+                            replica.joining = true;
+                        }
+                    })
+                    .await?;
+                }
                 let mut client = tablet(&leader).await?;
                 call(
                     &leader,
@@ -731,6 +778,17 @@ impl Nameserver {
         // back) makes the replicas that listened the whole voting set, as an unclean
         // election must; the others rejoin as new members through RecoverTable.
         let (followers, offline) = if op.force {
+            // Recorded before the new leader counts only these: the failover rule must
+            // never take the others for voters.
+            let (chosen, listened) = (op.chosen.clone(), told.clone());
+            self.update_partition(table, op.pid, move |p| {
+                for replica in p.replicas.iter_mut() {
+                    if replica.endpoint != chosen && !listened.contains(&replica.endpoint) {
+                        replica.joining = true;
+                    }
+                }
+            })
+            .await?;
             (told.clone(), Vec::new())
         } else {
             voting_members(partition, &op.chosen, &told)
@@ -843,8 +901,7 @@ impl Nameserver {
     }
 
     /// Waits until the returning replica holds everything the leader had committed when
-    /// the wait began (so it stands in for the replicas that acknowledged those writes)
-    /// and is close behind the leader's end.
+    /// the wait began (so it stands in for the replicas that acknowledged those writes).
     async fn wait_catch_up(
         &self,
         op: &OpInfo,
@@ -861,16 +918,58 @@ impl Nameserver {
                 .iter()
                 .find(|f| f.endpoint == op.endpoint)
                 .map_or(0, |f| f.acked_offset);
-            if acked >= committed_before && acked + CATCH_UP_LAG >= status.leader_offset {
+            // Under a steady stream of writes the tail keeps moving; what matters for its
+            // vote is that it holds what was committed without it.
+            if acked >= committed_before {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    /// After the leader stopped counting `removed`'s vote: waits until a majority of the
-    /// remaining settled members holds everything committed before, so that leaving the
-    /// metadata's voting set does not leave an acknowledged write on a minority.
+    /// Refuses to remove `endpoint` when the replicas the leader ships to without it
+    /// would not make a majority of every possible voting set: writes would stop.
+    async fn check_writable_without(
+        &self,
+        table: &TableInfo,
+        partition: &PartitionMeta,
+        endpoint: &str,
+    ) -> Result<()> {
+        if table.mode() != tpb::ReplicationMode::Quorum {
+            return Ok(());
+        }
+        let leader = leader_of(partition)?;
+        let status = leader_status(&leader, table.tid, partition.pid).await?;
+        let in_step: Vec<&str> = std::iter::once(leader.as_str())
+            .chain(
+                status
+                    .followers
+                    .iter()
+                    .filter(|f| !status.offline.contains(f) && *f != endpoint)
+                    .map(String::as_str),
+            )
+            .collect();
+        let remaining: Vec<ReplicaMeta> = partition
+            .replicas
+            .iter()
+            .filter(|r| r.endpoint != endpoint)
+            .cloned()
+            .collect();
+        if voting::majority_of_every_set_holds(&remaining, &in_step) {
+            return Ok(());
+        }
+        Err(NsError::InvalidArgument(format!(
+            "removing {endpoint} would leave partition {} unable to take writes: only {} \
+             replicas are in step; bring the others back first (recovertable)",
+            partition.pid,
+            in_step.join(", ")
+        )))
+    }
+
+    /// After the leader stopped counting `removed`'s vote: waits until the replicas
+    /// holding everything committed before make a majority of every voting set possible
+    /// without it, so that leaving the metadata does not leave an acknowledged write on a
+    /// minority.
     async fn wait_remaining_hold_commit(
         &self,
         table: &TableInfo,
@@ -878,27 +977,27 @@ impl Nameserver {
         removed: &str,
     ) -> Result<()> {
         let leader = leader_of(partition)?;
-        let remaining: Vec<&str> = partition
+        let remaining: Vec<ReplicaMeta> = partition
             .replicas
             .iter()
-            .filter(|r| !r.joining && r.endpoint != removed && r.endpoint != leader)
-            .map(|r| r.endpoint.as_str())
+            .filter(|r| r.endpoint != removed)
+            .cloned()
             .collect();
-        let members = remaining.len() + 1;
-        let majority = members / 2 + 1;
-        // The leader is one of the majority: it holds everything it committed.
-        let needed = majority - 1;
         let mut committed_before = None;
         loop {
             let status = follower_status(&leader, table.tid, partition.pid).await?;
             let committed_before = *committed_before.get_or_insert(status.commit_offset);
-            let holding = status
-                .followers
-                .iter()
-                .filter(|f| remaining.contains(&f.endpoint.as_str()))
-                .filter(|f| f.acked_offset >= committed_before)
-                .count();
-            if holding >= needed {
+            // The leader holds everything it committed.
+            let holders: Vec<&str> = std::iter::once(leader.as_str())
+                .chain(
+                    status
+                        .followers
+                        .iter()
+                        .filter(|f| f.acked_offset >= committed_before)
+                        .map(|f| f.endpoint.as_str()),
+                )
+                .collect();
+            if voting::majority_of_every_set_holds(&remaining, &holders) {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1022,6 +1121,26 @@ async fn follower_status(
     .await
 }
 
+/// The leader's own status of a partition: its voting followers and which are offline.
+async fn leader_status(leader: &str, tid: u32, pid: u32) -> Result<tpb::TableStatus> {
+    let mut client = tablet(leader).await?;
+    call(
+        leader,
+        client.get_table_status(tpb::GetTableStatusRequest {
+            tid: Some(tid),
+            pid: Some(pid),
+        }),
+    )
+    .await?
+    .tables
+    .into_iter()
+    .next()
+    .ok_or_else(|| NsError::Tablet {
+        endpoint: leader.to_string(),
+        message: format!("holds no replica of tid {tid} pid {pid}"),
+    })
+}
+
 /// Every replica a tablet holds, by (tid, pid); None if it cannot be asked.
 async fn tablet_report(endpoint: &str) -> Option<reconcile::TabletReport> {
     let mut client = tablet(endpoint).await.ok()?;
@@ -1048,8 +1167,9 @@ fn is_failover(op_type: &str) -> bool {
     matches!(op_type, CHANGE_LEADER | OFFLINE_REPLICA | RECOVER_TABLE)
 }
 
-/// The order ops may start in: failover first (a leaderless partition before a missing
-/// follower), then the rest, oldest first within each.
+/// The order ops may start in: ops under way first (resumed where they stopped), then
+/// failover (a leaderless partition before a missing follower), then the rest, snapshots
+/// last, oldest first within each.
 fn in_start_order(mut ops: Vec<OpInfo>) -> Vec<OpInfo> {
     let rank = |op: &OpInfo| match op.op_type.as_str() {
         CHANGE_LEADER => 0,
@@ -1058,7 +1178,7 @@ fn in_start_order(mut ops: Vec<OpInfo>) -> Vec<OpInfo> {
         MAKE_SNAPSHOT => 4,
         _ => 3,
     };
-    ops.sort_by_key(|op| (rank(op), op.op_id));
+    ops.sort_by_key(|op| (op.status != DOING, rank(op), op.op_id));
     ops
 }
 
@@ -1113,16 +1233,20 @@ impl Nameserver {
     }
 }
 
-/// The voting members a new leader `chosen` is given: every other replica of the
+/// The voting members a new leader `chosen` is given: every other settled replica of the
 /// partition, and among them the ones not shipped to (those that did not follow it).
 fn voting_members(
     partition: &PartitionMeta,
     chosen: &str,
     following: &[String],
 ) -> (Vec<String>, Vec<String>) {
+    // Replicas joining or leaving do not vote for the new leader: they may lack writes
+    // (they rejoin through RecoverTable) or are on their way out. The failover rule
+    // still reckons with them until the metadata settles them.
     let followers: Vec<String> = partition
         .replicas
         .iter()
+        .filter(|r| !r.joining && !r.leaving)
         .map(|r| r.endpoint.clone())
         .filter(|e| e != chosen)
         .collect();
@@ -1170,6 +1294,7 @@ mod tests {
                     is_leader: *e == "a",
                     is_alive: true,
                     joining: false,
+                    leaving: false,
                 })
                 .collect(),
             ..Default::default()
@@ -1183,6 +1308,17 @@ mod tests {
         let (followers, offline) =
             voting_members(&partition(&["a", "b", "c"]), "b", &["c".to_string()]);
         assert_eq!(followers, vec!["a", "c"]);
+        assert_eq!(offline, vec!["a"]);
+    }
+
+    /// Replicas joining or leaving are not given to a new leader as voters.
+    #[test]
+    fn a_new_leader_does_not_count_transitional_replicas() {
+        let mut p = partition(&["a", "b", "c", "d"]);
+        p.replicas[2].joining = true;
+        p.replicas[3].leaving = true;
+        let (followers, offline) = voting_members(&p, "b", &["c".to_string()]);
+        assert_eq!(followers, vec!["a"]);
         assert_eq!(offline, vec!["a"]);
     }
 
@@ -1203,8 +1339,15 @@ mod tests {
             op(6, OFFLINE_REPLICA),
             op(7, CHANGE_LEADER),
         ];
-        let order: Vec<u64> = in_start_order(queued).iter().map(|o| o.op_id).collect();
+        let order: Vec<u64> = in_start_order(queued.clone())
+            .iter()
+            .map(|o| o.op_id)
+            .collect();
         assert_eq!(order, vec![5, 7, 6, 4, 3, 1, 2]);
+        // An op under way is resumed before anything else.
+        let mut resumed = queued;
+        resumed[2].status = DOING.into();
+        assert_eq!(in_start_order(resumed)[0].op_id, 3);
         assert!(is_failover(RECOVER_TABLE) && !is_failover(MAKE_SNAPSHOT));
     }
 

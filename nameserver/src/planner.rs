@@ -213,6 +213,7 @@ mod tests {
                         is_leader,
                         is_alive,
                         joining: false,
+                        leaving: false,
                     })
                     .collect(),
             }],

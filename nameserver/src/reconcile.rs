@@ -140,7 +140,12 @@ fn partition_drifts(
             && !leader_status.offline.iter().any(|f| f == e)
     };
     let mut out = Vec::new();
-    for replica in partition.replicas.iter().filter(|r| !r.is_leader) {
+    // A replica being removed is its op's business (the leader may have let it go).
+    for replica in partition
+        .replicas
+        .iter()
+        .filter(|r| !r.is_leader && !r.leaving)
+    {
         if !replica.is_alive {
             // The leader should have stopped shipping to it. A replica whose tablet is up
             // again is the planner's (RecoverTable); one whose tablet did not answer is
@@ -232,6 +237,7 @@ mod tests {
                         is_leader,
                         is_alive,
                         joining: false,
+                        leaving: false,
                     })
                     .collect(),
             }],

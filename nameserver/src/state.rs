@@ -594,6 +594,7 @@ impl Nameserver {
                             is_leader: i == 0,
                             is_alive: true,
                             joining: false,
+                            leaving: false,
                         })
                         .collect(),
                 })

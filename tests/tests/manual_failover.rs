@@ -245,7 +245,7 @@ async fn operators_fail_over_by_hand_and_quorum_refuses_to_guess() {
                 .any(|op| op.op_type == "kChangeLeader" && op.status == "kFailed")
                 && rows
                     .iter()
-                    .any(|r| r.note.contains("only 1 of the 3 listed replicas answered"))
+                    .any(|r| r.note.contains("only 1 of the 3 replicas that may vote"))
                 && leader_of(&rows, 0).is_none()
         }
     })

@@ -55,6 +55,8 @@ pub struct Ops {
     pub timeout: Duration,
     /// The command being run, as recorded when it turns auto_failover off.
     pub command: String,
+    /// This run's own ZooKeeper session (see `pause`), once opened.
+    zk_session: Option<zookeeper_client::Client>,
 }
 
 pub use tessera_ns_client::nameserver::op_ended as is_finished;
@@ -70,6 +72,7 @@ impl Ops {
             zk_root_path: zk_root_path.trim_end_matches('/').to_string(),
             timeout,
             command: "tessera-ops".into(),
+            zk_session: None,
         })
     }
 
@@ -316,6 +319,7 @@ pub(crate) mod fixtures {
                             is_leader: *leads,
                             is_alive: true,
                             joining: false,
+                            leaving: false,
                         })
                         .collect(),
                     ..Default::default()

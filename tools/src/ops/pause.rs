@@ -1,10 +1,13 @@
 //! Remembering, in ZooKeeper, that `tessera-ops` turned `auto_failover` off.
 //!
-//! Before a command turns it off it writes `<root>/tools/auto_failover_pause` with the
-//! setting it found and who it is (pid, host, command, start time); it deletes the record
-//! once the setting is back. A run that dies in between (Ctrl-C is handled, `kill -9` or
-//! a lost machine is not) leaves the record, and the next run of any command finds it,
-//! says so, and puts the setting back before doing anything else.
+//! Before a command turns it off it creates `<root>/tools/auto_failover_pause` (only one
+//! run at a time can) with who it is (pid, host, command, start time), then the setting
+//! it found and the version of the setting's node once it turned it off; it deletes the
+//! record once the setting is back. While it works its ZooKeeper session also holds the
+//! ephemeral `<root>/tools/auto_failover_pause_owner`. A run that dies in between (Ctrl-C
+//! is handled, `kill -9` or a lost machine is not) leaves the record, and the next run of
+//! any command finds it, says so, and puts the setting back before doing anything else —
+//! unless someone changed the setting since (then it is theirs and stays as it is).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,8 +18,10 @@ use super::{Ops, OpsError, Result};
 /// What a run that turned auto_failover off wrote down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PauseRecord {
-    /// auto_failover before the run turned it off.
-    pub was_on: bool,
+    /// auto_failover before the run turned it off (None: not read yet).
+    pub was_on: Option<bool>,
+    /// Version of the setting's node right after the run turned it off (None: not yet).
+    pub off_version: Option<i32>,
     pub pid: u32,
     pub host: String,
     pub command: String,
@@ -24,9 +29,10 @@ pub struct PauseRecord {
 }
 
 impl PauseRecord {
-    fn mine(command: &str, was_on: bool) -> PauseRecord {
+    fn mine(command: &str) -> PauseRecord {
         PauseRecord {
-            was_on,
+            was_on: None,
+            off_version: None,
             pid: std::process::id(),
             host: host_name(),
             command: command.to_string(),
@@ -37,9 +43,15 @@ impl PauseRecord {
     }
 
     fn encode(&self) -> String {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "unknown".into());
         format!(
-            "was_on={}\npid={}\nhost={}\ncommand={}\nstarted_ms={}\n",
-            self.was_on, self.pid, self.host, self.command, self.started_ms
+            "was_on={}\noff_version={}\npid={}\nhost={}\ncommand={}\nstarted_ms={}\n",
+            opt(self.was_on.map(|v| v.to_string())),
+            opt(self.off_version.map(|v| v.to_string())),
+            self.pid,
+            self.host,
+            self.command,
+            self.started_ms
         )
     }
 
@@ -50,7 +62,8 @@ impl PauseRecord {
                 .map(str::trim)
         };
         Some(PauseRecord {
-            was_on: field("was_on")?.parse().ok()?,
+            was_on: field("was_on")?.parse().ok(),
+            off_version: field("off_version")?.parse().ok(),
             pid: field("pid")?.parse().ok()?,
             host: field("host")?.to_string(),
             command: field("command")?.to_string(),
@@ -62,12 +75,12 @@ impl PauseRecord {
         self.pid == std::process::id() && self.host == host_name()
     }
 
-    /// Whether the run that wrote it is still going: a `tessera-ops` process with its pid
-    /// on this host. (A run on another host is taken as still going; only an operator
-    /// knows better.)
-    fn still_running(&self) -> bool {
+    /// Whether the run that wrote it is still going: on this host, a `tessera-ops`
+    /// process with its pid; elsewhere, `owner_alive` (its ZooKeeper session still holds
+    /// the owner node).
+    fn still_running(&self, owner_alive: bool) -> bool {
         if self.host != host_name() {
-            return true;
+            return owner_alive;
         }
         std::fs::read_to_string(format!("/proc/{}/comm", self.pid))
             .is_ok_and(|comm| comm.trim().starts_with("tessera-ops"))
@@ -99,90 +112,163 @@ impl Ops {
         format!("{}/tools/auto_failover_pause", self.zk_root_path)
     }
 
-    async fn zk(&self) -> Result<Client> {
-        Client::connector()
+    fn owner_path(&self) -> String {
+        format!("{}/tools/auto_failover_pause_owner", self.zk_root_path)
+    }
+
+    fn setting_path(&self) -> String {
+        format!("{}/config/auto_failover", self.zk_root_path)
+    }
+
+    /// This run's ZooKeeper session, opened once and kept until the process exits (it
+    /// holds the owner node while the run has auto_failover off).
+    async fn zk(&mut self) -> Result<Client> {
+        if let Some(zk) = &self.zk_session {
+            return Ok(zk.clone());
+        }
+        let zk = Client::connector()
             .with_session_timeout(Duration::from_secs(10))
             .connect(&self.zk_cluster)
             .await
-            .map_err(|e| OpsError::Connect(format!("ZooKeeper at {}: {e}", self.zk_cluster)))
+            .map_err(|e| OpsError::Connect(format!("ZooKeeper at {}: {e}", self.zk_cluster)))?;
+        self.zk_session = Some(zk.clone());
+        Ok(zk)
     }
 
-    async fn read_pause(&self, zk: &Client) -> Result<Option<PauseRecord>> {
+    async fn read_pause(&self, zk: &Client) -> Result<Option<(PauseRecord, i32)>> {
         match zk.get_data(&self.pause_path()).await {
-            Ok((data, _)) => Ok(PauseRecord::decode(&String::from_utf8_lossy(&data))),
+            Ok((data, stat)) => Ok(PauseRecord::decode(&String::from_utf8_lossy(&data))
+                .map(|record| (record, stat.version))),
             Err(ZkError::NoNode) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
+    async fn write_pause(&self, zk: &Client, record: &PauseRecord) -> Result<()> {
+        zk.set_data(&self.pause_path(), record.encode().as_bytes(), None)
+            .await?;
+        Ok(())
+    }
+
     async fn clear_pause(&self, zk: &Client) -> Result<()> {
-        match zk.delete(&self.pause_path(), None).await {
-            Ok(()) | Err(ZkError::NoNode) => Ok(()),
-            Err(e) => Err(e.into()),
+        for path in [self.pause_path(), self.owner_path()] {
+            match zk.delete(&path, None).await {
+                Ok(()) | Err(ZkError::NoNode) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        Ok(())
+    }
+
+    async fn setting_version(&self, zk: &Client) -> Result<Option<i32>> {
+        Ok(zk
+            .check_stat(&self.setting_path())
+            .await?
+            .map(|stat| stat.version))
+    }
+
+    /// Puts back what `record` says was found, unless the setting changed since the run
+    /// turned it off (someone else's decision, kept), then forgets the record.
+    async fn restore_from(&mut self, zk: &Client, record: &PauseRecord) -> Result<()> {
+        let changed_since = match record.off_version {
+            Some(off) => self.setting_version(zk).await? != Some(off),
+            None => false,
+        };
+        if changed_since {
+            println!(
+                "auto_failover was changed by someone else since {} turned it off; leaving it \
+                 as it is",
+                record.describe()
+            );
+        } else if record.was_on == Some(true) {
+            self.set_auto_failover(true).await?;
+            println!("auto_failover is on again");
+        }
+        self.clear_pause(zk).await
     }
 
     /// Finds a run that turned auto_failover off and ended without putting it back, says
     /// so, and restores the setting it found. Refuses while that run is still going.
     pub async fn restore_interrupted(&mut self) -> Result<()> {
         let zk = self.zk().await?;
-        let Some(record) = self.read_pause(&zk).await? else {
+        let Some((record, _)) = self.read_pause(&zk).await? else {
             return Ok(());
         };
-        if !record.is_mine() && record.still_running() {
-            return Err(OpsError::InvalidArgument(format!(
-                "another run, {}, has auto_failover off and is still working; wait for it \
-                 (or, if it is gone, delete {} in ZooKeeper)",
+        if !record.is_mine() {
+            let owner_alive = zk.check_stat(&self.owner_path()).await?.is_some();
+            if record.still_running(owner_alive) {
+                return Err(OpsError::InvalidArgument(format!(
+                    "another run, {}, has auto_failover off and is still working; wait for it",
+                    record.describe()
+                )));
+            }
+            println!(
+                "an earlier run, {}, ended without restoring auto_failover (it was {}); \
+                 restoring it",
                 record.describe(),
-                self.pause_path()
-            )));
+                match record.was_on {
+                    Some(true) => "on",
+                    Some(false) => "off",
+                    None => "not read yet",
+                }
+            );
+        } else if record.off_version.is_none() {
+            // This run was interrupted while turning it off: let that request land first,
+            // so it cannot undo the restore.
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        println!(
-            "an earlier run, {}, ended without restoring auto_failover (it was {}); \
-             restoring it",
-            record.describe(),
-            if record.was_on { "on" } else { "off" }
-        );
-        if record.was_on {
-            self.set_auto_failover(true).await?;
-            println!("auto_failover is on again");
-        }
-        self.clear_pause(&zk).await
+        self.restore_from(&zk, &record).await
     }
 
     /// Turns auto_failover off, first writing down what it was, and returns what it was,
-    /// for [`Ops::restore_auto_failover`].
+    /// for [`Ops::restore_auto_failover`]. Only one run at a time may have it off.
     pub async fn pause_auto_failover(&mut self) -> Result<bool> {
         self.restore_interrupted().await?;
-        let found = self.auto_failover().await?;
-        if found {
-            let zk = self.zk().await?;
-            let record = PauseRecord::mine(&self.command, true);
-            let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
-            match zk
-                .create(&self.pause_path(), record.encode().as_bytes(), &options)
-                .await
-            {
-                Ok(_) => {}
-                Err(ZkError::NoNode) => {
-                    zk.mkdir(&format!("{}/tools", self.zk_root_path), &options)
-                        .await
-                        .or_else(|e| {
-                            if e == ZkError::NodeExists {
-                                Ok(())
-                            } else {
-                                Err(e)
-                            }
-                        })?;
-                    zk.create(&self.pause_path(), record.encode().as_bytes(), &options)
-                        .await?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-            self.set_auto_failover(false).await?;
-            println!("auto_failover was on: off while this command works");
+        let zk = self.zk().await?;
+        let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+        match zk
+            .mkdir(&format!("{}/tools", self.zk_root_path), &options)
+            .await
+        {
+            Ok(()) | Err(ZkError::NodeExists) => {}
+            Err(e) => return Err(e.into()),
         }
-        Ok(found)
+        // The record is created before the setting is read: a second run cannot slip
+        // between the read and the write.
+        let mut record = PauseRecord::mine(&self.command);
+        match zk
+            .create(&self.pause_path(), record.encode().as_bytes(), &options)
+            .await
+        {
+            Ok(_) => {}
+            Err(ZkError::NodeExists) => {
+                return Err(OpsError::InvalidArgument(
+                    "another tessera-ops run just turned auto_failover off; wait for it".into(),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+        match zk
+            .create(&self.owner_path(), record.encode().as_bytes(), &ephemeral)
+            .await
+        {
+            Ok(_) | Err(ZkError::NodeExists) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let found = self.auto_failover().await?;
+        record.was_on = Some(found);
+        self.write_pause(&zk, &record).await?;
+        if !found {
+            // Nothing to put back.
+            self.clear_pause(&zk).await?;
+            return Ok(false);
+        }
+        self.set_auto_failover(false).await?;
+        record.off_version = self.setting_version(&zk).await?;
+        self.write_pause(&zk, &record).await?;
+        println!("auto_failover was on: off while this command works");
+        Ok(true)
     }
 
     /// Puts auto_failover back and forgets the record; reports (and does not hide the
@@ -192,17 +278,23 @@ impl Ops {
             return;
         }
         let restored = async {
-            self.set_auto_failover(true).await?;
             let zk = self.zk().await?;
-            self.clear_pause(&zk).await
+            match self.read_pause(&zk).await? {
+                Some((record, _)) if record.is_mine() => self.restore_from(&zk, &record).await,
+                // The record is gone or another run's: put back what was found.
+                _ => {
+                    self.set_auto_failover(true).await?;
+                    println!("auto_failover is on again");
+                    Ok(())
+                }
+            }
         }
         .await;
-        match restored {
-            Ok(()) => println!("auto_failover is on again"),
-            Err(e) => eprintln!(
+        if let Err(e) = restored {
+            eprintln!(
                 "could not turn auto_failover back on ({e}); the next tessera-ops run will, \
                  or run `confset auto_failover true` in ns_client"
-            ),
+            );
         }
     }
 }
@@ -213,26 +305,30 @@ mod tests {
 
     #[test]
     fn a_record_reads_back() {
-        let record = PauseRecord::mine("recoverdata", true);
+        let mut record = PauseRecord::mine("recoverdata");
+        assert_eq!(PauseRecord::decode(&record.encode()), Some(record.clone()));
+        record.was_on = Some(true);
+        record.off_version = Some(7);
         assert_eq!(PauseRecord::decode(&record.encode()), Some(record.clone()));
         assert!(record.is_mine());
-        assert!(PauseRecord::decode("was_on=maybe\n").is_none());
+        assert!(PauseRecord::decode("was_on=true\n").is_none());
     }
 
     #[test]
     fn a_dead_run_is_not_running() {
         let record = PauseRecord {
             pid: u32::MAX,
-            ..PauseRecord::mine("scalein", true)
+            ..PauseRecord::mine("scalein")
         };
-        assert!(!record.still_running());
+        assert!(!record.still_running(true), "no such process here");
         let elsewhere = PauseRecord {
             host: "some-other-host".into(),
             ..record
         };
         assert!(
-            elsewhere.still_running(),
-            "runs on other hosts are not second-guessed"
+            elsewhere.still_running(true),
+            "its session holds the owner node"
         );
+        assert!(!elsewhere.still_running(false), "its session is gone");
     }
 }
