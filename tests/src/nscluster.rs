@@ -77,6 +77,20 @@ impl NsCluster {
         cluster
     }
 
+    /// An SDK client of this cluster whose calls give up after `deadline`.
+    pub async fn sdk(&self, deadline: Duration) -> tessera_ns_client::Client {
+        tessera_ns_client::Client::connect_with(
+            &self.zk.connect_string(),
+            "/tessera",
+            tessera_ns_client::ClientOptions {
+                deadline,
+                ..tessera_ns_client::ClientOptions::default()
+            },
+        )
+        .await
+        .expect("connect the SDK")
+    }
+
     pub async fn ns(&self) -> NameserverClient<Channel> {
         self.nameserver.client().await
     }

@@ -26,6 +26,16 @@ pub fn schema() -> Schema {
     .unwrap()
 }
 
+/// A row of the workload's schema for the SDK: key `writer`, sequence `i`.
+pub fn sdk_row(writer: &str, i: i64) -> Vec<Value> {
+    vec![
+        Value::String(writer.into()),
+        Value::Int64(i),
+        Value::Int64(i * 3),
+        Value::String("payload".into()),
+    ]
+}
+
 pub fn meta(tid: u32, pid: u32, mode: ReplicationMode) -> TableMeta {
     TableMeta {
         tid,

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera_common::Value;
-use tessera_ns_client::{Client, ClientOptions};
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::{
     ChangeLeaderRequest, ConfSetRequest, OpIdRequest, OpInfo, ShowOpStatusRequest,
@@ -20,32 +19,11 @@ use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::ops::{self, auto_failover, set_auto_failover};
 use tessera_tests::process::http_get;
 use tessera_tests::routed::{leaders, table_rows};
+use tessera_tests::workload::sdk_row;
 use tessera_tests::{binary, wait_until_async, NameserverProcess};
 use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn row(key: &str, i: i64) -> Vec<Value> {
-    vec![
-        Value::String(key.into()),
-        Value::Int64(i),
-        Value::Int64(i * 3),
-        Value::String("payload".into()),
-    ]
-}
-
-async fn sdk(cluster: &NsCluster, deadline: Duration) -> Client {
-    Client::connect_with(
-        &cluster.zk.connect_string(),
-        "/tessera",
-        ClientOptions {
-            deadline,
-            ..ClientOptions::default()
-        },
-    )
-    .await
-    .expect("connect the SDK")
-}
 
 async fn all_ops(ns: &mut NameserverClient<Channel>) -> Vec<OpInfo> {
     ns.show_op_status(ShowOpStatusRequest::default())
@@ -126,7 +104,7 @@ fn watch_leaders(
 /// difference in showtable) and takes a write.
 async fn wait_served(cluster: &NsCluster, what: &str) {
     let ns = cluster.ns().await;
-    let writer = sdk(cluster, Duration::from_secs(2)).await;
+    let writer = cluster.sdk(Duration::from_secs(2)).await;
     let writer = &writer;
     let mut attempt = 0;
     wait_until_async(WAIT, what, || {
@@ -137,7 +115,7 @@ async fn wait_served(cluster: &NsCluster, what: &str) {
             let rows = table_rows(&mut ns, "t1").await;
             leaders(&rows).contains_key(&0)
                 && rows.iter().all(|r| r.drift.is_empty())
-                && writer.put("default", "t1", row(&key, 0)).await.is_ok()
+                && writer.put("default", "t1", sdk_row(&key, 0)).await.is_ok()
         }
     })
     .await;
@@ -166,12 +144,12 @@ async fn racing_change_leaders_end_with_one_leader_per_term() {
     let endpoints: Vec<String> = rows.iter().map(|r| r.endpoint.clone()).collect();
     let leader = leaders(&rows)[&0].clone();
     let others: Vec<&String> = endpoints.iter().filter(|e| **e != leader).collect();
-    let writer = sdk(&cluster, Duration::from_secs(30)).await;
+    let writer = cluster.sdk(Duration::from_secs(30)).await;
     let mut acked = Vec::new();
     for i in 0..20 {
         let key = format!("before-{i}");
         writer
-            .put("default", "t1", row(&key, i))
+            .put("default", "t1", sdk_row(&key, i))
             .await
             .expect("put");
         acked.push(key);
@@ -284,9 +262,12 @@ async fn a_change_leader_whose_promotion_fails_is_repaired_by_the_reconciler() {
         drift.contains("should lead"),
         "showtable shows that the named leader does not lead: {rows:?}"
     );
-    let writer = sdk(&cluster, Duration::from_secs(2)).await;
+    let writer = cluster.sdk(Duration::from_secs(2)).await;
     assert!(
-        writer.put("default", "t1", row("fenced", 1)).await.is_err(),
+        writer
+            .put("default", "t1", sdk_row("fenced", 1))
+            .await
+            .is_err(),
         "every replica is fenced"
     );
 
@@ -312,9 +293,9 @@ async fn a_tablet_restarted_within_its_session_is_shown_and_then_repaired() {
     cluster.create_table("t1", 1, 3).await;
     let mut ns = cluster.ns().await;
     set_auto_failover(&mut ns, false).await;
-    let writer = sdk(&cluster, Duration::from_secs(30)).await;
+    let writer = cluster.sdk(Duration::from_secs(30)).await;
     writer
-        .put("default", "t1", row("before", 1))
+        .put("default", "t1", sdk_row("before", 1))
         .await
         .expect("put");
     let leader = leaders(&table_rows(&mut ns, "t1").await)[&0].clone();

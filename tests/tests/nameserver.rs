@@ -299,6 +299,8 @@ async fn nameservers_elect_place_create_show_and_fail_over() {
         leader_of(&standby).await.as_deref() == Some(standby.endpoint.as_str())
     })
     .await;
+    // First in the election order is not yet leading: it still has to take the lock.
+    standby.wait_leader().await;
     let mut ns = standby.client().await;
     assert_eq!(show_table(&mut ns, "t1").await.len(), 12);
     let conf = ns

@@ -5,34 +5,13 @@
 use std::time::Duration;
 
 use tessera_common::Value;
-use tessera_ns_client::{Client, ClientError, ClientOptions};
+use tessera_ns_client::ClientError;
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::routed::{leaders, table_rows};
 use tessera_tests::wait_until_async;
+use tessera_tests::workload::sdk_row;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn row(key: &str, i: i64) -> Vec<Value> {
-    vec![
-        Value::String(key.into()),
-        Value::Int64(i),
-        Value::Int64(i * 3),
-        Value::String("payload".into()),
-    ]
-}
-
-async fn client(cluster: &NsCluster, deadline: Duration) -> Client {
-    Client::connect_with(
-        &cluster.zk.connect_string(),
-        "/tessera",
-        ClientOptions {
-            deadline,
-            ..ClientOptions::default()
-        },
-    )
-    .await
-    .expect("connect the SDK")
-}
 
 /// Waits until `showtable` marks the replica on `endpoint` dead.
 async fn wait_dead(cluster: &NsCluster, endpoint: &str) {
@@ -67,11 +46,16 @@ async fn losing_two_of_three_replicas_stops_writes_instead_of_losing_them() {
         .collect();
     assert_eq!(followers.len(), 2, "{rows:?}");
 
-    let writer = client(&cluster, Duration::from_secs(2)).await;
+    let writer = cluster.sdk(Duration::from_secs(2)).await;
     let mut acked = Vec::new();
     let put = |key: String, i: i64| {
         let writer = &writer;
-        async move { writer.put("default", "t1", row(&key, i)).await.map(|_| key) }
+        async move {
+            writer
+                .put("default", "t1", sdk_row(&key, i))
+                .await
+                .map(|_| key)
+        }
     };
     for i in 0..20 {
         acked.push(
@@ -133,7 +117,7 @@ async fn losing_two_of_three_replicas_stops_writes_instead_of_losing_them() {
     })
     .await;
 
-    let reader = client(&cluster, Duration::from_secs(60)).await;
+    let reader = cluster.sdk(Duration::from_secs(60)).await;
     for (i, key) in acked.iter().enumerate() {
         let found = reader
             .get("default", "t1", vec![Value::String(key.clone())])
@@ -147,7 +131,7 @@ async fn losing_two_of_three_replicas_stops_writes_instead_of_losing_them() {
     }
     // The new pair takes writes again.
     reader
-        .put("default", "t1", row("after", 1))
+        .put("default", "t1", sdk_row("after", 1))
         .await
         .expect("a majority is back");
 }
@@ -168,8 +152,8 @@ async fn a_put_retried_while_followers_are_frozen_is_stored_once() {
         .filter(|r| r.endpoint != leader)
         .map(|r| cluster.tablet_index(&r.endpoint))
         .collect();
-    let sdk = std::sync::Arc::new(client(&cluster, Duration::from_secs(90)).await);
-    sdk.put("default", "t1", row("warm-up", 0))
+    let sdk = std::sync::Arc::new(cluster.sdk(Duration::from_secs(90)).await);
+    sdk.put("default", "t1", sdk_row("warm-up", 0))
         .await
         .expect("a write with every replica up");
 
@@ -178,7 +162,7 @@ async fn a_put_retried_while_followers_are_frozen_is_stored_once() {
     }
     let in_flight = tokio::spawn({
         let sdk = sdk.clone();
-        async move { sdk.put("default", "t1", row("retried", 1)).await }
+        async move { sdk.put("default", "t1", sdk_row("retried", 1)).await }
     });
     // Frozen past their sessions: the nameserver takes them offline meanwhile, and the
     // SDK retries the put after each quorum timeout.
