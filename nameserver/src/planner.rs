@@ -195,13 +195,16 @@ pub fn recovery(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use tessera_proto::nameserver::{PartitionMeta, ReplicaMeta};
 
     use super::*;
 
-    fn table(replicas: &[(&str, bool, bool)]) -> TableInfo {
+    /// A table of one partition (pid 0, term 1, tid 7) with these `(endpoint, is_leader,
+    /// is_alive)` replicas; shared with the reconciler's tests.
+    pub(crate) fn table(replicas: &[(&str, bool, bool)]) -> TableInfo {
         TableInfo {
+            tid: 7,
             partitions: vec![PartitionMeta {
                 pid: 0,
                 term: 1,

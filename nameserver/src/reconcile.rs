@@ -224,25 +224,10 @@ mod tests {
     const TID: u32 = 7;
 
     fn table(replicas: &[(&str, bool, bool)], term: u64) -> TableInfo {
-        TableInfo {
-            tid: TID,
-            partitions: vec![PartitionMeta {
-                pid: 0,
-                term,
-                unavailable_reason: String::new(),
-                replicas: replicas
-                    .iter()
-                    .map(|&(endpoint, is_leader, is_alive)| ReplicaMeta {
-                        endpoint: endpoint.into(),
-                        is_leader,
-                        is_alive,
-                        joining: false,
-                        leaving: false,
-                    })
-                    .collect(),
-            }],
-            ..TableInfo::default()
-        }
+        let mut table = crate::planner::tests::table(replicas);
+        table.partitions[0].term = term;
+        assert_eq!(table.tid, TID);
+        table
     }
 
     fn leader(term: u64, followers: &[&str], offline: &[&str]) -> TableStatus {
