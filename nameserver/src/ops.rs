@@ -415,6 +415,7 @@ impl Nameserver {
             }
             // An operator may have cancelled it between two tasks.
             if self.was_cancelled(op.op_id).await {
+                self.undo_half_done(&op).await;
                 return;
             }
             let task = op.tasks[op.task_index as usize].clone();
@@ -456,22 +457,65 @@ impl Nameserver {
         let _ = self.save_op(&op).await;
     }
 
-    /// After a failed task: an op that had the leader ship to a returning or new replica
-    /// has it stop again (a replica that voted before keeps its vote; a joining one loses
-    /// it, which the failover rule allows for), leaving the partition as before the op. Best effort: if the leader
+    /// After a failed or cancelled op: one that had the leader ship to a returning or new
+    /// replica has it stop again (a replica that voted before keeps its vote; a joining
+    /// one loses it, which the failover rule allows for); one that was removing a replica
+    /// leaves it marked joining and dead, for RecoverTable. Best effort: if the leader
     /// cannot be told, the reconciler sees the difference and repairs it.
     async fn undo_half_done(&self, op: &OpInfo) {
-        let shipping_started = op
-            .tasks
-            .iter()
-            .take(op.task_index as usize)
-            .any(|t| t == "kAddReplica");
-        let not_yet_marked_alive = op.tasks[op.task_index as usize..]
-            .iter()
-            .any(|t| t == "kUpdatePartitionStatus");
-        if !shipping_started || !not_yet_marked_alive {
+        if !self.is_leader() {
             return;
         }
+        let done = |name: &str| {
+            op.tasks
+                .iter()
+                .take(op.task_index as usize)
+                .any(|t| t == name)
+        };
+        let pending = |name: &str| {
+            op.tasks
+                .iter()
+                .skip(op.task_index as usize)
+                .any(|t| t == name)
+        };
+        if done("kAddReplica") && pending("kUpdatePartitionStatus") {
+            self.stop_shipping_after_failure(op).await;
+        }
+        // A replica marked leaving that is still listed: the leader may or may not have
+        // dropped its vote. `joining` says exactly that (it may vote, it may lack
+        // writes), and RecoverTable settles it again; `leaving` would be left to an op
+        // that is over.
+        for (mark, removal) in [
+            ("kMarkReplicaLeaving", "kDelReplicaMeta"),
+            ("kMarkSourceLeaving", "kDelSourceReplicaMeta"),
+        ] {
+            if !(done(mark) && pending(removal)) {
+                continue;
+            }
+            let endpoint = if mark == "kMarkReplicaLeaving" {
+                op.endpoint.clone()
+            } else {
+                op.source.clone()
+            };
+            let unmarked = async {
+                let table = self.table_of(op).await?;
+                self.update_partition(&table, op.pid, |p| {
+                    for replica in p.replicas.iter_mut().filter(|r| r.endpoint == endpoint) {
+                        replica.leaving = false;
+                        replica.joining = true;
+                        replica.is_alive = false;
+                    }
+                })
+                .await
+            }
+            .await;
+            if let Err(e) = unmarked {
+                warn!(op_id = op.op_id, error = %e, "could not settle the replica the op was removing; it stays marked leaving");
+            }
+        }
+    }
+
+    async fn stop_shipping_after_failure(&self, op: &OpInfo) {
         let undone = async {
             let table = self.table_of(op).await?;
             let partition = partition_of(&table, op.pid)?;
@@ -549,10 +593,6 @@ impl Nameserver {
                 // OfflineReplica stops shipping to the replica but keeps its vote;
                 // DelReplica takes it out of the voting set.
                 let keep_vote = op.op_type == OFFLINE_REPLICA;
-                if !keep_vote {
-                    self.check_writable_without(&table, &partition, &op.endpoint)
-                        .await?;
-                }
                 self.del_from_leader(&table, &partition, op.pid, &op.endpoint, keep_vote)
                     .await?;
                 if keep_vote || table.mode() != tpb::ReplicationMode::Quorum {
@@ -562,8 +602,6 @@ impl Nameserver {
                     .await
             }
             "kDelSourceReplica" => {
-                self.check_writable_without(&table, &partition, &op.source)
-                    .await?;
                 self.del_from_leader(&table, &partition, op.pid, &op.source, false)
                     .await?;
                 if table.mode() != tpb::ReplicationMode::Quorum {
@@ -580,6 +618,8 @@ impl Nameserver {
                 } else {
                     op.source.clone()
                 };
+                self.check_writable_without(&table, &partition, &endpoint)
+                    .await?;
                 self.update_partition(&table, op.pid, move |p| {
                     for replica in p.replicas.iter_mut().filter(|r| r.endpoint == endpoint) {
                         replica.leaving = true;
@@ -587,12 +627,19 @@ impl Nameserver {
                 })
                 .await
             }
-            "kDropReplica" => {
-                drop_replica(&table, op.pid, &op.endpoint).await;
-                Ok(())
-            }
-            "kDropSourceReplica" => {
-                drop_replica(&table, op.pid, &op.source).await;
+            "kDropReplica" | "kDropSourceReplica" => {
+                let endpoint = if task == "kDropReplica" {
+                    &op.endpoint
+                } else {
+                    &op.source
+                };
+                if leader_of(&partition).is_ok_and(|leader| leader == *endpoint) {
+                    return Err(NsError::InvalidArgument(format!(
+                        "{endpoint} leads partition {} now; its replica is kept",
+                        op.pid
+                    )));
+                }
+                drop_replica(&table, op.pid, endpoint).await;
                 Ok(())
             }
             "kAddReplicaMeta" => {
@@ -821,6 +868,10 @@ impl Nameserver {
         partition: &PartitionMeta,
     ) -> Result<()> {
         let leader = leader_of(partition)?;
+        // The leader stops shipping to it (keeping its vote) until kAddReplica: what it
+        // acknowledged before does not count for its copy as it will be.
+        self.del_from_leader(table, partition, op.pid, &op.endpoint, true)
+            .await?;
         let mut leader_client = tablet(&leader).await?;
         let leader_pair = call(
             &leader,
@@ -858,6 +909,16 @@ impl Nameserver {
         );
         info!(op_id = op.op_id, table = %table.name, pid = op.pid, endpoint = %op.endpoint, decision = decision.name(), "recovering a replica");
         op.chosen = decision.name().into();
+        if matches!(decision, Recovery::Create | Recovery::Reseed) {
+            // Its copy is gone or replaced: it may lack writes it once acknowledged.
+            let endpoint = op.endpoint.clone();
+            self.update_partition(table, op.pid, move |p| {
+                for replica in p.replicas.iter_mut().filter(|r| r.endpoint == endpoint) {
+                    replica.joining = true;
+                }
+            })
+            .await?;
+        }
         if decision == Recovery::Create {
             // The tablet lost its copy: an empty replica, seeded by a snapshot on AddReplica.
             let meta = tpb::TableMeta {
@@ -900,8 +961,9 @@ impl Nameserver {
         .map(|_| ())
     }
 
-    /// Waits until the returning replica holds everything the leader had committed when
-    /// the wait began (so it stands in for the replicas that acknowledged those writes).
+    /// Waits until the returning replica holds everything the leader held when the wait
+    /// began, every acknowledged write among it (so it stands in for the replicas that
+    /// acknowledged those writes).
     async fn wait_catch_up(
         &self,
         op: &OpInfo,
@@ -912,7 +974,9 @@ impl Nameserver {
         let mut committed_before = None;
         loop {
             let status = follower_status(&leader, table.tid, op.pid).await?;
-            let committed_before = *committed_before.get_or_insert(status.commit_offset);
+            // The leader's end, not its commit offset: after a change of leader the commit
+            // offset may lag writes the old leader acknowledged, which this leader holds.
+            let committed_before = *committed_before.get_or_insert(status.leader_offset);
             let acked = status
                 .followers
                 .iter()
@@ -935,10 +999,17 @@ impl Nameserver {
         partition: &PartitionMeta,
         endpoint: &str,
     ) -> Result<()> {
+        let leader = leader_of(partition)?;
+        if leader == endpoint {
+            // A failover since the op was queued made it the leader.
+            return Err(NsError::InvalidArgument(format!(
+                "{endpoint} leads partition {} now; move the leader away first",
+                partition.pid
+            )));
+        }
         if table.mode() != tpb::ReplicationMode::Quorum {
             return Ok(());
         }
-        let leader = leader_of(partition)?;
         let status = leader_status(&leader, table.tid, partition.pid).await?;
         let in_step: Vec<&str> = std::iter::once(leader.as_str())
             .chain(
@@ -967,9 +1038,9 @@ impl Nameserver {
     }
 
     /// After the leader stopped counting `removed`'s vote: waits until the replicas
-    /// holding everything committed before make a majority of every voting set possible
-    /// without it, so that leaving the metadata does not leave an acknowledged write on a
-    /// minority.
+    /// holding everything the leader held then make a majority of every voting set
+    /// possible without it, so that leaving the metadata does not leave an acknowledged
+    /// write on a minority.
     async fn wait_remaining_hold_commit(
         &self,
         table: &TableInfo,
@@ -986,8 +1057,9 @@ impl Nameserver {
         let mut committed_before = None;
         loop {
             let status = follower_status(&leader, table.tid, partition.pid).await?;
-            let committed_before = *committed_before.get_or_insert(status.commit_offset);
-            // The leader holds everything it committed.
+            // The leader's end (see `wait_catch_up`).
+            let committed_before = *committed_before.get_or_insert(status.leader_offset);
+            // The leader holds all of it.
             let holders: Vec<&str> = std::iter::once(leader.as_str())
                 .chain(
                     status

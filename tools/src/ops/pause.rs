@@ -150,14 +150,21 @@ impl Ops {
         Ok(())
     }
 
-    async fn clear_pause(&self, zk: &Client) -> Result<()> {
-        for path in [self.pause_path(), self.owner_path()] {
-            match zk.delete(&path, None).await {
-                Ok(()) | Err(ZkError::NoNode) => {}
-                Err(e) => return Err(e.into()),
+    /// Deletes the record (only as read, at `version`, when given) and the owner node.
+    async fn clear_pause(&self, zk: &Client, version: Option<i32>) -> Result<()> {
+        match zk.delete(&self.pause_path(), version).await {
+            Ok(()) | Err(ZkError::NoNode) => {}
+            Err(ZkError::BadVersion) => {
+                return Err(OpsError::InvalidArgument(
+                    "the auto_failover pause record changed meanwhile; run again".into(),
+                ))
             }
+            Err(e) => return Err(e.into()),
         }
-        Ok(())
+        match zk.delete(&self.owner_path(), None).await {
+            Ok(()) | Err(ZkError::NoNode) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn setting_version(&self, zk: &Client) -> Result<Option<i32>> {
@@ -169,7 +176,12 @@ impl Ops {
 
     /// Puts back what `record` says was found, unless the setting changed since the run
     /// turned it off (someone else's decision, kept), then forgets the record.
-    async fn restore_from(&mut self, zk: &Client, record: &PauseRecord) -> Result<()> {
+    async fn restore_from(
+        &mut self,
+        zk: &Client,
+        record: &PauseRecord,
+        record_version: i32,
+    ) -> Result<()> {
         let changed_since = match record.off_version {
             Some(off) => self.setting_version(zk).await? != Some(off),
             None => false,
@@ -184,17 +196,18 @@ impl Ops {
             self.set_auto_failover(true).await?;
             println!("auto_failover is on again");
         }
-        self.clear_pause(zk).await
+        self.clear_pause(zk, Some(record_version)).await
     }
 
     /// Finds a run that turned auto_failover off and ended without putting it back, says
     /// so, and restores the setting it found. Refuses while that run is still going.
     pub async fn restore_interrupted(&mut self) -> Result<()> {
         let zk = self.zk().await?;
-        let Some((record, _)) = self.read_pause(&zk).await? else {
+        let Some((record, version)) = self.read_pause(&zk).await? else {
             return Ok(());
         };
         if !record.is_mine() {
+            // The owner node is created before the record and goes with its run's session.
             let owner_alive = zk.check_stat(&self.owner_path()).await?.is_some();
             if record.still_running(owner_alive) {
                 return Err(OpsError::InvalidArgument(format!(
@@ -217,7 +230,7 @@ impl Ops {
             // so it cannot undo the restore.
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        self.restore_from(&zk, &record).await
+        self.restore_from(&zk, &record, version).await
     }
 
     /// Turns auto_failover off, first writing down what it was, and returns what it was,
@@ -233,9 +246,24 @@ impl Ops {
             Ok(()) | Err(ZkError::NodeExists) => {}
             Err(e) => return Err(e.into()),
         }
-        // The record is created before the setting is read: a second run cannot slip
-        // between the read and the write.
+        // The owner node first (only one run can hold it), then the record, both before
+        // the setting is read: a second run cannot slip in between, and a run that sees a
+        // record always sees its owner while the owner lives.
+        let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
         let mut record = PauseRecord::mine(&self.command);
+        match zk
+            .create(&self.owner_path(), record.encode().as_bytes(), &ephemeral)
+            .await
+        {
+            Ok(_) => {}
+            Err(ZkError::NodeExists) => {
+                return Err(OpsError::InvalidArgument(
+                    "another tessera-ops run has auto_failover off and is working; wait for it"
+                        .into(),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
         match zk
             .create(&self.pause_path(), record.encode().as_bytes(), &options)
             .await
@@ -248,20 +276,12 @@ impl Ops {
             }
             Err(e) => return Err(e.into()),
         }
-        let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
-        match zk
-            .create(&self.owner_path(), record.encode().as_bytes(), &ephemeral)
-            .await
-        {
-            Ok(_) | Err(ZkError::NodeExists) => {}
-            Err(e) => return Err(e.into()),
-        }
         let found = self.auto_failover().await?;
         record.was_on = Some(found);
         self.write_pause(&zk, &record).await?;
         if !found {
             // Nothing to put back.
-            self.clear_pause(&zk).await?;
+            self.clear_pause(&zk, None).await?;
             return Ok(false);
         }
         self.set_auto_failover(false).await?;
@@ -280,11 +300,13 @@ impl Ops {
         let restored = async {
             let zk = self.zk().await?;
             match self.read_pause(&zk).await? {
-                Some((record, _)) if record.is_mine() => self.restore_from(&zk, &record).await,
-                // The record is gone or another run's: put back what was found.
+                Some((record, version)) if record.is_mine() => {
+                    self.restore_from(&zk, &record, version).await
+                }
+                // Gone: another run took it for an interrupted one and restored the
+                // setting already (or someone deleted it); nothing is ours to put back.
                 _ => {
-                    self.set_auto_failover(true).await?;
-                    println!("auto_failover is on again");
+                    println!("auto_failover was restored by another run");
                     Ok(())
                 }
             }
