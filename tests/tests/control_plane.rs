@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use tessera_common::Value;
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::{
-    ChangeLeaderRequest, ConfSetRequest, OpIdRequest, OpInfo, ShowOpStatusRequest,
+    ChangeLeaderRequest, ConfSetRequest, EndpointRequest, OpIdRequest, OpInfo, ReplicaRequest,
+    ShowOpStatusRequest, ShowSchemaRequest,
 };
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{GetTableStatusRequest, TableRole};
@@ -325,6 +326,97 @@ async fn a_tablet_restarted_within_its_session_is_shown_and_then_repaired() {
         .await
         .expect("get")
         .is_some());
+}
+
+/// With one follower offline, removing the other would leave the leader alone, unable to
+/// acknowledge anything: DelReplica refuses before touching anything, the replica stays
+/// a settled member (not stuck half removed), and the partition keeps taking writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delreplica_refuses_to_leave_a_partition_unable_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = NsCluster::start(dir.path(), NsClusterSpec::fast_failover()).await;
+    cluster.create_table("t1", 1, 3).await;
+    let mut ns = cluster.ns().await;
+    set_auto_failover(&mut ns, false).await;
+    let rows = table_rows(&mut ns, "t1").await;
+    let leader = leaders(&rows)[&0].clone();
+    let followers: Vec<String> = rows
+        .iter()
+        .map(|r| r.endpoint.clone())
+        .filter(|e| *e != leader)
+        .collect();
+    let down = cluster.tablet_index(&followers[0]);
+    cluster.tablets[down].kill9();
+    ns.offline_endpoint(EndpointRequest {
+        endpoint: followers[0].clone(),
+    })
+    .await
+    .expect("offlineendpoint");
+    wait_until_async(WAIT, "the follower to be offline", || {
+        let mut ns = ns.clone();
+        let gone = followers[0].clone();
+        async move {
+            table_rows(&mut ns, "t1")
+                .await
+                .iter()
+                .any(|r| r.endpoint == gone && !r.is_alive)
+        }
+    })
+    .await;
+
+    let op_id = ns
+        .del_replica(ReplicaRequest {
+            db: String::new(),
+            name: "t1".into(),
+            pids: vec![0],
+            endpoint: followers[1].clone(),
+            source: String::new(),
+        })
+        .await
+        .expect("delreplica is accepted")
+        .into_inner()
+        .ops[0]
+        .op_id;
+    wait_until_async(WAIT, "the DelReplica to fail", || {
+        let mut ns = ns.clone();
+        async move {
+            op(&mut ns, op_id)
+                .await
+                .is_some_and(|o| o.status == "kFailed")
+        }
+    })
+    .await;
+    let failed = op(&mut ns, op_id).await.unwrap();
+    assert!(
+        failed.reason.contains("unable to take writes"),
+        "{}",
+        failed.reason
+    );
+    let table = ns
+        .show_schema(ShowSchemaRequest {
+            db: String::new(),
+            name: "t1".into(),
+        })
+        .await
+        .expect("showschema")
+        .into_inner()
+        .table
+        .expect("table");
+    let kept = table.partitions[0]
+        .replicas
+        .iter()
+        .find(|r| r.endpoint == followers[1])
+        .expect("still listed");
+    assert!(
+        kept.is_alive && !kept.leaving && !kept.joining,
+        "a settled member as before: {kept:?}"
+    );
+    cluster
+        .sdk(Duration::from_secs(10))
+        .await
+        .put("default", "t1", sdk_row("after", 1))
+        .await
+        .expect("the leader and the remaining follower still take writes");
 }
 
 /// Reads tessera-ops' output until a line contains `needle`.
