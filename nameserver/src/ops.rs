@@ -448,6 +448,9 @@ impl Nameserver {
             // Refused if an operator cancelled it while the task ran (the cancel stands),
             // or if leadership was lost (the next leader resumes from the last saved task).
             if self.save_op(&op).await.is_err() {
+                if self.was_cancelled(op.op_id).await {
+                    self.undo_half_done(&op).await;
+                }
                 return;
             }
         }
@@ -481,37 +484,42 @@ impl Nameserver {
         if done("kAddReplica") && pending("kUpdatePartitionStatus") {
             self.stop_shipping_after_failure(op).await;
         }
-        // A replica marked leaving that is still listed: the leader may or may not have
+        // A replica the op was removing, still listed and marked leaving (whether or not
+        // the mark's own task was recorded as done): the leader may or may not have
         // dropped its vote. `joining` says exactly that (it may vote, it may lack
         // writes), and RecoverTable settles it again; `leaving` would be left to an op
-        // that is over.
-        for (mark, removal) in [
-            ("kMarkReplicaLeaving", "kDelReplicaMeta"),
-            ("kMarkSourceLeaving", "kDelSourceReplicaMeta"),
-        ] {
-            if !(done(mark) && pending(removal)) {
-                continue;
-            }
-            let endpoint = if mark == "kMarkReplicaLeaving" {
-                op.endpoint.clone()
-            } else {
-                op.source.clone()
-            };
-            let unmarked = async {
-                let table = self.table_of(op).await?;
-                self.update_partition(&table, op.pid, |p| {
-                    for replica in p.replicas.iter_mut().filter(|r| r.endpoint == endpoint) {
+        // that is over. A replica the op was bringing back and that is not back is
+        // marked dead, so that the planner or the operator sees it is not.
+        let removing = match op.op_type.as_str() {
+            DEL_REPLICA if pending("kDelReplicaMeta") => Some(op.endpoint.clone()),
+            MIGRATE if pending("kDelSourceReplicaMeta") => Some(op.source.clone()),
+            _ => None,
+        };
+        let returning = (matches!(op.op_type.as_str(), RECOVER_TABLE | ADD_REPLICA | MIGRATE)
+            && pending("kUpdatePartitionStatus"))
+        .then(|| op.endpoint.clone());
+        if removing.is_none() && returning.is_none() {
+            return;
+        }
+        let settled = async {
+            let table = self.table_of(op).await?;
+            self.update_partition(&table, op.pid, |p| {
+                for replica in p.replicas.iter_mut() {
+                    if Some(&replica.endpoint) == removing.as_ref() && replica.leaving {
                         replica.leaving = false;
                         replica.joining = true;
                         replica.is_alive = false;
                     }
-                })
-                .await
-            }
-            .await;
-            if let Err(e) = unmarked {
-                warn!(op_id = op.op_id, error = %e, "could not settle the replica the op was removing; it stays marked leaving");
-            }
+                    if Some(&replica.endpoint) == returning.as_ref() && !replica.is_leader {
+                        replica.is_alive = false;
+                    }
+                }
+            })
+            .await
+        }
+        .await;
+        if let Err(e) = settled {
+            warn!(op_id = op.op_id, error = %e, "could not record what the op left half done; the reconciler will see it");
         }
     }
 
@@ -674,9 +682,11 @@ impl Nameserver {
                 self.update_partition(&table, op.pid, move |p| {
                     for replica in p.replicas.iter_mut().filter(|r| r.endpoint == endpoint) {
                         replica.is_alive = alive;
-                        // kWaitCatchUp saw it hold everything committed before it voted.
+                        // kWaitCatchUp saw it hold everything the leader held once it
+                        // voted: a settled member (also one a removal left marked).
                         if alive {
                             replica.joining = false;
+                            replica.leaving = false;
                         }
                     }
                 })
@@ -868,10 +878,13 @@ impl Nameserver {
         partition: &PartitionMeta,
     ) -> Result<()> {
         let leader = leader_of(partition)?;
-        // The leader stops shipping to it (keeping its vote) until kAddReplica: what it
-        // acknowledged before does not count for its copy as it will be.
-        self.del_from_leader(table, partition, op.pid, &op.endpoint, true)
-            .await?;
+        if leader == op.endpoint {
+            // A failover since the op was queued made it the leader.
+            return Err(NsError::InvalidArgument(format!(
+                "{} leads partition {} now; there is nothing to recover",
+                op.endpoint, op.pid
+            )));
+        }
         let mut leader_client = tablet(&leader).await?;
         let leader_pair = call(
             &leader,
@@ -910,7 +923,10 @@ impl Nameserver {
         info!(op_id = op.op_id, table = %table.name, pid = op.pid, endpoint = %op.endpoint, decision = decision.name(), "recovering a replica");
         op.chosen = decision.name().into();
         if matches!(decision, Recovery::Create | Recovery::Reseed) {
-            // Its copy is gone or replaced: it may lack writes it once acknowledged.
+            // Its copy is gone or replaced: it may lack writes it once acknowledged, and
+            // what the leader recorded of its acknowledgements no longer holds. It is
+            // marked joining, and the leader stops shipping to it (keeping its vote)
+            // until kAddReplica, from when only new acknowledgements count.
             let endpoint = op.endpoint.clone();
             self.update_partition(table, op.pid, move |p| {
                 for replica in p.replicas.iter_mut().filter(|r| r.endpoint == endpoint) {
@@ -918,6 +934,8 @@ impl Nameserver {
                 }
             })
             .await?;
+            self.del_from_leader(table, partition, op.pid, &op.endpoint, true)
+                .await?;
         }
         if decision == Recovery::Create {
             // The tablet lost its copy: an empty replica, seeded by a snapshot on AddReplica.

@@ -140,12 +140,19 @@ fn partition_drifts(
             && !leader_status.offline.iter().any(|f| f == e)
     };
     let mut out = Vec::new();
-    // A replica being removed is its op's business (the leader may have let it go).
-    for replica in partition
-        .replicas
-        .iter()
-        .filter(|r| !r.is_leader && !r.leaving)
-    {
+    for replica in partition.replicas.iter().filter(|r| !r.is_leader) {
+        if replica.leaving {
+            // The reconciler only acts on partitions without an op: a removal that ended
+            // without finishing (the leader may have let it go). RecoverTable settles it.
+            if observe(replica).is_some() {
+                out.push(drift(
+                    replica,
+                    "is marked leaving but no removal is under way".into(),
+                    RECOVER_TABLE,
+                ));
+            }
+            continue;
+        }
         if !replica.is_alive {
             // The leader should have stopped shipping to it. A replica whose tablet is up
             // again is the planner's (RecoverTable); one whose tablet did not answer is
@@ -353,6 +360,18 @@ mod tests {
     fn unobserved_tablets_are_left_alone() {
         let seen = healthy().into_iter().filter(|(e, _)| *e != "a").collect();
         assert!(drifts(&table(ABC, 3), &reports(seen)).is_empty());
+    }
+
+    #[test]
+    fn a_replica_left_leaving_gets_recover_table() {
+        let mut t = table(ABC, 3);
+        t.partitions[0].replicas[2].leaving = true;
+        let mut seen = healthy();
+        seen[0].1 = Some(leader(3, &["b"], &[]));
+        assert_eq!(
+            repairs(&drifts(&t, &reports(seen))),
+            vec![(RECOVER_TABLE, "c")]
+        );
     }
 
     #[test]

@@ -110,7 +110,11 @@ async fn run(args: Args) -> Result<bool, OpsError> {
     // A run that died with auto_failover off is undone before anything else (a dry run
     // changes nothing, so it only reports it).
     if !args.dry_run {
-        ops.restore_interrupted().await?;
+        if let Err(e) = ops.restore_interrupted().await {
+            // Commands that change nothing go on; the others are refused when they try
+            // to turn auto_failover off.
+            eprintln!("tessera-ops: note: {e}");
+        }
     }
     let endpoints: Vec<String> = args
         .endpoints

@@ -1,13 +1,16 @@
 //! Remembering, in ZooKeeper, that `tessera-ops` turned `auto_failover` off.
 //!
-//! Before a command turns it off it creates `<root>/tools/auto_failover_pause` (only one
-//! run at a time can) with who it is (pid, host, command, start time), then the setting
-//! it found and the version of the setting's node once it turned it off; it deletes the
-//! record once the setting is back. While it works its ZooKeeper session also holds the
-//! ephemeral `<root>/tools/auto_failover_pause_owner`. A run that dies in between (Ctrl-C
-//! is handled, `kill -9` or a lost machine is not) leaves the record, and the next run of
-//! any command finds it, says so, and puts the setting back before doing anything else —
-//! unless someone changed the setting since (then it is theirs and stays as it is).
+//! A run that turns it off first takes `<root>/tools/auto_failover_pause_owner`, an
+//! ephemeral node (so it goes with the run's ZooKeeper session, and only one run holds it
+//! at a time), then writes `<root>/tools/auto_failover_pause`: who it is (pid, host,
+//! command, start time), the setting it found, and the version of the setting's node
+//! once it turned it off. It deletes the record once the setting is back, then lets the
+//! owner node go. A run that dies in between (Ctrl-C is handled, `kill -9` or a lost
+//! machine is not) leaves the record; the next run of any command takes the owner node
+//! (waiting for the dead run's session to end, when that run was on this host), finds the
+//! record, says so, and puts the setting back before doing anything else — unless someone
+//! changed the setting since (then it is theirs and stays as it is). Everything that
+//! touches the record happens while holding the owner node.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -75,15 +78,13 @@ impl PauseRecord {
         self.pid == std::process::id() && self.host == host_name()
     }
 
-    /// Whether the run that wrote it is still going: on this host, a `tessera-ops`
-    /// process with its pid; elsewhere, `owner_alive` (its ZooKeeper session still holds
-    /// the owner node).
-    fn still_running(&self, owner_alive: bool) -> bool {
-        if self.host != host_name() {
-            return owner_alive;
-        }
-        std::fs::read_to_string(format!("/proc/{}/comm", self.pid))
-            .is_ok_and(|comm| comm.trim().starts_with("tessera-ops"))
+    /// Whether the process that wrote it is certainly gone: it ran on this host and no
+    /// `tessera-ops` process has its pid. (On another host only its ZooKeeper session
+    /// tells, by the owner node going away.)
+    fn process_gone(&self) -> bool {
+        self.host == host_name()
+            && !std::fs::read_to_string(format!("/proc/{}/comm", self.pid))
+                .is_ok_and(|comm| comm.trim().starts_with("tessera-ops"))
     }
 
     fn describe(&self) -> String {
@@ -107,6 +108,12 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
+/// How long to wait for the owner node of a run that is gone from this host (its
+/// ZooKeeper session ends within its timeout).
+const OWNER_WAIT: Duration = Duration::from_secs(30);
+/// The session timeout of a run's own ZooKeeper session.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+
 impl Ops {
     fn pause_path(&self) -> String {
         format!("{}/tools/auto_failover_pause", self.zk_root_path)
@@ -127,18 +134,75 @@ impl Ops {
             return Ok(zk.clone());
         }
         let zk = Client::connector()
-            .with_session_timeout(Duration::from_secs(10))
+            .with_session_timeout(SESSION_TIMEOUT)
             .connect(&self.zk_cluster)
             .await
             .map_err(|e| OpsError::Connect(format!("ZooKeeper at {}: {e}", self.zk_cluster)))?;
+        let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+        match zk
+            .mkdir(&format!("{}/tools", self.zk_root_path), &options)
+            .await
+        {
+            Ok(()) | Err(ZkError::NodeExists) => {}
+            Err(e) => return Err(e.into()),
+        }
         self.zk_session = Some(zk.clone());
         Ok(zk)
     }
 
-    async fn read_pause(&self, zk: &Client) -> Result<Option<(PauseRecord, i32)>> {
+    /// Takes the owner node. A holder that is gone from this host (killed, or this very
+    /// process before an interruption) is waited for; a live one, or one on another host,
+    /// is working: refused.
+    async fn acquire_owner(&mut self, zk: &Client) -> Result<()> {
+        let me = PauseRecord::mine(&self.command);
+        let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+        let deadline = tokio::time::Instant::now() + OWNER_WAIT;
+        let mut told = false;
+        loop {
+            match zk
+                .create(&self.owner_path(), me.encode().as_bytes(), &ephemeral)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(ZkError::NodeExists) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let holder = match zk.get_data(&self.owner_path()).await {
+                Ok((data, _)) => PauseRecord::decode(&String::from_utf8_lossy(&data)),
+                Err(ZkError::NoNode) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let gone = holder
+                .as_ref()
+                .is_some_and(|h| h.process_gone() || h.is_mine());
+            if !gone || tokio::time::Instant::now() >= deadline {
+                let who = holder.map_or_else(|| "unknown".to_string(), |h| h.describe());
+                return Err(OpsError::InvalidArgument(format!(
+                    "another tessera-ops run, {who}, has auto_failover off and is working; \
+                     wait for it"
+                )));
+            }
+            if !told {
+                println!(
+                    "waiting for the ZooKeeper session of an interrupted run to end (up to {} s)",
+                    SESSION_TIMEOUT.as_secs()
+                );
+                told = true;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn release_owner(&self, zk: &Client) -> Result<()> {
+        match zk.delete(&self.owner_path(), None).await {
+            Ok(()) | Err(ZkError::NoNode) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn read_pause(&self, zk: &Client) -> Result<Option<PauseRecord>> {
         match zk.get_data(&self.pause_path()).await {
-            Ok((data, stat)) => Ok(PauseRecord::decode(&String::from_utf8_lossy(&data))
-                .map(|record| (record, stat.version))),
+            Ok((data, _)) => Ok(PauseRecord::decode(&String::from_utf8_lossy(&data))),
             Err(ZkError::NoNode) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -150,18 +214,8 @@ impl Ops {
         Ok(())
     }
 
-    /// Deletes the record (only as read, at `version`, when given) and the owner node.
-    async fn clear_pause(&self, zk: &Client, version: Option<i32>) -> Result<()> {
-        match zk.delete(&self.pause_path(), version).await {
-            Ok(()) | Err(ZkError::NoNode) => {}
-            Err(ZkError::BadVersion) => {
-                return Err(OpsError::InvalidArgument(
-                    "the auto_failover pause record changed meanwhile; run again".into(),
-                ))
-            }
-            Err(e) => return Err(e.into()),
-        }
-        match zk.delete(&self.owner_path(), None).await {
+    async fn delete_pause(&self, zk: &Client) -> Result<()> {
+        match zk.delete(&self.pause_path(), None).await {
             Ok(()) | Err(ZkError::NoNode) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -174,14 +228,10 @@ impl Ops {
             .map(|stat| stat.version))
     }
 
-    /// Puts back what `record` says was found, unless the setting changed since the run
-    /// turned it off (someone else's decision, kept), then forgets the record.
-    async fn restore_from(
-        &mut self,
-        zk: &Client,
-        record: &PauseRecord,
-        record_version: i32,
-    ) -> Result<()> {
+    /// With the owner node held: puts back what `record` says was found, unless the
+    /// setting changed since the run turned it off (someone else's decision, kept), then
+    /// forgets the record.
+    async fn restore_from(&mut self, zk: &Client, record: &PauseRecord) -> Result<()> {
         let changed_since = match record.off_version {
             Some(off) => self.setting_version(zk).await? != Some(off),
             None => false,
@@ -196,25 +246,22 @@ impl Ops {
             self.set_auto_failover(true).await?;
             println!("auto_failover is on again");
         }
-        self.clear_pause(zk, Some(record_version)).await
+        self.delete_pause(zk).await
     }
 
-    /// Finds a run that turned auto_failover off and ended without putting it back, says
-    /// so, and restores the setting it found. Refuses while that run is still going.
-    pub async fn restore_interrupted(&mut self) -> Result<()> {
-        let zk = self.zk().await?;
-        let Some((record, version)) = self.read_pause(&zk).await? else {
+    /// With the owner node held: a record left means its run ended without putting the
+    /// setting back; says so and restores it.
+    async fn restore_left_record(&mut self, zk: &Client) -> Result<()> {
+        let Some(record) = self.read_pause(zk).await? else {
             return Ok(());
         };
-        if !record.is_mine() {
-            // The owner node is created before the record and goes with its run's session.
-            let owner_alive = zk.check_stat(&self.owner_path()).await?.is_some();
-            if record.still_running(owner_alive) {
-                return Err(OpsError::InvalidArgument(format!(
-                    "another run, {}, has auto_failover off and is still working; wait for it",
-                    record.describe()
-                )));
+        if record.is_mine() {
+            if record.off_version.is_none() {
+                // Interrupted while turning it off: let that request land first, so it
+                // cannot undo the restore.
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
+        } else {
             println!(
                 "an earlier run, {}, ended without restoring auto_failover (it was {}); \
                  restoring it",
@@ -225,70 +272,51 @@ impl Ops {
                     None => "not read yet",
                 }
             );
-        } else if record.off_version.is_none() {
-            // This run was interrupted while turning it off: let that request land first,
-            // so it cannot undo the restore.
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        self.restore_from(&zk, &record, version).await
+        self.restore_from(zk, &record).await
+    }
+
+    /// Finds a run that turned auto_failover off and ended without putting it back, says
+    /// so, and restores the setting it found. Refuses while another run is working.
+    pub async fn restore_interrupted(&mut self) -> Result<()> {
+        let zk = self.zk().await?;
+        self.acquire_owner(&zk).await?;
+        let restored = self.restore_left_record(&zk).await;
+        self.release_owner(&zk).await?;
+        restored
     }
 
     /// Turns auto_failover off, first writing down what it was, and returns what it was,
     /// for [`Ops::restore_auto_failover`]. Only one run at a time may have it off.
     pub async fn pause_auto_failover(&mut self) -> Result<bool> {
-        self.restore_interrupted().await?;
         let zk = self.zk().await?;
-        let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
-        match zk
-            .mkdir(&format!("{}/tools", self.zk_root_path), &options)
-            .await
-        {
-            Ok(()) | Err(ZkError::NodeExists) => {}
-            Err(e) => return Err(e.into()),
-        }
-        // The owner node first (only one run can hold it), then the record, both before
-        // the setting is read: a second run cannot slip in between, and a run that sees a
-        // record always sees its owner while the owner lives.
-        let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
-        let mut record = PauseRecord::mine(&self.command);
-        match zk
-            .create(&self.owner_path(), record.encode().as_bytes(), &ephemeral)
-            .await
-        {
-            Ok(_) => {}
-            Err(ZkError::NodeExists) => {
-                return Err(OpsError::InvalidArgument(
-                    "another tessera-ops run has auto_failover off and is working; wait for it"
-                        .into(),
-                ))
+        self.acquire_owner(&zk).await?;
+        let paused = async {
+            self.restore_left_record(&zk).await?;
+            let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+            let mut record = PauseRecord::mine(&self.command);
+            zk.create(&self.pause_path(), record.encode().as_bytes(), &options)
+                .await?;
+            let found = self.auto_failover().await?;
+            record.was_on = Some(found);
+            self.write_pause(&zk, &record).await?;
+            if !found {
+                // Nothing to put back.
+                self.delete_pause(&zk).await?;
+                return Ok(false);
             }
-            Err(e) => return Err(e.into()),
+            self.set_auto_failover(false).await?;
+            record.off_version = self.setting_version(&zk).await?;
+            self.write_pause(&zk, &record).await?;
+            println!("auto_failover was on: off while this command works");
+            Ok(true)
         }
-        match zk
-            .create(&self.pause_path(), record.encode().as_bytes(), &options)
-            .await
-        {
-            Ok(_) => {}
-            Err(ZkError::NodeExists) => {
-                return Err(OpsError::InvalidArgument(
-                    "another tessera-ops run just turned auto_failover off; wait for it".into(),
-                ))
-            }
-            Err(e) => return Err(e.into()),
+        .await;
+        if !matches!(paused, Ok(true)) {
+            // Nothing is off (or the record says what is): the owner node can go.
+            let _ = self.release_owner(&zk).await;
         }
-        let found = self.auto_failover().await?;
-        record.was_on = Some(found);
-        self.write_pause(&zk, &record).await?;
-        if !found {
-            // Nothing to put back.
-            self.clear_pause(&zk, None).await?;
-            return Ok(false);
-        }
-        self.set_auto_failover(false).await?;
-        record.off_version = self.setting_version(&zk).await?;
-        self.write_pause(&zk, &record).await?;
-        println!("auto_failover was on: off while this command works");
-        Ok(true)
+        paused
     }
 
     /// Puts auto_failover back and forgets the record; reports (and does not hide the
@@ -300,16 +328,14 @@ impl Ops {
         let restored = async {
             let zk = self.zk().await?;
             match self.read_pause(&zk).await? {
-                Some((record, version)) if record.is_mine() => {
-                    self.restore_from(&zk, &record, version).await
-                }
-                // Gone: another run took it for an interrupted one and restored the
-                // setting already (or someone deleted it); nothing is ours to put back.
-                _ => {
-                    println!("auto_failover was restored by another run");
-                    Ok(())
+                Some(record) => self.restore_from(&zk, &record).await?,
+                None => {
+                    // The record could not be read back; put back what was found.
+                    self.set_auto_failover(true).await?;
+                    println!("auto_failover is on again");
                 }
             }
+            self.release_owner(&zk).await
         }
         .await;
         if let Err(e) = restored {
@@ -337,20 +363,19 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_run_is_not_running() {
+    fn a_dead_run_is_gone() {
         let record = PauseRecord {
             pid: u32::MAX,
             ..PauseRecord::mine("scalein")
         };
-        assert!(!record.still_running(true), "no such process here");
+        assert!(record.process_gone(), "no such process here");
         let elsewhere = PauseRecord {
             host: "some-other-host".into(),
             ..record
         };
         assert!(
-            elsewhere.still_running(true),
-            "its session holds the owner node"
+            !elsewhere.process_gone(),
+            "runs on other hosts are told by their session"
         );
-        assert!(!elsewhere.still_running(false), "its session is gone");
     }
 }
