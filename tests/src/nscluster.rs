@@ -140,6 +140,21 @@ impl NsCluster {
             .expect("created table")
     }
 
+    /// Waits until `showtable` marks the replica of `table` on `endpoint` dead.
+    pub async fn wait_marked_dead(&self, table: &str, endpoint: &str) {
+        let ns = self.ns().await;
+        wait_until_async(READY, &format!("{endpoint} to be marked dead"), || {
+            let mut ns = ns.clone();
+            async move {
+                crate::routed::table_rows(&mut ns, table)
+                    .await
+                    .iter()
+                    .any(|r| r.endpoint == endpoint && !r.is_alive)
+            }
+        })
+        .await;
+    }
+
     pub fn tablet_index(&self, endpoint: &str) -> usize {
         self.tablets
             .iter()

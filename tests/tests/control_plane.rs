@@ -352,17 +352,7 @@ async fn delreplica_refuses_to_leave_a_partition_unable_to_write() {
     })
     .await
     .expect("offlineendpoint");
-    wait_until_async(WAIT, "the follower to be offline", || {
-        let mut ns = ns.clone();
-        let gone = followers[0].clone();
-        async move {
-            table_rows(&mut ns, "t1")
-                .await
-                .iter()
-                .any(|r| r.endpoint == gone && !r.is_alive)
-        }
-    })
-    .await;
+    cluster.wait_marked_dead("t1", &followers[0]).await;
 
     let op_id = ns
         .del_replica(ReplicaRequest {

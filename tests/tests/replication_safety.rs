@@ -13,21 +13,6 @@ use tessera_tests::workload::sdk_row;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-/// Waits until `showtable` marks the replica on `endpoint` dead.
-async fn wait_dead(cluster: &NsCluster, endpoint: &str) {
-    let ns = cluster.ns().await;
-    wait_until_async(WAIT, &format!("{endpoint} to be marked dead"), || {
-        let mut ns = ns.clone();
-        async move {
-            table_rows(&mut ns, "t1")
-                .await
-                .iter()
-                .any(|r| r.endpoint == endpoint && !r.is_alive)
-        }
-    })
-    .await;
-}
-
 /// Both followers die one after the other and are taken offline; the leader must not
 /// acknowledge writes alone (before, it did, and all of them were lost when it died and
 /// a follower was promoted). Every write acknowledged at any point survives.
@@ -67,7 +52,7 @@ async fn losing_two_of_three_replicas_stops_writes_instead_of_losing_them() {
 
     let first = cluster.tablet_index(&followers[0]);
     cluster.tablets[first].kill9();
-    wait_dead(&cluster, &followers[0]).await;
+    cluster.wait_marked_dead("t1", &followers[0]).await;
     for i in 0..10 {
         acked.push(
             put(format!("two-{i}"), i)
@@ -78,7 +63,7 @@ async fn losing_two_of_three_replicas_stops_writes_instead_of_losing_them() {
 
     let second = cluster.tablet_index(&followers[1]);
     cluster.tablets[second].kill9();
-    wait_dead(&cluster, &followers[1]).await;
+    cluster.wait_marked_dead("t1", &followers[1]).await;
     let mut refusals = Vec::new();
     for i in 0..30 {
         match put(format!("alone-{i}"), i).await {
@@ -167,7 +152,7 @@ async fn a_put_retried_while_followers_are_frozen_is_stored_once() {
     // Frozen past their sessions: the nameserver takes them offline meanwhile, and the
     // SDK retries the put after each quorum timeout.
     for r in rows.iter().filter(|r| r.endpoint != leader) {
-        wait_dead(&cluster, &r.endpoint).await;
+        cluster.wait_marked_dead("t1", &r.endpoint).await;
     }
     assert!(
         !in_flight.is_finished(),
