@@ -1,6 +1,7 @@
 //! Integration harness: real Tessera processes (and, for the cluster tests, a real
 //! ZooKeeper) on loopback ports, owned by guards that kill them on drop.
 
+pub mod chaos;
 pub mod cluster;
 pub mod nameserver;
 pub mod nscluster;
