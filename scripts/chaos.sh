@@ -23,7 +23,7 @@ for ((i = 0; i < schedules; i++)); do
   mkdir -p "$out"
   echo "== schedule seed $s ($steps steps) -> $out"
   if ! CHAOS_SEED=$s CHAOS_STEPS=$steps CHAOS_OUT="$PWD/$out" \
-      cargo test -q -p tessera-tests --test chaos -- --ignored --nocapture >"$out/run.log" 2>&1; then
+      cargo test -q -p tessera-tests --test chaos -- --nocapture >"$out/run.log" 2>&1; then
     echo "   FAILED: see $out/run.log and $out/report.txt"
     failed=$((failed + 1))
   else
