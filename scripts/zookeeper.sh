@@ -5,6 +5,11 @@
 #   scripts/zookeeper.sh classpath          print the java class path of the server
 #   scripts/zookeeper.sh run DIR PORT       run a standalone server in the foreground,
 #                                           data and zoo.cfg under DIR, on 127.0.0.1:PORT
+#   scripts/zookeeper.sh member DIR ID ADDRESS PEERS
+#                                           run member ID (1-based) of an ensemble in the
+#                                           foreground, serving ADDRESS:2181; PEERS lists
+#                                           every member's address, comma-separated, in
+#                                           id order (quorum ports 2888 and 3888)
 set -euo pipefail
 
 JAR_DIR=/usr/share/java
@@ -35,10 +40,11 @@ classpath() {
   echo "$cp"
 }
 
-run() {
-  local dir=$1 port=$2
+# zoo.cfg under DIR for a server on ADDRESS:PORT; more lines (an ensemble's) from stdin.
+write_config() {
+  local dir=$1 address=$2 port=$3
   mkdir -p "$dir/data"
-  cat > "$dir/zoo.cfg" <<CFG
+  { cat <<CFG
 tickTime=200
 minSessionTimeout=400
 maxSessionTimeout=20000
@@ -46,16 +52,37 @@ initLimit=10
 syncLimit=5
 dataDir=$dir/data
 clientPort=$port
-clientPortAddress=127.0.0.1
+clientPortAddress=$address
 admin.enableServer=false
 4lw.commands.whitelist=ruok,srvr,stat
 CFG
+    cat
+  } > "$dir/zoo.cfg"
+}
+
+run() {
+  local dir=$1 port=$2
+  write_config "$dir" 127.0.0.1 "$port" </dev/null
   exec java -Xmx256m -cp "$(classpath)" org.apache.zookeeper.server.ZooKeeperServerMain "$dir/zoo.cfg"
+}
+
+member() {
+  local dir=$1 id=$2 address=$3 peers=$4 i=0 peer
+  local servers=""
+  IFS=, read -ra addresses <<<"$peers"
+  for peer in "${addresses[@]}"; do
+    i=$((i + 1))
+    servers+="server.$i=$peer:2888:3888"$'\n'
+  done
+  printf '%s' "$servers" | write_config "$dir" "$address" 2181
+  echo "$id" > "$dir/data/myid"
+  exec java -Xmx256m -cp "$(classpath)" org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg"
 }
 
 case "${1:-}" in
   install) install ;;
   classpath) classpath ;;
   run) shift; run "$@" ;;
-  *) echo "usage: $0 install | classpath | run DIR PORT" >&2; exit 2 ;;
+  member) shift; member "$@" ;;
+  *) echo "usage: $0 install | classpath | run DIR PORT | member DIR ID ADDRESS PEERS" >&2; exit 2 ;;
 esac

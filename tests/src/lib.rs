@@ -4,6 +4,7 @@
 pub mod chaos;
 pub mod cluster;
 pub mod nameserver;
+pub mod netbed;
 pub mod nscluster;
 pub mod ops;
 pub mod process;
