@@ -47,6 +47,16 @@ pub struct ReadStats {
     pub from_leaders: u64,
 }
 
+/// What a follower answered: `value`, served at applied offset `offset`, which is at
+/// least the `min_offset` the read asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowerRead<T> {
+    pub value: T,
+    pub min_offset: u64,
+    pub offset: u64,
+    pub endpoint: String,
+}
+
 /// A table's metadata with its parsed schema.
 struct Cached {
     info: TableInfo,
@@ -376,14 +386,20 @@ impl Client {
         *self.stats.lock()
     }
 
-    /// A follower read: served only if the follower holds at least what this client has
-    /// seen of the partition; `None` when no follower could serve it.
-    async fn get_from_follower(
+    /// Runs `read` on a follower of the key's partition that holds at least what this
+    /// client has seen of it; `None` when no follower could serve it. `read` answers with
+    /// its result and the offset the follower had applied.
+    async fn on_follower<T, F, Fut>(
         &self,
         db: &str,
         name: &str,
         key_values: &[Value],
-    ) -> Option<Option<Vec<Value>>> {
+        read: F,
+    ) -> Option<FollowerRead<T>>
+    where
+        F: Fn(TabletClient<Channel>, u32, u32, u64) -> Fut,
+        Fut: Future<Output = Result<(T, u64), tonic::Status>>,
+    {
         let table = self.table(db, name, false).await.ok()?;
         let pid = Self::first_index_partition(&table, key_values).ok()?;
         let partition = table.info.partitions.iter().find(|p| p.pid == pid)?;
@@ -400,25 +416,91 @@ impl Client {
             .iter()
             .filter(|r| !r.is_leader && r.is_alive)
         {
-            let Ok(mut client) = self.tablet(&follower.endpoint).await else {
+            let Ok(client) = self.tablet(&follower.endpoint).await else {
                 continue;
             };
-            let request = GetRequest {
-                tid: table.info.tid,
-                pid,
-                key: key_values.iter().map(Value::to_proto).collect(),
-                min_offset,
-                ..Default::default()
-            };
-            // Refused when behind (or gone): try the next one, then the leader.
-            if let Ok(response) = client.get(request).await {
-                let response = response.into_inner();
-                self.note_seen(db, name, pid, response.offset);
+            // Refused when behind (or gone): try the next one.
+            if let Ok((value, offset)) = read(client, table.info.tid, pid, min_offset).await {
+                self.note_seen(db, name, pid, offset);
                 self.stats.lock().from_followers += 1;
-                return Some(response.row.and_then(|r| Value::row_from_proto(&r).ok()));
+                return Some(FollowerRead {
+                    value,
+                    min_offset,
+                    offset,
+                    endpoint: follower.endpoint.clone(),
+                });
             }
         }
         None
+    }
+
+    /// A follower read: served only if the follower holds at least what this client has
+    /// seen of the partition; `None` when no follower could serve it.
+    async fn get_from_follower(
+        &self,
+        db: &str,
+        name: &str,
+        key_values: &[Value],
+    ) -> Option<Option<Vec<Value>>> {
+        let key: Vec<_> = key_values.iter().map(Value::to_proto).collect();
+        let read = self
+            .on_follower(db, name, key_values, |mut client, tid, pid, min_offset| {
+                let request = GetRequest {
+                    tid,
+                    pid,
+                    key: key.clone(),
+                    min_offset,
+                    ..Default::default()
+                };
+                async move {
+                    let response = client.get(request).await?.into_inner();
+                    Ok((response.row, response.offset))
+                }
+            })
+            .await?;
+        Some(read.value.and_then(|r| Value::row_from_proto(&r).ok()))
+    }
+
+    /// Every row of a key of the first index (newest first), from a follower that has
+    /// applied at least what this client has seen of the partition: never older than what
+    /// this client read or wrote before, possibly without others' newest writes. `None`
+    /// when no follower could serve it (behind, down, or none alive).
+    pub async fn scan_from_follower(
+        &self,
+        db: &str,
+        name: &str,
+        key_values: Vec<Value>,
+    ) -> Result<Option<FollowerRead<Vec<Vec<Value>>>>, ClientError> {
+        let key: Vec<_> = key_values.iter().map(Value::to_proto).collect();
+        let read = self
+            .on_follower(db, name, &key_values, |mut client, tid, pid, min_offset| {
+                let request = ScanRequest {
+                    tid,
+                    pid,
+                    key: key.clone(),
+                    min_offset,
+                    ..Default::default()
+                };
+                async move {
+                    let response = client.scan(request).await?.into_inner();
+                    Ok((response.rows, response.offset))
+                }
+            })
+            .await;
+        let Some(read) = read else {
+            return Ok(None);
+        };
+        let rows = read
+            .value
+            .iter()
+            .map(|r| Value::row_from_proto(r).map_err(ClientError::InvalidArgument))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(FollowerRead {
+            value: rows,
+            min_offset: read.min_offset,
+            offset: read.offset,
+            endpoint: read.endpoint,
+        }))
     }
 
     /// The newest row of a key of the first index: from a follower that has caught up
@@ -504,10 +586,18 @@ impl Client {
                         limit,
                         ..Default::default()
                     };
-                    async move { client.scan(request).await.map(|r| r.into_inner().rows) }
+                    async move {
+                        client.scan(request).await.map(|r| {
+                            let r = r.into_inner();
+                            (pid, r.offset, r.rows)
+                        })
+                    }
                 },
             )
             .await?;
+        let (pid, offset, rows) = rows;
+        // A later follower read must not go back behind what this scan showed.
+        self.note_seen(db, name, pid, offset);
         rows.iter()
             .map(|r| Value::row_from_proto(r).map_err(ClientError::InvalidArgument))
             .collect()

@@ -28,5 +28,5 @@ pub mod nameserver;
 pub mod repl;
 pub mod shell;
 
-pub use client::{Client, ClientOptions, ReadStats};
+pub use client::{Client, ClientOptions, FollowerRead, ReadStats};
 pub use error::ClientError;
