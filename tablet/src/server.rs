@@ -78,8 +78,17 @@ pub async fn run(
             lease.clone(),
             coordination_stopped.clone(),
         ));
-        tokio::spawn(watch_lease(catalog.clone(), lease, coordination_stopped));
+        tokio::spawn(watch_lease(
+            catalog.clone(),
+            lease,
+            coordination_stopped.clone(),
+        ));
     }
+
+    tokio::spawn(crate::repair::repair_failed_replicas(
+        replicators.clone(),
+        coordination_stopped.clone(),
+    ));
 
     let message_limit = config.max_row_size + MESSAGE_OVERHEAD;
     let service = TabletServer::new(TabletService::new(

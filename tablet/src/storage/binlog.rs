@@ -292,6 +292,11 @@ impl Durability {
         self.state.lock().durable
     }
 
+    /// Why the binlog refuses writes, if a write or fsync failed.
+    pub fn failure(&self) -> Option<String> {
+        self.state.lock().failure.clone()
+    }
+
     fn fail(&self, reason: String) {
         let mut state = self.state.lock();
         state.failure.get_or_insert(reason);

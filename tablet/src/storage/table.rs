@@ -765,8 +765,15 @@ impl Table {
         self.memtable.gc(now_ms)
     }
 
+    /// Why this replica's binlog refuses writes (a failed write or fsync: a full or
+    /// failing disk). Such a replica serves nothing new until it is reloaded from disk.
+    pub fn binlog_failure(&self) -> Option<String> {
+        self.durability.failure()
+    }
+
     pub fn status(&self) -> TableStatus {
         let version = self.version();
+        let failure = self.binlog_failure();
         let replica = self.replica.lock().state.clone();
         TableStatus {
             mode: self.meta.mode,
@@ -782,7 +789,9 @@ impl Table {
             offset: version.offset,
             term: version.term,
             role: replica.role,
-            state: if self.making_snapshot.load(Ordering::Acquire) {
+            state: if failure.is_some() {
+                TableState::WriteFailed
+            } else if self.making_snapshot.load(Ordering::Acquire) {
                 TableState::MakingSnapshot
             } else {
                 TableState::Normal
@@ -790,7 +799,7 @@ impl Table {
             record_count: self.memtable.record_count(),
             memory_used_bytes: self.memtable.memory_used(),
             snapshot_offset: self.snapshot_offset.load(Ordering::Acquire),
-            error: String::new(),
+            error: failure.unwrap_or_default(),
         }
     }
 

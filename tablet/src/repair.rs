@@ -1,0 +1,80 @@
+//! Replicas whose binlog failed come back by themselves.
+//!
+//! A failed binlog write or fsync (a full or failing disk) leaves the file in an unknown
+//! state, so the binlog refuses everything after it. Left alone, such a leader would hold
+//! its partition forever: alive in ZooKeeper, taking no writes. Every second this loop
+//! reloads each such replica from disk (which cuts a torn tail); it comes back a follower
+//! of nobody, as after a restart, and the nameserver's reconciler repairs that like any
+//! other difference (a new leader, or the replica made to follow again). A reload that
+//! fails (the disk still full) is tried again on the next tick.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::error::TabletError;
+use crate::replication::leader::Replicators;
+
+const EVERY: Duration = Duration::from_secs(1);
+
+pub async fn repair_failed_replicas(
+    replicators: Arc<Replicators>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    // Replicas whose reload failed: loaded again on later ticks.
+    let mut unloaded: HashSet<(u32, u32)> = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            _ = stop.changed() => return,
+        }
+        let catalog = replicators.catalog().clone();
+        let failed: Vec<(u32, u32, String)> = catalog
+            .tables()
+            .iter()
+            .filter_map(|t| {
+                let meta = t.meta();
+                t.binlog_failure().map(|why| (meta.tid, meta.pid, why))
+            })
+            .collect();
+        for (tid, pid, why) in failed {
+            warn!(tid, pid, error = %why, "binlog failed: reloading the replica from disk");
+            replicators.stop_table(tid, pid);
+            let reload = {
+                let catalog = catalog.clone();
+                tokio::task::spawn_blocking(move || catalog.reload(tid, pid)).await
+            };
+            match reload {
+                Ok(Ok(table)) => {
+                    info!(tid, pid, "replica reloaded after its binlog failed");
+                    replicators.sync_table(&table);
+                }
+                Ok(Err(e)) => {
+                    warn!(tid, pid, error = %e, "reload failed; trying again");
+                    unloaded.insert((tid, pid));
+                }
+                Err(e) => warn!(tid, pid, error = %e, "reload panicked"),
+            }
+        }
+        for (tid, pid) in unloaded.clone() {
+            let load = {
+                let catalog = catalog.clone();
+                tokio::task::spawn_blocking(move || catalog.load(tid, pid)).await
+            };
+            match load {
+                Ok(Ok(table)) => {
+                    info!(tid, pid, "replica loaded again");
+                    replicators.sync_table(&table);
+                    unloaded.remove(&(tid, pid));
+                }
+                // Loaded, dropped or recreated by a request meanwhile: not ours any more.
+                Ok(Err(TabletError::TableExists { .. } | TabletError::TableNotFound { .. })) => {
+                    unloaded.remove(&(tid, pid));
+                }
+                Ok(Err(_)) | Err(_) => {}
+            }
+        }
+    }
+}

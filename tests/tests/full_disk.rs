@@ -1,0 +1,128 @@
+//! A leader whose disk fills up must not hold its partition once the disk has room
+//! again. Found by the fault-injection bed: the binlog refuses every write after a failed
+//! one (the file's state is unknown), and the replica stayed leader, alive in ZooKeeper,
+//! taking no writes, for good.
+
+use std::io::Write;
+use std::time::Duration;
+
+use tessera_common::Value;
+use tessera_ns_client::{Client, ClientOptions};
+use tessera_tests::netbed::{NetCluster, NetClusterSpec};
+use tessera_tests::routed::{leaders, table_rows};
+use tessera_tests::wait::poll_until_async;
+use tessera_tests::workload::sdk_row;
+
+const TABLE: &str = "disk";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_on_a_full_disk_gives_way_and_writes_resume_once_there_is_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = NetCluster::start(
+        dir.path(),
+        NetClusterSpec {
+            clients: 0,
+            small_disk_bytes: Some(64 << 20),
+            ..NetClusterSpec::default()
+        },
+    )
+    .await;
+    cluster.create_table(TABLE, 4, 3).await;
+    let full_tablet = cluster.tablet_endpoint(0);
+    let mut ns = cluster.ns().await;
+    let led = leaders(&table_rows(&mut ns, TABLE).await);
+    let pid = *led
+        .iter()
+        .find(|(_, endpoint)| **endpoint == full_tablet)
+        .unwrap_or_else(|| panic!("t0 leads no partition: {led:?}"))
+        .0;
+    let sdk = Client::connect_with(
+        &cluster.zk_connect_string(),
+        "/tessera",
+        ClientOptions {
+            deadline: Duration::from_secs(2),
+            ..ClientOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut key = None;
+    for i in 0..1000 {
+        let candidate = format!("key{i}");
+        if sdk
+            .partition_of("default", TABLE, &sdk_row(&candidate, 0))
+            .await
+            .unwrap()
+            == pid
+        {
+            key = Some(candidate);
+            break;
+        }
+    }
+    let key = key.expect("a key of t0's partition");
+    sdk.put("default", TABLE, sdk_row(&key, 1))
+        .await
+        .expect("a put before the disk fills");
+
+    // Fill the disk to the last byte: the leader's binlog write fails.
+    let filler = cluster.small_disk().unwrap().join("filler");
+    {
+        let mut file = std::fs::File::create(&filler).unwrap();
+        for block in [1 << 20, 4096, 1] {
+            let bytes = vec![0u8; block];
+            while file.write_all(&bytes).is_ok() {}
+        }
+    }
+    // A record may still fit in the page the binlog's last write began; a large one does
+    // not.
+    let mut refused = 0;
+    for value in 2..10 {
+        let large = vec![
+            Value::String(key.clone()),
+            Value::Int64(value),
+            Value::Int64(value * 3),
+            Value::String("x".repeat(64 << 10)),
+        ];
+        if sdk.put("default", TABLE, large).await.is_err() {
+            refused += 1;
+            break;
+        }
+    }
+    assert!(refused > 0, "every put on a full disk was acknowledged");
+    std::fs::remove_file(&filler).unwrap();
+
+    // With room again, writes to the partition resume (through a new leader or the old
+    // one reloaded), and the first row is still there.
+    let mut next = 100;
+    let resumed = poll_until_async(Duration::from_secs(60), || {
+        next += 1;
+        let (sdk, key, value) = (&sdk, key.clone(), next);
+        async move {
+            sdk.put("default", TABLE, sdk_row(&key, value))
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    assert!(
+        resumed,
+        "no write to partition {pid} was acknowledged within 60 s after the disk had room:\n{:#?}\n{}",
+        table_rows(&mut ns, TABLE).await,
+        cluster.tablets[0].log_tail(20)
+    );
+    let rows = sdk
+        .scan(
+            "default",
+            TABLE,
+            vec![Value::String(key.clone())],
+            None,
+            None,
+            0,
+        )
+        .await
+        .unwrap();
+    assert!(
+        rows.iter().any(|r| r.get(1) == Some(&Value::Int64(1))),
+        "the row acknowledged before the disk filled is gone: {rows:?}"
+    );
+}
