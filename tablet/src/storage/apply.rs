@@ -163,6 +163,7 @@ impl Table {
                 // Not queued here (replayed on load, or never durable): nothing to do.
                 break;
             };
+            self.applying.store(offset, Ordering::Release);
             let (request, removed) = match entry {
                 PendingEntry::Put {
                     write_time_ms,

@@ -129,6 +129,9 @@ pub struct Table {
     pub(super) last_offset: AtomicU64,
     /// Offset of the last entry applied to the memtable (what reads see).
     pub(super) applied: AtomicU64,
+    /// The entry being applied now (or `applied` between entries): set before the
+    /// memtable changes, so no read can show an entry beyond it.
+    pub(super) applying: AtomicU64,
     /// Logged entries waiting for their commit to be applied.
     pub(super) pending: Mutex<Pending>,
     /// Follower: the commit offset learned from the leader, bounded by the part of the
@@ -336,6 +339,7 @@ impl Table {
             durability: binlog.durability(),
             last_offset: AtomicU64::new(binlog.last_offset()),
             applied: AtomicU64::new(replayed),
+            applying: AtomicU64::new(replayed),
             pending: Mutex::new(Pending::replayed(replayed)),
             follower_commit: AtomicU64::new(0),
             appended: tokio::sync::watch::Sender::new(binlog.last_offset()),
@@ -384,6 +388,18 @@ impl Table {
 
     /// What a read sees: the term, and the offset of the last applied (committed)
     /// entry.
+    /// The version a read answers with, taken after the read and counting the entry
+    /// being applied: an entry reaches the memtable before the applied offset moves, so
+    /// the applied offset (or one taken before the read) could be below a row the read
+    /// showed, and a follower read asking for that offset could then miss it (a client's
+    /// reads going back in time). Every entry being applied is committed.
+    fn version_after_read(&self) -> Version {
+        Version {
+            term: self.term.load(Ordering::Acquire),
+            offset: self.applying.load(Ordering::Acquire),
+        }
+    }
+
     pub fn version(&self) -> Version {
         Version {
             term: self.term.load(Ordering::Acquire),
@@ -644,10 +660,12 @@ impl Table {
         key_values: &[Value],
         ts: Option<i64>,
     ) -> Result<(Version, Option<RowAt>)> {
-        let version = self.version();
         let (position, key) = self.key_of(index, key_values)?;
         let found = self.memtable.get(position, &key, ts, now_ms());
-        Ok((version, found.map(|f| self.decode(f)).transpose()?))
+        Ok((
+            self.version_after_read(),
+            found.map(|f| self.decode(f)).transpose()?,
+        ))
     }
 
     /// Live rows of a key with `min_ts <= ts <= max_ts`, newest first.
@@ -659,11 +677,11 @@ impl Table {
         min_ts: Option<i64>,
         limit: usize,
     ) -> Result<(Version, Vec<RowAt>)> {
-        let version = self.version();
         let (position, key) = self.key_of(index, key_values)?;
         let rows = self
             .memtable
             .scan(position, &key, max_ts, min_ts, limit, now_ms());
+        let version = self.version_after_read();
         let rows = rows
             .into_iter()
             .map(|f| self.decode(f))
@@ -673,22 +691,23 @@ impl Table {
 
     /// Live entries of a key, or of the whole index when `key_values` is empty.
     pub fn count(&self, index: &str, key_values: &[Value]) -> Result<(Version, u64)> {
-        let version = self.version();
         if key_values.is_empty() {
             let (position, _) = self
                 .schema
                 .index(index)
                 .ok_or_else(|| StorageError::UnknownIndex(index.to_string()))?;
-            return Ok((version, self.memtable.count_index(position, now_ms())));
+            let count = self.memtable.count_index(position, now_ms());
+            return Ok((self.version_after_read(), count));
         }
         let (position, key) = self.key_of(index, key_values)?;
-        Ok((version, self.memtable.count_key(position, &key, now_ms())))
+        let count = self.memtable.count_key(position, &key, now_ms());
+        Ok((self.version_after_read(), count))
     }
 
     /// The first `limit` live rows in first-index order.
     pub fn preview(&self, skip: usize, limit: usize) -> Result<(Version, Vec<RowAt>)> {
-        let version = self.version();
         let rows = self.memtable.preview(skip, limit, now_ms());
+        let version = self.version_after_read();
         let rows = rows
             .into_iter()
             .map(|f| self.decode(f))
@@ -774,7 +793,10 @@ impl Table {
     pub fn status(&self) -> TableStatus {
         let version = self.version();
         let failure = self.binlog_failure();
-        let replica = self.replica.lock().state.clone();
+        let (replica, fenced) = {
+            let replica = self.replica.lock();
+            (replica.state.clone(), replica.fenced)
+        };
         TableStatus {
             mode: self.meta.mode,
             followers: replica.followers,
@@ -800,6 +822,7 @@ impl Table {
             memory_used_bytes: self.memtable.memory_used(),
             snapshot_offset: self.snapshot_offset.load(Ordering::Acquire),
             error: failure.unwrap_or_default(),
+            fenced,
         }
     }
 
