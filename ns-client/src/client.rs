@@ -667,22 +667,32 @@ impl Client {
     ) -> Result<u64, ClientError> {
         let key: Vec<_> = key_values.iter().map(Value::to_proto).collect();
         let seq = self.next_seq();
-        self.on_leader(
-            db,
-            name,
-            |t| Self::first_index_partition(t, &key_values),
-            |mut client, tid, pid| {
-                let request = DeleteRequest {
-                    tid,
-                    pid,
-                    key: key.clone(),
-                    client_id: self.client_id,
-                    seq,
-                    ..Default::default()
-                };
-                async move { client.delete(request).await.map(|r| r.into_inner().deleted) }
-            },
-        )
-        .await
+        let deleted = self
+            .on_leader(
+                db,
+                name,
+                |t| Self::first_index_partition(t, &key_values),
+                |mut client, tid, pid| {
+                    let request = DeleteRequest {
+                        tid,
+                        pid,
+                        key: key.clone(),
+                        client_id: self.client_id,
+                        seq,
+                        ..Default::default()
+                    };
+                    async move {
+                        client.delete(request).await.map(|r| {
+                            let r = r.into_inner();
+                            (pid, r.offset, r.deleted)
+                        })
+                    }
+                },
+            )
+            .await?;
+        let (pid, offset, deleted) = deleted;
+        // A later follower read must see this delete, as it must see this client's puts.
+        self.note_seen(db, name, pid, offset);
+        Ok(deleted)
     }
 }
