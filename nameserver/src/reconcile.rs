@@ -135,6 +135,19 @@ fn partition_drifts(
             CHANGE_LEADER,
         )];
     }
+    if leader_status.fenced {
+        // Its tablet lost its ZooKeeper lease and came back in a new session without the
+        // registry noticing (ZooKeeper itself was down, say): it waits to be told its
+        // role, and nobody else will tell it.
+        return vec![drift(
+            leader,
+            format!(
+                "leads in term {} but stopped serving when its tablet lost its ZooKeeper lease",
+                partition.term
+            ),
+            CHANGE_LEADER,
+        )];
+    }
     let shipped = |e: &str| {
         leader_status.followers.iter().any(|f| f == e)
             && !leader_status.offline.iter().any(|f| f == e)
@@ -297,6 +310,20 @@ mod tests {
         assert_eq!(repairs(&found), vec![(CHANGE_LEADER, "a")]);
         assert!(found[0].what.contains("follower of nobody"), "{found:?}");
         assert_eq!(found[0].planned().endpoint, "", "every replica is fenced");
+    }
+
+    /// Its tablet's lease lapsed and its session expired while the registry could not
+    /// see it (ZooKeeper down): still a leader by role, serving nothing.
+    #[test]
+    fn a_leader_waiting_after_its_lease_gets_change_leader() {
+        let mut seen = healthy();
+        seen[0].1 = Some(TableStatus {
+            fenced: true,
+            ..leader(3, &["b", "c"], &[])
+        });
+        let found = drifts(&table(ABC, 3), &reports(seen));
+        assert_eq!(repairs(&found), vec![(CHANGE_LEADER, "a")]);
+        assert!(found[0].what.contains("lease"), "{found:?}");
     }
 
     /// A ChangeLeader fenced the replicas at term 4 and failed before promoting.
