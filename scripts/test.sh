@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/zookeeper.sh install
+# The fault-injection bed (tests/tests/chaos.rs) runs hosts in network namespaces.
+scripts/netbed.sh install
 command -v java >/dev/null || { echo "java is required to run ZooKeeper" >&2; exit 1; }
 # The interactive shell is tested in a real terminal, run by tmux.
 if ! command -v tmux >/dev/null; then
@@ -23,7 +25,7 @@ cargo build --workspace --bins --locked
 
 echo "== cargo test"
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log"; scripts/netbed.sh clean' EXIT
 status=0
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
 

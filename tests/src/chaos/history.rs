@@ -100,8 +100,9 @@ pub struct PartitionEnd {
     pub log_ends: Vec<(String, u64, u64)>,
 }
 
-/// The cluster after the final heal: every key's rows (read from the leaders) and every
-/// partition's leaders and log ends.
+/// The cluster after the final heal: every key's rows (read from the leaders; a key whose
+/// final read failed is absent, and not judged) and every partition's serving leaders and
+/// log ends.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FinalState {
     pub rows: std::collections::BTreeMap<String, Vec<i64>>,

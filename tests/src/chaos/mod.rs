@@ -2,6 +2,7 @@
 
 pub mod checker;
 pub mod history;
+pub mod record;
 pub mod schedule;
 
 #[cfg(test)]
