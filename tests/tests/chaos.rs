@@ -482,6 +482,11 @@ async fn run_schedule(seed: u64, out: &Path) -> RunSummary {
     std::fs::create_dir_all(out).unwrap();
     write_history(&out.join("history.jsonl"), &history).unwrap();
     write_faults(&out.join("faults.jsonl"), &records).unwrap();
+    std::fs::write(
+        out.join("final.json"),
+        serde_json::to_string_pretty(&end).unwrap(),
+    )
+    .unwrap();
     let mut text = format!(
         "seed {seed}: {} faults, {} operations\n\n{}\n\n{}\n",
         records.len(),

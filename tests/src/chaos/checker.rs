@@ -439,6 +439,39 @@ fn check_order(history: &[Op], end: &FinalState, found: &mut Vec<Anomaly>) {
 /// A client never sees a row vanish from one read of a key to its next, unless a delete
 /// of the key may have come in between.
 fn check_monotonic(history: &[Op], index: &Index<'_>, found: &mut Vec<Anomaly>) {
+    // When each client's acknowledged leader operations on a key began: their answers
+    // carry an offset the client then requires of its follower reads.
+    let mut leader_ops: HashMap<(u32, &str), Vec<u64>> = HashMap::new();
+    for op in history.iter().filter(|op| op.outcome == Outcome::Ok) {
+        if matches!(
+            op.kind,
+            OpKind::Put { .. } | OpKind::Delete { .. } | OpKind::Scan { .. }
+        ) {
+            leader_ops
+                .entry((op.client, op.kind.key()))
+                .or_default()
+                .push(op.invoked_us);
+        }
+    }
+    for times in leader_ops.values_mut() {
+        times.sort_unstable();
+    }
+    // A follower read may be stale: a delete acknowledged before it began may still come
+    // after what it shows, unless the client had already been answered after that delete
+    // (then the read's min_offset covers it). So a row it showed may be missing later if
+    // a delete ended after the client's last leader operation on the key began.
+    let view_from = |read: &Op| -> u64 {
+        if !matches!(read.kind, OpKind::FollowerScan { .. }) {
+            return read.invoked_us;
+        }
+        leader_ops
+            .get(&(read.client, read.kind.key()))
+            .and_then(|times| {
+                let before = times.partition_point(|t| *t < read.invoked_us);
+                before.checked_sub(1).map(|i| times[i])
+            })
+            .unwrap_or(0)
+    };
     let mut last: HashMap<(u32, &str), &Op> = HashMap::new();
     let mut by_client: Vec<&Op> = history
         .iter()
@@ -456,7 +489,7 @@ fn check_monotonic(history: &[Op], index: &Index<'_>, found: &mut Vec<Anomaly>) 
                 .copied()
                 .collect();
             if index
-                .delete_between(key, earlier.invoked_us, read.completed_us)
+                .delete_between(key, view_from(earlier), read.completed_us)
                 .is_none()
             {
                 if let Some(missing) = earlier

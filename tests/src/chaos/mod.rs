@@ -276,6 +276,40 @@ mod tests {
         );
     }
 
+    /// Another client's delete ends; a stale follower scan still shows the row, and a
+    /// later leader scan does not: newer, not going back in time.
+    #[test]
+    fn a_stale_follower_read_before_a_delete_is_no_anomaly() {
+        let mut h = Builder::default();
+        h.put(Outcome::Ok, "k", 1);
+        h.op(1, Outcome::Ok, OpKind::Delete { key: "k".into() });
+        let follower = |rows: Vec<i64>| OpKind::FollowerScan {
+            key: "k".into(),
+            min_offset: 1,
+            offset: 1,
+            rows,
+        };
+        h.op(2, Outcome::Ok, follower(vec![1]));
+        h.scan(2, "k", &[]);
+        let report = check(&h.ops, &end(&[("k", &[])]));
+        assert!(report.is_clean(), "{}", report.render());
+
+        // Once the client's own leader scan showed the delete, its follower reads must too.
+        let mut h = Builder::default();
+        h.put(Outcome::Ok, "k", 1);
+        h.op(1, Outcome::Ok, OpKind::Delete { key: "k".into() });
+        h.scan(2, "k", &[]);
+        h.op(2, Outcome::Ok, follower(vec![1]));
+        h.scan(2, "k", &[]);
+        let report = check(&h.ops, &end(&[("k", &[])]));
+        assert_eq!(
+            report.count(AnomalyKind::NonMonotonicRead),
+            1,
+            "{}",
+            report.render()
+        );
+    }
+
     #[test]
     fn a_follower_read_behind_its_min_offset_is_caught() {
         let (mut h, end) = clean();
