@@ -235,24 +235,6 @@ impl Catalog {
         self.load_locked(tid, pid)
     }
 
-    /// Closes a loaded replica and loads it again from disk: the way back for one whose
-    /// binlog failed (the load cuts a torn tail). It comes back a follower of nobody, as
-    /// after a restart; if the load fails it is listed as failed to load.
-    pub fn reload(&self, tid: u32, pid: u32) -> Result<Arc<Table>> {
-        let _admin = self.admin.lock();
-        let _reloading = self.start_reload(tid, pid);
-        let old = self.tables.write().remove(&(tid, pid));
-        let Some(old) = old else {
-            return Err(TabletError::TableNotFound { tid, pid });
-        };
-        // Closing a failed binlog reports its failure again: nothing more to do with it.
-        if let Err(e) = old.close() {
-            warn!(tid, pid, error = %e, "closing the replica before its reload");
-        }
-        drop(old);
-        self.load_locked(tid, pid)
-    }
-
     /// Marks a replica as reloading until the guard drops.
     fn start_reload(&self, tid: u32, pid: u32) -> ReloadGuard<'_> {
         self.reloading.write().insert((tid, pid));

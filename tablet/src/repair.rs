@@ -3,7 +3,8 @@
 //! A failed binlog write or fsync (a full or failing disk) leaves the file in an unknown
 //! state, so the binlog refuses everything after it. Left alone, such a leader would hold
 //! its partition forever: alive in ZooKeeper, taking no writes. Every second this loop
-//! reloads each such replica from disk (which cuts a torn tail); it comes back a follower
+//! reloads each such replica from disk, without the records after its last durable
+//! offset (and so without a torn tail); it comes back a follower
 //! of nobody, as after a restart, and the nameserver's reconciler repairs that like any
 //! other difference (a new leader, or the replica made to follow again). A reload that
 //! fails (the disk still full) is tried again on the next tick.
@@ -31,20 +32,28 @@ pub async fn repair_failed_replicas(
             _ = stop.changed() => return,
         }
         let catalog = replicators.catalog().clone();
-        let failed: Vec<(u32, u32, String)> = catalog
+        // What the failed binlog knew durable (or the snapshot covers) is kept; records
+        // written after it are cut: a failed fsync leaves their fate unknown, and the page
+        // cache that still shows them may never reach the disk. They were never counted
+        // durable here, so nothing acknowledged rests on them alone.
+        let failed: Vec<(u32, u32, u64, String)> = catalog
             .tables()
             .iter()
             .filter_map(|t| {
                 let meta = t.meta();
-                t.binlog_failure().map(|why| (meta.tid, meta.pid, why))
+                let keep = t.durable_offset().max(t.snapshot_offset());
+                t.binlog_failure()
+                    .map(|why| (meta.tid, meta.pid, keep, why))
             })
             .collect();
-        for (tid, pid, why) in failed {
-            warn!(tid, pid, error = %why, "binlog failed: reloading the replica from disk");
+        for (tid, pid, keep, why) in failed {
+            warn!(tid, pid, keep_through = keep, error = %why,
+                "binlog failed: reloading the replica from disk");
             replicators.stop_table(tid, pid);
             let reload = {
                 let catalog = catalog.clone();
-                tokio::task::spawn_blocking(move || catalog.reload(tid, pid)).await
+                tokio::task::spawn_blocking(move || catalog.truncate_and_reload(tid, pid, keep))
+                    .await
             };
             match reload {
                 Ok(Ok(table)) => {

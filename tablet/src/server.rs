@@ -165,6 +165,9 @@ async fn watch_lease(
             LeaseEvent::Held => {}
             LeaseEvent::Acquired => {
                 info!(lease = ?lease.valid_for(), session = lease.session(), "ZooKeeper lease acquired");
+                for table in catalog.tables() {
+                    table.lease_acquired_in_new_session();
+                }
             }
             LeaseEvent::Regained => {
                 info!(lease = ?lease.valid_for(), session = lease.session(), "ZooKeeper lease regained in the same session");

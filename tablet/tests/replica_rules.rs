@@ -395,3 +395,30 @@ fn a_read_never_answers_with_an_offset_below_what_it_shows() {
     writer.join().unwrap();
     assert!(reads > 0);
 }
+
+/// A leader fenced by a lapsed lease reports it only once the lease is back in a new
+/// session (nobody else will lift the fence then); a lapse regained in the same session
+/// lifts it by itself and is never reported; a new role clears it.
+#[test]
+fn a_fenced_leader_reports_itself_only_when_waiting_for_a_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = create(&dir.path().join("1_0"), 1 << 20);
+    leader_of(&table, 2, &["b", "c"], &[]);
+    table.lease_lost();
+    assert!(
+        !table.status().fenced,
+        "a lapse may be regained in its session"
+    );
+    table.lease_regained();
+    assert!(!table.status().fenced);
+
+    table.lease_lost();
+    table.lease_acquired_in_new_session();
+    assert!(table.status().fenced, "waiting to be told its role");
+    table.lease_lost();
+    assert!(!table.status().fenced, "not while the lease is down again");
+    table.lease_acquired_in_new_session();
+    assert!(table.status().fenced);
+    leader_of(&table, 3, &["b", "c"], &[]);
+    assert!(!table.status().fenced, "a new role ends the wait");
+}

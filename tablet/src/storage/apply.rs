@@ -186,6 +186,7 @@ impl Table {
                             pending
                                 .entries
                                 .insert(offset, PendingEntry::Logged(payload));
+                            self.applying.store(pending.applied, Ordering::Release);
                             error!(tid = self.meta.tid, pid = self.meta.pid, offset, error = %e,
                             "a committed entry cannot be applied");
                             return Err(e);

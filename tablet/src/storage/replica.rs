@@ -342,6 +342,7 @@ impl Table {
         let leading = state.role() == TableRole::Leader;
         replica.state = state;
         replica.fenced = false;
+        replica.awaiting_role = false;
         drop(replica);
         let last = binlog.last_offset();
         drop(binlog);
@@ -471,6 +472,7 @@ impl Table {
     /// The lease was lost: a leader stops serving until told its role again.
     pub fn lease_lost(&self) {
         let mut replica = self.replica.lock();
+        replica.awaiting_role = false;
         if replica.state.role() == TableRole::Leader && !replica.fenced {
             replica.fenced = true;
             info!(
@@ -478,6 +480,16 @@ impl Table {
                 pid = self.meta.pid,
                 "leader stops serving: ZooKeeper lease lost"
             );
+        }
+    }
+
+    /// The lease is valid again, in a later session than the one it lapsed in: a leader
+    /// fenced by the lapse keeps waiting to be told its role, and says so in its status
+    /// (the registry may not have seen the tablet go, when ZooKeeper itself was down).
+    pub fn lease_acquired_in_new_session(&self) {
+        let mut replica = self.replica.lock();
+        if replica.state.role() == TableRole::Leader && replica.fenced {
+            replica.awaiting_role = true;
         }
     }
 
@@ -536,6 +548,7 @@ impl Table {
                 self.quorum.step_down();
                 replica.state = adopted;
                 replica.fenced = false;
+                replica.awaiting_role = false;
             }
             drop(replica);
 

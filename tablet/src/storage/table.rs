@@ -161,6 +161,9 @@ pub struct ReplicaRuntime {
     /// The tablet lost its ZooKeeper lease while leading: it serves nothing as leader
     /// until it is told its role again.
     pub fenced: bool,
+    /// Fenced, and the lease is valid again in a later session: nobody will lift the
+    /// fence but a new role (reported as `fenced`, for the reconciler).
+    pub awaiting_role: bool,
 }
 
 pub fn now_ms() -> i64 {
@@ -348,6 +351,7 @@ impl Table {
             replica: Mutex::new(ReplicaRuntime {
                 state,
                 fenced: false,
+                awaiting_role: false,
             }),
             history: Mutex::new(term_history),
             snapshot_offset: AtomicU64::new(report.snapshot_offset),
@@ -795,7 +799,10 @@ impl Table {
         let failure = self.binlog_failure();
         let (replica, fenced) = {
             let replica = self.replica.lock();
-            (replica.state.clone(), replica.fenced)
+            (
+                replica.state.clone(),
+                replica.fenced && replica.awaiting_role,
+            )
         };
         TableStatus {
             mode: self.meta.mode,
