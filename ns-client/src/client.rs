@@ -306,12 +306,12 @@ impl Client {
         limit: u32,
     ) -> Result<Vec<Vec<Value>>, ClientError> {
         let rows = self
-            .on_leader(
+            .on_leader_seen(
                 db,
                 name,
                 |_| Ok(pid),
                 |mut client, tid, pid| async move {
-                    client
+                    let r = client
                         .preview(PreviewRequest {
                             tid,
                             pid,
@@ -319,8 +319,9 @@ impl Client {
                             skip,
                             min_offset: 0,
                         })
-                        .await
-                        .map(|r| r.into_inner().rows)
+                        .await?
+                        .into_inner();
+                    Ok((r.rows, r.offset))
                 },
             )
             .await?;
@@ -342,26 +343,20 @@ impl Client {
         let proto = Value::row_to_proto(&row);
         let pid_of = |table: &Cached| Self::row_partition(table, &row);
         let seq = self.next_seq();
-        let (pid, term, offset) = self
-            .on_leader(db, name, pid_of, |mut client, tid, pid| {
-                let request = PutRequest {
-                    tid,
-                    pid,
-                    row: Some(proto.clone()),
-                    client_id: self.client_id,
-                    seq,
-                };
-                async move {
-                    client
-                        .put(request)
-                        .await
-                        .map(|r| r.into_inner())
-                        .map(|r| (pid, r.term, r.offset))
-                }
-            })
-            .await?;
-        self.note_seen(db, name, pid, offset);
-        Ok((term, offset))
+        self.on_leader_seen(db, name, pid_of, |mut client, tid, pid| {
+            let request = PutRequest {
+                tid,
+                pid,
+                row: Some(proto.clone()),
+                client_id: self.client_id,
+                seq,
+            };
+            async move {
+                let r = client.put(request).await?.into_inner();
+                Ok(((r.term, r.offset), r.offset))
+            }
+        })
+        .await
     }
 
     /// The sequence number of a new write (kept across its retries).
@@ -384,6 +379,29 @@ impl Client {
     /// How reads were served so far.
     pub fn read_stats(&self) -> ReadStats {
         *self.stats.lock()
+    }
+
+    /// [`Client::on_leader`] for a call whose answer carries the partition's offset: the
+    /// offset is noted as seen, so later follower reads never go back behind it.
+    async fn on_leader_seen<T, F, Fut>(
+        &self,
+        db: &str,
+        name: &str,
+        partition: impl Fn(&Cached) -> Result<u32, ClientError>,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(TabletClient<Channel>, u32, u32) -> Fut,
+        Fut: Future<Output = Result<(T, u64), tonic::Status>>,
+    {
+        let (pid, offset, value) = self
+            .on_leader(db, name, partition, |client, tid, pid| {
+                let answer = call(client, tid, pid);
+                async move { answer.await.map(|(value, offset)| (pid, offset, value)) }
+            })
+            .await?;
+        self.note_seen(db, name, pid, offset);
+        Ok(value)
     }
 
     /// Runs `read` on a follower of the key's partition that holds at least what this
@@ -517,8 +535,8 @@ impl Client {
             }
         }
         let proto: Vec<_> = key_values.iter().map(Value::to_proto).collect();
-        let (pid, offset, row) = self
-            .on_leader(
+        let row = self
+            .on_leader_seen(
                 db,
                 name,
                 |t| Self::first_index_partition(t, &key_values),
@@ -530,15 +548,12 @@ impl Client {
                         ..Default::default()
                     };
                     async move {
-                        client.get(request).await.map(|r| {
-                            let r = r.into_inner();
-                            (pid, r.offset, r.row)
-                        })
+                        let r = client.get(request).await?.into_inner();
+                        Ok((r.row, r.offset))
                     }
                 },
             )
             .await?;
-        self.note_seen(db, name, pid, offset);
         self.stats.lock().from_leaders += 1;
         row.map(|r| Value::row_from_proto(&r).map_err(ClientError::InvalidArgument))
             .transpose()
@@ -572,7 +587,7 @@ impl Client {
     ) -> Result<Vec<Vec<Value>>, ClientError> {
         let key: Vec<_> = key_values.iter().map(Value::to_proto).collect();
         let rows = self
-            .on_leader(
+            .on_leader_seen(
                 db,
                 name,
                 |t| Self::first_index_partition(t, &key_values),
@@ -587,17 +602,12 @@ impl Client {
                         ..Default::default()
                     };
                     async move {
-                        client.scan(request).await.map(|r| {
-                            let r = r.into_inner();
-                            (pid, r.offset, r.rows)
-                        })
+                        let r = client.scan(request).await?.into_inner();
+                        Ok((r.rows, r.offset))
                     }
                 },
             )
             .await?;
-        let (pid, offset, rows) = rows;
-        // A later follower read must not go back behind what this scan showed.
-        self.note_seen(db, name, pid, offset);
         rows.iter()
             .map(|r| Value::row_from_proto(r).map_err(ClientError::InvalidArgument))
             .collect()
@@ -619,11 +629,14 @@ impl Client {
                 key: key.clone(),
                 ..Default::default()
             };
-            async move { client.count(request).await.map(|r| r.into_inner().count) }
+            async move {
+                let r = client.count(request).await?.into_inner();
+                Ok((r.count, r.offset))
+            }
         };
         if !key_values.is_empty() {
             return self
-                .on_leader(
+                .on_leader_seen(
                     db,
                     name,
                     |t| Self::first_index_partition(t, &key_values),
@@ -634,7 +647,7 @@ impl Client {
         let partitions = self.table(db, name, false).await?.info.partition_num;
         let mut total = 0;
         for pid in 0..partitions {
-            total += self.on_leader(db, name, |_| Ok(pid), call).await?;
+            total += self.on_leader_seen(db, name, |_| Ok(pid), call).await?;
         }
         Ok(total)
     }
@@ -667,32 +680,26 @@ impl Client {
     ) -> Result<u64, ClientError> {
         let key: Vec<_> = key_values.iter().map(Value::to_proto).collect();
         let seq = self.next_seq();
-        let deleted = self
-            .on_leader(
-                db,
-                name,
-                |t| Self::first_index_partition(t, &key_values),
-                |mut client, tid, pid| {
-                    let request = DeleteRequest {
-                        tid,
-                        pid,
-                        key: key.clone(),
-                        client_id: self.client_id,
-                        seq,
-                        ..Default::default()
-                    };
-                    async move {
-                        client.delete(request).await.map(|r| {
-                            let r = r.into_inner();
-                            (pid, r.offset, r.deleted)
-                        })
-                    }
-                },
-            )
-            .await?;
-        let (pid, offset, deleted) = deleted;
         // A later follower read must see this delete, as it must see this client's puts.
-        self.note_seen(db, name, pid, offset);
-        Ok(deleted)
+        self.on_leader_seen(
+            db,
+            name,
+            |t| Self::first_index_partition(t, &key_values),
+            |mut client, tid, pid| {
+                let request = DeleteRequest {
+                    tid,
+                    pid,
+                    key: key.clone(),
+                    client_id: self.client_id,
+                    seq,
+                    ..Default::default()
+                };
+                async move {
+                    let r = client.delete(request).await?.into_inner();
+                    Ok((r.deleted, r.offset))
+                }
+            },
+        )
+        .await
     }
 }
