@@ -123,21 +123,7 @@ impl NsCluster {
         partition_num: u32,
         replica_num: u32,
     ) -> TableInfo {
-        self.ns()
-            .await
-            .create_table(CreateTableRequest {
-                db: String::new(),
-                name: name.into(),
-                schema: Some(workload::schema().to_proto()),
-                partition_num,
-                replica_num,
-                mode: ReplicationMode::Quorum as i32,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("create table {name}: {}", e.message()))
-            .into_inner()
-            .table
-            .expect("created table")
+        create_quorum_table(self.ns().await, name, partition_num, replica_num).await
     }
 
     /// Waits until `showtable` marks the replica of `table` on `endpoint` dead.
@@ -161,4 +147,35 @@ impl NsCluster {
             .position(|t| t.endpoint == endpoint)
             .unwrap_or_else(|| panic!("no tablet at {endpoint}"))
     }
+}
+
+/// The request for a quorum table of the workload's schema.
+pub fn quorum_table_request(
+    name: &str,
+    partition_num: u32,
+    replica_num: u32,
+) -> CreateTableRequest {
+    CreateTableRequest {
+        db: String::new(),
+        name: name.into(),
+        schema: Some(workload::schema().to_proto()),
+        partition_num,
+        replica_num,
+        mode: ReplicationMode::Quorum as i32,
+    }
+}
+
+/// Creates a quorum table of the workload's schema through `ns`.
+pub async fn create_quorum_table(
+    mut ns: NameserverClient<Channel>,
+    name: &str,
+    partition_num: u32,
+    replica_num: u32,
+) -> TableInfo {
+    ns.create_table(quorum_table_request(name, partition_num, replica_num))
+        .await
+        .unwrap_or_else(|e| panic!("create table {name}: {}", e.message()))
+        .into_inner()
+        .table
+        .expect("created table")
 }

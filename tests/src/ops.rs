@@ -8,8 +8,13 @@ use crate::{binary, ZooKeeper};
 
 /// Runs `tessera-ops --cmd=<cmd> <args…>`; returns whether it succeeded and its output.
 pub async fn run(zk: &ZooKeeper, cmd: &str, args: &[&str]) -> (bool, String) {
+    run_against(&zk.connect_string(), cmd, args).await
+}
+
+/// [`run`] against the cluster whose ZooKeeper connect string is `zk_cluster`.
+pub async fn run_against(zk_cluster: &str, cmd: &str, args: &[&str]) -> (bool, String) {
     let output = tokio::process::Command::new(binary("tessera-ops"))
-        .arg(format!("--zk_cluster={}", zk.connect_string()))
+        .arg(format!("--zk_cluster={zk_cluster}"))
         .arg("--zk_root_path=/tessera")
         .arg(format!("--cmd={cmd}"))
         .arg("--timeout=120")

@@ -111,7 +111,17 @@ async fn client(workload: Workload, id: u32) {
                 let result = sdk.delete("default", TABLE, key_value(&key)).await;
                 (OpKind::Delete { key }, written_outcome(result.is_ok()))
             }
-            552..=799 => match sdk
+            552..=599 => match sdk.get("default", TABLE, key_value(&key)).await {
+                Ok(row) => (
+                    OpKind::Get {
+                        key,
+                        value: row.and_then(|r| values_of(&[r]).first().copied()),
+                    },
+                    Outcome::Ok,
+                ),
+                Err(_) => (OpKind::Get { key, value: None }, Outcome::Failed),
+            },
+            600..=799 => match sdk
                 .scan("default", TABLE, key_value(&key), None, None, 0)
                 .await
             {
@@ -180,9 +190,11 @@ fn hosts(cluster: &NetCluster, nodes: &[Node]) -> Vec<usize> {
     nodes.iter().map(|n| cluster.host_index(*n)).collect()
 }
 
-/// Injects `fault`, holds it, and lifts it; problems (a repair that failed) are returned.
-async fn inject(cluster: &mut NetCluster, fault: &Fault) -> Vec<String> {
+/// Injects `fault`, holds it, and lifts it. Returns when the fault was in place (a disk
+/// takes a moment to fill) and the problems met (a repair that failed).
+async fn inject(cluster: &mut NetCluster, fault: &Fault) -> (Instant, Vec<String>) {
     let mut problems = Vec::new();
+    let mut in_place = Instant::now();
     let all = hosts(cluster, &cluster.nodes());
     match fault {
         Fault::Kill { node, hold } => {
@@ -242,6 +254,7 @@ async fn inject(cluster: &mut NetCluster, fault: &Fault) -> Vec<String> {
             let filler = tokio::task::spawn_blocking(move || fill_disk(&dir))
                 .await
                 .expect("fill the disk");
+            in_place = Instant::now();
             tokio::time::sleep(*hold).await;
             std::fs::remove_file(&filler).expect("free the disk");
         }
@@ -251,6 +264,7 @@ async fn inject(cluster: &mut NetCluster, fault: &Fault) -> Vec<String> {
             for node in cluster.nodes().into_iter().rev() {
                 cluster.process(node).kill9();
             }
+            in_place = Instant::now();
             for node in cluster.nodes() {
                 cluster.process(node).restart();
             }
@@ -262,7 +276,7 @@ async fn inject(cluster: &mut NetCluster, fault: &Fault) -> Vec<String> {
             }
         }
     }
-    problems
+    (in_place, problems)
 }
 
 /// Every partition's leaders and log ends, as the tablets report them.
@@ -416,8 +430,9 @@ async fn run_schedule(seed: u64, out: &Path) -> RunSummary {
             break;
         }
         println!("  {i}: {}, then {:?} of calm", step.fault, step.settle);
-        let injected = workload.micros(Instant::now());
-        problems.extend(inject(&mut cluster, &step.fault).await);
+        let (in_place, met) = inject(&mut cluster, &step.fault).await;
+        let injected = workload.micros(in_place);
+        problems.extend(met);
         for (node, how) in cluster.restart_stopped() {
             problems.push(format!("step {i}: {node} exited on its own ({how})"));
         }

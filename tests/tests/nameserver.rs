@@ -31,14 +31,7 @@ async fn leader_of(ns: &NameserverProcess) -> Option<String> {
 }
 
 fn create_request(name: &str, partition_num: u32, replica_num: u32) -> CreateTableRequest {
-    CreateTableRequest {
-        db: String::new(),
-        name: name.into(),
-        schema: Some(workload::schema().to_proto()),
-        partition_num,
-        replica_num,
-        mode: ReplicationMode::Quorum as i32,
-    }
+    tessera_tests::nscluster::quorum_table_request(name, partition_num, replica_num)
 }
 
 async fn show_table(client: &mut NameserverClient<Channel>, name: &str) -> Vec<ShowTableRow> {

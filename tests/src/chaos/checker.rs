@@ -122,6 +122,7 @@ fn kind_name(kind: &OpKind) -> &'static str {
         OpKind::Scan { .. } => "scan",
         OpKind::FollowerScan { .. } => "follower_scan",
         OpKind::Count { .. } => "count",
+        OpKind::Get { .. } => "get",
     }
 }
 
@@ -329,6 +330,21 @@ fn check_reads(history: &[Op], index: &Index<'_>, found: &mut Vec<Anomaly>) {
                     }
                 }
             }
+            OpKind::Get { value, .. } => match value {
+                Some(value) => check_visible(key, &[*value], Some(read), index, found),
+                None => {
+                    if let Some(put) = before.first() {
+                        found.push(Anomaly {
+                            kind: AnomalyKind::StaleRead,
+                            key: key.into(),
+                            ops: vec![put.id, read.id],
+                            detail:
+                                "the get found no row, though one was acknowledged before it began"
+                                    .into(),
+                        });
+                    }
+                }
+            },
             OpKind::Count { count, .. } => {
                 let invoked_before = history
                     .iter()

@@ -53,6 +53,12 @@ pub enum OpKind {
         #[serde(default)]
         count: u64,
     },
+    /// The newest row of a key from the leader: its value, if the key has a row.
+    Get {
+        key: String,
+        #[serde(default)]
+        value: Option<i64>,
+    },
 }
 
 impl OpKind {
@@ -62,11 +68,13 @@ impl OpKind {
             | OpKind::Delete { key }
             | OpKind::Scan { key, .. }
             | OpKind::FollowerScan { key, .. }
-            | OpKind::Count { key, .. } => key,
+            | OpKind::Count { key, .. }
+            | OpKind::Get { key, .. } => key,
         }
     }
 
-    /// The rows a read returned (none for writes and counts).
+    /// The rows a read returned (none for writes, counts and gets, which show one row of
+    /// their choosing).
     pub fn rows(&self) -> Option<&[i64]> {
         match self {
             OpKind::Scan { rows, .. } | OpKind::FollowerScan { rows, .. } => Some(rows),

@@ -311,6 +311,34 @@ mod tests {
     }
 
     #[test]
+    fn a_get_missing_an_acknowledged_row_or_showing_a_failed_one_is_caught() {
+        let mut h = Builder::default();
+        h.put(Outcome::Ok, "k", 1);
+        h.put(Outcome::Failed, "k", 2);
+        let get = |value| OpKind::Get {
+            key: "k".into(),
+            value,
+        };
+        h.op(2, Outcome::Ok, get(Some(1)));
+        assert!(check(&h.ops, &end(&[("k", &[1])])).is_clean());
+        h.op(2, Outcome::Ok, get(None));
+        h.op(2, Outcome::Ok, get(Some(2)));
+        let report = check(&h.ops, &end(&[("k", &[1])]));
+        assert_eq!(
+            report.count(AnomalyKind::StaleRead),
+            1,
+            "{}",
+            report.render()
+        );
+        assert_eq!(
+            report.count(AnomalyKind::FailedWriteVisible),
+            1,
+            "{}",
+            report.render()
+        );
+    }
+
+    #[test]
     fn a_follower_read_behind_its_min_offset_is_caught() {
         let (mut h, end) = clean();
         h.op(

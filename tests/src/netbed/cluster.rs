@@ -8,15 +8,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
-use tessera_proto::nameserver::{CreateTableRequest, ShowTabletRequest, TableInfo};
+use tessera_proto::nameserver::{ShowTabletRequest, TableInfo};
 use tessera_proto::tablet::tablet_client::TabletClient;
-use tessera_proto::tablet::{GetTableStatusRequest, ReplicationMode};
+use tessera_proto::tablet::GetTableStatusRequest;
 use tonic::transport::Channel;
 
 use super::host::HostProcess;
 use super::network::{run, Host, Network};
 use crate::wait::poll_until_async;
-use crate::{binary, wait_until_async, workload};
+use crate::{binary, wait_until_async};
 
 const READY: Duration = Duration::from_secs(90);
 const ZK_PORT: u16 = 2181;
@@ -384,21 +384,7 @@ impl NetCluster {
 
     /// Creates a quorum table of the workload's schema.
     pub async fn create_table(&self, name: &str, partitions: u32, replicas: u32) -> TableInfo {
-        self.ns()
-            .await
-            .create_table(CreateTableRequest {
-                db: String::new(),
-                name: name.into(),
-                schema: Some(workload::schema().to_proto()),
-                partition_num: partitions,
-                replica_num: replicas,
-                mode: ReplicationMode::Quorum as i32,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("create table {name}: {}", e.message()))
-            .into_inner()
-            .table
-            .expect("created table")
+        crate::nscluster::create_quorum_table(self.ns().await, name, partitions, replicas).await
     }
 
     /// Restarts every process that is not running (killed by a fault, or exited on its
@@ -417,21 +403,7 @@ impl NetCluster {
 
     /// `tessera-ops --cmd=<cmd>` from the operator's host; (succeeded, output).
     pub async fn ops(&self, cmd: &str, args: &[&str]) -> (bool, String) {
-        let output = tokio::process::Command::new(binary("tessera-ops"))
-            .arg(format!("--zk_cluster={}", self.zk_connect_string()))
-            .arg("--zk_root_path=/tessera")
-            .arg(format!("--cmd={cmd}"))
-            .arg("--timeout=120")
-            .args(args)
-            .output()
-            .await
-            .expect("run tessera-ops");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (output.status.success(), text)
+        crate::ops::run_against(&self.zk_connect_string(), cmd, args).await
     }
 
     /// Runs `work` on a thread inside the client host's network namespace, with a
