@@ -11,7 +11,6 @@
 //! `target/chaos/seed-<n>`). Needs root (scripts/test.sh and scripts/chaos.sh run as it).
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -174,17 +173,6 @@ async fn client(workload: Workload, id: u32) {
     }
 }
 
-/// Fills a directory's filesystem to the last byte; returns the file that does it.
-fn fill_disk(dir: &Path) -> PathBuf {
-    let path = dir.join("filler");
-    let mut file = std::fs::File::create(&path).expect("create the filler");
-    for block in [1 << 20, 4096, 1] {
-        let bytes = vec![0u8; block];
-        while file.write_all(&bytes).is_ok() {}
-    }
-    path
-}
-
 /// The bed's host indices of `nodes`.
 fn hosts(cluster: &NetCluster, nodes: &[Node]) -> Vec<usize> {
     nodes.iter().map(|n| cluster.host_index(*n)).collect()
@@ -250,10 +238,7 @@ async fn inject(cluster: &mut NetCluster, fault: &Fault) -> (Instant, Vec<String
             cluster.zookeepers[2].restart();
         }
         Fault::FullDisk { hold } => {
-            let dir = cluster.small_disk().expect("a small disk").to_path_buf();
-            let filler = tokio::task::spawn_blocking(move || fill_disk(&dir))
-                .await
-                .expect("fill the disk");
+            let filler = tokio::task::block_in_place(|| cluster.fill_small_disk());
             in_place = Instant::now();
             tokio::time::sleep(*hold).await;
             std::fs::remove_file(&filler).expect("free the disk");

@@ -3,7 +3,6 @@
 //! one (the file's state is unknown), and the replica stayed leader, alive in ZooKeeper,
 //! taking no writes, for good.
 
-use std::io::Write;
 use std::time::Duration;
 
 use tessera_common::Value;
@@ -65,14 +64,7 @@ async fn a_leader_on_a_full_disk_gives_way_and_writes_resume_once_there_is_room(
         .expect("a put before the disk fills");
 
     // Fill the disk to the last byte: the leader's binlog write fails.
-    let filler = cluster.small_disk().unwrap().join("filler");
-    {
-        let mut file = std::fs::File::create(&filler).unwrap();
-        for block in [1 << 20, 4096, 1] {
-            let bytes = vec![0u8; block];
-            while file.write_all(&bytes).is_ok() {}
-        }
-    }
+    let filler = cluster.fill_small_disk();
     // A record may still fit in the page the binlog's last write began; a large one does
     // not.
     let mut refused = 0;

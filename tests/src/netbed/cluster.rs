@@ -277,6 +277,19 @@ impl NetCluster {
         self.small_disk.as_ref().map(|d| d.path.as_path())
     }
 
+    /// Fills the small disk to the last byte; returns the file that does it (remove it
+    /// to give the room back).
+    pub fn fill_small_disk(&self) -> PathBuf {
+        let dir = self.small_disk().expect("the cluster has a small disk");
+        let path = dir.join("filler");
+        let mut file = std::fs::File::create(&path).expect("create the filler");
+        for block in [1 << 20, 4096, 1] {
+            let bytes = vec![0u8; block];
+            while file.write_all(&bytes).is_ok() {}
+        }
+        path
+    }
+
     /// Waits until a majority of the ensemble serves.
     pub async fn wait_zookeeper_quorum(&self) {
         let members: Vec<String> = (0..ZOOKEEPERS)

@@ -121,10 +121,6 @@ impl HostProcess {
     pub fn log_tail(&self, lines: usize) -> String {
         process::log_tail(&self.log_path, lines)
     }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
 }
 
 impl Drop for HostProcess {
