@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod coordination;
+pub mod failure_detection;
 pub mod history;
 pub mod key;
 pub mod schema;

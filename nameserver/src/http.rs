@@ -85,6 +85,25 @@ async fn metrics(State(ns): State<Arc<Nameserver>>) -> impl IntoResponse {
         tablets.len() - healthy
     );
 
+    let reports = ns.report_counts();
+    let _ = writeln!(
+        out,
+        "# HELP tessera_leader_reports_total Followers' reports of a silent leader, by what \
+         the check of its tablet found (alive = a false alarm)."
+    );
+    let _ = writeln!(out, "# TYPE tessera_leader_reports_total counter");
+    for (verdict, count) in [
+        ("alive", reports.alive),
+        ("gone", reports.gone),
+        ("silent", reports.silent),
+        ("known", reports.known),
+    ] {
+        let _ = writeln!(
+            out,
+            "tessera_leader_reports_total{{verdict=\"{verdict}\"}} {count}"
+        );
+    }
+
     let mut ops: BTreeMap<(String, String), u64> = BTreeMap::new();
     for op in ns.ops().await.unwrap_or_default() {
         *ops.entry((op.op_type, op.status)).or_default() += 1;

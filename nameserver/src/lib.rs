@@ -2,7 +2,9 @@
 //! the tablets, and places new tables' replicas.
 
 pub mod commands;
+pub mod detection;
 pub mod error;
+pub mod fencing;
 pub mod http;
 pub mod ops;
 pub mod paths;

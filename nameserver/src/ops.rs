@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use prost::Message;
-use tessera_common::wire_error;
 use tessera_proto::nameserver::{OpInfo, PartitionMeta, ReplicaMeta, TableInfo};
 use tessera_proto::tablet::{self as tpb, TableRole};
 use tokio::sync::{watch, Semaphore};
@@ -22,8 +21,8 @@ use zookeeper_client::{Acls, CreateMode, Error as ZkError};
 
 use crate::error::{NsError, Result};
 use crate::planner::{
-    self, Fenced, Recovery, ReplicaLog, ADD_REPLICA, CHANGE_LEADER, DEL_REPLICA, MAKE_SNAPSHOT,
-    MIGRATE, OFFLINE_REPLICA, RECOVER_TABLE,
+    self, Recovery, ReplicaLog, ADD_REPLICA, CHANGE_LEADER, DEL_REPLICA, MAKE_SNAPSHOT, MIGRATE,
+    OFFLINE_REPLICA, RECOVER_TABLE,
 };
 use crate::state::{call, tablet, Nameserver};
 use crate::{reconcile, voting};
@@ -217,6 +216,8 @@ impl Nameserver {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
+                // A tablet was found down: plan its failover now, not at the next tick.
+                _ = self.ops_kick.notified() => {}
                 _ = stop.changed() => return,
             }
             if !self.is_leader() {
@@ -738,14 +739,15 @@ impl Nameserver {
             op.term = self.take_term(partition.term).await?;
             self.save_op(op).await?;
         }
-        let (mut answered, ahead) = self.fence_all(table, partition, op).await?;
-        if let Some(ahead) = ahead.filter(|t| *t >= op.term) {
+        let mut round = self.fence_all(table, partition, op).await?;
+        if let Some(ahead) = round.ahead.filter(|t| *t >= op.term) {
             // Some replica is already in a term at least this high (taken before the
             // counter existed, or by an attempt that failed): take one above it.
             op.term = self.take_term(ahead).await?;
             self.save_op(op).await?;
-            answered = self.fence_all(table, partition, op).await?.0;
+            round = self.fence_all(table, partition, op).await?;
         }
+        let answered = &round.answered;
         let candidate = (!op.chosen.is_empty()).then(|| op.chosen.clone());
         // In quorum mode the answers must meet every majority of the voting sets the
         // metadata records (see `voting`); in async mode any replica may lead.
@@ -755,7 +757,7 @@ impl Nameserver {
         } else {
             Ok(())
         };
-        let chosen = planner::choose_leader(&answered, sufficient, candidate.as_deref(), op.force);
+        let chosen = planner::choose_leader(answered, sufficient, candidate.as_deref(), op.force);
         op.chosen = match chosen {
             Ok(chosen) => chosen,
             Err(reason) => {
@@ -780,7 +782,9 @@ impl Nameserver {
             warn!(op_id = op.op_id, candidate = %candidate, chosen = %op.chosen, "the candidate cannot lead without losing records");
         }
         info!(op_id = op.op_id, table = %table.name, pid = op.pid, chosen = %op.chosen, term = op.term, "new leader chosen");
-        Ok(())
+        // No replica that may still lead in an older term serves a read once the new
+        // leader acknowledges a write: wait out what it may hold.
+        self.wait_out_old_leaders(table, op, round).await
     }
 
     /// A new term above `floor`, from the ZooKeeper counter.
@@ -1270,57 +1274,6 @@ fn in_start_order(mut ops: Vec<OpInfo>) -> Vec<OpInfo> {
     };
     ops.sort_by_key(|op| (op.status != DOING, rank(op), op.op_id));
     ops
-}
-
-impl Nameserver {
-    /// Fences every replica but the failed leader at the op's term. Returns the answers and
-    /// the highest term a refusal named (a replica already in that term).
-    async fn fence_all(
-        &self,
-        table: &TableInfo,
-        partition: &PartitionMeta,
-        op: &OpInfo,
-    ) -> Result<(Vec<Fenced>, Option<u64>)> {
-        let mut answered = Vec::new();
-        let mut ahead = None;
-        for replica in partition
-            .replicas
-            .iter()
-            .filter(|r| r.endpoint != op.endpoint)
-        {
-            self.check_leading()?;
-            let Ok(mut client) = tablet(&replica.endpoint).await else {
-                warn!(op_id = op.op_id, endpoint = %replica.endpoint, "fence failed: unreachable");
-                continue;
-            };
-            let fenced = client
-                .fence(tpb::FenceRequest {
-                    tid: table.tid,
-                    pid: op.pid,
-                    term: op.term,
-                })
-                .await;
-            match fenced {
-                Ok(f) => {
-                    let f = f.into_inner();
-                    answered.push(Fenced {
-                        endpoint: replica.endpoint.clone(),
-                        last_term: f.last_term,
-                        last_offset: f.last_offset,
-                    })
-                }
-                Err(status) => {
-                    if let Some(detail) = wire_error::detail_of(&status)
-                        .filter(|d| d.code() == wire_error::ErrorCode::StaleTerm)
-                    {
-                        ahead = ahead.max(Some(detail.term));
-                    }
-                    warn!(op_id = op.op_id, endpoint = %replica.endpoint, error = %status.message(), "fence failed")
-                }
-            }
-        }
-        Ok((answered, ahead))
-    }
 }
 
 /// The voting members a new leader `chosen` is given: every other settled replica of the

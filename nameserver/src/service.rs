@@ -180,6 +180,19 @@ impl NameserverRpc for NameserverService {
         Ok(Response::new(OpsResponse { ops }))
     }
 
+    async fn report_leader_trouble(
+        &self,
+        request: Request<LeaderTroubleRequest>,
+    ) -> Result<Response<LeaderTroubleResponse>, Status> {
+        let r = request.into_inner();
+        self.state.check_leading()?;
+        let verdict = self
+            .state
+            .leader_trouble(&r.reporter, &r.leader, &r.reason)
+            .await;
+        Ok(Response::new(LeaderTroubleResponse { verdict }))
+    }
+
     async fn delete_op(
         &self,
         request: Request<OpIdRequest>,

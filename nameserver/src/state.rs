@@ -18,6 +18,7 @@ use tonic::transport::Channel;
 use tracing::{info, warn};
 use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, OwnedLockClient};
 
+use crate::detection::{Probe, ReportCounts, Suspicion};
 use crate::error::{NsError, Result};
 use crate::paths::Paths;
 use crate::placement;
@@ -46,6 +47,19 @@ pub struct TabletEntry {
     /// The ZooKeeper session that owns its registration: a new one means the tablet
     /// restarted, even if it did so before its old session expired.
     pub session: i64,
+    /// Registered, but found gone or silent after a follower's report (see `detection`).
+    pub suspected: Option<Suspicion>,
+}
+
+/// Where a tablet stands for failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// Registered and not suspected.
+    Registered,
+    /// Not registered: its session ended, so its ZooKeeper lease lapsed before.
+    Absent,
+    /// Registered, but a check found it gone (`Probe::Gone`) or silent.
+    Suspected(Probe),
 }
 
 pub struct Nameserver {
@@ -76,6 +90,11 @@ pub struct Nameserver {
     /// without it acts as no leader (no op task, no metadata write, 503 on the leader
     /// check), well before a standby can take over.
     lease: Arc<Lease>,
+    /// Wakes the op pipeline before its next tick (a tablet was found down).
+    pub(crate) ops_kick: tokio::sync::Notify,
+    /// Tablets being checked after a follower's report.
+    pub(crate) probing: parking_lot::Mutex<std::collections::HashSet<String>>,
+    pub(crate) report_counts: parking_lot::Mutex<ReportCounts>,
 }
 
 /// A fault injected into the next run of one op task, for tests (`--inject_task_fault`).
@@ -144,6 +163,9 @@ impl Nameserver {
             registry_ready: std::sync::atomic::AtomicBool::new(false),
             restarted: Default::default(),
             admin: tokio::sync::Mutex::new(()),
+            ops_kick: tokio::sync::Notify::new(),
+            probing: Default::default(),
+            report_counts: Default::default(),
         })
     }
 
@@ -343,6 +365,7 @@ impl Nameserver {
                 healthy: false,
                 since: now,
                 session: *session,
+                suspected: None,
             });
             // Also after a moment seen offline: the old node may vanish and the new one
             // appear between two listings, too quickly for any op to have run.
@@ -350,6 +373,8 @@ impl Nameserver {
                 warn!(endpoint = %endpoint, "tablet restarted (registered under a new session)");
                 self.restarted.lock().insert(endpoint.clone());
                 entry.since = now;
+                // A new process: what was suspected of the old one no longer holds.
+                entry.suspected = None;
             }
             if !entry.healthy {
                 info!(endpoint = %endpoint, "tablet healthy");
@@ -380,13 +405,17 @@ impl Nameserver {
             .iter()
             .map(|(endpoint, entry)| TabletInfo {
                 endpoint: endpoint.clone(),
-                state: if entry.healthy {
+                state: if entry.healthy && entry.suspected.is_none() {
                     "kTabletHealthy"
                 } else {
                     "kTabletOffline"
                 }
                 .into(),
-                age_ms: entry.since.elapsed().as_millis() as u64,
+                age_ms: entry
+                    .suspected
+                    .map_or(entry.since, |s| s.since)
+                    .elapsed()
+                    .as_millis() as u64,
             })
             .collect()
     }
@@ -397,7 +426,47 @@ impl Nameserver {
     }
 
     pub fn is_healthy(&self, endpoint: &str) -> bool {
-        self.tablets.read().get(endpoint).is_some_and(|e| e.healthy)
+        self.presence(endpoint) == Presence::Registered
+    }
+
+    pub fn presence(&self, endpoint: &str) -> Presence {
+        match self.tablets.read().get(endpoint) {
+            Some(entry) if entry.healthy => match entry.suspected {
+                Some(suspicion) => Presence::Suspected(suspicion.probe),
+                None => Presence::Registered,
+            },
+            _ => Presence::Absent,
+        }
+    }
+
+    /// Takes a registered tablet for gone or silent; false if it was not registered or
+    /// already suspected.
+    pub(crate) fn suspect(&self, endpoint: &str, probe: Probe) -> bool {
+        let mut tablets = self.tablets.write();
+        match tablets.get_mut(endpoint) {
+            Some(entry) if entry.healthy && entry.suspected.is_none() => {
+                entry.suspected = Some(Suspicion {
+                    probe,
+                    since: Instant::now(),
+                });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn suspicion(&self, endpoint: &str) -> Option<Suspicion> {
+        self.tablets.read().get(endpoint).and_then(|e| e.suspected)
+    }
+
+    pub(crate) fn clear_suspicion(&self, endpoint: &str) {
+        if let Some(entry) = self.tablets.write().get_mut(endpoint) {
+            entry.suspected = None;
+        }
+    }
+
+    pub fn report_counts(&self) -> ReportCounts {
+        *self.report_counts.lock()
     }
 
     pub async fn auto_failover(&self) -> Result<bool> {
@@ -412,7 +481,7 @@ impl Nameserver {
         self.tablets
             .read()
             .iter()
-            .filter(|(_, e)| e.healthy)
+            .filter(|(_, e)| e.healthy && e.suspected.is_none())
             .map(|(endpoint, _)| endpoint.clone())
             .collect()
     }

@@ -78,6 +78,26 @@ pub struct Client {
     /// of its own, the same on every retry, so a retried write is applied once.
     client_id: u64,
     next_seq: std::sync::atomic::AtomicU64,
+    /// Bumped whenever the cluster's metadata changes: a call waiting on a leader that
+    /// may have been replaced looks again at once.
+    table_changes: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+/// The first retry after a failure waits about this long; later ones twice as long each
+/// time, up to `MAX_BACKOFF`, and any wait ends early when the metadata changes.
+const FIRST_BACKOFF: Duration = Duration::from_millis(2);
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
+/// Retries in a row that go at once (to the leader a NotLeader answer named, or after
+/// the metadata named another leader) before the backoff applies again.
+const IMMEDIATE_RETRIES: u32 = 3;
+
+/// `d` scaled by a random factor in [0.5, 1.5), so clients retrying together spread out.
+fn jittered(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(d.as_nanos() as u64);
+    let permille = hasher.finish() % 1000;
+    d / 2 + d * permille as u32 / 1000
 }
 
 /// A random id for a client (no two clients should share one).
@@ -116,6 +136,24 @@ fn classify(status: &tonic::Status) -> Failure {
     }
 }
 
+/// The alive leader the metadata names for partition `pid`.
+fn leader_of(table: &Cached, pid: u32) -> Option<String> {
+    table
+        .info
+        .partitions
+        .iter()
+        .find(|p| p.pid == pid)
+        .and_then(|p| p.replicas.iter().find(|r| r.is_leader && r.is_alive))
+        .map(|r| r.endpoint.clone())
+}
+
+/// The leader a NotLeader answer names, if it names one.
+fn named_leader(status: &tonic::Status) -> Option<String> {
+    tessera_common::wire_error::detail_of(status)
+        .filter(|d| d.code() == ErrorCode::NotLeader && !d.leader.is_empty())
+        .map(|d| d.leader)
+}
+
 impl Client {
     pub async fn connect(zk_cluster: &str, zk_root_path: &str) -> Result<Client, ClientError> {
         Client::connect_with(zk_cluster, zk_root_path, ClientOptions::default()).await
@@ -140,6 +178,7 @@ impl Client {
             stats: parking_lot::Mutex::default(),
             client_id: new_client_id(),
             next_seq: std::sync::atomic::AtomicU64::new(1),
+            table_changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         client.follow_table_changes();
         Ok(client)
@@ -147,7 +186,11 @@ impl Client {
 
     /// Forgets cached metadata whenever `/notify/table_changed` moves.
     fn follow_table_changes(&self) {
-        let (zk, tables) = (self.zk.clone(), self.tables.clone());
+        let (zk, tables, changes) = (
+            self.zk.clone(),
+            self.tables.clone(),
+            self.table_changes.clone(),
+        );
         let path = format!("{}/notify/table_changed", self.root);
         tokio::spawn(async move {
             loop {
@@ -155,6 +198,7 @@ impl Client {
                     Ok((_, _, watcher)) => {
                         watcher.changed().await;
                         tables.write().clear();
+                        changes.send_modify(|n| *n = n.wrapping_add(1));
                     }
                     Err(ZkError::NoNode) => match zk.check_and_watch_stat(&path).await {
                         Ok((_, watcher)) => {
@@ -223,47 +267,108 @@ impl Client {
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let deadline = Instant::now() + self.options.deadline;
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff = FIRST_BACKOFF;
         let mut attempts = 0;
+        let mut immediate = 0;
         let mut refresh = false;
+        // The leader a NotLeader answer named, tried before the metadata's.
+        let mut redirect: Option<String> = None;
+        let mut changes = self.table_changes.subscribe();
         loop {
             attempts += 1;
+            changes.borrow_and_update();
             let table = self.table(db, name, refresh).await?;
             let pid = partition(&table)?;
-            let leader = table
-                .info
-                .partitions
-                .iter()
-                .find(|p| p.pid == pid)
-                .and_then(|p| p.replicas.iter().find(|r| r.is_leader && r.is_alive))
-                .map(|r| r.endpoint.clone());
+            let leader = redirect.take().or_else(|| leader_of(&table, pid));
+            let mut retry_now = false;
             let failure = match leader {
                 None => format!("partition {pid} of {name} has no leader right now"),
                 Some(endpoint) => match self.tablet(&endpoint).await {
                     Err(e) => e,
-                    Ok(client) => match call(client, table.info.tid, pid).await {
-                        Ok(value) => return Ok(value),
-                        Err(status) => match classify(&status) {
-                            Failure::Fatal(e) => return Err(e),
-                            Failure::Retry(reason) => {
-                                // A broken connection is not reused.
-                                self.tablets.write().remove(&endpoint);
-                                reason
+                    Ok(client) => {
+                        let answer = call(client, table.info.tid, pid);
+                        match self
+                            .until_leader_moves(answer, db, name, pid, &endpoint, &mut changes)
+                            .await
+                        {
+                            None => {
+                                // A paused or cut-off leader would hold the call until its
+                                // timeout; the write's id makes the retry safe.
+                                retry_now = true;
+                                format!("the leader of partition {pid} moved away from {endpoint}")
                             }
-                        },
-                    },
+                            Some(Ok(value)) => return Ok(value),
+                            Some(Err(status)) => match classify(&status) {
+                                Failure::Fatal(e) => return Err(e),
+                                Failure::Retry(reason) => {
+                                    match named_leader(&status).filter(|l| *l != endpoint) {
+                                        Some(named) => {
+                                            redirect = Some(named);
+                                            retry_now = true;
+                                        }
+                                        // A broken connection is not reused.
+                                        None => {
+                                            self.tablets.write().remove(&endpoint);
+                                        }
+                                    }
+                                    reason
+                                }
+                            },
+                        }
+                    }
                 },
             };
-            if Instant::now() + backoff > deadline {
+            if Instant::now() >= deadline {
                 return Err(ClientError::Unavailable {
                     attempts,
                     last: failure,
                 });
             }
             debug!(table = name, pid, attempts, reason = %failure, "retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
             refresh = true;
+            if retry_now && immediate < IMMEDIATE_RETRIES {
+                immediate += 1;
+                continue;
+            }
+            immediate = 0;
+            let pause = jittered(backoff).min(deadline.saturating_duration_since(Instant::now()));
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                // New metadata may name the new leader: look at once.
+                _ = changes.changed() => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Runs `answer` to its end, unless the metadata comes to name a leader of partition
+    /// `pid` other than `endpoint` first (`None`).
+    async fn until_leader_moves<T>(
+        &self,
+        answer: impl Future<Output = Result<T, tonic::Status>>,
+        db: &str,
+        name: &str,
+        pid: u32,
+        endpoint: &str,
+        changes: &mut tokio::sync::watch::Receiver<u64>,
+    ) -> Option<Result<T, tonic::Status>> {
+        tokio::pin!(answer);
+        loop {
+            tokio::select! {
+                result = &mut answer => return Some(result),
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Some((&mut answer).await);
+                    }
+                    let moved = match self.table(db, name, true).await {
+                        Ok(table) => leader_of(&table, pid).is_some_and(|l| l != endpoint),
+                        Err(_) => false,
+                    };
+                    if moved {
+                        return None;
+                    }
+                }
+            }
         }
     }
 

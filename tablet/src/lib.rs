@@ -8,6 +8,7 @@ pub mod replication;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod watchdog;
 
 pub use config::TabletConfig;
 pub use server::run;

@@ -17,6 +17,7 @@ use crate::config::TabletConfig;
 use crate::replication::leader::Replicators;
 use crate::service::TabletService;
 use crate::storage::table::now_ms;
+use crate::watchdog::{self, Reporter};
 
 /// Slack above `max_row_size` for the rest of a request.
 const MESSAGE_OVERHEAD: usize = 4 << 20;
@@ -65,6 +66,7 @@ pub async fn run(
     // In a cluster: register in ZooKeeper and hold a lease; leaders stop serving when it
     // lapses.
     let (stop_coordination, coordination_stopped) = tokio::sync::watch::channel(false);
+    let mut reporter = Reporter::default();
     if !config.zk_cluster.is_empty() {
         let settings = ZkSettings {
             cluster: config.zk_cluster.clone(),
@@ -73,7 +75,7 @@ pub async fn run(
         };
         let lease = Lease::for_session(settings.session_timeout);
         tokio::spawn(run_registration(
-            settings,
+            settings.clone(),
             config.endpoint.clone(),
             lease.clone(),
             coordination_stopped.clone(),
@@ -83,6 +85,13 @@ pub async fn run(
             lease,
             coordination_stopped.clone(),
         ));
+        // Followers that stop hearing from their leader tell the nameserver at once.
+        reporter = watchdog::start(
+            settings.clone(),
+            config.endpoint.clone(),
+            catalog.clone(),
+            coordination_stopped.clone(),
+        );
     }
 
     tokio::spawn(crate::repair::repair_failed_replicas(
@@ -94,6 +103,7 @@ pub async fn run(
     let service = TabletServer::new(TabletService::new(
         replicators.clone(),
         config.scan_max_rows,
+        reporter,
     ))
     .max_decoding_message_size(message_limit)
     .max_encoding_message_size(usize::MAX);

@@ -23,19 +23,27 @@ use crate::storage::entry::RequestId;
 use crate::storage::replica::{AppendOutcome, FollowerChange, RoleChange};
 use crate::storage::table::RowAt;
 use crate::storage::Table;
+use crate::watchdog::Reporter;
 
 pub struct TabletService {
     catalog: Arc<Catalog>,
     replicators: Arc<Replicators>,
     scan_max_rows: usize,
+    /// Tells the nameserver when a leader's replication stream breaks.
+    reporter: Reporter,
 }
 
 impl TabletService {
-    pub fn new(replicators: Arc<Replicators>, scan_max_rows: usize) -> TabletService {
+    pub fn new(
+        replicators: Arc<Replicators>,
+        scan_max_rows: usize,
+        reporter: Reporter,
+    ) -> TabletService {
         TabletService {
             catalog: replicators.catalog().clone(),
             replicators,
             scan_max_rows,
+            reporter,
         }
     }
 
@@ -304,10 +312,33 @@ impl Tablet for TabletService {
     ) -> Result<Response<Self::AppendEntriesStream>, Status> {
         let mut incoming = request.into_inner();
         let (responses, outgoing) = mpsc::channel(4);
-        let replicators = self.replicators.clone();
+        let (replicators, reporter) = (self.replicators.clone(), self.reporter.clone());
         tokio::spawn(async move {
             // One leader's requests, handled in order.
-            while let Ok(Some(request)) = incoming.message().await {
+            let mut from: Option<(u32, u32, String)> = None;
+            loop {
+                let request = match incoming.message().await {
+                    Ok(Some(request)) => request,
+                    // The leader closed it: it stopped shipping here, nothing is wrong.
+                    Ok(None) => break,
+                    Err(broken) => {
+                        // The connection broke (a leader that dies takes its connections
+                        // with it): tell the nameserver if we still follow it.
+                        if let Some((tid, pid, leader)) = &from {
+                            let still_following = replicators
+                                .catalog()
+                                .get(*tid, *pid)
+                                .ok()
+                                .and_then(|t| t.leader_silence())
+                                .is_some_and(|(l, _)| l == *leader);
+                            if still_following {
+                                reporter.stream_ended(leader, broken.message());
+                            }
+                        }
+                        break;
+                    }
+                };
+                from = Some((request.tid, request.pid, request.leader.clone()));
                 let response = follower_append(&replicators, request).await;
                 if responses.send(Ok(response)).await.is_err() {
                     break;
@@ -380,13 +411,15 @@ impl Tablet for TabletService {
         request: Request<FenceRequest>,
     ) -> Result<Response<FenceResponse>, Status> {
         let FenceRequest { tid, pid, term } = request.into_inner();
-        let (_, (last_term, last_offset)) = self
+        let (table, (last_term, last_offset)) = self
             .with_table(tid, pid, move |t| Ok(t.fence(term)?))
             .await?;
         Ok(Response::new(FenceResponse {
             last_term,
             last_offset,
             term,
+            // Taken after the fence: no answer to an older term can follow it.
+            lease_remaining_ms: table.granted_lease_remaining().as_millis() as u64,
         }))
     }
 
@@ -456,6 +489,12 @@ impl Tablet for TabletService {
         self.replicators.sync_table(&table);
         Ok(Response::new(ReceiveSnapshotResponse {
             offset: table.snapshot_offset(),
+        }))
+    }
+
+    async fn ping(&self, _: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
+        Ok(Response::new(PingResponse {
+            endpoint: self.replicators.endpoint().to_string(),
         }))
     }
 

@@ -4,7 +4,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use tessera_proto::common::TermPair;
@@ -155,6 +155,7 @@ fn append(prev: u64, entries: Vec<LogRecord>, commit_offset: u64) -> AppendEntri
             start_offset: 1,
         }],
         leader_last_offset: last,
+        lease_ms: 500,
     }
 }
 
@@ -289,6 +290,8 @@ fn a_new_leader_serves_reads_only_after_committing_in_its_term() {
     ));
     assert_eq!(count(&table, "b"), 0);
     table.quorum_ack("b", 3);
+    // The answer that acknowledged also renews the read lease (as the link does).
+    table.lease_heard("b", Instant::now());
     table.check_readable(0).unwrap();
     assert_eq!(
         (count(&table, "a"), count(&table, "b")),
@@ -421,4 +424,58 @@ fn a_fenced_leader_reports_itself_only_when_waiting_for_a_role() {
     assert!(table.status().fenced);
     leader_of(&table, 3, &["b", "c"], &[]);
     assert!(!table.status().fenced, "a new role ends the wait");
+}
+
+/// Fast failover: a leader serves reads only while a majority of its voting members
+/// (itself included) answered a request it sent less than a lease ago, so a leader that
+/// was paused or cut off stops serving by itself before the nameserver promotes another.
+#[test]
+fn a_leader_reads_only_under_a_lease_its_followers_renew() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = create(&dir.path().join("1_0"), 1 << 20);
+    leader_of(&table, 1, &["b", "c"], &[]);
+    table.quorum_ack("b", table.last_offset());
+    let refused = table.check_readable(0).unwrap_err();
+    assert!(
+        refused.to_string().contains("within its lease"),
+        "no follower answered yet: {refused}"
+    );
+    // An answer to a request sent longer than a lease ago renews nothing now.
+    let long_ago = Instant::now() - Duration::from_millis(800);
+    table.lease_heard("c", long_ago);
+    assert!(table.check_readable(0).is_err(), "the lease ran out");
+    // One of two followers makes a majority of three.
+    table.lease_heard("b", Instant::now());
+    table.check_readable(0).unwrap();
+    // An answer from a replica that does not vote counts for nothing.
+    let lone = tempfile::tempdir().unwrap();
+    let other = create(&lone.path().join("1_0"), 1 << 20);
+    leader_of(&other, 1, &["b", "c"], &[]);
+    other.quorum_ack("b", other.last_offset());
+    other.lease_heard("stranger", Instant::now());
+    assert!(other.check_readable(0).is_err());
+}
+
+/// A fenced follower says how long a lease it helped its old leader renew may last, so
+/// the nameserver can wait it out before the new leader acknowledges anything; a
+/// replica that heard from no leader for longer than a lease owes nothing.
+#[test]
+fn a_fence_reports_the_lease_the_replica_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = create(&dir.path().join("1_0"), 1 << 20);
+    table
+        .handle_append(&append(0, vec![put_record(2, 1, "a")], 1))
+        .unwrap();
+    table.fence(3).unwrap();
+    let owed = table.granted_lease_remaining();
+    assert!(
+        owed > Duration::from_millis(400) && owed <= Duration::from_millis(600),
+        "answered just now a leader keeping a 500 ms lease: {owed:?}"
+    );
+    // A stale leader's request after the fence is refused and renews nothing.
+    assert!(matches!(
+        table.handle_append(&append(1, Vec::new(), 1)).unwrap(),
+        AppendOutcome::StaleTerm(3)
+    ));
+    assert!(table.granted_lease_remaining() <= owed);
 }

@@ -346,6 +346,7 @@ impl Model {
                 commit_offset: table.commit_offset(),
                 leader_term_history: history_now,
                 leader_last_offset: last,
+                lease_ms: 500,
             };
             self.links
                 .get_mut(&(leader, f))

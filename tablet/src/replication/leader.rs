@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use tessera_common::failure_detection::{HEARTBEAT, LEADER_LEASE};
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{
     AppendEntriesRequest, AppendEntriesResponse, AppendResult, FollowerStatus, LogRecord,
@@ -25,8 +26,6 @@ use crate::storage::Table;
 
 /// Records per AppendEntries batch, at most about this many payload bytes.
 const BATCH_BYTES: usize = 1 << 20;
-/// An idle link sends a heartbeat this often.
-const HEARTBEAT: Duration = Duration::from_millis(200);
 /// A follower that does not answer within this is taken for gone; the link restarts.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Batches a link keeps on the way to its follower before it waits for an answer, so a
@@ -200,8 +199,8 @@ fn on_response(response: &AppendEntriesResponse) -> Step {
 /// The sending half of a link: requests on the way and what they told the follower.
 struct Outbox {
     requests: mpsc::Sender<AppendEntriesRequest>,
-    /// When each request still unanswered was sent, oldest first (answers come in order).
-    in_flight: VecDeque<Instant>,
+    /// The requests still unanswered, oldest first (answers come in order).
+    in_flight: VecDeque<Sent>,
     /// The commit offset the follower was last told: it applies up to it.
     told_commit: u64,
     last_sent: Instant,
@@ -214,14 +213,26 @@ impl Outbox {
 
     async fn send(&mut self, request: AppendEntriesRequest) -> Result<(), String> {
         self.told_commit = self.told_commit.max(request.commit_offset);
+        // Taken before the request can reach the follower: a lease dated from it never
+        // starts after the follower answered.
+        let at = Instant::now();
         self.requests
             .send(request)
             .await
             .map_err(|_| "stream closed".to_string())?;
-        self.last_sent = Instant::now();
-        self.in_flight.push_back(self.last_sent);
+        self.last_sent = at;
+        self.in_flight.push_back(Sent { at, due_from: at });
         Ok(())
     }
+}
+
+/// A request on the way.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    /// When it was sent: an answer renews the lease from here.
+    at: Instant,
+    /// Its answer is due `RESPONSE_TIMEOUT` after this (moved on by a snapshot transfer).
+    due_from: Instant,
 }
 
 struct LinkTask {
@@ -359,7 +370,7 @@ impl LinkTask {
                 continue;
             }
             let oldest = *outbox.in_flight.front().expect("requests in flight");
-            let overdue = tokio::time::sleep_until((oldest + RESPONSE_TIMEOUT).into());
+            let overdue = tokio::time::sleep_until((oldest.due_from + RESPONSE_TIMEOUT).into());
             let response = tokio::select! {
                 answer = responses.message() => answer
                     .map_err(|e| format!("stream failed: {}", e.message()))?
@@ -368,7 +379,7 @@ impl LinkTask {
                 // Room in the pipeline and new records: go and send them.
                 _ = appended.changed(), if caught_up && outbox.has_room() => continue,
             };
-            outbox.in_flight.pop_front();
+            let answered = outbox.in_flight.pop_front().expect("requests in flight");
             {
                 let mut status = self.status.lock();
                 status.connected = true;
@@ -378,6 +389,8 @@ impl LinkTask {
             stale = stale.saturating_sub(1);
             match on_response(&response) {
                 Step::Continue { credit, resend } => {
+                    // The follower answered in our term: it renews the read lease.
+                    table.lease_heard(&self.follower, answered.at);
                     if let Some(offset) = credit {
                         table.quorum_ack(&self.follower, offset);
                     }
@@ -403,7 +416,10 @@ impl LinkTask {
                     stale = outbox.in_flight.len();
                     // The transfer took its time; the answers still on the way get theirs.
                     let now = Instant::now();
-                    outbox.in_flight.iter_mut().for_each(|sent| *sent = now);
+                    outbox
+                        .in_flight
+                        .iter_mut()
+                        .for_each(|sent| sent.due_from = now);
                 }
                 Step::Fail(reason) => return Err(reason),
             }
@@ -456,6 +472,7 @@ impl LinkTask {
             commit_offset: table.commit_offset(),
             leader_term_history: term_history,
             leader_last_offset: table.last_offset(),
+            lease_ms: LEADER_LEASE.as_millis() as u32,
         }
     }
 

@@ -29,6 +29,10 @@ struct State {
     /// The first offset of the leading term: replicas are counted only at or above it.
     term_start: u64,
     commit: u64,
+    /// Per voting member, when the leader sent the latest request the member answered in
+    /// the leading term (answers that did not refuse the term): the read lease runs from
+    /// the send time a majority reached.
+    heard: BTreeMap<String, Instant>,
 }
 
 impl State {
@@ -90,6 +94,7 @@ impl Quorum {
         state.leading = Some(term);
         state.term_start = term_start;
         state.voters = voters.iter().map(|v| (v.clone(), 0)).collect();
+        state.heard.clear();
         state.recompute();
         drop(state);
         self.changed();
@@ -99,6 +104,7 @@ impl Quorum {
     /// offset stays where the last majority put it.
     pub fn step_down(&self) {
         let mut state = self.state.lock();
+        state.heard.clear();
         if state.leading.take().is_some() {
             drop(state);
             self.changed();
@@ -114,6 +120,12 @@ impl Quorum {
             .iter()
             .map(|v| (v.clone(), old.get(v).copied().unwrap_or(0)))
             .collect();
+        let State {
+            heard,
+            voters: members,
+            ..
+        } = &mut *state;
+        heard.retain(|v, _| members.contains_key(v));
         state.recompute();
         drop(state);
         self.changed();
@@ -150,6 +162,34 @@ impl Quorum {
             drop(state);
             self.changed();
         }
+    }
+
+    /// A voting member answered, without refusing the leading term, a request sent at
+    /// `sent`: it renews the read lease.
+    pub fn heard(&self, voter: &str, sent: Instant) {
+        let mut state = self.state.lock();
+        if state.leading.is_none() || !state.voters.contains_key(voter) {
+            return;
+        }
+        let latest = state.heard.entry(voter.to_string()).or_insert(sent);
+        *latest = (*latest).max(sent);
+    }
+
+    /// Until when this leader may serve reads: `lease` after the latest send time that a
+    /// majority of the voting members (the leader counting for itself) answered. A lone
+    /// member's lease never ends (its ZooKeeper lease bounds it); `None` while it does
+    /// not lead or a majority has not answered yet.
+    pub fn lease_until(&self, lease: Duration) -> Option<Instant> {
+        let state = self.state.lock();
+        state.leading?;
+        let members = state.voters.len() + 1;
+        let others_needed = members / 2; // majority - 1: the leader counts itself
+        if others_needed == 0 {
+            return Some(Instant::now() + lease);
+        }
+        let mut times: Vec<Instant> = state.heard.values().copied().collect();
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        times.get(others_needed - 1).map(|sent| *sent + lease)
     }
 
     /// Everything through `offset` is known committed (learned while following the

@@ -4,8 +4,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use prost::Message;
+use tessera_common::failure_detection::{stretched, LEADER_LEASE};
 use tessera_proto::common::TermPair;
 use tessera_proto::tablet::{AppendEntriesRequest, ReplicaState, ReplicationMode, TableRole};
 use tracing::info;
@@ -168,9 +170,16 @@ impl Table {
                     "the tablet lost its ZooKeeper lease; waiting to be told its role again".into(),
                 ));
             }
+            let quorum = self.mode() == ReplicationMode::Quorum;
+            if quorum && !self.holds_read_lease() {
+                return Err(StorageError::Unavailable(
+                    "the leader has not heard from a majority of its replicas within its lease; \
+                     retry shortly"
+                        .into(),
+                ));
+            }
             // A new leader knows what is committed only once a record of its own term
             // is (Raft's read rule), and serves only once it applied that much.
-            let quorum = self.mode() == ReplicationMode::Quorum;
             if quorum && !self.quorum.committed_in_own_term() {
                 return Err(StorageError::Unavailable(
                     "the leader has not yet committed a record of its term; retry shortly".into(),
@@ -197,6 +206,36 @@ impl Table {
             )));
         }
         Ok(())
+    }
+
+    /// Whether this leader's read lease holds: a majority of its voting members answered
+    /// a request it sent less than a lease ago, so no other leader can have been
+    /// promoted (the nameserver waits out what the fenced replicas granted).
+    pub fn holds_read_lease(&self) -> bool {
+        self.quorum
+            .lease_until(LEADER_LEASE)
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// How much longer, by this replica's clock, a leader it answered before now may
+    /// hold a read lease this replica helped renew (drift margin included).
+    pub fn granted_lease_remaining(&self) -> Duration {
+        let replica = self.replica.lock();
+        (replica.leader_contact + stretched(replica.granted_lease))
+            .saturating_duration_since(Instant::now())
+    }
+
+    /// Follower: its leader and how long since it last heard from it.
+    pub fn leader_silence(&self) -> Option<(String, Duration)> {
+        let replica = self.replica.lock();
+        let state = &replica.state;
+        (state.role() == TableRole::Follower && !state.leader.is_empty())
+            .then(|| (state.leader.clone(), replica.leader_contact.elapsed()))
+    }
+
+    /// A leader's answer from a voting member to a request sent at `sent`.
+    pub fn lease_heard(&self, follower: &str, sent: Instant) {
+        self.quorum.heard(follower, sent);
     }
 
     pub fn replica_state(&self) -> ReplicaState {
@@ -343,6 +382,8 @@ impl Table {
         replica.state = state;
         replica.fenced = false;
         replica.awaiting_role = false;
+        // A new follower gives its leader time to reach it before it reports silence.
+        replica.leader_contact = replica.leader_contact.max(Instant::now());
         drop(replica);
         let last = binlog.last_offset();
         drop(binlog);
@@ -550,6 +591,12 @@ impl Table {
                 replica.fenced = false;
                 replica.awaiting_role = false;
             }
+            // Answering promises this leader nothing newer for its lease than now.
+            replica.leader_contact = Instant::now();
+            replica.granted_lease = match request.lease_ms {
+                0 => LEADER_LEASE,
+                ms => Duration::from_millis(u64::from(ms)),
+            };
             drop(replica);
 
             let last = binlog.last_offset();

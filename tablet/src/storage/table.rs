@@ -164,6 +164,11 @@ pub struct ReplicaRuntime {
     /// Fenced, and the lease is valid again in a later session: nobody will lift the
     /// fence but a new role (reported as `fenced`, for the reconciler).
     pub awaiting_role: bool,
+    /// Follower: when it last answered its leader without refusing its term (or became
+    /// a follower, or was loaded), and the lease that leader said it keeps from each
+    /// request. Bounds the lease this replica may have helped an old leader keep.
+    pub leader_contact: std::time::Instant,
+    pub granted_lease: Duration,
 }
 
 pub fn now_ms() -> i64 {
@@ -351,6 +356,8 @@ impl Table {
             replica: Mutex::new(ReplicaRuntime {
                 state,
                 fenced: false,
+                leader_contact: std::time::Instant::now(),
+                granted_lease: tessera_common::failure_detection::LEADER_LEASE,
                 awaiting_role: false,
             }),
             history: Mutex::new(term_history),

@@ -1,0 +1,173 @@
+//! Fast failure detection, the nameserver's half. ZooKeeper stays the source of truth
+//! for membership, but a tablet's session outlives its process by the session timeout.
+//! So when a follower reports that it no longer hears from its leader (see the tablet's
+//! `watchdog`), the nameserver checks the leader's tablet itself, at once:
+//!
+//! - a refused connection proves its process is gone (nothing listens on its port), so
+//!   no lease of it can be in force: it is *gone*;
+//! - a ping unanswered within `PROBE_TIMEOUT` makes it *silent*: it may be paused or cut
+//!   off, and may still hold read leases, which ChangeLeader waits out;
+//! - an answer makes the report a false alarm, counted and otherwise ignored.
+//!
+//! A gone or silent tablet counts as unhealthy for the planner (its partitions fail over
+//! at once) until it answers a ping again or registers under a new session.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_common::failure_detection::PROBE_TIMEOUT;
+use tessera_proto::tablet::tablet_client::TabletClient;
+use tessera_proto::tablet::PingRequest;
+use tracing::{info, warn};
+
+use crate::state::Nameserver;
+
+/// How often a suspected tablet is pinged to see whether it is back.
+const RECHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// What a check of a tablet found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// It answered.
+    Alive,
+    /// Its port refused the connection: the process is gone.
+    Gone,
+    /// No answer in time.
+    Silent,
+}
+
+impl Probe {
+    pub fn name(self) -> &'static str {
+        match self {
+            Probe::Alive => "alive",
+            Probe::Gone => "gone",
+            Probe::Silent => "silent",
+        }
+    }
+}
+
+/// Why the registry takes a tablet ZooKeeper still lists for unhealthy.
+#[derive(Debug, Clone, Copy)]
+pub struct Suspicion {
+    /// `Gone` or `Silent`.
+    pub probe: Probe,
+    pub since: Instant,
+}
+
+/// Whether an error (or any error it wraps) is a refused TCP connection.
+pub fn is_connection_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Pings a tablet, with `PROBE_TIMEOUT` for the connection and the answer each.
+pub async fn probe(endpoint: &str) -> Probe {
+    let Ok(target) = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}")) else {
+        return Probe::Silent;
+    };
+    let channel = match tokio::time::timeout(
+        PROBE_TIMEOUT,
+        target.connect_timeout(PROBE_TIMEOUT).connect(),
+    )
+    .await
+    {
+        Ok(Ok(channel)) => channel,
+        Ok(Err(e)) if is_connection_refused(&e) => return Probe::Gone,
+        _ => return Probe::Silent,
+    };
+    let answer = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        TabletClient::new(channel).ping(PingRequest {}),
+    )
+    .await;
+    match answer {
+        Ok(Ok(_)) => Probe::Alive,
+        _ => Probe::Silent,
+    }
+}
+
+/// Counts of what follower reports led to, for `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReportCounts {
+    /// The leader answered: a false alarm.
+    pub alive: u64,
+    pub gone: u64,
+    pub silent: u64,
+    /// Already suspected, already being checked, or not a healthy tablet.
+    pub known: u64,
+}
+
+impl Nameserver {
+    /// A follower on `reporter` no longer hears from `leader`'s tablet: check it and, if
+    /// it is gone or silent, take it for unhealthy and wake the op pipeline.
+    pub async fn leader_trouble(
+        self: &Arc<Self>,
+        reporter: &str,
+        leader: &str,
+        reason: &str,
+    ) -> String {
+        if !self.is_healthy(leader) || !self.probing.lock().insert(leader.to_string()) {
+            self.report_counts.lock().known += 1;
+            return "known".into();
+        }
+        let found = probe(leader).await;
+        self.probing.lock().remove(leader);
+        {
+            let mut counts = self.report_counts.lock();
+            match found {
+                Probe::Alive => counts.alive += 1,
+                Probe::Gone => counts.gone += 1,
+                Probe::Silent => counts.silent += 1,
+            }
+        }
+        match found {
+            Probe::Alive => {
+                info!(
+                    leader,
+                    reporter,
+                    reason,
+                    "a follower reported its leader, which answers: a false alarm"
+                );
+            }
+            Probe::Gone | Probe::Silent => {
+                warn!(
+                    leader,
+                    reporter,
+                    reason,
+                    probe = found.name(),
+                    "leader tablet confirmed down: failing its partitions over"
+                );
+                if self.suspect(leader, found) {
+                    self.ops_kick.notify_one();
+                    tokio::spawn(self.clone().recheck(leader.to_string()));
+                }
+            }
+        }
+        found.name().into()
+    }
+
+    /// Pings a suspected tablet until it answers (it was paused, or restarted in its
+    /// session) or the suspicion is lifted otherwise (a new registration).
+    async fn recheck(self: Arc<Self>, endpoint: String) {
+        loop {
+            tokio::time::sleep(RECHECK_EVERY).await;
+            if self.suspicion(&endpoint).is_none() {
+                return;
+            }
+            if probe(&endpoint).await == Probe::Alive {
+                info!(endpoint = %endpoint, "suspected tablet answers again");
+                self.clear_suspicion(&endpoint);
+                self.ops_kick.notify_one();
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! ChangeLeader's fencing round, and the wait that keeps reads linearizable across a
+//! change of leader.
+//!
+//! Every replica is fenced at the op's term, in parallel, each call bounded by
+//! `FENCE_TIMEOUT`. A replica that answered is fenced: it leads no more in an older term.
+//! One whose tablet refused the connection has no process, hence no lease. One whose
+//! tablet left ZooKeeper lost its ZooKeeper lease before its session ended. Any other
+//! replica that did not answer is *unsettled*: it may still lead in an older term and
+//! serve reads under its lease. Before the new leader is promoted (and acknowledges a
+//! write), every such lease must have run out:
+//!
+//! - quorum mode: a leader's read lease is renewed only by answers from a majority of
+//!   its voting members, and the answers the failover rule requires meet every such
+//!   majority, so each renewal after the fence would need an answer from a fenced
+//!   replica, which refuses the old term. Each fenced replica reports how much longer a
+//!   lease it helped renew may last (`lease_remaining_ms`, by its clock, drift margin
+//!   included); the nameserver waits that long, stretched again for its own clock;
+//! - async mode: a leader's read lease is its tablet's ZooKeeper lease alone, so the
+//!   nameserver waits until the unsettled replica's tablet leaves ZooKeeper (its session
+//!   expired, and its lease lapsed before), or answers a fence.
+
+use std::time::{Duration, Instant};
+
+use tessera_common::failure_detection::{stretched, LEADER_LEASE};
+use tessera_common::wire_error;
+use tessera_proto::nameserver::{OpInfo, PartitionMeta, TableInfo};
+use tessera_proto::tablet::{self as tpb, tablet_client::TabletClient};
+use tracing::{info, warn};
+
+use crate::detection::{is_connection_refused, Probe};
+use crate::error::Result;
+use crate::planner::Fenced;
+use crate::state::{Nameserver, Presence};
+
+/// How long one fence may take, connection included.
+const FENCE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often an async partition's unsettled replicas are looked at again.
+const SETTLE_POLL: Duration = Duration::from_millis(100);
+
+/// What a fencing round found.
+#[derive(Debug, Default)]
+pub(crate) struct FenceRound {
+    /// The replicas that answered, but the failed one the op names.
+    pub answered: Vec<Fenced>,
+    /// The highest term a refusal named (a replica already in that term).
+    pub ahead: Option<u64>,
+    /// Replicas that did not answer and are not known to be down.
+    pub unsettled: Vec<String>,
+    /// When every lease the answering replicas helped renew has ended, by this clock.
+    pub leases_end: Option<Instant>,
+}
+
+/// How one fence ended.
+enum FenceOutcome {
+    Fenced(tpb::FenceResponse),
+    /// The tablet's port refused the connection: no process.
+    Refused,
+    Failed {
+        reason: String,
+        stale_term: Option<u64>,
+    },
+}
+
+async fn fence_one(endpoint: &str, request: tpb::FenceRequest) -> FenceOutcome {
+    let failed = |reason: String| FenceOutcome::Failed {
+        reason,
+        stale_term: None,
+    };
+    let target = match tonic::transport::Endpoint::from_shared(format!("http://{endpoint}")) {
+        Ok(target) => target.connect_timeout(FENCE_TIMEOUT),
+        Err(e) => return failed(e.to_string()),
+    };
+    let call = async {
+        let channel = match target.connect().await {
+            Ok(channel) => channel,
+            Err(e) if is_connection_refused(&e) => return FenceOutcome::Refused,
+            Err(e) => return failed(format!("cannot connect: {e}")),
+        };
+        match TabletClient::new(channel).fence(request).await {
+            Ok(answer) => FenceOutcome::Fenced(answer.into_inner()),
+            Err(status) => FenceOutcome::Failed {
+                stale_term: wire_error::detail_of(&status)
+                    .filter(|d| d.code() == wire_error::ErrorCode::StaleTerm)
+                    .map(|d| d.term),
+                reason: status.message().to_string(),
+            },
+        }
+    };
+    tokio::time::timeout(FENCE_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| failed("no answer in time".into()))
+}
+
+impl Nameserver {
+    /// Fences every replica of the partition at the op's term, all at once.
+    pub(crate) async fn fence_all(
+        &self,
+        table: &TableInfo,
+        partition: &PartitionMeta,
+        op: &OpInfo,
+    ) -> Result<FenceRound> {
+        self.check_leading()?;
+        let mut round = FenceRound::default();
+        // Until the registry has been read, "not registered" proves nothing.
+        let registry_ready = self.registry_ready();
+        let mut calls = tokio::task::JoinSet::new();
+        for replica in &partition.replicas {
+            let endpoint = replica.endpoint.clone();
+            let presence = self.presence(&endpoint);
+            if endpoint == op.endpoint && registry_ready && presence == Presence::Absent {
+                // The failed leader left ZooKeeper: its lease lapsed, and its answer
+                // would not be used.
+                continue;
+            }
+            if presence == Presence::Suspected(Probe::Silent) {
+                // Paused or cut off: a fence would only wait for its timeout.
+                round.unsettled.push(endpoint);
+                continue;
+            }
+            let request = tpb::FenceRequest {
+                tid: table.tid,
+                pid: op.pid,
+                term: op.term,
+            };
+            calls.spawn(async move {
+                let outcome = fence_one(&endpoint, request).await;
+                (endpoint, presence, outcome)
+            });
+        }
+        while let Some(joined) = calls.join_next().await {
+            let Ok((endpoint, presence, outcome)) = joined else {
+                continue;
+            };
+            match outcome {
+                FenceOutcome::Fenced(answer) => {
+                    let end = Instant::now()
+                        + stretched(Duration::from_millis(answer.lease_remaining_ms));
+                    round.leases_end = round.leases_end.max(Some(end));
+                    if endpoint != op.endpoint {
+                        round.answered.push(Fenced {
+                            endpoint,
+                            last_term: answer.last_term,
+                            last_offset: answer.last_offset,
+                        });
+                    }
+                }
+                FenceOutcome::Refused => {
+                    info!(op_id = op.op_id, endpoint = %endpoint, "fence: connection refused, the tablet's process is gone");
+                }
+                FenceOutcome::Failed { reason, stale_term } => {
+                    warn!(op_id = op.op_id, endpoint = %endpoint, error = %reason, "fence failed");
+                    round.ahead = round.ahead.max(stale_term);
+                    let lease_lapsed = registry_ready && presence == Presence::Absent;
+                    if !lease_lapsed {
+                        round.unsettled.push(endpoint);
+                    }
+                }
+            }
+        }
+        round.unsettled.sort();
+        Ok(round)
+    }
+
+    /// Returns once no replica the round left unsettled can serve a read as leader of an
+    /// older term (see the module's comment).
+    pub(crate) async fn wait_out_old_leaders(
+        &self,
+        table: &TableInfo,
+        op: &OpInfo,
+        round: FenceRound,
+    ) -> Result<()> {
+        if round.unsettled.is_empty() {
+            return Ok(());
+        }
+        if table.mode() == tpb::ReplicationMode::Quorum {
+            let mut until = round.leases_end.unwrap_or_else(Instant::now);
+            if op.force {
+                // Forced, the answers may miss a majority the old leader still hears
+                // from: give it at least one whole lease to notice.
+                until = until.max(Instant::now() + stretched(LEADER_LEASE));
+            }
+            let wait = until.saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                info!(op_id = op.op_id, unsettled = ?round.unsettled, wait = ?wait, "waiting out the old leader's read lease");
+                tokio::time::sleep(wait).await;
+            }
+            return Ok(());
+        }
+        info!(op_id = op.op_id, unsettled = ?round.unsettled, "async partition: waiting until the unsettled replicas leave ZooKeeper or answer a fence");
+        let mut unsettled = round.unsettled;
+        while !unsettled.is_empty() {
+            self.check_leading()?;
+            let mut still = Vec::new();
+            for endpoint in unsettled {
+                let settled = match self.presence(&endpoint) {
+                    Presence::Absent => self.registry_ready(),
+                    Presence::Suspected(Probe::Silent) => false,
+                    Presence::Registered | Presence::Suspected(_) => {
+                        let request = tpb::FenceRequest {
+                            tid: table.tid,
+                            pid: op.pid,
+                            term: op.term,
+                        };
+                        matches!(
+                            fence_one(&endpoint, request).await,
+                            FenceOutcome::Fenced(_) | FenceOutcome::Refused
+                        )
+                    }
+                };
+                if !settled {
+                    still.push(endpoint);
+                }
+            }
+            unsettled = still;
+            if !unsettled.is_empty() {
+                tokio::time::sleep(SETTLE_POLL).await;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,216 @@
+//! Fast failover with real processes: the tablets hold 20 s ZooKeeper sessions, so a
+//! failover that waited for the dead leader's session would find its registration gone.
+//! A killed leader (its port refuses connections) and a paused one (nothing answers) are
+//! both replaced while their registration still stands, through the followers' reports
+//! and the nameserver's own check; and a paused leader that resumes neither serves a
+//! read nor acknowledges a write, though its lease in ZooKeeper is still valid.
+
+use std::time::Duration;
+
+use tessera_common::Value;
+use tessera_ns_client::Client;
+use tessera_proto::tablet::{GetRequest, PutRequest};
+use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
+use tessera_tests::routed::{leaders, table_rows};
+use tessera_tests::wait_until_async;
+use tessera_tests::workload::sdk_row;
+
+const TABLE: &str = "t1";
+const PARTITIONS: u32 = 4;
+/// Long enough that no failover in these tests can come from a session expiry.
+const TABLET_SESSION_MS: u64 = 20_000;
+const WAIT: Duration = Duration::from_secs(60);
+
+fn spec() -> NsClusterSpec<'static> {
+    NsClusterSpec {
+        tablets: 3,
+        tablet_session_ms: Some(TABLET_SESSION_MS),
+        tablet_args: &[],
+        nameserver_session_ms: 2000,
+        nameserver_args: &[],
+    }
+}
+
+/// Whether the tablet's ZooKeeper registration (its session) still stands.
+async fn registered(zk: &zookeeper_client::Client, endpoint: &str) -> bool {
+    zk.check_stat(&format!("/tessera/nodes/{endpoint}"))
+        .await
+        .expect("read the registration")
+        .is_some()
+}
+
+/// A key of the workload's schema that falls in partition `pid`.
+async fn key_in(client: &Client, pid: u32) -> String {
+    for i in 0.. {
+        let writer = format!("w{i}");
+        let in_pid = client
+            .partition_of("default", TABLE, &sdk_row(&writer, 0))
+            .await
+            .expect("route a row");
+        if in_pid == pid {
+            return writer;
+        }
+    }
+    unreachable!()
+}
+
+struct Setup {
+    cluster: NsCluster,
+    client: Client,
+    zk: zookeeper_client::Client,
+    tid: u32,
+    victim: String,
+    /// The partitions the victim leads, with a key in each.
+    led: Vec<(u32, String)>,
+}
+
+async fn setup(dir: &std::path::Path) -> Setup {
+    let cluster = NsCluster::start(dir, spec()).await;
+    let table = cluster.create_table(TABLE, PARTITIONS, 3).await;
+    let client = cluster.sdk(WAIT).await;
+    let zk = zookeeper_client::Client::connect(&cluster.zk.connect_string())
+        .await
+        .expect("connect to ZooKeeper");
+    for pid in 0..PARTITIONS {
+        let key = key_in(&client, pid).await;
+        client
+            .put("default", TABLE, sdk_row(&key, 0))
+            .await
+            .expect("a write before the failure");
+    }
+    let mut ns = cluster.ns().await;
+    let before = leaders(&table_rows(&mut ns, TABLE).await);
+    let victim = before[&0].clone();
+    let mut led = Vec::new();
+    for (pid, leader) in &before {
+        if *leader == victim {
+            led.push((*pid, key_in(&client, *pid).await));
+        }
+    }
+    assert!(registered(&zk, &victim).await);
+    Setup {
+        cluster,
+        client,
+        zk,
+        tid: table.tid,
+        victim,
+        led,
+    }
+}
+
+impl Setup {
+    /// A write to every partition the victim led, through the SDK (which retries until
+    /// a new leader takes it), then checks the failover came from the fast path: the
+    /// victim's session still stands, and the metadata names other leaders.
+    async fn write_through_failover(&self, seq: i64) {
+        for (pid, key) in &self.led {
+            self.client
+                .put("default", TABLE, sdk_row(key, seq))
+                .await
+                .unwrap_or_else(|e| panic!("the write to partition {pid} failed: {e}"));
+        }
+        assert!(
+            registered(&self.zk, &self.victim).await,
+            "the failover did not wait for {}'s ZooKeeper session",
+            self.victim
+        );
+        let mut ns = self.cluster.ns().await;
+        let now = leaders(&table_rows(&mut ns, TABLE).await);
+        for (pid, _) in &self.led {
+            assert_ne!(
+                now.get(pid),
+                Some(&self.victim),
+                "partition {pid} has another leader"
+            );
+        }
+        for (pid, key) in &self.led {
+            let found = self
+                .client
+                .get("default", TABLE, vec![Value::String(key.clone())])
+                .await
+                .unwrap_or_else(|e| panic!("the read of partition {pid} failed: {e}"));
+            assert_eq!(found, Some(sdk_row(key, seq)), "partition {pid}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_leader_is_replaced_without_waiting_for_its_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = setup(dir.path()).await;
+    let index = setup.cluster.tablet_index(&setup.victim);
+    setup.cluster.tablets[index].kill9();
+    setup.write_through_failover(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_leader_is_replaced_and_serves_nothing_after_it_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path()).await;
+    let index = setup.cluster.tablet_index(&setup.victim);
+    let victim = &setup.cluster.tablets[index];
+    // A client pinned to the old leader, connected while it is up.
+    let pinned = victim.client().await;
+    let (pid, key) = setup.led[0].clone();
+
+    victim.pause();
+    setup.write_through_failover(1).await;
+
+    // Requests sent to the old leader while it is paused are among the first things it
+    // sees when it resumes, before it can hear of the new term.
+    let read = {
+        let mut pinned = pinned.clone();
+        let request = GetRequest {
+            tid: setup.tid,
+            pid,
+            key: vec![Value::String(key.clone()).to_proto()],
+            ..Default::default()
+        };
+        tokio::spawn(async move { pinned.get(request).await })
+    };
+    let write = {
+        let mut pinned = pinned.clone();
+        let request = PutRequest {
+            tid: setup.tid,
+            pid,
+            row: Some(Value::row_to_proto(&sdk_row(&key, 2))),
+            ..Default::default()
+        };
+        tokio::spawn(async move { pinned.put(request).await })
+    };
+    // Whether they reach its socket before or just after it runs again, neither may
+    // be served.
+    victim.resume();
+    match read.await.unwrap() {
+        Ok(answer) => panic!("the old leader served a read: {:?}", answer.into_inner()),
+        Err(status) => eprintln!("read refused: {}", status.message()),
+    }
+    match write.await.unwrap() {
+        Ok(answer) => panic!(
+            "the old leader acknowledged a write: {:?}",
+            answer.into_inner()
+        ),
+        Err(status) => eprintln!("write refused: {}", status.message()),
+    }
+    // The new leader still holds the write acknowledged after the pause, and not the
+    // one sent to the old leader.
+    let found = setup
+        .client
+        .get("default", TABLE, vec![Value::String(key.clone())])
+        .await
+        .expect("read from the new leader");
+    assert_eq!(found, Some(sdk_row(&key, 1)));
+
+    // It answers again: the nameserver lifts its suspicion and brings its replicas back.
+    let mut ns = setup.cluster.ns().await;
+    wait_until_async(WAIT, "every replica alive again after the resume", || {
+        let mut ns = ns.clone();
+        async move {
+            let rows = table_rows(&mut ns, TABLE).await;
+            rows.len() == (PARTITIONS * 3) as usize && rows.iter().all(|r| r.is_alive)
+        }
+    })
+    .await;
+    let now = leaders(&table_rows(&mut ns, TABLE).await);
+    assert_eq!(now.len(), PARTITIONS as usize, "{now:?}");
+}
