@@ -26,6 +26,9 @@ pub struct Drift {
     pub what: String,
     /// The op that repairs it.
     pub repair: &'static str,
+    /// ChangeLeader: the leader is named as the failed replica (fenced, never chosen
+    /// again), not just one of the replicas to fence.
+    pub replace_leader: bool,
 }
 
 impl Drift {
@@ -35,7 +38,7 @@ impl Drift {
             pid: self.pid,
             // A leader that does not lead is repaired by fencing every replica and
             // promoting the most complete: no replica is named as failed.
-            endpoint: if self.repair == CHANGE_LEADER {
+            endpoint: if self.repair == CHANGE_LEADER && !self.replace_leader {
                 String::new()
             } else {
                 self.endpoint.clone()
@@ -81,6 +84,7 @@ fn partition_drifts(
         endpoint: replica.endpoint.clone(),
         what,
         repair,
+        replace_leader: false,
     };
     let Some(leader) = partition
         .replicas
@@ -147,6 +151,33 @@ fn partition_drifts(
             ),
             CHANGE_LEADER,
         )];
+    }
+    if leader_status.lease_lapsed {
+        // No majority answers the leader, yet enough of its followers' tablets answer us
+        // to make a majority without it: it is cut off from them. It serves nothing, and
+        // a ChangeLeader among the others brings the partition back. (With its
+        // followers down, no new leader could be chosen: nothing to repair.)
+        // The others must be enough to elect one of them without it: all but a minority
+        // of the replicas (the failover rule's count, the leader left out).
+        let answering = partition
+            .replicas
+            .iter()
+            .filter(|r| !r.is_leader && matches!(observe(r), Some(Some(_))))
+            .count();
+        let replicas = partition.replicas.len();
+        if answering > replicas - (replicas / 2 + 1) {
+            return vec![Drift {
+                replace_leader: true,
+                ..drift(
+                    leader,
+                    format!(
+                        "leads in term {} but no majority of its replicas answers it",
+                        partition.term
+                    ),
+                    CHANGE_LEADER,
+                )
+            }];
+        }
     }
     let shipped = |e: &str| {
         leader_status.followers.iter().any(|f| f == e)
@@ -326,6 +357,33 @@ mod tests {
         assert!(found[0].what.contains("lease"), "{found:?}");
     }
 
+    /// Fast failover: a leader that no majority answers (cut off from its followers,
+    /// which still answer the nameserver) serves nothing; it is replaced, named as the
+    /// failed replica so it is not chosen again. With its followers down there is
+    /// nobody to elect, and nothing is done.
+    #[test]
+    fn a_leader_no_majority_answers_is_replaced_while_its_followers_answer() {
+        let mut seen = healthy();
+        seen[0].1 = Some(TableStatus {
+            lease_lapsed: true,
+            ..leader(3, &["b", "c"], &[])
+        });
+        let found = drifts(&table(ABC, 3), &reports(seen.clone()));
+        assert_eq!(repairs(&found), vec![(CHANGE_LEADER, "a")]);
+        assert!(found[0].what.contains("no majority"), "{found:?}");
+        assert_eq!(
+            found[0].planned().endpoint,
+            "a",
+            "the leader is the failed one"
+        );
+
+        seen.truncate(2);
+        assert!(
+            drifts(&table(ABC, 3), &reports(seen)).is_empty(),
+            "one follower alone cannot elect a leader"
+        );
+    }
+
     /// A ChangeLeader fenced the replicas at term 4 and failed before promoting.
     #[test]
     fn a_later_term_on_any_replica_gets_change_leader() {
@@ -415,6 +473,7 @@ mod tests {
             endpoint: "a".into(),
             what: String::new(),
             repair: CHANGE_LEADER,
+            replace_leader: false,
         };
         let mut confirmations = Confirmations::default();
         assert!(confirmations

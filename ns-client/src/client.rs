@@ -360,7 +360,9 @@ impl Client {
                     if changed.is_err() {
                         return Some((&mut answer).await);
                     }
-                    let moved = match self.table(db, name, true).await {
+                    // The cache was dropped before the change was announced: the
+                    // first caller reads the new metadata, the others share it.
+                    let moved = match self.table(db, name, false).await {
                         Ok(table) => leader_of(&table, pid).is_some_and(|l| l != endpoint),
                         Err(_) => false,
                     };

@@ -811,6 +811,9 @@ impl Table {
                 replica.fenced && replica.awaiting_role,
             )
         };
+        let lease_lapsed = replica.role() == TableRole::Leader
+            && self.mode() == ReplicationMode::Quorum
+            && !self.holds_read_lease();
         TableStatus {
             mode: self.meta.mode,
             followers: replica.followers,
@@ -837,6 +840,7 @@ impl Table {
             snapshot_offset: self.snapshot_offset.load(Ordering::Acquire),
             error: failure.unwrap_or_default(),
             fenced,
+            lease_lapsed,
         }
     }
 

@@ -1,0 +1,645 @@
+//! Tessera and etcd side by side, in one run, on this machine: a 3-member etcd on
+//! loopback (default settings: 100 ms heartbeats, 1 s election timeout) and a Tessera
+//! cluster (ZooKeeper, one nameserver, three tablets, default settings), each driven
+//! through its real client (the Tessera SDK; `etcd-client`).
+//!
+//! Workloads: puts of 100-byte values with 1, 16 and 64 concurrent clients; gets of
+//! existing keys at full speed, then at half of that rate for the latency; failover by
+//! `kill -9` and by SIGSTOP of a leader, `RUNS` times each. Prints one table, Tessera's
+//! figure over etcd's in the last column. `scripts/bench-compare.sh` installs etcd,
+//! builds the release binaries and runs this.
+//!
+//! Environment: `RUNS` (failovers of each kind, 5), `SECONDS` (per load step, 10),
+//! `ETCD` (the etcd binary, `etcd` on the PATH).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_common::Value;
+use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
+use tessera_tests::process::free_port;
+use tessera_tests::routed::{leaders, table_rows};
+use tessera_tests::wait_until_async;
+use tokio::sync::mpsc;
+
+const TABLE: &str = "bench";
+/// Several partitions, so the leaders spread over the three tablets.
+const PARTITIONS: u32 = 6;
+/// Keys written before the gets, and cycled through by the puts.
+const KEYS: u64 = 10_000;
+const WAIT: Duration = Duration::from_secs(120);
+
+fn value() -> String {
+    "v".repeat(100)
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Either system, behind the same two calls.
+#[derive(Clone)]
+enum Store {
+    Etcd(etcd_client::Client),
+    Tessera(Arc<tessera_ns_client::Client>),
+}
+
+fn tessera_row(key: &str, seq: i64) -> Vec<Value> {
+    vec![
+        Value::String(key.to_string()),
+        Value::Int64(seq),
+        Value::Int64(seq),
+        Value::String(value()),
+    ]
+}
+
+impl Store {
+    fn name(&self) -> &'static str {
+        match self {
+            Store::Etcd(_) => "etcd",
+            Store::Tessera(_) => "tessera",
+        }
+    }
+
+    async fn put(&self, key: &str, seq: i64) -> Result<(), String> {
+        match self {
+            Store::Etcd(client) => client
+                .clone()
+                .put(key, value(), None)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Store::Tessera(client) => client
+                .put("default", TABLE, tessera_row(key, seq))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<(), String> {
+        let found = match self {
+            Store::Etcd(client) => client
+                .clone()
+                .get(key, None)
+                .await
+                .map(|r| !r.kvs().is_empty())
+                .map_err(|e| e.to_string())?,
+            Store::Tessera(client) => client
+                .get("default", TABLE, vec![Value::String(key.to_string())])
+                .await
+                .map(|r| r.is_some())
+                .map_err(|e| e.to_string())?,
+        };
+        if found {
+            Ok(())
+        } else {
+            Err(format!("{key} not found"))
+        }
+    }
+}
+
+/// What one load step measured.
+#[derive(Debug, Default)]
+struct Stats {
+    ops: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Stats {
+    fn throughput(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&mut self, p: f64) -> Duration {
+        self.latencies.sort_unstable();
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let at = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len());
+        self.latencies[at - 1]
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Put,
+    Get,
+}
+
+/// `clients` tasks, each issuing one call after another for `duration` (closed loop), or
+/// at `rate` calls per second in all (open loop, each task at its share).
+async fn load(store: &Store, op: Op, clients: usize, duration: Duration, rate: Option<f64>) -> Stats {
+    let start = Instant::now();
+    let end = start + duration;
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stats = Stats::default();
+            let mut ticks = rate.map(|r| {
+                let mut ticks =
+                    tokio::time::interval(Duration::from_secs_f64(clients as f64 / r));
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticks
+            });
+            let mut i = client as u64;
+            while Instant::now() < end {
+                if let Some(ticks) = &mut ticks {
+                    ticks.tick().await;
+                }
+                let key = format!("k{}", i % KEYS);
+                let began = Instant::now();
+                let done = match op {
+                    Op::Put => store.put(&key, i as i64 + 1).await,
+                    Op::Get => store.get(&key).await,
+                };
+                match done {
+                    Ok(()) => {
+                        stats.ops += 1;
+                        stats.latencies.push(began.elapsed());
+                    }
+                    Err(_) => stats.errors += 1,
+                }
+                i += clients as u64;
+            }
+            stats
+        }));
+    }
+    let mut all = Stats::default();
+    for task in tasks {
+        let stats = task.await.expect("load task");
+        all.ops += stats.ops;
+        all.errors += stats.errors;
+        all.latencies.extend(stats.latencies);
+    }
+    all.elapsed = start.elapsed();
+    all
+}
+
+// ---------------------------------------------------------------------------------------
+// etcd: three members on loopback.
+
+struct EtcdMember {
+    name: String,
+    client_url: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+struct Etcd {
+    members: Vec<EtcdMember>,
+}
+
+impl Etcd {
+    fn start(dir: &Path) -> Etcd {
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let name = format!("e{i}");
+            let client_url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let data = dir.join(&name);
+            let args = vec![
+                format!("--name={name}"),
+                format!("--data-dir={}", data.display()),
+                format!("--listen-client-urls={client_url}"),
+                format!("--advertise-client-urls={client_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster={cluster}"),
+                "--initial-cluster-state=new".into(),
+                "--initial-cluster-token=bench".into(),
+            ];
+            let mut member = EtcdMember {
+                name,
+                client_url,
+                args,
+                log: dir.join(format!("e{i}.log")),
+                child: None,
+            };
+            member.spawn();
+            members.push(member);
+        }
+        Etcd { members }
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// The index of the member that leads, once all three answer and agree on one.
+    async fn leader(&self) -> Option<usize> {
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for member in &self.members {
+            let mut client = etcd_client::Client::connect([member.client_url.as_str()], None)
+                .await
+                .ok()?;
+            let status = tokio::time::timeout(Duration::from_secs(1), client.status())
+                .await
+                .ok()?
+                .ok()?;
+            ids.push(status.header()?.member_id());
+            if status.leader() == 0 || leader.is_some_and(|l| l != status.leader()) {
+                return None;
+            }
+            leader = Some(status.leader());
+        }
+        ids.iter().position(|id| Some(*id) == leader)
+    }
+
+    async fn wait_healthy(&self) -> usize {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(leader) = self.leader().await {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "etcd did not elect a leader");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl EtcdMember {
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(&self.log).expect("etcd log");
+        let etcd = std::env::var("ETCD").unwrap_or_else(|_| "etcd".into());
+        let child = Command::new(etcd)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start etcd member {}: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("etcd member running");
+        tessera_tests::process::signal(child, signal);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            tessera_tests::process::kill9(&mut child);
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            if let Some(child) = &member.child {
+                // A paused member must run again to die; it may be gone already.
+                // SAFETY: kill(2) on a child we spawned and have not reaped.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
+            }
+            member.kill9();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Failover.
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Kill,
+    Stop,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill -9",
+            Fault::Stop => "SIGSTOP",
+        }
+    }
+}
+
+/// etcd: from the fault on the leader to the first put acknowledged among four writers
+/// that start right after it (each try bounded by 1 s, as a client would).
+async fn etcd_failover(etcd: &mut Etcd, client: &etcd_client::Client, fault: Fault) -> Duration {
+    let leader = etcd.wait_healthy().await;
+    let struck = Instant::now();
+    match fault {
+        Fault::Kill => etcd.members[leader].kill9(),
+        Fault::Stop => etcd.members[leader].signal(libc::SIGSTOP),
+    }
+    let (acked, mut first) = mpsc::unbounded_channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    for w in 0..4 {
+        let (client, acked, stop) = (client.clone(), acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut seq = 0;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                let put = client.clone().put(format!("f{w}-{seq}"), value(), None);
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), put).await {
+                    let _ = acked.send(Instant::now());
+                }
+            }
+        });
+    }
+    let at = first.recv().await.expect("an acknowledged put");
+    stop.store(true, Ordering::Relaxed);
+    match fault {
+        Fault::Kill => etcd.members[leader].spawn(),
+        Fault::Stop => etcd.members[leader].signal(libc::SIGCONT),
+    }
+    etcd.wait_healthy().await;
+    at.duration_since(struck)
+}
+
+/// A key of the benchmark table that falls in partition `pid`.
+async fn key_in(client: &tessera_ns_client::Client, pid: u32) -> String {
+    for i in 0.. {
+        let key = format!("p{i}");
+        if client
+            .partition_of("default", TABLE, &tessera_row(&key, 0))
+            .await
+            .expect("route a row")
+            == pid
+        {
+            return key;
+        }
+    }
+    unreachable!()
+}
+
+/// Tessera: from the fault on the tablet leading partition 0 to the first put
+/// acknowledged on each partition it led, by one SDK writer per partition starting
+/// right after the fault.
+async fn tessera_failover(
+    cluster: &mut NsCluster,
+    client: &Arc<tessera_ns_client::Client>,
+    fault: Fault,
+) -> Vec<Duration> {
+    let mut ns = cluster.ns().await;
+    let before = leaders(&table_rows(&mut ns, TABLE).await);
+    let victim = before[&0].clone();
+    let mut keys = Vec::new();
+    for (pid, leader) in &before {
+        if *leader == victim {
+            keys.push(key_in(client, *pid).await);
+        }
+    }
+    let index = cluster.tablet_index(&victim);
+    let struck = Instant::now();
+    match fault {
+        Fault::Kill => cluster.tablets[index].kill9(),
+        Fault::Stop => cluster.tablets[index].pause(),
+    }
+    let writers: Vec<_> = keys
+        .into_iter()
+        .map(|key| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .put("default", TABLE, tessera_row(&key, 1))
+                    .await
+                    .expect("a put through the failover");
+                Instant::now()
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for writer in writers {
+        samples.push(writer.await.expect("writer").duration_since(struck));
+    }
+    match fault {
+        Fault::Kill => cluster.tablets[index].restart().await,
+        Fault::Stop => cluster.tablets[index].resume(),
+    }
+    // Back to three alive replicas of every partition before the next run.
+    wait_until_async(WAIT, "every replica alive again", || {
+        let mut ns = ns.clone();
+        async move {
+            let rows = table_rows(&mut ns, TABLE).await;
+            rows.len() == (PARTITIONS * 3) as usize
+                && rows.iter().all(|r| r.is_alive)
+                && leaders(&rows).len() == PARTITIONS as usize
+        }
+    })
+    .await;
+    samples
+}
+
+/// The nameserver's count of followers' reports by verdict, from `/metrics`.
+async fn leader_reports(endpoint: &str, verdict: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(endpoint).await else {
+        return 0;
+    };
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut body = String::new();
+    let _ = stream.read_to_string(&mut body).await;
+    let prefix = format!("tessera_leader_reports_total{{verdict=\"{verdict}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort_unstable();
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+struct Table {
+    rows: Vec<[String; 4]>,
+}
+
+impl Table {
+    fn add(&mut self, what: &str, etcd: String, tessera: String, ratio: f64) {
+        self.rows
+            .push([what.to_string(), etcd, tessera, format!("{ratio:.2}")]);
+    }
+
+    fn print(&self) {
+        let header = [
+            "workload".to_string(),
+            "etcd".to_string(),
+            "tessera".to_string(),
+            "tessera / etcd".to_string(),
+        ];
+        let widths: Vec<usize> = (0..4)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .chain([&header])
+                    .map(|r| r[c].len())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in [&header].into_iter().chain(self.rows.iter()) {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            println!("| {} |", cells.join(" | "));
+        }
+    }
+}
+
+async fn run() {
+    let runs = env_number("RUNS", 5) as usize;
+    let step = Duration::from_secs(env_number("SECONDS", 10));
+    let dir = tempfile::tempdir().expect("temporary directory");
+
+    eprintln!("starting etcd (3 members) and Tessera (ZooKeeper, a nameserver, 3 tablets)");
+    let mut etcd = Etcd::start(dir.path());
+    etcd.wait_healthy().await;
+    let etcd_client = etcd_client::Client::connect(etcd.endpoints(), None)
+        .await
+        .expect("connect to etcd");
+    let mut cluster = NsCluster::start(
+        &dir.path().join("tessera"),
+        NsClusterSpec {
+            tablets: 3,
+            tablet_session_ms: None,
+            tablet_args: &[],
+            nameserver_session_ms: 10_000,
+            nameserver_args: &[],
+        },
+    )
+    .await;
+    cluster.create_table(TABLE, PARTITIONS, 3).await;
+    let tessera_client = Arc::new(cluster.sdk(Duration::from_secs(60)).await);
+    let stores = [
+        Store::Etcd(etcd_client.clone()),
+        Store::Tessera(tessera_client.clone()),
+    ];
+
+    let mut table = Table { rows: Vec::new() };
+    let alarms_before = leader_reports(&cluster.nameserver.endpoint, "alive").await;
+    let failovers_before = leader_reports(&cluster.nameserver.endpoint, "silent").await;
+
+    for store in &stores {
+        eprintln!("{}: writing {KEYS} keys", store.name());
+        let mut tasks = Vec::new();
+        for part in 0..16u64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for k in (part..KEYS).step_by(16) {
+                    store.put(&format!("k{k}"), 1).await.expect("preload");
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("preload task");
+        }
+    }
+
+    for clients in [1usize, 16, 64] {
+        let mut results = Vec::new();
+        for store in &stores {
+            eprintln!("{}: puts with {clients} clients for {step:?}", store.name());
+            results.push(load(store, Op::Put, clients, step, None).await);
+        }
+        let (etcd_stats, tessera_stats) = (&mut results[0], &mut results[1]);
+        let what = format!("puts/s, {clients} clients");
+        table.add(
+            &what,
+            format!("{:.0}", etcd_stats.throughput()),
+            format!("{:.0}", tessera_stats.throughput()),
+            tessera_stats.throughput() / etcd_stats.throughput(),
+        );
+        let (e99, t99) = (etcd_stats.percentile(0.99), tessera_stats.percentile(0.99));
+        table.add(
+            &format!("put p99, {clients} clients"),
+            ms(e99),
+            ms(t99),
+            t99.as_secs_f64() / e99.as_secs_f64(),
+        );
+        for (store, stats) in stores.iter().zip(&results) {
+            if stats.errors > 0 {
+                eprintln!("{}: {} puts failed", store.name(), stats.errors);
+            }
+        }
+    }
+
+    let mut peaks = Vec::new();
+    for store in &stores {
+        eprintln!("{}: gets with 16 clients for {step:?}", store.name());
+        peaks.push(load(store, Op::Get, 16, step, None).await);
+    }
+    table.add(
+        "gets/s, 16 clients",
+        format!("{:.0}", peaks[0].throughput()),
+        format!("{:.0}", peaks[1].throughput()),
+        peaks[1].throughput() / peaks[0].throughput(),
+    );
+    let mut halves = Vec::new();
+    for (store, peak) in stores.iter().zip(&peaks) {
+        let rate = peak.throughput() / 2.0;
+        eprintln!("{}: gets at {rate:.0}/s (half of its peak)", store.name());
+        halves.push(load(store, Op::Get, 16, step, Some(rate)).await);
+    }
+    for (label, p) in [("get p50 at half load", 0.50), ("get p99 at half load", 0.99)] {
+        let (e, t) = (halves[0].percentile(p), halves[1].percentile(p));
+        table.add(label, ms(e), ms(t), t.as_secs_f64() / e.as_secs_f64());
+    }
+    let false_alarms = leader_reports(&cluster.nameserver.endpoint, "alive").await - alarms_before;
+    let false_failovers =
+        leader_reports(&cluster.nameserver.endpoint, "silent").await - failovers_before;
+
+    for fault in [Fault::Kill, Fault::Stop] {
+        let (mut etcd_samples, mut tessera_samples) = (Vec::new(), Vec::new());
+        for run in 1..=runs {
+            let e = etcd_failover(&mut etcd, &etcd_client, fault).await;
+            let t = tessera_failover(&mut cluster, &tessera_client, fault).await;
+            eprintln!("{} run {run}/{runs}: etcd {e:?}, tessera {t:?}", fault.name());
+            etcd_samples.push(e);
+            tessera_samples.extend(t);
+        }
+        let (e, t) = (median(etcd_samples), median(tessera_samples));
+        table.add(
+            &format!("failover, {} of the leader (median)", fault.name()),
+            ms(e),
+            ms(t),
+            t.as_secs_f64() / e.as_secs_f64(),
+        );
+    }
+
+    println!();
+    table.print();
+    println!();
+    println!(
+        "Tessera false alarms under the load above: {false_alarms} reports of a silent leader \
+         that answered the nameserver's ping, {false_failovers} that did not (a needless change \
+         of leader)."
+    );
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run());
+}
