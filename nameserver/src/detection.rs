@@ -162,6 +162,12 @@ impl Nameserver {
             if self.suspicion(&endpoint).is_none() {
                 return;
             }
+            if !self.is_leader() {
+                // Suspicion is the leader's evidence: a nameserver that leads again later
+                // must not find the tablet still down without anyone checking it.
+                self.clear_suspicion(&endpoint);
+                return;
+            }
             if probe(&endpoint).await == Probe::Alive {
                 info!(endpoint = %endpoint, "suspected tablet answers again");
                 self.clear_suspicion(&endpoint);

@@ -55,6 +55,8 @@ enum FenceOutcome {
     Fenced(tpb::FenceResponse),
     /// The tablet's port refused the connection: no process.
     Refused,
+    /// The tablet answered that it holds no such replica: it leads nothing of it.
+    NoReplica,
     Failed {
         reason: String,
         stale_term: Option<u64>,
@@ -78,6 +80,12 @@ async fn fence_one(endpoint: &str, request: tpb::FenceRequest) -> FenceOutcome {
         };
         match TabletClient::new(channel).fence(request).await {
             Ok(answer) => FenceOutcome::Fenced(answer.into_inner()),
+            Err(status)
+                if wire_error::detail_of(&status)
+                    .is_some_and(|d| d.code() == wire_error::ErrorCode::TableNotFound) =>
+            {
+                FenceOutcome::NoReplica
+            }
             Err(status) => FenceOutcome::Failed {
                 stale_term: wire_error::detail_of(&status)
                     .filter(|d| d.code() == wire_error::ErrorCode::StaleTerm)
@@ -104,6 +112,9 @@ impl Nameserver {
         // Until the registry has been read, "not registered" proves nothing.
         let registry_ready = self.registry_ready();
         let mut calls = tokio::task::JoinSet::new();
+        // Replicas fenced but not yet answered for: any left (a fence task that failed)
+        // counts as unsettled.
+        let mut pending = std::collections::BTreeSet::new();
         for replica in &partition.replicas {
             let endpoint = replica.endpoint.clone();
             let presence = self.presence(&endpoint);
@@ -122,6 +133,7 @@ impl Nameserver {
                 pid: op.pid,
                 term: op.term,
             };
+            pending.insert(endpoint.clone());
             calls.spawn(async move {
                 let outcome = fence_one(&endpoint, request).await;
                 (endpoint, presence, outcome)
@@ -131,10 +143,14 @@ impl Nameserver {
             let Ok((endpoint, presence, outcome)) = joined else {
                 continue;
             };
+            pending.remove(&endpoint);
             match outcome {
                 FenceOutcome::Fenced(answer) => {
-                    let end = Instant::now()
-                        + stretched(Duration::from_millis(answer.lease_remaining_ms));
+                    // No lease lasts longer than Tessera's own (a bad answer could
+                    // otherwise hold the failover for ever).
+                    let owed = Duration::from_millis(answer.lease_remaining_ms)
+                        .min(stretched(LEADER_LEASE));
+                    let end = Instant::now() + stretched(owed);
                     round.leases_end = round.leases_end.max(Some(end));
                     if endpoint != op.endpoint {
                         round.answered.push(Fenced {
@@ -147,6 +163,9 @@ impl Nameserver {
                 FenceOutcome::Refused => {
                     info!(op_id = op.op_id, endpoint = %endpoint, "fence: connection refused, the tablet's process is gone");
                 }
+                FenceOutcome::NoReplica => {
+                    info!(op_id = op.op_id, endpoint = %endpoint, "fence: the tablet holds no such replica");
+                }
                 FenceOutcome::Failed { reason, stale_term } => {
                     warn!(op_id = op.op_id, endpoint = %endpoint, error = %reason, "fence failed");
                     round.ahead = round.ahead.max(stale_term);
@@ -157,6 +176,7 @@ impl Nameserver {
                 }
             }
         }
+        round.unsettled.extend(pending);
         round.unsettled.sort();
         Ok(round)
     }
@@ -203,7 +223,9 @@ impl Nameserver {
                         };
                         matches!(
                             fence_one(&endpoint, request).await,
-                            FenceOutcome::Fenced(_) | FenceOutcome::Refused
+                            FenceOutcome::Fenced(_)
+                                | FenceOutcome::Refused
+                                | FenceOutcome::NoReplica
                         )
                     }
                 };

@@ -107,18 +107,9 @@ pub(crate) fn is_finished(op: &OpInfo) -> bool {
 impl Nameserver {
     /// Every op, oldest first.
     pub async fn ops(&self) -> Result<Vec<OpInfo>> {
-        let client = self.client()?;
         let mut ops = Vec::new();
-        for child in client.list_children(&self.paths.op_data()).await? {
-            match client
-                .get_data(&format!("{}/{child}", self.paths.op_data()))
-                .await
-            {
-                Ok((data, _)) => ops
-                    .push(OpInfo::decode(data.as_slice()).map_err(|e| NsError::Zk(e.to_string()))?),
-                Err(ZkError::NoNode) => {}
-                Err(e) => return Err(e.into()),
-            }
+        for (_, data) in self.read_children(&self.paths.op_data()).await? {
+            ops.push(OpInfo::decode(data.as_slice()).map_err(|e| NsError::Zk(e.to_string()))?);
         }
         ops.sort_by_key(|op| op.op_id);
         Ok(ops)
@@ -213,22 +204,34 @@ impl Nameserver {
         let permits = Arc::new(Semaphore::new(MAX_PARALLEL_OPS));
         let mut confirmations = reconcile::Confirmations::default();
         let mut ticks = 0u64;
+        // The reconciler's questions to the tablets run beside the loop: a tablet that
+        // is slow to answer (paused, say) must not hold back the failover of another.
+        let mut asking: Option<tokio::task::JoinHandle<HashMap<String, reconcile::TabletReport>>> =
+            None;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(TICK) => {}
-                // A tablet was found down: plan its failover now, not at the next tick.
-                _ = self.ops_kick.notified() => {}
+            // A tablet found down is planned for at once, not at the next tick; only
+            // ticks count toward the reconciler's period (its passes stay a second apart).
+            let ticked = tokio::select! {
+                _ = tokio::time::sleep(TICK) => true,
+                _ = self.ops_kick.notified() => false,
                 _ = stop.changed() => return,
-            }
+            };
             if !self.is_leader() {
                 // Restarts seen while standing by are not this nameserver's to repair
                 // later: by the time it leads, they may be long settled.
                 self.take_restarted();
                 continue;
             }
-            ticks += 1;
-            let reconcile =
-                (ticks.is_multiple_of(RECONCILE_EVERY_TICKS)).then_some(&mut confirmations);
+            ticks += u64::from(ticked);
+            let mut reports = None;
+            if asking.as_ref().is_some_and(|a| a.is_finished()) {
+                reports = asking.take().expect("checked").await.ok();
+            }
+            if ticked && ticks.is_multiple_of(RECONCILE_EVERY_TICKS) && asking.is_none() {
+                let ns = self.clone();
+                asking = Some(tokio::spawn(async move { ns.tablet_reports().await }));
+            }
+            let reconcile = reports.map(|reports| (&mut confirmations, reports));
             if let Err(e) = self.clone().tick(&running, &permits, reconcile).await {
                 warn!(error = %e, "op pipeline tick failed");
             }
@@ -239,7 +242,10 @@ impl Nameserver {
         self: Arc<Self>,
         running: &Running,
         permits: &Arc<Semaphore>,
-        reconcile: Option<&mut reconcile::Confirmations>,
+        reconcile: Option<(
+            &mut reconcile::Confirmations,
+            HashMap<String, reconcile::TabletReport>,
+        )>,
     ) -> Result<()> {
         let mut ops = self.ops().await?;
         let restarted = self.take_restarted();
@@ -268,8 +274,7 @@ impl Nameserver {
                     }
                 }
             }
-            if let Some(confirmations) = reconcile {
-                let reports = self.tablet_reports().await;
+            if let Some((confirmations, reports)) = reconcile {
                 let mut pass = Vec::new();
                 for table in &tables {
                     for drift in reconcile::drifts(table, &reports) {

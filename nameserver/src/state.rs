@@ -335,12 +335,21 @@ impl Nameserver {
             match client.list_and_watch_children(&nodes).await {
                 Ok((children, watcher)) => {
                     let mut present = Vec::with_capacity(children.len());
+                    let mut unread = None;
                     for child in children {
-                        // A node gone meanwhile is left for the next round.
-                        if let Ok(Some(stat)) = client.check_stat(&format!("{nodes}/{child}")).await
-                        {
-                            present.push((child, stat.ephemeral_owner));
+                        match client.check_stat(&format!("{nodes}/{child}")).await {
+                            Ok(Some(stat)) => present.push((child, stat.ephemeral_owner)),
+                            // Gone meanwhile: the next round sees it absent.
+                            Ok(None) => {}
+                            Err(e) => unread = Some(e),
                         }
+                    }
+                    if let Some(e) = unread {
+                        // An error proves nothing about the tablet: absent is taken as
+                        // proof that its lease lapsed, so list again rather than guess.
+                        warn!(error = %e, "reading a tablet's registration failed; listing again");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
                     }
                     self.update_tablets(&present);
                     self.registry_ready
@@ -388,6 +397,8 @@ impl Nameserver {
                 warn!(endpoint = %endpoint, "tablet offline");
                 entry.healthy = false;
                 entry.since = now;
+                // Absent says more than any suspicion.
+                entry.suspected = None;
             }
         }
     }
@@ -498,21 +509,44 @@ impl Nameserver {
 
     /// Every table's metadata, read from ZooKeeper.
     pub async fn tables(&self) -> Result<Vec<TableInfo>> {
-        let client = self.client()?;
         let mut out = Vec::new();
-        for child in client.list_children(&self.paths.table_data()).await? {
-            let path = format!("{}/{child}", self.paths.table_data());
-            match client.get_data(&path).await {
-                Ok((data, _)) => out.push(
-                    TableInfo::decode(data.as_slice())
-                        .map_err(|e| NsError::Zk(format!("{path} does not decode: {e}")))?,
-                ),
+        for (path, data) in self.read_children(&self.paths.table_data()).await? {
+            out.push(
+                TableInfo::decode(data.as_slice())
+                    .map_err(|e| NsError::Zk(format!("{path} does not decode: {e}")))?,
+            );
+        }
+        out.sort_by(|a, b| (&a.db, &a.name).cmp(&(&b.db, &b.name)));
+        Ok(out)
+    }
+
+    /// Every child of `dir` with its data, read all at once (one round trip's wait, not
+    /// one per child: the op pipeline reads them on every tick and before a failover).
+    /// A child gone between the listing and its read is left out.
+    pub(crate) async fn read_children(&self, dir: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let client = self.client()?;
+        let mut reads = tokio::task::JoinSet::new();
+        for (i, child) in client.list_children(dir).await?.into_iter().enumerate() {
+            let (client, path) = (client.clone(), format!("{dir}/{child}"));
+            reads.spawn(async move {
+                let read = client.get_data(&path).await;
+                (i, path, read)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(joined) = reads.join_next().await {
+            let (i, path, read) = joined.map_err(|e| NsError::Zk(e.to_string()))?;
+            match read {
+                Ok((data, _)) => out.push((i, path, data)),
                 Err(ZkError::NoNode) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        out.sort_by(|a, b| (&a.db, &a.name).cmp(&(&b.db, &b.name)));
-        Ok(out)
+        out.sort_by_key(|(i, _, _)| *i);
+        Ok(out
+            .into_iter()
+            .map(|(_, path, data)| (path, data))
+            .collect())
     }
 
     /// A table's metadata; an empty `db` means the default database.

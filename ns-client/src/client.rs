@@ -274,21 +274,48 @@ impl Client {
         // The leader a NotLeader answer named, tried before the metadata's.
         let mut redirect: Option<String> = None;
         let mut changes = self.table_changes.subscribe();
+        let mut last_failure = String::new();
         loop {
+            if attempts > 0 && Instant::now() >= deadline {
+                return Err(ClientError::Unavailable {
+                    attempts,
+                    last: last_failure,
+                });
+            }
             attempts += 1;
             changes.borrow_and_update();
             let table = self.table(db, name, refresh).await?;
             let pid = partition(&table)?;
-            let leader = redirect.take().or_else(|| leader_of(&table, pid));
+            let named = leader_of(&table, pid);
+            let leader = redirect.take().or_else(|| named.clone());
             let mut retry_now = false;
             let failure = match leader {
                 None => format!("partition {pid} of {name} has no leader right now"),
                 Some(endpoint) => match self.tablet(&endpoint).await {
                     Err(e) => e,
                     Ok(client) => {
-                        let answer = call(client, table.info.tid, pid);
+                        // No attempt runs past the call's deadline.
+                        let answer = async {
+                            tokio::time::timeout_at(
+                                deadline.into(),
+                                call(client, table.info.tid, pid),
+                            )
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(tonic::Status::deadline_exceeded(
+                                    "the call's deadline passed",
+                                ))
+                            })
+                        };
                         match self
-                            .until_leader_moves(answer, db, name, pid, &endpoint, &mut changes)
+                            .until_leader_moves(
+                                answer,
+                                db,
+                                name,
+                                pid,
+                                named.as_deref(),
+                                &mut changes,
+                            )
                             .await
                         {
                             None => {
@@ -318,13 +345,11 @@ impl Client {
                     }
                 },
             };
-            if Instant::now() >= deadline {
-                return Err(ClientError::Unavailable {
-                    attempts,
-                    last: failure,
-                });
-            }
             debug!(table = name, pid, attempts, reason = %failure, "retrying");
+            // An attempt cut short by the deadline says less than the one before it.
+            if last_failure.is_empty() || Instant::now() < deadline {
+                last_failure = failure;
+            }
             refresh = true;
             if retry_now && immediate < IMMEDIATE_RETRIES {
                 immediate += 1;
@@ -342,14 +367,14 @@ impl Client {
     }
 
     /// Runs `answer` to its end, unless the metadata comes to name a leader of partition
-    /// `pid` other than `endpoint` first (`None`).
+    /// `pid` other than `named`, the one it named when the call began (`None`).
     async fn until_leader_moves<T>(
         &self,
         answer: impl Future<Output = Result<T, tonic::Status>>,
         db: &str,
         name: &str,
         pid: u32,
-        endpoint: &str,
+        named: Option<&str>,
         changes: &mut tokio::sync::watch::Receiver<u64>,
     ) -> Option<Result<T, tonic::Status>> {
         tokio::pin!(answer);
@@ -360,10 +385,13 @@ impl Client {
                     if changed.is_err() {
                         return Some((&mut answer).await);
                     }
-                    // The cache was dropped before the change was announced: the
-                    // first caller reads the new metadata, the others share it.
+                    // The cache was dropped before the change was announced, so this
+                    // reads the new metadata.
                     let moved = match self.table(db, name, false).await {
-                        Ok(table) => leader_of(&table, pid).is_some_and(|l| l != endpoint),
+                        Ok(table) => {
+                            let now = leader_of(&table, pid);
+                            now.is_some() && now.as_deref() != named
+                        }
                         Err(_) => false,
                     };
                     if moved {

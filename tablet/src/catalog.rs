@@ -15,7 +15,7 @@ use crate::replication::history;
 use crate::storage::error::io_error;
 use crate::storage::replica::write_replica_state;
 use crate::storage::table::{now_ms, read_meta};
-use crate::storage::{Table, TableOptions};
+use crate::storage::{StorageError, Table, TableOptions};
 
 /// A replica that is on disk but could not be loaded; kept so status calls can say why.
 #[derive(Debug, Clone)]
@@ -264,6 +264,21 @@ impl Catalog {
         let dir = self.dir_of(tid, pid);
         if let Some(old) = self.tables.write().remove(&(tid, pid)) {
             old.close()?;
+            // Checked once closed, when no fence can change it any more: a replica
+            // fenced into a later term (or to nobody in this one) while the snapshot
+            // came must not go back to following the leader that sent it.
+            let current = old.replica_state();
+            let newer = current.term > state.term
+                || (current.term == state.term && current.leader != state.leader);
+            if newer {
+                drop(old);
+                self.load_locked(tid, pid)?;
+                return Err(StorageError::StaleTerm {
+                    current: current.term,
+                    got: state.term,
+                }
+                .into());
+            }
         }
         self.failed.write().remove(&(tid, pid));
         if dir.exists() {

@@ -317,32 +317,34 @@ impl Tablet for TabletService {
             // One leader's requests, handled in order.
             let mut from: Option<(u32, u32, String)> = None;
             loop {
-                let request = match incoming.message().await {
-                    Ok(Some(request)) => request,
-                    // The leader closed it: it stopped shipping here, nothing is wrong.
-                    Ok(None) => break,
-                    Err(broken) => {
-                        // The connection broke (a leader that dies takes its connections
-                        // with it): tell the nameserver if we still follow it.
-                        if let Some((tid, pid, leader)) = &from {
-                            let still_following = replicators
-                                .catalog()
-                                .get(*tid, *pid)
-                                .ok()
-                                .and_then(|t| t.leader_silence())
-                                .is_some_and(|(l, _)| l == *leader);
-                            if still_following {
-                                reporter.stream_ended(leader, broken.message());
-                            }
+                let ended = match incoming.message().await {
+                    Ok(Some(request)) => {
+                        from = Some((request.tid, request.pid, request.leader.clone()));
+                        let response = follower_append(&replicators, request).await;
+                        if responses.send(Ok(response)).await.is_err() {
+                            break;
                         }
-                        break;
+                        continue;
                     }
+                    // A leader that dies takes its connections with it, which may look
+                    // like a clean end or a broken one.
+                    Ok(None) => "closed".to_string(),
+                    Err(broken) => broken.message().to_string(),
                 };
-                from = Some((request.tid, request.pid, request.leader.clone()));
-                let response = follower_append(&replicators, request).await;
-                if responses.send(Ok(response)).await.is_err() {
-                    break;
+                // Tell the nameserver if we still follow it; if it only stopped shipping
+                // here on purpose, the nameserver's check finds it alive.
+                if let Some((tid, pid, leader)) = &from {
+                    let still_following = replicators
+                        .catalog()
+                        .get(*tid, *pid)
+                        .ok()
+                        .and_then(|t| t.leader_silence())
+                        .is_some_and(|(l, _)| l == *leader);
+                    if still_following {
+                        reporter.stream_ended(leader, &ended);
+                    }
                 }
+                break;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(outgoing))))

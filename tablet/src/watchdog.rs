@@ -19,6 +19,8 @@ use tracing::{debug, info, warn};
 use crate::catalog::Catalog;
 
 const NAMESERVER_TIMEOUT: Duration = Duration::from_secs(1);
+/// A follower silent for longer than this no longer reports its leader.
+const SILENCE_REPORT_LIMIT: Duration = Duration::from_secs(5);
 
 /// One piece of evidence against a leader's tablet.
 #[derive(Debug)]
@@ -78,7 +80,9 @@ async fn watch_silence(catalog: Arc<Catalog>, reporter: Reporter, mut stop: watc
         let mut silent: HashMap<String, Duration> = HashMap::new();
         for table in catalog.tables() {
             if let Some((leader, quiet)) = table.leader_silence() {
-                if quiet >= SILENCE_TIMEOUT {
+                // Past the limit the leader has long been checked (or stopped shipping
+                // here on purpose, as to a member taken offline): stop repeating it.
+                if (SILENCE_TIMEOUT..SILENCE_REPORT_LIMIT).contains(&quiet) {
                     let longest = silent.entry(leader).or_default();
                     *longest = (*longest).max(quiet);
                 }

@@ -291,7 +291,7 @@ fn a_new_leader_serves_reads_only_after_committing_in_its_term() {
     assert_eq!(count(&table, "b"), 0);
     table.quorum_ack("b", 3);
     // The answer that acknowledged also renews the read lease (as the link does).
-    table.lease_heard("b", Instant::now());
+    table.lease_heard("b", 3, Instant::now());
     table.check_readable(0).unwrap();
     assert_eq!(
         (count(&table, "a"), count(&table, "b")),
@@ -442,17 +442,17 @@ fn a_leader_reads_only_under_a_lease_its_followers_renew() {
     );
     // An answer to a request sent longer than a lease ago renews nothing now.
     let long_ago = Instant::now() - Duration::from_millis(800);
-    table.lease_heard("c", long_ago);
+    table.lease_heard("c", 1, long_ago);
     assert!(table.check_readable(0).is_err(), "the lease ran out");
     // One of two followers makes a majority of three.
-    table.lease_heard("b", Instant::now());
+    table.lease_heard("b", 1, Instant::now());
     table.check_readable(0).unwrap();
     // An answer from a replica that does not vote counts for nothing.
     let lone = tempfile::tempdir().unwrap();
     let other = create(&lone.path().join("1_0"), 1 << 20);
     leader_of(&other, 1, &["b", "c"], &[]);
     other.quorum_ack("b", other.last_offset());
-    other.lease_heard("stranger", Instant::now());
+    other.lease_heard("stranger", 1, Instant::now());
     assert!(other.check_readable(0).is_err());
 }
 

@@ -103,12 +103,19 @@ impl Setup {
     /// a new leader takes it), then checks the failover came from the fast path: the
     /// victim's session still stands, and the metadata names other leaders.
     async fn write_through_failover(&self, seq: i64) {
+        let began = std::time::Instant::now();
         for (pid, key) in &self.led {
             self.client
                 .put("default", TABLE, sdk_row(key, seq))
                 .await
                 .unwrap_or_else(|e| panic!("the write to partition {pid} failed: {e}"));
         }
+        eprintln!(
+            "writes to the {} partitions {} led acknowledged after {:?}",
+            self.led.len(),
+            self.victim,
+            began.elapsed()
+        );
         assert!(
             registered(&self.zk, &self.victim).await,
             "the failover did not wait for {}'s ZooKeeper session",

@@ -390,7 +390,7 @@ impl LinkTask {
             match on_response(&response) {
                 Step::Continue { credit, resend } => {
                     // The follower answered in our term: it renews the read lease.
-                    table.lease_heard(&self.follower, answered.at);
+                    table.lease_heard(&self.follower, self.term, answered.at);
                     if let Some(offset) = credit {
                         table.quorum_ack(&self.follower, offset);
                     }

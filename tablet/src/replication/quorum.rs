@@ -164,11 +164,12 @@ impl Quorum {
         }
     }
 
-    /// A voting member answered, without refusing the leading term, a request sent at
-    /// `sent`: it renews the read lease.
-    pub fn heard(&self, voter: &str, sent: Instant) {
+    /// A voting member answered, without refusing the leading term `term`, a request
+    /// sent at `sent`: it renews the read lease (an answer on an older term's link
+    /// renews nothing).
+    pub fn heard(&self, voter: &str, term: u64, sent: Instant) {
         let mut state = self.state.lock();
-        if state.leading.is_none() || !state.voters.contains_key(voter) {
+        if state.leading != Some(term) || !state.voters.contains_key(voter) {
             return;
         }
         let latest = state.heard.entry(voter.to_string()).or_insert(sent);

@@ -678,6 +678,11 @@ impl Binlog {
         Ok(removable)
     }
 
+    /// Whether [`Binlog::close`] ran: the replica is being reloaded or replaced.
+    pub fn is_closed(&self) -> bool {
+        self.durability.state.lock().shutdown
+    }
+
     /// Stops the flusher after a last fsync. Idempotent.
     pub fn close(&mut self) -> Result<()> {
         let synced = if self.durability.state.lock().failure.is_none() {

@@ -108,6 +108,18 @@ fn check_term(state: &ReplicaState, term: u64, claim: TermClaim<'_>) -> Result<(
     Ok(())
 }
 
+/// A replica whose binlog was closed is being reloaded or replaced (truncation, a
+/// snapshot install): a term it took now could be lost with the old files, so it takes
+/// none, and the caller learns it did not.
+fn refuse_if_closed(binlog: &super::binlog::Binlog) -> Result<()> {
+    if binlog.is_closed() {
+        return Err(StorageError::Unavailable(
+            "the replica is being reloaded; retry shortly".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A change to one follower of a leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FollowerChange {
@@ -220,8 +232,9 @@ impl Table {
     /// How much longer, by this replica's clock, a leader it answered before now may
     /// hold a read lease this replica helped renew (drift margin included).
     pub fn granted_lease_remaining(&self) -> Duration {
-        let replica = self.replica.lock();
-        (replica.leader_contact + stretched(replica.granted_lease))
+        self.replica
+            .lock()
+            .granted_until
             .saturating_duration_since(Instant::now())
     }
 
@@ -234,8 +247,8 @@ impl Table {
     }
 
     /// A leader's answer from a voting member to a request sent at `sent`.
-    pub fn lease_heard(&self, follower: &str, sent: Instant) {
-        self.quorum.heard(follower, sent);
+    pub fn lease_heard(&self, follower: &str, term: u64, sent: Instant) {
+        self.quorum.heard(follower, term, sent);
     }
 
     pub fn replica_state(&self) -> ReplicaState {
@@ -281,6 +294,7 @@ impl Table {
     /// offset). After it returns, this replica appends nothing more in an older term.
     pub fn fence(&self, term: u64) -> Result<(u64, u64)> {
         let binlog = self.writer.lock();
+        refuse_if_closed(&binlog)?;
         let mut replica = self.replica.lock();
         check_term(&replica.state, term, TermClaim::Fence)?;
         let mut state = replica.state.clone();
@@ -309,6 +323,7 @@ impl Table {
     /// Makes this replica leader (with followers) or follower (of a leader) in `term`.
     pub fn change_role(&self, change: &RoleChange) -> Result<()> {
         let mut binlog = self.writer.lock();
+        refuse_if_closed(&binlog)?;
         let mut replica = self.replica.lock();
         let claim = match change.role {
             TableRole::Leader => TermClaim::Lead,
@@ -383,7 +398,7 @@ impl Table {
         replica.fenced = false;
         replica.awaiting_role = false;
         // A new follower gives its leader time to reach it before it reports silence.
-        replica.leader_contact = replica.leader_contact.max(Instant::now());
+        replica.leader_contact = Instant::now();
         drop(replica);
         let last = binlog.last_offset();
         drop(binlog);
@@ -554,6 +569,7 @@ impl Table {
     pub fn handle_append(&self, request: &AppendEntriesRequest) -> Result<AppendOutcome> {
         let last = {
             let mut binlog = self.writer.lock();
+            refuse_if_closed(&binlog)?;
             let mut replica = self.replica.lock();
             if request.term < replica.state.term {
                 return Ok(AppendOutcome::StaleTerm(replica.state.term));
@@ -591,12 +607,16 @@ impl Table {
                 replica.fenced = false;
                 replica.awaiting_role = false;
             }
-            // Answering promises this leader nothing newer for its lease than now.
-            replica.leader_contact = Instant::now();
-            replica.granted_lease = match request.lease_ms {
+            // Answering promises this leader nothing newer for its lease than now. A
+            // lease longer than Tessera's own is taken for ours (the nameserver waits no
+            // longer than that); none said is taken for ours too.
+            let lease = match request.lease_ms {
                 0 => LEADER_LEASE,
-                ms => Duration::from_millis(u64::from(ms)),
+                ms => Duration::from_millis(u64::from(ms)).min(LEADER_LEASE),
             };
+            let now = Instant::now();
+            replica.granted_until = replica.granted_until.max(now + stretched(lease));
+            replica.leader_contact = now;
             drop(replica);
 
             let last = binlog.last_offset();

@@ -165,10 +165,11 @@ pub struct ReplicaRuntime {
     /// fence but a new role (reported as `fenced`, for the reconciler).
     pub awaiting_role: bool,
     /// Follower: when it last answered its leader without refusing its term (or became
-    /// a follower, or was loaded), and the lease that leader said it keeps from each
-    /// request. Bounds the lease this replica may have helped an old leader keep.
+    /// a follower, or was loaded), for silence detection.
     pub leader_contact: std::time::Instant,
-    pub granted_lease: Duration,
+    /// Until when (this clock, drift margin included) a lease this replica helped a
+    /// leader renew may last; a loaded replica may have helped just before its restart.
+    pub granted_until: std::time::Instant,
 }
 
 pub fn now_ms() -> i64 {
@@ -357,7 +358,10 @@ impl Table {
                 state,
                 fenced: false,
                 leader_contact: std::time::Instant::now(),
-                granted_lease: tessera_common::failure_detection::LEADER_LEASE,
+                granted_until: std::time::Instant::now()
+                    + tessera_common::failure_detection::stretched(
+                        tessera_common::failure_detection::LEADER_LEASE,
+                    ),
                 awaiting_role: false,
             }),
             history: Mutex::new(term_history),
