@@ -17,17 +17,7 @@ const WAIT: Duration = Duration::from_secs(120);
 async fn one_run() -> Vec<Duration> {
     let dir = tempfile::tempdir().unwrap();
     // Default settings: 10 s sessions everywhere.
-    let mut cluster = NsCluster::start(
-        dir.path(),
-        NsClusterSpec {
-            tablets: 3,
-            tablet_session_ms: None,
-            tablet_args: &[],
-            nameserver_session_ms: 10_000,
-            nameserver_args: &[],
-        },
-    )
-    .await;
+    let mut cluster = NsCluster::start(dir.path(), NsClusterSpec::defaults()).await;
     let mut ns = cluster.ns().await;
     let table = cluster.create_table("bench", PARTITIONS, 3).await;
     let stop = Arc::new(AtomicBool::new(false));

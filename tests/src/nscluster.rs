@@ -30,6 +30,18 @@ pub struct NsClusterSpec<'a> {
 }
 
 impl NsClusterSpec<'static> {
+    /// Three tablets and a nameserver with every setting at its default (10 s ZooKeeper
+    /// sessions), as a new user runs them: for benchmarks.
+    pub fn defaults() -> NsClusterSpec<'static> {
+        NsClusterSpec {
+            tablets: 3,
+            tablet_session_ms: None,
+            tablet_args: &[],
+            nameserver_session_ms: 10_000,
+            nameserver_args: &[],
+        }
+    }
+
     /// Three tablets with 3 s sessions and 3 s quorum timeouts, and a nameserver with
     /// 2 s sessions, so failures are seen fast.
     pub fn fast_failover() -> NsClusterSpec<'static> {

@@ -36,6 +36,27 @@ pub fn sdk_row(writer: &str, i: i64) -> Vec<Value> {
     ]
 }
 
+/// A key of the workload's schema (`<prefix><n>`) that the SDK routes to partition `pid`
+/// of `table` in the default database.
+pub async fn key_in_partition(
+    client: &tessera_ns_client::Client,
+    table: &str,
+    pid: u32,
+    prefix: &str,
+) -> String {
+    for i in 0..100_000 {
+        let key = format!("{prefix}{i}");
+        let routed = client
+            .partition_of("default", table, &sdk_row(&key, 0))
+            .await
+            .expect("route a row");
+        if routed == pid {
+            return key;
+        }
+    }
+    panic!("no key of {table} falls in partition {pid}")
+}
+
 pub fn meta(tid: u32, pid: u32, mode: ReplicationMode) -> TableMeta {
     TableMeta {
         tid,

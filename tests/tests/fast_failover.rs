@@ -13,7 +13,7 @@ use tessera_proto::tablet::{GetRequest, PutRequest};
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::routed::{leaders, table_rows};
 use tessera_tests::wait_until_async;
-use tessera_tests::workload::sdk_row;
+use tessera_tests::workload::{key_in_partition, sdk_row};
 
 const TABLE: &str = "t1";
 const PARTITIONS: u32 = 4;
@@ -39,21 +39,6 @@ async fn registered(zk: &zookeeper_client::Client, endpoint: &str) -> bool {
         .is_some()
 }
 
-/// A key of the workload's schema that falls in partition `pid`.
-async fn key_in(client: &Client, pid: u32) -> String {
-    for i in 0.. {
-        let writer = format!("w{i}");
-        let in_pid = client
-            .partition_of("default", TABLE, &sdk_row(&writer, 0))
-            .await
-            .expect("route a row");
-        if in_pid == pid {
-            return writer;
-        }
-    }
-    unreachable!()
-}
-
 struct Setup {
     cluster: NsCluster,
     client: Client,
@@ -72,7 +57,7 @@ async fn setup(dir: &std::path::Path) -> Setup {
         .await
         .expect("connect to ZooKeeper");
     for pid in 0..PARTITIONS {
-        let key = key_in(&client, pid).await;
+        let key = key_in_partition(&client, TABLE, pid, "w").await;
         client
             .put("default", TABLE, sdk_row(&key, 0))
             .await
@@ -84,7 +69,7 @@ async fn setup(dir: &std::path::Path) -> Setup {
     let mut led = Vec::new();
     for (pid, leader) in &before {
         if *leader == victim {
-            led.push((*pid, key_in(&client, *pid).await));
+            led.push((*pid, key_in_partition(&client, TABLE, *pid, "w").await));
         }
     }
     assert!(registered(&zk, &victim).await);

@@ -10,7 +10,7 @@ use tessera_ns_client::{Client, ClientOptions};
 use tessera_tests::netbed::{NetCluster, NetClusterSpec};
 use tessera_tests::routed::{leaders, table_rows};
 use tessera_tests::wait::poll_until_async;
-use tessera_tests::workload::sdk_row;
+use tessera_tests::workload::{key_in_partition, sdk_row};
 
 const TABLE: &str = "disk";
 
@@ -45,20 +45,7 @@ async fn a_leader_on_a_full_disk_gives_way_and_writes_resume_once_there_is_room(
     )
     .await
     .unwrap();
-    let mut key = None;
-    for i in 0..1000 {
-        let candidate = format!("key{i}");
-        if sdk
-            .partition_of("default", TABLE, &sdk_row(&candidate, 0))
-            .await
-            .unwrap()
-            == pid
-        {
-            key = Some(candidate);
-            break;
-        }
-    }
-    let key = key.expect("a key of t0's partition");
+    let key = key_in_partition(&sdk, TABLE, pid, "key").await;
     sdk.put("default", TABLE, sdk_row(&key, 1))
         .await
         .expect("a put before the disk fills");

@@ -23,6 +23,7 @@ use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::process::free_port;
 use tessera_tests::routed::{leaders, table_rows};
 use tessera_tests::wait_until_async;
+use tessera_tests::workload::key_in_partition;
 use tokio::sync::mpsc;
 
 const TABLE: &str = "bench";
@@ -137,7 +138,13 @@ enum Op {
 
 /// `clients` tasks, each issuing one call after another for `duration` (closed loop), or
 /// at `rate` calls per second in all (open loop, each task at its share).
-async fn load(store: &Store, op: Op, clients: usize, duration: Duration, rate: Option<f64>) -> Stats {
+async fn load(
+    store: &Store,
+    op: Op,
+    clients: usize,
+    duration: Duration,
+    rate: Option<f64>,
+) -> Stats {
     let start = Instant::now();
     let end = start + duration;
     let mut tasks = Vec::new();
@@ -146,8 +153,7 @@ async fn load(store: &Store, op: Op, clients: usize, duration: Duration, rate: O
         tasks.push(tokio::spawn(async move {
             let mut stats = Stats::default();
             let mut ticks = rate.map(|r| {
-                let mut ticks =
-                    tokio::time::interval(Duration::from_secs_f64(clients as f64 / r));
+                let mut ticks = tokio::time::interval(Duration::from_secs_f64(clients as f64 / r));
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 ticks
             });
@@ -378,22 +384,6 @@ async fn etcd_failover(etcd: &mut Etcd, fault: Fault) -> Duration {
     at.duration_since(struck)
 }
 
-/// A key of the benchmark table that falls in partition `pid`.
-async fn key_in(client: &tessera_ns_client::Client, pid: u32) -> String {
-    for i in 0.. {
-        let key = format!("p{i}");
-        if client
-            .partition_of("default", TABLE, &tessera_row(&key, 0))
-            .await
-            .expect("route a row")
-            == pid
-        {
-            return key;
-        }
-    }
-    unreachable!()
-}
-
 /// Tessera: from the fault on the tablet leading partition 0 to the first put
 /// acknowledged on each partition it led, by one SDK writer per partition starting
 /// right after the fault.
@@ -408,7 +398,7 @@ async fn tessera_failover(
     let mut keys = Vec::new();
     for (pid, leader) in &before {
         if *leader == victim {
-            keys.push(key_in(client, *pid).await);
+            keys.push(key_in_partition(client, TABLE, *pid, "p").await);
         }
     }
     let index = cluster.tablet_index(&victim);
@@ -529,17 +519,8 @@ async fn run() {
     let etcd_client = etcd_client::Client::connect(etcd.endpoints(), None)
         .await
         .expect("connect to etcd");
-    let mut cluster = NsCluster::start(
-        &dir.path().join("tessera"),
-        NsClusterSpec {
-            tablets: 3,
-            tablet_session_ms: None,
-            tablet_args: &[],
-            nameserver_session_ms: 10_000,
-            nameserver_args: &[],
-        },
-    )
-    .await;
+    let mut cluster =
+        NsCluster::start(&dir.path().join("tessera"), NsClusterSpec::defaults()).await;
     cluster.create_table(TABLE, PARTITIONS, 3).await;
     let tessera_client = Arc::new(cluster.sdk(Duration::from_secs(60)).await);
     let stores = [
@@ -614,7 +595,10 @@ async fn run() {
         eprintln!("{}: gets at {rate:.0}/s (half of its peak)", store.name());
         halves.push(load(store, Op::Get, 16, step, Some(rate)).await);
     }
-    for (label, p) in [("get p50 at half load", 0.50), ("get p99 at half load", 0.99)] {
+    for (label, p) in [
+        ("get p50 at half load", 0.50),
+        ("get p99 at half load", 0.99),
+    ] {
         let (e, t) = (halves[0].percentile(p), halves[1].percentile(p));
         table.add(label, ms(e), ms(t), t.as_secs_f64() / e.as_secs_f64());
     }
@@ -627,7 +611,10 @@ async fn run() {
         for run in 1..=runs {
             let e = etcd_failover(&mut etcd, fault).await;
             let t = tessera_failover(&mut cluster, &tessera_client, fault).await;
-            eprintln!("{} run {run}/{runs}: etcd {e:?}, tessera {t:?}", fault.name());
+            eprintln!(
+                "{} run {run}/{runs}: etcd {e:?}, tessera {t:?}",
+                fault.name()
+            );
             etcd_samples.push(e);
             tessera_samples.extend(t);
         }
