@@ -53,7 +53,8 @@ async fn connect(endpoint: &str) -> anyhow::Result<TabletClient<Channel>> {
         .with_context(|| format!("cannot connect to {endpoint}"))
 }
 
-/// Creates the partition on every endpoint; the first leads the others in term 1.
+/// Creates the partition on every endpoint (each copy leads itself in term 1, as a
+/// created replica does); then the first leads the others in term 2.
 pub async fn set_up(spec: &BenchSpec) -> anyhow::Result<()> {
     let meta = TableMeta {
         tid: spec.tid,
@@ -83,7 +84,7 @@ pub async fn set_up(spec: &BenchSpec) -> anyhow::Result<()> {
                 tid: spec.tid,
                 pid: 0,
                 role: TableRole::Follower as i32,
-                term: 1,
+                term: 2,
                 leader: leader.clone(),
                 ..Default::default()
             })
@@ -95,7 +96,7 @@ pub async fn set_up(spec: &BenchSpec) -> anyhow::Result<()> {
             tid: spec.tid,
             pid: 0,
             role: TableRole::Leader as i32,
-            term: 1,
+            term: 2,
             followers: followers.to_vec(),
             ..Default::default()
         })
