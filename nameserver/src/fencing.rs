@@ -63,6 +63,15 @@ enum FenceOutcome {
     },
 }
 
+/// The op's fence: its partition, at its term.
+fn fence_request(table: &TableInfo, op: &OpInfo) -> tpb::FenceRequest {
+    tpb::FenceRequest {
+        tid: table.tid,
+        pid: op.pid,
+        term: op.term,
+    }
+}
+
 async fn fence_one(endpoint: &str, request: tpb::FenceRequest) -> FenceOutcome {
     let failed = |reason: String| FenceOutcome::Failed {
         reason,
@@ -128,11 +137,7 @@ impl Nameserver {
                 round.unsettled.push(endpoint);
                 continue;
             }
-            let request = tpb::FenceRequest {
-                tid: table.tid,
-                pid: op.pid,
-                term: op.term,
-            };
+            let request = fence_request(table, op);
             pending.insert(endpoint.clone());
             calls.spawn(async move {
                 let outcome = fence_one(&endpoint, request).await;
@@ -216,13 +221,8 @@ impl Nameserver {
                     Presence::Absent => self.registry_ready(),
                     Presence::Suspected(Probe::Silent) => false,
                     Presence::Registered | Presence::Suspected(_) => {
-                        let request = tpb::FenceRequest {
-                            tid: table.tid,
-                            pid: op.pid,
-                            term: op.term,
-                        };
                         matches!(
-                            fence_one(&endpoint, request).await,
+                            fence_one(&endpoint, fence_request(table, op)).await,
                             FenceOutcome::Fenced(_)
                                 | FenceOutcome::Refused
                                 | FenceOutcome::NoReplica

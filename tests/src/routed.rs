@@ -33,6 +33,15 @@ pub fn leaders(rows: &[ShowTableRow]) -> BTreeMap<u32, String> {
         .collect()
 }
 
+/// The partitions `endpoint` leads, by `leaders`.
+pub fn led_by(leaders: &BTreeMap<u32, String>, endpoint: &str) -> Vec<u32> {
+    leaders
+        .iter()
+        .filter(|(_, leader)| *leader == endpoint)
+        .map(|(pid, _)| *pid)
+        .collect()
+}
+
 /// What a routed writer saw.
 #[derive(Debug, Default)]
 pub struct WriterLog {

@@ -11,7 +11,7 @@ use tessera_common::Value;
 use tessera_ns_client::Client;
 use tessera_proto::tablet::{GetRequest, PutRequest};
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
-use tessera_tests::routed::{leaders, table_rows};
+use tessera_tests::routed::{leaders, led_by, table_rows};
 use tessera_tests::wait_until_async;
 use tessera_tests::workload::{key_in_partition, sdk_row};
 
@@ -56,22 +56,23 @@ async fn setup(dir: &std::path::Path) -> Setup {
     let zk = zookeeper_client::Client::connect(&cluster.zk.connect_string())
         .await
         .expect("connect to ZooKeeper");
+    // One key per partition, each written once before the failure.
+    let mut keys = std::collections::BTreeMap::new();
     for pid in 0..PARTITIONS {
         let key = key_in_partition(&client, TABLE, pid, "w").await;
         client
             .put("default", TABLE, sdk_row(&key, 0))
             .await
             .expect("a write before the failure");
+        keys.insert(pid, key);
     }
     let mut ns = cluster.ns().await;
     let before = leaders(&table_rows(&mut ns, TABLE).await);
     let victim = before[&0].clone();
-    let mut led = Vec::new();
-    for (pid, leader) in &before {
-        if *leader == victim {
-            led.push((*pid, key_in_partition(&client, TABLE, *pid, "w").await));
-        }
-    }
+    let led = led_by(&before, &victim)
+        .into_iter()
+        .map(|pid| (pid, keys[&pid].clone()))
+        .collect();
     assert!(registered(&zk, &victim).await);
     Setup {
         cluster,

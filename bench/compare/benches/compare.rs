@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tessera_common::Value;
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::process::free_port;
-use tessera_tests::routed::{leaders, table_rows};
+use tessera_tests::routed::{leaders, led_by, table_rows};
 use tessera_tests::wait_until_async;
 use tessera_tests::workload::key_in_partition;
 use tokio::sync::mpsc;
@@ -396,10 +396,8 @@ async fn tessera_failover(
     let before = leaders(&table_rows(&mut ns, TABLE).await);
     let victim = before[&0].clone();
     let mut keys = Vec::new();
-    for (pid, leader) in &before {
-        if *leader == victim {
-            keys.push(key_in_partition(client, TABLE, *pid, "p").await);
-        }
+    for pid in led_by(&before, &victim) {
+        keys.push(key_in_partition(client, TABLE, pid, "p").await);
     }
     let index = cluster.tablet_index(&victim);
     let struck = Instant::now();
