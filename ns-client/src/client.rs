@@ -9,15 +9,17 @@ use parking_lot::RwLock;
 use prost::Message;
 use tessera_common::wire_error::{code_of, ErrorCode};
 use tessera_common::{key, Schema, Value};
+use tessera_proto::common::Row;
 use tessera_proto::nameserver::TableInfo;
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{
-    CountRequest, DeleteRequest, GetRequest, PreviewRequest, PutRequest, ScanRequest,
+    BatchRow, CountRequest, DeleteRequest, GetRequest, PreviewRequest, PutBatchRequest, ScanRequest,
 };
 use tonic::transport::Channel;
 use tracing::debug;
 use zookeeper_client::Error as ZkError;
 
+use crate::coalesce::{row_answer, Coalescer, MAX_BATCH_ROWS};
 use crate::error::ClientError;
 
 #[derive(Debug, Clone)]
@@ -81,6 +83,8 @@ pub struct Client {
     /// Bumped whenever the cluster's metadata changes: a call waiting on a leader that
     /// may have been replaced looks again at once.
     table_changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Puts to the same partition made at the same time travel together.
+    coalescer: Coalescer,
 }
 
 /// The first retry after a failure waits about this long; later ones twice as long each
@@ -179,6 +183,7 @@ impl Client {
             client_id: new_client_id(),
             next_seq: std::sync::atomic::AtomicU64::new(1),
             table_changes: Arc::new(tokio::sync::watch::Sender::new(0)),
+            coalescer: Coalescer::default(),
         };
         client.follow_table_changes();
         Ok(client)
@@ -266,6 +271,24 @@ impl Client {
         F: Fn(TabletClient<Channel>, u32, u32) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
+        self.on_leader_at(db, name, partition, |_, client, tid, pid| {
+            call(client, tid, pid)
+        })
+        .await
+    }
+
+    /// [`Client::on_leader`] for a call that also wants the leader's endpoint.
+    async fn on_leader_at<T, F, Fut>(
+        &self,
+        db: &str,
+        name: &str,
+        partition: impl Fn(&Cached) -> Result<u32, ClientError>,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(&str, TabletClient<Channel>, u32, u32) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
         let deadline = Instant::now() + self.options.deadline;
         let mut backoff = FIRST_BACKOFF;
         let mut attempts = 0;
@@ -298,7 +321,7 @@ impl Client {
                         let answer = async {
                             tokio::time::timeout_at(
                                 deadline.into(),
-                                call(client, table.info.tid, pid),
+                                call(&endpoint, client, table.info.tid, pid),
                             )
                             .await
                             .unwrap_or_else(|_| {
@@ -466,7 +489,9 @@ impl Client {
     }
 
     /// Writes a whole row to its partition's leader. Returns the partition's (term,
-    /// offset) after the write.
+    /// offset) after the write. Puts that tasks sharing this client make at the same time
+    /// to the same partition travel together in one request (see `coalesce`), each with
+    /// its own answer.
     pub async fn put(
         &self,
         db: &str,
@@ -478,20 +503,140 @@ impl Client {
         let proto = Value::row_to_proto(&row);
         let pid_of = |table: &Cached| Self::row_partition(table, &row);
         let seq = self.next_seq();
-        self.on_leader_seen(db, name, pid_of, |mut client, tid, pid| {
-            let request = PutRequest {
-                tid,
-                pid,
-                row: Some(proto.clone()),
-                client_id: self.client_id,
-                seq,
-            };
-            async move {
-                let r = client.put(request).await?.into_inner();
-                Ok(((r.term, r.offset), r.offset))
+        let (pid, version) = self
+            .on_leader_at(db, name, pid_of, |endpoint, client, tid, pid| {
+                let put = self.coalescer.put(
+                    client,
+                    endpoint,
+                    tid,
+                    pid,
+                    self.client_id,
+                    proto.clone(),
+                    seq,
+                );
+                async move { put.await.map(|version| (pid, version)) }
+            })
+            .await?;
+        self.note_seen(db, name, pid, version.1);
+        Ok(version)
+    }
+
+    /// Writes many rows: one request per partition (of at most 512 rows each), the
+    /// partitions' requests in parallel, each retried through failovers like a put.
+    /// Returns each row's (term, offset), in the order of `rows`. Every row keeps its
+    /// sequence number across retries, so none is applied twice; if the call fails,
+    /// some rows may have been written.
+    pub async fn put_batch(
+        &self,
+        db: &str,
+        name: &str,
+        rows: Vec<Vec<Value>>,
+    ) -> Result<Vec<(u64, u64)>, ClientError> {
+        let table = self.table(db, name, false).await?;
+        let mut by_partition: HashMap<u32, Vec<(usize, Row, u64)>> = HashMap::new();
+        for (i, row) in rows.iter().enumerate() {
+            tessera_common::codec::validate(&table.schema, row)
+                .map_err(|e| ClientError::InvalidArgument(format!("row {i}: {e}")))?;
+            let pid = Self::row_partition(&table, row)?;
+            by_partition.entry(pid).or_default().push((
+                i,
+                Value::row_to_proto(row),
+                self.next_seq(),
+            ));
+        }
+        let chunks: Vec<(u32, Vec<(usize, Row, u64)>)> = by_partition
+            .into_iter()
+            .flat_map(|(pid, rows)| {
+                let mut chunks = Vec::new();
+                let mut rows = rows.into_iter().peekable();
+                while rows.peek().is_some() {
+                    chunks.push((pid, rows.by_ref().take(MAX_BATCH_ROWS).collect()));
+                }
+                chunks
+            })
+            .collect();
+        let sent = futures_util::future::join_all(
+            chunks
+                .iter()
+                .map(|(pid, chunk)| self.put_partition_batch(db, name, *pid, chunk)),
+        )
+        .await;
+        let mut versions = vec![(0, 0); rows.len()];
+        for ((_, chunk), answer) in chunks.iter().zip(sent) {
+            for ((i, _, _), version) in chunk.iter().zip(answer?) {
+                versions[*i] = version;
             }
-        })
-        .await
+        }
+        Ok(versions)
+    }
+
+    /// One partition's rows (index in the caller's list, row, sequence number) in one
+    /// request, retried until every row is answered.
+    async fn put_partition_batch(
+        &self,
+        db: &str,
+        name: &str,
+        pid: u32,
+        rows: &[(usize, Row, u64)],
+    ) -> Result<Vec<(u64, u64)>, ClientError> {
+        // Rows answered so far; a retry sends only the others.
+        let answered: parking_lot::Mutex<Vec<Option<(u64, u64)>>> =
+            parking_lot::Mutex::new(vec![None; rows.len()]);
+        let answered = &answered;
+        self.on_leader(
+            db,
+            name,
+            |_| Ok(pid),
+            |mut client, tid, pid| {
+                let pending: Vec<usize> = (0..rows.len())
+                    .filter(|&r| answered.lock()[r].is_none())
+                    .collect();
+                let request = PutBatchRequest {
+                    tid,
+                    pid,
+                    client_id: self.client_id,
+                    rows: pending
+                        .iter()
+                        .map(|&r| BatchRow {
+                            row: Some(rows[r].1.clone()),
+                            seq: rows[r].2,
+                        })
+                        .collect(),
+                };
+                async move {
+                    let results = client.put_batch(request).await?.into_inner().results;
+                    if results.len() != pending.len() {
+                        return Err(tonic::Status::internal(format!(
+                            "a batch of {} rows got {} answers",
+                            pending.len(),
+                            results.len()
+                        )));
+                    }
+                    // The first failure is the batch's; the rows it did write stay
+                    // answered, so the retry carries only the rest.
+                    let mut failure = None;
+                    let mut answered = answered.lock();
+                    for (r, result) in pending.into_iter().zip(results) {
+                        match row_answer(result) {
+                            Ok(version) => answered[r] = Some(version),
+                            Err(status) => {
+                                failure.get_or_insert(status);
+                            }
+                        }
+                    }
+                    match failure {
+                        Some(status) => Err(status),
+                        None => Ok(()),
+                    }
+                }
+            },
+        )
+        .await?;
+        let versions: Vec<(u64, u64)> = answered.lock().iter().flatten().copied().collect();
+        if let Some(highest) = versions.iter().map(|v| v.1).max() {
+            self.note_seen(db, name, pid, highest);
+        }
+        Ok(versions)
     }
 
     /// The sequence number of a new write (kept across its retries).

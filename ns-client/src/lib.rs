@@ -21,6 +21,7 @@
 //! ```
 
 mod client;
+mod coalesce;
 pub mod create_table;
 mod error;
 pub mod jobs;

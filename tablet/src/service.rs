@@ -1,8 +1,11 @@
-//! The gRPC face of a tablet. Handlers validate the request, then run storage work on
-//! the blocking pool (a put may wait for an fsync).
+//! The gRPC face of a tablet. Handlers validate the request, then run short storage work
+//! (logging a write, reading a key) on the async worker and longer work (scans,
+//! snapshots, role changes) on the blocking pool. Waits for an fsync or a quorum are
+//! futures, never a blocked thread.
 
 use std::sync::Arc;
 
+use tessera_common::wire_error::{self, ErrorCode, ErrorDetail};
 use tessera_common::Value;
 use tessera_proto::common::Row;
 use tessera_proto::tablet::tablet_server::Tablet;
@@ -22,7 +25,7 @@ use crate::replication::transfer;
 use crate::storage::entry::RequestId;
 use crate::storage::replica::{AppendOutcome, FollowerChange, RoleChange};
 use crate::storage::table::RowAt;
-use crate::storage::Table;
+use crate::storage::{Logged, Table};
 use crate::watchdog::Reporter;
 
 pub struct TabletService {
@@ -71,6 +74,35 @@ impl TabletService {
             n => n.min(self.scan_max_rows),
         }
     }
+}
+
+/// Waits until logged writes are durable and committed, then applies them, in a task of
+/// its own: a caller that goes away (a client hanging up) must not leave them half done,
+/// since applying and this replica's vote in the quorum wait on it. The slots are
+/// released once every write is settled. A write that failed to log keeps its error.
+async fn commit_detached(
+    table: Arc<Table>,
+    logged: Vec<Result<Logged, Status>>,
+    slots: tokio::sync::OwnedSemaphorePermit,
+) -> Result<Vec<Result<u64, Status>>, Status> {
+    let settle = tokio::spawn(async move {
+        let mut outcomes = Vec::with_capacity(logged.len());
+        // In offset order, so the first wait covers most of the rest.
+        for write in logged {
+            outcomes.push(match write {
+                Ok(logged) => table
+                    .commit(&logged)
+                    .await
+                    .map_err(|e| Status::from(TabletError::from(e))),
+                Err(status) => Err(status),
+            });
+        }
+        drop(slots);
+        outcomes
+    });
+    settle
+        .await
+        .map_err(|e| Status::internal(format!("commit task failed: {e}")))
 }
 
 /// Runs storage work off the async workers.
@@ -171,25 +203,94 @@ impl Tablet for TabletService {
         let table = self.table(request.tid, request.pid)?;
         let row = values(request.row.as_ref(), "put")?;
         let id = RequestId::from_wire(request.client_id, request.seq);
-        let _slot = table.write_slot().map_err(TabletError::from)?;
-        let worker = table.clone();
-        let logged = blocking(move || Ok(worker.log_put(&row, id)?)).await?;
-        table.commit(&logged).await.map_err(TabletError::from)?;
+        let slot = table.write_slots(1).map_err(TabletError::from)?;
+        // Logging is short (an encode and a write to the page cache), so it runs on this
+        // worker: a thread hand-off would cost more than the work.
+        let logged = table.log_put(&row, id).map_err(TabletError::from)?;
+        let version = logged.version;
+        let mut committed = commit_detached(table, vec![Ok(logged)], slot).await?;
+        committed.pop().expect("one result per write")?;
         Ok(Response::new(PutResponse {
-            term: logged.version.term,
-            offset: logged.version.offset,
+            term: version.term,
+            offset: version.offset,
         }))
+    }
+
+    async fn put_batch(
+        &self,
+        request: Request<PutBatchRequest>,
+    ) -> Result<Response<PutBatchResponse>, Status> {
+        let request = request.into_inner();
+        let table = self.table(request.tid, request.pid)?;
+        let slots = table
+            .write_slots(request.rows.len())
+            .map_err(TabletError::from)?;
+        // Rows that do not parse keep their error; the others are logged together.
+        let parsed: Vec<Result<Vec<Value>, Status>> = request
+            .rows
+            .iter()
+            .map(|row| values(row.row.as_ref(), "put"))
+            .collect();
+        let good: Vec<_> = parsed
+            .iter()
+            .zip(&request.rows)
+            .filter_map(|(values, row)| {
+                let id = RequestId::from_wire(request.client_id, row.seq);
+                values.as_ref().ok().map(|v| (v.as_slice(), id))
+            })
+            .collect();
+        let mut logged_good = table.log_puts(&good).into_iter();
+        let logged: Vec<Result<Logged, Status>> = parsed
+            .into_iter()
+            .map(|values| {
+                values.and_then(|_| {
+                    logged_good
+                        .next()
+                        .expect("one outcome per parsed row")
+                        .map_err(|e| Status::from(TabletError::from(e)))
+                })
+            })
+            .collect();
+        let versions: Vec<_> = logged
+            .iter()
+            .map(|l| l.as_ref().map(|l| l.version).ok())
+            .collect();
+        let committed = commit_detached(table, logged, slots).await?;
+        let results = committed
+            .into_iter()
+            .zip(versions)
+            .map(|(outcome, version)| match (outcome, version) {
+                (Ok(_), Some(version)) => PutResult {
+                    error: None,
+                    term: version.term,
+                    offset: version.offset,
+                },
+                (Err(status), _) => PutResult {
+                    error: Some(
+                        wire_error::detail_of(&status).unwrap_or_else(|| ErrorDetail {
+                            code: ErrorCode::Internal as i32,
+                            message: status.message().to_string(),
+                            ..Default::default()
+                        }),
+                    ),
+                    term: 0,
+                    offset: 0,
+                },
+                (Ok(_), None) => unreachable!("a row that was not logged cannot commit"),
+            })
+            .collect();
+        Ok(Response::new(PutBatchResponse { results }))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let request = request.into_inner();
         let table = self.table(request.tid, request.pid)?;
         let key = key_values(&request.key)?;
-        let (version, found) = blocking(move || {
-            table.check_readable(request.min_offset)?;
-            Ok(table.get(&request.index, &key, request.ts)?)
-        })
-        .await?;
+        // One key's lookup is a few microseconds: cheaper here than a thread hand-off.
+        let found = table
+            .check_readable(request.min_offset)
+            .and_then(|()| table.get(&request.index, &key, request.ts));
+        let (version, found) = found.map_err(TabletError::from)?;
         Ok(Response::new(GetResponse {
             ts: found.as_ref().map_or(0, |r| r.ts),
             row: found.map(|r| Value::row_to_proto(&r.values)),
@@ -265,14 +366,17 @@ impl Tablet for TabletService {
         let table = self.table(request.tid, request.pid)?;
         let key = key_values(&request.key)?;
         let id = RequestId::from_wire(request.client_id, request.seq);
-        let _slot = table.write_slot().map_err(TabletError::from)?;
-        let worker = table.clone();
-        let logged = blocking(move || Ok(worker.log_delete(&request.index, &key, id)?)).await?;
-        let deleted = table.commit(&logged).await.map_err(TabletError::from)?;
+        let slot = table.write_slots(1).map_err(TabletError::from)?;
+        let logged = table
+            .log_delete(&request.index, &key, id)
+            .map_err(TabletError::from)?;
+        let version = logged.version;
+        let mut committed = commit_detached(table, vec![Ok(logged)], slot).await?;
+        let deleted = committed.pop().expect("one result per write")?;
         Ok(Response::new(DeleteResponse {
             deleted,
-            term: logged.version.term,
-            offset: logged.version.offset,
+            term: version.term,
+            offset: version.offset,
         }))
     }
 
@@ -312,6 +416,20 @@ impl Tablet for TabletService {
     ) -> Result<Response<Self::AppendEntriesStream>, Status> {
         let mut incoming = request.into_inner();
         let (responses, outgoing) = mpsc::channel(4);
+        // Appends are answered in order once durable; the next request is appended while
+        // the fsync of the one before runs, so one fsync can cover both.
+        let (settling, mut to_settle) = mpsc::channel::<Reply>(8);
+        tokio::spawn(async move {
+            while let Some(reply) = to_settle.recv().await {
+                if responses
+                    .send(Ok(reply.when_durable().await))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
         let (replicators, reporter) = (self.replicators.clone(), self.reporter.clone());
         tokio::spawn(async move {
             // One leader's requests, handled in order.
@@ -320,8 +438,8 @@ impl Tablet for TabletService {
                 let ended = match incoming.message().await {
                     Ok(Some(request)) => {
                         from = Some((request.tid, request.pid, request.leader.clone()));
-                        let response = follower_append(&replicators, request).await;
-                        if responses.send(Ok(response)).await.is_err() {
+                        let reply = follower_append(&replicators, request).await;
+                        if settling.send(reply).await.is_err() {
                             break;
                         }
                         continue;
@@ -515,49 +633,86 @@ impl Tablet for TabletService {
     }
 }
 
-/// Handles one AppendEntries request on the follower.
-async fn follower_append(
-    replicators: &Arc<Replicators>,
-    request: AppendEntriesRequest,
-) -> AppendEntriesResponse {
-    let (tid, pid) = (request.tid, request.pid);
-    let respond = |result: AppendResult, term: u64, last_offset: u64, message: String| {
-        AppendEntriesResponse {
-            result: result as i32,
-            term,
-            last_offset,
-            message,
+/// A follower's answer to one AppendEntries request, ready or once its entries are
+/// durable.
+enum Reply {
+    Now(AppendEntriesResponse),
+    WhenDurable {
+        table: Arc<Table>,
+        last: u64,
+        term: u64,
+    },
+}
+
+impl Reply {
+    async fn when_durable(self) -> AppendEntriesResponse {
+        let (table, last, term) = match self {
+            Reply::Now(response) => return response,
+            Reply::WhenDurable { table, last, term } => (table, last, term),
+        };
+        let settled = match table.durable_offset_reached(last).await {
+            Ok(()) => table.settle_append(last),
+            Err(e) => Err(e),
+        };
+        match settled {
+            Ok(()) => append_response(AppendResult::Ok, term, last, String::new()),
+            Err(e) => append_response(
+                AppendResult::Unavailable,
+                term,
+                table.last_offset(),
+                e.to_string(),
+            ),
         }
+    }
+}
+
+fn append_response(
+    result: AppendResult,
+    term: u64,
+    last_offset: u64,
+    message: String,
+) -> AppendEntriesResponse {
+    AppendEntriesResponse {
+        result: result as i32,
+        term,
+        last_offset,
+        message,
+    }
+}
+
+/// Handles one AppendEntries request on the follower. Appending is short (writes to the
+/// page cache) and runs here; the fsync is left to [`Reply::when_durable`].
+async fn follower_append(replicators: &Arc<Replicators>, request: AppendEntriesRequest) -> Reply {
+    let (tid, pid) = (request.tid, request.pid);
+    let respond = |result, term, last_offset, message| {
+        Reply::Now(append_response(result, term, last_offset, message))
     };
     let table = match replicators.catalog().get(tid, pid) {
         Ok(table) => table,
         Err(e) => return respond(AppendResult::Unavailable, 0, 0, e.to_string()),
     };
-    let worker = table.clone();
-    let outcome = tokio::task::spawn_blocking(move || worker.handle_append(&request)).await;
+    let outcome = table.log_append(&request);
     // The request may have turned a leader into a follower: stop its links.
     replicators.sync_table(&table);
     let term = table.replica_state().term;
     match outcome {
-        Ok(Ok(AppendOutcome::Appended(last))) => {
-            respond(AppendResult::Ok, term, last, String::new())
-        }
-        Ok(Ok(AppendOutcome::Mismatch(last))) => {
+        Ok(AppendOutcome::Appended(last)) => Reply::WhenDurable { table, last, term },
+        Ok(AppendOutcome::Mismatch(last)) => {
             respond(AppendResult::Mismatch, term, last, String::new())
         }
-        Ok(Ok(AppendOutcome::StaleTerm(current))) => respond(
+        Ok(AppendOutcome::StaleTerm(current)) => respond(
             AppendResult::StaleTerm,
             current,
             table.last_offset(),
             String::new(),
         ),
-        Ok(Ok(AppendOutcome::NeedSnapshot)) => respond(
+        Ok(AppendOutcome::NeedSnapshot) => respond(
             AppendResult::NeedSnapshot,
             term,
             table.last_offset(),
             String::new(),
         ),
-        Ok(Ok(AppendOutcome::Truncate(keep))) => {
+        Ok(AppendOutcome::Truncate(keep)) => {
             let catalog = replicators.catalog().clone();
             match tokio::task::spawn_blocking(move || catalog.truncate_and_reload(tid, pid, keep))
                 .await
@@ -567,12 +722,11 @@ async fn follower_append(
                 Err(e) => respond(AppendResult::Unavailable, term, 0, e.to_string()),
             }
         }
-        Ok(Err(e)) => respond(
+        Err(e) => respond(
             AppendResult::Unavailable,
             term,
             table.last_offset(),
             e.to_string(),
         ),
-        Err(e) => respond(AppendResult::Unavailable, term, 0, e.to_string()),
     }
 }

@@ -259,13 +259,13 @@ fn writes_beyond_the_bound_are_refused_as_overloaded() {
     let table = Table::create(&dir.path().join("1_0"), meta(1, 0), options)
         .unwrap()
         .0;
-    let first = table.write_slot().unwrap();
-    let _second = table.write_slot().unwrap();
-    let err = table.write_slot().unwrap_err();
+    let first = table.write_slots(1).unwrap();
+    let _second = table.write_slots(1).unwrap();
+    let err = table.write_slots(1).unwrap_err();
     assert!(matches!(err, StorageError::Unavailable(_)), "{err}");
     assert!(err.to_string().contains("overloaded"), "{err}");
     drop(first);
-    let _third = table.write_slot().expect("a slot is free again");
+    let _third = table.write_slots(1).expect("a slot is free again");
 }
 
 /// Point 5 at a change of leader: a promoted follower may hold committed records it has

@@ -3,14 +3,16 @@
 //! cluster (ZooKeeper, one nameserver, three tablets, default settings), each driven
 //! through its real client (the Tessera SDK; `etcd-client`).
 //!
-//! Workloads: puts of 100-byte values with 1, 16 and 64 concurrent clients; gets of
+//! Workloads: puts of 100-byte values with 1, 16 and 64 concurrent clients; batches of
+//! 100 puts (an etcd transaction, a Tessera `put_batch`) with 16 clients; gets of
 //! existing keys at full speed, then at half of that rate for the latency; failover by
 //! `kill -9` and by SIGSTOP of a leader, `RUNS` times each. Prints one table, Tessera's
 //! figure over etcd's in the last column. `scripts/bench-compare.sh` installs etcd,
 //! builds the release binaries and runs this.
 //!
 //! Environment: `RUNS` (failovers of each kind, 5), `SECONDS` (per load step, 10),
-//! `ETCD` (the etcd binary, `etcd` on the PATH).
+//! `ETCD` (the etcd binary, `etcd` on the PATH), `SYSTEMS` (`etcd,tessera`; `tessera` alone
+//! for quick work on Tessera; `RUNS=0` skips the failovers).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -84,6 +86,34 @@ impl Store {
         }
     }
 
+    /// Writes `keys` in one call: an etcd transaction of puts, a Tessera `put_batch`
+    /// (one request per partition).
+    async fn put_batch(&self, keys: &[String], seq: i64) -> Result<(), String> {
+        match self {
+            Store::Etcd(client) => {
+                let puts: Vec<_> = keys
+                    .iter()
+                    .map(|k| etcd_client::TxnOp::put(k.as_str(), value(), None))
+                    .collect();
+                client
+                    .clone()
+                    .txn(etcd_client::Txn::new().and_then(puts))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Store::Tessera(client) => client
+                .put_batch(
+                    "default",
+                    TABLE,
+                    keys.iter().map(|k| tessera_row(k, seq)).collect(),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        }
+    }
+
     async fn get(&self, key: &str) -> Result<(), String> {
         let found = match self {
             Store::Etcd(client) => client
@@ -120,8 +150,14 @@ impl Stats {
         self.ops as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// Sorts the latencies, then reads a percentile.
     fn percentile(&mut self, p: f64) -> Duration {
         self.latencies.sort_unstable();
+        self.sorted_percentile(p)
+    }
+
+    /// A percentile of latencies already sorted by [`Stats::percentile`].
+    fn sorted_percentile(&self, p: f64) -> Duration {
         if self.latencies.is_empty() {
             return Duration::ZERO;
         }
@@ -130,11 +166,16 @@ impl Stats {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Op {
     Put,
+    /// `BATCH_ROWS` rows per call; a call's rows count as that many operations.
+    PutBatch,
     Get,
 }
+
+/// Rows per batch call (etcd takes at most 128 operations in one transaction).
+const BATCH_ROWS: u64 = 100;
 
 /// `clients` tasks, each issuing one call after another for `duration` (closed loop), or
 /// at `rate` calls per second in all (open loop, each task at its share).
@@ -164,13 +205,19 @@ async fn load(
                 }
                 let key = format!("k{}", i % KEYS);
                 let began = Instant::now();
-                let done = match op {
-                    Op::Put => store.put(&key, i as i64 + 1).await,
-                    Op::Get => store.get(&key).await,
+                let (done, ops) = match op {
+                    Op::Put => (store.put(&key, i as i64 + 1).await, 1),
+                    Op::PutBatch => {
+                        let keys: Vec<String> = (0..BATCH_ROWS)
+                            .map(|b| format!("k{}", (i * BATCH_ROWS + b) % KEYS))
+                            .collect();
+                        (store.put_batch(&keys, i as i64 + 1).await, BATCH_ROWS)
+                    }
+                    Op::Get => (store.get(&key).await, 1),
                 };
                 match done {
                     Ok(()) => {
-                        stats.ops += 1;
+                        stats.ops += ops;
                         stats.latencies.push(began.elapsed());
                     }
                     Err(_) => stats.errors += 1,
@@ -473,9 +520,9 @@ struct Table {
 }
 
 impl Table {
-    fn add(&mut self, what: &str, etcd: String, tessera: String, ratio: f64) {
-        self.rows
-            .push([what.to_string(), etcd, tessera, format!("{ratio:.2}")]);
+    fn add(&mut self, what: &str, etcd: String, tessera: String, ratio: Option<f64>) {
+        let ratio = ratio.map_or("-".to_string(), |r| format!("{r:.2}"));
+        self.rows.push([what.to_string(), etcd, tessera, ratio]);
     }
 
     fn print(&self) {
@@ -506,31 +553,51 @@ impl Table {
     }
 }
 
+/// One row per system that ran, `-` for one that did not.
+fn pair<T>(results: &[Option<T>; 2], show: impl Fn(&T) -> String) -> [String; 2] {
+    [0, 1].map(|i| results[i].as_ref().map_or("-".to_string(), &show))
+}
+
+/// Tessera's figure over etcd's, when both ran.
+fn ratio<T>(results: &[Option<T>; 2], figure: impl Fn(&T) -> f64) -> Option<f64> {
+    match results {
+        [Some(etcd), Some(tessera)] => Some(figure(tessera) / figure(etcd)),
+        _ => None,
+    }
+}
+
 async fn run() {
     let runs = env_number("RUNS", 5) as usize;
     let step = Duration::from_secs(env_number("SECONDS", 10));
+    let systems = std::env::var("SYSTEMS").unwrap_or_else(|_| "etcd,tessera".into());
+    let with_etcd = systems.split(',').any(|s| s.trim() == "etcd");
     let dir = tempfile::tempdir().expect("temporary directory");
 
     eprintln!("starting etcd (3 members) and Tessera (ZooKeeper, a nameserver, 3 tablets)");
-    let mut etcd = Etcd::start(dir.path());
-    etcd.wait_healthy().await;
-    let etcd_client = etcd_client::Client::connect(etcd.endpoints(), None)
-        .await
-        .expect("connect to etcd");
+    let mut etcd = None;
+    let mut etcd_store = None;
+    if with_etcd {
+        let started = Etcd::start(dir.path());
+        started.wait_healthy().await;
+        let client = etcd_client::Client::connect(started.endpoints(), None)
+            .await
+            .expect("connect to etcd");
+        etcd_store = Some(Store::Etcd(client));
+        etcd = Some(started);
+    }
     let mut cluster =
         NsCluster::start(&dir.path().join("tessera"), NsClusterSpec::defaults()).await;
     cluster.create_table(TABLE, PARTITIONS, 3).await;
     let tessera_client = Arc::new(cluster.sdk(Duration::from_secs(60)).await);
-    let stores = [
-        Store::Etcd(etcd_client.clone()),
-        Store::Tessera(tessera_client.clone()),
-    ];
+    // etcd first, then Tessera; a system left out has no entry.
+    let stores: [Option<Store>; 2] = [etcd_store, Some(Store::Tessera(tessera_client.clone()))];
+    let each = || stores.iter().flatten();
 
     let mut table = Table { rows: Vec::new() };
     let alarms_before = leader_reports(&cluster.nameserver.endpoint, "alive").await;
     let failovers_before = leader_reports(&cluster.nameserver.endpoint, "silent").await;
 
-    for store in &stores {
+    for store in each() {
         eprintln!("{}: writing {KEYS} keys", store.name());
         let mut tasks = Vec::new();
         for part in 0..16u64 {
@@ -546,82 +613,111 @@ async fn run() {
         }
     }
 
-    for clients in [1usize, 16, 64] {
-        let mut results = Vec::new();
-        for store in &stores {
-            eprintln!("{}: puts with {clients} clients for {step:?}", store.name());
-            results.push(load(store, Op::Put, clients, step, None).await);
-        }
-        let [etcd_stats, tessera_stats] = &mut results[..] else {
-            unreachable!("one result per system")
-        };
-        let what = format!("puts/s, {clients} clients");
-        table.add(
-            &what,
-            format!("{:.0}", etcd_stats.throughput()),
-            format!("{:.0}", tessera_stats.throughput()),
-            tessera_stats.throughput() / etcd_stats.throughput(),
-        );
-        let (e99, t99) = (etcd_stats.percentile(0.99), tessera_stats.percentile(0.99));
-        table.add(
-            &format!("put p99, {clients} clients"),
-            ms(e99),
-            ms(t99),
-            t99.as_secs_f64() / e99.as_secs_f64(),
-        );
-        for (store, stats) in stores.iter().zip(&results) {
-            if stats.errors > 0 {
-                eprintln!("{}: {} puts failed", store.name(), stats.errors);
+    async fn each_load(
+        stores: &[Option<Store>; 2],
+        op: Op,
+        clients: usize,
+        step: Duration,
+        rate: impl Fn(usize) -> Option<f64>,
+    ) -> [Option<Stats>; 2] {
+        let mut results = [None, None];
+        for (i, store) in stores.iter().enumerate() {
+            if let Some(store) = store {
+                eprintln!("{}: {op:?} with {clients} clients for {step:?}", store.name());
+                let stats = load(store, op, clients, step, rate(i)).await;
+                if stats.errors > 0 {
+                    eprintln!("{}: {} calls failed", store.name(), stats.errors);
+                }
+                results[i] = Some(stats);
             }
         }
+        results
     }
 
-    let mut peaks = Vec::new();
-    for store in &stores {
-        eprintln!("{}: gets with 16 clients for {step:?}", store.name());
-        peaks.push(load(store, Op::Get, 16, step, None).await);
+    for clients in [1usize, 16, 64] {
+        let mut results = each_load(&stores, Op::Put, clients, step, |_| None).await;
+        let [etcd_figure, tessera_figure] = pair(&results, |s| format!("{:.0}", s.throughput()));
+        table.add(
+            &format!("puts/s, {clients} clients"),
+            etcd_figure,
+            tessera_figure,
+            ratio(&results, Stats::throughput),
+        );
+        for stats in results.iter_mut().flatten() {
+            stats.percentile(0.99);
+        }
+        let p99 = |s: &Stats| s.sorted_percentile(0.99).as_secs_f64();
+        let [etcd_figure, tessera_figure] = pair(&results, |s| ms(s.sorted_percentile(0.99)));
+        table.add(
+            &format!("put p99, {clients} clients"),
+            etcd_figure,
+            tessera_figure,
+            ratio(&results, p99),
+        );
     }
+
+    let batches = each_load(&stores, Op::PutBatch, 16, step, |_| None).await;
+    let [etcd_figure, tessera_figure] = pair(&batches, |s| format!("{:.0}", s.throughput()));
+    table.add(
+        &format!("rows/s in batches of {BATCH_ROWS}, 16 clients"),
+        etcd_figure,
+        tessera_figure,
+        ratio(&batches, Stats::throughput),
+    );
+
+    let peaks = each_load(&stores, Op::Get, 16, step, |_| None).await;
+    let [etcd_figure, tessera_figure] = pair(&peaks, |s| format!("{:.0}", s.throughput()));
     table.add(
         "gets/s, 16 clients",
-        format!("{:.0}", peaks[0].throughput()),
-        format!("{:.0}", peaks[1].throughput()),
-        peaks[1].throughput() / peaks[0].throughput(),
+        etcd_figure,
+        tessera_figure,
+        ratio(&peaks, Stats::throughput),
     );
-    let mut halves = Vec::new();
-    for (store, peak) in stores.iter().zip(&peaks) {
-        let rate = peak.throughput() / 2.0;
-        eprintln!("{}: gets at {rate:.0}/s (half of its peak)", store.name());
-        halves.push(load(store, Op::Get, 16, step, Some(rate)).await);
+    let half_rate = |i: usize| peaks[i].as_ref().map(|p| p.throughput() / 2.0);
+    let mut halves = each_load(&stores, Op::Get, 16, step, half_rate).await;
+    for stats in halves.iter_mut().flatten() {
+        stats.percentile(0.5);
     }
     for (label, p) in [
         ("get p50 at half load", 0.50),
         ("get p99 at half load", 0.99),
     ] {
-        let (e, t) = (halves[0].percentile(p), halves[1].percentile(p));
-        table.add(label, ms(e), ms(t), t.as_secs_f64() / e.as_secs_f64());
+        let [etcd_figure, tessera_figure] = pair(&halves, |s| ms(s.sorted_percentile(p)));
+        let figure = |s: &Stats| s.sorted_percentile(p).as_secs_f64();
+        table.add(label, etcd_figure, tessera_figure, ratio(&halves, figure));
     }
     let false_alarms = leader_reports(&cluster.nameserver.endpoint, "alive").await - alarms_before;
     let false_failovers =
         leader_reports(&cluster.nameserver.endpoint, "silent").await - failovers_before;
 
     for fault in [Fault::Kill, Fault::Stop] {
+        if runs == 0 {
+            break;
+        }
         let (mut etcd_samples, mut tessera_samples) = (Vec::new(), Vec::new());
         for run in 1..=runs {
-            let e = etcd_failover(&mut etcd, fault).await;
+            let e = match &mut etcd {
+                Some(etcd) => Some(etcd_failover(etcd, fault).await),
+                None => None,
+            };
             let t = tessera_failover(&mut cluster, &tessera_client, fault).await;
             eprintln!(
                 "{} run {run}/{runs}: etcd {e:?}, tessera {t:?}",
                 fault.name()
             );
-            etcd_samples.push(e);
+            etcd_samples.extend(e);
             tessera_samples.extend(t);
         }
-        let (e, t) = (median(etcd_samples), median(tessera_samples));
+        let medians = [
+            etcd.is_some().then(|| median(etcd_samples)),
+            Some(median(tessera_samples)),
+        ];
+        let [etcd_figure, tessera_figure] = pair(&medians, |d| ms(*d));
         table.add(
             &format!("failover, {} of the leader (median)", fault.name()),
-            ms(e),
-            ms(t),
-            t.as_secs_f64() / e.as_secs_f64(),
+            etcd_figure,
+            tessera_figure,
+            ratio(&medians, Duration::as_secs_f64),
         );
     }
 

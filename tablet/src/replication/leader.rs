@@ -26,6 +26,9 @@ use crate::storage::Table;
 
 /// Records per AppendEntries batch, at most about this many payload bytes.
 const BATCH_BYTES: usize = 1 << 20;
+/// A follower at most this many records behind is read for on the async worker (the
+/// records are fresh in the page cache); one further behind, on the blocking pool.
+const NEAR_TAIL: u64 = 1024;
 /// A follower that does not answer within this is taken for gone; the link restarts.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Batches a link keeps on the way to its follower before it waits for an answer, so a
@@ -438,12 +441,18 @@ impl LinkTask {
             _ => BinlogReader::new(&table.dir().join("binlog"), next),
         };
         let upto = table.last_offset();
-        let (current, read) = tokio::task::spawn_blocking(move || {
+        let (current, read) = if upto.saturating_sub(next) < NEAR_TAIL {
+            // Just written, so in the page cache: cheaper here than a thread hand-off.
             let read = current.read(upto, BATCH_BYTES);
             (current, read)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        } else {
+            tokio::task::spawn_blocking(move || {
+                let read = current.read(upto, BATCH_BYTES);
+                (current, read)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        };
         *reader = Some(current);
         match read.map_err(|e| e.to_string())? {
             Ok(records) => Ok(Ok(records

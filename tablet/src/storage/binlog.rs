@@ -260,14 +260,33 @@ struct DurableState {
     shutdown: bool,
 }
 
-/// Tracks how far the binlog is durable and lets writers wait for it.
+/// Tracks how far the binlog is durable and lets writers wait for it, blocking a thread
+/// or (on the async path, where a put should not cost a thread hand-off) as a future.
 #[derive(Debug, Default)]
 pub struct Durability {
     state: Mutex<DurableState>,
     /// Signalled when `durable` advances or the binlog fails.
     advanced: Condvar,
+    /// The same news for async waiters: bumped whenever `advanced` is signalled.
+    advanced_async: tokio::sync::watch::Sender<u64>,
     /// Signalled when `written` advances or on shutdown, to wake the flusher.
     pending: Condvar,
+}
+
+impl DurableState {
+    /// `Some` once waiting for `offset` is over: durable, or never going to be.
+    fn reached(&self, offset: u64) -> Option<Result<()>> {
+        if let Some(failure) = &self.failure {
+            return Some(Err(StorageError::Failed(failure.clone())));
+        }
+        if self.durable >= offset {
+            return Some(Ok(()));
+        }
+        if self.shutdown && self.written == self.durable {
+            return Some(Err(StorageError::Failed("binlog closed".into())));
+        }
+        None
+    }
 }
 
 impl Durability {
@@ -275,17 +294,31 @@ impl Durability {
     pub fn wait(&self, offset: u64) -> Result<()> {
         let mut state = self.state.lock();
         loop {
-            if let Some(failure) = &state.failure {
-                return Err(StorageError::Failed(failure.clone()));
-            }
-            if state.durable >= offset {
-                return Ok(());
-            }
-            if state.shutdown && state.written == state.durable {
-                return Err(StorageError::Failed("binlog closed".into()));
+            if let Some(done) = state.reached(offset) {
+                return done;
             }
             self.advanced.wait(&mut state);
         }
+    }
+
+    /// As [`Durability::wait`], without holding a thread.
+    pub async fn wait_async(&self, offset: u64) -> Result<()> {
+        // Subscribed before looking, so news after the look is not missed.
+        let mut news = self.advanced_async.subscribe();
+        loop {
+            if let Some(done) = self.state.lock().reached(offset) {
+                return done;
+            }
+            // The sender lives as long as `self`, so this cannot fail.
+            let _ = news.changed().await;
+        }
+    }
+
+    /// Wakes every waiter, blocking or async, to look at the state again.
+    fn announce(&self) {
+        self.advanced.notify_all();
+        self.advanced_async
+            .send_modify(|bumps| *bumps = bumps.wrapping_add(1));
     }
 
     pub fn durable_offset(&self) -> u64 {
@@ -300,7 +333,7 @@ impl Durability {
     fn fail(&self, reason: String) {
         let mut state = self.state.lock();
         state.failure.get_or_insert(reason);
-        self.advanced.notify_all();
+        self.announce();
     }
 
     fn check(&self) -> Result<()> {
@@ -350,7 +383,7 @@ fn run_flusher(durability: Arc<Durability>, interval: Duration, max_records: u64
                 state.failure.get_or_insert(format!("fsync failed: {e}"));
             }
         }
-        durability.advanced.notify_all();
+        durability.announce();
     }
 }
 
@@ -549,6 +582,20 @@ impl Binlog {
     /// Appends a record whose offset was assigned elsewhere (a follower taking its
     /// leader's records). The offset must be the next one.
     pub fn append_at(&mut self, term: u64, offset: u64, payload: &[u8]) -> Result<u64> {
+        self.stage_at(term, offset, payload)?;
+        self.write_staged()?;
+        Ok(offset)
+    }
+
+    /// Encodes the next record into the write buffer without writing it, so that many
+    /// records cost one `write`: [`Binlog::write_staged`] must follow before the writer
+    /// lock is released (readers see only what is written). Returns its offset.
+    pub fn stage(&mut self, term: u64, payload: &[u8]) -> Result<u64> {
+        self.stage_at(term, self.next_offset, payload)
+    }
+
+    /// [`Binlog::stage`] at an offset assigned elsewhere, which must be the next one.
+    pub fn stage_at(&mut self, term: u64, offset: u64, payload: &[u8]) -> Result<u64> {
         self.durability.check()?;
         if offset != self.next_offset {
             return Err(StorageError::InvalidArgument(format!(
@@ -558,21 +605,32 @@ impl Binlog {
         }
         let record_len = (RECORD_HEADER_LEN + payload.len()) as u64;
         if self.file_len > 0 && self.file_len + record_len > self.options.segment_size {
+            self.write_staged()?;
             self.roll(offset)?;
         }
-        self.buf.clear();
         encode_record(term, offset, payload, &mut self.buf);
-        if let Err(e) = (&*self.file).write_all(&self.buf) {
-            // The file may now hold part of the record: refuse further writes; recovery
+        self.file_len += record_len;
+        self.next_offset += 1;
+        self.last_term = term;
+        Ok(offset)
+    }
+
+    /// Hands every staged record to the OS in one write (and, under `every_write`,
+    /// fsyncs it).
+    pub fn write_staged(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let written = (&*self.file).write_all(&self.buf);
+        self.buf.clear();
+        if let Err(e) = written {
+            // The file may now hold part of a record: refuse further writes; recovery
             // truncates the torn tail.
             let reason = format!("write to {} failed: {e}", self.current_path().display());
             self.durability.fail(reason.clone());
             return Err(StorageError::Failed(reason));
         }
-        self.file_len += record_len;
-        self.next_offset += 1;
-        self.last_term = term;
-
+        let last = self.last_offset();
         match self.options.fsync {
             FsyncPolicy::EveryWrite => {
                 if let Err(e) = self.file.sync_data() {
@@ -580,12 +638,12 @@ impl Binlog {
                     self.durability.fail(reason.clone());
                     return Err(StorageError::Failed(reason));
                 }
-                self.publish(offset, true);
+                self.publish(last, true);
             }
-            FsyncPolicy::Group => self.publish(offset, false),
-            FsyncPolicy::None => self.publish(offset, true),
+            FsyncPolicy::Group => self.publish(last, false),
+            FsyncPolicy::None => self.publish(last, true),
         }
-        Ok(offset)
+        Ok(())
     }
 
     fn publish(&self, offset: u64, durable: bool) {
@@ -593,7 +651,7 @@ impl Binlog {
         state.written = offset;
         if durable {
             state.durable = offset;
-            self.durability.advanced.notify_all();
+            self.durability.announce();
         } else {
             self.durability.pending.notify_one();
         }
@@ -622,7 +680,7 @@ impl Binlog {
             let mut state = self.durability.state.lock();
             state.durable = state.written;
             state.file = Some(self.file.clone());
-            self.durability.advanced.notify_all();
+            self.durability.announce();
         }
         info!(segment = %path.display(), first_offset, "binlog segment rolled");
         Ok(())
@@ -656,7 +714,7 @@ impl Binlog {
             .map_err(io_error(self.current_path()))?;
         let mut state = self.durability.state.lock();
         state.durable = state.written;
-        self.durability.advanced.notify_all();
+        self.durability.announce();
         Ok(())
     }
 
@@ -685,6 +743,8 @@ impl Binlog {
 
     /// Stops the flusher after a last fsync. Idempotent.
     pub fn close(&mut self) -> Result<()> {
+        // Nothing is staged between calls, but a record staged is a record promised.
+        let _ = self.write_staged();
         let synced = if self.durability.state.lock().failure.is_none() {
             self.sync()
         } else {
@@ -694,7 +754,7 @@ impl Binlog {
             let mut state = self.durability.state.lock();
             state.shutdown = true;
             self.durability.pending.notify_all();
-            self.durability.advanced.notify_all();
+            self.durability.announce();
         }
         if let Some(flusher) = self.flusher.take() {
             let _ = flusher.join();

@@ -565,8 +565,31 @@ impl Table {
         }
     }
 
-    /// The follower's side of log shipping.
+    /// The follower's side of log shipping, blocking until what it appended is durable.
     pub fn handle_append(&self, request: &AppendEntriesRequest) -> Result<AppendOutcome> {
+        let outcome = self.log_append(request)?;
+        if let AppendOutcome::Appended(last) = outcome {
+            self.durability.wait(last)?;
+            self.settle_append(last)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Waits, without holding a thread, until `offset` is durable here.
+    pub async fn durable_offset_reached(&self, offset: u64) -> Result<()> {
+        self.durability.wait_async(offset).await
+    }
+
+    /// What follows a durable append: this replica's vote, and applying what the leader
+    /// said is committed.
+    pub fn settle_append(&self, last: u64) -> Result<()> {
+        self.quorum.set_local(last);
+        self.advance()
+    }
+
+    /// Checks and appends what a leader sent (handed to the OS; `Appended` is durable
+    /// only once the binlog says so: wait for it, then [`Table::settle_append`]).
+    pub fn log_append(&self, request: &AppendEntriesRequest) -> Result<AppendOutcome> {
         let last = {
             let mut binlog = self.writer.lock();
             refuse_if_closed(&binlog)?;
@@ -642,28 +665,38 @@ impl Table {
                 }
                 return Ok(AppendOutcome::Truncate(shared));
             }
+            // Staged, then written in one go: one `write` for the whole request.
+            let mut staged = Ok(());
             for record in &request.entries {
-                binlog.append_at(record.term, record.offset, &record.payload)?;
-                history::note_record(&mut history, record.term, record.offset);
-                let at = Version {
-                    term: record.term,
-                    offset: record.offset,
-                };
-                // Each lock on its own: the sessions lock is never held while taking
-                // another (see storage::apply).
-                note_request(&mut self.sessions.lock(), at, &record.payload)?;
+                staged = binlog
+                    .stage_at(record.term, record.offset, &record.payload)
+                    .and_then(|_| {
+                        history::note_record(&mut history, record.term, record.offset);
+                        let at = Version {
+                            term: record.term,
+                            offset: record.offset,
+                        };
+                        // Each lock on its own: the sessions lock is never held while
+                        // taking another (see storage::apply).
+                        note_request(&mut self.sessions.lock(), at, &record.payload)
+                    });
+                if staged.is_err() {
+                    break;
+                }
                 self.queue(record.offset, PendingEntry::Logged(record.payload.clone()));
-                self.last_offset.store(record.offset, Ordering::Release);
             }
+            // Whatever was staged is written even if a later record failed, so the file
+            // and the bookkeeping above agree.
+            binlog.write_staged()?;
+            self.last_offset
+                .store(binlog.last_offset(), Ordering::Release);
+            staged?;
             let last = binlog.last_offset();
             // The log now agrees with the leader's through `last`: what the leader says is
             // committed up to there is.
             self.learn_commit(request.commit_offset.min(last));
             last
         };
-        self.durability.wait(last)?;
-        self.quorum.set_local(last);
-        self.advance()?;
         Ok(AppendOutcome::Appended(last))
     }
 }

@@ -103,6 +103,14 @@ pub struct Logged {
     pub duplicate: bool,
 }
 
+/// A write encoded and ready to log.
+struct Prepared {
+    request: Option<RequestId>,
+    write_time_ms: i64,
+    payload: Vec<u8>,
+    entry: PendingEntry,
+}
+
 /// A decoded row with its ts in the index it was read from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowAt {
@@ -422,74 +430,103 @@ impl Table {
         }
     }
 
-    /// Appends an entry, applies it, and waits until it is durable on this replica. A
-    /// request applied before is answered with its first result instead. `apply_entry`
-    /// gets the new offset and returns rows removed (deletes).
-    fn write_payload(
-        &self,
-        request: Option<RequestId>,
-        write_time_ms: i64,
-        payload: Vec<u8>,
-        entry: PendingEntry,
-    ) -> Result<Logged> {
-        let logged = {
-            let mut binlog = self.writer.lock();
-            // Checked under the writer lock, so once a fence or role change returns, no
-            // record of the old term can follow.
-            let term = self.writable_term()?;
-            if let Some(id) = request {
-                let seen = self.sessions.lock().check(id);
-                match seen {
-                    Seen::New => {}
-                    Seen::Applied(first) => {
-                        drop(binlog);
-                        let logged = Logged {
-                            version: Version {
-                                term: first.term,
-                                offset: first.offset,
-                            },
-                            leading_term: term,
-                            request,
-                            duplicate: true,
-                        };
-                        self.durability.wait(first.offset)?;
-                        return Ok(logged);
-                    }
-                    Seen::TooOld { highest } => {
-                        return Err(StorageError::OutcomeUnknown(format!(
-                            "request {} of client {:x} is older than the {} requests this \
-                             partition remembers (highest {highest}); it may have been applied",
-                            id.seq,
-                            id.client_id,
-                            super::sessions::SEQ_WINDOW
-                        )))
-                    }
+    /// Appends an entry and queues it for applying; [`Table::commit`] waits until it is
+    /// durable here and committed. A request logged before is answered with its first
+    /// entry instead.
+    fn write_payload(&self, prepared: Prepared) -> Result<Logged> {
+        let mut binlog = self.writer.lock();
+        let logged = self.stage_payload(&mut binlog, prepared);
+        binlog.write_staged()?;
+        self.written(&binlog);
+        logged
+    }
+
+    /// [`Table::write_payload`] for many entries, under one hold of the writer lock and
+    /// with one `write`. Each entry has its own outcome.
+    fn write_payloads(&self, prepared: Vec<Result<Prepared>>) -> Vec<Result<Logged>> {
+        let mut binlog = self.writer.lock();
+        let mut logged: Vec<Result<Logged>> = prepared
+            .into_iter()
+            .map(|p| p.and_then(|p| self.stage_payload(&mut binlog, p)))
+            .collect();
+        if let Err(e) = binlog.write_staged() {
+            // Every staged entry shares the failed write; none is durable.
+            for outcome in logged
+                .iter_mut()
+                .filter(|l| l.as_ref().is_ok_and(|l| !l.duplicate))
+            {
+                *outcome = Err(StorageError::Failed(e.to_string()));
+            }
+        } else {
+            self.written(&binlog);
+        }
+        logged
+    }
+
+    /// Announces what the binlog holds once it is written: shippers read the file, so
+    /// they must not look for records still in the write buffer.
+    pub(super) fn written(&self, binlog: &Binlog) {
+        let last = binlog.last_offset();
+        self.last_offset.store(last, Ordering::Release);
+        self.appended.send_replace(last);
+    }
+
+    /// Stages one entry in the binlog (the caller writes it before letting go of the
+    /// writer lock), notes its request and queues it for applying.
+    fn stage_payload(&self, binlog: &mut Binlog, prepared: Prepared) -> Result<Logged> {
+        let Prepared {
+            request,
+            write_time_ms,
+            payload,
+            entry,
+        } = prepared;
+        // Checked under the writer lock, so once a fence or role change returns, no
+        // record of the old term can follow.
+        let term = self.writable_term()?;
+        if let Some(id) = request {
+            let seen = self.sessions.lock().check(id);
+            match seen {
+                Seen::New => {}
+                Seen::Applied(first) => {
+                    return Ok(Logged {
+                        version: Version {
+                            term: first.term,
+                            offset: first.offset,
+                        },
+                        leading_term: term,
+                        request,
+                        duplicate: true,
+                    });
+                }
+                Seen::TooOld { highest } => {
+                    return Err(StorageError::OutcomeUnknown(format!(
+                        "request {} of client {:x} is older than the {} requests this \
+                         partition remembers (highest {highest}); it may have been applied",
+                        id.seq,
+                        id.client_id,
+                        super::sessions::SEQ_WINDOW
+                    )))
                 }
             }
-            self.check_enough_replicas()?;
-            let offset = binlog.append(term, &payload)?;
-            history::note_record(&mut self.history.lock(), term, offset);
-            if let Some(id) = request {
-                let first = Applied {
-                    term,
-                    offset,
-                    deleted: 0,
-                };
-                self.sessions.lock().record(id, first, write_time_ms);
-            }
-            self.queue(offset, entry);
-            self.last_offset.store(offset, Ordering::Release);
-            self.appended.send_replace(offset);
-            Logged {
-                version: Version { term, offset },
-                leading_term: term,
-                request,
-                duplicate: false,
-            }
-        };
-        self.durability.wait(logged.version.offset)?;
-        self.quorum.set_local(self.durability.durable_offset());
-        Ok(logged)
+        }
+        self.check_enough_replicas()?;
+        let offset = binlog.stage(term, &payload)?;
+        history::note_record(&mut self.history.lock(), term, offset);
+        if let Some(id) = request {
+            let first = Applied {
+                term,
+                offset,
+                deleted: 0,
+            };
+            self.sessions.lock().record(id, first, write_time_ms);
+        }
+        self.queue(offset, entry);
+        Ok(Logged {
+            version: Version { term, offset },
+            leading_term: term,
+            request,
+            duplicate: false,
+        })
     }
 
     /// Quorum mode refuses a write up front when too few voting members are shipped to
@@ -528,9 +565,11 @@ impl Table {
         }
     }
 
-    /// Waits until a logged write is committed (quorum mode), without holding a thread,
-    /// and applies it. Returns the rows it removed (deletes).
+    /// Waits until a logged write is durable here and committed (quorum mode), without
+    /// holding a thread, and applies it. Returns the rows it removed (deletes).
     pub async fn commit(&self, logged: &Logged) -> Result<u64> {
+        self.durability.wait_async(logged.version.offset).await?;
+        self.quorum.set_local(self.durability.durable_offset());
         if self.mode() == ReplicationMode::Quorum {
             self.quorum
                 .wait(
@@ -546,6 +585,8 @@ impl Table {
 
     /// As [`Table::commit`], blocking the calling thread.
     pub fn commit_blocking(&self, logged: &Logged) -> Result<u64> {
+        self.durability.wait(logged.version.offset)?;
+        self.quorum.set_local(self.durability.durable_offset());
         if self.mode() == ReplicationMode::Quorum {
             self.quorum
                 .wait_blocking(
@@ -571,14 +612,25 @@ impl Table {
         })
     }
 
-    /// A slot for one write in flight, or an "overloaded" refusal the client may retry.
-    pub fn write_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
-        self.write_slots.clone().try_acquire_owned().map_err(|_| {
-            StorageError::Unavailable(format!(
-                "overloaded: {} writes are in flight on this partition; retry shortly",
-                self.options.max_writes_in_flight
-            ))
-        })
+    /// Slots for `writes` writes in flight, or an "overloaded" refusal the client may
+    /// retry.
+    pub fn write_slots(&self, writes: usize) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        let limit = self.options.max_writes_in_flight;
+        if writes > limit {
+            return Err(StorageError::InvalidArgument(format!(
+                "a batch of {writes} writes is more than the {limit} a partition takes in \
+                 flight (max_writes_in_flight); split it"
+            )));
+        }
+        let wanted = u32::try_from(writes.max(1)).unwrap_or(u32::MAX);
+        self.write_slots
+            .clone()
+            .try_acquire_many_owned(wanted)
+            .map_err(|_| {
+                StorageError::Unavailable(format!(
+                    "overloaded: {limit} writes are in flight on this partition; retry shortly"
+                ))
+            })
     }
 
     pub fn mode(&self) -> ReplicationMode {
@@ -592,8 +644,24 @@ impl Table {
         Ok(logged.version)
     }
 
-    /// Logs a whole row (durable here, not yet committed): see [`Table::commit`].
+    /// Logs a whole row (handed to the OS, not yet durable nor committed): see
+    /// [`Table::commit`].
     pub fn log_put(&self, values: &[Value], request: Option<RequestId>) -> Result<Logged> {
+        self.write_payload(self.prepare_put(values, request)?)
+    }
+
+    /// Logs many rows at once (one `write`), each with its own outcome: see
+    /// [`Table::log_put`].
+    pub fn log_puts(&self, rows: &[(&[Value], Option<RequestId>)]) -> Vec<Result<Logged>> {
+        let prepared = rows
+            .iter()
+            .map(|(values, request)| self.prepare_put(values, *request))
+            .collect();
+        self.write_payloads(prepared)
+    }
+
+    /// Encodes a row and its log entry (outside the writer lock).
+    fn prepare_put(&self, values: &[Value], request: Option<RequestId>) -> Result<Prepared> {
         let data = codec::encode(&self.schema, values)?;
         if data.len() > self.options.max_row_size {
             return Err(StorageError::RowTooLarge {
@@ -615,7 +683,12 @@ impl Table {
             data,
             entries,
         };
-        self.write_payload(request, write_time_ms, payload, entry)
+        Ok(Prepared {
+            request,
+            write_time_ms,
+            payload,
+            entry,
+        })
     }
 
     /// Deletes every row whose key in `index` is `key`. Returns the version and the
@@ -626,7 +699,8 @@ impl Table {
         Ok((logged.version, removed))
     }
 
-    /// Logs a delete (durable here, not yet committed): see [`Table::commit`].
+    /// Logs a delete (handed to the OS, not yet durable nor committed): see
+    /// [`Table::commit`].
     pub fn log_delete(
         &self,
         index: &str,
@@ -646,7 +720,12 @@ impl Table {
             key,
             request,
         };
-        self.write_payload(request, write_time_ms, payload, entry)
+        self.write_payload(Prepared {
+            request,
+            write_time_ms,
+            payload,
+            entry,
+        })
     }
 
     fn key_of(&self, index: &str, key_values: &[Value]) -> Result<(usize, Vec<u8>)> {

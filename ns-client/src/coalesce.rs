@@ -1,0 +1,160 @@
+//! Coalescing of concurrent puts: puts that tasks sharing one [`crate::Client`] send to
+//! the same partition leader at the same time go out together as one `PutBatch`.
+//!
+//! Each partition leader has a lane. A put joins its lane's queue; if fewer than
+//! [`SENDERS_PER_LANE`] batches are on the way, a sender task takes everything queued
+//! and sends it, and keeps doing so until the queue is empty. A lone put therefore goes
+//! out at once, alone (no waiting to gather more); under load, the puts that arrive while
+//! a batch is on the way make up the next one, the way a group commit batches fsyncs.
+//! Every row keeps its own sequence number and gets its own answer, so a put's retries
+//! and its outcome are the same as if it had gone alone.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tessera_common::wire_error::status_from_detail;
+use tessera_proto::common::Row;
+use tessera_proto::tablet::tablet_client::TabletClient;
+use tessera_proto::tablet::{BatchRow, PutBatchRequest, PutResult};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// Batches of one lane on the way at once. Two keep the link busy while an answer comes
+/// back, without splitting the queue into many small batches.
+const SENDERS_PER_LANE: usize = 2;
+/// Rows in one batch at most (far below a tablet's `max_writes_in_flight`).
+pub(crate) const MAX_BATCH_ROWS: usize = 512;
+
+/// (leader endpoint, tid, pid)
+type LaneKey = (String, u32, u32);
+
+/// What a coalesced put gets back: its version or why it failed.
+pub(crate) type PutAnswer = Result<(u64, u64), tonic::Status>;
+
+struct Waiting {
+    row: BatchRow,
+    answer: oneshot::Sender<PutAnswer>,
+}
+
+#[derive(Default)]
+struct Lane {
+    queue: Vec<Waiting>,
+    senders: usize,
+}
+
+/// The lanes of one client.
+#[derive(Default)]
+pub(crate) struct Coalescer {
+    lanes: Mutex<HashMap<LaneKey, Arc<Mutex<Lane>>>>,
+}
+
+impl Coalescer {
+    /// Queues `row` (with its sequence number) for the leader at `endpoint`, to go with
+    /// whatever other puts to the same partition are waiting; the future is its answer.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn put(
+        &self,
+        client: TabletClient<Channel>,
+        endpoint: &str,
+        tid: u32,
+        pid: u32,
+        client_id: u64,
+        row: Row,
+        seq: u64,
+    ) -> impl std::future::Future<Output = PutAnswer> + Send + 'static {
+        let lane = self
+            .lanes
+            .lock()
+            .entry((endpoint.to_string(), tid, pid))
+            .or_default()
+            .clone();
+        let (answer, answered) = oneshot::channel();
+        let start_sender = {
+            let mut queued = lane.lock();
+            queued.queue.push(Waiting {
+                row: BatchRow {
+                    row: Some(row),
+                    seq,
+                },
+                answer,
+            });
+            let start = queued.senders < SENDERS_PER_LANE;
+            if start {
+                queued.senders += 1;
+            }
+            start
+        };
+        if start_sender {
+            tokio::spawn(send_lane(lane, client, tid, pid, client_id));
+        }
+        async move {
+            answered.await.unwrap_or_else(|_| {
+                Err(tonic::Status::unavailable(
+                    "the batch carrying this put was abandoned; its outcome is unknown",
+                ))
+            })
+        }
+    }
+}
+
+/// Sends the lane's queue in batches until it is empty.
+async fn send_lane(
+    lane: Arc<Mutex<Lane>>,
+    mut client: TabletClient<Channel>,
+    tid: u32,
+    pid: u32,
+    client_id: u64,
+) {
+    loop {
+        let batch: Vec<Waiting> = {
+            let mut queued = lane.lock();
+            if queued.queue.is_empty() {
+                queued.senders -= 1;
+                return;
+            }
+            let take = queued.queue.len().min(MAX_BATCH_ROWS);
+            queued.queue.drain(..take).collect()
+        };
+        let (rows, answers): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|w| (w.row, w.answer)).unzip();
+        let request = PutBatchRequest {
+            tid,
+            pid,
+            client_id,
+            rows,
+        };
+        match client.put_batch(request).await {
+            Ok(response) => {
+                let results = response.into_inner().results;
+                if results.len() != answers.len() {
+                    let status = tonic::Status::internal(format!(
+                        "a batch of {} puts got {} answers",
+                        answers.len(),
+                        results.len()
+                    ));
+                    for answer in answers {
+                        let _ = answer.send(Err(status.clone()));
+                    }
+                    continue;
+                }
+                for (answer, result) in answers.into_iter().zip(results) {
+                    let _ = answer.send(row_answer(result));
+                }
+            }
+            Err(status) => {
+                for answer in answers {
+                    let _ = answer.send(Err(status.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One row's result as a put's answer.
+pub(crate) fn row_answer(result: PutResult) -> PutAnswer {
+    match result.error {
+        Some(detail) => Err(status_from_detail(detail)),
+        None => Ok((result.term, result.offset)),
+    }
+}
