@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 
 /// Batches of one lane on the way at once. Two keep the link busy while an answer comes
 /// back, without splitting the queue into many small batches.
-const SENDERS_PER_LANE: usize = 2;
+const SENDERS_PER_LANE: usize = 1;
 /// Rows in one batch at most (far below a tablet's `max_writes_in_flight`).
 pub(crate) const MAX_BATCH_ROWS: usize = 512;
 

@@ -12,7 +12,8 @@
 //!
 //! Environment: `RUNS` (failovers of each kind, 5), `SECONDS` (per load step, 10),
 //! `ETCD` (the etcd binary, `etcd` on the PATH), `SYSTEMS` (`etcd,tessera`; `tessera` alone
-//! for quick work on Tessera; `RUNS=0` skips the failovers).
+//! for quick work on Tessera; `RUNS=0` skips the failovers), `TABLET_ARGS` (extra tablet
+//! flags, for experiments).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -585,8 +586,14 @@ async fn run() {
         etcd_store = Some(Store::Etcd(client));
         etcd = Some(started);
     }
-    let mut cluster =
-        NsCluster::start(&dir.path().join("tessera"), NsClusterSpec::defaults()).await;
+    // Extra tablet flags, for experiments only: the published figures use the defaults.
+    let tablet_args = std::env::var("TABLET_ARGS").unwrap_or_default();
+    let tablet_args: Vec<&str> = tablet_args.split_whitespace().collect();
+    let spec = NsClusterSpec {
+        tablet_args: &tablet_args,
+        ..NsClusterSpec::defaults()
+    };
+    let mut cluster = NsCluster::start(&dir.path().join("tessera"), spec).await;
     cluster.create_table(TABLE, PARTITIONS, 3).await;
     let tessera_client = Arc::new(cluster.sdk(Duration::from_secs(60)).await);
     // etcd first, then Tessera; a system left out has no entry.
