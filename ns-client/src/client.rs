@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 use tracing::debug;
 use zookeeper_client::Error as ZkError;
 
-use crate::coalesce::{row_answer, Coalescer, MAX_BATCH_ROWS};
+use crate::coalesce::{row_answer, Coalescer, WriteStats, MAX_BATCH_ROWS};
 use crate::error::ClientError;
 
 #[derive(Debug, Clone)]
@@ -58,6 +58,9 @@ pub struct FollowerRead<T> {
     pub offset: u64,
     pub endpoint: String,
 }
+
+/// One row of a `put_batch`: its index in the caller's list, the row, its sequence number.
+type BatchItem = (usize, Row, u64);
 
 /// A table's metadata with its parsed schema.
 struct Cached {
@@ -533,7 +536,7 @@ impl Client {
         rows: Vec<Vec<Value>>,
     ) -> Result<Vec<(u64, u64)>, ClientError> {
         let table = self.table(db, name, false).await?;
-        let mut by_partition: HashMap<u32, Vec<(usize, Row, u64)>> = HashMap::new();
+        let mut by_partition: HashMap<u32, Vec<BatchItem>> = HashMap::new();
         for (i, row) in rows.iter().enumerate() {
             tessera_common::codec::validate(&table.schema, row)
                 .map_err(|e| ClientError::InvalidArgument(format!("row {i}: {e}")))?;
@@ -544,7 +547,7 @@ impl Client {
                 self.next_seq(),
             ));
         }
-        let chunks: Vec<(u32, Vec<(usize, Row, u64)>)> = by_partition
+        let chunks: Vec<(u32, Vec<BatchItem>)> = by_partition
             .into_iter()
             .flat_map(|(pid, rows)| {
                 let mut chunks = Vec::new();
@@ -577,7 +580,7 @@ impl Client {
         db: &str,
         name: &str,
         pid: u32,
-        rows: &[(usize, Row, u64)],
+        rows: &[BatchItem],
     ) -> Result<Vec<(u64, u64)>, ClientError> {
         // Rows answered so far; a retry sends only the others.
         let answered: parking_lot::Mutex<Vec<Option<(u64, u64)>>> =
@@ -659,6 +662,12 @@ impl Client {
     /// How reads were served so far.
     pub fn read_stats(&self) -> ReadStats {
         *self.stats.lock()
+    }
+
+    /// How many requests carried this client's puts so far: fewer than puts when puts
+    /// made at the same time travelled together.
+    pub fn write_stats(&self) -> WriteStats {
+        self.coalescer.stats()
     }
 
     /// [`Client::on_leader`] for a call whose answer carries the partition's offset: the

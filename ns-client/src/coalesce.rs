@@ -34,6 +34,9 @@ pub(crate) type PutAnswer = Result<(u64, u64), tonic::Status>;
 
 struct Waiting {
     row: BatchRow,
+    /// The connection the put's caller had: a batch goes through its newest put's, so a
+    /// connection the caller replaced after a failure is not kept in use.
+    client: TabletClient<Channel>,
     answer: oneshot::Sender<PutAnswer>,
 }
 
@@ -43,10 +46,20 @@ struct Lane {
     senders: usize,
 }
 
+/// How a client's puts travelled, for observability.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Puts sent (each try of each put counts).
+    pub puts: u64,
+    /// Requests that carried them.
+    pub requests: u64,
+}
+
 /// The lanes of one client.
 #[derive(Default)]
 pub(crate) struct Coalescer {
     lanes: Mutex<HashMap<LaneKey, Arc<Mutex<Lane>>>>,
+    stats: Arc<Mutex<WriteStats>>,
 }
 
 impl Coalescer {
@@ -77,6 +90,7 @@ impl Coalescer {
                     row: Some(row),
                     seq,
                 },
+                client,
                 answer,
             });
             let start = queued.senders < SENDERS_PER_LANE;
@@ -86,7 +100,7 @@ impl Coalescer {
             start
         };
         if start_sender {
-            tokio::spawn(send_lane(lane, client, tid, pid, client_id));
+            tokio::spawn(send_lane(lane, self.stats.clone(), tid, pid, client_id));
         }
         async move {
             answered.await.unwrap_or_else(|_| {
@@ -101,7 +115,7 @@ impl Coalescer {
 /// Sends the lane's queue in batches until it is empty.
 async fn send_lane(
     lane: Arc<Mutex<Lane>>,
-    mut client: TabletClient<Channel>,
+    stats: Arc<Mutex<WriteStats>>,
     tid: u32,
     pid: u32,
     client_id: u64,
@@ -116,6 +130,12 @@ async fn send_lane(
             let take = queued.queue.len().min(MAX_BATCH_ROWS);
             queued.queue.drain(..take).collect()
         };
+        let mut client = batch.last().expect("a batch is never empty").client.clone();
+        {
+            let mut stats = stats.lock();
+            stats.puts += batch.len() as u64;
+            stats.requests += 1;
+        }
         let (rows, answers): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|w| (w.row, w.answer)).unzip();
         let request = PutBatchRequest {
@@ -148,6 +168,12 @@ async fn send_lane(
                 }
             }
         }
+    }
+}
+
+impl Coalescer {
+    pub(crate) fn stats(&self) -> WriteStats {
+        *self.stats.lock()
     }
 }
 

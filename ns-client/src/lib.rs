@@ -30,4 +30,5 @@ pub mod repl;
 pub mod shell;
 
 pub use client::{Client, ClientOptions, FollowerRead, ReadStats};
+pub use coalesce::WriteStats;
 pub use error::ClientError;

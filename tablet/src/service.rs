@@ -25,7 +25,7 @@ use crate::replication::transfer;
 use crate::storage::entry::RequestId;
 use crate::storage::replica::{AppendOutcome, FollowerChange, RoleChange};
 use crate::storage::table::RowAt;
-use crate::storage::{Logged, Table};
+use crate::storage::{Logged, StorageError, Table};
 use crate::watchdog::Reporter;
 
 pub struct TabletService {
@@ -641,17 +641,35 @@ enum Reply {
         table: Arc<Table>,
         last: u64,
         term: u64,
+        /// How many entries the request carried (many are applied off the async worker).
+        entries: usize,
     },
 }
 
+/// Requests with at most this many entries (the usual case once a follower has caught
+/// up) are appended and applied on the async worker; bigger ones (catching up, up to
+/// 1 MiB) on the blocking pool, so they do not hold up other partitions.
+const INLINE_APPEND_ENTRIES: usize = 256;
+
 impl Reply {
     async fn when_durable(self) -> AppendEntriesResponse {
-        let (table, last, term) = match self {
+        let (table, last, term, entries) = match self {
             Reply::Now(response) => return response,
-            Reply::WhenDurable { table, last, term } => (table, last, term),
+            Reply::WhenDurable {
+                table,
+                last,
+                term,
+                entries,
+            } => (table, last, term, entries),
         };
         let settled = match table.durable_offset_reached(last).await {
-            Ok(()) => table.settle_append(last),
+            Ok(()) if entries <= INLINE_APPEND_ENTRIES => table.settle_append(last),
+            Ok(()) => {
+                let worker = table.clone();
+                tokio::task::spawn_blocking(move || worker.settle_append(last))
+                    .await
+                    .unwrap_or_else(|e| Err(StorageError::Failed(e.to_string())))
+            }
             Err(e) => Err(e),
         };
         match settled {
@@ -691,12 +709,26 @@ async fn follower_append(replicators: &Arc<Replicators>, request: AppendEntriesR
         Ok(table) => table,
         Err(e) => return respond(AppendResult::Unavailable, 0, 0, e.to_string()),
     };
-    let outcome = table.log_append(&request);
+    let entries = request.entries.len();
+    let outcome = if entries <= INLINE_APPEND_ENTRIES {
+        table.log_append(&request)
+    } else {
+        let worker = table.clone();
+        match tokio::task::spawn_blocking(move || worker.log_append(&request)).await {
+            Ok(outcome) => outcome,
+            Err(e) => return respond(AppendResult::Unavailable, 0, 0, e.to_string()),
+        }
+    };
     // The request may have turned a leader into a follower: stop its links.
     replicators.sync_table(&table);
     let term = table.replica_state().term;
     match outcome {
-        Ok(AppendOutcome::Appended(last)) => Reply::WhenDurable { table, last, term },
+        Ok(AppendOutcome::Appended(last)) => Reply::WhenDurable {
+            table,
+            last,
+            term,
+            entries,
+        },
         Ok(AppendOutcome::Mismatch(last)) => {
             respond(AppendResult::Mismatch, term, last, String::new())
         }

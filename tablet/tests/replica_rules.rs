@@ -266,6 +266,62 @@ fn writes_beyond_the_bound_are_refused_as_overloaded() {
     assert!(err.to_string().contains("overloaded"), "{err}");
     drop(first);
     let _third = table.write_slots(1).expect("a slot is free again");
+    drop(_third);
+    // A batch takes a slot per write, and one bigger than the bound can never fit.
+    let err = table.write_slots(2).unwrap_err();
+    assert!(err.to_string().contains("overloaded"), "{err}");
+    drop(_second);
+    let _both = table.write_slots(2).expect("two slots for a batch of two");
+    let err = table.write_slots(3).unwrap_err();
+    assert!(matches!(err, StorageError::InvalidArgument(_)), "{err}");
+    assert!(err.to_string().contains("split it"), "{err}");
+}
+
+/// A batch of puts is logged together, yet each row has its own outcome: a bad row is
+/// refused alone, a retried row is answered with its first version, and the others get
+/// consecutive offsets. Retrying the whole batch applies nothing twice.
+#[test]
+fn a_batch_of_puts_has_an_outcome_per_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = create(&dir.path().join("1_0"), 1 << 20);
+    let id = |seq| Some(RequestId { client_id: 9, seq });
+    let early = table.log_put(&row("a", 1, None, "t"), id(1)).unwrap();
+    table.commit_blocking(&early).unwrap();
+
+    let rows = [
+        row("a", 1, None, "t"),
+        row("b", 2, None, "t"),
+        vec![tessera_common::Value::Null; 4],
+        row("c", 3, None, "t"),
+    ];
+    let batch: Vec<_> = rows
+        .iter()
+        .zip([id(1), id(2), id(3), id(4)])
+        .map(|(r, id)| (r.as_slice(), id))
+        .collect();
+    let logged = table.log_puts(&batch);
+    assert_eq!(logged.len(), 4);
+    let a = logged[0].as_ref().unwrap();
+    assert!(a.duplicate, "seq 1 was applied before");
+    assert_eq!(a.version, early.version);
+    assert!(logged[2].is_err(), "a row without a key is refused alone");
+    let (b, c) = (logged[1].as_ref().unwrap(), logged[3].as_ref().unwrap());
+    assert_eq!(
+        (b.version.offset, c.version.offset),
+        (early.version.offset + 1, early.version.offset + 2),
+        "the good rows are logged in order, one after the other"
+    );
+    for l in logged.iter().flatten() {
+        table.commit_blocking(l).unwrap();
+    }
+    let again = table.log_puts(&batch);
+    assert!(
+        again.iter().flatten().all(|l| l.duplicate),
+        "a retried batch is all duplicates"
+    );
+    for id in ["a", "b", "c"] {
+        assert_eq!(count(&table, id), 1, "{id} is stored once");
+    }
 }
 
 /// Point 5 at a change of leader: a promoted follower may hold committed records it has

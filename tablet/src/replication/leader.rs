@@ -26,8 +26,9 @@ use crate::storage::Table;
 
 /// Records per AppendEntries batch, at most about this many payload bytes.
 const BATCH_BYTES: usize = 1 << 20;
-/// A follower at most this many records behind is read for on the async worker (the
-/// records are fresh in the page cache); one further behind, on the blocking pool.
+/// A follower at most this many records behind, read by a reader already positioned, is
+/// read for on the async worker (the records are fresh in the page cache); otherwise
+/// the read (which may scan a segment to find its start) runs on the blocking pool.
 const NEAR_TAIL: u64 = 1024;
 /// A follower that does not answer within this is taken for gone; the link restarts.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -441,7 +442,7 @@ impl LinkTask {
             _ => BinlogReader::new(&table.dir().join("binlog"), next),
         };
         let upto = table.last_offset();
-        let (current, read) = if upto.saturating_sub(next) < NEAR_TAIL {
+        let (current, read) = if current.is_positioned() && upto.saturating_sub(next) < NEAR_TAIL {
             // Just written, so in the page cache: cheaper here than a thread hand-off.
             let read = current.read(upto, BATCH_BYTES);
             (current, read)
