@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 use tracing::debug;
 use zookeeper_client::Error as ZkError;
 
-use crate::coalesce::{row_answer, Coalescer, WriteStats, MAX_BATCH_ROWS};
+use crate::coalesce::{batch_len, row_answer, Coalescer, WriteStats};
 use crate::error::ClientError;
 
 #[derive(Debug, Clone)]
@@ -524,7 +524,7 @@ impl Client {
         Ok(version)
     }
 
-    /// Writes many rows: one request per partition (of at most 512 rows each), the
+    /// Writes many rows: one request per partition (at most 512 rows and 1 MiB each), the
     /// partitions' requests in parallel, each retried through failovers like a put.
     /// Returns each row's (term, offset), in the order of `rows`. Every row keeps its
     /// sequence number across retries, so none is applied twice; if the call fails,
@@ -551,9 +551,11 @@ impl Client {
             .into_iter()
             .flat_map(|(pid, rows)| {
                 let mut chunks = Vec::new();
-                let mut rows = rows.into_iter().peekable();
-                while rows.peek().is_some() {
-                    chunks.push((pid, rows.by_ref().take(MAX_BATCH_ROWS).collect()));
+                let mut rows = rows;
+                while !rows.is_empty() {
+                    let take = batch_len(rows.iter().map(|r| r.1.encoded_len()));
+                    let rest = rows.split_off(take);
+                    chunks.push((pid, std::mem::replace(&mut rows, rest)));
                 }
                 chunks
             })

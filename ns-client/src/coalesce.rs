@@ -10,21 +10,27 @@
 //! and its outcome are the same as if it had gone alone.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use prost::Message;
 use tessera_common::wire_error::status_from_detail;
 use tessera_proto::common::Row;
 use tessera_proto::tablet::tablet_client::TabletClient;
-use tessera_proto::tablet::{BatchRow, PutBatchRequest, PutResult};
+use tessera_proto::tablet::{BatchRow, PutBatchRequest, PutRequest, PutResult};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 /// Batches of one lane on the way at once. Two keep the link busy while an answer comes
-/// back, without splitting the queue into many small batches.
-const SENDERS_PER_LANE: usize = 1;
+/// back without splitting the queue into many small batches, and a batch that hangs (a
+/// paused leader) does not hold up the lane alone.
+const SENDERS_PER_LANE: usize = 2;
 /// Rows in one batch at most (far below a tablet's `max_writes_in_flight`).
-pub(crate) const MAX_BATCH_ROWS: usize = 512;
+const MAX_BATCH_ROWS: usize = 512;
+/// Encoded bytes of rows in one batch at most (a single bigger row goes alone), well
+/// under what a tablet takes in one request.
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// (leader endpoint, tid, pid)
 type LaneKey = (String, u32, u32);
@@ -60,6 +66,8 @@ pub struct WriteStats {
 pub(crate) struct Coalescer {
     lanes: Mutex<HashMap<LaneKey, Arc<Mutex<Lane>>>>,
     stats: Arc<Mutex<WriteStats>>,
+    /// Set once a tablet answered that it has no PutBatch: puts then go one by one.
+    singles: Arc<AtomicBool>,
 }
 
 impl Coalescer {
@@ -76,6 +84,20 @@ impl Coalescer {
         row: Row,
         seq: u64,
     ) -> impl std::future::Future<Output = PutAnswer> + Send + 'static {
+        if self.singles.load(Ordering::Relaxed) {
+            let request = PutRequest {
+                tid,
+                pid,
+                row: Some(row),
+                client_id,
+                seq,
+            };
+            let mut client = client;
+            return futures_util::future::Either::Left(async move {
+                let answer = client.put(request).await?.into_inner();
+                Ok((answer.term, answer.offset))
+            });
+        }
         let lane = self
             .lanes
             .lock()
@@ -100,22 +122,23 @@ impl Coalescer {
             start
         };
         if start_sender {
-            tokio::spawn(send_lane(lane, self.stats.clone(), tid, pid, client_id));
+            let shared = (self.stats.clone(), self.singles.clone());
+            tokio::spawn(send_lane(lane, shared, tid, pid, client_id));
         }
-        async move {
+        futures_util::future::Either::Right(async move {
             answered.await.unwrap_or_else(|_| {
                 Err(tonic::Status::unavailable(
                     "the batch carrying this put was abandoned; its outcome is unknown",
                 ))
             })
-        }
+        })
     }
 }
 
 /// Sends the lane's queue in batches until it is empty.
 async fn send_lane(
     lane: Arc<Mutex<Lane>>,
-    stats: Arc<Mutex<WriteStats>>,
+    (stats, singles): (Arc<Mutex<WriteStats>>, Arc<AtomicBool>),
     tid: u32,
     pid: u32,
     client_id: u64,
@@ -123,11 +146,14 @@ async fn send_lane(
     loop {
         let batch: Vec<Waiting> = {
             let mut queued = lane.lock();
+            // A put whose caller gave up (it retries elsewhere, with the same sequence
+            // number) is not sent.
+            queued.queue.retain(|w| !w.answer.is_closed());
             if queued.queue.is_empty() {
                 queued.senders -= 1;
                 return;
             }
-            let take = queued.queue.len().min(MAX_BATCH_ROWS);
+            let take = batch_len(queued.queue.iter().map(|w| w.row.encoded_len()));
             queued.queue.drain(..take).collect()
         };
         let mut client = batch.last().expect("a batch is never empty").client.clone();
@@ -162,6 +188,16 @@ async fn send_lane(
                     let _ = answer.send(row_answer(result));
                 }
             }
+            // A tablet that predates PutBatch: from now on each put goes alone; these
+            // are retried (same sequence numbers) that way.
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                singles.store(true, Ordering::Relaxed);
+                for answer in answers {
+                    let _ = answer.send(Err(tonic::Status::unavailable(
+                        "the tablet takes no batches; retrying puts one by one",
+                    )));
+                }
+            }
             Err(status) => {
                 for answer in answers {
                     let _ = answer.send(Err(status.clone()));
@@ -169,6 +205,21 @@ async fn send_lane(
             }
         }
     }
+}
+
+/// How many of the queued rows (their encoded sizes, in order) make the next batch: at
+/// most `MAX_BATCH_ROWS` and `MAX_BATCH_BYTES`, and at least one.
+pub(crate) fn batch_len(sizes: impl Iterator<Item = usize>) -> usize {
+    let mut bytes = 0;
+    let mut rows = 0;
+    for size in sizes.take(MAX_BATCH_ROWS) {
+        if rows > 0 && bytes + size > MAX_BATCH_BYTES {
+            break;
+        }
+        bytes += size;
+        rows += 1;
+    }
+    rows
 }
 
 impl Coalescer {
@@ -182,5 +233,24 @@ pub(crate) fn row_answer(result: PutResult) -> PutAnswer {
     match result.error {
         Some(detail) => Err(status_from_detail(detail)),
         None => Ok((result.term, result.offset)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_bounded_by_rows_and_bytes_but_never_empty() {
+        assert_eq!(batch_len([10, 10, 10].into_iter()), 3);
+        assert_eq!(batch_len(std::iter::repeat_n(1, 2000)), MAX_BATCH_ROWS);
+        let half = MAX_BATCH_BYTES / 2;
+        assert_eq!(batch_len([half, half, 1].into_iter()), 2);
+        assert_eq!(
+            batch_len([MAX_BATCH_BYTES * 3, 1].into_iter()),
+            1,
+            "a big row alone"
+        );
+        assert_eq!(batch_len(std::iter::empty()), 0);
     }
 }

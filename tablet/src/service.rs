@@ -76,6 +76,21 @@ impl TabletService {
     }
 }
 
+/// Logs a write. Logging is short (an encode and a write to the page cache), so it runs
+/// on this worker, where a thread hand-off would cost more than the work; under the
+/// `every_write` policy each append waits for a disk flush, so it goes to the blocking
+/// pool.
+async fn log_on_worker(
+    table: &Arc<Table>,
+    log: impl FnOnce(&Table) -> crate::storage::Result<Logged> + Send + 'static,
+) -> Result<Logged, Status> {
+    if table.fsyncs_each_write() {
+        let worker = table.clone();
+        return blocking(move || Ok(log(&worker)?)).await;
+    }
+    log(table).map_err(|e| TabletError::from(e).into())
+}
+
 /// Waits until logged writes are durable and committed, then applies them, in a task of
 /// its own: a caller that goes away (a client hanging up) must not leave them half done,
 /// since applying and this replica's vote in the quorum wait on it. The slots are
@@ -87,13 +102,23 @@ async fn commit_detached(
 ) -> Result<Vec<Result<u64, Status>>, Status> {
     let settle = tokio::spawn(async move {
         let mut outcomes = Vec::with_capacity(logged.len());
-        // In offset order, so the first wait covers most of the rest.
+        // One deadline for the whole batch, so a stalled quorum costs it one timeout,
+        // not one per row. In offset order, so the first wait covers most of the rest.
+        let deadline = tokio::time::Instant::now() + table.quorum_timeout();
         for write in logged {
             outcomes.push(match write {
-                Ok(logged) => table
-                    .commit(&logged)
-                    .await
-                    .map_err(|e| Status::from(TabletError::from(e))),
+                Ok(logged) => {
+                    match tokio::time::timeout_at(deadline, table.commit(&logged)).await {
+                        Ok(committed) => committed.map_err(|e| Status::from(TabletError::from(e))),
+                        Err(_) => Err(Status::from(TabletError::from(
+                            StorageError::OutcomeUnknown(format!(
+                                "offset {} was not committed within {:?}; it may still be applied",
+                                logged.version.offset,
+                                table.quorum_timeout()
+                            )),
+                        ))),
+                    }
+                }
                 Err(status) => Err(status),
             });
         }
@@ -204,9 +229,7 @@ impl Tablet for TabletService {
         let row = values(request.row.as_ref(), "put")?;
         let id = RequestId::from_wire(request.client_id, request.seq);
         let slot = table.write_slots(1).map_err(TabletError::from)?;
-        // Logging is short (an encode and a write to the page cache), so it runs on this
-        // worker: a thread hand-off would cost more than the work.
-        let logged = table.log_put(&row, id).map_err(TabletError::from)?;
+        let logged = log_on_worker(&table, move |t| t.log_put(&row, id)).await?;
         let version = logged.version;
         let mut committed = commit_detached(table, vec![Ok(logged)], slot).await?;
         committed.pop().expect("one result per write")?;
@@ -239,7 +262,19 @@ impl Tablet for TabletService {
                 values.as_ref().ok().map(|v| (v.as_slice(), id))
             })
             .collect();
-        let mut logged_good = table.log_puts(&good).into_iter();
+        let mut logged_good = if table.fsyncs_each_write() {
+            let good: Vec<(Vec<Value>, Option<RequestId>)> =
+                good.into_iter().map(|(v, id)| (v.to_vec(), id)).collect();
+            let worker = table.clone();
+            blocking(move || {
+                let rows: Vec<_> = good.iter().map(|(v, id)| (v.as_slice(), *id)).collect();
+                Ok(worker.log_puts(&rows))
+            })
+            .await?
+        } else {
+            table.log_puts(&good)
+        }
+        .into_iter();
         let logged: Vec<Result<Logged, Status>> = parsed
             .into_iter()
             .map(|values| {
@@ -367,9 +402,7 @@ impl Tablet for TabletService {
         let key = key_values(&request.key)?;
         let id = RequestId::from_wire(request.client_id, request.seq);
         let slot = table.write_slots(1).map_err(TabletError::from)?;
-        let logged = table
-            .log_delete(&request.index, &key, id)
-            .map_err(TabletError::from)?;
+        let logged = log_on_worker(&table, move |t| t.log_delete(&request.index, &key, id)).await?;
         let version = logged.version;
         let mut committed = commit_detached(table, vec![Ok(logged)], slot).await?;
         let deleted = committed.pop().expect("one result per write")?;

@@ -271,10 +271,13 @@ fn writes_beyond_the_bound_are_refused_as_overloaded() {
     let err = table.write_slots(2).unwrap_err();
     assert!(err.to_string().contains("overloaded"), "{err}");
     drop(_second);
-    let _both = table.write_slots(2).expect("two slots for a batch of two");
-    let err = table.write_slots(3).unwrap_err();
-    assert!(matches!(err, StorageError::InvalidArgument(_)), "{err}");
-    assert!(err.to_string().contains("split it"), "{err}");
+    let both = table.write_slots(2).expect("two slots for a batch of two");
+    drop(both);
+    let all = table
+        .write_slots(3)
+        .expect("a batch bigger than the bound takes all of it");
+    assert!(table.write_slots(1).is_err(), "nothing left beside it");
+    drop(all);
 }
 
 /// A batch of puts is logged together, yet each row has its own outcome: a bad row is

@@ -400,8 +400,11 @@ pub struct Binlog {
     last_term: u64,
     durability: Arc<Durability>,
     flusher: Option<JoinHandle<()>>,
-    /// Reused encoding buffer.
+    /// Records staged but not written yet (encoded, in order).
     buf: Vec<u8>,
+    /// (next offset, file length, last term) before the first staged record: where the
+    /// binlog stands again if writing the staged records fails.
+    unstaged: Option<(u64, u64, u64)>,
 }
 
 impl Binlog {
@@ -559,6 +562,7 @@ impl Binlog {
             durability,
             flusher,
             buf: Vec::new(),
+            unstaged: None,
         };
         if binlog.segments[last_index].first_offset > binlog.next_offset {
             return Err(StorageError::Corruption {
@@ -608,6 +612,8 @@ impl Binlog {
             self.write_staged()?;
             self.roll(offset)?;
         }
+        self.unstaged
+            .get_or_insert((self.next_offset, self.file_len, self.last_term));
         encode_record(term, offset, payload, &mut self.buf);
         self.file_len += record_len;
         self.next_offset += 1;
@@ -619,13 +625,20 @@ impl Binlog {
     /// fsyncs it).
     pub fn write_staged(&mut self) -> Result<()> {
         if self.buf.is_empty() {
-            return Ok(());
+            // A write that failed earlier (say, before a roll) is still this one's news.
+            return self.durability.check();
         }
         let written = (&*self.file).write_all(&self.buf);
         self.buf.clear();
+        let unstaged = self.unstaged.take();
         if let Err(e) = written {
             // The file may now hold part of a record: refuse further writes; recovery
-            // truncates the torn tail.
+            // truncates the torn tail. The binlog says it ends where it did before the
+            // staging, so no one is told of records that may not be there.
+            if let Some((next_offset, file_len, last_term)) = unstaged {
+                (self.next_offset, self.file_len, self.last_term) =
+                    (next_offset, file_len, last_term);
+            }
             let reason = format!("write to {} failed: {e}", self.current_path().display());
             self.durability.fail(reason.clone());
             return Err(StorageError::Failed(reason));
@@ -660,7 +673,13 @@ impl Binlog {
     /// Closes the current segment (durably) and starts a new one at `first_offset`.
     fn roll(&mut self, first_offset: u64) -> Result<()> {
         let old = self.current_path().to_path_buf();
-        self.file.sync_data().map_err(io_error(&old))?;
+        if let Err(e) = self.file.sync_data() {
+            // What the old segment holds is of unknown fate: no later fsync may count
+            // it durable.
+            let reason = format!("fsync of {} failed: {e}", old.display());
+            self.durability.fail(reason.clone());
+            return Err(StorageError::Failed(reason));
+        }
         let path = segment_path(&self.dir, first_offset);
         let file = OpenOptions::new()
             .create_new(true)
@@ -709,9 +728,11 @@ impl Binlog {
 
     /// Forces everything appended so far to disk, whatever the policy.
     pub fn sync(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(io_error(self.current_path()))?;
+        if let Err(e) = self.file.sync_data() {
+            let reason = format!("fsync of {} failed: {e}", self.current_path().display());
+            self.durability.fail(reason.clone());
+            return Err(StorageError::Failed(reason));
+        }
         let mut state = self.durability.state.lock();
         state.durable = state.written;
         self.durability.announce();

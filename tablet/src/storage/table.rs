@@ -26,7 +26,7 @@ use tessera_proto::tablet::{
 use tracing::info;
 
 use super::apply::{apply_logged, note_request, Pending, PendingEntry};
-use super::binlog::{Binlog, BinlogOptions, Durability, Record, TornTail};
+use super::binlog::{Binlog, BinlogOptions, Durability, FsyncPolicy, Record, TornTail};
 use super::crashsafe;
 use super::entry::{LogEntry, RequestId};
 use super::error::{io_error, Result, StorageError};
@@ -450,12 +450,15 @@ impl Table {
             .map(|p| p.and_then(|p| self.stage_payload(&mut binlog, p)))
             .collect();
         if let Err(e) = binlog.write_staged() {
-            // Every staged entry shares the failed write; none is durable.
+            // Every staged entry shares the failed write. Those written before a segment
+            // roll may be durable, so their fate is unknown (a retry is deduplicated).
             for outcome in logged
                 .iter_mut()
                 .filter(|l| l.as_ref().is_ok_and(|l| !l.duplicate))
             {
-                *outcome = Err(StorageError::Failed(e.to_string()));
+                *outcome = Err(StorageError::OutcomeUnknown(format!(
+                    "writing the batch failed ({e}); rows of it may have been logged"
+                )));
             }
         } else {
             self.written(&binlog);
@@ -613,16 +616,11 @@ impl Table {
     }
 
     /// Slots for `writes` writes in flight, or an "overloaded" refusal the client may
-    /// retry.
+    /// retry. A batch bigger than the whole bound takes all of it (its size is bounded
+    /// by the request size anyway).
     pub fn write_slots(&self, writes: usize) -> Result<tokio::sync::OwnedSemaphorePermit> {
         let limit = self.options.max_writes_in_flight;
-        if writes > limit {
-            return Err(StorageError::InvalidArgument(format!(
-                "a batch of {writes} writes is more than the {limit} a partition takes in \
-                 flight (max_writes_in_flight); split it"
-            )));
-        }
-        let wanted = u32::try_from(writes.max(1)).unwrap_or(u32::MAX);
+        let wanted = u32::try_from(writes.clamp(1, limit.max(1))).unwrap_or(u32::MAX);
         self.write_slots
             .clone()
             .try_acquire_many_owned(wanted)
@@ -631,6 +629,17 @@ impl Table {
                     "overloaded: {limit} writes are in flight on this partition; retry shortly"
                 ))
             })
+    }
+
+    /// How long a quorum write waits for its commit before its outcome is unknown.
+    pub fn quorum_timeout(&self) -> Duration {
+        self.options.quorum_timeout
+    }
+
+    /// Whether every write fsyncs inside its append (the `every_write` policy), so
+    /// logging one may block for a disk flush.
+    pub fn fsyncs_each_write(&self) -> bool {
+        self.options.binlog.fsync == FsyncPolicy::EveryWrite
     }
 
     pub fn mode(&self) -> ReplicationMode {
