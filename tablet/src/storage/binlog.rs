@@ -961,7 +961,7 @@ impl BinlogReader {
 
     /// Opens the segment holding `next` and skips to it.
     fn position(&mut self) -> Result<std::result::Result<(), ReadError>> {
-        use std::io::{Read, Seek, SeekFrom};
+        use std::io::Read;
         let segments = list_segments(&self.dir)?;
         let Some(segment) = segments.iter().rev().find(|s| s.first_offset <= self.next) else {
             return Ok(Err(ReadError::NotRetained { wanted: self.next }));
@@ -978,8 +978,11 @@ impl BinlogReader {
                 .read_exact(&mut header)
                 .map_err(io_error(&segment.path))?;
             let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+            // Relative to the buffer, so skipping a record is no system call: finding a
+            // record near the end of a full segment reads the file once, sequentially
+            // (a failover opens readers at the log's end).
             reader
-                .seek(SeekFrom::Current(i64::from(len)))
+                .seek_relative(i64::from(len))
                 .map_err(io_error(&segment.path))?;
             offset += 1;
         }
