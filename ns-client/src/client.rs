@@ -13,7 +13,8 @@ use tessera_proto::common::Row;
 use tessera_proto::nameserver::TableInfo;
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{
-    BatchRow, CountRequest, DeleteRequest, GetRequest, PreviewRequest, PutBatchRequest, ScanRequest,
+    BatchRow, CountRequest, DeleteRequest, GetRequest, PreviewRequest, PutBatchRequest, PutRequest,
+    PutResult, ScanRequest,
 };
 use tonic::transport::Channel;
 use tracing::debug;
@@ -609,7 +610,30 @@ impl Client {
                         .collect(),
                 };
                 async move {
-                    let results = client.put_batch(request).await?.into_inner().results;
+                    let results = match client.put_batch(request).await {
+                        Ok(answer) => answer.into_inner().results,
+                        // A tablet that predates PutBatch (a rolling upgrade): row by row.
+                        Err(status) if status.code() == tonic::Code::Unimplemented => {
+                            let mut results = Vec::with_capacity(pending.len());
+                            for &r in &pending {
+                                let put = PutRequest {
+                                    tid,
+                                    pid,
+                                    row: Some(rows[r].1.clone()),
+                                    client_id: self.client_id,
+                                    seq: rows[r].2,
+                                };
+                                let answer = client.put(put).await?.into_inner();
+                                results.push(PutResult {
+                                    error: None,
+                                    term: answer.term,
+                                    offset: answer.offset,
+                                });
+                            }
+                            results
+                        }
+                        Err(status) => return Err(status),
+                    };
                     if results.len() != pending.len() {
                         return Err(tonic::Status::internal(format!(
                             "a batch of {} rows got {} answers",
