@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use prost::Message;
-use tessera_common::wire_error::{code_of, ErrorCode};
+use tessera_common::wire_error::{code_of, ErrorCode, ErrorDetail};
 use tessera_common::{key, Schema, Value};
 use tessera_proto::common::Row;
 use tessera_proto::nameserver::TableInfo;
@@ -623,12 +623,35 @@ impl Client {
                                     client_id: self.client_id,
                                     seq: rows[r].2,
                                 };
-                                let answer = client.put(put).await?.into_inner();
-                                results.push(PutResult {
-                                    error: None,
-                                    term: answer.term,
-                                    offset: answer.offset,
+                                // A failure answers this row; the rows before it keep
+                                // their answers, and the retry sends the rest.
+                                results.push(match client.put(put).await {
+                                    Ok(answer) => PutResult {
+                                        error: None,
+                                        term: answer.get_ref().term,
+                                        offset: answer.get_ref().offset,
+                                    },
+                                    Err(status) => PutResult {
+                                        error: Some(
+                                            tessera_common::wire_error::detail_of(&status)
+                                                .unwrap_or_else(|| ErrorDetail {
+                                                    code: ErrorCode::Unspecified as i32,
+                                                    message: status.message().to_string(),
+                                                    ..Default::default()
+                                                }),
+                                        ),
+                                        term: 0,
+                                        offset: 0,
+                                    },
                                 });
+                                if results.last().is_some_and(|r| r.error.is_some()) {
+                                    break;
+                                }
+                            }
+                            // Unsent rows get the failure too, so every row is answered.
+                            while results.len() < pending.len() {
+                                let failed = results.last().cloned().expect("a failed row");
+                                results.push(failed);
                             }
                             results
                         }

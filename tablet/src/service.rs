@@ -24,7 +24,7 @@ use crate::replication::leader::Replicators;
 use crate::replication::transfer;
 use crate::storage::entry::RequestId;
 use crate::storage::replica::{AppendOutcome, FollowerChange, RoleChange};
-use crate::storage::table::RowAt;
+use crate::storage::table::{RowAt, Version};
 use crate::storage::{Logged, StorageError, Table};
 use crate::watchdog::Reporter;
 
@@ -76,58 +76,57 @@ impl TabletService {
     }
 }
 
-/// Logs a write. Logging is short (an encode and a write to the page cache), so it runs
-/// on this worker, where a thread hand-off would cost more than the work; under the
-/// `every_write` policy each append waits for a disk flush, so it goes to the blocking
-/// pool.
-async fn log_on_worker(
-    table: &Arc<Table>,
-    log: impl FnOnce(&Table) -> crate::storage::Result<Logged> + Send + 'static,
-) -> Result<Logged, Status> {
-    if table.fsyncs_each_write() {
-        let worker = table.clone();
-        return blocking(move || Ok(log(&worker)?)).await;
-    }
-    log(table).map_err(|e| TabletError::from(e).into())
+/// A write's version once logged (`None` if it was refused before), and its outcome:
+/// the rows it removed, or why it failed.
+type Settled = Vec<(Option<Version>, Result<u64, Status>)>;
+
+fn storage_status(e: StorageError) -> Status {
+    TabletError::from(e).into()
 }
 
-/// Waits until logged writes are durable and committed, then applies them, in a task of
-/// its own: a caller that goes away (a client hanging up) must not leave them half done,
-/// since applying and this replica's vote in the quorum wait on it. The slots are
-/// released once every write is settled. A write that failed to log keeps its error.
-async fn commit_detached(
+/// Logs writes, waits until they are durable and committed, and applies them, all in a
+/// task of its own: a caller that goes away (a client hanging up) must not leave a
+/// logged write half done, since applying it and this replica's vote in the quorum wait
+/// on the rest. The slots are released once every write is settled.
+///
+/// Logging is short (an encode and a write to the page cache), so it runs on the async
+/// worker, where a thread hand-off would cost more than the work; under the
+/// `every_write` policy each append waits for a disk flush, so it goes to the blocking
+/// pool. The quorum waits share one deadline, so a stalled quorum costs a batch one
+/// timeout, not one per row.
+async fn log_and_commit(
     table: Arc<Table>,
-    logged: Vec<Result<Logged, Status>>,
     slots: tokio::sync::OwnedSemaphorePermit,
-) -> Result<Vec<Result<u64, Status>>, Status> {
+    log: impl FnOnce(&Table) -> Vec<Result<Logged, Status>> + Send + 'static,
+) -> Result<Settled, Status> {
     let settle = tokio::spawn(async move {
-        let mut outcomes = Vec::with_capacity(logged.len());
-        // One deadline for the whole batch, so a stalled quorum costs it one timeout,
-        // not one per row. In offset order, so the first wait covers most of the rest.
+        let logged = if table.fsyncs_each_write() {
+            let worker = table.clone();
+            tokio::task::spawn_blocking(move || log(&worker))
+                .await
+                .map_err(|e| Status::internal(format!("storage task failed: {e}")))?
+        } else {
+            log(&table)
+        };
         let deadline = tokio::time::Instant::now() + table.quorum_timeout();
+        let mut settled = Vec::with_capacity(logged.len());
+        // In offset order, so the first wait covers most of the rest.
         for write in logged {
-            outcomes.push(match write {
+            settled.push(match write {
                 Ok(logged) => {
-                    match tokio::time::timeout_at(deadline, table.commit(&logged)).await {
-                        Ok(committed) => committed.map_err(|e| Status::from(TabletError::from(e))),
-                        Err(_) => Err(Status::from(TabletError::from(
-                            StorageError::OutcomeUnknown(format!(
-                                "offset {} was not committed within {:?}; it may still be applied",
-                                logged.version.offset,
-                                table.quorum_timeout()
-                            )),
-                        ))),
-                    }
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let outcome = table.commit_within(&logged, left).await;
+                    (Some(logged.version), outcome.map_err(storage_status))
                 }
-                Err(status) => Err(status),
+                Err(status) => (None, Err(status)),
             });
         }
         drop(slots);
-        outcomes
+        Ok(settled)
     });
     settle
         .await
-        .map_err(|e| Status::internal(format!("commit task failed: {e}")))
+        .map_err(|e| Status::internal(format!("commit task failed: {e}")))?
 }
 
 /// Runs storage work off the async workers.
@@ -229,10 +228,14 @@ impl Tablet for TabletService {
         let row = values(request.row.as_ref(), "put")?;
         let id = RequestId::from_wire(request.client_id, request.seq);
         let slot = table.write_slots(1).map_err(TabletError::from)?;
-        let logged = log_on_worker(&table, move |t| t.log_put(&row, id)).await?;
-        let version = logged.version;
-        let mut committed = commit_detached(table, vec![Ok(logged)], slot).await?;
-        committed.pop().expect("one result per write")?;
+        let (version, committed) = log_and_commit(table, slot, move |t| {
+            vec![t.log_put(&row, id).map_err(storage_status)]
+        })
+        .await?
+        .pop()
+        .expect("one outcome per write");
+        committed?;
+        let version = version.expect("a committed write was logged");
         Ok(Response::new(PutResponse {
             term: version.term,
             offset: version.offset,
@@ -249,52 +252,36 @@ impl Tablet for TabletService {
             .write_slots(request.rows.len())
             .map_err(TabletError::from)?;
         // Rows that do not parse keep their error; the others are logged together.
-        let parsed: Vec<Result<Vec<Value>, Status>> = request
+        let client_id = request.client_id;
+        let parsed: Vec<_> = request
             .rows
-            .iter()
-            .map(|row| values(row.row.as_ref(), "put"))
-            .collect();
-        let good: Vec<_> = parsed
-            .iter()
-            .zip(&request.rows)
-            .filter_map(|(values, row)| {
-                let id = RequestId::from_wire(request.client_id, row.seq);
-                values.as_ref().ok().map(|v| (v.as_slice(), id))
-            })
-            .collect();
-        let mut logged_good = if table.fsyncs_each_write() {
-            let good: Vec<(Vec<Value>, Option<RequestId>)> =
-                good.into_iter().map(|(v, id)| (v.to_vec(), id)).collect();
-            let worker = table.clone();
-            blocking(move || {
-                let rows: Vec<_> = good.iter().map(|(v, id)| (v.as_slice(), *id)).collect();
-                Ok(worker.log_puts(&rows))
-            })
-            .await?
-        } else {
-            table.log_puts(&good)
-        }
-        .into_iter();
-        let logged: Vec<Result<Logged, Status>> = parsed
             .into_iter()
-            .map(|values| {
-                values.and_then(|_| {
-                    logged_good
+            .map(|row| {
+                let id = RequestId::from_wire(client_id, row.seq);
+                (values(row.row.as_ref(), "put"), id)
+            })
+            .collect();
+        let settled = log_and_commit(table, slots, move |t| {
+            let good: Vec<_> = parsed
+                .iter()
+                .filter_map(|(values, id)| values.as_ref().ok().map(|v| (v.as_slice(), *id)))
+                .collect();
+            let mut logged_good = t.log_puts(&good).into_iter();
+            parsed
+                .iter()
+                .map(|(values, _)| match values {
+                    Ok(_) => logged_good
                         .next()
                         .expect("one outcome per parsed row")
-                        .map_err(|e| Status::from(TabletError::from(e)))
+                        .map_err(storage_status),
+                    Err(status) => Err(status.clone()),
                 })
-            })
-            .collect();
-        let versions: Vec<_> = logged
-            .iter()
-            .map(|l| l.as_ref().map(|l| l.version).ok())
-            .collect();
-        let committed = commit_detached(table, logged, slots).await?;
-        let results = committed
+                .collect()
+        })
+        .await?;
+        let results = settled
             .into_iter()
-            .zip(versions)
-            .map(|(outcome, version)| match (outcome, version) {
+            .map(|(version, outcome)| match (outcome, version) {
                 (Ok(_), Some(version)) => PutResult {
                     error: None,
                     term: version.term,
@@ -402,10 +389,16 @@ impl Tablet for TabletService {
         let key = key_values(&request.key)?;
         let id = RequestId::from_wire(request.client_id, request.seq);
         let slot = table.write_slots(1).map_err(TabletError::from)?;
-        let logged = log_on_worker(&table, move |t| t.log_delete(&request.index, &key, id)).await?;
-        let version = logged.version;
-        let mut committed = commit_detached(table, vec![Ok(logged)], slot).await?;
-        let deleted = committed.pop().expect("one result per write")?;
+        let (version, deleted) = log_and_commit(table, slot, move |t| {
+            vec![t
+                .log_delete(&request.index, &key, id)
+                .map_err(storage_status)]
+        })
+        .await?
+        .pop()
+        .expect("one outcome per write");
+        let deleted = deleted?;
+        let version = version.expect("a committed write was logged");
         Ok(Response::new(DeleteResponse {
             deleted,
             term: version.term,

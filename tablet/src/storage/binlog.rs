@@ -681,12 +681,21 @@ impl Binlog {
             return Err(StorageError::Failed(reason));
         }
         let path = segment_path(&self.dir, first_offset);
-        let file = OpenOptions::new()
+        let opened = OpenOptions::new()
             .create_new(true)
             .append(true)
             .open(&path)
-            .map_err(io_error(&path))?;
-        crashsafe::fsync_dir(&self.dir)?;
+            .map_err(io_error(&path));
+        // Without its next segment the binlog cannot go on (a retry would find the file
+        // already there): refuse further writes, as after a failed write.
+        let file = match opened.and_then(|file| crashsafe::fsync_dir(&self.dir).map(|()| file)) {
+            Ok(file) => file,
+            Err(e) => {
+                self.durability
+                    .fail(format!("starting segment {}: {e}", path.display()));
+                return Err(e);
+            }
+        };
         self.file = Arc::new(file);
         self.file_len = 0;
         self.segments.push(Segment {

@@ -435,10 +435,14 @@ impl Table {
     /// entry instead.
     fn write_payload(&self, prepared: Prepared) -> Result<Logged> {
         let mut binlog = self.writer.lock();
-        let logged = self.stage_payload(&mut binlog, prepared);
+        let logged = self.stage_payload(&mut binlog, prepared)?;
+        if logged.duplicate {
+            // Nothing was staged.
+            return Ok(logged);
+        }
         binlog.write_staged()?;
         self.written(&binlog);
-        logged
+        Ok(logged)
     }
 
     /// [`Table::write_payload`] for many entries, under one hold of the writer lock and
@@ -571,15 +575,18 @@ impl Table {
     /// Waits until a logged write is durable here and committed (quorum mode), without
     /// holding a thread, and applies it. Returns the rows it removed (deletes).
     pub async fn commit(&self, logged: &Logged) -> Result<u64> {
+        self.commit_within(logged, self.options.quorum_timeout)
+            .await
+    }
+
+    /// [`Table::commit`] giving the quorum at most `quorum_wait` (the durability wait is
+    /// not bounded: a write is not given up on while the local disk still has it).
+    pub async fn commit_within(&self, logged: &Logged, quorum_wait: Duration) -> Result<u64> {
         self.durability.wait_async(logged.version.offset).await?;
         self.quorum.set_local(self.durability.durable_offset());
         if self.mode() == ReplicationMode::Quorum {
             self.quorum
-                .wait(
-                    logged.version.offset,
-                    logged.leading_term,
-                    self.options.quorum_timeout,
-                )
+                .wait(logged.version.offset, logged.leading_term, quorum_wait)
                 .await
                 .map_err(|e| self.commit_error(logged, e))?;
         }
