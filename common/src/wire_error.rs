@@ -41,6 +41,16 @@ pub fn detail_of(status: &Status) -> Option<ErrorDetail> {
 }
 
 /// The structured code of a status, `Unspecified` when there is none.
+/// The detail a status carries, or one of `code` with its message when it carries none
+/// (a transport error, a status from elsewhere).
+pub fn detail_or(status: &Status, code: ErrorCode) -> ErrorDetail {
+    detail_of(status).unwrap_or_else(|| ErrorDetail {
+        code: code as i32,
+        message: status.message().to_string(),
+        ..Default::default()
+    })
+}
+
 pub fn code_of(status: &Status) -> ErrorCode {
     detail_of(status).map_or(ErrorCode::Unspecified, |d| d.code())
 }
@@ -76,5 +86,11 @@ mod tests {
             ErrorCode::TableNotFound
         );
         assert_eq!(code_of(&Status::internal("plain")), ErrorCode::Unspecified);
+        let plain = detail_or(&Status::internal("plain"), ErrorCode::Internal);
+        assert_eq!(
+            (plain.code(), plain.message.as_str()),
+            (ErrorCode::Internal, "plain")
+        );
+        assert_eq!(detail_or(&s, ErrorCode::Internal).column, "v");
     }
 }

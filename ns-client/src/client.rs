@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use prost::Message;
-use tessera_common::wire_error::{code_of, ErrorCode, ErrorDetail};
+use tessera_common::wire_error::{code_of, detail_or, ErrorCode};
 use tessera_common::{key, Schema, Value};
 use tessera_proto::common::Row;
 use tessera_proto::nameserver::TableInfo;
@@ -632,14 +632,7 @@ impl Client {
                                         offset: answer.get_ref().offset,
                                     },
                                     Err(status) => PutResult {
-                                        error: Some(
-                                            tessera_common::wire_error::detail_of(&status)
-                                                .unwrap_or_else(|| ErrorDetail {
-                                                    code: ErrorCode::Unspecified as i32,
-                                                    message: status.message().to_string(),
-                                                    ..Default::default()
-                                                }),
-                                        ),
+                                        error: Some(detail_or(&status, ErrorCode::Unspecified)),
                                         term: 0,
                                         offset: 0,
                                     },

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use tessera_common::wire_error::{self, ErrorCode, ErrorDetail};
+use tessera_common::wire_error::{self, ErrorCode};
 use tessera_common::Value;
 use tessera_proto::common::Row;
 use tessera_proto::tablet::tablet_server::Tablet;
@@ -288,13 +288,7 @@ impl Tablet for TabletService {
                     offset: version.offset,
                 },
                 (Err(status), _) => PutResult {
-                    error: Some(
-                        wire_error::detail_of(&status).unwrap_or_else(|| ErrorDetail {
-                            code: ErrorCode::Internal as i32,
-                            message: status.message().to_string(),
-                            ..Default::default()
-                        }),
-                    ),
+                    error: Some(wire_error::detail_or(&status, ErrorCode::Internal)),
                     term: 0,
                     offset: 0,
                 },
