@@ -27,6 +27,8 @@ pub struct TabletConfig {
     pub binlog_group_commit_interval_ms: u64,
     /// `group`: fsync at once when this many writes are waiting.
     pub binlog_group_commit_max_records: u64,
+    /// `group`: threads that fsync binlogs, shared by every replica on the tablet.
+    pub binlog_flush_threads: usize,
     /// Largest encoded row a put accepts.
     pub max_row_size: usize,
     /// How often expired entries are collected.
@@ -56,6 +58,7 @@ impl Default for TabletConfig {
             binlog_segment_size: binlog.segment_size,
             binlog_group_commit_interval_ms: binlog.group_commit_interval.as_millis() as u64,
             binlog_group_commit_max_records: binlog.group_commit_max_records,
+            binlog_flush_threads: 2,
             max_row_size: 16 << 20,
             gc_interval_secs: 60,
             scan_max_rows: 100_000,
@@ -84,6 +87,12 @@ impl TabletConfig {
             return Err(format!(
                 "binlog_segment_size {} is below the minimum of 4096 bytes",
                 self.binlog_segment_size
+            ));
+        }
+        if !(1..=64).contains(&self.binlog_flush_threads) {
+            return Err(format!(
+                "binlog_flush_threads {} must be between 1 and 64",
+                self.binlog_flush_threads
             ));
         }
         if self.max_row_size == 0 || self.max_row_size > 512 << 20 {
@@ -131,6 +140,7 @@ impl TabletConfig {
                     self.binlog_group_commit_interval_ms,
                 ),
                 group_commit_max_records: self.binlog_group_commit_max_records,
+                flush_pool: crate::storage::FlushPool::new(self.binlog_flush_threads),
             },
             max_row_size: self.max_row_size,
             quorum_timeout: std::time::Duration::from_millis(self.quorum_timeout_ms),

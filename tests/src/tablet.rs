@@ -99,6 +99,11 @@ impl TabletProcess {
             .max_encoding_message_size(256 << 20)
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("tablet is running").id()
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -81,6 +81,79 @@ async fn acknowledged_rows_survive_kill9(fsync: &str) {
     workload::assert_all_acked_present(&mut client, 1, 0, 0, &acked).await;
 }
 
+/// Threads of a process by name (`/proc/PID/task/*/comm`).
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the tablet's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+/// Binlog flushers are a pool shared by the tablet's replicas: writing to many
+/// partitions at once does not give the process a thread per replica, and every
+/// partition's writes are acknowledged and survive `kill -9`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_partitions_share_the_flusher_threads() {
+    const PARTITIONS: u32 = 48;
+    let dir = tempfile::tempdir().unwrap();
+    let mut tablet = TabletProcess::start(dir.path(), &["--binlog_flush_threads=2"]).await;
+    let mut client = tablet.client().await;
+    for pid in 0..PARTITIONS {
+        let meta = TableMeta {
+            partition_num: PARTITIONS,
+            ..meta(3, pid)
+        };
+        client
+            .create_table(CreateTableRequest { meta: Some(meta) })
+            .await
+            .expect("create table");
+    }
+    let mut puts = Vec::new();
+    for pid in 0..PARTITIONS {
+        let mut client = client.clone();
+        puts.push(tokio::spawn(async move {
+            for seq in 0..20 {
+                client
+                    .put(workload::put_request(3, pid, u64::from(pid), seq))
+                    .await
+                    .expect("put acknowledged");
+            }
+        }));
+    }
+    for put in puts {
+        put.await.unwrap();
+    }
+    let names = thread_names(tablet.pid());
+    let flushers = names
+        .iter()
+        .filter(|n| n.as_str() == "binlog-flush")
+        .count();
+    assert!(
+        (1..=2).contains(&flushers),
+        "{flushers} flusher threads for {PARTITIONS} written partitions"
+    );
+    assert!(
+        names.len() < PARTITIONS as usize,
+        "{} threads for {PARTITIONS} partitions: {names:?}",
+        names.len()
+    );
+
+    tablet.kill9();
+    tablet.restart().await;
+    let mut client = tablet.client().await;
+    let tables = client
+        .get_table_status(GetTableStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .tables;
+    assert_eq!(tables.len(), PARTITIONS as usize);
+    for table in &tables {
+        assert_eq!(table.record_count, 20, "partition {}", table.pid);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_rows_survive_kill9_with_every_write() {
     acknowledged_rows_survive_kill9("every_write").await;

@@ -41,6 +41,9 @@ struct Flags {
     /// Size in bytes at which a binlog segment is rolled.
     #[arg(long)]
     binlog_segment_size: Option<u64>,
+    /// Threads that fsync binlogs under `group`, shared by every replica (default 2).
+    #[arg(long)]
+    binlog_flush_threads: Option<usize>,
     /// Largest encoded row a put accepts, in bytes (default 16 MiB).
     #[arg(long)]
     max_row_size: Option<usize>,
@@ -83,6 +86,7 @@ fn config_from(flags: Flags) -> anyhow::Result<TabletConfig> {
         zk_session_timeout => zk_session_timeout_ms,
         binlog_fsync => binlog_fsync,
         binlog_segment_size => binlog_segment_size,
+        binlog_flush_threads => binlog_flush_threads,
         max_row_size => max_row_size,
         gc_interval => gc_interval_secs,
         quorum_timeout => quorum_timeout_ms,

@@ -20,14 +20,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::crashsafe;
+pub use super::durability::{Durability, FlushPool};
 use super::error::{io_error, Result, StorageError};
 
 pub const RECORD_HEADER_LEN: usize = 24;
@@ -76,6 +75,8 @@ pub struct BinlogOptions {
     pub group_commit_interval: Duration,
     /// `group`: fsync at once when this many records are waiting.
     pub group_commit_max_records: u64,
+    /// `group`: the flusher threads, shared by every binlog given the same pool.
+    pub flush_pool: FlushPool,
 }
 
 impl Default for BinlogOptions {
@@ -85,6 +86,7 @@ impl Default for BinlogOptions {
             segment_size: 64 << 20,
             group_commit_interval: Duration::ZERO,
             group_commit_max_records: 256,
+            flush_pool: FlushPool::default(),
         }
     }
 }
@@ -246,147 +248,6 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>> {
     Ok(segments)
 }
 
-/// Shared between writers, waiters and the group-commit flusher.
-#[derive(Debug, Default)]
-struct DurableState {
-    /// Last offset handed to the OS.
-    written: u64,
-    /// Last offset known to be durable under the policy.
-    durable: u64,
-    /// The segment the flusher must fsync to cover `written`.
-    file: Option<Arc<File>>,
-    /// Set by a failed write or fsync; every later append and wait fails.
-    failure: Option<String>,
-    shutdown: bool,
-}
-
-/// Tracks how far the binlog is durable and lets writers wait for it, blocking a thread
-/// or (on the async path, where a put should not cost a thread hand-off) as a future.
-#[derive(Debug, Default)]
-pub struct Durability {
-    state: Mutex<DurableState>,
-    /// Signalled when `durable` advances or the binlog fails.
-    advanced: Condvar,
-    /// The same news for async waiters: bumped whenever `advanced` is signalled.
-    advanced_async: tokio::sync::watch::Sender<u64>,
-    /// Signalled when `written` advances or on shutdown, to wake the flusher.
-    pending: Condvar,
-}
-
-impl DurableState {
-    /// `Some` once waiting for `offset` is over: durable, or never going to be.
-    fn reached(&self, offset: u64) -> Option<Result<()>> {
-        if let Some(failure) = &self.failure {
-            return Some(Err(StorageError::Failed(failure.clone())));
-        }
-        if self.durable >= offset {
-            return Some(Ok(()));
-        }
-        if self.shutdown && self.written == self.durable {
-            return Some(Err(StorageError::Failed("binlog closed".into())));
-        }
-        None
-    }
-}
-
-impl Durability {
-    /// Blocks until `offset` is durable under the binlog's policy.
-    pub fn wait(&self, offset: u64) -> Result<()> {
-        let mut state = self.state.lock();
-        loop {
-            if let Some(done) = state.reached(offset) {
-                return done;
-            }
-            self.advanced.wait(&mut state);
-        }
-    }
-
-    /// As [`Durability::wait`], without holding a thread.
-    pub async fn wait_async(&self, offset: u64) -> Result<()> {
-        // Subscribed before looking, so news after the look is not missed.
-        let mut news = self.advanced_async.subscribe();
-        loop {
-            if let Some(done) = self.state.lock().reached(offset) {
-                return done;
-            }
-            // The sender lives as long as `self`, so this cannot fail.
-            let _ = news.changed().await;
-        }
-    }
-
-    /// Wakes every waiter, blocking or async, to look at the state again.
-    fn announce(&self) {
-        self.advanced.notify_all();
-        self.advanced_async
-            .send_modify(|bumps| *bumps = bumps.wrapping_add(1));
-    }
-
-    pub fn durable_offset(&self) -> u64 {
-        self.state.lock().durable
-    }
-
-    /// Why the binlog refuses writes, if a write or fsync failed.
-    pub fn failure(&self) -> Option<String> {
-        self.state.lock().failure.clone()
-    }
-
-    fn fail(&self, reason: String) {
-        let mut state = self.state.lock();
-        state.failure.get_or_insert(reason);
-        self.announce();
-    }
-
-    fn check(&self) -> Result<()> {
-        let state = self.state.lock();
-        match &state.failure {
-            Some(failure) => Err(StorageError::Failed(failure.clone())),
-            None if state.shutdown => Err(StorageError::Failed("binlog closed".into())),
-            None => Ok(()),
-        }
-    }
-}
-
-/// The group-commit loop: fsync whatever has been written, coalescing writers.
-fn run_flusher(durability: Arc<Durability>, interval: Duration, max_records: u64) {
-    let mut state = durability.state.lock();
-    loop {
-        while state.written == state.durable && !state.shutdown && state.failure.is_none() {
-            durability.pending.wait(&mut state);
-        }
-        if state.failure.is_some() || (state.shutdown && state.written == state.durable) {
-            return;
-        }
-        // Optionally give other writers a moment to join this fsync. Without an
-        // interval, batches form by themselves from the writes that arrive while the
-        // previous fsync runs.
-        let deadline = Instant::now() + interval;
-        while !interval.is_zero() && state.written - state.durable < max_records && !state.shutdown
-        {
-            if durability
-                .pending
-                .wait_until(&mut state, deadline)
-                .timed_out()
-            {
-                break;
-            }
-        }
-        let target = state.written;
-        let Some(file) = state.file.clone() else {
-            return;
-        };
-        drop(state);
-        let synced = file.sync_data();
-        state = durability.state.lock();
-        match synced {
-            Ok(()) => state.durable = state.durable.max(target),
-            Err(e) => {
-                state.failure.get_or_insert(format!("fsync failed: {e}"));
-            }
-        }
-        durability.announce();
-    }
-}
-
 /// The writable binlog of one replica. Not internally locked for appends: the table
 /// serialises writers, since offsets must be assigned and applied in order.
 pub struct Binlog {
@@ -399,7 +260,6 @@ pub struct Binlog {
     next_offset: u64,
     last_term: u64,
     durability: Arc<Durability>,
-    flusher: Option<JoinHandle<()>>,
     /// Records staged but not written yet (encoded, in order).
     buf: Vec<u8>,
     /// (next offset, file length, last term) before the first staged record: where the
@@ -533,24 +393,12 @@ impl Binlog {
         let last_index = segments.len() - 1;
         let last = &segments[last_index];
         let file = Arc::new(crashsafe::open_append(&last.path)?);
-        let durability = Arc::new(Durability::default());
-        {
-            let mut state = durability.state.lock();
-            state.written = report.last_offset;
-            state.durable = report.last_offset;
-            state.file = Some(file.clone());
-        }
-        let flusher = (options.fsync == FsyncPolicy::Group).then(|| {
-            let durability = durability.clone();
-            let (interval, max) = (
-                options.group_commit_interval,
-                options.group_commit_max_records.max(1),
-            );
-            std::thread::Builder::new()
-                .name("binlog-flush".into())
-                .spawn(move || run_flusher(durability, interval, max))
-                .expect("spawn binlog flusher")
-        });
+        let durability = Arc::new(Durability::new(
+            report.last_offset,
+            file.clone(),
+            options.group_commit_interval,
+            options.group_commit_max_records,
+        ));
         let binlog = Binlog {
             dir: dir.to_path_buf(),
             options,
@@ -560,7 +408,6 @@ impl Binlog {
             next_offset: report.last_offset + 1,
             last_term: report.last_term,
             durability,
-            flusher,
             buf: Vec::new(),
             unstaged: None,
         };
@@ -651,23 +498,12 @@ impl Binlog {
                     self.durability.fail(reason.clone());
                     return Err(StorageError::Failed(reason));
                 }
-                self.publish(last, true);
+                self.durability.written_durably(last);
             }
-            FsyncPolicy::Group => self.publish(last, false),
-            FsyncPolicy::None => self.publish(last, true),
+            FsyncPolicy::Group => self.durability.written(last, &self.options.flush_pool)?,
+            FsyncPolicy::None => self.durability.written_durably(last),
         }
         Ok(())
-    }
-
-    fn publish(&self, offset: u64, durable: bool) {
-        let mut state = self.durability.state.lock();
-        state.written = offset;
-        if durable {
-            state.durable = offset;
-            self.durability.announce();
-        } else {
-            self.durability.pending.notify_one();
-        }
     }
 
     /// Closes the current segment (durably) and starts a new one at `first_offset`.
@@ -771,7 +607,7 @@ impl Binlog {
         self.durability.state.lock().shutdown
     }
 
-    /// Stops the flusher after a last fsync. Idempotent.
+    /// Refuses further writes after a last fsync. Idempotent.
     pub fn close(&mut self) -> Result<()> {
         // Nothing is staged between calls, but a record staged is a record promised.
         let _ = self.write_staged();
@@ -783,11 +619,7 @@ impl Binlog {
         {
             let mut state = self.durability.state.lock();
             state.shutdown = true;
-            self.durability.pending.notify_all();
             self.durability.announce();
-        }
-        if let Some(flusher) = self.flusher.take() {
-            let _ = flusher.join();
         }
         synced
     }
@@ -1068,6 +900,7 @@ impl BinlogReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parking_lot::Mutex;
 
     fn options(fsync: FsyncPolicy, segment_size: u64) -> BinlogOptions {
         BinlogOptions {

@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod binlog;
 pub mod crashsafe;
+pub mod durability;
 pub mod entry;
 pub mod error;
 pub mod memtable;
@@ -13,5 +14,6 @@ pub mod snapshot;
 pub mod table;
 
 pub use binlog::{BinlogOptions, FsyncPolicy};
+pub use durability::{Durability, FlushPool};
 pub use error::{Result, StorageError};
 pub use table::{Logged, Table, TableOptions};
