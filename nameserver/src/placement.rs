@@ -14,7 +14,17 @@ pub enum PlacementError {
     NotEnoughTablets { replica_num: u32, healthy: usize },
     #[error("partitionnum and replicanum must be at least 1")]
     Zero,
+    #[error(
+        "partitionnum {partition_num} is more than the most a table may have, {MAX_PARTITION_NUM}"
+    )]
+    TooManyPartitions { partition_num: u32 },
 }
+
+/// The most partitions a table may have. A table's metadata is one ZooKeeper node (at
+/// most 1 MB), which this keeps well inside even with every partition carrying an
+/// unavailable reason during an outage; it also bounds what a bad request can make the
+/// nameserver allocate.
+pub const MAX_PARTITION_NUM: u32 = 1024;
 
 fn host_of(endpoint: &str) -> &str {
     endpoint.rsplit_once(':').map_or(endpoint, |(host, _)| host)
@@ -31,6 +41,9 @@ pub fn place(
 ) -> Result<Vec<Vec<String>>, PlacementError> {
     if partition_num == 0 || replica_num == 0 {
         return Err(PlacementError::Zero);
+    }
+    if partition_num > MAX_PARTITION_NUM {
+        return Err(PlacementError::TooManyPartitions { partition_num });
     }
     if replica_num as usize > healthy.len() {
         return Err(PlacementError::NotEnoughTablets {
@@ -120,6 +133,18 @@ mod tests {
         assert_eq!(
             place(&eps(&["h:1"]), 0, 1, &BTreeMap::new()).unwrap_err(),
             PlacementError::Zero
+        );
+        assert_eq!(
+            place(&eps(&["h:1"]), u32::MAX, 1, &BTreeMap::new()).unwrap_err(),
+            PlacementError::TooManyPartitions {
+                partition_num: u32::MAX
+            }
+        );
+        assert_eq!(
+            place(&eps(&["h:1"]), MAX_PARTITION_NUM, 1, &BTreeMap::new())
+                .unwrap()
+                .len(),
+            MAX_PARTITION_NUM as usize
         );
     }
 }

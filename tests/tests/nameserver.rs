@@ -225,6 +225,18 @@ async fn nameservers_elect_place_create_show_and_fail_over() {
         "{}",
         too_many.message()
     );
+    // A request that would make the nameserver allocate without bound is refused, and
+    // the nameserver is still there to answer the next one.
+    let huge = ns
+        .create_table(create_request("t3", 4_000_000_000, 1))
+        .await
+        .unwrap_err();
+    assert!(
+        huge.message()
+            .contains("partitionnum 4000000000 is more than the most a table may have"),
+        "{}",
+        huge.message()
+    );
     let exists = ns
         .create_table(create_request("t1", 1, 1))
         .await
