@@ -70,7 +70,7 @@ while read -r endpoint _; do
     "${common[@]}" ${NAMESERVER_ARGS:-}
 done < <(section nameserver)
 
-while read -r endpoint _; do
+while read -r endpoint job_data_dir; do
   is_local "${endpoint%:*}" || continue
   if [[ ! -x $TESSERA_BIN/tessera-taskmanager ]]; then
     echo "  taskmanager-${endpoint##*:} skipped: $TESSERA_BIN/tessera-taskmanager is not built"
@@ -78,7 +78,7 @@ while read -r endpoint _; do
   fi
   # shellcheck disable=SC2086
   start "taskmanager-${endpoint##*:}" "$TESSERA_BIN/tessera-taskmanager" --endpoint="$endpoint" \
-    "${common[@]}" ${TASKMANAGER_ARGS:-}
+    --job_data_dir="${job_data_dir:-$RUN_DIR/job_data}" "${common[@]}" ${TASKMANAGER_ARGS:-}
 done < <(section taskmanager)
 
 echo "$started processes started. ZooKeeper: $ZK$ZK_ROOT_PATH"

@@ -31,8 +31,8 @@ $zk $dir/zookeeper
 127.0.0.1:9528 $dir/tablet-9528
 127.0.0.1:9529 $dir/tablet-9529
 [taskmanager]
-127.0.0.1:9902
-127.0.0.1:9903
+127.0.0.1:9902 $dir/job_data
+127.0.0.1:9903 $dir/job_data
 HOSTS
   cat >"$dir/conf/tessera.env" <<ENV
 ZK_ROOT_PATH=/tessera
@@ -127,10 +127,11 @@ Tessera playground is up (everything under $dir):
   ZooKeeper     $zk (root /tessera)
   nameservers   127.0.0.1:7527, 127.0.0.1:7528   (curl 127.0.0.1:7527/api/health, /metrics)
   tablets       127.0.0.1:9527, 127.0.0.1:9528, 127.0.0.1:9529
-  taskmanagers  127.0.0.1:9902, 127.0.0.1:9903   (jobs: load data infile, export table, showjobs)
+  taskmanagers  127.0.0.1:9902, 127.0.0.1:9903   (jobs: load data infile, export table, showjobs;
+                files only under $dir/job_data)
   logs          $dir/run/logs/
 Try: showtable demo · scan demo alice · showtablet · showopstatus · help ·
-     export table demo to '/tmp/demo.csv' · showjobs
+     export table demo to 'demo.csv' · showjobs
 Kill a tablet's process (kill -9 \$(cat $dir/run/tablet-9527.child.pid)) and watch
 its daemon restart it and the nameserver repair the partitions.
 Stop everything with: scripts/playground.sh stop

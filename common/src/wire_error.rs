@@ -66,6 +66,7 @@ fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::ShuttingDown
         | ErrorCode::NotEnoughReplicas => Code::Unavailable,
         ErrorCode::OutcomeUnknown => Code::DeadlineExceeded,
+        ErrorCode::PermissionDenied => Code::PermissionDenied,
         ErrorCode::Io | ErrorCode::Internal | ErrorCode::Unspecified => Code::Internal,
     }
 }

@@ -157,18 +157,6 @@ pub const LOAD_USAGE: &str = "load data infile 'file.csv' into table t [options 
 pub const EXPORT_USAGE: &str =
     "export table t to 'file.csv' [options (header=true, delimiter=',')]";
 
-/// Makes a relative path absolute against this process's directory (the taskmanager
-/// reads and writes it; on one machine that is the same place).
-fn absolute(path: String) -> String {
-    let p = std::path::Path::new(&path);
-    if p.is_absolute() {
-        return path;
-    }
-    std::env::current_dir()
-        .map(|dir| dir.join(p).display().to_string())
-        .unwrap_or(path)
-}
-
 /// Parses a `load data infile …` statement.
 pub fn parse_load(statement: &str, db: &str) -> Result<SubmitJobRequest, String> {
     let mut p = Parser {
@@ -188,7 +176,8 @@ pub fn parse_load(statement: &str, db: &str) -> Result<SubmitJobRequest, String>
         job_type: "ImportData".into(),
         db,
         table,
-        path: absolute(path),
+        // Relative to the taskmanager's job data directory, not to this shell's.
+        path,
         options: Some(options),
     })
 }
@@ -210,7 +199,8 @@ pub fn parse_export(statement: &str, db: &str) -> Result<SubmitJobRequest, Strin
         job_type: "ExportData".into(),
         db,
         table,
-        path: absolute(path),
+        // Relative to the taskmanager's job data directory, not to this shell's.
+        path,
         options: Some(options),
     })
 }

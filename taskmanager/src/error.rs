@@ -8,6 +8,8 @@ pub enum TmError {
     NotLeader { leader: String },
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     #[error("there is no job {0}")]
     NoSuchJob(u64),
     #[error("ZooKeeper: {0}")]
@@ -44,6 +46,9 @@ impl From<TmError> for Status {
             }),
             TmError::InvalidArgument(_) | TmError::NoSuchJob(_) => {
                 wire_error::status(ErrorCode::InvalidArgument, message)
+            }
+            TmError::PermissionDenied(_) => {
+                wire_error::status(ErrorCode::PermissionDenied, message)
             }
             TmError::Zk(_) | TmError::Cluster(_) | TmError::Io(_) => {
                 wire_error::status(ErrorCode::Internal, message)

@@ -1,6 +1,7 @@
 //! Exporting a table to a CSV file: every partition's rows, page by page from its leader,
-//! written to `<path>.part` and renamed to `<path>` once complete, so a file at `path`
-//! is always a whole export. Nulls are written `NULL`. A resumed export starts over.
+//! written to `<path>.part`, fsynced and renamed to `<path>` once complete (see
+//! [`AtomicFile`]), so a file at `path` is always a whole export. The path must lie in
+//! the job data directory. Nulls are written `NULL`. A resumed export starts over.
 //! Rows written to the table during the export may be missed or written twice.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +11,7 @@ use tessera_common::Value;
 use tessera_proto::taskmanager::JobInfo;
 
 use crate::error::{Result, TmError};
+use crate::files::AtomicFile;
 use crate::jobs::delimiter;
 use crate::state::TaskManager;
 
@@ -28,11 +30,12 @@ pub async fn run(tm: &Arc<TaskManager>, job: &mut JobInfo, stop: &Arc<AtomicBool
     job.done = 0;
     tm.save_job(job).await?;
 
-    let part = format!("{}.part", job.path);
+    let target = tm.files.output(&job.path)?;
+    let out = AtomicFile::create(&target)?;
+    let part = out.part().display().to_string();
     let mut writer = csv::WriterBuilder::new()
         .delimiter(delimiter(&options)?)
-        .from_path(&part)
-        .map_err(io(&part))?;
+        .from_writer(out);
     if options.header {
         writer
             .write_record(schema.columns.iter().map(|c| c.name.as_str()))
@@ -42,7 +45,9 @@ pub async fn run(tm: &Arc<TaskManager>, job: &mut JobInfo, stop: &Arc<AtomicBool
         let mut skip = 0u64;
         loop {
             if stop.load(Ordering::Acquire) || !tm.is_leader() {
-                let _ = std::fs::remove_file(&part);
+                if let Ok(out) = writer.into_inner() {
+                    out.abandon();
+                }
                 return Ok(());
             }
             let rows = client
@@ -64,11 +69,8 @@ pub async fn run(tm: &Arc<TaskManager>, job: &mut JobInfo, stop: &Arc<AtomicBool
             tm.save_job(job).await?;
         }
     }
-    writer
-        .flush()
-        .map_err(|e| TmError::Io(format!("writing {part}: {e}")))?;
-    drop(writer);
-    std::fs::rename(&part, &job.path)
-        .map_err(|e| TmError::Io(format!("renaming {part} to {}: {e}", job.path)))?;
-    Ok(())
+    let out = writer
+        .into_inner()
+        .map_err(|e| TmError::Io(format!("writing {part}: {}", e.error())))?;
+    out.commit()
 }

@@ -314,6 +314,8 @@ pub async fn run(
     let schema = client.schema(&job.db, &job.table).await?;
     let partitions = client.partition_count(&job.db, &job.table).await?;
     let options = job.options.clone().unwrap_or_default();
+    // Checked again on every run: a resumed job obeys the directory in force now.
+    job.path = tm.files.input(&job.path)?.to_string_lossy().into_owned();
 
     let (path, schema_v, options_v) = (job.path.clone(), schema.clone(), options.clone());
     let (good, skipped) =

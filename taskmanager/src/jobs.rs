@@ -38,6 +38,7 @@ impl TaskManager {
         } else {
             request.db.clone()
         };
+        let mut path = request.path.clone();
         match request.job_type.as_str() {
             IMPORT | EXPORT => {
                 delimiter(&options)?;
@@ -46,23 +47,14 @@ impl TaskManager {
                 }
                 // The table must exist (its schema says how to read and write rows).
                 self.data().await?.schema(&db, &request.table).await?;
-                let path = std::path::Path::new(&request.path);
-                if request.job_type == IMPORT && !path.is_file() {
-                    return Err(TmError::InvalidArgument(format!(
-                        "{} is not a file on the taskmanager ({})",
-                        request.path, self.endpoint
-                    )));
-                }
-                if request.job_type == EXPORT
-                    && !path
-                        .parent()
-                        .is_some_and(|p| p.as_os_str().is_empty() || p.is_dir())
-                {
-                    return Err(TmError::InvalidArgument(format!(
-                        "the directory of {} does not exist on the taskmanager ({})",
-                        request.path, self.endpoint
-                    )));
-                }
+                // Only files under the job data directory; the job keeps the
+                // resolved path, so a resumed job uses the same file.
+                let resolved = if request.job_type == IMPORT {
+                    self.files.input(&request.path)?
+                } else {
+                    self.files.output(&request.path)?
+                };
+                path = resolved.to_string_lossy().into_owned();
             }
             SNAPSHOT => {}
             other => {
@@ -77,7 +69,7 @@ impl TaskManager {
                 state: SUBMITTED.into(),
                 db,
                 table: request.table,
-                path: request.path,
+                path,
                 options: Some(options),
                 start_time_ms: now_ms(),
                 endpoint: self.endpoint.clone(),

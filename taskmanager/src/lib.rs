@@ -5,6 +5,7 @@
 
 pub mod error;
 mod export;
+pub mod files;
 mod http;
 mod import;
 pub mod jobs;

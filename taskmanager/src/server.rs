@@ -10,6 +10,7 @@ use tessera_common::coordination::ZkSettings;
 use tessera_proto::taskmanager::task_manager_server::TaskManagerServer;
 use tracing::info;
 
+use crate::files::JobFiles;
 use crate::service::TaskManagerService;
 use crate::state::TaskManager;
 
@@ -19,6 +20,8 @@ pub struct TaskManagerConfig {
     pub zk_cluster: String,
     pub zk_root_path: String,
     pub zk_session_timeout: Duration,
+    /// The only directory jobs read and write files in (created if missing).
+    pub job_data_dir: std::path::PathBuf,
 }
 
 impl TaskManagerConfig {
@@ -47,6 +50,13 @@ pub async fn run(
         .with_context(|| format!("cannot resolve endpoint {}", config.endpoint))?
         .next()
         .with_context(|| format!("endpoint {} resolves to nothing", config.endpoint))?;
+    let files = JobFiles::open(&config.job_data_dir).with_context(|| {
+        format!(
+            "cannot use the job data directory {}",
+            config.job_data_dir.display()
+        )
+    })?;
+    info!(job_data_dir = %files.root().display(), "jobs read and write files only here");
     let state = TaskManager::new(
         config.endpoint.clone(),
         ZkSettings {
@@ -54,6 +64,7 @@ pub async fn run(
             root: config.zk_root_path.clone(),
             session_timeout: config.zk_session_timeout,
         },
+        files,
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let election = tokio::spawn(state.clone().run_election(stopped));

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, OwnedLockClient};
 
 use crate::error::{Result, TmError};
+use crate::files::JobFiles;
 
 pub const SUBMITTED: &str = "Submitted";
 pub const RUNNING: &str = "Running";
@@ -50,11 +51,14 @@ pub struct TaskManager {
     pub(crate) running: Mutex<HashMap<u64, Arc<AtomicBool>>>,
     /// The cluster's SDK client, for the jobs' reads and writes.
     data: tokio::sync::OnceCell<Arc<tessera_ns_client::Client>>,
+    /// The only files jobs may read and write.
+    pub files: JobFiles,
 }
 
 impl TaskManager {
-    pub fn new(endpoint: String, settings: ZkSettings) -> Arc<TaskManager> {
+    pub fn new(endpoint: String, settings: ZkSettings, files: JobFiles) -> Arc<TaskManager> {
         Arc::new(TaskManager {
+            files,
             endpoint,
             root: format!("{}/taskmanager", settings.root.trim_end_matches('/')),
             settings,

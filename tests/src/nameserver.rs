@@ -40,13 +40,23 @@ impl ElectedProcess {
         Self::start_binary("tessera-nameserver", dir, zk, session_timeout_ms, extra).await
     }
 
-    /// A taskmanager in `zk`'s cluster (root `/tessera`), once it answers.
+    /// A taskmanager in `zk`'s cluster (root `/tessera`), once it answers. Its jobs read
+    /// and write files only under `job_data_dir`.
     pub async fn start_taskmanager(
         dir: &Path,
         zk: &ZooKeeper,
         session_timeout_ms: u64,
+        job_data_dir: &Path,
     ) -> ElectedProcess {
-        Self::start_binary("tessera-taskmanager", dir, zk, session_timeout_ms, &[]).await
+        let job_data_dir = format!("--job_data_dir={}", job_data_dir.display());
+        Self::start_binary(
+            "tessera-taskmanager",
+            dir,
+            zk,
+            session_timeout_ms,
+            &[&job_data_dir],
+        )
+        .await
     }
 
     async fn start_binary(

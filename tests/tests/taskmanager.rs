@@ -42,7 +42,8 @@ async fn start(dir: &Path) -> Cluster {
     let mut taskmanagers = Vec::new();
     for i in 0..2 {
         let tm =
-            ElectedProcess::start_taskmanager(&dir.join(format!("tm{i}")), &cluster.zk, 2000).await;
+            ElectedProcess::start_taskmanager(&dir.join(format!("tm{i}")), &cluster.zk, 2000, dir)
+                .await;
         if i == 0 {
             tm.wait_leader().await;
         }
@@ -396,8 +397,33 @@ async fn export_then_import_gives_identical_content_and_bad_lines_are_reported()
     );
 
     // Mistakes are refused up front; an ended job cannot be stopped.
-    let (ok, out) = c.ns_client("load data infile '/no/such.csv' into table strict");
+    let (ok, out) = c.ns_client("load data infile 'no/such.csv' into table strict");
     assert!(!ok && out.contains("is not a file"), "{out}");
+
+    // Jobs touch files only under the job data directory: no reading the server's
+    // files, no writing them, whether by an absolute path, `..` or a link out.
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.csv");
+    std::fs::write(&secret, "k,1\n").unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("link_out")).unwrap();
+    for statement in [
+        format!("load data infile '{}' into table strict", secret.display()),
+        "load data infile '../../../../../../etc/passwd' into table strict".to_string(),
+        "load data infile 'link_out/secret.csv' into table strict".to_string(),
+        format!(
+            "export table strict to '{}'",
+            outside.path().join("x.csv").display()
+        ),
+        "export table strict to 'link_out/x.csv'".to_string(),
+        "export table strict to '../x.csv'".to_string(),
+    ] {
+        let (ok, out) = c.ns_client(&statement);
+        assert!(
+            !ok && out.contains("permission denied") && out.contains("job data directory"),
+            "`{statement}` must be refused:\n{out}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
     let (ok, out) = c.ns_client(&format!(
         "load data infile '{}' into table nosuch",
         bad.display()

@@ -28,6 +28,11 @@ struct Flags {
     /// ZooKeeper session timeout in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     zk_session_timeout: u64,
+    /// The only directory whose files jobs read (`load data infile`) and write (`export
+    /// table`); job paths are relative to it or absolute inside it. Give every
+    /// taskmanager of a cluster the same (shared) directory.
+    #[arg(long, default_value = "job_data")]
+    job_data_dir: std::path::PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         zk_cluster: flags.zk_cluster,
         zk_root_path: flags.zk_root_path,
         zk_session_timeout: Duration::from_millis(flags.zk_session_timeout),
+        job_data_dir: flags.job_data_dir,
     };
     config
         .validate()
