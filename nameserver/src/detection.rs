@@ -69,19 +69,47 @@ pub fn is_connection_refused(error: &(dyn std::error::Error + 'static)) -> bool 
 }
 
 /// Pings a tablet, with `PROBE_TIMEOUT` for the connection and the answer each.
+///
+/// A connection that breaks (reset or closed) instead of being refused or left
+/// unanswered is tried again for up to `PROBE_TIMEOUT`: a process being killed
+/// accepts connections and drops them for a few milliseconds while it exits, then
+/// refuses, and only the refusal proves it gone (saving the wait for its lease).
 pub async fn probe(endpoint: &str) -> Probe {
+    let retry_until = Instant::now() + PROBE_TIMEOUT;
+    loop {
+        match probe_once(endpoint).await {
+            Attempt::Answered => return Probe::Alive,
+            Attempt::Refused => return Probe::Gone,
+            Attempt::NoAnswer => return Probe::Silent,
+            Attempt::Broken if Instant::now() + PROBE_RETRY >= retry_until => return Probe::Silent,
+            Attempt::Broken => tokio::time::sleep(PROBE_RETRY).await,
+        }
+    }
+}
+
+/// Between two tries of a probe whose connection broke.
+pub(crate) const PROBE_RETRY: Duration = Duration::from_millis(10);
+
+enum Attempt {
+    Answered,
+    Refused,
+    /// Nothing came back in time.
+    NoAnswer,
+    /// The connection failed otherwise (reset, closed before the answer).
+    Broken,
+}
+
+async fn probe_once(endpoint: &str) -> Attempt {
     let Ok(target) = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}")) else {
-        return Probe::Silent;
+        return Attempt::NoAnswer;
     };
-    let channel = match tokio::time::timeout(
-        PROBE_TIMEOUT,
-        target.connect_timeout(PROBE_TIMEOUT).connect(),
-    )
-    .await
-    {
+    // The timeout around the connection is the only one, so an error from inside is a
+    // refusal or a broken connection, never a timeout.
+    let channel = match tokio::time::timeout(PROBE_TIMEOUT, target.connect()).await {
         Ok(Ok(channel)) => channel,
-        Ok(Err(e)) if is_connection_refused(&e) => return Probe::Gone,
-        _ => return Probe::Silent,
+        Ok(Err(e)) if is_connection_refused(&e) => return Attempt::Refused,
+        Ok(Err(_)) => return Attempt::Broken,
+        Err(_) => return Attempt::NoAnswer,
     };
     let answer = tokio::time::timeout(
         PROBE_TIMEOUT,
@@ -89,8 +117,9 @@ pub async fn probe(endpoint: &str) -> Probe {
     )
     .await;
     match answer {
-        Ok(Ok(_)) => Probe::Alive,
-        _ => Probe::Silent,
+        Ok(Ok(_)) => Attempt::Answered,
+        Ok(Err(_)) => Attempt::Broken,
+        Err(_) => Attempt::NoAnswer,
     }
 }
 
@@ -175,5 +204,44 @@ impl Nameserver {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process being killed accepts connections and drops them before its port
+    /// refuses: the probe waits for the refusal instead of calling it silent.
+    #[tokio::test]
+    async fn a_port_that_drops_connections_then_refuses_is_gone() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let dying = tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + Duration::from_millis(60);
+            while let Ok(Ok((connection, _))) =
+                tokio::time::timeout_at(until, listener.accept()).await
+            {
+                drop(connection);
+            }
+            // The listener goes with the task: the port refuses from now on.
+        });
+        assert_eq!(probe(&endpoint).await, Probe::Gone);
+        dying.await.unwrap();
+    }
+
+    /// A port that accepts and never answers is silent, not gone.
+    #[tokio::test]
+    async fn a_port_that_never_answers_is_silent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let mut connections = Vec::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                connections.push(connection);
+            }
+        });
+        assert_eq!(probe(&endpoint).await, Probe::Silent);
+        held.abort();
     }
 }

@@ -21,13 +21,13 @@
 
 use std::time::{Duration, Instant};
 
-use tessera_common::failure_detection::{stretched, LEADER_LEASE};
+use tessera_common::failure_detection::{stretched, LEADER_LEASE, PROBE_TIMEOUT};
 use tessera_common::wire_error;
 use tessera_proto::nameserver::{OpInfo, PartitionMeta, TableInfo};
 use tessera_proto::tablet::{self as tpb, tablet_client::TabletClient};
 use tracing::{info, warn};
 
-use crate::detection::{is_connection_refused, Probe};
+use crate::detection::{is_connection_refused, Probe, PROBE_RETRY};
 use crate::error::Result;
 use crate::planner::Fenced;
 use crate::state::{Nameserver, Presence};
@@ -82,10 +82,18 @@ async fn fence_one(endpoint: &str, request: tpb::FenceRequest) -> FenceOutcome {
         Err(e) => return failed(e.to_string()),
     };
     let call = async {
-        let channel = match target.connect().await {
-            Ok(channel) => channel,
-            Err(e) if is_connection_refused(&e) => return FenceOutcome::Refused,
-            Err(e) => return failed(format!("cannot connect: {e}")),
+        // A connection broken rather than refused may be a process in the middle of
+        // exiting: try again briefly, for the refusal that proves it gone.
+        let retry_until = Instant::now() + PROBE_TIMEOUT;
+        let channel = loop {
+            match target.connect().await {
+                Ok(channel) => break channel,
+                Err(e) if is_connection_refused(&e) => return FenceOutcome::Refused,
+                Err(e) if Instant::now() + PROBE_RETRY >= retry_until => {
+                    return failed(format!("cannot connect: {e}"))
+                }
+                Err(_) => tokio::time::sleep(PROBE_RETRY).await,
+            }
         };
         match TabletClient::new(channel).fence(request).await {
             Ok(answer) => FenceOutcome::Fenced(answer.into_inner()),

@@ -573,6 +573,11 @@ async fn run() {
     let systems = std::env::var("SYSTEMS").unwrap_or_else(|_| "etcd,tessera".into());
     let with_etcd = systems.split(',').any(|s| s.trim() == "etcd");
     let dir = tempfile::tempdir().expect("temporary directory");
+    // KEEP=1 leaves the processes' directories and logs behind, for a look afterwards.
+    let kept = std::env::var_os("KEEP").map(|_| dir.path().to_path_buf());
+    if let Some(path) = &kept {
+        eprintln!("keeping {} (KEEP)", path.display());
+    }
 
     eprintln!("starting etcd (3 members) and Tessera (ZooKeeper, a nameserver, 3 tablets)");
     let mut etcd = None;
@@ -736,6 +741,10 @@ async fn run() {
          that answered the nameserver's ping, {false_failovers} that did not (a needless change \
          of leader)."
     );
+    if kept.is_some() {
+        drop(cluster);
+        let _ = dir.keep();
+    }
 }
 
 fn main() {
