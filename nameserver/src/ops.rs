@@ -24,7 +24,7 @@ use crate::planner::{
     self, Recovery, ReplicaLog, ADD_REPLICA, CHANGE_LEADER, DEL_REPLICA, MAKE_SNAPSHOT, MIGRATE,
     OFFLINE_REPLICA, RECOVER_TABLE,
 };
-use crate::state::{call, tablet, Nameserver};
+use crate::state::{call, tablet, Nameserver, Presence};
 use crate::{reconcile, voting};
 
 pub const INITED: &str = "kInited";
@@ -46,6 +46,8 @@ const RECONCILE_EVERY_TICKS: u64 = 5;
 const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Ops of lower priority (snapshots) never take the last permits: failover always has room.
 const PERMITS_KEPT_FOR_FAILOVER: usize = 2;
+/// How often a running task looks whether its partition's leader still answers.
+const LEADER_WATCH_EVERY: Duration = Duration::from_millis(20);
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -425,11 +427,21 @@ impl Nameserver {
                 return;
             }
             let task = op.tasks[op.task_index as usize].clone();
-            let outcome = match self.injected_fault(&task).await {
-                Some(failure) => Ok(Err(failure)),
-                None => {
-                    tokio::time::timeout(self.task_timeout, self.run_task(&mut op, &task)).await
+            let leader = self.leader_to_watch(&op).await;
+            let work = async {
+                match self.injected_fault(&task).await {
+                    Some(failure) => Err(failure),
+                    None => self.run_task(&mut op, &task).await,
                 }
+            };
+            let outcome = tokio::select! {
+                ran = tokio::time::timeout(self.task_timeout, work) => ran,
+                Some(leader) = self.stops_answering(leader) => Ok(Err(NsError::Tablet {
+                    endpoint: leader,
+                    message: "the partition's leader stopped answering; the op gives way to \
+                              its failover"
+                        .into(),
+                })),
             };
             let failure = match outcome {
                 Ok(Ok(())) => None,
@@ -554,6 +566,31 @@ impl Nameserver {
     }
 
     /// The op's table, refused if it was dropped and created again since the op was made.
+    /// The leader whose failure should end a task of `op` at once: the partition's, for
+    /// every op but the ChangeLeader that replaces it. A task waiting on a paused leader
+    /// would otherwise hold the partition (ops on one partition run one at a time) until
+    /// its RPC timed out, and the failover with it.
+    async fn leader_to_watch(&self, op: &OpInfo) -> Option<String> {
+        if op.op_type == CHANGE_LEADER {
+            return None;
+        }
+        let table = self.table_of(op).await.ok()?;
+        let partition = table.partitions.iter().find(|p| p.pid == op.pid)?;
+        leader_of(partition).ok()
+    }
+
+    /// Resolves, with its endpoint, once `leader` is taken for gone or silent, or has
+    /// left ZooKeeper; never without a leader to watch.
+    async fn stops_answering(&self, leader: Option<String>) -> Option<String> {
+        let Some(leader) = leader else {
+            return std::future::pending().await;
+        };
+        while self.presence(&leader) == Presence::Registered || !self.registry_ready() {
+            tokio::time::sleep(LEADER_WATCH_EVERY).await;
+        }
+        Some(leader)
+    }
+
     async fn table_of(&self, op: &OpInfo) -> Result<TableInfo> {
         let table = self.table(&op.db, &op.name).await?;
         if op.tid != 0 && table.tid != op.tid {

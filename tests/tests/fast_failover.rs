@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tessera_common::Value;
 use tessera_ns_client::Client;
+use tessera_proto::nameserver::ShowOpStatusRequest;
 use tessera_proto::tablet::{GetRequest, PutRequest};
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::routed::{leaders, led_by, table_rows};
@@ -206,4 +207,74 @@ async fn a_paused_leader_is_replaced_and_serves_nothing_after_it_resumes() {
     .await;
     let now = leaders(&table_rows(&mut ns, TABLE).await);
     assert_eq!(now.len(), PARTITIONS as usize, "{now:?}");
+}
+
+/// A repair waiting on a leader when that leader is paused gives way: ChangeLeader
+/// replaces the leader at once. Before, ops on one partition running one at a time, the
+/// failover queued behind the repair until the repair's call to the paused leader timed
+/// out (10 s a call; here an injected wait of a minute stands for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repair_waiting_on_a_paused_leader_gives_way_to_its_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = NsCluster::start(
+        dir.path(),
+        NsClusterSpec {
+            nameserver_args: &["--inject_task_fault=kPrepareReplica:delay_ms=60000"],
+            ..spec()
+        },
+    )
+    .await;
+    cluster.create_table(TABLE, 1, 3).await;
+    let mut ns = cluster.ns().await;
+    let rows = table_rows(&mut ns, TABLE).await;
+    let leader = leaders(&rows)[&0].clone();
+    let follower = rows
+        .iter()
+        .map(|r| r.endpoint.clone())
+        .find(|e| *e != leader)
+        .expect("a follower");
+
+    // The follower restarts; RecoverTable brings it back, and its first task waits.
+    let index = cluster.tablet_index(&follower);
+    cluster.tablets[index].kill9();
+    cluster.tablets[index].restart().await;
+    let recover_op = || {
+        let mut ns = ns.clone();
+        async move {
+            ns.show_op_status(ShowOpStatusRequest::default())
+                .await
+                .expect("showopstatus")
+                .into_inner()
+                .ops
+                .into_iter()
+                .find(|o| o.op_type == "kRecoverTable")
+        }
+    };
+    wait_until_async(WAIT, "a RecoverTable op in its first task", || async {
+        recover_op()
+            .await
+            .is_some_and(|o| o.status == "kDoing" && o.task_index == 0)
+    })
+    .await;
+
+    let paused = cluster.tablet_index(&leader);
+    cluster.tablets[paused].pause();
+    wait_until_async(
+        Duration::from_secs(15),
+        "a new leader, well before the repair's wait or the paused leader's session ends",
+        || {
+            let mut ns = ns.clone();
+            let leader = leader.clone();
+            async move {
+                leaders(&table_rows(&mut ns, TABLE).await)
+                    .get(&0)
+                    .is_some_and(|now| *now != leader)
+            }
+        },
+    )
+    .await;
+    let recover = recover_op().await.expect("the RecoverTable op");
+    assert_eq!(recover.status, "kFailed", "{recover:?}");
+    assert!(recover.reason.contains("gives way"), "{}", recover.reason);
+    cluster.tablets[paused].resume();
 }
