@@ -301,6 +301,23 @@ mod tests {
             let cut = cut.index(bytes.len());
             prop_assert!(decode(&schema, &bytes[..cut]).is_err());
         }
+
+        #[test]
+        fn arbitrary_bytes_are_a_row_or_an_error_never_a_panic(
+            (schema, row) in schema_and_row(),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), 1..=255u8), 1..4),
+            noise in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let _ = decode(&schema, &noise);
+            let mut bytes = encode(&schema, &row).unwrap();
+            for (at, mask) in flips {
+                let at = at.index(bytes.len());
+                bytes[at] ^= mask;
+            }
+            if let Ok(decoded) = decode(&schema, &bytes) {
+                prop_assert_eq!(decoded.len(), schema.columns.len());
+            }
+        }
     }
 
     fn two_columns() -> Schema {

@@ -426,4 +426,75 @@ mod tests {
         .unwrap_err()
         .contains("'quorum' or 'async'"));
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Pieces of create table statements, in any order: near misses of real ones.
+        fn piece() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "create",
+                    "table",
+                    "t1",
+                    "(",
+                    ")",
+                    ",",
+                    ";",
+                    "=",
+                    "'",
+                    "\"",
+                    "index",
+                    "key",
+                    "ts",
+                    "ttl",
+                    "ttl_type",
+                    "absolute",
+                    "latest",
+                    "absandlat",
+                    "absorlat",
+                    "options",
+                    "partitionnum",
+                    "replicanum",
+                    "replication",
+                    "quorum",
+                    "string",
+                    "int64",
+                    "timestamp",
+                    "double",
+                    "not",
+                    "null",
+                    "id",
+                    "v",
+                    "10m",
+                    "(10m, 5)",
+                    "4000000000",
+                    "-1",
+                    "0",
+                    "99999999999999999999",
+                ])
+                .prop_map(str::to_string),
+                "[ -~]{0,6}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            /// Any statement parses or is refused with a message, never a panic.
+            #[test]
+            fn any_statement_parses_or_is_refused(
+                pieces in prop::collection::vec(piece(), 0..24),
+                prefix in any::<bool>(),
+            ) {
+                let mut statement = if prefix { "create table t1 (".to_string() } else { String::new() };
+                statement.push_str(&pieces.join(" "));
+                if let Err(message) = parse(&statement, "default") {
+                    prop_assert!(!message.is_empty());
+                }
+            }
+        }
+    }
 }

@@ -186,4 +186,29 @@ mod tests {
         assert!(LogEntry::decode(&[9, 0, 0]).is_err());
         assert!(LogEntry::decode(&[PUT, 0]).is_err());
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any payload decodes to an entry or an error, and an entry encodes back to
+            /// a payload that decodes to the same entry.
+            #[test]
+            fn any_payload_decodes_or_is_refused(
+                kind in 0u8..6,
+                body in prop::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let mut payload = vec![kind];
+                payload.extend_from_slice(&body);
+                if let Ok(entry) = LogEntry::decode(&payload) {
+                    let again = entry.encode();
+                    prop_assert_eq!(LogEntry::decode(&again).ok(), Some(entry));
+                }
+            }
+        }
+    }
 }

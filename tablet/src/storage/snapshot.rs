@@ -284,4 +284,83 @@ mod tests {
         assert_eq!(manifest.offset, 3);
         assert_eq!(read_back(dir.path()).unwrap().len(), 3);
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A data file's rows, with lengths that may lie.
+        fn data_file(header: bool, rows: &[(i64, u64, Vec<u8>)], tail: &[u8]) -> Vec<u8> {
+            let mut bytes = Vec::new();
+            if header {
+                bytes.extend_from_slice(&DATA_MAGIC);
+                bytes.extend_from_slice(&DATA_VERSION.to_le_bytes());
+            }
+            for (len_error, offset, row) in rows {
+                let len = (row.len() as i64 + len_error).max(0) as u32;
+                bytes.extend_from_slice(&len.to_le_bytes());
+                bytes.extend_from_slice(&offset.to_le_bytes());
+                bytes.extend_from_slice(&0i64.to_le_bytes());
+                bytes.extend_from_slice(row);
+            }
+            bytes.extend_from_slice(tail);
+            bytes
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Whatever a data file holds, even with a checksum that matches it, loading
+            /// it gives rows or an error naming the file, never a panic.
+            #[test]
+            fn any_data_file_is_loaded_or_refused(
+                header in any::<bool>(),
+                rows in prop::collection::vec(
+                    (prop_oneof![Just(0i64), -3i64..3, Just(i64::from(u32::MAX))],
+                     0u64..20,
+                     prop::collection::vec(any::<u8>(), 0..24)),
+                    0..8),
+                tail in prop::collection::vec(any::<u8>(), 0..24),
+                record_count in 0u64..10,
+                offset in 0u64..20,
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let bytes = data_file(header, &rows, &tail);
+                fs::write(dir.path().join("x.snap"), &bytes).unwrap();
+                let manifest = Manifest {
+                    offset,
+                    record_count,
+                    checksum: crc32c::crc32c(&bytes),
+                    data_file: "x.snap".into(),
+                    ..Manifest::default()
+                };
+                let mut seen = 0u64;
+                match load(dir.path(), &manifest, |_, _, _| {
+                    seen += 1;
+                    Ok(())
+                }) {
+                    Ok(()) => prop_assert_eq!(seen, record_count),
+                    Err(e) => prop_assert!(e.to_string().contains("x.snap"), "{}", e),
+                }
+            }
+
+            /// Any manifest file, framed or not, is read or refused, never a panic.
+            #[test]
+            fn any_manifest_file_is_read_or_refused(
+                body in prop::collection::vec(any::<u8>(), 0..128),
+                framed in any::<bool>(),
+                version in prop_oneof![Just(MANIFEST_VERSION), any::<u32>()],
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let bytes = if framed {
+                    crashsafe::frame(MANIFEST_MAGIC, version, &body)
+                } else {
+                    body
+                };
+                fs::write(manifest_path(dir.path()), &bytes).unwrap();
+                let _ = read_manifest(dir.path());
+            }
+        }
+    }
 }
