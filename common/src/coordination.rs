@@ -22,7 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tracing::{info, warn};
-use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError};
+use zookeeper_client::{Client, CreateMode, Error as ZkError};
+
+use crate::zk_auth;
 
 /// Where this cluster lives in ZooKeeper.
 #[derive(Debug, Clone)]
@@ -285,11 +287,11 @@ pub async fn keep_lease(
 }
 
 async fn register(settings: &ZkSettings, path: &str, endpoint: &str) -> Result<Client, ZkError> {
-    let client = Client::connector()
+    let client = zk_auth::connector()
         .with_session_timeout(settings.session_timeout)
         .connect(&settings.cluster)
         .await?;
-    let acls = Acls::anyone_all();
+    let acls = zk_auth::acls();
     match client
         .mkdir(
             &settings.nodes_path(),
@@ -324,11 +326,11 @@ async fn register(settings: &ZkSettings, path: &str, endpoint: &str) -> Result<C
 
 /// A session for a process elected through ZooKeeper, with `dirs` created.
 pub async fn connect_elected(settings: &ZkSettings, dirs: &[String]) -> Result<Client, ZkError> {
-    let client = Client::connector()
+    let client = zk_auth::connector()
         .with_session_timeout(settings.session_timeout)
         .connect(&settings.cluster)
         .await?;
-    let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    let persistent = CreateMode::Persistent.with_acls(zk_auth::acls());
     for dir in dirs {
         match client.mkdir(dir, &persistent).await {
             Ok(()) | Err(ZkError::NodeExists) => {}
@@ -348,7 +350,7 @@ pub async fn contend(
     let prefix_path = format!("{election_dir}/n-");
     let prefix = zookeeper_client::LockPrefix::new_shared(&prefix_path)?;
     let lock = client
-        .lock(prefix, endpoint.as_bytes(), Acls::anyone_all())
+        .lock(prefix, endpoint.as_bytes(), zk_auth::acls())
         .await?;
     Ok(lock.into_owned())
 }

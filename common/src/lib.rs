@@ -11,6 +11,7 @@ pub mod server_process;
 pub mod types;
 pub mod value;
 pub mod wire_error;
+pub mod zk_auth;
 
 pub use schema::{Column, ColumnType, Index, Schema, SchemaError, Ttl};
 pub use types::{Endpoint, Offset, Pid, Term, Tid};

@@ -13,11 +13,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use prost::Message;
+use tessera_common::zk_auth;
 use tessera_proto::nameserver::{OpInfo, PartitionMeta, ReplicaMeta, TableInfo};
 use tessera_proto::tablet::{self as tpb, TableRole};
 use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
-use zookeeper_client::{Acls, CreateMode, Error as ZkError};
+use zookeeper_client::{CreateMode, Error as ZkError};
 
 use crate::error::{NsError, Result};
 use crate::planner::{
@@ -192,7 +193,7 @@ impl Nameserver {
         lock.create(
             &self.paths.op(op_id),
             &op.encode_to_vec(),
-            &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+            &CreateMode::Persistent.with_acls(zk_auth::acls()),
         )
         .await?;
         info!(op_id, op_type, table = %table.name, pid, endpoint, "op added");

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use prost::Message;
 use tessera_common::coordination::{self, Lease, ZkSettings};
+use tessera_common::zk_auth;
 use tessera_common::Schema;
 use tessera_proto::nameserver::*;
 use tessera_proto::tablet::tablet_client::TabletClient;
@@ -16,7 +17,7 @@ use tessera_proto::tablet::{self as tpb, TableRole};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tracing::{info, warn};
-use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, OwnedLockClient};
+use zookeeper_client::{Client, CreateMode, Error as ZkError, OwnedLockClient};
 
 use crate::detection::{Probe, ReportCounts, Suspicion};
 use crate::error::{NsError, Result};
@@ -144,7 +145,7 @@ pub enum Leadership {
 }
 
 fn persistent() -> zookeeper_client::CreateOptions<'static> {
-    CreateMode::Persistent.with_acls(Acls::anyone_all())
+    CreateMode::Persistent.with_acls(zk_auth::acls())
 }
 
 impl Nameserver {
@@ -319,6 +320,15 @@ impl Nameserver {
                 Ok(_) | Err(ZkError::NodeExists) => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+        // Nodes made before ZooKeeper authentication was turned on are still open to
+        // anyone: the leader closes them.
+        let restricted = zk_auth::restrict_open_nodes(&client, &self.settings.root).await?;
+        if restricted > 0 {
+            info!(
+                nodes = restricted,
+                "ZooKeeper nodes made writable by this cluster's identity only"
+            );
         }
         *self.leader.write() = Some(lock);
         info!(endpoint = %self.endpoint, "became the nameserver leader");

@@ -172,7 +172,7 @@ impl Client {
         zk_root_path: &str,
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
-        let zk = zookeeper_client::Client::connector()
+        let zk = tessera_common::zk_auth::connector()
             .with_session_timeout(options.zk_session_timeout)
             .connect(zk_cluster)
             .await?;

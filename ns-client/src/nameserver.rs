@@ -105,7 +105,7 @@ impl<C: Clone> LeaderConnection<C> {
         what: &'static str,
         make: fn(Channel) -> C,
     ) -> Result<LeaderConnection<C>, ClientError> {
-        let zk = zookeeper_client::Client::connector()
+        let zk = tessera_common::zk_auth::connector()
             .with_session_timeout(Duration::from_secs(10))
             .connect(zk_cluster)
             .await?;

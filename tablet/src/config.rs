@@ -19,6 +19,10 @@ pub struct TabletConfig {
     pub zk_cluster: String,
     pub zk_root_path: String,
     pub zk_session_timeout_ms: u64,
+    /// ZooKeeper authentication: `digest`, with `zk_cert` = `user:password`; both
+    /// empty for none.
+    pub zk_auth_schema: String,
+    pub zk_cert: String,
     /// `every_write`, `group` or `none`.
     pub binlog_fsync: FsyncPolicy,
     /// Bytes after which a binlog segment is closed and a new one started.
@@ -54,6 +58,8 @@ impl Default for TabletConfig {
             zk_cluster: String::new(),
             zk_root_path: "/tessera".into(),
             zk_session_timeout_ms: 10_000,
+            zk_auth_schema: String::new(),
+            zk_cert: String::new(),
             binlog_fsync: binlog.fsync,
             binlog_segment_size: binlog.segment_size,
             binlog_group_commit_interval_ms: binlog.group_commit_interval.as_millis() as u64,
@@ -119,6 +125,7 @@ impl TabletConfig {
                 self.zk_session_timeout_ms
             ));
         }
+        tessera_common::zk_auth::ZkAuth::from_flags(&self.zk_auth_schema, &self.zk_cert)?;
         if self.scan_max_rows == 0 {
             return Err("scan_max_rows must be at least 1".into());
         }

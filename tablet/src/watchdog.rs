@@ -177,7 +177,7 @@ impl NameserverLink {
         let zk = match self.zk.clone() {
             Some(zk) => zk,
             None => {
-                let zk = zookeeper_client::Client::connector()
+                let zk = tessera_common::zk_auth::connector()
                     .with_session_timeout(self.settings.session_timeout)
                     .connect(&self.settings.cluster)
                     .await

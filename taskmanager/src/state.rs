@@ -13,10 +13,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::{Mutex, RwLock};
 use prost::Message;
 use tessera_common::coordination::{self, ZkSettings};
+use tessera_common::zk_auth;
 use tessera_proto::taskmanager::{ImportCheckpoint, JobInfo};
 use tokio::sync::watch;
 use tracing::{info, warn};
-use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, OwnedLockClient};
+use zookeeper_client::{Client, CreateMode, Error as ZkError, OwnedLockClient};
 
 use crate::error::{Result, TmError};
 use crate::files::JobFiles;
@@ -38,7 +39,7 @@ pub fn now_ms() -> u64 {
 }
 
 fn persistent() -> zookeeper_client::CreateOptions<'static> {
-    CreateMode::Persistent.with_acls(Acls::anyone_all())
+    CreateMode::Persistent.with_acls(zk_auth::acls())
 }
 
 pub struct TaskManager {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tessera_common::server_process::{init_logging, shutdown_signal};
+use tessera_common::zk_auth::ZkAuthFlags;
 use tessera_nameserver::schedule::SnapshotSchedule;
 use tessera_nameserver::state::TaskFault;
 use tessera_nameserver::NameserverConfig;
@@ -43,11 +44,18 @@ struct Flags {
     /// (`kPromoteLeader:fail`) or waits first (`kPromoteLeader:delay_ms=3000`).
     #[arg(long, hide = true)]
     inject_task_fault: Option<TaskFault>,
+    #[command(flatten)]
+    zk_auth: ZkAuthFlags,
 }
 
 fn main() -> anyhow::Result<()> {
     init_logging();
     let flags = Flags::parse();
+    flags
+        .zk_auth
+        .apply()
+        .map_err(anyhow::Error::msg)
+        .context("invalid configuration")?;
     let config = NameserverConfig {
         endpoint: flags.endpoint,
         zk_cluster: flags.zk_cluster,

@@ -35,6 +35,12 @@ struct Flags {
     /// ZooKeeper session timeout in milliseconds.
     #[arg(long)]
     zk_session_timeout: Option<u64>,
+    /// ZooKeeper authentication scheme: `digest`, with --zk_cert=user:password.
+    #[arg(long)]
+    zk_auth_schema: Option<String>,
+    /// `user:password` for --zk_auth_schema=digest.
+    #[arg(long)]
+    zk_cert: Option<String>,
     /// When binlog writes are fsynced: every_write, group (default) or none.
     #[arg(long)]
     binlog_fsync: Option<FsyncPolicy>,
@@ -84,6 +90,8 @@ fn config_from(flags: Flags) -> anyhow::Result<TabletConfig> {
         zk_cluster => zk_cluster,
         zk_root_path => zk_root_path,
         zk_session_timeout => zk_session_timeout_ms,
+        zk_auth_schema => zk_auth_schema,
+        zk_cert => zk_cert,
         binlog_fsync => binlog_fsync,
         binlog_segment_size => binlog_segment_size,
         binlog_flush_threads => binlog_flush_threads,
@@ -101,6 +109,9 @@ fn main() -> anyhow::Result<()> {
     let config = config_from(Flags::parse())?;
     config
         .validate()
+        .map_err(anyhow::Error::msg)
+        .context("invalid configuration")?;
+    tessera_common::zk_auth::apply(&config.zk_auth_schema, &config.zk_cert)
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

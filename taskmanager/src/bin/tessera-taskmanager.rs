@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tessera_common::server_process::{init_logging, shutdown_signal};
+use tessera_common::zk_auth::ZkAuthFlags;
 use tessera_taskmanager::TaskManagerConfig;
 
 #[derive(Parser, Debug)]
@@ -33,11 +34,18 @@ struct Flags {
     /// taskmanager of a cluster the same (shared) directory.
     #[arg(long, default_value = "job_data")]
     job_data_dir: std::path::PathBuf,
+    #[command(flatten)]
+    zk_auth: ZkAuthFlags,
 }
 
 fn main() -> anyhow::Result<()> {
     init_logging();
     let flags = Flags::parse();
+    flags
+        .zk_auth
+        .apply()
+        .map_err(anyhow::Error::msg)
+        .context("invalid configuration")?;
     let config = TaskManagerConfig {
         endpoint: flags.endpoint,
         zk_cluster: flags.zk_cluster,

@@ -43,6 +43,8 @@ struct Args {
     zk_root_path: String,
     #[arg(long, value_enum)]
     cmd: Command,
+    #[command(flatten)]
+    zk_auth: tessera_common::zk_auth::ZkAuthFlags,
     /// recoverdata: print the plan and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -225,6 +227,10 @@ async fn restore_after_interruption(args: &Args) {
 #[tokio::main(worker_threads = 2)]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(e) = args.zk_auth.apply() {
+        eprintln!("tessera-ops: {e}");
+        return ExitCode::from(2);
+    }
     let outcome = tokio::select! {
         outcome = run(args.clone()) => outcome,
         signal = interrupted() => {

@@ -6,8 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use tessera_common::zk_auth;
 use tessera_proto::nameserver::{ChangeLeaderRequest, OpInfo, RecoverTableRequest, TableInfo};
-use zookeeper_client::{Acls, CreateMode};
+use zookeeper_client::CreateMode;
 
 use super::{op_label, Ops, OpsError, PartitionId, Result};
 
@@ -217,7 +218,7 @@ pub async fn move_onto(
 }
 
 async fn zk(ops: &Ops) -> Result<zookeeper_client::Client> {
-    zookeeper_client::Client::connector()
+    zk_auth::connector()
         .with_session_timeout(Duration::from_secs(10))
         .connect(&ops.zk_cluster)
         .await
@@ -233,7 +234,7 @@ pub async fn pre_upgrade(ops: &mut Ops, endpoints: &[String]) -> Result<bool> {
     let tables = ops.tables().await?;
     let zk = zk(ops).await?;
     let dir = upgrade_dir(ops);
-    let mode = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    let mode = CreateMode::Persistent.with_acls(zk_auth::acls());
     let mut path = String::new();
     for part in dir.trim_start_matches('/').split('/') {
         path = format!("{path}/{part}");

@@ -14,7 +14,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError};
+use tessera_common::zk_auth;
+use zookeeper_client::{Client, CreateMode, Error as ZkError};
 
 use super::{Ops, OpsError, Result};
 
@@ -133,12 +134,12 @@ impl Ops {
         if let Some(zk) = &self.zk_session {
             return Ok(zk.clone());
         }
-        let zk = Client::connector()
+        let zk = zk_auth::connector()
             .with_session_timeout(SESSION_TIMEOUT)
             .connect(&self.zk_cluster)
             .await
             .map_err(|e| OpsError::Connect(format!("ZooKeeper at {}: {e}", self.zk_cluster)))?;
-        let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+        let options = CreateMode::Persistent.with_acls(zk_auth::acls());
         match zk
             .mkdir(&format!("{}/tools", self.zk_root_path), &options)
             .await
@@ -155,7 +156,7 @@ impl Ops {
     /// is working: refused.
     async fn acquire_owner(&mut self, zk: &Client) -> Result<()> {
         let me = PauseRecord::mine(&self.command);
-        let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+        let ephemeral = CreateMode::Ephemeral.with_acls(zk_auth::acls());
         let deadline = tokio::time::Instant::now() + OWNER_WAIT;
         let mut told = false;
         loop {
@@ -293,7 +294,7 @@ impl Ops {
         self.acquire_owner(&zk).await?;
         let paused = async {
             self.restore_left_record(&zk).await?;
-            let options = CreateMode::Persistent.with_acls(Acls::anyone_all());
+            let options = CreateMode::Persistent.with_acls(zk_auth::acls());
             let mut record = PauseRecord::mine(&self.command);
             zk.create(&self.pause_path(), record.encode().as_bytes(), &options)
                 .await?;

@@ -1,0 +1,195 @@
+//! ZooKeeper authentication, and the ACLs of the nodes Tessera creates.
+//!
+//! Without authentication every node is created open to anyone (ZooKeeper's
+//! `world:anyone` with every permission). With `--zk_auth_schema=digest
+//! --zk_cert=user:password` (OpenMLDB's flag names) a process authenticates its session
+//! with that identity and creates every node so that only that identity may change it
+//! (`auth` with every permission) while anyone may read it: clients and tools that
+//! only read the metadata need no credentials.
+//!
+//! The identity is a setting of the whole process, given once at start-up by its flags
+//! ([`use_auth`]): every session and every node creation of a server uses it.
+
+use std::sync::OnceLock;
+
+use zookeeper_client::{Acl, Acls, Client, Connector, Error as ZkError, Permission};
+
+/// The identity a process authenticates its ZooKeeper sessions with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ZkAuth {
+    scheme: String,
+    cert: String,
+}
+
+impl std::fmt::Debug for ZkAuth {
+    /// The user only: the password stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let user = self.cert.split_once(':').map_or("", |(user, _)| user);
+        write!(f, "{}:{user}:***", self.scheme)
+    }
+}
+
+impl ZkAuth {
+    /// From `--zk_auth_schema` and `--zk_cert`: both empty for none, or `digest` and
+    /// `user:password`.
+    pub fn from_flags(schema: &str, cert: &str) -> Result<Option<ZkAuth>, String> {
+        match (schema.is_empty(), cert.is_empty()) {
+            (true, true) => return Ok(None),
+            (false, true) => {
+                return Err(format!(
+                    "--zk_auth_schema={schema} needs --zk_cert=user:password"
+                ))
+            }
+            (true, false) => return Err("--zk_cert needs --zk_auth_schema=digest".into()),
+            (false, false) => {}
+        }
+        if schema != "digest" {
+            return Err(format!(
+                "unsupported --zk_auth_schema `{schema}` (only digest is supported)"
+            ));
+        }
+        match cert.split_once(':') {
+            Some((user, _)) if !user.is_empty() => Ok(Some(ZkAuth {
+                scheme: schema.to_string(),
+                cert: cert.to_string(),
+            })),
+            _ => Err("--zk_cert must be user:password".into()),
+        }
+    }
+
+    pub fn user(&self) -> &str {
+        self.cert.split_once(':').map_or("", |(user, _)| user)
+    }
+}
+
+/// The two flags, for the binaries that take them as they are (the tablet reads them
+/// from its configuration file too).
+#[derive(clap::Args, Debug, Clone, Default)]
+#[command(rename_all = "snake_case")]
+pub struct ZkAuthFlags {
+    /// ZooKeeper authentication scheme: `digest`, with --zk_cert. Nodes are then
+    /// created writable by that identity only, readable by anyone.
+    #[arg(long, default_value = "")]
+    pub zk_auth_schema: String,
+    /// `user:password` for --zk_auth_schema=digest. Every process of the cluster that
+    /// writes to ZooKeeper (nameservers, tablets, taskmanagers, tessera-ops) uses the
+    /// same.
+    #[arg(long, default_value = "")]
+    pub zk_cert: String,
+}
+
+impl ZkAuthFlags {
+    /// Checks the flags and makes them this process's identity.
+    pub fn apply(&self) -> Result<(), String> {
+        apply(&self.zk_auth_schema, &self.zk_cert)
+    }
+}
+
+/// Checks `schema` and `cert` and, unless both are empty, makes them this process's
+/// identity.
+pub fn apply(schema: &str, cert: &str) -> Result<(), String> {
+    match ZkAuth::from_flags(schema, cert)? {
+        Some(auth) => use_auth(auth),
+        None => Ok(()),
+    }
+}
+
+static AUTH: OnceLock<ZkAuth> = OnceLock::new();
+
+/// The only identity creates, changes and deletes; anyone reads.
+static CREATOR_ALL_ANYONE_READ: [Acl; 2] = [
+    Acl::new_const(Permission::ALL, "auth", ""),
+    Acl::new_const(Permission::READ, "world", "anyone"),
+];
+
+/// Sets this process's identity, once, before its first session. A second call with
+/// a different identity is refused.
+pub fn use_auth(auth: ZkAuth) -> Result<(), String> {
+    let set = AUTH.get_or_init(|| auth.clone());
+    if *set == auth {
+        Ok(())
+    } else {
+        Err("the ZooKeeper identity of a process is set once".into())
+    }
+}
+
+/// This process's identity, if it has one.
+pub fn auth() -> Option<&'static ZkAuth> {
+    AUTH.get()
+}
+
+/// A session builder that authenticates with this process's identity, if any.
+pub fn connector() -> Connector {
+    let connector = Client::connector();
+    match AUTH.get() {
+        Some(auth) => connector.with_auth(&auth.scheme, auth.cert.as_bytes()),
+        None => connector,
+    }
+}
+
+/// The ACLs of a node this process creates.
+pub fn acls() -> Acls<'static> {
+    match AUTH.get() {
+        Some(_) => Acls::new(&CREATOR_ALL_ANYONE_READ),
+        None => Acls::anyone_all(),
+    }
+}
+
+/// With an identity set, gives every node under `root` (itself included) that anyone
+/// may change the ACLs of [`acls`]: nodes made before authentication was turned on.
+/// Returns how many it changed. A node gone meanwhile is skipped.
+pub async fn restrict_open_nodes(client: &Client, root: &str) -> Result<usize, ZkError> {
+    if AUTH.get().is_none() {
+        return Ok(0);
+    }
+    let mut changed = 0;
+    let mut pending = vec![root.trim_end_matches('/').to_string()];
+    while let Some(path) = pending.pop() {
+        let (current, stat) = match client.get_acl(&path).await {
+            Ok(found) => found,
+            Err(ZkError::NoNode) => continue,
+            Err(e) => return Err(e),
+        };
+        let open = current
+            .iter()
+            .any(|acl| acl.scheme() == "world" && acl.permission() != Permission::READ);
+        if open {
+            match client.set_acl(&path, &acls(), Some(stat.aversion)).await {
+                Ok(_) => changed += 1,
+                Err(ZkError::NoNode | ZkError::BadVersion) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match client.list_children(&path).await {
+            Ok(children) => pending.extend(children.into_iter().map(|c| format!("{path}/{c}"))),
+            Err(ZkError::NoNode) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_are_both_or_neither_and_digest_only() {
+        assert_eq!(ZkAuth::from_flags("", "").unwrap(), None);
+        let auth = ZkAuth::from_flags("digest", "tessera:secret")
+            .unwrap()
+            .unwrap();
+        assert_eq!(auth.user(), "tessera");
+        assert!(!format!("{auth:?}").contains("secret"));
+        for (schema, cert, says) in [
+            ("digest", "", "needs --zk_cert"),
+            ("", "a:b", "needs --zk_auth_schema"),
+            ("sasl", "a:b", "only digest"),
+            ("digest", "nocolon", "user:password"),
+            ("digest", ":password", "user:password"),
+        ] {
+            let err = ZkAuth::from_flags(schema, cert).unwrap_err();
+            assert!(err.contains(says), "{schema} {cert}: {err}");
+        }
+    }
+}
