@@ -1,6 +1,7 @@
 //! Types every Tessera crate shares: identifiers, schemas, the row codec, index keys and
 //! partitioning, and the structured errors carried on the wire.
 
+pub mod cluster_secret;
 pub mod codec;
 pub mod coordination;
 pub mod failure_detection;

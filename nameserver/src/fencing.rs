@@ -22,7 +22,7 @@
 use std::time::{Duration, Instant};
 
 use tessera_common::failure_detection::{stretched, LEADER_LEASE, PROBE_TIMEOUT};
-use tessera_common::wire_error;
+use tessera_common::{cluster_secret, wire_error};
 use tessera_proto::nameserver::{OpInfo, PartitionMeta, TableInfo};
 use tessera_proto::tablet::{self as tpb, tablet_client::TabletClient};
 use tracing::{info, warn};
@@ -95,7 +95,10 @@ async fn fence_one(endpoint: &str, request: tpb::FenceRequest) -> FenceOutcome {
                 Err(_) => tokio::time::sleep(PROBE_RETRY).await,
             }
         };
-        match TabletClient::new(channel).fence(request).await {
+        match TabletClient::new(cluster_secret::internal(channel))
+            .fence(request)
+            .await
+        {
             Ok(answer) => FenceOutcome::Fenced(answer.into_inner()),
             Err(status)
                 if wire_error::detail_of(&status)

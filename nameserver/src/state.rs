@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use prost::Message;
+use tessera_common::cluster_secret::{self, InternalChannel};
 use tessera_common::coordination::{self, Lease, ZkSettings};
 use tessera_common::zk_auth;
 use tessera_common::Schema;
@@ -15,7 +16,6 @@ use tessera_proto::nameserver::*;
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{self as tpb, TableRole};
 use tokio::sync::watch;
-use tonic::transport::Channel;
 use tracing::{info, warn};
 use zookeeper_client::{Client, CreateMode, Error as ZkError, OwnedLockClient};
 
@@ -905,7 +905,7 @@ fn check_name(what: &str, name: &str) -> Result<()> {
     }
 }
 
-pub(crate) async fn tablet(endpoint: &str) -> Result<TabletClient<Channel>> {
+pub(crate) async fn tablet(endpoint: &str) -> Result<TabletClient<InternalChannel>> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
         .map_err(|e| NsError::InvalidArgument(e.to_string()))?
         .connect_timeout(TABLET_CONNECT_TIMEOUT)
@@ -916,7 +916,7 @@ pub(crate) async fn tablet(endpoint: &str) -> Result<TabletClient<Channel>> {
             endpoint: endpoint.to_string(),
             message: format!("cannot connect: {e}"),
         })?;
-    Ok(TabletClient::new(channel))
+    Ok(TabletClient::new(cluster_secret::internal(channel)))
 }
 
 pub(crate) async fn call<T>(

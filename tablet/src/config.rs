@@ -23,6 +23,8 @@ pub struct TabletConfig {
     /// empty for none.
     pub zk_auth_schema: String,
     pub zk_cert: String,
+    /// File holding the cluster secret; empty for none (internal calls unchecked).
+    pub cluster_secret_file: PathBuf,
     /// `every_write`, `group` or `none`.
     pub binlog_fsync: FsyncPolicy,
     /// Bytes after which a binlog segment is closed and a new one started.
@@ -60,6 +62,7 @@ impl Default for TabletConfig {
             zk_session_timeout_ms: 10_000,
             zk_auth_schema: String::new(),
             zk_cert: String::new(),
+            cluster_secret_file: PathBuf::new(),
             binlog_fsync: binlog.fsync,
             binlog_segment_size: binlog.segment_size,
             binlog_group_commit_interval_ms: binlog.group_commit_interval.as_millis() as u64,

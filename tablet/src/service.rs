@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use tessera_common::cluster_secret;
 use tessera_common::wire_error::{self, ErrorCode};
 use tessera_common::Value;
 use tessera_proto::common::Row;
@@ -164,6 +165,7 @@ impl Tablet for TabletService {
         &self,
         request: Request<CreateTableRequest>,
     ) -> Result<Response<CreateTableResponse>, Status> {
+        cluster_secret::check(&request, "CreateTable")?;
         let meta = request.into_inner().meta.ok_or_else(|| {
             Status::from(TabletError::InvalidArgument(
                 "create table needs its meta".into(),
@@ -180,6 +182,7 @@ impl Tablet for TabletService {
         &self,
         request: Request<DropTableRequest>,
     ) -> Result<Response<DropTableResponse>, Status> {
+        cluster_secret::check(&request, "DropTable")?;
         let DropTableRequest { tid, pid } = request.into_inner();
         let catalog = self.catalog.clone();
         blocking(move || catalog.drop_table(tid, pid)).await?;
@@ -190,6 +193,7 @@ impl Tablet for TabletService {
         &self,
         request: Request<LoadTableRequest>,
     ) -> Result<Response<LoadTableResponse>, Status> {
+        cluster_secret::check(&request, "LoadTable")?;
         let request = request.into_inner();
         let (tid, pid) = (request.tid, request.pid);
         let change = match request.role {
@@ -404,6 +408,7 @@ impl Tablet for TabletService {
         &self,
         request: Request<MakeSnapshotRequest>,
     ) -> Result<Response<MakeSnapshotResponse>, Status> {
+        cluster_secret::check(&request, "MakeSnapshot")?;
         let MakeSnapshotRequest { tid, pid } = request.into_inner();
         let table = self.table(tid, pid)?;
         let (offset, record_count) = blocking(move || Ok(table.make_snapshot()?)).await?;
@@ -434,6 +439,7 @@ impl Tablet for TabletService {
         &self,
         request: Request<tonic::Streaming<AppendEntriesRequest>>,
     ) -> Result<Response<Self::AppendEntriesStream>, Status> {
+        cluster_secret::check(&request, "AppendEntries")?;
         let mut incoming = request.into_inner();
         let (responses, outgoing) = mpsc::channel(4);
         // Appends are answered in order once durable; the next request is appended while
@@ -492,6 +498,7 @@ impl Tablet for TabletService {
         &self,
         request: Request<ChangeRoleRequest>,
     ) -> Result<Response<ChangeRoleResponse>, Status> {
+        cluster_secret::check(&request, "ChangeRole")?;
         let request = request.into_inner();
         let change = RoleChange {
             role: request.role(),
@@ -517,6 +524,7 @@ impl Tablet for TabletService {
         &self,
         request: Request<AddReplicaRequest>,
     ) -> Result<Response<AddReplicaResponse>, Status> {
+        cluster_secret::check(&request, "AddReplica")?;
         let AddReplicaRequest { tid, pid, endpoint } = request.into_inner();
         tessera_common::Endpoint::parse(&endpoint).map_err(TabletError::InvalidArgument)?;
         self.with_table(tid, pid, move |t| {
@@ -530,6 +538,7 @@ impl Tablet for TabletService {
         &self,
         request: Request<DelReplicaRequest>,
     ) -> Result<Response<DelReplicaResponse>, Status> {
+        cluster_secret::check(&request, "DelReplica")?;
         let DelReplicaRequest {
             tid,
             pid,
@@ -550,6 +559,7 @@ impl Tablet for TabletService {
         &self,
         request: Request<FenceRequest>,
     ) -> Result<Response<FenceResponse>, Status> {
+        cluster_secret::check(&request, "Fence")?;
         let FenceRequest { tid, pid, term } = request.into_inner();
         let (table, (last_term, last_offset)) = self
             .with_table(tid, pid, move |t| Ok(t.fence(term)?))
@@ -567,6 +577,7 @@ impl Tablet for TabletService {
         &self,
         request: Request<GetTermPairRequest>,
     ) -> Result<Response<GetTermPairResponse>, Status> {
+        cluster_secret::check(&request, "GetTermPair")?;
         let GetTermPairRequest { tid, pid } = request.into_inner();
         let catalog = self.catalog.clone();
         let (last_term, last_offset, loaded, term_history) =
@@ -583,6 +594,7 @@ impl Tablet for TabletService {
         &self,
         request: Request<PauseSnapshotRequest>,
     ) -> Result<Response<PauseSnapshotResponse>, Status> {
+        cluster_secret::check(&request, "PauseSnapshot")?;
         let PauseSnapshotRequest { tid, pid } = request.into_inner();
         let table = self.table(tid, pid)?;
         blocking(move || {
@@ -597,6 +609,7 @@ impl Tablet for TabletService {
         &self,
         request: Request<RecoverSnapshotRequest>,
     ) -> Result<Response<RecoverSnapshotResponse>, Status> {
+        cluster_secret::check(&request, "RecoverSnapshot")?;
         let RecoverSnapshotRequest { tid, pid } = request.into_inner();
         self.table(tid, pid)?.resume_snapshots();
         Ok(Response::new(RecoverSnapshotResponse {}))
@@ -606,6 +619,7 @@ impl Tablet for TabletService {
         &self,
         request: Request<SendSnapshotRequest>,
     ) -> Result<Response<SendSnapshotResponse>, Status> {
+        cluster_secret::check(&request, "SendSnapshot")?;
         let SendSnapshotRequest { tid, pid, endpoint } = request.into_inner();
         tessera_common::Endpoint::parse(&endpoint).map_err(TabletError::InvalidArgument)?;
         let table = self.table(tid, pid)?;
@@ -625,6 +639,7 @@ impl Tablet for TabletService {
         &self,
         request: Request<tonic::Streaming<SnapshotChunk>>,
     ) -> Result<Response<ReceiveSnapshotResponse>, Status> {
+        cluster_secret::check(&request, "ReceiveSnapshot")?;
         let table = transfer::receive_snapshot(self.catalog.clone(), request.into_inner()).await?;
         self.replicators.sync_table(&table);
         Ok(Response::new(ReceiveSnapshotResponse {
@@ -642,6 +657,7 @@ impl Tablet for TabletService {
         &self,
         request: Request<GetFollowerStatusRequest>,
     ) -> Result<Response<GetFollowerStatusResponse>, Status> {
+        cluster_secret::check(&request, "GetFollowerStatus")?;
         let GetFollowerStatusRequest { tid, pid } = request.into_inner();
         let table = self.table(tid, pid)?;
         Ok(Response::new(GetFollowerStatusResponse {

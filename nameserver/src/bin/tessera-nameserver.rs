@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use tessera_common::cluster_secret::ClusterSecretFlags;
 use tessera_common::server_process::{init_logging, shutdown_signal};
 use tessera_common::zk_auth::ZkAuthFlags;
 use tessera_nameserver::schedule::SnapshotSchedule;
@@ -46,6 +47,8 @@ struct Flags {
     inject_task_fault: Option<TaskFault>,
     #[command(flatten)]
     zk_auth: ZkAuthFlags,
+    #[command(flatten)]
+    cluster_secret: ClusterSecretFlags,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +57,7 @@ fn main() -> anyhow::Result<()> {
     flags
         .zk_auth
         .apply()
+        .and_then(|()| flags.cluster_secret.apply())
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;
     let config = NameserverConfig {

@@ -41,6 +41,9 @@ struct Flags {
     /// `user:password` for --zk_auth_schema=digest.
     #[arg(long)]
     zk_cert: Option<String>,
+    /// File whose first line is the cluster secret: internal calls must carry it.
+    #[arg(long)]
+    cluster_secret_file: Option<std::path::PathBuf>,
     /// When binlog writes are fsynced: every_write, group (default) or none.
     #[arg(long)]
     binlog_fsync: Option<FsyncPolicy>,
@@ -92,6 +95,7 @@ fn config_from(flags: Flags) -> anyhow::Result<TabletConfig> {
         zk_session_timeout => zk_session_timeout_ms,
         zk_auth_schema => zk_auth_schema,
         zk_cert => zk_cert,
+        cluster_secret_file => cluster_secret_file,
         binlog_fsync => binlog_fsync,
         binlog_segment_size => binlog_segment_size,
         binlog_flush_threads => binlog_flush_threads,
@@ -112,6 +116,13 @@ fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;
     tessera_common::zk_auth::apply(&config.zk_auth_schema, &config.zk_cert)
+        .and_then(|()| {
+            if config.cluster_secret_file.as_os_str().is_empty() {
+                Ok(())
+            } else {
+                tessera_common::cluster_secret::use_secret_file(&config.cluster_secret_file)
+            }
+        })
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use tessera_common::cluster_secret;
 use tessera_common::failure_detection::{HEARTBEAT, LEADER_LEASE};
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{
@@ -306,7 +307,7 @@ impl LinkTask {
             .connect()
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;
-        let mut client = TabletClient::new(channel)
+        let mut client = TabletClient::new(cluster_secret::internal(channel))
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         let (requests, outgoing) = mpsc::channel::<AppendEntriesRequest>(MAX_IN_FLIGHT + 1);

@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tessera_common::cluster_secret;
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{ReplicaState, SnapshotChunk, TableRole};
 use tokio::sync::mpsc;
@@ -58,10 +59,13 @@ pub async fn send_snapshot(
     };
     let producer =
         tokio::task::spawn_blocking(move || produce_chunks(&dir, &files, first, &chunks));
-    let mut client = TabletClient::connect(format!("http://{target}"))
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
+        .map_err(|e| e.to_string())?
+        .connect()
         .await
-        .map_err(|e| format!("cannot connect to {target}: {e}"))?
-        .max_encoding_message_size(64 << 20);
+        .map_err(|e| format!("cannot connect to {target}: {e}"))?;
+    let mut client =
+        TabletClient::new(cluster_secret::internal(channel)).max_encoding_message_size(64 << 20);
     let response = client.receive_snapshot(ReceiverStream::new(outgoing)).await;
     let produced = producer.await.map_err(|e| e.to_string())?;
     let response =

@@ -45,6 +45,8 @@ struct Args {
     cmd: Command,
     #[command(flatten)]
     zk_auth: tessera_common::zk_auth::ZkAuthFlags,
+    #[command(flatten)]
+    cluster_secret: tessera_common::cluster_secret::ClusterSecretFlags,
     /// recoverdata: print the plan and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -227,7 +229,11 @@ async fn restore_after_interruption(args: &Args) {
 #[tokio::main(worker_threads = 2)]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = args.zk_auth.apply() {
+    if let Err(e) = args
+        .zk_auth
+        .apply()
+        .and_then(|()| args.cluster_secret.apply())
+    {
         eprintln!("tessera-ops: {e}");
         return ExitCode::from(2);
     }

@@ -14,6 +14,7 @@ pub mod status;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
+use tessera_common::cluster_secret;
 use tessera_ns_client::nameserver::NameserverConnection;
 use tessera_proto::nameserver::{
     ConfGetRequest, ConfSetRequest, OpInfo, ShowOpStatusRequest, ShowSchemaRequest,
@@ -264,7 +265,9 @@ impl Ops {
 }
 
 /// A tablet's client, or why it cannot be reached (quickly: an operator waits).
-pub async fn tablet(endpoint: &str) -> std::result::Result<TabletClient<Channel>, String> {
+pub async fn tablet(
+    endpoint: &str,
+) -> std::result::Result<TabletClient<cluster_secret::InternalChannel>, String> {
     let channel = Endpoint::from_shared(format!("http://{endpoint}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(3))
@@ -272,7 +275,7 @@ pub async fn tablet(endpoint: &str) -> std::result::Result<TabletClient<Channel>
         .connect()
         .await
         .map_err(|e| format!("unreachable ({e})"))?;
-    Ok(TabletClient::new(channel))
+    Ok(TabletClient::new(cluster_secret::internal(channel)))
 }
 
 /// The replicas of each partition, per endpoint: how many each tablet holds and leads.
