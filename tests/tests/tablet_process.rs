@@ -81,6 +81,18 @@ async fn acknowledged_rows_survive_kill9(fsync: &str) {
     workload::assert_all_acked_present(&mut client, 1, 0, 0, &acked).await;
 }
 
+/// The status of every replica the tablet holds.
+async fn all_tables(tablet: &TabletProcess) -> Vec<TableStatus> {
+    tablet
+        .client()
+        .await
+        .get_table_status(GetTableStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .tables
+}
+
 /// Threads of a process by name (`/proc/PID/task/*/comm`).
 fn thread_names(pid: u32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -141,13 +153,7 @@ async fn many_partitions_share_the_flusher_threads() {
 
     tablet.kill9();
     tablet.restart().await;
-    let mut client = tablet.client().await;
-    let tables = client
-        .get_table_status(GetTableStatusRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .tables;
+    let tables = all_tables(&tablet).await;
     assert_eq!(tables.len(), PARTITIONS as usize);
     for table in &tables {
         assert_eq!(table.record_count, 20, "partition {}", table.pid);
@@ -190,13 +196,7 @@ async fn sigterm_stops_cleanly_and_restart_reloads_every_table() {
     );
 
     tablet.restart().await;
-    let mut client = tablet.client().await;
-    let tables = client
-        .get_table_status(GetTableStatusRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .tables;
+    let tables = all_tables(&tablet).await;
     assert_eq!(tables.len(), 3);
     for table in &tables {
         assert_eq!(table.record_count, 100, "partition {}", table.pid);
