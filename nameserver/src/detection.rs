@@ -76,13 +76,21 @@ pub fn is_connection_refused(error: &(dyn std::error::Error + 'static)) -> bool 
 /// refuses, and only the refusal proves it gone (saving the wait for its lease).
 pub async fn probe(endpoint: &str) -> Probe {
     let retry_until = Instant::now() + PROBE_TIMEOUT;
+    // The first try has the whole timeout for each step; the tries after a broken
+    // connection share what is left of it, so a probe never takes longer than before.
+    let mut limit = PROBE_TIMEOUT;
     loop {
-        match probe_once(endpoint).await {
+        match probe_once(endpoint, limit).await {
             Attempt::Answered => return Probe::Alive,
             Attempt::Refused => return Probe::Gone,
             Attempt::NoAnswer => return Probe::Silent,
             Attempt::Broken if Instant::now() + PROBE_RETRY >= retry_until => return Probe::Silent,
-            Attempt::Broken => tokio::time::sleep(PROBE_RETRY).await,
+            Attempt::Broken => {
+                tokio::time::sleep(PROBE_RETRY).await;
+                limit = retry_until
+                    .saturating_duration_since(Instant::now())
+                    .max(PROBE_RETRY);
+            }
         }
     }
 }
@@ -99,23 +107,20 @@ enum Attempt {
     Broken,
 }
 
-async fn probe_once(endpoint: &str) -> Attempt {
+/// One try, each step (connection, answer) bounded by `limit`.
+async fn probe_once(endpoint: &str, limit: Duration) -> Attempt {
     let Ok(target) = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}")) else {
         return Attempt::NoAnswer;
     };
     // The timeout around the connection is the only one, so an error from inside is a
     // refusal or a broken connection, never a timeout.
-    let channel = match tokio::time::timeout(PROBE_TIMEOUT, target.connect()).await {
+    let channel = match tokio::time::timeout(limit, target.connect()).await {
         Ok(Ok(channel)) => channel,
         Ok(Err(e)) if is_connection_refused(&e) => return Attempt::Refused,
         Ok(Err(_)) => return Attempt::Broken,
         Err(_) => return Attempt::NoAnswer,
     };
-    let answer = tokio::time::timeout(
-        PROBE_TIMEOUT,
-        TabletClient::new(channel).ping(PingRequest {}),
-    )
-    .await;
+    let answer = tokio::time::timeout(limit, TabletClient::new(channel).ping(PingRequest {})).await;
     match answer {
         Ok(Ok(_)) => Attempt::Answered,
         Ok(Err(_)) => Attempt::Broken,

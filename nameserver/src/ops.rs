@@ -47,6 +47,17 @@ const RECONCILE_EVERY_TICKS: u64 = 5;
 const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Ops of lower priority (snapshots) never take the last permits: failover always has room.
 const PERMITS_KEPT_FOR_FAILOVER: usize = 2;
+/// The tasks that call the partition's leader, and give way when it stops answering.
+const CALLS_THE_LEADER: &[&str] = &[
+    "kPrepareReplica",
+    "kAddReplica",
+    "kWaitCatchUp",
+    "kDelReplica",
+    "kDelSourceReplica",
+    "kMarkReplicaLeaving",
+    "kMarkSourceLeaving",
+    "kMakeSnapshot",
+];
 /// How often a running task looks whether its partition's leader still answers.
 const LEADER_WATCH_EVERY: Duration = Duration::from_millis(20);
 
@@ -254,25 +265,38 @@ impl Nameserver {
         let restarted = self.take_restarted();
         if self.registry_ready() && self.auto_failover().await? {
             self.mark_restarted_replicas_dead(&restarted).await?;
-            // Partitions with an op under way, or one that failed moments ago (so a
-            // partition that cannot be repaired yet is not retried in a tight loop).
-            let now = now_ms();
+            // Partitions with an op under way.
+            let key_of = |op: &OpInfo| (op.db.clone(), op.name.clone(), op.pid);
             let mut busy: HashSet<PartitionKey> = ops
                 .iter()
                 .filter(|op| {
                     // Queued housekeeping does not hold a failover back: both may be
                     // queued, and failover starts first.
                     let queued_housekeeping = op.status == INITED && !is_failover(&op.op_type);
-                    (!is_finished(op) && !queued_housekeeping)
-                        || (op.status == FAILED && now - op.end_time_ms < RETRY_AFTER_FAILURE_MS)
+                    !is_finished(op) && !queued_housekeeping
                 })
-                .map(|op| (op.db.clone(), op.name.clone(), op.pid))
+                .map(key_of)
                 .collect();
+            // Partitions with an op that failed moments ago, so that one that cannot be
+            // repaired yet is not retried in a tight loop, and which failed a
+            // ChangeLeader. A ChangeLeader waits only for a failed ChangeLeader: a repair
+            // that gave way to it (or failed for any reason) must not hold it back.
+            let now = now_ms();
+            let mut cooling: HashMap<PartitionKey, bool> = HashMap::new();
+            for op in ops
+                .iter()
+                .filter(|op| op.status == FAILED && now - op.end_time_ms < RETRY_AFTER_FAILURE_MS)
+            {
+                *cooling.entry(key_of(op)).or_default() |= op.op_type == CHANGE_LEADER;
+            }
             let tables = self.tables().await?;
             for table in &tables {
                 for planned in planner::plan(table, |e| self.is_healthy(e)) {
                     let key = (table.db.clone(), table.name.clone(), planned.pid);
-                    if busy.insert(key) {
+                    let cooled = cooling.get(&key).is_some_and(|change_leader_failed| {
+                        planned.op_type != CHANGE_LEADER || *change_leader_failed
+                    });
+                    if !cooled && busy.insert(key) {
                         ops.push(self.add_planned(table, &planned).await?);
                     }
                 }
@@ -428,7 +452,7 @@ impl Nameserver {
                 return;
             }
             let task = op.tasks[op.task_index as usize].clone();
-            let leader = self.leader_to_watch(&op).await;
+            let leader = self.leader_to_watch(&op, &task).await;
             let work = async {
                 match self.injected_fault(&task).await {
                     Some(failure) => Err(failure),
@@ -546,6 +570,16 @@ impl Nameserver {
         let undone = async {
             let table = self.table_of(op).await?;
             let partition = partition_of(&table, op.pid)?;
+            // A leader taken for gone or silent would only make this wait for a call
+            // timeout, holding back the failover that replaces it; the new leader ships
+            // to the replicas the metadata names, and the reconciler settles this one.
+            let leader = leader_of(&partition)?;
+            if self.presence(&leader) != Presence::Registered {
+                return Err(NsError::Tablet {
+                    endpoint: leader,
+                    message: "the leader is gone or silent; not waiting for it".into(),
+                });
+            }
             // A joining replica stops voting too (the failover rule still counts it while
             // it is listed as joining); a member that voted before keeps its vote.
             let joining = partition
@@ -566,13 +600,13 @@ impl Nameserver {
         }
     }
 
-    /// The op's table, refused if it was dropped and created again since the op was made.
-    /// The leader whose failure should end a task of `op` at once: the partition's, for
-    /// every op but the ChangeLeader that replaces it. A task waiting on a paused leader
-    /// would otherwise hold the partition (ops on one partition run one at a time) until
-    /// its RPC timed out, and the failover with it.
-    async fn leader_to_watch(&self, op: &OpInfo) -> Option<String> {
-        if op.op_type == CHANGE_LEADER {
+    /// The leader whose failure should end `task` of `op` at once: the partition's, for
+    /// the tasks that call it (ChangeLeader's replace it). A task waiting on a paused
+    /// leader would otherwise hold the partition (ops on one partition run one at a
+    /// time) until its call timed out, and the failover with it. Tasks that only write
+    /// the metadata or call other tablets run to their end.
+    async fn leader_to_watch(&self, op: &OpInfo, task: &str) -> Option<String> {
+        if op.op_type == CHANGE_LEADER || !CALLS_THE_LEADER.contains(&task) {
             return None;
         }
         let table = self.table_of(op).await.ok()?;
@@ -592,6 +626,7 @@ impl Nameserver {
         Some(leader)
     }
 
+    /// The op's table, refused if it was dropped and created again since the op was made.
     async fn table_of(&self, op: &OpInfo) -> Result<TableInfo> {
         let table = self.table(&op.db, &op.name).await?;
         if op.tid != 0 && table.tid != op.tid {

@@ -31,7 +31,7 @@ pub async fn run(tm: &Arc<TaskManager>, job: &mut JobInfo, stop: &Arc<AtomicBool
     tm.save_job(job).await?;
 
     let target = tm.files.output(&job.path)?;
-    let out = AtomicFile::create(&target)?;
+    let out = AtomicFile::create(&target, &format!("job{}", job.id))?;
     let part = out.part().display().to_string();
     let mut writer = csv::WriterBuilder::new()
         .delimiter(delimiter(&options)?)

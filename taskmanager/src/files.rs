@@ -97,8 +97,8 @@ impl JobFiles {
     }
 }
 
-/// A file written whole or not at all: the content goes to `<target>.part` (created
-/// anew, never through a link), which is fsynced and renamed over `target`, and the
+/// A file written whole or not at all: the content goes to a partial file beside it
+/// (created anew, never through a link), which is fsynced and renamed over `target`, and the
 /// directory is fsynced, so after a crash `target` is either the old file or the new
 /// one, complete.
 /// Dropped before [`AtomicFile::commit`], it removes the partial file.
@@ -110,17 +110,35 @@ pub struct AtomicFile {
 }
 
 impl AtomicFile {
-    pub fn create(target: &Path) -> Result<AtomicFile> {
-        let mut part = target.as_os_str().to_owned();
-        part.push(".part");
-        let part = PathBuf::from(part);
-        // A leftover of an interrupted export (or anything else by that name): removing
-        // a link removes the link, not what it points to.
-        match std::fs::remove_file(&part) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&part, "removing", e)),
+    /// `owner` names the writer (an export's job): the partial file is
+    /// `<target>.<owner>.<unique>.part`, so two writers of one target (two jobs, or a
+    /// job's old and new run during a change of leader) never share it, and what an
+    /// earlier run of the same owner left behind is removed.
+    pub fn create(target: &Path, owner: &str) -> Result<AtomicFile> {
+        let dir = target.parent().unwrap_or(Path::new("."));
+        let name = target
+            .file_name()
+            .ok_or_else(|| TmError::InvalidArgument(format!("{} names no file", target.display())))?
+            .to_string_lossy()
+            .into_owned();
+        let mine = format!("{name}.{owner}.");
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                if file.starts_with(&mine) && file.ends_with(".part") {
+                    // Removing a link removes the link, not what it points to.
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
         }
+        let unique = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        let part = dir.join(format!("{mine}{unique}.part"));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -259,17 +277,35 @@ mod tests {
         let target = files.output("out.csv").unwrap();
         // A planted `.part` link must not redirect the write.
         let secret = elsewhere.path().join("secret");
-        std::os::unix::fs::symlink(&secret, files.root().join("out.csv.part")).unwrap();
-        let mut out = AtomicFile::create(&target).unwrap();
+        std::os::unix::fs::symlink(&secret, files.root().join("out.csv.job1.1.part")).unwrap();
+        let mut out = AtomicFile::create(&target, "job1").unwrap();
         out.write_all(b"new content").unwrap();
         out.commit().unwrap();
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "new content");
         assert_eq!(std::fs::read_to_string(&secret).unwrap(), "x");
-        assert!(!files.root().join("out.csv.part").exists());
+        assert!(
+            !files.root().join("out.csv.job1.1.part").exists(),
+            "a leftover is removed"
+        );
 
-        let mut out = AtomicFile::create(&target).unwrap();
+        // Two writers of one target do not share a partial file.
+        let mut first = AtomicFile::create(&target, "job2").unwrap();
+        let mut second = AtomicFile::create(&target, "job3").unwrap();
+        first.write_all(b"first, whole").unwrap();
+        second.write_all(b"second, half").unwrap();
+        first.commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "first, whole");
+        second.abandon();
+
+        let mut out = AtomicFile::create(&target, "job4").unwrap();
         out.write_all(b"half").unwrap();
         out.abandon();
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new content");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "first, whole");
+        let left: Vec<_> = std::fs::read_dir(files.root())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+            .collect();
+        assert!(left.is_empty(), "abandoned partial files are removed: {left:?}");
     }
 }

@@ -276,5 +276,20 @@ async fn a_repair_waiting_on_a_paused_leader_gives_way_to_its_failover() {
     let recover = recover_op().await.expect("the RecoverTable op");
     assert_eq!(recover.status, "kFailed", "{recover:?}");
     assert!(recover.reason.contains("gives way"), "{}", recover.reason);
+    // The ChangeLeader is made at the next round of the op pipeline (200 ms), not after
+    // the pause that keeps a failed op's partition from being retried at once (5 s).
+    let change = ns
+        .show_op_status(ShowOpStatusRequest::default())
+        .await
+        .expect("showopstatus")
+        .into_inner()
+        .ops
+        .into_iter()
+        .find(|o| o.op_type == "kChangeLeader" && o.pid == 0)
+        .expect("the ChangeLeader op");
+    assert!(
+        change.start_time_ms < recover.end_time_ms + 3_000,
+        "the failover waited for the failed repair's retry pause: {change:?} after {recover:?}"
+    );
     cluster.tablets[paused].resume();
 }

@@ -7,7 +7,8 @@ use anyhow::{bail, Context};
 use tessera_common::{ColumnType, Schema, Ttl, Value};
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::*;
-use tonic::transport::Channel;
+use tessera_common::cluster_secret::{self, InternalChannel};
+use tonic::transport::Endpoint;
 
 #[derive(Debug, Clone)]
 pub struct BenchSpec {
@@ -47,10 +48,14 @@ fn schema() -> Schema {
     .expect("static schema")
 }
 
-async fn connect(endpoint: &str) -> anyhow::Result<TabletClient<Channel>> {
-    TabletClient::connect(format!("http://{endpoint}"))
+/// Setting up the partition takes internal calls: they carry the cluster secret, if the
+/// process was given one.
+async fn connect(endpoint: &str) -> anyhow::Result<TabletClient<InternalChannel>> {
+    let channel = Endpoint::from_shared(format!("http://{endpoint}"))?
+        .connect()
         .await
-        .with_context(|| format!("cannot connect to {endpoint}"))
+        .with_context(|| format!("cannot connect to {endpoint}"))?;
+    Ok(TabletClient::new(cluster_secret::internal(channel)))
 }
 
 /// Creates the partition on every endpoint (each copy leads itself in term 1, as a

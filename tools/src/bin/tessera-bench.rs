@@ -34,11 +34,14 @@ struct Flags {
     /// Bytes in each row's value column.
     #[arg(long, default_value_t = 100)]
     value_bytes: usize,
+    #[command(flatten)]
+    cluster_secret: tessera_common::cluster_secret::ClusterSecretFlags,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
+    flags.cluster_secret.apply().map_err(anyhow::Error::msg)?;
     let mode = match flags.mode.as_str() {
         "quorum" => ReplicationMode::Quorum,
         "async" => ReplicationMode::Async,
