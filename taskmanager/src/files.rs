@@ -306,6 +306,9 @@ mod tests {
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
             .collect();
-        assert!(left.is_empty(), "abandoned partial files are removed: {left:?}");
+        assert!(
+            left.is_empty(),
+            "abandoned partial files are removed: {left:?}"
+        );
     }
 }

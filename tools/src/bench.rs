@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use tessera_common::cluster_secret::{self, InternalChannel};
 use tessera_common::{ColumnType, Schema, Ttl, Value};
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::*;
-use tessera_common::cluster_secret::{self, InternalChannel};
 use tonic::transport::Endpoint;
 
 #[derive(Debug, Clone)]
