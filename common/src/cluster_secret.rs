@@ -80,11 +80,6 @@ impl ClusterSecretFlags {
     }
 }
 
-/// Whether this process has a secret (and its tablets check it).
-pub fn is_set() -> bool {
-    SECRET.get().is_some()
-}
-
 /// Adds the secret, if any, to every request of a client.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AttachSecret;
@@ -157,6 +152,6 @@ mod tests {
         assert!(use_secret_file(&dir.path().join("missing"))
             .unwrap_err()
             .contains("cannot read"));
-        assert!(!is_set());
+        assert!(SECRET.get().is_none());
     }
 }

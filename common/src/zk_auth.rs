@@ -24,8 +24,7 @@ pub struct ZkAuth {
 impl std::fmt::Debug for ZkAuth {
     /// The user only: the password stays out of logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let user = self.cert.split_once(':').map_or("", |(user, _)| user);
-        write!(f, "{}:{user}:***", self.scheme)
+        write!(f, "{}:{}:***", self.scheme, self.user())
     }
 }
 
@@ -113,11 +112,6 @@ pub fn use_auth(auth: ZkAuth) -> Result<(), String> {
     }
 }
 
-/// This process's identity, if it has one.
-pub fn auth() -> Option<&'static ZkAuth> {
-    AUTH.get()
-}
-
 /// A session builder that authenticates with this process's identity, if any.
 pub fn connector() -> Connector {
     let connector = Client::connector();
@@ -138,35 +132,60 @@ pub fn acls() -> Acls<'static> {
 /// With an identity set, gives every node under `root` (itself included) that anyone
 /// may change the ACLs of [`acls`]: nodes made before authentication was turned on.
 /// Returns how many it changed. A node gone meanwhile is skipped.
+///
+/// The root is closed last, so a closed root means the walk was done (nodes created
+/// since are closed as they are made): the walk, one read per node, happens once per
+/// cluster, not at every change of leader.
 pub async fn restrict_open_nodes(client: &Client, root: &str) -> Result<usize, ZkError> {
     if AUTH.get().is_none() {
         return Ok(0);
     }
+    let root = root.trim_end_matches('/');
+    let Some(root_version) = open_acl_version(client, root).await? else {
+        return Ok(0);
+    };
     let mut changed = 0;
-    let mut pending = vec![root.trim_end_matches('/').to_string()];
+    let mut pending = children_of(client, root).await?;
     while let Some(path) = pending.pop() {
-        let (current, stat) = match client.get_acl(&path).await {
-            Ok(found) => found,
-            Err(ZkError::NoNode) => continue,
-            Err(e) => return Err(e),
-        };
-        let open = current
-            .iter()
-            .any(|acl| acl.scheme() == "world" && acl.permission() != Permission::READ);
-        if open {
-            match client.set_acl(&path, &acls(), Some(stat.aversion)).await {
-                Ok(_) => changed += 1,
-                Err(ZkError::NoNode | ZkError::BadVersion) => {}
-                Err(e) => return Err(e),
-            }
+        if let Some(version) = open_acl_version(client, &path).await? {
+            changed += usize::from(close(client, &path, version).await?);
         }
-        match client.list_children(&path).await {
-            Ok(children) => pending.extend(children.into_iter().map(|c| format!("{path}/{c}"))),
-            Err(ZkError::NoNode) => {}
-            Err(e) => return Err(e),
-        }
+        pending.extend(children_of(client, &path).await?);
     }
+    changed += usize::from(close(client, root, root_version).await?);
     Ok(changed)
+}
+
+/// The ACL version of `path` if anyone may change it; `None` if it is closed or gone.
+async fn open_acl_version(client: &Client, path: &str) -> Result<Option<i32>, ZkError> {
+    match client.get_acl(path).await {
+        Ok((current, stat)) => Ok(current
+            .iter()
+            .any(|acl| acl.scheme() == "world" && acl.permission() != Permission::READ)
+            .then_some(stat.aversion)),
+        Err(ZkError::NoNode) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Gives `path` this process's ACLs; false if it changed or went meanwhile.
+async fn close(client: &Client, path: &str, version: i32) -> Result<bool, ZkError> {
+    match client.set_acl(path, &acls(), Some(version)).await {
+        Ok(_) => Ok(true),
+        Err(ZkError::NoNode | ZkError::BadVersion) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+async fn children_of(client: &Client, path: &str) -> Result<Vec<String>, ZkError> {
+    match client.list_children(path).await {
+        Ok(children) => Ok(children
+            .into_iter()
+            .map(|c| format!("{path}/{c}"))
+            .collect()),
+        Err(ZkError::NoNode) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
