@@ -9,6 +9,7 @@ pub mod history;
 pub mod key;
 pub mod schema;
 pub mod server_process;
+pub mod tls;
 pub mod types;
 pub mod value;
 pub mod wire_error;

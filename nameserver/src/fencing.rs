@@ -77,7 +77,7 @@ async fn fence_one(endpoint: &str, request: tpb::FenceRequest) -> FenceOutcome {
         reason,
         stale_term: None,
     };
-    let target = match tonic::transport::Endpoint::from_shared(format!("http://{endpoint}")) {
+    let target = match tessera_common::tls::endpoint(endpoint) {
         Ok(target) => target.connect_timeout(FENCE_TIMEOUT),
         Err(e) => return failed(e.to_string()),
     };

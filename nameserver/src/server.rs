@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tessera_common::coordination::ZkSettings;
 use tessera_proto::nameserver::nameserver_server::NameserverServer;
 use tracing::info;
@@ -76,20 +75,18 @@ pub async fn run(
 
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen on {addr}"))?
-        // Small gRPC messages must not wait for delayed ACKs.
-        .tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        .with_context(|| format!("cannot listen on {addr}"))?;
     info!(endpoint = %config.endpoint, "nameserver serving");
-    // gRPC and HTTP/1.1 share the port.
     let grpc =
         tonic::service::Routes::new(NameserverServer::new(NameserverService::new(state.clone())))
             .prepare()
             .into_axum_router();
     let app = crate::http::with_http(grpc, state);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    // gRPC and HTTP/1.1 (or HTTP/2 over TLS) share the port, under TLS when configured.
+    let served = tessera_common::tls::server_builder()
+        .accept_http1(true)
+        .add_routes(tonic::service::Routes::from(app))
+        .serve_with_incoming_shutdown(tessera_common::tls::incoming(listener), shutdown)
         .await;
     let _ = stop.send(true);
     let _ = election.await;

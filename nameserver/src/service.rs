@@ -184,6 +184,8 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<LeaderTroubleRequest>,
     ) -> Result<Response<LeaderTroubleResponse>, Status> {
+        // Only the cluster's tablets report: a stranger must not make us probe anyone.
+        tessera_common::cluster_secret::check(&request, "ReportLeaderTrouble")?;
         let r = request.into_inner();
         self.state.check_leading()?;
         let verdict = self

@@ -906,7 +906,7 @@ fn check_name(what: &str, name: &str) -> Result<()> {
 }
 
 pub(crate) async fn tablet(endpoint: &str) -> Result<TabletClient<InternalChannel>> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
+    let channel = tessera_common::tls::endpoint(endpoint)
         .map_err(|e| NsError::InvalidArgument(e.to_string()))?
         .connect_timeout(TABLET_CONNECT_TIMEOUT)
         .timeout(TABLET_CALL_TIMEOUT)

@@ -248,7 +248,7 @@ impl Client {
         if let Some(client) = self.tablets.read().get(endpoint) {
             return Ok(client.clone());
         }
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
+        let channel = tessera_common::tls::endpoint(endpoint)
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(15))

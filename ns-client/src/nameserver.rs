@@ -5,7 +5,7 @@ use std::time::Duration;
 use tessera_common::wire_error::{detail_of, ErrorCode};
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::taskmanager::task_manager_client::TaskManagerClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::ClientError;
 
@@ -155,7 +155,7 @@ impl<C: Clone> LeaderConnection<C> {
             attempts: 1,
             last: format!("cannot reach the {} at {endpoint}: {e}", self.what),
         };
-        let channel = Endpoint::from_shared(format!("http://{endpoint}"))
+        let channel = tessera_common::tls::endpoint(&endpoint)
             .map_err(|e| unreachable(e.to_string()))?
             .connect_timeout(Duration::from_secs(3))
             .connect()

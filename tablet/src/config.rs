@@ -25,6 +25,11 @@ pub struct TabletConfig {
     pub zk_cert: String,
     /// File holding the cluster secret; empty for none (internal calls unchecked).
     pub cluster_secret_file: PathBuf,
+    /// TLS: the certificate authority of the cluster, and this tablet's certificate and
+    /// key (PEM files); all empty for none (see `tessera_common::tls`).
+    pub tls_ca: PathBuf,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
     /// `every_write`, `group` or `none`.
     pub binlog_fsync: FsyncPolicy,
     /// Bytes after which a binlog segment is closed and a new one started.
@@ -63,6 +68,9 @@ impl Default for TabletConfig {
             zk_auth_schema: String::new(),
             zk_cert: String::new(),
             cluster_secret_file: PathBuf::new(),
+            tls_ca: PathBuf::new(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
             binlog_fsync: binlog.fsync,
             binlog_segment_size: binlog.segment_size,
             binlog_group_commit_interval_ms: binlog.group_commit_interval.as_millis() as u64,

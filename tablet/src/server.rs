@@ -112,9 +112,9 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {addr}"))?;
     info!(endpoint = %config.endpoint, db_root_path = %config.db_root_path.display(), "tablet serving");
     let (signalled, mut stopping) = tokio::sync::watch::channel(false);
-    let server = tonic::transport::Server::builder()
+    let server = tessera_common::tls::server_builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(tokio_stream_listener(listener), async move {
+        .serve_with_incoming_shutdown(tessera_common::tls::incoming(listener), async move {
             shutdown.await;
             let _ = signalled.send(true);
         });
@@ -144,19 +144,6 @@ pub async fn run(
     tokio::task::spawn_blocking(move || catalog.close_all()).await?;
     info!("tablet stopped");
     served.context("gRPC server failed")
-}
-
-/// Accepted connections with Nagle's algorithm off: replication acknowledgements and
-/// small responses must not wait for delayed ACKs (that costs ~40 ms a round trip).
-fn tokio_stream_listener(
-    listener: tokio::net::TcpListener,
-) -> impl futures_core::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
 }
 
 /// Fences every leader replica while the lease is not valid. A lease renewed again in

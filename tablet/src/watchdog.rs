@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tessera_common::cluster_secret::{self, InternalChannel};
 use tessera_common::coordination::{election_order, ZkSettings};
 use tessera_common::failure_detection::{HEARTBEAT, REPORT_INTERVAL, SILENCE_TIMEOUT};
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::LeaderTroubleRequest;
 use tokio::sync::{mpsc, watch};
-use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::catalog::Catalog;
@@ -141,7 +141,7 @@ async fn send_reports(
 struct NameserverLink {
     settings: ZkSettings,
     zk: Option<zookeeper_client::Client>,
-    leader: Option<NameserverClient<Channel>>,
+    leader: Option<NameserverClient<InternalChannel>>,
 }
 
 impl NameserverLink {
@@ -173,7 +173,7 @@ impl NameserverLink {
         }
     }
 
-    async fn connect(&mut self) -> Result<NameserverClient<Channel>, String> {
+    async fn connect(&mut self) -> Result<NameserverClient<InternalChannel>, String> {
         let zk = match self.zk.clone() {
             Some(zk) => zk,
             None => {
@@ -202,13 +202,13 @@ impl NameserverLink {
             .into_iter()
             .next()
             .ok_or_else(|| "no nameserver is running".to_string())?;
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{leader}"))
+        let channel = tessera_common::tls::endpoint(&leader)
             .map_err(|e| e.to_string())?
             .connect_timeout(NAMESERVER_TIMEOUT)
             .connect()
             .await
             .map_err(|e| format!("cannot connect to the nameserver {leader}: {e}"))?;
-        let client = NameserverClient::new(channel);
+        let client = NameserverClient::new(cluster_secret::internal(channel));
         self.leader = Some(client.clone());
         Ok(client)
     }

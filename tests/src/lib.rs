@@ -19,3 +19,9 @@ pub use process::{binary, free_port};
 pub use tablet::TabletProcess;
 pub use wait::{wait_until, wait_until_async};
 pub use zookeeper::ZooKeeper;
+
+/// A channel to a server of the cluster under test (over TLS when the test process uses
+/// it, see `tessera_common::tls`).
+pub async fn channel(endpoint: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    tessera_common::tls::endpoint(endpoint)?.connect().await
+}

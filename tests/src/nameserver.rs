@@ -48,15 +48,21 @@ impl ElectedProcess {
         session_timeout_ms: u64,
         job_data_dir: &Path,
     ) -> ElectedProcess {
+        Self::start_taskmanager_with(dir, zk, session_timeout_ms, job_data_dir, &[]).await
+    }
+
+    /// As [`ElectedProcess::start_taskmanager`], with more flags.
+    pub async fn start_taskmanager_with(
+        dir: &Path,
+        zk: &ZooKeeper,
+        session_timeout_ms: u64,
+        job_data_dir: &Path,
+        extra: &[&str],
+    ) -> ElectedProcess {
         let job_data_dir = format!("--job_data_dir={}", job_data_dir.display());
-        Self::start_binary(
-            "tessera-taskmanager",
-            dir,
-            zk,
-            session_timeout_ms,
-            &[&job_data_dir],
-        )
-        .await
+        let mut args = vec![job_data_dir.as_str()];
+        args.extend_from_slice(extra);
+        Self::start_binary("tessera-taskmanager", dir, zk, session_timeout_ms, &args).await
     }
 
     async fn start_binary(
@@ -135,9 +141,11 @@ impl ElectedProcess {
     }
 
     pub async fn client(&self) -> NameserverClient<Channel> {
-        NameserverClient::connect(format!("http://{}", self.endpoint))
-            .await
-            .expect("connect to nameserver")
+        NameserverClient::new(
+            crate::channel(&self.endpoint)
+                .await
+                .expect("connect to nameserver"),
+        )
     }
 
     pub fn kill9(&mut self) {

@@ -88,20 +88,30 @@ pub fn log_tail(path: &std::path::Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A plain HTTP/1.1 GET on loopback: (status code, body).
+/// An HTTP/1.1 GET on loopback (HTTPS when this process uses TLS): (status code, body).
 pub fn http_get(endpoint: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(endpoint).expect("connect for HTTP");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+    let tcp = std::net::TcpStream::connect(endpoint).expect("connect for HTTP");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
+    let mut stream: Box<dyn ReadWrite> = match tessera_common::tls::ca_pem() {
+        Some(ca) => Box::new(tls_client(endpoint, ca, tcp)),
+        None => Box::new(tcp),
+    };
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n"
     )
     .expect("send request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
+    let mut bytes = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut bytes) {
+        // A TLS server may close without a close_notify once it has answered.
+        assert!(
+            e.kind() == std::io::ErrorKind::UnexpectedEof && !bytes.is_empty(),
+            "read response: {e}"
+        );
+    }
+    let response = String::from_utf8_lossy(&bytes).into_owned();
     let status = response
         .split_whitespace()
         .nth(1)
@@ -112,6 +122,32 @@ pub fn http_get(endpoint: &str, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
+/// A TLS client stream to `endpoint` that trusts the authority `ca` (PEM), without ALPN
+/// (so the server speaks HTTP/1.1).
+fn tls_client(
+    endpoint: &str,
+    ca: &[u8],
+    tcp: std::net::TcpStream,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca) {
+        roots.add(cert.expect("CA PEM")).expect("CA certificate");
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let host = endpoint.rsplit_once(':').map_or(endpoint, |(host, _)| host);
+    let name = ServerName::try_from(host.to_string()).expect("server name");
+    let connection =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("TLS client");
+    rustls::StreamOwned::new(connection, tcp)
 }
 
 /// Whether a process runs (and is not a zombie waiting to be reaped).

@@ -70,9 +70,7 @@ pub fn spawn(
             if leader.is_none() {
                 if let Some(endpoint) = leaders(&table_rows(&mut ns, name).await).get(&pid).cloned()
                 {
-                    leader = TabletClient::connect(format!("http://{endpoint}"))
-                        .await
-                        .ok();
+                    leader = crate::channel(&endpoint).await.ok().map(TabletClient::new);
                 }
             }
             let Some(client) = leader.as_mut() else {

@@ -58,8 +58,7 @@ impl TabletProcess {
         let in_cluster = self.args.iter().any(|a| a.starts_with("--zk_cluster="));
         let leases_before = self.log().matches("ZooKeeper lease acquired").count();
         loop {
-            if let Ok(mut client) = TabletClient::connect(format!("http://{}", self.endpoint)).await
-            {
+            if let Ok(mut client) = crate::channel(&self.endpoint).await.map(TabletClient::new) {
                 let serving = client
                     .get_table_status(GetTableStatusRequest::default())
                     .await
@@ -92,11 +91,13 @@ impl TabletProcess {
     }
 
     pub async fn client(&self) -> TabletClient<Channel> {
-        TabletClient::connect(format!("http://{}", self.endpoint))
-            .await
-            .expect("connect to tablet")
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20)
+        TabletClient::new(
+            crate::channel(&self.endpoint)
+                .await
+                .expect("connect to tablet"),
+        )
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20)
     }
 
     /// The running process's id.

@@ -7,8 +7,10 @@ use std::time::Duration;
 use tessera_common::cluster_secret::HEADER;
 use tessera_common::wire_error::{detail_of, ErrorCode};
 use tessera_common::Value;
+use tessera_proto::nameserver::LeaderTroubleRequest;
 use tessera_proto::tablet::*;
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
+use tessera_tests::process::http_get;
 use tessera_tests::routed::{leaders, table_rows};
 use tessera_tests::workload::sdk_row;
 use tonic::{Request, Status};
@@ -34,7 +36,7 @@ async fn internal_calls_need_the_cluster_secret() {
     std::fs::write(&secret, "a-cluster-secret-0123456789\n").unwrap();
     let flag = format!("--cluster_secret_file={}", secret.display());
     let args = [flag.as_str()];
-    let mut cluster = NsCluster::start(
+    let cluster = NsCluster::start(
         dir.path(),
         NsClusterSpec {
             tablet_args: &args,
@@ -117,12 +119,35 @@ async fn internal_calls_need_the_cluster_secret() {
         .await
         .expect("a get needs no secret");
 
-    // The cluster's own internal calls carry it: a failover works.
-    cluster.tablets[index].kill9();
+    // The nameserver's internal RPC, the tablets' report of a silent leader, too.
+    let report = LeaderTroubleRequest {
+        reporter: cluster.tablets[(index + 1) % 3].endpoint.clone(),
+        leader: leader.clone(),
+        reason: "forged".into(),
+    };
+    refused(
+        ns.report_leader_trouble(report).await,
+        "ReportLeaderTrouble",
+    );
+
+    // The cluster's own internal calls carry it: a failover works, found by the
+    // followers' reports (a paused leader refuses no connection).
+    cluster.tablets[index].pause();
     client
         .put("default", "t1", sdk_row("after", 2))
         .await
         .expect("a put after the failover");
+    let (_, metrics) = http_get(&cluster.nameserver.endpoint, "/metrics");
+    let reports: u64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("tessera_leader_reports_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        reports > 0,
+        "the followers' reports, which carry the secret, were refused:\n{metrics}"
+    );
+    cluster.tablets[index].resume();
     for key in ["before", "after"] {
         assert!(
             client

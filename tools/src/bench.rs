@@ -8,7 +8,6 @@ use tessera_common::cluster_secret::{self, InternalChannel};
 use tessera_common::{ColumnType, Schema, Ttl, Value};
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::*;
-use tonic::transport::Endpoint;
 
 #[derive(Debug, Clone)]
 pub struct BenchSpec {
@@ -51,7 +50,7 @@ fn schema() -> Schema {
 /// Setting up the partition takes internal calls: they carry the cluster secret, if the
 /// process was given one.
 async fn connect(endpoint: &str) -> anyhow::Result<TabletClient<InternalChannel>> {
-    let channel = Endpoint::from_shared(format!("http://{endpoint}"))?
+    let channel = tessera_common::tls::endpoint(endpoint)?
         .connect()
         .await
         .with_context(|| format!("cannot connect to {endpoint}"))?;

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use tessera_common::cluster_secret::ClusterSecretFlags;
 use tessera_common::server_process::{init_logging, shutdown_signal};
+use tessera_common::tls::{Role, TlsFlags};
 use tessera_common::zk_auth::ZkAuthFlags;
 use tessera_nameserver::schedule::SnapshotSchedule;
 use tessera_nameserver::state::TaskFault;
@@ -49,6 +50,8 @@ struct Flags {
     zk_auth: ZkAuthFlags,
     #[command(flatten)]
     cluster_secret: ClusterSecretFlags,
+    #[command(flatten)]
+    tls: TlsFlags,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         .zk_auth
         .apply()
         .and_then(|()| flags.cluster_secret.apply())
+        .and_then(|()| flags.tls.apply(Role::Server))
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;
     let config = NameserverConfig {

@@ -36,6 +36,8 @@ struct Flags {
     /// History file of the interactive shell (default: ~/.tessera_ns_client_history).
     #[arg(long)]
     history_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: tessera_common::tls::TlsFlags,
 }
 
 // Multi-threaded: the interactive shell blocks the main thread while it reads a line,
@@ -43,6 +45,10 @@ struct Flags {
 #[tokio::main(worker_threads = 2)]
 async fn main() -> ExitCode {
     let flags = Flags::parse();
+    if let Err(e) = flags.tls.apply(tessera_common::tls::Role::Client) {
+        eprintln!("ns_client: {e}");
+        return ExitCode::from(2);
+    }
     let ns = match NameserverConnection::connect(&flags.zk_cluster, &flags.zk_root_path).await {
         Ok(ns) => ns,
         Err(e) => {

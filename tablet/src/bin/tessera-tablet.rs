@@ -44,6 +44,15 @@ struct Flags {
     /// File whose first line is the cluster secret: internal calls must carry it.
     #[arg(long)]
     cluster_secret_file: Option<std::path::PathBuf>,
+    /// PEM file of the certificate authority of the cluster's TLS certificates.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// PEM certificate this tablet serves TLS with (needs --tls_key and --tls_ca).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls_cert.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
     /// When binlog writes are fsynced: every_write, group (default) or none.
     #[arg(long)]
     binlog_fsync: Option<FsyncPolicy>,
@@ -96,6 +105,9 @@ fn config_from(flags: Flags) -> anyhow::Result<TabletConfig> {
         zk_auth_schema => zk_auth_schema,
         zk_cert => zk_cert,
         cluster_secret_file => cluster_secret_file,
+        tls_ca => tls_ca,
+        tls_cert => tls_cert,
+        tls_key => tls_key,
         binlog_fsync => binlog_fsync,
         binlog_segment_size => binlog_segment_size,
         binlog_flush_threads => binlog_flush_threads,
@@ -122,6 +134,14 @@ fn main() -> anyhow::Result<()> {
             } else {
                 tessera_common::cluster_secret::use_secret_file(&config.cluster_secret_file)
             }
+        })
+        .and_then(|()| {
+            tessera_common::tls::use_tls(
+                Some(&config.tls_ca),
+                Some(&config.tls_cert),
+                Some(&config.tls_key),
+                tessera_common::tls::Role::Server,
+            )
         })
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;

@@ -301,7 +301,7 @@ impl LinkTask {
         if !self.still_leading(&table) {
             return Ok(LinkEnd::NotLeading);
         }
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.follower))
+        let channel = tessera_common::tls::endpoint(&self.follower)
             .map_err(|e| e.to_string())?
             .connect_timeout(CONNECT_TIMEOUT)
             .connect()

@@ -59,7 +59,7 @@ pub async fn send_snapshot(
     };
     let producer =
         tokio::task::spawn_blocking(move || produce_chunks(&dir, &files, first, &chunks));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
+    let channel = tessera_common::tls::endpoint(target)
         .map_err(|e| e.to_string())?
         .connect()
         .await

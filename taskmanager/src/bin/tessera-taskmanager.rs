@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tessera_common::server_process::{init_logging, shutdown_signal};
+use tessera_common::tls::{Role, TlsFlags};
 use tessera_common::zk_auth::ZkAuthFlags;
 use tessera_taskmanager::TaskManagerConfig;
 
@@ -36,6 +37,8 @@ struct Flags {
     job_data_dir: std::path::PathBuf,
     #[command(flatten)]
     zk_auth: ZkAuthFlags,
+    #[command(flatten)]
+    tls: TlsFlags,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +47,7 @@ fn main() -> anyhow::Result<()> {
     flags
         .zk_auth
         .apply()
+        .and_then(|()| flags.tls.apply(Role::Server))
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;
     let config = TaskManagerConfig {

@@ -36,12 +36,18 @@ struct Flags {
     value_bytes: usize,
     #[command(flatten)]
     cluster_secret: tessera_common::cluster_secret::ClusterSecretFlags,
+    #[command(flatten)]
+    tls: tessera_common::tls::TlsFlags,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
-    flags.cluster_secret.apply().map_err(anyhow::Error::msg)?;
+    flags
+        .cluster_secret
+        .apply()
+        .and_then(|()| flags.tls.apply(tessera_common::tls::Role::Client))
+        .map_err(anyhow::Error::msg)?;
     let mode = match flags.mode.as_str() {
         "quorum" => ReplicationMode::Quorum,
         "async" => ReplicationMode::Async,

@@ -47,6 +47,8 @@ struct Args {
     zk_auth: tessera_common::zk_auth::ZkAuthFlags,
     #[command(flatten)]
     cluster_secret: tessera_common::cluster_secret::ClusterSecretFlags,
+    #[command(flatten)]
+    tls: tessera_common::tls::TlsFlags,
     /// recoverdata: print the plan and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -233,6 +235,7 @@ async fn main() -> ExitCode {
         .zk_auth
         .apply()
         .and_then(|()| args.cluster_secret.apply())
+        .and_then(|()| args.tls.apply(tessera_common::tls::Role::Client))
     {
         eprintln!("tessera-ops: {e}");
         return ExitCode::from(2);

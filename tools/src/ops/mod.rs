@@ -21,7 +21,7 @@ use tessera_proto::nameserver::{
     ShowTabletRequest, TableInfo,
 };
 use tessera_proto::tablet::tablet_client::TabletClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Errors of `tessera-ops`.
 #[derive(Debug, thiserror::Error)]
@@ -268,7 +268,7 @@ impl Ops {
 pub async fn tablet(
     endpoint: &str,
 ) -> std::result::Result<TabletClient<cluster_secret::InternalChannel>, String> {
-    let channel = Endpoint::from_shared(format!("http://{endpoint}"))
+    let channel = tessera_common::tls::endpoint(endpoint)
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30))

@@ -1,0 +1,241 @@
+//! TLS on every link of the cluster: clients to servers, and servers to each other.
+//!
+//! A cluster runs with TLS when its processes are given certificates, all signed by one
+//! certificate authority:
+//! - every server (tablet, nameserver, taskmanager) serves its gRPC and HTTP port over
+//!   TLS with `--tls_cert` and `--tls_key`, and checks the servers it calls against
+//!   `--tls_ca`;
+//! - every client (`ns_client`, the SDK, `tessera-ops`, `tessera-bench`) is given
+//!   `--tls_ca` and checks the server's certificate against it.
+//!
+//! A server's certificate must name the host its endpoint uses (an IP address or a DNS
+//! name in its subject alternative names): clients check it. A cluster is all TLS or
+//! none; a plaintext client cannot talk to a TLS server.
+//!
+//! Like the cluster secret, TLS is a setting of the whole process, read once at start-up
+//! ([`use_tls`]); every channel made through [`endpoint`] and every server made through
+//! [`server_builder`] follows it.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+
+/// A TLS handshake that takes longer is dropped (a client that connects and says
+/// nothing must not hold a server's resources).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Requests in flight on one connection (more wait their turn): one client cannot make
+/// a server hold unbounded work.
+pub const MAX_REQUESTS_PER_CONNECTION: usize = 1024;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    ca_pem: Vec<u8>,
+    client: ClientTlsConfig,
+    server: Option<ServerTlsConfig>,
+}
+
+static SETTINGS: OnceLock<Settings> = OnceLock::new();
+
+/// Which side of the links a process is: a server also calls other servers, so it
+/// needs both its own certificate and the authority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Server,
+    Client,
+}
+
+/// The flags, as every binary takes them (the tablet reads them from its configuration
+/// file too).
+#[derive(clap::Args, Debug, Clone, Default)]
+#[command(rename_all = "snake_case")]
+pub struct TlsFlags {
+    /// PEM file of the certificate authority that signs the cluster's certificates.
+    /// With it, this process talks to the cluster over TLS and checks each server's
+    /// certificate against it.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM certificate (chain) a server serves TLS with; needs --tls_key and --tls_ca.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls_cert.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsFlags {
+    /// Makes these settings the process's (nothing to do when no flag is given). The
+    /// message of an error says which flag or file is wrong.
+    pub fn apply(&self, role: Role) -> Result<(), String> {
+        use_tls(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            role,
+        )
+    }
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))?;
+    if !String::from_utf8_lossy(&bytes).contains("-----BEGIN ") {
+        return Err(format!("the {what} {} is not a PEM file", path.display()));
+    }
+    Ok(bytes)
+}
+
+/// An error with its causes: a transport error's own message says little.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
+
+/// Reads the files and makes TLS this process's setting. Paths that are `None` (or
+/// empty) are not given; with none given, the process runs without TLS.
+pub fn use_tls(
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    role: Role,
+) -> Result<(), String> {
+    fn given(path: Option<&Path>) -> Option<&Path> {
+        path.filter(|p| !p.as_os_str().is_empty())
+    }
+    let (ca, cert, key) = (given(ca), given(cert), given(key));
+    let server = match (cert, key, role) {
+        (None, None, _) => None,
+        (Some(_), None, _) | (None, Some(_), _) => {
+            return Err("--tls_cert and --tls_key go together".into())
+        }
+        (Some(_), Some(_), Role::Client) => None,
+        (Some(cert), Some(key), Role::Server) => {
+            let identity = Identity::from_pem(
+                read(cert, "TLS certificate")?,
+                read(key, "TLS private key")?,
+            );
+            let config = ServerTlsConfig::new()
+                .identity(identity)
+                .timeout(HANDSHAKE_TIMEOUT);
+            // Fails here, at start-up, on a key that does not parse or match.
+            tonic::transport::Server::builder()
+                .tls_config(config.clone())
+                .map_err(|e| {
+                    format!(
+                        "cannot serve TLS with {} and {}: {}",
+                        cert.display(),
+                        key.display(),
+                        chain(&e)
+                    )
+                })?;
+            Some(config)
+        }
+    };
+    let Some(ca) = ca else {
+        if server.is_some() {
+            return Err(
+                "--tls_cert needs --tls_ca: a server of a TLS cluster calls the \
+                        others over TLS and checks them against the authority"
+                    .into(),
+            );
+        }
+        return Ok(());
+    };
+    if role == Role::Server && server.is_none() {
+        return Err(
+            "--tls_ca on a server needs --tls_cert and --tls_key: every server of \
+                    a TLS cluster serves TLS"
+                .into(),
+        );
+    }
+    let ca_pem = read(ca, "TLS certificate authority")?;
+    let client = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca_pem))
+        .timeout(HANDSHAKE_TIMEOUT);
+    // Fails here, at start-up, on an authority that does not parse.
+    Endpoint::from_static("https://127.0.0.1:1")
+        .tls_config(client.clone())
+        .map_err(|e| {
+            format!(
+                "cannot use the TLS certificate authority {}: {}",
+                ca.display(),
+                chain(&e)
+            )
+        })?;
+    let settings = Settings {
+        ca_pem,
+        client,
+        server,
+    };
+    let set = SETTINGS.get_or_init(|| settings.clone());
+    // Only the first call counts; a second, different call is a mistake in the caller.
+    if set.server.is_some() == settings.server.is_some() {
+        Ok(())
+    } else {
+        Err("the TLS settings of a process are set once".into())
+    }
+}
+
+/// Whether this process talks TLS.
+pub fn enabled() -> bool {
+    SETTINGS.get().is_some()
+}
+
+/// The certificate authority's PEM, for a process's own HTTPS client.
+pub fn ca_pem() -> Option<&'static [u8]> {
+    SETTINGS.get().map(|s| s.ca_pem.as_slice())
+}
+
+/// The URL scheme of the cluster's ports for this process.
+pub fn scheme() -> &'static str {
+    if enabled() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// A channel's endpoint for `address` (`host:port`), over TLS when the process uses it.
+pub fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(format!("{}://{address}", scheme()))?;
+    match SETTINGS.get() {
+        Some(settings) => endpoint.tls_config(settings.client.clone()),
+        None => Ok(endpoint),
+    }
+}
+
+/// A server builder that serves TLS when the process does, with a bound on the
+/// requests in flight per connection.
+pub fn server_builder() -> tonic::transport::Server {
+    let builder = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(MAX_REQUESTS_PER_CONNECTION)
+        .max_concurrent_streams(Some(MAX_REQUESTS_PER_CONNECTION as u32));
+    match SETTINGS.get().and_then(|s| s.server.clone()) {
+        // Checked by `use_tls` with the same configuration.
+        Some(config) => builder
+            .tls_config(config)
+            .expect("TLS configuration checked at start-up"),
+        None => builder,
+    }
+}
+
+/// Accepted connections of `listener`, with Nagle off (small gRPC messages must not
+/// wait for delayed ACKs), for `serve_with_incoming*`.
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
+}
