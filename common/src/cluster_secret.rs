@@ -100,6 +100,20 @@ pub fn internal(channel: Channel) -> InternalChannel {
     InterceptedService::new(channel, AttachSecret)
 }
 
+/// The secret's bytes, if the process has one (the key that signs session tokens is
+/// derived from it).
+pub(crate) fn secret_bytes() -> Option<&'static [u8]> {
+    SECRET.get().map(|secret| secret.as_bytes())
+}
+
+/// Whether `request` carries this process's secret (false when it has none).
+pub fn is_internal<T>(request: &Request<T>) -> bool {
+    let (Some(expected), Some(given)) = (SECRET.get(), request.metadata().get(HEADER)) else {
+        return false;
+    };
+    same(given.as_bytes(), expected.as_bytes())
+}
+
 /// Refuses `request`, an internal RPC named `method`, unless it carries this process's
 /// secret (always accepted when the process has none).
 pub fn check<T>(request: &Request<T>, method: &str) -> Result<(), Status> {

@@ -1,6 +1,7 @@
 //! Types every Tessera crate shares: identifiers, schemas, the row codec, index keys and
 //! partitioning, and the structured errors carried on the wire.
 
+pub mod auth;
 pub mod cluster_secret;
 pub mod codec;
 pub mod coordination;
@@ -11,6 +12,7 @@ pub mod schema;
 pub mod server_process;
 pub mod tls;
 pub mod types;
+pub mod user_directory;
 pub mod value;
 pub mod wire_error;
 pub mod zk_auth;

@@ -32,6 +32,8 @@ pub const MAX_REQUESTS_PER_CONNECTION: usize = 1024;
 
 #[derive(Debug, Clone)]
 struct Settings {
+    /// The files' contents, so a second, different setting is noticed.
+    given: (Vec<u8>, Vec<u8>, Vec<u8>),
     ca_pem: Vec<u8>,
     client: ClientTlsConfig,
     server: Option<ServerTlsConfig>,
@@ -100,7 +102,8 @@ fn chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Reads the files and makes TLS this process's setting. Paths that are `None` (or
-/// empty) are not given; with none given, the process runs without TLS.
+/// empty) are not given; with none given, the process runs without TLS. Only the first
+/// call takes effect; a later one must give the same files (or none).
 pub fn use_tls(
     ca: Option<&Path>,
     cert: Option<&Path>,
@@ -111,55 +114,49 @@ pub fn use_tls(
         path.filter(|p| !p.as_os_str().is_empty())
     }
     let (ca, cert, key) = (given(ca), given(cert), given(key));
-    let server = match (cert, key, role) {
-        (None, None, _) => None,
-        (Some(_), None, _) | (None, Some(_), _) => {
+    let settings = match (ca, cert, key, role) {
+        (None, None, None, _) => return Ok(()),
+        (_, Some(_), None, _) | (_, None, Some(_), _) => {
             return Err("--tls_cert and --tls_key go together".into())
         }
-        (Some(_), Some(_), Role::Client) => None,
-        (Some(cert), Some(key), Role::Server) => {
-            let identity = Identity::from_pem(
-                read(cert, "TLS certificate")?,
-                read(key, "TLS private key")?,
-            );
-            let config = ServerTlsConfig::new()
-                .identity(identity)
-                .timeout(HANDSHAKE_TIMEOUT);
-            // Fails here, at start-up, on a key that does not parse or match.
-            tonic::transport::Server::builder()
-                .tls_config(config.clone())
-                .map_err(|e| {
-                    format!(
-                        "cannot serve TLS with {} and {}: {}",
-                        cert.display(),
-                        key.display(),
-                        chain(&e)
-                    )
-                })?;
-            Some(config)
-        }
-    };
-    let Some(ca) = ca else {
-        if server.is_some() {
+        (None, Some(_), Some(_), Role::Server) => {
             return Err(
                 "--tls_cert needs --tls_ca: a server of a TLS cluster calls the \
                         others over TLS and checks them against the authority"
                     .into(),
-            );
+            )
         }
-        return Ok(());
+        (None, Some(_), Some(_), Role::Client) => {
+            return Err("--tls_cert and --tls_key are for servers; a client needs \
+                        --tls_ca (the authority that signs the servers' certificates)"
+                .into())
+        }
+        (Some(_), None, None, Role::Server) => {
+            return Err(
+                "--tls_ca on a server needs --tls_cert and --tls_key: every server \
+                        of a TLS cluster serves TLS"
+                    .into(),
+            )
+        }
+        (Some(ca), cert, key, role) => settings(ca, cert.zip(key), role)?,
     };
-    if role == Role::Server && server.is_none() {
-        return Err(
-            "--tls_ca on a server needs --tls_cert and --tls_key: every server of \
-                    a TLS cluster serves TLS"
-                .into(),
-        );
+    let set = SETTINGS.get_or_init(|| settings.clone());
+    if set.given == settings.given {
+        Ok(())
+    } else {
+        Err("the TLS settings of a process are set once".into())
     }
+}
+
+fn settings(ca: &Path, identity: Option<(&Path, &Path)>, role: Role) -> Result<Settings, String> {
     let ca_pem = read(ca, "TLS certificate authority")?;
-    let client = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&ca_pem))
-        .timeout(HANDSHAKE_TIMEOUT);
+    if !String::from_utf8_lossy(&ca_pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "the TLS certificate authority {} holds no certificate",
+            ca.display()
+        ));
+    }
+    let client = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem));
     // Fails here, at start-up, on an authority that does not parse.
     Endpoint::from_static("https://127.0.0.1:1")
         .tls_config(client.clone())
@@ -170,18 +167,32 @@ pub fn use_tls(
                 chain(&e)
             )
         })?;
-    let settings = Settings {
+    let (mut cert_pem, mut key_pem, mut server) = (Vec::new(), Vec::new(), None);
+    if let (Some((cert, key)), Role::Server) = (identity, role) {
+        cert_pem = read(cert, "TLS certificate")?;
+        key_pem = read(key, "TLS private key")?;
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&cert_pem, &key_pem))
+            .timeout(HANDSHAKE_TIMEOUT);
+        // Fails here, at start-up, on a key that does not parse or match.
+        tonic::transport::Server::builder()
+            .tls_config(config.clone())
+            .map_err(|e| {
+                format!(
+                    "cannot serve TLS with {} and {}: {}",
+                    cert.display(),
+                    key.display(),
+                    chain(&e)
+                )
+            })?;
+        server = Some(config);
+    }
+    Ok(Settings {
+        given: (ca_pem.clone(), cert_pem, key_pem),
         ca_pem,
         client,
         server,
-    };
-    let set = SETTINGS.get_or_init(|| settings.clone());
-    // Only the first call counts; a second, different call is a mistake in the caller.
-    if set.server.is_some() == settings.server.is_some() {
-        Ok(())
-    } else {
-        Err("the TLS settings of a process are set once".into())
-    }
+    })
 }
 
 /// Whether this process talks TLS.
@@ -204,10 +215,16 @@ pub fn scheme() -> &'static str {
 }
 
 /// A channel's endpoint for `address` (`host:port`), over TLS when the process uses it.
-pub fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(format!("{}://{address}", scheme()))?;
+/// `connect_timeout` bounds the connection and the TLS handshake each (a peer that
+/// accepts but is paused must not hold a caller longer than a refusing one).
+pub fn endpoint(
+    address: &str,
+    connect_timeout: Duration,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(format!("{}://{address}", scheme()))?
+        .connect_timeout(connect_timeout);
     match SETTINGS.get() {
-        Some(settings) => endpoint.tls_config(settings.client.clone()),
+        Some(settings) => endpoint.tls_config(settings.client.clone().timeout(connect_timeout)),
         None => Ok(endpoint),
     }
 }
@@ -228,14 +245,39 @@ pub fn server_builder() -> tonic::transport::Server {
 }
 
 /// Accepted connections of `listener`, with Nagle off (small gRPC messages must not
-/// wait for delayed ACKs), for `serve_with_incoming*`.
+/// wait for delayed ACKs), for `serve_with_incoming*`. A failure to accept (out of file
+/// descriptors, say) is logged and retried after a pause rather than in a busy loop.
+/// Accepting stops when the server drops the stream.
 pub fn incoming(
     listener: tokio::net::TcpListener,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
+    const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
+    let (accepted, stream) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                next = listener.accept() => next,
+                () = accepted.closed() => return,
+            };
+            match next {
+                Ok((tcp, _)) => {
+                    let _ = tcp.set_nodelay(true);
+                    if accepted.send(Ok(tcp)).await.is_err() {
+                        return;
+                    }
+                }
+                // The peer gave up before we got to it: nothing wrong here.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                    ) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a connection; trying again in a second");
+                    tokio::time::sleep(PAUSE_AFTER_FAILURE).await;
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(stream)
 }

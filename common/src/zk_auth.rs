@@ -129,6 +129,18 @@ pub fn acls() -> Acls<'static> {
     }
 }
 
+/// The ACLs of a node holding credentials (a user's password hash): with an identity,
+/// only that identity may read or change it.
+pub fn secret_acls() -> Acls<'static> {
+    match AUTH.get() {
+        Some(_) => Acls::creator_all(),
+        None => Acls::anyone_all(),
+    }
+}
+
+/// The folder, under a cluster's root, of the nodes made with [`secret_acls`].
+pub const SECRET_DIR: &str = "users";
+
 /// With an identity set, gives every node under `root` (itself included) that anyone
 /// may change the ACLs of [`acls`]: nodes made before authentication was turned on.
 /// Returns how many it changed. A node gone meanwhile is skipped.
@@ -148,11 +160,16 @@ pub async fn restrict_open_nodes(client: &Client, root: &str) -> Result<usize, Z
     let mut pending = children_of(client, root).await?;
     while let Some(path) = pending.pop() {
         if let Some(version) = open_acl_version(client, &path).await? {
-            changed += usize::from(close(client, &path, version).await?);
+            let secret = path
+                .strip_prefix(root)
+                .and_then(|rest| rest.strip_prefix(&format!("/{SECRET_DIR}/")))
+                .is_some();
+            let acls = if secret { secret_acls() } else { acls() };
+            changed += usize::from(close(client, &path, version, &acls).await?);
         }
         pending.extend(children_of(client, &path).await?);
     }
-    changed += usize::from(close(client, root, root_version).await?);
+    changed += usize::from(close(client, root, root_version, &acls()).await?);
     Ok(changed)
 }
 
@@ -168,9 +185,14 @@ async fn open_acl_version(client: &Client, path: &str) -> Result<Option<i32>, Zk
     }
 }
 
-/// Gives `path` this process's ACLs; false if it changed or went meanwhile.
-async fn close(client: &Client, path: &str, version: i32) -> Result<bool, ZkError> {
-    match client.set_acl(path, &acls(), Some(version)).await {
+/// Gives `path` the ACLs `acls`; false if it changed or went meanwhile.
+async fn close(
+    client: &Client,
+    path: &str,
+    version: i32,
+    acls: &Acls<'static>,
+) -> Result<bool, ZkError> {
+    match client.set_acl(path, acls, Some(version)).await {
         Ok(_) => Ok(true),
         Err(ZkError::NoNode | ZkError::BadVersion) => Ok(false),
         Err(e) => Err(e),

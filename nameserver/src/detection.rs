@@ -109,7 +109,7 @@ enum Attempt {
 
 /// One try, each step (connection, answer) bounded by `limit`.
 async fn probe_once(endpoint: &str, limit: Duration) -> Attempt {
-    let Ok(target) = tessera_common::tls::endpoint(endpoint) else {
+    let Ok(target) = tessera_common::tls::endpoint(endpoint, limit) else {
         return Attempt::NoAnswer;
     };
     // The timeout around the connection is the only one, so an error from inside is a

@@ -22,6 +22,12 @@ pub enum NsError {
     Zk(String),
     #[error("tablet {endpoint}: {message}")]
     Tablet { endpoint: String, message: String },
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("user `{0}` does not exist")]
+    UserNotFound(String),
+    #[error("user `{0}` already exists")]
+    UserExists(String),
 }
 
 pub type Result<T, E = NsError> = std::result::Result<T, E>;
@@ -47,6 +53,12 @@ impl From<NsError> for Status {
             }
             NsError::TableExists(_) => wire_error::status(ErrorCode::TableExists, message),
             NsError::TableNotFound(_) => wire_error::status(ErrorCode::TableNotFound, message),
+            NsError::PermissionDenied(_) => {
+                wire_error::status(ErrorCode::PermissionDenied, message)
+            }
+            NsError::UserNotFound(_) | NsError::UserExists(_) => {
+                wire_error::status(ErrorCode::InvalidArgument, message)
+            }
             NsError::Zk(_) | NsError::Tablet { .. } => {
                 wire_error::status(ErrorCode::PartitionUnavailable, message)
             }

@@ -77,8 +77,8 @@ async fn fence_one(endpoint: &str, request: tpb::FenceRequest) -> FenceOutcome {
         reason,
         stale_term: None,
     };
-    let target = match tessera_common::tls::endpoint(endpoint) {
-        Ok(target) => target.connect_timeout(FENCE_TIMEOUT),
+    let target = match tessera_common::tls::endpoint(endpoint, FENCE_TIMEOUT) {
+        Ok(target) => target,
         Err(e) => return failed(e.to_string()),
     };
     let call = async {

@@ -15,6 +15,7 @@ pub mod schedule;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod users;
 pub mod voting;
 
 pub use server::{run, NameserverConfig};

@@ -59,6 +59,15 @@ impl Paths {
     }
 
     /// Persistent directories the nameserver makes sure exist.
+    /// Users, one node each (readable by the cluster's ZooKeeper identity only).
+    pub fn users(&self) -> String {
+        format!("{}/{}", self.root, tessera_common::zk_auth::SECRET_DIR)
+    }
+
+    pub fn user(&self, name: &str) -> String {
+        format!("{}/{name}", self.users())
+    }
+
     pub fn directories(&self) -> Vec<String> {
         vec![
             self.leader_dir(),
@@ -67,6 +76,7 @@ impl Paths {
             format!("{}/notify", self.root),
             format!("{}/config", self.root),
             format!("{}/op/op_data", self.root),
+            self.users(),
         ]
     }
 }

@@ -24,6 +24,8 @@ pub struct NameserverConfig {
     pub snapshot_schedule: SnapshotSchedule,
     /// Fault injection for tests: a fault for the first run of one op task.
     pub inject_task_fault: Option<TaskFault>,
+    /// The hash of root's first password (`--root_password_file`).
+    pub root_password_hash: Option<String>,
 }
 
 impl NameserverConfig {
@@ -61,6 +63,9 @@ pub async fn run(
         },
         config.task_timeout,
     );
+    if let Some(hash) = &config.root_password_hash {
+        state.set_root_password_hash(hash.clone());
+    }
     if let Some(fault) = &config.inject_task_fault {
         state.inject_task_fault(fault.clone());
     }

@@ -6,6 +6,8 @@ use tessera_proto::nameserver::nameserver_server::Nameserver as NameserverRpc;
 use tessera_proto::nameserver::*;
 use tonic::{Request, Response, Status};
 
+use tessera_common::auth::Need;
+
 use crate::state::Nameserver;
 
 pub struct NameserverService {
@@ -24,6 +26,12 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<CreateTableRequest>,
     ) -> Result<Response<CreateTableResponse>, Status> {
+        {
+            let db = crate::state::db_or_default(&request.get_ref().db);
+            self.state
+                .authorize(&request, Need::Admin, Some(db), None)
+                .await?;
+        }
         let table = self.state.create_table(request.into_inner()).await?;
         Ok(Response::new(CreateTableResponse { table: Some(table) }))
     }
@@ -32,6 +40,13 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<DropTableRequest>,
     ) -> Result<Response<DropTableResponse>, Status> {
+        {
+            let r = request.get_ref();
+            let db = crate::state::db_or_default(&r.db);
+            self.state
+                .authorize(&request, Need::Admin, Some(db), Some(&r.name))
+                .await?;
+        }
         let request = request.into_inner();
         self.state.drop_table(&request.db, &request.name).await?;
         Ok(Response::new(DropTableResponse {}))
@@ -41,6 +56,9 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<ShowTableRequest>,
     ) -> Result<Response<ShowTableResponse>, Status> {
+        self.state
+            .authorize(&request, Need::LoggedIn, None, None)
+            .await?;
         let request = request.into_inner();
         let rows = self.state.show_table(&request.db, &request.name).await?;
         Ok(Response::new(ShowTableResponse { rows }))
@@ -48,14 +66,23 @@ impl NameserverRpc for NameserverService {
 
     async fn show_tablet(
         &self,
-        _: Request<ShowTabletRequest>,
+        request: Request<ShowTabletRequest>,
     ) -> Result<Response<ShowTabletResponse>, Status> {
+        self.state
+            .authorize(&request, Need::LoggedIn, None, None)
+            .await?;
         Ok(Response::new(ShowTabletResponse {
             tablets: self.state.tablets(),
         }))
     }
 
-    async fn show_ns(&self, _: Request<ShowNsRequest>) -> Result<Response<ShowNsResponse>, Status> {
+    async fn show_ns(
+        &self,
+        request: Request<ShowNsRequest>,
+    ) -> Result<Response<ShowNsResponse>, Status> {
+        self.state
+            .authorize(&request, Need::LoggedIn, None, None)
+            .await?;
         let nameservers = self
             .state
             .nameservers()
@@ -73,6 +100,9 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<ShowSchemaRequest>,
     ) -> Result<Response<ShowSchemaResponse>, Status> {
+        self.state
+            .authorize(&request, Need::LoggedIn, None, None)
+            .await?;
         let request = request.into_inner();
         let db = crate::state::db_or_default(&request.db);
         let table = self.state.table(db, &request.name).await?;
@@ -83,6 +113,9 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<ConfGetRequest>,
     ) -> Result<Response<ConfGetResponse>, Status> {
+        self.state
+            .authorize(&request, Need::LoggedIn, None, None)
+            .await?;
         let key = request.into_inner().key;
         let entries = self
             .state
@@ -104,6 +137,9 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<ConfSetRequest>,
     ) -> Result<Response<ConfSetResponse>, Status> {
+        self.state
+            .authorize(&request, Need::Admin, None, None)
+            .await?;
         let request = request.into_inner();
         self.state.conf_set(&request.key, &request.value).await?;
         Ok(Response::new(ConfSetResponse {}))
@@ -113,6 +149,9 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<ShowOpStatusRequest>,
     ) -> Result<Response<ShowOpStatusResponse>, Status> {
+        self.state
+            .authorize(&request, Need::LoggedIn, None, None)
+            .await?;
         let request = request.into_inner();
         let db = crate::state::db_or_default(&request.db);
         let ops = self
@@ -130,6 +169,9 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<EndpointRequest>,
     ) -> Result<Response<OpsResponse>, Status> {
+        self.state
+            .authorize(&request, Need::Admin, None, None)
+            .await?;
         let ops = self
             .state
             .offline_endpoint(&request.into_inner().endpoint)
@@ -141,6 +183,9 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<EndpointRequest>,
     ) -> Result<Response<OpsResponse>, Status> {
+        self.state
+            .authorize(&request, Need::Admin, None, None)
+            .await?;
         let ops = self
             .state
             .recover_endpoint(&request.into_inner().endpoint)
@@ -152,6 +197,9 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<RecoverTableRequest>,
     ) -> Result<Response<OpsResponse>, Status> {
+        self.state
+            .authorize(&request, Need::Admin, None, None)
+            .await?;
         let r = request.into_inner();
         let ops = self
             .state
@@ -164,6 +212,9 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<ChangeLeaderRequest>,
     ) -> Result<Response<OpsResponse>, Status> {
+        self.state
+            .authorize(&request, Need::Admin, None, None)
+            .await?;
         let r = request.into_inner();
         let ops = self
             .state
@@ -176,6 +227,9 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<OpIdRequest>,
     ) -> Result<Response<OpsResponse>, Status> {
+        self.state
+            .authorize(&request, Need::Admin, None, None)
+            .await?;
         let ops = self.state.cancel_op(request.into_inner().op_id).await?;
         Ok(Response::new(OpsResponse { ops }))
     }
@@ -199,6 +253,9 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<OpIdRequest>,
     ) -> Result<Response<OpsResponse>, Status> {
+        self.state
+            .authorize(&request, Need::Admin, None, None)
+            .await?;
         let ops = self.state.delete_op(request.into_inner().op_id).await?;
         Ok(Response::new(OpsResponse { ops }))
     }
@@ -207,6 +264,9 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<ReplicaRequest>,
     ) -> Result<Response<OpsResponse>, Status> {
+        self.state
+            .authorize(&request, Need::Admin, None, None)
+            .await?;
         let r = request.into_inner();
         let ops = self
             .state
@@ -219,6 +279,9 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<ReplicaRequest>,
     ) -> Result<Response<OpsResponse>, Status> {
+        self.state
+            .authorize(&request, Need::Admin, None, None)
+            .await?;
         let r = request.into_inner();
         let ops = self
             .state
@@ -231,6 +294,9 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<ReplicaRequest>,
     ) -> Result<Response<OpsResponse>, Status> {
+        self.state
+            .authorize(&request, Need::Admin, None, None)
+            .await?;
         let r = request.into_inner();
         let ops = self
             .state
@@ -243,6 +309,9 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<PartitionsRequest>,
     ) -> Result<Response<OpsResponse>, Status> {
+        self.state
+            .authorize(&request, Need::Admin, None, None)
+            .await?;
         let r = request.into_inner();
         let ops = self.state.make_snapshot(&r.db, &r.name, &r.pids).await?;
         Ok(Response::new(OpsResponse { ops }))
@@ -252,6 +321,9 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<UpdateTableAliveRequest>,
     ) -> Result<Response<UpdateTableAliveResponse>, Status> {
+        self.state
+            .authorize(&request, Need::Admin, None, None)
+            .await?;
         let r = request.into_inner();
         let updated = self
             .state
@@ -260,7 +332,13 @@ impl NameserverRpc for NameserverService {
         Ok(Response::new(UpdateTableAliveResponse { updated }))
     }
 
-    async fn show_db(&self, _: Request<ShowDbRequest>) -> Result<Response<ShowDbResponse>, Status> {
+    async fn show_db(
+        &self,
+        request: Request<ShowDbRequest>,
+    ) -> Result<Response<ShowDbResponse>, Status> {
+        self.state
+            .authorize(&request, Need::LoggedIn, None, None)
+            .await?;
         let mut dbs: Vec<String> = self
             .state
             .tables()
@@ -272,5 +350,88 @@ impl NameserverRpc for NameserverService {
         dbs.sort();
         dbs.dedup();
         Ok(Response::new(ShowDbResponse { dbs }))
+    }
+
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
+        let r = request.into_inner();
+        let (token, expires_in) = self.state.login(&r.user, &r.password).await?;
+        Ok(Response::new(LoginResponse { token, expires_in }))
+    }
+
+    async fn create_user(
+        &self,
+        request: Request<UserRequest>,
+    ) -> Result<Response<UsersResponse>, Status> {
+        self.state
+            .authorize(&request, Need::Admin, None, None)
+            .await?;
+        let r = request.into_inner();
+        self.state.create_user(&r.name, &r.password).await?;
+        Ok(Response::new(UsersResponse::default()))
+    }
+
+    async fn alter_user(
+        &self,
+        request: Request<UserRequest>,
+    ) -> Result<Response<UsersResponse>, Status> {
+        self.state
+            .authorize_user_change(&request, &request.get_ref().name)
+            .await?;
+        let r = request.into_inner();
+        self.state.alter_user(&r.name, &r.password).await?;
+        Ok(Response::new(UsersResponse::default()))
+    }
+
+    async fn drop_user(
+        &self,
+        request: Request<UserRequest>,
+    ) -> Result<Response<UsersResponse>, Status> {
+        self.state
+            .authorize(&request, Need::Admin, None, None)
+            .await?;
+        self.state.drop_user(&request.into_inner().name).await?;
+        Ok(Response::new(UsersResponse::default()))
+    }
+
+    async fn show_users(
+        &self,
+        request: Request<ShowUsersRequest>,
+    ) -> Result<Response<UsersResponse>, Status> {
+        self.state
+            .authorize(&request, Need::Admin, None, None)
+            .await?;
+        let users = self.state.users().await?;
+        Ok(Response::new(UsersResponse { users }))
+    }
+
+    async fn grant(
+        &self,
+        request: Request<GrantRequest>,
+    ) -> Result<Response<UsersResponse>, Status> {
+        self.state
+            .authorize(&request, Need::Admin, None, None)
+            .await?;
+        let r = request.into_inner();
+        self.state
+            .grant(&r.user, r.grant.unwrap_or_default())
+            .await?;
+        Ok(Response::new(UsersResponse::default()))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<GrantRequest>,
+    ) -> Result<Response<UsersResponse>, Status> {
+        self.state
+            .authorize(&request, Need::Admin, None, None)
+            .await?;
+        let r = request.into_inner();
+        self.state
+            .revoke(&r.user, r.grant.unwrap_or_default())
+            .await?;
+        Ok(Response::new(UsersResponse::default()))
     }
 }

@@ -26,16 +26,7 @@ use crate::placement;
 
 const TABLET_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const TABLET_CALL_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_DB: &str = "default";
-
-/// The database a request means: its own, or `default` when it names none.
-pub fn db_or_default(db: &str) -> &str {
-    if db.is_empty() {
-        DEFAULT_DB
-    } else {
-        db
-    }
-}
+pub use tessera_common::auth::{db_or_default, DEFAULT_DB};
 pub const DEFAULT_PARTITION_NUM: u32 = 8;
 pub const DEFAULT_REPLICA_NUM: u32 = 3;
 
@@ -96,6 +87,9 @@ pub struct Nameserver {
     /// Tablets being checked after a follower's report.
     pub(crate) probing: parking_lot::Mutex<std::collections::HashSet<String>>,
     pub(crate) report_counts: parking_lot::Mutex<ReportCounts>,
+    /// From `--root_password_file`: the root user a new leader makes if the cluster has
+    /// none.
+    root_password_hash: parking_lot::Mutex<Option<String>>,
 }
 
 /// A fault injected into the next run of one op task, for tests (`--inject_task_fault`).
@@ -167,7 +161,13 @@ impl Nameserver {
             ops_kick: tokio::sync::Notify::new(),
             probing: Default::default(),
             report_counts: Default::default(),
+            root_password_hash: Default::default(),
         })
+    }
+
+    /// The hash of the password `root` gets on the cluster's first start.
+    pub fn set_root_password_hash(&self, hash: String) {
+        *self.root_password_hash.lock() = Some(hash);
     }
 
     /// Arms a fault for the next run of an op task (fault injection for tests).
@@ -321,6 +321,9 @@ impl Nameserver {
                 Err(e) => return Err(e.into()),
             }
         }
+        let root_password_hash = self.root_password_hash.lock().clone();
+        self.ensure_root(&lock, root_password_hash.as_deref())
+            .await?;
         // Nodes made before ZooKeeper authentication was turned on are still open to
         // anyone: the leader closes them.
         let restricted = zk_auth::restrict_open_nodes(&client, &self.settings.root).await?;
@@ -891,7 +894,7 @@ impl Nameserver {
 }
 
 /// Names of databases and tables: letters, digits and `_`, not starting with a digit.
-fn check_name(what: &str, name: &str) -> Result<()> {
+pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
     let valid = !name.is_empty()
         && name.len() <= 128
         && !name.starts_with(|c: char| c.is_ascii_digit())
@@ -906,9 +909,8 @@ fn check_name(what: &str, name: &str) -> Result<()> {
 }
 
 pub(crate) async fn tablet(endpoint: &str) -> Result<TabletClient<InternalChannel>> {
-    let channel = tessera_common::tls::endpoint(endpoint)
+    let channel = tessera_common::tls::endpoint(endpoint, TABLET_CONNECT_TIMEOUT)
         .map_err(|e| NsError::InvalidArgument(e.to_string()))?
-        .connect_timeout(TABLET_CONNECT_TIMEOUT)
         .timeout(TABLET_CALL_TIMEOUT)
         .connect()
         .await

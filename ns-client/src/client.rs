@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use prost::Message;
+use tessera_common::auth::AuthChannel;
 use tessera_common::wire_error::{code_of, detail_or, ErrorCode};
 use tessera_common::{key, Schema, Value};
 use tessera_proto::common::Row;
@@ -16,7 +17,6 @@ use tessera_proto::tablet::{
     BatchRow, CountRequest, DeleteRequest, GetRequest, PreviewRequest, PutBatchRequest, PutRequest,
     PutResult, ScanRequest,
 };
-use tonic::transport::Channel;
 use tracing::debug;
 use zookeeper_client::Error as ZkError;
 
@@ -31,6 +31,10 @@ pub struct ClientOptions {
     /// Serve `get` from a follower when it holds everything this client has seen of the
     /// partition (else from the leader).
     pub read_from_followers: bool,
+    /// On a cluster with authentication: the user to log in as, and the password. The
+    /// session is the process's: every client of the process then uses it.
+    pub user: Option<String>,
+    pub password: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -39,6 +43,8 @@ impl Default for ClientOptions {
             deadline: Duration::from_secs(60),
             zk_session_timeout: Duration::from_secs(10),
             read_from_followers: false,
+            user: None,
+            password: None,
         }
     }
 }
@@ -75,7 +81,7 @@ pub struct Client {
     root: String,
     options: ClientOptions,
     tables: Arc<RwLock<HashMap<String, Arc<Cached>>>>,
-    tablets: RwLock<HashMap<String, TabletClient<Channel>>>,
+    tablets: RwLock<HashMap<String, TabletClient<AuthChannel>>>,
     /// The highest offset this client has seen per (table, partition): a follower read
     /// asks for at least this much, so it never returns older data than already seen.
     seen: parking_lot::Mutex<HashMap<(String, u32), u64>>,
@@ -137,6 +143,9 @@ fn classify(status: &tonic::Status) -> Failure {
         | ErrorCode::Corruption => {
             Failure::Fatal(ClientError::InvalidArgument(status.message().to_string()))
         }
+        ErrorCode::PermissionDenied => {
+            Failure::Fatal(ClientError::PermissionDenied(status.message().to_string()))
+        }
         // Not the leader any more, the partition moving or reloading, the tablet gone or
         // stopping, a replica removed from under stale metadata, too few replicas up, or
         // a write of unknown outcome (retried with its sequence number: applied once).
@@ -172,6 +181,12 @@ impl Client {
         zk_root_path: &str,
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
+        if let Some(user) = &options.user {
+            let password = options.password.clone().unwrap_or_default();
+            let mut ns =
+                crate::nameserver::NameserverConnection::connect(zk_cluster, zk_root_path).await?;
+            ns.login(user, &password).await?;
+        }
         let zk = tessera_common::zk_auth::connector()
             .with_session_timeout(options.zk_session_timeout)
             .connect(zk_cluster)
@@ -244,18 +259,17 @@ impl Client {
         Ok(cached)
     }
 
-    async fn tablet(&self, endpoint: &str) -> Result<TabletClient<Channel>, String> {
+    async fn tablet(&self, endpoint: &str) -> Result<TabletClient<AuthChannel>, String> {
         if let Some(client) = self.tablets.read().get(endpoint) {
             return Ok(client.clone());
         }
-        let channel = tessera_common::tls::endpoint(endpoint)
+        let channel = tessera_common::tls::endpoint(endpoint, Duration::from_secs(2))
             .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(15))
             .connect()
             .await
             .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
-        let client = TabletClient::new(channel);
+        let client = TabletClient::new(tessera_common::auth::with_credentials(channel));
         self.tablets
             .write()
             .insert(endpoint.to_string(), client.clone());
@@ -272,7 +286,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(TabletClient<Channel>, u32, u32) -> Fut,
+        F: Fn(TabletClient<AuthChannel>, u32, u32) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         self.on_leader_at(db, name, partition, |_, client, tid, pid| {
@@ -290,7 +304,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(&str, TabletClient<Channel>, u32, u32) -> Fut,
+        F: Fn(&str, TabletClient<AuthChannel>, u32, u32) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let deadline = Instant::now() + self.options.deadline;
@@ -722,7 +736,7 @@ impl Client {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(TabletClient<Channel>, u32, u32) -> Fut,
+        F: Fn(TabletClient<AuthChannel>, u32, u32) -> Fut,
         Fut: Future<Output = Result<(T, u64), tonic::Status>>,
     {
         let (pid, offset, value) = self
@@ -746,7 +760,7 @@ impl Client {
         read: F,
     ) -> Option<FollowerRead<T>>
     where
-        F: Fn(TabletClient<Channel>, u32, u32, u64) -> Fut,
+        F: Fn(TabletClient<AuthChannel>, u32, u32, u64) -> Fut,
         Fut: Future<Output = Result<(T, u64), tonic::Status>>,
     {
         let table = self.table(db, name, false).await.ok()?;
@@ -953,7 +967,7 @@ impl Client {
         key_values: Vec<Value>,
     ) -> Result<u64, ClientError> {
         let key: Vec<_> = key_values.iter().map(Value::to_proto).collect();
-        let call = |mut client: TabletClient<Channel>, tid, pid| {
+        let call = |mut client: TabletClient<AuthChannel>, tid, pid| {
             let request = CountRequest {
                 tid,
                 pid,

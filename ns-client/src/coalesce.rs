@@ -15,12 +15,12 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use prost::Message;
+use tessera_common::auth::AuthChannel;
 use tessera_common::wire_error::status_from_detail;
 use tessera_proto::common::Row;
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{BatchRow, PutBatchRequest, PutRequest, PutResult};
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
 
 /// Batches of one lane on the way at once. Two keep the link busy while an answer comes
 /// back without splitting the queue into many small batches, and a batch that hangs (a
@@ -42,7 +42,7 @@ struct Waiting {
     row: BatchRow,
     /// The connection the put's caller had: a batch goes through its newest put's, so a
     /// connection the caller replaced after a failure is not kept in use.
-    client: TabletClient<Channel>,
+    client: TabletClient<AuthChannel>,
     answer: oneshot::Sender<PutAnswer>,
 }
 
@@ -76,7 +76,7 @@ impl Coalescer {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn put(
         &self,
-        client: TabletClient<Channel>,
+        client: TabletClient<AuthChannel>,
         endpoint: &str,
         tid: u32,
         pid: u32,

@@ -14,6 +14,9 @@ pub enum ClientError {
     /// The deadline passed while the cluster could not serve the request.
     #[error("gave up after {attempts} attempts: {last}")]
     Unavailable { attempts: u32, last: String },
+    /// The user may not do this, or is not logged in.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl From<zookeeper_client::Error> for ClientError {

@@ -28,6 +28,7 @@ pub mod jobs;
 pub mod nameserver;
 pub mod repl;
 pub mod shell;
+pub mod users;
 
 pub use client::{Client, ClientOptions, FollowerRead, ReadStats};
 pub use coalesce::WriteStats;

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
+use tessera_common::auth::AuthChannel;
 use tessera_common::wire_error::{detail_of, ErrorCode};
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::taskmanager::task_manager_client::TaskManagerClient;
-use tonic::transport::Channel;
 
 use crate::error::ClientError;
 
@@ -20,14 +20,14 @@ pub struct LeaderConnection<C> {
     dir: String,
     /// `nameserver` or `taskmanager`, for messages.
     what: &'static str,
-    make: fn(Channel) -> C,
+    make: fn(AuthChannel) -> C,
     client: Option<(String, C)>,
 }
 
 /// The nameserver leader.
-pub type NameserverConnection = LeaderConnection<NameserverClient<Channel>>;
+pub type NameserverConnection = LeaderConnection<NameserverClient<AuthChannel>>;
 /// The taskmanager leader.
-pub type TaskManagerConnection = LeaderConnection<TaskManagerClient<Channel>>;
+pub type TaskManagerConnection = LeaderConnection<TaskManagerClient<AuthChannel>>;
 
 impl NameserverConnection {
     pub async fn connect(
@@ -46,6 +46,24 @@ impl NameserverConnection {
 }
 
 impl NameserverConnection {
+    /// Logs in as `user`: every later call of this process carries the session.
+    pub async fn login(&mut self, user: &str, password: &str) -> Result<(), ClientError> {
+        let request = tessera_proto::nameserver::LoginRequest {
+            user: user.to_string(),
+            password: password.to_string(),
+        };
+        let token = self
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.login(r).await }
+            })
+            .await
+            .map_err(|status| ClientError::PermissionDenied(status.message().to_string()))?
+            .into_inner()
+            .token;
+        tessera_common::auth::use_token(&token).map_err(ClientError::InvalidArgument)
+    }
+
     /// (database, table) of every table, database by database, names sorted.
     pub async fn table_names(&mut self) -> Result<Vec<(String, String)>, tonic::Status> {
         use tessera_proto::nameserver::{ShowDbRequest, ShowTableRequest};
@@ -103,7 +121,7 @@ impl<C: Clone> LeaderConnection<C> {
         zk_cluster: &str,
         dir: String,
         what: &'static str,
-        make: fn(Channel) -> C,
+        make: fn(AuthChannel) -> C,
     ) -> Result<LeaderConnection<C>, ClientError> {
         let zk = tessera_common::zk_auth::connector()
             .with_session_timeout(Duration::from_secs(10))
@@ -155,13 +173,12 @@ impl<C: Clone> LeaderConnection<C> {
             attempts: 1,
             last: format!("cannot reach the {} at {endpoint}: {e}", self.what),
         };
-        let channel = tessera_common::tls::endpoint(&endpoint)
+        let channel = tessera_common::tls::endpoint(&endpoint, Duration::from_secs(3))
             .map_err(|e| unreachable(e.to_string()))?
-            .connect_timeout(Duration::from_secs(3))
             .connect()
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        let client = (self.make)(channel);
+        let client = (self.make)(tessera_common::auth::with_credentials(channel));
         self.client = Some((endpoint, client.clone()));
         Ok(client)
     }

@@ -151,11 +151,15 @@ pub const COMMANDS: &[CommandSpec] = &[
     ),
     spec(
         "drop",
-        "drop table name",
-        "drop a table and its replicas",
+        "drop table name | drop user NAME",
+        "drop a table and its replicas, or a user",
         2,
         2,
     ),
+    spec("grant", crate::users::GRANT_USAGE, "give a user a privilege (select: read rows, insert: write rows, all: both and administer)", 5, 6),
+    spec("revoke", crate::users::REVOKE_USAGE, "take a privilege back", 5, 6),
+    spec("alter", crate::users::ALTER_USAGE, "change a user's password (your own, or anyone's as an administrator)", 4, usize::MAX),
+    spec("show", "show users", "the users and their privileges", 1, 1),
     spec("put", "put table value…", "write a row (one value per column; NULL for null; quote strings with spaces)", 2, usize::MAX),
     spec("get", "get table key…", "the newest row of a key of the first index", 2, usize::MAX),
     spec("scan", "scan table key… [max_ts [min_ts [limit]]]", "rows of a key, newest first", 2, usize::MAX),
@@ -169,8 +173,8 @@ pub const COMMANDS: &[CommandSpec] = &[
     spec("stopjob", "stopjob id", "stop a job that has not ended", 1, 1),
     spec(
         "create",
-        "create table name (col type [not null], …, index(key=col|(cols), ts=col, ttl=N, ttl_type=…)) [options (partitionnum=N, replicanum=N, replication='quorum'|'async')]",
-        "create a table",
+        "create table name (col type [not null], …, index(key=col|(cols), ts=col, ttl=N, ttl_type=…)) [options (partitionnum=N, replicanum=N, replication='quorum'|'async')] | create user NAME options (password='…')",
+        "create a table, or a user",
         2,
         usize::MAX,
     ),
@@ -229,7 +233,7 @@ pub fn parse_pid_group(text: &str) -> Result<Vec<u32>, String> {
     Ok(pids)
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table
         .load_style(presets::ASCII_FULL_CONDENSED)
@@ -511,6 +515,10 @@ impl Shell {
     /// Runs one statement; the text to print, or the error to report.
     pub async fn execute(&mut self, line: &str) -> Outcome {
         let line = line.trim().trim_end_matches(';').trim();
+        if crate::users::is_user_statement(line) {
+            // The password's quotes matter: the raw line.
+            return crate::users::run(&mut self.ns, line).await;
+        }
         let owned = split_words(line)?;
         let words: Vec<&str> = owned.iter().map(String::as_str).collect();
         let Some((&name, args)) = words.split_first() else {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tessera_common::coordination::{run_registration, Lease, LeaseEvent, LeaseTracker, ZkSettings};
+use tessera_common::user_directory::UserDirectory;
 use tessera_proto::tablet::tablet_server::TabletServer;
 use tracing::{info, warn};
 
@@ -67,12 +68,14 @@ pub async fn run(
     // lapses.
     let (stop_coordination, coordination_stopped) = tokio::sync::watch::channel(false);
     let mut reporter = Reporter::default();
+    let mut users = None;
     if !config.zk_cluster.is_empty() {
         let settings = ZkSettings {
             cluster: config.zk_cluster.clone(),
             root: config.zk_root_path.clone(),
             session_timeout: Duration::from_millis(config.zk_session_timeout_ms),
         };
+        users = Some(Arc::new(UserDirectory::new(settings.clone())));
         let lease = Lease::for_session(settings.session_timeout);
         tokio::spawn(run_registration(
             settings.clone(),
@@ -100,13 +103,13 @@ pub async fn run(
     ));
 
     let message_limit = config.max_row_size + MESSAGE_OVERHEAD;
-    let service = TabletServer::new(TabletService::new(
-        replicators.clone(),
-        config.scan_max_rows,
-        reporter,
-    ))
-    .max_decoding_message_size(message_limit)
-    .max_encoding_message_size(usize::MAX);
+    let mut service = TabletService::new(replicators.clone(), config.scan_max_rows, reporter);
+    if let Some(users) = users {
+        service = service.with_users(users);
+    }
+    let service = TabletServer::new(service)
+        .max_decoding_message_size(message_limit)
+        .max_encoding_message_size(usize::MAX);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;

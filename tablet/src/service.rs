@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
+use tessera_common::auth::Need;
 use tessera_common::cluster_secret;
+use tessera_common::user_directory::UserDirectory;
 use tessera_common::wire_error::{self, ErrorCode};
 use tessera_common::Value;
 use tessera_proto::common::Row;
@@ -35,6 +37,8 @@ pub struct TabletService {
     scan_max_rows: usize,
     /// Tells the nameserver when a leader's replication stream breaks.
     reporter: Reporter,
+    /// The cluster's users, for checking data calls (`None` outside a cluster).
+    users: Option<Arc<UserDirectory>>,
 }
 
 impl TabletService {
@@ -48,7 +52,37 @@ impl TabletService {
             replicators,
             scan_max_rows,
             reporter,
+            users: None,
         }
+    }
+
+    /// Checks data calls against the cluster's users (when authentication is on).
+    pub fn with_users(mut self, users: Arc<UserDirectory>) -> TabletService {
+        self.users = Some(users);
+        self
+    }
+
+    /// Refuses a data call on `tid`/`pid` its caller may not make.
+    async fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        need: Need,
+        tid: u32,
+        pid: u32,
+    ) -> Result<(), Status> {
+        if !tessera_common::auth::enabled() {
+            return Ok(());
+        }
+        let table = self.table(tid, pid)?;
+        let meta = table.meta();
+        UserDirectory::authorize(
+            self.users.as_deref(),
+            request,
+            need,
+            Some(tessera_common::auth::db_or_default(&meta.db)),
+            Some(&meta.name),
+        )
+        .await
     }
 
     /// Runs a role-changing call on a table, then brings its replicators in line.
@@ -227,6 +261,8 @@ impl Tablet for TabletService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let (tid, pid) = (request.get_ref().tid, request.get_ref().pid);
+        self.authorize(&request, Need::Write, tid, pid).await?;
         let request = request.into_inner();
         let table = self.table(request.tid, request.pid)?;
         let row = values(request.row.as_ref(), "put")?;
@@ -250,6 +286,8 @@ impl Tablet for TabletService {
         &self,
         request: Request<PutBatchRequest>,
     ) -> Result<Response<PutBatchResponse>, Status> {
+        let (tid, pid) = (request.get_ref().tid, request.get_ref().pid);
+        self.authorize(&request, Need::Write, tid, pid).await?;
         let request = request.into_inner();
         let table = self.table(request.tid, request.pid)?;
         let slots = table
@@ -303,6 +341,8 @@ impl Tablet for TabletService {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let (tid, pid) = (request.get_ref().tid, request.get_ref().pid);
+        self.authorize(&request, Need::Read, tid, pid).await?;
         let request = request.into_inner();
         let table = self.table(request.tid, request.pid)?;
         let key = key_values(&request.key)?;
@@ -320,6 +360,8 @@ impl Tablet for TabletService {
     }
 
     async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        let (tid, pid) = (request.get_ref().tid, request.get_ref().pid);
+        self.authorize(&request, Need::Read, tid, pid).await?;
         let request = request.into_inner();
         let table = self.table(request.tid, request.pid)?;
         let key = key_values(&request.key)?;
@@ -342,6 +384,8 @@ impl Tablet for TabletService {
         &self,
         request: Request<CountRequest>,
     ) -> Result<Response<CountResponse>, Status> {
+        let (tid, pid) = (request.get_ref().tid, request.get_ref().pid);
+        self.authorize(&request, Need::Read, tid, pid).await?;
         let request = request.into_inner();
         let table = self.table(request.tid, request.pid)?;
         let key = key_values(&request.key)?;
@@ -361,6 +405,8 @@ impl Tablet for TabletService {
         &self,
         request: Request<PreviewRequest>,
     ) -> Result<Response<PreviewResponse>, Status> {
+        let (tid, pid) = (request.get_ref().tid, request.get_ref().pid);
+        self.authorize(&request, Need::Read, tid, pid).await?;
         let request = request.into_inner();
         let table = self.table(request.tid, request.pid)?;
         let limit = self.limit(request.limit);
@@ -382,6 +428,8 @@ impl Tablet for TabletService {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
+        let (tid, pid) = (request.get_ref().tid, request.get_ref().pid);
+        self.authorize(&request, Need::Write, tid, pid).await?;
         let request = request.into_inner();
         let table = self.table(request.tid, request.pid)?;
         let key = key_values(&request.key)?;

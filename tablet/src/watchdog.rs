@@ -202,9 +202,8 @@ impl NameserverLink {
             .into_iter()
             .next()
             .ok_or_else(|| "no nameserver is running".to_string())?;
-        let channel = tessera_common::tls::endpoint(&leader)
+        let channel = tessera_common::tls::endpoint(&leader, NAMESERVER_TIMEOUT)
             .map_err(|e| e.to_string())?
-            .connect_timeout(NAMESERVER_TIMEOUT)
             .connect()
             .await
             .map_err(|e| format!("cannot connect to the nameserver {leader}: {e}"))?;

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use tessera_common::auth::{db_or_default, Need};
+use tessera_common::user_directory::UserDirectory;
 use tessera_proto::taskmanager::task_manager_server::TaskManager as TaskManagerApi;
 use tessera_proto::taskmanager::*;
 use tonic::{Request, Response, Status};
@@ -10,11 +12,25 @@ use crate::state::TaskManager;
 
 pub struct TaskManagerService {
     state: Arc<TaskManager>,
+    /// Who may run which job (when the cluster runs with authentication). The jobs
+    /// themselves then run with the cluster secret.
+    users: UserDirectory,
 }
 
 impl TaskManagerService {
     pub fn new(state: Arc<TaskManager>) -> TaskManagerService {
-        TaskManagerService { state }
+        let users = UserDirectory::new(state.settings.clone());
+        TaskManagerService { state, users }
+    }
+
+    async fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        need: Need,
+        db: Option<&str>,
+        table: Option<&str>,
+    ) -> Result<(), Status> {
+        UserDirectory::authorize(Some(&self.users), request, need, db, table).await
     }
 }
 
@@ -24,6 +40,25 @@ impl TaskManagerApi for TaskManagerService {
         &self,
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<JobInfo>, Status> {
+        {
+            let r = request.get_ref();
+            // An import writes the table, an export reads it; anything else (a snapshot
+            // of every partition) administers the cluster.
+            let (need, db, table) = match r.job_type.as_str() {
+                "ImportData" => (
+                    Need::Write,
+                    Some(db_or_default(&r.db)),
+                    Some(r.table.as_str()),
+                ),
+                "ExportData" => (
+                    Need::Read,
+                    Some(db_or_default(&r.db)),
+                    Some(r.table.as_str()),
+                ),
+                _ => (Need::Admin, None, None),
+            };
+            self.authorize(&request, need, db, table).await?;
+        }
         Ok(Response::new(
             self.state.submit(request.into_inner()).await?,
         ))
@@ -31,20 +66,36 @@ impl TaskManagerApi for TaskManagerService {
 
     async fn show_jobs(
         &self,
-        _: Request<ShowJobsRequest>,
+        request: Request<ShowJobsRequest>,
     ) -> Result<Response<ShowJobsResponse>, Status> {
+        self.authorize(&request, Need::LoggedIn, None, None).await?;
         Ok(Response::new(ShowJobsResponse {
             jobs: self.state.jobs().await?,
         }))
     }
 
     async fn show_job(&self, request: Request<JobIdRequest>) -> Result<Response<JobInfo>, Status> {
+        self.authorize(&request, Need::LoggedIn, None, None).await?;
         Ok(Response::new(
             self.state.job(request.into_inner().id).await?,
         ))
     }
 
     async fn stop_job(&self, request: Request<JobIdRequest>) -> Result<Response<JobInfo>, Status> {
+        // Stopping someone's job: as for starting one, judged by the job's table.
+        let job = self.state.job(request.get_ref().id).await?;
+        let need = match job.job_type.as_str() {
+            "ImportData" => Need::Write,
+            "ExportData" => Need::Read,
+            _ => Need::Admin,
+        };
+        self.authorize(
+            &request,
+            need,
+            Some(db_or_default(&job.db)),
+            Some(&job.table),
+        )
+        .await?;
         Ok(Response::new(
             self.state.stop_job(request.into_inner().id).await?,
         ))

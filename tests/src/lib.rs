@@ -23,5 +23,7 @@ pub use zookeeper::ZooKeeper;
 /// A channel to a server of the cluster under test (over TLS when the test process uses
 /// it, see `tessera_common::tls`).
 pub async fn channel(endpoint: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    tessera_common::tls::endpoint(endpoint)?.connect().await
+    tessera_common::tls::endpoint(endpoint, std::time::Duration::from_secs(5))?
+        .connect()
+        .await
 }

@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::Duration;
+use tessera_common::auth::AuthChannel;
 
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
-use tonic::transport::Channel;
 
 use crate::process::{self, free_port, log_tail};
 use crate::ZooKeeper;
@@ -140,12 +140,12 @@ impl ElectedProcess {
         .await;
     }
 
-    pub async fn client(&self) -> NameserverClient<Channel> {
-        NameserverClient::new(
+    pub async fn client(&self) -> NameserverClient<AuthChannel> {
+        NameserverClient::new(tessera_common::auth::with_credentials(
             crate::channel(&self.endpoint)
                 .await
                 .expect("connect to nameserver"),
-        )
+        ))
     }
 
     pub fn kill9(&mut self) {

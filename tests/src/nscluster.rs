@@ -3,11 +3,11 @@
 
 use std::path::Path;
 use std::time::Duration;
+use tessera_common::auth::AuthChannel;
 
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::{CreateTableRequest, ShowTabletRequest, TableInfo};
 use tessera_proto::tablet::ReplicationMode;
-use tonic::transport::Channel;
 
 use crate::{wait_until_async, workload, NameserverProcess, TabletProcess, ZooKeeper};
 
@@ -103,7 +103,7 @@ impl NsCluster {
         .expect("connect the SDK")
     }
 
-    pub async fn ns(&self) -> NameserverClient<Channel> {
+    pub async fn ns(&self) -> NameserverClient<AuthChannel> {
         self.nameserver.client().await
     }
 
@@ -179,7 +179,7 @@ pub fn quorum_table_request(
 
 /// Creates a quorum table of the workload's schema through `ns`.
 pub async fn create_quorum_table(
-    mut ns: NameserverClient<Channel>,
+    mut ns: NameserverClient<AuthChannel>,
     name: &str,
     partition_num: u32,
     replica_num: u32,

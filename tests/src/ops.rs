@@ -1,8 +1,8 @@
 //! Running `tessera-ops` against a test cluster, and checks shared by its tests.
 
+use tessera_common::auth::AuthChannel;
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::{ConfGetRequest, ConfSetRequest, ShowOpStatusRequest};
-use tonic::transport::Channel;
 
 use crate::{binary, ZooKeeper};
 
@@ -37,7 +37,7 @@ pub async fn run_ok(zk: &ZooKeeper, cmd: &str, args: &[&str]) -> String {
     text
 }
 
-pub async fn op_count(ns: &mut NameserverClient<Channel>) -> usize {
+pub async fn op_count(ns: &mut NameserverClient<AuthChannel>) -> usize {
     ns.show_op_status(ShowOpStatusRequest::default())
         .await
         .expect("showopstatus")
@@ -46,7 +46,7 @@ pub async fn op_count(ns: &mut NameserverClient<Channel>) -> usize {
         .len()
 }
 
-pub async fn auto_failover(ns: &mut NameserverClient<Channel>) -> bool {
+pub async fn auto_failover(ns: &mut NameserverClient<AuthChannel>) -> bool {
     ns.conf_get(ConfGetRequest {
         key: "auto_failover".into(),
     })
@@ -58,7 +58,7 @@ pub async fn auto_failover(ns: &mut NameserverClient<Channel>) -> bool {
     .any(|e| e.value == "true")
 }
 
-pub async fn set_auto_failover(ns: &mut NameserverClient<Channel>, on: bool) {
+pub async fn set_auto_failover(ns: &mut NameserverClient<AuthChannel>, on: bool) {
     ns.conf_set(ConfSetRequest {
         key: "auto_failover".into(),
         value: on.to_string(),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tessera_common::auth::AuthChannel;
 
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::{ShowTableRequest, ShowTableRow};
@@ -15,7 +16,7 @@ use tonic::transport::Channel;
 
 use crate::workload;
 
-pub async fn table_rows(ns: &mut NameserverClient<Channel>, name: &str) -> Vec<ShowTableRow> {
+pub async fn table_rows(ns: &mut NameserverClient<AuthChannel>, name: &str) -> Vec<ShowTableRow> {
     ns.show_table(ShowTableRequest {
         db: String::new(),
         name: name.into(),
@@ -54,7 +55,7 @@ pub struct WriterLog {
 /// Writes rows `(writer = pid, seq)` to one partition of table `name` (id `tid`) until
 /// `stop`, through whichever replica the nameserver says leads it.
 pub fn spawn(
-    ns: NameserverClient<Channel>,
+    ns: NameserverClient<AuthChannel>,
     name: &'static str,
     tid: u32,
     pid: u32,
@@ -107,7 +108,7 @@ pub struct RoutedWriters {
 
 impl RoutedWriters {
     pub fn start(
-        ns: &NameserverClient<Channel>,
+        ns: &NameserverClient<AuthChannel>,
         name: &'static str,
         tid: u32,
         partitions: u32,

@@ -1,6 +1,7 @@
 //! The cluster secret (`--cluster_secret_file`): a cluster whose processes share it
 //! works end to end, failover included, and a tablet refuses internal calls made
-//! without it (or with a wrong one), while data calls stay open to clients.
+//! without it (or with a wrong one); with it, data calls need a login (see `users.rs`).
+//! This test process holds the secret, so it has a binary of its own.
 
 use std::time::Duration;
 
@@ -34,12 +35,14 @@ async fn internal_calls_need_the_cluster_secret() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("cluster.secret");
     std::fs::write(&secret, "a-cluster-secret-0123456789\n").unwrap();
+    // This process is of the cluster too: its harness and SDK calls carry the secret.
+    tessera_common::cluster_secret::use_secret_file(&secret).expect("the test's secret");
     let flag = format!("--cluster_secret_file={}", secret.display());
     let args = [flag.as_str()];
     let cluster = NsCluster::start(
         dir.path(),
         NsClusterSpec {
-            tablet_args: &args,
+            tablet_args: &[&flag, "--quorum_timeout=3000"],
             nameserver_args: &args,
             ..NsClusterSpec::fast_failover()
         },
@@ -50,7 +53,7 @@ async fn internal_calls_need_the_cluster_secret() {
     client
         .put("default", "t1", sdk_row("before", 1))
         .await
-        .expect("a put through the SDK, which needs no secret");
+        .expect("a put through the SDK, carrying the secret");
 
     // A stranger calls a tablet's internal RPCs directly.
     let mut ns = cluster.ns().await;
@@ -108,16 +111,18 @@ async fn internal_calls_need_the_cluster_secret() {
         stranger.drop_table(forged).await,
         "DropTable with a wrong secret",
     );
-    // Data calls are not internal.
-    stranger
-        .get(GetRequest {
-            tid,
-            pid,
-            key: vec![Value::String("before".into()).to_proto()],
-            ..Default::default()
-        })
-        .await
-        .expect("a get needs no secret");
+    // With a secret, authentication is on: a stranger's data call needs a login.
+    refused(
+        stranger
+            .get(GetRequest {
+                tid,
+                pid,
+                key: vec![Value::String("before".into()).to_proto()],
+                ..Default::default()
+            })
+            .await,
+        "a get without a login",
+    );
 
     // The nameserver's internal RPC, the tablets' report of a silent leader, too.
     let report = LeaderTroubleRequest {
@@ -125,8 +130,13 @@ async fn internal_calls_need_the_cluster_secret() {
         leader: leader.clone(),
         reason: "forged".into(),
     };
+    let mut stranger_ns = tessera_proto::nameserver::nameserver_client::NameserverClient::new(
+        tessera_tests::channel(&cluster.nameserver.endpoint)
+            .await
+            .expect("connect to the nameserver"),
+    );
     refused(
-        ns.report_leader_trouble(report).await,
+        stranger_ns.report_leader_trouble(report).await,
         "ReportLeaderTrouble",
     );
 

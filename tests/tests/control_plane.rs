@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tessera_common::auth::AuthChannel;
 
 use tessera_common::Value;
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
@@ -22,22 +23,21 @@ use tessera_tests::process::http_get;
 use tessera_tests::routed::{leaders, table_rows};
 use tessera_tests::workload::sdk_row;
 use tessera_tests::{binary, wait_until_async, NameserverProcess};
-use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-async fn all_ops(ns: &mut NameserverClient<Channel>) -> Vec<OpInfo> {
+async fn all_ops(ns: &mut NameserverClient<AuthChannel>) -> Vec<OpInfo> {
     ns.show_op_status(ShowOpStatusRequest::default())
         .await
         .map(|r| r.into_inner().ops)
         .unwrap_or_default()
 }
 
-async fn op(ns: &mut NameserverClient<Channel>, op_id: u64) -> Option<OpInfo> {
+async fn op(ns: &mut NameserverClient<AuthChannel>, op_id: u64) -> Option<OpInfo> {
     all_ops(ns).await.into_iter().find(|o| o.op_id == op_id)
 }
 
-async fn change_leader(ns: &mut NameserverClient<Channel>, candidate: &str) -> u64 {
+async fn change_leader(ns: &mut NameserverClient<AuthChannel>, candidate: &str) -> u64 {
     ns.change_leader(ChangeLeaderRequest {
         db: String::new(),
         name: "t1".into(),

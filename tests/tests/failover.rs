@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tessera_common::auth::AuthChannel;
 
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::*;
@@ -15,16 +16,15 @@ use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::routed::{self, leaders};
 use tessera_tests::workload;
 use tessera_tests::{wait_until_async, NameserverProcess, TabletProcess, ZooKeeper};
-use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(60);
 const PARTITIONS: u32 = 4;
 
-async fn rows(ns: &mut NameserverClient<Channel>) -> Vec<ShowTableRow> {
+async fn rows(ns: &mut NameserverClient<AuthChannel>) -> Vec<ShowTableRow> {
     routed::table_rows(ns, "t1").await
 }
 
-async fn ops(ns: &mut NameserverClient<Channel>) -> Vec<OpInfo> {
+async fn ops(ns: &mut NameserverClient<AuthChannel>) -> Vec<OpInfo> {
     ns.show_op_status(ShowOpStatusRequest::default())
         .await
         .map(|r| r.into_inner().ops)

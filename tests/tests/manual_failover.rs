@@ -2,6 +2,7 @@
 //! down, with real processes.
 
 use std::time::Duration;
+use tessera_common::auth::AuthChannel;
 
 use tessera_common::wire_error::{detail_of, ErrorCode};
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
@@ -11,11 +12,10 @@ use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::ops::set_auto_failover;
 use tessera_tests::wait_until_async;
 use tessera_tests::workload;
-use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn rows(ns: &mut NameserverClient<Channel>) -> Vec<ShowTableRow> {
+async fn rows(ns: &mut NameserverClient<AuthChannel>) -> Vec<ShowTableRow> {
     ns.show_table(ShowTableRequest {
         db: String::new(),
         name: "t1".into(),
@@ -25,7 +25,7 @@ async fn rows(ns: &mut NameserverClient<Channel>) -> Vec<ShowTableRow> {
     .unwrap_or_default()
 }
 
-async fn ops(ns: &mut NameserverClient<Channel>) -> Vec<OpInfo> {
+async fn ops(ns: &mut NameserverClient<AuthChannel>) -> Vec<OpInfo> {
     ns.show_op_status(ShowOpStatusRequest::default())
         .await
         .map(|r| r.into_inner().ops)
@@ -38,7 +38,7 @@ fn leader_of(rows: &[ShowTableRow], pid: u32) -> Option<String> {
         .map(|r| r.endpoint.clone())
 }
 
-async fn wait_ops_done(ns: &NameserverClient<Channel>, what: &str) {
+async fn wait_ops_done(ns: &NameserverClient<AuthChannel>, what: &str) {
     wait_until_async(WAIT, what, || {
         let mut ns = ns.clone();
         async move {
@@ -49,7 +49,7 @@ async fn wait_ops_done(ns: &NameserverClient<Channel>, what: &str) {
     .await;
 }
 
-async fn wait_offline(ns: &NameserverClient<Channel>, endpoint: &str) {
+async fn wait_offline(ns: &NameserverClient<AuthChannel>, endpoint: &str) {
     wait_until_async(WAIT, &format!("{endpoint} to show offline"), || {
         let mut ns = ns.clone();
         let endpoint = endpoint.to_string();

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+use tessera_common::auth::AuthChannel;
 
 use tessera_common::wire_error::{detail_of, ErrorCode};
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
@@ -12,7 +13,6 @@ use tessera_proto::tablet::{GetTableStatusRequest, ReplicationMode};
 use tessera_tests::process::http_get;
 use tessera_tests::workload;
 use tessera_tests::{wait_until_async, NameserverProcess, TabletProcess, ZooKeeper};
-use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -34,7 +34,7 @@ fn create_request(name: &str, partition_num: u32, replica_num: u32) -> CreateTab
     tessera_tests::nscluster::quorum_table_request(name, partition_num, replica_num)
 }
 
-async fn show_table(client: &mut NameserverClient<Channel>, name: &str) -> Vec<ShowTableRow> {
+async fn show_table(client: &mut NameserverClient<AuthChannel>, name: &str) -> Vec<ShowTableRow> {
     client
         .show_table(ShowTableRequest {
             db: String::new(),

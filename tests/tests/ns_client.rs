@@ -189,11 +189,11 @@ async fn commands_run_through_the_binary() {
     let replicas = |cluster: &NsCluster| {
         let cluster_zk = cluster.nameserver.endpoint.clone();
         async move {
-            let mut ns = tessera_proto::nameserver::nameserver_client::NameserverClient::connect(
-                format!("http://{cluster_zk}"),
-            )
-            .await
-            .unwrap();
+            let mut ns = tessera_proto::nameserver::nameserver_client::NameserverClient::new(
+                tessera_common::auth::with_credentials(
+                    tessera_tests::channel(&cluster_zk).await.unwrap(),
+                ),
+            );
             tessera_tests::routed::table_rows(&mut ns, "t3").await
         }
     };

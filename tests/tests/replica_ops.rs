@@ -2,6 +2,7 @@
 //! delreplica, migrate, updatetablealive, makesnapshot, and snapshots on a schedule.
 
 use std::time::Duration;
+use tessera_common::auth::AuthChannel;
 
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::*;
@@ -10,11 +11,10 @@ use tessera_proto::tablet::{GetTableStatusRequest, ReplicationMode, TableStatus}
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::wait_until_async;
 use tessera_tests::workload;
-use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn rows(ns: &mut NameserverClient<Channel>, pid: u32) -> Vec<ShowTableRow> {
+async fn rows(ns: &mut NameserverClient<AuthChannel>, pid: u32) -> Vec<ShowTableRow> {
     ns.show_table(ShowTableRequest {
         db: String::new(),
         name: "t1".into(),
@@ -30,7 +30,7 @@ async fn rows(ns: &mut NameserverClient<Channel>, pid: u32) -> Vec<ShowTableRow>
     .unwrap_or_default()
 }
 
-async fn wait_done(ns: &NameserverClient<Channel>, started: Vec<OpInfo>, what: &str) {
+async fn wait_done(ns: &NameserverClient<AuthChannel>, started: Vec<OpInfo>, what: &str) {
     let ids: Vec<u64> = started.iter().map(|op| op.op_id).collect();
     wait_until_async(WAIT, what, || {
         let mut ns = ns.clone();
@@ -78,7 +78,12 @@ fn request(pid: u32, endpoint: &str, source: &str) -> ReplicaRequest {
     }
 }
 
-async fn wait_equal_counts(ns: &NameserverClient<Channel>, pid: u32, replicas: usize, count: i64) {
+async fn wait_equal_counts(
+    ns: &NameserverClient<AuthChannel>,
+    pid: u32,
+    replicas: usize,
+    count: i64,
+) {
     wait_until_async(
         WAIT,
         &format!("{replicas} alive replicas of pid {pid} with {count} rows"),

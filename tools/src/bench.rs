@@ -50,7 +50,7 @@ fn schema() -> Schema {
 /// Setting up the partition takes internal calls: they carry the cluster secret, if the
 /// process was given one.
 async fn connect(endpoint: &str) -> anyhow::Result<TabletClient<InternalChannel>> {
-    let channel = tessera_common::tls::endpoint(endpoint)?
+    let channel = tessera_common::tls::endpoint(endpoint, std::time::Duration::from_secs(5))?
         .connect()
         .await
         .with_context(|| format!("cannot connect to {endpoint}"))?;

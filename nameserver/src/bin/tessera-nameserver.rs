@@ -46,6 +46,10 @@ struct Flags {
     /// (`kPromoteLeader:fail`) or waits first (`kPromoteLeader:delay_ms=3000`).
     #[arg(long, hide = true)]
     inject_task_fault: Option<TaskFault>,
+    /// File whose first line is the password the `root` user gets on the cluster's
+    /// first start with authentication (--cluster_secret_file); read only then.
+    #[arg(long)]
+    root_password_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     zk_auth: ZkAuthFlags,
     #[command(flatten)]
@@ -64,7 +68,16 @@ fn main() -> anyhow::Result<()> {
         .and_then(|()| flags.tls.apply(Role::Server))
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;
+    let root_password_hash = match &flags.root_password_file {
+        Some(path) => Some(
+            tessera_nameserver::users::root_password_hash(path)
+                .map_err(anyhow::Error::msg)
+                .context("invalid configuration")?,
+        ),
+        None => None,
+    };
     let config = NameserverConfig {
+        root_password_hash,
         endpoint: flags.endpoint,
         zk_cluster: flags.zk_cluster,
         zk_root_path: flags.zk_root_path,

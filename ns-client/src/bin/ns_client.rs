@@ -38,6 +38,27 @@ struct Flags {
     history_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     tls: tessera_common::tls::TlsFlags,
+    /// User to log in as (a cluster with authentication refuses calls without one).
+    #[arg(long)]
+    user: Option<String>,
+    /// The user's password; or the TESSERA_PASSWORD environment variable; the
+    /// interactive shell asks for it when neither is given.
+    #[arg(long)]
+    password: Option<String>,
+}
+
+/// The password for `--user`: the flag, the environment, or (interactive only) a prompt.
+fn password(flags: &Flags) -> Result<String, String> {
+    if let Some(password) = &flags.password {
+        return Ok(password.clone());
+    }
+    if let Ok(password) = std::env::var("TESSERA_PASSWORD") {
+        return Ok(password);
+    }
+    if flags.cmd.is_some() {
+        return Err("--user needs --password or TESSERA_PASSWORD with --cmd".into());
+    }
+    rpassword::prompt_password("Password: ").map_err(|e| format!("cannot read the password: {e}"))
 }
 
 // Multi-threaded: the interactive shell blocks the main thread while it reads a line,
@@ -56,6 +77,17 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut ns = ns;
+    if let Some(user) = &flags.user {
+        let logged_in = match password(&flags) {
+            Ok(password) => ns.login(user, &password).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = logged_in {
+            eprintln!("cannot log in as {user}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let data =
         match tessera_ns_client::Client::connect(&flags.zk_cluster, &flags.zk_root_path).await {
             Ok(client) => client,

@@ -301,9 +301,8 @@ impl LinkTask {
         if !self.still_leading(&table) {
             return Ok(LinkEnd::NotLeading);
         }
-        let channel = tessera_common::tls::endpoint(&self.follower)
+        let channel = tessera_common::tls::endpoint(&self.follower, CONNECT_TIMEOUT)
             .map_err(|e| e.to_string())?
-            .connect_timeout(CONNECT_TIMEOUT)
             .connect()
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;

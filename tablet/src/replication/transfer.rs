@@ -19,6 +19,8 @@ use crate::storage::error::io_error;
 use crate::storage::{snapshot, StorageError, Table};
 
 const CHUNK: usize = 1 << 20;
+/// Connecting to the receiving tablet, TLS handshake included.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Resumes snapshotting on the sender when the transfer ends, however it ends.
 struct ResumeOnDrop(Arc<Table>);
@@ -59,7 +61,7 @@ pub async fn send_snapshot(
     };
     let producer =
         tokio::task::spawn_blocking(move || produce_chunks(&dir, &files, first, &chunks));
-    let channel = tessera_common::tls::endpoint(target)
+    let channel = tessera_common::tls::endpoint(target, CONNECT_TIMEOUT)
         .map_err(|e| e.to_string())?
         .connect()
         .await

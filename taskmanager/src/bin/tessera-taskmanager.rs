@@ -38,6 +38,8 @@ struct Flags {
     #[command(flatten)]
     zk_auth: ZkAuthFlags,
     #[command(flatten)]
+    cluster_secret: tessera_common::cluster_secret::ClusterSecretFlags,
+    #[command(flatten)]
     tls: TlsFlags,
 }
 
@@ -47,6 +49,7 @@ fn main() -> anyhow::Result<()> {
     flags
         .zk_auth
         .apply()
+        .and_then(|()| flags.cluster_secret.apply())
         .and_then(|()| flags.tls.apply(Role::Server))
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;

@@ -6,12 +6,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tessera_common::auth::AuthChannel;
 
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::{ShowTabletRequest, TableInfo};
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::GetTableStatusRequest;
-use tonic::transport::Channel;
 
 use super::host::HostProcess;
 use super::network::{run, Host, Network};
@@ -328,12 +328,12 @@ impl NetCluster {
     }
 
     /// A client of the leading nameserver (waiting for one to lead).
-    pub async fn ns(&self) -> NameserverClient<Channel> {
+    pub async fn ns(&self) -> NameserverClient<AuthChannel> {
         let deadline = tokio::time::Instant::now() + READY;
         loop {
             if let Some(endpoint) = self.leader_endpoint().await {
-                if let Ok(client) = NameserverClient::connect(format!("http://{endpoint}")).await {
-                    return client;
+                if let Ok(channel) = crate::channel(&endpoint).await {
+                    return NameserverClient::new(tessera_common::auth::with_credentials(channel));
                 }
             }
             assert!(

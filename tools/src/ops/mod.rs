@@ -21,7 +21,6 @@ use tessera_proto::nameserver::{
     ShowTabletRequest, TableInfo,
 };
 use tessera_proto::tablet::tablet_client::TabletClient;
-use tonic::transport::Channel;
 
 /// Errors of `tessera-ops`.
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +160,11 @@ impl Ops {
     /// Calls the nameserver leader with a request that starts ops; returns them.
     pub async fn start<F, Fut>(&mut self, call: F) -> Result<Vec<OpInfo>>
     where
-        F: Fn(tessera_proto::nameserver::nameserver_client::NameserverClient<Channel>) -> Fut,
+        F: Fn(
+            tessera_proto::nameserver::nameserver_client::NameserverClient<
+                tessera_common::auth::AuthChannel,
+            >,
+        ) -> Fut,
         Fut: std::future::Future<
             Output = std::result::Result<
                 tonic::Response<tessera_proto::nameserver::OpsResponse>,
@@ -182,7 +185,12 @@ impl Ops {
     ) -> Result<Vec<(PartitionId, String)>>
     where
         R: Clone,
-        F: Fn(tessera_proto::nameserver::nameserver_client::NameserverClient<Channel>, R) -> Fut,
+        F: Fn(
+            tessera_proto::nameserver::nameserver_client::NameserverClient<
+                tessera_common::auth::AuthChannel,
+            >,
+            R,
+        ) -> Fut,
         Fut: std::future::Future<
             Output = std::result::Result<
                 tonic::Response<tessera_proto::nameserver::OpsResponse>,
@@ -268,9 +276,8 @@ impl Ops {
 pub async fn tablet(
     endpoint: &str,
 ) -> std::result::Result<TabletClient<cluster_secret::InternalChannel>, String> {
-    let channel = tessera_common::tls::endpoint(endpoint)
+    let channel = tessera_common::tls::endpoint(endpoint, Duration::from_secs(3))
         .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30))
         .connect()
         .await

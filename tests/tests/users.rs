@@ -1,0 +1,294 @@
+//! Users on a cluster with authentication (a cluster secret and a root password): the
+//! nameserver refuses callers that have not logged in, a user can do what their grants
+//! say and no more, and a changed password ends the sessions opened with the old one.
+//! This test process holds the cluster secret (the harness's own calls are internal), so
+//! it has a binary of its own.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use tessera_common::auth::HEADER;
+use tessera_proto::nameserver::nameserver_client::NameserverClient;
+use tessera_proto::nameserver::{LoginRequest, ShowTableRequest, UserRequest};
+use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
+use tessera_tests::{binary, ElectedProcess};
+use tonic::transport::Channel;
+use tonic::Request;
+
+const ROOT_PASSWORD: &str = "root-password-0123";
+
+fn ns_client(cluster: &NsCluster, login: Option<(&str, &str)>, cmd: &str) -> Output {
+    let mut command = Command::new(binary("ns_client"));
+    command
+        .arg(format!("--zk_cluster={}", cluster.zk.connect_string()))
+        .arg("--zk_root_path=/tessera")
+        .arg(format!("--cmd={cmd}"))
+        .env_remove("TESSERA_PASSWORD");
+    if let Some((user, password)) = login {
+        command.arg(format!("--user={user}"));
+        command.env("TESSERA_PASSWORD", password);
+    }
+    command.output().expect("run ns_client")
+}
+
+fn succeeds(cluster: &NsCluster, login: Option<(&str, &str)>, cmd: &str) -> String {
+    let out = ns_client(cluster, login, cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "`{cmd}` as {login:?} failed: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn refused(cluster: &NsCluster, login: Option<(&str, &str)>, cmd: &str, expected: &str) {
+    let out = ns_client(cluster, login, cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(expected),
+        "`{cmd}` as {login:?}: expected a refusal with `{expected}`, got {stderr}{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+async fn plain_client(cluster: &NsCluster) -> NameserverClient<Channel> {
+    NameserverClient::new(
+        tessera_tests::channel(&cluster.nameserver.endpoint)
+            .await
+            .expect("connect"),
+    )
+}
+
+fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(HEADER, format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_log_in_and_may_do_what_they_are_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("cluster.secret");
+    std::fs::write(&secret, "a-cluster-secret-0123456789\n").unwrap();
+    let root_password = dir.path().join("root.password");
+    std::fs::write(&root_password, format!("{ROOT_PASSWORD}\n")).unwrap();
+    tessera_common::cluster_secret::use_secret_file(&secret).expect("the test's secret");
+    let secret_flag = format!("--cluster_secret_file={}", secret.display());
+    let root_flag = format!("--root_password_file={}", root_password.display());
+    let cluster = NsCluster::start(
+        dir.path(),
+        NsClusterSpec {
+            tablet_args: &[&secret_flag, "--quorum_timeout=3000"],
+            nameserver_args: &[&secret_flag, &root_flag],
+            ..NsClusterSpec::fast_failover()
+        },
+    )
+    .await;
+    let job_data = dir.path().join("job_data");
+    std::fs::create_dir_all(&job_data).unwrap();
+    let taskmanager = ElectedProcess::start_taskmanager_with(
+        &dir.path().join("tm"),
+        &cluster.zk,
+        2000,
+        &job_data,
+        &[&secret_flag],
+    )
+    .await;
+    taskmanager.wait_leader().await;
+    let root = Some(("root", ROOT_PASSWORD));
+    let alice = Some(("alice", "alice-password"));
+
+    // Without logging in, nothing.
+    for cmd in [
+        "showtable",
+        "showtablet",
+        "create table t1 (k string, v int64, index(key=k)) options (partitionnum=1, replicanum=1)",
+        "drop table t1",
+        "confset auto_failover false",
+        "show users",
+    ] {
+        refused(&cluster, None, cmd, "permission denied: log in first");
+    }
+    refused(
+        &cluster,
+        Some(("root", "not-the-password")),
+        "showtable",
+        "wrong user or password",
+    );
+    refused(
+        &cluster,
+        Some(("mallory", "whatever-password")),
+        "showtable",
+        "wrong user or password",
+    );
+
+    // Root may do everything.
+    succeeds(
+        &cluster,
+        root,
+        "create table t1 (k string, v int64, index(key=k)) options (partitionnum=1, replicanum=3)",
+    );
+    succeeds(
+        &cluster,
+        root,
+        "create user alice options (password='alice-password')",
+    );
+    refused(
+        &cluster,
+        root,
+        "create user bob options (password='short')",
+        "at least 8 characters",
+    );
+    succeeds(&cluster, root, "grant select on default.* to alice");
+    let users = succeeds(&cluster, root, "show users");
+    assert!(
+        users.contains("alice") && users.contains("select on default.*"),
+        "{users}"
+    );
+    assert!(!users.contains("argon2"), "hashes are never shown: {users}");
+
+    // Rows: nothing without logging in; alice reads but does not write.
+    succeeds(&cluster, root, "put t1 a 1");
+    refused(
+        &cluster,
+        None,
+        "get t1 a",
+        "permission denied: log in first",
+    );
+    refused(
+        &cluster,
+        None,
+        "put t1 b 2",
+        "permission denied: log in first",
+    );
+    let row = succeeds(&cluster, alice, "get t1 a");
+    assert!(row.contains('a') && row.contains('1'), "{row}");
+    refused(
+        &cluster,
+        alice,
+        "put t1 b 2",
+        "permission denied: alice cannot write default.t1",
+    );
+    refused(
+        &cluster,
+        alice,
+        "delete t1 a",
+        "permission denied: alice cannot write default.t1",
+    );
+    // Jobs are judged the same way by the taskmanager.
+    refused(
+        &cluster,
+        alice,
+        "load data infile 'rows.csv' into table t1",
+        "permission denied: alice cannot write default.t1",
+    );
+
+    // Alice reads the metadata but administers nothing.
+    assert!(succeeds(&cluster, alice, "showtable").contains("t1"));
+    refused(
+        &cluster,
+        alice,
+        "drop table t1",
+        "permission denied: alice cannot administer default.t1",
+    );
+    refused(
+        &cluster,
+        alice,
+        "create table t2 (k string, index(key=k))",
+        "permission denied: alice cannot administer database default",
+    );
+    for cmd in [
+        "confset auto_failover false",
+        "create user eve options (password='eve-password')",
+        "grant all on *.* to alice",
+        "show users",
+    ] {
+        refused(
+            &cluster,
+            alice,
+            cmd,
+            "permission denied: alice cannot administer the cluster",
+        );
+    }
+    // Granted `all` on the database, she may drop its tables.
+    succeeds(&cluster, root, "grant all on default.* to alice");
+    succeeds(
+        &cluster,
+        alice,
+        "create table t2 (k string, index(key=k)) options (partitionnum=1, replicanum=1)",
+    );
+    succeeds(&cluster, alice, "drop table t2");
+    succeeds(&cluster, root, "revoke all on default.* from alice");
+    refused(&cluster, alice, "drop table t1", "cannot administer");
+    refused(
+        &cluster,
+        root,
+        "revoke insert on default.* from alice",
+        "holds no insert on default.*",
+    );
+
+    // A session survives until the password changes.
+    let mut plain = plain_client(&cluster).await;
+    let token = plain
+        .login(LoginRequest {
+            user: "alice".into(),
+            password: "alice-password".into(),
+        })
+        .await
+        .expect("alice logs in")
+        .into_inner()
+        .token;
+    let show = || ShowTableRequest {
+        db: String::new(),
+        name: String::new(),
+    };
+    plain
+        .show_table(with_token(show(), &token))
+        .await
+        .expect("a call with the token");
+    let forged = format!("{}0", token);
+    let status = plain
+        .show_table(with_token(show(), &forged))
+        .await
+        .expect_err("a damaged token");
+    assert!(status.message().contains("not valid"), "{status:?}");
+    // Alice changes her own password: her old session ends.
+    plain
+        .alter_user(with_token(
+            UserRequest {
+                name: "alice".into(),
+                password: "alice-new-password".into(),
+            },
+            &token,
+        ))
+        .await
+        .expect("a user changes her own password");
+    let status = plain
+        .show_table(with_token(show(), &token))
+        .await
+        .expect_err("the old session");
+    assert!(status.message().contains("has ended"), "{status:?}");
+    refused(&cluster, alice, "showtable", "wrong user or password");
+    succeeds(&cluster, Some(("alice", "alice-new-password")), "showtable");
+
+    // Dropped, she cannot log in; root cannot be dropped.
+    succeeds(&cluster, root, "drop user alice");
+    refused(
+        &cluster,
+        Some(("alice", "alice-new-password")),
+        "showtable",
+        "wrong user or password",
+    );
+    refused(&cluster, root, "drop user root", "root cannot be dropped");
+
+    // The cluster's own calls (this process holds the secret) need no login.
+    tokio::time::timeout(Duration::from_secs(30), cluster.ns())
+        .await
+        .expect("the harness's client")
+        .show_tablet(tessera_proto::nameserver::ShowTabletRequest {})
+        .await
+        .expect("an internal call");
+}
