@@ -4,11 +4,14 @@
 # sample rows. Opens ns_client when it is up.
 #
 #   scripts/playground.sh          install ZooKeeper if missing, build, start, open ns_client
+#                                  (logged in as root; the password is printed)
 #   scripts/playground.sh stop     stop every playground process
 #   scripts/playground.sh status   which processes run, and the cluster's view of them
 #
 # Everything lives under $TESSERA_PLAYGROUND (default: ./playground of this checkout):
-# conf/ (generated), run/ (pid files), run/logs/, and the data directories.
+# conf/ (generated, with the cluster secret and root's password), run/ (pid files),
+# run/logs/, and the data directories. Authentication is on: every process shares the
+# secret, and ns_client logs in as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -17,9 +20,23 @@ zk_port=${ZK_PORT:-2181}
 zk=127.0.0.1:$zk_port
 bin=$root/target/release
 export TESSERA_CONF=$dir/conf
+secret=$dir/conf/cluster.secret
+root_password=$dir/conf/root.password
+
+# A random printable secret of 32 characters.
+random_secret() {
+  head -c 24 /dev/urandom | base64 -w0
+}
 
 write_conf() {
   mkdir -p "$dir/conf"
+  # Made once: a cluster keeps its secret, and root's password is read on the first
+  # start only.
+  (
+    umask 077
+    [[ -s $secret ]] || random_secret >"$secret"
+    [[ -s $root_password ]] || random_secret >"$root_password"
+  )
   cat >"$dir/conf/hosts" <<HOSTS
 [zookeeper]
 $zk $dir/zookeeper
@@ -39,11 +56,15 @@ ZK_ROOT_PATH=/tessera
 ZK_SESSION_TIMEOUT=5000
 TESSERA_BIN=$bin
 RUN_DIR=$dir/run
+TABLET_ARGS="--cluster_secret_file=$secret"
+NAMESERVER_ARGS="--cluster_secret_file=$secret --root_password_file=$root_password"
+TASKMANAGER_ARGS="--cluster_secret_file=$secret"
 ENV
 }
 
 ns_client() {
-  "$bin/ns_client" --zk_cluster="$zk" --zk_root_path=/tessera "$@"
+  TESSERA_PASSWORD=$(cat "$root_password") \
+    "$bin/ns_client" --zk_cluster="$zk" --zk_root_path=/tessera --user=root "$@"
 }
 
 status() {
@@ -101,14 +122,15 @@ sbin/start-all.sh
 
 wait_for "a nameserver leading" ns_client --cmd=showns
 wait_for "three healthy tablets" bash -c \
-  "'$bin/ns_client' --zk_cluster=$zk --zk_root_path=/tessera --cmd=showtablet | grep -c kTabletHealthy | grep -qx 3"
+  "TESSERA_PASSWORD=\$(cat '$root_password') '$bin/ns_client' --zk_cluster=$zk --zk_root_path=/tessera --user=root --cmd=showtablet | grep -c kTabletHealthy | grep -qx 3"
 if ns_client --cmd=showtable 2>/dev/null | grep -q demo; then
   # A restart of the whole playground is a whole-cluster restart: recoverdata puts the
   # most advanced replica of every partition back in the lead (and changes nothing when
   # all is well).
   echo "Existing tables found: running recoverdata"
-  "$bin/tessera-ops" --zk_cluster="$zk" --zk_root_path=/tessera --cmd=recoverdata | tail -n 6 ||
-    echo "recoverdata reported a problem; run it again with: $bin/tessera-ops --zk_cluster=$zk --cmd=recoverdata"
+  "$bin/tessera-ops" --zk_cluster="$zk" --zk_root_path=/tessera --cluster_secret_file="$secret" \
+    --cmd=recoverdata | tail -n 6 ||
+    echo "recoverdata reported a problem; run it again with: $bin/tessera-ops --zk_cluster=$zk --cluster_secret_file=$secret --cmd=recoverdata"
 else
   ns_client --cmd="create table demo (user string not null, ts timestamp, amount double, city string, \
 index(key=user, ts=ts)) options (partitionnum=4, replicanum=3);"
@@ -130,12 +152,16 @@ Tessera playground is up (everything under $dir):
   taskmanagers  127.0.0.1:9902, 127.0.0.1:9903   (jobs: load data infile, export table, showjobs;
                 files only under $dir/job_data)
   logs          $dir/run/logs/
+  root password $(cat "$root_password")   (in $root_password; ns_client --user=root)
+  secret        $secret   (for tessera-ops: --cluster_secret_file)
 Try: showtable demo · scan demo alice · showtablet · showopstatus · help ·
-     export table demo to 'demo.csv' · showjobs
+     export table demo to 'demo.csv' · showjobs ·
+     create user ann options (password='ann-password') · grant select on default.* to ann
 Kill a tablet's process (kill -9 \$(cat $dir/run/tablet-9527.child.pid)) and watch
 its daemon restart it and the nameserver repair the partitions.
 Stop everything with: scripts/playground.sh stop
 MSG
 if [[ -t 0 ]]; then
-  exec "$bin/ns_client" --zk_cluster="$zk" --zk_root_path=/tessera
+  TESSERA_PASSWORD=$(cat "$root_password") exec "$bin/ns_client" --zk_cluster="$zk" \
+    --zk_root_path=/tessera --user=root
 fi

@@ -234,6 +234,15 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The generation of a new user: random, so the tokens of a dropped user never match a
+/// new user of the same name.
+pub fn new_generation() -> Result<u64, String> {
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
+    // Not 0, and far from u64::MAX so a password change can add one.
+    Ok(u64::from_le_bytes(bytes) >> 2 | 1)
+}
+
 /// Refuses passwords too short to resist guessing.
 pub fn check_password_strength(password: &str) -> Result<(), String> {
     if password.chars().count() < MIN_PASSWORD_LEN {

@@ -23,6 +23,11 @@ use crate::wire_error::{self, ErrorCode};
 pub const FRESH: Duration = Duration::from_secs(1);
 /// How old a record may be when ZooKeeper does not answer.
 pub const STALE_LIMIT: Duration = Duration::from_secs(60);
+/// After ZooKeeper failed to answer, how long records are served stale without asking
+/// it again (one caller tries; the others do not queue behind it).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// Connecting to ZooKeeper, for a lookup.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Cached {
     record: Option<UserRecord>,
@@ -33,6 +38,8 @@ pub struct UserDirectory {
     settings: ZkSettings,
     client: tokio::sync::Mutex<Option<Client>>,
     cache: Mutex<HashMap<String, Cached>>,
+    /// When ZooKeeper last failed to answer a lookup.
+    failed_at: Mutex<Option<Instant>>,
 }
 
 impl UserDirectory {
@@ -41,6 +48,7 @@ impl UserDirectory {
             settings,
             client: tokio::sync::Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
+            failed_at: Mutex::new(None),
         }
     }
 
@@ -57,6 +65,16 @@ impl UserDirectory {
         if let Some(record) = self.cached(name, FRESH) {
             return Ok(record);
         }
+        let failed_recently = self
+            .failed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < RETRY_AFTER_FAILURE);
+        if failed_recently {
+            return self
+                .cached(name, STALE_LIMIT)
+                .ok_or_else(|| "cannot read the users from ZooKeeper (it did not answer)".into());
+        }
         match self.read(name).await {
             Ok(record) => {
                 let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -69,17 +87,24 @@ impl UserDirectory {
                 );
                 Ok(record)
             }
-            Err(e) => self
-                .cached(name, STALE_LIMIT)
-                .ok_or_else(|| format!("cannot read the users from ZooKeeper: {e}")),
+            Err(e) => {
+                *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                self.cached(name, STALE_LIMIT)
+                    .ok_or_else(|| format!("cannot read the users from ZooKeeper: {e}"))
+            }
         }
     }
 
     async fn read(&self, name: &str) -> Result<Option<UserRecord>, String> {
         let mut client = self.client.lock().await;
+        // Another caller may have read it while this one waited for the lock.
+        if let Some(record) = self.cached(name, FRESH) {
+            return Ok(record);
+        }
         if client.is_none() {
             let connected = crate::zk_auth::connector()
                 .with_session_timeout(self.settings.session_timeout)
+                .with_connection_timeout(CONNECT_TIMEOUT)
                 .connect(&self.settings.cluster)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -92,10 +117,16 @@ impl UserDirectory {
             crate::zk_auth::SECRET_DIR
         );
         match zk.get_data(&path).await {
-            Ok((data, _)) => UserRecord::decode(data.as_slice())
-                .map(Some)
-                .map_err(|e| format!("user {name}: {e}")),
-            Err(ZkError::NoNode) => Ok(None),
+            Ok((data, _)) => {
+                *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                UserRecord::decode(data.as_slice())
+                    .map(Some)
+                    .map_err(|e| format!("user {name}: {e}"))
+            }
+            Err(ZkError::NoNode) => {
+                *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Ok(None)
+            }
             Err(e) => {
                 // A session that ended is made again on the next read.
                 *client = None;

@@ -112,6 +112,11 @@ pub fn use_auth(auth: ZkAuth) -> Result<(), String> {
     }
 }
 
+/// Whether this process has a ZooKeeper identity.
+pub fn enabled() -> bool {
+    AUTH.get().is_some()
+}
+
 /// A session builder that authenticates with this process's identity, if any.
 pub fn connector() -> Connector {
     let connector = Client::connector();

@@ -377,9 +377,8 @@ impl NameserverRpc for NameserverService {
         &self,
         request: Request<UserRequest>,
     ) -> Result<Response<UsersResponse>, Status> {
-        self.state
-            .authorize_user_change(&request, &request.get_ref().name)
-            .await?;
+        let target = request.get_ref().name.clone();
+        self.state.authorize_user_change(&request, &target).await?;
         let r = request.into_inner();
         self.state.alter_user(&r.name, &r.password).await?;
         Ok(Response::new(UsersResponse::default()))

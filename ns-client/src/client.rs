@@ -186,6 +186,12 @@ impl Client {
             let mut ns =
                 crate::nameserver::NameserverConnection::connect(zk_cluster, zk_root_path).await?;
             ns.login(user, &password).await?;
+            crate::nameserver::NameserverConnection::keep_logged_in(
+                zk_cluster,
+                zk_root_path,
+                user,
+                &password,
+            );
         }
         let zk = tessera_common::zk_auth::connector()
             .with_session_timeout(options.zk_session_timeout)

@@ -46,6 +46,34 @@ impl NameserverConnection {
 }
 
 impl NameserverConnection {
+    /// Logs in as `user` again before each session expires, for as long as the process
+    /// runs (a failed attempt is retried every 30 s).
+    pub fn keep_logged_in(zk_cluster: &str, zk_root_path: &str, user: &str, password: &str) {
+        let (zk_cluster, zk_root_path, user, password) = (
+            zk_cluster.to_string(),
+            zk_root_path.to_string(),
+            user.to_string(),
+            password.to_string(),
+        );
+        tokio::spawn(async move {
+            let mut wait = tessera_common::auth::TOKEN_LIFETIME / 2;
+            loop {
+                tokio::time::sleep(wait).await;
+                let renewed = async {
+                    let mut ns = NameserverConnection::connect(&zk_cluster, &zk_root_path).await?;
+                    ns.login(&user, &password).await
+                };
+                wait = match renewed.await {
+                    Ok(()) => tessera_common::auth::TOKEN_LIFETIME / 2,
+                    Err(e) => {
+                        tracing::warn!(%user, error = %e, "cannot renew the session; retrying in 30 s");
+                        Duration::from_secs(30)
+                    }
+                };
+            }
+        });
+    }
+
     /// Logs in as `user`: every later call of this process carries the session.
     pub async fn login(&mut self, user: &str, password: &str) -> Result<(), ClientError> {
         let request = tessera_proto::nameserver::LoginRequest {

@@ -110,7 +110,10 @@ pub async fn run(shell: &mut Shell, history: PathBuf) -> Result<(), String> {
         if text.is_empty() {
             continue;
         }
-        let _ = editor.add_history_entry(text.as_str());
+        // A statement with a password stays out of the history file.
+        if !text.to_ascii_lowercase().contains("password") {
+            let _ = editor.add_history_entry(text.as_str());
+        }
         if text.eq_ignore_ascii_case("quit") || text.eq_ignore_ascii_case("exit") {
             break;
         }

@@ -73,6 +73,9 @@ impl TabletService {
         if !tessera_common::auth::enabled() {
             return Ok(());
         }
+        // Who calls is settled first: a stranger learns nothing, not even which
+        // partitions exist.
+        tessera_common::auth::caller(request)?;
         let table = self.table(tid, pid)?;
         let meta = table.meta();
         UserDirectory::authorize(

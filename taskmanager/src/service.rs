@@ -82,20 +82,17 @@ impl TaskManagerApi for TaskManagerService {
     }
 
     async fn stop_job(&self, request: Request<JobIdRequest>) -> Result<Response<JobInfo>, Status> {
-        // Stopping someone's job: as for starting one, judged by the job's table.
+        // Stopping a job is judged as starting it: by the job's table, or as
+        // administration for a job of the whole cluster.
+        self.authorize(&request, Need::LoggedIn, None, None).await?;
         let job = self.state.job(request.get_ref().id).await?;
-        let need = match job.job_type.as_str() {
-            "ImportData" => Need::Write,
-            "ExportData" => Need::Read,
-            _ => Need::Admin,
+        let db = db_or_default(&job.db);
+        let (need, db, table) = match job.job_type.as_str() {
+            "ImportData" => (Need::Write, Some(db), Some(job.table.as_str())),
+            "ExportData" => (Need::Read, Some(db), Some(job.table.as_str())),
+            _ => (Need::Admin, None, None),
         };
-        self.authorize(
-            &request,
-            need,
-            Some(db_or_default(&job.db)),
-            Some(&job.table),
-        )
-        .await?;
+        self.authorize(&request, need, db, table).await?;
         Ok(Response::new(
             self.state.stop_job(request.into_inner().id).await?,
         ))

@@ -8,10 +8,14 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use tessera_common::auth::HEADER;
+use tessera_common::Value;
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::{LoginRequest, ShowTableRequest, UserRequest};
+use tessera_proto::tablet::tablet_client::TabletClient;
+use tessera_proto::tablet::GetRequest;
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
-use tessera_tests::{binary, ElectedProcess};
+use tessera_tests::routed::{leaders, table_rows};
+use tessera_tests::{binary, wait_until_async, ElectedProcess};
 use tonic::transport::Channel;
 use tonic::Request;
 
@@ -249,7 +253,11 @@ async fn users_log_in_and_may_do_what_they_are_granted() {
         .show_table(with_token(show(), &token))
         .await
         .expect("a call with the token");
-    let forged = format!("{}0", token);
+    // A token whose payload was changed (its last hex digit: still hex, another expiry)
+    // no longer matches its signature.
+    let (payload, signature) = token.split_once('.').expect("payload.signature");
+    let last = if payload.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{last}.{signature}", &payload[..payload.len() - 1]);
     let status = plain
         .show_table(with_token(show(), &forged))
         .await
@@ -274,7 +282,66 @@ async fn users_log_in_and_may_do_what_they_are_granted() {
     refused(&cluster, alice, "showtable", "wrong user or password");
     succeeds(&cluster, Some(("alice", "alice-new-password")), "showtable");
 
-    // Dropped, she cannot log in; root cannot be dropped.
+    // A session of hers, on the tablet leading t1's partition too.
+    let token = plain
+        .login(LoginRequest {
+            user: "alice".into(),
+            password: "alice-new-password".into(),
+        })
+        .await
+        .expect("alice logs in")
+        .into_inner()
+        .token;
+    let rows = table_rows(&mut cluster.ns().await, "t1").await;
+    let leader = leaders(&rows)[&0].clone();
+    let tid = rows[0].tid;
+    let tablet = TabletClient::new(tessera_tests::channel(&leader).await.expect("connect"));
+    let get = move || GetRequest {
+        tid,
+        pid: 0,
+        key: vec![Value::String("a".into()).to_proto()],
+        ..Default::default()
+    };
+    // The tablet may still hold her record from before her password changed, for up
+    // to a second.
+    wait_until_async(
+        Duration::from_secs(10),
+        "alice's new session to read on the tablet",
+        || {
+            let (mut tablet, token) = (tablet.clone(), token.clone());
+            async move { tablet.get(with_token(get(), &token)).await.is_ok() }
+        },
+    )
+    .await;
+
+    // Dropped, she cannot log in, and her sessions end, on the nameserver and on the
+    // tablets, even when a new user of the same name is made.
+    succeeds(&cluster, root, "drop user alice");
+    succeeds(
+        &cluster,
+        root,
+        "create user alice options (password='alice-new-password')",
+    );
+    succeeds(&cluster, root, "grant select on default.* to alice");
+    let status = plain
+        .show_table(with_token(show(), &token))
+        .await
+        .expect_err("the dropped user's session");
+    assert!(status.message().contains("has ended"), "{status:?}");
+    wait_until_async(
+        Duration::from_secs(10),
+        "the tablet to refuse the dropped user's session",
+        || {
+            let (mut tablet, token) = (tablet.clone(), token.clone());
+            async move {
+                tablet
+                    .get(with_token(get(), &token))
+                    .await
+                    .is_err_and(|status| status.message().contains("has ended"))
+            }
+        },
+    )
+    .await;
     succeeds(&cluster, root, "drop user alice");
     refused(
         &cluster,
@@ -283,6 +350,25 @@ async fn users_log_in_and_may_do_what_they_are_granted() {
         "wrong user or password",
     );
     refused(&cluster, root, "drop user root", "root cannot be dropped");
+
+    // Passwords: anyone changes their own (no grant needed), only root changes root's.
+    succeeds(
+        &cluster,
+        root,
+        "create user carl options (password='carl-password')",
+    );
+    succeeds(
+        &cluster,
+        Some(("carl", "carl-password")),
+        "alter user carl set options (password='carl-password-2')",
+    );
+    succeeds(&cluster, root, "grant all on *.* to carl");
+    refused(
+        &cluster,
+        Some(("carl", "carl-password-2")),
+        "alter user root set options (password='carl-owns-root')",
+        "only root can",
+    );
 
     // The cluster's own calls (this process holds the secret) need no login.
     tokio::time::timeout(Duration::from_secs(30), cluster.ns())

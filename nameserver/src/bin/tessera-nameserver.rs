@@ -68,6 +68,12 @@ fn main() -> anyhow::Result<()> {
         .and_then(|()| flags.tls.apply(Role::Server))
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;
+    if tessera_common::auth::enabled() && !tessera_common::zk_auth::enabled() {
+        tracing::warn!(
+            "authentication is on but ZooKeeper authentication is off (--zk_auth_schema): \
+             anyone who can reach ZooKeeper can rewrite the users and their grants"
+        );
+    }
     let root_password_hash = match &flags.root_password_file {
         Some(path) => Some(
             tessera_nameserver::users::root_password_hash(path)

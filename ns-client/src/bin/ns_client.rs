@@ -80,7 +80,18 @@ async fn main() -> ExitCode {
     let mut ns = ns;
     if let Some(user) = &flags.user {
         let logged_in = match password(&flags) {
-            Ok(password) => ns.login(user, &password).await.map_err(|e| e.to_string()),
+            Ok(password) => match ns.login(user, &password).await {
+                Ok(()) => {
+                    tessera_ns_client::nameserver::NameserverConnection::keep_logged_in(
+                        &flags.zk_cluster,
+                        &flags.zk_root_path,
+                        user,
+                        &password,
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            },
             Err(e) => Err(e),
         };
         if let Err(e) = logged_in {
