@@ -17,10 +17,16 @@
 //! [`server_builder`] follows it.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 /// A TLS handshake that takes longer is dropped (a client that connects and says
 /// nothing must not hold a server's resources).
@@ -36,7 +42,9 @@ struct Settings {
     given: (Vec<u8>, Vec<u8>, Vec<u8>),
     ca_pem: Vec<u8>,
     client: ClientTlsConfig,
-    server: Option<ServerTlsConfig>,
+    /// A server's TLS: the handshake is made here (not by tonic) so that HTTP/1.1
+    /// clients can negotiate it by ALPN too, for the HTTP pages.
+    server: Option<Arc<rustls::ServerConfig>>,
 }
 
 static SETTINGS: OnceLock<Settings> = OnceLock::new();
@@ -171,21 +179,14 @@ fn settings(ca: &Path, identity: Option<(&Path, &Path)>, role: Role) -> Result<S
     if let (Some((cert, key)), Role::Server) = (identity, role) {
         cert_pem = read(cert, "TLS certificate")?;
         key_pem = read(key, "TLS private key")?;
-        let config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&cert_pem, &key_pem))
-            .timeout(HANDSHAKE_TIMEOUT);
-        // Fails here, at start-up, on a key that does not parse or match.
-        tonic::transport::Server::builder()
-            .tls_config(config.clone())
-            .map_err(|e| {
-                format!(
-                    "cannot serve TLS with {} and {}: {}",
-                    cert.display(),
-                    key.display(),
-                    chain(&e)
-                )
-            })?;
-        server = Some(config);
+        let config = server_config(&cert_pem, &key_pem).map_err(|e| {
+            format!(
+                "cannot serve TLS with {} and {}: {e}",
+                cert.display(),
+                key.display()
+            )
+        })?;
+        server = Some(Arc::new(config));
     }
     Ok(Settings {
         given: (ca_pem.clone(), cert_pem, key_pem),
@@ -193,6 +194,27 @@ fn settings(ca: &Path, identity: Option<(&Path, &Path)>, role: Role) -> Result<S
         client,
         server,
     })
+}
+
+/// A server configuration from PEM: the certificate chain and its private key, offering
+/// HTTP/2 and HTTP/1.1 by ALPN.
+fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the certificate does not parse: {e}"))?;
+    if certs.is_empty() {
+        return Err("the certificate file holds no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| format!("the private key does not parse: {e}"))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// Whether this process talks TLS.
@@ -229,28 +251,102 @@ pub fn endpoint(
     }
 }
 
-/// A server builder that serves TLS when the process does, with a bound on the
-/// requests in flight per connection.
+/// A server builder with a bound on the requests in flight per connection. It serves
+/// the connections of [`incoming`], which are TLS when the process uses it.
 pub fn server_builder() -> tonic::transport::Server {
-    let builder = tonic::transport::Server::builder()
+    tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_REQUESTS_PER_CONNECTION)
-        .max_concurrent_streams(Some(MAX_REQUESTS_PER_CONNECTION as u32));
-    match SETTINGS.get().and_then(|s| s.server.clone()) {
-        // Checked by `use_tls` with the same configuration.
-        Some(config) => builder
-            .tls_config(config)
-            .expect("TLS configuration checked at start-up"),
-        None => builder,
+        .max_concurrent_streams(Some(MAX_REQUESTS_PER_CONNECTION as u32))
+}
+
+/// A connection a server accepted: plain TCP, or TLS over it.
+pub enum ServerIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Connected for ServerIo {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        match self {
+            ServerIo::Plain(tcp) => tcp.connect_info(),
+            ServerIo::Tls(tls) => tls.get_ref().0.connect_info(),
+        }
+    }
+}
+
+impl AsyncRead for ServerIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            ServerIo::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ServerIo::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            ServerIo::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ServerIo::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            ServerIo::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ServerIo::Plain(tcp) => tcp.is_write_vectored(),
+            ServerIo::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            ServerIo::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            ServerIo::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
 /// Accepted connections of `listener`, with Nagle off (small gRPC messages must not
-/// wait for delayed ACKs), for `serve_with_incoming*`. A failure to accept (out of file
-/// descriptors, say) is logged and retried after a pause rather than in a busy loop.
-/// Accepting stops when the server drops the stream.
+/// wait for delayed ACKs), for `serve_with_incoming*`; under TLS, each after its
+/// handshake, made in a task of its own (a slow client holds up nobody) and bounded by
+/// [`HANDSHAKE_TIMEOUT`]. A failure to accept (out of file descriptors, say) is logged
+/// and retried after a pause rather than in a busy loop. Accepting stops when the
+/// server drops the stream.
 pub fn incoming(
     listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+) -> impl tokio_stream::Stream<Item = std::io::Result<ServerIo>> {
+    let acceptor = SETTINGS
+        .get()
+        .and_then(|s| s.server.clone())
+        .map(tokio_rustls::TlsAcceptor::from);
     const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
     let (accepted, stream) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -262,9 +358,24 @@ pub fn incoming(
             match next {
                 Ok((tcp, _)) => {
                     let _ = tcp.set_nodelay(true);
-                    if accepted.send(Ok(tcp)).await.is_err() {
-                        return;
-                    }
+                    let Some(acceptor) = acceptor.clone() else {
+                        if accepted.send(Ok(ServerIo::Plain(tcp))).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    };
+                    let accepted = accepted.clone();
+                    tokio::spawn(async move {
+                        let handshake =
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                        match handshake {
+                            Ok(Ok(tls)) => {
+                                let _ = accepted.send(Ok(ServerIo::Tls(Box::new(tls)))).await;
+                            }
+                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        }
+                    });
                 }
                 // The peer gave up before we got to it: nothing wrong here.
                 Err(e)

@@ -9,6 +9,7 @@ use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::{CreateTableRequest, ShowTabletRequest, TableInfo};
 use tessera_proto::tablet::ReplicationMode;
 
+use crate::ElectedProcess;
 use crate::{wait_until_async, workload, NameserverProcess, TabletProcess, ZooKeeper};
 
 const READY: Duration = Duration::from_secs(60);
@@ -151,6 +152,23 @@ impl NsCluster {
             }
         })
         .await;
+    }
+
+    /// A taskmanager of this cluster with `extra` flags, its job data under `dir`, once
+    /// it leads.
+    pub async fn start_taskmanager(&self, dir: &Path, extra: &[&str]) -> ElectedProcess {
+        let job_data = dir.join("job_data");
+        std::fs::create_dir_all(&job_data).expect("create the job data directory");
+        let taskmanager = ElectedProcess::start_taskmanager_with(
+            &dir.join("tm"),
+            &self.zk,
+            2000,
+            &job_data,
+            extra,
+        )
+        .await;
+        taskmanager.wait_leader().await;
+        taskmanager
     }
 
     pub fn tablet_index(&self, endpoint: &str) -> usize {

@@ -127,8 +127,8 @@ pub fn http_get(endpoint: &str, path: &str) -> (u16, String) {
 trait ReadWrite: std::io::Read + std::io::Write {}
 impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
 
-/// A TLS client stream to `endpoint` that trusts the authority `ca` (PEM), without ALPN
-/// (so the server speaks HTTP/1.1).
+/// A TLS client stream to `endpoint` that trusts the authority `ca` (PEM) and asks for
+/// HTTP/1.1 by ALPN, as curl --http1.1 and most HTTP libraries do.
 fn tls_client(
     endpoint: &str,
     ca: &[u8],
@@ -140,9 +140,10 @@ fn tls_client(
     for cert in CertificateDer::pem_slice_iter(ca) {
         roots.add(cert.expect("CA PEM")).expect("CA certificate");
     }
-    let config = rustls::ClientConfig::builder()
+    let mut config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let host = endpoint.rsplit_once(':').map_or(endpoint, |(host, _)| host);
     let name = ServerName::try_from(host.to_string()).expect("server name");
     let connection =

@@ -13,11 +13,11 @@ use tessera_common::tls::{use_tls, Role};
 use tessera_common::Value;
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::GetTableStatusRequest;
+use tessera_tests::binary;
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::process::http_get;
 use tessera_tests::routed::{leaders, table_rows};
 use tessera_tests::workload::sdk_row;
-use tessera_tests::{binary, ElectedProcess};
 
 /// Writes a new authority and one certificate for loopback signed by it; returns the
 /// paths of the authority's certificate, the certificate and its key.
@@ -127,18 +127,8 @@ async fn a_cluster_runs_end_to_end_over_tls() {
         String::from_utf8_lossy(&shown.stderr)
     );
 
-    // The taskmanager serves TLS too, and reaches the tablets with it.
-    let job_data = dir.path().join("job_data");
-    std::fs::create_dir_all(&job_data).unwrap();
-    let taskmanager = ElectedProcess::start_taskmanager_with(
-        &dir.path().join("tm"),
-        &cluster.zk,
-        2000,
-        &job_data,
-        &args,
-    )
-    .await;
-    taskmanager.wait_leader().await;
+    // The taskmanager serves TLS too (its leader check answers over HTTPS).
+    let _taskmanager = cluster.start_taskmanager(dir.path(), &args).await;
 
     // The nameserver fences and promotes over TLS, and replication resumes over it.
     let mut ns = cluster.ns().await;

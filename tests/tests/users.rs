@@ -15,7 +15,7 @@ use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::GetRequest;
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::routed::{leaders, table_rows};
-use tessera_tests::{binary, wait_until_async, ElectedProcess};
+use tessera_tests::{binary, wait_until_async};
 use tonic::transport::Channel;
 use tonic::Request;
 
@@ -91,17 +91,7 @@ async fn users_log_in_and_may_do_what_they_are_granted() {
         },
     )
     .await;
-    let job_data = dir.path().join("job_data");
-    std::fs::create_dir_all(&job_data).unwrap();
-    let taskmanager = ElectedProcess::start_taskmanager_with(
-        &dir.path().join("tm"),
-        &cluster.zk,
-        2000,
-        &job_data,
-        &[&secret_flag],
-    )
-    .await;
-    taskmanager.wait_leader().await;
+    let _taskmanager = cluster.start_taskmanager(dir.path(), &[&secret_flag]).await;
     let root = Some(("root", ROOT_PASSWORD));
     let alice = Some(("alice", "alice-password"));
 
