@@ -53,6 +53,15 @@ while read -r address dir; do
 done < <(section zookeeper)
 
 common=(--zk_cluster="$ZK" --zk_root_path="$ZK_ROOT_PATH" --zk_session_timeout="$ZK_SESSION_TIMEOUT")
+# Authentication (tessera.env): the servers refuse to start without a secret unless
+# their *_ARGS say --insecure.
+if [[ -n ${CLUSTER_SECRET_FILE:-} ]]; then
+  common+=(--cluster_secret_file="$CLUSTER_SECRET_FILE")
+fi
+root_password=()
+if [[ -n ${ROOT_PASSWORD_FILE:-} ]]; then
+  root_password=(--root_password_file="$ROOT_PASSWORD_FILE")
+fi
 
 while read -r endpoint dir; do
   is_local "${endpoint%:*}" || continue
@@ -67,7 +76,7 @@ while read -r endpoint _; do
   is_local "${endpoint%:*}" || continue
   # shellcheck disable=SC2086
   start "nameserver-${endpoint##*:}" "$TESSERA_BIN/tessera-nameserver" --endpoint="$endpoint" \
-    "${common[@]}" ${NAMESERVER_ARGS:-}
+    "${common[@]}" "${root_password[@]}" ${NAMESERVER_ARGS:-}
 done < <(section nameserver)
 
 while read -r endpoint job_data_dir; do
@@ -82,4 +91,4 @@ while read -r endpoint job_data_dir; do
 done < <(section taskmanager)
 
 echo "$started processes started. ZooKeeper: $ZK$ZK_ROOT_PATH"
-echo "Operate with: $TESSERA_BIN/ns_client --zk_cluster=$ZK --zk_root_path=$ZK_ROOT_PATH"
+echo "Operate with: $TESSERA_BIN/ns_client --zk_cluster=$ZK --zk_root_path=$ZK_ROOT_PATH --user=root"

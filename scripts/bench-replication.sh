@@ -17,7 +17,7 @@ trap cleanup EXIT
 endpoints=()
 for i in 0 1 2; do
   port=$((19527 + i))
-  "$bin/tessera-tablet" --endpoint=127.0.0.1:$port --db_root_path="$dir/t$i" >"$dir/t$i.log" 2>&1 &
+  "$bin/tessera-tablet" --insecure --endpoint=127.0.0.1:$port --db_root_path="$dir/t$i" >"$dir/t$i.log" 2>&1 &
   pids+=($!)
   endpoints+=("127.0.0.1:$port")
 done

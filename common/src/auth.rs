@@ -253,6 +253,21 @@ pub fn check_password_strength(password: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Servers run with authentication unless told otherwise: refuses to go on without a
+/// cluster secret unless `insecure`.
+pub fn require_secret(insecure: bool) -> Result<(), String> {
+    if insecure || enabled() {
+        return Ok(());
+    }
+    Err(
+        "no cluster secret: Tessera servers run with authentication unless told \
+         otherwise. Give every process of the cluster the same --cluster_secret_file \
+         (docs/OPERATIONS.md, \"The cluster secret\"), or --insecure to run without \
+         authentication (then anyone who reaches a port may do anything)"
+            .into(),
+    )
+}
+
 /// Whether this process checks users (it runs with a cluster secret).
 pub fn enabled() -> bool {
     crate::cluster_secret::secret_bytes().is_some()

@@ -25,6 +25,9 @@ pub struct TabletConfig {
     pub zk_cert: String,
     /// File holding the cluster secret; empty for none (internal calls unchecked).
     pub cluster_secret_file: PathBuf,
+    /// Run without authentication (no cluster secret): anyone who reaches the port may
+    /// do anything. Without it, a tablet refuses to start without a secret.
+    pub insecure: bool,
     /// TLS: the certificate authority of the cluster, and this tablet's certificate and
     /// key (PEM files); all empty for none (see `tessera_common::tls`).
     pub tls_ca: PathBuf,
@@ -68,6 +71,7 @@ impl Default for TabletConfig {
             zk_auth_schema: String::new(),
             zk_cert: String::new(),
             cluster_secret_file: PathBuf::new(),
+            insecure: false,
             tls_ca: PathBuf::new(),
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),

@@ -6,7 +6,6 @@ use tessera_common::wire_error::{detail_of, ErrorCode};
 use tessera_common::Value;
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::*;
-use tonic::transport::Channel;
 
 use crate::wait::wait_until_async;
 use crate::TabletProcess;
@@ -14,7 +13,7 @@ use crate::TabletProcess;
 /// Sets a replica's role, retrying while the replica answers "unavailable" (it may be
 /// reloading after a truncation), as the nameserver does.
 pub async fn change_role(
-    client: &mut TabletClient<Channel>,
+    client: &mut TabletClient<tessera_common::auth::AuthChannel>,
     tid: u32,
     pid: u32,
     role: TableRole,

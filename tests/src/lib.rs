@@ -3,6 +3,7 @@
 
 pub mod chaos;
 pub mod cluster;
+pub mod credentials;
 pub mod nameserver;
 pub mod netbed;
 pub mod nscluster;
@@ -26,4 +27,18 @@ pub async fn channel(endpoint: &str) -> Result<tonic::transport::Channel, tonic:
     tessera_common::tls::endpoint(endpoint, std::time::Duration::from_secs(5))?
         .connect()
         .await
+}
+
+/// A tablet's client whose calls carry this process's credentials (the cluster secret,
+/// see [`credentials`]).
+pub async fn tablet_client(
+    endpoint: &str,
+) -> Result<
+    tessera_proto::tablet::tablet_client::TabletClient<tessera_common::auth::AuthChannel>,
+    tonic::transport::Error,
+> {
+    let channel = channel(endpoint).await?;
+    Ok(tessera_proto::tablet::tablet_client::TabletClient::new(
+        tessera_common::auth::with_credentials(channel),
+    ))
 }

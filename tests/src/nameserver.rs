@@ -80,10 +80,11 @@ impl ElectedProcess {
             "--zk_root_path=/tessera".to_string(),
             format!("--zk_session_timeout={session_timeout_ms}"),
         ];
-        let args: Vec<String> = args
+        let mut args: Vec<String> = args
             .into_iter()
             .chain(extra.iter().map(|a| a.to_string()))
             .collect();
+        crate::credentials::with_server_credentials(&mut args, binary == "tessera-nameserver");
         let mut ns = ElectedProcess {
             binary,
             child: None,

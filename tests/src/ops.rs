@@ -18,6 +18,7 @@ pub async fn run_against(zk_cluster: &str, cmd: &str, args: &[&str]) -> (bool, S
         .arg("--zk_root_path=/tessera")
         .arg(format!("--cmd={cmd}"))
         .arg("--timeout=120")
+        .arg(crate::credentials::secret_flag())
         .args(args)
         .output()
         .await

@@ -12,7 +12,6 @@ use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::{ShowTableRequest, ShowTableRow};
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 use crate::workload;
 
@@ -65,13 +64,13 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut ns = ns;
         let mut log = WriterLog::default();
-        let mut leader: Option<TabletClient<Channel>> = None;
+        let mut leader: Option<TabletClient<tessera_common::auth::AuthChannel>> = None;
         let mut seq = 0;
         while !stop.load(Ordering::Relaxed) {
             if leader.is_none() {
                 if let Some(endpoint) = leaders(&table_rows(&mut ns, name).await).get(&pid).cloned()
                 {
-                    leader = crate::channel(&endpoint).await.ok().map(TabletClient::new);
+                    leader = crate::tablet_client(&endpoint).await.ok();
                 }
             }
             let Some(client) = leader.as_mut() else {

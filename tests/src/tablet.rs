@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::GetTableStatusRequest;
-use tonic::transport::Channel;
 
 use crate::process::{self, free_port, log_tail};
 
@@ -47,6 +46,7 @@ impl TabletProcess {
             format!("--db_root_path={}", self.db_root_path.display()),
         ];
         args.extend(self.args.iter().cloned());
+        crate::credentials::with_server_credentials(&mut args, false);
         let child = process::spawn_logged("tessera-tablet", &args, &self.log_path);
         self.child = Some(child);
         self.wait_ready().await;
@@ -58,7 +58,7 @@ impl TabletProcess {
         let in_cluster = self.args.iter().any(|a| a.starts_with("--zk_cluster="));
         let leases_before = self.log().matches("ZooKeeper lease acquired").count();
         loop {
-            if let Ok(mut client) = crate::channel(&self.endpoint).await.map(TabletClient::new) {
+            if let Ok(mut client) = crate::tablet_client(&self.endpoint).await {
                 let serving = client
                     .get_table_status(GetTableStatusRequest::default())
                     .await
@@ -90,14 +90,12 @@ impl TabletProcess {
         }
     }
 
-    pub async fn client(&self) -> TabletClient<Channel> {
-        TabletClient::new(
-            crate::channel(&self.endpoint)
-                .await
-                .expect("connect to tablet"),
-        )
-        .max_decoding_message_size(256 << 20)
-        .max_encoding_message_size(256 << 20)
+    pub async fn client(&self) -> TabletClient<tessera_common::auth::AuthChannel> {
+        crate::tablet_client(&self.endpoint)
+            .await
+            .expect("connect to tablet")
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20)
     }
 
     /// The running process's id.

@@ -11,7 +11,6 @@ use tessera_common::{ColumnType, Schema, Ttl, Value};
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{PutRequest, ReplicationMode, ScanRequest, TableMeta};
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 pub fn schema() -> Schema {
     Schema::new(
@@ -98,7 +97,7 @@ pub struct Writers {
 impl Writers {
     /// `count` writers, numbered from `first`, over the given clients (round robin).
     pub fn start(
-        clients: &[TabletClient<Channel>],
+        clients: &[TabletClient<tessera_common::auth::AuthChannel>],
         tid: u32,
         pid: u32,
         first: u64,
@@ -146,7 +145,7 @@ impl Writers {
 
 /// Asserts that every acknowledged row of writers `first..` is on the replica, intact.
 pub async fn assert_all_acked_present(
-    client: &mut TabletClient<Channel>,
+    client: &mut TabletClient<tessera_common::auth::AuthChannel>,
     tid: u32,
     pid: u32,
     first: u64,

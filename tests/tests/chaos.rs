@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tessera_common::Value;
 use tessera_ns_client::{Client, ClientOptions};
-use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{GetTableStatusRequest, GetTermPairRequest, TableRole};
 use tessera_tests::chaos::checker::check;
 use tessera_tests::chaos::history::{write_history, FinalState, Op, OpKind, Outcome, PartitionEnd};
@@ -275,7 +274,7 @@ async fn partition_ends(cluster: &NetCluster) -> Vec<PartitionEnd> {
         })
         .collect();
     for row in rows {
-        let Ok(mut client) = TabletClient::connect(format!("http://{}", row.endpoint)).await else {
+        let Ok(mut client) = tessera_tests::tablet_client(&row.endpoint).await else {
             continue;
         };
         let end = &mut ends[row.pid as usize];

@@ -9,6 +9,7 @@ use tessera_common::cluster_secret::HEADER;
 use tessera_common::wire_error::{detail_of, ErrorCode};
 use tessera_common::Value;
 use tessera_proto::nameserver::LeaderTroubleRequest;
+use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::*;
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::process::http_get;
@@ -33,21 +34,9 @@ fn refused(result: Result<impl std::fmt::Debug, Status>, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn internal_calls_need_the_cluster_secret() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("cluster.secret");
-    std::fs::write(&secret, "a-cluster-secret-0123456789\n").unwrap();
-    // This process is of the cluster too: its harness and SDK calls carry the secret.
-    tessera_common::cluster_secret::use_secret_file(&secret).expect("the test's secret");
-    let flag = format!("--cluster_secret_file={}", secret.display());
-    let args = [flag.as_str()];
-    let cluster = NsCluster::start(
-        dir.path(),
-        NsClusterSpec {
-            tablet_args: &[&flag, "--quorum_timeout=3000"],
-            nameserver_args: &args,
-            ..NsClusterSpec::fast_failover()
-        },
-    )
-    .await;
+    // The harness gives every server the cluster secret (tessera_tests::credentials),
+    // and this process too: its harness and SDK calls carry it.
+    let cluster = NsCluster::start(dir.path(), NsClusterSpec::fast_failover()).await;
     let table = cluster.create_table("t1", 1, 3).await;
     let client = cluster.sdk(Duration::from_secs(60)).await;
     client
@@ -59,7 +48,11 @@ async fn internal_calls_need_the_cluster_secret() {
     let mut ns = cluster.ns().await;
     let leader = leaders(&table_rows(&mut ns, "t1").await)[&0].clone();
     let index = cluster.tablet_index(&leader);
-    let mut stranger = cluster.tablets[index].client().await;
+    let mut stranger = TabletClient::new(
+        tessera_tests::channel(&leader)
+            .await
+            .expect("connect to the tablet"),
+    );
     let (tid, pid) = (table.tid, 0);
     refused(
         stranger

@@ -15,7 +15,6 @@ use tessera_proto::nameserver::{
     ChangeLeaderRequest, ConfSetRequest, EndpointRequest, OpIdRequest, OpInfo, ReplicaRequest,
     ShowOpStatusRequest, ShowSchemaRequest,
 };
-use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{GetTableStatusRequest, TableRole};
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::ops::{self, auto_failover, set_auto_failover};
@@ -58,7 +57,7 @@ async fn replica_roles(endpoints: &[String], tid: u32) -> BTreeMap<String, (Tabl
     for endpoint in endpoints {
         let Ok(Ok(mut client)) = tokio::time::timeout(
             Duration::from_millis(500),
-            TabletClient::connect(format!("http://{endpoint}")),
+            tessera_tests::tablet_client(endpoint),
         )
         .await
         else {
@@ -432,6 +431,7 @@ fn spawn_recoverdata(cluster: &NsCluster) -> tokio::process::Child {
         .arg("--zk_root_path=/tessera")
         .arg("--cmd=recoverdata")
         .arg("--timeout=120")
+        .arg(tessera_tests::credentials::secret_flag())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)

@@ -160,6 +160,7 @@ fn sigterm_stops_the_daemon_and_its_tablet_cleanly() {
         &[
             tablet.to_str().unwrap(),
             &format!("--endpoint={endpoint}"),
+            &tessera_tests::credentials::secret_flag(),
             &format!("--db_root_path={}", dir.path().join("db").display()),
         ],
     );

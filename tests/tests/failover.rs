@@ -10,7 +10,6 @@ use tessera_common::auth::AuthChannel;
 
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::*;
-use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::ReplicationMode;
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::routed::{self, leaders};
@@ -129,7 +128,7 @@ async fn a_dead_leader_tablet_is_replaced_and_recovered_without_losing_writes() 
     // Every acknowledged write is on every partition's leader...
     let leaders_now = leaders(&rows(&mut ns).await);
     for pid in 0..PARTITIONS {
-        let mut client = TabletClient::connect(format!("http://{}", leaders_now[&pid]))
+        let mut client = tessera_tests::tablet_client(&leaders_now[&pid])
             .await
             .unwrap();
         let mine = vec![Vec::new(); pid as usize]
@@ -251,7 +250,7 @@ async fn a_new_nameserver_leader_resumes_an_unfinished_op() {
         .table
         .unwrap();
     let partition_leader = leaders(&rows(&mut ns).await)[&0].clone();
-    let mut writer = TabletClient::connect(format!("http://{partition_leader}"))
+    let mut writer = tessera_tests::tablet_client(&partition_leader)
         .await
         .unwrap();
     for seq in 0..50 {
@@ -409,7 +408,7 @@ async fn a_tablet_restarted_before_its_session_expired_is_repaired() {
             }
             let leaders = leaders(&rows);
             for (pid, leader) in &leaders {
-                let Ok(mut client) = TabletClient::connect(format!("http://{leader}")).await else {
+                let Ok(mut client) = tessera_tests::tablet_client(leader).await else {
                     return false;
                 };
                 let role = client
@@ -444,9 +443,7 @@ async fn a_tablet_restarted_before_its_session_expired_is_repaired() {
 
     // And partition 0 takes writes again.
     let leader = leaders(&rows(&mut ns).await)[&0].clone();
-    let mut client = TabletClient::connect(format!("http://{leader}"))
-        .await
-        .unwrap();
+    let mut client = tessera_tests::tablet_client(&leader).await.unwrap();
     client
         .put(workload::put_request(table.tid, 0, 0, 1))
         .await

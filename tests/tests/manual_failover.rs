@@ -7,7 +7,6 @@ use tessera_common::auth::AuthChannel;
 use tessera_common::wire_error::{detail_of, ErrorCode};
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::*;
-use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::ops::set_auto_failover;
 use tessera_tests::wait_until_async;
@@ -69,7 +68,7 @@ async fn wait_offline(ns: &NameserverClient<AuthChannel>, endpoint: &str) {
 }
 
 async fn put(endpoint: &str, pid: u32, seq: u64) -> Result<(), tonic::Status> {
-    let mut client = TabletClient::connect(format!("http://{endpoint}"))
+    let mut client = tessera_tests::tablet_client(endpoint)
         .await
         .expect("connect");
     client

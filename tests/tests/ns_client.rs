@@ -2,13 +2,12 @@
 //! on failure) and standard input runs many, stopping at the first failure.
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use tessera_tests::binary;
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 
 fn ns_client(cluster: &NsCluster, cmd: &str) -> Output {
-    Command::new(binary("ns_client"))
+    tessera_tests::credentials::ns_client_command()
         .arg(format!("--zk_cluster={}", cluster.zk.connect_string()))
         .arg("--zk_root_path=/tessera")
         .arg(format!("--cmd={cmd}"))
@@ -157,7 +156,7 @@ async fn commands_run_through_the_binary() {
     assert!(fails(&cluster, "changeleader t1 x").contains("not a partition id"));
 
     // Standard input: one command per line, stopping at the first failure.
-    let mut child = Command::new(binary("ns_client"))
+    let mut child = tessera_tests::credentials::ns_client_command()
         .arg(format!("--zk_cluster={}", cluster.zk.connect_string()))
         .arg("--zk_root_path=/tessera")
         .stdin(Stdio::piped())

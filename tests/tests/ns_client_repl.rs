@@ -133,10 +133,11 @@ async fn the_interactive_shell_edits_completes_and_remembers() {
     cluster.create_table("orders", 1, 3).await;
     let history = dir.path().join("history");
     let terminal = Terminal::start(&format!(
-        "{} --zk_cluster={} --zk_root_path=/tessera --history_file={}",
+        "{} --zk_cluster={} --zk_root_path=/tessera --history_file={} --user=root --password={}",
         binary("ns_client").display(),
         cluster.zk.connect_string(),
-        history.display()
+        history.display(),
+        tessera_tests::credentials::ROOT_PASSWORD
     ));
     terminal.wait_for("the prompt", |s| s.contains("default>"));
 

@@ -6,7 +6,6 @@ use tessera_common::auth::AuthChannel;
 
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::*;
-use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{GetTableStatusRequest, ReplicationMode, TableStatus};
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::wait_until_async;
@@ -55,9 +54,7 @@ async fn wait_done(ns: &NameserverClient<AuthChannel>, started: Vec<OpInfo>, wha
 }
 
 async fn replica_status(endpoint: &str, tid: u32, pid: u32) -> Option<TableStatus> {
-    let mut client = TabletClient::connect(format!("http://{endpoint}"))
-        .await
-        .unwrap();
+    let mut client = tessera_tests::tablet_client(endpoint).await.unwrap();
     client
         .get_table_status(GetTableStatusRequest {
             tid: Some(tid),
@@ -152,9 +149,7 @@ async fn replicas_are_added_removed_migrated_and_snapshotted() {
         .map(|t| t.endpoint.clone())
         .find(|e| *e != leader && *e != follower)
         .unwrap();
-    let mut writer = TabletClient::connect(format!("http://{leader}"))
-        .await
-        .unwrap();
+    let mut writer = tessera_tests::tablet_client(&leader).await.unwrap();
     for seq in 0..30 {
         writer
             .put(workload::put_request(table.tid, 0, 0, seq))
@@ -274,9 +269,7 @@ async fn replicas_are_added_removed_migrated_and_snapshotted() {
         .find(|r| r.role == "leader")
         .unwrap()
         .endpoint;
-    let mut writer = TabletClient::connect(format!("http://{pid1_leader}"))
-        .await
-        .unwrap();
+    let mut writer = tessera_tests::tablet_client(&pid1_leader).await.unwrap();
     writer
         .put(workload::put_request(table.tid, 1, 1, 0))
         .await

@@ -31,7 +31,7 @@ fn script(conf: &Path, name: &str) -> String {
 }
 
 fn ns_client(zk: &str, command: &str) -> String {
-    let output = Command::new(binary("ns_client"))
+    let output = tessera_tests::credentials::ns_client_command()
         .arg(format!("--zk_cluster={zk}"))
         .arg("--zk_root_path=/sbin_test")
         .arg(format!("--cmd={command}"))
@@ -83,9 +83,12 @@ fn start_all_and_stop_all_run_a_local_cluster_under_the_daemon() {
         conf.join("tessera.env"),
         format!(
             "ZK_ROOT_PATH=/sbin_test\nZK_SESSION_TIMEOUT=2000\nTESSERA_BIN={}\nRUN_DIR={}\n\
-             DAEMON_RESTART_DELAY=200\n",
+             DAEMON_RESTART_DELAY=200\nTABLET_ARGS={secret}\nNAMESERVER_ARGS=\"{nameserver}\"\n\
+             TASKMANAGER_ARGS={secret}\n",
             binary("tessera-tablet").parent().unwrap().display(),
-            run.display()
+            run.display(),
+            secret = tessera_tests::credentials::secret_flag(),
+            nameserver = tessera_tests::credentials::nameserver_flags().join(" "),
         ),
     )
     .unwrap();

@@ -10,7 +10,6 @@ use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::*;
 use tessera_tests::workload::{self, Writers};
 use tessera_tests::{wait_until_async, TabletProcess};
-use tonic::transport::Channel;
 
 const ROWS: u64 = 100_000;
 const WRITERS: u64 = 16;
@@ -23,7 +22,7 @@ fn put_request(tid: u32, writer: u64, seq: u64) -> PutRequest {
     workload::put_request(tid, 0, writer, seq)
 }
 
-async fn create(client: &mut TabletClient<Channel>, tid: u32, pid: u32) {
+async fn create(client: &mut TabletClient<tessera_common::auth::AuthChannel>, tid: u32, pid: u32) {
     client
         .create_table(CreateTableRequest {
             meta: Some(meta(tid, pid)),

@@ -5,7 +5,6 @@
 //! job with the line's number.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use tessera_common::Value;
@@ -14,7 +13,7 @@ use tessera_ns_client::Client;
 use tessera_proto::taskmanager::{JobIdRequest, JobInfo};
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::process::http_get;
-use tessera_tests::{binary, ElectedProcess};
+use tessera_tests::ElectedProcess;
 
 const JOB_DEADLINE: Duration = Duration::from_secs(600);
 
@@ -63,7 +62,7 @@ async fn start(dir: &Path) -> Cluster {
 impl Cluster {
     /// Runs an ns_client command; its output, and whether it succeeded.
     fn ns_client(&self, command: &str) -> (bool, String) {
-        let output = Command::new(binary("ns_client"))
+        let output = tessera_tests::credentials::ns_client_command()
             .arg(format!("--zk_cluster={}", self.cluster.zk.connect_string()))
             .arg("--zk_root_path=/tessera")
             .arg(format!("--cmd={command}"))

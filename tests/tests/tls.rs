@@ -113,7 +113,7 @@ async fn a_cluster_runs_end_to_end_over_tls() {
 
     // ns_client with the authority. (Without it, it gets nowhere, retrying until its
     // deadline: the plaintext client above shows the refusal faster.)
-    let shown = Command::new(binary("ns_client"))
+    let shown = tessera_tests::credentials::ns_client_command()
         .arg(format!("--zk_cluster={}", cluster.zk.connect_string()))
         .arg("--zk_root_path=/tessera")
         .arg("--cmd=showtable t1")

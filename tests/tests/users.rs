@@ -19,7 +19,7 @@ use tessera_tests::{binary, wait_until_async};
 use tonic::transport::Channel;
 use tonic::Request;
 
-const ROOT_PASSWORD: &str = "root-password-0123";
+use tessera_tests::credentials::ROOT_PASSWORD;
 
 fn ns_client(cluster: &NsCluster, login: Option<(&str, &str)>, cmd: &str) -> Output {
     let mut command = Command::new(binary("ns_client"));
@@ -75,23 +75,10 @@ fn with_token<T>(message: T, token: &str) -> Request<T> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn users_log_in_and_may_do_what_they_are_granted() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("cluster.secret");
-    std::fs::write(&secret, "a-cluster-secret-0123456789\n").unwrap();
-    let root_password = dir.path().join("root.password");
-    std::fs::write(&root_password, format!("{ROOT_PASSWORD}\n")).unwrap();
-    tessera_common::cluster_secret::use_secret_file(&secret).expect("the test's secret");
-    let secret_flag = format!("--cluster_secret_file={}", secret.display());
-    let root_flag = format!("--root_password_file={}", root_password.display());
-    let cluster = NsCluster::start(
-        dir.path(),
-        NsClusterSpec {
-            tablet_args: &[&secret_flag, "--quorum_timeout=3000"],
-            nameserver_args: &[&secret_flag, &root_flag],
-            ..NsClusterSpec::fast_failover()
-        },
-    )
-    .await;
-    let _taskmanager = cluster.start_taskmanager(dir.path(), &[&secret_flag]).await;
+    // The harness gives every server the cluster secret and the nameserver root's
+    // password (tessera_tests::credentials), and this process the secret.
+    let cluster = NsCluster::start(dir.path(), NsClusterSpec::fast_failover()).await;
+    let _taskmanager = cluster.start_taskmanager(dir.path(), &[]).await;
     let root = Some(("root", ROOT_PASSWORD));
     let alice = Some(("alice", "alice-password"));
 
@@ -367,4 +354,55 @@ async fn users_log_in_and_may_do_what_they_are_granted() {
         .show_tablet(tessera_proto::nameserver::ShowTabletRequest {})
         .await
         .expect("an internal call");
+}
+
+/// Servers run with authentication unless told otherwise: without a cluster secret they
+/// refuse to start and say why, and a nameserver also wants root's password; with
+/// `--insecure` they start without either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_refuse_to_start_without_credentials_unless_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = tessera_tests::credentials::secret_flag();
+    for (server, flags, expected) in [
+        ("tessera-tablet", vec![], "no cluster secret"),
+        ("tessera-nameserver", vec![], "no cluster secret"),
+        ("tessera-taskmanager", vec![], "no cluster secret"),
+        (
+            "tessera-nameserver",
+            vec![secret.clone()],
+            "no --root_password_file",
+        ),
+    ] {
+        let mut command = Command::new(binary(server));
+        command
+            .arg("--endpoint=127.0.0.1:1")
+            .arg("--zk_cluster=127.0.0.1:1")
+            .args(&flags);
+        if server == "tessera-tablet" {
+            command.arg(format!("--db_root_path={}", dir.path().display()));
+        }
+        let out = command.output().expect("run the server");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(expected) && stderr.contains("--insecure"),
+            "{server} {flags:?}: expected a refusal naming `{expected}` and --insecure, got {stderr}"
+        );
+    }
+    // An insecure tablet starts and serves anyone.
+    let tablet = tessera_tests::TabletProcess::start(&dir.path().join("t"), &["--insecure"]).await;
+    let mut stranger = TabletClient::new(
+        tessera_tests::channel(&tablet.endpoint)
+            .await
+            .expect("connect"),
+    );
+    // Even an internal call: refused as unknown, not as forbidden.
+    let status = stranger
+        .drop_table(tessera_proto::tablet::DropTableRequest { tid: 999, pid: 0 })
+        .await
+        .expect_err("no such table");
+    assert_ne!(
+        tessera_common::wire_error::detail_of(&status).map(|d| d.code()),
+        Some(tessera_common::wire_error::ErrorCode::PermissionDenied),
+        "{status:?}"
+    );
 }

@@ -50,6 +50,10 @@ struct Flags {
     /// first start with authentication (--cluster_secret_file); read only then.
     #[arg(long)]
     root_password_file: Option<std::path::PathBuf>,
+    /// Run without authentication (no cluster secret, no users): anyone who reaches the
+    /// port may do anything.
+    #[arg(long)]
+    insecure: bool,
     #[command(flatten)]
     zk_auth: ZkAuthFlags,
     #[command(flatten)]
@@ -66,6 +70,22 @@ fn main() -> anyhow::Result<()> {
         .apply()
         .and_then(|()| flags.cluster_secret.apply())
         .and_then(|()| flags.tls.apply(Role::Server))
+        .and_then(|()| tessera_common::auth::require_secret(flags.insecure))
+        .and_then(|()| {
+            if tessera_common::auth::enabled()
+                && flags.root_password_file.is_none()
+                && !flags.insecure
+            {
+                Err(
+                    "no --root_password_file: with authentication the nameserver makes the \
+                     root user from it on the cluster's first start (later starts ignore \
+                     it), or --insecure"
+                        .to_string(),
+                )
+            } else {
+                Ok(())
+            }
+        })
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;
     if tessera_common::auth::enabled() && !tessera_common::zk_auth::enabled() {

@@ -44,6 +44,10 @@ struct Flags {
     /// File whose first line is the cluster secret: internal calls must carry it.
     #[arg(long)]
     cluster_secret_file: Option<std::path::PathBuf>,
+    /// Run without authentication (no cluster secret): anyone who reaches the port may
+    /// do anything.
+    #[arg(long)]
+    insecure: bool,
     /// PEM file of the certificate authority of the cluster's TLS certificates.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
@@ -117,6 +121,7 @@ fn config_from(flags: Flags) -> anyhow::Result<TabletConfig> {
         client_expiry => client_expiry_secs,
         max_writes_in_flight => max_writes_in_flight,
     );
+    config.insecure |= flags.insecure;
     Ok(config)
 }
 
@@ -135,6 +140,7 @@ fn main() -> anyhow::Result<()> {
                 tessera_common::cluster_secret::use_secret_file(&config.cluster_secret_file)
             }
         })
+        .and_then(|()| tessera_common::auth::require_secret(config.insecure))
         .and_then(|()| {
             tessera_common::tls::use_tls(
                 Some(&config.tls_ca),

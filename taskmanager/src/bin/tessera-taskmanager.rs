@@ -41,6 +41,10 @@ struct Flags {
     cluster_secret: tessera_common::cluster_secret::ClusterSecretFlags,
     #[command(flatten)]
     tls: TlsFlags,
+    /// Run without authentication (no cluster secret): anyone who reaches the port may
+    /// run any job.
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         .apply()
         .and_then(|()| flags.cluster_secret.apply())
         .and_then(|()| flags.tls.apply(Role::Server))
+        .and_then(|()| tessera_common::auth::require_secret(flags.insecure))
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;
     let config = TaskManagerConfig {

@@ -10,7 +10,6 @@ use tessera_common::auth::AuthChannel;
 
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::{ShowTabletRequest, TableInfo};
-use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::GetTableStatusRequest;
 
 use super::host::HostProcess;
@@ -203,6 +202,7 @@ impl NetCluster {
                 "--zk_root_path=/tessera".into(),
                 format!("--zk_session_timeout={}", spec.tablet_session_ms),
                 "--quorum_timeout=3000".into(),
+                crate::credentials::secret_flag(),
             ];
             cluster.tablets.push(HostProcess::start(
                 &host,
@@ -221,6 +221,8 @@ impl NetCluster {
                 "--zk_root_path=/tessera".into(),
                 format!("--zk_session_timeout={}", spec.nameserver_session_ms),
             ];
+            let mut args = args;
+            args.extend(crate::credentials::nameserver_flags());
             cluster.nameservers.push(HostProcess::start(
                 &host,
                 binary("tessera-nameserver"),
@@ -356,7 +358,7 @@ impl NetCluster {
             let ok = poll_until_async(READY, || {
                 let endpoint = endpoint.clone();
                 async move {
-                    match TabletClient::connect(format!("http://{endpoint}")).await {
+                    match crate::tablet_client(&endpoint).await {
                         Ok(mut client) => client
                             .get_table_status(GetTableStatusRequest::default())
                             .await
