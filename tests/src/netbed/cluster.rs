@@ -379,9 +379,10 @@ impl NetCluster {
             let Some(endpoint) = self.leader_endpoint().await else {
                 return false;
             };
-            let Ok(mut ns) = NameserverClient::connect(format!("http://{endpoint}")).await else {
+            let Ok(channel) = crate::channel(&endpoint).await else {
                 return false;
             };
+            let mut ns = NameserverClient::new(tessera_common::auth::with_credentials(channel));
             ns.show_tablet(ShowTabletRequest {})
                 .await
                 .map(|r| {
