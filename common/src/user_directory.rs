@@ -144,7 +144,20 @@ impl UserDirectory {
         db: Option<&str>,
         table: Option<&str>,
     ) -> Result<(), Status> {
-        let session = match auth::caller(request)? {
+        let caller = auth::caller(request)?;
+        UserDirectory::authorize_caller(directory, caller, need, db, table).await
+    }
+
+    /// As [`UserDirectory::authorize`], for a caller already found by
+    /// [`auth::caller`] (its token is checked once per request).
+    pub async fn authorize_caller(
+        directory: Option<&UserDirectory>,
+        caller: Caller,
+        need: Need,
+        db: Option<&str>,
+        table: Option<&str>,
+    ) -> Result<(), Status> {
+        let session = match caller {
             Caller::Unchecked | Caller::Internal => return Ok(()),
             Caller::User(session) => session,
         };

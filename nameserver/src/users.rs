@@ -68,25 +68,35 @@ impl Nameserver {
             }
             return Ok(());
         };
+        if self
+            .make_user(lock, ROOT, password_hash.to_string())
+            .await?
+        {
+            info!("made the root user from --root_password_file");
+        }
+        Ok(())
+    }
+
+    /// Writes a new user without grants; false if one of that name exists.
+    async fn make_user(
+        &self,
+        lock: &zookeeper_client::OwnedLockClient,
+        name: &str,
+        password_hash: String,
+    ) -> Result<bool> {
         let record = UserRecord {
-            name: ROOT.into(),
-            password_hash: password_hash.to_string(),
+            name: name.into(),
+            password_hash,
             generation: auth::new_generation().map_err(NsError::InvalidArgument)?,
             grants: Vec::new(),
         };
+        let node = self.paths.user(name);
         match lock
-            .create(
-                &self.paths.user(ROOT),
-                &record.encode_to_vec(),
-                &secret_node(),
-            )
+            .create(&node, &record.encode_to_vec(), &secret_node())
             .await
         {
-            Ok(_) => {
-                info!("made the root user from --root_password_file");
-                Ok(())
-            }
-            Err(ZkError::NodeExists) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(ZkError::NodeExists) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
@@ -122,27 +132,11 @@ impl Nameserver {
         auth::check_password_strength(password).map_err(NsError::InvalidArgument)?;
         let password_hash = hash(password).await?;
         let lock = self.lock().await?;
-        let record = UserRecord {
-            name: name.into(),
-            password_hash,
-            generation: auth::new_generation().map_err(NsError::InvalidArgument)?,
-            grants: Vec::new(),
-        };
-        match lock
-            .create(
-                &self.paths.user(name),
-                &record.encode_to_vec(),
-                &secret_node(),
-            )
-            .await
-        {
-            Ok(_) => {
-                info!(user = name, "user created");
-                Ok(())
-            }
-            Err(ZkError::NodeExists) => Err(NsError::UserExists(name.into())),
-            Err(e) => Err(e.into()),
+        if !self.make_user(&lock, name, password_hash).await? {
+            return Err(NsError::UserExists(name.into()));
         }
+        info!(user = name, "user created");
+        Ok(())
     }
 
     /// A new password; sessions opened with the old one end.

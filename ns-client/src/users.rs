@@ -171,47 +171,52 @@ fn status_text(status: tonic::Status) -> String {
     status.message().to_string()
 }
 
+#[derive(Clone, Copy)]
+enum UserCall {
+    Create,
+    Alter,
+    Drop,
+}
+
+/// Creates, alters or drops a user; the line to print.
+async fn user_call(
+    ns: &mut NameserverConnection,
+    request: UserRequest,
+    which: UserCall,
+) -> Result<String, String> {
+    let name = request.name.clone();
+    ns.call(|mut c| {
+        let r = request.clone();
+        async move {
+            match which {
+                UserCall::Create => c.create_user(r).await,
+                UserCall::Alter => c.alter_user(r).await,
+                UserCall::Drop => c.drop_user(r).await,
+            }
+        }
+    })
+    .await
+    .map_err(status_text)?;
+    let verb = match which {
+        UserCall::Create => "Create",
+        UserCall::Alter => "Alter",
+        UserCall::Drop => "Drop",
+    };
+    Ok(format!("{verb} user {name} ok"))
+}
+
 /// Runs a user statement against the nameserver.
 pub async fn run(ns: &mut NameserverConnection, line: &str) -> Result<String, String> {
     match parse(line)? {
         Statement::Create { name, password } => {
-            let request = UserRequest {
-                name: name.clone(),
-                password,
-            };
-            ns.call(|mut c| {
-                let r = request.clone();
-                async move { c.create_user(r).await }
-            })
-            .await
-            .map_err(status_text)?;
-            Ok(format!("Create user {name} ok"))
+            user_call(ns, UserRequest { name, password }, UserCall::Create).await
         }
         Statement::Alter { name, password } => {
-            let request = UserRequest {
-                name: name.clone(),
-                password,
-            };
-            ns.call(|mut c| {
-                let r = request.clone();
-                async move { c.alter_user(r).await }
-            })
-            .await
-            .map_err(status_text)?;
-            Ok(format!("Alter user {name} ok"))
+            user_call(ns, UserRequest { name, password }, UserCall::Alter).await
         }
         Statement::Drop { name } => {
-            let request = UserRequest {
-                name: name.clone(),
-                password: String::new(),
-            };
-            ns.call(|mut c| {
-                let r = request.clone();
-                async move { c.drop_user(r).await }
-            })
-            .await
-            .map_err(status_text)?;
-            Ok(format!("Drop user {name} ok"))
+            let password = String::new();
+            user_call(ns, UserRequest { name, password }, UserCall::Drop).await
         }
         Statement::Show => {
             let users = ns

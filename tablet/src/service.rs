@@ -75,12 +75,12 @@ impl TabletService {
         }
         // Who calls is settled first: a stranger learns nothing, not even which
         // partitions exist.
-        tessera_common::auth::caller(request)?;
+        let caller = tessera_common::auth::caller(request)?;
         let table = self.table(tid, pid)?;
         let meta = table.meta();
-        UserDirectory::authorize(
+        UserDirectory::authorize_caller(
             self.users.as_deref(),
-            request,
+            caller,
             need,
             Some(tessera_common::auth::db_or_default(&meta.db)),
             Some(&meta.name),
