@@ -147,6 +147,18 @@ impl Ttl {
         }
     }
 
+    /// When expiry depends on an entry's rank: the `count` that ranks are compared with.
+    /// Every rank at or beyond it behaves alike, so a reader resuming in the middle of a
+    /// key needs to count at most this many entries to know where it stands.
+    pub fn rank_bound(self) -> Option<u64> {
+        match self {
+            Ttl::Absolute { .. } => None,
+            Ttl::Latest { count } | Ttl::AbsAndLat { count, .. } | Ttl::AbsOrLat { count, .. } => {
+                (count > 0).then_some(count)
+            }
+        }
+    }
+
     /// True when no entry can ever expire (every bound that matters is 0).
     pub fn never_expires(self) -> bool {
         match self {

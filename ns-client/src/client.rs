@@ -35,6 +35,20 @@ pub struct ClientOptions {
     /// session is the process's: every client of the process then uses it.
     pub user: Option<String>,
     pub password: Option<String>,
+    /// The largest answer a tablet may send: at least the tablets' `max_row_size` (16 MiB
+    /// by default) plus some slack, since a page of one row is as large as the row. Larger
+    /// results come in pages the client asks for one after another.
+    pub max_response_bytes: usize,
+}
+
+/// The default of [`ClientOptions::max_response_bytes`].
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 32 << 20;
+
+/// One page of rows and, when more may follow, the cursor to pass for the next one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowPage {
+    pub rows: Vec<Vec<Value>>,
+    pub next: Option<Vec<u8>>,
 }
 
 impl Default for ClientOptions {
@@ -45,6 +59,7 @@ impl Default for ClientOptions {
             read_from_followers: false,
             user: None,
             password: None,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -146,11 +161,47 @@ fn classify(status: &tonic::Status) -> Failure {
         ErrorCode::PermissionDenied => {
             Failure::Fatal(ClientError::PermissionDenied(status.message().to_string()))
         }
+        // No answer of a tablet's own: the transport's or the gRPC layer's. Only a lost or
+        // refused connection, or a timeout, can go better on another try; an answer too
+        // large for this client, a request too large for the tablet or a call it does not
+        // know would fail the same way every time.
+        ErrorCode::Unspecified if transport_cannot_recover(status.code()) => Failure::Fatal(
+            ClientError::Refused(format!("{} ({:?})", status.message(), status.code())),
+        ),
         // Not the leader any more, the partition moving or reloading, the tablet gone or
         // stopping, a replica removed from under stale metadata, too few replicas up, or
         // a write of unknown outcome (retried with its sequence number: applied once).
         _ => Failure::Retry(status.message().to_string()),
     }
+}
+
+/// A page's rows decoded, with its cursor (`None` when the page was the last).
+fn row_page(rows: &[Row], next: Vec<u8>) -> Result<RowPage, ClientError> {
+    let rows = rows
+        .iter()
+        .map(|r| Value::row_from_proto(r).map_err(ClientError::InvalidArgument))
+        .collect::<Result<_, _>>()?;
+    Ok(RowPage {
+        rows,
+        next: (!next.is_empty()).then_some(next),
+    })
+}
+
+/// Whether a failure the tablet did not describe itself (gRPC code `code`) would recur
+/// on every retry. Lost connections, resets and timeouts (`Unavailable`, `Unknown`,
+/// `Internal`, `Cancelled`, …) may pass.
+fn transport_cannot_recover(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::OutOfRange
+            | Code::ResourceExhausted
+            | Code::InvalidArgument
+            | Code::Unimplemented
+            | Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::DataLoss
+    )
 }
 
 /// The alive leader the metadata names for partition `pid`.
@@ -275,7 +326,9 @@ impl Client {
             .connect()
             .await
             .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
-        let client = TabletClient::new(tessera_common::auth::with_credentials(channel));
+        let client = TabletClient::new(tessera_common::auth::with_credentials(channel))
+            .max_decoding_message_size(self.options.max_response_bytes)
+            .max_encoding_message_size(usize::MAX);
         self.tablets
             .write()
             .insert(endpoint.to_string(), client.clone());
@@ -476,40 +529,40 @@ impl Client {
         Ok(self.table(db, name, false).await?.info.partition_num)
     }
 
-    /// A page of a partition's rows from its leader: up to `limit` rows after skipping
-    /// `skip` (first-index order). Pages of a partition taking writes meanwhile may miss
-    /// or repeat rows.
+    /// A page of a partition's rows from its leader in first-index order: up to `limit`
+    /// rows (0: as many as the tablet sends in one page) after the cursor `after` (empty
+    /// for the first page; then the `next` of the page before). Each page is a read of
+    /// its own: rows written between pages may or may not appear, but no row is returned
+    /// twice, and none that stays in the table throughout is missed.
     pub async fn partition_page(
         &self,
         db: &str,
         name: &str,
         pid: u32,
-        skip: u64,
+        after: &[u8],
         limit: u32,
-    ) -> Result<Vec<Vec<Value>>, ClientError> {
-        let rows = self
+    ) -> Result<RowPage, ClientError> {
+        let (rows, next) = self
             .on_leader_seen(
                 db,
                 name,
                 |_| Ok(pid),
-                |mut client, tid, pid| async move {
-                    let r = client
-                        .preview(PreviewRequest {
-                            tid,
-                            pid,
-                            limit,
-                            skip,
-                            min_offset: 0,
-                        })
-                        .await?
-                        .into_inner();
-                    Ok((r.rows, r.offset))
+                |mut client, tid, pid| {
+                    let request = PreviewRequest {
+                        tid,
+                        pid,
+                        limit,
+                        after: after.to_vec(),
+                        min_offset: 0,
+                    };
+                    async move {
+                        let r = client.preview(request).await?.into_inner();
+                        Ok(((r.rows, r.next), r.offset))
+                    }
                 },
             )
             .await?;
-        rows.iter()
-            .map(|r| Value::row_from_proto(r).map_err(ClientError::InvalidArgument))
-            .collect()
+        row_page(&rows, next)
     }
 
     /// Writes a whole row to its partition's leader. Returns the partition's (term,
@@ -843,16 +896,27 @@ impl Client {
         let key: Vec<_> = key_values.iter().map(Value::to_proto).collect();
         let read = self
             .on_follower(db, name, &key_values, |mut client, tid, pid, min_offset| {
-                let request = ScanRequest {
-                    tid,
-                    pid,
-                    key: key.clone(),
-                    min_offset,
-                    ..Default::default()
-                };
+                let key = key.clone();
+                // Every page from this follower, each at least as new as `min_offset`.
                 async move {
-                    let response = client.scan(request).await?.into_inner();
-                    Ok((response.rows, response.offset))
+                    let (mut rows, mut after, mut offset) = (Vec::new(), Vec::new(), 0);
+                    loop {
+                        let request = ScanRequest {
+                            tid,
+                            pid,
+                            key: key.clone(),
+                            min_offset,
+                            after,
+                            ..Default::default()
+                        };
+                        let page = client.scan(request).await?.into_inner();
+                        rows.extend(page.rows);
+                        offset = offset.max(page.offset);
+                        if page.next.is_empty() {
+                            return Ok((rows, offset));
+                        }
+                        after = page.next;
+                    }
                 }
             })
             .await;
@@ -926,7 +990,9 @@ impl Client {
         Ok(key::partition_of(&key, table.info.partition_num))
     }
 
-    /// Rows of a key of the first index with `min_ts <= ts <= max_ts`, newest first.
+    /// Rows of a key of the first index with `min_ts <= ts <= max_ts`, newest first: at
+    /// most `limit`, or all of them when `limit` is 0, read page by page (see
+    /// [`Client::scan_page`]).
     pub async fn scan(
         &self,
         db: &str,
@@ -936,32 +1002,63 @@ impl Client {
         min_ts: Option<i64>,
         limit: u32,
     ) -> Result<Vec<Vec<Value>>, ClientError> {
+        let mut rows = Vec::new();
+        let mut after = Vec::new();
+        loop {
+            let wanted = if limit == 0 {
+                0
+            } else {
+                limit.saturating_sub(rows.len() as u32)
+            };
+            let page = self
+                .scan_page(db, name, &key_values, (max_ts, min_ts), &after, wanted)
+                .await?;
+            rows.extend(page.rows);
+            match page.next {
+                Some(next) if limit == 0 || (rows.len() as u32) < limit => after = next,
+                _ => return Ok(rows),
+            }
+        }
+    }
+
+    /// One page of a scan from the partition's leader: up to `limit` rows (0: as many as
+    /// the tablet sends in one page) of a key of the first index with `min_ts <= ts <=
+    /// max_ts` (`ts_range`), newest first, after the cursor `after` (empty for the first
+    /// page). Pages are separate reads, as in [`Client::partition_page`].
+    pub async fn scan_page(
+        &self,
+        db: &str,
+        name: &str,
+        key_values: &[Value],
+        ts_range: (Option<i64>, Option<i64>),
+        after: &[u8],
+        limit: u32,
+    ) -> Result<RowPage, ClientError> {
         let key: Vec<_> = key_values.iter().map(Value::to_proto).collect();
-        let rows = self
+        let (rows, next) = self
             .on_leader_seen(
                 db,
                 name,
-                |t| Self::first_index_partition(t, &key_values),
+                |t| Self::first_index_partition(t, key_values),
                 |mut client, tid, pid| {
                     let request = ScanRequest {
                         tid,
                         pid,
                         key: key.clone(),
-                        max_ts,
-                        min_ts,
+                        max_ts: ts_range.0,
+                        min_ts: ts_range.1,
                         limit,
+                        after: after.to_vec(),
                         ..Default::default()
                     };
                     async move {
                         let r = client.scan(request).await?.into_inner();
-                        Ok((r.rows, r.offset))
+                        Ok(((r.rows, r.next), r.offset))
                     }
                 },
             )
             .await?;
-        rows.iter()
-            .map(|r| Value::row_from_proto(r).map_err(ClientError::InvalidArgument))
-            .collect()
+        row_page(&rows, next)
     }
 
     /// Live entries of a key of the first index, or of the whole table when `key_values`
@@ -1003,7 +1100,7 @@ impl Client {
         Ok(total)
     }
 
-    /// Up to `limit` rows of the table, partition after partition.
+    /// Up to `limit` rows of the table, partition after partition, page by page.
     pub async fn preview(
         &self,
         db: &str,
@@ -1013,11 +1110,19 @@ impl Client {
         let partitions = self.table(db, name, false).await?.info.partition_num;
         let mut out = Vec::new();
         for pid in 0..partitions {
-            let wanted = limit.saturating_sub(out.len() as u32);
-            if wanted == 0 {
-                break;
+            let mut after = Vec::new();
+            loop {
+                let wanted = limit.saturating_sub(out.len() as u32);
+                if wanted == 0 {
+                    return Ok(out);
+                }
+                let page = self.partition_page(db, name, pid, &after, wanted).await?;
+                out.extend(page.rows);
+                match page.next {
+                    Some(next) => after = next,
+                    None => break,
+                }
             }
-            out.extend(self.partition_page(db, name, pid, 0, wanted).await?);
         }
         Ok(out)
     }

@@ -14,6 +14,10 @@ pub enum ClientError {
     /// The deadline passed while the cluster could not serve the request.
     #[error("gave up after {attempts} attempts: {last}")]
     Unavailable { attempts: u32, last: String },
+    /// The call failed in a way no retry can mend (an answer larger than
+    /// `max_response_bytes`, a request the tablet cannot take, …).
+    #[error("refused: {0}")]
+    Refused(String),
     /// The user may not do this, or is not logged in.
     #[error("{0}")]
     PermissionDenied(String),

@@ -30,6 +30,8 @@ pub mod repl;
 pub mod shell;
 pub mod users;
 
-pub use client::{Client, ClientOptions, FollowerRead, ReadStats};
+pub use client::{
+    Client, ClientOptions, FollowerRead, ReadStats, RowPage, DEFAULT_MAX_RESPONSE_BYTES,
+};
 pub use coalesce::WriteStats;
 pub use error::ClientError;

@@ -47,8 +47,11 @@ pub struct TabletConfig {
     pub max_row_size: usize,
     /// How often expired entries are collected.
     pub gc_interval_secs: u64,
-    /// Upper bound on rows a scan or preview returns in one response.
+    /// Upper bound on rows a scan or preview returns in one response (one page).
     pub scan_max_rows: usize,
+    /// Upper bound on the encoded bytes of one scan or preview page: a client pages
+    /// through anything larger. A single row larger than this still makes a page of one.
+    pub scan_max_bytes: usize,
     /// How long a quorum write waits for a majority before failing.
     pub quorum_timeout_ms: u64,
     /// A client silent this long is forgotten by the partitions' idempotence tables: a
@@ -83,6 +86,7 @@ impl Default for TabletConfig {
             max_row_size: 16 << 20,
             gc_interval_secs: 60,
             scan_max_rows: 100_000,
+            scan_max_bytes: 1 << 20,
             quorum_timeout_ms: 10_000,
             client_expiry_secs: 3600,
             max_writes_in_flight: 4096,
@@ -143,6 +147,12 @@ impl TabletConfig {
         tessera_common::zk_auth::ZkAuth::from_flags(&self.zk_auth_schema, &self.zk_cert)?;
         if self.scan_max_rows == 0 {
             return Err("scan_max_rows must be at least 1".into());
+        }
+        if !(1024..=64 << 20).contains(&self.scan_max_bytes) {
+            return Err(format!(
+                "scan_max_bytes {} must be between 1 KiB and 64 MiB",
+                self.scan_max_bytes
+            ));
         }
         if !self.zk_cluster.is_empty() && !self.zk_root_path.starts_with('/') {
             return Err(format!(

@@ -18,6 +18,7 @@ use crate::config::TabletConfig;
 use crate::replication::leader::Replicators;
 use crate::service::TabletService;
 use crate::storage::table::now_ms;
+use crate::storage::PageLimit;
 use crate::watchdog::{self, Reporter};
 
 /// Slack above `max_row_size` for the rest of a request.
@@ -103,7 +104,11 @@ pub async fn run(
     ));
 
     let message_limit = config.max_row_size + MESSAGE_OVERHEAD;
-    let mut service = TabletService::new(replicators.clone(), config.scan_max_rows, reporter);
+    let page_limit = PageLimit {
+        rows: config.scan_max_rows,
+        bytes: config.scan_max_bytes,
+    };
+    let mut service = TabletService::new(replicators.clone(), page_limit, reporter);
     if let Some(users) = users {
         service = service.with_users(users);
     }

@@ -28,13 +28,14 @@ use crate::replication::transfer;
 use crate::storage::entry::RequestId;
 use crate::storage::replica::{AppendOutcome, FollowerChange, RoleChange};
 use crate::storage::table::{RowAt, Version};
-use crate::storage::{Logged, StorageError, Table};
+use crate::storage::{Logged, PageLimit, StorageError, Table};
 use crate::watchdog::Reporter;
 
 pub struct TabletService {
     catalog: Arc<Catalog>,
     replicators: Arc<Replicators>,
-    scan_max_rows: usize,
+    /// The most a scan or preview answers in one page.
+    page_limit: PageLimit,
     /// Tells the nameserver when a leader's replication stream breaks.
     reporter: Reporter,
     /// The cluster's users, for checking data calls (`None` outside a cluster).
@@ -44,13 +45,13 @@ pub struct TabletService {
 impl TabletService {
     pub fn new(
         replicators: Arc<Replicators>,
-        scan_max_rows: usize,
+        page_limit: PageLimit,
         reporter: Reporter,
     ) -> TabletService {
         TabletService {
             catalog: replicators.catalog().clone(),
             replicators,
-            scan_max_rows,
+            page_limit,
             reporter,
             users: None,
         }
@@ -106,10 +107,15 @@ impl TabletService {
         Ok(self.catalog.get(tid, pid)?)
     }
 
-    fn limit(&self, requested: u32) -> usize {
-        match requested as usize {
-            0 => self.scan_max_rows,
-            n => n.min(self.scan_max_rows),
+    /// The bounds of one page: the caller's row limit within the tablet's.
+    fn page_limit(&self, requested: u32) -> PageLimit {
+        let rows = match requested as usize {
+            0 => self.page_limit.rows,
+            n => n.min(self.page_limit.rows),
+        };
+        PageLimit {
+            rows,
+            ..self.page_limit
         }
     }
 }
@@ -190,10 +196,12 @@ fn key_values(key: &[tessera_proto::common::Value]) -> Result<Vec<Value>, Status
         .map_err(|e| TabletError::InvalidArgument(e).into())
 }
 
-fn rows_out(rows: Vec<RowAt>) -> (Vec<Row>, Vec<i64>) {
-    rows.into_iter()
-        .map(|r| (Value::row_to_proto(&r.values), r.ts))
-        .unzip()
+/// A row as a page carries it, weighed as it will be encoded (the ts and field tags
+/// included), so a page's bytes bound holds on the wire.
+fn row_out(row: RowAt) -> ((Row, i64), usize) {
+    let proto = Value::row_to_proto(&row.values);
+    let size = prost::Message::encoded_len(&proto) + 16;
+    ((proto, row.ts), size)
 }
 
 #[tonic::async_trait]
@@ -368,18 +376,27 @@ impl Tablet for TabletService {
         let request = request.into_inner();
         let table = self.table(request.tid, request.pid)?;
         let key = key_values(&request.key)?;
-        let limit = self.limit(request.limit);
-        let (version, rows) = blocking(move || {
+        let limit = self.page_limit(request.limit);
+        let (version, page) = blocking(move || {
             table.check_readable(request.min_offset)?;
-            Ok(table.scan(&request.index, &key, request.max_ts, request.min_ts, limit)?)
+            Ok(table.scan_page(
+                &request.index,
+                &key,
+                request.max_ts,
+                request.min_ts,
+                &request.after,
+                limit,
+                row_out,
+            )?)
         })
         .await?;
-        let (rows, ts) = rows_out(rows);
+        let (rows, ts) = page.rows.into_iter().unzip();
         Ok(Response::new(ScanResponse {
             rows,
             ts,
             term: version.term,
             offset: version.offset,
+            next: page.next.unwrap_or_default(),
         }))
     }
 
@@ -412,18 +429,18 @@ impl Tablet for TabletService {
         self.authorize(&request, Need::Read, tid, pid).await?;
         let request = request.into_inner();
         let table = self.table(request.tid, request.pid)?;
-        let limit = self.limit(request.limit);
-        let skip = usize::try_from(request.skip).unwrap_or(usize::MAX);
-        let (version, rows) = blocking(move || {
+        let limit = self.page_limit(request.limit);
+        let (version, page) = blocking(move || {
             table.check_readable(request.min_offset)?;
-            Ok(table.preview(skip, limit)?)
+            Ok(table.preview_page(&request.after, limit, row_out)?)
         })
         .await?;
-        let (rows, _) = rows_out(rows);
+        let rows = page.rows.into_iter().map(|(row, _)| row).collect();
         Ok(Response::new(PreviewResponse {
             rows,
             term: version.term,
             offset: version.offset,
+            next: page.next.unwrap_or_default(),
         }))
     }
 

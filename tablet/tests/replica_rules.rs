@@ -436,7 +436,7 @@ fn a_read_never_answers_with_an_offset_below_what_it_shows() {
     };
     let mut reads = 0;
     while !writer.is_finished() {
-        let (version, rows) = table.scan("", &key("a"), None, None, 1).unwrap();
+        let (version, rows) = scan(&table, "a", 1);
         // Rows are newest first; row `ts` is the entry at offset `ts`.
         if let Some(newest) = rows.first() {
             assert!(

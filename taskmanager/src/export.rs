@@ -2,7 +2,9 @@
 //! written to `<path>.part`, fsynced and renamed to `<path>` once complete (see
 //! [`AtomicFile`]), so a file at `path` is always a whole export. The path must lie in
 //! the job data directory. Nulls are written `NULL`. A resumed export starts over.
-//! Rows written to the table during the export may be missed or written twice.
+//! Each partition is read page by page, each page resuming after the last row of the one
+//! before (a cursor, not a count of rows to skip), so no row is written twice and none
+//! that stays in the table is missed; rows written during the export may or may not be.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use crate::files::AtomicFile;
 use crate::jobs::delimiter;
 use crate::state::TaskManager;
 
+/// Rows asked for per page; the tablet may send fewer (it bounds a page by bytes too).
 const PAGE: u32 = 10_000;
 
 fn io(path: &str) -> impl Fn(csv::Error) -> TmError + '_ {
@@ -42,7 +45,7 @@ pub async fn run(tm: &Arc<TaskManager>, job: &mut JobInfo, stop: &Arc<AtomicBool
             .map_err(io(&part))?;
     }
     for pid in 0..partitions {
-        let mut skip = 0u64;
+        let mut after = Vec::new();
         loop {
             if stop.load(Ordering::Acquire) || !tm.is_leader() {
                 if let Ok(out) = writer.into_inner() {
@@ -50,13 +53,10 @@ pub async fn run(tm: &Arc<TaskManager>, job: &mut JobInfo, stop: &Arc<AtomicBool
                 }
                 return Ok(());
             }
-            let rows = client
-                .partition_page(&job.db, &job.table, pid, skip, PAGE)
+            let page = client
+                .partition_page(&job.db, &job.table, pid, &after, PAGE)
                 .await?;
-            if rows.is_empty() {
-                break;
-            }
-            for row in &rows {
+            for row in &page.rows {
                 writer
                     .write_record(row.iter().map(|v| match v {
                         Value::Null => "NULL".to_string(),
@@ -64,9 +64,12 @@ pub async fn run(tm: &Arc<TaskManager>, job: &mut JobInfo, stop: &Arc<AtomicBool
                     }))
                     .map_err(io(&part))?;
             }
-            skip += rows.len() as u64;
-            job.done += rows.len() as u64;
+            job.done += page.rows.len() as u64;
             tm.save_job(job).await?;
+            match page.next {
+                Some(next) => after = next,
+                None => break,
+            }
         }
     }
     let out = writer

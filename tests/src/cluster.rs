@@ -129,7 +129,9 @@ pub async fn wait_in_sync(tablets: &[&TabletProcess], tid: u32, pid: u32, timeou
 /// leader's next message) is asked again until it does.
 pub async fn rows_checksum(tablet: &TabletProcess, tid: u32, pid: u32) -> (usize, u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let rows = loop {
+    let (mut count, mut sum) = (0, 0u64);
+    let mut after = Vec::new();
+    loop {
         // A follower is read as a follower read of everything it applied.
         let replica = status(tablet, tid, pid).await;
         let min_offset = if replica.role == TableRole::Leader as i32 {
@@ -146,26 +148,31 @@ pub async fn rows_checksum(tablet: &TabletProcess, tid: u32, pid: u32) -> (usize
                 tid,
                 pid,
                 min_offset,
+                after: after.clone(),
                 ..Default::default()
             })
             .await;
-        match read {
-            Ok(response) => break response.into_inner().rows,
+        let page = match read {
+            Ok(response) => response.into_inner(),
             Err(e)
                 if detail_of(&e).is_some_and(|d| d.code() == ErrorCode::PartitionUnavailable)
                     && tokio::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
             }
             Err(e) => panic!("preview of {tid}/{pid} on {}: {e}", tablet.endpoint),
+        };
+        for row in &page.rows {
+            let text = format!("{:?}", Value::row_from_proto(row).unwrap());
+            sum = sum.wrapping_add(tessera_common::key::fnv1a_64(text.as_bytes()));
         }
-    };
-    let mut sum = 0u64;
-    for row in &rows {
-        let text = format!("{:?}", Value::row_from_proto(row).unwrap());
-        sum = sum.wrapping_add(tessera_common::key::fnv1a_64(text.as_bytes()));
+        count += page.rows.len();
+        if page.next.is_empty() {
+            return (count, sum);
+        }
+        after = page.next;
     }
-    (rows.len(), sum)
 }
 
 /// Fences each replica in `term`; returns their (last term, last offset) in order.

@@ -94,7 +94,8 @@ impl TabletProcess {
         crate::tablet_client(&self.endpoint)
             .await
             .expect("connect to tablet")
-            .max_decoding_message_size(256 << 20)
+            // What the SDK accepts by default, so tests see what users see.
+            .max_decoding_message_size(tessera_ns_client::DEFAULT_MAX_RESPONSE_BYTES)
             .max_encoding_message_size(256 << 20)
     }
 

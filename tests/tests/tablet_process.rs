@@ -276,28 +276,41 @@ async fn every_rpc_works_and_bad_input_gets_structured_errors() {
             tid: 3,
             pid: 0,
             limit: 4,
-            skip: 0,
-            min_offset: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(preview.rows.len(), 4);
+    let first_page = client
+        .preview(PreviewRequest {
+            tid: 3,
+            pid: 0,
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !first_page.next.is_empty(),
+        "more rows follow the first page"
+    );
     let next_page = client
         .preview(PreviewRequest {
             tid: 3,
             pid: 0,
-            limit: 4,
-            skip: 2,
-            min_offset: 0,
+            limit: 2,
+            after: first_page.next.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(
-        next_page.rows[..2],
+        next_page.rows[..],
         preview.rows[2..],
-        "skip pages through the rows"
+        "the cursor pages through the rows"
     );
 
     let deleted = client
@@ -368,6 +381,36 @@ async fn every_rpc_works_and_bad_input_gets_structured_errors() {
     assert_eq!(
         detail_of(&status).unwrap().code(),
         ErrorCode::InvalidArgument
+    );
+
+    // A paging cursor the tablet did not make, or one of another key.
+    let status = client
+        .preview(PreviewRequest {
+            tid: 3,
+            pid: 0,
+            after: vec![1, 2, 3],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        detail_of(&status).unwrap().code(),
+        ErrorCode::InvalidArgument
+    );
+    let status = client
+        .scan(ScanRequest {
+            tid: 3,
+            pid: 0,
+            key: vec![Value::String("another key".into()).to_proto()],
+            after: first_page.next.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        detail_of(&status).unwrap().code(),
+        ErrorCode::InvalidArgument,
+        "the cursor names another key than the scan's"
     );
 
     // Unknown table and partition.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tessera_common::Value;
 use tessera_ns_client::nameserver::TaskManagerConnection;
-use tessera_ns_client::Client;
+use tessera_ns_client::{Client, ClientError, ClientOptions};
 use tessera_proto::taskmanager::{JobIdRequest, JobInfo};
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::process::http_get;
@@ -441,4 +441,103 @@ async fn export_then_import_gives_identical_content_and_bad_lines_are_reported()
         metrics.contains("tessera_taskmanager_jobs{type=\"ImportData\",state=\"Failed\"} 1"),
         "{metrics}"
     );
+}
+
+/// Results larger than any one answer may be: one key holding 20 MB of rows is scanned
+/// whole through the SDK, also by a client that accepts no more than tonic's default
+/// 4 MiB per answer, and exported; a client that cannot take even one row is refused at
+/// once rather than retried until its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_megabytes_of_one_key_scan_and_export_in_pages() {
+    const ROWS: i64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = start(dir.path()).await;
+    c.create("wide", 2);
+    let note = |i: i64| format!("{i:06}{}", "x".repeat(994));
+    let row = |i: i64| {
+        vec![
+            Value::String("hot".into()),
+            Value::Timestamp(1_700_000_000_000 + i),
+            Value::Int64(i),
+            Value::String(note(i)),
+        ]
+    };
+    for chunk in (0..ROWS).collect::<Vec<_>>().chunks(500) {
+        let rows = chunk.iter().map(|&i| row(i)).collect();
+        c.client.put_batch("default", "wide", rows).await.unwrap();
+    }
+
+    let zk = c.cluster.zk.connect_string();
+    let small_answers = Client::connect_with(
+        &zk,
+        "/tessera",
+        ClientOptions {
+            max_response_bytes: 4 << 20,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    for client in [&c.client, &small_answers] {
+        let rows = client
+            .scan(
+                "default",
+                "wide",
+                vec![Value::String("hot".into())],
+                None,
+                None,
+                0,
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), ROWS as usize, "every row of the key, once");
+        let expected: Vec<Vec<Value>> = (0..ROWS).rev().map(row).collect();
+        assert!(rows == expected, "newest first, none missed or repeated");
+    }
+    let limited = small_answers
+        .scan(
+            "default",
+            "wide",
+            vec![Value::String("hot".into())],
+            None,
+            None,
+            2_500,
+        )
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 2_500, "a limit spanning pages is honoured");
+
+    let tiny = Client::connect_with(
+        &zk,
+        "/tessera",
+        ClientOptions {
+            max_response_bytes: 512,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let refused = tiny
+        .scan(
+            "default",
+            "wide",
+            vec![Value::String("hot".into())],
+            None,
+            None,
+            1,
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(ClientError::Refused(_))),
+        "an answer too large for the client is not retried: {refused:?}"
+    );
+
+    let out = dir.path().join("wide.csv");
+    let export = c.submit(&format!("export table wide to '{}'", out.display()));
+    let job = c.wait_job(export).await;
+    assert_eq!(job.state, "Finished", "{job:?}");
+    assert_eq!(job.done, ROWS as u64);
+    let lines = sorted_lines(&out);
+    assert_eq!(lines.len(), ROWS as usize, "every row exported once");
+    assert!(lines[0].contains(&note(0)) && lines[ROWS as usize - 1].contains(&note(ROWS - 1)));
 }

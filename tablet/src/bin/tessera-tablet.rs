@@ -69,6 +69,10 @@ struct Flags {
     /// Largest encoded row a put accepts, in bytes (default 16 MiB).
     #[arg(long)]
     max_row_size: Option<usize>,
+    /// Most encoded bytes one scan or preview page carries (default 1 MiB); clients page
+    /// through larger results.
+    #[arg(long)]
+    scan_max_bytes: Option<usize>,
     /// Seconds between TTL collections.
     #[arg(long)]
     gc_interval: Option<u64>,
@@ -116,6 +120,7 @@ fn config_from(flags: Flags) -> anyhow::Result<TabletConfig> {
         binlog_segment_size => binlog_segment_size,
         binlog_flush_threads => binlog_flush_threads,
         max_row_size => max_row_size,
+        scan_max_bytes => scan_max_bytes,
         gc_interval => gc_interval_secs,
         quorum_timeout => quorum_timeout_ms,
         client_expiry => client_expiry_secs,

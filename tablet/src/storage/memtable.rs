@@ -9,6 +9,7 @@
 //! depends on when the collector last ran.
 
 use std::cmp::Reverse;
+use std::ops::{Bound, ControlFlow};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -26,7 +27,7 @@ pub struct EntryKey {
 }
 
 impl EntryKey {
-    fn new(key: Vec<u8>, ts: i64, offset: u64) -> EntryKey {
+    pub(crate) fn new(key: Vec<u8>, ts: i64, offset: u64) -> EntryKey {
         EntryKey {
             key,
             ts: Reverse(ts),
@@ -213,21 +214,46 @@ impl Memtable {
         }
     }
 
-    /// Live rows of `key` with `min_ts <= ts <= max_ts`, newest first, at most `limit`.
-    pub fn scan(
+    /// Visits the live rows of `key` with `min_ts <= ts <= max_ts`, newest first,
+    /// starting after `after` (an entry of the same key: where a previous page ended),
+    /// until `visit` breaks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn scan_each<B>(
         &self,
         index: usize,
         key: &[u8],
         max_ts: Option<i64>,
         min_ts: Option<i64>,
-        limit: usize,
+        after: Option<&EntryKey>,
         now_ms: i64,
-    ) -> Vec<Found> {
-        self.live_entries(index, key, now_ms)
-            .skip_while(|f| max_ts.is_some_and(|max| f.ts > max))
-            .take_while(|f| min_ts.is_none_or(|min| f.ts >= min))
-            .take(limit)
-            .collect()
+        mut visit: impl FnMut(&EntryKey, Found) -> ControlFlow<B>,
+    ) -> Option<B> {
+        let ttl = self.schema.indexes[index].ttl;
+        let (start, first_rank) = match after {
+            Some(at) => (Bound::Excluded(at.clone()), self.rank_after(index, at)),
+            None => (Bound::Included(EntryKey::first_of(key)), 0),
+        };
+        let end = Bound::Included(EntryKey::last_of(key));
+        for (i, e) in self.indexes[index].range((start, end)).enumerate() {
+            let ts = e.key().ts.0;
+            if ttl.is_expired(now_ms, ts, first_rank + i as u64) {
+                break;
+            }
+            if max_ts.is_some_and(|max| ts > max) {
+                continue;
+            }
+            if min_ts.is_some_and(|min| ts < min) {
+                break;
+            }
+            let found = Found {
+                ts,
+                row: e.value().clone(),
+            };
+            if let ControlFlow::Break(b) = visit(e.key(), found) {
+                return Some(b);
+            }
+        }
+        None
     }
 
     /// Live entries of `key` in `index`.
@@ -238,47 +264,71 @@ impl Memtable {
     /// Live entries of the whole index, visiting each key's entries once.
     pub fn count_index(&self, index: usize, now_ms: i64) -> u64 {
         let mut count = 0;
-        self.for_each_live(index, now_ms, usize::MAX, |_| count += 1);
+        self.each_live::<()>(index, None, now_ms, |_, _| {
+            count += 1;
+            ControlFlow::Continue(())
+        });
         count
     }
 
-    /// The first `limit` live rows of the first index, in index order.
-    /// Up to `limit` live rows in first-index order, after skipping `skip` of them (a
-    /// page of a table read in several requests).
-    pub fn preview(&self, skip: usize, limit: usize, now_ms: i64) -> Vec<Found> {
-        let mut rows = Vec::with_capacity(limit.min(1024));
-        let mut seen = 0usize;
-        self.for_each_live(0, now_ms, skip.saturating_add(limit), |found| {
-            if seen >= skip {
-                rows.push(found);
-            }
-            seen += 1;
-        });
-        rows
+    /// Visits the live rows of the first index in index order, starting after `after`
+    /// (where a previous page ended), until `visit` breaks: a table read page by page.
+    pub fn preview_each<B>(
+        &self,
+        after: Option<&EntryKey>,
+        now_ms: i64,
+        visit: impl FnMut(&EntryKey, Found) -> ControlFlow<B>,
+    ) -> Option<B> {
+        self.each_live(0, after, now_ms, visit)
     }
 
-    fn for_each_live(&self, index: usize, now_ms: i64, limit: usize, mut visit: impl FnMut(Found)) {
+    fn each_live<B>(
+        &self,
+        index: usize,
+        after: Option<&EntryKey>,
+        now_ms: i64,
+        mut visit: impl FnMut(&EntryKey, Found) -> ControlFlow<B>,
+    ) -> Option<B> {
         let ttl = self.schema.indexes[index].ttl;
-        let mut current: Option<Vec<u8>> = None;
-        let mut rank = 0u64;
-        let mut seen = 0usize;
-        for e in self.indexes[index].iter() {
-            if seen >= limit {
-                return;
-            }
+        let (start, mut current, mut rank) = match after {
+            Some(at) => (
+                Bound::Excluded(at.clone()),
+                Some(at.key.clone()),
+                self.rank_after(index, at),
+            ),
+            None => (Bound::Unbounded, None, 0),
+        };
+        for e in self.indexes[index].range((start, Bound::Unbounded)) {
             if current.as_deref() != Some(&e.key().key[..]) {
                 current = Some(e.key().key.clone());
                 rank = 0;
             }
             if !ttl.is_expired(now_ms, e.key().ts.0, rank) {
-                visit(Found {
+                let found = Found {
                     ts: e.key().ts.0,
                     row: e.value().clone(),
-                });
-                seen += 1;
+                };
+                if let ControlFlow::Break(b) = visit(e.key(), found) {
+                    return Some(b);
+                }
             }
             rank += 1;
         }
+        None
+    }
+
+    /// The rank (0 = newest of its key) of the entry that follows `at` in its key, as far
+    /// as expiry needs it: a TTL that keeps the newest `count` entries only asks whether
+    /// a rank reaches `count`, so counting stops there and resuming a page costs at most
+    /// `count` steps, not the length of the key.
+    fn rank_after(&self, index: usize, at: &EntryKey) -> u64 {
+        let Some(cap) = self.schema.indexes[index].ttl.rank_bound() else {
+            return 0;
+        };
+        self.indexes[index]
+            .range(EntryKey::first_of(&at.key)..=at.clone())
+            .take(usize::try_from(cap).unwrap_or(usize::MAX))
+            .count() as u64
     }
 
     /// Drops expired entries from every index. Returns how many entries were removed.
@@ -382,6 +432,71 @@ mod tests {
         .unwrap()
     }
 
+    /// Up to `limit` entries of a scan after `after`, with their positions.
+    fn scan_page(
+        m: &Memtable,
+        key: &[u8],
+        range: (Option<i64>, Option<i64>),
+        after: Option<&EntryKey>,
+        limit: usize,
+        now: i64,
+    ) -> Vec<(EntryKey, Found)> {
+        let mut out = Vec::new();
+        m.scan_each::<()>(0, key, range.0, range.1, after, now, |e, f| {
+            if out.len() == limit {
+                return ControlFlow::Break(());
+            }
+            out.push((e.clone(), f));
+            ControlFlow::Continue(())
+        });
+        out
+    }
+
+    fn scan(
+        m: &Memtable,
+        key: &[u8],
+        max_ts: Option<i64>,
+        min_ts: Option<i64>,
+        limit: usize,
+        now: i64,
+    ) -> Vec<Found> {
+        let page = scan_page(m, key, (max_ts, min_ts), None, limit, now);
+        page.into_iter().map(|(_, f)| f).collect()
+    }
+
+    fn preview_page(
+        m: &Memtable,
+        after: Option<&EntryKey>,
+        limit: usize,
+        now: i64,
+    ) -> Vec<(EntryKey, Found)> {
+        let mut out = Vec::new();
+        m.preview_each::<()>(after, now, |e, f| {
+            if out.len() == limit {
+                return ControlFlow::Break(());
+            }
+            out.push((e.clone(), f));
+            ControlFlow::Continue(())
+        });
+        out
+    }
+
+    /// Every row offset a read returns, page by page of `page` rows.
+    fn offsets_by_pages(
+        mut read: impl FnMut(Option<&EntryKey>) -> Vec<(EntryKey, Found)>,
+    ) -> Vec<u64> {
+        let mut offsets = Vec::new();
+        let mut after: Option<EntryKey> = None;
+        loop {
+            let page = read(after.as_ref());
+            let Some((last, _)) = page.last() else {
+                return offsets;
+            };
+            after = Some(last.clone());
+            offsets.extend(page.iter().map(|(_, f)| f.row.offset));
+        }
+    }
+
     fn v_of(m: &Memtable, found: &Found) -> i64 {
         match codec::decode(m.schema(), &found.row.data).unwrap()[2] {
             Value::Int64(v) => v,
@@ -401,18 +516,19 @@ mod tests {
         assert_eq!((latest.ts, v_of(&m, &latest)), (300, 2));
         assert_eq!(v_of(&m, &m.get(0, &a, Some(100), 0).unwrap()), 1);
         assert!(m.get(0, &a, Some(150), 0).is_none());
-        let scanned: Vec<i64> = m
-            .scan(0, &a, Some(250), Some(100), 10, 0)
+        let scanned: Vec<i64> = scan(&m, &a, Some(250), Some(100), 10, 0)
             .iter()
             .map(|f| f.ts)
             .collect();
         assert_eq!(scanned, vec![200, 100]);
-        assert_eq!(m.scan(0, &a, None, None, 1, 0).len(), 1);
+        assert_eq!(scan(&m, &a, None, None, 1, 0).len(), 1);
         assert_eq!(m.count_key(0, &a, 0), 3);
         assert_eq!(m.count_key(1, &key_of(&m, 1, "y"), 0), 2);
         assert_eq!(m.count_index(0, 0), 4);
-        assert_eq!(m.preview(0, 2, 0).len(), 2);
-        assert_eq!(m.preview(1, 10, 0).len(), m.preview(0, 10, 0).len() - 1);
+        assert_eq!(preview_page(&m, None, 2, 0).len(), 2);
+        let all = preview_page(&m, None, 10, 0);
+        assert_eq!(all.len(), 4);
+        assert_eq!(preview_page(&m, Some(&all[0].0), 10, 0).len(), 3);
         assert_eq!(m.record_count(), 4);
     }
 
@@ -470,8 +586,7 @@ mod tests {
         }
         put(&m, 9, row("b", 5, 9, "x"));
         let a = key_of(&m, 0, "a");
-        let live: Vec<i64> = m
-            .scan(0, &a, None, None, 10, 0)
+        let live: Vec<i64> = scan(&m, &a, None, None, 10, 0)
             .iter()
             .map(|f| f.ts)
             .collect();
@@ -541,5 +656,100 @@ mod tests {
         writer.join().unwrap();
         assert_eq!(m.count_index(0, 0), 2000);
         assert_eq!(m.rows_through(1000).len(), 1000);
+    }
+
+    #[test]
+    fn pages_resume_after_their_cursor_with_nothing_missed_or_repeated() {
+        let m = Memtable::new(schema(Ttl::NONE));
+        // Equal ts on one key: only the offset tells the rows apart.
+        for offset in 1..=7 {
+            put(
+                &m,
+                offset,
+                row("a", 100 + offset as i64 % 3, offset as i64, "x"),
+            );
+        }
+        put(&m, 8, row("b", 1, 8, "y"));
+        let a = key_of(&m, 0, "a");
+        let whole: Vec<u64> = scan(&m, &a, None, None, 100, 0)
+            .iter()
+            .map(|f| f.row.offset)
+            .collect();
+        for size in 1..=3 {
+            let paged = offsets_by_pages(|after| scan_page(&m, &a, (None, None), after, size, 0));
+            assert_eq!(paged, whole, "scan in pages of {size}");
+            let previewed = offsets_by_pages(|after| preview_page(&m, after, size, 0));
+            assert_eq!(previewed.len(), 8, "preview in pages of {size}");
+            let mut unique = previewed.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(unique.len(), 8, "no row twice: {previewed:?}");
+        }
+        // A ts range holds across pages too.
+        let ranged =
+            offsets_by_pages(|after| scan_page(&m, &a, (Some(101), Some(101)), after, 1, 0));
+        assert_eq!(ranged, vec![7, 4, 1]);
+    }
+
+    #[test]
+    fn a_page_resumes_even_when_its_last_row_is_gone() {
+        let m = Memtable::new(schema(Ttl::NONE));
+        for offset in 1..=4 {
+            put(
+                &m,
+                offset,
+                row(&format!("k{offset}"), 1, offset as i64, "x"),
+            );
+        }
+        let first = preview_page(&m, None, 2, 0);
+        assert_eq!(m.delete_key(0, &first[1].0.key, 10), 1);
+        let rest: Vec<u64> = preview_page(&m, Some(&first[1].0), 10, 0)
+            .iter()
+            .map(|(_, f)| f.row.offset)
+            .collect();
+        assert_eq!(rest, vec![3, 4]);
+    }
+
+    #[test]
+    fn latest_ttl_ranks_count_from_the_newest_when_a_page_resumes_mid_key() {
+        let m = Memtable::new(schema(Ttl::Latest { count: 3 }));
+        for offset in 1..=6 {
+            put(&m, offset, row("a", offset as i64, offset as i64, "x"));
+        }
+        let a = key_of(&m, 0, "a");
+        let paged = offsets_by_pages(|after| scan_page(&m, &a, (None, None), after, 1, 0));
+        assert_eq!(paged, vec![6, 5, 4], "the newest three, page by page");
+        let previewed = offsets_by_pages(|after| preview_page(&m, after, 2, 0));
+        assert_eq!(previewed, vec![6, 5, 4]);
+    }
+
+    #[test]
+    fn rows_expiring_between_pages_do_not_shift_the_rest() {
+        let m = Memtable::new(schema(Ttl::Absolute { minutes: 10 }));
+        let now = 100 * MINUTE;
+        // One row per key, alternating old (expiring soon) and fresh.
+        for offset in 1..=6u64 {
+            let age = if offset % 2 == 1 { 9 } else { 1 };
+            put(
+                &m,
+                offset,
+                row(
+                    &format!("k{offset}"),
+                    now - age * MINUTE,
+                    offset as i64,
+                    "x",
+                ),
+            );
+        }
+        let first = preview_page(&m, None, 2, now);
+        assert_eq!(first.len(), 2);
+        // Two minutes later the old rows have expired; the next page starts where the
+        // first ended, whatever expired before it.
+        let later = now + 2 * MINUTE;
+        let rest: Vec<u64> = preview_page(&m, Some(&first[1].0), 10, later)
+            .iter()
+            .map(|(_, f)| f.row.offset)
+            .collect();
+        assert_eq!(rest, vec![4, 6]);
     }
 }

@@ -31,6 +31,7 @@ use super::crashsafe;
 use super::entry::{LogEntry, RequestId};
 use super::error::{io_error, Result, StorageError};
 use super::memtable::{Found, Memtable};
+use super::page::{self, Page, PageBuilder, PageLimit};
 use super::replica::read_replica_state;
 use super::sessions::{Applied, Seen, Sessions};
 use super::snapshot;
@@ -778,25 +779,39 @@ impl Table {
         ))
     }
 
-    /// Live rows of a key with `min_ts <= ts <= max_ts`, newest first.
-    pub fn scan(
+    /// A page of the live rows of a key with `min_ts <= ts <= max_ts`, newest first,
+    /// resuming after the cursor `after` (empty: from the newest). `convert` makes each
+    /// row into what the caller sends and weighs it against `limit.bytes`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn scan_page<T>(
         &self,
         index: &str,
         key_values: &[Value],
         max_ts: Option<i64>,
         min_ts: Option<i64>,
-        limit: usize,
-    ) -> Result<(Version, Vec<RowAt>)> {
+        after: &[u8],
+        limit: PageLimit,
+        mut convert: impl FnMut(RowAt) -> (T, usize),
+    ) -> Result<(Version, Page<T>)> {
         let (position, key) = self.key_of(index, key_values)?;
-        let rows = self
-            .memtable
-            .scan(position, &key, max_ts, min_ts, limit, now_ms());
-        let version = self.version_after_read();
-        let rows = rows
-            .into_iter()
-            .map(|f| self.decode(f))
-            .collect::<Result<_>>()?;
-        Ok((version, rows))
+        let after = page::decode_cursor(after)?;
+        if after.as_ref().is_some_and(|at| at.key != key) {
+            return Err(StorageError::InvalidArgument(
+                "the paging cursor belongs to another key".into(),
+            ));
+        }
+        let mut page = PageBuilder::new(limit);
+        let failed = self.memtable.scan_each(
+            position,
+            &key,
+            max_ts,
+            min_ts,
+            after.as_ref(),
+            now_ms(),
+            |entry, found| page.offer(entry, || Ok(convert(self.decode(found)?))),
+        );
+        failed.transpose()?;
+        Ok((self.version_after_read(), page.finish()))
     }
 
     /// Live entries of a key, or of the whole index when `key_values` is empty.
@@ -814,15 +829,23 @@ impl Table {
         Ok((self.version_after_read(), count))
     }
 
-    /// The first `limit` live rows in first-index order.
-    pub fn preview(&self, skip: usize, limit: usize) -> Result<(Version, Vec<RowAt>)> {
-        let rows = self.memtable.preview(skip, limit, now_ms());
-        let version = self.version_after_read();
-        let rows = rows
-            .into_iter()
-            .map(|f| self.decode(f))
-            .collect::<Result<_>>()?;
-        Ok((version, rows))
+    /// A page of the partition's live rows in first-index order, resuming after the
+    /// cursor `after` (empty: from the first row); `convert` as in [`Table::scan_page`].
+    pub fn preview_page<T>(
+        &self,
+        after: &[u8],
+        limit: PageLimit,
+        mut convert: impl FnMut(RowAt) -> (T, usize),
+    ) -> Result<(Version, Page<T>)> {
+        let after = page::decode_cursor(after)?;
+        let mut page = PageBuilder::new(limit);
+        let failed = self
+            .memtable
+            .preview_each(after.as_ref(), now_ms(), |entry, found| {
+                page.offer(entry, || Ok(convert(self.decode(found)?)))
+            });
+        failed.transpose()?;
+        Ok((self.version_after_read(), page.finish()))
     }
 
     /// Snapshots the memtable at the current offset and drops the binlog segments the

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use tessera_common::{ColumnType, Schema, Ttl, Value};
 use tessera_proto::tablet::TableMeta;
-use tessera_tablet::storage::table::LoadReport;
-use tessera_tablet::storage::{BinlogOptions, FsyncPolicy, Table, TableOptions};
+use tessera_tablet::storage::table::{LoadReport, RowAt, Version};
+use tessera_tablet::storage::{BinlogOptions, FsyncPolicy, PageLimit, Table, TableOptions};
 
 /// `id string, ts int64, v int64 NULL, tag string`; indexes on `(id, ts)` and on `tag`
 /// ordered by write time.
@@ -76,4 +76,39 @@ pub fn row(id: &str, ts: i64, v: Option<i64>, tag: &str) -> Vec<Value> {
 
 pub fn key(text: &str) -> Vec<Value> {
     vec![Value::String(text.into())]
+}
+
+/// Pages of at most `rows` rows and no byte bound.
+#[allow(dead_code)]
+pub fn rows_limit(rows: usize) -> PageLimit {
+    PageLimit {
+        rows,
+        bytes: usize::MAX,
+    }
+}
+
+/// The first page of at most `limit` rows of a key of the first index, newest first.
+#[allow(dead_code)]
+pub fn scan(table: &Table, id: &str, limit: usize) -> (Version, Vec<RowAt>) {
+    let (version, page) = table
+        .scan_page("", &key(id), None, None, &[], rows_limit(limit), |r| (r, 0))
+        .unwrap();
+    (version, page.rows)
+}
+
+/// Every live row of the partition, read in pages of `page_rows` rows by cursor.
+#[allow(dead_code)]
+pub fn read_all_pages(table: &Table, page_rows: usize) -> Vec<RowAt> {
+    let mut rows = Vec::new();
+    let mut after = Vec::new();
+    loop {
+        let (_, page) = table
+            .preview_page(&after, rows_limit(page_rows), |r| (r, 0))
+            .unwrap();
+        rows.extend(page.rows);
+        match page.next {
+            Some(next) => after = next,
+            None => return rows,
+        }
+    }
 }
