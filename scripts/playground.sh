@@ -128,9 +128,10 @@ if ns_client --cmd=showtable 2>/dev/null | grep -q demo; then
   # most advanced replica of every partition back in the lead (and changes nothing when
   # all is well).
   echo "Existing tables found: running recoverdata"
-  "$bin/tessera-ops" --zk_cluster="$zk" --zk_root_path=/tessera --cluster_secret_file="$secret" \
+  TESSERA_PASSWORD=$(cat "$root_password") "$bin/tessera-ops" --zk_cluster="$zk" \
+    --zk_root_path=/tessera --cluster_secret_file="$secret" --user=root \
     --cmd=recoverdata | tail -n 6 ||
-    echo "recoverdata reported a problem; run it again with: $bin/tessera-ops --zk_cluster=$zk --cluster_secret_file=$secret --cmd=recoverdata"
+    echo "recoverdata reported a problem; run it again with: TESSERA_PASSWORD=\$(cat $root_password) $bin/tessera-ops --zk_cluster=$zk --cluster_secret_file=$secret --user=root --cmd=recoverdata"
 else
   ns_client --cmd="create table demo (user string not null, ts timestamp, amount double, city string, \
 index(key=user, ts=ts)) options (partitionnum=4, replicanum=3);"
@@ -153,7 +154,7 @@ Tessera playground is up (everything under $dir):
                 files only under $dir/job_data)
   logs          $dir/run/logs/
   root password $(cat "$root_password")   (in $root_password; ns_client --user=root)
-  secret        $secret   (for tessera-ops: --cluster_secret_file)
+  secret        $secret   (for tessera-ops: --cluster_secret_file, with --user=root)
 Try: showtable demo · scan demo alice · showtablet · showopstatus · help ·
      export table demo to 'demo.csv' · showjobs ·
      create user ann options (password='ann-password') · grant select on default.* to ann

@@ -386,16 +386,19 @@ pub enum Caller {
 }
 
 /// Who calls, or the refusal of a call that carries neither the secret nor a valid
-/// token.
+/// token. A call with a session token is judged as its user even when it also carries
+/// the secret: a tool that holds the secret for the tablets' internal calls and logged
+/// in (`tessera-ops --user`) acts on the cluster with its user's grants, not as the
+/// cluster.
 pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     if !enabled() {
         return Ok(Caller::Unchecked);
     }
-    if crate::cluster_secret::is_internal(request) {
-        return Ok(Caller::Internal);
-    }
     let refused = |why: String| wire_error::status(ErrorCode::PermissionDenied, why);
     let Some(header) = request.metadata().get(HEADER) else {
+        if crate::cluster_secret::is_internal(request) {
+            return Ok(Caller::Internal);
+        }
         return Err(refused(
             "permission denied: log in first (ns_client --user, or the SDK's user and \
              password options)"

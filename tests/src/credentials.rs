@@ -81,3 +81,12 @@ pub fn ns_client_command() -> std::process::Command {
         .env("TESSERA_PASSWORD", ROOT_PASSWORD);
     command
 }
+
+/// The flags and environment that let `tessera-ops` act on a test cluster: the secret
+/// (for the tablets' internal calls) and root's login (for the nameserver).
+pub fn ops_credentials(command: &mut tokio::process::Command) -> &mut tokio::process::Command {
+    command
+        .arg(secret_flag())
+        .arg("--user=root")
+        .env("TESSERA_PASSWORD", ROOT_PASSWORD)
+}

@@ -13,12 +13,12 @@ pub async fn run(zk: &ZooKeeper, cmd: &str, args: &[&str]) -> (bool, String) {
 
 /// [`run`] against the cluster whose ZooKeeper connect string is `zk_cluster`.
 pub async fn run_against(zk_cluster: &str, cmd: &str, args: &[&str]) -> (bool, String) {
-    let output = tokio::process::Command::new(binary("tessera-ops"))
+    let mut command = tokio::process::Command::new(binary("tessera-ops"));
+    let output = crate::credentials::ops_credentials(&mut command)
         .arg(format!("--zk_cluster={zk_cluster}"))
         .arg("--zk_root_path=/tessera")
         .arg(format!("--cmd={cmd}"))
         .arg("--timeout=120")
-        .arg(crate::credentials::secret_flag())
         .args(args)
         .output()
         .await

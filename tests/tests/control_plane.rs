@@ -426,12 +426,12 @@ async fn wait_for_line(
 }
 
 fn spawn_recoverdata(cluster: &NsCluster) -> tokio::process::Child {
-    tokio::process::Command::new(binary("tessera-ops"))
+    let mut command = tokio::process::Command::new(binary("tessera-ops"));
+    tessera_tests::credentials::ops_credentials(&mut command)
         .arg(format!("--zk_cluster={}", cluster.zk.connect_string()))
         .arg("--zk_root_path=/tessera")
         .arg("--cmd=recoverdata")
         .arg("--timeout=120")
-        .arg(tessera_tests::credentials::secret_flag())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)

@@ -406,3 +406,58 @@ async fn servers_refuse_to_start_without_credentials_unless_insecure() {
         "{status:?}"
     );
 }
+
+/// `tessera-ops` holds the cluster secret for the tablets' internal calls, but acts on
+/// the nameserver as the user it logs in as: without `--user` it refuses to start, a
+/// user who may only read is refused the changes an operation makes (although the
+/// process holds the secret), and root may make them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tessera_ops_acts_with_its_users_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = NsCluster::start(dir.path(), NsClusterSpec::fast_failover()).await;
+    let root = Some(("root", ROOT_PASSWORD));
+    succeeds(
+        &cluster,
+        root,
+        "create user reader options (password='reader-password')",
+    );
+    succeeds(&cluster, root, "grant select on *.* to reader");
+    let ops = |login: Option<(&str, &str)>| {
+        let mut command = Command::new(binary("tessera-ops"));
+        command
+            .arg(format!("--zk_cluster={}", cluster.zk.connect_string()))
+            .arg("--zk_root_path=/tessera")
+            .arg("--cmd=scaleout")
+            .arg("--timeout=30")
+            .arg(tessera_tests::credentials::secret_flag());
+        if let Some((user, password)) = login {
+            command
+                .arg(format!("--user={user}"))
+                .env("TESSERA_PASSWORD", password);
+        }
+        let out = command.output().expect("run tessera-ops");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = ops(None);
+    assert!(!ok && text.contains("--user"), "without a user: {text}");
+    let (ok, text) = ops(Some(("reader", "wrong-password")));
+    assert!(!ok && text.contains("cannot log in as reader"), "{text}");
+    let (ok, text) = ops(Some(("reader", "reader-password")));
+    assert!(
+        !ok && text.contains("permission denied: reader cannot"),
+        "a reader holding the secret still may not change the cluster: {text}"
+    );
+    let (ok, text) = ops(root);
+    assert!(ok, "root may: {text}");
+    assert!(
+        !text.contains("an earlier run"),
+        "the refused run changed nothing and left nothing to restore: {text}"
+    );
+    let conf = succeeds(&cluster, root, "confget auto_failover");
+    assert!(conf.contains("true"), "auto_failover was put back: {conf}");
+}

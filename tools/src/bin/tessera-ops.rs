@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use tessera_ns_client::nameserver::NameserverConnection;
 use tessera_tools::ops::{balance, leaders, recoverdata, status, Ops, OpsError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,6 +50,14 @@ struct Args {
     cluster_secret: tessera_common::cluster_secret::ClusterSecretFlags,
     #[command(flatten)]
     tls: tessera_common::tls::TlsFlags,
+    /// The user to act as on the nameserver, an administrator (`grant all on *.*`):
+    /// required with --cluster_secret_file, which only covers the tablets' internal
+    /// calls.
+    #[arg(long)]
+    user: Option<String>,
+    /// The user's password; or the TESSERA_PASSWORD environment variable.
+    #[arg(long)]
+    password: Option<String>,
     /// recoverdata: print the plan and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -228,6 +237,36 @@ async fn restore_after_interruption(args: &Args) {
     }
 }
 
+/// Logs in as `--user`, which a cluster with authentication requires: the secret lets
+/// this tool make the tablets' internal calls, and the user's grants decide what it may
+/// do through the nameserver (a session token is judged as its user even beside the
+/// secret). The session is renewed for long runs.
+async fn log_in(args: &Args) -> Result<(), String> {
+    let Some(user) = &args.user else {
+        if args.cluster_secret.cluster_secret_file.is_some() {
+            return Err(
+                "a cluster with authentication needs --user (an administrator) \
+                        and --password or TESSERA_PASSWORD besides --cluster_secret_file"
+                    .into(),
+            );
+        }
+        return Ok(());
+    };
+    let password = args
+        .password
+        .clone()
+        .or_else(|| std::env::var("TESSERA_PASSWORD").ok())
+        .ok_or_else(|| format!("--user {user} needs --password or TESSERA_PASSWORD"))?;
+    let mut ns = NameserverConnection::connect(&args.zk_cluster, &args.zk_root_path)
+        .await
+        .map_err(|e| format!("cannot connect to the cluster: {e}"))?;
+    ns.login(user, &password)
+        .await
+        .map_err(|e| format!("cannot log in as {user}: {e}"))?;
+    NameserverConnection::keep_logged_in(&args.zk_cluster, &args.zk_root_path, user, &password);
+    Ok(())
+}
+
 #[tokio::main(worker_threads = 2)]
 async fn main() -> ExitCode {
     let args = Args::parse();
@@ -237,6 +276,10 @@ async fn main() -> ExitCode {
         .and_then(|()| args.cluster_secret.apply())
         .and_then(|()| args.tls.apply(tessera_common::tls::Role::Client))
     {
+        eprintln!("tessera-ops: {e}");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = log_in(&args).await {
         eprintln!("tessera-ops: {e}");
         return ExitCode::from(2);
     }

@@ -306,7 +306,15 @@ impl Ops {
                 self.delete_pause(&zk).await?;
                 return Ok(false);
             }
-            self.set_auto_failover(false).await?;
+            if let Err(e) = self.set_auto_failover(false).await {
+                // Refused (a user who may not change it) or no answer: if the setting is
+                // still on there is nothing to put back, and the record would only make
+                // the next run report a run that never changed anything.
+                if matches!(self.auto_failover().await, Ok(true)) {
+                    self.delete_pause(&zk).await?;
+                }
+                return Err(e);
+            }
             record.off_version = self.setting_version(&zk).await?;
             self.write_pause(&zk, &record).await?;
             println!("auto_failover was on: off while this command works");
