@@ -57,7 +57,9 @@ fn storage_status(error: StorageError, message: String) -> Status {
         | StorageError::InvalidArgument(_)
         | StorageError::Schema(_) => wire_error::status(ErrorCode::InvalidArgument, message),
         StorageError::Corruption { .. } => wire_error::status(ErrorCode::Corruption, message),
-        StorageError::Io { .. } => wire_error::status(ErrorCode::Io, message),
+        StorageError::Io { .. } | StorageError::WriteFailed(_) => {
+            wire_error::status(ErrorCode::Io, message)
+        }
         StorageError::NotEnoughReplicas { .. } => {
             wire_error::status(ErrorCode::NotEnoughReplicas, message)
         }

@@ -488,7 +488,7 @@ impl Binlog {
             }
             let reason = format!("write to {} failed: {e}", self.current_path().display());
             self.durability.fail(reason.clone());
-            return Err(StorageError::Failed(reason));
+            return Err(StorageError::WriteFailed(reason));
         }
         let last = self.last_offset();
         match self.options.fsync {
@@ -511,10 +511,11 @@ impl Binlog {
         let old = self.current_path().to_path_buf();
         if let Err(e) = self.file.sync_data() {
             // What the old segment holds is of unknown fate: no later fsync may count
-            // it durable.
+            // it durable (its writers hear so, as an outcome not known); the write that
+            // needed the roll was not logged.
             let reason = format!("fsync of {} failed: {e}", old.display());
             self.durability.fail(reason.clone());
-            return Err(StorageError::Failed(reason));
+            return Err(StorageError::WriteFailed(reason));
         }
         let path = segment_path(&self.dir, first_offset);
         let opened = OpenOptions::new()

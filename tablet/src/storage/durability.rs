@@ -138,8 +138,9 @@ impl Durability {
     pub(super) fn check(&self) -> Result<()> {
         let state = self.state.lock();
         match &state.failure {
-            Some(failure) => Err(StorageError::Failed(failure.clone())),
-            None if state.shutdown => Err(StorageError::Failed("binlog closed".into())),
+            // A write refused before anything of it is logged.
+            Some(failure) => Err(StorageError::WriteFailed(failure.clone())),
+            None if state.shutdown => Err(StorageError::Unavailable("binlog closed".into())),
             None => Ok(()),
         }
     }

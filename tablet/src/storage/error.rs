@@ -22,6 +22,10 @@ pub enum StorageError {
     /// state of the file after a failed fsync is unknown.
     #[error("binlog is unusable after an earlier failure: {0}")]
     Failed(String),
+    /// The binlog could not take this write (it failed now or earlier): nothing of it was
+    /// logged, so its outcome is known, and retrying on this replica cannot help.
+    #[error("storage failure, the write was not logged: {0}")]
+    WriteFailed(String),
     #[error(transparent)]
     Row(#[from] RowError),
     #[error("invalid schema: {0}")]

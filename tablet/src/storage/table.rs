@@ -455,15 +455,27 @@ impl Table {
             .map(|p| p.and_then(|p| self.stage_payload(&mut binlog, p)))
             .collect();
         if let Err(e) = binlog.write_staged() {
-            // Every staged entry shares the failed write. Those written before a segment
-            // roll may be durable, so their fate is unknown (a retry is deduplicated).
+            // Every entry still in the write buffer shares the failed write, and the
+            // binlog now ends before the first of them: none of those was logged. Those
+            // written before a segment roll in the middle of the batch are in the log
+            // but may not be durable, so their fate is unknown (a retry is deduplicated).
+            let not_logged_from = binlog.last_offset() + 1;
+            let reason = match &e {
+                StorageError::WriteFailed(reason) => reason.clone(),
+                other => other.to_string(),
+            };
             for outcome in logged
                 .iter_mut()
                 .filter(|l| l.as_ref().is_ok_and(|l| !l.duplicate))
             {
-                *outcome = Err(StorageError::OutcomeUnknown(format!(
-                    "writing the batch failed ({e}); rows of it may have been logged"
-                )));
+                let offset = outcome.as_ref().map_or(0, |l| l.version.offset);
+                *outcome = Err(if offset >= not_logged_from {
+                    StorageError::WriteFailed(reason.clone())
+                } else {
+                    StorageError::OutcomeUnknown(format!(
+                        "writing the batch failed ({e}); rows of it may have been logged"
+                    ))
+                });
             }
         } else {
             self.written(&binlog);
