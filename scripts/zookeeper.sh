@@ -54,7 +54,7 @@ dataDir=$dir/data
 clientPort=$port
 clientPortAddress=$address
 admin.enableServer=false
-4lw.commands.whitelist=ruok,srvr,stat
+4lw.commands.whitelist=ruok,srvr,stat,cons
 CFG
     cat
   } > "$dir/zoo.cfg"

@@ -8,6 +8,7 @@ pub mod coordination;
 pub mod failure_detection;
 pub mod history;
 pub mod key;
+pub mod retry;
 pub mod schema;
 pub mod server_process;
 pub mod tls;
@@ -16,6 +17,7 @@ pub mod user_directory;
 pub mod value;
 pub mod wire_error;
 pub mod zk_auth;
+pub mod zk_session;
 
 pub use schema::{Column, ColumnType, Index, Schema, SchemaError, Ttl};
 pub use types::{Endpoint, Offset, Pid, Term, Tid};

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use prost::Message;
 use tessera_common::auth::AuthChannel;
+use tessera_common::retry;
 use tessera_common::wire_error::{code_of, detail_or, ErrorCode};
+use tessera_common::zk_session::{is_session_lost, ZkSession};
 use tessera_common::{key, Schema, Value};
 use tessera_proto::common::Row;
 use tessera_proto::nameserver::TableInfo;
@@ -92,7 +94,8 @@ struct Cached {
 
 /// A connection to a Tessera cluster. Cheap to share (`Arc`) between tasks.
 pub struct Client {
-    zk: zookeeper_client::Client,
+    /// Renewed when ZooKeeper expires it: the client outlives any one session.
+    zk: Arc<ZkSession>,
     root: String,
     options: ClientOptions,
     tables: Arc<RwLock<HashMap<String, Arc<Cached>>>>,
@@ -110,24 +113,30 @@ pub struct Client {
     table_changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// Puts to the same partition made at the same time travel together.
     coalescer: Coalescer,
+    /// The task that follows metadata changes; stopped when the client is dropped, so
+    /// that the ZooKeeper session closes with it.
+    follower: tokio::task::AbortHandle,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+tokio::task_local! {
+    /// The deadline of the calls inside [`Client::within`].
+    static CALL_DEADLINE: Instant;
 }
 
 /// The first retry after a failure waits about this long; later ones twice as long each
-/// time, up to `MAX_BACKOFF`, and any wait ends early when the metadata changes.
+/// time, up to `MAX_BACKOFF`, each with jitter (`tessera_common::retry::backoff`), and any
+/// wait ends early when the metadata changes.
 const FIRST_BACKOFF: Duration = Duration::from_millis(2);
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 /// Retries in a row that go at once (to the leader a NotLeader answer named, or after
 /// the metadata named another leader) before the backoff applies again.
 const IMMEDIATE_RETRIES: u32 = 3;
-
-/// `d` scaled by a random factor in [0.5, 1.5), so clients retrying together spread out.
-fn jittered(d: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(d.as_nanos() as u64);
-    let permille = hasher.finish() % 1000;
-    d / 2 + d * permille as u32 / 1000
-}
 
 /// A random id for a client (no two clients should share one).
 fn new_client_id() -> u64 {
@@ -161,17 +170,64 @@ fn classify(status: &tonic::Status) -> Failure {
         ErrorCode::PermissionDenied => {
             Failure::Fatal(ClientError::PermissionDenied(status.message().to_string()))
         }
+        // The tablet could not store it (a full disk, a failing device): an operator has
+        // to act, and the caller should hear so now, not after the deadline.
+        ErrorCode::Io => Failure::Fatal(ClientError::Storage(status.message().to_string())),
         // No answer of a tablet's own: the transport's or the gRPC layer's. Only a lost or
         // refused connection, or a timeout, can go better on another try; an answer too
         // large for this client, a request too large for the tablet or a call it does not
         // know would fail the same way every time.
-        ErrorCode::Unspecified if transport_cannot_recover(status.code()) => Failure::Fatal(
+        ErrorCode::Unspecified if !retry::transport_may_recover(status.code()) => Failure::Fatal(
             ClientError::Refused(format!("{} ({:?})", status.message(), status.code())),
         ),
         // Not the leader any more, the partition moving or reloading, the tablet gone or
         // stopping, a replica removed from under stale metadata, too few replicas up, or
         // a write of unknown outcome (retried with its sequence number: applied once).
         _ => Failure::Retry(status.message().to_string()),
+    }
+}
+
+/// Forgets the cached metadata whenever `/notify/table_changed` moves, and whenever the
+/// ZooKeeper session is renewed (changes made meanwhile were not seen, and the watch died
+/// with the old session).
+async fn follow_table_changes(
+    zk: Arc<ZkSession>,
+    path: String,
+    tables: Arc<RwLock<HashMap<String, Arc<Cached>>>>,
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
+) {
+    let forget = || {
+        tables.write().clear();
+        changes.send_modify(|n| *n = n.wrapping_add(1));
+    };
+    let mut renewals = zk.renewals();
+    loop {
+        renewals.borrow_and_update();
+        let client = zk.client();
+        let watched = match client.get_and_watch_data(&path).await {
+            Ok((_, _, watcher)) => Ok(watcher),
+            Err(ZkError::NoNode) => client
+                .check_and_watch_stat(&path)
+                .await
+                .map(|(_, watcher)| watcher),
+            Err(e) => Err(e),
+        };
+        match watched {
+            Ok(watcher) => {
+                tokio::select! {
+                    _ = watcher.changed() => {}
+                    _ = renewals.changed() => {}
+                }
+                forget();
+            }
+            Err(e) if is_session_lost(&e) => {
+                if zk.renew(client.session_id()).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                forget();
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
     }
 }
 
@@ -185,23 +241,6 @@ fn row_page(rows: &[Row], next: Vec<u8>) -> Result<RowPage, ClientError> {
         rows,
         next: (!next.is_empty()).then_some(next),
     })
-}
-
-/// Whether a failure the tablet did not describe itself (gRPC code `code`) would recur
-/// on every retry. Lost connections, resets and timeouts (`Unavailable`, `Unknown`,
-/// `Internal`, `Cancelled`, …) may pass.
-fn transport_cannot_recover(code: tonic::Code) -> bool {
-    use tonic::Code;
-    matches!(
-        code,
-        Code::OutOfRange
-            | Code::ResourceExhausted
-            | Code::InvalidArgument
-            | Code::Unimplemented
-            | Code::Unauthenticated
-            | Code::PermissionDenied
-            | Code::DataLoss
-    )
 }
 
 /// The alive leader the metadata names for partition `pid`.
@@ -244,54 +283,37 @@ impl Client {
                 &password,
             );
         }
-        let zk = tessera_common::zk_auth::connector()
-            .with_session_timeout(options.zk_session_timeout)
-            .connect(zk_cluster)
-            .await?;
-        let client = Client {
+        let zk = Arc::new(ZkSession::connect(zk_cluster, options.zk_session_timeout).await?);
+        let root = zk_root_path.trim_end_matches('/').to_string();
+        let tables: Arc<RwLock<HashMap<String, Arc<Cached>>>> = Arc::default();
+        let table_changes = Arc::new(tokio::sync::watch::Sender::new(0));
+        let follower = tokio::spawn(follow_table_changes(
+            zk.clone(),
+            format!("{root}/notify/table_changed"),
+            tables.clone(),
+            table_changes.clone(),
+        ))
+        .abort_handle();
+        Ok(Client {
             zk,
-            root: zk_root_path.trim_end_matches('/').to_string(),
+            root,
             options,
-            tables: Arc::default(),
+            tables,
             tablets: RwLock::default(),
             seen: parking_lot::Mutex::default(),
             stats: parking_lot::Mutex::default(),
             client_id: new_client_id(),
             next_seq: std::sync::atomic::AtomicU64::new(1),
-            table_changes: Arc::new(tokio::sync::watch::Sender::new(0)),
+            table_changes,
             coalescer: Coalescer::default(),
-        };
-        client.follow_table_changes();
-        Ok(client)
+            follower,
+        })
     }
 
-    /// Forgets cached metadata whenever `/notify/table_changed` moves.
-    fn follow_table_changes(&self) {
-        let (zk, tables, changes) = (
-            self.zk.clone(),
-            self.tables.clone(),
-            self.table_changes.clone(),
-        );
-        let path = format!("{}/notify/table_changed", self.root);
-        tokio::spawn(async move {
-            loop {
-                match zk.get_and_watch_data(&path).await {
-                    Ok((_, _, watcher)) => {
-                        watcher.changed().await;
-                        tables.write().clear();
-                        changes.send_modify(|n| *n = n.wrapping_add(1));
-                    }
-                    Err(ZkError::NoNode) => match zk.check_and_watch_stat(&path).await {
-                        Ok((_, watcher)) => {
-                            watcher.changed().await;
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-                    },
-                    Err(ZkError::SessionExpired) | Err(ZkError::ClientClosed) => return,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-                }
-            }
-        });
+    /// How many times ZooKeeper expired this client's session and the client opened a new
+    /// one (re-reading the metadata and setting its watches again).
+    pub fn zk_session_renewals(&self) -> u64 {
+        *self.zk.renewals().borrow()
     }
 
     async fn table(&self, db: &str, name: &str, refresh: bool) -> Result<Arc<Cached>, ClientError> {
@@ -302,7 +324,11 @@ impl Client {
             }
         }
         let path = format!("{}/table/table_data/{id}", self.root);
-        let (data, _) = match self.zk.get_data(&path).await {
+        let read = self.zk.run(|zk| {
+            let path = path.clone();
+            async move { zk.get_data(&path).await }
+        });
+        let (data, _) = match read.await {
             Ok(found) => found,
             Err(ZkError::NoNode) => return Err(ClientError::TableNotFound(id)),
             Err(e) => return Err(e.into()),
@@ -366,8 +392,8 @@ impl Client {
         F: Fn(&str, TabletClient<AuthChannel>, u32, u32) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
-        let deadline = Instant::now() + self.options.deadline;
-        let mut backoff = FIRST_BACKOFF;
+        let deadline = self.deadline();
+        let mut backoff = retry::backoff(FIRST_BACKOFF, MAX_BACKOFF);
         let mut attempts = 0;
         let mut immediate = 0;
         let mut refresh = false;
@@ -384,66 +410,94 @@ impl Client {
             }
             attempts += 1;
             changes.borrow_and_update();
-            let table = self.table(db, name, refresh).await?;
+            // The metadata too is read within the deadline, and retried: ZooKeeper may be
+            // out of reach for a moment.
+            let table =
+                match tokio::time::timeout_at(deadline.into(), self.table(db, name, refresh)).await
+                {
+                    Ok(Ok(table)) => table,
+                    Ok(Err(ClientError::Zk(e))) => {
+                        last_failure = format!("cannot read the metadata: {e}");
+                        refresh = true;
+                        self.pause_before_retry(&mut backoff, deadline, &mut changes)
+                            .await;
+                        continue;
+                    }
+                    Ok(Err(fatal)) => return Err(fatal),
+                    Err(_) => {
+                        if last_failure.is_empty() {
+                            last_failure = "ZooKeeper did not answer before the deadline".into();
+                        }
+                        continue;
+                    }
+                };
             let pid = partition(&table)?;
             let named = leader_of(&table, pid);
             let leader = redirect.take().or_else(|| named.clone());
             let mut retry_now = false;
             let failure = match leader {
                 None => format!("partition {pid} of {name} has no leader right now"),
-                Some(endpoint) => match self.tablet(&endpoint).await {
-                    Err(e) => e,
-                    Ok(client) => {
-                        // No attempt runs past the call's deadline.
-                        let answer = async {
-                            tokio::time::timeout_at(
-                                deadline.into(),
-                                call(&endpoint, client, table.info.tid, pid),
-                            )
-                            .await
-                            .unwrap_or_else(|_| {
-                                Err(tonic::Status::deadline_exceeded(
-                                    "the call's deadline passed",
-                                ))
-                            })
-                        };
-                        match self
-                            .until_leader_moves(
-                                answer,
-                                db,
-                                name,
-                                pid,
-                                named.as_deref(),
-                                &mut changes,
-                            )
-                            .await
-                        {
-                            None => {
-                                // A paused or cut-off leader would hold the call until its
-                                // timeout; the write's id makes the retry safe.
-                                retry_now = true;
-                                format!("the leader of partition {pid} moved away from {endpoint}")
-                            }
-                            Some(Ok(value)) => return Ok(value),
-                            Some(Err(status)) => match classify(&status) {
-                                Failure::Fatal(e) => return Err(e),
-                                Failure::Retry(reason) => {
-                                    match named_leader(&status).filter(|l| *l != endpoint) {
-                                        Some(named) => {
-                                            redirect = Some(named);
-                                            retry_now = true;
-                                        }
-                                        // A broken connection is not reused.
-                                        None => {
-                                            self.tablets.write().remove(&endpoint);
-                                        }
-                                    }
-                                    reason
+                Some(endpoint) => {
+                    match tokio::time::timeout_at(deadline.into(), self.tablet(&endpoint))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(format!("cannot connect to {endpoint} before the deadline"))
+                        }) {
+                        Err(e) => e,
+                        Ok(client) => {
+                            // No attempt runs past the call's deadline.
+                            let answer = async {
+                                tokio::time::timeout_at(
+                                    deadline.into(),
+                                    call(&endpoint, client, table.info.tid, pid),
+                                )
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(tonic::Status::deadline_exceeded(
+                                        "the call's deadline passed",
+                                    ))
+                                })
+                            };
+                            match self
+                                .until_leader_moves(
+                                    answer,
+                                    db,
+                                    name,
+                                    pid,
+                                    named.as_deref(),
+                                    &mut changes,
+                                )
+                                .await
+                            {
+                                None => {
+                                    // A paused or cut-off leader would hold the call until its
+                                    // timeout; the write's id makes the retry safe.
+                                    retry_now = true;
+                                    format!(
+                                        "the leader of partition {pid} moved away from {endpoint}"
+                                    )
                                 }
-                            },
+                                Some(Ok(value)) => return Ok(value),
+                                Some(Err(status)) => match classify(&status) {
+                                    Failure::Fatal(e) => return Err(e),
+                                    Failure::Retry(reason) => {
+                                        match named_leader(&status).filter(|l| *l != endpoint) {
+                                            Some(named) => {
+                                                redirect = Some(named);
+                                                retry_now = true;
+                                            }
+                                            // A broken connection is not reused.
+                                            None => {
+                                                self.tablets.write().remove(&endpoint);
+                                            }
+                                        }
+                                        reason
+                                    }
+                                },
+                            }
                         }
                     }
-                },
+                }
             };
             debug!(table = name, pid, attempts, reason = %failure, "retrying");
             // An attempt cut short by the deadline says less than the one before it.
@@ -456,14 +510,54 @@ impl Client {
                 continue;
             }
             immediate = 0;
-            let pause = jittered(backoff).min(deadline.saturating_duration_since(Instant::now()));
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                // New metadata may name the new leader: look at once.
-                _ = changes.changed() => {}
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            self.pause_before_retry(&mut backoff, deadline, &mut changes)
+                .await;
         }
+    }
+
+    /// Waits the next backoff delay (never past `deadline`), or less if the metadata
+    /// changes meanwhile: it may name the new leader.
+    async fn pause_before_retry(
+        &self,
+        backoff: &mut (impl Iterator<Item = Duration> + Send),
+        deadline: Instant,
+        changes: &mut tokio::sync::watch::Receiver<u64>,
+    ) {
+        let pause = backoff
+            .next()
+            .unwrap_or(MAX_BACKOFF)
+            .min(deadline.saturating_duration_since(Instant::now()));
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = changes.changed() => {}
+        }
+    }
+
+    /// When the current call must give up: the deadline of an enclosing
+    /// [`Client::within`], or the client's `deadline` option from now.
+    fn deadline(&self) -> Instant {
+        CALL_DEADLINE
+            .try_with(|deadline| *deadline)
+            .unwrap_or_else(|_| Instant::now() + self.options.deadline)
+    }
+
+    /// Runs `calls` (any calls of this client) with their own deadline: each gives up
+    /// `deadline` from now instead of after the client's `deadline` option.
+    ///
+    /// ```no_run
+    /// # async fn example(client: &tessera_ns_client::Client) -> Result<(), tessera_ns_client::ClientError> {
+    /// use std::time::Duration;
+    /// use tessera_common::Value;
+    ///
+    /// let key = vec![Value::String("user1".into())];
+    /// let row = client
+    ///     .within(Duration::from_millis(200), client.get("default", "t1", key))
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn within<T>(&self, deadline: Duration, calls: impl Future<Output = T>) -> T {
+        CALL_DEADLINE.scope(Instant::now() + deadline, calls).await
     }
 
     /// Runs `answer` to its end, unless the metadata comes to name a leader of partition

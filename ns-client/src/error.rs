@@ -18,6 +18,10 @@ pub enum ClientError {
     /// `max_response_bytes`, a request the tablet cannot take, …).
     #[error("refused: {0}")]
     Refused(String),
+    /// The tablet could not store the write (a full disk, a failing device): no retry
+    /// helps until an operator acts.
+    #[error("storage failure: {0}")]
+    Storage(String),
     /// The user may not do this, or is not logged in.
     #[error("{0}")]
     PermissionDenied(String),

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tessera_common::auth::AuthChannel;
 use tessera_common::wire_error::{detail_of, ErrorCode};
+use tessera_common::zk_session::ZkSession;
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::taskmanager::task_manager_client::TaskManagerClient;
 
@@ -16,7 +17,8 @@ const LEADER_WAIT: Duration = Duration::from_secs(30);
 /// A connection to whichever instance of an elected service leads (the lowest election
 /// node under `dir`), re-resolved when it changes.
 pub struct LeaderConnection<C> {
-    zk: zookeeper_client::Client,
+    /// Renewed when ZooKeeper expires it, so a long-lived connection outlives it.
+    zk: std::sync::Arc<ZkSession>,
     dir: String,
     /// `nameserver` or `taskmanager`, for messages.
     what: &'static str,
@@ -151,12 +153,9 @@ impl<C: Clone> LeaderConnection<C> {
         what: &'static str,
         make: fn(AuthChannel) -> C,
     ) -> Result<LeaderConnection<C>, ClientError> {
-        let zk = tessera_common::zk_auth::connector()
-            .with_session_timeout(Duration::from_secs(10))
-            .connect(zk_cluster)
-            .await?;
+        let zk = ZkSession::connect(zk_cluster, Duration::from_secs(10)).await?;
         Ok(LeaderConnection {
-            zk,
+            zk: std::sync::Arc::new(zk),
             dir,
             what,
             make,
@@ -167,7 +166,9 @@ impl<C: Clone> LeaderConnection<C> {
     /// The leader's endpoint: the data of the lowest election node.
     async fn leader_endpoint(&self) -> Result<String, ClientError> {
         let dir = &self.dir;
-        let order = tessera_common::coordination::election_order(&self.zk, dir)
+        let order = self
+            .zk
+            .run(|zk| async move { tessera_common::coordination::election_order(&zk, dir).await })
             .await
             .map_err(|e| match e {
                 zookeeper_client::Error::NoNode => ClientError::Unavailable {
@@ -224,7 +225,8 @@ impl<C: Clone> LeaderConnection<C> {
         // up to LEADER_WAIT.
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         let mut hint = None;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff =
+            tessera_common::retry::backoff(Duration::from_millis(100), Duration::from_secs(1));
         let mut attempt = 0;
         while tokio::time::Instant::now() < deadline {
             attempt += 1;
@@ -239,8 +241,8 @@ impl<C: Clone> LeaderConnection<C> {
                                 true
                             }
                             Some(_) => false,
-                            // No structured reason: the connection itself failed.
-                            None => true,
+                            // No structured reason: the connection's or the gRPC layer's.
+                            None => tessera_common::retry::transport_may_recover(status.code()),
                         };
                         if !retry {
                             return Err(status);
@@ -249,8 +251,11 @@ impl<C: Clone> LeaderConnection<C> {
                     }
                 },
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            let pause = backoff.next().unwrap_or(Duration::from_secs(1));
+            tokio::time::sleep(
+                pause.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+            )
+            .await;
         }
         Err(last)
     }

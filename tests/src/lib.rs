@@ -4,6 +4,7 @@
 pub mod chaos;
 pub mod cluster;
 pub mod credentials;
+pub mod jobs;
 pub mod nameserver;
 pub mod netbed;
 pub mod nscluster;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use tessera_common::Value;
-use tessera_ns_client::{Client, ClientOptions};
+use tessera_ns_client::{Client, ClientError, ClientOptions};
 use tessera_tests::netbed::{NetCluster, NetClusterSpec};
 use tessera_tests::routed::{leaders, table_rows};
 use tessera_tests::wait::poll_until_async;
@@ -54,8 +54,8 @@ async fn a_leader_on_a_full_disk_gives_way_and_writes_resume_once_there_is_room(
     let filler = cluster.fill_small_disk();
     // A record may still fit in the page the binlog's last write began; a large one does
     // not.
-    // Each put is refused, or acknowledged by a new leader on another disk: failover is
-    // fast enough to happen within the client's deadline.
+    // Each put is refused at once with the disk's error, or acknowledged by a new leader
+    // on another disk.
     let mut refused = 0;
     let mut acknowledged = Vec::new();
     for value in 2..10 {
@@ -65,7 +65,13 @@ async fn a_leader_on_a_full_disk_gives_way_and_writes_resume_once_there_is_room(
             Value::Int64(value * 3),
             Value::String("x".repeat(64 << 10)),
         ];
-        if sdk.put("default", TABLE, large).await.is_err() {
+        if let Err(e) = sdk.put("default", TABLE, large).await {
+            // Not retried until the deadline as if the leader were away: the disk's
+            // error, at once.
+            assert!(
+                matches!(&e, ClientError::Storage(m) if m.contains("No space left")),
+                "a put refused by a full disk says so: {e:?}"
+            );
             refused += 1;
             break;
         }

@@ -5,22 +5,18 @@
 //! job with the line's number.
 
 use std::path::Path;
-use std::time::Duration;
 
 use tessera_common::Value;
-use tessera_ns_client::nameserver::TaskManagerConnection;
 use tessera_ns_client::{Client, ClientError, ClientOptions};
-use tessera_proto::taskmanager::{JobIdRequest, JobInfo};
+use tessera_tests::jobs::Jobs;
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::process::http_get;
 use tessera_tests::ElectedProcess;
 
-const JOB_DEADLINE: Duration = Duration::from_secs(600);
-
 struct Cluster {
     cluster: NsCluster,
     taskmanagers: Vec<ElectedProcess>,
-    jobs: TaskManagerConnection,
+    jobs: Jobs,
     client: Client,
 }
 
@@ -50,9 +46,7 @@ async fn start(dir: &Path) -> Cluster {
     }
     let zk = cluster.zk.connect_string();
     Cluster {
-        jobs: TaskManagerConnection::connect(&zk, "/tessera")
-            .await
-            .unwrap(),
+        jobs: Jobs::connect(&zk).await,
         client: Client::connect(&zk, "/tessera").await.unwrap(),
         cluster,
         taskmanagers,
@@ -60,74 +54,8 @@ async fn start(dir: &Path) -> Cluster {
 }
 
 impl Cluster {
-    /// Runs an ns_client command; its output, and whether it succeeded.
-    fn ns_client(&self, command: &str) -> (bool, String) {
-        let output = tessera_tests::credentials::ns_client_command()
-            .arg(format!("--zk_cluster={}", self.cluster.zk.connect_string()))
-            .arg("--zk_root_path=/tessera")
-            .arg(format!("--cmd={command}"))
-            .output()
-            .expect("run ns_client");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (output.status.success(), text)
-    }
-
-    fn ok(&self, command: &str) -> String {
-        let (ok, text) = self.ns_client(command);
-        assert!(ok, "`{command}` failed:\n{text}");
-        text
-    }
-
-    /// Submits a job through ns_client; its id.
-    fn submit(&self, statement: &str) -> u64 {
-        let out = self.ok(statement);
-        out.split_whitespace()
-            .nth(1)
-            .and_then(|id| id.parse().ok())
-            .unwrap_or_else(|| panic!("no job id in {out}"))
-    }
-
-    async fn show(&mut self, id: u64) -> Option<JobInfo> {
-        self.jobs
-            .call(|mut c| async move { c.show_job(JobIdRequest { id }).await })
-            .await
-            .ok()
-            .map(|r| r.into_inner())
-    }
-
-    /// Polls the job until `done` says so or the deadline passes; its last record.
-    async fn poll_job(&mut self, id: u64, done: impl Fn(&JobInfo) -> bool) -> (bool, JobInfo) {
-        let deadline = tokio::time::Instant::now() + JOB_DEADLINE;
-        let mut last = JobInfo::default();
-        while tokio::time::Instant::now() < deadline {
-            if let Some(job) = self.show(id).await {
-                last = job;
-                if done(&last) {
-                    return (true, last);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        (false, last)
-    }
-
-    /// Waits for the job to end; its record.
-    async fn wait_job(&mut self, id: u64) -> JobInfo {
-        let (ended, last) = self
-            .poll_job(id, |j| {
-                matches!(j.state.as_str(), "Finished" | "Failed" | "Stopped")
-            })
-            .await;
-        assert!(ended, "job {id} did not end: {last:?}");
-        last
-    }
-
     fn create(&self, name: &str, partitions: u32) {
-        self.ok(&format!(
+        self.jobs.ok(&format!(
             "create table {name} (id string not null, ts timestamp, v bigint, note string, \
              index(key=id, ts=ts)) options (partitionnum={partitions}, replicanum=3);"
         ));
@@ -171,12 +99,13 @@ async fn a_million_row_import_survives_the_death_of_the_leader() {
     std::fs::write(&file, &text).unwrap();
 
     let started = std::time::Instant::now();
-    let id = c.submit(&format!(
+    let id = c.jobs.submit(&format!(
         "load data infile '{}' into table big options (header=true)",
         file.display()
     ));
     // Progress shows, then the leader dies in the middle.
     let (midway, seen) = c
+        .jobs
         .poll_job(id, |j| j.total == ROWS && j.done >= ROWS / 4)
         .await;
     assert!(midway, "the import made no progress: {seen:?}");
@@ -187,7 +116,7 @@ async fn a_million_row_import_survives_the_death_of_the_leader() {
     );
     assert!(seen.done < ROWS, "killed before the end: {seen:?}");
     assert_eq!(seen.state, "Running");
-    let shown = c.ok(&format!("showjob {id}"));
+    let shown = c.jobs.ok(&format!("showjob {id}"));
     assert!(
         shown.contains("ImportData") && shown.contains("Running"),
         "{shown}"
@@ -195,7 +124,7 @@ async fn a_million_row_import_survives_the_death_of_the_leader() {
     c.taskmanagers[0].kill9();
 
     c.taskmanagers[1].wait_leader().await;
-    let job = c.wait_job(id).await;
+    let job = c.jobs.wait_job(id).await;
     assert_eq!(job.state, "Finished", "{job:?}");
     eprintln!("{:?}: import finished", started.elapsed());
     assert_eq!(job.done, ROWS);
@@ -229,15 +158,17 @@ async fn a_million_row_import_survives_the_death_of_the_leader() {
     }
     // Exactly the file's rows: none lost, none doubled.
     let out = dir.path().join("big-export.csv");
-    let export = c.submit(&format!("export table big to '{}'", out.display()));
-    let job = c.wait_job(export).await;
+    let export = c
+        .jobs
+        .submit(&format!("export table big to '{}'", out.display()));
+    let job = c.jobs.wait_job(export).await;
     assert_eq!(job.state, "Finished", "{job:?}");
     eprintln!("{:?}: export finished", started.elapsed());
     assert!(
         sorted_lines(&out) == sorted_lines(&file),
         "the table holds exactly the file's rows"
     );
-    let jobs = c.ok("showjobs");
+    let jobs = c.jobs.ok("showjobs");
     assert!(
         jobs.contains("ImportData") && jobs.contains("ExportData"),
         "{jobs}"
@@ -248,7 +179,7 @@ async fn a_million_row_import_survives_the_death_of_the_leader() {
 async fn export_then_import_gives_identical_content_and_bad_lines_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = start(dir.path()).await;
-    c.ok(
+    c.jobs.ok(
         "create table every (id string not null, ts timestamp, b bool, i16 smallint, i32 int, \
          f float, d double, day date, note string, index(key=id, ts=ts)) options (partitionnum=4, replicanum=3);",
     );
@@ -278,27 +209,27 @@ async fn export_then_import_gives_identical_content_and_bad_lines_are_reported()
             .unwrap();
     }
     let first = dir.path().join("every.csv");
-    let id = c.submit(&format!(
+    let id = c.jobs.submit(&format!(
         "export table every to '{}' options (delimiter='|')",
         first.display()
     ));
-    assert_eq!(c.wait_job(id).await.state, "Finished");
-    c.ok(
+    assert_eq!(c.jobs.wait_job(id).await.state, "Finished");
+    c.jobs.ok(
         "create table copy (id string not null, ts timestamp, b bool, i16 smallint, i32 int, \
          f float, d double, day date, note string, index(key=id, ts=ts)) options (partitionnum=2, replicanum=3);",
     );
-    let id = c.submit(&format!(
+    let id = c.jobs.submit(&format!(
         "load data infile '{}' into table copy options (header=true, delimiter='|')",
         first.display()
     ));
-    let job = c.wait_job(id).await;
+    let job = c.jobs.wait_job(id).await;
     assert_eq!((job.state.as_str(), job.done), ("Finished", 300), "{job:?}");
     let second = dir.path().join("copy.csv");
-    let id = c.submit(&format!(
+    let id = c.jobs.submit(&format!(
         "export table copy to '{}' options (delimiter='|')",
         second.display()
     ));
-    assert_eq!(c.wait_job(id).await.state, "Finished");
+    assert_eq!(c.jobs.wait_job(id).await.state, "Finished");
     assert_eq!(sorted_lines(&first).len(), 300);
     assert_eq!(
         sorted_lines(&first),
@@ -314,11 +245,11 @@ async fn export_then_import_gives_identical_content_and_bad_lines_are_reported()
         "id,ts,v,note\na,1,10,x\nb,2,20,y\nc,3,30,z\nd,4,notanumber,w\ne,5,50,v\n",
     )
     .unwrap();
-    let id = c.submit(&format!(
+    let id = c.jobs.submit(&format!(
         "load data infile '{}' into table strict",
         bad.display()
     ));
-    let job = c.wait_job(id).await;
+    let job = c.jobs.wait_job(id).await;
     assert_eq!(job.state, "Failed");
     assert!(
         job.error.contains("line 5") && job.error.contains("`notanumber` is not a valid"),
@@ -332,11 +263,11 @@ async fn export_then_import_gives_identical_content_and_bad_lines_are_reported()
         0
     );
     // Asked to, it skips the line and counts it.
-    let id = c.submit(&format!(
+    let id = c.jobs.submit(&format!(
         "load data infile '{}' into table strict options (skip_bad_rows=true)",
         bad.display()
     ));
-    let job = c.wait_job(id).await;
+    let job = c.jobs.wait_job(id).await;
     assert_eq!(
         (job.state.as_str(), job.done, job.skipped),
         ("Finished", 4, 1),
@@ -358,15 +289,15 @@ async fn export_then_import_gives_identical_content_and_bad_lines_are_reported()
     }
     std::fs::write(&long, text).unwrap();
     c.create("stopped", 2);
-    let long_id = c.submit(&format!(
+    let long_id = c.jobs.submit(&format!(
         "load data infile '{}' into table stopped",
         long.display()
     ));
-    let (running, seen) = c.poll_job(long_id, |j| j.done > 0).await;
+    let (running, seen) = c.jobs.poll_job(long_id, |j| j.done > 0).await;
     assert!(running, "{seen:?}");
-    let out = c.ok(&format!("stopjob {long_id}"));
+    let out = c.jobs.ok(&format!("stopjob {long_id}"));
     assert!(out.contains(&format!("job {long_id} stopped")), "{out}");
-    let job = c.wait_job(long_id).await;
+    let job = c.jobs.wait_job(long_id).await;
     assert_eq!(job.state, "Stopped");
     let written = c
         .client
@@ -378,6 +309,7 @@ async fn export_then_import_gives_identical_content_and_bad_lines_are_reported()
     // A snapshot of every table.
     let snapshot = c
         .jobs
+        .connection()
         .call(|mut tm| async move {
             tm.submit_job(tessera_proto::taskmanager::SubmitJobRequest {
                 job_type: "SnapshotAll".into(),
@@ -388,7 +320,7 @@ async fn export_then_import_gives_identical_content_and_bad_lines_are_reported()
         .await
         .unwrap()
         .into_inner();
-    let job = c.wait_job(snapshot.id).await;
+    let job = c.jobs.wait_job(snapshot.id).await;
     assert_eq!(
         (job.state.as_str(), job.done, job.total),
         ("Finished", 4, 4),
@@ -396,7 +328,9 @@ async fn export_then_import_gives_identical_content_and_bad_lines_are_reported()
     );
 
     // Mistakes are refused up front; an ended job cannot be stopped.
-    let (ok, out) = c.ns_client("load data infile 'no/such.csv' into table strict");
+    let (ok, out) = c
+        .jobs
+        .ns_client("load data infile 'no/such.csv' into table strict");
     assert!(!ok && out.contains("is not a file"), "{out}");
 
     // Jobs touch files only under the job data directory: no reading the server's
@@ -416,21 +350,21 @@ async fn export_then_import_gives_identical_content_and_bad_lines_are_reported()
         "export table strict to 'link_out/x.csv'".to_string(),
         "export table strict to '../x.csv'".to_string(),
     ] {
-        let (ok, out) = c.ns_client(&statement);
+        let (ok, out) = c.jobs.ns_client(&statement);
         assert!(
             !ok && out.contains("permission denied") && out.contains("job data directory"),
             "`{statement}` must be refused:\n{out}"
         );
     }
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
-    let (ok, out) = c.ns_client(&format!(
+    let (ok, out) = c.jobs.ns_client(&format!(
         "load data infile '{}' into table nosuch",
         bad.display()
     ));
     assert!(!ok && out.contains("nosuch"), "{out}");
-    let (ok, out) = c.ns_client(&format!("stopjob {id}"));
+    let (ok, out) = c.jobs.ns_client(&format!("stopjob {id}"));
     assert!(!ok && out.contains("already ended"), "{out}");
-    let (ok, out) = c.ns_client("showjob 999");
+    let (ok, out) = c.jobs.ns_client("showjob 999");
     assert!(!ok && out.contains("no job 999"), "{out}");
     let (_, metrics) = http_get(&c.taskmanagers[0].endpoint, "/metrics");
     assert!(
@@ -533,8 +467,10 @@ async fn twenty_megabytes_of_one_key_scan_and_export_in_pages() {
     );
 
     let out = dir.path().join("wide.csv");
-    let export = c.submit(&format!("export table wide to '{}'", out.display()));
-    let job = c.wait_job(export).await;
+    let export = c
+        .jobs
+        .submit(&format!("export table wide to '{}'", out.display()));
+    let job = c.jobs.wait_job(export).await;
     assert_eq!(job.state, "Finished", "{job:?}");
     assert_eq!(job.done, ROWS as u64);
     let lines = sorted_lines(&out);
