@@ -60,13 +60,14 @@ pub fn use_secret_file(path: &Path) -> Result<(), String> {
 
 /// The flag, for the binaries that take it as it is (the tablet reads it from its
 /// configuration file too).
-#[derive(clap::Args, Debug, Clone, Default)]
-#[command(rename_all = "snake_case")]
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "flags", derive(clap::Args))]
+#[cfg_attr(feature = "flags", command(rename_all = "snake_case"))]
 pub struct ClusterSecretFlags {
     /// File whose first line is the cluster secret (16 or more printable characters),
     /// the same on every process of the cluster: internal calls carry it, and tablets
     /// refuse internal calls without it.
-    #[arg(long)]
+    #[cfg_attr(feature = "flags", arg(long))]
     pub cluster_secret_file: Option<std::path::PathBuf>,
 }
 

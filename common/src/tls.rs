@@ -59,19 +59,20 @@ pub enum Role {
 
 /// The flags, as every binary takes them (the tablet reads them from its configuration
 /// file too).
-#[derive(clap::Args, Debug, Clone, Default)]
-#[command(rename_all = "snake_case")]
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "flags", derive(clap::Args))]
+#[cfg_attr(feature = "flags", command(rename_all = "snake_case"))]
 pub struct TlsFlags {
     /// PEM file of the certificate authority that signs the cluster's certificates.
     /// With it, this process talks to the cluster over TLS and checks each server's
     /// certificate against it.
-    #[arg(long)]
+    #[cfg_attr(feature = "flags", arg(long))]
     pub tls_ca: Option<PathBuf>,
     /// PEM certificate (chain) a server serves TLS with; needs --tls_key and --tls_ca.
-    #[arg(long)]
+    #[cfg_attr(feature = "flags", arg(long))]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of --tls_cert.
-    #[arg(long)]
+    #[cfg_attr(feature = "flags", arg(long))]
     pub tls_key: Option<PathBuf>,
 }
 

@@ -63,17 +63,18 @@ impl ZkAuth {
 
 /// The two flags, for the binaries that take them as they are (the tablet reads them
 /// from its configuration file too).
-#[derive(clap::Args, Debug, Clone, Default)]
-#[command(rename_all = "snake_case")]
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "flags", derive(clap::Args))]
+#[cfg_attr(feature = "flags", command(rename_all = "snake_case"))]
 pub struct ZkAuthFlags {
     /// ZooKeeper authentication scheme: `digest`, with --zk_cert. Nodes are then
     /// created writable by that identity only, readable by anyone.
-    #[arg(long, default_value = "")]
+    #[cfg_attr(feature = "flags", arg(long, default_value = ""))]
     pub zk_auth_schema: String,
     /// `user:password` for --zk_auth_schema=digest. Every process of the cluster that
     /// writes to ZooKeeper (nameservers, tablets, taskmanagers, tessera-ops) uses the
     /// same.
-    #[arg(long, default_value = "")]
+    #[cfg_attr(feature = "flags", arg(long, default_value = ""))]
     pub zk_cert: String,
 }
 

@@ -231,16 +231,39 @@ async fn follow_table_changes(
     }
 }
 
-/// A page's rows decoded, with its cursor (`None` when the page was the last).
-fn row_page(rows: &[Row], next: Vec<u8>) -> Result<RowPage, ClientError> {
+/// The cursor of the next page, once the page is known to have made progress: a tablet
+/// that predates paged reads (it ignores the cursor and would answer the first page
+/// again, or a truncated one), or a page that says more follows without having moved,
+/// would otherwise make a read loop forever or stop short without a word.
+fn next_cursor(
+    paged: bool,
+    rows: usize,
+    next: Vec<u8>,
+    after: &[u8],
+) -> Result<Option<Vec<u8>>, ClientError> {
+    if !paged {
+        return Err(ClientError::Refused(
+            "a tablet that predates paged reads answered; upgrade it to read this".into(),
+        ));
+    }
+    if next.is_empty() {
+        return Ok(None);
+    }
+    if rows == 0 || next == after {
+        return Err(ClientError::Refused(
+            "a tablet answered a page that made no progress".into(),
+        ));
+    }
+    Ok(Some(next))
+}
+
+/// A page's rows decoded, with its cursor.
+fn row_page(rows: &[Row], next: Option<Vec<u8>>) -> Result<RowPage, ClientError> {
     let rows = rows
         .iter()
         .map(|r| Value::row_from_proto(r).map_err(ClientError::InvalidArgument))
         .collect::<Result<_, _>>()?;
-    Ok(RowPage {
-        rows,
-        next: (!next.is_empty()).then_some(next),
-    })
+    Ok(RowPage { rows, next })
 }
 
 /// The alive leader the metadata names for partition `pid`.
@@ -401,6 +424,9 @@ impl Client {
         let mut redirect: Option<String> = None;
         let mut changes = self.table_changes.subscribe();
         let mut last_failure = String::new();
+        // Whether an earlier attempt reached a tablet and ended without a definite answer
+        // (a write it carried may still be applied).
+        let mut sent_before = false;
         loop {
             if attempts > 0 && Instant::now() >= deadline {
                 return Err(ClientError::Unavailable {
@@ -458,20 +484,29 @@ impl Client {
                                     ))
                                 })
                             };
-                            match self
-                                .until_leader_moves(
+                            // Reading new metadata while waiting is bounded too.
+                            let settled = tokio::time::timeout_at(
+                                deadline.into(),
+                                self.until_leader_moves(
                                     answer,
                                     db,
                                     name,
                                     pid,
                                     named.as_deref(),
                                     &mut changes,
-                                )
-                                .await
-                            {
+                                ),
+                            )
+                            .await
+                            .unwrap_or_else(|_| {
+                                Some(Err(tonic::Status::deadline_exceeded(
+                                    "the call's deadline passed",
+                                )))
+                            });
+                            match settled {
                                 None => {
                                     // A paused or cut-off leader would hold the call until its
                                     // timeout; the write's id makes the retry safe.
+                                    sent_before = true;
                                     retry_now = true;
                                     format!(
                                         "the leader of partition {pid} moved away from {endpoint}"
@@ -479,8 +514,21 @@ impl Client {
                                 }
                                 Some(Ok(value)) => return Ok(value),
                                 Some(Err(status)) => match classify(&status) {
+                                    // A definite refusal now says nothing of an earlier
+                                    // attempt that may yet be applied.
+                                    Failure::Fatal(
+                                        e @ (ClientError::Storage(_) | ClientError::Refused(_)),
+                                    ) if sent_before => {
+                                        return Err(ClientError::Unavailable {
+                                            attempts,
+                                            last: format!(
+                                                "{e}; an earlier attempt's outcome is not known"
+                                            ),
+                                        });
+                                    }
                                     Failure::Fatal(e) => return Err(e),
                                     Failure::Retry(reason) => {
+                                        sent_before = true;
                                         match named_leader(&status).filter(|l| *l != endpoint) {
                                             Some(named) => {
                                                 redirect = Some(named);
@@ -557,7 +605,18 @@ impl Client {
     /// # }
     /// ```
     pub async fn within<T>(&self, deadline: Duration, calls: impl Future<Output = T>) -> T {
-        CALL_DEADLINE.scope(Instant::now() + deadline, calls).await
+        let mut at = Instant::now() + deadline;
+        // Inside another `within`, the nearer deadline holds.
+        if let Ok(outer) = CALL_DEADLINE.try_with(|outer| *outer) {
+            at = at.min(outer);
+        }
+        CALL_DEADLINE.scope(at, calls).await
+    }
+
+    /// Runs a call made of many requests (the pages of a scan) under one deadline: the
+    /// enclosing [`Client::within`]'s, or the `deadline` option from now.
+    async fn as_one_call<T>(&self, calls: impl Future<Output = T>) -> T {
+        CALL_DEADLINE.scope(self.deadline(), calls).await
     }
 
     /// Runs `answer` to its end, unless the metadata comes to name a leader of partition
@@ -636,7 +695,7 @@ impl Client {
         after: &[u8],
         limit: u32,
     ) -> Result<RowPage, ClientError> {
-        let (rows, next) = self
+        let (rows, next, paged) = self
             .on_leader_seen(
                 db,
                 name,
@@ -647,15 +706,16 @@ impl Client {
                         pid,
                         limit,
                         after: after.to_vec(),
-                        min_offset: 0,
+                        ..Default::default()
                     };
                     async move {
                         let r = client.preview(request).await?.into_inner();
-                        Ok(((r.rows, r.next), r.offset))
+                        Ok(((r.rows, r.next, r.paged), r.offset))
                     }
                 },
             )
             .await?;
+        let next = next_cursor(paged, rows.len(), next, after)?;
         row_page(&rows, next)
     }
 
@@ -1000,16 +1060,18 @@ impl Client {
                             pid,
                             key: key.clone(),
                             min_offset,
-                            after,
+                            after: after.clone(),
                             ..Default::default()
                         };
                         let page = client.scan(request).await?.into_inner();
+                        let next = next_cursor(page.paged, page.rows.len(), page.next, &after)
+                            .map_err(|e| tonic::Status::unimplemented(e.to_string()))?;
                         rows.extend(page.rows);
                         offset = offset.max(page.offset);
-                        if page.next.is_empty() {
-                            return Ok((rows, offset));
+                        match next {
+                            Some(next) => after = next,
+                            None => return Ok((rows, offset)),
                         }
-                        after = page.next;
                     }
                 }
             })
@@ -1096,23 +1158,26 @@ impl Client {
         min_ts: Option<i64>,
         limit: u32,
     ) -> Result<Vec<Vec<Value>>, ClientError> {
-        let mut rows = Vec::new();
-        let mut after = Vec::new();
-        loop {
-            let wanted = if limit == 0 {
-                0
-            } else {
-                limit.saturating_sub(rows.len() as u32)
-            };
-            let page = self
-                .scan_page(db, name, &key_values, (max_ts, min_ts), &after, wanted)
-                .await?;
-            rows.extend(page.rows);
-            match page.next {
-                Some(next) if limit == 0 || (rows.len() as u32) < limit => after = next,
-                _ => return Ok(rows),
+        self.as_one_call(async {
+            let mut rows = Vec::new();
+            let mut after = Vec::new();
+            loop {
+                let wanted = if limit == 0 {
+                    0
+                } else {
+                    limit.saturating_sub(rows.len() as u32)
+                };
+                let page = self
+                    .scan_page(db, name, &key_values, (max_ts, min_ts), &after, wanted)
+                    .await?;
+                rows.extend(page.rows);
+                match page.next {
+                    Some(next) if limit == 0 || (rows.len() as u32) < limit => after = next,
+                    _ => return Ok(rows),
+                }
             }
-        }
+        })
+        .await
     }
 
     /// One page of a scan from the partition's leader: up to `limit` rows (0: as many as
@@ -1129,30 +1194,194 @@ impl Client {
         limit: u32,
     ) -> Result<RowPage, ClientError> {
         let key: Vec<_> = key_values.iter().map(Value::to_proto).collect();
+        let pid_of = |t: &Cached| Self::first_index_partition(t, key_values);
         let (rows, next) = self
-            .on_leader_seen(
-                db,
-                name,
-                |t| Self::first_index_partition(t, key_values),
-                |mut client, tid, pid| {
-                    let request = ScanRequest {
-                        tid,
-                        pid,
-                        key: key.clone(),
-                        max_ts: ts_range.0,
-                        min_ts: ts_range.1,
-                        limit,
-                        after: after.to_vec(),
-                        ..Default::default()
-                    };
-                    async move {
-                        let r = client.scan(request).await?.into_inner();
-                        Ok(((r.rows, r.next), r.offset))
-                    }
-                },
-            )
+            .index_page(db, name, pid_of, "", &key, ts_range, after, limit)
             .await?;
+        let rows: Vec<Row> = rows.into_iter().map(|(_, row)| row).collect();
         row_page(&rows, next)
+    }
+
+    /// A page of a scan of index `index` on the partition `pid_of` picks: its rows with
+    /// their ts, and the cursor when more may follow.
+    #[allow(clippy::too_many_arguments)]
+    async fn index_page(
+        &self,
+        db: &str,
+        name: &str,
+        pid_of: impl Fn(&Cached) -> Result<u32, ClientError>,
+        index: &str,
+        key: &[tessera_proto::common::Value],
+        ts_range: (Option<i64>, Option<i64>),
+        after: &[u8],
+        limit: u32,
+    ) -> Result<(Vec<(i64, Row)>, Option<Vec<u8>>), ClientError> {
+        let (rows, ts, next, paged) = self
+            .on_leader_seen(db, name, pid_of, |mut client, tid, pid| {
+                let request = ScanRequest {
+                    tid,
+                    pid,
+                    index: index.to_string(),
+                    key: key.to_vec(),
+                    max_ts: ts_range.0,
+                    min_ts: ts_range.1,
+                    limit,
+                    after: after.to_vec(),
+                    ..Default::default()
+                };
+                async move {
+                    let r = client.scan(request).await?.into_inner();
+                    Ok(((r.rows, r.ts, r.next, r.paged), r.offset))
+                }
+            })
+            .await?;
+        let next = next_cursor(paged, rows.len(), next, after)?;
+        let rows = ts.into_iter().zip(rows).collect();
+        Ok((rows, next))
+    }
+
+    /// Rows of a key of any index (`index` by name; empty for the first) with `min_ts <=
+    /// ts <= max_ts`, newest first, at most `limit` (0: all). A key of the first index
+    /// lives in one partition; a key of another index may be in any, so every partition
+    /// is read (page by page) and the answers merged by ts.
+    ///
+    /// ```no_run
+    /// # async fn example(client: &tessera_ns_client::Client) -> Result<(), tessera_ns_client::ClientError> {
+    /// use tessera_common::Value;
+    ///
+    /// // The ten newest orders from Paris since a moment, by the `city` index.
+    /// let rows = client
+    ///     .scan_index("shop", "orders", "city", vec![Value::String("paris".into())],
+    ///                 None, Some(1_700_000_000_000), 10)
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub async fn scan_index(
+        &self,
+        db: &str,
+        name: &str,
+        index: &str,
+        key_values: Vec<Value>,
+        max_ts: Option<i64>,
+        min_ts: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Vec<Value>>, ClientError> {
+        self.as_one_call(async {
+            let table = self.table(db, name, false).await?;
+            let position = Self::index_position(&table, index)?;
+            if position == 0 {
+                return self.scan(db, name, key_values, max_ts, min_ts, limit).await;
+            }
+            let key: Vec<_> = key_values.iter().map(Value::to_proto).collect();
+            let mut found: Vec<(i64, Row)> = Vec::new();
+            for pid in 0..table.info.partition_num {
+                let mut after = Vec::new();
+                let mut taken = 0u32;
+                loop {
+                    let wanted = if limit == 0 { 0 } else { limit - taken };
+                    let (rows, next) = self
+                        .index_page(
+                            db,
+                            name,
+                            |_| Ok(pid),
+                            index,
+                            &key,
+                            (max_ts, min_ts),
+                            &after,
+                            wanted,
+                        )
+                        .await?;
+                    taken = taken.saturating_add(rows.len() as u32);
+                    found.extend(rows);
+                    match next {
+                        // Each partition's newest `limit` are all the merge can need.
+                        Some(next) if limit == 0 || taken < limit => after = next,
+                        _ => break,
+                    }
+                }
+            }
+            // Newest first; a stable sort keeps each partition's order among equal ts.
+            found.sort_by_key(|(ts, _)| std::cmp::Reverse(*ts));
+            if limit > 0 {
+                found.truncate(limit as usize);
+            }
+            found
+                .iter()
+                .map(|(_, r)| Value::row_from_proto(r).map_err(ClientError::InvalidArgument))
+                .collect()
+        })
+        .await
+    }
+
+    /// The newest row of a key of any index (see [`Client::scan_index`]).
+    pub async fn get_index(
+        &self,
+        db: &str,
+        name: &str,
+        index: &str,
+        key_values: Vec<Value>,
+    ) -> Result<Option<Vec<Value>>, ClientError> {
+        let mut rows = self
+            .scan_index(db, name, index, key_values, None, None, 1)
+            .await?;
+        Ok(rows.pop())
+    }
+
+    /// Live entries of a key of any index (see [`Client::scan_index`]), or of the whole
+    /// index when `key_values` is empty.
+    pub async fn count_index(
+        &self,
+        db: &str,
+        name: &str,
+        index: &str,
+        key_values: Vec<Value>,
+    ) -> Result<u64, ClientError> {
+        let table = self.table(db, name, false).await?;
+        let position = Self::index_position(&table, index)?;
+        let key: Vec<_> = key_values.iter().map(Value::to_proto).collect();
+        let call = |mut client: TabletClient<AuthChannel>, tid, pid| {
+            let request = CountRequest {
+                tid,
+                pid,
+                index: index.to_string(),
+                key: key.clone(),
+                ..Default::default()
+            };
+            async move {
+                let r = client.count(request).await?.into_inner();
+                Ok((r.count, r.offset))
+            }
+        };
+        // A key of the first index lives in one partition; a key of another index, or a
+        // whole index, in any.
+        if position == 0 && !key_values.is_empty() {
+            return self
+                .on_leader_seen(
+                    db,
+                    name,
+                    |t| Self::first_index_partition(t, &key_values),
+                    call,
+                )
+                .await;
+        }
+        let mut total = 0;
+        for pid in 0..table.info.partition_num {
+            total += self.on_leader_seen(db, name, |_| Ok(pid), call).await?;
+        }
+        Ok(total)
+    }
+
+    /// The position of index `index` (empty: the first) in the table's schema.
+    fn index_position(table: &Cached, index: &str) -> Result<usize, ClientError> {
+        table
+            .schema
+            .index(index)
+            .map(|(position, _)| position)
+            .ok_or_else(|| {
+                ClientError::InvalidArgument(format!("the table has no index `{index}`"))
+            })
     }
 
     /// Live entries of a key of the first index, or of the whole table when `key_values`
@@ -1163,35 +1392,7 @@ impl Client {
         name: &str,
         key_values: Vec<Value>,
     ) -> Result<u64, ClientError> {
-        let key: Vec<_> = key_values.iter().map(Value::to_proto).collect();
-        let call = |mut client: TabletClient<AuthChannel>, tid, pid| {
-            let request = CountRequest {
-                tid,
-                pid,
-                key: key.clone(),
-                ..Default::default()
-            };
-            async move {
-                let r = client.count(request).await?.into_inner();
-                Ok((r.count, r.offset))
-            }
-        };
-        if !key_values.is_empty() {
-            return self
-                .on_leader_seen(
-                    db,
-                    name,
-                    |t| Self::first_index_partition(t, &key_values),
-                    call,
-                )
-                .await;
-        }
-        let partitions = self.table(db, name, false).await?.info.partition_num;
-        let mut total = 0;
-        for pid in 0..partitions {
-            total += self.on_leader_seen(db, name, |_| Ok(pid), call).await?;
-        }
-        Ok(total)
+        self.count_index(db, name, "", key_values).await
     }
 
     /// Up to `limit` rows of the table, partition after partition, page by page.
@@ -1201,24 +1402,27 @@ impl Client {
         name: &str,
         limit: u32,
     ) -> Result<Vec<Vec<Value>>, ClientError> {
-        let partitions = self.table(db, name, false).await?.info.partition_num;
-        let mut out = Vec::new();
-        for pid in 0..partitions {
-            let mut after = Vec::new();
-            loop {
-                let wanted = limit.saturating_sub(out.len() as u32);
-                if wanted == 0 {
-                    return Ok(out);
-                }
-                let page = self.partition_page(db, name, pid, &after, wanted).await?;
-                out.extend(page.rows);
-                match page.next {
-                    Some(next) => after = next,
-                    None => break,
+        self.as_one_call(async {
+            let partitions = self.table(db, name, false).await?.info.partition_num;
+            let mut out = Vec::new();
+            for pid in 0..partitions {
+                let mut after = Vec::new();
+                loop {
+                    let wanted = limit.saturating_sub(out.len() as u32);
+                    if wanted == 0 {
+                        return Ok(out);
+                    }
+                    let page = self.partition_page(db, name, pid, &after, wanted).await?;
+                    out.extend(page.rows);
+                    match page.next {
+                        Some(next) => after = next,
+                        None => break,
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
     }
 
     /// Deletes every row of a key of the first index; returns how many.
@@ -1251,5 +1455,66 @@ impl Client {
             },
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_must_come_from_a_paging_tablet_and_make_progress() {
+        assert_eq!(next_cursor(true, 3, vec![], b"c").unwrap(), None);
+        assert_eq!(
+            next_cursor(true, 3, b"d".to_vec(), b"c").unwrap(),
+            Some(b"d".to_vec())
+        );
+        for (paged, rows, next, after) in [
+            (false, 3, vec![], &b""[..]),
+            (true, 0, b"d".to_vec(), &b"c"[..]),
+            (true, 3, b"c".to_vec(), &b"c"[..]),
+        ] {
+            assert!(
+                matches!(
+                    next_cursor(paged, rows, next, after),
+                    Err(ClientError::Refused(_))
+                ),
+                "paged {paged}, {rows} rows"
+            );
+        }
+    }
+
+    #[test]
+    fn only_failures_that_can_pass_are_retried() {
+        let status = |code, message: &str| tessera_common::wire_error::status(code, message);
+        for code in [
+            ErrorCode::NotLeader,
+            ErrorCode::PartitionUnavailable,
+            ErrorCode::OutcomeUnknown,
+            ErrorCode::NotEnoughReplicas,
+        ] {
+            assert!(
+                matches!(classify(&status(code, "x")), Failure::Retry(_)),
+                "{code:?}"
+            );
+        }
+        assert!(matches!(
+            classify(&status(ErrorCode::Io, "No space left on device")),
+            Failure::Fatal(ClientError::Storage(_))
+        ));
+        assert!(matches!(
+            classify(&status(ErrorCode::InvalidArgument, "bad row")),
+            Failure::Fatal(ClientError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            classify(&tonic::Status::out_of_range(
+                "decoded message length too large"
+            )),
+            Failure::Fatal(ClientError::Refused(_))
+        ));
+        assert!(matches!(
+            classify(&tonic::Status::unavailable("connection refused")),
+            Failure::Retry(_)
+        ));
     }
 }

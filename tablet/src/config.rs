@@ -148,9 +148,11 @@ impl TabletConfig {
         if self.scan_max_rows == 0 {
             return Err("scan_max_rows must be at least 1".into());
         }
-        if !(1024..=64 << 20).contains(&self.scan_max_bytes) {
+        // Pages must fit what clients accept by default (the SDK's 32 MiB, beside a row
+        // of up to max_row_size).
+        if !(1024..=16 << 20).contains(&self.scan_max_bytes) {
             return Err(format!(
-                "scan_max_bytes {} must be between 1 KiB and 64 MiB",
+                "scan_max_bytes {} must be between 1 KiB and 16 MiB",
                 self.scan_max_bytes
             ));
         }

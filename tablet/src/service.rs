@@ -397,6 +397,7 @@ impl Tablet for TabletService {
             term: version.term,
             offset: version.offset,
             next: page.next.unwrap_or_default(),
+            paged: true,
         }))
     }
 
@@ -429,6 +430,14 @@ impl Tablet for TabletService {
         self.authorize(&request, Need::Read, tid, pid).await?;
         let request = request.into_inner();
         let table = self.table(request.tid, request.pid)?;
+        if request.skip != 0 {
+            return Err(TabletError::InvalidArgument(
+                "preview no longer pages by a count of rows to skip: send the `next` cursor \
+                 of the previous page as `after`"
+                    .into(),
+            )
+            .into());
+        }
         let limit = self.page_limit(request.limit);
         let (version, page) = blocking(move || {
             table.check_readable(request.min_offset)?;
@@ -441,6 +450,7 @@ impl Tablet for TabletService {
             term: version.term,
             offset: version.offset,
             next: page.next.unwrap_or_default(),
+            paged: true,
         }))
     }
 

@@ -383,6 +383,22 @@ async fn every_rpc_works_and_bad_input_gets_structured_errors() {
         ErrorCode::InvalidArgument
     );
 
+    // Paging by a count to skip is refused, not answered with the first page again.
+    let status = client
+        .preview(PreviewRequest {
+            tid: 3,
+            pid: 0,
+            skip: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        detail_of(&status).unwrap().code(),
+        ErrorCode::InvalidArgument
+    );
+    assert!(first_page.paged, "a tablet that pages says so");
+
     // A paging cursor the tablet did not make, or one of another key.
     let status = client
         .preview(PreviewRequest {

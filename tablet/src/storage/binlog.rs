@@ -479,16 +479,32 @@ impl Binlog {
         self.buf.clear();
         let unstaged = self.unstaged.take();
         if let Err(e) = written {
-            // The file may now hold part of a record: refuse further writes; recovery
-            // truncates the torn tail. The binlog says it ends where it did before the
-            // staging, so no one is told of records that may not be there.
+            // The binlog says it ends where it did before the staging, so no one is told
+            // of records that may not be there, and it refuses further writes.
             if let Some((next_offset, file_len, last_term)) = unstaged {
                 (self.next_offset, self.file_len, self.last_term) =
                     (next_offset, file_len, last_term);
             }
             let reason = format!("write to {} failed: {e}", self.current_path().display());
             self.durability.fail(reason.clone());
-            return Err(StorageError::WriteFailed(reason));
+            // A failed write may still have put whole records in the file (a short write,
+            // then ENOSPC), which a reload would replay. Only once the file is cut back
+            // to where the binlog ends is the write certainly not logged; otherwise its
+            // outcome is unknown.
+            let cut_back = self
+                .file
+                .set_len(self.file_len)
+                .and_then(|()| self.file.sync_data());
+            return Err(match cut_back {
+                Ok(()) => StorageError::WriteFailed(reason),
+                Err(cut) => {
+                    self.durability.tail_uncertain();
+                    StorageError::Failed(format!(
+                        "{reason}; cutting the file back to {} bytes failed too: {cut}",
+                        self.file_len
+                    ))
+                }
+            });
         }
         let last = self.last_offset();
         match self.options.fsync {

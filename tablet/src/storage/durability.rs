@@ -30,6 +30,9 @@ pub(super) struct DurableState {
     pub(super) file: Option<Arc<File>>,
     /// Set by a failed write or fsync; every later append and wait fails.
     pub(super) failure: Option<String>,
+    /// The failed write may have left whole records in the file (it could not be cut
+    /// back): a write refused now may share a buffer with them, so its fate is unknown.
+    pub(super) tail_uncertain: bool,
     pub(super) shutdown: bool,
     /// Queued in (or being synced by) the flush pool: queued at most once.
     queued: bool,
@@ -135,9 +138,16 @@ impl Durability {
         self.announce();
     }
 
+    /// After [`Durability::fail`]: the file could not be cut back to where the binlog
+    /// ends, so records of the failed write may be in it.
+    pub(super) fn tail_uncertain(&self) {
+        self.state.lock().tail_uncertain = true;
+    }
+
     pub(super) fn check(&self) -> Result<()> {
         let state = self.state.lock();
         match &state.failure {
+            Some(failure) if state.tail_uncertain => Err(StorageError::Failed(failure.clone())),
             // A write refused before anything of it is logged.
             Some(failure) => Err(StorageError::WriteFailed(failure.clone())),
             None if state.shutdown => Err(StorageError::Unavailable("binlog closed".into())),

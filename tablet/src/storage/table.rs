@@ -460,21 +460,23 @@ impl Table {
             // written before a segment roll in the middle of the batch are in the log
             // but may not be durable, so their fate is unknown (a retry is deduplicated).
             let not_logged_from = binlog.last_offset() + 1;
-            let reason = match &e {
-                StorageError::WriteFailed(reason) => reason.clone(),
-                other => other.to_string(),
+            // Only a write the binlog took back entirely is certainly not logged.
+            let not_logged = match &e {
+                StorageError::WriteFailed(reason) => Some(reason.clone()),
+                _ => None,
             };
             for outcome in logged
                 .iter_mut()
                 .filter(|l| l.as_ref().is_ok_and(|l| !l.duplicate))
             {
                 let offset = outcome.as_ref().map_or(0, |l| l.version.offset);
-                *outcome = Err(if offset >= not_logged_from {
-                    StorageError::WriteFailed(reason.clone())
-                } else {
-                    StorageError::OutcomeUnknown(format!(
+                *outcome = Err(match &not_logged {
+                    Some(reason) if offset >= not_logged_from => {
+                        StorageError::WriteFailed(reason.clone())
+                    }
+                    _ => StorageError::OutcomeUnknown(format!(
                         "writing the batch failed ({e}); rows of it may have been logged"
-                    ))
+                    )),
                 });
             }
         } else {

@@ -29,6 +29,10 @@ pub enum OpsError {
     Connect(String),
     #[error("the nameserver refused: {0}")]
     Nameserver(String),
+    /// No answer of the nameserver's own (a lost connection, a timeout): what the call
+    /// asked may or may not have been done.
+    #[error("no answer from the nameserver: {0}")]
+    NoAnswer(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("timed out after {after:?} waiting for {what}")]
@@ -40,7 +44,10 @@ pub enum OpsError {
 pub type Result<T> = std::result::Result<T, OpsError>;
 
 fn refused(status: tonic::Status) -> OpsError {
-    OpsError::Nameserver(status.message().to_string())
+    match tessera_common::wire_error::detail_of(&status) {
+        Some(_) => OpsError::Nameserver(status.message().to_string()),
+        None => OpsError::NoAnswer(status.message().to_string()),
+    }
 }
 
 /// A partition: (db, table, pid).

@@ -307,10 +307,11 @@ impl Ops {
                 return Ok(false);
             }
             if let Err(e) = self.set_auto_failover(false).await {
-                // Refused (a user who may not change it) or no answer: if the setting is
-                // still on there is nothing to put back, and the record would only make
-                // the next run report a run that never changed anything.
-                if matches!(self.auto_failover().await, Ok(true)) {
+                // Refused (a user who may not change it): nothing changed, and the record
+                // would only make the next run report a run that never did anything.
+                // Without an answer the change may still land: the record stays, so the
+                // next run puts the setting back.
+                if matches!(e, OpsError::Nameserver(_)) {
                     self.delete_pause(&zk).await?;
                 }
                 return Err(e);

@@ -1,8 +1,8 @@
 //! `showopstatus` and `showtablestatus`: read-only views for the operator.
 
 use comfy_table::{presets, Table};
-use tessera_ns_client::shell::ops_table;
 use tessera_proto::nameserver::ShowTableRequest;
+use tessera_shell::shell::ops_table;
 
 use super::{Ops, OpsError, Result};
 

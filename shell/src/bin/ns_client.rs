@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tessera_ns_client::nameserver::NameserverConnection;
-use tessera_ns_client::shell::Shell;
+use tessera_shell::shell::Shell;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -134,8 +134,8 @@ async fn main() -> ExitCode {
     if interactive {
         let history = flags
             .history_file
-            .unwrap_or_else(tessera_ns_client::repl::default_history_file);
-        return match tessera_ns_client::repl::run(&mut shell, history).await {
+            .unwrap_or_else(tessera_shell::repl::default_history_file);
+        return match tessera_shell::repl::run(&mut shell, history).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("{e}");

@@ -12,7 +12,7 @@
 use tessera_common::auth::{grant_entry, Privilege, Scope};
 use tessera_proto::nameserver::{GrantRequest, ShowUsersRequest, UserRequest};
 
-use crate::nameserver::NameserverConnection;
+use tessera_ns_client::nameserver::NameserverConnection;
 
 pub const CREATE_USAGE: &str = "create user NAME options (password='…')";
 pub const ALTER_USAGE: &str = "alter user NAME set options (password='…')";

@@ -5,7 +5,7 @@ use comfy_table::{presets, Table};
 use tessera_proto::nameserver::*;
 use tessera_proto::tablet::ReplicationMode;
 
-use crate::nameserver::NameserverConnection;
+use tessera_ns_client::nameserver::NameserverConnection;
 
 /// One command: its name, how to call it, what it does, and how many arguments it takes.
 pub struct CommandSpec {
@@ -335,9 +335,9 @@ fn duration(ms: u64) -> String {
 pub struct Shell {
     ns: NameserverConnection,
     /// For the job commands.
-    taskmanager: Option<crate::nameserver::TaskManagerConnection>,
+    taskmanager: Option<tessera_ns_client::nameserver::TaskManagerConnection>,
     /// For the data commands.
-    data: Option<crate::Client>,
+    data: Option<tessera_ns_client::Client>,
     pub db: String,
 }
 
@@ -378,7 +378,7 @@ impl Shell {
     }
 
     /// Enables put, get, scan, count, preview and delete through the SDK.
-    pub fn with_data(mut self, client: crate::Client) -> Shell {
+    pub fn with_data(mut self, client: tessera_ns_client::Client) -> Shell {
         self.data = Some(client);
         self
     }
@@ -386,7 +386,7 @@ impl Shell {
     /// Enables load, export, showjobs, showjob and stopjob through the taskmanager.
     pub fn with_taskmanager(
         mut self,
-        taskmanager: crate::nameserver::TaskManagerConnection,
+        taskmanager: tessera_ns_client::nameserver::TaskManagerConnection,
     ) -> Shell {
         self.taskmanager = Some(taskmanager);
         self
@@ -1032,7 +1032,7 @@ impl Shell {
             }
             format!("{out}\n{count} row(s)")
         };
-        let e = |err: crate::ClientError| err.to_string();
+        let e = |err: tessera_ns_client::ClientError| err.to_string();
         match command.name {
             "put" => {
                 if rest.len() != schema.columns.len() {

@@ -1,0 +1,165 @@
+//! The SDK for programs without a Tokio runtime: the same client, each call waiting for
+//! its answer. The client runs a small runtime of its own (one worker thread, which also
+//! follows metadata changes in the background).
+//!
+//! ```no_run
+//! use tessera_common::Value;
+//! use tessera_ns_client::blocking::Client;
+//!
+//! let client = Client::connect("127.0.0.1:2181", "/tessera")?;
+//! client.put(
+//!     "default",
+//!     "t1",
+//!     vec![Value::String("user1".into()), Value::Timestamp(1), Value::Double(0.5)],
+//! )?;
+//! let row = client.get("default", "t1", vec![Value::String("user1".into())])?;
+//! # Ok::<(), tessera_ns_client::ClientError>(())
+//! ```
+//!
+//! Use it only outside a Tokio runtime: calling it from async code would block a
+//! runtime thread, and [`Client::connect`] refuses to start there.
+
+use tessera_common::{Schema, Value};
+
+use crate::{ClientError, ClientOptions};
+
+pub struct Client {
+    /// `Some` until dropped: the async client goes first, inside the runtime.
+    inner: Option<crate::Client>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Client {
+    pub fn connect(zk_cluster: &str, zk_root_path: &str) -> Result<Client, ClientError> {
+        Client::connect_with(zk_cluster, zk_root_path, ClientOptions::default())
+    }
+
+    pub fn connect_with(
+        zk_cluster: &str,
+        zk_root_path: &str,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(ClientError::InvalidArgument(
+                "the blocking client cannot run inside a Tokio runtime: use \
+                 tessera_ns_client::Client there"
+                    .into(),
+            ));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tessera-sdk")
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::InvalidArgument(format!("cannot start a runtime: {e}")))?;
+        let inner = runtime.block_on(crate::Client::connect_with(
+            zk_cluster,
+            zk_root_path,
+            options,
+        ))?;
+        Ok(Client {
+            inner: Some(inner),
+            runtime,
+        })
+    }
+
+    fn inner(&self) -> &crate::Client {
+        self.inner.as_ref().expect("present until dropped")
+    }
+
+    /// See [`crate::Client::put`].
+    pub fn put(&self, db: &str, name: &str, row: Vec<Value>) -> Result<(u64, u64), ClientError> {
+        self.runtime.block_on(self.inner().put(db, name, row))
+    }
+
+    /// See [`crate::Client::put_batch`].
+    pub fn put_batch(
+        &self,
+        db: &str,
+        name: &str,
+        rows: Vec<Vec<Value>>,
+    ) -> Result<Vec<(u64, u64)>, ClientError> {
+        self.runtime
+            .block_on(self.inner().put_batch(db, name, rows))
+    }
+
+    /// See [`crate::Client::get`].
+    pub fn get(
+        &self,
+        db: &str,
+        name: &str,
+        key_values: Vec<Value>,
+    ) -> Result<Option<Vec<Value>>, ClientError> {
+        self.runtime
+            .block_on(self.inner().get(db, name, key_values))
+    }
+
+    /// See [`crate::Client::scan`].
+    pub fn scan(
+        &self,
+        db: &str,
+        name: &str,
+        key_values: Vec<Value>,
+        max_ts: Option<i64>,
+        min_ts: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Vec<Value>>, ClientError> {
+        self.runtime.block_on(
+            self.inner()
+                .scan(db, name, key_values, max_ts, min_ts, limit),
+        )
+    }
+
+    /// See [`crate::Client::scan_index`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn scan_index(
+        &self,
+        db: &str,
+        name: &str,
+        index: &str,
+        key_values: Vec<Value>,
+        max_ts: Option<i64>,
+        min_ts: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Vec<Value>>, ClientError> {
+        self.runtime.block_on(
+            self.inner()
+                .scan_index(db, name, index, key_values, max_ts, min_ts, limit),
+        )
+    }
+
+    /// See [`crate::Client::count`].
+    pub fn count(&self, db: &str, name: &str, key_values: Vec<Value>) -> Result<u64, ClientError> {
+        self.runtime
+            .block_on(self.inner().count(db, name, key_values))
+    }
+
+    /// See [`crate::Client::preview`].
+    pub fn preview(
+        &self,
+        db: &str,
+        name: &str,
+        limit: u32,
+    ) -> Result<Vec<Vec<Value>>, ClientError> {
+        self.runtime.block_on(self.inner().preview(db, name, limit))
+    }
+
+    /// See [`crate::Client::delete`].
+    pub fn delete(&self, db: &str, name: &str, key_values: Vec<Value>) -> Result<u64, ClientError> {
+        self.runtime
+            .block_on(self.inner().delete(db, name, key_values))
+    }
+
+    /// See [`crate::Client::schema`].
+    pub fn schema(&self, db: &str, name: &str) -> Result<Schema, ClientError> {
+        self.runtime.block_on(self.inner().schema(db, name))
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // The client's tasks and connections end inside their runtime.
+        let _inside = self.runtime.enter();
+        self.inner.take();
+    }
+}
