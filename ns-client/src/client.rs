@@ -46,6 +46,14 @@ pub struct ClientOptions {
 /// The default of [`ClientOptions::max_response_bytes`].
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 32 << 20;
 
+/// The moment a consistent read shows: a partition's offset and the tablet's time (ms
+/// since the epoch) at which TTL is judged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadMoment {
+    pub offset: u64,
+    pub time_ms: i64,
+}
+
 /// One page of rows and, when more may follow, the cursor to pass for the next one.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RowPage {
@@ -695,7 +703,37 @@ impl Client {
         after: &[u8],
         limit: u32,
     ) -> Result<RowPage, ClientError> {
-        let (rows, next, paged) = self
+        let (page, _) = self
+            .preview_page(db, name, pid, after, false, limit)
+            .await?;
+        Ok(page)
+    }
+
+    /// The first page of a consistent read of a partition: the tablet fixes the moment
+    /// the read shows (its applied offset and its clock), and every later page read with
+    /// [`Client::partition_page`] from this page's cursor shows the partition as of that
+    /// moment — rows written since are left out, rows that expire since stay. Returns the
+    /// page and the moment.
+    pub async fn partition_consistent_page(
+        &self,
+        db: &str,
+        name: &str,
+        pid: u32,
+        limit: u32,
+    ) -> Result<(RowPage, ReadMoment), ClientError> {
+        self.preview_page(db, name, pid, &[], true, limit).await
+    }
+
+    async fn preview_page(
+        &self,
+        db: &str,
+        name: &str,
+        pid: u32,
+        after: &[u8],
+        consistent: bool,
+        limit: u32,
+    ) -> Result<(RowPage, ReadMoment), ClientError> {
+        let (rows, next, paged, moment) = self
             .on_leader_seen(
                 db,
                 name,
@@ -706,17 +744,22 @@ impl Client {
                         pid,
                         limit,
                         after: after.to_vec(),
+                        consistent,
                         ..Default::default()
                     };
                     async move {
                         let r = client.preview(request).await?.into_inner();
-                        Ok(((r.rows, r.next, r.paged), r.offset))
+                        let moment = ReadMoment {
+                            offset: r.read_offset,
+                            time_ms: r.read_time_ms,
+                        };
+                        Ok(((r.rows, r.next, r.paged, moment), r.offset))
                     }
                 },
             )
             .await?;
         let next = next_cursor(paged, rows.len(), next, after)?;
-        row_page(&rows, next)
+        Ok((row_page(&rows, next)?, moment))
     }
 
     /// Writes a whole row to its partition's leader. Returns the partition's (term,

@@ -439,9 +439,9 @@ impl Tablet for TabletService {
             .into());
         }
         let limit = self.page_limit(request.limit);
-        let (version, page) = blocking(move || {
+        let (version, page, as_of) = blocking(move || {
             table.check_readable(request.min_offset)?;
-            Ok(table.preview_page(&request.after, limit, row_out)?)
+            Ok(table.preview_page(&request.after, request.consistent, limit, row_out)?)
         })
         .await?;
         let rows = page.rows.into_iter().map(|(row, _)| row).collect();
@@ -451,6 +451,8 @@ impl Tablet for TabletService {
             offset: version.offset,
             next: page.next.unwrap_or_default(),
             paged: true,
+            read_offset: as_of.map_or(0, |a| a.offset),
+            read_time_ms: as_of.map_or(0, |a| a.time_ms),
         }))
     }
 

@@ -79,7 +79,7 @@ fn check(table: &Table, model: &Model) -> Result<(), TestCaseError> {
         );
     }
     // Read in small pages by cursor: every row once.
-    let mut paged: Vec<Vec<Value>> = read_all_pages(table, 7)
+    let mut paged: Vec<Vec<Value>> = read_all_pages(table, 7, false)
         .into_iter()
         .map(|r| r.values)
         .collect();

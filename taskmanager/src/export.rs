@@ -2,15 +2,22 @@
 //! written to `<path>.part`, fsynced and renamed to `<path>` once complete (see
 //! [`AtomicFile`]), so a file at `path` is always a whole export. The path must lie in
 //! the job data directory. Nulls are written `NULL`. A resumed export starts over.
-//! Each partition is read page by page, each page resuming after the last row of the one
-//! before (a cursor, not a count of rows to skip), so no row is written twice and none
-//! that stays in the table is missed; rows written during the export may or may not be.
+//!
+//! The file is the table at one moment. Before writing anything the export opens a
+//! consistent read of every partition (its first page): each leader fixes its applied
+//! offset and its clock, and every later page, resuming by cursor after the last row
+//! of the one before, shows the partition as of that moment. Rows written during the
+//! export are left out, rows expiring by TTL during it stay, and none shifts another.
+//! The moments go into the job (`moments`) and beside the file, in `<path>.offsets`
+//! (`pid offset time_ms` per line). A delete during the export still removes its rows
+//! from it.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tessera_common::Value;
-use tessera_proto::taskmanager::JobInfo;
+use tessera_proto::taskmanager::{ExportMoment, JobInfo};
 
 use crate::error::{Result, TmError};
 use crate::files::AtomicFile;
@@ -44,8 +51,23 @@ pub async fn run(tm: &Arc<TaskManager>, job: &mut JobInfo, stop: &Arc<AtomicBool
             .write_record(schema.columns.iter().map(|c| c.name.as_str()))
             .map_err(io(&part))?;
     }
+    // Every partition's moment first, so that they are close together: one row each.
+    let mut first_pages = Vec::with_capacity(partitions as usize);
+    job.moments.clear();
     for pid in 0..partitions {
-        let mut after = Vec::new();
+        let (page, moment) = client
+            .partition_consistent_page(&job.db, &job.table, pid, 1)
+            .await?;
+        job.moments.push(ExportMoment {
+            pid,
+            offset: moment.offset,
+            time_ms: moment.time_ms,
+        });
+        first_pages.push(page);
+    }
+    tm.save_job(job).await?;
+    for (pid, first) in (0..partitions).zip(first_pages) {
+        let mut page = first;
         loop {
             if stop.load(Ordering::Acquire) || !tm.is_leader() {
                 if let Ok(out) = writer.into_inner() {
@@ -53,9 +75,6 @@ pub async fn run(tm: &Arc<TaskManager>, job: &mut JobInfo, stop: &Arc<AtomicBool
                 }
                 return Ok(());
             }
-            let page = client
-                .partition_page(&job.db, &job.table, pid, &after, PAGE)
-                .await?;
             for row in &page.rows {
                 writer
                     .write_record(row.iter().map(|v| match v {
@@ -66,14 +85,35 @@ pub async fn run(tm: &Arc<TaskManager>, job: &mut JobInfo, stop: &Arc<AtomicBool
             }
             job.done += page.rows.len() as u64;
             tm.save_job(job).await?;
-            match page.next {
-                Some(next) => after = next,
-                None => break,
-            }
+            let Some(after) = page.next else {
+                break;
+            };
+            page = client
+                .partition_page(&job.db, &job.table, pid, &after, PAGE)
+                .await?;
         }
     }
     let out = writer
         .into_inner()
         .map_err(|e| TmError::Io(format!("writing {part}: {}", e.error())))?;
-    out.commit()
+    out.commit()?;
+    // The moments beside the file, written (and replaced) the same safe way.
+    let offsets_path = target.with_file_name(format!(
+        "{}.offsets",
+        target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let mut offsets = AtomicFile::create(&offsets_path, &format!("job{}", job.id))?;
+    for moment in &job.moments {
+        writeln!(
+            offsets,
+            "{} {} {}",
+            moment.pid, moment.offset, moment.time_ms
+        )
+        .map_err(|e| TmError::Io(format!("writing {}: {e}", offsets_path.display())))?;
+    }
+    offsets.commit()?;
+    Ok(())
 }

@@ -21,14 +21,18 @@ struct Cluster {
 }
 
 async fn start(dir: &Path) -> Cluster {
+    // These tests are about jobs, not durability: no fsync keeps a million replicated
+    // writes quick on a small machine.
+    start_with(dir, &["--binlog_fsync=none"]).await
+}
+
+async fn start_with(dir: &Path, tablet_args: &[&str]) -> Cluster {
     let cluster = NsCluster::start(
         dir,
         NsClusterSpec {
             tablets: 3,
             tablet_session_ms: Some(3000),
-            // These tests are about jobs, not durability: no fsync keeps a million
-            // replicated writes quick on a small machine.
-            tablet_args: &["--binlog_fsync=none"],
+            tablet_args,
             nameserver_session_ms: 2000,
             nameserver_args: &[],
         },
@@ -476,4 +480,138 @@ async fn twenty_megabytes_of_one_key_scan_and_export_in_pages() {
     let lines = sorted_lines(&out);
     assert_eq!(lines.len(), ROWS as usize, "every row exported once");
     assert!(lines[0].contains(&note(0)) && lines[ROWS as usize - 1].contains(&note(ROWS - 1)));
+}
+
+/// An export is the table at one moment. Each partition is read as of the offset and
+/// time recorded beside the file: rows written while the export runs are left out, and
+/// rows whose TTL runs out while it runs stay (they were alive at that moment), without
+/// shifting the pages after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_export_is_the_table_at_one_moment() {
+    const TTL_MS: i64 = 60_000;
+    let dir = tempfile::tempdir().unwrap();
+    // Pages of about ten rows make the export long enough to have writes and expiry
+    // happen during it.
+    let mut c = start_with(
+        dir.path(),
+        &["--binlog_fsync=none", "--scan_max_bytes=1024"],
+    )
+    .await;
+    c.jobs.ok(
+        "create table moment (id string not null, ts timestamp, v bigint, note string, \
+         index(key=id, ts=ts, ttl=1, ttl_type=absolute)) options (partitionnum=4, replicanum=3);",
+    );
+    let clock = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let row = |i: i64, ts: i64| {
+        vec![
+            Value::String(format!("k{i}")),
+            Value::Timestamp(ts),
+            Value::Int64(i),
+            Value::String(format!("note {i}")),
+        ]
+    };
+    let mut written: Vec<(Vec<Value>, u64)> = Vec::new();
+    let put_all = |rows: Vec<Vec<Value>>| {
+        let client = &c.client;
+        async move {
+            let versions = client
+                .put_batch("default", "moment", rows.clone())
+                .await
+                .unwrap();
+            rows.into_iter()
+                .zip(versions)
+                .map(|(r, (_, offset))| (r, offset))
+                .collect::<Vec<_>>()
+        }
+    };
+    // Rows with a minute to live; then, last, rows with a second to live: they expire
+    // while the export (a few seconds of small pages) runs.
+    let now = clock();
+    for chunk in (1_000..20_000).collect::<Vec<i64>>().chunks(500) {
+        written.extend(put_all(chunk.iter().map(|&i| row(i, now)).collect()).await);
+    }
+    let expiring = clock() - TTL_MS + 1_000;
+    written.extend(put_all((0..1_000).map(|i| row(i, expiring)).collect()).await);
+
+    // A writer keeps writing new rows while the export runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, zk) = (stop.clone(), c.cluster.zk.connect_string());
+        tokio::spawn(async move {
+            let client = Client::connect(&zk, "/tessera").await.unwrap();
+            let mut during = Vec::new();
+            let mut i = 100_000;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let r = row(i, now);
+                let (_, offset) = client.put("default", "moment", r.clone()).await.unwrap();
+                during.push((r, offset));
+                i += 1;
+            }
+            during
+        })
+    };
+    let out = dir.path().join("moment.csv");
+    let export = c
+        .jobs
+        .submit(&format!("export table moment to '{}'", out.display()));
+    let job = c.jobs.wait_job(export).await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    assert_eq!(job.state, "Finished", "{job:?}");
+    written.extend(writer.await.unwrap());
+
+    // pid -> (offset, time) the partition was read as of, as recorded beside the file.
+    let recorded = std::fs::read_to_string(dir.path().join("moment.csv.offsets")).unwrap();
+    let moments: std::collections::HashMap<u32, (u64, i64)> = recorded
+        .lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (
+                f[0].parse().unwrap(),
+                (f[1].parse().unwrap(), f[2].parse().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(moments.len(), 4, "{recorded}");
+    assert_eq!(job.moments.len(), 4, "the job records the moments too");
+
+    // Exactly the rows each partition held at its moment, alive then.
+    let mut expected = Vec::new();
+    let mut left_out = 0;
+    for (r, offset) in &written {
+        let pid = c.client.partition_of("default", "moment", r).await.unwrap();
+        let (at, time) = moments[&pid];
+        let Value::Timestamp(ts) = r[1] else {
+            unreachable!()
+        };
+        if *offset <= at && ts >= time - TTL_MS {
+            expected.push(
+                r.iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        } else if *offset > at {
+            left_out += 1;
+        }
+    }
+    expected.sort_unstable();
+    let exported = sorted_lines(&out);
+    assert!(
+        exported == expected,
+        "the file is the table at the recorded moments ({} rows exported, {} expected)",
+        exported.len(),
+        expected.len()
+    );
+    eprintln!(
+        "{} rows exported, {left_out} written during the export left out; rows expired {} ms \
+         after the export began and {} ms before it ended",
+        exported.len(),
+        expiring + TTL_MS - job.start_time_ms as i64,
+        job.end_time_ms as i64 - expiring - TTL_MS,
+    );
 }

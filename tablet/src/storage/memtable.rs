@@ -46,6 +46,25 @@ impl EntryKey {
     }
 }
 
+/// What a read sees: the rows up to `max_offset`, with TTL judged at `now_ms`. An
+/// ordinary read sees everything applied, expired as of now; a consistent read sees the
+/// partition as of one earlier moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadView {
+    pub now_ms: i64,
+    pub max_offset: u64,
+}
+
+impl ReadView {
+    /// Everything applied, expired as of `now_ms`.
+    pub fn latest(now_ms: i64) -> ReadView {
+        ReadView {
+            now_ms,
+            max_offset: u64::MAX,
+        }
+    }
+}
+
 /// Approximate bookkeeping cost of one index entry beyond its key bytes.
 const ENTRY_OVERHEAD: u64 = 64;
 /// Approximate bookkeeping cost of one stored row beyond its bytes.
@@ -230,7 +249,10 @@ impl Memtable {
     ) -> Option<B> {
         let ttl = self.schema.indexes[index].ttl;
         let (start, first_rank) = match after {
-            Some(at) => (Bound::Excluded(at.clone()), self.rank_after(index, at)),
+            Some(at) => (
+                Bound::Excluded(at.clone()),
+                self.rank_after(index, at, u64::MAX),
+            ),
             None => (Bound::Included(EntryKey::first_of(key)), 0),
         };
         let end = Bound::Included(EntryKey::last_of(key));
@@ -264,29 +286,30 @@ impl Memtable {
     /// Live entries of the whole index, visiting each key's entries once.
     pub fn count_index(&self, index: usize, now_ms: i64) -> u64 {
         let mut count = 0;
-        self.each_live::<()>(index, None, now_ms, |_, _| {
+        self.each_live::<()>(index, None, ReadView::latest(now_ms), |_, _| {
             count += 1;
             ControlFlow::Continue(())
         });
         count
     }
 
-    /// Visits the live rows of the first index in index order, starting after `after`
-    /// (where a previous page ended), until `visit` breaks: a table read page by page.
+    /// Visits the rows of the first index that `view` shows live, in index order,
+    /// starting after `after` (where a previous page ended), until `visit` breaks: a
+    /// table read page by page.
     pub fn preview_each<B>(
         &self,
         after: Option<&EntryKey>,
-        now_ms: i64,
+        view: ReadView,
         visit: impl FnMut(&EntryKey, Found) -> ControlFlow<B>,
     ) -> Option<B> {
-        self.each_live(0, after, now_ms, visit)
+        self.each_live(0, after, view, visit)
     }
 
     fn each_live<B>(
         &self,
         index: usize,
         after: Option<&EntryKey>,
-        now_ms: i64,
+        view: ReadView,
         mut visit: impl FnMut(&EntryKey, Found) -> ControlFlow<B>,
     ) -> Option<B> {
         let ttl = self.schema.indexes[index].ttl;
@@ -294,7 +317,7 @@ impl Memtable {
             Some(at) => (
                 Bound::Excluded(at.clone()),
                 Some(at.key.clone()),
-                self.rank_after(index, at),
+                self.rank_after(index, at, view.max_offset),
             ),
             None => (Bound::Unbounded, None, 0),
         };
@@ -303,7 +326,12 @@ impl Memtable {
                 current = Some(e.key().key.clone());
                 rank = 0;
             }
-            if !ttl.is_expired(now_ms, e.key().ts.0, rank) {
+            // Rows written after the view's moment are not there, nor do they push
+            // older ones beyond a `latest` TTL.
+            if e.value().offset > view.max_offset {
+                continue;
+            }
+            if !ttl.is_expired(view.now_ms, e.key().ts.0, rank) {
                 let found = Found {
                     ts: e.key().ts.0,
                     row: e.value().clone(),
@@ -321,12 +349,13 @@ impl Memtable {
     /// as expiry needs it: a TTL that keeps the newest `count` entries only asks whether
     /// a rank reaches `count`, so counting stops there and resuming a page costs at most
     /// `count` steps, not the length of the key.
-    fn rank_after(&self, index: usize, at: &EntryKey) -> u64 {
+    fn rank_after(&self, index: usize, at: &EntryKey, max_offset: u64) -> u64 {
         let Some(cap) = self.schema.indexes[index].ttl.rank_bound() else {
             return 0;
         };
         self.indexes[index]
             .range(EntryKey::first_of(&at.key)..=at.clone())
+            .filter(|e| e.value().offset <= max_offset)
             .take(usize::try_from(cap).unwrap_or(usize::MAX))
             .count() as u64
     }
@@ -471,7 +500,7 @@ mod tests {
         now: i64,
     ) -> Vec<(EntryKey, Found)> {
         let mut out = Vec::new();
-        m.preview_each::<()>(after, now, |e, f| {
+        m.preview_each::<()>(after, ReadView::latest(now), |e, f| {
             if out.len() == limit {
                 return ControlFlow::Break(());
             }
@@ -751,5 +780,31 @@ mod tests {
             .map(|(_, f)| f.row.offset)
             .collect();
         assert_eq!(rest, vec![4, 6]);
+    }
+
+    #[test]
+    fn a_consistent_view_leaves_out_later_rows_and_keeps_its_expiry_time() {
+        let m = Memtable::new(schema(Ttl::Latest { count: 2 }));
+        put(&m, 1, row("a", 10, 1, "x"));
+        put(&m, 2, row("a", 20, 2, "x"));
+        put(&m, 3, row("b", 5, 3, "x"));
+        let view = ReadView {
+            now_ms: 0,
+            max_offset: 3,
+        };
+        let read = |view: ReadView| -> Vec<u64> {
+            let mut offsets = Vec::new();
+            m.preview_each::<()>(None, view, |_, f| {
+                offsets.push(f.row.offset);
+                ControlFlow::Continue(())
+            });
+            offsets
+        };
+        assert_eq!(read(view), vec![2, 1, 3]);
+        // A newer row of `a` pushes its oldest beyond the newest two for ordinary reads,
+        // and is not there for the view.
+        put(&m, 4, row("a", 30, 4, "x"));
+        assert_eq!(read(ReadView::latest(0)), vec![4, 2, 3]);
+        assert_eq!(read(view), vec![2, 1, 3]);
     }
 }

@@ -24,40 +24,91 @@ pub struct Page<T> {
     pub next: Option<Vec<u8>>,
 }
 
+/// A consistent read: every page shows the partition as it was at one moment — rows up
+/// to `offset` (later writes left out) with TTL judged at `time_ms` — whatever is written
+/// or expires while the pages are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AsOf {
+    pub offset: u64,
+    pub time_ms: i64,
+}
+
+/// Where a page resumes: after the entry `at` (none: from the start), as of `as_of`
+/// when the read is consistent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Cursor {
+    pub at: Option<EntryKey>,
+    pub as_of: Option<AsOf>,
+}
+
 /// Bytes of a cursor beyond its key: the ts and the offset.
 const CURSOR_TAIL: usize = 16;
+/// Bytes of a consistent read's moment: its offset and its time.
+const AS_OF_LEN: usize = 16;
+/// The last byte of a cursor says which kind it is.
+const PLAIN: u8 = 0;
+const CONSISTENT: u8 = 1;
 
-/// The wire form of a cursor: the entry's key bytes, then its ts and offset (big endian).
-/// Opaque to clients: they send back what they were given.
-pub fn encode_cursor(entry: &EntryKey) -> Vec<u8> {
-    let mut out = Vec::with_capacity(entry.key.len() + CURSOR_TAIL);
+/// The wire form of a cursor: the entry's key bytes, its ts and offset (big endian), the
+/// moment of a consistent read, and a byte telling the two kinds apart. Opaque to
+/// clients: they send back what they were given.
+pub fn encode_cursor(entry: &EntryKey, as_of: Option<AsOf>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entry.key.len() + CURSOR_TAIL + AS_OF_LEN + 1);
     out.extend_from_slice(&entry.key);
     out.extend_from_slice(&entry.ts.0.to_be_bytes());
     out.extend_from_slice(&entry.offset.0.to_be_bytes());
+    match as_of {
+        Some(as_of) => {
+            out.extend_from_slice(&as_of.offset.to_be_bytes());
+            out.extend_from_slice(&as_of.time_ms.to_be_bytes());
+            out.push(CONSISTENT);
+        }
+        None => out.push(PLAIN),
+    }
     out
 }
 
-/// Reads a cursor a client sent back; `None` for an empty one (start from the beginning).
-pub fn decode_cursor(bytes: &[u8]) -> Result<Option<EntryKey>> {
-    if bytes.is_empty() {
-        return Ok(None);
-    }
-    let Some(key_len) = bytes.len().checked_sub(CURSOR_TAIL) else {
-        return Err(StorageError::InvalidArgument(format!(
+/// Reads a cursor a client sent back; the default (from the start, not consistent) for
+/// an empty one.
+pub fn decode_cursor(bytes: &[u8]) -> Result<Cursor> {
+    let refused = || {
+        StorageError::InvalidArgument(format!(
             "a paging cursor of {} bytes is not one this tablet returned",
             bytes.len()
-        )));
+        ))
     };
-    let (key, tail) = bytes.split_at(key_len);
+    let Some((&kind, rest)) = bytes.split_last() else {
+        return Ok(Cursor::default());
+    };
+    let (rest, as_of) = match kind {
+        PLAIN => (rest, None),
+        CONSISTENT => {
+            let split = rest.len().checked_sub(AS_OF_LEN).ok_or_else(refused)?;
+            let (rest, moment) = rest.split_at(split);
+            let as_of = AsOf {
+                offset: u64::from_be_bytes(moment[..8].try_into().expect("8 bytes")),
+                time_ms: i64::from_be_bytes(moment[8..].try_into().expect("8 bytes")),
+            };
+            (rest, Some(as_of))
+        }
+        _ => return Err(refused()),
+    };
+    let key_len = rest.len().checked_sub(CURSOR_TAIL).ok_or_else(refused)?;
+    let (key, tail) = rest.split_at(key_len);
     let ts = i64::from_be_bytes(tail[..8].try_into().expect("8 bytes"));
     let offset = u64::from_be_bytes(tail[8..].try_into().expect("8 bytes"));
-    Ok(Some(EntryKey::new(key.to_vec(), ts, offset)))
+    Ok(Cursor {
+        at: Some(EntryKey::new(key.to_vec(), ts, offset)),
+        as_of,
+    })
 }
 
 /// Fills a page from entries offered in order, converting each row to what the caller
 /// sends (`T`) and weighing it; stops at the first row that does not fit.
 pub struct PageBuilder<T> {
     limit: PageLimit,
+    /// The moment a consistent read reads as of, carried by its cursors.
+    as_of: Option<AsOf>,
     rows: Vec<T>,
     bytes: usize,
     last: Option<EntryKey>,
@@ -65,12 +116,13 @@ pub struct PageBuilder<T> {
 }
 
 impl<T> PageBuilder<T> {
-    pub fn new(limit: PageLimit) -> PageBuilder<T> {
+    pub fn new(limit: PageLimit, as_of: Option<AsOf>) -> PageBuilder<T> {
         PageBuilder {
             limit: PageLimit {
                 rows: limit.rows.max(1),
                 bytes: limit.bytes,
             },
+            as_of,
             rows: Vec::new(),
             bytes: 0,
             last: None,
@@ -105,7 +157,7 @@ impl<T> PageBuilder<T> {
 
     pub fn finish(self) -> Page<T> {
         let next = match (self.more, &self.last) {
-            (true, Some(last)) => Some(encode_cursor(last)),
+            (true, Some(last)) => Some(encode_cursor(last, self.as_of)),
             _ => None,
         };
         Page {
@@ -125,24 +177,42 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
+        let moment = AsOf {
+            offset: 42,
+            time_ms: -3,
+        };
         for e in [
             entry(b"", 0, 0),
             entry(b"k\0ey", -5, u64::MAX),
             entry(b"x", i64::MIN, 7),
         ] {
-            assert_eq!(decode_cursor(&encode_cursor(&e)).unwrap(), Some(e));
+            for as_of in [None, Some(moment)] {
+                let cursor = decode_cursor(&encode_cursor(&e, as_of)).unwrap();
+                assert_eq!(
+                    cursor,
+                    Cursor {
+                        at: Some(e.clone()),
+                        as_of
+                    }
+                );
+            }
         }
-        assert_eq!(decode_cursor(&[]).unwrap(), None);
-        assert!(matches!(
-            decode_cursor(&[1, 2, 3]),
-            Err(StorageError::InvalidArgument(_))
-        ));
+        assert_eq!(decode_cursor(&[]).unwrap(), Cursor::default());
+        for garbage in [&[1u8, 2, 3][..], &[0; 15][..], &[7; 40][..], &[1; 20][..]] {
+            assert!(
+                matches!(
+                    decode_cursor(garbage),
+                    Err(StorageError::InvalidArgument(_))
+                ),
+                "{garbage:?}"
+            );
+        }
     }
 
     #[test]
     fn a_page_stops_at_its_row_or_byte_bound_and_always_takes_one_row() {
         let take_all = |limit: PageLimit, sizes: &[usize]| {
-            let mut page = PageBuilder::new(limit);
+            let mut page = PageBuilder::new(limit, None);
             for (i, &size) in sizes.iter().enumerate() {
                 if page
                     .offer(&entry(b"k", 0, i as u64), || Ok((i, size)))
@@ -164,6 +234,7 @@ mod tests {
         assert_eq!(
             decode_cursor(&rows.next.unwrap())
                 .unwrap()
+                .at
                 .unwrap()
                 .offset
                 .0,

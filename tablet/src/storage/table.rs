@@ -30,8 +30,8 @@ use super::binlog::{Binlog, BinlogOptions, Durability, FsyncPolicy, Record, Torn
 use super::crashsafe;
 use super::entry::{LogEntry, RequestId};
 use super::error::{io_error, Result, StorageError};
-use super::memtable::{Found, Memtable};
-use super::page::{self, Page, PageBuilder, PageLimit};
+use super::memtable::{Found, Memtable, ReadView};
+use super::page::{self, AsOf, Page, PageBuilder, PageLimit};
 use super::replica::read_replica_state;
 use super::sessions::{Applied, Seen, Sessions};
 use super::snapshot;
@@ -150,6 +150,9 @@ pub struct Table {
     /// One snapshot at a time.
     pub(super) snapshot_lock: Mutex<()>,
     making_snapshot: AtomicBool,
+    /// While a consistent read is paging (until this time, ms since the epoch), expired
+    /// rows are hidden but not collected: the read may still need them.
+    gc_paused_until_ms: std::sync::atomic::AtomicI64,
     /// Non-zero while snapshots are paused (a snapshot is being sent to another tablet,
     /// or an operator paused them): no new snapshot, and no binlog collection.
     pub(super) snapshot_pauses: AtomicUsize,
@@ -377,6 +380,7 @@ impl Table {
             snapshot_offset: AtomicU64::new(report.snapshot_offset),
             snapshot_lock: Mutex::new(()),
             making_snapshot: AtomicBool::new(false),
+            gc_paused_until_ms: std::sync::atomic::AtomicI64::new(0),
             snapshot_pauses: AtomicUsize::new(0),
             quorum,
             sessions: Mutex::new(sessions),
@@ -808,19 +812,19 @@ impl Table {
         mut convert: impl FnMut(RowAt) -> (T, usize),
     ) -> Result<(Version, Page<T>)> {
         let (position, key) = self.key_of(index, key_values)?;
-        let after = page::decode_cursor(after)?;
-        if after.as_ref().is_some_and(|at| at.key != key) {
+        let cursor = page::decode_cursor(after)?;
+        if cursor.as_of.is_some() || cursor.at.as_ref().is_some_and(|at| at.key != key) {
             return Err(StorageError::InvalidArgument(
-                "the paging cursor belongs to another key".into(),
+                "the paging cursor belongs to another read".into(),
             ));
         }
-        let mut page = PageBuilder::new(limit);
+        let mut page = PageBuilder::new(limit, None);
         let failed = self.memtable.scan_each(
             position,
             &key,
             max_ts,
             min_ts,
-            after.as_ref(),
+            cursor.at.as_ref(),
             now_ms(),
             |entry, found| page.offer(entry, || Ok(convert(self.decode(found)?))),
         );
@@ -845,21 +849,50 @@ impl Table {
 
     /// A page of the partition's live rows in first-index order, resuming after the
     /// cursor `after` (empty: from the first row); `convert` as in [`Table::scan_page`].
+    /// A `consistent` first page fixes the moment every later page of the read shows (the
+    /// applied offset and the clock now, carried in its cursors), and returns it.
     pub fn preview_page<T>(
         &self,
         after: &[u8],
+        consistent: bool,
         limit: PageLimit,
         mut convert: impl FnMut(RowAt) -> (T, usize),
-    ) -> Result<(Version, Page<T>)> {
-        let after = page::decode_cursor(after)?;
-        let mut page = PageBuilder::new(limit);
+    ) -> Result<(Version, Page<T>, Option<AsOf>)> {
+        let cursor = page::decode_cursor(after)?;
+        let as_of = match (cursor.as_of, &cursor.at) {
+            (Some(as_of), _) => Some(as_of),
+            (None, None) if consistent => Some(AsOf {
+                offset: self.version().offset,
+                time_ms: now_ms(),
+            }),
+            (None, Some(_)) if consistent => {
+                return Err(StorageError::InvalidArgument(
+                    "a consistent read goes on with the cursors it was given".into(),
+                ))
+            }
+            (None, _) => None,
+        };
+        let view = match as_of {
+            Some(as_of) => {
+                // Rows expired since the moment stay until the read is done (or gone a
+                // minute): collecting them would take rows out of the read.
+                self.gc_paused_until_ms
+                    .fetch_max(now_ms().saturating_add(60_000), Ordering::AcqRel);
+                ReadView {
+                    now_ms: as_of.time_ms,
+                    max_offset: as_of.offset,
+                }
+            }
+            None => ReadView::latest(now_ms()),
+        };
+        let mut page = PageBuilder::new(limit, as_of);
         let failed = self
             .memtable
-            .preview_each(after.as_ref(), now_ms(), |entry, found| {
+            .preview_each(cursor.at.as_ref(), view, |entry, found| {
                 page.offer(entry, || Ok(convert(self.decode(found)?)))
             });
         failed.transpose()?;
-        Ok((self.version_after_read(), page.finish()))
+        Ok((self.version_after_read(), page.finish(), as_of))
     }
 
     /// Snapshots the memtable at the current offset and drops the binlog segments the
@@ -928,6 +961,9 @@ impl Table {
 
     /// Drops expired entries. Returns how many were removed.
     pub fn gc(&self, now_ms: i64) -> u64 {
+        if now_ms < self.gc_paused_until_ms.load(Ordering::Acquire) {
+            return 0;
+        }
         self.memtable.gc(now_ms)
     }
 

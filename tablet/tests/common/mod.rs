@@ -96,14 +96,15 @@ pub fn scan(table: &Table, id: &str, limit: usize) -> (Version, Vec<RowAt>) {
     (version, page.rows)
 }
 
-/// Every live row of the partition, read in pages of `page_rows` rows by cursor.
+/// Every live row of the partition, read in pages of `page_rows` rows by cursor (as of
+/// the first page's moment when `consistent`).
 #[allow(dead_code)]
-pub fn read_all_pages(table: &Table, page_rows: usize) -> Vec<RowAt> {
+pub fn read_all_pages(table: &Table, page_rows: usize, consistent: bool) -> Vec<RowAt> {
     let mut rows = Vec::new();
     let mut after = Vec::new();
     loop {
-        let (_, page) = table
-            .preview_page(&after, rows_limit(page_rows), |r| (r, 0))
+        let (_, page, _) = table
+            .preview_page(&after, consistent, rows_limit(page_rows), |r| (r, 0))
             .unwrap();
         rows.extend(page.rows);
         match page.next {
