@@ -26,7 +26,18 @@ use crate::{ClientError, ClientOptions};
 pub struct Client {
     /// `Some` until dropped: the async client goes first, inside the runtime.
     inner: Option<crate::Client>,
-    runtime: tokio::runtime::Runtime,
+    /// `Some` until dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// The refusal of a blocking call made from async code, where it would block (and
+/// Tokio would panic).
+fn inside_a_runtime() -> ClientError {
+    ClientError::InvalidArgument(
+        "the blocking client cannot run inside a Tokio runtime: use tessera_ns_client::Client \
+         there"
+            .into(),
+    )
 }
 
 impl Client {
@@ -40,11 +51,7 @@ impl Client {
         options: ClientOptions,
     ) -> Result<Client, ClientError> {
         if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(ClientError::InvalidArgument(
-                "the blocking client cannot run inside a Tokio runtime: use \
-                 tessera_ns_client::Client there"
-                    .into(),
-            ));
+            return Err(inside_a_runtime());
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -59,17 +66,26 @@ impl Client {
         ))?;
         Ok(Client {
             inner: Some(inner),
-            runtime,
+            runtime: Some(runtime),
         })
     }
 
-    fn inner(&self) -> &crate::Client {
-        self.inner.as_ref().expect("present until dropped")
+    /// Runs one call of the async client to its end.
+    fn wait<'a, T, F>(&'a self, call: impl FnOnce(&'a crate::Client) -> F) -> Result<T, ClientError>
+    where
+        F: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(inside_a_runtime());
+        }
+        let inner = self.inner.as_ref().expect("present until dropped");
+        let runtime = self.runtime.as_ref().expect("present until dropped");
+        runtime.block_on(call(inner))
     }
 
     /// See [`crate::Client::put`].
     pub fn put(&self, db: &str, name: &str, row: Vec<Value>) -> Result<(u64, u64), ClientError> {
-        self.runtime.block_on(self.inner().put(db, name, row))
+        self.wait(|c| c.put(db, name, row))
     }
 
     /// See [`crate::Client::put_batch`].
@@ -79,8 +95,7 @@ impl Client {
         name: &str,
         rows: Vec<Vec<Value>>,
     ) -> Result<Vec<(u64, u64)>, ClientError> {
-        self.runtime
-            .block_on(self.inner().put_batch(db, name, rows))
+        self.wait(|c| c.put_batch(db, name, rows))
     }
 
     /// See [`crate::Client::get`].
@@ -90,8 +105,7 @@ impl Client {
         name: &str,
         key_values: Vec<Value>,
     ) -> Result<Option<Vec<Value>>, ClientError> {
-        self.runtime
-            .block_on(self.inner().get(db, name, key_values))
+        self.wait(|c| c.get(db, name, key_values))
     }
 
     /// See [`crate::Client::scan`].
@@ -104,10 +118,7 @@ impl Client {
         min_ts: Option<i64>,
         limit: u32,
     ) -> Result<Vec<Vec<Value>>, ClientError> {
-        self.runtime.block_on(
-            self.inner()
-                .scan(db, name, key_values, max_ts, min_ts, limit),
-        )
+        self.wait(|c| c.scan(db, name, key_values, max_ts, min_ts, limit))
     }
 
     /// See [`crate::Client::scan_index`].
@@ -122,16 +133,12 @@ impl Client {
         min_ts: Option<i64>,
         limit: u32,
     ) -> Result<Vec<Vec<Value>>, ClientError> {
-        self.runtime.block_on(
-            self.inner()
-                .scan_index(db, name, index, key_values, max_ts, min_ts, limit),
-        )
+        self.wait(|c| c.scan_index(db, name, index, key_values, max_ts, min_ts, limit))
     }
 
     /// See [`crate::Client::count`].
     pub fn count(&self, db: &str, name: &str, key_values: Vec<Value>) -> Result<u64, ClientError> {
-        self.runtime
-            .block_on(self.inner().count(db, name, key_values))
+        self.wait(|c| c.count(db, name, key_values))
     }
 
     /// See [`crate::Client::preview`].
@@ -141,25 +148,31 @@ impl Client {
         name: &str,
         limit: u32,
     ) -> Result<Vec<Vec<Value>>, ClientError> {
-        self.runtime.block_on(self.inner().preview(db, name, limit))
+        self.wait(|c| c.preview(db, name, limit))
     }
 
     /// See [`crate::Client::delete`].
     pub fn delete(&self, db: &str, name: &str, key_values: Vec<Value>) -> Result<u64, ClientError> {
-        self.runtime
-            .block_on(self.inner().delete(db, name, key_values))
+        self.wait(|c| c.delete(db, name, key_values))
     }
 
     /// See [`crate::Client::schema`].
     pub fn schema(&self, db: &str, name: &str) -> Result<Schema, ClientError> {
-        self.runtime.block_on(self.inner().schema(db, name))
+        self.wait(|c| c.schema(db, name))
     }
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
-        // The client's tasks and connections end inside their runtime.
-        let _inside = self.runtime.enter();
-        self.inner.take();
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        {
+            // The client's tasks and connections end inside their runtime.
+            let _inside = runtime.enter();
+            self.inner.take();
+        }
+        // Dropping a runtime where blocking is not allowed (async code) would panic.
+        runtime.shutdown_background();
     }
 }

@@ -524,9 +524,7 @@ impl Client {
                                 Some(Err(status)) => match classify(&status) {
                                     // A definite refusal now says nothing of an earlier
                                     // attempt that may yet be applied.
-                                    Failure::Fatal(
-                                        e @ (ClientError::Storage(_) | ClientError::Refused(_)),
-                                    ) if sent_before => {
+                                    Failure::Fatal(e) if sent_before => {
                                         return Err(ClientError::Unavailable {
                                             attempts,
                                             last: format!(
@@ -1375,6 +1373,17 @@ impl Client {
     /// Live entries of a key of any index (see [`Client::scan_index`]), or of the whole
     /// index when `key_values` is empty.
     pub async fn count_index(
+        &self,
+        db: &str,
+        name: &str,
+        index: &str,
+        key_values: Vec<Value>,
+    ) -> Result<u64, ClientError> {
+        self.as_one_call(self.count_each_partition(db, name, index, key_values))
+            .await
+    }
+
+    async fn count_each_partition(
         &self,
         db: &str,
         name: &str,

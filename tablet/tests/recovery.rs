@@ -291,3 +291,44 @@ fn term_history_on_disk_includes_terms_after_the_snapshot() {
     assert_eq!(history, vec![(1, 1), (4, 6)]);
     assert_eq!((term, offset), (4, 9));
 }
+
+/// A consistent read shows the partition as of its first page, or refuses: rows written
+/// after the moment are left out, and once a delete takes rows out of the moment the
+/// next page is refused rather than answered short.
+#[test]
+fn a_consistent_read_is_whole_or_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = create(dir.path(), 1 << 20);
+    for id in ["a", "b", "c", "d", "e"] {
+        table.put(&row(id, 1, Some(1), "t")).unwrap();
+    }
+    let ids = |rows: &[tessera_tablet::storage::table::RowAt]| -> Vec<String> {
+        rows.iter().map(|r| r.values[0].to_string()).collect()
+    };
+    let read =
+        |after: &[u8]| table.preview_page(after, after.is_empty(), rows_limit(2), |r| (r, 0));
+
+    let (_, first, moment) = read(&[]).unwrap();
+    assert!(moment.is_some(), "a consistent first page names its moment");
+    table.put(&row("f", 1, Some(1), "t")).unwrap();
+    let mut seen = ids(&first.rows);
+    let mut next = first.next;
+    while let Some(after) = next {
+        let (_, page, _) = read(&after).unwrap();
+        seen.extend(ids(&page.rows));
+        next = page.next;
+    }
+    assert_eq!(
+        seen,
+        ["a", "b", "c", "d", "e"],
+        "the row written later is left out"
+    );
+
+    let (_, first, _) = read(&[]).unwrap();
+    table.delete("", &key("e")).unwrap();
+    let refused = read(&first.next.unwrap());
+    assert!(
+        matches!(&refused, Err(StorageError::InvalidArgument(m)) if m.contains("deleted")),
+        "{refused:?}"
+    );
+}

@@ -26,6 +26,8 @@ use crate::state::TaskManager;
 
 /// Rows asked for per page; the tablet may send fewer (it bounds a page by bytes too).
 const PAGE: u32 = 10_000;
+/// How often the partitions not yet written are touched to keep their reads open.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(20);
 
 fn io(path: &str) -> impl Fn(csv::Error) -> TmError + '_ {
     move |e| TmError::Io(format!("writing {path}: {e}"))
@@ -66,9 +68,24 @@ pub async fn run(tm: &Arc<TaskManager>, job: &mut JobInfo, stop: &Arc<AtomicBool
         first_pages.push(page);
     }
     tm.save_job(job).await?;
+    // Where each partition's read goes on: touched now and then while earlier partitions
+    // are written, so that their leaders keep the moment's rows (they stop keeping them a
+    // minute after the last page).
+    let waiting: Vec<Option<Vec<u8>>> = first_pages.iter().map(|p| p.next.clone()).collect();
+    let mut touched = std::time::Instant::now();
     for (pid, first) in (0..partitions).zip(first_pages) {
         let mut page = first;
         loop {
+            if touched.elapsed() >= KEEP_ALIVE {
+                for (later, cursor) in waiting.iter().enumerate().skip(pid as usize + 1) {
+                    if let Some(cursor) = cursor {
+                        client
+                            .partition_page(&job.db, &job.table, later as u32, cursor, 1)
+                            .await?;
+                    }
+                }
+                touched = std::time::Instant::now();
+            }
             if stop.load(Ordering::Acquire) || !tm.is_leader() {
                 if let Ok(out) = writer.into_inner() {
                     out.abandon();
@@ -96,8 +113,8 @@ pub async fn run(tm: &Arc<TaskManager>, job: &mut JobInfo, stop: &Arc<AtomicBool
     let out = writer
         .into_inner()
         .map_err(|e| TmError::Io(format!("writing {part}: {}", e.error())))?;
-    out.commit()?;
-    // The moments beside the file, written (and replaced) the same safe way.
+    // An earlier export's moments must not stay beside this one's file: they go first,
+    // and this export's are written once its file is in place.
     let offsets_path = target.with_file_name(format!(
         "{}.offsets",
         target
@@ -105,6 +122,16 @@ pub async fn run(tm: &Arc<TaskManager>, job: &mut JobInfo, stop: &Arc<AtomicBool
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     ));
+    match std::fs::remove_file(&offsets_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(TmError::Io(format!(
+                "removing {}: {e}",
+                offsets_path.display()
+            )))
+        }
+        _ => {}
+    }
+    out.commit()?;
     let mut offsets = AtomicFile::create(&offsets_path, &format!("job{}", job.id))?;
     for moment in &job.moments {
         writeln!(

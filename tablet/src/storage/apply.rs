@@ -195,6 +195,10 @@ impl Table {
                 }
             };
             if let Some(removed) = removed {
+                if removed > 0 {
+                    // A consistent read as of an earlier offset can no longer be whole.
+                    self.rows_deleted_at.fetch_max(offset, Ordering::AcqRel);
+                }
                 pending.deleted.insert(offset, removed);
                 while pending.deleted.len() > KEPT_RESULTS {
                     pending.deleted.pop_first();

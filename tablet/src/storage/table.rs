@@ -112,6 +112,10 @@ struct Prepared {
     entry: PendingEntry,
 }
 
+/// The longest a consistent read may page: its moment's rows are kept from collection
+/// only while it lasts.
+const MAX_CONSISTENT_READ_MS: i64 = 60 * 60 * 1000;
+
 /// A decoded row with its ts in the index it was read from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowAt {
@@ -153,6 +157,14 @@ pub struct Table {
     /// While a consistent read is paging (until this time, ms since the epoch), expired
     /// rows are hidden but not collected: the read may still need them.
     gc_paused_until_ms: std::sync::atomic::AtomicI64,
+    /// When this replica last removed expired rows (the end of the collection), or was
+    /// opened (what an earlier life removed is not known): a consistent read as of an
+    /// earlier time may have lost rows, and is refused rather than answered short.
+    rows_collected_at_ms: std::sync::atomic::AtomicI64,
+    /// The last offset at which a delete removed rows here (at least the offset loaded
+    /// when the replica was opened): a consistent read as of an earlier offset would miss
+    /// the deleted rows, and is refused.
+    pub(super) rows_deleted_at: AtomicU64,
     /// Non-zero while snapshots are paused (a snapshot is being sent to another tablet,
     /// or an operator paused them): no new snapshot, and no binlog collection.
     pub(super) snapshot_pauses: AtomicUsize,
@@ -381,6 +393,9 @@ impl Table {
             snapshot_lock: Mutex::new(()),
             making_snapshot: AtomicBool::new(false),
             gc_paused_until_ms: std::sync::atomic::AtomicI64::new(0),
+            // What an earlier life removed happened before now; a read begins after.
+            rows_collected_at_ms: std::sync::atomic::AtomicI64::new(now_ms() - 1),
+            rows_deleted_at: AtomicU64::new(replayed),
             snapshot_pauses: AtomicUsize::new(0),
             quorum,
             sessions: Mutex::new(sessions),
@@ -878,6 +893,7 @@ impl Table {
                 // minute): collecting them would take rows out of the read.
                 self.gc_paused_until_ms
                     .fetch_max(now_ms().saturating_add(60_000), Ordering::AcqRel);
+                self.check_consistent(as_of)?;
                 ReadView {
                     now_ms: as_of.time_ms,
                     max_offset: as_of.offset,
@@ -892,7 +908,42 @@ impl Table {
                 page.offer(entry, || Ok(convert(self.decode(found)?)))
             });
         failed.transpose()?;
+        // Checked again after the read: a collection or a delete may have run during it.
+        if let Some(as_of) = as_of {
+            self.check_consistent(as_of)?;
+        }
         Ok((self.version_after_read(), page.finish(), as_of))
+    }
+
+    /// Whether this replica can still show the partition as of `as_of`: it has applied
+    /// that far, and no collection of expired rows and no delete since the moment took
+    /// rows out of it. A read that cannot be answered whole is refused (the reader starts
+    /// a new one) rather than answered short.
+    fn check_consistent(&self, as_of: AsOf) -> Result<()> {
+        if self.version().offset < as_of.offset {
+            return Err(StorageError::Unavailable(format!(
+                "this replica has not applied offset {} yet",
+                as_of.offset
+            )));
+        }
+        let lost = |why: &str| {
+            Err(StorageError::InvalidArgument(format!(
+                "the consistent read as of offset {} can no longer be answered whole ({why}); \
+                 start it again",
+                as_of.offset
+            )))
+        };
+        let now = now_ms();
+        if as_of.time_ms > now || now.saturating_sub(as_of.time_ms) > MAX_CONSISTENT_READ_MS {
+            return lost("it began more than an hour ago, or in the future");
+        }
+        if self.rows_collected_at_ms.load(Ordering::Acquire) >= as_of.time_ms {
+            return lost("expired rows were collected since, or this replica was reloaded");
+        }
+        if self.rows_deleted_at.load(Ordering::Acquire) > as_of.offset {
+            return lost("rows were deleted since");
+        }
+        Ok(())
     }
 
     /// Snapshots the memtable at the current offset and drops the binlog segments the
@@ -964,7 +1015,14 @@ impl Table {
         if now_ms < self.gc_paused_until_ms.load(Ordering::Acquire) {
             return 0;
         }
-        self.memtable.gc(now_ms)
+        let removed = self.memtable.gc(now_ms);
+        if removed > 0 {
+            // Taken after the pass: a consistent read that began while it ran may have
+            // lost rows to it.
+            self.rows_collected_at_ms
+                .fetch_max(self::now_ms(), Ordering::AcqRel);
+        }
+        removed
     }
 
     /// Why this replica's binlog refuses writes (a failed write or fsync: a full or

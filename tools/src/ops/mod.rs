@@ -27,8 +27,14 @@ use tessera_proto::tablet::tablet_client::TabletClient;
 pub enum OpsError {
     #[error("cannot connect to the cluster: {0}")]
     Connect(String),
+    /// The nameserver answered with an error; what the call asked may or may not have
+    /// been done (a timeout in ZooKeeper, a leader that changed meanwhile).
     #[error("the nameserver refused: {0}")]
     Nameserver(String),
+    /// The nameserver turned the request down (not allowed, or not valid): nothing was
+    /// done.
+    #[error("the nameserver refused: {0}")]
+    Denied(String),
     /// No answer of the nameserver's own (a lost connection, a timeout): what the call
     /// asked may or may not have been done.
     #[error("no answer from the nameserver: {0}")]
@@ -44,9 +50,12 @@ pub enum OpsError {
 pub type Result<T> = std::result::Result<T, OpsError>;
 
 fn refused(status: tonic::Status) -> OpsError {
-    match tessera_common::wire_error::detail_of(&status) {
-        Some(_) => OpsError::Nameserver(status.message().to_string()),
-        None => OpsError::NoAnswer(status.message().to_string()),
+    use tessera_common::wire_error::ErrorCode;
+    let message = status.message().to_string();
+    match tessera_common::wire_error::detail_of(&status).map(|d| d.code()) {
+        Some(ErrorCode::PermissionDenied | ErrorCode::InvalidArgument) => OpsError::Denied(message),
+        Some(_) => OpsError::Nameserver(message),
+        None => OpsError::NoAnswer(message),
     }
 }
 

@@ -307,11 +307,11 @@ impl Ops {
                 return Ok(false);
             }
             if let Err(e) = self.set_auto_failover(false).await {
-                // Refused (a user who may not change it): nothing changed, and the record
-                // would only make the next run report a run that never did anything.
-                // Without an answer the change may still land: the record stays, so the
-                // next run puts the setting back.
-                if matches!(e, OpsError::Nameserver(_)) {
+                // Turned down (a user who may not change it): nothing changed, and the
+                // record would only make the next run report a run that never did
+                // anything. Otherwise the change may still land: the record stays, so
+                // the next run puts the setting back.
+                if matches!(e, OpsError::Denied(_)) {
                     self.delete_pause(&zk).await?;
                 }
                 return Err(e);
