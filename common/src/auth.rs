@@ -453,6 +453,32 @@ pub fn use_token(token: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The environment variable a client takes its password from when no flag gives it.
+pub const PASSWORD_ENV: &str = "TESSERA_PASSWORD";
+
+/// The login flags of the clients that act as a user (`ns_client`, `tessera-ops`).
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "flags", derive(clap::Args))]
+#[cfg_attr(feature = "flags", command(rename_all = "snake_case"))]
+pub struct LoginFlags {
+    /// User to log in as (a cluster with authentication refuses calls without one).
+    #[cfg_attr(feature = "flags", arg(long))]
+    pub user: Option<String>,
+    /// The user's password; or the TESSERA_PASSWORD environment variable (ns_client's
+    /// interactive shell asks for it when neither is given).
+    #[cfg_attr(feature = "flags", arg(long))]
+    pub password: Option<String>,
+}
+
+impl LoginFlags {
+    /// The password the flag or the environment gives, if any.
+    pub fn given_password(&self) -> Option<String> {
+        self.password
+            .clone()
+            .or_else(|| std::env::var(PASSWORD_ENV).ok())
+    }
+}
+
 /// Adds this process's credentials to every request: the cluster secret, if the process
 /// has one, and the session token, once logged in.
 #[derive(Debug, Clone, Copy, Default)]

@@ -304,15 +304,7 @@ impl Client {
     ) -> Result<Client, ClientError> {
         if let Some(user) = &options.user {
             let password = options.password.clone().unwrap_or_default();
-            let mut ns =
-                crate::nameserver::NameserverConnection::connect(zk_cluster, zk_root_path).await?;
-            ns.login(user, &password).await?;
-            crate::nameserver::NameserverConnection::keep_logged_in(
-                zk_cluster,
-                zk_root_path,
-                user,
-                &password,
-            );
+            crate::nameserver::log_in_process(zk_cluster, zk_root_path, user, &password).await?;
         }
         let zk = Arc::new(ZkSession::connect(zk_cluster, options.zk_session_timeout).await?);
         let root = zk_root_path.trim_end_matches('/').to_string();

@@ -47,6 +47,21 @@ impl NameserverConnection {
     }
 }
 
+/// Logs this process in as `user` and keeps it logged in (see
+/// [`NameserverConnection::keep_logged_in`]): every client of the process then acts as
+/// that user.
+pub async fn log_in_process(
+    zk_cluster: &str,
+    zk_root_path: &str,
+    user: &str,
+    password: &str,
+) -> Result<(), ClientError> {
+    let mut ns = NameserverConnection::connect(zk_cluster, zk_root_path).await?;
+    ns.login(user, password).await?;
+    NameserverConnection::keep_logged_in(zk_cluster, zk_root_path, user, password);
+    Ok(())
+}
+
 impl NameserverConnection {
     /// Logs in as `user` again before each session expires, for as long as the process
     /// runs (a failed attempt is retried every 30 s).

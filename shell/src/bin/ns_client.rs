@@ -38,21 +38,13 @@ struct Flags {
     history_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     tls: tessera_common::tls::TlsFlags,
-    /// User to log in as (a cluster with authentication refuses calls without one).
-    #[arg(long)]
-    user: Option<String>,
-    /// The user's password; or the TESSERA_PASSWORD environment variable; the
-    /// interactive shell asks for it when neither is given.
-    #[arg(long)]
-    password: Option<String>,
+    #[command(flatten)]
+    login: tessera_common::auth::LoginFlags,
 }
 
 /// The password for `--user`: the flag, the environment, or (interactive only) a prompt.
 fn password(flags: &Flags) -> Result<String, String> {
-    if let Some(password) = &flags.password {
-        return Ok(password.clone());
-    }
-    if let Ok(password) = std::env::var("TESSERA_PASSWORD") {
+    if let Some(password) = flags.login.given_password() {
         return Ok(password);
     }
     if flags.cmd.is_some() {
@@ -78,7 +70,7 @@ async fn main() -> ExitCode {
         }
     };
     let mut ns = ns;
-    if let Some(user) = &flags.user {
+    if let Some(user) = &flags.login.user {
         let logged_in = match password(&flags) {
             Ok(password) => match ns.login(user, &password).await {
                 Ok(()) => {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use tessera_ns_client::nameserver::NameserverConnection;
+use tessera_ns_client::nameserver::log_in_process;
 use tessera_tools::ops::{balance, leaders, recoverdata, status, Ops, OpsError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -50,14 +50,10 @@ struct Args {
     cluster_secret: tessera_common::cluster_secret::ClusterSecretFlags,
     #[command(flatten)]
     tls: tessera_common::tls::TlsFlags,
-    /// The user to act as on the nameserver, an administrator (`grant all on *.*`):
-    /// required with --cluster_secret_file, which only covers the tablets' internal
-    /// calls.
-    #[arg(long)]
-    user: Option<String>,
-    /// The user's password; or the TESSERA_PASSWORD environment variable.
-    #[arg(long)]
-    password: Option<String>,
+    // The user to act as on the nameserver, an administrator (`grant all on *.*`):
+    // required with --cluster_secret_file, which only covers the tablets' internal calls.
+    #[command(flatten)]
+    login: tessera_common::auth::LoginFlags,
     /// recoverdata: print the plan and change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -242,7 +238,7 @@ async fn restore_after_interruption(args: &Args) {
 /// do through the nameserver (a session token is judged as its user even beside the
 /// secret). The session is renewed for long runs.
 async fn log_in(args: &Args) -> Result<(), String> {
-    let Some(user) = &args.user else {
+    let Some(user) = &args.login.user else {
         if args.cluster_secret.cluster_secret_file.is_some() {
             return Err(
                 "a cluster with authentication needs --user (an administrator) \
@@ -253,18 +249,12 @@ async fn log_in(args: &Args) -> Result<(), String> {
         return Ok(());
     };
     let password = args
-        .password
-        .clone()
-        .or_else(|| std::env::var("TESSERA_PASSWORD").ok())
+        .login
+        .given_password()
         .ok_or_else(|| format!("--user {user} needs --password or TESSERA_PASSWORD"))?;
-    let mut ns = NameserverConnection::connect(&args.zk_cluster, &args.zk_root_path)
+    log_in_process(&args.zk_cluster, &args.zk_root_path, user, &password)
         .await
-        .map_err(|e| format!("cannot connect to the cluster: {e}"))?;
-    ns.login(user, &password)
-        .await
-        .map_err(|e| format!("cannot log in as {user}: {e}"))?;
-    NameserverConnection::keep_logged_in(&args.zk_cluster, &args.zk_root_path, user, &password);
-    Ok(())
+        .map_err(|e| format!("cannot log in as {user}: {e}"))
 }
 
 #[tokio::main(worker_threads = 2)]
