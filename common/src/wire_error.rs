@@ -61,7 +61,9 @@ fn grpc_code(code: ErrorCode) -> Code {
         ErrorCode::TableNotFound => Code::NotFound,
         ErrorCode::TableExists => Code::AlreadyExists,
         ErrorCode::Corruption => Code::DataLoss,
-        ErrorCode::NotLeader | ErrorCode::StaleTerm => Code::FailedPrecondition,
+        ErrorCode::NotLeader | ErrorCode::StaleTerm | ErrorCode::WriterFenced => {
+            Code::FailedPrecondition
+        }
         ErrorCode::PartitionUnavailable
         | ErrorCode::ShuttingDown
         | ErrorCode::NotEnoughReplicas => Code::Unavailable,

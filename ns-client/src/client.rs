@@ -17,7 +17,7 @@ use tessera_proto::nameserver::TableInfo;
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{
     BatchRow, CountRequest, DeleteRequest, GetRequest, PreviewRequest, PutBatchRequest, PutRequest,
-    PutResult, ScanRequest,
+    PutResult, RegisterWriterRequest, ScanRequest,
 };
 use tracing::debug;
 use zookeeper_client::Error as ZkError;
@@ -93,6 +93,25 @@ pub struct FollowerRead<T> {
 
 /// One row of a `put_batch`: its index in the caller's list, the row, its sequence number.
 type BatchItem = (usize, Row, u64);
+
+/// A writer that outlives its process, such as a bulk import that another process may
+/// resume: one id for all its runs, and an epoch per run, each higher than the last.
+/// A run registers its epoch on the table ([`Client::register_writer`]) before writing
+/// with it ([`Client::put_batch_as`]); the partitions then refuse older runs' writes
+/// ([`ClientError::Fenced`]) and answer a row an earlier run already wrote, under the
+/// same sequence number, with its first result instead of writing it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Writer {
+    pub id: u64,
+    pub epoch: u64,
+}
+
+impl Writer {
+    /// A new random writer id (not 0).
+    pub fn new_id() -> u64 {
+        new_client_id()
+    }
+}
 
 /// A table's metadata with its parsed schema.
 struct Cached {
@@ -181,6 +200,9 @@ fn classify(status: &tonic::Status) -> Failure {
         // The tablet could not store it (a full disk, a failing device): an operator has
         // to act, and the caller should hear so now, not after the deadline.
         ErrorCode::Io => Failure::Fatal(ClientError::Storage(status.message().to_string())),
+        ErrorCode::WriterFenced => {
+            Failure::Fatal(ClientError::Fenced(status.message().to_string()))
+        }
         // No answer of a tablet's own: the transport's or the gRPC layer's. Only a lost or
         // refused connection, or a timeout, can go better on another try; an answer too
         // large for this client, a request too large for the tablet or a call it does not
@@ -514,6 +536,8 @@ impl Client {
                                 }
                                 Some(Ok(value)) => return Ok(value),
                                 Some(Err(status)) => match classify(&status) {
+                                    // A fenced writer stops, whatever it sent before.
+                                    Failure::Fatal(e @ ClientError::Fenced(_)) => return Err(e),
                                     // A definite refusal now says nothing of an earlier
                                     // attempt that may yet be applied.
                                     Failure::Fatal(e) if sent_before => {
@@ -796,17 +820,94 @@ impl Client {
         name: &str,
         rows: Vec<Vec<Value>>,
     ) -> Result<Vec<(u64, u64)>, ClientError> {
+        let writer = Writer {
+            id: self.client_id,
+            epoch: 0,
+        };
+        let rows = rows.into_iter().map(|row| (self.next_seq(), row)).collect();
+        self.put_rows(db, name, writer, rows).await
+    }
+
+    /// [`Client::put_batch`] as `writer`, each row with the sequence number the caller
+    /// gives it (from 1; the same row keeps the same number in every run of the writer,
+    /// so a row an earlier run wrote is not written again). Fails with
+    /// [`ClientError::Fenced`] once a newer run registered.
+    pub async fn put_batch_as(
+        &self,
+        db: &str,
+        name: &str,
+        writer: Writer,
+        rows: Vec<(u64, Vec<Value>)>,
+    ) -> Result<Vec<(u64, u64)>, ClientError> {
+        if writer.id == 0 || writer.epoch == 0 {
+            return Err(ClientError::InvalidArgument(
+                "a writer has an id and an epoch other than 0".into(),
+            ));
+        }
+        if rows.iter().any(|(seq, _)| *seq == 0) {
+            return Err(ClientError::InvalidArgument(
+                "a writer's sequence numbers start at 1".into(),
+            ));
+        }
+        self.put_rows(db, name, writer, rows).await
+    }
+
+    /// Registers a new run of `writer` on every partition of the table (see [`Writer`]),
+    /// each registration logged and committed like a write. Returns, by partition, the
+    /// highest sequence number of the writer the partition remembers (0: none).
+    pub async fn register_writer(
+        &self,
+        db: &str,
+        name: &str,
+        writer: Writer,
+    ) -> Result<Vec<u64>, ClientError> {
+        if writer.id == 0 || writer.epoch == 0 {
+            return Err(ClientError::InvalidArgument(
+                "a writer has an id and an epoch other than 0".into(),
+            ));
+        }
+        let partitions = self.partition_count(db, name).await?;
+        let registered = futures_util::future::join_all((0..partitions).map(|pid| {
+            self.on_leader(
+                db,
+                name,
+                move |_| Ok(pid),
+                move |mut client, tid, pid| async move {
+                    let request = RegisterWriterRequest {
+                        tid,
+                        pid,
+                        client_id: writer.id,
+                        epoch: writer.epoch,
+                    };
+                    Ok(client.register_writer(request).await?.into_inner())
+                },
+            )
+        }))
+        .await;
+        registered
+            .into_iter()
+            .map(|answer| answer.map(|a| a.highest_seq))
+            .collect()
+    }
+
+    /// Rows (sequence number, row) written as `writer`: one request per partition chunk.
+    async fn put_rows(
+        &self,
+        db: &str,
+        name: &str,
+        writer: Writer,
+        rows: Vec<(u64, Vec<Value>)>,
+    ) -> Result<Vec<(u64, u64)>, ClientError> {
         let table = self.table(db, name, false).await?;
         let mut by_partition: HashMap<u32, Vec<BatchItem>> = HashMap::new();
-        for (i, row) in rows.iter().enumerate() {
+        for (i, (seq, row)) in rows.iter().enumerate() {
             tessera_common::codec::validate(&table.schema, row)
                 .map_err(|e| ClientError::InvalidArgument(format!("row {i}: {e}")))?;
             let pid = Self::row_partition(&table, row)?;
-            by_partition.entry(pid).or_default().push((
-                i,
-                Value::row_to_proto(row),
-                self.next_seq(),
-            ));
+            by_partition
+                .entry(pid)
+                .or_default()
+                .push((i, Value::row_to_proto(row), *seq));
         }
         let chunks: Vec<(u32, Vec<BatchItem>)> = by_partition
             .into_iter()
@@ -824,7 +925,7 @@ impl Client {
         let sent = futures_util::future::join_all(
             chunks
                 .iter()
-                .map(|(pid, chunk)| self.put_partition_batch(db, name, *pid, chunk)),
+                .map(|(pid, chunk)| self.put_partition_batch(db, name, writer, *pid, chunk)),
         )
         .await;
         let mut versions = vec![(0, 0); rows.len()];
@@ -842,6 +943,7 @@ impl Client {
         &self,
         db: &str,
         name: &str,
+        writer: Writer,
         pid: u32,
         rows: &[BatchItem],
     ) -> Result<Vec<(u64, u64)>, ClientError> {
@@ -860,7 +962,8 @@ impl Client {
                 let request = PutBatchRequest {
                     tid,
                     pid,
-                    client_id: self.client_id,
+                    client_id: writer.id,
+                    epoch: writer.epoch,
                     rows: pending
                         .iter()
                         .map(|&r| BatchRow {
@@ -880,8 +983,9 @@ impl Client {
                                     tid,
                                     pid,
                                     row: Some(rows[r].1.clone()),
-                                    client_id: self.client_id,
+                                    client_id: writer.id,
                                     seq: rows[r].2,
+                                    epoch: writer.epoch,
                                 };
                                 // A failure answers this row; the rows before it keep
                                 // their answers, and the retry sends the rest.

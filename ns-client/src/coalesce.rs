@@ -91,6 +91,7 @@ impl Coalescer {
                 row: Some(row),
                 client_id,
                 seq,
+                epoch: 0,
             };
             let mut client = client;
             return futures_util::future::Either::Left(async move {
@@ -169,6 +170,7 @@ async fn send_lane(
             pid,
             client_id,
             rows,
+            epoch: 0,
         };
         match client.put_batch(request).await {
             Ok(response) => {

@@ -22,6 +22,10 @@ pub enum ClientError {
     /// helps until an operator acts.
     #[error("storage failure: {0}")]
     Storage(String),
+    /// A newer run of this writer registered (see `Writer`): nothing was written, and
+    /// this run should stop.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// The user may not do this, or is not logged in.
     #[error("{0}")]
     PermissionDenied(String),

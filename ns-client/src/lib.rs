@@ -46,7 +46,8 @@ mod error;
 pub mod nameserver;
 
 pub use client::{
-    Client, ClientOptions, FollowerRead, ReadMoment, ReadStats, RowPage, DEFAULT_MAX_RESPONSE_BYTES,
+    Client, ClientOptions, FollowerRead, ReadMoment, ReadStats, RowPage, Writer,
+    DEFAULT_MAX_RESPONSE_BYTES,
 };
 pub use coalesce::WriteStats;
 pub use error::ClientError;

@@ -13,6 +13,8 @@ use crate::error::ClientError;
 /// How long a call keeps looking for a leader: beyond a ZooKeeper session timeout, so an
 /// election after a crash completes within it.
 const LEADER_WAIT: Duration = Duration::from_secs(30);
+/// How often a call waiting on a leader looks whether ZooKeeper still names it.
+const LEADER_CHECK: Duration = Duration::from_millis(500);
 
 /// A connection to whichever instance of an elected service leads (the lowest election
 /// node under `dir`), re-resolved when it changes.
@@ -227,6 +229,40 @@ impl<C: Clone> LeaderConnection<C> {
         Ok(client)
     }
 
+    /// Waits for `answer` from the leader being called, unless ZooKeeper names another
+    /// leader meanwhile (the one called is paused or cut off, and its session expired):
+    /// then gives up on it with `hint` naming the new one, so the call does not hang on a
+    /// process that may never answer.
+    async fn unless_leader_moves<T>(
+        &self,
+        answer: impl std::future::Future<Output = Result<T, tonic::Status>>,
+        hint: &mut Option<String>,
+    ) -> Result<T, tonic::Status> {
+        let calling = self
+            .client
+            .as_ref()
+            .map(|(endpoint, _)| endpoint.clone())
+            .unwrap_or_default();
+        tokio::pin!(answer);
+        loop {
+            tokio::select! {
+                answered = &mut answer => return answered,
+                _ = tokio::time::sleep(LEADER_CHECK) => {
+                    if let Ok(leader) = self.leader_endpoint().await {
+                        if leader != calling {
+                            let moved = tonic::Status::unavailable(format!(
+                                "the {} leader moved from {calling} to {leader} before it answered",
+                                self.what
+                            ));
+                            *hint = Some(leader);
+                            return Err(moved);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Calls the leader, following a leadership change a few times before giving up.
     pub async fn call<T, F, Fut>(&mut self, call: F) -> Result<T, tonic::Status>
     where
@@ -247,7 +283,7 @@ impl<C: Clone> LeaderConnection<C> {
             attempt += 1;
             match self.client(attempt > 1, hint.take()).await {
                 Err(e) => last = tonic::Status::unavailable(e.to_string()),
-                Ok(client) => match call(client).await {
+                Ok(client) => match self.unless_leader_moves(call(client), &mut hint).await {
                     Ok(value) => return Ok(value),
                     Err(status) => {
                         let retry = match detail_of(&status) {

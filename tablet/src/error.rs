@@ -64,6 +64,7 @@ fn storage_status(error: StorageError, message: String) -> Status {
             wire_error::status(ErrorCode::NotEnoughReplicas, message)
         }
         StorageError::OutcomeUnknown(_) => wire_error::status(ErrorCode::OutcomeUnknown, message),
+        StorageError::WriterFenced { .. } => wire_error::status(ErrorCode::WriterFenced, message),
         StorageError::Failed(_) | StorageError::Unavailable(_) => {
             wire_error::status(ErrorCode::PartitionUnavailable, message)
         }

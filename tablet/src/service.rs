@@ -277,7 +277,7 @@ impl Tablet for TabletService {
         let request = request.into_inner();
         let table = self.table(request.tid, request.pid)?;
         let row = values(request.row.as_ref(), "put")?;
-        let id = RequestId::from_wire(request.client_id, request.seq);
+        let id = RequestId::from_wire_as(request.client_id, request.seq, request.epoch);
         let slot = table.write_slots(1).map_err(TabletError::from)?;
         let (version, committed) = log_and_commit(table, slot, move |t| {
             vec![t.log_put(&row, id).map_err(storage_status)]
@@ -305,12 +305,12 @@ impl Tablet for TabletService {
             .write_slots(request.rows.len())
             .map_err(TabletError::from)?;
         // Rows that do not parse keep their error; the others are logged together.
-        let client_id = request.client_id;
+        let (client_id, epoch) = (request.client_id, request.epoch);
         let parsed: Vec<_> = request
             .rows
             .into_iter()
             .map(|row| {
-                let id = RequestId::from_wire(client_id, row.seq);
+                let id = RequestId::from_wire_as(client_id, row.seq, epoch);
                 (values(row.row.as_ref(), "put"), id)
             })
             .collect();
@@ -481,6 +481,38 @@ impl Tablet for TabletService {
             deleted,
             term: version.term,
             offset: version.offset,
+        }))
+    }
+
+    async fn register_writer(
+        &self,
+        request: Request<RegisterWriterRequest>,
+    ) -> Result<Response<RegisterWriterResponse>, Status> {
+        let (tid, pid) = (request.get_ref().tid, request.get_ref().pid);
+        self.authorize(&request, Need::Write, tid, pid).await?;
+        let request = request.into_inner();
+        if request.client_id == 0 || request.epoch == 0 {
+            return Err(TabletError::InvalidArgument(
+                "a writer registers a client id and an epoch other than 0".into(),
+            )
+            .into());
+        }
+        let table = self.table(request.tid, request.pid)?;
+        let slot = table.write_slots(1).map_err(TabletError::from)?;
+        let (client_id, epoch) = (request.client_id, request.epoch);
+        let (version, committed) = log_and_commit(table.clone(), slot, move |t| {
+            vec![t.log_register(client_id, epoch).map_err(storage_status)]
+        })
+        .await?
+        .pop()
+        .expect("one outcome per write");
+        committed?;
+        let version = version.expect("a committed write was logged");
+        Ok(Response::new(RegisterWriterResponse {
+            term: version.term,
+            offset: version.offset,
+            // Older epochs can add nothing more once the registration is logged.
+            highest_seq: table.writer_highest(client_id),
         }))
     }
 

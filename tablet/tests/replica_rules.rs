@@ -198,6 +198,7 @@ fn a_retried_put_is_applied_once_across_reloads_and_snapshots() {
     let id = RequestId {
         client_id: 77,
         seq: 5,
+        epoch: 0,
     };
     let first = table.log_put(&row("a", 1, None, "t"), Some(id)).unwrap();
     table.commit_blocking(&first).unwrap();
@@ -229,10 +230,77 @@ fn a_retried_put_is_applied_once_across_reloads_and_snapshots() {
             Some(RequestId {
                 client_id: 77,
                 seq: 6,
+                epoch: 0,
             }),
         )
         .unwrap();
     assert!(!other.duplicate);
+}
+
+/// A writer's new run registers its epoch: the old run's writes are refused from then on,
+/// while the rows it wrote are still recognised by their sequence numbers. The epoch
+/// survives a reload (replayed from the log) and a snapshot.
+#[test]
+fn a_registered_epoch_fences_the_older_run_across_reloads_and_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = create(&dir.path().join("1_0"), 1 << 20);
+    let run = |epoch, seq| {
+        Some(RequestId {
+            client_id: 42,
+            seq,
+            epoch,
+        })
+    };
+    let written = table.log_put(&row("a", 1, None, "t"), run(1, 1)).unwrap();
+    table.commit_blocking(&written).unwrap();
+    let registered = table.log_register(42, 2).unwrap();
+    table.commit_blocking(&registered).unwrap();
+    assert_eq!(table.writer_highest(42), 1);
+
+    let late = table
+        .log_put(&row("b", 2, None, "t"), run(1, 2))
+        .unwrap_err();
+    assert!(
+        matches!(
+            late,
+            StorageError::WriterFenced {
+                client_id: 42,
+                epoch: 1,
+                registered: 2
+            }
+        ),
+        "{late}"
+    );
+    assert!(
+        table.log_register(42, 1).is_err(),
+        "an older run cannot register again"
+    );
+    let again = table.log_put(&row("a", 1, None, "t"), run(2, 1)).unwrap();
+    assert_eq!(
+        (again.duplicate, again.version),
+        (true, written.version),
+        "the new run finds the old run's row"
+    );
+
+    let still_fenced = |table: &Table, step: &str| {
+        let late = table
+            .log_put(&row("b", 2, None, "t"), run(1, 2))
+            .unwrap_err();
+        assert!(
+            matches!(late, StorageError::WriterFenced { .. }),
+            "after {step}: {late}"
+        );
+        let retry = table.log_put(&row("a", 1, None, "t"), run(2, 1)).unwrap();
+        assert!(retry.duplicate, "after {step}");
+    };
+    let (table, _) = reopen(table, 1 << 20);
+    still_fenced(&table, "a reload");
+    table.make_snapshot().unwrap();
+    let (table, _) = reopen(table, 1 << 20);
+    still_fenced(&table, "a snapshot");
+    let next = table.log_put(&row("b", 2, None, "t"), run(2, 2)).unwrap();
+    table.commit_blocking(&next).unwrap();
+    assert_eq!((count(&table, "a"), count(&table, "b")), (1, 1));
 }
 
 /// A quorum write that times out reports an outcome the client can tell from a refusal.
@@ -287,7 +355,7 @@ fn writes_beyond_the_bound_are_refused_as_overloaded() {
 fn a_batch_of_puts_has_an_outcome_per_row() {
     let dir = tempfile::tempdir().unwrap();
     let table = create(&dir.path().join("1_0"), 1 << 20);
-    let id = |seq| Some(RequestId { client_id: 9, seq });
+    let id = |seq| RequestId::from_wire(9, seq);
     let early = table.log_put(&row("a", 1, None, "t"), id(1)).unwrap();
     table.commit_blocking(&early).unwrap();
 

@@ -257,6 +257,7 @@ impl Model {
         let id = RequestId {
             client_id: CLIENT,
             seq,
+            epoch: 0,
         };
         if !self.sent.contains(&seq) {
             self.sent.push(seq);

@@ -18,6 +18,9 @@ pub enum TmError {
     Cluster(String),
     #[error("{0}")]
     Io(String),
+    /// A newer run of the job took its writer over: this run stops without a word.
+    #[error("{0}")]
+    Fenced(String),
 }
 
 pub type Result<T> = std::result::Result<T, TmError>;
@@ -30,7 +33,10 @@ impl From<zookeeper_client::Error> for TmError {
 
 impl From<tessera_ns_client::ClientError> for TmError {
     fn from(e: tessera_ns_client::ClientError) -> Self {
-        TmError::Cluster(e.to_string())
+        match e {
+            tessera_ns_client::ClientError::Fenced(_) => TmError::Fenced(e.to_string()),
+            e => TmError::Cluster(e.to_string()),
+        }
     }
 }
 
@@ -50,7 +56,7 @@ impl From<TmError> for Status {
             TmError::PermissionDenied(_) => {
                 wire_error::status(ErrorCode::PermissionDenied, message)
             }
-            TmError::Zk(_) | TmError::Cluster(_) | TmError::Io(_) => {
+            TmError::Zk(_) | TmError::Cluster(_) | TmError::Io(_) | TmError::Fenced(_) => {
                 wire_error::status(ErrorCode::Internal, message)
             }
         }

@@ -1,26 +1,32 @@
-//! Importing a CSV file into a table through the normal write path (the SDK's put, so
+//! Importing a CSV file into a table through the normal write path (the SDK, so
 //! routing, replication and the quorum apply), one writer per partition.
 //!
-//! Exactly once across a taskmanager failover:
-//! - every partition's writer puts its rows in file order with at most `IN_FLIGHT` at
-//!   once, and records a checkpoint (the line up to which every row of the partition is
-//!   acknowledged) every `CHECKPOINT_ROWS` rows, waiting for the write;
-//! - so at most `UNCERTAIN` rows of a partition past its recorded checkpoint can have
-//!   been written when the leader died. The new leader reads the first `UNCERTAIN` rows
-//!   past each checkpoint, counts how many copies of each the table holds beyond the
-//!   copies the file has at or before the checkpoint, and skips that many: a file may
-//!   hold the same row twice, and then it is written twice.
+//! Exactly once, across taskmanager failovers and whatever an earlier run left in flight:
+//! - the job has a writer id, chosen when it is submitted, and every run of it a new
+//!   epoch, saved in the job record by the leader's fenced write. A run first registers
+//!   its epoch on every partition; from then on the partitions refuse the writes of
+//!   earlier runs (a deposed leader's late puts);
+//! - every row is written with a sequence number that is its place among the file's rows
+//!   of its partition (1, 2, …), the same in every run. A partition answers a row that an
+//!   earlier run wrote with its first result instead of writing it again;
+//! - so a run resumes from each partition's checkpoint (the rows acknowledged in order,
+//!   recorded every `CHECKPOINT_ROWS` rows) and sends everything after it again: rows an
+//!   earlier run wrote past the checkpoint are not written twice, however far it ran.
 //!
-//! This assumes the table held none of the file's rows before the import began.
-//! Every line is parsed before anything is written, so a malformed line fails the job
-//! (with its number) before it changes the table, unless bad lines are to be skipped.
+//! A partition remembers a writer's recent sequence numbers until the writer has been
+//! silent for the tablet's `client_expiry_secs` (an hour by default). A run that finds a
+//! partition has forgotten rows its checkpoint says were written stops rather than risk
+//! writing rows twice. Every line is parsed before anything is written, so a malformed
+//! line fails the job (with its number) before it changes the table, unless bad lines
+//! are to be skipped.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_common::{key, Schema, Value};
+use tessera_ns_client::Writer;
 use tessera_proto::taskmanager::{CsvOptions, ImportCheckpoint, JobInfo};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -30,15 +36,20 @@ use crate::error::{Result, TmError};
 use crate::jobs::delimiter;
 use crate::state::TaskManager;
 
-/// Puts in flight per partition.
-const IN_FLIGHT: usize = 16;
+/// Rows in one request to a partition.
+const BATCH_ROWS: usize = 256;
+/// Requests in flight per partition.
+const BATCHES_IN_FLIGHT: usize = 4;
 /// Rows between two checkpoints of a partition.
 const CHECKPOINT_ROWS: u64 = 2_000;
-/// Rows of a partition past its checkpoint that may have been written.
-const UNCERTAIN: usize = CHECKPOINT_ROWS as usize + IN_FLIGHT;
 
-/// A parsed line: its number (from 1) and its row.
-type Line = (u64, Vec<Value>);
+/// A parsed row of the file: its line (from 1), its sequence number in its partition
+/// (from 1) and its values.
+struct Numbered {
+    line: u64,
+    seq: u64,
+    row: Vec<Value>,
+}
 
 /// The partition a row belongs to.
 type PartitionOf = Arc<dyn Fn(&[Value]) -> u32 + Send + Sync>;
@@ -129,101 +140,21 @@ fn validate(path: &str, schema: &Schema, options: &CsvOptions) -> Result<(u64, u
     Ok((good, skipped))
 }
 
-/// What a resumed import must not write again: for each partition, the lines past its
-/// checkpoint whose rows the table already holds.
-async fn already_written(
-    tm: &TaskManager,
-    job: &JobInfo,
-    schema: &Schema,
-    partition_of: PartitionOf,
-    checkpoints: &[ImportCheckpoint],
-) -> Result<HashSet<u64>> {
-    let options = job.options.clone().unwrap_or_default();
-    let (path, schema_c, checkpoints_c) = (job.path.clone(), schema.clone(), checkpoints.to_vec());
-    let (windows, before) = tokio::task::spawn_blocking(move || {
-        // The first UNCERTAIN rows of each partition past its checkpoint.
-        let mut windows: BTreeMap<u32, Vec<Line>> = BTreeMap::new();
-        let mut rows_in_windows: HashSet<String> = HashSet::new();
-        read_rows(
-            &path,
-            &schema_c,
-            &options,
-            |line, row| {
-                let pid = partition_of(&row);
-                if line > checkpoints_c[pid as usize].line {
-                    let window = windows.entry(pid).or_default();
-                    if window.len() < UNCERTAIN {
-                        rows_in_windows.insert(format!("{pid}:{row:?}"));
-                        window.push((line, row));
-                    }
-                }
-                Ok(())
-            },
-            |_, _| Ok(()),
-        )?;
-        // Copies of those rows the file has at or before the checkpoint.
-        let mut before: HashMap<String, u64> = HashMap::new();
-        read_rows(
-            &path,
-            &schema_c,
-            &options,
-            |line, row| {
-                let pid = partition_of(&row);
-                if line <= checkpoints_c[pid as usize].line {
-                    let text = format!("{pid}:{row:?}");
-                    if rows_in_windows.contains(&text) {
-                        *before.entry(text).or_default() += 1;
-                    }
-                }
-                Ok(())
-            },
-            |_, _| Ok(()),
-        )?;
-        Ok::<_, TmError>((windows, before))
-    })
-    .await
-    .map_err(|e| TmError::Io(e.to_string()))??;
-
-    let client = tm.data().await?;
-    let first = schema
-        .indexes
-        .first()
-        .ok_or_else(|| TmError::InvalidArgument("the table has no index".into()))?;
-    let mut written = HashSet::new();
-    for (pid, window) in windows {
-        // How many copies of each row in the table the window may account for.
-        let mut budget: HashMap<String, u64> = HashMap::new();
-        for (_, row) in &window {
-            let text = format!("{pid}:{row:?}");
-            if budget.contains_key(&text) {
-                continue;
-            }
-            let key: Vec<Value> = first.key_columns.iter().map(|&c| row[c].clone()).collect();
-            let in_table = client
-                .scan(&job.db, &job.table, key, None, None, 0)
-                .await?
-                .iter()
-                .filter(|r| *r == row)
-                .count() as u64;
-            let earlier = before.get(&text).copied().unwrap_or(0);
-            budget.insert(text, in_table.saturating_sub(earlier));
-        }
-        for (line, row) in &window {
-            let left = budget.get_mut(&format!("{pid}:{row:?}")).expect("counted");
-            if *left > 0 {
-                *left -= 1;
-                written.insert(*line);
-            }
-        }
-    }
-    Ok(written)
-}
-
-/// One partition's writer: puts rows in order, `IN_FLIGHT` at once, and checkpoints.
+/// One partition's writer: sends its rows in order, in batches, a few at once, and
+/// records how far every row is acknowledged.
 struct PartitionWriter {
     pid: u32,
     checkpoint: ImportCheckpoint,
     since_saved: u64,
+}
+
+/// A batch sent and not yet settled: its last row's line and sequence number, its size,
+/// whether it is acknowledged.
+struct Sent {
+    line: u64,
+    seq: u64,
+    rows: u64,
+    acked: bool,
 }
 
 impl PartitionWriter {
@@ -231,30 +162,55 @@ impl PartitionWriter {
         mut self,
         tm: Arc<TaskManager>,
         job: JobInfo,
-        mut rows: mpsc::Receiver<Line>,
+        writer: Writer,
+        mut rows: mpsc::Receiver<Numbered>,
         done: Arc<AtomicU64>,
         stops: [Arc<AtomicBool>; 2],
     ) -> Result<()> {
         let client = tm.data().await?;
-        let mut in_flight: JoinSet<(u64, std::result::Result<(), String>)> = JoinSet::new();
-        // Lines dispatched, in order, with whether their put was acknowledged.
-        let mut order: VecDeque<(u64, bool)> = VecDeque::new();
+        let mut in_flight: JoinSet<(u64, Result<()>)> = JoinSet::new();
+        let mut order: VecDeque<Sent> = VecDeque::new();
         let mut input_open = true;
         loop {
-            // Stopped, failed elsewhere, or deposed: a new leader resumes from the
+            // Stopped, failed elsewhere, or deposed: the next run resumes from the
             // checkpoints, so no write may follow.
             if stops.iter().any(|s| s.load(Ordering::Acquire)) || !tm.is_leader() {
                 return Ok(());
             }
-            if input_open && in_flight.len() < IN_FLIGHT {
+            if input_open && in_flight.len() < BATCHES_IN_FLIGHT {
                 match rows.recv().await {
-                    Some((line, row)) => {
-                        let (client, db, table) =
-                            (client.clone(), job.db.clone(), job.table.clone());
-                        order.push_back((line, false));
+                    Some(first) => {
+                        let mut batch = vec![first];
+                        while batch.len() < BATCH_ROWS {
+                            match rows.try_recv() {
+                                Ok(next) => batch.push(next),
+                                Err(_) => break,
+                            }
+                        }
+                        let (first_line, last) = (batch[0].line, batch.last().expect("a row"));
+                        order.push_back(Sent {
+                            line: last.line,
+                            seq: last.seq,
+                            rows: batch.len() as u64,
+                            acked: false,
+                        });
+                        let (client, db, table, seq) =
+                            (client.clone(), job.db.clone(), job.table.clone(), last.seq);
+                        let (last_line, rows) = (
+                            last.line,
+                            batch.into_iter().map(|r| (r.seq, r.row)).collect(),
+                        );
                         in_flight.spawn(async move {
-                            let put = client.put(&db, &table, row).await;
-                            (line, put.map(|_| ()).map_err(|e| e.to_string()))
+                            let put = client.put_batch_as(&db, &table, writer, rows).await;
+                            (
+                                seq,
+                                put.map(|_| ()).map_err(|e| match TmError::from(e) {
+                                    fenced @ TmError::Fenced(_) => fenced,
+                                    e => TmError::Cluster(format!(
+                                        "lines {first_line}-{last_line}: {e}"
+                                    )),
+                                }),
+                            )
                         });
                         continue;
                     }
@@ -264,17 +220,17 @@ impl PartitionWriter {
             let Some(finished) = in_flight.join_next().await else {
                 break;
             };
-            let (line, put) = finished.map_err(|e| TmError::Io(e.to_string()))?;
-            put.map_err(|e| TmError::Cluster(format!("line {line}: {e}")))?;
-            if let Some(entry) = order.iter_mut().find(|(l, _)| *l == line) {
-                entry.1 = true;
+            let (seq, put) = finished.map_err(|e| TmError::Io(e.to_string()))?;
+            put?;
+            if let Some(sent) = order.iter_mut().find(|s| s.seq == seq) {
+                sent.acked = true;
             }
-            while order.front().is_some_and(|(_, acked)| *acked) {
-                let (line, _) = order.pop_front().expect("front");
-                self.checkpoint.line = line;
-                self.checkpoint.rows += 1;
-                self.since_saved += 1;
-                done.fetch_add(1, Ordering::Relaxed);
+            while order.front().is_some_and(|s| s.acked) {
+                let sent = order.pop_front().expect("front");
+                self.checkpoint.line = sent.line;
+                self.checkpoint.rows = sent.seq;
+                self.since_saved += sent.rows;
+                done.fetch_add(sent.rows, Ordering::Relaxed);
             }
             if self.since_saved >= CHECKPOINT_ROWS {
                 self.save(&tm, job.id).await?;
@@ -322,70 +278,103 @@ pub async fn run(
         tokio::task::spawn_blocking(move || validate(&path, &schema_v, &options_v))
             .await
             .map_err(|e| TmError::Io(e.to_string()))??;
+    // Sequence numbers come from the rows' places in the file: a file that changed
+    // would give them to other rows.
+    if resumed && job.total != 0 && (job.total, job.skipped) != (good, skipped) {
+        return Err(TmError::InvalidArgument(format!(
+            "{} changed since the import began ({} good and {} bad lines then, {good} and \
+             {skipped} now); it cannot be resumed",
+            job.path, job.total, job.skipped
+        )));
+    }
+    if job.writer_id == 0 {
+        if resumed {
+            return Err(TmError::InvalidArgument(
+                "this import began under a taskmanager that did not give it a writer id, \
+                 so resuming it could write rows twice; submit it again into an empty table"
+                    .into(),
+            ));
+        }
+        job.writer_id = Writer::new_id();
+    }
+    // A run of its own: the partitions refuse earlier runs' writes from here on.
+    job.epoch += 1;
     job.total = good;
     job.skipped = skipped;
     tm.save_job(job).await?;
-    info!(id = job.id, rows = good, skipped, "import validated");
+    let writer = Writer {
+        id: job.writer_id,
+        epoch: job.epoch,
+    };
+    let remembered = client.register_writer(&job.db, &job.table, writer).await?;
+    info!(
+        id = job.id,
+        rows = good,
+        skipped,
+        epoch = job.epoch,
+        "import validated, writer registered"
+    );
 
     let mut checkpoints = Vec::with_capacity(partitions as usize);
     for pid in 0..partitions {
-        checkpoints.push(tm.checkpoint(job.id, pid).await?);
+        let checkpoint = tm.checkpoint(job.id, pid).await?;
+        let highest = remembered.get(pid as usize).copied().unwrap_or(0);
+        if checkpoint.rows > highest {
+            return Err(TmError::Cluster(format!(
+                "partition {pid} no longer remembers this import's writes (it was silent \
+                 past the tablets' client_expiry_secs, or its replicas were rebuilt): its \
+                 first {} rows are written, but resuming could write later ones twice",
+                checkpoint.rows
+            )));
+        }
+        checkpoints.push(checkpoint);
     }
     // The partition of each row, as the SDK computes it (first index's key).
     let partition_table = partition_function(&schema, partitions)?;
-    let written = if resumed {
-        let written =
-            already_written(tm, job, &schema, partition_table.clone(), &checkpoints).await?;
-        info!(
-            id = job.id,
-            rows = written.len(),
-            "rows past the checkpoints already written"
-        );
-        written
-    } else {
-        HashSet::new()
-    };
 
-    let done = Arc::new(AtomicU64::new(
-        checkpoints.iter().map(|c| c.rows).sum::<u64>() + written.len() as u64,
-    ));
+    let done = Arc::new(AtomicU64::new(checkpoints.iter().map(|c| c.rows).sum()));
     let stop_all = Arc::new(AtomicBool::new(false));
     let mut writers = JoinSet::new();
     let mut senders = Vec::new();
     for (pid, checkpoint) in checkpoints.iter().enumerate() {
-        let (tx, rx) = mpsc::channel::<Line>(4 * IN_FLIGHT);
+        let (tx, rx) = mpsc::channel::<Numbered>(2 * BATCH_ROWS);
         senders.push(tx);
-        let writer = PartitionWriter {
+        let partition_writer = PartitionWriter {
             pid: pid as u32,
             checkpoint: *checkpoint,
             since_saved: 0,
         };
-        writers.spawn(writer.run(
+        writers.spawn(partition_writer.run(
             tm.clone(),
             job.clone(),
+            writer,
             rx,
             done.clone(),
             [stop.clone(), stop_all.clone()],
         ));
     }
 
-    // The reader: a blocking thread feeding the writers.
+    // The reader: a blocking thread numbering the rows of each partition and feeding
+    // the writers those past the checkpoints.
     let reader = {
         let (path, schema, options) = (job.path.clone(), schema.clone(), options.clone());
         let checkpoints = checkpoints.clone();
         let partition_table = partition_table.clone();
         tokio::task::spawn_blocking(move || {
+            let mut numbered = vec![0u64; checkpoints.len()];
             read_rows(
                 &path,
                 &schema,
                 &options,
                 |line, row| {
                     let pid = partition_table(&row) as usize;
-                    if line <= checkpoints[pid].line || written.contains(&line) {
+                    numbered[pid] += 1;
+                    let seq = numbered[pid];
+                    if seq <= checkpoints[pid].rows {
                         return Ok(());
                     }
                     senders[pid]
-                        .blocking_send((line, row))
+                        .blocking_send(Numbered { line, seq, row })
                         .map_err(|_| TmError::Io("the import stopped".into()))
                 },
                 |_, _| Ok(()),
@@ -401,7 +390,12 @@ pub async fn run(
             finished = writers.join_next() => match finished {
                 None => break,
                 Some(Ok(Ok(()))) => {}
-                Some(Ok(Err(e))) => { outcome = Err(e); stop_all.store(true, Ordering::Release); }
+                Some(Ok(Err(e))) => {
+                    if outcome.is_ok() {
+                        outcome = Err(e);
+                    }
+                    stop_all.store(true, Ordering::Release);
+                }
                 Some(Err(e)) => { outcome = Err(TmError::Io(e.to_string())); stop_all.store(true, Ordering::Release); }
             },
             _ = tokio::time::sleep(Duration::from_secs(1)) => {

@@ -63,6 +63,7 @@ impl TaskManager {
                 )))
             }
         }
+        let job_type_is_import = request.job_type == IMPORT;
         let job = self
             .create_job(JobInfo {
                 job_type: request.job_type,
@@ -73,6 +74,12 @@ impl TaskManager {
                 options: Some(options),
                 start_time_ms: now_ms(),
                 endpoint: self.endpoint.clone(),
+                // All runs of an import write as one writer (see `import`).
+                writer_id: if job_type_is_import {
+                    tessera_ns_client::Writer::new_id()
+                } else {
+                    0
+                },
                 ..JobInfo::default()
             })
             .await?;
@@ -152,9 +159,12 @@ impl TaskManager {
                 "unknown job type {other}"
             ))),
         };
-        // Stopped by an operator (who wrote the record) or deposed (the next leader
-        // resumes it): either way this run has nothing more to say.
-        if stop.load(Ordering::Acquire) || !self.is_leader() {
+        // Stopped by an operator (who wrote the record), deposed (the next leader
+        // resumes it) or fenced by a newer run: this run has nothing more to say.
+        if stop.load(Ordering::Acquire)
+            || !self.is_leader()
+            || matches!(outcome, Err(TmError::Fenced(_)))
+        {
             return;
         }
         match outcome {

@@ -1,6 +1,13 @@
 //! The taskmanager's state: its ZooKeeper session, whether it leads (and the election
 //! lock through which every job record write is fenced), and the job records.
 //!
+//! Leading also takes a valid lease (`coordination::Lease`, as the nameserver's): it is
+//! renewed only by ZooKeeper's answers and lapses a third of a session timeout before
+//! ZooKeeper can expire the session and let a standby take over. When it lapses, the
+//! jobs stop sending writes; if ZooKeeper answers again within the same session (nobody
+//! can have taken over), they run again. Writes already on their way when the lease
+//! lapsed are refused by the tablets once the next run registers its epoch.
+//!
 //! Layout under the cluster root: `/taskmanager/leader/n-<seq>` (election, lowest wins,
 //! data = endpoint), `/taskmanager/job_index` (id counter), `/taskmanager/jobs/<id>` (a
 //! `JobInfo`), `/taskmanager/jobs/<id>/<pid>` (an import's `ImportCheckpoint`).
@@ -12,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 use prost::Message;
-use tessera_common::coordination::{self, ZkSettings};
+use tessera_common::coordination::{self, Lease, LeaseEvent, LeaseTracker, ZkSettings};
 use tessera_common::zk_auth;
 use tessera_proto::taskmanager::{ImportCheckpoint, JobInfo};
 use tokio::sync::watch;
@@ -48,6 +55,8 @@ pub struct TaskManager {
     root: String,
     client: RwLock<Option<Client>>,
     leader: RwLock<Option<Arc<OwnedLockClient>>>,
+    /// Valid while ZooKeeper answers this session's renewals in time.
+    lease: Arc<Lease>,
     /// Stop flags of the jobs this leader runs now.
     pub(crate) running: Mutex<HashMap<u64, Arc<AtomicBool>>>,
     /// The cluster's SDK client, for the jobs' reads and writes.
@@ -58,6 +67,7 @@ pub struct TaskManager {
 
 impl TaskManager {
     pub fn new(endpoint: String, settings: ZkSettings, files: JobFiles) -> Arc<TaskManager> {
+        let timeout = settings.session_timeout;
         Arc::new(TaskManager {
             files,
             endpoint,
@@ -65,13 +75,15 @@ impl TaskManager {
             settings,
             client: RwLock::new(None),
             leader: RwLock::new(None),
+            lease: Lease::for_session(timeout),
             running: Mutex::default(),
             data: tokio::sync::OnceCell::new(),
         })
     }
 
+    /// Holds the election lock with a valid lease: may run jobs and write their records.
     pub fn is_leader(&self) -> bool {
-        self.leader.read().is_some()
+        self.leader.read().is_some() && self.lease.is_valid()
     }
 
     fn leader_dir(&self) -> String {
@@ -100,6 +112,13 @@ impl TaskManager {
     /// The election lock, or NotLeader naming the leader.
     pub(crate) async fn lock(&self) -> Result<Arc<OwnedLockClient>> {
         if let Some(lock) = self.leader.read().clone() {
+            if !self.lease.is_valid() {
+                return Err(TmError::Zk(
+                    "this taskmanager lost touch with ZooKeeper and may be replaced; it acts \
+                     again once ZooKeeper answers"
+                        .into(),
+                ));
+            }
             return Ok(lock);
         }
         let leader = self.leader_endpoint().await.unwrap_or_default();
@@ -166,6 +185,19 @@ impl TaskManager {
             coordination::connect_elected(&self.settings, &[self.leader_dir(), self.jobs_dir()])
                 .await?;
         *self.client.write() = Some(client.clone());
+        // The lease is renewed for as long as this session lasts (until this function
+        // returns and drops `_renewing`).
+        self.lease.new_session(client.session_timeout());
+        let (_renewing, renewals_stop) = watch::channel(false);
+        {
+            let (lease, renewed, leader_dir) =
+                (self.lease.clone(), client.clone(), self.leader_dir());
+            let mut stop = renewals_stop.clone();
+            tokio::spawn(async move {
+                coordination::keep_lease(&renewed, &leader_dir, &lease, &mut stop).await
+            });
+        }
+        tokio::spawn(self.clone().follow_lease(renewals_stop));
         let lock =
             Arc::new(coordination::contend(&client, &self.leader_dir(), &self.endpoint).await?);
         match lock
@@ -184,10 +216,58 @@ impl TaskManager {
         Ok(())
     }
 
-    fn stop_all_jobs(&self) {
-        for flag in self.running.lock().values() {
+    /// Stops the jobs when the lease lapses, and runs them again if it is regained in
+    /// the same session, until `ended` (the session's end) fires.
+    async fn follow_lease(self: Arc<Self>, mut ended: watch::Receiver<bool>) {
+        let mut tracker = LeaseTracker::default();
+        let beat = (self.settings.session_timeout / 20).max(Duration::from_millis(10));
+        let mut stopped = Vec::new();
+        loop {
+            match tracker.look(&self.lease) {
+                LeaseEvent::Lapsed if self.leader.read().is_some() => {
+                    warn!("ZooKeeper has not answered in time: jobs stop until it does");
+                    stopped = self.stop_all_jobs();
+                }
+                LeaseEvent::Regained if self.leader.read().is_some() => {
+                    info!("ZooKeeper answers again in the same session: jobs run again");
+                    tokio::spawn(
+                        self.clone()
+                            .resume_when_stopped(std::mem::take(&mut stopped)),
+                    );
+                }
+                _ => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(beat) => {}
+                _ = ended.changed() => return,
+            }
+        }
+    }
+
+    /// Resumes the jobs once the runs the lapse stopped (`stopped`) have ended (a run
+    /// ends at its next write at the latest).
+    async fn resume_when_stopped(self: Arc<Self>, stopped: Vec<u64>) {
+        while stopped
+            .iter()
+            .any(|id| self.running.lock().contains_key(id))
+        {
+            if !self.is_leader() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if self.is_leader() {
+            self.resume_jobs().await;
+        }
+    }
+
+    /// Stops every running job; returns their ids.
+    fn stop_all_jobs(&self) -> Vec<u64> {
+        let running = self.running.lock();
+        for flag in running.values() {
             flag.store(true, std::sync::atomic::Ordering::Release);
         }
+        running.keys().copied().collect()
     }
 
     /// Every job, oldest first.

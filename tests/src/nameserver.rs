@@ -158,6 +158,22 @@ impl ElectedProcess {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+
+    /// SIGSTOP: the process freezes (its connections stay open but nothing answers).
+    pub fn pause(&self) {
+        process::signal(
+            self.child.as_ref().expect("process is running"),
+            libc::SIGSTOP,
+        );
+    }
+
+    /// SIGCONT after [`ElectedProcess::pause`].
+    pub fn resume(&self) {
+        process::signal(
+            self.child.as_ref().expect("process is running"),
+            libc::SIGCONT,
+        );
+    }
 }
 
 impl Drop for ElectedProcess {

@@ -125,3 +125,80 @@ async fn reads_by_any_index_and_from_a_blocking_client() {
         refused.err()
     );
 }
+
+/// A writer that outlives its process: its next run registers a newer epoch on every
+/// partition (replicated like a write), after which the old run's writes are refused as
+/// fenced, with nothing written, while the new run's rows that the old run already wrote
+/// (the same sequence numbers) are answered without being written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_newer_run_of_a_writer_fences_the_older_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = NsCluster::start(dir.path(), NsClusterSpec::defaults()).await;
+    let zk = cluster.zk.connect_string();
+    Jobs::connect(&zk).await.ok(
+        "create table orders (id string not null, city string not null, ts timestamp, \
+         amount double, index(key=id, ts=ts), index(key=city, ts=ts)) \
+         options (partitionnum=4, replicanum=3);",
+    );
+    let client = cluster.sdk(Duration::from_secs(30)).await;
+    let id = tessera_ns_client::Writer::new_id();
+    let old = tessera_ns_client::Writer { id, epoch: 1 };
+    let new = tessera_ns_client::Writer { id, epoch: 2 };
+    let numbered = |range: std::ops::Range<i64>| -> Vec<(u64, Vec<Value>)> {
+        range.map(|i| (i as u64 + 1, order(i))).collect()
+    };
+
+    assert_eq!(
+        client
+            .register_writer("default", "orders", old)
+            .await
+            .unwrap(),
+        vec![0; 4],
+        "no partition knows the writer yet"
+    );
+    client
+        .put_batch_as("default", "orders", old, numbered(0..20))
+        .await
+        .unwrap();
+    let remembered = client
+        .register_writer("default", "orders", new)
+        .await
+        .unwrap();
+    assert_eq!(remembered.len(), 4);
+    assert!(
+        remembered.iter().all(|&highest| highest > 0),
+        "every partition remembers the old run's rows: {remembered:?}"
+    );
+
+    let late = client
+        .put_batch_as("default", "orders", old, numbered(20..30))
+        .await
+        .unwrap_err();
+    assert!(matches!(late, ClientError::Fenced(_)), "{late}");
+    let again = client.register_writer("default", "orders", old).await;
+    assert!(
+        matches!(again, Err(ClientError::Fenced(_))),
+        "an older run cannot take the writer back: {again:?}"
+    );
+    // The new run sends everything again: the first 20 rows are recognised.
+    client
+        .put_batch_as("default", "orders", new, numbered(0..30))
+        .await
+        .unwrap();
+    let all = client
+        .scan_index("default", "orders", "city", city("paris"), None, None, 0)
+        .await
+        .unwrap()
+        .len()
+        + client
+            .scan_index("default", "orders", "city", city("lyon"), None, None, 0)
+            .await
+            .unwrap()
+            .len();
+    assert_eq!(all, 30, "each row once");
+    let bad = client
+        .put_batch_as("default", "orders", new, vec![(0, order(99))])
+        .await
+        .unwrap_err();
+    assert!(matches!(bad, ClientError::InvalidArgument(_)), "{bad}");
+}

@@ -79,6 +79,14 @@ pub(super) fn note_request(sessions: &mut Sessions, at: Version, payload: &[u8])
         } => request.map(|id| (id, write_time_ms)),
         LogEntry::Delete { request, .. } => request,
         LogEntry::Noop => None,
+        LogEntry::Register {
+            client_id,
+            epoch,
+            write_time_ms,
+        } => {
+            sessions.register(client_id, epoch, write_time_ms);
+            None
+        }
     };
     if let Some((id, write_time_ms)) = request {
         let first = super::sessions::Applied {
@@ -118,7 +126,7 @@ pub(super) fn apply_logged(
             request.map(|(id, _)| id),
             Some(memtable.delete_key(usize::from(index), key, offset)),
         )),
-        LogEntry::Noop => Ok((None, None)),
+        LogEntry::Noop | LogEntry::Register { .. } => Ok((None, None)),
     }
 }
 

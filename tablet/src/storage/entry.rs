@@ -6,10 +6,13 @@
 //! Noop:   u8 3                      (a new leader's first record of its term)
 //! Put:    u8 4 | u64 client | u64 seq | i64 write_time_ms | encoded row
 //! Delete: u8 5 | u64 client | u64 seq | i64 write_time_ms | u16 index position | index key
+//! Register: u8 6 | u64 client | u64 epoch | i64 write_time_ms
 //! ```
 //!
 //! Kinds 4 and 5 carry the request's client id and sequence number, so every replica
-//! rebuilds the same idempotence table from the log.
+//! rebuilds the same idempotence table from the log. Kind 6 registers a writer's epoch
+//! (a job run that took over a writer id): from it on, writes of an older epoch of that
+//! writer are refused. Kind 6 needs every replica of the partition to know it.
 
 use super::error::{Result, StorageError};
 
@@ -32,6 +35,13 @@ pub enum LogEntry<'a> {
     /// Changes nothing: a new leader logs one so that it can commit the records of
     /// earlier terms (a leader counts replicas only for records of its own term).
     Noop,
+    /// Changes no row: `client_id`'s writes of an epoch below `epoch` are refused from
+    /// here on (a newer run of the same writer took over).
+    Register {
+        client_id: u64,
+        epoch: u64,
+        write_time_ms: i64,
+    },
 }
 
 /// Who sent a write: a client's id and the request's sequence number.
@@ -39,12 +49,24 @@ pub enum LogEntry<'a> {
 pub struct RequestId {
     pub client_id: u64,
     pub seq: u64,
+    /// The writer's epoch (0 for a client that never registers one). Not logged: it is
+    /// checked against the writer's registration when the write is taken.
+    pub epoch: u64,
 }
 
 impl RequestId {
     /// `None` for 0/0, a request that asks for no deduplication.
     pub fn from_wire(client_id: u64, seq: u64) -> Option<RequestId> {
-        (client_id != 0 || seq != 0).then_some(RequestId { client_id, seq })
+        Self::from_wire_as(client_id, seq, 0)
+    }
+
+    /// As [`RequestId::from_wire`], for a writer of epoch `epoch`.
+    pub fn from_wire_as(client_id: u64, seq: u64, epoch: u64) -> Option<RequestId> {
+        (client_id != 0 || seq != 0).then_some(RequestId {
+            client_id,
+            seq,
+            epoch,
+        })
     }
 }
 
@@ -53,6 +75,7 @@ const DELETE: u8 = 2;
 const NOOP: u8 = 3;
 const PUT_WITH_ID: u8 = 4;
 const DELETE_WITH_ID: u8 = 5;
+const REGISTER: u8 = 6;
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
@@ -98,6 +121,16 @@ impl<'a> LogEntry<'a> {
                 out.extend_from_slice(key);
             }
             LogEntry::Noop => out.push(NOOP),
+            LogEntry::Register {
+                client_id,
+                epoch,
+                write_time_ms,
+            } => {
+                out.push(REGISTER);
+                out.extend_from_slice(&client_id.to_le_bytes());
+                out.extend_from_slice(&epoch.to_le_bytes());
+                out.extend_from_slice(&write_time_ms.to_le_bytes());
+            }
         }
         out
     }
@@ -121,6 +154,7 @@ impl<'a> LogEntry<'a> {
                 request: Some(RequestId {
                     client_id: u64_at(payload, 1),
                     seq: u64_at(payload, 9),
+                    epoch: 0,
                 }),
                 write_time_ms: u64_at(payload, 17) as i64,
                 row: &payload[25..],
@@ -130,11 +164,17 @@ impl<'a> LogEntry<'a> {
                     RequestId {
                         client_id: u64_at(payload, 1),
                         seq: u64_at(payload, 9),
+                        epoch: 0,
                     },
                     u64_at(payload, 17) as i64,
                 )),
                 index: u16::from_le_bytes(payload[25..27].try_into().expect("2 bytes")),
                 key: &payload[27..],
+            }),
+            Some(&REGISTER) if payload.len() == 25 => Ok(LogEntry::Register {
+                client_id: u64_at(payload, 1),
+                epoch: u64_at(payload, 9),
+                write_time_ms: u64_at(payload, 17) as i64,
             }),
             Some(kind) => Err(bad(&format!("kind {kind}, {} bytes", payload.len()))),
             None => Err(bad("empty")),
@@ -166,6 +206,7 @@ mod tests {
                 request: Some(RequestId {
                     client_id: u64::MAX,
                     seq: 3,
+                    epoch: 0,
                 }),
             },
             LogEntry::Delete {
@@ -175,9 +216,15 @@ mod tests {
                     RequestId {
                         client_id: 9,
                         seq: 1 << 40,
+                        epoch: 0,
                     },
                     -1,
                 )),
+            },
+            LogEntry::Register {
+                client_id: 4,
+                epoch: 2,
+                write_time_ms: 11,
             },
         ] {
             assert_eq!(LogEntry::decode(&entry.encode()).unwrap(), entry);
@@ -199,7 +246,7 @@ mod tests {
             /// a payload that decodes to the same entry.
             #[test]
             fn any_payload_decodes_or_is_refused(
-                kind in 0u8..6,
+                kind in 0u8..8,
                 body in prop::collection::vec(any::<u8>(), 0..64),
             ) {
                 let mut payload = vec![kind];

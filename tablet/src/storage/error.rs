@@ -61,6 +61,14 @@ pub enum StorageError {
     /// survive. A retry with the same client id and sequence number is safe.
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
+    /// A write (or registration) of a writer's epoch older than the one registered: a
+    /// newer run took the writer over. Nothing was written.
+    #[error("writer {client_id:x} epoch {epoch} is fenced: epoch {registered} took it over")]
+    WriterFenced {
+        client_id: u64,
+        epoch: u64,
+        registered: u64,
+    },
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

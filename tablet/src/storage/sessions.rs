@@ -6,6 +6,12 @@
 //! binlog entry, every replica rebuilds the table by applying those entries (replay,
 //! catch-up, follower appends), and a snapshot stores the table as it was at its offset.
 //! Expiry is decided by the entries' own write times, so all replicas agree on it.
+//!
+//! A writer that outlives its process (a taskmanager job, resumed by the next leader)
+//! keeps one client id across runs and numbers each run with an epoch. A run registers
+//! its epoch (a logged entry) before it writes; from then on writes of older epochs are
+//! refused, while the sequence numbers, shared by all runs, still find what an earlier
+//! run applied.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -28,6 +34,8 @@ pub enum Seen {
     Applied(Applied),
     /// Older than the window: it may or may not have been applied.
     TooOld { highest: u64 },
+    /// Sent by a run of the writer older than the one registered: refused unapplied.
+    Fenced { registered: u64 },
 }
 
 /// Where a write went and what it did.
@@ -44,6 +52,8 @@ struct Client {
     last_seen_ms: i64,
     highest: u64,
     applied: BTreeMap<u64, Applied>,
+    /// The newest epoch registered (0: none).
+    epoch: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +77,11 @@ impl Sessions {
         let Some(client) = self.clients.get(&id.client_id) else {
             return Seen::New;
         };
+        if id.epoch < client.epoch {
+            return Seen::Fenced {
+                registered: client.epoch,
+            };
+        }
         if let Some(applied) = client.applied.get(&id.seq) {
             return Seen::Applied(*applied);
         }
@@ -99,6 +114,26 @@ impl Sessions {
         }
     }
 
+    /// Whether `client_id` may register `epoch`: not if a newer one is registered.
+    pub fn check_register(&self, client_id: u64, epoch: u64) -> Result<(), u64> {
+        match self.clients.get(&client_id) {
+            Some(client) if client.epoch > epoch => Err(client.epoch),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a logged registration: older epochs of the writer are refused from now on.
+    pub fn register(&mut self, client_id: u64, epoch: u64, write_time_ms: i64) {
+        let client = self.clients.entry(client_id).or_default();
+        client.epoch = client.epoch.max(epoch);
+        client.last_seen_ms = client.last_seen_ms.max(write_time_ms);
+    }
+
+    /// The highest sequence number of `client_id` this replica remembers (0: none).
+    pub fn highest(&self, client_id: u64) -> u64 {
+        self.clients.get(&client_id).map_or(0, |c| c.highest)
+    }
+
     /// Fills in the rows a delete removed, once it is applied.
     pub fn set_deleted(&mut self, id: RequestId, deleted: u64) {
         if let Some(applied) = self
@@ -115,7 +150,9 @@ impl Sessions {
     }
 
     /// The table as it stands at `through` (a snapshot's offset): requests logged after
-    /// it are left out, since the log after the snapshot may still be cut.
+    /// it are left out, since the log after the snapshot may still be cut. The newest
+    /// epoch is kept even if registered later: an epoch exists only once its run took
+    /// the writer over, so refusing older runs early is never wrong.
     pub fn to_proto(&self, through: u64) -> Vec<ClientSession> {
         let mut out: Vec<ClientSession> = self
             .clients
@@ -123,6 +160,7 @@ impl Sessions {
             .map(|(&client_id, c)| ClientSession {
                 client_id,
                 last_seen_ms: c.last_seen_ms,
+                epoch: c.epoch,
                 applied: c
                     .applied
                     .iter()
@@ -135,7 +173,7 @@ impl Sessions {
                     })
                     .collect(),
             })
-            .filter(|c| !c.applied.is_empty())
+            .filter(|c| !c.applied.is_empty() || c.epoch > 0)
             .collect();
         out.sort_by_key(|c| c.client_id);
         out
@@ -145,6 +183,7 @@ impl Sessions {
         for session in sessions {
             let client = self.clients.entry(session.client_id).or_default();
             client.last_seen_ms = session.last_seen_ms;
+            client.epoch = client.epoch.max(session.epoch);
             for a in &session.applied {
                 client.highest = client.highest.max(a.seq);
                 client.applied.insert(
@@ -165,7 +204,11 @@ mod tests {
     use super::*;
 
     fn id(client_id: u64, seq: u64) -> RequestId {
-        RequestId { client_id, seq }
+        RequestId {
+            client_id,
+            seq,
+            epoch: 0,
+        }
     }
 
     fn at(offset: u64) -> Applied {
@@ -230,5 +273,35 @@ mod tests {
             "a request logged after the snapshot's offset is not in it"
         );
         assert_eq!(back.to_proto(u64::MAX), s.to_proto(4));
+    }
+
+    #[test]
+    fn a_registered_epoch_fences_older_runs_but_keeps_their_writes() {
+        let mut s = Sessions::new(3_600_000);
+        let run = |epoch, seq| RequestId {
+            client_id: 5,
+            seq,
+            epoch,
+        };
+        s.record(run(1, 1), at(1), 0);
+        assert_eq!(s.check_register(5, 2), Ok(()));
+        s.register(5, 2, 0);
+        assert_eq!(s.check(run(1, 2)), Seen::Fenced { registered: 2 });
+        assert_eq!(
+            s.check(run(2, 1)),
+            Seen::Applied(at(1)),
+            "the new run finds what the old one wrote"
+        );
+        assert_eq!(s.check(run(2, 2)), Seen::New);
+        assert_eq!(s.check_register(5, 1), Err(2));
+        assert_eq!(s.check_register(5, 2), Ok(()), "a retried registration");
+        assert_eq!(s.highest(5), 1);
+        let mut back = Sessions::new(3_600_000);
+        back.load_proto(&s.to_proto(0));
+        assert_eq!(
+            back.check(run(1, 9)),
+            Seen::Fenced { registered: 2 },
+            "a snapshot keeps the epoch even with no request in it"
+        );
     }
 }

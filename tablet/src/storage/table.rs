@@ -107,6 +107,8 @@ pub struct Logged {
 /// A write encoded and ready to log.
 struct Prepared {
     request: Option<RequestId>,
+    /// A writer's registration: (client id, epoch).
+    register: Option<(u64, u64)>,
     write_time_ms: i64,
     payload: Vec<u8>,
     entry: PendingEntry,
@@ -517,6 +519,7 @@ impl Table {
     fn stage_payload(&self, binlog: &mut Binlog, prepared: Prepared) -> Result<Logged> {
         let Prepared {
             request,
+            register,
             write_time_ms,
             payload,
             entry,
@@ -548,7 +551,24 @@ impl Table {
                         super::sessions::SEQ_WINDOW
                     )))
                 }
+                Seen::Fenced { registered } => {
+                    return Err(StorageError::WriterFenced {
+                        client_id: id.client_id,
+                        epoch: id.epoch,
+                        registered,
+                    })
+                }
             }
+        }
+        if let Some((client_id, epoch)) = register {
+            self.sessions
+                .lock()
+                .check_register(client_id, epoch)
+                .map_err(|registered| StorageError::WriterFenced {
+                    client_id,
+                    epoch,
+                    registered,
+                })?;
         }
         self.check_enough_replicas()?;
         let offset = binlog.stage(term, &payload)?;
@@ -560,6 +580,11 @@ impl Table {
                 deleted: 0,
             };
             self.sessions.lock().record(id, first, write_time_ms);
+        }
+        if let Some((client_id, epoch)) = register {
+            self.sessions
+                .lock()
+                .register(client_id, epoch, write_time_ms);
         }
         self.queue(offset, entry);
         Ok(Logged {
@@ -735,6 +760,7 @@ impl Table {
         };
         Ok(Prepared {
             request,
+            register: None,
             write_time_ms,
             payload,
             entry,
@@ -772,10 +798,36 @@ impl Table {
         };
         self.write_payload(Prepared {
             request,
+            register: None,
             write_time_ms,
             payload,
             entry,
         })
+    }
+
+    /// Logs a writer's new epoch (see [`LogEntry::Register`]): once it is logged here,
+    /// this leader refuses the writer's older epochs. Refused if a newer one is
+    /// registered. Commit it like a write.
+    pub fn log_register(&self, client_id: u64, epoch: u64) -> Result<Logged> {
+        let write_time_ms = now_ms();
+        let payload = LogEntry::Register {
+            client_id,
+            epoch,
+            write_time_ms,
+        }
+        .encode();
+        self.write_payload(Prepared {
+            request: None,
+            register: Some((client_id, epoch)),
+            write_time_ms,
+            entry: PendingEntry::Logged(payload.clone()),
+            payload,
+        })
+    }
+
+    /// The highest sequence number of a writer this replica remembers (0: none).
+    pub fn writer_highest(&self, client_id: u64) -> u64 {
+        self.sessions.lock().highest(client_id)
     }
 
     fn key_of(&self, index: &str, key_values: &[Value]) -> Result<(usize, Vec<u8>)> {
