@@ -113,6 +113,16 @@ impl Writer {
     }
 }
 
+/// What a partition knew of a writer when a new run registered ([`Client::register_writer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterRegistration {
+    /// The epoch registered before (0: none, or the partition forgot the writer after
+    /// the tablets' `client_expiry_secs` of silence).
+    pub previous_epoch: u64,
+    /// The highest sequence number of the writer the partition remembers (0: none).
+    pub highest_seq: u64,
+}
+
 /// A table's metadata with its parsed schema.
 struct Cached {
     info: TableInfo,
@@ -830,8 +840,9 @@ impl Client {
 
     /// [`Client::put_batch`] as `writer`, each row with the sequence number the caller
     /// gives it (from 1; the same row keeps the same number in every run of the writer,
-    /// so a row an earlier run wrote is not written again). Fails with
-    /// [`ClientError::Fenced`] once a newer run registered.
+    /// so a row an earlier run wrote is not written again). The writer's run must have
+    /// registered first ([`Client::register_writer`]); fails with [`ClientError::Fenced`]
+    /// once a newer run registered (or a partition forgot the writer).
     pub async fn put_batch_as(
         &self,
         db: &str,
@@ -853,14 +864,15 @@ impl Client {
     }
 
     /// Registers a new run of `writer` on every partition of the table (see [`Writer`]),
-    /// each registration logged and committed like a write. Returns, by partition, the
-    /// highest sequence number of the writer the partition remembers (0: none).
+    /// each registration logged and committed like a write. Returns, by partition, what
+    /// the partition knew of the writer. Fails with [`ClientError::Fenced`] if a newer
+    /// run registered on a partition.
     pub async fn register_writer(
         &self,
         db: &str,
         name: &str,
         writer: Writer,
-    ) -> Result<Vec<u64>, ClientError> {
+    ) -> Result<Vec<WriterRegistration>, ClientError> {
         if writer.id == 0 || writer.epoch == 0 {
             return Err(ClientError::InvalidArgument(
                 "a writer has an id and an epoch other than 0".into(),
@@ -886,7 +898,12 @@ impl Client {
         .await;
         registered
             .into_iter()
-            .map(|answer| answer.map(|a| a.highest_seq))
+            .map(|answer| {
+                answer.map(|a| WriterRegistration {
+                    previous_epoch: a.previous_epoch,
+                    highest_seq: a.highest_seq,
+                })
+            })
             .collect()
     }
 

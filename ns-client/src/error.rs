@@ -22,8 +22,9 @@ pub enum ClientError {
     /// helps until an operator acts.
     #[error("storage failure: {0}")]
     Storage(String),
-    /// A newer run of this writer registered (see `Writer`): nothing was written, and
-    /// this run should stop.
+    /// A newer run of this writer registered (see `Writer`), or the partition does not
+    /// know this run: this attempt wrote nothing (an earlier attempt of the same call may
+    /// have), and this run should stop.
     #[error("fenced: {0}")]
     Fenced(String),
     /// The user may not do this, or is not logged in.

@@ -47,7 +47,7 @@ pub mod nameserver;
 
 pub use client::{
     Client, ClientOptions, FollowerRead, ReadMoment, ReadStats, RowPage, Writer,
-    DEFAULT_MAX_RESPONSE_BYTES,
+    WriterRegistration, DEFAULT_MAX_RESPONSE_BYTES,
 };
 pub use coalesce::WriteStats;
 pub use error::ClientError;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use tessera_common::auth::AuthChannel;
-use tessera_common::wire_error::{detail_of, ErrorCode};
+use tessera_common::wire_error::{self, detail_of, ErrorCode};
 use tessera_common::zk_session::ZkSession;
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::taskmanager::task_manager_client::TaskManagerClient;
@@ -231,13 +231,12 @@ impl<C: Clone> LeaderConnection<C> {
 
     /// Waits for `answer` from the leader being called, unless ZooKeeper names another
     /// leader meanwhile (the one called is paused or cut off, and its session expired):
-    /// then gives up on it with `hint` naming the new one, so the call does not hang on a
-    /// process that may never answer.
+    /// then gives up on it, so the call does not hang on a process that may never
+    /// answer, and returns the new leader.
     async fn unless_leader_moves<T>(
         &self,
         answer: impl std::future::Future<Output = Result<T, tonic::Status>>,
-        hint: &mut Option<String>,
-    ) -> Result<T, tonic::Status> {
+    ) -> Result<Result<T, tonic::Status>, String> {
         let calling = self
             .client
             .as_ref()
@@ -246,16 +245,13 @@ impl<C: Clone> LeaderConnection<C> {
         tokio::pin!(answer);
         loop {
             tokio::select! {
-                answered = &mut answer => return answered,
+                answered = &mut answer => return Ok(answered),
                 _ = tokio::time::sleep(LEADER_CHECK) => {
-                    if let Ok(leader) = self.leader_endpoint().await {
+                    // An answer arriving meanwhile waits for this read: keep it short.
+                    let named = tokio::time::timeout(LEADER_CHECK, self.leader_endpoint()).await;
+                    if let Ok(Ok(leader)) = named {
                         if leader != calling {
-                            let moved = tonic::Status::unavailable(format!(
-                                "the {} leader moved from {calling} to {leader} before it answered",
-                                self.what
-                            ));
-                            *hint = Some(leader);
-                            return Err(moved);
+                            return Err(leader);
                         }
                     }
                 }
@@ -283,9 +279,22 @@ impl<C: Clone> LeaderConnection<C> {
             attempt += 1;
             match self.client(attempt > 1, hint.take()).await {
                 Err(e) => last = tonic::Status::unavailable(e.to_string()),
-                Ok(client) => match self.unless_leader_moves(call(client), &mut hint).await {
-                    Ok(value) => return Ok(value),
-                    Err(status) => {
+                Ok(client) => match self.unless_leader_moves(call(client)).await {
+                    // The old leader may yet act on the call: not sent again, since not
+                    // every call may be applied twice.
+                    Err(leader) => {
+                        let calling = self.client.take().map(|(e, _)| e).unwrap_or_default();
+                        return Err(wire_error::status(
+                            ErrorCode::OutcomeUnknown,
+                            format!(
+                                "the {} at {calling} stopped answering and {leader} leads \
+                                 now; whether the call took effect is not known",
+                                self.what
+                            ),
+                        ));
+                    }
+                    Ok(Ok(value)) => return Ok(value),
+                    Ok(Err(status)) => {
                         let retry = match detail_of(&status) {
                             Some(d) if d.code() == ErrorCode::NotLeader => {
                                 hint = (!d.leader.is_empty()).then_some(d.leader);

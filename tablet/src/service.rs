@@ -500,6 +500,7 @@ impl Tablet for TabletService {
         let table = self.table(request.tid, request.pid)?;
         let slot = table.write_slots(1).map_err(TabletError::from)?;
         let (client_id, epoch) = (request.client_id, request.epoch);
+        let previous_epoch = table.writer_epoch(client_id);
         let (version, committed) = log_and_commit(table.clone(), slot, move |t| {
             vec![t.log_register(client_id, epoch).map_err(storage_status)]
         })
@@ -513,6 +514,7 @@ impl Tablet for TabletService {
             offset: version.offset,
             // Older epochs can add nothing more once the registration is logged.
             highest_seq: table.writer_highest(client_id),
+            previous_epoch,
         }))
     }
 

@@ -251,6 +251,18 @@ fn a_registered_epoch_fences_the_older_run_across_reloads_and_snapshots() {
             epoch,
         })
     };
+    let unregistered = table
+        .log_put(&row("a", 1, None, "t"), run(1, 1))
+        .unwrap_err();
+    assert!(
+        matches!(
+            unregistered,
+            StorageError::WriterFenced { registered: 0, .. }
+        ),
+        "a run writes only once registered: {unregistered}"
+    );
+    let first = table.log_register(42, 1).unwrap();
+    table.commit_blocking(&first).unwrap();
     let written = table.log_put(&row("a", 1, None, "t"), run(1, 1)).unwrap();
     table.commit_blocking(&written).unwrap();
     let registered = table.log_register(42, 2).unwrap();

@@ -21,6 +21,10 @@ pub enum TmError {
     /// A newer run of the job took its writer over: this run stops without a word.
     #[error("{0}")]
     Fenced(String),
+    /// This leader lost touch with ZooKeeper for a while: what it was doing stops, and
+    /// runs again once ZooKeeper answers (or on whichever taskmanager leads then).
+    #[error("{0}")]
+    Suspended(String),
 }
 
 pub type Result<T> = std::result::Result<T, TmError>;
@@ -56,9 +60,11 @@ impl From<TmError> for Status {
             TmError::PermissionDenied(_) => {
                 wire_error::status(ErrorCode::PermissionDenied, message)
             }
-            TmError::Zk(_) | TmError::Cluster(_) | TmError::Io(_) | TmError::Fenced(_) => {
-                wire_error::status(ErrorCode::Internal, message)
-            }
+            TmError::Zk(_)
+            | TmError::Cluster(_)
+            | TmError::Io(_)
+            | TmError::Fenced(_)
+            | TmError::Suspended(_) => wire_error::status(ErrorCode::Internal, message),
         }
     }
 }

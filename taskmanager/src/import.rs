@@ -172,12 +172,16 @@ impl PartitionWriter {
         let mut order: VecDeque<Sent> = VecDeque::new();
         let mut input_open = true;
         loop {
-            // Stopped, failed elsewhere, or deposed: the next run resumes from the
-            // checkpoints, so no write may follow.
-            if stops.iter().any(|s| s.load(Ordering::Acquire)) || !tm.is_leader() {
+            // Stopped (by an operator, a lapsed lease, a lost session) or failed
+            // elsewhere: the next run resumes from the checkpoints, so no write may
+            // follow. Writes already sent are refused once that run registers.
+            if stops.iter().any(|s| s.load(Ordering::Acquire)) {
                 return Ok(());
             }
-            if input_open && in_flight.len() < BATCHES_IN_FLIGHT {
+            // Batches not yet acknowledged in order, counted from the oldest: a batch
+            // stuck in retries holds the others back, so no row runs more than
+            // BATCHES_IN_FLIGHT batches past the checkpoint to be.
+            if input_open && order.len() < BATCHES_IN_FLIGHT {
                 match rows.recv().await {
                     Some(first) => {
                         let mut batch = vec![first];
@@ -246,6 +250,18 @@ impl PartitionWriter {
     }
 }
 
+/// A file's size and modification time (ms since 1970), to tell that it changed.
+fn file_identity(path: &str) -> Result<(u64, i64)> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| TmError::Io(format!("cannot read {path}: {e}")))?;
+    let modified_ms = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as i64);
+    Ok((meta.len(), modified_ms))
+}
+
 /// The partition of a row: its first index's key, hashed as the SDK does.
 fn partition_function(schema: &Schema, partitions: u32) -> Result<PartitionOf> {
     let first = schema
@@ -280,13 +296,19 @@ pub async fn run(
             .map_err(|e| TmError::Io(e.to_string()))??;
     // Sequence numbers come from the rows' places in the file: a file that changed
     // would give them to other rows.
-    if resumed && job.total != 0 && (job.total, job.skipped) != (good, skipped) {
+    let (size, modified_ms) = file_identity(&job.path)?;
+    if resumed
+        && job.file_size != 0
+        && (job.total, job.skipped, job.file_size, job.file_modified_ms)
+            != (good, skipped, size, modified_ms)
+    {
         return Err(TmError::InvalidArgument(format!(
-            "{} changed since the import began ({} good and {} bad lines then, {good} and \
-             {skipped} now); it cannot be resumed",
-            job.path, job.total, job.skipped
+            "{} changed since the import began ({} bytes, {} good and {} bad lines then; \
+             {size} bytes, {good} and {skipped} now, or modified since); it cannot be resumed",
+            job.path, job.file_size, job.total, job.skipped
         )));
     }
+    (job.file_size, job.file_modified_ms) = (size, modified_ms);
     if job.writer_id == 0 {
         if resumed {
             return Err(TmError::InvalidArgument(
@@ -318,8 +340,13 @@ pub async fn run(
     let mut checkpoints = Vec::with_capacity(partitions as usize);
     for pid in 0..partitions {
         let checkpoint = tm.checkpoint(job.id, pid).await?;
-        let highest = remembered.get(pid as usize).copied().unwrap_or(0);
-        if checkpoint.rows > highest {
+        let known = remembered
+            .get(pid as usize)
+            .copied()
+            .ok_or_else(|| TmError::Cluster(format!("partition {pid} did not register")))?;
+        // An earlier run registered everywhere (and may have written anywhere), or rows
+        // are acknowledged: the partition must still know the writer and those rows.
+        if known.previous_epoch < job.registered_epoch || checkpoint.rows > known.highest_seq {
             return Err(TmError::Cluster(format!(
                 "partition {pid} no longer remembers this import's writes (it was silent \
                  past the tablets' client_expiry_secs, or its replicas were rebuilt): its \
@@ -328,6 +355,10 @@ pub async fn run(
             )));
         }
         checkpoints.push(checkpoint);
+    }
+    if job.registered_epoch == 0 {
+        job.registered_epoch = job.epoch;
+        tm.save_job(job).await?;
     }
     // The partition of each row, as the SDK computes it (first index's key).
     let partition_table = partition_function(&schema, partitions)?;
@@ -391,7 +422,8 @@ pub async fn run(
                 None => break,
                 Some(Ok(Ok(()))) => {}
                 Some(Ok(Err(e))) => {
-                    if outcome.is_ok() {
+                    // A newer run taking over explains the rest.
+                    if outcome.is_ok() || matches!(e, TmError::Fenced(_)) {
                         outcome = Err(e);
                     }
                     stop_all.store(true, Ordering::Release);

@@ -97,6 +97,18 @@ impl TaskManager {
                 job.state
             )));
         }
+        // Its run ends for good: not taken for an unsettled one and run again.
+        self.stopping.lock().insert(id);
+        let stopped = self.stop_and_record(id).await;
+        self.stopping.lock().remove(&id);
+        if stopped.is_err() {
+            // The record still says it runs: whoever leads with a valid lease runs it.
+            self.orphans.lock().insert(id);
+        }
+        stopped
+    }
+
+    async fn stop_and_record(&self, id: u64) -> Result<JobInfo> {
         // Stop the run first and let it end, so its last progress write cannot land
         // after (and over) the Stopped record.
         if let Some(flag) = self.running.lock().get(&id) {
@@ -127,7 +139,7 @@ impl TaskManager {
         }
     }
 
-    fn spawn_job(self: &Arc<Self>, job: JobInfo) {
+    pub(crate) fn spawn_job(self: &Arc<Self>, job: JobInfo) {
         let stop = Arc::new(AtomicBool::new(false));
         let id = job.id;
         {
@@ -139,17 +151,35 @@ impl TaskManager {
         }
         let tm = self.clone();
         tokio::spawn(async move {
-            tm.run_job(job, stop.clone()).await;
+            let settled = tm.run_job(job, stop.clone()).await;
             tm.running.lock().remove(&id);
+            // Ended without settling the job (the lease lapsed, a record could not be
+            // written, a newer run took over): run again while the lease is valid,
+            // unless an operator stopped it.
+            if !settled && !tm.stopping.lock().contains(&id) {
+                tm.orphans.lock().insert(id);
+            }
         });
     }
 
-    async fn run_job(self: &Arc<Self>, mut job: JobInfo, stop: Arc<AtomicBool>) {
+    /// Runs a job; whether its record now says how it ended (false: it is to run again
+    /// unless an operator stopped it).
+    async fn run_job(self: &Arc<Self>, job: JobInfo, stop: Arc<AtomicBool>) -> bool {
+        // The record as it is now: a listing may be older than a stop or an earlier run.
+        let mut job = match self.job(job.id).await {
+            Ok(job) if is_ended(&job) => return true,
+            Ok(job) => job,
+            Err(TmError::NoSuchJob(_)) => return true,
+            Err(e) => {
+                warn!(id = job.id, error = %e, "cannot read a job before running it");
+                return false;
+            }
+        };
         let resumed = job.state == RUNNING;
         job.state = RUNNING.into();
         job.endpoint = self.endpoint.clone();
         if self.save_job(&job).await.is_err() {
-            return;
+            return false;
         }
         let outcome = match job.job_type.as_str() {
             IMPORT => import::run(self, &mut job, &stop, resumed).await,
@@ -159,13 +189,14 @@ impl TaskManager {
                 "unknown job type {other}"
             ))),
         };
-        // Stopped by an operator (who wrote the record), deposed (the next leader
-        // resumes it) or fenced by a newer run: this run has nothing more to say.
+        // Stopped by an operator (who writes the record), deposed or suspended (the
+        // leader with a valid lease runs it again) or fenced by a newer run: this run
+        // has nothing more to say.
         if stop.load(Ordering::Acquire)
             || !self.is_leader()
-            || matches!(outcome, Err(TmError::Fenced(_)))
+            || matches!(outcome, Err(TmError::Fenced(_) | TmError::Suspended(_)))
         {
-            return;
+            return false;
         }
         match outcome {
             Ok(()) => {
@@ -179,8 +210,12 @@ impl TaskManager {
             }
         }
         job.end_time_ms = now_ms();
-        if let Err(e) = self.save_job(&job).await {
-            warn!(id = job.id, error = %e, "cannot record the end of a job");
+        match self.save_job(&job).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(id = job.id, error = %e, "cannot record the end of a job");
+                false
+            }
         }
     }
 }

@@ -12,7 +12,7 @@
 //! data = endpoint), `/taskmanager/job_index` (id counter), `/taskmanager/jobs/<id>` (a
 //! `JobInfo`), `/taskmanager/jobs/<id>/<pid>` (an import's `ImportCheckpoint`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -59,6 +59,12 @@ pub struct TaskManager {
     lease: Arc<Lease>,
     /// Stop flags of the jobs this leader runs now.
     pub(crate) running: Mutex<HashMap<u64, Arc<AtomicBool>>>,
+    /// Jobs whose run ended without settling them (the lease lapsed, a record could not
+    /// be written, a newer run took over): run again while this leader's lease is valid,
+    /// unless their record says they ended.
+    pub(crate) orphans: Mutex<HashSet<u64>>,
+    /// Jobs an operator is stopping: their runs end for good.
+    pub(crate) stopping: Mutex<HashSet<u64>>,
     /// The cluster's SDK client, for the jobs' reads and writes.
     data: tokio::sync::OnceCell<Arc<tessera_ns_client::Client>>,
     /// The only files jobs may read and write.
@@ -77,6 +83,8 @@ impl TaskManager {
             leader: RwLock::new(None),
             lease: Lease::for_session(timeout),
             running: Mutex::default(),
+            orphans: Mutex::default(),
+            stopping: Mutex::default(),
             data: tokio::sync::OnceCell::new(),
         })
     }
@@ -113,7 +121,7 @@ impl TaskManager {
     pub(crate) async fn lock(&self) -> Result<Arc<OwnedLockClient>> {
         if let Some(lock) = self.leader.read().clone() {
             if !self.lease.is_valid() {
-                return Err(TmError::Zk(
+                return Err(TmError::Suspended(
                     "this taskmanager lost touch with ZooKeeper and may be replaced; it acts \
                      again once ZooKeeper answers"
                         .into(),
@@ -169,6 +177,8 @@ impl TaskManager {
             };
             self.leader.write().take();
             self.stop_all_jobs();
+            // Whoever leads next resumes every job that has not ended.
+            self.orphans.lock().clear();
             if let Err(e) = session {
                 warn!(error = %e, "taskmanager session ended");
             }
@@ -216,26 +226,18 @@ impl TaskManager {
         Ok(())
     }
 
-    /// Stops the jobs when the lease lapses, and runs them again if it is regained in
-    /// the same session, until `ended` (the session's end) fires.
+    /// Stops the jobs when the lease lapses, and runs again the jobs whose runs ended
+    /// unsettled whenever the lease is valid, until `ended` (the session's end) fires.
     async fn follow_lease(self: Arc<Self>, mut ended: watch::Receiver<bool>) {
         let mut tracker = LeaseTracker::default();
         let beat = (self.settings.session_timeout / 20).max(Duration::from_millis(10));
-        let mut stopped = Vec::new();
         loop {
-            match tracker.look(&self.lease) {
-                LeaseEvent::Lapsed if self.leader.read().is_some() => {
-                    warn!("ZooKeeper has not answered in time: jobs stop until it does");
-                    stopped = self.stop_all_jobs();
-                }
-                LeaseEvent::Regained if self.leader.read().is_some() => {
-                    info!("ZooKeeper answers again in the same session: jobs run again");
-                    tokio::spawn(
-                        self.clone()
-                            .resume_when_stopped(std::mem::take(&mut stopped)),
-                    );
-                }
-                _ => {}
+            if tracker.look(&self.lease) == LeaseEvent::Lapsed && self.leader.read().is_some() {
+                warn!("ZooKeeper has not answered in time: jobs stop until it does");
+                self.stop_all_jobs();
+            }
+            if self.is_leader() && !self.orphans.lock().is_empty() {
+                tokio::spawn(self.clone().run_orphans());
             }
             tokio::select! {
                 _ = tokio::time::sleep(beat) => {}
@@ -244,20 +246,25 @@ impl TaskManager {
         }
     }
 
-    /// Resumes the jobs once the runs the lapse stopped (`stopped`) have ended (a run
-    /// ends at its next write at the latest).
-    async fn resume_when_stopped(self: Arc<Self>, stopped: Vec<u64>) {
-        while stopped
-            .iter()
-            .any(|id| self.running.lock().contains_key(id))
-        {
-            if !self.is_leader() {
-                return;
+    /// Runs again the jobs whose last run ended unsettled, unless their record says they
+    /// ended or an operator is stopping them.
+    async fn run_orphans(self: Arc<Self>) {
+        let orphans: Vec<u64> = self.orphans.lock().drain().collect();
+        for id in orphans {
+            if self.stopping.lock().contains(&id) {
+                continue;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if self.is_leader() {
-            self.resume_jobs().await;
+            match self.job(id).await {
+                Ok(job) if !is_ended(&job) => {
+                    info!(id, "running an unsettled job again");
+                    self.spawn_job(job);
+                }
+                Ok(_) | Err(TmError::NoSuchJob(_)) => {}
+                Err(e) => {
+                    warn!(id, error = %e, "cannot read an unsettled job; trying again");
+                    self.orphans.lock().insert(id);
+                }
+            }
         }
     }
 

@@ -148,13 +148,24 @@ async fn a_newer_run_of_a_writer_fences_the_older_one() {
         range.map(|i| (i as u64 + 1, order(i))).collect()
     };
 
-    assert_eq!(
-        client
-            .register_writer("default", "orders", old)
-            .await
-            .unwrap(),
-        vec![0; 4],
-        "no partition knows the writer yet"
+    let unregistered = client
+        .put_batch_as("default", "orders", old, numbered(0..1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(unregistered, ClientError::Fenced(_)),
+        "a run writes only once registered: {unregistered}"
+    );
+    let first = client
+        .register_writer("default", "orders", old)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 4);
+    assert!(
+        first
+            .iter()
+            .all(|r| r.previous_epoch == 0 && r.highest_seq == 0),
+        "no partition knows the writer yet: {first:?}"
     );
     client
         .put_batch_as("default", "orders", old, numbered(0..20))
@@ -166,8 +177,10 @@ async fn a_newer_run_of_a_writer_fences_the_older_one() {
         .unwrap();
     assert_eq!(remembered.len(), 4);
     assert!(
-        remembered.iter().all(|&highest| highest > 0),
-        "every partition remembers the old run's rows: {remembered:?}"
+        remembered
+            .iter()
+            .all(|r| r.previous_epoch == 1 && r.highest_seq > 0),
+        "every partition remembers the old run and its rows: {remembered:?}"
     );
 
     let late = client

@@ -61,9 +61,10 @@ pub enum StorageError {
     /// survive. A retry with the same client id and sequence number is safe.
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
-    /// A write (or registration) of a writer's epoch older than the one registered: a
-    /// newer run took the writer over. Nothing was written.
-    #[error("writer {client_id:x} epoch {epoch} is fenced: epoch {registered} took it over")]
+    /// A write of a writer's epoch other than the one registered (a newer run took the
+    /// writer over, or the partition does not know the writer: `registered` 0), or a
+    /// registration older than the one registered. Nothing was written.
+    #[error("writer {client_id:x} epoch {epoch} may not write: the partition has epoch {registered} registered for it (0: none)")]
     WriterFenced {
         client_id: u64,
         epoch: u64,

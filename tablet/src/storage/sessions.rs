@@ -34,7 +34,8 @@ pub enum Seen {
     Applied(Applied),
     /// Older than the window: it may or may not have been applied.
     TooOld { highest: u64 },
-    /// Sent by a run of the writer older than the one registered: refused unapplied.
+    /// Sent by a run of the writer other than the one registered (0: none is): refused
+    /// unapplied.
     Fenced { registered: u64 },
 }
 
@@ -74,18 +75,23 @@ impl Sessions {
     }
 
     pub fn check(&self, id: RequestId) -> Seen {
-        let Some(client) = self.clients.get(&id.client_id) else {
+        let client = self.clients.get(&id.client_id);
+        // A run of a registering writer writes only as the epoch registered here: an
+        // older run was taken over, and a writer this replica does not know (forgotten
+        // after client_expiry) must register again before its retries can be judged.
+        if id.epoch > 0 {
+            let registered = client.map_or(0, |c| c.epoch);
+            if registered != id.epoch {
+                return Seen::Fenced { registered };
+            }
+        }
+        let Some(client) = client else {
             return Seen::New;
         };
-        if id.epoch < client.epoch {
-            return Seen::Fenced {
-                registered: client.epoch,
-            };
-        }
         if let Some(applied) = client.applied.get(&id.seq) {
             return Seen::Applied(*applied);
         }
-        if id.seq + SEQ_WINDOW <= client.highest {
+        if id.seq.saturating_add(SEQ_WINDOW) <= client.highest {
             return Seen::TooOld {
                 highest: client.highest,
             };
@@ -127,6 +133,11 @@ impl Sessions {
         let client = self.clients.entry(client_id).or_default();
         client.epoch = client.epoch.max(epoch);
         client.last_seen_ms = client.last_seen_ms.max(write_time_ms);
+    }
+
+    /// The epoch `client_id` registered last (0: none, or forgotten).
+    pub fn epoch(&self, client_id: u64) -> u64 {
+        self.clients.get(&client_id).map_or(0, |c| c.epoch)
     }
 
     /// The highest sequence number of `client_id` this replica remembers (0: none).
@@ -283,6 +294,13 @@ mod tests {
             seq,
             epoch,
         };
+        assert_eq!(
+            s.check(run(1, 1)),
+            Seen::Fenced { registered: 0 },
+            "a run writes only once registered"
+        );
+        s.register(5, 1, 0);
+        assert_eq!(s.check(run(1, 1)), Seen::New);
         s.record(run(1, 1), at(1), 0);
         assert_eq!(s.check_register(5, 2), Ok(()));
         s.register(5, 2, 0);
@@ -293,6 +311,12 @@ mod tests {
             "the new run finds what the old one wrote"
         );
         assert_eq!(s.check(run(2, 2)), Seen::New);
+        assert_eq!(
+            s.check(run(3, 2)),
+            Seen::Fenced { registered: 2 },
+            "a run that has not registered here"
+        );
+        assert_eq!(s.epoch(5), 2);
         assert_eq!(s.check_register(5, 1), Err(2));
         assert_eq!(s.check_register(5, 2), Ok(()), "a retried registration");
         assert_eq!(s.highest(5), 1);

@@ -825,6 +825,11 @@ impl Table {
         })
     }
 
+    /// The epoch a writer registered last on this replica (0: none, or forgotten).
+    pub fn writer_epoch(&self, client_id: u64) -> u64 {
+        self.sessions.lock().epoch(client_id)
+    }
+
     /// The highest sequence number of a writer this replica remembers (0: none).
     pub fn writer_highest(&self, client_id: u64) -> u64 {
         self.sessions.lock().highest(client_id)
