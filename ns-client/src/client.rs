@@ -111,6 +111,15 @@ impl Writer {
     pub fn new_id() -> u64 {
         new_client_id()
     }
+
+    fn check(&self) -> Result<(), ClientError> {
+        if self.id == 0 || self.epoch == 0 {
+            return Err(ClientError::InvalidArgument(
+                "a writer has an id and an epoch other than 0".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What a partition knew of a writer when a new run registered ([`Client::register_writer`]).
@@ -850,11 +859,7 @@ impl Client {
         writer: Writer,
         rows: Vec<(u64, Vec<Value>)>,
     ) -> Result<Vec<(u64, u64)>, ClientError> {
-        if writer.id == 0 || writer.epoch == 0 {
-            return Err(ClientError::InvalidArgument(
-                "a writer has an id and an epoch other than 0".into(),
-            ));
-        }
+        writer.check()?;
         if rows.iter().any(|(seq, _)| *seq == 0) {
             return Err(ClientError::InvalidArgument(
                 "a writer's sequence numbers start at 1".into(),
@@ -873,11 +878,7 @@ impl Client {
         name: &str,
         writer: Writer,
     ) -> Result<Vec<WriterRegistration>, ClientError> {
-        if writer.id == 0 || writer.epoch == 0 {
-            return Err(ClientError::InvalidArgument(
-                "a writer has an id and an epoch other than 0".into(),
-            ));
-        }
+        writer.check()?;
         let partitions = self.partition_count(db, name).await?;
         let registered = futures_util::future::join_all((0..partitions).map(|pid| {
             self.on_leader(

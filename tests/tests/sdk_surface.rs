@@ -24,16 +24,22 @@ fn city(name: &str) -> Vec<Value> {
     vec![Value::String(name.into())]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn reads_by_any_index_and_from_a_blocking_client() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = NsCluster::start(dir.path(), NsClusterSpec::defaults()).await;
-    let zk = cluster.zk.connect_string();
-    Jobs::connect(&zk).await.ok(
+/// A cluster with the table `orders`: four partitions, indexed by id and by city.
+async fn with_orders(dir: &std::path::Path) -> NsCluster {
+    let cluster = NsCluster::start(dir, NsClusterSpec::defaults()).await;
+    Jobs::connect(&cluster.zk.connect_string()).await.ok(
         "create table orders (id string not null, city string not null, ts timestamp, \
          amount double, index(key=id, ts=ts), index(key=city, ts=ts)) \
          options (partitionnum=4, replicanum=3);",
     );
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_by_any_index_and_from_a_blocking_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = with_orders(dir.path()).await;
+    let zk = cluster.zk.connect_string();
     let client = cluster.sdk(Duration::from_secs(30)).await;
     client
         .put_batch("default", "orders", (0..40).map(order).collect())
@@ -133,13 +139,7 @@ async fn reads_by_any_index_and_from_a_blocking_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_newer_run_of_a_writer_fences_the_older_one() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = NsCluster::start(dir.path(), NsClusterSpec::defaults()).await;
-    let zk = cluster.zk.connect_string();
-    Jobs::connect(&zk).await.ok(
-        "create table orders (id string not null, city string not null, ts timestamp, \
-         amount double, index(key=id, ts=ts), index(key=city, ts=ts)) \
-         options (partitionnum=4, replicanum=3);",
-    );
+    let cluster = with_orders(dir.path()).await;
     let client = cluster.sdk(Duration::from_secs(30)).await;
     let id = tessera_ns_client::Writer::new_id();
     let old = tessera_ns_client::Writer { id, epoch: 1 };
