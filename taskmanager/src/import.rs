@@ -289,14 +289,14 @@ pub async fn run(
     // Checked again on every run: a resumed job obeys the directory in force now.
     job.path = tm.files.input(&job.path)?.to_string_lossy().into_owned();
 
+    // Sequence numbers come from the rows' places in the file: a file that changed
+    // would give them to other rows.
+    let (size, modified_ms) = file_identity(&job.path)?;
     let (path, schema_v, options_v) = (job.path.clone(), schema.clone(), options.clone());
     let (good, skipped) =
         tokio::task::spawn_blocking(move || validate(&path, &schema_v, &options_v))
             .await
             .map_err(|e| TmError::Io(e.to_string()))??;
-    // Sequence numbers come from the rows' places in the file: a file that changed
-    // would give them to other rows.
-    let (size, modified_ms) = file_identity(&job.path)?;
     if resumed
         && job.file_size != 0
         && (job.total, job.skipped, job.file_size, job.file_modified_ms)
@@ -446,6 +446,14 @@ pub async fn run(
         }
     }
     job.done = done.load(Ordering::Relaxed);
+    // A file written to while it was read may have lent its rows' numbers to others.
+    if outcome.is_ok() && file_identity(&job.path)? != (size, modified_ms) {
+        return Err(TmError::InvalidArgument(format!(
+            "{} changed while it was imported: some rows may be missing or written twice; \
+             import it again into an empty table",
+            job.path
+        )));
+    }
     outcome
 }
 
@@ -525,5 +533,16 @@ mod tests {
             err.to_string().contains("line 1"),
             "a null in a not-null column: {err}"
         );
+    }
+
+    #[test]
+    fn a_file_written_to_has_another_identity() {
+        let f = file("a,1\n");
+        let path = f.path().to_str().unwrap();
+        let before = file_identity(path).unwrap();
+        assert_eq!(file_identity(path).unwrap(), before);
+        std::fs::write(f.path(), "a,1\nb,2\n").unwrap();
+        assert_ne!(file_identity(path).unwrap(), before, "a longer file");
+        assert!(file_identity("/nonexistent/file.csv").is_err());
     }
 }
