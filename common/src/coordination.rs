@@ -238,6 +238,17 @@ pub async fn run_registration(
     }
 }
 
+/// Sizes `lease` for `client`'s new session and renews it from that session (reading
+/// `path`) in a task of its own, until the returned sender is dropped (or the session
+/// ends). Subscribers of the sender see it dropped when renewals stop.
+pub fn renew_for_session(client: &Client, path: String, lease: Arc<Lease>) -> watch::Sender<bool> {
+    lease.new_session(client.session_timeout());
+    let (renewing, mut stop) = watch::channel(false);
+    let client = client.clone();
+    tokio::spawn(async move { keep_lease(&client, &path, &lease, &mut stop).await });
+    renewing
+}
+
 /// Why `keep_lease` returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseEnd {

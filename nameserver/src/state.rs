@@ -295,13 +295,8 @@ impl Nameserver {
         *self.client.write() = Some(client.clone());
         // The lease is renewed for as long as this session lasts (until this function
         // returns and drops `_renewing`).
-        self.lease.new_session(client.session_timeout());
-        let (_renewing, mut renewals_stop) = watch::channel(false);
-        let (lease, renewed, leader_dir) =
-            (self.lease.clone(), client.clone(), self.paths.leader_dir());
-        tokio::spawn(async move {
-            coordination::keep_lease(&renewed, &leader_dir, &lease, &mut renewals_stop).await
-        });
+        let _renewing =
+            coordination::renew_for_session(&client, self.paths.leader_dir(), self.lease.clone());
         self.registry_ready
             .store(false, std::sync::atomic::Ordering::Release);
         tokio::spawn(self.clone().watch_tablets(client.clone()));

@@ -126,6 +126,43 @@ impl Parser {
     fn is_word(&self, word: &str) -> bool {
         matches!(self.peek(), Some(Token::Word(w)) if w.eq_ignore_ascii_case(word))
     }
+
+    fn number(&mut self, what: &str) -> Result<u64, String> {
+        match self.next() {
+            Some(Token::Number(n)) => Ok(n),
+            other => Err(format!(
+                "expected {what}, found {}",
+                describe(other.as_ref())
+            )),
+        }
+    }
+
+    /// `item, item, …`: at least one.
+    fn comma_separated(
+        &mut self,
+        mut item: impl FnMut(&mut Parser) -> Result<(), String>,
+    ) -> Result<(), String> {
+        loop {
+            item(self)?;
+            if !self.is_punct(',') {
+                return Ok(());
+            }
+            self.next();
+        }
+    }
+
+    /// `(item, item, …)`, or one `item` alone.
+    fn one_or_list(
+        &mut self,
+        mut item: impl FnMut(&mut Parser) -> Result<(), String>,
+    ) -> Result<(), String> {
+        if !self.is_punct('(') {
+            return item(self);
+        }
+        self.next();
+        self.comma_separated(item)?;
+        self.punct(')')
+    }
 }
 
 fn describe(token: Option<&Token>) -> String {
@@ -162,61 +199,21 @@ fn parse_index(p: &mut Parser) -> Result<IndexDesc, String> {
     let mut index = IndexDesc::default();
     let mut ttl_values: Vec<u64> = Vec::new();
     let mut ttl_type = TtlType::Absolute;
-    loop {
+    p.comma_separated(|p| {
         let key = p
             .word("an index option (key, ts, ttl, ttl_type)")?
             .to_ascii_lowercase();
         p.punct('=')?;
         match key.as_str() {
-            "key" => {
-                if p.is_punct('(') {
-                    p.next();
-                    loop {
-                        index.key_columns.push(p.word("a key column")?);
-                        if p.is_punct(',') {
-                            p.next();
-                        } else {
-                            break;
-                        }
-                    }
-                    p.punct(')')?;
-                } else {
-                    index.key_columns.push(p.word("a key column")?);
-                }
-            }
+            "key" => p.one_or_list(|p| {
+                index.key_columns.push(p.word("a key column")?);
+                Ok(())
+            })?,
             "ts" => index.ts_column = p.word("a ts column")?,
-            "ttl" => {
-                if p.is_punct('(') {
-                    p.next();
-                    loop {
-                        match p.next() {
-                            Some(Token::Number(n)) => ttl_values.push(n),
-                            other => {
-                                return Err(format!(
-                                    "expected a ttl number, found {}",
-                                    describe(other.as_ref())
-                                ))
-                            }
-                        }
-                        if p.is_punct(',') {
-                            p.next();
-                        } else {
-                            break;
-                        }
-                    }
-                    p.punct(')')?;
-                } else {
-                    match p.next() {
-                        Some(Token::Number(n)) => ttl_values.push(n),
-                        other => {
-                            return Err(format!(
-                                "expected a ttl number, found {}",
-                                describe(other.as_ref())
-                            ))
-                        }
-                    }
-                }
-            }
+            "ttl" => p.one_or_list(|p| {
+                ttl_values.push(p.number("a ttl number")?);
+                Ok(())
+            })?,
             "ttl_type" => {
                 ttl_type = match p.word("a ttl type")?.to_ascii_lowercase().as_str() {
                     "absolute" => TtlType::Absolute,
@@ -236,12 +233,8 @@ fn parse_index(p: &mut Parser) -> Result<IndexDesc, String> {
                 ))
             }
         }
-        if p.is_punct(',') {
-            p.next();
-        } else {
-            break;
-        }
-    }
+        Ok(())
+    })?;
     p.punct(')')?;
     if index.key_columns.is_empty() {
         return Err("an index needs key=…".into());
@@ -287,10 +280,10 @@ pub fn parse(statement: &str, db: &str) -> Result<CreateTableRequest, String> {
         ..TableSchema::default()
     };
     p.punct('(')?;
-    loop {
+    p.comma_separated(|p| {
         if p.is_word("index") {
             p.next();
-            schema.indexes.push(parse_index(&mut p)?);
+            schema.indexes.push(parse_index(p)?);
         } else {
             let column = p.word("a column name or index(…)")?;
             let ty = column_type(&p.word(&format!("the type of column `{column}`"))?)?;
@@ -308,17 +301,13 @@ pub fn parse(statement: &str, db: &str) -> Result<CreateTableRequest, String> {
                 nullable,
             });
         }
-        if p.is_punct(',') {
-            p.next();
-        } else {
-            break;
-        }
-    }
+        Ok(())
+    })?;
     p.punct(')')?;
     if p.is_word("options") {
         p.next();
         p.punct('(')?;
-        loop {
+        p.comma_separated(|p| {
             let key = p
                 .word("an option (partitionnum, replicanum, replication)")?
                 .to_ascii_lowercase();
@@ -345,12 +334,8 @@ pub fn parse(statement: &str, db: &str) -> Result<CreateTableRequest, String> {
                     ))
                 }
             }
-            if p.is_punct(',') {
-                p.next();
-            } else {
-                break;
-            }
-        }
+            Ok(())
+        })?;
         p.punct(')')?;
     }
     while p.is_punct(';') {

@@ -196,18 +196,10 @@ impl TaskManager {
                 .await?;
         *self.client.write() = Some(client.clone());
         // The lease is renewed for as long as this session lasts (until this function
-        // returns and drops `_renewing`).
-        self.lease.new_session(client.session_timeout());
-        let (_renewing, renewals_stop) = watch::channel(false);
-        {
-            let (lease, renewed, leader_dir) =
-                (self.lease.clone(), client.clone(), self.leader_dir());
-            let mut stop = renewals_stop.clone();
-            tokio::spawn(async move {
-                coordination::keep_lease(&renewed, &leader_dir, &lease, &mut stop).await
-            });
-        }
-        tokio::spawn(self.clone().follow_lease(renewals_stop));
+        // returns and drops `renewing`).
+        let renewing =
+            coordination::renew_for_session(&client, self.leader_dir(), self.lease.clone());
+        tokio::spawn(self.clone().follow_lease(renewing.subscribe()));
         let lock =
             Arc::new(coordination::contend(&client, &self.leader_dir(), &self.endpoint).await?);
         match lock
