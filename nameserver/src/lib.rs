@@ -2,6 +2,7 @@
 //! the tablets, and places new tables' replicas.
 
 pub mod commands;
+pub mod databases;
 pub mod detection;
 pub mod error;
 pub mod fencing;

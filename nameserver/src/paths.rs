@@ -29,6 +29,15 @@ impl Paths {
         format!("{}/table/table_data/{db}.{name}", self.root)
     }
 
+    /// Databases, one node each.
+    pub fn databases(&self) -> String {
+        format!("{}/db", self.root)
+    }
+
+    pub fn database(&self, name: &str) -> String {
+        format!("{}/db/{name}", self.root)
+    }
+
     pub fn table_index(&self) -> String {
         format!("{}/table/table_index", self.root)
     }
@@ -73,6 +82,7 @@ impl Paths {
             self.leader_dir(),
             self.nodes(),
             self.table_data(),
+            self.databases(),
             format!("{}/notify", self.root),
             format!("{}/config", self.root),
             format!("{}/op/op_data", self.root),

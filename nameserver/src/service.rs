@@ -339,17 +339,32 @@ impl NameserverRpc for NameserverService {
         self.state
             .authorize(&request, Need::LoggedIn, None, None)
             .await?;
-        let mut dbs: Vec<String> = self
-            .state
-            .tables()
-            .await?
-            .into_iter()
-            .map(|t| t.db)
-            .collect();
-        dbs.push(crate::state::DEFAULT_DB.to_string());
-        dbs.sort();
-        dbs.dedup();
+        let dbs = self.state.databases().await?;
         Ok(Response::new(ShowDbResponse { dbs }))
+    }
+
+    async fn create_database(
+        &self,
+        request: Request<DatabaseRequest>,
+    ) -> Result<Response<DatabaseResponse>, Status> {
+        self.state
+            .authorize(&request, Need::Admin, None, None)
+            .await?;
+        self.state
+            .create_database(&request.into_inner().name)
+            .await?;
+        Ok(Response::new(DatabaseResponse {}))
+    }
+
+    async fn drop_database(
+        &self,
+        request: Request<DatabaseRequest>,
+    ) -> Result<Response<DatabaseResponse>, Status> {
+        self.state
+            .authorize(&request, Need::Admin, None, None)
+            .await?;
+        self.state.drop_database(&request.into_inner().name).await?;
+        Ok(Response::new(DatabaseResponse {}))
     }
 
     async fn login(

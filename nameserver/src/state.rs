@@ -70,7 +70,7 @@ pub struct Nameserver {
     /// looked: their replicas restarted as followers, whatever the metadata says.
     restarted: parking_lot::Mutex<std::collections::BTreeSet<String>>,
     /// Serialises metadata changes.
-    admin: tokio::sync::Mutex<()>,
+    pub(crate) admin: tokio::sync::Mutex<()>,
     /// Every op task fails its op after this long.
     pub(crate) task_timeout: Duration,
     /// ChangeLeader: the replicas that accepted to follow, from kPromoteLeader to
@@ -138,7 +138,7 @@ pub enum Leadership {
     Standby,
 }
 
-fn persistent() -> zookeeper_client::CreateOptions<'static> {
+pub(crate) fn persistent() -> zookeeper_client::CreateOptions<'static> {
     CreateMode::Persistent.with_acls(zk_auth::acls())
 }
 
@@ -880,12 +880,22 @@ impl Nameserver {
                         mode: table.mode,
                         note: partition.unavailable_reason.clone(),
                         drift,
+                        ttl: first_index_ttl(table),
                     });
                 }
             }
         }
         Ok(rows)
     }
+}
+
+/// The TTL of a table's first index, which `showtable` reports.
+fn first_index_ttl(table: &TableInfo) -> Option<tessera_proto::common::TtlDesc> {
+    table
+        .schema
+        .as_ref()
+        .and_then(|s| s.indexes.first())
+        .and_then(|ix| ix.ttl)
 }
 
 /// Names of databases and tables: letters, digits and `_`, not starting with a digit.

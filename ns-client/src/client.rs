@@ -1598,28 +1598,57 @@ impl Client {
         name: &str,
         key_values: Vec<Value>,
     ) -> Result<u64, ClientError> {
-        let key: Vec<_> = key_values.iter().map(Value::to_proto).collect();
-        let seq = self.next_seq();
-        // A later follower read must see this delete, as it must see this client's puts.
-        self.on_leader_seen(
-            db,
-            name,
-            |t| Self::first_index_partition(t, &key_values),
-            |mut client, tid, pid| {
+        self.delete_index(db, name, "", key_values).await
+    }
+
+    /// Deletes every row of a key of any index (empty: the first), from all of the table's
+    /// indexes; returns how many. A key of the first index lives in one partition; a key
+    /// of another index is deleted in each.
+    pub async fn delete_index(
+        &self,
+        db: &str,
+        name: &str,
+        index: &str,
+        key_values: Vec<Value>,
+    ) -> Result<u64, ClientError> {
+        self.as_one_call(async {
+            let table = self.table(db, name, false).await?;
+            let position = Self::index_position(&table, index)?;
+            let key: Vec<_> = key_values.iter().map(Value::to_proto).collect();
+            // One sequence number for the whole delete: each partition keeps its own
+            // idempotence table, so a retry in one partition is recognised there.
+            let seq = self.next_seq();
+            let call = |mut client: TabletClient<AuthChannel>, tid, pid| {
                 let request = DeleteRequest {
                     tid,
                     pid,
+                    index: index.to_string(),
                     key: key.clone(),
                     client_id: self.client_id,
                     seq,
-                    ..Default::default()
                 };
                 async move {
                     let r = client.delete(request).await?.into_inner();
                     Ok((r.deleted, r.offset))
                 }
-            },
-        )
+            };
+            // A later follower read must see this delete, as it must see this client's puts.
+            if position == 0 {
+                return self
+                    .on_leader_seen(
+                        db,
+                        name,
+                        |t| Self::first_index_partition(t, &key_values),
+                        call,
+                    )
+                    .await;
+            }
+            let mut total = 0;
+            for pid in 0..table.info.partition_num {
+                total += self.on_leader_seen(db, name, |_| Ok(pid), call).await?;
+            }
+            Ok(total)
+        })
         .await
     }
 }

@@ -6,8 +6,9 @@
 //!     options (partitionnum=8, replicanum=3, replication='quorum');
 //! ```
 //!
-//! `key` may name several columns: `key=(c1, c2)`. `ttl` is minutes (`10` or `10m`) for
-//! `absolute`, a count for `latest`, and `(10m, 100)` for `absandlat` / `absorlat`.
+//! `key` may name several columns: `key=(c1, c2)`. `ttl` is a time for `absolute`
+//! (minutes: `10`, or with a unit: `10m`, `12h`, `7d`), a row count for `latest`, and
+//! `(10m, 100)` for `absandlat` / `absorlat`.
 //! Columns are nullable unless `not null`.
 
 use tessera_proto::common::{ColumnDesc, ColumnType, IndexDesc, TableSchema, TtlDesc, TtlType};
@@ -18,6 +19,11 @@ use tessera_proto::tablet::ReplicationMode;
 enum Token {
     Word(String),
     Number(u64),
+    /// A number with a time unit (`12h`), in minutes; `text` as written.
+    Minutes {
+        minutes: u64,
+        text: String,
+    },
     Text(String),
     Punct(char),
 }
@@ -44,14 +50,20 @@ fn tokenize(input: &str) -> Result<Vec<Token>, String> {
                 digits.push(c);
                 chars.next();
             }
-            tokens.push(Token::Number(
-                digits
-                    .parse()
-                    .map_err(|_| format!("number {digits} is too large"))?,
-            ));
-            // `10m`: minutes.
-            if chars.peek() == Some(&'m') {
-                chars.next();
+            let number: u64 = digits
+                .parse()
+                .map_err(|_| format!("number {digits} is too large"))?;
+            match chars.peek().copied().filter(|c| "mhd".contains(*c)) {
+                Some(unit) => {
+                    chars.next();
+                    let text = format!("{digits}{unit}");
+                    tokens.push(Token::Minutes {
+                        minutes: minutes_of(number, unit)
+                            .ok_or_else(|| format!("ttl {text} is too large"))?,
+                        text,
+                    });
+                }
+                None => tokens.push(Token::Number(number)),
             }
         } else if c == '\'' || c == '"' {
             chars.next();
@@ -72,6 +84,26 @@ fn tokenize(input: &str) -> Result<Vec<Token>, String> {
         }
     }
     Ok(tokens)
+}
+
+/// `n` of `unit` (`m`, `h` or `d`) in minutes; `None` if it overflows.
+fn minutes_of(n: u64, unit: char) -> Option<u64> {
+    match unit {
+        'm' => Some(n),
+        'h' => n.checked_mul(60),
+        _ => n.checked_mul(1440),
+    }
+}
+
+/// A TTL time as an operator writes it: minutes (`90`), or `30m`, `12h`, `7d`.
+pub fn parse_minutes(text: &str) -> Result<u64, String> {
+    let bad = || format!("`{text}` is not a time (examples: 90, 30m, 12h, 7d)");
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, c)) if "mhd".contains(c) => (&text[..i], c),
+        _ => (text, 'm'),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    minutes_of(n, unit).ok_or_else(bad)
 }
 
 struct Parser {
@@ -127,16 +159,6 @@ impl Parser {
         matches!(self.peek(), Some(Token::Word(w)) if w.eq_ignore_ascii_case(word))
     }
 
-    fn number(&mut self, what: &str) -> Result<u64, String> {
-        match self.next() {
-            Some(Token::Number(n)) => Ok(n),
-            other => Err(format!(
-                "expected {what}, found {}",
-                describe(other.as_ref())
-            )),
-        }
-    }
-
     /// `item, item, …`: at least one.
     fn comma_separated(
         &mut self,
@@ -170,6 +192,7 @@ fn describe(token: Option<&Token>) -> String {
         None => "the end of the statement".into(),
         Some(Token::Word(w)) => format!("`{w}`"),
         Some(Token::Number(n)) => format!("`{n}`"),
+        Some(Token::Minutes { text, .. }) => format!("`{text}`"),
         Some(Token::Text(t)) => format!("'{t}'"),
         Some(Token::Punct(p)) => format!("`{p}`"),
     }
@@ -197,7 +220,8 @@ fn column_type(name: &str) -> Result<ColumnType, String> {
 fn parse_index(p: &mut Parser) -> Result<IndexDesc, String> {
     p.punct('(')?;
     let mut index = IndexDesc::default();
-    let mut ttl_values: Vec<u64> = Vec::new();
+    // Numbers as written; which may carry a unit depends on ttl_type, which may follow.
+    let mut ttl_values: Vec<Token> = Vec::new();
     let mut ttl_type = TtlType::Absolute;
     p.comma_separated(|p| {
         let key = p
@@ -211,7 +235,15 @@ fn parse_index(p: &mut Parser) -> Result<IndexDesc, String> {
             })?,
             "ts" => index.ts_column = p.word("a ts column")?,
             "ttl" => p.one_or_list(|p| {
-                ttl_values.push(p.number("a ttl number")?);
+                match p.next() {
+                    Some(t @ (Token::Number(_) | Token::Minutes { .. })) => ttl_values.push(t),
+                    other => {
+                        return Err(format!(
+                            "expected a ttl (90, 30m, 12h, 7d or a row count), found {}",
+                            describe(other.as_ref())
+                        ))
+                    }
+                }
                 Ok(())
             })?,
             "ttl_type" => {
@@ -239,24 +271,48 @@ fn parse_index(p: &mut Parser) -> Result<IndexDesc, String> {
     if index.key_columns.is_empty() {
         return Err("an index needs key=…".into());
     }
-    let first = ttl_values.first().copied().unwrap_or(0);
-    let second = ttl_values.get(1).copied().unwrap_or(0);
-    index.ttl = Some(match ttl_type {
-        TtlType::Absolute => TtlDesc {
-            ttl_type: ttl_type as i32,
-            abs_ttl_minutes: first,
-            lat_ttl: 0,
-        },
-        TtlType::Latest => TtlDesc {
-            ttl_type: ttl_type as i32,
-            abs_ttl_minutes: 0,
-            lat_ttl: first,
-        },
-        _ => TtlDesc {
-            ttl_type: ttl_type as i32,
-            abs_ttl_minutes: first,
-            lat_ttl: second,
-        },
+    // A time: minutes, bare or with a unit.
+    let time = |token: Option<&Token>| match token {
+        None => Ok(0),
+        Some(Token::Number(n)) | Some(Token::Minutes { minutes: n, .. }) => Ok(*n),
+        Some(other) => Err(format!(
+            "expected a ttl time, found {}",
+            describe(Some(other))
+        )),
+    };
+    // A row count: no unit.
+    let count = |token: Option<&Token>| match token {
+        None => Ok(0),
+        Some(Token::Number(n)) => Ok(*n),
+        Some(other) => Err(format!(
+            "the latest part of a ttl counts rows: {} has a time unit",
+            describe(Some(other))
+        )),
+    };
+    let expected = if matches!(ttl_type, TtlType::Absolute | TtlType::Latest) {
+        1
+    } else {
+        2
+    };
+    if ttl_values.len() > expected {
+        return Err(format!(
+            "ttl_type {} takes {expected} ttl value(s), {} were given",
+            ttl_type
+                .as_str_name()
+                .trim_start_matches("TTL_TYPE_")
+                .to_ascii_lowercase(),
+            ttl_values.len()
+        ));
+    }
+    let (abs_ttl_minutes, lat_ttl) = match ttl_type {
+        TtlType::Absolute => (time(ttl_values.first())?, 0),
+        TtlType::Latest => (0, count(ttl_values.first())?),
+        _ => (time(ttl_values.first())?, count(ttl_values.get(1))?),
+    };
+    index.ttl = Some(TtlDesc {
+        ttl_type: ttl_type as i32,
+        abs_ttl_minutes,
+        lat_ttl,
     });
     Ok(index)
 }
@@ -314,8 +370,14 @@ pub fn parse(statement: &str, db: &str) -> Result<CreateTableRequest, String> {
             p.punct('=')?;
             let value = p.next();
             match (key.as_str(), value) {
-                ("partitionnum", Some(Token::Number(n))) => request.partition_num = n as u32,
-                ("replicanum", Some(Token::Number(n))) => request.replica_num = n as u32,
+                ("partitionnum", Some(Token::Number(n))) => {
+                    request.partition_num =
+                        u32::try_from(n).map_err(|_| format!("partitionnum {n} is too large"))?
+                }
+                ("replicanum", Some(Token::Number(n))) => {
+                    request.replica_num =
+                        u32::try_from(n).map_err(|_| format!("replicanum {n} is too large"))?
+                }
                 ("replication", Some(Token::Text(mode) | Token::Word(mode))) => {
                     request.mode = match mode.to_ascii_lowercase().as_str() {
                         "quorum" => ReplicationMode::Quorum,
@@ -391,6 +453,45 @@ mod tests {
         assert_eq!((ttl.abs_ttl_minutes, ttl.lat_ttl), (10, 100));
         assert_eq!(r.mode(), ReplicationMode::Async);
         assert_eq!(r.db, "db1");
+    }
+
+    #[test]
+    fn ttls_take_minutes_hours_and_days() {
+        let ttl = |index: &str| {
+            parse(
+                &format!("create table t (a string, ts bigint, {index})"),
+                "d",
+            )
+            .map(|r| r.schema.unwrap().indexes[0].ttl.unwrap())
+        };
+        let t = ttl("index(key=a, ts=ts, ttl=7d, ttl_type=absolute)").unwrap();
+        assert_eq!(t.abs_ttl_minutes, 7 * 1440);
+        assert_eq!(ttl("index(key=a, ttl=12h)").unwrap().abs_ttl_minutes, 720);
+        assert_eq!(ttl("index(key=a, ttl=90)").unwrap().abs_ttl_minutes, 90);
+        let t = ttl("index(key=a, ttl=(2h, 10), ttl_type=absandlat)").unwrap();
+        assert_eq!((t.abs_ttl_minutes, t.lat_ttl), (120, 10));
+        assert_eq!(
+            ttl("index(key=a, ttl=5, ttl_type=latest)").unwrap().lat_ttl,
+            5
+        );
+        assert!(ttl("index(key=a, ttl=5d, ttl_type=latest)")
+            .unwrap_err()
+            .contains("counts rows"));
+        assert!(ttl("index(key=a, ttl=(1h, 2), ttl_type=absolute)")
+            .unwrap_err()
+            .contains("takes 1 ttl value"));
+        assert!(ttl("index(key=a, ttl=99999999999999999d)")
+            .unwrap_err()
+            .contains("too large"));
+        // A unit belongs to ttls only.
+        assert!(parse(
+            "create table t (a string, index(key=a)) options (partitionnum=8h)",
+            "d"
+        )
+        .is_err());
+        assert_eq!(parse_minutes("7d").unwrap(), 10_080);
+        assert_eq!(parse_minutes("45").unwrap(), 45);
+        assert!(parse_minutes("h").is_err() && parse_minutes("5w").is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use rustyline::hint::Hinter;
 use rustyline::validate::Validator;
 use rustyline::{Context, Editor, Helper};
 
-use crate::shell::{Shell, COMMANDS};
+use crate::shell::Shell;
 
 /// Completes the first word from the commands, later words from the table names.
 struct Completion {
@@ -33,7 +33,7 @@ impl Completer for Completion {
         let prefix = &before[start..];
         let first_word = before[..start].trim().is_empty();
         let candidates: Vec<String> = if first_word {
-            COMMANDS.iter().map(|c| c.name.to_string()).collect()
+            crate::commands::all().map(|c| c.name.to_string()).collect()
         } else {
             self.tables.lock().clone()
         };
@@ -67,10 +67,41 @@ pub fn default_history_file() -> PathBuf {
     PathBuf::from(home).join(".tessera_ns_client_history")
 }
 
-/// Whether a statement needs more lines: `create table` runs until a `;`.
-fn needs_more(statement: &str) -> bool {
+/// Whether a statement needs more lines: a `create` runs until its `;`, and any
+/// statement while a parenthesis is open.
+pub fn needs_more(statement: &str) -> bool {
     let first = statement.split_whitespace().next().unwrap_or("");
-    first.eq_ignore_ascii_case("create") && !statement.trim_end().ends_with(';')
+    open_parentheses(statement) > 0
+        || first.eq_ignore_ascii_case("create") && !statement.trim_end().ends_with(';')
+}
+
+/// Asks `question` on the terminal; only `yes` (or `y`) goes on.
+pub fn ask_on_terminal(question: &str) -> bool {
+    use std::io::Write;
+    print!("{question} yes/no: ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    if std::io::stdin().read_line(&mut answer).is_err() {
+        return false;
+    }
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "yes" | "y")
+}
+
+/// Parentheses opened and not closed, outside quotes.
+fn open_parentheses(statement: &str) -> i64 {
+    let mut depth = 0i64;
+    let mut quote = None;
+    for c in statement.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '(') => depth += 1,
+            (None, ')') => depth -= 1,
+            _ => {}
+        }
+    }
+    depth
 }
 
 /// Runs the interactive shell until `quit`, `exit` or end of input.
@@ -137,5 +168,9 @@ mod tests {
         assert!(needs_more("create table t (a string,"));
         assert!(!needs_more("create table t (a string, index(key=a));"));
         assert!(!needs_more("showtable"));
+        assert!(!needs_more("put t '(' x"));
+        assert!(needs_more(
+            "load data infile 'a.csv' into table t options (header=true,"
+        ));
     }
 }

@@ -225,7 +225,7 @@ pub async fn run(ns: &mut NameserverConnection, line: &str) -> Result<String, St
                 .map_err(status_text)?
                 .into_inner()
                 .users;
-            let mut table = crate::shell::table(&["user", "grants"]);
+            let mut table = crate::format::table(&["user", "grants"]);
             for user in &users {
                 let grants = if user.name == tessera_common::auth::ROOT {
                     "all on *.* (root)".to_string()

@@ -52,6 +52,36 @@ async fn wait_ops_done(cluster: &NsCluster) {
     .await;
 }
 
+/// Runs `input` through ns_client's standard input; its exit status, stdout and stderr.
+fn piped(cluster: &NsCluster, input: &str) -> (bool, String, String) {
+    let mut child = tessera_tests::credentials::ns_client_command()
+        .arg(format!("--zk_cluster={}", cluster.zk.connect_string()))
+        .arg("--zk_root_path=/tessera")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `cmd`'s output parsed as JSON.
+fn json(cluster: &NsCluster, cmd: &str) -> serde_json::Value {
+    let out = ok(cluster, cmd);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("`{cmd}` printed no JSON ({e}):\n{out}"))
+}
+
 fn fails(cluster: &NsCluster, cmd: &str) -> String {
     let out = ns_client(cluster, cmd);
     assert!(!out.status.success(), "`{cmd}` should fail");
@@ -258,7 +288,7 @@ async fn commands_run_through_the_binary() {
     wait_ops_done(&cluster).await;
     assert!(fails(&cluster, "cancelop 1").contains("already ended"));
     assert!(fails(&cluster, "cancelop 9999").contains("no op 9999"));
-    assert!(ok(&cluster, "use db2").contains("Database changed to db2"));
+    assert!(fails(&cluster, "use db2").contains("database `db2` does not exist"));
     let help = ok(&cluster, "help changeleader");
     assert!(
         help.contains("changeleader name pid [endpoint|auto] [force]"),
@@ -267,4 +297,191 @@ async fn commands_run_through_the_binary() {
 
     assert!(ok(&cluster, "drop table t1").contains("drop table t1 ok"));
     assert!(fails(&cluster, "showtable t1").contains("does not exist"));
+}
+
+/// The commands OpenMLDB operators know beyond the basics, databases, indexes other than
+/// the first, ts ranges, TTL units and JSON output, all through the binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_databases_indexes_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = NsCluster::start(
+        dir.path(),
+        NsClusterSpec {
+            tablets: 3,
+            tablet_session_ms: Some(3000),
+            tablet_args: &[],
+            nameserver_session_ms: 2000,
+            nameserver_args: &[],
+        },
+    )
+    .await;
+
+    // Databases exist once created; a multi-line statement on standard input.
+    assert!(fails(&cluster, "use shop").contains("does not exist"));
+    assert!(ok(&cluster, "create database shop").contains("Create database shop ok"));
+    assert!(fails(&cluster, "create database shop").contains("already exists"));
+    let (success, stdout, stderr) = piped(
+        &cluster,
+        "use shop\n\
+         create table orders (k string, c string, ts bigint, v bigint,\n\
+         \x20 index(key=k, ts=ts, ttl=7d, ttl_type=absolute),\n\
+         \x20 index(key=c, ts=ts, ttl=12h))\n\
+         \x20 options (partitionnum=2, replicanum=2);\n\
+         showtable orders\n",
+    );
+    assert!(success, "{stdout}{stderr}");
+    assert!(stdout.contains("Create table orders ok"), "{stdout}");
+    // The ttl column, in the unit it was given.
+    assert!(stdout.contains("absolute 7d"), "{stdout}");
+    assert!(ok(&cluster, "showdb").contains("shop"));
+    let refused = fails(&cluster, "dropdb shop");
+    assert!(
+        refused.contains("still holds 1 table(s) (orders)"),
+        "{refused}"
+    );
+
+    // Rows through another index than the first, and ts ranges.
+    let shop = |cmd: &str| {
+        let out = tessera_tests::credentials::ns_client_command()
+            .arg(format!("--zk_cluster={}", cluster.zk.connect_string()))
+            .arg("--zk_root_path=/tessera")
+            .arg("--database=shop")
+            .arg(format!("--cmd={cmd}"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), stdout, stderr)
+    };
+    let shop_ok = |cmd: &str| {
+        let (success, stdout, stderr) = shop(cmd);
+        assert!(success, "`{cmd}` failed: {stderr}{stdout}");
+        stdout
+    };
+    // Times within the TTLs: recent milliseconds.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let (t1, t2, t3) = (now - 3000, now - 2000, now - 1000);
+    for (k, c, ts, v) in [
+        ("k1", "red", t1, 10),
+        ("k1", "blue", t2, 20),
+        ("k2", "red", t3, 30),
+    ] {
+        assert!(shop_ok(&format!("put orders {k} {c} {ts} {v}")).contains("put ok"));
+    }
+    let got = shop_ok("get orders red index=c");
+    assert!(got.contains("k2") && got.contains("1 row(s)"), "{got}");
+    let got = shop_ok(&format!("get orders k1 ts={t1}"));
+    assert!(got.contains("red") && got.contains("1 row(s)"), "{got}");
+    let scanned = shop_ok(&format!("scan orders red index=c max_ts={t2}"));
+    assert!(
+        scanned.contains("k1") && scanned.contains("1 row(s)"),
+        "{scanned}"
+    );
+    assert!(shop_ok("count orders red index=c").contains("count: 2"));
+    assert!(shop_ok(&format!("count orders k1 min_ts={t2}")).contains("count: 1"));
+    let (success, _, stderr) = shop("get orders red index=nosuch");
+    assert!(
+        !success && stderr.contains("has no index `nosuch`"),
+        "{stderr}"
+    );
+    // A delete through the second index removes the rows from the first too.
+    assert!(shop_ok("delete orders red index=c").contains("delete ok: 2 row(s)"));
+    assert!(shop_ok("count orders").contains("count: 1"));
+    assert!(shop_ok("get orders k2").contains("0 row(s)"));
+
+    // info, gettablepartition, showsdkendpoint, man.
+    let info = shop_ok("info orders");
+    for expected in ["partitionnum", "quorum", "absolute", "12h", "leader"] {
+        assert!(info.contains(expected), "info lacks {expected}:\n{info}");
+    }
+    let partition = shop_ok("gettablepartition orders 1");
+    assert_eq!(partition.matches("leader").count(), 1, "{partition}");
+    assert_eq!(partition.matches("follower").count(), 1, "{partition}");
+    let (success, _, stderr) = shop("gettablepartition orders 7");
+    assert!(!success && stderr.contains("no partition 7"), "{stderr}");
+    assert_eq!(
+        ok(&cluster, "showsdkendpoint")
+            .matches("kTabletHealthy")
+            .count(),
+        3
+    );
+    let manual = ok(&cluster, "man showtable");
+    assert!(
+        manual.contains("--format=table|json") && manual.contains("--raw"),
+        "{manual}"
+    );
+    assert!(fails(&cluster, "showns --raw").contains("takes no --raw"));
+
+    // memused in human units, or bytes with --raw.
+    let human = shop_ok("showtable orders");
+    assert!(
+        human.contains(" B ") || human.contains("KiB") || human.contains("MiB"),
+        "{human}"
+    );
+    let raw = shop_ok("showtable orders --raw");
+    assert!(!raw.contains("KiB") && !raw.contains("MiB"), "{raw}");
+
+    // Every show command prints JSON for scripts.
+    let table = json(&cluster, "showtable --format=json");
+    assert_eq!(
+        table["rows"].as_array().unwrap().len(),
+        0,
+        "default has no tables"
+    );
+    let (success, stdout, stderr) = shop("showtable orders --format=json");
+    assert!(success, "{stderr}");
+    let table: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let rows = table["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{stdout}");
+    assert!(
+        rows.iter()
+            .all(|r| r["memused"].is_u64() && r["offset"].is_u64()),
+        "{stdout}"
+    );
+    for cmd in [
+        "showtablet",
+        "showns",
+        "showopstatus",
+        "showdb",
+        "confget",
+        "showsdkendpoint",
+    ] {
+        let value = json(&cluster, &format!("{cmd} --format=json"));
+        assert!(value["rows"].is_array(), "`{cmd}`: {value}");
+    }
+    for cmd in [
+        "showschema orders",
+        "info orders",
+        "gettablepartition orders 0",
+    ] {
+        let (success, stdout, stderr) = shop(&format!("{cmd} --format=json"));
+        assert!(success, "`{cmd}`: {stderr}");
+        let value: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("`{cmd}` printed no JSON ({e}):\n{stdout}"));
+        assert!(value.is_object(), "`{cmd}`: {value}");
+    }
+    let schema: serde_json::Value =
+        serde_json::from_str(&shop_ok("showschema orders --format=json")).unwrap();
+    assert_eq!(schema["indexes"]["rows"][1]["ttl"], "12h", "{schema}");
+
+    // deleteop: an ended op goes; a running or unknown one is refused.
+    let snapshot = shop_ok("makesnapshot orders 0");
+    let op_id: u64 = snapshot
+        .split("started: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no op id in {snapshot}"));
+    wait_ops_done(&cluster).await;
+    assert!(ok(&cluster, &format!("deleteop {op_id}")).contains(&format!("delete op {op_id} ok")));
+    assert!(fails(&cluster, &format!("deleteop {op_id}")).contains(&format!("no op {op_id}")));
+
+    // Drops: the table, then its database; scripts are not asked.
+    assert!(shop_ok("drop table orders").contains("drop table orders ok"));
+    assert!(ok(&cluster, "dropdb shop").contains("drop database shop ok"));
+    assert!(fails(&cluster, "use shop").contains("does not exist"));
+    assert!(fails(&cluster, "dropdb default").contains("cannot be dropped"));
 }

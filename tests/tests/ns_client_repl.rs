@@ -1,6 +1,6 @@
 //! The interactive `ns_client` in a real pseudo-terminal (tmux): completion of commands
-//! and table names, history recall, a `create table` over two lines, and the history
-//! file.
+//! and table names, history recall, a `create table` over two lines, the confirmation
+//! before a drop, and the history file.
 
 use std::process::Command;
 use std::time::Duration;
@@ -167,6 +167,24 @@ async fn the_interactive_shell_edits_completes_and_remembers() {
     terminal.type_and_press("index(key=a));", &["Enter"]);
     terminal.wait_for("the table to be created", |s| {
         s.contains("Create table t2 ok")
+    });
+
+    // Dropping asks first: `no` keeps the table, `yes` drops it.
+    terminal.type_and_press("drop table t2", &["Enter"]);
+    terminal.wait_for("the confirmation question", |s| {
+        s.contains("Drop table t2? yes/no:")
+    });
+    terminal.type_and_press("no", &["Enter"]);
+    terminal.wait_for("the drop to be cancelled", |s| s.contains("Drop cancelled"));
+    terminal.type_and_press("showtable t2", &["Enter"]);
+    terminal.wait_for("t2 still to exist", |s| s.matches("| t2 ").count() >= 3);
+    terminal.type_and_press("drop table t2", &["Enter"]);
+    terminal.wait_for("the question again", |s| {
+        s.matches("Drop table t2? yes/no:").count() == 2
+    });
+    terminal.type_and_press("yes", &["Enter"]);
+    terminal.wait_for("the table to be dropped", |s| {
+        s.contains("drop table t2 ok")
     });
 
     terminal.type_and_press("quit", &["Enter"]);

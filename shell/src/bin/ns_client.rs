@@ -1,7 +1,8 @@
 //! `ns_client`: the operator's shell. On a terminal it is interactive (history, tab
 //! completion, statements over several lines until `;`). `--cmd="…"` runs one command
-//! and exits non-zero on failure; when standard input is not a terminal, commands are
-//! read from it one per line, stopping at the first failure.
+//! and exits non-zero on failure; when standard input is not a terminal, statements are
+//! read from it (one per line, or over several lines as interactively), stopping at the
+//! first failure. Only the interactive shell asks before dropping anything.
 
 use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
@@ -36,6 +37,12 @@ struct Flags {
     /// History file of the interactive shell (default: ~/.tessera_ns_client_history).
     #[arg(long)]
     history_file: Option<std::path::PathBuf>,
+    /// How show commands print: `table`, or `json` for scripts.
+    #[arg(long, default_value = "table")]
+    format: tessera_shell::format::Format,
+    /// Never ask for confirmation, even in the interactive shell.
+    #[arg(long)]
+    yes: bool,
     #[command(flatten)]
     tls: tessera_common::tls::TlsFlags,
     #[command(flatten)]
@@ -109,7 +116,15 @@ async fn main() -> ExitCode {
         Ok(tm) => shell = shell.with_taskmanager(tm),
         Err(e) => eprintln!("no taskmanager connection ({e}); job commands are unavailable"),
     }
-    shell.db = flags.database;
+    shell.db = flags.database.clone();
+    shell.format = flags.format;
+    if shell.db != tessera_shell::shell::DEFAULT_DB {
+        // `use` checks the database exists; so does the flag.
+        if let Err(e) = shell.execute(&format!("use {}", flags.database)).await {
+            eprintln!("Error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     if let Some(cmd) = flags.cmd {
         return match shell.execute(&cmd).await {
             Ok(out) => {
@@ -124,6 +139,9 @@ async fn main() -> ExitCode {
     }
     let interactive = std::io::stdin().is_terminal() && flags.interactive;
     if interactive {
+        if !flags.yes {
+            shell = shell.with_confirmation(Box::new(tessera_shell::repl::ask_on_terminal));
+        }
         let history = flags
             .history_file
             .unwrap_or_else(tessera_shell::repl::default_history_file);
@@ -135,29 +153,44 @@ async fn main() -> ExitCode {
             }
         };
     }
+    // Not a terminal: statements as the interactive shell reads them, stopping at the
+    // first failure.
     let stdin = std::io::stdin();
-    // Not a terminal: one command per line, stopping at the first failure.
+    let mut statement = String::new();
     loop {
         let mut line = String::new();
-        match stdin.lock().read_line(&mut line) {
-            Ok(0) => return ExitCode::SUCCESS,
-            Ok(_) => {}
+        let read = match stdin.lock().read_line(&mut line) {
+            Ok(read) => read,
             Err(e) => {
                 eprintln!("cannot read input: {e}");
                 return ExitCode::FAILURE;
             }
+        };
+        if read > 0 {
+            if !statement.is_empty() {
+                statement.push(' ');
+            }
+            statement.push_str(line.trim());
+            if tessera_shell::repl::needs_more(&statement) {
+                continue;
+            }
         }
-        let trimmed = line.trim();
-        if trimmed.eq_ignore_ascii_case("quit") || trimmed.eq_ignore_ascii_case("exit") {
+        let text = std::mem::take(&mut statement);
+        if text.eq_ignore_ascii_case("quit") || text.eq_ignore_ascii_case("exit") {
             return ExitCode::SUCCESS;
         }
-        match shell.execute(trimmed).await {
-            Ok(out) if out.is_empty() => {}
-            Ok(out) => println!("{out}"),
-            Err(e) => {
-                eprintln!("Error: {e}");
-                return ExitCode::FAILURE;
+        if !text.is_empty() {
+            match shell.execute(&text).await {
+                Ok(out) if out.is_empty() => {}
+                Ok(out) => println!("{out}"),
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
+        }
+        if read == 0 {
+            return ExitCode::SUCCESS;
         }
     }
 }

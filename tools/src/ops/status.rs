@@ -2,7 +2,7 @@
 
 use comfy_table::{presets, Table};
 use tessera_proto::nameserver::ShowTableRequest;
-use tessera_shell::shell::ops_table;
+use tessera_shell::commands::show::ops_table;
 
 use super::{Ops, OpsError, Result};
 
