@@ -205,6 +205,32 @@ async fn user_call(
     Ok(format!("{verb} user {name} ok"))
 }
 
+/// The users and their grants.
+pub async fn show(ns: &mut NameserverConnection) -> Result<crate::format::Rows, String> {
+    let users = ns
+        .call(|mut c| async move { c.show_users(ShowUsersRequest {}).await })
+        .await
+        .map_err(status_text)?
+        .into_inner()
+        .users;
+    let mut rows = crate::format::Rows::new(&["user", "grants"]);
+    for user in &users {
+        let grants = if user.name == tessera_common::auth::ROOT {
+            "all on *.* (root)".to_string()
+        } else if user.grants.is_empty() {
+            "-".to_string()
+        } else {
+            user.grants
+                .iter()
+                .map(|g| format!("{} on {}.{}", g.privilege, g.db, g.table))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        rows.push(vec![user.name.clone().into(), grants.into()]);
+    }
+    Ok(rows)
+}
+
 /// Runs a user statement against the nameserver.
 pub async fn run(ns: &mut NameserverConnection, line: &str) -> Result<String, String> {
     match parse(line)? {
@@ -218,30 +244,7 @@ pub async fn run(ns: &mut NameserverConnection, line: &str) -> Result<String, St
             let password = String::new();
             user_call(ns, UserRequest { name, password }, UserCall::Drop).await
         }
-        Statement::Show => {
-            let users = ns
-                .call(|mut c| async move { c.show_users(ShowUsersRequest {}).await })
-                .await
-                .map_err(status_text)?
-                .into_inner()
-                .users;
-            let mut table = crate::format::table(&["user", "grants"]);
-            for user in &users {
-                let grants = if user.name == tessera_common::auth::ROOT {
-                    "all on *.* (root)".to_string()
-                } else if user.grants.is_empty() {
-                    "-".to_string()
-                } else {
-                    user.grants
-                        .iter()
-                        .map(|g| format!("{} on {}.{}", g.privilege, g.db, g.table))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
-                table.add_row([user.name.clone(), grants]);
-            }
-            Ok(table.to_string())
-        }
+        Statement::Show => Ok(show(ns).await?.render(crate::format::Format::Table)),
         Statement::Grant {
             user,
             privilege,

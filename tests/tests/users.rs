@@ -130,6 +130,16 @@ async fn users_log_in_and_may_do_what_they_are_granted() {
         "{users}"
     );
     assert!(!users.contains("argon2"), "hashes are never shown: {users}");
+    let users: serde_json::Value =
+        serde_json::from_str(&succeeds(&cluster, root, "show users --format=json")).unwrap();
+    assert!(
+        users["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["user"] == "alice" && u["grants"] == "select on default.*"),
+        "{users}"
+    );
 
     // Rows: nothing without logging in; alice reads but does not write.
     succeeds(&cluster, root, "put t1 a 1");

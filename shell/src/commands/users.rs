@@ -2,7 +2,7 @@
 //! [`crate::users`]. `create user` and `drop user` are reached through `create` and
 //! `drop`.
 
-use super::{Call, Command, Reply, MANY};
+use super::{Call, Command, Reply, MANY, SHOW};
 use crate::shell::Shell;
 use crate::users::{ALTER_USAGE, GRANT_USAGE, REVOKE_USAGE};
 
@@ -36,9 +36,21 @@ pub const COMMANDS: &[Command] = &[
         "show users",
         "the users and their privileges",
         (1, 1),
-        user_statement,
-    ),
+        show_users,
+    )
+    .flags(SHOW),
 ];
+
+fn show_users(shell: &mut Shell, call: Call) -> Reply<'_> {
+    Box::pin(async move {
+        if !call.arg(0).eq_ignore_ascii_case("users") {
+            return Err(call.usage_error());
+        }
+        Ok(crate::users::show(shell.nameserver())
+            .await?
+            .render(call.format))
+    })
+}
 
 fn user_statement(shell: &mut Shell, call: Call) -> Reply<'_> {
     // The password's quotes matter: the statement as typed.
