@@ -1522,18 +1522,33 @@ impl Client {
         };
         // A key of the first index lives in one partition; a key of another index, or a
         // whole index, in any.
-        if position == 0 && !key_values.is_empty() {
+        let key = (position == 0 && !key_values.is_empty()).then_some(key_values.as_slice());
+        self.sum_on_leaders(db, name, table.info.partition_num, key, call)
+            .await
+    }
+
+    /// Runs `call` on the leader of the partition holding `key` of the first index, or
+    /// without a key on every partition's leader, one after another; the sum of the
+    /// answers.
+    async fn sum_on_leaders<F, Fut>(
+        &self,
+        db: &str,
+        name: &str,
+        partitions: u32,
+        key: Option<&[Value]>,
+        call: F,
+    ) -> Result<u64, ClientError>
+    where
+        F: Fn(TabletClient<AuthChannel>, u32, u32) -> Fut + Copy,
+        Fut: Future<Output = Result<(u64, u64), tonic::Status>>,
+    {
+        if let Some(key) = key {
             return self
-                .on_leader_seen(
-                    db,
-                    name,
-                    |t| Self::first_index_partition(t, &key_values),
-                    call,
-                )
+                .on_leader_seen(db, name, |t| Self::first_index_partition(t, key), call)
                 .await;
         }
         let mut total = 0;
-        for pid in 0..table.info.partition_num {
+        for pid in 0..partitions {
             total += self.on_leader_seen(db, name, |_| Ok(pid), call).await?;
         }
         Ok(total)
@@ -1632,22 +1647,11 @@ impl Client {
                     Ok((r.deleted, r.offset))
                 }
             };
-            // A later follower read must see this delete, as it must see this client's puts.
-            if position == 0 {
-                return self
-                    .on_leader_seen(
-                        db,
-                        name,
-                        |t| Self::first_index_partition(t, &key_values),
-                        call,
-                    )
-                    .await;
-            }
-            let mut total = 0;
-            for pid in 0..table.info.partition_num {
-                total += self.on_leader_seen(db, name, |_| Ok(pid), call).await?;
-            }
-            Ok(total)
+            // A later follower read must see this delete, as it must see this client's puts
+            // (on_leader_seen notes the offset).
+            let key = (position == 0).then_some(key_values.as_slice());
+            self.sum_on_leaders(db, name, table.info.partition_num, key, call)
+                .await
         })
         .await
     }

@@ -15,6 +15,21 @@ fn ns_client(cluster: &NsCluster, cmd: &str) -> Output {
         .expect("run ns_client")
 }
 
+/// A nameserver and three tablets.
+async fn three_tablets(dir: &std::path::Path) -> NsCluster {
+    NsCluster::start(
+        dir,
+        NsClusterSpec {
+            tablets: 3,
+            tablet_session_ms: Some(3000),
+            tablet_args: &[],
+            nameserver_session_ms: 2000,
+            nameserver_args: &[],
+        },
+    )
+    .await
+}
+
 fn ok(cluster: &NsCluster, cmd: &str) -> String {
     let out = ns_client(cluster, cmd);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -91,17 +106,7 @@ fn fails(cluster: &NsCluster, cmd: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_run_through_the_binary() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = NsCluster::start(
-        dir.path(),
-        NsClusterSpec {
-            tablets: 3,
-            tablet_session_ms: Some(3000),
-            tablet_args: &[],
-            nameserver_session_ms: 2000,
-            nameserver_args: &[],
-        },
-    )
-    .await;
+    let cluster = three_tablets(dir.path()).await;
     let created = ok(
         &cluster,
         "create table t1 (writer string not null, seq bigint, v bigint, pad string, \
@@ -304,17 +309,7 @@ async fn commands_run_through_the_binary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_commands_databases_indexes_and_json() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = NsCluster::start(
-        dir.path(),
-        NsClusterSpec {
-            tablets: 3,
-            tablet_session_ms: Some(3000),
-            tablet_args: &[],
-            nameserver_session_ms: 2000,
-            nameserver_args: &[],
-        },
-    )
-    .await;
+    let cluster = three_tablets(dir.path()).await;
 
     // Databases exist once created; a multi-line statement on standard input.
     assert!(fails(&cluster, "use shop").contains("does not exist"));
