@@ -169,7 +169,8 @@ impl Ttl {
         }
     }
 
-    fn from_proto(ttl: Option<&pb::TtlDesc>) -> Result<Ttl, SchemaError> {
+    /// `None` is kept forever.
+    pub fn from_proto(ttl: Option<&pb::TtlDesc>) -> Result<Ttl, SchemaError> {
         let Some(ttl) = ttl else { return Ok(Ttl::NONE) };
         let (minutes, count) = (ttl.abs_ttl_minutes, ttl.lat_ttl);
         Ok(match pb::TtlType::try_from(ttl.ttl_type) {
@@ -181,7 +182,7 @@ impl Ttl {
         })
     }
 
-    fn to_proto(self) -> pb::TtlDesc {
+    pub fn to_proto(self) -> pb::TtlDesc {
         let (ttl_type, abs_ttl_minutes, lat_ttl) = match self {
             Ttl::Absolute { minutes } => (pb::TtlType::Absolute, minutes, 0),
             Ttl::Latest { count } => (pb::TtlType::Latest, 0, count),

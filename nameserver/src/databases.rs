@@ -28,24 +28,43 @@ impl Nameserver {
     pub async fn create_database(&self, name: &str) -> Result<()> {
         check_name("database", name)?;
         let lock = self.lock().await?;
+        let _admin = self.admin.lock().await;
+        let exists = || NsError::InvalidArgument(format!("database `{name}` already exists"));
         if self.databases().await?.iter().any(|db| db == name) {
-            return Err(NsError::InvalidArgument(format!(
-                "database `{name}` already exists"
-            )));
+            return Err(exists());
         }
         match lock
             .create(&self.paths.database(name), b"", &crate::state::persistent())
             .await
         {
-            Ok(_) | Err(ZkError::NodeExists) => {}
+            Ok(_) => {}
+            Err(ZkError::NodeExists) => return Err(exists()),
             Err(e) => return Err(e.into()),
         }
         info!(db = name, "database created");
         Ok(())
     }
 
+    /// Records `db` as a database if it has no node yet: a table created in it (by an
+    /// SDK, or before databases had nodes) makes it exist, and it stays after its last
+    /// table is dropped until `dropdb`. Call under the admin lock.
+    pub(crate) async fn record_database(
+        &self,
+        lock: &zookeeper_client::OwnedLockClient,
+        db: &str,
+    ) -> Result<()> {
+        match lock
+            .create(&self.paths.database(db), b"", &crate::state::persistent())
+            .await
+        {
+            Ok(_) | Err(ZkError::NodeExists) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Drops an empty database; refused while it holds tables, and for `default`.
     pub async fn drop_database(&self, name: &str) -> Result<()> {
+        check_name("database", name)?;
         if name == DEFAULT_DB {
             return Err(NsError::InvalidArgument(
                 "the default database cannot be dropped".into(),

@@ -262,6 +262,13 @@ impl Nameserver {
         )>,
     ) -> Result<()> {
         let mut ops = self.ops().await?;
+        if let Some((_, reports)) = &reconcile {
+            // Whatever auto_failover says: a TTL is configuration, not a repair.
+            if self.registry_ready() {
+                let tables = self.tables().await?;
+                self.align_ttls(&tables, reports).await;
+            }
+        }
         let restarted = self.take_restarted();
         if self.registry_ready() && self.auto_failover().await? {
             self.mark_restarted_replicas_dead(&restarted).await?;

@@ -343,6 +343,25 @@ impl NameserverRpc for NameserverService {
         Ok(Response::new(ShowDbResponse { dbs }))
     }
 
+    async fn set_ttl(
+        &self,
+        request: Request<SetTtlRequest>,
+    ) -> Result<Response<SetTtlResponse>, Status> {
+        {
+            let db = crate::state::db_or_default(&request.get_ref().db);
+            self.state
+                .authorize(&request, Need::Admin, Some(db), None)
+                .await?;
+        }
+        let r = request.into_inner();
+        let ttl = r.ttl.unwrap_or_default();
+        let change = self.state.set_ttl(&r.db, &r.name, &r.index, &ttl).await?;
+        Ok(Response::new(SetTtlResponse {
+            updated: change.updated,
+            pending: change.pending,
+        }))
+    }
+
     async fn create_database(
         &self,
         request: Request<DatabaseRequest>,

@@ -716,6 +716,7 @@ impl Nameserver {
             self.drop_replicas(&table).await;
             return Err(e);
         }
+        self.record_database(&lock, &db).await?;
         lock.create(
             &self.paths.table(&db, &request.name),
             &table.encode_to_vec(),

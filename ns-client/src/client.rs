@@ -1618,7 +1618,8 @@ impl Client {
 
     /// Deletes every row of a key of any index (empty: the first), from all of the table's
     /// indexes; returns how many. A key of the first index lives in one partition; a key
-    /// of another index is deleted in each.
+    /// of another index is deleted in each, one after another: on an error the partitions
+    /// before it have been deleted (a delete may be run again).
     pub async fn delete_index(
         &self,
         db: &str,
@@ -1630,10 +1631,13 @@ impl Client {
             let table = self.table(db, name, false).await?;
             let position = Self::index_position(&table, index)?;
             let key: Vec<_> = key_values.iter().map(Value::to_proto).collect();
-            // One sequence number for the whole delete: each partition keeps its own
-            // idempotence table, so a retry in one partition is recognised there.
-            let seq = self.next_seq();
+            // A sequence number per partition, taken when its call is made: a retry to
+            // the same partition reuses it (the closure is called again with that pid),
+            // and a later partition's number is never old in its window.
+            let seqs = parking_lot::Mutex::new(HashMap::<u32, u64>::new());
+            let seqs = &seqs;
             let call = |mut client: TabletClient<AuthChannel>, tid, pid| {
+                let seq = *seqs.lock().entry(pid).or_insert_with(|| self.next_seq());
                 let request = DeleteRequest {
                     tid,
                     pid,

@@ -67,12 +67,52 @@ pub fn default_history_file() -> PathBuf {
     PathBuf::from(home).join(".tessera_ns_client_history")
 }
 
-/// Whether a statement needs more lines: a `create` runs until its `;`, and any
-/// statement while a parenthesis is open.
-pub fn needs_more(statement: &str) -> bool {
+/// Gathers lines into statements, the same way on a terminal and on standard input:
+/// a statement parsed whole (`create`, `load`, `export`, the user statements) continues
+/// while a parenthesis is open, and one written over several lines continues until its
+/// `;`. Every other command is one line.
+#[derive(Default)]
+pub struct Statements {
+    text: String,
+    lines: usize,
+}
+
+impl Statements {
+    /// Adds a line; the statement, once it is complete.
+    pub fn push(&mut self, line: &str) -> Option<String> {
+        if !self.text.is_empty() {
+            self.text.push(' ');
+        }
+        self.text.push_str(line.trim());
+        self.lines += 1;
+        if needs_more(&self.text, self.lines) {
+            return None;
+        }
+        self.take()
+    }
+
+    /// What is gathered so far (at the end of input), if anything.
+    pub fn take(&mut self) -> Option<String> {
+        self.lines = 0;
+        let text = std::mem::take(&mut self.text);
+        (!text.is_empty()).then_some(text)
+    }
+
+    /// Whether a statement is under way (the continuation prompt).
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+}
+
+/// Whether `statement`, read over `lines` lines so far, needs more.
+fn needs_more(statement: &str, lines: usize) -> bool {
     let first = statement.split_whitespace().next().unwrap_or("");
-    open_parentheses(statement) > 0
-        || first.eq_ignore_ascii_case("create") && !statement.trim_end().ends_with(';')
+    let whole_statement = crate::commands::find(&first.to_ascii_lowercase())
+        .is_some_and(|c| c.words == crate::commands::Words::Statement);
+    if !whole_statement {
+        return false;
+    }
+    open_parentheses(statement) > 0 || lines > 1 && !statement.trim_end().ends_with(';')
 }
 
 /// Asks `question` on the terminal; only `yes` (or `y`) goes on.
@@ -114,9 +154,9 @@ pub async fn run(shell: &mut Shell, history: PathBuf) -> Result<(), String> {
     }));
     let _ = editor.load_history(&history);
     println!("Welcome to Tessera. `help` lists the commands; statements may span lines until `;`.");
-    let mut statement = String::new();
+    let mut statements = Statements::default();
     loop {
-        let prompt = if statement.is_empty() {
+        let prompt = if statements.is_empty() {
             format!("{}> ", shell.db)
         } else {
             "    -> ".to_string()
@@ -124,23 +164,15 @@ pub async fn run(shell: &mut Shell, history: PathBuf) -> Result<(), String> {
         let line = match editor.readline(&prompt) {
             Ok(line) => line,
             Err(ReadlineError::Interrupted) => {
-                statement.clear();
+                statements.take();
                 continue;
             }
             Err(ReadlineError::Eof) => break,
             Err(e) => return Err(format!("cannot read input: {e}")),
         };
-        if !statement.is_empty() {
-            statement.push(' ');
-        }
-        statement.push_str(line.trim());
-        if needs_more(&statement) {
+        let Some(text) = statements.push(&line) else {
             continue;
-        }
-        let text = std::mem::take(&mut statement);
-        if text.is_empty() {
-            continue;
-        }
+        };
         // A statement with a password stays out of the history file.
         if !text.to_ascii_lowercase().contains("password") {
             let _ = editor.add_history_entry(text.as_str());
@@ -164,13 +196,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn create_table_spans_lines_until_a_semicolon() {
-        assert!(needs_more("create table t (a string,"));
-        assert!(!needs_more("create table t (a string, index(key=a));"));
-        assert!(!needs_more("showtable"));
-        assert!(!needs_more("put t '(' x"));
-        assert!(needs_more(
-            "load data infile 'a.csv' into table t options (header=true,"
-        ));
+    fn statements_span_lines_while_open_or_until_a_semicolon() {
+        let mut s = Statements::default();
+        assert_eq!(s.push("create table t (a string,"), None);
+        assert_eq!(
+            s.push("index(key=a))"),
+            None,
+            "over several lines: until `;`"
+        );
+        assert_eq!(
+            s.push("options (partitionnum=1);").as_deref(),
+            Some("create table t (a string, index(key=a)) options (partitionnum=1);")
+        );
+        // One line, balanced: complete without `;`, so the next line is its own.
+        assert_eq!(
+            s.push("create database shop").as_deref(),
+            Some("create database shop")
+        );
+        assert_eq!(
+            s.push("create table t (a string, index(key=a))").as_deref(),
+            Some("create table t (a string, index(key=a))")
+        );
+        // Only whole statements continue: a value with a parenthesis does not.
+        assert_eq!(s.push("put t a(b 1").as_deref(), Some("put t a(b 1"));
+        assert_eq!(s.push("showtable").as_deref(), Some("showtable"));
+        assert_eq!(
+            s.push("load data infile 'a.csv' into table t options (header=true,"),
+            None
+        );
+        assert_eq!(
+            s.take().as_deref(),
+            Some("load data infile 'a.csv' into table t options (header=true,")
+        );
+        assert!(s.is_empty());
+        assert_eq!(
+            s.push("create user a options (password='(')").as_deref(),
+            Some("create user a options (password='(')")
+        );
     }
 }

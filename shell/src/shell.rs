@@ -151,35 +151,60 @@ impl Shell {
         };
         let words = match command.words {
             Words::Quoted => split_words(line)?,
-            Words::Statement => line.split_whitespace().map(String::from).collect(),
+            // Parsed from the statement itself: no word is a flag.
+            Words::Statement => line
+                .split_whitespace()
+                .map(|w| Word {
+                    text: w.to_string(),
+                    quoted: true,
+                })
+                .collect(),
         };
         let call = commands::prepare(command, line, words, self.format)?;
         (command.run)(self, call).await
     }
 }
 
+/// A word of a command line, and whether any of it was quoted (a quoted word is never
+/// a flag or an option: `put t '--x'` writes `--x`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Word {
+    pub text: String,
+    pub quoted: bool,
+}
+
 /// Splits a command line into words; '…' and "…" quote words with spaces.
-pub fn split_words(line: &str) -> Result<Vec<String>, String> {
+pub fn split_words(line: &str) -> Result<Vec<Word>, String> {
     let mut words = Vec::new();
-    let mut current = String::new();
+    let mut current = Word {
+        text: String::new(),
+        quoted: false,
+    };
     let mut quote: Option<char> = None;
     let mut in_word = false;
     for c in line.chars() {
         match quote {
             Some(q) if c == q => quote = None,
-            Some(_) => current.push(c),
+            Some(_) => current.text.push(c),
             None if c == '\'' || c == '"' => {
                 quote = Some(c);
                 in_word = true;
+                current.quoted = true;
             }
             None if c.is_whitespace() => {
                 if in_word {
-                    words.push(std::mem::take(&mut current));
+                    words.push(std::mem::replace(
+                        &mut current,
+                        Word {
+                            text: String::new(),
+                            quoted: false,
+                        },
+                    ));
                     in_word = false;
                 }
             }
             None => {
-                current.push(c);
+                current.text.push(c);
                 in_word = true;
             }
         }
@@ -193,6 +218,9 @@ pub fn split_words(line: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
+/// The most partitions one pid group names.
+const MAX_PID_GROUP: u32 = 1 << 20;
+
 /// `0`, `1,3`, `0-3` → the partition ids.
 pub fn parse_pid_group(text: &str) -> Result<Vec<u32>, String> {
     let bad = || format!("`{text}` is not a pid group (examples: 0, 1,3, 0-3)");
@@ -204,7 +232,8 @@ pub fn parse_pid_group(text: &str) -> Result<Vec<u32>, String> {
                     from.trim().parse().map_err(|_| bad())?,
                     to.trim().parse().map_err(|_| bad())?,
                 );
-                if from > to {
+                // A partition count is far below this; a typo must not allocate gigabytes.
+                if from > to || to - from >= MAX_PID_GROUP {
                     return Err(bad());
                 }
                 pids.extend(from..=to);
@@ -224,16 +253,27 @@ mod tests {
         assert_eq!(parse_pid_group("0-3").unwrap(), vec![0, 1, 2, 3]);
         assert_eq!(parse_pid_group("1,3").unwrap(), vec![1, 3]);
         assert!(parse_pid_group("3-1").is_err());
+        assert!(parse_pid_group("0-4294967295").is_err());
         assert!(parse_pid_group("a").is_err());
     }
 
     #[test]
     fn words_and_values() {
-        assert_eq!(
-            split_words("put t 'a b' 1").unwrap(),
-            vec!["put", "t", "a b", "1"]
-        );
-        assert_eq!(split_words("get t ''").unwrap(), vec!["get", "t", ""]);
+        let texts = |line: &str| -> Vec<String> {
+            split_words(line)
+                .unwrap()
+                .into_iter()
+                .map(|w| w.text)
+                .collect()
+        };
+        assert_eq!(texts("put t 'a b' 1"), vec!["put", "t", "a b", "1"]);
+        assert_eq!(texts("get t ''"), vec!["get", "t", ""]);
+        let quoted: Vec<bool> = split_words("put t '--x' --y")
+            .unwrap()
+            .iter()
+            .map(|w| w.quoted)
+            .collect();
+        assert_eq!(quoted, vec![false, false, true, false]);
         assert!(split_words("put t 'open").is_err());
         let column = tessera_common::Column {
             name: "v".into(),

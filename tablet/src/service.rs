@@ -532,6 +532,22 @@ impl Tablet for TabletService {
         }))
     }
 
+    async fn set_ttl(
+        &self,
+        request: Request<SetTtlRequest>,
+    ) -> Result<Response<SetTtlResponse>, Status> {
+        cluster_secret::check(&request, "SetTtl")?;
+        let SetTtlRequest { tid, pid, ttls } = request.into_inner();
+        let table = self.table(tid, pid)?;
+        let ttls = ttls
+            .iter()
+            .map(|ttl| tessera_common::Ttl::from_proto(Some(ttl)))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| TabletError::InvalidArgument(e.to_string()))?;
+        blocking(move || Ok(table.set_ttls(ttls)?)).await?;
+        Ok(Response::new(SetTtlResponse {}))
+    }
+
     async fn get_table_status(
         &self,
         request: Request<GetTableStatusRequest>,

@@ -332,3 +332,33 @@ fn a_consistent_read_is_whole_or_refused() {
         "{refused:?}"
     );
 }
+
+#[test]
+fn a_changed_ttl_applies_to_reads_and_survives_a_reload() {
+    use tessera_common::Ttl;
+    let dir = tempfile::tempdir().unwrap();
+    let table = create(&dir.path().join("1_0"), 1 << 20);
+    for ts in 1..=3 {
+        table.put(&row("k", ts, Some(ts), "t")).unwrap();
+    }
+    assert_eq!(table.count("", &key("k")).unwrap().1, 3);
+    let before = table.ttls();
+    let mut ttls = before.clone();
+    ttls[0] = Ttl::Latest { count: 1 };
+    table.set_ttls(ttls.clone()).unwrap();
+    assert_eq!(
+        table.count("", &key("k")).unwrap().1,
+        1,
+        "reads apply it at once"
+    );
+    let err = table
+        .set_ttls(vec![Ttl::NONE; before.len() + 1])
+        .unwrap_err();
+    assert!(err.to_string().contains("ttls were given"), "{err}");
+    let (table, _) = reopen(table, 1 << 20);
+    assert_eq!(table.ttls(), ttls, "kept in the table meta");
+    assert_eq!(table.count("", &key("k")).unwrap().1, 1);
+    // Lengthened again before a collection: the rows are still there.
+    table.set_ttls(before).unwrap();
+    assert_eq!(table.count("", &key("k")).unwrap().1, 3);
+}

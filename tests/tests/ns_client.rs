@@ -480,3 +480,91 @@ async fn operator_commands_databases_indexes_and_json() {
     assert!(fails(&cluster, "use shop").contains("does not exist"));
     assert!(fails(&cluster, "dropdb default").contains("cannot be dropped"));
 }
+
+/// `setttl` changes the metadata and every replica; a replica whose tablet was down when
+/// it ran takes the new TTL once the tablet returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setttl_reaches_every_replica_even_one_that_was_down() {
+    use tessera_proto::common::{TtlDesc, TtlType};
+    use tessera_proto::tablet::GetTableStatusRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = three_tablets(dir.path()).await;
+    assert!(ok(
+        &cluster,
+        "create table t (k string, ts bigint, index(key=k, ts=ts)) \
+         options (partitionnum=1, replicanum=3);"
+    )
+    .contains("Create table t ok"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for age in 1..=3 {
+        assert!(ok(&cluster, &format!("put t a {}", now - age * 1000)).contains("put ok"));
+    }
+    assert!(ok(&cluster, "count t a").contains("count: 3"));
+
+    // A follower's tablet goes down.
+    let rows = tessera_tests::routed::table_rows(&mut cluster.ns().await, "t").await;
+    let tid = rows[0].tid;
+    let follower = rows
+        .iter()
+        .find(|r| r.role == "follower")
+        .unwrap()
+        .endpoint
+        .clone();
+    let index = cluster.tablet_index(&follower);
+    cluster.tablets[index].kill9();
+
+    let out = ok(&cluster, "setttl t latest 1");
+    assert!(
+        out.contains("set ttl ok: 2 replica(s) updated")
+            && out.contains("1 will take it when seen again")
+            && out.contains(&follower),
+        "{out}"
+    );
+    assert!(
+        ok(&cluster, "count t a").contains("count: 1"),
+        "reads apply it"
+    );
+    assert!(ok(&cluster, "showtable t").contains("latest 1"));
+
+    // The tablet returns with the old TTL on disk, and is brought in line.
+    cluster.tablets[index].restart().await;
+    let latest_one = TtlDesc {
+        ttl_type: TtlType::Latest as i32,
+        abs_ttl_minutes: 0,
+        lat_ttl: 1,
+    };
+    let tablet = &cluster.tablets[index];
+    tessera_tests::wait_until_async(
+        std::time::Duration::from_secs(60),
+        "the returned replica to take the new ttl",
+        || {
+            let expected = vec![latest_one];
+            async move {
+                let Ok(answer) = tablet
+                    .client()
+                    .await
+                    .get_table_status(GetTableStatusRequest {
+                        tid: Some(tid),
+                        pid: Some(0),
+                    })
+                    .await
+                else {
+                    return false;
+                };
+                answer.into_inner().tables[0].ttls == expected
+            }
+        },
+    )
+    .await;
+
+    // Mistakes say what is wrong and change nothing.
+    assert!(fails(&cluster, "setttl t latest 1d").contains("not a row count"));
+    assert!(fails(&cluster, "setttl t sometimes 1").contains("unknown ttl type"));
+    assert!(fails(&cluster, "setttl t absolute 1h nosuch").contains("has no index `nosuch`"));
+    assert!(fails(&cluster, "setttl nope absolute 1h").contains("does not exist"));
+    assert!(ok(&cluster, "showtable t").contains("latest 1"));
+}

@@ -156,7 +156,7 @@ async fn main() -> ExitCode {
     // Not a terminal: statements as the interactive shell reads them, stopping at the
     // first failure.
     let stdin = std::io::stdin();
-    let mut statement = String::new();
+    let mut statements = tessera_shell::repl::Statements::default();
     loop {
         let mut line = String::new();
         let read = match stdin.lock().read_line(&mut line) {
@@ -166,20 +166,15 @@ async fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if read > 0 {
-            if !statement.is_empty() {
-                statement.push(' ');
+        let complete = if read == 0 {
+            statements.take()
+        } else {
+            statements.push(&line)
+        };
+        if let Some(text) = complete {
+            if text.eq_ignore_ascii_case("quit") || text.eq_ignore_ascii_case("exit") {
+                return ExitCode::SUCCESS;
             }
-            statement.push_str(line.trim());
-            if tessera_shell::repl::needs_more(&statement) {
-                continue;
-            }
-        }
-        let text = std::mem::take(&mut statement);
-        if text.eq_ignore_ascii_case("quit") || text.eq_ignore_ascii_case("exit") {
-            return ExitCode::SUCCESS;
-        }
-        if !text.is_empty() {
             match shell.execute(&text).await {
                 Ok(out) if out.is_empty() => {}
                 Ok(out) => println!("{out}"),

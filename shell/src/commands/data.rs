@@ -102,10 +102,11 @@ impl Query {
             limit: None,
         };
         let mut plain = Vec::new();
-        for word in &call.args[1..] {
+        for (word, &quoted) in call.args[1..].iter().zip(&call.quoted[1..]) {
+            // `'index=x'` is a key value, not an option.
             let option = word
                 .split_once('=')
-                .filter(|(name, _)| OPTIONS.contains(name));
+                .filter(|(name, _)| !quoted && OPTIONS.contains(name));
             let Some((name, value)) = option else {
                 plain.push(word.as_str());
                 continue;

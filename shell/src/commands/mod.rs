@@ -129,6 +129,8 @@ pub struct Call {
     /// The whole statement, trimmed, without its `;`.
     pub line: String,
     pub args: Vec<String>,
+    /// Whether each argument was quoted (a quoted word is never an option).
+    pub quoted: Vec<bool>,
     pub format: Format,
     pub raw: bool,
     pub yes: bool,
@@ -209,22 +211,24 @@ pub fn nearest(name: &str) -> Option<&'static str> {
 pub fn prepare(
     command: &'static Command,
     line: &str,
-    words: Vec<String>,
+    words: Vec<crate::shell::Word>,
     format: Format,
 ) -> Result<Call, String> {
     let mut call = Call {
         line: line.to_string(),
         args: Vec::new(),
+        quoted: Vec::new(),
         format,
         raw: false,
         yes: false,
         usage: command.usage,
     };
     for word in words.into_iter().skip(1) {
-        let flag = match word.strip_prefix("--") {
-            Some(flag) if command.words == Words::Quoted => flag.to_string(),
+        let flag = match word.text.strip_prefix("--") {
+            Some(flag) if !word.quoted => flag.to_string(),
             _ => {
-                call.args.push(word);
+                call.args.push(word.text);
+                call.quoted.push(word.quoted);
                 continue;
             }
         };
@@ -296,7 +300,7 @@ mod tests {
     #[test]
     fn flags_are_taken_out_and_checked() {
         let showtable = find("showtable").unwrap();
-        let words = |line: &str| line.split_whitespace().map(String::from).collect();
+        let words = |line: &str| crate::shell::split_words(line).unwrap();
         let call = prepare(
             showtable,
             "",
@@ -323,6 +327,8 @@ mod tests {
         let err = prepare(showtable, "", words("showtable a b"), Format::Table)
             .err()
             .unwrap();
+        let call = prepare(showtable, "", words("showtable '--raw'"), Format::Table).unwrap();
+        assert_eq!(call.args, vec!["--raw"], "a quoted word is an argument");
         assert!(err.starts_with("usage: showtable"), "{err}");
     }
 }

@@ -3,7 +3,7 @@
 
 use tessera_proto::nameserver::*;
 
-use super::{Call, Command, Reply};
+use super::{Call, Command, Flag, Reply};
 use crate::shell::{parse_pid_group, Shell};
 
 pub const COMMANDS: &[Command] = &[
@@ -42,10 +42,12 @@ pub const COMMANDS: &[Command] = &[
         (2, 4),
         changeleader,
     )
+    .flags(&[Flag::Yes])
     .details(
         "Without force the new leader must hold every acknowledged write: in quorum mode \
          enough replicas must answer. `force` takes the chosen replica anyway, as Kafka's \
-         unclean leader election does, and writes it lacks are lost.",
+         unclean leader election does, and writes it lacks are lost; the interactive shell \
+         asks first (--yes skips it).",
     ),
     Command::new(
         "migrate",
@@ -183,6 +185,14 @@ fn changeleader(shell: &mut Shell, call: Call) -> Reply<'_> {
                 "auto" => {}
                 endpoint => candidate = endpoint.to_string(),
             }
+        }
+        if force
+            && !shell.confirmed(
+                call.yes,
+                "A forced leader change loses acknowledged writes the chosen replica lacks. Go on?",
+            )
+        {
+            return Ok("changeleader cancelled".into());
         }
         let request = ChangeLeaderRequest {
             db: shell.db.clone(),

@@ -44,6 +44,21 @@ pub const COMMANDS: &[Command] = &[
     )
     .flags(&[Flag::Yes]),
     Command::new(
+        "setttl",
+        "setttl name absolute|latest|absandlat|absorlat ttl [lat_ttl] [index]",
+        "change the TTL of a table's index (of every index without one), on every replica",
+        (3, 5),
+        setttl,
+    )
+    .details(
+        "Times are minutes, or carry a unit: 30m, 12h, 7d. latest counts rows per key. \
+         absandlat and absorlat take a time and a count. Reads apply the new TTL at once \
+         and the next collection removes what it expires; rows a shorter TTL removed do \
+         not come back. A replica whose tablet is down takes the TTL when it returns.\n\
+         Examples: setttl t1 absolute 7d | setttl t1 latest 10 index_b | \
+         setttl t1 absorlat 1h 100",
+    ),
+    Command::new(
         "use",
         "use db",
         "switch the current database (it must exist)",
@@ -95,7 +110,8 @@ fn drop(shell: &mut Shell, call: Call) -> Reply<'_> {
     Box::pin(async move {
         let name = call.arg(1).to_string();
         match call.arg(0).to_ascii_lowercase().as_str() {
-            "user" => crate::users::run(shell.nameserver(), &call.line).await,
+            // The statement without its flags.
+            "user" => crate::users::run(shell.nameserver(), &format!("drop user {name}")).await,
             "database" => drop_database(shell, &name, call.yes).await,
             "table" => {
                 if !shell.confirmed(call.yes, &format!("Drop table {name}?")) {
@@ -135,6 +151,61 @@ async fn drop_database(shell: &mut Shell, name: &str, yes: bool) -> Result<Strin
 
 fn dropdb(shell: &mut Shell, call: Call) -> Reply<'_> {
     Box::pin(async move { drop_database(shell, call.arg(0), call.yes).await })
+}
+
+fn setttl(shell: &mut Shell, call: Call) -> Reply<'_> {
+    Box::pin(async move {
+        use tessera_proto::common::{TtlDesc, TtlType};
+        let count = |i: usize| -> Result<u64, String> {
+            call.arg(i).parse().map_err(|_| {
+                format!(
+                    "`{}` is not a row count; {}",
+                    call.arg(i),
+                    call.usage_error()
+                )
+            })
+        };
+        let time = |i: usize| crate::create_table::parse_minutes(call.arg(i));
+        let (ttl_type, abs_ttl_minutes, lat_ttl, next) =
+            match call.arg(1).to_ascii_lowercase().as_str() {
+                "absolute" => (TtlType::Absolute, time(2)?, 0, 3),
+                "latest" => (TtlType::Latest, 0, count(2)?, 3),
+                "absandlat" => (TtlType::AbsAndLat, time(2)?, count(3)?, 4),
+                "absorlat" => (TtlType::AbsOrLat, time(2)?, count(3)?, 4),
+                other => {
+                    return Err(format!(
+                        "unknown ttl type `{other}` (absolute, latest, absandlat, absorlat)"
+                    ))
+                }
+            };
+        if call.args.len() > next + 1 {
+            return Err(call.usage_error());
+        }
+        let request = SetTtlRequest {
+            db: shell.db.clone(),
+            name: call.arg(0).to_string(),
+            index: call.arg(next).to_string(),
+            ttl: Some(TtlDesc {
+                ttl_type: ttl_type as i32,
+                abs_ttl_minutes,
+                lat_ttl,
+            }),
+        };
+        let answer = shell
+            .ns(request, |mut c, r| async move { c.set_ttl(r).await })
+            .await?;
+        let mut text = format!("set ttl ok: {} replica(s) updated", answer.updated);
+        if !answer.pending.is_empty() {
+            text.push_str(&format!(
+                "; {} will take it when seen again:",
+                answer.pending.len()
+            ));
+            for pending in &answer.pending {
+                text.push_str(&format!("\n  {pending}"));
+            }
+        }
+        Ok(text)
+    })
 }
 
 fn use_db(shell: &mut Shell, call: Call) -> Reply<'_> {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crossbeam_skiplist::SkipMap;
 use tessera_common::codec::{self, RowError};
-use tessera_common::{key, Schema, Value};
+use tessera_common::{key, Schema, Ttl, Value};
 
 /// Position of one entry in an index.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -101,6 +101,8 @@ pub struct IndexEntries(Vec<(Vec<u8>, i64)>);
 pub struct Memtable {
     schema: Arc<Schema>,
     indexes: Vec<SkipMap<EntryKey, Arc<StoredRow>>>,
+    /// Each index's TTL: the schema's at first, changed by [`Memtable::set_ttls`].
+    ttls: parking_lot::RwLock<Vec<Ttl>>,
     /// Bytes held by keys and rows.
     memory: Arc<AtomicU64>,
 }
@@ -108,15 +110,32 @@ pub struct Memtable {
 impl Memtable {
     pub fn new(schema: Arc<Schema>) -> Memtable {
         let indexes = schema.indexes.iter().map(|_| SkipMap::new()).collect();
+        let ttls = schema.indexes.iter().map(|ix| ix.ttl).collect();
         Memtable {
             schema,
             indexes,
+            ttls: parking_lot::RwLock::new(ttls),
             memory: Arc::new(AtomicU64::new(0)),
         }
     }
 
     pub fn schema(&self) -> &Arc<Schema> {
         &self.schema
+    }
+
+    /// Each index's TTL now.
+    pub fn ttls(&self) -> Vec<Ttl> {
+        self.ttls.read().clone()
+    }
+
+    /// Changes the TTLs (one per index); reads apply them at once.
+    pub fn set_ttls(&self, ttls: Vec<Ttl>) {
+        debug_assert_eq!(ttls.len(), self.indexes.len());
+        *self.ttls.write() = ttls;
+    }
+
+    fn ttl(&self, index: usize) -> Ttl {
+        self.ttls.read()[index]
     }
 
     /// The key and ts of `row` in every index. Fails if a key or ts column is NULL.
@@ -213,7 +232,7 @@ impl Memtable {
         key: &[u8],
         now_ms: i64,
     ) -> impl Iterator<Item = Found> + 'a {
-        let ttl = self.schema.indexes[index].ttl;
+        let ttl = self.ttl(index);
         self.indexes[index]
             .range(EntryKey::first_of(key)..=EntryKey::last_of(key))
             .enumerate()
@@ -247,7 +266,7 @@ impl Memtable {
         now_ms: i64,
         mut visit: impl FnMut(&EntryKey, Found) -> ControlFlow<B>,
     ) -> Option<B> {
-        let ttl = self.schema.indexes[index].ttl;
+        let ttl = self.ttl(index);
         let (start, first_rank) = match after {
             Some(at) => (
                 Bound::Excluded(at.clone()),
@@ -312,7 +331,7 @@ impl Memtable {
         view: ReadView,
         mut visit: impl FnMut(&EntryKey, Found) -> ControlFlow<B>,
     ) -> Option<B> {
-        let ttl = self.schema.indexes[index].ttl;
+        let ttl = self.ttl(index);
         let (start, mut current, mut rank) = match after {
             Some(at) => (
                 Bound::Excluded(at.clone()),
@@ -350,7 +369,7 @@ impl Memtable {
     /// a rank reaches `count`, so counting stops there and resuming a page costs at most
     /// `count` steps, not the length of the key.
     fn rank_after(&self, index: usize, at: &EntryKey, max_offset: u64) -> u64 {
-        let Some(cap) = self.schema.indexes[index].ttl.rank_bound() else {
+        let Some(cap) = self.ttl(index).rank_bound() else {
             return 0;
         };
         self.indexes[index]
@@ -364,7 +383,7 @@ impl Memtable {
     pub fn gc(&self, now_ms: i64) -> u64 {
         let mut removed = 0;
         for (index, map) in self.indexes.iter().enumerate() {
-            let ttl = self.schema.indexes[index].ttl;
+            let ttl = self.ttl(index);
             if ttl.never_expires() {
                 continue;
             }

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use prost::Message;
-use tessera_common::{codec, key, Schema, Value};
+use tessera_common::{codec, key, Schema, Ttl, Value};
 use tessera_proto::common::TermPair;
 use tessera_proto::tablet::{
     ReplicaState, ReplicationMode, TableMeta, TableRole, TableState, TableStatus,
@@ -155,6 +155,8 @@ pub struct Table {
     pub(super) snapshot_offset: AtomicU64,
     /// One snapshot at a time.
     pub(super) snapshot_lock: Mutex<()>,
+    /// One rewrite of the table meta at a time (a TTL change).
+    meta_lock: Mutex<()>,
     making_snapshot: AtomicBool,
     /// While a consistent read is paging (until this time, ms since the epoch), expired
     /// rows are hidden but not collected: the read may still need them.
@@ -393,6 +395,7 @@ impl Table {
             history: Mutex::new(term_history),
             snapshot_offset: AtomicU64::new(report.snapshot_offset),
             snapshot_lock: Mutex::new(()),
+            meta_lock: Mutex::new(()),
             making_snapshot: AtomicBool::new(false),
             gc_paused_until_ms: std::sync::atomic::AtomicI64::new(0),
             // What an earlier life removed happened before now; a read begins after.
@@ -420,6 +423,40 @@ impl Table {
 
     pub fn schema(&self) -> &Arc<Schema> {
         &self.schema
+    }
+
+    /// Each index's TTL now (the schema's, unless changed since).
+    pub fn ttls(&self) -> Vec<Ttl> {
+        self.memtable.ttls()
+    }
+
+    /// Changes the TTLs, one per index in the schema's order: kept in the table meta
+    /// (crash-safe, so a reload keeps them), then applied to reads at once; the next
+    /// collection removes what they expire. Rows a shorter TTL already collected do not
+    /// come back when it is lengthened again.
+    pub fn set_ttls(&self, ttls: Vec<Ttl>) -> Result<()> {
+        if ttls.len() != self.schema.indexes.len() {
+            return Err(StorageError::InvalidArgument(format!(
+                "the table has {} indexes, {} ttls were given",
+                self.schema.indexes.len(),
+                ttls.len()
+            )));
+        }
+        let _one_at_a_time = self.meta_lock.lock();
+        let mut meta = self.meta.clone();
+        if let Some(schema) = meta.schema.as_mut() {
+            for (index, ttl) in schema.indexes.iter_mut().zip(&ttls) {
+                index.ttl = Some(ttl.to_proto());
+            }
+        }
+        crashsafe::write_framed(
+            &meta_path(&self.dir),
+            META_MAGIC,
+            META_VERSION,
+            &meta.encode_to_vec(),
+        )?;
+        self.memtable.set_ttls(ttls);
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -1108,6 +1145,7 @@ impl Table {
             applied_offset: self.applied_offset(),
             leader: replica.leader,
             commit_offset: self.quorum.commit(),
+            ttls: self.ttls().into_iter().map(Ttl::to_proto).collect(),
             tid: self.meta.tid,
             pid: self.meta.pid,
             db: self.meta.db.clone(),
