@@ -16,6 +16,9 @@ if ! command -v tmux >/dev/null; then
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq tmux >/dev/null
 fi
 
+# The status page is tested in a real headless browser.
+scripts/chromium.sh install
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

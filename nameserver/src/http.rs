@@ -1,5 +1,6 @@
-//! HTTP on the nameserver's own port, beside gRPC: a leader check for load balancers
-//! (an HAProxy `httpchk` routes to the leader), a health check, and Prometheus metrics.
+//! HTTP on the nameserver's own port, beside gRPC: the status page, a leader check for
+//! load balancers (an HAProxy `httpchk` routes to the leader), a health check, and
+//! Prometheus metrics.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -16,12 +17,17 @@ use crate::state::{Leadership, Nameserver};
 /// The HTTP routes, merged into the gRPC router.
 pub fn with_http(grpc: Router, state: Arc<Nameserver>) -> Router {
     let http = Router::new()
+        .route("/", get(status_page))
         .route("/api/leader-check", get(leader_check))
         .route("/api/leader-check/503", get(leader_check_503))
         .route("/api/health", get(health))
         .route("/metrics", get(metrics))
         .with_state(state);
     grpc.merge(http)
+}
+
+async fn status_page(State(ns): State<Arc<Nameserver>>) -> impl IntoResponse {
+    axum::response::Html(crate::status_page::render(&ns).await)
 }
 
 /// 200 on the leader, 404 on a standby, 503 on a leader that lost touch with ZooKeeper.

@@ -16,6 +16,7 @@ pub mod schedule;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod status_page;
 pub mod ttl;
 pub mod users;
 pub mod voting;

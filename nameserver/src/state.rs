@@ -849,45 +849,53 @@ impl Nameserver {
         // One question to each healthy tablet, all at once; replicas on tablets that do
         // not answer show -1.
         let reports = self.tablet_reports().await;
-        let mut rows = Vec::new();
-        for table in &tables {
-            let drifts = crate::reconcile::drifts(table, &reports);
-            for partition in &table.partitions {
-                for replica in &partition.replicas {
-                    let status = reports
-                        .get(&replica.endpoint)
-                        .and_then(|r| r.get(&(table.tid, partition.pid)));
-                    let drift = drifts
-                        .iter()
-                        .find(|d| d.pid == partition.pid && d.endpoint == replica.endpoint)
-                        .map(|d| d.what.clone())
-                        .unwrap_or_default();
-                    rows.push(ShowTableRow {
-                        name: table.name.clone(),
-                        db: table.db.clone(),
-                        tid: table.tid,
-                        pid: partition.pid,
-                        endpoint: replica.endpoint.clone(),
-                        role: if replica.is_leader {
-                            "leader"
-                        } else {
-                            "follower"
-                        }
-                        .into(),
-                        is_alive: replica.is_alive,
-                        offset: status.map_or(-1, |s| s.offset as i64),
-                        record_cnt: status.map_or(-1, |s| s.record_count as i64),
-                        memused: status.map_or(-1, |s| s.memory_used_bytes as i64),
-                        mode: table.mode,
-                        note: partition.unavailable_reason.clone(),
-                        drift,
-                        ttl: first_index_ttl(table),
-                    });
-                }
+        Ok(replica_rows(&tables, &reports))
+    }
+}
+
+/// One row per replica of `tables`, with what its tablet reported (-1 where it did not).
+pub(crate) fn replica_rows(
+    tables: &[TableInfo],
+    reports: &std::collections::HashMap<String, crate::reconcile::TabletReport>,
+) -> Vec<ShowTableRow> {
+    let mut rows = Vec::new();
+    for table in tables {
+        let drifts = crate::reconcile::drifts(table, reports);
+        for partition in &table.partitions {
+            for replica in &partition.replicas {
+                let status = reports
+                    .get(&replica.endpoint)
+                    .and_then(|r| r.get(&(table.tid, partition.pid)));
+                let drift = drifts
+                    .iter()
+                    .find(|d| d.pid == partition.pid && d.endpoint == replica.endpoint)
+                    .map(|d| d.what.clone())
+                    .unwrap_or_default();
+                rows.push(ShowTableRow {
+                    name: table.name.clone(),
+                    db: table.db.clone(),
+                    tid: table.tid,
+                    pid: partition.pid,
+                    endpoint: replica.endpoint.clone(),
+                    role: if replica.is_leader {
+                        "leader"
+                    } else {
+                        "follower"
+                    }
+                    .into(),
+                    is_alive: replica.is_alive,
+                    offset: status.map_or(-1, |s| s.offset as i64),
+                    record_cnt: status.map_or(-1, |s| s.record_count as i64),
+                    memused: status.map_or(-1, |s| s.memory_used_bytes as i64),
+                    mode: table.mode,
+                    note: partition.unavailable_reason.clone(),
+                    drift,
+                    ttl: first_index_ttl(table),
+                });
             }
         }
-        Ok(rows)
     }
+    rows
 }
 
 /// The TTL of a table's first index, which `showtable` reports.
