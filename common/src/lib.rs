@@ -8,6 +8,8 @@ pub mod coordination;
 pub mod failure_detection;
 pub mod history;
 pub mod key;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod retry;
 pub mod schema;
 pub mod server_process;

@@ -379,7 +379,10 @@ impl Nameserver {
                 .set_data(&path, &op.encode_to_vec(), Some(stat.version))
                 .await
             {
-                Ok(_) => return Ok(vec![op]),
+                Ok(_) => {
+                    crate::metrics::METRICS.op_ended(&op);
+                    return Ok(vec![op]);
+                }
                 Err(ZkError::BadVersion) => continue,
                 Err(e) => return Err(e.into()),
             }

@@ -2,8 +2,6 @@
 //! load balancers (an HAProxy `httpchk` routes to the leader), a health check, and
 //! Prometheus metrics.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -59,86 +57,11 @@ async fn health(State(ns): State<Arc<Nameserver>>) -> impl IntoResponse {
     (StatusCode::OK, format!("ok {role}\n"))
 }
 
-/// Prometheus text: leadership, tablets by state, ops by type and status, and
-/// partitions without an alive leader.
+/// Prometheus metrics (see [`crate::metrics`]).
 async fn metrics(State(ns): State<Arc<Nameserver>>) -> impl IntoResponse {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP tessera_nameserver_is_leader 1 on the leader, 0 on a standby."
-    );
-    let _ = writeln!(out, "# TYPE tessera_nameserver_is_leader gauge");
-    let _ = writeln!(
-        out,
-        "tessera_nameserver_is_leader {}",
-        u8::from(ns.is_leader())
-    );
-
-    let tablets = ns.tablets();
-    let healthy = tablets
-        .iter()
-        .filter(|t| t.state == "kTabletHealthy")
-        .count();
-    let _ = writeln!(
-        out,
-        "# HELP tessera_tablets Tablets known to the nameserver, by state."
-    );
-    let _ = writeln!(out, "# TYPE tessera_tablets gauge");
-    let _ = writeln!(out, "tessera_tablets{{state=\"healthy\"}} {healthy}");
-    let _ = writeln!(
-        out,
-        "tessera_tablets{{state=\"offline\"}} {}",
-        tablets.len() - healthy
-    );
-
-    let reports = ns.report_counts();
-    let _ = writeln!(
-        out,
-        "# HELP tessera_leader_reports_total Followers' reports of a silent leader, by what \
-         the check of its tablet found (alive = a false alarm)."
-    );
-    let _ = writeln!(out, "# TYPE tessera_leader_reports_total counter");
-    for (verdict, count) in [
-        ("alive", reports.alive),
-        ("gone", reports.gone),
-        ("silent", reports.silent),
-        ("known", reports.known),
-    ] {
-        let _ = writeln!(
-            out,
-            "tessera_leader_reports_total{{verdict=\"{verdict}\"}} {count}"
-        );
-    }
-
-    let mut ops: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for op in ns.ops().await.unwrap_or_default() {
-        *ops.entry((op.op_type, op.status)).or_default() += 1;
-    }
-    let _ = writeln!(
-        out,
-        "# HELP tessera_ops Ops kept in ZooKeeper, by type and status."
-    );
-    let _ = writeln!(out, "# TYPE tessera_ops gauge");
-    for ((op_type, status), count) in ops {
-        let _ = writeln!(
-            out,
-            "tessera_ops{{type=\"{op_type}\",status=\"{status}\"}} {count}"
-        );
-    }
-
-    let leaderless = ns
-        .tables()
-        .await
-        .unwrap_or_default()
-        .iter()
-        .flat_map(|t| &t.partitions)
-        .filter(|p| !p.replicas.iter().any(|r| r.is_leader && r.is_alive))
-        .count();
-    let _ = writeln!(
-        out,
-        "# HELP tessera_partitions_without_leader Partitions with no alive leader."
-    );
-    let _ = writeln!(out, "# TYPE tessera_partitions_without_leader gauge");
-    let _ = writeln!(out, "tessera_partitions_without_leader {leaderless}");
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    let text = crate::metrics::METRICS.render(&ns).await;
+    (
+        [(header::CONTENT_TYPE, tessera_common::metrics::CONTENT_TYPE)],
+        text,
+    )
 }

@@ -7,6 +7,7 @@ pub mod detection;
 pub mod error;
 pub mod fencing;
 pub mod http;
+pub mod metrics;
 pub mod ops;
 pub mod paths;
 pub mod placement;

@@ -321,6 +321,7 @@ impl Nameserver {
                     };
                     if busy.insert((db, name, drift.pid)) {
                         warn!(table = %table.name, pid = drift.pid, endpoint = %drift.endpoint, drift = %drift.what, repair = drift.repair, "the tablets differ from the metadata; repairing");
+                        crate::metrics::METRICS.difference(drift.repair);
                         ops.push(self.add_planned(table, &drift.planned()).await?);
                     }
                 }
@@ -491,6 +492,7 @@ impl Nameserver {
                 op.status = FAILED.into();
                 op.reason = reason;
                 op.end_time_ms = now_ms();
+                crate::metrics::METRICS.op_ended(&op);
                 let _ = self.save_op(&op).await;
                 return;
             }
@@ -506,6 +508,7 @@ impl Nameserver {
         }
         op.status = DONE.into();
         op.end_time_ms = now_ms();
+        crate::metrics::METRICS.op_ended(&op);
         info!(op_id = op.op_id, op_type = %op.op_type, table = %op.name, pid = op.pid, "op done");
         let _ = self.save_op(&op).await;
     }

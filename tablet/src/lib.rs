@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod repair;
 pub mod replication;
 pub mod server;

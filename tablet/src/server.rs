@@ -120,8 +120,33 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {addr}"))?;
     info!(endpoint = %config.endpoint, db_root_path = %config.db_root_path.display(), "tablet serving");
     let (signalled, mut stopping) = tokio::sync::watch::channel(false);
+    // gRPC and HTTP/1.1 (`/metrics`) share the port, as on the nameserver.
+    let metrics = crate::metrics::TabletMetrics::new();
+    let grpc = tonic::service::Routes::new(service)
+        .prepare()
+        .into_axum_router();
+    let scraped = (metrics.clone(), catalog.clone());
+    let app = metrics.instrument(grpc).merge(axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (metrics, catalog) = scraped.clone();
+            async move {
+                let text = tokio::task::spawn_blocking(move || metrics.render(&catalog))
+                    .await
+                    .unwrap_or_default();
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        tessera_common::metrics::CONTENT_TYPE,
+                    )],
+                    text,
+                )
+            }
+        }),
+    ));
     let server = tessera_common::tls::server_builder()
-        .add_service(service)
+        .accept_http1(true)
+        .add_routes(tonic::service::Routes::from(app))
         .serve_with_incoming_shutdown(tessera_common::tls::incoming(listener), async move {
             shutdown.await;
             let _ = signalled.send(true);

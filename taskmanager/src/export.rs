@@ -101,6 +101,9 @@ pub async fn run(tm: &Arc<TaskManager>, job: &mut JobInfo, stop: &Arc<AtomicBool
                     .map_err(io(&part))?;
             }
             job.done += page.rows.len() as u64;
+            crate::metrics::METRICS
+                .rows_exported
+                .inc_by(page.rows.len() as u64);
             tm.save_job(job).await?;
             let Some(after) = page.next else {
                 break;

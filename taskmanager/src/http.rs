@@ -1,7 +1,6 @@
 //! HTTP on the taskmanager's own port, beside gRPC, as on the nameserver: a leader check
 //! for load balancers, a health check, and Prometheus metrics.
 
-use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -45,33 +44,11 @@ async fn health(State(tm): State<Arc<TaskManager>>) -> impl IntoResponse {
     (StatusCode::OK, format!("ok {role}\n"))
 }
 
-/// Leadership, and jobs by type and state.
+/// Prometheus metrics (see [`crate::metrics`]).
 async fn metrics(State(tm): State<Arc<TaskManager>>) -> impl IntoResponse {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP tessera_taskmanager_is_leader 1 on the leader, 0 on a standby."
-    );
-    let _ = writeln!(out, "# TYPE tessera_taskmanager_is_leader gauge");
-    let _ = writeln!(
-        out,
-        "tessera_taskmanager_is_leader {}",
-        u8::from(tm.is_leader())
-    );
-    let mut counts = std::collections::BTreeMap::new();
-    for job in tm.jobs().await.unwrap_or_default() {
-        *counts.entry((job.job_type, job.state)).or_insert(0u64) += 1;
-    }
-    let _ = writeln!(
-        out,
-        "# HELP tessera_taskmanager_jobs Jobs by type and state."
-    );
-    let _ = writeln!(out, "# TYPE tessera_taskmanager_jobs gauge");
-    for ((job_type, state), count) in counts {
-        let _ = writeln!(
-            out,
-            "tessera_taskmanager_jobs{{type=\"{job_type}\",state=\"{state}\"}} {count}"
-        );
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    let text = crate::metrics::METRICS.render(&tm).await;
+    (
+        [(header::CONTENT_TYPE, tessera_common::metrics::CONTENT_TYPE)],
+        text,
+    )
 }

@@ -235,6 +235,7 @@ impl PartitionWriter {
                 self.checkpoint.rows = sent.seq;
                 self.since_saved += sent.rows;
                 done.fetch_add(sent.rows, Ordering::Relaxed);
+                crate::metrics::METRICS.rows_imported.inc_by(sent.rows);
             }
             if self.since_saved >= CHECKPOINT_ROWS {
                 self.save(&tm, job.id).await?;

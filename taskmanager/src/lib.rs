@@ -9,6 +9,7 @@ pub mod files;
 mod http;
 mod import;
 pub mod jobs;
+pub mod metrics;
 mod server;
 mod service;
 mod snapshot;

@@ -76,6 +76,7 @@ pub async fn run(
     )))
     .prepare()
     .into_axum_router();
+    let grpc = crate::metrics::METRICS.grpc.clone().instrument(grpc);
     let app = crate::http::with_http(grpc, state);
     // gRPC and HTTP/1.1 (or HTTP/2 over TLS) share the port, under TLS when configured.
     let served = tessera_common::tls::server_builder()

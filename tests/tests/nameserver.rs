@@ -205,7 +205,7 @@ async fn nameservers_elect_place_create_show_and_fail_over() {
         "tessera_nameserver_is_leader 1",
         "tessera_tablets{state=\"healthy\"} 3",
         "tessera_partitions_without_leader 0",
-        "# TYPE tessera_ops gauge",
+        "# TYPE tessera_nameserver_grpc_calls counter",
     ] {
         assert!(metrics.contains(line), "metrics lack `{line}`:\n{metrics}");
     }

@@ -460,7 +460,7 @@ async fn export_then_import_gives_identical_content_and_bad_lines_are_reported()
         "{metrics}"
     );
     assert!(
-        metrics.contains("tessera_taskmanager_jobs{type=\"ImportData\",state=\"Failed\"} 1"),
+        metrics.contains("tessera_taskmanager_jobs{job_type=\"ImportData\",state=\"Failed\"} 1"),
         "{metrics}"
     );
 }

@@ -12,7 +12,7 @@
 //! - a replica that stops leading wakes its waiting writers with [`WaitError::SteppedDown`]
 //!   and never recomputes the commit offset from its own log alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -33,9 +33,43 @@ struct State {
     /// the leading term (answers that did not refuse the term): the read lease runs from
     /// the send time a majority reached.
     heard: BTreeMap<String, Instant>,
+    /// While leading: when the local log reached each offset (at most one entry per
+    /// [`WRITTEN_AT_STEP`], at most [`WRITTEN_AT_MAX`] entries), trimmed to what every
+    /// voter holds: the age of the oldest record a follower lacks, for its lag in seconds.
+    written_at: VecDeque<(u64, Instant)>,
+}
+
+/// The resolution of the follower lag in seconds.
+const WRITTEN_AT_STEP: Duration = Duration::from_millis(50);
+/// Bounds the memory a follower that stays behind can cost (its lag then reads no older
+/// than the oldest entry kept, which is kept).
+const WRITTEN_AT_MAX: usize = 1024;
+
+/// How far a follower is behind its leader: in offsets, and the age of the oldest record
+/// it lacks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowerLag {
+    pub follower: String,
+    pub offsets: u64,
+    pub seconds: f64,
 }
 
 impl State {
+    /// Forgets the write times every voter is past.
+    fn trim_written_at(&mut self) {
+        let Some(behind) = self.voters.values().min().copied() else {
+            self.written_at.clear();
+            return;
+        };
+        while self
+            .written_at
+            .front()
+            .is_some_and(|(offset, _)| *offset <= behind)
+        {
+            self.written_at.pop_front();
+        }
+    }
+
     fn recompute(&mut self) {
         if self.leading.is_none() {
             return;
@@ -95,6 +129,7 @@ impl Quorum {
         state.term_start = term_start;
         state.voters = voters.iter().map(|v| (v.clone(), 0)).collect();
         state.heard.clear();
+        state.written_at.clear();
         state.recompute();
         drop(state);
         self.changed();
@@ -105,6 +140,7 @@ impl Quorum {
     pub fn step_down(&self) {
         let mut state = self.state.lock();
         state.heard.clear();
+        state.written_at.clear();
         if state.leading.take().is_some() {
             drop(state);
             self.changed();
@@ -143,6 +179,16 @@ impl Quorum {
         let mut state = self.state.lock();
         if durable > state.local {
             state.local = durable;
+            if state.leading.is_some() && !state.voters.is_empty() {
+                let now = Instant::now();
+                let due = state
+                    .written_at
+                    .back()
+                    .is_none_or(|(_, at)| now.duration_since(*at) >= WRITTEN_AT_STEP);
+                if due && state.written_at.len() < WRITTEN_AT_MAX {
+                    state.written_at.push_back((durable, now));
+                }
+            }
             state.recompute();
             drop(state);
             self.changed();
@@ -158,6 +204,7 @@ impl Quorum {
         };
         if offset > *acked {
             *acked = offset;
+            state.trim_written_at();
             state.recompute();
             drop(state);
             self.changed();
@@ -221,6 +268,36 @@ impl Quorum {
     /// What each voting member other than the leader has acknowledged.
     pub fn acked(&self) -> BTreeMap<String, u64> {
         self.state.lock().voters.clone()
+    }
+
+    /// Each voting follower's lag behind this leader's durable log (empty unless
+    /// leading).
+    pub fn lag(&self) -> Vec<FollowerLag> {
+        let state = self.state.lock();
+        if state.leading.is_none() {
+            return Vec::new();
+        }
+        state
+            .voters
+            .iter()
+            .map(|(follower, &acked)| {
+                let offsets = state.local.saturating_sub(acked);
+                let oldest_lacking = state
+                    .written_at
+                    .iter()
+                    .find(|(offset, _)| *offset > acked)
+                    .or(state.written_at.back());
+                let seconds = match oldest_lacking {
+                    Some((_, at)) if offsets > 0 => at.elapsed().as_secs_f64(),
+                    _ => 0.0,
+                };
+                FollowerLag {
+                    follower: follower.clone(),
+                    offsets,
+                    seconds,
+                }
+            })
+            .collect()
     }
 
     /// Whether this replica leads and has committed a record of its own term: only then
@@ -347,6 +424,31 @@ mod tests {
         };
         assert!(q.wait_blocking(3, 1, Duration::from_secs(5)).is_ok());
         acker.join().unwrap();
+    }
+
+    #[test]
+    fn follower_lag_counts_offsets_and_the_age_of_the_oldest_record_missing() {
+        let q = leader_of(&["b", "c"]);
+        q.set_local(10);
+        q.ack("b", 10);
+        q.ack("c", 4);
+        std::thread::sleep(Duration::from_millis(60));
+        q.set_local(20);
+        let lag = q.lag();
+        assert_eq!(lag.len(), 2);
+        let b = &lag[0];
+        let c = &lag[1];
+        assert_eq!((b.follower.as_str(), b.offsets), ("b", 10));
+        assert_eq!((c.follower.as_str(), c.offsets), ("c", 16));
+        assert!(
+            c.seconds >= 0.06 && c.seconds > b.seconds,
+            "c lacks an older record than b: {lag:?}"
+        );
+        q.ack("b", 20);
+        q.ack("c", 20);
+        assert!(q.lag().iter().all(|l| l.offsets == 0 && l.seconds == 0.0));
+        q.step_down();
+        assert!(q.lag().is_empty(), "a follower has no followers");
     }
 
     #[test]

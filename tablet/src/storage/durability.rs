@@ -207,7 +207,9 @@ impl Durability {
             return false;
         };
         drop(state);
+        let started = std::time::Instant::now();
         let synced = file.sync_data();
+        crate::metrics::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
         let mut state = self.state.lock();
         match synced {
             Ok(()) => state.durable = state.durable.max(target),

@@ -512,6 +512,11 @@ impl Table {
         }
     }
 
+    /// Leader: each voting follower's lag, in offsets and seconds.
+    pub fn replication_lag(&self) -> Vec<crate::replication::quorum::FollowerLag> {
+        self.quorum.lag()
+    }
+
     pub fn quorum_acked(&self) -> std::collections::BTreeMap<String, u64> {
         self.quorum.acked()
     }
