@@ -46,6 +46,8 @@ pub struct GrpcMetrics {
     calls: Family<CallLabels, Counter>,
     latency: Family<MethodLabel, Histogram>,
     in_flight: Gauge,
+    /// Methods the service answered (see [`GrpcMetrics::method_label`]).
+    methods: Arc<parking_lot::RwLock<std::collections::HashSet<String>>>,
 }
 
 impl GrpcMetrics {
@@ -56,6 +58,7 @@ impl GrpcMetrics {
             calls: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             in_flight: Gauge::default(),
+            methods: Arc::default(),
         };
         registry.register(
             format!("{prefix}_grpc_calls"),
@@ -100,30 +103,67 @@ impl GrpcMetrics {
         if !grpc {
             return next.run(request).await;
         }
-        let method = path.rsplit('/').next().unwrap_or(path).to_string();
-        let started = Instant::now();
+        let mut call = Call {
+            metrics: self,
+            method: path.rsplit('/').next().unwrap_or(path).to_string(),
+            started: Instant::now(),
+            status: None,
+        };
         self.in_flight.inc();
         let response = next.run(request).await;
-        self.in_flight.dec();
         // An error answered at once carries its status in the headers; an answer with a
-        // body carries it in the trailers, which this does not wait for: counted as OK.
-        let status = response
+        // body carries it in the trailers, which this does not wait for: counted as Ok.
+        let code = response
             .headers()
             .get("grpc-status")
             .and_then(|s| s.to_str().ok())
             .and_then(|s| s.parse::<i32>().ok())
-            .map_or_else(
-                || "Ok".to_string(),
-                |code| format!("{:?}", tonic::Code::from(code)),
-            );
-        self.latency
+            .map_or(tonic::Code::Ok, tonic::Code::from);
+        call.status = Some(code);
+        response
+    }
+
+    /// The label of a call to `method`: its name once a call of it was answered by the
+    /// service (not `Unimplemented`), else `unknown`, so that requests to made-up paths
+    /// cannot create series without end.
+    fn method_label(&self, method: &str, code: Option<tonic::Code>) -> String {
+        if self.methods.read().contains(method) {
+            return method.to_string();
+        }
+        match code {
+            Some(code) if code != tonic::Code::Unimplemented && method.len() <= 64 => {
+                self.methods.write().insert(method.to_string());
+                method.to_string()
+            }
+            _ => "unknown".to_string(),
+        }
+    }
+}
+
+/// A call being answered: counted when it ends, also when it is dropped unanswered (the
+/// client went away or its deadline passed), as `Cancelled`.
+struct Call<'a> {
+    metrics: &'a GrpcMetrics,
+    method: String,
+    started: Instant,
+    status: Option<tonic::Code>,
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        let metrics = self.metrics;
+        metrics.in_flight.dec();
+        let method = metrics.method_label(&self.method, self.status);
+        let status = format!("{:?}", self.status.unwrap_or(tonic::Code::Cancelled));
+        metrics
+            .latency
             .get_or_create(&MethodLabel {
                 method: method.clone(),
             })
-            .observe(started.elapsed().as_secs_f64());
-        self.calls
+            .observe(self.started.elapsed().as_secs_f64());
+        metrics
+            .calls
             .get_or_create(&CallLabels { method, status })
             .inc();
-        response
     }
 }

@@ -45,6 +45,8 @@ struct RepairLabel {
 
 pub struct NsMetrics {
     registry: Registry,
+    /// One scrape at a time: each clears and refills the gauges.
+    scraping: tokio::sync::Mutex<()>,
     pub grpc: GrpcMetrics,
     is_leader: Gauge,
     tablets: Family<StateLabel, Gauge>,
@@ -64,6 +66,7 @@ impl NsMetrics {
         let grpc = GrpcMetrics::register(&mut registry, "tessera_nameserver");
         let m = NsMetrics {
             registry: Registry::default(),
+            scraping: tokio::sync::Mutex::new(()),
             grpc,
             is_leader: Gauge::default(),
             tablets: Family::default(),
@@ -148,6 +151,7 @@ impl NsMetrics {
 
     /// The scrape's text, with the gauges read now.
     pub async fn render(&self, ns: &Nameserver) -> String {
+        let _one_at_a_time = self.scraping.lock().await;
         self.is_leader.set(i64::from(ns.is_leader()));
         let tablets = ns.tablets();
         let healthy = tablets

@@ -265,8 +265,7 @@ impl Nameserver {
         if let Some((_, reports)) = &reconcile {
             // Whatever auto_failover says: a TTL is configuration, not a repair.
             if self.registry_ready() {
-                let tables = self.tables().await?;
-                self.align_ttls(&tables, reports).await;
+                self.align_ttls(reports.clone());
             }
         }
         let restarted = self.take_restarted();
@@ -1042,6 +1041,7 @@ impl Nameserver {
                 mode: table.mode,
                 role: TableRole::Follower as i32,
                 leader: leader.clone(),
+                ttl_version: table.ttl_version,
             };
             call(
                 &op.endpoint,

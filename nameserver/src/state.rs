@@ -71,6 +71,8 @@ pub struct Nameserver {
     restarted: parking_lot::Mutex<std::collections::BTreeSet<String>>,
     /// Serialises metadata changes.
     pub(crate) admin: tokio::sync::Mutex<()>,
+    /// A task is bringing replicas' TTLs in line (see `ttl.rs`).
+    pub(crate) aligning_ttls: std::sync::atomic::AtomicBool,
     /// Every op task fails its op after this long.
     pub(crate) task_timeout: Duration,
     /// ChangeLeader: the replicas that accepted to follow, from kPromoteLeader to
@@ -158,6 +160,7 @@ impl Nameserver {
             registry_ready: std::sync::atomic::AtomicBool::new(false),
             restarted: Default::default(),
             admin: tokio::sync::Mutex::new(()),
+            aligning_ttls: std::sync::atomic::AtomicBool::new(false),
             ops_kick: tokio::sync::Notify::new(),
             probing: Default::default(),
             report_counts: Default::default(),
@@ -683,6 +686,7 @@ impl Nameserver {
         let tid = self.bump_counter(&lock, &self.paths.table_index()).await? as u32;
         let mode = request.mode();
         let table = TableInfo {
+            ttl_version: 0,
             db: db.clone(),
             name: request.name.clone(),
             tid,
@@ -757,6 +761,7 @@ impl Nameserver {
                     } else {
                         leader.clone()
                     },
+                    ttl_version: table.ttl_version,
                 };
                 let mut tablet = tablet(&replica.endpoint).await?;
                 call(

@@ -73,8 +73,25 @@ fn elsewhere(ns: &Nameserver, why: &str, leader: Option<&str>) -> String {
     )
 }
 
-/// The page, as this nameserver can give it now.
+/// The last page rendered and when: every open browser reloads it every few seconds,
+/// and each rendering asks every tablet, so pages share one rendering per interval.
+static LAST_PAGE: tokio::sync::Mutex<Option<(std::time::Instant, String)>> =
+    tokio::sync::Mutex::const_new(None);
+
+/// The page, as this nameserver can give it now (at most one second old).
 pub async fn render(ns: &Nameserver) -> String {
+    let mut last = LAST_PAGE.lock().await;
+    if let Some((at, page)) = last.as_ref() {
+        if at.elapsed() < std::time::Duration::from_secs(1) {
+            return page.clone();
+        }
+    }
+    let page = render_now(ns).await;
+    *last = Some((std::time::Instant::now(), page.clone()));
+    page
+}
+
+async fn render_now(ns: &Nameserver) -> String {
     match ns.leadership() {
         Leadership::Leading => {}
         Leadership::Suspended => {
@@ -91,7 +108,7 @@ pub async fn render(ns: &Nameserver) -> String {
         }
     }
     let tables = ns.tables().await;
-    let ops = ns.ops().await.unwrap_or_default();
+    let ops = ns.ops().await;
     let auto_failover = ns.auto_failover().await;
     let reports = ns.tablet_reports().await;
     let mut body = String::new();
@@ -132,7 +149,16 @@ pub async fn render(ns: &Nameserver) -> String {
     tablets_section(ns, &mut body);
     let rows = crate::state::replica_rows(&tables, &reports);
     tables_section(&tables, &rows, &mut body);
-    ops_section(&ops, &mut body);
+    match ops {
+        Ok(ops) => ops_section(&ops, &mut body),
+        Err(e) => {
+            let _ = write!(
+                body,
+                "<h2>Ops</h2><p class=\"bad\">The ops cannot be read: {}</p>",
+                escape(&e.to_string())
+            );
+        }
+    }
     page("Tessera cluster", true, &body)
 }
 

@@ -3,6 +3,8 @@
 //! status, and the nameserver brings it in line when it next sees it ([`align_ttls`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use prost::Message;
 use tessera_common::Ttl;
@@ -73,6 +75,7 @@ impl Nameserver {
                 ix.ttl = Some(ttl);
                 changed += 1;
             }
+            table.ttl_version += 1;
             if changed == 0 {
                 let names: Vec<&str> = schema.indexes.iter().map(|ix| ix.name.as_str()).collect();
                 return Err(NsError::InvalidArgument(format!(
@@ -98,7 +101,7 @@ impl Nameserver {
             for replica in &partition.replicas {
                 let endpoint = &replica.endpoint;
                 let pushed = if self.is_healthy(endpoint) {
-                    push_ttls(endpoint, table.tid, partition.pid, &ttls).await
+                    push_ttls(endpoint, &table, partition.pid, &ttls).await
                 } else {
                     Err(NsError::Tablet {
                         endpoint: endpoint.clone(),
@@ -117,44 +120,67 @@ impl Nameserver {
     }
 
     /// Sends the metadata's TTLs to every replica whose status reported others (it
-    /// missed a `setttl`). Best effort: a replica that does not take them now is tried
-    /// again at the next reconciliation.
-    pub(crate) async fn align_ttls(
-        &self,
-        tables: &[TableInfo],
-        reports: &HashMap<String, TabletReport>,
-    ) {
-        for table in tables {
-            let ttls = ttls_of(table);
-            for (endpoint, report) in reports {
-                for partition in &table.partitions {
-                    let Some(status) = report.get(&(table.tid, partition.pid)) else {
-                        continue;
-                    };
-                    // Older tablets report no TTLs.
-                    if status.ttls.is_empty() || status.ttls == ttls {
-                        continue;
-                    }
-                    match push_ttls(endpoint, table.tid, partition.pid, &ttls).await {
-                        Ok(()) => info!(table = %table.name, pid = partition.pid, %endpoint,
-                            "replica brought in line with the table's ttl"),
-                        Err(e) => warn!(table = %table.name, pid = partition.pid, %endpoint,
-                            error = %e, "replica's ttl differs and could not be changed"),
+    /// missed a `setttl`), all at once, in a task of its own so that the op pipeline
+    /// never waits on a slow tablet; one such task at a time. Best effort: a replica that
+    /// does not take them now is tried again at the next reconciliation.
+    pub(crate) fn align_ttls(self: &Arc<Self>, reports: HashMap<String, TabletReport>) {
+        if self.aligning_ttls.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let ns = self.clone();
+        tokio::spawn(async move {
+            if let Ok(tables) = ns.tables().await {
+                let mut pushes = tokio::task::JoinSet::new();
+                for table in tables {
+                    let ttls = ttls_of(&table);
+                    for (endpoint, report) in &reports {
+                        for partition in &table.partitions {
+                            let Some(status) = report.get(&(table.tid, partition.pid)) else {
+                                continue;
+                            };
+                            // Older tablets report no TTLs.
+                            if status.ttls.is_empty() || status.ttls == ttls {
+                                continue;
+                            }
+                            let (endpoint, table, ttls, pid) =
+                                (endpoint.clone(), table.clone(), ttls.clone(), partition.pid);
+                            pushes.spawn(async move {
+                                let pushed = tokio::time::timeout(
+                                    ALIGN_TIMEOUT,
+                                    push_ttls(&endpoint, &table, pid, &ttls),
+                                )
+                                .await;
+                                match pushed {
+                                    Ok(Ok(())) => info!(table = %table.name, pid, %endpoint,
+                                        "replica brought in line with the table's ttl"),
+                                    Ok(Err(e)) => warn!(table = %table.name, pid, %endpoint,
+                                        error = %e, "replica's ttl differs and could not be changed"),
+                                    Err(_) => warn!(table = %table.name, pid, %endpoint,
+                                        "replica's ttl differs and the tablet did not answer in time"),
+                                }
+                            });
+                        }
                     }
                 }
+                while pushes.join_next().await.is_some() {}
             }
-        }
+            ns.aligning_ttls.store(false, Ordering::Release);
+        });
     }
 }
 
-async fn push_ttls(endpoint: &str, tid: u32, pid: u32, ttls: &[TtlDesc]) -> Result<()> {
+/// How long bringing one replica's TTL in line may take.
+const ALIGN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn push_ttls(endpoint: &str, table: &TableInfo, pid: u32, ttls: &[TtlDesc]) -> Result<()> {
     let mut client = tablet(endpoint).await?;
     call(
         endpoint,
         client.set_ttl(tpb::SetTtlRequest {
-            tid,
+            tid: table.tid,
             pid,
             ttls: ttls.to_vec(),
+            version: table.ttl_version,
         }),
     )
     .await

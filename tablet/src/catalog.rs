@@ -96,6 +96,21 @@ impl Catalog {
         }
     }
 
+    /// Changes a replica's TTLs (see [`Table::set_ttls`]) under the catalog's lock, so
+    /// that a replica being dropped, reloaded or replaced by a snapshot is not written
+    /// through a stale handle.
+    pub fn set_ttls(
+        &self,
+        tid: u32,
+        pid: u32,
+        ttls: Vec<tessera_common::Ttl>,
+        version: u64,
+    ) -> Result<bool> {
+        let _admin = self.admin.lock();
+        let table = self.get(tid, pid)?;
+        Ok(table.set_ttls(ttls, version)?)
+    }
+
     /// Creates a new empty replica.
     pub fn create(&self, meta: TableMeta) -> Result<Arc<Table>> {
         let _admin = self.admin.lock();

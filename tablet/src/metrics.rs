@@ -43,6 +43,8 @@ struct FollowerLabels {
 /// The tablet's registry and the gauges refreshed at each scrape.
 pub struct TabletMetrics {
     registry: Registry,
+    /// One scrape at a time: each clears and refills the gauges.
+    scraping: parking_lot::Mutex<()>,
     grpc: GrpcMetrics,
     replicas: Family<RoleLabel, Gauge>,
     leases_held: Gauge,
@@ -67,6 +69,7 @@ impl TabletMetrics {
             lag_offsets: Family::default(),
             lag_seconds: Family::default(),
             registry: Registry::default(),
+            scraping: parking_lot::Mutex::new(()),
         };
         registry.register(
             "tessera_tablet_fsync_duration_seconds",
@@ -121,6 +124,7 @@ impl TabletMetrics {
 
     /// The scrape's text: the gauges read from the replicas now.
     pub fn render(&self, catalog: &Catalog) -> String {
+        let _one_at_a_time = self.scraping.lock();
         for family in [&self.memory_bytes, &self.binlog_bytes, &self.snapshot_bytes] {
             family.clear();
         }

@@ -537,14 +537,19 @@ impl Tablet for TabletService {
         request: Request<SetTtlRequest>,
     ) -> Result<Response<SetTtlResponse>, Status> {
         cluster_secret::check(&request, "SetTtl")?;
-        let SetTtlRequest { tid, pid, ttls } = request.into_inner();
-        let table = self.table(tid, pid)?;
+        let SetTtlRequest {
+            tid,
+            pid,
+            ttls,
+            version,
+        } = request.into_inner();
         let ttls = ttls
             .iter()
             .map(|ttl| tessera_common::Ttl::from_proto(Some(ttl)))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| TabletError::InvalidArgument(e.to_string()))?;
-        blocking(move || Ok(table.set_ttls(ttls)?)).await?;
+        let catalog = self.catalog.clone();
+        blocking(move || catalog.set_ttls(tid, pid, ttls, version)).await?;
         Ok(Response::new(SetTtlResponse {}))
     }
 

@@ -345,20 +345,29 @@ fn a_changed_ttl_applies_to_reads_and_survives_a_reload() {
     let before = table.ttls();
     let mut ttls = before.clone();
     ttls[0] = Ttl::Latest { count: 1 };
-    table.set_ttls(ttls.clone()).unwrap();
+    assert!(table.set_ttls(ttls.clone(), 1).unwrap());
     assert_eq!(
         table.count("", &key("k")).unwrap().1,
         1,
         "reads apply it at once"
     );
     let err = table
-        .set_ttls(vec![Ttl::NONE; before.len() + 1])
+        .set_ttls(vec![Ttl::NONE; before.len() + 1], 2)
         .unwrap_err();
     assert!(err.to_string().contains("ttls were given"), "{err}");
     let (table, _) = reopen(table, 1 << 20);
-    assert_eq!(table.ttls(), ttls, "kept in the table meta");
+    assert_eq!(
+        table.ttls(),
+        ttls,
+        "kept in the table meta, with its version"
+    );
     assert_eq!(table.count("", &key("k")).unwrap().1, 1);
     // Lengthened again before a collection: the rows are still there.
-    table.set_ttls(before).unwrap();
+    assert!(
+        !table.set_ttls(before.clone(), 0).unwrap(),
+        "an older version is ignored"
+    );
+    assert_eq!(table.ttls(), ttls);
+    assert!(table.set_ttls(before, 2).unwrap());
     assert_eq!(table.count("", &key("k")).unwrap().1, 3);
 }

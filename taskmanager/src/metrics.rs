@@ -21,6 +21,8 @@ struct JobLabels {
 
 pub struct TmMetrics {
     registry: Registry,
+    /// One scrape at a time: each clears and refills the gauges.
+    scraping: tokio::sync::Mutex<()>,
     pub grpc: GrpcMetrics,
     is_leader: Gauge,
     jobs: Family<JobLabels, Gauge>,
@@ -38,6 +40,7 @@ impl TmMetrics {
         let grpc = GrpcMetrics::register(&mut registry, "tessera_taskmanager");
         let m = TmMetrics {
             registry: Registry::default(),
+            scraping: tokio::sync::Mutex::new(()),
             grpc,
             is_leader: Gauge::default(),
             jobs: Family::default(),
@@ -68,6 +71,7 @@ impl TmMetrics {
     }
 
     pub async fn render(&self, tm: &TaskManager) -> String {
+        let _one_at_a_time = self.scraping.lock().await;
         self.is_leader.set(i64::from(tm.is_leader()));
         let mut counts: BTreeMap<(String, String), i64> = BTreeMap::new();
         for job in tm.jobs().await.unwrap_or_default() {

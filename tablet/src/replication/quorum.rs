@@ -41,8 +41,9 @@ struct State {
 
 /// The resolution of the follower lag in seconds.
 const WRITTEN_AT_STEP: Duration = Duration::from_millis(50);
-/// Bounds the memory a follower that stays behind can cost (its lag then reads no older
-/// than the oldest entry kept, which is kept).
+/// Bounds the memory a follower that stays behind can cost: past it, the marks after the
+/// oldest are thinned, so a follower's lag is exact at the oldest and newest marks and
+/// coarser between.
 const WRITTEN_AT_MAX: usize = 1024;
 
 /// How far a follower is behind its leader: in offsets, and the age of the oldest record
@@ -185,7 +186,12 @@ impl Quorum {
                     .written_at
                     .back()
                     .is_none_or(|(_, at)| now.duration_since(*at) >= WRITTEN_AT_STEP);
-                if due && state.written_at.len() < WRITTEN_AT_MAX {
+                if due {
+                    if state.written_at.len() >= WRITTEN_AT_MAX {
+                        // Keep the oldest (a follower far behind) and the newest marks;
+                        // thin the ones between.
+                        state.written_at.remove(1);
+                    }
                     state.written_at.push_back((durable, now));
                 }
             }

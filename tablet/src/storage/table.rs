@@ -155,8 +155,9 @@ pub struct Table {
     pub(super) snapshot_offset: AtomicU64,
     /// One snapshot at a time.
     pub(super) snapshot_lock: Mutex<()>,
-    /// One rewrite of the table meta at a time (a TTL change).
-    meta_lock: Mutex<()>,
+    /// The version of the TTLs held (see [`Table::set_ttls`]); its lock makes TTL changes
+    /// one at a time.
+    ttl_version: Mutex<u64>,
     making_snapshot: AtomicBool,
     /// While a consistent read is paging (until this time, ms since the epoch), expired
     /// rows are hidden but not collected: the read may still need them.
@@ -395,7 +396,7 @@ impl Table {
             history: Mutex::new(term_history),
             snapshot_offset: AtomicU64::new(report.snapshot_offset),
             snapshot_lock: Mutex::new(()),
-            meta_lock: Mutex::new(()),
+            ttl_version: Mutex::new(meta.ttl_version),
             making_snapshot: AtomicBool::new(false),
             gc_paused_until_ms: std::sync::atomic::AtomicI64::new(0),
             // What an earlier life removed happened before now; a read begins after.
@@ -434,7 +435,11 @@ impl Table {
     /// (crash-safe, so a reload keeps them), then applied to reads at once; the next
     /// collection removes what they expire. Rows a shorter TTL already collected do not
     /// come back when it is lengthened again.
-    pub fn set_ttls(&self, ttls: Vec<Ttl>) -> Result<()> {
+    ///
+    /// `version` orders changes: TTLs older than the ones held are ignored (`Ok(false)`).
+    /// Consistent reads under way when the TTL changes are refused and start again: their
+    /// pages would otherwise expire rows by two different rules.
+    pub fn set_ttls(&self, ttls: Vec<Ttl>, version: u64) -> Result<bool> {
         if ttls.len() != self.schema.indexes.len() {
             return Err(StorageError::InvalidArgument(format!(
                 "the table has {} indexes, {} ttls were given",
@@ -442,8 +447,12 @@ impl Table {
                 ttls.len()
             )));
         }
-        let _one_at_a_time = self.meta_lock.lock();
+        let mut held = self.ttl_version.lock();
+        if version < *held {
+            return Ok(false);
+        }
         let mut meta = self.meta.clone();
+        meta.ttl_version = version;
         if let Some(schema) = meta.schema.as_mut() {
             for (index, ttl) in schema.indexes.iter_mut().zip(&ttls) {
                 index.ttl = Some(ttl.to_proto());
@@ -455,8 +464,11 @@ impl Table {
             META_VERSION,
             &meta.encode_to_vec(),
         )?;
+        self.rows_collected_at_ms
+            .fetch_max(now_ms(), Ordering::AcqRel);
         self.memtable.set_ttls(ttls);
-        Ok(())
+        *held = version;
+        Ok(true)
     }
 
     pub fn dir(&self) -> &Path {
