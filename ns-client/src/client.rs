@@ -1627,6 +1627,30 @@ impl Client {
         index: &str,
         key_values: Vec<Value>,
     ) -> Result<u64, ClientError> {
+        self.delete_index_range(db, name, index, key_values, None, None)
+            .await
+    }
+
+    /// As [`Client::delete_index`], for the rows of the key with `min_ts <= ts <= max_ts`
+    /// in that index (unset: no bound). A ranged delete needs tablets that know ranges;
+    /// an older one refuses it rather than deleting the whole key.
+    pub async fn delete_index_range(
+        &self,
+        db: &str,
+        name: &str,
+        index: &str,
+        key_values: Vec<Value>,
+        max_ts: Option<i64>,
+        min_ts: Option<i64>,
+    ) -> Result<u64, ClientError> {
+        if let (Some(max), Some(min)) = (max_ts, min_ts) {
+            if min > max {
+                return Err(ClientError::InvalidArgument(format!(
+                    "min_ts {min} is above max_ts {max}"
+                )));
+            }
+        }
+        let ranged = max_ts.is_some() || min_ts.is_some();
         self.as_one_call(async {
             let table = self.table(db, name, false).await?;
             let position = Self::index_position(&table, index)?;
@@ -1645,9 +1669,16 @@ impl Client {
                     key: key.clone(),
                     client_id: self.client_id,
                     seq,
+                    min_ts,
+                    max_ts,
                 };
                 async move {
-                    let r = client.delete(request).await?.into_inner();
+                    let r = if ranged {
+                        client.delete_range(request).await?
+                    } else {
+                        client.delete(request).await?
+                    };
+                    let r = r.into_inner();
                     Ok((r.deleted, r.offset))
                 }
             };

@@ -25,7 +25,7 @@ use crate::catalog::Catalog;
 use crate::error::{Result as TabletResult, TabletError};
 use crate::replication::leader::Replicators;
 use crate::replication::transfer;
-use crate::storage::entry::RequestId;
+use crate::storage::entry::{RequestId, TsRange};
 use crate::storage::replica::{AppendOutcome, FollowerChange, RoleChange};
 use crate::storage::table::{RowAt, Version};
 use crate::storage::{Logged, PageLimit, StorageError, Table};
@@ -43,6 +43,41 @@ pub struct TabletService {
 }
 
 impl TabletService {
+    /// Delete and DeleteRange: the rows of a key, or (`ranged`) of its ts range.
+    async fn delete_rows(
+        &self,
+        request: Request<DeleteRequest>,
+        ranged: bool,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let (tid, pid) = (request.get_ref().tid, request.get_ref().pid);
+        self.authorize(&request, Need::Write, tid, pid).await?;
+        let request = request.into_inner();
+        let table = self.table(request.tid, request.pid)?;
+        let key = key_values(&request.key)?;
+        let id = RequestId::from_wire(request.client_id, request.seq);
+        let range =
+            (ranged || request.min_ts.is_some() || request.max_ts.is_some()).then(|| TsRange {
+                min: request.min_ts.unwrap_or(i64::MIN),
+                max: request.max_ts.unwrap_or(i64::MAX),
+            });
+        let slot = table.write_slots(1).map_err(TabletError::from)?;
+        let (version, deleted) = log_and_commit(table, slot, move |t| {
+            vec![t
+                .log_delete(&request.index, &key, id, range)
+                .map_err(storage_status)]
+        })
+        .await?
+        .pop()
+        .expect("one outcome per write");
+        let deleted = deleted?;
+        let version = version.expect("a committed write was logged");
+        Ok(Response::new(DeleteResponse {
+            deleted,
+            term: version.term,
+            offset: version.offset,
+        }))
+    }
+
     pub fn new(
         replicators: Arc<Replicators>,
         page_limit: PageLimit,
@@ -460,28 +495,14 @@ impl Tablet for TabletService {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let (tid, pid) = (request.get_ref().tid, request.get_ref().pid);
-        self.authorize(&request, Need::Write, tid, pid).await?;
-        let request = request.into_inner();
-        let table = self.table(request.tid, request.pid)?;
-        let key = key_values(&request.key)?;
-        let id = RequestId::from_wire(request.client_id, request.seq);
-        let slot = table.write_slots(1).map_err(TabletError::from)?;
-        let (version, deleted) = log_and_commit(table, slot, move |t| {
-            vec![t
-                .log_delete(&request.index, &key, id)
-                .map_err(storage_status)]
-        })
-        .await?
-        .pop()
-        .expect("one outcome per write");
-        let deleted = deleted?;
-        let version = version.expect("a committed write was logged");
-        Ok(Response::new(DeleteResponse {
-            deleted,
-            term: version.term,
-            offset: version.offset,
-        }))
+        self.delete_rows(request, false).await
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        self.delete_rows(request, true).await
     }
 
     async fn register_writer(

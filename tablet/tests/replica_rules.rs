@@ -114,7 +114,7 @@ fn a_leader_shows_only_committed_writes() {
     assert_eq!(count(&table, "a"), 1);
     assert_eq!(table.version().offset, 1);
 
-    let delete = table.log_delete("", &key("a"), None).unwrap();
+    let delete = table.log_delete("", &key("a"), None, None).unwrap();
     assert_eq!(count(&table, "a"), 1, "an uncommitted delete hides nothing");
     table.quorum_ack("b", delete.version.offset);
     assert_eq!(

@@ -382,6 +382,14 @@ async fn operator_commands_databases_indexes_and_json() {
         !success && stderr.contains("has no index `nosuch`"),
         "{stderr}"
     );
+    // A delete of a ts range leaves the key's other rows.
+    assert!(shop_ok(&format!("put orders k1 green {} 40", now - 500)).contains("put ok"));
+    assert!(
+        shop_ok(&format!("delete orders k1 min_ts={}", now - 600)).contains("delete ok: 1 row(s)")
+    );
+    assert!(shop_ok("count orders k1").contains("count: 2"));
+    let (success, _, stderr) = shop(&format!("delete orders k1 min_ts={t2} max_ts={t1}"));
+    assert!(!success && stderr.contains("above max_ts"), "{stderr}");
     // A delete through the second index removes the rows from the first too.
     assert!(shop_ok("delete orders red index=c").contains("delete ok: 2 row(s)"));
     assert!(shop_ok("count orders").contains("count: 1"));

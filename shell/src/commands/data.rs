@@ -1,6 +1,6 @@
 //! Rows through the SDK: `put`, `get`, `scan`, `count`, `preview`, `delete`. Reads and
-//! deletes take `index=NAME` to use another index than the first; `get`, `scan` and
-//! `count` take a ts range.
+//! deletes take `index=NAME` to use another index than the first; `get`, `scan`,
+//! `count` and `delete` take a ts range.
 
 use tessera_common::{Schema, Value};
 
@@ -47,8 +47,8 @@ pub const COMMANDS: &[Command] = &[
     ),
     Command::new(
         "delete",
-        "delete table key… [index=NAME]",
-        "delete the rows of a key, from every index",
+        "delete table key… [index=NAME] [max_ts=N] [min_ts=N]",
+        "delete the rows of a key (of its ts range), from every index",
         (2, MANY),
         delete,
     )
@@ -338,13 +338,20 @@ fn preview(shell: &mut Shell, call: Call) -> Reply<'_> {
 
 fn delete(shell: &mut Shell, call: Call) -> Reply<'_> {
     Box::pin(async move {
-        let q = Query::parse(shell, &call, &["index"], false).await?;
+        let q = Query::parse(shell, &call, &["index", "max_ts", "min_ts"], false).await?;
         if !q.numbers.is_empty() {
             return Err(call.usage_error());
         }
         let deleted = shell
             .data()?
-            .delete_index(&shell.db, &q.table, &q.index, q.key.clone())
+            .delete_index_range(
+                &shell.db,
+                &q.table,
+                &q.index,
+                q.key.clone(),
+                q.max_ts,
+                q.min_ts,
+            )
             .await
             .map_err(sdk_error)?;
         Ok(format!("delete ok: {deleted} row(s)"))

@@ -41,6 +41,7 @@ pub(super) enum PendingEntry {
         index: usize,
         key: Vec<u8>,
         request: Option<RequestId>,
+        range: Option<super::entry::TsRange>,
     },
     /// An entry as logged (a follower's, or a new leader's no-op).
     Logged(Vec<u8>),
@@ -122,9 +123,13 @@ pub(super) fn apply_logged(
             index,
             key,
             request,
+            range,
         } => Ok((
             request.map(|(id, _)| id),
-            Some(memtable.delete_key(usize::from(index), key, offset)),
+            Some(match range {
+                Some(r) => memtable.delete_key_range(usize::from(index), key, r.min, r.max, offset),
+                None => memtable.delete_key(usize::from(index), key, offset),
+            }),
         )),
         LogEntry::Noop | LogEntry::Register { .. } => Ok((None, None)),
     }
@@ -185,7 +190,16 @@ impl Table {
                     index,
                     key,
                     request,
-                } => (request, Some(self.memtable.delete_key(index, &key, offset))),
+                    range,
+                } => (
+                    request,
+                    Some(match range {
+                        Some(r) => self
+                            .memtable
+                            .delete_key_range(index, &key, r.min, r.max, offset),
+                        None => self.memtable.delete_key(index, &key, offset),
+                    }),
+                ),
                 PendingEntry::Logged(payload) => {
                     match apply_logged(&self.memtable, offset, &payload) {
                         Ok(applied) => applied,

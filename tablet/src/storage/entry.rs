@@ -26,11 +26,13 @@ pub enum LogEntry<'a> {
         request: Option<RequestId>,
     },
     /// Removes every row whose key in index `index` is `key` and whose offset is below
-    /// this entry's.
+    /// this entry's; with `range`, only those whose ts in that index lies within it
+    /// (`min..=max`).
     Delete {
         index: u16,
         key: &'a [u8],
         request: Option<(RequestId, i64)>,
+        range: Option<TsRange>,
     },
     /// Changes nothing: a new leader logs one so that it can commit the records of
     /// earlier terms (a leader counts replicas only for records of its own term).
@@ -42,6 +44,13 @@ pub enum LogEntry<'a> {
         epoch: u64,
         write_time_ms: i64,
     },
+}
+
+/// The timestamps a ranged delete reaches, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TsRange {
+    pub min: i64,
+    pub max: i64,
 }
 
 /// Who sent a write: a client's id and the request's sequence number.
@@ -76,6 +85,8 @@ const NOOP: u8 = 3;
 const PUT_WITH_ID: u8 = 4;
 const DELETE_WITH_ID: u8 = 5;
 const REGISTER: u8 = 6;
+/// A delete of a ts range (request id always written, zeros for none).
+const DELETE_RANGE: u8 = 7;
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
@@ -106,6 +117,25 @@ impl<'a> LogEntry<'a> {
                 index,
                 key,
                 request,
+                range: Some(range),
+            } => {
+                out.reserve(43 + key.len());
+                out.push(DELETE_RANGE);
+                let (client_id, seq, write_time_ms) =
+                    request.map_or((0, 0, 0), |(id, at)| (id.client_id, id.seq, at));
+                out.extend_from_slice(&client_id.to_le_bytes());
+                out.extend_from_slice(&seq.to_le_bytes());
+                out.extend_from_slice(&write_time_ms.to_le_bytes());
+                out.extend_from_slice(&range.min.to_le_bytes());
+                out.extend_from_slice(&range.max.to_le_bytes());
+                out.extend_from_slice(&index.to_le_bytes());
+                out.extend_from_slice(key);
+            }
+            LogEntry::Delete {
+                index,
+                key,
+                request,
+                range: None,
             } => {
                 out.reserve(27 + key.len());
                 match request {
@@ -148,6 +178,7 @@ impl<'a> LogEntry<'a> {
                 index: u16::from_le_bytes(payload[1..3].try_into().expect("2 bytes")),
                 key: &payload[3..],
                 request: None,
+                range: None,
             }),
             Some(&NOOP) if payload.len() == 1 => Ok(LogEntry::Noop),
             Some(&PUT_WITH_ID) if payload.len() >= 25 => Ok(LogEntry::Put {
@@ -170,7 +201,24 @@ impl<'a> LogEntry<'a> {
                 )),
                 index: u16::from_le_bytes(payload[25..27].try_into().expect("2 bytes")),
                 key: &payload[27..],
+                range: None,
             }),
+            Some(&DELETE_RANGE) if payload.len() >= 43 => {
+                let id = RequestId::from_wire(u64_at(payload, 1), u64_at(payload, 9));
+                let range = TsRange {
+                    min: u64_at(payload, 25) as i64,
+                    max: u64_at(payload, 33) as i64,
+                };
+                if range.min > range.max {
+                    return Err(bad("a ts range whose min is above its max"));
+                }
+                Ok(LogEntry::Delete {
+                    request: id.map(|id| (id, u64_at(payload, 17) as i64)),
+                    range: Some(range),
+                    index: u16::from_le_bytes(payload[41..43].try_into().expect("2 bytes")),
+                    key: &payload[43..],
+                })
+            }
             Some(&REGISTER) if payload.len() == 25 => Ok(LogEntry::Register {
                 client_id: u64_at(payload, 1),
                 epoch: u64_at(payload, 9),
@@ -198,6 +246,29 @@ mod tests {
                 index: 3,
                 key: b"k",
                 request: None,
+                range: None,
+            },
+            LogEntry::Delete {
+                index: 2,
+                key: b"k",
+                request: None,
+                range: Some(TsRange { min: -3, max: 9 }),
+            },
+            LogEntry::Delete {
+                index: 0,
+                key: b"",
+                request: Some((
+                    RequestId {
+                        client_id: 1,
+                        seq: 2,
+                        epoch: 0,
+                    },
+                    77,
+                )),
+                range: Some(TsRange {
+                    min: i64::MIN,
+                    max: i64::MAX,
+                }),
             },
             LogEntry::Noop,
             LogEntry::Put {
@@ -220,6 +291,7 @@ mod tests {
                     },
                     -1,
                 )),
+                range: None,
             },
             LogEntry::Register {
                 client_id: 4,
@@ -246,7 +318,7 @@ mod tests {
             /// a payload that decodes to the same entry.
             #[test]
             fn any_payload_decodes_or_is_refused(
-                kind in 0u8..8,
+                kind in 0u8..9,
                 body in prop::collection::vec(any::<u8>(), 0..64),
             ) {
                 let mut payload = vec![kind];

@@ -190,11 +190,31 @@ impl Memtable {
     /// Removes every row whose key in index `index` is `key` and whose offset is below
     /// `before_offset`, from all indexes. Returns how many rows were removed.
     pub fn delete_key(&self, index: usize, key: &[u8], before_offset: u64) -> u64 {
+        self.delete_key_range(index, key, i64::MIN, i64::MAX, before_offset)
+    }
+
+    /// As [`Memtable::delete_key`], for the rows whose ts in `index` lies in
+    /// `min_ts..=max_ts`.
+    pub fn delete_key_range(
+        &self,
+        index: usize,
+        key: &[u8],
+        min_ts: i64,
+        max_ts: i64,
+        before_offset: u64,
+    ) -> u64 {
         let Some(map) = self.indexes.get(index) else {
             return 0;
         };
+        if min_ts > max_ts {
+            return 0;
+        }
+        // Entries of a key run newest first: from `max_ts` down to `min_ts`.
         let doomed: Vec<(EntryKey, Arc<StoredRow>)> = map
-            .range(EntryKey::first_of(key)..=EntryKey::last_of(key))
+            .range(
+                EntryKey::new(key.to_vec(), max_ts, u64::MAX)
+                    ..=EntryKey::new(key.to_vec(), min_ts, 0),
+            )
             .filter(|e| e.value().offset < before_offset)
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
@@ -591,6 +611,37 @@ mod tests {
             v_of(&m, &m.get(0, &a, None, 0).unwrap()),
             2,
             "later write wins the tie"
+        );
+    }
+
+    #[test]
+    fn a_ranged_delete_removes_only_the_rows_in_its_range() {
+        let m = Memtable::new(schema(Ttl::NONE));
+        put(&m, 1, row("a", 100, 1, "x"));
+        put(&m, 2, row("a", 200, 2, "y"));
+        put(&m, 3, row("a", 300, 3, "z"));
+        put(&m, 4, row("b", 200, 4, "y"));
+        assert_eq!(m.delete_key_range(0, &key_of(&m, 0, "a"), 150, 300, 5), 2);
+        assert_eq!(m.count_key(0, &key_of(&m, 0, "a"), 0), 1);
+        assert_eq!(
+            m.count_key(0, &key_of(&m, 0, "b"), 0),
+            1,
+            "another key is untouched"
+        );
+        assert_eq!(
+            m.count_key(1, &key_of(&m, 1, "y"), 0),
+            1,
+            "gone from every index"
+        );
+        assert_eq!(
+            m.delete_key_range(0, &key_of(&m, 0, "a"), 5, 1, 6),
+            0,
+            "an empty range"
+        );
+        assert_eq!(
+            m.delete_key_range(0, &key_of(&m, 0, "a"), 100, 100, 6),
+            1,
+            "both ends count"
         );
     }
 

@@ -28,7 +28,7 @@ use tracing::info;
 use super::apply::{apply_logged, note_request, Pending, PendingEntry};
 use super::binlog::{Binlog, BinlogOptions, Durability, FsyncPolicy, Record, TornTail};
 use super::crashsafe;
-use super::entry::{LogEntry, RequestId};
+use super::entry::{LogEntry, RequestId, TsRange};
 use super::error::{io_error, Result, StorageError};
 use super::memtable::{Found, Memtable, ReadView};
 use super::page::{self, AsOf, Page, PageBuilder, PageLimit};
@@ -819,7 +819,7 @@ impl Table {
     /// Deletes every row whose key in `index` is `key`. Returns the version and the
     /// number of rows removed.
     pub fn delete(&self, index: &str, key_values: &[Value]) -> Result<(Version, u64)> {
-        let logged = self.log_delete(index, key_values, None)?;
+        let logged = self.log_delete(index, key_values, None, None)?;
         let removed = self.commit_blocking(&logged)?;
         Ok((logged.version, removed))
     }
@@ -831,19 +831,27 @@ impl Table {
         index: &str,
         key_values: &[Value],
         request: Option<RequestId>,
+        range: Option<TsRange>,
     ) -> Result<Logged> {
+        if range.is_some_and(|r| r.min > r.max) {
+            return Err(StorageError::InvalidArgument(
+                "the delete's min_ts is above its max_ts".into(),
+            ));
+        }
         let (position, key) = self.key_of(index, key_values)?;
         let write_time_ms = now_ms();
         let payload = LogEntry::Delete {
             index: position as u16,
             key: &key,
             request: request.map(|id| (id, write_time_ms)),
+            range,
         }
         .encode();
         let entry = PendingEntry::Delete {
             index: position,
             key,
             request,
+            range,
         };
         self.write_payload(Prepared {
             request,
