@@ -43,6 +43,18 @@ impl NsClusterSpec<'static> {
         }
     }
 
+    /// Three tablets with 3 s sessions and a nameserver with 2 s sessions, every other
+    /// setting at its default: what most process tests run.
+    pub fn three_tablets() -> NsClusterSpec<'static> {
+        NsClusterSpec {
+            tablets: 3,
+            tablet_session_ms: Some(3000),
+            tablet_args: &[],
+            nameserver_session_ms: 2000,
+            nameserver_args: &[],
+        }
+    }
+
     /// Three tablets with 3 s sessions and 3 s quorum timeouts, and a nameserver with
     /// 2 s sessions, so failures are seen fast.
     pub fn fast_failover() -> NsClusterSpec<'static> {

@@ -43,17 +43,7 @@ fn has(scrape: &Scrape, metric: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_server_exports_metrics_that_follow_the_traffic() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = NsCluster::start(
-        dir.path(),
-        NsClusterSpec {
-            tablets: 3,
-            tablet_session_ms: Some(3000),
-            tablet_args: &[],
-            nameserver_session_ms: 2000,
-            nameserver_args: &[],
-        },
-    )
-    .await;
+    let cluster = NsCluster::start(dir.path(), NsClusterSpec::three_tablets()).await;
     let taskmanager = cluster.start_taskmanager(dir.path(), &[]).await;
     let mut jobs = tessera_tests::jobs::Jobs::connect(&cluster.zk.connect_string()).await;
     jobs.ok(
@@ -76,6 +66,18 @@ async fn every_server_exports_metrics_that_follow_the_traffic() {
     let export = jobs.submit("export table t to 'metrics.csv'");
     let job = jobs.wait_job(export).await;
     assert_eq!(job.state, "Finished", "{job:?}");
+    let rows: String = (0..7).map(|i| format!("i{i},{},v\n", now + i)).collect();
+    std::fs::write(
+        dir.path().join("job_data/in.csv"),
+        format!("k,ts,v\n{rows}"),
+    )
+    .unwrap();
+    let import = jobs.submit("load data infile 'in.csv' into table t options (header=true)");
+    let job = jobs.wait_job(import).await;
+    assert_eq!(job.state, "Finished", "{job:?}");
+    let listed: serde_json::Value = serde_json::from_str(jobs.ok("showjobs --format=json").trim())
+        .expect("showjobs prints JSON");
+    assert_eq!(listed["rows"].as_array().unwrap().len(), 2, "{listed}");
 
     // Tablets: the calls by method and status, their latency, and each replica.
     let mut puts = 0.0;
@@ -196,6 +198,10 @@ async fn every_server_exports_metrics_that_follow_the_traffic() {
     assert_eq!(
         total(&s, "tessera_taskmanager_rows_exported_total", &[]),
         20.0
+    );
+    assert_eq!(
+        total(&s, "tessera_taskmanager_rows_imported_total", &[]),
+        7.0
     );
     assert!(
         total(

@@ -17,17 +17,7 @@ fn ns_client(cluster: &NsCluster, cmd: &str) -> Output {
 
 /// A nameserver and three tablets.
 async fn three_tablets(dir: &std::path::Path) -> NsCluster {
-    NsCluster::start(
-        dir,
-        NsClusterSpec {
-            tablets: 3,
-            tablet_session_ms: Some(3000),
-            tablet_args: &[],
-            nameserver_session_ms: 2000,
-            nameserver_args: &[],
-        },
-    )
-    .await
+    NsCluster::start(dir, NsClusterSpec::three_tablets()).await
 }
 
 fn ok(cluster: &NsCluster, cmd: &str) -> String {
@@ -191,23 +181,8 @@ async fn commands_run_through_the_binary() {
     assert!(fails(&cluster, "changeleader t1 x").contains("not a partition id"));
 
     // Standard input: one command per line, stopping at the first failure.
-    let mut child = tessera_tests::credentials::ns_client_command()
-        .arg(format!("--zk_cluster={}", cluster.zk.connect_string()))
-        .arg("--zk_root_path=/tessera")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"showns\nnosuchcommand\nshowtablet\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success());
+    let (success, stdout, _) = piped(&cluster, "showns\nnosuchcommand\nshowtablet\n");
+    assert!(!success);
     assert!(stdout.contains("leader"), "the first command ran: {stdout}");
     assert!(
         !stdout.contains("kTabletHealthy"),
