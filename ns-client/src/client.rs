@@ -1674,7 +1674,18 @@ impl Client {
                 };
                 async move {
                     let r = if ranged {
-                        client.delete_range(request).await?
+                        client.delete_range(request).await.map_err(|status| {
+                            if status.code() == tonic::Code::Unimplemented {
+                                // An older tablet: refused, not retried, and said plainly.
+                                tonic::Status::failed_precondition(format!(
+                                    "the tablet leading partition {pid} does not know ranged \
+                                     deletes (upgrade every tablet); partitions before it \
+                                     were deleted"
+                                ))
+                            } else {
+                                status
+                            }
+                        })?
                     } else {
                         client.delete(request).await?
                     };

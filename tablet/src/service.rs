@@ -55,11 +55,19 @@ impl TabletService {
         let table = self.table(request.tid, request.pid)?;
         let key = key_values(&request.key)?;
         let id = RequestId::from_wire(request.client_id, request.seq);
-        let range =
-            (ranged || request.min_ts.is_some() || request.max_ts.is_some()).then(|| TsRange {
-                min: request.min_ts.unwrap_or(i64::MIN),
-                max: request.max_ts.unwrap_or(i64::MAX),
-            });
+        let bounded = request.min_ts.is_some() || request.max_ts.is_some();
+        if bounded && !ranged {
+            // A tablet older than ranges would delete the whole key for the same request:
+            // a range goes through DeleteRange, which such a tablet refuses.
+            return Err(TabletError::InvalidArgument(
+                "Delete takes no ts range (min_ts/max_ts); send it as DeleteRange".into(),
+            )
+            .into());
+        }
+        let range = ranged.then(|| TsRange {
+            min: request.min_ts.unwrap_or(i64::MIN),
+            max: request.max_ts.unwrap_or(i64::MAX),
+        });
         let slot = table.write_slots(1).map_err(TabletError::from)?;
         let (version, deleted) = log_and_commit(table, slot, move |t| {
             vec![t

@@ -386,6 +386,17 @@ fn a_ranged_delete_is_replayed_with_its_range() {
     assert_eq!(table.count("", &key("k")).unwrap().1, 3);
     let bad = TsRange { min: 4, max: 1 };
     assert!(table.log_delete("", &key("k"), None, Some(bad)).is_err());
+    // An index keeping the newest rows of a key takes no range: an uncollected older row
+    // would come back.
+    let mut ttls = table.ttls();
+    ttls[0] = tessera_common::Ttl::Latest { count: 2 };
+    assert!(table.set_ttls(ttls.clone(), 1).unwrap());
+    let err = table
+        .log_delete("", &key("k"), None, Some(range))
+        .unwrap_err();
+    assert!(err.to_string().contains("latest TTL"), "{err}");
+    ttls[0] = tessera_common::Ttl::NONE;
+    assert!(table.set_ttls(ttls, 2).unwrap());
     // Replay rebuilds the same rows: the range travels in the binlog entry.
     let (table, _) = reopen(table, 1 << 20);
     assert_eq!(table.count("", &key("k")).unwrap().1, 3);

@@ -7,12 +7,15 @@
 //! Put:    u8 4 | u64 client | u64 seq | i64 write_time_ms | encoded row
 //! Delete: u8 5 | u64 client | u64 seq | i64 write_time_ms | u16 index position | index key
 //! Register: u8 6 | u64 client | u64 epoch | i64 write_time_ms
+//! Delete: u8 7 | u64 client | u64 seq | i64 write_time_ms | i64 min_ts | i64 max_ts
+//!              | u16 index position | index key        (a ts range; 0/0: no request)
 //! ```
 //!
 //! Kinds 4 and 5 carry the request's client id and sequence number, so every replica
 //! rebuilds the same idempotence table from the log. Kind 6 registers a writer's epoch
 //! (a job run that took over a writer id): from it on, writes of an older epoch of that
-//! writer are refused. Kind 6 needs every replica of the partition to know it.
+//! writer are refused. Kind 7 deletes the rows of a key whose ts lies in a range. Kinds 6
+//! and 7 need every replica of the partition to know them.
 
 use super::error::{Result, StorageError};
 

@@ -839,6 +839,15 @@ impl Table {
             ));
         }
         let (position, key) = self.key_of(index, key_values)?;
+        if range.is_some() && self.memtable.ttls()[position].rank_bound().is_some() {
+            // Rows of the key past its newest N may not have been collected yet; taking
+            // out newer ones would let them back in on one replica and not another.
+            return Err(StorageError::InvalidArgument(format!(
+                "index `{}` keeps the newest rows of each key (a latest TTL): a ts range \
+                 cannot be deleted from it; delete the whole key, or through another index",
+                self.schema.indexes[position].name
+            )));
+        }
         let write_time_ms = now_ms();
         let payload = LogEntry::Delete {
             index: position as u16,
