@@ -148,14 +148,15 @@ cat <<MSG
 
 Tessera playground is up (everything under $dir):
   ZooKeeper     $zk (root /tessera)
-  nameservers   127.0.0.1:7527, 127.0.0.1:7528   (curl 127.0.0.1:7527/api/health, /metrics)
+  nameservers   127.0.0.1:7527, 127.0.0.1:7528   (status page http://127.0.0.1:7527/)
   tablets       127.0.0.1:9527, 127.0.0.1:9528, 127.0.0.1:9529
+  metrics       /metrics on every port above (conf/prometheus.yml, conf/grafana-dashboard.json)
   taskmanagers  127.0.0.1:9902, 127.0.0.1:9903   (jobs: load data infile, export table, showjobs;
                 files only under $dir/job_data)
   logs          $dir/run/logs/
   root password $(cat "$root_password")   (in $root_password; ns_client --user=root)
   secret        $secret   (for tessera-ops: --cluster_secret_file, with --user=root)
-Try: showtable demo · scan demo alice · showtablet · showopstatus · help ·
+Try: showtable demo · info demo · scan demo alice · showtablet · showopstatus · help · man setttl ·
      export table demo to 'demo.csv' · showjobs ·
      create user ann options (password='ann-password') · grant select on default.* to ann
 Kill a tablet's process (kill -9 \$(cat $dir/run/tablet-9527.child.pid)) and watch
