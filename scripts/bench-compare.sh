@@ -4,6 +4,8 @@
 # Installs what it needs: ZooKeeper, Debian's etcd-server, and protoc (which the etcd
 # client's build needs; Tessera's own build does not).
 set -euo pipefail
+# shellcheck source=scripts/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
@@ -12,10 +14,7 @@ missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 if [ ${#missing[@]} -gt 0 ]; then
-    echo "Installing ${missing[*]}..."
-    if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt_install "${missing[@]}"
 fi
 
 cargo build --release --bins --quiet

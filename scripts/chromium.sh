@@ -5,16 +5,14 @@
 #   scripts/chromium.sh dom URL             print the page's DOM once it has loaded
 #   scripts/chromium.sh screenshot URL PNG  save a screenshot of the page
 set -euo pipefail
+# shellcheck source=scripts/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 install() {
   if command -v chromium >/dev/null; then
     return 0
   fi
-  echo "Installing chromium (Debian package chromium)..." >&2
-  local sudo=""
-  [[ $(id -u) -eq 0 ]] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  apt_install chromium
   command -v chromium >/dev/null || { echo "chromium still missing after install" >&2; exit 1; }
 }
 

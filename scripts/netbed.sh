@@ -3,14 +3,12 @@
 #   scripts/netbed.sh install   install iproute2 and nftables (Debian packages) if missing
 #   scripts/netbed.sh clean     remove namespaces, bridges and mounts of runs that died
 set -euo pipefail
+# shellcheck source=scripts/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 install() {
   command -v ip >/dev/null && command -v nft >/dev/null && return 0
-  echo "Installing iproute2 and nftables..." >&2
-  local sudo=""
-  [[ $(id -u) -eq 0 ]] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq iproute2 nftables >/dev/null
+  apt_install iproute2 nftables
 }
 
 # The names carry the pid of the test that made them (tc<pid>h<n>, tb<pid>, tschaos-<pid>).

@@ -3,6 +3,8 @@
 # installs ZooKeeper (Debian's package) if missing, checks formatting and lints,
 # builds every binary, runs every test, and prints the totals.
 set -euo pipefail
+# shellcheck source=scripts/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 cd "$(dirname "$0")/.."
 
 scripts/zookeeper.sh install
@@ -10,11 +12,7 @@ scripts/zookeeper.sh install
 scripts/netbed.sh install
 command -v java >/dev/null || { echo "java is required to run ZooKeeper" >&2; exit 1; }
 # The interactive shell is tested in a real terminal, run by tmux.
-if ! command -v tmux >/dev/null; then
-  echo "Installing tmux..." >&2
-  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq tmux >/dev/null
-fi
+command -v tmux >/dev/null || apt_install tmux
 
 # The status page is tested in a real headless browser.
 scripts/chromium.sh install

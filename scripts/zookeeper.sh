@@ -11,6 +11,8 @@
 #                                           every member's address, comma-separated, in
 #                                           id order (quorum ports 2888 and 3888)
 set -euo pipefail
+# shellcheck source=scripts/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 JAR_DIR=/usr/share/java
 # The server's jars and what it loads at run time; one slf4j binding (simple, to stderr).
@@ -24,11 +26,7 @@ install() {
   if [[ -f $JAR_DIR/zookeeper.jar ]]; then
     return 0
   fi
-  echo "Installing ZooKeeper (Debian package zookeeper)..." >&2
-  local sudo=""
-  [[ $(id -u) -eq 0 ]] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq zookeeper >/dev/null
+  apt_install zookeeper
   [[ -f $JAR_DIR/zookeeper.jar ]] || { echo "zookeeper.jar still missing after install" >&2; exit 1; }
 }
 

@@ -190,14 +190,8 @@ impl NsMetrics {
                 .get_or_create(&OpLabels { op_type, status })
                 .set(count);
         }
-        let leaderless = ns
-            .tables()
-            .await
-            .unwrap_or_default()
-            .iter()
-            .flat_map(|t| &t.partitions)
-            .filter(|p| !p.replicas.iter().any(|r| r.is_leader && r.is_alive))
-            .count();
+        let tables = ns.tables().await.unwrap_or_default();
+        let leaderless = crate::status_page::leaderless(&tables).len();
         self.leaderless.set(leaderless as i64);
         tessera_common::metrics::encode(&self.registry)
     }

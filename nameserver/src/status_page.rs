@@ -163,7 +163,7 @@ async fn render_now(ns: &Nameserver) -> String {
 }
 
 /// `db.table pid N` of every partition with no alive leader.
-fn leaderless(tables: &[TableInfo]) -> Vec<String> {
+pub(crate) fn leaderless(tables: &[TableInfo]) -> Vec<String> {
     tables
         .iter()
         .flat_map(|t| {

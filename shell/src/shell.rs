@@ -118,6 +118,17 @@ impl Shell {
         }
     }
 
+    /// The databases the nameserver knows.
+    pub(crate) async fn databases(&mut self) -> Result<Vec<String>, String> {
+        Ok(self
+            .ns(
+                tessera_proto::nameserver::ShowDbRequest {},
+                |mut c, r| async move { c.show_db(r).await },
+            )
+            .await?
+            .dbs)
+    }
+
     /// Names of the current database's tables (for completion); empty if unreachable.
     pub async fn table_names(&mut self) -> Vec<String> {
         let request = tessera_proto::nameserver::ShowTableRequest {

@@ -22,6 +22,14 @@ pub use tablet::TabletProcess;
 pub use wait::{wait_until, wait_until_async};
 pub use zookeeper::ZooKeeper;
 
+/// This machine's time in milliseconds since the epoch: timestamps within a TTL.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_millis() as i64
+}
+
 /// A channel to a server of the cluster under test (over TLS when the test process uses
 /// it, see `tessera_common::tls`).
 pub async fn channel(endpoint: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {

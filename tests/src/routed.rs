@@ -26,6 +26,15 @@ pub async fn table_rows(ns: &mut NameserverClient<AuthChannel>, name: &str) -> V
 }
 
 /// The alive leader of each partition.
+/// The endpoint of the first replica of `rows` in `role` (`leader` or `follower`).
+pub fn endpoint_with_role(rows: &[ShowTableRow], role: &str) -> String {
+    rows.iter()
+        .find(|r| r.role == role)
+        .unwrap_or_else(|| panic!("no {role} among {rows:?}"))
+        .endpoint
+        .clone()
+}
+
 pub fn leaders(rows: &[ShowTableRow]) -> BTreeMap<u32, String> {
     rows.iter()
         .filter(|r| r.role == "leader" && r.is_alive)

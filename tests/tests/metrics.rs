@@ -50,10 +50,7 @@ async fn every_server_exports_metrics_that_follow_the_traffic() {
         "create table t (k string, ts bigint, v string, index(key=k, ts=ts)) \
          options (partitionnum=2, replicanum=3);",
     );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
+    let now = tessera_tests::now_ms();
     for i in 0..20 {
         jobs.ok(&format!("put t k{} {} v", i % 4, now + i));
     }

@@ -207,18 +207,8 @@ async fn commands_run_through_the_binary() {
         }
     };
     let rows = replicas(&cluster).await;
-    let leader = rows
-        .iter()
-        .find(|r| r.role == "leader")
-        .unwrap()
-        .endpoint
-        .clone();
-    let follower = rows
-        .iter()
-        .find(|r| r.role == "follower")
-        .unwrap()
-        .endpoint
-        .clone();
+    let leader = tessera_tests::routed::endpoint_with_role(&rows, "leader");
+    let follower = tessera_tests::routed::endpoint_with_role(&rows, "follower");
     let spare = cluster
         .tablets
         .iter()
@@ -329,10 +319,7 @@ async fn operator_commands_databases_indexes_and_json() {
         stdout
     };
     // Times within the TTLs: recent milliseconds.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = tessera_tests::now_ms();
     let (t1, t2, t3) = (now - 3000, now - 2000, now - 1000);
     for (k, c, ts, v) in [
         ("k1", "red", t1, 10),
@@ -479,10 +466,7 @@ async fn setttl_reaches_every_replica_even_one_that_was_down() {
          options (partitionnum=1, replicanum=3);"
     )
     .contains("Create table t ok"));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = tessera_tests::now_ms();
     for age in 1..=3 {
         assert!(ok(&cluster, &format!("put t a {}", now - age * 1000)).contains("put ok"));
     }
@@ -491,12 +475,7 @@ async fn setttl_reaches_every_replica_even_one_that_was_down() {
     // A follower's tablet goes down.
     let rows = tessera_tests::routed::table_rows(&mut cluster.ns().await, "t").await;
     let tid = rows[0].tid;
-    let follower = rows
-        .iter()
-        .find(|r| r.role == "follower")
-        .unwrap()
-        .endpoint
-        .clone();
+    let follower = tessera_tests::routed::endpoint_with_role(&rows, "follower");
     let index = cluster.tablet_index(&follower);
     cluster.tablets[index].kill9();
 

@@ -40,17 +40,7 @@ fn tablet_row(endpoint: &str, state_class: &str, state: &str) -> String {
 async fn the_status_page_shows_a_killed_tablet_offline_and_its_partitions_moving() {
     install_chromium();
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = NsCluster::start(
-        dir.path(),
-        NsClusterSpec {
-            tablets: 3,
-            tablet_session_ms: Some(2000),
-            tablet_args: &[],
-            nameserver_session_ms: 2000,
-            nameserver_args: &[],
-        },
-    )
-    .await;
+    let mut cluster = NsCluster::start(dir.path(), NsClusterSpec::three_tablets()).await;
     cluster.create_table("orders", 4, 3).await;
     let url = format!("http://{}/", cluster.nameserver.endpoint);
 

@@ -469,15 +469,8 @@ fn gettablepartition(shell: &mut Shell, call: Call) -> Reply<'_> {
 
 fn showdb(shell: &mut Shell, call: Call) -> Reply<'_> {
     Box::pin(async move {
-        let dbs = shell
-            .ns(
-                ShowDbRequest {},
-                |mut c, r| async move { c.show_db(r).await },
-            )
-            .await?
-            .dbs;
         let mut out = Rows::new(&["db"]);
-        for db in dbs {
+        for db in shell.databases().await? {
             out.push(vec![db.into()]);
         }
         Ok(out.render(call.format))

@@ -211,14 +211,7 @@ fn setttl(shell: &mut Shell, call: Call) -> Reply<'_> {
 fn use_db(shell: &mut Shell, call: Call) -> Reply<'_> {
     Box::pin(async move {
         let name = call.arg(0).to_string();
-        let dbs = shell
-            .ns(
-                ShowDbRequest {},
-                |mut c, r| async move { c.show_db(r).await },
-            )
-            .await?
-            .dbs;
-        if !dbs.contains(&name) {
+        if !shell.databases().await?.contains(&name) {
             return Err(format!(
                 "database `{name}` does not exist (`showdb` lists them; `create database \
                  {name}` creates it)"
