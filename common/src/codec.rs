@@ -265,6 +265,7 @@ mod tests {
                         name: format!("c{i}"),
                         ty: *ty,
                         nullable: *nullable,
+                        added_in_version: 0,
                     })
                     .collect(),
                 indexes: vec![Index {
@@ -272,6 +273,8 @@ mod tests {
                     key_columns: vec![0],
                     ts_column: None,
                     ttl: Ttl::NONE,
+                    added_in_version: 0,
+                    deleted: false,
                 }],
             };
             let values: Vec<BoxedStrategy<Value>> = cols
@@ -367,6 +370,7 @@ mod tests {
             name: "extra".into(),
             ty: ColumnType::String,
             nullable: true,
+            added_in_version: 2,
         });
         assert_eq!(
             decode(&new, &bytes).unwrap(),

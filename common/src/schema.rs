@@ -81,6 +81,8 @@ pub struct Column {
     pub name: String,
     pub ty: ColumnType,
     pub nullable: bool,
+    /// The schema version that appended it (0: the table was created with it).
+    pub added_in_version: u32,
 }
 
 impl Column {
@@ -205,6 +207,19 @@ pub struct Index {
     /// Position of the ts column; `None` orders entries by write time.
     pub ts_column: Option<usize>,
     pub ttl: Ttl,
+    /// The schema version that appended it (0: the table was created with it). Rows
+    /// whose key or ts in it is NULL (rows older than a column it uses) are not in it.
+    pub added_in_version: u32,
+    /// Dropped: it keeps its position, since log entries name indexes by position, but
+    /// holds no entries, serves no reads, and its name is free again.
+    pub deleted: bool,
+}
+
+impl Index {
+    /// Live and made with the table: a row must have a key and ts in it.
+    pub fn requires_key(&self) -> bool {
+        !self.deleted && self.added_in_version == 0
+    }
 }
 
 /// A validated schema. Construct it with [`Schema::from_proto`] or [`Schema::new`].
@@ -249,6 +264,10 @@ pub enum SchemaError {
     UnknownTtlType(i32),
     #[error("too many columns: {0} (at most 65535)")]
     TooManyColumns(usize),
+    #[error("the first index cannot be deleted: it decides each row's partition")]
+    FirstIndexDeleted,
+    #[error("{0}")]
+    Incompatible(String),
 }
 
 /// Column definition used to build schemas in code: `(name, type, nullable)`.
@@ -271,6 +290,7 @@ impl Schema {
                     name: name.to_string(),
                     r#type: ty.to_proto() as i32,
                     nullable: *nullable,
+                    added_in_version: 0,
                 })
                 .collect(),
             indexes: indexes
@@ -280,6 +300,8 @@ impl Schema {
                     key_columns: keys.iter().map(|k| k.to_string()).collect(),
                     ts_column: ts.unwrap_or_default().to_string(),
                     ttl: Some(ttl.to_proto()),
+                    added_in_version: 0,
+                    deleted: false,
                 })
                 .collect(),
         };
@@ -308,6 +330,7 @@ impl Schema {
                 name: c.name.clone(),
                 ty,
                 nullable: c.nullable,
+                added_in_version: c.added_in_version,
             });
         }
         if proto.indexes.is_empty() {
@@ -333,7 +356,11 @@ impl Schema {
             if ix.key_columns.is_empty() {
                 return Err(SchemaError::NoKeyColumns(name));
             }
-            if !index_names.insert(name.clone()) {
+            if ix.deleted && indexes.is_empty() {
+                return Err(SchemaError::FirstIndexDeleted);
+            }
+            // A deleted index's name is free again.
+            if !ix.deleted && !index_names.insert(name.clone()) {
                 return Err(SchemaError::DuplicateIndex(name));
             }
             let mut key_columns = Vec::with_capacity(ix.key_columns.len());
@@ -368,6 +395,8 @@ impl Schema {
                 key_columns,
                 ts_column,
                 ttl: Ttl::from_proto(ix.ttl.as_ref())?,
+                added_in_version: ix.added_in_version,
+                deleted: ix.deleted,
             });
         }
         Ok(Schema {
@@ -387,6 +416,7 @@ impl Schema {
                     name: c.name.clone(),
                     r#type: c.ty.to_proto() as i32,
                     nullable: c.nullable,
+                    added_in_version: c.added_in_version,
                 })
                 .collect(),
             indexes: self
@@ -404,12 +434,14 @@ impl Schema {
                         .map(|p| self.columns[p].name.clone())
                         .unwrap_or_default(),
                     ttl: Some(ix.ttl.to_proto()),
+                    added_in_version: ix.added_in_version,
+                    deleted: ix.deleted,
                 })
                 .collect(),
         }
     }
 
-    /// Finds an index by name; the empty name means the first index.
+    /// Finds a live index by name; the empty name means the first index.
     pub fn index(&self, name: &str) -> Option<(usize, &Index)> {
         if name.is_empty() {
             return self.indexes.first().map(|ix| (0, ix));
@@ -417,7 +449,106 @@ impl Schema {
         self.indexes
             .iter()
             .enumerate()
-            .find(|(_, ix)| ix.name == name)
+            .find(|(_, ix)| !ix.deleted && ix.name == name)
+    }
+
+    /// The indexes that serve reads, with their positions.
+    pub fn live_indexes(&self) -> impl Iterator<Item = (usize, &Index)> {
+        self.indexes
+            .iter()
+            .enumerate()
+            .filter(|(_, ix)| !ix.deleted)
+    }
+
+    /// Whether `next` may follow this schema: a higher version that keeps every column
+    /// and index where it is, and only appends columns (nullable ones), appends indexes,
+    /// or marks indexes deleted (never the first, never back). TTLs may differ: they
+    /// change apart from the schema.
+    pub fn check_successor(&self, next: &Schema) -> Result<(), SchemaError> {
+        let bad = |why: String| Err(SchemaError::Incompatible(why));
+        if next.version <= self.version {
+            return bad(format!(
+                "schema version {} does not follow version {}",
+                next.version, self.version
+            ));
+        }
+        if next.columns.len() < self.columns.len()
+            || next.columns[..self.columns.len()] != self.columns[..]
+        {
+            return bad("a schema change may only append columns".into());
+        }
+        if let Some(c) = next.columns[self.columns.len()..]
+            .iter()
+            .find(|c| !c.nullable)
+        {
+            return bad(format!(
+                "an added column must be nullable (existing rows have no `{}`)",
+                c.name
+            ));
+        }
+        if next.indexes.len() < self.indexes.len() {
+            return bad("a schema change may not remove an index's position".into());
+        }
+        for (old, new) in self.indexes.iter().zip(&next.indexes) {
+            let same = old.name == new.name
+                && old.key_columns == new.key_columns
+                && old.ts_column == new.ts_column
+                && old.added_in_version == new.added_in_version;
+            if !same || (old.deleted && !new.deleted) {
+                return bad(format!("index `{}` changed beyond deletion", old.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The same columns and indexes (TTLs aside, which change apart from the schema).
+    pub fn same_shape(&self, other: &Schema) -> bool {
+        let shape = |s: &Schema| {
+            let mut proto = s.to_proto();
+            proto.indexes.iter_mut().for_each(|ix| ix.ttl = None);
+            proto
+        };
+        shape(self) == shape(other)
+    }
+
+    /// This schema with `index` appended (it has no entries yet: each replica builds it
+    /// from its rows when it applies the change).
+    pub fn with_index_added(&self, index: &pb::IndexDesc) -> Result<Schema, SchemaError> {
+        let mut proto = self.to_proto();
+        proto.version = self.version + 1;
+        let mut index = index.clone();
+        index.deleted = false;
+        index.added_in_version = proto.version;
+        proto.indexes.push(index);
+        Schema::from_proto(&proto)
+    }
+
+    /// This schema with the live index `name` marked deleted.
+    pub fn with_index_deleted(&self, name: &str) -> Result<Schema, SchemaError> {
+        let (position, _) = self
+            .index(name)
+            .filter(|_| !name.is_empty())
+            .ok_or_else(|| SchemaError::Incompatible(format!("there is no index `{name}`")))?;
+        let mut proto = self.to_proto();
+        proto.version = self.version + 1;
+        proto.indexes[position].deleted = true;
+        Schema::from_proto(&proto)
+    }
+
+    /// This schema with `column` appended; it must be nullable.
+    pub fn with_column_added(&self, column: &pb::ColumnDesc) -> Result<Schema, SchemaError> {
+        if !column.nullable {
+            return Err(SchemaError::Incompatible(format!(
+                "an added column must be nullable (existing rows have no `{}`)",
+                column.name
+            )));
+        }
+        let mut proto = self.to_proto();
+        proto.version = self.version + 1;
+        let mut column = column.clone();
+        column.added_in_version = proto.version;
+        proto.columns.push(column);
+        Schema::from_proto(&proto)
     }
 }
 

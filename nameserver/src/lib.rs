@@ -1,6 +1,7 @@
 //! The Tessera nameserver: elected through ZooKeeper, keeps the table metadata, follows
 //! the tablets, and places new tables' replicas.
 
+pub mod alignment;
 pub mod commands;
 pub mod databases;
 pub mod detection;
@@ -14,6 +15,7 @@ pub mod placement;
 pub mod planner;
 pub mod reconcile;
 pub mod schedule;
+pub mod schema_change;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -263,9 +263,9 @@ impl Nameserver {
     ) -> Result<()> {
         let mut ops = self.ops().await?;
         if let Some((_, reports)) = &reconcile {
-            // Whatever auto_failover says: a TTL is configuration, not a repair.
+            // Whatever auto_failover says: TTLs and schemas are configuration, not repairs.
             if self.registry_ready() {
-                self.align_ttls(reports.clone());
+                self.align_replicas(reports.clone());
             }
         }
         let restarted = self.take_restarted();

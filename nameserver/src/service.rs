@@ -8,6 +8,8 @@ use tonic::{Request, Response, Status};
 
 use tessera_common::auth::Need;
 
+use crate::error::NsError;
+use crate::schema_change::Change;
 use crate::state::Nameserver;
 
 pub struct NameserverService {
@@ -359,6 +361,34 @@ impl NameserverRpc for NameserverService {
         Ok(Response::new(SetTtlResponse {
             updated: change.updated,
             pending: change.pending,
+        }))
+    }
+
+    async fn change_schema(
+        &self,
+        request: Request<ChangeSchemaRequest>,
+    ) -> Result<Response<ChangeSchemaResponse>, Status> {
+        {
+            let db = crate::state::db_or_default(&request.get_ref().db);
+            self.state
+                .authorize(&request, Need::Admin, Some(db), None)
+                .await?;
+        }
+        let r = request.into_inner();
+        use tessera_proto::nameserver::change_schema_request::Change as Wire;
+        let change = match r.change {
+            Some(Wire::AddIndex(index)) => Change::AddIndex(index),
+            Some(Wire::DeleteIndex(name)) => Change::DeleteIndex(name),
+            Some(Wire::AddColumn(column)) => Change::AddColumn(column),
+            None => {
+                return Err(NsError::InvalidArgument("the request names no change".into()).into())
+            }
+        };
+        let outcome = self.state.change_schema(&r.db, &r.name, change).await?;
+        Ok(Response::new(ChangeSchemaResponse {
+            version: outcome.version,
+            updated: outcome.updated,
+            pending: outcome.pending,
         }))
     }
 

@@ -72,7 +72,7 @@ pub struct Nameserver {
     /// Serialises metadata changes.
     pub(crate) admin: tokio::sync::Mutex<()>,
     /// A task is bringing replicas' TTLs in line (see `ttl.rs`).
-    pub(crate) aligning_ttls: std::sync::atomic::AtomicBool,
+    pub(crate) aligning: std::sync::atomic::AtomicBool,
     /// Every op task fails its op after this long.
     pub(crate) task_timeout: Duration,
     /// ChangeLeader: the replicas that accepted to follow, from kPromoteLeader to
@@ -160,7 +160,7 @@ impl Nameserver {
             registry_ready: std::sync::atomic::AtomicBool::new(false),
             restarted: Default::default(),
             admin: tokio::sync::Mutex::new(()),
-            aligning_ttls: std::sync::atomic::AtomicBool::new(false),
+            aligning: std::sync::atomic::AtomicBool::new(false),
             ops_kick: tokio::sync::Notify::new(),
             probing: Default::default(),
             report_counts: Default::default(),

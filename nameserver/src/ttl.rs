@@ -1,21 +1,14 @@
 //! TTL changes (`setttl`): the metadata first, then every replica that answers. A
 //! replica that misses the change (its tablet down or cut off) reports its TTLs with its
-//! status, and the nameserver brings it in line when it next sees it ([`align_ttls`]).
+//! status, and the nameserver brings it in line when it next sees it ([`crate::alignment`]).
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-
-use prost::Message;
 use tessera_common::Ttl;
 use tessera_proto::common::TtlDesc;
 use tessera_proto::nameserver::TableInfo;
 use tessera_proto::tablet as tpb;
-use tracing::{info, warn};
-use zookeeper_client::Error as ZkError;
+use tracing::info;
 
 use crate::error::{NsError, Result};
-use crate::reconcile::TabletReport;
 use crate::state::{call, db_or_default, tablet, Nameserver};
 
 /// What a TTL change did: replicas updated, and those left for later (`endpoint pid N:
@@ -55,44 +48,33 @@ impl Nameserver {
             .to_proto();
         let lock = self.lock().await?;
         let db = db_or_default(db);
-        let path = self.paths.table(db, name);
-        let client = self.client()?;
-        let table = loop {
-            let (data, stat) = match client.get_data(&path).await {
-                Ok(found) => found,
-                Err(ZkError::NoNode) => return Err(NsError::TableNotFound(format!("{db}.{name}"))),
-                Err(e) => return Err(e.into()),
-            };
-            let mut table =
-                TableInfo::decode(data.as_slice()).map_err(|e| NsError::Zk(e.to_string()))?;
-            let schema = table.schema.get_or_insert_with(Default::default);
-            let mut changed = 0;
-            for ix in schema
-                .indexes
-                .iter_mut()
-                .filter(|ix| index.is_empty() || ix.name == index)
-            {
-                ix.ttl = Some(ttl);
-                changed += 1;
-            }
-            table.ttl_version += 1;
-            if changed == 0 {
-                let names: Vec<&str> = schema.indexes.iter().map(|ix| ix.name.as_str()).collect();
-                return Err(NsError::InvalidArgument(format!(
-                    "table `{name}` has no index `{index}` (its indexes: {})",
-                    names.join(", ")
-                )));
-            }
-            match lock
-                .set_data(&path, &table.encode_to_vec(), Some(stat.version))
-                .await
-            {
-                Ok(_) => break table,
-                Err(ZkError::BadVersion) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        };
-        self.bump_counter(&lock, &self.paths.table_changed())
+        let table = self
+            .update_table(&lock, db, name, |table| {
+                let schema = table.schema.get_or_insert_with(Default::default);
+                let mut changed = 0;
+                for ix in schema
+                    .indexes
+                    .iter_mut()
+                    .filter(|ix| !ix.deleted && (index.is_empty() || ix.name == index))
+                {
+                    ix.ttl = Some(ttl);
+                    changed += 1;
+                }
+                if changed == 0 {
+                    let names: Vec<&str> = schema
+                        .indexes
+                        .iter()
+                        .filter(|ix| !ix.deleted)
+                        .map(|ix| ix.name.as_str())
+                        .collect();
+                    return Err(NsError::InvalidArgument(format!(
+                        "table `{name}` has no index `{index}` (its indexes: {})",
+                        names.join(", ")
+                    )));
+                }
+                table.ttl_version += 1;
+                Ok(())
+            })
             .await?;
         info!(db = %db, table = %name, index = %index, ?ttl, "ttl changed");
         let ttls = ttls_of(&table);
@@ -118,61 +100,14 @@ impl Nameserver {
         }
         Ok(change)
     }
-
-    /// Sends the metadata's TTLs to every replica whose status reported others (it
-    /// missed a `setttl`), all at once, in a task of its own so that the op pipeline
-    /// never waits on a slow tablet; one such task at a time. Best effort: a replica that
-    /// does not take them now is tried again at the next reconciliation.
-    pub(crate) fn align_ttls(self: &Arc<Self>, reports: HashMap<String, TabletReport>) {
-        if self.aligning_ttls.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let ns = self.clone();
-        tokio::spawn(async move {
-            if let Ok(tables) = ns.tables().await {
-                let mut pushes = tokio::task::JoinSet::new();
-                for table in tables {
-                    let ttls = ttls_of(&table);
-                    for (endpoint, report) in &reports {
-                        for partition in &table.partitions {
-                            let Some(status) = report.get(&(table.tid, partition.pid)) else {
-                                continue;
-                            };
-                            // Older tablets report no TTLs.
-                            if status.ttls.is_empty() || status.ttls == ttls {
-                                continue;
-                            }
-                            let (endpoint, table, ttls, pid) =
-                                (endpoint.clone(), table.clone(), ttls.clone(), partition.pid);
-                            pushes.spawn(async move {
-                                let pushed = tokio::time::timeout(
-                                    ALIGN_TIMEOUT,
-                                    push_ttls(&endpoint, &table, pid, &ttls),
-                                )
-                                .await;
-                                match pushed {
-                                    Ok(Ok(())) => info!(table = %table.name, pid, %endpoint,
-                                        "replica brought in line with the table's ttl"),
-                                    Ok(Err(e)) => warn!(table = %table.name, pid, %endpoint,
-                                        error = %e, "replica's ttl differs and could not be changed"),
-                                    Err(_) => warn!(table = %table.name, pid, %endpoint,
-                                        "replica's ttl differs and the tablet did not answer in time"),
-                                }
-                            });
-                        }
-                    }
-                }
-                while pushes.join_next().await.is_some() {}
-            }
-            ns.aligning_ttls.store(false, Ordering::Release);
-        });
-    }
 }
 
-/// How long bringing one replica's TTL in line may take.
-const ALIGN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-
-async fn push_ttls(endpoint: &str, table: &TableInfo, pid: u32, ttls: &[TtlDesc]) -> Result<()> {
+pub(crate) async fn push_ttls(
+    endpoint: &str,
+    table: &TableInfo,
+    pid: u32,
+    ttls: &[TtlDesc],
+) -> Result<()> {
     let mut client = tablet(endpoint).await?;
     call(
         endpoint,

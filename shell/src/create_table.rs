@@ -198,7 +198,7 @@ fn describe(token: Option<&Token>) -> String {
     }
 }
 
-fn column_type(name: &str) -> Result<ColumnType, String> {
+pub fn column_type(name: &str) -> Result<ColumnType, String> {
     Ok(match name.to_ascii_lowercase().as_str() {
         "bool" => ColumnType::Bool,
         "smallint" | "int16" => ColumnType::Int16,
@@ -355,6 +355,7 @@ pub fn parse(statement: &str, db: &str) -> Result<CreateTableRequest, String> {
                 name: column,
                 r#type: ty as i32,
                 nullable,
+                ..Default::default()
             });
         }
         Ok(())

@@ -290,6 +290,7 @@ mod tests {
             name: "v".into(),
             ty: tessera_common::ColumnType::Int64,
             nullable: true,
+            added_in_version: 0,
         };
         assert_eq!(
             column.parse_value("42").unwrap(),

@@ -42,7 +42,7 @@ fn row(i: u64) -> Vec<Value> {
 
 fn put(memtable: &Memtable, offset: u64) {
     let values = row(offset);
-    let data = codec::encode(memtable.schema(), &values).unwrap();
+    let data = codec::encode(&memtable.schema(), &values).unwrap();
     let entries = memtable.index_entries(&values, 0).unwrap();
     memtable.insert(offset, 0, data, entries);
 }
@@ -67,7 +67,7 @@ fn memtable(c: &mut Criterion) {
         .map(|k| {
             let s = memtable.schema();
             tessera_common::key::key_from_values(
-                s,
+                &s,
                 &s.indexes[0],
                 &[Value::String(format!("user{k:06}"))],
             )

@@ -582,6 +582,52 @@ impl Tablet for TabletService {
         Ok(Response::new(SetTtlResponse {}))
     }
 
+    async fn change_schema(
+        &self,
+        request: Request<ChangeSchemaRequest>,
+    ) -> Result<Response<ChangeSchemaResponse>, Status> {
+        cluster_secret::check(&request, "ChangeSchema")?;
+        let ChangeSchemaRequest { tid, pid, schema } = request.into_inner();
+        let next = tessera_common::Schema::from_proto(&schema.unwrap_or_default())
+            .map_err(|e| TabletError::InvalidArgument(e.to_string()))?;
+        let table = self.table(tid, pid)?;
+        let current = table.schema();
+        if current.version >= next.version {
+            // Asked again (the nameserver retrying, or aligning a replica that had it).
+            if current.version == next.version && current.same_shape(&next) {
+                return Ok(Response::new(ChangeSchemaResponse {
+                    version: current.version,
+                    offset: 0,
+                }));
+            }
+            return Err(TabletError::InvalidArgument(format!(
+                "partition {tid}.{pid} has schema version {} already, and version {} is not it",
+                current.version, next.version
+            ))
+            .into());
+        }
+        let wanted = next.version;
+        let slot = table.write_slots(1).map_err(TabletError::from)?;
+        let (version, committed) = log_and_commit(table.clone(), slot, move |t| {
+            vec![t.log_schema_change(&next).map_err(storage_status)]
+        })
+        .await?
+        .pop()
+        .expect("one outcome per write");
+        committed?;
+        let now = table.schema().version;
+        if now < wanted {
+            return Err(Status::internal(
+                "the schema change was logged but not applied (another change came first); \
+                 the tablet's log says why",
+            ));
+        }
+        Ok(Response::new(ChangeSchemaResponse {
+            version: now,
+            offset: version.map_or(0, |v| v.offset),
+        }))
+    }
+
     async fn get_table_status(
         &self,
         request: Request<GetTableStatusRequest>,

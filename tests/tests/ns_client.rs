@@ -530,3 +530,120 @@ async fn setttl_reaches_every_replica_even_one_that_was_down() {
     assert!(fails(&cluster, "setttl nope absolute 1h").contains("does not exist"));
     assert!(ok(&cluster, "showtable t").contains("latest 1"));
 }
+
+/// The schema version and the `city` index count of `oslo` of every partition replica a
+/// tablet holds of table `tid` (None where it does not answer, or has no such index yet).
+async fn replica_schemas(
+    tablet: &tessera_tests::tablet::TabletProcess,
+    tid: u32,
+    partitions: u32,
+) -> Vec<Option<(u32, u64)>> {
+    use tessera_proto::tablet::{CountRequest, GetTableStatusRequest};
+    let mut out = Vec::new();
+    for pid in 0..partitions {
+        let mut client = tablet.client().await;
+        let Ok(status) = client
+            .get_table_status(GetTableStatusRequest {
+                tid: Some(tid),
+                pid: Some(pid),
+            })
+            .await
+        else {
+            out.push(None);
+            continue;
+        };
+        let version = status.into_inner().tables[0].schema_version;
+        let count = match client
+            .count(CountRequest {
+                tid,
+                pid,
+                index: "city".into(),
+                key: vec![tessera_common::Value::String("oslo".into()).to_proto()],
+                // Any offset: a follower answers too, once it applied that far.
+                min_offset: 1,
+            })
+            .await
+        {
+            Ok(c) => c,
+            Err(_) => {
+                out.push(None);
+                continue;
+            }
+        };
+        out.push(Some((version, count.into_inner().count)));
+    }
+    out
+}
+
+/// `addindex` builds the index from the rows on every replica, one whose tablet was down
+/// included; `addtablefield` appends a column old rows read as NULL; `deleteindex` drops
+/// an index. Each is a binlog entry the followers apply in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_changes_reach_every_replica_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = three_tablets(dir.path()).await;
+    assert!(ok(
+        &cluster,
+        "create table t (k string, ts bigint, city string, index(key=k, ts=ts)) \
+         options (partitionnum=4, replicanum=3);"
+    )
+    .contains("Create table t ok"));
+    let mut input = String::new();
+    for i in 0..20 {
+        let city = if i % 2 == 0 { "oslo" } else { "rome" };
+        input.push_str(&format!("put t k{i} {i} {city}\n"));
+    }
+    let (success, _, stderr) = piped(&cluster, &input);
+    assert!(success, "{stderr}");
+
+    // A tablet goes down before the change: its replicas take it from the log later.
+    let rows = tessera_tests::routed::table_rows(&mut cluster.ns().await, "t").await;
+    let tid = rows[0].tid;
+    let down = cluster.tablets[2].endpoint.clone();
+    cluster.tablets[2].kill9();
+
+    let out = ok(&cluster, "addindex t city");
+    assert!(out.contains("addindex ok: schema version 2"), "{out}");
+    // Partitions the dead tablet led get the change once a new leader is seen.
+    tessera_tests::wait_until_async(
+        std::time::Duration::from_secs(60),
+        "every partition to count 10 rows of oslo through the new index",
+        || async {
+            let out = ns_client(&cluster, "count t oslo index=city");
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("count: 10")
+        },
+    )
+    .await;
+    assert!(ok(&cluster, "showschema t").contains("city"));
+
+    cluster.tablets[2].restart().await;
+    for tablet in &cluster.tablets {
+        tessera_tests::wait_until_async(
+            std::time::Duration::from_secs(90),
+            "every replica to apply the new schema and hold the built index",
+            || async {
+                let found = replica_schemas(tablet, tid, 4).await;
+                let oslo: u64 = found.iter().flatten().map(|(_, count)| *count).sum();
+                found.iter().all(|r| r.is_some_and(|(v, _)| v >= 2)) && oslo == 10
+            },
+        )
+        .await;
+    }
+    assert!(cluster.tablets.iter().any(|t| t.endpoint == down));
+
+    let out = ok(&cluster, "addtablefield t v int");
+    assert!(out.contains("addtablefield ok: schema version 3"), "{out}");
+    assert!(ok(&cluster, "put t k99 99 oslo 5").contains("put ok"));
+    let old = ok(&cluster, "get t k0");
+    assert!(old.contains("k0") && old.contains("NULL"), "{old}");
+    assert!(ok(&cluster, "get t k99").contains('5'));
+
+    let out = ok(&cluster, "deleteindex t city");
+    assert!(out.contains("deleteindex ok: schema version 4"), "{out}");
+    assert!(fails(&cluster, "count t oslo index=city").contains("no index `city`"));
+    assert!(fails(&cluster, "deleteindex t k").contains("first index"));
+    assert!(fails(&cluster, "addindex t nosuch").contains("unknown column"));
+    assert!(fails(&cluster, "addtablefield t v int").contains("defined twice"));
+    assert!(fails(&cluster, "addtablefield t w money").contains("money"));
+    assert!(ok(&cluster, "count t").contains("count: 21"));
+}

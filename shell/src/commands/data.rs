@@ -136,9 +136,8 @@ impl Query {
         let (_, index) = query.schema.index(&query.index).ok_or_else(|| {
             let names: Vec<&str> = query
                 .schema
-                .indexes
-                .iter()
-                .map(|i| i.name.as_str())
+                .live_indexes()
+                .map(|(_, i)| i.name.as_str())
                 .collect();
             format!(
                 "table `{}` has no index `{}` (its indexes: {})",

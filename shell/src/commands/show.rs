@@ -337,7 +337,7 @@ fn column_rows(info: &TableInfo) -> Rows {
 fn index_rows(info: &TableInfo) -> Rows {
     let schema = info.schema.clone().unwrap_or_default();
     let mut indexes = Rows::titled("indexes", &["#", "name", "keys", "ts", "ttl", "ttl_type"]);
-    for (i, ix) in schema.indexes.iter().enumerate() {
+    for (i, ix) in schema.indexes.iter().filter(|ix| !ix.deleted).enumerate() {
         let ttl = ix.ttl.unwrap_or_default();
         indexes.push(vec![
             (i + 1).into(),

@@ -1,4 +1,5 @@
-//! Tables and databases: `create`, `drop`, `use`, `dropdb`. `create user` and
+//! Tables and databases: `create`, `drop`, `use`, `dropdb`, and changes to a table:
+//! `setttl`, `addindex`, `deleteindex`, `addtablefield`. `create user` and
 //! `drop user` share their first word and are handed to [`crate::users`].
 
 use tessera_proto::nameserver::*;
@@ -57,6 +58,44 @@ pub const COMMANDS: &[Command] = &[
          not come back. A replica whose tablet is down takes the TTL when it returns.\n\
          Examples: setttl t1 absolute 7d | setttl t1 latest 10 index_b | \
          setttl t1 absorlat 1h 100",
+    ),
+    Command::new(
+        "addindex",
+        "addindex name index_name [col[,col…]] [ts_col]",
+        "add an index to a table, built from its rows on every replica",
+        (2, 4),
+        addindex,
+    )
+    .details(
+        "The key columns default to the column named like the index. Without a ts column \
+         rows are ordered by write time. The new index takes the first index's TTL (change \
+         it with setttl). Every partition's leader logs the change and builds the index \
+         from the rows it holds while reads and writes go on; followers do the same when \
+         they apply it. Rows whose key or ts column is NULL are not in the index.\n\
+         Examples: addindex t1 city | addindex t1 by_user_day user,day ts",
+    ),
+    Command::new(
+        "deleteindex",
+        "deleteindex name index_name",
+        "drop an index of a table (never the first: it partitions the table)",
+        (2, 2),
+        deleteindex,
+    )
+    .details(
+        "Reads through the index are refused from then on and its memory is freed; the \
+         name can be given to a new index.",
+    ),
+    Command::new(
+        "addtablefield",
+        "addtablefield name column_name column_type",
+        "append a nullable column to a table; existing rows read it as NULL",
+        (3, 3),
+        addtablefield,
+    )
+    .details(
+        "Types: bool, smallint, int, bigint, float, double, string, timestamp, date. No \
+         row is rewritten. Writers that do not know the column yet may leave it out.\n\
+         Example: addtablefield t1 city string",
     ),
     Command::new(
         "use",
@@ -206,6 +245,79 @@ fn setttl(shell: &mut Shell, call: Call) -> Reply<'_> {
         }
         Ok(text)
     })
+}
+
+fn addindex(shell: &mut Shell, call: Call) -> Reply<'_> {
+    Box::pin(async move {
+        let name = call.arg(1).to_string();
+        let keys = match call.arg(2) {
+            "" => name.clone(),
+            keys => keys.to_string(),
+        };
+        let key_columns: Vec<String> = keys.split(',').map(|k| k.trim().to_string()).collect();
+        if key_columns.iter().any(String::is_empty) {
+            return Err(format!("`{keys}` is not a list of key columns"));
+        }
+        let index = tessera_proto::common::IndexDesc {
+            name,
+            key_columns,
+            ts_column: call.arg(3).to_string(),
+            ..Default::default()
+        };
+        let change = change_schema_request::Change::AddIndex(index);
+        change_schema(shell, &call, change, "addindex").await
+    })
+}
+
+fn deleteindex(shell: &mut Shell, call: Call) -> Reply<'_> {
+    Box::pin(async move {
+        let change = change_schema_request::Change::DeleteIndex(call.arg(1).to_string());
+        change_schema(shell, &call, change, "deleteindex").await
+    })
+}
+
+fn addtablefield(shell: &mut Shell, call: Call) -> Reply<'_> {
+    Box::pin(async move {
+        let column = tessera_proto::common::ColumnDesc {
+            name: call.arg(1).to_string(),
+            r#type: crate::create_table::column_type(call.arg(2))? as i32,
+            nullable: true,
+            ..Default::default()
+        };
+        let change = change_schema_request::Change::AddColumn(column);
+        change_schema(shell, &call, change, "addtablefield").await
+    })
+}
+
+/// Sends a schema change of table `call.arg(0)` and reports what it did.
+async fn change_schema(
+    shell: &mut Shell,
+    call: &Call,
+    change: change_schema_request::Change,
+    what: &str,
+) -> Result<String, String> {
+    let request = ChangeSchemaRequest {
+        db: shell.db.clone(),
+        name: call.arg(0).to_string(),
+        change: Some(change),
+    };
+    let answer = shell
+        .ns(request, |mut c, r| async move { c.change_schema(r).await })
+        .await?;
+    let mut text = format!(
+        "{what} ok: schema version {}, {} partition(s) updated",
+        answer.version, answer.updated
+    );
+    if !answer.pending.is_empty() {
+        text.push_str(&format!(
+            "; {} will take it when their leader is seen again:",
+            answer.pending.len()
+        ));
+        for pending in &answer.pending {
+            text.push_str(&format!("\n  {pending}"));
+        }
+    }
+    Ok(text)
 }
 
 fn use_db(shell: &mut Shell, call: Call) -> Reply<'_> {

@@ -11,7 +11,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
+use prost::Message;
+use tessera_common::Schema;
+use tessera_proto::common::TableSchema;
 use tessera_proto::tablet::{ReplicationMode, TableRole};
 use tracing::error;
 
@@ -24,9 +28,14 @@ use super::table::{Table, Version};
 /// Rows-removed results kept for writers that have not collected them, at most.
 const KEPT_RESULTS: usize = 65_536;
 
-/// What applying an entry did: a delete's request, if it carried one, and the rows it
-/// removed (`None` for anything but a delete).
-pub(super) type AppliedDelete = (Option<RequestId>, Option<u64>);
+/// What applying an entry did, beyond the rows it wrote.
+pub(super) enum Outcome {
+    Nothing,
+    /// A delete: its request, if it carried one, and the rows it removed.
+    Deleted(Option<RequestId>, u64),
+    /// The memtable moved to a newer schema, which the table meta must now keep.
+    Schema,
+}
 
 /// A logged entry waiting for its commit.
 pub(super) enum PendingEntry {
@@ -79,7 +88,7 @@ pub(super) fn note_request(sessions: &mut Sessions, at: Version, payload: &[u8])
             ..
         } => request.map(|id| (id, write_time_ms)),
         LogEntry::Delete { request, .. } => request,
-        LogEntry::Noop => None,
+        LogEntry::Noop | LogEntry::Schema { .. } => None,
         LogEntry::Register {
             client_id,
             epoch,
@@ -101,11 +110,7 @@ pub(super) fn note_request(sessions: &mut Sessions, at: Version, payload: &[u8])
 }
 
 /// Applies an entry as logged to a memtable (replay, or a follower's committed entry).
-pub(super) fn apply_logged(
-    memtable: &Memtable,
-    offset: u64,
-    payload: &[u8],
-) -> Result<AppliedDelete> {
+pub(super) fn apply_logged(memtable: &Memtable, offset: u64, payload: &[u8]) -> Result<Outcome> {
     match LogEntry::decode(payload)? {
         LogEntry::Put {
             write_time_ms, row, ..
@@ -117,21 +122,45 @@ pub(super) fn apply_logged(
                         "entry at offset {offset} cannot be applied: {e}"
                     ))
                 })?;
-            Ok((None, None))
+            Ok(Outcome::Nothing)
         }
         LogEntry::Delete {
             index,
             key,
             request,
             range,
-        } => Ok((
+        } => Ok(Outcome::Deleted(
             request.map(|(id, _)| id),
-            Some(match range {
+            match range {
                 Some(r) => memtable.delete_key_range(usize::from(index), key, r.min, r.max, offset),
                 None => memtable.delete_key(usize::from(index), key, offset),
-            }),
+            },
         )),
-        LogEntry::Noop | LogEntry::Register { .. } => Ok((None, None)),
+        LogEntry::Noop | LogEntry::Register { .. } => Ok(Outcome::Nothing),
+        LogEntry::Schema { schema } => {
+            let proto = TableSchema::decode(schema).map_err(|e| {
+                StorageError::InvalidArgument(format!(
+                    "the schema change at offset {offset} does not decode: {e}"
+                ))
+            })?;
+            // Every replica meets the same entries in the same order and decides alike:
+            // a change that does not fit is skipped everywhere, not retried forever.
+            let next = match Schema::from_proto(&proto) {
+                Ok(next) => next,
+                Err(e) => {
+                    error!(offset, error = %e, "a logged schema is invalid; it is skipped");
+                    return Ok(Outcome::Nothing);
+                }
+            };
+            match memtable.apply_schema(Arc::new(next)) {
+                Ok(true) => Ok(Outcome::Schema),
+                Ok(false) => Ok(Outcome::Nothing),
+                Err(why) => {
+                    error!(offset, error = %why, "a logged schema change does not fit; skipped");
+                    Ok(Outcome::Nothing)
+                }
+            }
+        }
     }
 }
 
@@ -177,28 +206,28 @@ impl Table {
                 break;
             };
             self.applying.store(offset, Ordering::Release);
-            let (request, removed) = match entry {
+            let outcome = match entry {
                 PendingEntry::Put {
                     write_time_ms,
                     data,
                     entries,
                 } => {
                     self.memtable.insert(offset, write_time_ms, data, entries);
-                    (None, None)
+                    Outcome::Nothing
                 }
                 PendingEntry::Delete {
                     index,
                     key,
                     request,
                     range,
-                } => (
+                } => Outcome::Deleted(
                     request,
-                    Some(match range {
+                    match range {
                         Some(r) => self
                             .memtable
                             .delete_key_range(index, &key, r.min, r.max, offset),
                         None => self.memtable.delete_key(index, &key, offset),
-                    }),
+                    },
                 ),
                 PendingEntry::Logged(payload) => {
                     match apply_logged(&self.memtable, offset, &payload) {
@@ -216,7 +245,15 @@ impl Table {
                     }
                 }
             };
-            if let Some(removed) = removed {
+            if let Outcome::Schema = outcome {
+                // Kept in the table meta before anything after it applies; if that
+                // fails, the next snapshot tries again (the log still holds the change).
+                if let Err(e) = self.persist_schema() {
+                    error!(tid = self.meta.tid, pid = self.meta.pid, offset, error = %e,
+                        "the new schema could not be kept in the table meta");
+                }
+            }
+            if let Outcome::Deleted(request, removed) = outcome {
                 if removed > 0 {
                     // A consistent read as of an earlier offset can no longer be whole.
                     self.rows_deleted_at.fetch_max(offset, Ordering::AcqRel);

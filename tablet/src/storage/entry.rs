@@ -9,13 +9,17 @@
 //! Register: u8 6 | u64 client | u64 epoch | i64 write_time_ms
 //! Delete: u8 7 | u64 client | u64 seq | i64 write_time_ms | i64 min_ts | i64 max_ts
 //!              | u16 index position | index key        (a ts range; 0/0: no request)
+//! Schema: u8 8 | the new TableSchema, protobuf-encoded
 //! ```
 //!
 //! Kinds 4 and 5 carry the request's client id and sequence number, so every replica
 //! rebuilds the same idempotence table from the log. Kind 6 registers a writer's epoch
 //! (a job run that took over a writer id): from it on, writes of an older epoch of that
-//! writer are refused. Kind 7 deletes the rows of a key whose ts lies in a range. Kinds 6
-//! and 7 need every replica of the partition to know them.
+//! writer are refused. Kind 7 deletes the rows of a key whose ts lies in a range. Kind 8
+//! moves the partition to a new schema version (an index or column appended, an index
+//! deleted): every replica applies it in log order, so each row is read and indexed by
+//! the schema its place in the log calls for. Kinds 6 to 8 need every replica of the
+//! partition to know them.
 
 use super::error::{Result, StorageError};
 
@@ -47,6 +51,9 @@ pub enum LogEntry<'a> {
         epoch: u64,
         write_time_ms: i64,
     },
+    /// Changes no row: the partition's schema becomes this one (a `TableSchema`, encoded)
+    /// from here on. One that is not newer than the schema applied changes nothing.
+    Schema { schema: &'a [u8] },
 }
 
 /// The timestamps a ranged delete reaches, both ends included.
@@ -90,6 +97,7 @@ const DELETE_WITH_ID: u8 = 5;
 const REGISTER: u8 = 6;
 /// A delete of a ts range (request id always written, zeros for none).
 const DELETE_RANGE: u8 = 7;
+const SCHEMA: u8 = 8;
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
@@ -164,6 +172,11 @@ impl<'a> LogEntry<'a> {
                 out.extend_from_slice(&epoch.to_le_bytes());
                 out.extend_from_slice(&write_time_ms.to_le_bytes());
             }
+            LogEntry::Schema { schema } => {
+                out.reserve(1 + schema.len());
+                out.push(SCHEMA);
+                out.extend_from_slice(schema);
+            }
         }
         out
     }
@@ -226,6 +239,9 @@ impl<'a> LogEntry<'a> {
                 client_id: u64_at(payload, 1),
                 epoch: u64_at(payload, 9),
                 write_time_ms: u64_at(payload, 17) as i64,
+            }),
+            Some(&SCHEMA) => Ok(LogEntry::Schema {
+                schema: &payload[1..],
             }),
             Some(kind) => Err(bad(&format!("kind {kind}, {} bytes", payload.len()))),
             None => Err(bad("empty")),
@@ -301,11 +317,14 @@ mod tests {
                 epoch: 2,
                 write_time_ms: 11,
             },
+            LogEntry::Schema {
+                schema: b"\x08\x02",
+            },
         ] {
             assert_eq!(LogEntry::decode(&entry.encode()).unwrap(), entry);
         }
         assert!(LogEntry::decode(&[]).is_err());
-        assert!(LogEntry::decode(&[9, 0, 0]).is_err());
+        assert!(LogEntry::decode(&[10, 0, 0]).is_err());
         assert!(LogEntry::decode(&[PUT, 0]).is_err());
     }
 
@@ -321,7 +340,7 @@ mod tests {
             /// a payload that decodes to the same entry.
             #[test]
             fn any_payload_decodes_or_is_refused(
-                kind in 0u8..9,
+                kind in 0u8..10,
                 body in prop::collection::vec(any::<u8>(), 0..64),
             ) {
                 let mut payload = vec![kind];

@@ -94,71 +94,138 @@ pub struct Found {
     pub row: Arc<StoredRow>,
 }
 
-/// The index entries a row will get, computed (and validated) before it is logged.
+/// The index entries a row will get, computed (and validated) before it is logged: one
+/// per index of the schema version they were computed with (`None`: the row is not in
+/// that index, deleted, or added later over a column the row leaves NULL).
 #[derive(Debug)]
-pub struct IndexEntries(Vec<(Vec<u8>, i64)>);
+pub struct IndexEntries {
+    schema_version: u32,
+    entries: Vec<Option<(Vec<u8>, i64)>>,
+}
+
+type IndexMap = SkipMap<EntryKey, Arc<StoredRow>>;
+
+/// The memtable's shape: the schema, one map per index (a deleted index keeps its place
+/// with an empty map) and each index's TTL. Readers take it whole; a schema or TTL change
+/// swaps in a new one.
+struct Layout {
+    schema: Arc<Schema>,
+    indexes: Vec<Arc<IndexMap>>,
+    ttls: Vec<Ttl>,
+}
 
 pub struct Memtable {
-    schema: Arc<Schema>,
-    indexes: Vec<SkipMap<EntryKey, Arc<StoredRow>>>,
-    /// Each index's TTL: the schema's at first, changed by [`Memtable::set_ttls`].
-    ttls: parking_lot::RwLock<Vec<Ttl>>,
+    layout: parking_lot::RwLock<Arc<Layout>>,
     /// Bytes held by keys and rows.
     memory: Arc<AtomicU64>,
 }
 
+/// The key and ts of `row` in every index of `schema`.
+fn entries_of(
+    schema: &Schema,
+    row: &[Value],
+    write_time_ms: i64,
+) -> Result<IndexEntries, RowError> {
+    let entries = schema
+        .indexes
+        .iter()
+        .map(|index| {
+            if index.deleted {
+                return Ok(None);
+            }
+            let entry = key::key_from_row(schema, index, row)
+                .and_then(|k| Ok((k, key::ts_from_row(schema, index, row, write_time_ms)?)));
+            match entry {
+                Ok(entry) => Ok(Some(entry)),
+                // An index added later does not hold the rows that lack its key.
+                Err(_) if !index.requires_key() => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(IndexEntries {
+        schema_version: schema.version,
+        entries,
+    })
+}
+
 impl Memtable {
     pub fn new(schema: Arc<Schema>) -> Memtable {
-        let indexes = schema.indexes.iter().map(|_| SkipMap::new()).collect();
+        let indexes = schema
+            .indexes
+            .iter()
+            .map(|_| Arc::new(SkipMap::new()))
+            .collect();
         let ttls = schema.indexes.iter().map(|ix| ix.ttl).collect();
         Memtable {
-            schema,
-            indexes,
-            ttls: parking_lot::RwLock::new(ttls),
+            layout: parking_lot::RwLock::new(Arc::new(Layout {
+                schema,
+                indexes,
+                ttls,
+            })),
             memory: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    pub fn schema(&self) -> &Arc<Schema> {
-        &self.schema
+    fn layout(&self) -> Arc<Layout> {
+        self.layout.read().clone()
+    }
+
+    pub fn schema(&self) -> Arc<Schema> {
+        self.layout.read().schema.clone()
     }
 
     /// Each index's TTL now.
     pub fn ttls(&self) -> Vec<Ttl> {
-        self.ttls.read().clone()
+        self.layout.read().ttls.clone()
     }
 
-    /// Changes the TTLs (one per index); reads apply them at once.
-    pub fn set_ttls(&self, ttls: Vec<Ttl>) {
-        debug_assert_eq!(ttls.len(), self.indexes.len());
-        *self.ttls.write() = ttls;
+    /// Changes the TTLs (one per index); reads apply them at once. Refused (false) when
+    /// the count does not match the indexes (a schema change came in between).
+    pub fn set_ttls(&self, ttls: Vec<Ttl>) -> bool {
+        let mut layout = self.layout.write();
+        if ttls.len() != layout.indexes.len() {
+            return false;
+        }
+        *layout = Arc::new(Layout {
+            schema: layout.schema.clone(),
+            indexes: layout.indexes.clone(),
+            ttls,
+        });
+        true
     }
 
-    fn ttl(&self, index: usize) -> Ttl {
-        self.ttls.read()[index]
-    }
-
-    /// The key and ts of `row` in every index. Fails if a key or ts column is NULL.
+    /// The key and ts of `row` in every index. Fails if a key or ts column of an index
+    /// the table was created with is NULL.
     pub fn index_entries(
         &self,
         row: &[Value],
         write_time_ms: i64,
     ) -> Result<IndexEntries, RowError> {
-        self.schema
-            .indexes
-            .iter()
-            .map(|index| {
-                Ok((
-                    key::key_from_row(&self.schema, index, row)?,
-                    key::ts_from_row(&self.schema, index, row, write_time_ms)?,
-                ))
-            })
-            .collect::<Result<_, _>>()
-            .map(IndexEntries)
+        entries_of(&self.layout.read().schema, row, write_time_ms)
     }
 
-    /// Inserts a row whose entries were computed by [`Memtable::index_entries`].
+    /// Inserts a row whose entries were computed by [`Memtable::index_entries`]; if the
+    /// schema changed since, they are computed again for the schema now. Callers insert
+    /// and change the schema one at a time (the apply order).
     pub fn insert(&self, offset: u64, write_time_ms: i64, data: Vec<u8>, entries: IndexEntries) {
+        let layout = self.layout();
+        let entries = if entries.schema_version == layout.schema.version {
+            entries.entries
+        } else {
+            // Logged under one schema, applied under the next: a row valid then is valid
+            // now (columns and indexes are only appended, or indexes deleted).
+            match codec::decode(&layout.schema, &data)
+                .and_then(|values| entries_of(&layout.schema, &values, write_time_ms))
+            {
+                Ok(again) => again.entries,
+                Err(e) => {
+                    tracing::error!(offset, error = %e,
+                        "a row no longer fits the schema; it keeps the index entries it had");
+                    entries.entries
+                }
+            }
+        };
         self.memory
             .fetch_add(data.len() as u64 + ROW_OVERHEAD, Ordering::Relaxed);
         let row = Arc::new(StoredRow {
@@ -167,10 +234,12 @@ impl Memtable {
             data: data.into_boxed_slice(),
             memory: self.memory.clone(),
         });
-        for (map, (key, ts)) in self.indexes.iter().zip(entries.0) {
-            self.memory
-                .fetch_add(key.len() as u64 + ENTRY_OVERHEAD, Ordering::Relaxed);
-            map.insert(EntryKey::new(key, ts, offset), row.clone());
+        for (map, entry) in layout.indexes.iter().zip(entries) {
+            if let Some((key, ts)) = entry {
+                self.memory
+                    .fetch_add(key.len() as u64 + ENTRY_OVERHEAD, Ordering::Relaxed);
+                map.insert(EntryKey::new(key, ts, offset), row.clone());
+            }
         }
     }
 
@@ -181,10 +250,74 @@ impl Memtable {
         write_time_ms: i64,
         data: &[u8],
     ) -> Result<(), RowError> {
-        let values = codec::decode(&self.schema, data)?;
-        let entries = self.index_entries(&values, write_time_ms)?;
+        let schema = self.schema();
+        let values = codec::decode(&schema, data)?;
+        let entries = entries_of(&schema, &values, write_time_ms)?;
         self.insert(offset, write_time_ms, data.to_vec(), entries);
         Ok(())
+    }
+
+    /// Moves to `next`, a successor of the schema now (see [`Schema::check_successor`]):
+    /// an added index is built from every row held, a deleted one is emptied, TTLs of the
+    /// indexes kept stay as they are. A schema that is not newer changes nothing
+    /// (`Ok(false)`: replay meets changes the schema already has). Callers change the
+    /// schema and insert one at a time; readers go on meanwhile and see the new index
+    /// only once it is whole.
+    pub fn apply_schema(&self, next: Arc<Schema>) -> Result<bool, String> {
+        let old = self.layout();
+        if next.version <= old.schema.version {
+            return Ok(false);
+        }
+        old.schema
+            .check_successor(&next)
+            .map_err(|e| e.to_string())?;
+        let mut rows = None;
+        let mut indexes = Vec::with_capacity(next.indexes.len());
+        let mut ttls = Vec::with_capacity(next.indexes.len());
+        for (position, index) in next.indexes.iter().enumerate() {
+            let kept = old.indexes.get(position);
+            let map = match kept {
+                Some(map) if index.deleted && !old.schema.indexes[position].deleted => {
+                    let freed: u64 = map
+                        .iter()
+                        .map(|e| e.key().key.len() as u64 + ENTRY_OVERHEAD)
+                        .sum();
+                    self.memory.fetch_sub(freed, Ordering::Relaxed);
+                    Arc::new(SkipMap::new())
+                }
+                Some(map) => map.clone(),
+                None => {
+                    let map: Arc<IndexMap> = Arc::new(SkipMap::new());
+                    if !index.deleted {
+                        let rows = rows.get_or_insert_with(|| rows_of(&old, u64::MAX));
+                        for row in rows.iter() {
+                            let Ok(values) = codec::decode(&next, &row.data) else {
+                                continue;
+                            };
+                            let (Ok(key), Ok(ts)) = (
+                                key::key_from_row(&next, index, &values),
+                                key::ts_from_row(&next, index, &values, row.write_time_ms),
+                            ) else {
+                                // NULL in a key or ts column: not in this index.
+                                continue;
+                            };
+                            self.memory
+                                .fetch_add(key.len() as u64 + ENTRY_OVERHEAD, Ordering::Relaxed);
+                            map.insert(EntryKey::new(key, ts, row.offset), row.clone());
+                        }
+                    }
+                    map
+                }
+            };
+            indexes.push(map);
+            ttls.push(old.ttls.get(position).copied().unwrap_or(index.ttl));
+        }
+        *self.layout.write() = Arc::new(Layout {
+            schema: next,
+            indexes,
+            ttls,
+        });
+        Ok(true)
     }
 
     /// Removes every row whose key in index `index` is `key` and whose offset is below
@@ -203,69 +336,77 @@ impl Memtable {
         max_ts: i64,
         before_offset: u64,
     ) -> u64 {
-        let Some(map) = self.indexes.get(index) else {
+        let layout = self.layout();
+        let Some(map) = layout.indexes.get(index) else {
             return 0;
         };
         if min_ts > max_ts {
             return 0;
         }
-        // Entries of a key run newest first: from `max_ts` down to `min_ts`.
-        let doomed: Vec<(EntryKey, Arc<StoredRow>)> = map
-            .range(
-                EntryKey::new(key.to_vec(), max_ts, u64::MAX)
-                    ..=EntryKey::new(key.to_vec(), min_ts, 0),
-            )
-            .filter(|e| e.value().offset < before_offset)
-            .map(|e| (e.key().clone(), e.value().clone()))
-            .collect();
+        let doomed: Vec<(Option<EntryKey>, Arc<StoredRow>)> =
+            if layout.schema.indexes[index].deleted {
+                // A delete logged before its index was dropped (met again on replay, which
+                // runs under the newest schema): the rows are found by their values.
+                let definition = &layout.schema.indexes[index];
+                rows_of(&layout, before_offset.saturating_sub(1))
+                    .into_iter()
+                    .filter(|row| {
+                        let Ok(values) = codec::decode(&layout.schema, &row.data) else {
+                            return false;
+                        };
+                        let found = key::key_from_row(&layout.schema, definition, &values)
+                            .ok()
+                            .zip(
+                                key::ts_from_row(
+                                    &layout.schema,
+                                    definition,
+                                    &values,
+                                    row.write_time_ms,
+                                )
+                                .ok(),
+                            );
+                        found.is_some_and(|(k, ts)| k == key && (min_ts..=max_ts).contains(&ts))
+                    })
+                    .map(|row| (None, row))
+                    .collect()
+            } else {
+                // Entries of a key run newest first: from `max_ts` down to `min_ts`.
+                map.range(
+                    EntryKey::new(key.to_vec(), max_ts, u64::MAX)
+                        ..=EntryKey::new(key.to_vec(), min_ts, 0),
+                )
+                .filter(|e| e.value().offset < before_offset)
+                .map(|e| (Some(e.key().clone()), e.value().clone()))
+                .collect()
+            };
         for (entry_key, row) in &doomed {
-            self.remove_entry(index, entry_key);
-            // The row's entries in the other indexes follow from its values.
-            let Ok(values) = codec::decode(&self.schema, &row.data) else {
+            if let Some(entry_key) = entry_key {
+                remove_entry(map, &self.memory, entry_key);
+            }
+            // The row's entries in every index follow from its values.
+            let Ok(values) = codec::decode(&layout.schema, &row.data) else {
                 continue;
             };
-            let Ok(IndexEntries(entries)) = self.index_entries(&values, row.write_time_ms) else {
+            let Ok(entries) = entries_of(&layout.schema, &values, row.write_time_ms) else {
                 continue;
             };
-            for (other, (other_key, ts)) in entries.into_iter().enumerate() {
-                if other != index {
-                    self.remove_entry(other, &EntryKey::new(other_key, ts, row.offset));
+            for (position, entry) in entries.entries.into_iter().enumerate() {
+                if let Some((entry_key, ts)) = entry {
+                    remove_entry(
+                        &layout.indexes[position],
+                        &self.memory,
+                        &EntryKey::new(entry_key, ts, row.offset),
+                    );
                 }
             }
         }
         doomed.len() as u64
     }
 
-    fn remove_entry(&self, index: usize, entry_key: &EntryKey) {
-        if self.indexes[index].remove(entry_key).is_some() {
-            self.memory.fetch_sub(
-                entry_key.key.len() as u64 + ENTRY_OVERHEAD,
-                Ordering::Relaxed,
-            );
-        }
-    }
-
-    /// The live entries of `key` in `index`, newest first, with their rank.
-    fn live_entries<'a>(
-        &'a self,
-        index: usize,
-        key: &[u8],
-        now_ms: i64,
-    ) -> impl Iterator<Item = Found> + 'a {
-        let ttl = self.ttl(index);
-        self.indexes[index]
-            .range(EntryKey::first_of(key)..=EntryKey::last_of(key))
-            .enumerate()
-            .take_while(move |(rank, e)| !ttl.is_expired(now_ms, e.key().ts.0, *rank as u64))
-            .map(|(_, e)| Found {
-                ts: e.key().ts.0,
-                row: e.value().clone(),
-            })
-    }
-
     /// The newest live row of `key`, or the newest with exactly `ts`.
     pub fn get(&self, index: usize, key: &[u8], ts: Option<i64>, now_ms: i64) -> Option<Found> {
-        let mut live = self.live_entries(index, key, now_ms);
+        let layout = self.layout();
+        let mut live = live_entries(&layout, index, key, now_ms);
         match ts {
             None => live.next(),
             Some(ts) => live.skip_while(|f| f.ts > ts).find(|f| f.ts == ts),
@@ -286,16 +427,17 @@ impl Memtable {
         now_ms: i64,
         mut visit: impl FnMut(&EntryKey, Found) -> ControlFlow<B>,
     ) -> Option<B> {
-        let ttl = self.ttl(index);
+        let layout = self.layout();
+        let ttl = layout.ttls[index];
         let (start, first_rank) = match after {
             Some(at) => (
                 Bound::Excluded(at.clone()),
-                self.rank_after(index, at, u64::MAX),
+                rank_after(&layout, index, at, u64::MAX),
             ),
             None => (Bound::Included(EntryKey::first_of(key)), 0),
         };
         let end = Bound::Included(EntryKey::last_of(key));
-        for (i, e) in self.indexes[index].range((start, end)).enumerate() {
+        for (i, e) in layout.indexes[index].range((start, end)).enumerate() {
             let ts = e.key().ts.0;
             if ttl.is_expired(now_ms, ts, first_rank + i as u64) {
                 break;
@@ -319,7 +461,8 @@ impl Memtable {
 
     /// Live entries of `key` in `index`.
     pub fn count_key(&self, index: usize, key: &[u8], now_ms: i64) -> u64 {
-        self.live_entries(index, key, now_ms).count() as u64
+        let layout = self.layout();
+        live_entries(&layout, index, key, now_ms).count() as u64
     }
 
     /// Live entries of the whole index, visiting each key's entries once.
@@ -351,16 +494,17 @@ impl Memtable {
         view: ReadView,
         mut visit: impl FnMut(&EntryKey, Found) -> ControlFlow<B>,
     ) -> Option<B> {
-        let ttl = self.ttl(index);
+        let layout = self.layout();
+        let ttl = layout.ttls[index];
         let (start, mut current, mut rank) = match after {
             Some(at) => (
                 Bound::Excluded(at.clone()),
                 Some(at.key.clone()),
-                self.rank_after(index, at, view.max_offset),
+                rank_after(&layout, index, at, view.max_offset),
             ),
             None => (Bound::Unbounded, None, 0),
         };
-        for e in self.indexes[index].range((start, Bound::Unbounded)) {
+        for e in layout.indexes[index].range((start, Bound::Unbounded)) {
             if current.as_deref() != Some(&e.key().key[..]) {
                 current = Some(e.key().key.clone());
                 rank = 0;
@@ -384,26 +528,11 @@ impl Memtable {
         None
     }
 
-    /// The rank (0 = newest of its key) of the entry that follows `at` in its key, as far
-    /// as expiry needs it: a TTL that keeps the newest `count` entries only asks whether
-    /// a rank reaches `count`, so counting stops there and resuming a page costs at most
-    /// `count` steps, not the length of the key.
-    fn rank_after(&self, index: usize, at: &EntryKey, max_offset: u64) -> u64 {
-        let Some(cap) = self.ttl(index).rank_bound() else {
-            return 0;
-        };
-        self.indexes[index]
-            .range(EntryKey::first_of(&at.key)..=at.clone())
-            .filter(|e| e.value().offset <= max_offset)
-            .take(usize::try_from(cap).unwrap_or(usize::MAX))
-            .count() as u64
-    }
-
     /// Drops expired entries from every index. Returns how many entries were removed.
     pub fn gc(&self, now_ms: i64) -> u64 {
+        let layout = self.layout();
         let mut removed = 0;
-        for (index, map) in self.indexes.iter().enumerate() {
-            let ttl = self.ttl(index);
+        for (map, ttl) in layout.indexes.iter().zip(&layout.ttls) {
             if ttl.never_expires() {
                 continue;
             }
@@ -428,26 +557,77 @@ impl Memtable {
     /// Every stored row once (a row may sit in several indexes), ordered by offset, for
     /// snapshots. Rows above `max_offset` are left out.
     pub fn rows_through(&self, max_offset: u64) -> Vec<Arc<StoredRow>> {
-        let mut rows = std::collections::BTreeMap::new();
-        for map in &self.indexes {
-            for e in map.iter() {
-                let row = e.value();
-                if row.offset <= max_offset {
-                    rows.entry(row.offset).or_insert_with(|| row.clone());
-                }
-            }
-        }
-        rows.into_values().collect()
+        rows_of(&self.layout(), max_offset)
     }
 
     /// Entries in the first index (expired ones not yet collected included).
     pub fn record_count(&self) -> u64 {
-        self.indexes.first().map_or(0, |m| m.len() as u64)
+        self.layout
+            .read()
+            .indexes
+            .first()
+            .map_or(0, |m| m.len() as u64)
     }
 
     pub fn memory_used(&self) -> u64 {
         self.memory.load(Ordering::Relaxed)
     }
+}
+
+fn remove_entry(map: &IndexMap, memory: &AtomicU64, entry_key: &EntryKey) {
+    if map.remove(entry_key).is_some() {
+        memory.fetch_sub(
+            entry_key.key.len() as u64 + ENTRY_OVERHEAD,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Every row of `layout` once, ordered by offset, up to `max_offset`.
+fn rows_of(layout: &Layout, max_offset: u64) -> Vec<Arc<StoredRow>> {
+    let mut rows = std::collections::BTreeMap::new();
+    for map in &layout.indexes {
+        for e in map.iter() {
+            let row = e.value();
+            if row.offset <= max_offset {
+                rows.entry(row.offset).or_insert_with(|| row.clone());
+            }
+        }
+    }
+    rows.into_values().collect()
+}
+
+/// The live entries of `key` in `index`, newest first.
+fn live_entries<'a>(
+    layout: &'a Layout,
+    index: usize,
+    key: &[u8],
+    now_ms: i64,
+) -> impl Iterator<Item = Found> + 'a {
+    let ttl = layout.ttls[index];
+    layout.indexes[index]
+        .range(EntryKey::first_of(key)..=EntryKey::last_of(key))
+        .enumerate()
+        .take_while(move |(rank, e)| !ttl.is_expired(now_ms, e.key().ts.0, *rank as u64))
+        .map(|(_, e)| Found {
+            ts: e.key().ts.0,
+            row: e.value().clone(),
+        })
+}
+
+/// The rank (0 = newest of its key) of the entry that follows `at` in its key, as far as
+/// expiry needs it: a TTL that keeps the newest `count` entries only asks whether a rank
+/// reaches `count`, so counting stops there and resuming a page costs at most `count`
+/// steps, not the length of the key.
+fn rank_after(layout: &Layout, index: usize, at: &EntryKey, max_offset: u64) -> u64 {
+    let Some(cap) = layout.ttls[index].rank_bound() else {
+        return 0;
+    };
+    layout.indexes[index]
+        .range(EntryKey::first_of(&at.key)..=at.clone())
+        .filter(|e| e.value().offset <= max_offset)
+        .take(usize::try_from(cap).unwrap_or(usize::MAX))
+        .count() as u64
 }
 
 #[cfg(test)]
@@ -486,14 +666,14 @@ mod tests {
     }
 
     fn put(m: &Memtable, offset: u64, values: Vec<Value>) {
-        let data = codec::encode(m.schema(), &values).unwrap();
+        let data = codec::encode(&m.schema(), &values).unwrap();
         let entries = m.index_entries(&values, 0).unwrap();
         m.insert(offset, 0, data, entries);
     }
 
     fn key_of(m: &Memtable, index: usize, text: &str) -> Vec<u8> {
         key::key_from_values(
-            m.schema(),
+            &m.schema(),
             &m.schema().indexes[index],
             &[Value::String(text.into())],
         )
@@ -566,7 +746,7 @@ mod tests {
     }
 
     fn v_of(m: &Memtable, found: &Found) -> i64 {
-        match codec::decode(m.schema(), &found.row.data).unwrap()[2] {
+        match codec::decode(&m.schema(), &found.row.data).unwrap()[2] {
             Value::Int64(v) => v,
             ref other => panic!("{other:?}"),
         }
@@ -876,5 +1056,38 @@ mod tests {
         put(&m, 4, row("a", 30, 4, "x"));
         assert_eq!(read(ReadView::latest(0)), vec![4, 2, 3]);
         assert_eq!(read(view), vec![2, 1, 3]);
+    }
+
+    #[test]
+    fn a_row_logged_under_the_old_schema_is_indexed_by_the_new_one() {
+        let m = Memtable::new(schema(Ttl::NONE));
+        put(&m, 1, row("a", 10, 1, "x"));
+        // Entries computed before the change, inserted after it (a put prepared while the
+        // change was being logged ahead of it).
+        let late = row("b", 20, 2, "y");
+        let stale = m.index_entries(&late, 0).unwrap();
+        let index = tessera_proto::common::IndexDesc {
+            name: "by_v".into(),
+            key_columns: vec!["v".into()],
+            ts_column: "ts".into(),
+            ..Default::default()
+        };
+        let next = m.schema().with_index_added(&index).unwrap();
+        assert!(m.apply_schema(Arc::new(next.clone())).unwrap());
+        assert!(
+            !m.apply_schema(Arc::new(next)).unwrap(),
+            "a schema already applied changes nothing"
+        );
+        let data = codec::encode(&m.schema(), &late).unwrap();
+        m.insert(2, 0, data, stale);
+        let key_of_v = |v: i64| {
+            let schema = m.schema();
+            key::key_from_values(&schema, &schema.indexes[2], &[Value::Int64(v)]).unwrap()
+        };
+        assert_eq!(m.count_key(2, &key_of_v(1), 0), 1, "backfilled");
+        assert_eq!(m.count_key(2, &key_of_v(2), 0), 1, "entries computed again");
+        // Deleting through the first index takes the row out of the new one too.
+        assert_eq!(m.delete_key(0, &key_of(&m, 0, "b"), 3), 1);
+        assert_eq!(m.count_key(2, &key_of_v(2), 0), 0);
     }
 }

@@ -25,7 +25,7 @@ use tessera_proto::tablet::{
 };
 use tracing::info;
 
-use super::apply::{apply_logged, note_request, Pending, PendingEntry};
+use super::apply::{apply_logged, note_request, Outcome, Pending, PendingEntry};
 use super::binlog::{Binlog, BinlogOptions, Durability, FsyncPolicy, Record, TornTail};
 use super::crashsafe;
 use super::entry::{LogEntry, RequestId, TsRange};
@@ -126,8 +126,12 @@ pub struct RowAt {
 }
 
 pub struct Table {
+    /// The meta the replica was opened with: its identity (tid, pid, names, mode) never
+    /// changes; its schema and TTLs may (see `persisted`).
     pub(super) meta: TableMeta,
-    schema: Arc<Schema>,
+    /// The meta as `table_meta` on disk holds it now: the newest schema applied and the
+    /// TTLs. Its lock makes TTL and schema changes of the file one at a time.
+    persisted: Mutex<TableMeta>,
     dir: PathBuf,
     pub(super) options: TableOptions,
     pub(super) memtable: Memtable,
@@ -155,9 +159,6 @@ pub struct Table {
     pub(super) snapshot_offset: AtomicU64,
     /// One snapshot at a time.
     pub(super) snapshot_lock: Mutex<()>,
-    /// The version of the TTLs held (see [`Table::set_ttls`]); its lock makes TTL changes
-    /// one at a time.
-    ttl_version: Mutex<u64>,
     making_snapshot: AtomicBool,
     /// While a consistent read is paging (until this time, ms since the epoch), expired
     /// rows are hidden but not collected: the read may still need them.
@@ -201,6 +202,21 @@ pub struct ReplicaRuntime {
     pub granted_until: std::time::Instant,
 }
 
+/// How many trailing columns a row leaves out that schema changes added (and that it may
+/// leave out, NULL); 0 when it has every column or leaves out others (the encoder then
+/// reports the count).
+fn missing_added_columns(schema: &Schema, values: &[Value]) -> usize {
+    let missing = schema.columns.len().saturating_sub(values.len());
+    let added = schema.columns[values.len().min(schema.columns.len())..]
+        .iter()
+        .all(|c| c.added_in_version > 0 && c.nullable);
+    if added {
+        missing
+    } else {
+        0
+    }
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -224,6 +240,15 @@ pub fn read_meta(dir: &Path) -> Result<Option<TableMeta>> {
             position: 16,
             reason: format!("table meta does not decode: {e}"),
         })
+}
+
+fn write_meta(dir: &Path, meta: &TableMeta) -> Result<()> {
+    crashsafe::write_framed(
+        &meta_path(dir),
+        META_MAGIC,
+        META_VERSION,
+        &meta.encode_to_vec(),
+    )
 }
 
 impl Table {
@@ -254,12 +279,7 @@ impl Table {
         }
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         crashsafe::fsync_parent(dir)?;
-        crashsafe::write_framed(
-            &meta_path(dir),
-            META_MAGIC,
-            META_VERSION,
-            &meta.encode_to_vec(),
-        )?;
+        write_meta(dir, &meta)?;
         Table::open(dir, options)
     }
 
@@ -316,7 +336,7 @@ impl Table {
                     reason: format!("entry at offset {} cannot be applied: {e}", record.offset),
                 };
                 note_request(&mut sessions, at, record.payload).map_err(corrupt)?;
-                if let (Some(id), Some(removed)) =
+                if let Outcome::Deleted(Some(id), removed) =
                     apply_logged(&memtable, record.offset, record.payload).map_err(corrupt)?
                 {
                     sessions.set_deleted(id, removed);
@@ -371,7 +391,7 @@ impl Table {
             "table loaded"
         );
         let table = Table {
-            schema,
+            persisted: Mutex::new(meta.clone()),
             dir: dir.to_path_buf(),
             memtable,
             durability: binlog.durability(),
@@ -396,7 +416,6 @@ impl Table {
             history: Mutex::new(term_history),
             snapshot_offset: AtomicU64::new(report.snapshot_offset),
             snapshot_lock: Mutex::new(()),
-            ttl_version: Mutex::new(meta.ttl_version),
             making_snapshot: AtomicBool::new(false),
             gc_paused_until_ms: std::sync::atomic::AtomicI64::new(0),
             // What an earlier life removed happened before now; a read begins after.
@@ -415,15 +434,47 @@ impl Table {
             table.quorum.set_local(offset);
         }
         table.advance()?;
+        // The log may hold a schema change the table meta missed (a crash before it was
+        // kept); keep it now, before a snapshot can take the change out of the log.
+        table.persist_schema()?;
         Ok((table, report))
     }
 
+    /// The meta the replica was opened with (its schema may be older than [`Table::schema`]).
     pub fn meta(&self) -> &TableMeta {
         &self.meta
     }
 
-    pub fn schema(&self) -> &Arc<Schema> {
-        &self.schema
+    /// The schema rows are read and written with now.
+    pub fn schema(&self) -> Arc<Schema> {
+        self.memtable.schema()
+    }
+
+    /// Brings `table_meta` on disk to the schema applied now (TTLs included), if it holds
+    /// an older one. Rows of a newer schema must never reach a snapshot while the meta
+    /// that reads them is older.
+    pub(super) fn persist_schema(&self) -> Result<()> {
+        let mut persisted = self.persisted.lock();
+        let schema = self.memtable.schema();
+        let held = persisted.schema.as_ref().map_or(0, |s| s.version);
+        if held >= schema.version {
+            return Ok(());
+        }
+        let mut proto = schema.to_proto();
+        for (index, ttl) in proto.indexes.iter_mut().zip(self.memtable.ttls()) {
+            index.ttl = Some(ttl.to_proto());
+        }
+        let mut meta = persisted.clone();
+        meta.schema = Some(proto);
+        write_meta(&self.dir, &meta)?;
+        *persisted = meta;
+        info!(
+            tid = self.meta.tid,
+            pid = self.meta.pid,
+            version = schema.version,
+            "schema changed"
+        );
+        Ok(())
     }
 
     /// Each index's TTL now (the schema's, unless changed since).
@@ -440,34 +491,34 @@ impl Table {
     /// Consistent reads under way when the TTL changes are refused and start again: their
     /// pages would otherwise expire rows by two different rules.
     pub fn set_ttls(&self, ttls: Vec<Ttl>, version: u64) -> Result<bool> {
-        if ttls.len() != self.schema.indexes.len() {
+        // Held throughout: a schema change keeps the meta's TTLs under the same lock.
+        let mut persisted = self.persisted.lock();
+        let indexes = self.memtable.schema().indexes.len();
+        if ttls.len() != indexes {
             return Err(StorageError::InvalidArgument(format!(
-                "the table has {} indexes, {} ttls were given",
-                self.schema.indexes.len(),
+                "the table has {indexes} indexes, {} ttls were given",
                 ttls.len()
             )));
         }
-        let mut held = self.ttl_version.lock();
-        if version < *held {
+        if version < persisted.ttl_version {
             return Ok(false);
         }
-        let mut meta = self.meta.clone();
+        let mut meta = persisted.clone();
         meta.ttl_version = version;
         if let Some(schema) = meta.schema.as_mut() {
             for (index, ttl) in schema.indexes.iter_mut().zip(&ttls) {
                 index.ttl = Some(ttl.to_proto());
             }
         }
-        crashsafe::write_framed(
-            &meta_path(&self.dir),
-            META_MAGIC,
-            META_VERSION,
-            &meta.encode_to_vec(),
-        )?;
+        write_meta(&self.dir, &meta)?;
         self.rows_collected_at_ms
             .fetch_max(now_ms(), Ordering::AcqRel);
-        self.memtable.set_ttls(ttls);
-        *held = version;
+        if !self.memtable.set_ttls(ttls) {
+            return Err(StorageError::Unavailable(
+                "the schema changed while the TTLs were set; try again".into(),
+            ));
+        }
+        *persisted = meta;
         Ok(true)
     }
 
@@ -786,7 +837,17 @@ impl Table {
 
     /// Encodes a row and its log entry (outside the writer lock).
     fn prepare_put(&self, values: &[Value], request: Option<RequestId>) -> Result<Prepared> {
-        let data = codec::encode(&self.schema, values)?;
+        let schema = self.memtable.schema();
+        let padded;
+        let values = match missing_added_columns(&schema, values) {
+            0 => values,
+            missing => {
+                // A writer that does not know the columns added since leaves them NULL.
+                padded = [values, &vec![Value::Null; missing]].concat();
+                &padded[..]
+            }
+        };
+        let data = codec::encode(&schema, values)?;
         if data.len() > self.options.max_row_size {
             return Err(StorageError::RowTooLarge {
                 size: data.len(),
@@ -845,7 +906,7 @@ impl Table {
             return Err(StorageError::InvalidArgument(format!(
                 "index `{}` keeps the newest rows of each key (a latest TTL): a ts range \
                  cannot be deleted from it; delete the whole key, or through another index",
-                self.schema.indexes[position].name
+                self.memtable.schema().indexes[position].name
             )));
         }
         let write_time_ms = now_ms();
@@ -891,6 +952,29 @@ impl Table {
         })
     }
 
+    /// Logs a move to schema `next` (see [`LogEntry::Schema`]), which must follow the
+    /// schema applied now. Commit it like a write: once applied, rows are read and
+    /// indexed by it. Changes are meant to come one at a time (the nameserver's lock); a
+    /// second logged before the first applies is skipped by every replica if it does not
+    /// follow the first.
+    pub fn log_schema_change(&self, next: &Schema) -> Result<Logged> {
+        self.memtable
+            .schema()
+            .check_successor(next)
+            .map_err(|e| StorageError::InvalidArgument(e.to_string()))?;
+        let payload = LogEntry::Schema {
+            schema: &next.to_proto().encode_to_vec(),
+        }
+        .encode();
+        self.write_payload(Prepared {
+            request: None,
+            register: None,
+            write_time_ms: now_ms(),
+            entry: PendingEntry::Logged(payload.clone()),
+            payload,
+        })
+    }
+
     /// The epoch a writer registered last on this replica (0: none, or forgotten).
     pub fn writer_epoch(&self, client_id: u64) -> u64 {
         self.sessions.lock().epoch(client_id)
@@ -902,18 +986,17 @@ impl Table {
     }
 
     fn key_of(&self, index: &str, key_values: &[Value]) -> Result<(usize, Vec<u8>)> {
-        let (position, ix) = self
-            .schema
+        let schema = self.memtable.schema();
+        let (position, ix) = schema
             .index(index)
             .ok_or_else(|| StorageError::UnknownIndex(index.to_string()))?;
-        Ok((
-            position,
-            key::key_from_values(&self.schema, ix, key_values)?,
-        ))
+        Ok((position, key::key_from_values(&schema, ix, key_values)?))
     }
 
-    fn decode(&self, found: Found) -> Result<RowAt> {
-        let values = codec::decode(&self.schema, &found.row.data)?;
+    /// A found row's values under `schema` (taken once per read: a schema change during
+    /// the read only appends columns, which older rows read as NULL).
+    fn decode(schema: &Schema, found: Found) -> Result<RowAt> {
+        let values = codec::decode(schema, &found.row.data)?;
         Ok(RowAt {
             ts: found.ts,
             values,
@@ -929,9 +1012,10 @@ impl Table {
     ) -> Result<(Version, Option<RowAt>)> {
         let (position, key) = self.key_of(index, key_values)?;
         let found = self.memtable.get(position, &key, ts, now_ms());
+        let schema = self.memtable.schema();
         Ok((
             self.version_after_read(),
-            found.map(|f| self.decode(f)).transpose()?,
+            found.map(|f| Self::decode(&schema, f)).transpose()?,
         ))
     }
 
@@ -957,6 +1041,7 @@ impl Table {
             ));
         }
         let mut page = PageBuilder::new(limit, None);
+        let schema = self.memtable.schema();
         let failed = self.memtable.scan_each(
             position,
             &key,
@@ -964,7 +1049,7 @@ impl Table {
             min_ts,
             cursor.at.as_ref(),
             now_ms(),
-            |entry, found| page.offer(entry, || Ok(convert(self.decode(found)?))),
+            |entry, found| page.offer(entry, || Ok(convert(Self::decode(&schema, found)?))),
         );
         failed.transpose()?;
         Ok((self.version_after_read(), page.finish()))
@@ -974,7 +1059,8 @@ impl Table {
     pub fn count(&self, index: &str, key_values: &[Value]) -> Result<(Version, u64)> {
         if key_values.is_empty() {
             let (position, _) = self
-                .schema
+                .memtable
+                .schema()
                 .index(index)
                 .ok_or_else(|| StorageError::UnknownIndex(index.to_string()))?;
             let count = self.memtable.count_index(position, now_ms());
@@ -1025,10 +1111,11 @@ impl Table {
             None => ReadView::latest(now_ms()),
         };
         let mut page = PageBuilder::new(limit, as_of);
+        let schema = self.memtable.schema();
         let failed = self
             .memtable
             .preview_each(cursor.at.as_ref(), view, |entry, found| {
-                page.offer(entry, || Ok(convert(self.decode(found)?)))
+                page.offer(entry, || Ok(convert(Self::decode(&schema, found)?)))
             });
         failed.transpose()?;
         // Checked again after the read: a collection or a delete may have run during it.
@@ -1081,6 +1168,8 @@ impl Table {
 
     fn make_snapshot_locked(&self) -> Result<(u64, u64)> {
         let snapshot_dir = self.dir.join("snapshot");
+        // The snapshot may take the schema change out of the log: the meta keeps it.
+        self.persist_schema()?;
         // Every entry up to `offset` is applied: they are applied under the writer lock.
         // The snapshot is of the applied (committed) entries.
         let (offset, term, sessions) = {
@@ -1175,6 +1264,7 @@ impl Table {
             leader: replica.leader,
             commit_offset: self.quorum.commit(),
             ttls: self.ttls().into_iter().map(Ttl::to_proto).collect(),
+            schema_version: self.memtable.schema().version,
             tid: self.meta.tid,
             pid: self.meta.pid,
             db: self.meta.db.clone(),

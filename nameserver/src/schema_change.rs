@@ -1,0 +1,181 @@
+//! Schema changes (`addindex`, `deleteindex`, `addtablefield`): the metadata first, then
+//! every partition's leader, which logs the change so that its followers apply it in log
+//! order. A leader that misses the change (down, or cut off) reports its schema version
+//! with its status, and the nameserver sends it the change when it next sees it
+//! ([`crate::alignment`]).
+
+use prost::Message;
+use tessera_common::{Schema, SchemaError};
+use tessera_proto::common::{ColumnDesc, IndexDesc, TableSchema};
+use tessera_proto::nameserver::TableInfo;
+use tessera_proto::tablet as tpb;
+use tracing::info;
+use zookeeper_client::Error as ZkError;
+
+use crate::error::{NsError, Result};
+use crate::state::{call, db_or_default, tablet, Nameserver};
+
+/// One change to a table's schema.
+#[derive(Debug, Clone)]
+pub enum Change {
+    AddIndex(IndexDesc),
+    DeleteIndex(String),
+    AddColumn(ColumnDesc),
+}
+
+/// What a schema change did: the version now, partitions whose leader applied it, and
+/// those left for later (`pid N endpoint: why`).
+#[derive(Debug, Default)]
+pub struct SchemaChange {
+    pub version: u32,
+    pub updated: u32,
+    pub pending: Vec<String>,
+}
+
+impl Change {
+    /// The schema after this change.
+    fn apply_to(&self, schema: &Schema) -> std::result::Result<Schema, SchemaError> {
+        match self {
+            Change::AddIndex(index) => {
+                let mut index = index.clone();
+                if index.ttl.is_none() {
+                    // An index given no TTL keeps rows as long as the first one does.
+                    index.ttl = Some(schema.indexes[0].ttl.to_proto());
+                }
+                schema.with_index_added(&index)
+            }
+            Change::DeleteIndex(name) => {
+                if schema
+                    .index(name)
+                    .is_some_and(|(position, _)| position == 0)
+                {
+                    return Err(SchemaError::FirstIndexDeleted);
+                }
+                schema.with_index_deleted(name)
+            }
+            Change::AddColumn(column) => schema.with_column_added(column),
+        }
+    }
+}
+
+/// The schema of a table's metadata.
+pub fn schema_of(table: &TableInfo) -> Result<Schema> {
+    Schema::from_proto(table.schema.as_ref().unwrap_or(&TableSchema::default()))
+        .map_err(|e| NsError::Zk(format!("table `{}` has a bad schema: {e}", table.name)))
+}
+
+impl Nameserver {
+    /// Rewrites table `db.name`'s metadata with `update` (compare-and-set, retried when
+    /// another change came in between) and announces the change. Returns the new
+    /// metadata.
+    pub(crate) async fn update_table(
+        &self,
+        lock: &zookeeper_client::OwnedLockClient,
+        db: &str,
+        name: &str,
+        mut update: impl FnMut(&mut TableInfo) -> Result<()>,
+    ) -> Result<TableInfo> {
+        let path = self.paths.table(db, name);
+        let client = self.client()?;
+        let table = loop {
+            let (data, stat) = match client.get_data(&path).await {
+                Ok(found) => found,
+                Err(ZkError::NoNode) => return Err(NsError::TableNotFound(format!("{db}.{name}"))),
+                Err(e) => return Err(e.into()),
+            };
+            let mut table =
+                TableInfo::decode(data.as_slice()).map_err(|e| NsError::Zk(e.to_string()))?;
+            update(&mut table)?;
+            match lock
+                .set_data(&path, &table.encode_to_vec(), Some(stat.version))
+                .await
+            {
+                Ok(_) => break table,
+                Err(ZkError::BadVersion) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.bump_counter(lock, &self.paths.table_changed()).await?;
+        Ok(table)
+    }
+
+    /// Applies `change` to table `db.name`: a new schema version in the metadata, then
+    /// logged by every partition's leader.
+    pub async fn change_schema(
+        &self,
+        db: &str,
+        name: &str,
+        change: Change,
+    ) -> Result<SchemaChange> {
+        let lock = self.lock().await?;
+        let db = db_or_default(db);
+        let table = self
+            .update_table(&lock, db, name, |table| {
+                let next = change
+                    .apply_to(&schema_of(table)?)
+                    .map_err(|e| NsError::InvalidArgument(e.to_string()))?;
+                table.schema = Some(next.to_proto());
+                Ok(())
+            })
+            .await?;
+        let schema = table.schema.clone().unwrap_or_default();
+        info!(db = %db, table = %name, version = schema.version, ?change, "schema changed");
+        let mut pushes = tokio::task::JoinSet::new();
+        for partition in &table.partitions {
+            let pid = partition.pid;
+            let Some(leader) = partition
+                .replicas
+                .iter()
+                .find(|r| r.is_leader && r.is_alive)
+            else {
+                pushes.spawn(async move { (pid, Err("the partition has no leader".to_string())) });
+                continue;
+            };
+            let endpoint = leader.endpoint.clone();
+            if !self.is_healthy(&endpoint) {
+                pushes
+                    .spawn(async move { (pid, Err(format!("{endpoint}: the tablet is offline"))) });
+                continue;
+            }
+            let (tid, schema) = (table.tid, schema.clone());
+            pushes.spawn(async move {
+                let pushed = push_schema(&endpoint, tid, pid, schema).await;
+                (pid, pushed.map_err(|e| format!("{endpoint}: {e}")))
+            });
+        }
+        let mut outcome = SchemaChange {
+            version: schema.version,
+            ..SchemaChange::default()
+        };
+        while let Some(joined) = pushes.join_next().await {
+            match joined {
+                Ok((_, Ok(()))) => outcome.updated += 1,
+                Ok((pid, Err(why))) => outcome.pending.push(format!("pid {pid} {why}")),
+                Err(e) => outcome.pending.push(format!("a push failed: {e}")),
+            }
+        }
+        outcome.pending.sort();
+        Ok(outcome)
+    }
+}
+
+/// Sends a partition's leader the table's schema, to log and apply (within the tablet
+/// call timeout; a leader still building a large index then answers the next push).
+pub(crate) async fn push_schema(
+    endpoint: &str,
+    tid: u32,
+    pid: u32,
+    schema: TableSchema,
+) -> Result<()> {
+    let mut client = tablet(endpoint).await?;
+    call(
+        endpoint,
+        client.change_schema(tpb::ChangeSchemaRequest {
+            tid,
+            pid,
+            schema: Some(schema),
+        }),
+    )
+    .await
+    .map(|_| ())
+}
