@@ -120,8 +120,9 @@ pub struct Memtable {
     memory: Arc<AtomicU64>,
 }
 
-/// The key and ts of `row` in every index of `schema`.
-fn entries_of(
+/// The key and ts of `row` in every index of `schema`. Fails if a key or ts column of an
+/// index the table was created with is NULL.
+pub fn entries_of(
     schema: &Schema,
     row: &[Value],
     write_time_ms: i64,
@@ -312,7 +313,14 @@ impl Memtable {
             indexes.push(map);
             ttls.push(old.ttls.get(position).copied().unwrap_or(index.ttl));
         }
-        *self.layout.write() = Arc::new(Layout {
+        let mut layout = self.layout.write();
+        // TTLs as they are now: one may have changed while the index was built.
+        for (position, ttl) in ttls.iter_mut().enumerate() {
+            if let Some(now) = layout.ttls.get(position) {
+                *ttl = *now;
+            }
+        }
+        *layout = Arc::new(Layout {
             schema: next,
             indexes,
             ttls,

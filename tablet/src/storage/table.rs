@@ -855,8 +855,10 @@ impl Table {
             });
         }
         let write_time_ms = now_ms();
-        // Keys are computed (and a NULL key refused) before anything is logged.
-        let entries = self.memtable.index_entries(values, write_time_ms)?;
+        // Keys are computed (and a NULL key refused) before anything is logged, under the
+        // schema the row was encoded with (if it changes before the row is applied, the
+        // memtable computes them again).
+        let entries = super::memtable::entries_of(&schema, values, write_time_ms)?;
         let payload = LogEntry::Put {
             write_time_ms,
             row: &data,
@@ -1168,8 +1170,6 @@ impl Table {
 
     fn make_snapshot_locked(&self) -> Result<(u64, u64)> {
         let snapshot_dir = self.dir.join("snapshot");
-        // The snapshot may take the schema change out of the log: the meta keeps it.
-        self.persist_schema()?;
         // Every entry up to `offset` is applied: they are applied under the writer lock.
         // The snapshot is of the applied (committed) entries.
         let (offset, term, sessions) = {
@@ -1178,6 +1178,9 @@ impl Table {
             let sessions = self.sessions.lock().to_proto(offset);
             (offset, self.term.load(Ordering::Acquire), sessions)
         };
+        // The snapshot may take a schema change out of the log: the meta keeps the
+        // schema applied now, which reads every row through `offset`.
+        self.persist_schema()?;
         if self.snapshot_pauses.load(Ordering::Acquire) > 0 {
             return Err(StorageError::Unavailable(
                 "snapshots are paused (a snapshot is being sent, or PauseSnapshot was called)"
