@@ -1042,6 +1042,7 @@ impl Nameserver {
                 role: TableRole::Follower as i32,
                 leader: leader.clone(),
                 ttl_version: table.ttl_version,
+                ttls: Vec::new(),
             };
             call(
                 &op.endpoint,

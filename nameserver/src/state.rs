@@ -762,6 +762,7 @@ impl Nameserver {
                         leader.clone()
                     },
                     ttl_version: table.ttl_version,
+                    ttls: Vec::new(),
                 };
                 let mut tablet = tablet(&replica.endpoint).await?;
                 call(

@@ -65,15 +65,10 @@ fn an_added_index_is_built_from_the_rows_and_kept_through_replay_and_snapshots()
     table.put(&row("f", 6, Some(7), "t")).unwrap();
     assert_eq!(table.count("by_v", &seven).unwrap().1, 3);
     assert_eq!(table.count("", &[]).unwrap().1, 6);
+    let created_with = read_meta(table.dir()).unwrap().unwrap().schema.unwrap();
     assert_eq!(
-        read_meta(table.dir())
-            .unwrap()
-            .unwrap()
-            .schema
-            .unwrap()
-            .version,
-        next.version,
-        "the table meta keeps the schema"
+        created_with.version, 1,
+        "the table meta keeps the schema the replica was created with: the log has the rest"
     );
 
     let (table, _) = reopen(table, 1 << 20);
@@ -82,6 +77,11 @@ fn an_added_index_is_built_from_the_rows_and_kept_through_replay_and_snapshots()
     table.make_snapshot().unwrap();
     let (table, report) = reopen(table, 1 << 20);
     assert_eq!(report.replayed, 0, "everything came from the snapshot");
+    assert_eq!(
+        table.schema().version,
+        next.version,
+        "the snapshot keeps the schema"
+    );
     assert_eq!(
         table.count("by_v", &seven).unwrap().1,
         3,
@@ -191,4 +191,76 @@ fn a_change_that_does_not_follow_the_schema_is_refused() {
     dropped_column.columns.pop();
     dropped_column.indexes.truncate(1);
     assert!(table.log_schema_change(&dropped_column).is_err());
+}
+
+#[test]
+fn a_schema_change_cut_from_the_log_is_undone_on_reload() {
+    // A leader logs a change nobody else took, restarts, and is then cut back to the
+    // new leader's log: its schema must follow its log, or its rows would outgrow its
+    // followers' schema.
+    let dir = tempfile::tempdir().unwrap();
+    let table = create(&dir.path().join("1_0"), 1 << 20);
+    table.put(&row("a", 1, Some(1), "t")).unwrap();
+    let before = table.version().offset;
+    let next = table
+        .schema()
+        .with_column_added(&ColumnDesc {
+            name: "city".into(),
+            r#type: tessera_proto::common::ColumnType::String as i32,
+            nullable: true,
+            ..ColumnDesc::default()
+        })
+        .unwrap();
+    change(&table, &next);
+    let (table, _) = reopen(table, 1 << 20);
+    assert_eq!(table.schema().version, 2, "replayed");
+    let dir_of = table.dir().to_path_buf();
+    table.close().unwrap();
+    drop(table);
+    tessera_tablet::storage::binlog::truncate_after(&dir_of.join("binlog"), before).unwrap();
+    let (table, _) = Table::open(&dir_of, options(1 << 20)).unwrap();
+    assert_eq!(table.schema().version, 1, "the change left with its entry");
+    assert_eq!(table.count("", &[]).unwrap().1, 1);
+}
+
+#[test]
+fn a_leader_created_with_a_changed_schema_logs_it_before_its_rows() {
+    // A replica made from the metadata after a schema change (a replacement replica)
+    // has the change without an entry of it; leading, it logs the schema first, so a
+    // follower that started from the older schema reads its rows.
+    let dir = tempfile::tempdir().unwrap();
+    let next = schema()
+        .with_column_added(&ColumnDesc {
+            name: "city".into(),
+            r#type: tessera_proto::common::ColumnType::String as i32,
+            nullable: true,
+            ..ColumnDesc::default()
+        })
+        .unwrap();
+    let mut changed = meta(1, 0);
+    changed.schema = Some(next.to_proto());
+    let leader_dir = dir.path().join("leader");
+    let (leader, _) = Table::create(&leader_dir, changed, options(1 << 20)).unwrap();
+    let mut values = row("a", 1, Some(1), "t");
+    values.push(Value::String("Oslo".into()));
+    leader.put(&values).unwrap();
+    leader.close().unwrap();
+    drop(leader);
+
+    let follower_dir = dir.path().join("follower");
+    let (follower, _) = Table::create(&follower_dir, meta(1, 0), options(1 << 20)).unwrap();
+    follower.close().unwrap();
+    drop(follower);
+    for file in std::fs::read_dir(leader_dir.join("binlog")).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(
+            &file,
+            follower_dir.join("binlog").join(file.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    let (follower, _) = Table::open(&follower_dir, options(1 << 20)).unwrap();
+    assert_eq!(follower.schema().version, next.version);
+    let (_, found) = follower.get("", &key("a"), None).unwrap();
+    assert_eq!(found.unwrap().values[4], Value::String("Oslo".into()));
 }

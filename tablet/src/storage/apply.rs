@@ -17,7 +17,7 @@ use prost::Message;
 use tessera_common::Schema;
 use tessera_proto::common::TableSchema;
 use tessera_proto::tablet::{ReplicationMode, TableRole};
-use tracing::error;
+use tracing::{error, info};
 
 use super::entry::{LogEntry, RequestId};
 use super::error::{Result, StorageError};
@@ -33,7 +33,7 @@ pub(super) enum Outcome {
     Nothing,
     /// A delete: its request, if it carried one, and the rows it removed.
     Deleted(Option<RequestId>, u64),
-    /// The memtable moved to a newer schema, which the table meta must now keep.
+    /// The memtable moved to a newer schema.
     Schema,
 }
 
@@ -152,7 +152,7 @@ pub(super) fn apply_logged(memtable: &Memtable, offset: u64, payload: &[u8]) -> 
                     return Ok(Outcome::Nothing);
                 }
             };
-            match memtable.apply_schema(Arc::new(next)) {
+            match memtable.apply_schema(Arc::new(next), offset) {
                 Ok(true) => Ok(Outcome::Schema),
                 Ok(false) => Ok(Outcome::Nothing),
                 Err(why) => {
@@ -246,12 +246,13 @@ impl Table {
                 }
             };
             if let Outcome::Schema = outcome {
-                // Kept in the table meta before anything after it applies; if that
-                // fails, the next snapshot tries again (the log still holds the change).
-                if let Err(e) = self.persist_schema() {
-                    error!(tid = self.meta.tid, pid = self.meta.pid, offset, error = %e,
-                        "the new schema could not be kept in the table meta");
-                }
+                info!(
+                    tid = self.meta.tid,
+                    pid = self.meta.pid,
+                    offset,
+                    version = self.memtable.schema().version,
+                    "schema changed"
+                );
             }
             if let Outcome::Deleted(request, removed) = outcome {
                 if removed > 0 {

@@ -116,6 +116,10 @@ struct Layout {
 
 pub struct Memtable {
     layout: parking_lot::RwLock<Arc<Layout>>,
+    /// Every schema applied, with the offset of the entry that brought it (0: the one
+    /// the memtable started with), oldest first: a snapshot records the one in force at
+    /// its offset.
+    schemas: parking_lot::Mutex<Vec<(u64, Arc<Schema>)>>,
     /// Bytes held by keys and rows.
     memory: Arc<AtomicU64>,
 }
@@ -159,6 +163,7 @@ impl Memtable {
             .collect();
         let ttls = schema.indexes.iter().map(|ix| ix.ttl).collect();
         Memtable {
+            schemas: parking_lot::Mutex::new(vec![(0, schema.clone())]),
             layout: parking_lot::RwLock::new(Arc::new(Layout {
                 schema,
                 indexes,
@@ -174,6 +179,18 @@ impl Memtable {
 
     pub fn schema(&self) -> Arc<Schema> {
         self.layout.read().schema.clone()
+    }
+
+    /// The schema in force at `offset`: the newest applied by an entry at or below it.
+    pub fn schema_at(&self, offset: u64) -> Arc<Schema> {
+        let schemas = self.schemas.lock();
+        schemas
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= offset)
+            .or(schemas.first())
+            .map(|(_, schema)| schema.clone())
+            .expect("the memtable starts with a schema")
     }
 
     /// Each index's TTL now.
@@ -258,13 +275,14 @@ impl Memtable {
         Ok(())
     }
 
-    /// Moves to `next`, a successor of the schema now (see [`Schema::check_successor`]):
+    /// Moves to `next`, brought by the entry at `offset`, a successor of the schema now
+    /// (see [`Schema::check_successor`]):
     /// an added index is built from every row held, a deleted one is emptied, TTLs of the
     /// indexes kept stay as they are. A schema that is not newer changes nothing
     /// (`Ok(false)`: replay meets changes the schema already has). Callers change the
     /// schema and insert one at a time; readers go on meanwhile and see the new index
     /// only once it is whole.
-    pub fn apply_schema(&self, next: Arc<Schema>) -> Result<bool, String> {
+    pub fn apply_schema(&self, next: Arc<Schema>, offset: u64) -> Result<bool, String> {
         let old = self.layout();
         if next.version <= old.schema.version {
             return Ok(false);
@@ -279,11 +297,16 @@ impl Memtable {
             let kept = old.indexes.get(position);
             let map = match kept {
                 Some(map) if index.deleted && !old.schema.indexes[position].deleted => {
-                    let freed: u64 = map
-                        .iter()
-                        .map(|e| e.key().key.len() as u64 + ENTRY_OVERHEAD)
-                        .sum();
-                    self.memory.fetch_sub(freed, Ordering::Relaxed);
+                    // Entry by entry, so that a collection racing with it is not counted
+                    // twice.
+                    for e in map.iter() {
+                        if e.remove() {
+                            self.memory.fetch_sub(
+                                e.key().key.len() as u64 + ENTRY_OVERHEAD,
+                                Ordering::Relaxed,
+                            );
+                        }
+                    }
                     Arc::new(SkipMap::new())
                 }
                 Some(map) => map.clone(),
@@ -320,6 +343,7 @@ impl Memtable {
                 *ttl = *now;
             }
         }
+        self.schemas.lock().push((offset, next.clone()));
         *layout = Arc::new(Layout {
             schema: next,
             indexes,
@@ -1081,9 +1105,11 @@ mod tests {
             ..Default::default()
         };
         let next = m.schema().with_index_added(&index).unwrap();
-        assert!(m.apply_schema(Arc::new(next.clone())).unwrap());
+        assert!(m.apply_schema(Arc::new(next.clone()), 5).unwrap());
+        assert_eq!(m.schema_at(4).version, 1);
+        assert_eq!(m.schema_at(5).version, 2);
         assert!(
-            !m.apply_schema(Arc::new(next)).unwrap(),
+            !m.apply_schema(Arc::new(next), 6).unwrap(),
             "a schema already applied changes nothing"
         );
         let data = codec::encode(&m.schema(), &late).unwrap();

@@ -13,7 +13,6 @@ use tessera_proto::tablet::{AppendEntriesRequest, ReplicaState, ReplicationMode,
 use tracing::info;
 
 use super::apply::{note_request, PendingEntry};
-use super::entry::LogEntry;
 use super::error::{Result, StorageError};
 use super::table::{Table, Version};
 use super::{crashsafe, snapshot};
@@ -363,18 +362,19 @@ impl Table {
             let last = binlog.last_offset();
             let term_start = match history::first_offset_of(&history, change.term) {
                 Some(start) => start,
-                // Nothing of an earlier term to commit.
-                None if last == 0 => 1,
                 None => {
-                    // A record of the new term, so that the records of earlier terms can
-                    // commit without waiting for a client's write.
-                    let payload = LogEntry::Noop.encode();
-                    let offset = binlog.append(change.term, &payload)?;
-                    history::note_record(&mut history, change.term, offset);
-                    self.queue(offset, PendingEntry::Logged(payload));
-                    self.last_offset.store(offset, Ordering::Release);
-                    self.appended.send_replace(offset);
-                    offset
+                    // Records of the new term: see `term_start_entries`.
+                    let mut start = None;
+                    for payload in super::table::term_start_entries(last, &self.memtable) {
+                        let offset = binlog.append(change.term, &payload)?;
+                        history::note_record(&mut history, change.term, offset);
+                        self.queue(offset, PendingEntry::Logged(payload));
+                        self.last_offset.store(offset, Ordering::Release);
+                        self.appended.send_replace(offset);
+                        start.get_or_insert(offset);
+                    }
+                    // Nothing of an earlier term to commit, and no schema change.
+                    start.unwrap_or(1)
                 }
             };
             self.quorum.lead(change.term, term_start, &state.followers);

@@ -94,6 +94,7 @@ pub fn write(
     term: u64,
     term_history: Vec<TermPair>,
     client_sessions: Vec<ClientSession>,
+    schema: tessera_proto::common::TableSchema,
     rows: &[Arc<StoredRow>],
 ) -> Result<Manifest> {
     fs::create_dir_all(dir).map_err(io_error(dir))?;
@@ -106,6 +107,7 @@ pub fn write(
         data_file,
         term_history,
         client_sessions,
+        schema: Some(schema),
     };
     crashsafe::write_framed(
         &manifest_path(dir),
@@ -233,13 +235,31 @@ mod tests {
             term: 1,
             start_offset: 1,
         }];
-        let m = write(dir.path(), 5, 1, history.clone(), vec![], &rows(5)).unwrap();
+        let m = write(
+            dir.path(),
+            5,
+            1,
+            history.clone(),
+            vec![],
+            Default::default(),
+            &rows(5),
+        )
+        .unwrap();
         assert_eq!((m.offset, m.record_count, m.term_history), (5, 5, history));
         let back = read_back(dir.path()).unwrap();
         assert_eq!(back.len(), 5);
         assert_eq!(back[4], (5, 50, b"row-5".to_vec()));
         // A newer snapshot replaces the older data file.
-        write(dir.path(), 7, 1, vec![], vec![], &rows(7)).unwrap();
+        write(
+            dir.path(),
+            7,
+            1,
+            vec![],
+            vec![],
+            Default::default(),
+            &rows(7),
+        )
+        .unwrap();
         let snaps = fs::read_dir(dir.path()).unwrap().filter(|e| {
             e.as_ref()
                 .unwrap()
@@ -254,7 +274,16 @@ mod tests {
     #[test]
     fn damaged_snapshot_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let m = write(dir.path(), 3, 1, vec![], vec![], &rows(3)).unwrap();
+        let m = write(
+            dir.path(),
+            3,
+            1,
+            vec![],
+            vec![],
+            Default::default(),
+            &rows(3),
+        )
+        .unwrap();
         let path = dir.path().join(&m.data_file);
         let mut bytes = fs::read(&path).unwrap();
         bytes[DATA_HEADER_LEN + ROW_HEADER_LEN] ^= 1;
@@ -266,7 +295,16 @@ mod tests {
     #[test]
     fn crash_before_the_manifest_rename_keeps_the_old_snapshot() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), 3, 1, vec![], vec![], &rows(3)).unwrap();
+        write(
+            dir.path(),
+            3,
+            1,
+            vec![],
+            vec![],
+            Default::default(),
+            &rows(3),
+        )
+        .unwrap();
         // A newer snapshot's data file is complete and its manifest reached the temp file,
         // but the process died before the rename.
         let (data_file, checksum) = write_data(dir.path(), 9, &rows(9)).unwrap();

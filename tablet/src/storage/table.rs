@@ -129,8 +129,8 @@ pub struct Table {
     /// The meta the replica was opened with: its identity (tid, pid, names, mode) never
     /// changes; its schema and TTLs may (see `persisted`).
     pub(super) meta: TableMeta,
-    /// The meta as `table_meta` on disk holds it now: the newest schema applied and the
-    /// TTLs. Its lock makes TTL and schema changes of the file one at a time.
+    /// The meta as `table_meta` on disk holds it now (its TTLs change). Its lock makes
+    /// TTL changes one at a time.
     persisted: Mutex<TableMeta>,
     dir: PathBuf,
     pub(super) options: TableOptions,
@@ -217,6 +217,24 @@ fn missing_added_columns(schema: &Schema, values: &[Value]) -> usize {
     }
 }
 
+/// What a replica logs when it starts leading a term with no record of it yet: a no-op,
+/// so that the records of earlier terms can commit without waiting for a client's write
+/// (none when the log is empty), and the schema in force when it is not the first: a
+/// replica created from the metadata after a schema change has the change without any
+/// entry of it, and its followers must meet the schema in the log before its rows.
+pub(super) fn term_start_entries(last_offset: u64, memtable: &Memtable) -> Vec<Vec<u8>> {
+    let mut entries = Vec::new();
+    if last_offset > 0 {
+        entries.push(LogEntry::Noop.encode());
+    }
+    let schema = memtable.schema();
+    if schema.version > 1 {
+        let proto = schema.to_proto().encode_to_vec();
+        entries.push(LogEntry::Schema { schema: &proto }.encode());
+    }
+    entries
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -290,15 +308,20 @@ impl Table {
             position: 0,
             reason: "missing table meta".into(),
         })?;
-        let schema = Arc::new(Schema::from_proto(
-            meta.schema.as_ref().unwrap_or(&Default::default()),
-        )?);
-        let memtable = Memtable::new(schema.clone());
+        let snapshot_dir = dir.join("snapshot");
+        let manifest = snapshot::read_manifest(&snapshot_dir)?;
+        // The schema in force at the snapshot's offset (older snapshots have none: the
+        // schema never changed before them); the binlog's schema entries follow from it.
+        let schema = manifest
+            .as_ref()
+            .and_then(|m| m.schema.as_ref())
+            .or(meta.schema.as_ref())
+            .cloned()
+            .unwrap_or_default();
+        let memtable = Memtable::new(Arc::new(Schema::from_proto(&schema)?));
         let mut sessions = Sessions::new(options.client_expiry.as_millis() as i64);
         let mut report = LoadReport::default();
 
-        let snapshot_dir = dir.join("snapshot");
-        let manifest = snapshot::read_manifest(&snapshot_dir)?;
         let mut term = meta.term.max(1);
         let mut term_history: Vec<TermPair> = Vec::new();
         if let Some(manifest) = &manifest {
@@ -344,6 +367,14 @@ impl Table {
                 Ok(())
             },
         )?;
+        if !meta.ttls.is_empty() {
+            // TTLs set since (they are not in the log).
+            let mut ttls = memtable.ttls();
+            for (ttl, set) in ttls.iter_mut().zip(&meta.ttls) {
+                *ttl = Ttl::from_proto(Some(set))?;
+            }
+            memtable.set_ttls(ttls);
+        }
         report.replayed = open_report.records_replayed;
         report.torn_tail = open_report.torn_tail;
         term = term.max(open_report.last_term);
@@ -364,23 +395,28 @@ impl Table {
         }
         let quorum = Quorum::default();
         let mut binlog = binlog;
-        let mut noop = None;
+        let mut noop = Vec::new();
         if state.role() == TableRole::Leader {
             // A standalone leader comes back leading: it starts its term again.
             let term_start = match history::first_offset_of(&term_history, state.term) {
                 Some(start) => start,
-                None if binlog.last_offset() == 0 => 1,
                 None => {
-                    let offset = binlog.append(state.term, &LogEntry::Noop.encode())?;
-                    history::note_record(&mut term_history, state.term, offset);
-                    noop = Some(offset);
-                    offset
+                    let mut start = None;
+                    for payload in term_start_entries(binlog.last_offset(), &memtable) {
+                        let offset = binlog.append(state.term, &payload)?;
+                        history::note_record(&mut term_history, state.term, offset);
+                        start.get_or_insert(offset);
+                        noop.push((offset, payload));
+                    }
+                    start.unwrap_or(1)
                 }
             };
             quorum.lead(state.term, term_start, &state.followers);
         }
         quorum.set_local(binlog.durability().durable_offset());
-        let replayed = noop.map_or(binlog.last_offset(), |n| n - 1);
+        let replayed = noop
+            .first()
+            .map_or(binlog.last_offset(), |(first, _)| first - 1);
 
         info!(
             tid = meta.tid,
@@ -428,19 +464,19 @@ impl Table {
             options,
             meta,
         };
-        if let Some(offset) = noop {
-            table.queue(offset, PendingEntry::Logged(LogEntry::Noop.encode()));
-            table.durability.wait(offset)?;
-            table.quorum.set_local(offset);
+        if let Some(&(last, _)) = noop.last() {
+            for (offset, payload) in noop {
+                table.queue(offset, PendingEntry::Logged(payload));
+            }
+            table.durability.wait(last)?;
+            table.quorum.set_local(last);
         }
         table.advance()?;
-        // The log may hold a schema change the table meta missed (a crash before it was
-        // kept); keep it now, before a snapshot can take the change out of the log.
-        table.persist_schema()?;
         Ok((table, report))
     }
 
-    /// The meta the replica was opened with (its schema may be older than [`Table::schema`]).
+    /// The meta the replica was opened with (its schema is the one the replica was
+    /// created with; see [`Table::schema`] for the one in force).
     pub fn meta(&self) -> &TableMeta {
         &self.meta
     }
@@ -448,33 +484,6 @@ impl Table {
     /// The schema rows are read and written with now.
     pub fn schema(&self) -> Arc<Schema> {
         self.memtable.schema()
-    }
-
-    /// Brings `table_meta` on disk to the schema applied now (TTLs included), if it holds
-    /// an older one. Rows of a newer schema must never reach a snapshot while the meta
-    /// that reads them is older.
-    pub(super) fn persist_schema(&self) -> Result<()> {
-        let mut persisted = self.persisted.lock();
-        let schema = self.memtable.schema();
-        let held = persisted.schema.as_ref().map_or(0, |s| s.version);
-        if held >= schema.version {
-            return Ok(());
-        }
-        let mut proto = schema.to_proto();
-        for (index, ttl) in proto.indexes.iter_mut().zip(self.memtable.ttls()) {
-            index.ttl = Some(ttl.to_proto());
-        }
-        let mut meta = persisted.clone();
-        meta.schema = Some(proto);
-        write_meta(&self.dir, &meta)?;
-        *persisted = meta;
-        info!(
-            tid = self.meta.tid,
-            pid = self.meta.pid,
-            version = schema.version,
-            "schema changed"
-        );
-        Ok(())
     }
 
     /// Each index's TTL now (the schema's, unless changed since).
@@ -491,7 +500,6 @@ impl Table {
     /// Consistent reads under way when the TTL changes are refused and start again: their
     /// pages would otherwise expire rows by two different rules.
     pub fn set_ttls(&self, ttls: Vec<Ttl>, version: u64) -> Result<bool> {
-        // Held throughout: a schema change keeps the meta's TTLs under the same lock.
         let mut persisted = self.persisted.lock();
         let indexes = self.memtable.schema().indexes.len();
         if ttls.len() != indexes {
@@ -505,11 +513,7 @@ impl Table {
         }
         let mut meta = persisted.clone();
         meta.ttl_version = version;
-        if let Some(schema) = meta.schema.as_mut() {
-            for (index, ttl) in schema.indexes.iter_mut().zip(&ttls) {
-                index.ttl = Some(ttl.to_proto());
-            }
-        }
+        meta.ttls = ttls.iter().map(|ttl| ttl.to_proto()).collect();
         write_meta(&self.dir, &meta)?;
         self.rows_collected_at_ms
             .fetch_max(now_ms(), Ordering::AcqRel);
@@ -995,10 +999,20 @@ impl Table {
         Ok((position, key::key_from_values(&schema, ix, key_values)?))
     }
 
-    /// A found row's values under `schema` (taken once per read: a schema change during
-    /// the read only appends columns, which older rows read as NULL).
-    fn decode(schema: &Schema, found: Found) -> Result<RowAt> {
-        let values = codec::decode(schema, &found.row.data)?;
+    /// A found row's values under `schema`, taken once per read: a schema change during
+    /// the read only appends columns, which older rows read as NULL; a row applied after
+    /// the change (with more columns) is read under the schema now.
+    fn decode(&self, schema: &Schema, found: Found) -> Result<RowAt> {
+        let values = match codec::decode(schema, &found.row.data) {
+            Ok(values) => values,
+            Err(e) => {
+                let now = self.memtable.schema();
+                if now.version == schema.version {
+                    return Err(e.into());
+                }
+                codec::decode(&now, &found.row.data)?
+            }
+        };
         Ok(RowAt {
             ts: found.ts,
             values,
@@ -1017,7 +1031,7 @@ impl Table {
         let schema = self.memtable.schema();
         Ok((
             self.version_after_read(),
-            found.map(|f| Self::decode(&schema, f)).transpose()?,
+            found.map(|f| self.decode(&schema, f)).transpose()?,
         ))
     }
 
@@ -1051,7 +1065,7 @@ impl Table {
             min_ts,
             cursor.at.as_ref(),
             now_ms(),
-            |entry, found| page.offer(entry, || Ok(convert(Self::decode(&schema, found)?))),
+            |entry, found| page.offer(entry, || Ok(convert(self.decode(&schema, found)?))),
         );
         failed.transpose()?;
         Ok((self.version_after_read(), page.finish()))
@@ -1117,7 +1131,7 @@ impl Table {
         let failed = self
             .memtable
             .preview_each(cursor.at.as_ref(), view, |entry, found| {
-                page.offer(entry, || Ok(convert(Self::decode(&schema, found)?)))
+                page.offer(entry, || Ok(convert(self.decode(&schema, found)?)))
             });
         failed.transpose()?;
         // Checked again after the read: a collection or a delete may have run during it.
@@ -1178,9 +1192,6 @@ impl Table {
             let sessions = self.sessions.lock().to_proto(offset);
             (offset, self.term.load(Ordering::Acquire), sessions)
         };
-        // The snapshot may take a schema change out of the log: the meta keeps the
-        // schema applied now, which reads every row through `offset`.
-        self.persist_schema()?;
         if self.snapshot_pauses.load(Ordering::Acquire) > 0 {
             return Err(StorageError::Unavailable(
                 "snapshots are paused (a snapshot is being sent, or PauseSnapshot was called)"
@@ -1197,7 +1208,21 @@ impl Table {
         let rows = self.memtable.rows_through(offset);
         let mut history = self.history.lock().clone();
         history::truncate(&mut history, offset);
-        let manifest = snapshot::write(&snapshot_dir, offset, term, history, sessions, &rows)?;
+        // The schema in force at `offset`, with the TTLs now: a schema change after it is
+        // still in the log, and replayed after the snapshot.
+        let mut schema = self.memtable.schema_at(offset).to_proto();
+        for (index, ttl) in schema.indexes.iter_mut().zip(self.memtable.ttls()) {
+            index.ttl = Some(ttl.to_proto());
+        }
+        let manifest = snapshot::write(
+            &snapshot_dir,
+            offset,
+            term,
+            history,
+            sessions,
+            schema,
+            &rows,
+        )?;
         self.snapshot_offset.store(offset, Ordering::Release);
         // Keep every record a follower shipped to still needs (an offline one catches up
         // from a snapshot if it must).
