@@ -264,3 +264,38 @@ fn a_leader_created_with_a_changed_schema_logs_it_before_its_rows() {
     let (_, found) = follower.get("", &key("a"), None).unwrap();
     assert_eq!(found.unwrap().values[4], Value::String("Oslo".into()));
 }
+
+#[test]
+fn a_leader_logs_its_schema_with_the_ttls_set_since() {
+    // The index a schema change added had its TTL changed since; a follower that builds
+    // the index from the leader's term-start entry takes the TTL now, not the first one.
+    let dir = tempfile::tempdir().unwrap();
+    let next = schema()
+        .with_index_added(&index_on("by_v", &["v"], "ts"))
+        .unwrap();
+    let mut changed = meta(1, 0);
+    changed.schema = Some(next.to_proto());
+    let kept = Ttl::Latest { count: 3 };
+    changed.ttls = vec![Ttl::NONE.to_proto(), Ttl::NONE.to_proto(), kept.to_proto()];
+    let leader_dir = dir.path().join("leader");
+    let (leader, _) = Table::create(&leader_dir, changed, options(1 << 20)).unwrap();
+    assert_eq!(leader.ttls()[2], kept);
+    leader.close().unwrap();
+    drop(leader);
+
+    let follower_dir = dir.path().join("follower");
+    let (follower, _) = Table::create(&follower_dir, meta(1, 0), options(1 << 20)).unwrap();
+    follower.close().unwrap();
+    drop(follower);
+    for file in std::fs::read_dir(leader_dir.join("binlog")).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(
+            &file,
+            follower_dir.join("binlog").join(file.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    let (follower, _) = Table::open(&follower_dir, options(1 << 20)).unwrap();
+    assert_eq!(follower.schema().version, next.version);
+    assert_eq!(follower.ttls()[2], kept);
+}

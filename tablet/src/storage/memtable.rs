@@ -291,22 +291,16 @@ impl Memtable {
             .check_successor(&next)
             .map_err(|e| e.to_string())?;
         let mut rows = None;
+        let mut dropped = Vec::new();
         let mut indexes = Vec::with_capacity(next.indexes.len());
         let mut ttls = Vec::with_capacity(next.indexes.len());
         for (position, index) in next.indexes.iter().enumerate() {
             let kept = old.indexes.get(position);
             let map = match kept {
                 Some(map) if index.deleted && !old.schema.indexes[position].deleted => {
-                    // Entry by entry, so that a collection racing with it is not counted
-                    // twice.
-                    for e in map.iter() {
-                        if e.remove() {
-                            self.memory.fetch_sub(
-                                e.key().key.len() as u64 + ENTRY_OVERHEAD,
-                                Ordering::Relaxed,
-                            );
-                        }
-                    }
+                    // Emptied once the new layout is in: readers of the old one still
+                    // see it whole.
+                    dropped.push(map.clone());
                     Arc::new(SkipMap::new())
                 }
                 Some(map) => map.clone(),
@@ -349,6 +343,16 @@ impl Memtable {
             indexes,
             ttls,
         });
+        drop(layout);
+        for map in dropped {
+            // Entry by entry, so that a collection racing with it is not counted twice.
+            for e in map.iter() {
+                if e.remove() {
+                    self.memory
+                        .fetch_sub(e.key().key.len() as u64 + ENTRY_OVERHEAD, Ordering::Relaxed);
+                }
+            }
+        }
         Ok(true)
     }
 

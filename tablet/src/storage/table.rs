@@ -229,8 +229,17 @@ pub(super) fn term_start_entries(last_offset: u64, memtable: &Memtable) -> Vec<V
     }
     let schema = memtable.schema();
     if schema.version > 1 {
-        let proto = schema.to_proto().encode_to_vec();
-        entries.push(LogEntry::Schema { schema: &proto }.encode());
+        // With the TTLs now, which may have been set since the schema came.
+        let mut proto = schema.to_proto();
+        for (index, ttl) in proto.indexes.iter_mut().zip(memtable.ttls()) {
+            index.ttl = Some(ttl.to_proto());
+        }
+        entries.push(
+            LogEntry::Schema {
+                schema: &proto.encode_to_vec(),
+            }
+            .encode(),
+        );
     }
     entries
 }
@@ -514,13 +523,19 @@ impl Table {
         let mut meta = persisted.clone();
         meta.ttl_version = version;
         meta.ttls = ttls.iter().map(|ttl| ttl.to_proto()).collect();
-        write_meta(&self.dir, &meta)?;
-        self.rows_collected_at_ms
-            .fetch_max(now_ms(), Ordering::AcqRel);
+        // The memtable first: it refuses TTLs that no longer match its indexes (a schema
+        // change came in between), and then nothing reaches the disk.
+        let before = self.memtable.ttls();
         if !self.memtable.set_ttls(ttls) {
             return Err(StorageError::Unavailable(
                 "the schema changed while the TTLs were set; try again".into(),
             ));
+        }
+        self.rows_collected_at_ms
+            .fetch_max(now_ms(), Ordering::AcqRel);
+        if let Err(e) = write_meta(&self.dir, &meta) {
+            self.memtable.set_ttls(before);
+            return Err(e);
         }
         *persisted = meta;
         Ok(true)
