@@ -538,6 +538,17 @@ async fn replica_schemas(
     tid: u32,
     partitions: u32,
 ) -> Vec<Option<(u32, u64)>> {
+    replica_counts(tablet, tid, partitions, "city", "oslo").await
+}
+
+/// As [`replica_schemas`], for any index and key.
+async fn replica_counts(
+    tablet: &tessera_tests::tablet::TabletProcess,
+    tid: u32,
+    partitions: u32,
+    index: &str,
+    key: &str,
+) -> Vec<Option<(u32, u64)>> {
     use tessera_proto::tablet::{CountRequest, GetTableStatusRequest};
     let mut out = Vec::new();
     for pid in 0..partitions {
@@ -557,8 +568,8 @@ async fn replica_schemas(
             .count(CountRequest {
                 tid,
                 pid,
-                index: "city".into(),
-                key: vec![tessera_common::Value::String("oslo".into()).to_proto()],
+                index: index.into(),
+                key: vec![tessera_common::Value::String(key.into()).to_proto()],
                 // Any offset: a follower answers too, once it applied that far.
                 min_offset: 1,
             })
@@ -646,4 +657,93 @@ async fn schema_changes_reach_every_replica_and_survive_a_restart() {
     assert!(fails(&cluster, "addtablefield t v int").contains("defined twice"));
     assert!(fails(&cluster, "addtablefield t w money").contains("money"));
     assert!(ok(&cluster, "count t").contains("count: 21"));
+}
+
+/// `addindex` is online: puts go on while every leader builds the index, and every row,
+/// written before, during or after the build, is in it on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addindex_while_writes_go_on_indexes_every_row_on_every_replica() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tessera_common::Value;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = three_tablets(dir.path()).await;
+    assert!(ok(
+        &cluster,
+        "create table w (k string, ts bigint, tag string, index(key=k, ts=ts)) \
+         options (partitionnum=4, replicanum=3);"
+    )
+    .contains("Create table w ok"));
+    let sdk = Arc::new(cluster.sdk(std::time::Duration::from_secs(30)).await);
+    let row = |i: u64| {
+        vec![
+            Value::String(format!("k{i}")),
+            Value::Int64(i as i64),
+            Value::String("a".into()),
+        ]
+    };
+    for i in 0..2000 {
+        sdk.put("default", "w", row(i))
+            .await
+            .expect("put before the change");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let (sdk, stop) = (sdk.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut written = 0u64;
+                let mut i = 1_000_000 * (w + 1);
+                while !stop.load(Ordering::Acquire) {
+                    sdk.put("default", "w", row(i))
+                        .await
+                        .expect("put during the change");
+                    written += 1;
+                    i += 1;
+                }
+                written
+            })
+        })
+        .collect();
+    let added = tokio::task::block_in_place(|| ok(&cluster, "addindex w tag"));
+    assert!(added.contains("4 partition(s) updated"), "{added}");
+    // Some writes after the change too.
+    let during = sdk.count("default", "w", vec![]).await.unwrap();
+    tessera_tests::wait_until_async(
+        std::time::Duration::from_secs(30),
+        "more puts after the change",
+        || {
+            let sdk = sdk.clone();
+            async move { sdk.count("default", "w", vec![]).await.unwrap() > during + 100 }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Release);
+    let mut total = 2000;
+    for writer in writers {
+        total += writer.await.unwrap();
+    }
+    assert!(total > 2100, "writes went on: {total}");
+    assert_eq!(
+        sdk.count_index("default", "w", "tag", vec![Value::String("a".into())])
+            .await
+            .unwrap(),
+        total,
+        "every row through the new index"
+    );
+    let rows = tessera_tests::routed::table_rows(&mut cluster.ns().await, "w").await;
+    let tid = rows[0].tid;
+    for tablet in &cluster.tablets {
+        tessera_tests::wait_until_async(
+            std::time::Duration::from_secs(30),
+            "every replica to hold every row in the new index",
+            || async {
+                let found = replica_counts(tablet, tid, 4, "tag", "a").await;
+                found.iter().all(Option::is_some)
+                    && found.iter().flatten().map(|(_, n)| n).sum::<u64>() == total
+            },
+        )
+        .await;
+    }
 }
