@@ -9,6 +9,19 @@ use tessera_proto::common::{ColumnDesc, IndexDesc};
 use tessera_tablet::storage::table::read_meta;
 use tessera_tablet::storage::{StorageError, Table};
 
+/// A replica created with the first schema at `dir` that then reads `leader_dir`'s
+/// binlog, as a follower takes its leader's records.
+fn follower_of(leader_dir: &std::path::Path, dir: &std::path::Path) -> Table {
+    let (follower, _) = Table::create(dir, meta(1, 0), options(1 << 20)).unwrap();
+    follower.close().unwrap();
+    drop(follower);
+    for file in std::fs::read_dir(leader_dir.join("binlog")).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(&file, dir.join("binlog").join(file.file_name().unwrap())).unwrap();
+    }
+    Table::open(dir, options(1 << 20)).unwrap().0
+}
+
 fn change(table: &Table, next: &Schema) {
     let logged = table.log_schema_change(next).unwrap();
     table.commit_blocking(&logged).unwrap();
@@ -17,6 +30,16 @@ fn change(table: &Table, next: &Schema) {
         next.version,
         "applied at its commit"
     );
+}
+
+/// A nullable string column `city`.
+fn city() -> ColumnDesc {
+    ColumnDesc {
+        name: "city".into(),
+        r#type: tessera_proto::common::ColumnType::String as i32,
+        nullable: true,
+        ..ColumnDesc::default()
+    }
 }
 
 fn index_on(name: &str, keys: &[&str], ts: &str) -> IndexDesc {
@@ -202,15 +225,7 @@ fn a_schema_change_cut_from_the_log_is_undone_on_reload() {
     let table = create(&dir.path().join("1_0"), 1 << 20);
     table.put(&row("a", 1, Some(1), "t")).unwrap();
     let before = table.version().offset;
-    let next = table
-        .schema()
-        .with_column_added(&ColumnDesc {
-            name: "city".into(),
-            r#type: tessera_proto::common::ColumnType::String as i32,
-            nullable: true,
-            ..ColumnDesc::default()
-        })
-        .unwrap();
+    let next = table.schema().with_column_added(&city()).unwrap();
     change(&table, &next);
     let (table, _) = reopen(table, 1 << 20);
     assert_eq!(table.schema().version, 2, "replayed");
@@ -229,14 +244,7 @@ fn a_leader_created_with_a_changed_schema_logs_it_before_its_rows() {
     // has the change without an entry of it; leading, it logs the schema first, so a
     // follower that started from the older schema reads its rows.
     let dir = tempfile::tempdir().unwrap();
-    let next = schema()
-        .with_column_added(&ColumnDesc {
-            name: "city".into(),
-            r#type: tessera_proto::common::ColumnType::String as i32,
-            nullable: true,
-            ..ColumnDesc::default()
-        })
-        .unwrap();
+    let next = schema().with_column_added(&city()).unwrap();
     let mut changed = meta(1, 0);
     changed.schema = Some(next.to_proto());
     let leader_dir = dir.path().join("leader");
@@ -247,19 +255,7 @@ fn a_leader_created_with_a_changed_schema_logs_it_before_its_rows() {
     leader.close().unwrap();
     drop(leader);
 
-    let follower_dir = dir.path().join("follower");
-    let (follower, _) = Table::create(&follower_dir, meta(1, 0), options(1 << 20)).unwrap();
-    follower.close().unwrap();
-    drop(follower);
-    for file in std::fs::read_dir(leader_dir.join("binlog")).unwrap() {
-        let file = file.unwrap().path();
-        std::fs::copy(
-            &file,
-            follower_dir.join("binlog").join(file.file_name().unwrap()),
-        )
-        .unwrap();
-    }
-    let (follower, _) = Table::open(&follower_dir, options(1 << 20)).unwrap();
+    let follower = follower_of(&leader_dir, &dir.path().join("follower"));
     assert_eq!(follower.schema().version, next.version);
     let (_, found) = follower.get("", &key("a"), None).unwrap();
     assert_eq!(found.unwrap().values[4], Value::String("Oslo".into()));
@@ -283,19 +279,7 @@ fn a_leader_logs_its_schema_with_the_ttls_set_since() {
     leader.close().unwrap();
     drop(leader);
 
-    let follower_dir = dir.path().join("follower");
-    let (follower, _) = Table::create(&follower_dir, meta(1, 0), options(1 << 20)).unwrap();
-    follower.close().unwrap();
-    drop(follower);
-    for file in std::fs::read_dir(leader_dir.join("binlog")).unwrap() {
-        let file = file.unwrap().path();
-        std::fs::copy(
-            &file,
-            follower_dir.join("binlog").join(file.file_name().unwrap()),
-        )
-        .unwrap();
-    }
-    let (follower, _) = Table::open(&follower_dir, options(1 << 20)).unwrap();
+    let follower = follower_of(&leader_dir, &dir.path().join("follower"));
     assert_eq!(follower.schema().version, next.version);
     assert_eq!(follower.ttls()[2], kept);
 }

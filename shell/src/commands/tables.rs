@@ -233,17 +233,8 @@ fn setttl(shell: &mut Shell, call: Call) -> Reply<'_> {
         let answer = shell
             .ns(request, |mut c, r| async move { c.set_ttl(r).await })
             .await?;
-        let mut text = format!("set ttl ok: {} replica(s) updated", answer.updated);
-        if !answer.pending.is_empty() {
-            text.push_str(&format!(
-                "; {} will take it when seen again:",
-                answer.pending.len()
-            ));
-            for pending in &answer.pending {
-                text.push_str(&format!("\n  {pending}"));
-            }
-        }
-        Ok(text)
+        let text = format!("set ttl ok: {} replica(s) updated", answer.updated);
+        Ok(with_pending(text, &answer.pending, "when seen again"))
     })
 }
 
@@ -304,20 +295,26 @@ async fn change_schema(
     let answer = shell
         .ns(request, |mut c, r| async move { c.change_schema(r).await })
         .await?;
-    let mut text = format!(
+    let text = format!(
         "{what} ok: schema version {}, {} partition(s) updated",
         answer.version, answer.updated
     );
-    if !answer.pending.is_empty() {
-        text.push_str(&format!(
-            "; {} will take it when their leader is seen again:",
-            answer.pending.len()
-        ));
-        for pending in &answer.pending {
-            text.push_str(&format!("\n  {pending}"));
+    Ok(with_pending(
+        text,
+        &answer.pending,
+        "when their leader is seen again",
+    ))
+}
+
+/// `text`, then the places a change did not reach yet, which take it `when`.
+fn with_pending(mut text: String, pending: &[String], when: &str) -> String {
+    if !pending.is_empty() {
+        text.push_str(&format!("; {} will take it {when}:", pending.len()));
+        for place in pending {
+            text.push_str(&format!("\n  {place}"));
         }
     }
-    Ok(text)
+    text
 }
 
 fn use_db(shell: &mut Shell, call: Call) -> Reply<'_> {

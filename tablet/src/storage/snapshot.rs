@@ -250,16 +250,7 @@ mod tests {
         assert_eq!(back.len(), 5);
         assert_eq!(back[4], (5, 50, b"row-5".to_vec()));
         // A newer snapshot replaces the older data file.
-        write(
-            dir.path(),
-            7,
-            1,
-            vec![],
-            vec![],
-            Default::default(),
-            &rows(7),
-        )
-        .unwrap();
+        write_rows(dir.path(), 7, &rows(7)).unwrap();
         let snaps = fs::read_dir(dir.path()).unwrap().filter(|e| {
             e.as_ref()
                 .unwrap()
@@ -271,19 +262,15 @@ mod tests {
         assert_eq!(read_back(dir.path()).unwrap().len(), 7);
     }
 
+    /// A snapshot of `rows` at `offset`, with nothing else in its manifest.
+    fn write_rows(dir: &Path, offset: u64, rows: &[Arc<StoredRow>]) -> Result<Manifest> {
+        write(dir, offset, 1, vec![], vec![], Default::default(), rows)
+    }
+
     #[test]
     fn damaged_snapshot_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let m = write(
-            dir.path(),
-            3,
-            1,
-            vec![],
-            vec![],
-            Default::default(),
-            &rows(3),
-        )
-        .unwrap();
+        let m = write_rows(dir.path(), 3, &rows(3)).unwrap();
         let path = dir.path().join(&m.data_file);
         let mut bytes = fs::read(&path).unwrap();
         bytes[DATA_HEADER_LEN + ROW_HEADER_LEN] ^= 1;
@@ -295,16 +282,7 @@ mod tests {
     #[test]
     fn crash_before_the_manifest_rename_keeps_the_old_snapshot() {
         let dir = tempfile::tempdir().unwrap();
-        write(
-            dir.path(),
-            3,
-            1,
-            vec![],
-            vec![],
-            Default::default(),
-            &rows(3),
-        )
-        .unwrap();
+        write_rows(dir.path(), 3, &rows(3)).unwrap();
         // A newer snapshot's data file is complete and its manifest reached the temp file,
         // but the process died before the rename.
         let (data_file, checksum) = write_data(dir.path(), 9, &rows(9)).unwrap();
