@@ -43,6 +43,13 @@ pub struct TabletConfig {
     pub binlog_group_commit_max_records: u64,
     /// `group`: threads that fsync binlogs, shared by every replica on the tablet.
     pub binlog_flush_threads: usize,
+    /// Threads running the async runtime (gRPC, replication, ZooKeeper); 0: one per core.
+    pub runtime_threads: usize,
+    /// Most threads the runtime starts for blocking work (snapshots, binlog reads of a
+    /// lagging follower, loads); more work waits for one. With the flushers, the TTL
+    /// collector and the main thread these bound the process's threads, whatever its
+    /// replica count.
+    pub blocking_threads: usize,
     /// Largest encoded row a put accepts.
     pub max_row_size: usize,
     /// How often expired entries are collected.
@@ -83,6 +90,8 @@ impl Default for TabletConfig {
             binlog_group_commit_interval_ms: binlog.group_commit_interval.as_millis() as u64,
             binlog_group_commit_max_records: binlog.group_commit_max_records,
             binlog_flush_threads: 2,
+            runtime_threads: 0,
+            blocking_threads: 32,
             max_row_size: 16 << 20,
             gc_interval_secs: 60,
             scan_max_rows: 100_000,
@@ -118,6 +127,18 @@ impl TabletConfig {
             return Err(format!(
                 "binlog_flush_threads {} must be between 1 and 64",
                 self.binlog_flush_threads
+            ));
+        }
+        if self.runtime_threads > 256 {
+            return Err(format!(
+                "runtime_threads {} must be at most 256 (0: one per core)",
+                self.runtime_threads
+            ));
+        }
+        if !(1..=1024).contains(&self.blocking_threads) {
+            return Err(format!(
+                "blocking_threads {} must be between 1 and 1024",
+                self.blocking_threads
             ));
         }
         if self.max_row_size == 0 || self.max_row_size > 512 << 20 {

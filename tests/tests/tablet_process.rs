@@ -159,6 +159,87 @@ async fn many_partitions_share_the_flusher_threads() {
     }
 }
 
+/// Resident memory of a process, in KiB (`VmRSS` of `/proc/PID/status`).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("the tablet's status")
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// A tablet's threads are bounded by its configuration, not by its replica count: five
+/// hundred replicas, each written to, then all reloaded after `kill -9`, on the threads
+/// of the runtime, the blocking pool, the flushers, the TTL collector and `main`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousands_of_replicas_run_on_a_bounded_set_of_threads() {
+    // More for a measurement by hand: TESSERA_TEST_REPLICAS=10000.
+    let replicas: u32 = std::env::var("TESSERA_TEST_REPLICAS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(500);
+    let (runtime, blocking, flushers) = (2, 4, 2);
+    let bound = runtime + blocking + flushers + 2;
+    let dir = tempfile::tempdir().unwrap();
+    let mut tablet = TabletProcess::start(
+        dir.path(),
+        &[
+            &format!("--runtime_threads={runtime}"),
+            &format!("--blocking_threads={blocking}"),
+            &format!("--binlog_flush_threads={flushers}"),
+        ],
+    )
+    .await;
+    let rss_before = rss_kib(tablet.pid());
+    let client = tablet.client().await;
+    let pids: Vec<u32> = (0..replicas).collect();
+    for chunk in pids.chunks(50) {
+        let mut work = tokio::task::JoinSet::new();
+        for &pid in chunk {
+            let mut client = client.clone();
+            work.spawn(async move {
+                let meta = TableMeta {
+                    partition_num: replicas,
+                    ..meta(5, pid)
+                };
+                client
+                    .create_table(CreateTableRequest { meta: Some(meta) })
+                    .await
+                    .expect("create table");
+                client
+                    .put(workload::put_request(5, pid, u64::from(pid), 0))
+                    .await
+                    .expect("put acknowledged");
+            });
+        }
+        while let Some(done) = work.join_next().await {
+            done.unwrap();
+        }
+    }
+    let threads = thread_names(tablet.pid());
+    assert!(
+        threads.len() <= bound,
+        "{} threads for {replicas} replicas (bound {bound}): {threads:?}",
+        threads.len()
+    );
+    let per_replica =
+        (rss_kib(tablet.pid()).saturating_sub(rss_before)) * 1024 / u64::from(replicas);
+    eprintln!("resident memory per replica with one row: about {per_replica} bytes");
+
+    tablet.kill9();
+    tablet.restart().await;
+    let tables = all_tables(&tablet).await;
+    assert_eq!(tables.len(), replicas as usize, "every replica reloaded");
+    assert!(tables.iter().all(|t| t.record_count == 1));
+    let threads = thread_names(tablet.pid());
+    assert!(
+        threads.len() <= bound,
+        "{} threads after reloading {replicas} replicas (bound {bound}): {threads:?}",
+        threads.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_rows_survive_kill9_with_every_write() {
     acknowledged_rows_survive_kill9("every_write").await;

@@ -66,6 +66,13 @@ struct Flags {
     /// Threads that fsync binlogs under `group`, shared by every replica (default 2).
     #[arg(long)]
     binlog_flush_threads: Option<usize>,
+    /// Threads of the async runtime (default 0: one per core).
+    #[arg(long)]
+    runtime_threads: Option<usize>,
+    /// Most threads for blocking work (default 32); with the flushers they bound the
+    /// process's threads whatever its replica count.
+    #[arg(long)]
+    blocking_threads: Option<usize>,
     /// Largest encoded row a put accepts, in bytes (default 16 MiB).
     #[arg(long)]
     max_row_size: Option<usize>,
@@ -119,6 +126,8 @@ fn config_from(flags: Flags) -> anyhow::Result<TabletConfig> {
         binlog_fsync => binlog_fsync,
         binlog_segment_size => binlog_segment_size,
         binlog_flush_threads => binlog_flush_threads,
+        runtime_threads => runtime_threads,
+        blocking_threads => blocking_threads,
         max_row_size => max_row_size,
         scan_max_bytes => scan_max_bytes,
         gc_interval => gc_interval_secs,
@@ -156,7 +165,12 @@ fn main() -> anyhow::Result<()> {
         })
         .map_err(anyhow::Error::msg)
         .context("invalid configuration")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.runtime_threads > 0 {
+        runtime.worker_threads(config.runtime_threads);
+    }
+    let runtime = runtime
+        .max_blocking_threads(config.blocking_threads)
         .enable_all()
         .thread_name("tablet")
         .build()
