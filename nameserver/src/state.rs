@@ -733,96 +733,67 @@ impl Nameserver {
         Ok(table)
     }
 
+    /// Creates every replica of a new table, some partitions at a time
+    /// ([`PARTITIONS_AT_ONCE`]). After a failure no more partitions start, and those under
+    /// way finish before the error is returned, so that the caller's drop of what was
+    /// made comes after every create.
     async fn create_replicas(&self, table: &TableInfo) -> Result<()> {
-        for partition in &table.partitions {
-            let leader = &partition.replicas[0].endpoint;
-            let followers: Vec<String> = partition.replicas[1..]
-                .iter()
-                .map(|r| r.endpoint.clone())
-                .collect();
-            for replica in &partition.replicas {
-                let role = if replica.is_leader {
-                    TableRole::Leader
-                } else {
-                    TableRole::Follower
+        let mut partitions = table.partitions.iter();
+        let mut running = tokio::task::JoinSet::new();
+        let mut failed = None;
+        loop {
+            while failed.is_none() && running.len() < PARTITIONS_AT_ONCE {
+                let Some(partition) = partitions.next() else {
+                    break;
                 };
-                let meta = tpb::TableMeta {
-                    tid: table.tid,
-                    pid: partition.pid,
-                    db: table.db.clone(),
-                    name: table.name.clone(),
-                    schema: table.schema.clone(),
-                    partition_num: table.partition_num,
-                    term: partition.term,
-                    mode: table.mode,
-                    role: role as i32,
-                    leader: if replica.is_leader {
-                        String::new()
-                    } else {
-                        leader.clone()
-                    },
-                    ttl_version: table.ttl_version,
-                    ttls: Vec::new(),
-                };
-                let mut tablet = tablet(&replica.endpoint).await?;
-                call(
-                    &replica.endpoint,
-                    tablet.create_table(tpb::CreateTableRequest { meta: Some(meta) }),
-                )
-                .await?;
+                running.spawn(create_partition(table.clone(), partition.clone()));
             }
-            // Followers first, then the leader with its followers.
-            for follower in &followers {
-                let mut tablet = tablet(follower).await?;
-                call(
-                    follower,
-                    tablet.change_role(tpb::ChangeRoleRequest {
-                        tid: table.tid,
-                        pid: partition.pid,
-                        role: TableRole::Follower as i32,
-                        term: partition.term,
-                        leader: leader.clone(),
-                        ..Default::default()
-                    }),
-                )
-                .await?;
+            let outcome = match running.join_next().await {
+                None => break,
+                Some(Ok(outcome)) => outcome,
+                Some(Err(e)) => Err(NsError::Zk(format!("creating a partition failed: {e}"))),
+            };
+            if let Err(e) = outcome {
+                failed.get_or_insert(e);
             }
-            let mut tablet = tablet(leader).await?;
-            call(
-                leader,
-                tablet.change_role(tpb::ChangeRoleRequest {
-                    tid: table.tid,
-                    pid: partition.pid,
-                    role: TableRole::Leader as i32,
-                    term: partition.term,
-                    followers,
-                    ..Default::default()
-                }),
-            )
-            .await?;
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
-    /// Best effort: drops every replica of the table; unreachable tablets are logged.
+    /// Best effort: drops every replica of the table, many at once; unreachable tablets
+    /// are logged.
     async fn drop_replicas(&self, table: &TableInfo) {
+        let mut replicas = Vec::new();
         for partition in &table.partitions {
             for replica in &partition.replicas {
-                let dropped = async {
-                    let mut client = tablet(&replica.endpoint).await?;
-                    call(
-                        &replica.endpoint,
-                        client.drop_table(tpb::DropTableRequest {
-                            tid: table.tid,
-                            pid: partition.pid,
-                        }),
-                    )
-                    .await
-                }
-                .await;
-                if let Err(e) = dropped {
-                    warn!(tid = table.tid, pid = partition.pid, endpoint = %replica.endpoint, error = %e, "dropping a replica failed");
-                }
+                replicas.push((partition.pid, replica.endpoint.clone()));
+            }
+        }
+        let mut replicas = replicas.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < PARTITIONS_AT_ONCE {
+                let Some((pid, endpoint)) = replicas.next() else {
+                    break;
+                };
+                let tid = table.tid;
+                running.spawn(async move {
+                    let dropped = async {
+                        let mut client = tablet(&endpoint).await?;
+                        call(
+                            &endpoint,
+                            client.drop_table(tpb::DropTableRequest { tid, pid }),
+                        )
+                        .await
+                    }
+                    .await;
+                    if let Err(e) = dropped {
+                        warn!(tid, pid, endpoint = %endpoint, error = %e, "dropping a replica failed");
+                    }
+                });
+            }
+            if running.join_next().await.is_none() {
+                return;
             }
         }
     }
@@ -926,6 +897,97 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
             "{what} name `{name}` must be letters, digits and _, not starting with a digit"
         )))
     }
+}
+
+/// Partitions whose replicas are created (or replicas dropped) at once.
+const PARTITIONS_AT_ONCE: usize = 32;
+
+/// Creates a new partition's replicas (all at once), then makes the followers follow
+/// and the leader lead.
+async fn create_partition(table: TableInfo, partition: PartitionMeta) -> Result<()> {
+    let leader = &partition.replicas[0].endpoint;
+    let followers: Vec<String> = partition.replicas[1..]
+        .iter()
+        .map(|r| r.endpoint.clone())
+        .collect();
+    let mut created = tokio::task::JoinSet::new();
+    for replica in &partition.replicas {
+        let role = if replica.is_leader {
+            TableRole::Leader
+        } else {
+            TableRole::Follower
+        };
+        let meta = tpb::TableMeta {
+            tid: table.tid,
+            pid: partition.pid,
+            db: table.db.clone(),
+            name: table.name.clone(),
+            schema: table.schema.clone(),
+            partition_num: table.partition_num,
+            term: partition.term,
+            mode: table.mode,
+            role: role as i32,
+            leader: if replica.is_leader {
+                String::new()
+            } else {
+                leader.clone()
+            },
+            ttl_version: table.ttl_version,
+            ttls: Vec::new(),
+        };
+        let endpoint = replica.endpoint.clone();
+        created.spawn(async move {
+            let mut tablet = tablet(&endpoint).await?;
+            call(
+                &endpoint,
+                tablet.create_table(tpb::CreateTableRequest { meta: Some(meta) }),
+            )
+            .await
+            .map(|_| ())
+        });
+    }
+    // Every create is waited for, even after one failed (see `create_replicas`).
+    let mut failed = None;
+    while let Some(done) = created.join_next().await {
+        let outcome =
+            done.unwrap_or_else(|e| Err(NsError::Zk(format!("creating a replica failed: {e}"))));
+        if let Err(e) = outcome {
+            failed.get_or_insert(e);
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    // Followers first, then the leader with its followers.
+    for follower in &followers {
+        let mut tablet = tablet(follower).await?;
+        call(
+            follower,
+            tablet.change_role(tpb::ChangeRoleRequest {
+                tid: table.tid,
+                pid: partition.pid,
+                role: TableRole::Follower as i32,
+                term: partition.term,
+                leader: leader.clone(),
+                ..Default::default()
+            }),
+        )
+        .await?;
+    }
+    let mut tablet = tablet(leader).await?;
+    call(
+        leader,
+        tablet.change_role(tpb::ChangeRoleRequest {
+            tid: table.tid,
+            pid: partition.pid,
+            role: TableRole::Leader as i32,
+            term: partition.term,
+            followers,
+            ..Default::default()
+        }),
+    )
+    .await?;
+    Ok(())
 }
 
 pub(crate) async fn tablet(endpoint: &str) -> Result<TabletClient<InternalChannel>> {
