@@ -715,11 +715,22 @@ impl Nameserver {
                 })
                 .collect(),
         };
-        if let Err(e) = self.create_replicas(&table).await {
-            warn!(table = %request.name, error = %e, "creating replicas failed; removing the ones made");
-            self.drop_replicas(&table).await;
-            return Err(e);
-        }
+        // In a task of its own: if the caller hangs up, the creates under way still
+        // finish, and a failure still drops what was made.
+        let created = tokio::spawn({
+            let table = table.clone();
+            async move {
+                let created = create_replicas(&table).await;
+                if let Err(e) = &created {
+                    warn!(table = %table.name, error = %e, "creating replicas failed; removing the ones made");
+                    drop_replicas(&table).await;
+                }
+                created
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(internal("creating the table's replicas", &e)));
+        created?;
         self.record_database(&lock, &db).await?;
         lock.create(
             &self.paths.table(&db, &request.name),
@@ -733,77 +744,12 @@ impl Nameserver {
         Ok(table)
     }
 
-    /// Creates every replica of a new table, some partitions at a time
-    /// ([`PARTITIONS_AT_ONCE`]). After a failure no more partitions start, and those under
-    /// way finish before the error is returned, so that the caller's drop of what was
-    /// made comes after every create.
-    async fn create_replicas(&self, table: &TableInfo) -> Result<()> {
-        let mut partitions = table.partitions.iter();
-        let mut running = tokio::task::JoinSet::new();
-        let mut failed = None;
-        loop {
-            while failed.is_none() && running.len() < PARTITIONS_AT_ONCE {
-                let Some(partition) = partitions.next() else {
-                    break;
-                };
-                running.spawn(create_partition(table.clone(), partition.clone()));
-            }
-            let outcome = match running.join_next().await {
-                None => break,
-                Some(Ok(outcome)) => outcome,
-                Some(Err(e)) => Err(NsError::Zk(format!("creating a partition failed: {e}"))),
-            };
-            if let Err(e) = outcome {
-                failed.get_or_insert(e);
-            }
-        }
-        failed.map_or(Ok(()), Err)
-    }
-
-    /// Best effort: drops every replica of the table, many at once; unreachable tablets
-    /// are logged.
-    async fn drop_replicas(&self, table: &TableInfo) {
-        let mut replicas = Vec::new();
-        for partition in &table.partitions {
-            for replica in &partition.replicas {
-                replicas.push((partition.pid, replica.endpoint.clone()));
-            }
-        }
-        let mut replicas = replicas.into_iter();
-        let mut running = tokio::task::JoinSet::new();
-        loop {
-            while running.len() < PARTITIONS_AT_ONCE {
-                let Some((pid, endpoint)) = replicas.next() else {
-                    break;
-                };
-                let tid = table.tid;
-                running.spawn(async move {
-                    let dropped = async {
-                        let mut client = tablet(&endpoint).await?;
-                        call(
-                            &endpoint,
-                            client.drop_table(tpb::DropTableRequest { tid, pid }),
-                        )
-                        .await
-                    }
-                    .await;
-                    if let Err(e) = dropped {
-                        warn!(tid, pid, endpoint = %endpoint, error = %e, "dropping a replica failed");
-                    }
-                });
-            }
-            if running.join_next().await.is_none() {
-                return;
-            }
-        }
-    }
-
     pub async fn drop_table(&self, db: &str, name: &str) -> Result<()> {
         let lock = self.lock().await?;
         let _admin = self.admin.lock().await;
         let db = db_or_default(db);
         let table = self.table(db, name).await?;
-        self.drop_replicas(&table).await;
+        drop_replicas(&table).await;
         lock.delete(&self.paths.table(db, name), None).await?;
         self.bump_counter(&lock, &self.paths.table_changed())
             .await?;
@@ -899,8 +845,83 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
     }
 }
 
-/// Partitions whose replicas are created (or replicas dropped) at once.
-const PARTITIONS_AT_ONCE: usize = 32;
+/// Partitions whose replicas are created (or replicas dropped) at once. A tablet
+/// creates one replica at a time (its catalog lock), so this mostly spreads the work over
+/// the tablets without queueing much on any one.
+const PARTITIONS_AT_ONCE: usize = 8;
+
+/// A task that panicked or was cancelled, as an error.
+fn internal(what: &str, e: &tokio::task::JoinError) -> NsError {
+    NsError::Tablet {
+        endpoint: "(several)".into(),
+        message: format!("{what} stopped: {e}"),
+    }
+}
+
+/// Creates every replica of a new table, some partitions at a time
+/// ([`PARTITIONS_AT_ONCE`]). After a failure no more partitions start, and those under
+/// way finish before the error is returned, so that the caller's drop of what was
+/// made comes after every create.
+async fn create_replicas(table: &TableInfo) -> Result<()> {
+    let mut partitions = table.partitions.iter();
+    let mut running = tokio::task::JoinSet::new();
+    let mut failed = None;
+    loop {
+        while failed.is_none() && running.len() < PARTITIONS_AT_ONCE {
+            let Some(partition) = partitions.next() else {
+                break;
+            };
+            running.spawn(create_partition(table.clone(), partition.clone()));
+        }
+        let outcome = match running.join_next().await {
+            None => break,
+            Some(Ok(outcome)) => outcome,
+            Some(Err(e)) => Err(internal("creating a partition", &e)),
+        };
+        if let Err(e) = outcome {
+            failed.get_or_insert(e);
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// Best effort: drops every replica of the table, many at once; unreachable tablets
+/// are logged.
+async fn drop_replicas(table: &TableInfo) {
+    let mut replicas = Vec::new();
+    for partition in &table.partitions {
+        for replica in &partition.replicas {
+            replicas.push((partition.pid, replica.endpoint.clone()));
+        }
+    }
+    let mut replicas = replicas.into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        while running.len() < PARTITIONS_AT_ONCE {
+            let Some((pid, endpoint)) = replicas.next() else {
+                break;
+            };
+            let tid = table.tid;
+            running.spawn(async move {
+                let dropped = async {
+                    let mut client = tablet(&endpoint).await?;
+                    call(
+                        &endpoint,
+                        client.drop_table(tpb::DropTableRequest { tid, pid }),
+                    )
+                    .await
+                }
+                .await;
+                if let Err(e) = dropped {
+                    warn!(tid, pid, endpoint = %endpoint, error = %e, "dropping a replica failed");
+                }
+            });
+        }
+        if running.join_next().await.is_none() {
+            return;
+        }
+    }
+}
 
 /// Creates a new partition's replicas (all at once), then makes the followers follow
 /// and the leader lead.
@@ -949,8 +970,7 @@ async fn create_partition(table: TableInfo, partition: PartitionMeta) -> Result<
     // Every create is waited for, even after one failed (see `create_replicas`).
     let mut failed = None;
     while let Some(done) = created.join_next().await {
-        let outcome =
-            done.unwrap_or_else(|e| Err(NsError::Zk(format!("creating a replica failed: {e}"))));
+        let outcome = done.unwrap_or_else(|e| Err(internal("creating a replica", &e)));
         if let Err(e) = outcome {
             failed.get_or_insert(e);
         }

@@ -91,7 +91,7 @@ impl Default for TabletConfig {
             binlog_group_commit_max_records: binlog.group_commit_max_records,
             binlog_flush_threads: 2,
             runtime_threads: 0,
-            blocking_threads: 32,
+            blocking_threads: 512,
             max_row_size: 16 << 20,
             gc_interval_secs: 60,
             scan_max_rows: 100_000,
@@ -135,9 +135,11 @@ impl TabletConfig {
                 self.runtime_threads
             ));
         }
-        if !(1..=1024).contains(&self.blocking_threads) {
+        // A snapshot being sent holds a blocking thread while it waits for its receiver,
+        // which may itself need one: too few threads could stall each other.
+        if !(16..=4096).contains(&self.blocking_threads) {
             return Err(format!(
-                "blocking_threads {} must be between 1 and 1024",
+                "blocking_threads {} must be between 16 and 4096",
                 self.blocking_threads
             ));
         }

@@ -69,8 +69,8 @@ struct Flags {
     /// Threads of the async runtime (default 0: one per core).
     #[arg(long)]
     runtime_threads: Option<usize>,
-    /// Most threads for blocking work (default 32); with the flushers they bound the
-    /// process's threads whatever its replica count.
+    /// Most threads for blocking work (default 512, at least 16); with the flushers they
+    /// bound the process's threads whatever its replica count.
     #[arg(long)]
     blocking_threads: Option<usize>,
     /// Largest encoded row a put accepts, in bytes (default 16 MiB).
