@@ -273,13 +273,17 @@ async fn a_change_leader_whose_promotion_fails_is_repaired_by_the_reconciler() {
 
     set_auto_failover(&mut ns, true).await;
     wait_served(&cluster, "the reconciler to give the partition a leader").await;
-    assert!(
-        all_ops(&mut ns)
-            .await
-            .iter()
-            .any(|o| o.op_id > failed && o.op_type == "kChangeLeader" && o.status == "kDone"),
-        "the repair went through the op pipeline"
-    );
+    // The new leader serves before its op records that it is done.
+    wait_until_async(WAIT, "the repair to go through the op pipeline", || {
+        let mut ns = ns.clone();
+        async move {
+            all_ops(&mut ns)
+                .await
+                .iter()
+                .any(|o| o.op_id > failed && o.op_type == "kChangeLeader" && o.status == "kDone")
+        }
+    })
+    .await;
 }
 
 /// A tablet restarted before its ZooKeeper session expired, while auto_failover was off,
