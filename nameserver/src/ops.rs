@@ -1030,20 +1030,7 @@ impl Nameserver {
         }
         if decision == Recovery::Create {
             // The tablet lost its copy: an empty replica, seeded by a snapshot on AddReplica.
-            let meta = tpb::TableMeta {
-                tid: table.tid,
-                pid: op.pid,
-                db: table.db.clone(),
-                name: table.name.clone(),
-                schema: table.schema.clone(),
-                partition_num: table.partition_num,
-                term: partition.term,
-                mode: table.mode,
-                role: TableRole::Follower as i32,
-                leader: leader.clone(),
-                ttl_version: table.ttl_version,
-                ttls: Vec::new(),
-            };
+            let meta = crate::state::replica_meta(table, partition, TableRole::Follower, &leader);
             call(
                 &op.endpoint,
                 client.create_table(tpb::CreateTableRequest { meta: Some(meta) }),

@@ -923,6 +923,30 @@ async fn drop_replicas(table: &TableInfo) {
     }
 }
 
+/// The meta a new replica of `partition` is created with: the table's schema and TTLs as
+/// the metadata holds them, in the partition's term.
+pub(crate) fn replica_meta(
+    table: &TableInfo,
+    partition: &PartitionMeta,
+    role: TableRole,
+    leader: &str,
+) -> tpb::TableMeta {
+    tpb::TableMeta {
+        tid: table.tid,
+        pid: partition.pid,
+        db: table.db.clone(),
+        name: table.name.clone(),
+        schema: table.schema.clone(),
+        partition_num: table.partition_num,
+        term: partition.term,
+        mode: table.mode,
+        role: role as i32,
+        leader: leader.to_string(),
+        ttl_version: table.ttl_version,
+        ttls: Vec::new(),
+    }
+}
+
 /// Creates a new partition's replicas (all at once), then makes the followers follow
 /// and the leader lead.
 async fn create_partition(table: TableInfo, partition: PartitionMeta) -> Result<()> {
@@ -933,28 +957,10 @@ async fn create_partition(table: TableInfo, partition: PartitionMeta) -> Result<
         .collect();
     let mut created = tokio::task::JoinSet::new();
     for replica in &partition.replicas {
-        let role = if replica.is_leader {
-            TableRole::Leader
+        let meta = if replica.is_leader {
+            replica_meta(&table, &partition, TableRole::Leader, "")
         } else {
-            TableRole::Follower
-        };
-        let meta = tpb::TableMeta {
-            tid: table.tid,
-            pid: partition.pid,
-            db: table.db.clone(),
-            name: table.name.clone(),
-            schema: table.schema.clone(),
-            partition_num: table.partition_num,
-            term: partition.term,
-            mode: table.mode,
-            role: role as i32,
-            leader: if replica.is_leader {
-                String::new()
-            } else {
-                leader.clone()
-            },
-            ttl_version: table.ttl_version,
-            ttls: Vec::new(),
+            replica_meta(&table, &partition, TableRole::Follower, leader)
         };
         let endpoint = replica.endpoint.clone();
         created.spawn(async move {
