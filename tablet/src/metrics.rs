@@ -1,6 +1,6 @@
 //! The tablet's Prometheus metrics at `/metrics` on its own port: gRPC calls by method
 //! and status with their latency and the calls in flight (puts, gets, scans, …), fsync
-//! time, and, read at each scrape, replicas by role, read leases held, each replica's
+//! time, replication messages received, and, read at each scrape, replicas by role, read leases held, each replica's
 //! memory, binlog and snapshot bytes, and each follower's replication lag in offsets and
 //! seconds.
 
@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, LazyLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -21,6 +22,24 @@ use crate::catalog::Catalog;
 /// fsync of binlogs, observed by the flushers.
 pub static FSYNC_SECONDS: LazyLock<Histogram> =
     LazyLock::new(|| Histogram::new(exponential_buckets(0.00005, 2.0, 16)));
+
+/// Replication messages this tablet received as a follower, by kind: `records` (an
+/// AppendEntries request carrying records), `empty` (one carrying none: a probe or a new
+/// commit offset) and `beat` (one partition's beat in a batched heartbeat).
+pub static REPLICATION_MESSAGES: LazyLock<Family<KindLabel, Counter>> =
+    LazyLock::new(Family::default);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+/// Counts `n` replication messages of `kind` received.
+pub fn replication_received(kind: &'static str, n: u64) {
+    REPLICATION_MESSAGES
+        .get_or_create(&KindLabel { kind })
+        .inc_by(n);
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoleLabel {
@@ -75,6 +94,11 @@ impl TabletMetrics {
             "tessera_tablet_fsync_duration_seconds",
             "Time one binlog fsync took",
             FSYNC_SECONDS.clone(),
+        );
+        registry.register(
+            "tessera_tablet_replication_messages",
+            "Replication messages received as a follower, by kind",
+            REPLICATION_MESSAGES.clone(),
         );
         registry.register(
             "tessera_tablet_replicas",

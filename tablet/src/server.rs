@@ -98,6 +98,10 @@ pub async fn run(
         );
     }
 
+    tokio::spawn(crate::replication::heartbeat::run(
+        replicators.clone(),
+        coordination_stopped.clone(),
+    ));
     tokio::spawn(crate::repair::repair_failed_replicas(
         replicators.clone(),
         coordination_stopped.clone(),

@@ -673,6 +673,12 @@ impl Tablet for TabletService {
             loop {
                 let ended = match incoming.message().await {
                     Ok(Some(request)) => {
+                        let kind = if request.entries.is_empty() {
+                            "empty"
+                        } else {
+                            "records"
+                        };
+                        crate::metrics::replication_received(kind, 1);
                         from = Some((request.tid, request.pid, request.leader.clone()));
                         let reply = follower_append(&replicators, request).await;
                         if settling.send(reply).await.is_err() {
@@ -702,6 +708,36 @@ impl Tablet for TabletService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(outgoing))))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        cluster_secret::check(&request, "Heartbeat")?;
+        let HeartbeatRequest {
+            leader,
+            lease_ms,
+            beats,
+        } = request.into_inner();
+        crate::metrics::replication_received("beat", beats.len() as u64);
+        let catalog = self.replicators.catalog();
+        let answers = beats
+            .iter()
+            .map(|beat| match catalog.get(beat.tid, beat.pid) {
+                Ok(table) => {
+                    let outcome = table.heartbeat(&leader, lease_ms, beat);
+                    BeatAnswer {
+                        granted: outcome.granted,
+                        in_step: outcome.in_step,
+                        term: outcome.term,
+                    }
+                }
+                // Not here (dropped, or not created yet): the stream's probe says so.
+                Err(_) => BeatAnswer::default(),
+            })
+            .collect();
+        Ok(Response::new(HeartbeatResponse { answers }))
     }
 
     async fn change_role(

@@ -599,3 +599,132 @@ async fn binlog_collection_keeps_what_a_dead_follower_needs() {
     assert_eq!(rows_checksum(&c, 1, 0).await, rows_checksum(&a, 1, 0).await);
     assert_eq!(status(&c, 1, 0).await.snapshot_offset, sent.offset);
 }
+
+/// A counter or gauge of `tablet`'s `/metrics`: the sum of the samples of `metric`
+/// whose labels include `label` (a `name="value"` pair), 0 when there are none.
+fn metric(tablet: &TabletProcess, metric: &str, label: &str) -> f64 {
+    let (code, body) = tessera_tests::process::http_get(&tablet.endpoint, "/metrics");
+    assert_eq!(code, 200, "{}/metrics: {body}", tablet.endpoint);
+    body.lines()
+        .filter(|line| {
+            line.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']) && rest.contains(label))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Idle partitions cost their follower tablet one batched heartbeat per leader tablet,
+/// not a message per partition on each partition's stream; the batched beats alone keep
+/// every leader's read lease, and a paused follower stops renewing it until resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_partitions_share_one_heartbeat_per_tablet_pair() {
+    const PARTITIONS: u32 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let (_zk, a, b, mut c) = three_tablets(dir.path(), &[]).await;
+    for tid in 1..=PARTITIONS {
+        create_replicated(
+            &[&a, &b, &c],
+            workload::meta(tid, 0, ReplicationMode::Quorum),
+        )
+        .await;
+        a.client()
+            .await
+            .put(workload::put_request(tid, 0, 1, 0))
+            .await
+            .unwrap_or_else(|e| panic!("put to {tid}: {}", e.message()));
+    }
+    let leases = "tessera_tablet_leases_held";
+    let beats = "tessera_tablet_replication_messages_total";
+    wait_until_async(SYNC_TIMEOUT, "every leader to hold its read lease", || {
+        let held = metric(&a, leases, "") as u32;
+        async move { held == PARTITIONS }
+    })
+    .await;
+
+    // Five rounds of batched beats reach B, one call each; meanwhile the partitions' own
+    // streams carry next to nothing (per-partition heartbeats would be five per
+    // partition).
+    let calls = "tessera_tablet_grpc_calls_total";
+    let heartbeat_calls = "method=\"Heartbeat\"";
+    let empty_before = metric(&b, beats, "kind=\"empty\"");
+    let beats_before = metric(&b, beats, "kind=\"beat\"");
+    let calls_before = metric(&b, calls, heartbeat_calls);
+    let rounds_at_b =
+        |from: f64| (metric(&b, beats, "kind=\"beat\"") - from) / f64::from(PARTITIONS);
+    wait_until_async(
+        SYNC_TIMEOUT,
+        "five rounds of batched heartbeats at B",
+        || {
+            let rounds = rounds_at_b(beats_before);
+            async move { rounds >= 5.0 }
+        },
+    )
+    .await;
+    let empty = metric(&b, beats, "kind=\"empty\"") - empty_before;
+    let rounds = rounds_at_b(beats_before);
+    let heartbeats = metric(&b, calls, heartbeat_calls) - calls_before;
+    assert!(
+        empty < f64::from(PARTITIONS),
+        "{empty} empty requests on idle streams during {rounds} heartbeat rounds"
+    );
+    assert!(
+        heartbeats >= 4.0 && heartbeats <= rounds + 1.0,
+        "{heartbeats} Heartbeat calls carried {rounds} rounds of {PARTITIONS} beats"
+    );
+
+    // With C gone, B's beats alone keep the majority (once C's last grant has run out,
+    // six rounds later); with B paused too, no lease holds, and reads at the leader are
+    // refused; once B resumes, its beats renew them again.
+    c.kill9();
+    let beats_at_kill = metric(&b, beats, "kind=\"beat\"");
+    wait_until_async(
+        SYNC_TIMEOUT,
+        "six rounds of beats at B after C died",
+        || {
+            let rounds = rounds_at_b(beats_at_kill);
+            async move { rounds >= 6.0 }
+        },
+    )
+    .await;
+    assert_eq!(
+        metric(&a, leases, "") as u32,
+        PARTITIONS,
+        "leases kept by B alone"
+    );
+    for tid in [1, PARTITIONS] {
+        let mut client = a.client().await;
+        let got = client.get(get_request(tid)).await;
+        assert!(got.is_ok(), "read at A with B answering: {got:?}");
+    }
+    b.pause();
+    wait_until_async(SYNC_TIMEOUT, "every lease to lapse with B paused", || {
+        let held = metric(&a, leases, "");
+        async move { held == 0.0 }
+    })
+    .await;
+    let refused = a.client().await.get(get_request(1)).await.unwrap_err();
+    assert!(
+        refused.message().contains("within its lease"),
+        "a read at A without a majority: {refused:?}"
+    );
+    b.resume();
+    wait_until_async(
+        SYNC_TIMEOUT,
+        "the leases to be renewed once B resumes",
+        || {
+            let held = metric(&a, leases, "") as u32;
+            async move { held == PARTITIONS }
+        },
+    )
+    .await;
+}
+
+fn get_request(tid: u32) -> GetRequest {
+    GetRequest {
+        tid,
+        pid: 0,
+        key: vec![Value::String("w1".into()).to_proto()],
+        ..Default::default()
+    }
+}

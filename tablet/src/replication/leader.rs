@@ -1,8 +1,10 @@
 //! The leader's side of log shipping: one task per follower, each holding a long-lived
 //! AppendEntries stream. A task sends what the follower lacks in batches (everything
 //! appended since the previous batch, up to 1 MiB), keeps up to four batches on the way
-//! (the follower answers in order), and otherwise sends a heartbeat now and then. A
-//! follower the binlog no longer reaches gets the snapshot first.
+//! (the follower answers in order), and tells a new commit offset at once. Heartbeats go
+//! batched per follower tablet (`heartbeat`); an idle link sends on its stream only when
+//! a heartbeat's answer wakes it, and otherwise every `IDLE_PROBE`. A follower the
+//! binlog no longer reaches gets the snapshot first.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -10,15 +12,16 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tessera_common::cluster_secret;
-use tessera_common::failure_detection::{HEARTBEAT, LEADER_LEASE};
+use tessera_common::failure_detection::LEADER_LEASE;
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{
     AppendEntriesRequest, AppendEntriesResponse, AppendResult, FollowerStatus, LogRecord,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use super::heartbeat::Beat;
 use super::history;
 use super::transfer;
 use crate::catalog::Catalog;
@@ -38,6 +41,9 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_IN_FLIGHT: usize = 4;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// An idle link probes on its own stream this often even when the batched heartbeats
+/// need nothing of it: a check that the stream still carries.
+const IDLE_PROBE: Duration = Duration::from_secs(10);
 
 /// What the leader knows of one follower link, for GetFollowerStatus.
 #[derive(Debug, Clone, Default)]
@@ -51,6 +57,17 @@ struct Link {
     status: Arc<Mutex<LinkStatus>>,
     /// The term the link ships for; a new term gets new links.
     term: u64,
+    /// Makes the link probe on its stream now.
+    kick: Arc<Notify>,
+}
+
+/// A link as the heartbeat loop needs it.
+struct BeatLink {
+    tid: u32,
+    pid: u32,
+    follower: String,
+    term: u64,
+    kick: Arc<Notify>,
 }
 
 /// Every replicator of this tablet.
@@ -99,7 +116,9 @@ impl Replicators {
             }
             let (stop, stopped) = watch::channel(false);
             let status = Arc::new(Mutex::new(LinkStatus::default()));
+            let kick = Arc::new(Notify::new());
             let task = LinkTask {
+                kick: kick.clone(),
                 replicators: self.clone(),
                 tid,
                 pid,
@@ -114,6 +133,7 @@ impl Replicators {
                     stop,
                     status,
                     term: state.term,
+                    kick,
                 },
             );
         }
@@ -134,6 +154,41 @@ impl Replicators {
                 let _ = link.stop.send(true);
             }
         }
+    }
+
+    /// For each follower tablet, a beat for every partition led here in the term its
+    /// link ships for.
+    pub(super) fn beats_by_follower(&self) -> HashMap<String, Vec<Beat>> {
+        // Taken out of the lock first: looking the tables up takes other locks.
+        let links: Vec<BeatLink> = self
+            .links
+            .lock()
+            .iter()
+            .flat_map(|(&(tid, pid), followers)| {
+                followers.iter().map(move |(follower, link)| BeatLink {
+                    tid,
+                    pid,
+                    follower: follower.clone(),
+                    term: link.term,
+                    kick: link.kick.clone(),
+                })
+            })
+            .collect();
+        let mut batches: HashMap<String, Vec<Beat>> = HashMap::new();
+        for link in links {
+            let Ok(table) = self.catalog.get(link.tid, link.pid) else {
+                continue;
+            };
+            if table.leading_term() != Some(link.term) {
+                continue;
+            }
+            batches.entry(link.follower).or_default().push(Beat {
+                table,
+                term: link.term,
+                kick: link.kick,
+            });
+        }
+        batches
     }
 
     pub fn follower_status(&self, table: &Table) -> Vec<FollowerStatus> {
@@ -247,6 +302,7 @@ struct LinkTask {
     term: u64,
     follower: String,
     status: Arc<Mutex<LinkStatus>>,
+    kick: Arc<Notify>,
 }
 
 /// Why a link ended without an error.
@@ -258,6 +314,9 @@ enum LinkEnd {
 impl LinkTask {
     async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(50);
+        // Failures in a row: the first is a warning, the retries after it only debug
+        // lines (a dead follower of thousands of partitions would fill the log).
+        let mut failures = 0u32;
         loop {
             if *stop.borrow() {
                 return;
@@ -266,17 +325,28 @@ impl LinkTask {
                 outcome = self.link() => outcome,
                 _ = stop.changed() => return,
             };
-            {
+            let was_connected = {
                 let mut status = self.status.lock();
-                status.connected = false;
+                let was_connected = std::mem::replace(&mut status.connected, false);
                 if let Err(e) = &outcome {
                     status.error = e.clone();
                 }
-            }
+                was_connected
+            };
             match outcome {
                 Ok(LinkEnd::NotLeading) => return,
                 Err(e) => {
-                    warn!(tid = self.tid, pid = self.pid, follower = %self.follower, error = %e, "replication link failed");
+                    // A link the follower answered before it failed starts a new run.
+                    if was_connected {
+                        failures = 0;
+                        backoff = Duration::from_millis(50);
+                    }
+                    failures += 1;
+                    if failures == 1 {
+                        warn!(tid = self.tid, pid = self.pid, follower = %self.follower, error = %e, "replication link failed");
+                    } else {
+                        debug!(tid = self.tid, pid = self.pid, follower = %self.follower, error = %e, failures, "replication link failed again");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stop.changed() => return,
@@ -331,6 +401,8 @@ impl LinkTask {
         // Answers still due for requests sent before the last resend: they may credit
         // the follower, but cannot move `next`.
         let mut stale = 0usize;
+        // A batched heartbeat asked for a probe on this stream.
+        let mut probe_now = false;
         loop {
             if !self.still_leading(&table) {
                 return Ok(LinkEnd::NotLeading);
@@ -357,19 +429,30 @@ impl LinkTask {
             }
             let caught_up = next > last;
             if outbox.in_flight.is_empty() {
-                // Nothing on the way. A heartbeat goes now and then, and at once when the
-                // commit offset moved: followers apply (and serve reads) up to it.
-                if table.commit_offset() > outbox.told_commit
-                    || outbox.last_sent.elapsed() >= HEARTBEAT
+                // Nothing on the way. An empty request goes at once when the commit
+                // offset moved (followers apply, and serve reads, up to it), when a
+                // batched heartbeat found the follower out of step, and now and then.
+                if probe_now
+                    || table.commit_offset() > outbox.told_commit
+                    || outbox.last_sent.elapsed() >= IDLE_PROBE
                 {
+                    probe_now = false;
                     outbox.send(self.request(&table, next, Vec::new())).await?;
                     continue;
                 }
-                let heartbeat = tokio::time::sleep_until((outbox.last_sent + HEARTBEAT).into());
+                let idle_probe = tokio::time::sleep_until((outbox.last_sent + IDLE_PROBE).into());
                 tokio::select! {
                     _ = appended.changed(), if caught_up => {}
                     _ = commits.changed() => {}
-                    _ = heartbeat => {}
+                    _ = self.kick.notified() => probe_now = true,
+                    _ = idle_probe => {}
+                    // With nothing asked, the stream only ends or breaks (a follower
+                    // restarted): find out now, not at the next write.
+                    unasked = responses.message() => return Err(match unasked {
+                        Ok(Some(_)) => "the follower answered nothing asked".to_string(),
+                        Ok(None) => "follower closed the stream".to_string(),
+                        Err(e) => format!("stream failed: {}", e.message()),
+                    }),
                 }
                 continue;
             }

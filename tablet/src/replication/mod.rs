@@ -1,6 +1,7 @@
 //! Replication: term histories, the quorum commit, and the leader's replicators.
 
 pub use tessera_common::history;
+pub mod heartbeat;
 pub mod leader;
 pub mod quorum;
 pub mod transfer;

@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use tessera_common::failure_detection::{stretched, LEADER_LEASE};
 use tessera_proto::common::TermPair;
-use tessera_proto::tablet::{AppendEntriesRequest, ReplicaState, ReplicationMode, TableRole};
+use tessera_proto::tablet::{
+    AppendEntriesRequest, PartitionBeat, ReplicaState, ReplicationMode, TableRole,
+};
 use tracing::info;
 
 use super::apply::{note_request, PendingEntry};
 use super::error::{Result, StorageError};
-use super::table::{Table, Version};
+use super::table::{ReplicaRuntime, Table, Version};
 use super::{crashsafe, snapshot};
 use crate::replication::history;
 
@@ -117,6 +119,30 @@ fn refuse_if_closed(binlog: &super::binlog::Binlog) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Answering promises the leader nothing newer for its lease than now, and counts as
+/// hearing from it. A lease longer than Tessera's own is taken for ours (the nameserver
+/// waits no longer than that); none said is taken for ours too.
+fn grant_lease(replica: &mut ReplicaRuntime, lease_ms: u32) {
+    let lease = match lease_ms {
+        0 => LEADER_LEASE,
+        ms => Duration::from_millis(u64::from(ms)).min(LEADER_LEASE),
+    };
+    let now = Instant::now();
+    replica.granted_until = replica.granted_until.max(now + stretched(lease));
+    replica.leader_contact = now;
+}
+
+/// What a follower made of one partition's beat in a leader's batched heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BeatOutcome {
+    /// It follows that leader in that term and renewed the lease.
+    pub granted: bool,
+    /// Its log ends where the leader's does, in the same term.
+    pub in_step: bool,
+    /// Its term.
+    pub term: u64,
 }
 
 /// A change to one follower of a leader.
@@ -267,6 +293,22 @@ impl Table {
         let binlog = self.writer.lock();
         let last = binlog.last_offset();
         (history::term_at(&self.history.lock(), last), last)
+    }
+
+    /// (last offset, term of the record there), without the writer lock: the offset is
+    /// read first, and a record's term is noted before its offset is published.
+    pub fn log_end(&self) -> (u64, u64) {
+        let last = self.last_offset();
+        (last, history::term_at(&self.history.lock(), last))
+    }
+
+    /// The term this replica leads in (fenced by a lapsed ZooKeeper lease or not: its
+    /// followers should not take it for silent), or `None` if it does not lead or its
+    /// state is being changed right now (a role change holds the lock across an fsync;
+    /// the heartbeat loop does not wait for it).
+    pub fn leading_term(&self) -> Option<u64> {
+        let replica = self.replica.try_lock()?;
+        (replica.state.role() == TableRole::Leader).then_some(replica.state.term)
     }
 
     pub fn snapshot_offset(&self) -> u64 {
@@ -592,6 +634,58 @@ impl Table {
         self.advance()
     }
 
+    /// A leader's heartbeat for this partition, from a batch. Unlike an AppendEntries it
+    /// changes nothing but the lease: a replica that does not already follow `leader` in
+    /// the beat's term (a newer term, another role, fenced, reloading) grants nothing,
+    /// and the leader then probes on the partition's own stream, where every check of
+    /// [`Table::log_append`] applies. The checks and the grant happen under the replica
+    /// lock, as a fence's change of term does, so no grant follows a fence.
+    ///
+    /// A replica busy appending (its writer lock taken) grants nothing either, rather
+    /// than hold up the rest of the batch: the append's own answer renews the lease.
+    pub fn heartbeat(&self, leader: &str, lease_ms: u32, beat: &PartitionBeat) -> BeatOutcome {
+        let Some(binlog) = self.writer.try_lock() else {
+            return BeatOutcome {
+                granted: false,
+                in_step: false,
+                term: beat.term,
+            };
+        };
+        let mut replica = self.replica.lock();
+        let term = replica.state.term;
+        let follows = !binlog.is_closed()
+            && beat.term == term
+            && replica.state.role() == TableRole::Follower
+            && replica.state.leader == leader
+            && !replica.fenced
+            && !replica.awaiting_role;
+        if !follows {
+            return BeatOutcome {
+                granted: false,
+                in_step: false,
+                term,
+            };
+        }
+        grant_lease(&mut replica, lease_ms);
+        drop(replica);
+        let last = binlog.last_offset();
+        // A replica just reloaded (a snapshot installed, a truncation) knows no commit
+        // yet: its stream must tell it, or it serves no follower read until a write.
+        let in_step = beat.last_offset == last
+            && history::term_at(&self.history.lock(), last) == beat.last_term
+            && self.known_follower_commit() >= beat.commit_offset.min(last);
+        BeatOutcome {
+            granted: true,
+            in_step,
+            term,
+        }
+    }
+
+    /// The commit offset learned from the leader.
+    fn known_follower_commit(&self) -> u64 {
+        self.follower_commit.load(Ordering::Acquire)
+    }
+
     /// Checks and appends what a leader sent (handed to the OS; `Appended` is durable
     /// only once the binlog says so: wait for it, then [`Table::settle_append`]).
     pub fn log_append(&self, request: &AppendEntriesRequest) -> Result<AppendOutcome> {
@@ -635,16 +729,7 @@ impl Table {
                 replica.fenced = false;
                 replica.awaiting_role = false;
             }
-            // Answering promises this leader nothing newer for its lease than now. A
-            // lease longer than Tessera's own is taken for ours (the nameserver waits no
-            // longer than that); none said is taken for ours too.
-            let lease = match request.lease_ms {
-                0 => LEADER_LEASE,
-                ms => Duration::from_millis(u64::from(ms)).min(LEADER_LEASE),
-            };
-            let now = Instant::now();
-            replica.granted_until = replica.granted_until.max(now + stretched(lease));
-            replica.leader_contact = now;
+            grant_lease(&mut replica, request.lease_ms);
             drop(replica);
 
             let last = binlog.last_offset();

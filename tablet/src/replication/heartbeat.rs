@@ -1,0 +1,176 @@
+//! Heartbeats batched per follower tablet. Every `HEARTBEAT`, one `Heartbeat` call to
+//! each tablet this one ships to carries a beat for every partition it leads with a
+//! replica there, instead of one message per partition on each partition's stream: at
+//! thousands of partitions per tablet, per-partition heartbeats alone would fill the
+//! CPU. A granted beat renews the partition's read lease from when the call was sent,
+//! as an answer on the stream does. A beat the follower does not grant, or one that
+//! finds its log elsewhere, wakes the partition's link, which probes on its own stream
+//! where every check of an append applies; so does a follower too old to know the call.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_common::cluster_secret::{self, InternalChannel};
+use tessera_common::failure_detection::{HEARTBEAT, LEADER_LEASE};
+use tessera_proto::tablet::tablet_client::TabletClient;
+use tessera_proto::tablet::{BeatAnswer, HeartbeatRequest, PartitionBeat};
+use tokio::sync::{watch, Notify};
+use tokio::time::MissedTickBehavior;
+use tracing::debug;
+
+use super::leader::Replicators;
+use crate::storage::Table;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One partition's beat in a batch, and what to do with its answer.
+pub(super) struct Beat {
+    pub table: Arc<Table>,
+    pub term: u64,
+    /// Wakes the partition's link to this follower.
+    pub kick: Arc<Notify>,
+}
+
+/// A follower tablet: one long-lived channel, and whether a call to it is on the way
+/// (a slow follower gets no second call piled on the first).
+struct Peer {
+    client: TabletClient<InternalChannel>,
+    calling: Arc<AtomicBool>,
+}
+
+impl Peer {
+    fn connect(follower: &str) -> Option<Peer> {
+        let endpoint = tessera_common::tls::endpoint(follower, CONNECT_TIMEOUT).ok()?;
+        Some(Peer {
+            client: TabletClient::new(cluster_secret::internal(endpoint.connect_lazy())),
+            calling: Arc::new(AtomicBool::new(false)),
+        })
+    }
+}
+
+/// Sends the batched heartbeats until `stop` turns true.
+pub async fn run(replicators: Arc<Replicators>, mut stop: watch::Receiver<bool>) {
+    let mut peers: HashMap<String, Peer> = HashMap::new();
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let batches = replicators.beats_by_follower();
+        // A peer with a call on the way is kept, so no second call overlaps it.
+        peers.retain(|follower, peer| {
+            batches.contains_key(follower) || peer.calling.load(Ordering::Acquire)
+        });
+        for (follower, beats) in batches {
+            if !peers.contains_key(&follower) {
+                match Peer::connect(&follower) {
+                    Some(peer) => peers.insert(follower.clone(), peer),
+                    None => continue,
+                };
+            }
+            let peer = &peers[&follower];
+            if peer.calling.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            let call = Call {
+                client: peer.client.clone(),
+                _calling: Calling(peer.calling.clone()),
+                leader: replicators.endpoint().to_string(),
+                follower,
+                beats,
+            };
+            tokio::spawn(call.run());
+        }
+    }
+}
+
+/// A peer's call on the way; the flag drops with the call, however it ends.
+struct Calling(Arc<AtomicBool>);
+
+impl Drop for Calling {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// One batched heartbeat to one follower tablet.
+struct Call {
+    client: TabletClient<InternalChannel>,
+    _calling: Calling,
+    leader: String,
+    follower: String,
+    beats: Vec<Beat>,
+}
+
+impl Call {
+    async fn run(mut self) {
+        let request = HeartbeatRequest {
+            leader: self.leader.clone(),
+            lease_ms: LEADER_LEASE.as_millis() as u32,
+            beats: self
+                .beats
+                .iter()
+                .map(|beat| {
+                    let meta = beat.table.meta();
+                    let (last_offset, last_term) = beat.table.log_end();
+                    PartitionBeat {
+                        tid: meta.tid,
+                        pid: meta.pid,
+                        term: beat.term,
+                        last_offset,
+                        last_term,
+                        commit_offset: beat.table.commit_offset(),
+                    }
+                })
+                .collect(),
+        };
+        // Taken before the call can reach the follower: a lease dated from it never
+        // starts after the follower granted it.
+        let sent = Instant::now();
+        // An answer later than a lease renews nothing.
+        let answer = tokio::time::timeout(LEADER_LEASE, self.client.heartbeat(request)).await;
+        match answer {
+            Ok(Ok(answer)) => {
+                let answers = answer.into_inner().answers;
+                if answers.len() != self.beats.len() {
+                    debug!(follower = %self.follower, "a heartbeat answer of the wrong length");
+                    return self.kick_all();
+                }
+                for (beat, answer) in self.beats.iter().zip(answers) {
+                    self.settle(beat, &answer, sent);
+                }
+            }
+            // A follower that does not know the call: its links heartbeat on their
+            // streams, as before batching.
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => self.kick_all(),
+            // Unreachable or slow: nothing is renewed, and the partitions' streams have
+            // nothing better to offer.
+            Ok(Err(status)) => {
+                debug!(follower = %self.follower, error = %status.message(), "heartbeat failed")
+            }
+            Err(_) => debug!(follower = %self.follower, "heartbeat unanswered within a lease"),
+        }
+    }
+
+    fn settle(&self, beat: &Beat, answer: &BeatAnswer, sent: Instant) {
+        if answer.granted && answer.term == beat.term {
+            beat.table.lease_heard(&self.follower, beat.term, sent);
+        }
+        if !answer.granted || !answer.in_step {
+            beat.kick.notify_one();
+        }
+    }
+
+    fn kick_all(&self) {
+        for beat in &self.beats {
+            beat.kick.notify_one();
+        }
+    }
+}
