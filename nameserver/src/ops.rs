@@ -7,7 +7,7 @@
 //! Every task has a timeout; a task that fails or times out fails its op with a reason.
 //! Tasks are idempotent, since a resumed op may repeat the task that was running.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +16,7 @@ use prost::Message;
 use tessera_common::zk_auth;
 use tessera_proto::nameserver::{OpInfo, PartitionMeta, ReplicaMeta, TableInfo};
 use tessera_proto::tablet::{self as tpb, TableRole};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 use zookeeper_client::{CreateMode, Error as ZkError};
 
@@ -35,6 +35,8 @@ pub const FAILED: &str = "kFailed";
 
 /// Ops running at once, across partitions.
 const MAX_PARALLEL_OPS: usize = 8;
+/// New ops planned and persisted per pass of the pipeline before the ops start.
+const MAX_PLANNED_PER_TICK: usize = 64;
 /// How often the leader compares metadata with the registry and starts ops.
 const TICK: Duration = Duration::from_millis(200);
 /// Finished ops kept for `showopstatus`.
@@ -71,6 +73,58 @@ pub(crate) fn now_ms() -> u64 {
 type PartitionKey = (String, String, u32);
 /// The partitions with an op running now.
 type Running = Arc<Mutex<HashSet<PartitionKey>>>;
+/// Ops waiting for a permit, in start order, one per partition; refilled at each pass.
+type Queue = Arc<Mutex<VecDeque<OpInfo>>>;
+
+fn key_of(op: &OpInfo) -> PartitionKey {
+    (op.db.clone(), op.name.clone(), op.pid)
+}
+
+/// Takes the first queued op whose partition has none running, and marks it running,
+/// for a holder of a permit with `free` permits left besides: housekeeping never takes
+/// the last `PERMITS_KEPT_FOR_FAILOVER`.
+fn next_startable(queue: &Queue, running: &Running, free: usize) -> Option<OpInfo> {
+    let mut queue = queue.lock();
+    let mut running = running.lock();
+    let at = queue.iter().position(|op| {
+        !running.contains(&key_of(op))
+            && (is_failover(&op.op_type) || free >= PERMITS_KEPT_FOR_FAILOVER)
+    })?;
+    let op = queue.remove(at)?;
+    running.insert(key_of(&op));
+    Some(op)
+}
+
+/// Runs ops with one permit: the one it was given, then queued ones while any can start.
+struct Worker {
+    ns: Arc<Nameserver>,
+    queue: Queue,
+    running: Running,
+    permits: Arc<Semaphore>,
+}
+
+impl Worker {
+    async fn run(self, permit: OwnedSemaphorePermit, mut op: OpInfo) {
+        loop {
+            let key = key_of(&op);
+            self.ns.execute(op).await;
+            self.running.lock().remove(&key);
+            if !self.ns.is_leader() {
+                return;
+            }
+            match next_startable(&self.queue, &self.running, self.permits.available_permits()) {
+                Some(next) => op = next,
+                None => break,
+            }
+        }
+        // Ops may wait that this permit could not take (housekeeping, with few permits
+        // free): the next pass, at once, gives them a chance when it is free.
+        drop(permit);
+        if !self.queue.lock().is_empty() {
+            self.ns.ops_kick.notify_one();
+        }
+    }
+}
 
 fn tasks_of(op_type: &str) -> Vec<String> {
     let names: &[&str] = match op_type {
@@ -142,9 +196,11 @@ impl Nameserver {
         }
     }
 
-    /// Writes an op's progress, unless an operator cancelled it meanwhile: the stored op
-    /// is read and written back with a version check, so a cancel and a task finishing at
-    /// the same moment cannot overwrite each other.
+    /// Writes an op's progress, unless an operator cancelled it meanwhile or it already
+    /// ended: the stored op is read and written back with a version check, so a cancel
+    /// and a task finishing at the same moment cannot overwrite each other, and an
+    /// execution left over from an earlier term of leadership (whose op another leader
+    /// finished since) cannot bring a finished op back to life.
     pub(crate) async fn save_op(&self, op: &OpInfo) -> Result<()> {
         let lock = self.lock().await?;
         let client = self.client()?;
@@ -157,6 +213,13 @@ impl Nameserver {
                 return Err(NsError::InvalidArgument(format!(
                     "op {} was cancelled",
                     op.op_id
+                )));
+            }
+            if is_finished(&stored) {
+                warn!(op_id = op.op_id, status = %stored.status, "an op that already ended is not written again");
+                return Err(NsError::InvalidArgument(format!(
+                    "op {} already ended ({})",
+                    op.op_id, stored.status
                 )));
             }
             match lock
@@ -215,6 +278,7 @@ impl Nameserver {
     /// every unfinished op whose partition is free.
     pub async fn run_ops(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let running: Running = Arc::default();
+        let queue: Queue = Arc::default();
         let permits = Arc::new(Semaphore::new(MAX_PARALLEL_OPS));
         let mut confirmations = reconcile::Confirmations::default();
         let mut ticks = 0u64;
@@ -231,6 +295,8 @@ impl Nameserver {
                 _ = stop.changed() => return,
             };
             if !self.is_leader() {
+                // Whoever leads plans again from what is stored.
+                queue.lock().clear();
                 // Restarts seen while standing by are not this nameserver's to repair
                 // later: by the time it leads, they may be long settled.
                 self.take_restarted();
@@ -246,7 +312,11 @@ impl Nameserver {
                 asking = Some(tokio::spawn(async move { ns.tablet_reports().await }));
             }
             let reconcile = reports.map(|reports| (&mut confirmations, reports));
-            if let Err(e) = self.clone().tick(&running, &permits, reconcile).await {
+            if let Err(e) = self
+                .clone()
+                .tick(&running, &queue, &permits, reconcile)
+                .await
+            {
                 warn!(error = %e, "op pipeline tick failed");
             }
         }
@@ -255,6 +325,7 @@ impl Nameserver {
     async fn tick(
         self: Arc<Self>,
         running: &Running,
+        queue: &Queue,
         permits: &Arc<Semaphore>,
         reconcile: Option<(
             &mut reconcile::Confirmations,
@@ -272,7 +343,6 @@ impl Nameserver {
         if self.registry_ready() && self.auto_failover().await? {
             self.mark_restarted_replicas_dead(&restarted).await?;
             // Partitions with an op under way.
-            let key_of = |op: &OpInfo| (op.db.clone(), op.name.clone(), op.pid);
             let mut busy: HashSet<PartitionKey> = ops
                 .iter()
                 .filter(|op| {
@@ -296,16 +366,37 @@ impl Nameserver {
                 *cooling.entry(key_of(op)).or_default() |= op.op_type == CHANGE_LEADER;
             }
             let tables = self.tables().await?;
-            for table in &tables {
-                for planned in planner::plan(table, |e| self.is_healthy(e)) {
-                    let key = (table.db.clone(), table.name.clone(), planned.pid);
-                    let cooled = cooling.get(&key).is_some_and(|change_leader_failed| {
-                        planned.op_type != CHANGE_LEADER || *change_leader_failed
-                    });
-                    if !cooled && busy.insert(key) {
-                        ops.push(self.add_planned(table, &planned).await?);
-                    }
+            // Most urgent first; at most MAX_PLANNED_PER_TICK are persisted before the ops
+            // start, and the next tick comes at once for the rest: a dead tablet of
+            // thousands of partitions gets its first leaders in moments, not after
+            // every op of the outage is written.
+            let mut planned: Vec<(&TableInfo, planner::Planned)> = tables
+                .iter()
+                .flat_map(|table| {
+                    planner::plan(table, |e| self.is_healthy(e))
+                        .into_iter()
+                        .map(move |planned| (table, planned))
+                })
+                .collect();
+            planned.sort_by_key(|(_, planned)| urgency(planned.op_type));
+            let mut added = 0;
+            for (table, planned) in planned {
+                let key = (table.db.clone(), table.name.clone(), planned.pid);
+                let cooled = cooling.get(&key).is_some_and(|change_leader_failed| {
+                    planned.op_type != CHANGE_LEADER || *change_leader_failed
+                });
+                if cooled || busy.contains(&key) {
+                    continue;
                 }
+                busy.insert(key);
+                if added == MAX_PLANNED_PER_TICK {
+                    // Left for the next pass, which comes at once; still busy for this
+                    // one, so the reconciler below plans nothing for it either.
+                    self.ops_kick.notify_one();
+                    continue;
+                }
+                ops.push(self.add_planned(table, &planned).await?);
+                added += 1;
             }
             if let Some((confirmations, reports)) = reconcile {
                 let mut pass = Vec::new();
@@ -329,35 +420,25 @@ impl Nameserver {
         self.trim_finished(&ops).await;
         // One op of each free partition may start: one under way first (it is resumed),
         // then failover before the rest, oldest first; housekeeping leaves permits free
-        // for failover.
+        // for failover. What cannot start now waits in the queue, where an op that ends
+        // hands its permit to the next (so a thousand ops do not each wait for a pass).
         let mut seen = HashSet::new();
         let unfinished: Vec<OpInfo> = ops.into_iter().filter(|op| !is_finished(op)).collect();
-        let startable = in_start_order(unfinished)
+        *queue.lock() = in_start_order(unfinished)
             .into_iter()
-            .filter(|op| seen.insert((op.db.clone(), op.name.clone(), op.pid)));
-        for op in startable {
-            let key = (op.db.clone(), op.name.clone(), op.pid);
-            if running.lock().contains(&key) {
-                continue;
-            }
-            let reserve = if is_failover(&op.op_type) {
-                0
-            } else {
-                PERMITS_KEPT_FOR_FAILOVER
+            .filter(|op| seen.insert(key_of(op)))
+            .collect();
+        while let Ok(permit) = permits.clone().try_acquire_owned() {
+            let Some(op) = next_startable(queue, running, permits.available_permits()) else {
+                break;
             };
-            if permits.available_permits() <= reserve {
-                continue;
-            }
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                continue;
+            let worker = Worker {
+                ns: self.clone(),
+                queue: queue.clone(),
+                running: running.clone(),
+                permits: permits.clone(),
             };
-            running.lock().insert(key.clone());
-            let (ns, running) = (self.clone(), running.clone());
-            tokio::spawn(async move {
-                let _permit = permit;
-                ns.execute(op).await;
-                running.lock().remove(&key);
-            });
+            tokio::spawn(worker.run(permit, op));
         }
         Ok(())
     }
@@ -442,7 +523,14 @@ impl Nameserver {
         cancelled
     }
 
-    async fn execute(&self, mut op: OpInfo) {
+    async fn execute(&self, op: OpInfo) {
+        // The pass that started this op read it before now: an execution that ended
+        // meanwhile (it leaves `running` only after saving its end) would be repeated
+        // from a stale task. Go on from what is stored.
+        let mut op = match self.op(op.op_id).await {
+            Ok(stored) if !is_finished(&stored) => stored,
+            _ => return,
+        };
         op.status = DOING.into();
         if self.save_op(&op).await.is_err() {
             return;
@@ -1341,15 +1429,20 @@ fn is_failover(op_type: &str) -> bool {
 /// failover (a leaderless partition before a missing follower), then the rest, snapshots
 /// last, oldest first within each.
 fn in_start_order(mut ops: Vec<OpInfo>) -> Vec<OpInfo> {
-    let rank = |op: &OpInfo| match op.op_type.as_str() {
+    ops.sort_by_key(|op| (op.status != DOING, urgency(&op.op_type), op.op_id));
+    ops
+}
+
+/// How soon an op of this type should run, most urgent first: a leaderless partition,
+/// a missing follower, a returning replica, the rest, snapshots.
+fn urgency(op_type: &str) -> u8 {
+    match op_type {
         CHANGE_LEADER => 0,
         OFFLINE_REPLICA => 1,
         RECOVER_TABLE => 2,
         MAKE_SNAPSHOT => 4,
         _ => 3,
-    };
-    ops.sort_by_key(|op| (op.status != DOING, rank(op), op.op_id));
-    ops
+    }
 }
 
 /// The voting members a new leader `chosen` is given: every other settled replica of the
@@ -1468,6 +1561,39 @@ mod tests {
         resumed[2].status = DOING.into();
         assert_eq!(in_start_order(resumed)[0].op_id, 3);
         assert!(is_failover(RECOVER_TABLE) && !is_failover(MAKE_SNAPSHOT));
+    }
+
+    /// A permit freed by an op goes to the first queued op of a partition with none
+    /// running, and housekeeping never takes the permits kept for failover.
+    #[test]
+    fn a_freed_permit_takes_the_first_op_that_may_start() {
+        let op = |op_id: u64, op_type: &str, pid: u32| OpInfo {
+            op_id,
+            op_type: op_type.into(),
+            name: "t".into(),
+            pid,
+            ..Default::default()
+        };
+        let queue: Queue = Arc::new(Mutex::new(VecDeque::from(vec![
+            op(1, CHANGE_LEADER, 0),
+            op(2, MAKE_SNAPSHOT, 1),
+            op(3, OFFLINE_REPLICA, 2),
+        ])));
+        let running: Running = Arc::default();
+        running.lock().insert(key_of(&op(0, CHANGE_LEADER, 0)));
+        let few = PERMITS_KEPT_FOR_FAILOVER - 1;
+        let next = next_startable(&queue, &running, few).map(|o| o.op_id);
+        assert_eq!(next, Some(3), "partition 0 is busy; the snapshot waits");
+        assert!(running.lock().contains(&key_of(&op(3, OFFLINE_REPLICA, 2))));
+        assert!(next_startable(&queue, &running, few).is_none());
+        let next = next_startable(&queue, &running, PERMITS_KEPT_FOR_FAILOVER);
+        assert_eq!(next.map(|o| o.op_id), Some(2));
+        running.lock().remove(&key_of(&op(0, CHANGE_LEADER, 0)));
+        assert_eq!(
+            next_startable(&queue, &running, 0).map(|o| o.op_id),
+            Some(1)
+        );
+        assert!(queue.lock().is_empty());
     }
 
     #[test]

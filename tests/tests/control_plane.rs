@@ -200,8 +200,17 @@ async fn racing_change_leaders_end_with_one_leader_per_term() {
     for (term, holders) in &seen {
         assert_eq!(holders.len(), 1, "term {term} had two leaders: {holders:?}");
     }
+    // The promotion may last only until the second attempt's fence, too briefly for the
+    // watcher to sample: the tablet's own log says it happened.
+    let promoted_in_first_term = cluster.tablets.iter().any(|tablet| {
+        tablet.log().lines().any(|line| {
+            line.contains("role changed")
+                && line.contains(&format!("term={} ", first.term))
+                && line.contains("role=Leader")
+        })
+    });
     assert!(
-        seen.contains_key(&first.term),
+        promoted_in_first_term,
         "the cancelled attempt promoted its replica in term {} (seen: {seen:?})",
         first.term
     );
