@@ -139,8 +139,27 @@ fn config_from(flags: Flags) -> anyhow::Result<TabletConfig> {
     Ok(config)
 }
 
+/// A tablet keeps a binlog file open per replica: it takes the whole open-file
+/// allowance (the hard limit), not the soft default (often 1,024), and says what it got.
+fn raise_open_file_limit() {
+    let before = rlimit::Resource::NOFILE
+        .get()
+        .map(|(soft, _)| soft)
+        .unwrap_or(0);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(now) if now > before => {
+            tracing::info!(from = before, to = now, "open-file limit raised")
+        }
+        Ok(now) => tracing::info!(open_files = now, "open-file limit"),
+        Err(e) => {
+            tracing::warn!(error = %e, open_files = before, "could not raise the open-file limit")
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     init_logging();
+    raise_open_file_limit();
     let config = config_from(Flags::parse())?;
     config
         .validate()
