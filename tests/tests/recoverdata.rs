@@ -266,3 +266,58 @@ async fn recoverdata_prefers_the_most_advanced_replica_over_the_last_leader() {
     assert_eq!(again.matches(": healthy").count(), 2, "{again}");
     assert_eq!(ops::op_count(&mut ns).await, ops_before, "{again}");
 }
+
+/// A tablet that does not answer (paused) costs the survey one timeout, not one per
+/// partition: the dry run over a table of many partitions finishes, says once that the
+/// tablet did not answer, and counts its replicas as unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_tablet_costs_the_survey_one_timeout() {
+    const PARTITIONS: u32 = 24;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path()).await;
+    cluster.create_table("many", PARTITIONS, 3).await;
+    let mut ns = cluster.ns().await;
+    ns.conf_set(ConfSetRequest {
+        key: "auto_failover".into(),
+        value: "false".into(),
+    })
+    .await
+    .unwrap();
+    let silent = &cluster.tablets[2];
+    silent.pause();
+    // Asked a replica at a time, each call waiting for its timeout, this would take
+    // minutes; asked a tablet at a time, it takes one timeout.
+    let (ok, plan) = tokio::time::timeout(
+        Duration::from_secs(60),
+        ops::run(&cluster.zk, "recoverdata", &["--dry_run"]),
+    )
+    .await
+    .expect("the survey waits for a silent tablet once, not once per partition");
+    silent.resume();
+    assert!(ok, "{plan}");
+    let silent_lines: Vec<&str> = plan
+        .lines()
+        .filter(|l| l.contains(&silent.endpoint) && l.contains("did not answer"))
+        .collect();
+    assert_eq!(
+        silent_lines.len(),
+        1,
+        "one line for the silent tablet:\n{plan}"
+    );
+    for other in &cluster.tablets[..2] {
+        assert!(
+            plan.contains(&format!("{}: {} replicas", other.endpoint, PARTITIONS)),
+            "{} answered for each of its replicas:\n{plan}",
+            other.endpoint
+        );
+    }
+    let partition_lines = plan
+        .lines()
+        .filter(|l| l.starts_with("default.many pid "))
+        .count();
+    assert_eq!(
+        partition_lines, PARTITIONS as usize,
+        "a plan per partition:\n{plan}"
+    );
+    assert!(plan.contains("dry run: nothing changed"), "{plan}");
+}

@@ -10,6 +10,7 @@ pub mod leaders;
 pub mod pause;
 pub mod recoverdata;
 pub mod status;
+mod survey;
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};

@@ -1,7 +1,8 @@
 //! `recoverdata`: brings every table back after the whole cluster went down together.
 //!
 //! For every partition each replica's tablet is asked for its last (term, offset) — from
-//! memory if the replica is loaded, from its manifest and binlog if not. The replica with
+//! memory if the replica is loaded, from its manifest and binlog if not; every tablet at
+//! once, each over one connection (`survey`). The replica with
 //! the largest pair becomes leader (through a ChangeLeader op naming it, so the
 //! nameserver fences the others and checks that enough of them answered), and the others
 //! rejoin it through RecoverTable ops, which cut divergent records or send a snapshot.
@@ -15,10 +16,10 @@ use tessera_proto::nameserver::{
     ChangeLeaderRequest, OpInfo, RecoverTableRequest, TableInfo, UpdateTableAliveRequest,
 };
 use tessera_proto::tablet::{
-    GetTableStatusRequest, GetTermPairRequest, LoadTableRequest, ReplicationMode, TableRole,
-    TableState, TableStatus,
+    GetTermPairRequest, LoadTableRequest, ReplicationMode, TableRole, TableState,
 };
 
+use super::survey::Survey;
 use super::{op_label, tablet, Ops, OpsError, Result};
 
 /// What one replica's tablet said.
@@ -148,56 +149,6 @@ pub fn plan(replicas: &[ReplicaSurvey], mode: ReplicationMode, force: bool) -> P
             .map(|r| r.endpoint.clone())
             .collect(),
     }
-}
-
-/// Asks every replica of a partition for its log and state.
-async fn survey(table: &TableInfo, pid: u32) -> Vec<ReplicaSurvey> {
-    let Some(partition) = table.partitions.iter().find(|p| p.pid == pid) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for replica in &partition.replicas {
-        let mut survey = ReplicaSurvey {
-            endpoint: replica.endpoint.clone(),
-            is_leader: replica.is_leader,
-            is_alive: replica.is_alive,
-            log: Err(String::new()),
-            role: None,
-            state: None,
-            followers: Vec::new(),
-            leader: String::new(),
-        };
-        match tablet(&replica.endpoint).await {
-            Err(e) => survey.log = Err(e),
-            Ok(mut client) => {
-                let (tid, pid) = (table.tid, pid);
-                survey.log = client
-                    .get_term_pair(GetTermPairRequest { tid, pid })
-                    .await
-                    .map(|r| {
-                        let r = r.into_inner();
-                        (r.last_term, r.last_offset, r.loaded)
-                    })
-                    .map_err(|s| s.message().to_string());
-                let status: Option<TableStatus> = client
-                    .get_table_status(GetTableStatusRequest {
-                        tid: Some(tid),
-                        pid: Some(pid),
-                    })
-                    .await
-                    .ok()
-                    .and_then(|r| r.into_inner().tables.into_iter().next());
-                if let Some(status) = status {
-                    survey.role = Some(status.role());
-                    survey.state = Some(status.state());
-                    survey.followers = status.followers;
-                    survey.leader = status.leader;
-                }
-            }
-        }
-        out.push(survey);
-    }
-    out
 }
 
 /// How one partition ended.
@@ -336,9 +287,10 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
         tables.len(),
         tables.iter().map(|t| t.partitions.len()).sum::<usize>()
     );
+    let survey = Survey::take(&tables).await;
     for table in &tables {
         for partition in &table.partitions {
-            let replicas = survey(table, partition.pid).await;
+            let replicas = survey.replicas(table, partition.pid);
             let plan = plan(&replicas, table.mode(), force);
             let label = format!("{}.{} pid {}", table.db, table.name, partition.pid);
             let logs: Vec<String> = replicas
