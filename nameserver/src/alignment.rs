@@ -34,10 +34,10 @@ impl Nameserver {
         }
         let ns = self.clone();
         tokio::spawn(async move {
-            if let Ok(tables) = ns.tables().await {
+            if let Ok(tables) = ns.tables_since_change().await {
                 let mut pushes = tokio::task::JoinSet::new();
-                for table in tables {
-                    let ttls = ttls_of(&table);
+                for table in tables.iter() {
+                    let ttls = ttls_of(table);
                     let schema = table.schema.clone().unwrap_or_default();
                     for (endpoint, report) in &reports {
                         for partition in &table.partitions {

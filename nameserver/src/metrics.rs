@@ -1,7 +1,7 @@
 //! The nameserver's Prometheus metrics at `/metrics` on its own port (prometheus-client):
 //! gRPC calls, ops by type and status and their durations, leaderless partitions,
-//! differences the reconciler found, tablets by state, leadership, and followers'
-//! reports of silent leaders.
+//! differences the reconciler found, tablets by state, leadership, followers' reports
+//! of silent leaders, and the op pipeline's passes and reads of the tables.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -55,6 +55,8 @@ pub struct NsMetrics {
     leaderless: Gauge,
     drifts: Family<RepairLabel, Counter>,
     leader_reports: Family<VerdictLabel, Counter>,
+    pipeline_passes: Counter,
+    table_reads: Counter,
 }
 
 /// One per process: ops and the reconciler record into it wherever they run.
@@ -77,6 +79,8 @@ impl NsMetrics {
             }),
             leaderless: Gauge::default(),
             drifts: Family::default(),
+            pipeline_passes: Counter::default(),
+            table_reads: Counter::default(),
             leader_reports: Family::default(),
         };
         registry.register(
@@ -114,6 +118,16 @@ impl NsMetrics {
             "Followers' reports of a silent leader, by what the check of its tablet found (alive = a false alarm)",
             m.leader_reports.clone(),
         );
+        registry.register(
+            "tessera_op_pipeline_passes",
+            "Passes of the op pipeline (each plans ops and starts what may start)",
+            m.pipeline_passes.clone(),
+        );
+        registry.register(
+            "tessera_metadata_table_reads",
+            "Reads of every table's metadata from ZooKeeper (the op pipeline reads them only after a change)",
+            m.table_reads.clone(),
+        );
         // Every repair from the start, at zero: a dashboard shows none rather than no data.
         for repair in [
             crate::planner::CHANGE_LEADER,
@@ -138,6 +152,16 @@ impl NsMetrics {
                 })
                 .observe((op.end_time_ms - op.start_time_ms) as f64 / 1000.0);
         }
+    }
+
+    /// The op pipeline made a pass.
+    pub fn pipeline_pass(&self) {
+        self.pipeline_passes.inc();
+    }
+
+    /// Every table's metadata was read from ZooKeeper.
+    pub fn tables_read(&self) {
+        self.table_reads.inc();
     }
 
     /// The reconciler set out to repair a difference with `repair`.
@@ -190,7 +214,7 @@ impl NsMetrics {
                 .get_or_create(&OpLabels { op_type, status })
                 .set(count);
         }
-        let tables = ns.tables().await.unwrap_or_default();
+        let tables = ns.tables_since_change().await.unwrap_or_default();
         let leaderless = crate::status_page::leaderless(&tables).len();
         self.leaderless.set(leaderless as i64);
         tessera_common::metrics::encode(&self.registry)

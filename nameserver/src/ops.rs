@@ -332,6 +332,7 @@ impl Nameserver {
             HashMap<String, reconcile::TabletReport>,
         )>,
     ) -> Result<()> {
+        crate::metrics::METRICS.pipeline_pass();
         let mut ops = self.ops().await?;
         if let Some((_, reports)) = &reconcile {
             // Whatever auto_failover says: TTLs and schemas are configuration, not repairs.
@@ -365,7 +366,7 @@ impl Nameserver {
             {
                 *cooling.entry(key_of(op)).or_default() |= op.op_type == CHANGE_LEADER;
             }
-            let tables = self.tables().await?;
+            let tables = self.tables_since_change().await?;
             // Most urgent first; at most MAX_PLANNED_PER_TICK are persisted before the ops
             // start, and the next tick comes at once for the rest: a dead tablet of
             // thousands of partitions gets its first leaders in moments, not after
@@ -400,7 +401,7 @@ impl Nameserver {
             }
             if let Some((confirmations, reports)) = reconcile {
                 let mut pass = Vec::new();
-                for table in &tables {
+                for table in tables.iter() {
                     for drift in reconcile::drifts(table, &reports) {
                         pass.push(((table.db.clone(), table.name.clone()), drift));
                     }

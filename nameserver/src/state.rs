@@ -86,6 +86,9 @@ pub struct Nameserver {
     lease: Arc<Lease>,
     /// Wakes the op pipeline before its next tick (a tablet was found down).
     pub(crate) ops_kick: tokio::sync::Notify,
+    /// The tables as the op pipeline last read them, with the modification (zxid) of
+    /// `table_changed` read just before: read again only once that moved.
+    tables_seen: parking_lot::Mutex<Option<(i64, Arc<Vec<TableInfo>>)>>,
     /// Tablets being checked after a follower's report.
     pub(crate) probing: parking_lot::Mutex<std::collections::HashSet<String>>,
     pub(crate) report_counts: parking_lot::Mutex<ReportCounts>,
@@ -162,6 +165,7 @@ impl Nameserver {
             admin: tokio::sync::Mutex::new(()),
             aligning: std::sync::atomic::AtomicBool::new(false),
             ops_kick: tokio::sync::Notify::new(),
+            tables_seen: Default::default(),
             probing: Default::default(),
             report_counts: Default::default(),
             root_password_hash: Default::default(),
@@ -520,6 +524,7 @@ impl Nameserver {
 
     /// Every table's metadata, read from ZooKeeper.
     pub async fn tables(&self) -> Result<Vec<TableInfo>> {
+        crate::metrics::METRICS.tables_read();
         let mut out = Vec::new();
         for (path, data) in self.read_children(&self.paths.table_data()).await? {
             out.push(
@@ -529,6 +534,24 @@ impl Nameserver {
         }
         out.sort_by(|a, b| (&a.db, &a.name).cmp(&(&b.db, &b.name)));
         Ok(out)
+    }
+
+    /// Every table, as [`Nameserver::tables`] reads them, but read again only when
+    /// `/notify/table_changed` moved since the last read (every metadata write moves
+    /// it, after the write): the op pipeline's passes, every 200 ms, then cost one small
+    /// read while nothing changes, however many partitions there are. The mark is read
+    /// before the tables, so a write it misses moves it again for the next pass.
+    pub(crate) async fn tables_since_change(&self) -> Result<Arc<Vec<TableInfo>>> {
+        let client = self.client()?;
+        let (_, mark) = client.get_data(&self.paths.table_changed()).await?;
+        if let Some((seen, tables)) = &*self.tables_seen.lock() {
+            if *seen == mark.mzxid {
+                return Ok(tables.clone());
+            }
+        }
+        let tables = Arc::new(self.tables().await?);
+        *self.tables_seen.lock() = Some((mark.mzxid, tables.clone()));
+        Ok(tables)
     }
 
     /// Every child of `dir` with its data, read all at once (one round trip's wait, not

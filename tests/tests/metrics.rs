@@ -2,9 +2,12 @@
 //! parsed by a Prometheus text parser: each answers in the format, and the counts
 //! follow what was done.
 
+use std::time::Duration;
+
 use prometheus_parse::{Sample, Scrape, Value};
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::process::http_get;
+use tessera_tests::wait_until_async;
 
 fn scrape(endpoint: &str) -> Scrape {
     let (code, body) = http_get(endpoint, "/metrics");
@@ -237,4 +240,72 @@ fn dashboard_names_only_exported_metrics(exported: &[String]) {
             }
         }
     }
+}
+
+/// The op pipeline reads every table's metadata only after it changed: passes over an
+/// idle cluster read none, and a change is seen at the next pass (the new table's
+/// leaderless partitions are failed over like any other's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_op_pipeline_reads_the_tables_only_after_a_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = NsCluster::start(dir.path(), NsClusterSpec::three_tablets()).await;
+    cluster.create_table("t1", 4, 3).await;
+    let ns = cluster.nameserver.endpoint.clone();
+    let passes = |s: &Scrape| total(s, "tessera_op_pipeline_passes_total", &[]);
+    let reads = |s: &Scrape| total(s, "tessera_metadata_table_reads_total", &[]);
+
+    // The passes right after the creation read what it wrote; then nothing changes.
+    let ten_passes = |from: f64| {
+        let ns = ns.clone();
+        async move {
+            wait_until_async(
+                Duration::from_secs(30),
+                "ten passes of the op pipeline",
+                || {
+                    let done = passes(&scrape(&ns)) >= from + 10.0;
+                    async move { done }
+                },
+            )
+            .await
+        }
+    };
+    ten_passes(passes(&scrape(&ns))).await;
+    let before = scrape(&ns);
+    ten_passes(passes(&before)).await;
+    let after = scrape(&ns);
+    assert!(
+        reads(&after) == reads(&before),
+        "{} reads of every table in {} idle passes",
+        reads(&after) - reads(&before),
+        passes(&after) - passes(&before)
+    );
+
+    // A change is read at once: a new table, then its leaders' tablet killed, is failed
+    // over from metadata the pipeline read after the change.
+    cluster.create_table("t2", 4, 3).await;
+    let mut client = cluster.ns().await;
+    let rows = tessera_tests::routed::table_rows(&mut client, "t2").await;
+    let victim = rows
+        .iter()
+        .find(|r| r.role == "leader")
+        .map(|r| r.endpoint.clone())
+        .expect("a leader");
+    let index = cluster.tablet_index(&victim);
+    cluster.tablets[index].kill9();
+    wait_until_async(
+        Duration::from_secs(60),
+        "t2 to lead again off the killed tablet",
+        || {
+            let mut client = client.clone();
+            let victim = victim.clone();
+            async move {
+                let rows = tessera_tests::routed::table_rows(&mut client, "t2").await;
+                rows.iter()
+                    .filter(|r| r.role == "leader" && r.is_alive && r.endpoint != victim)
+                    .count()
+                    == 4
+            }
+        },
+    )
+    .await;
 }
