@@ -22,8 +22,29 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A loopback port that was free a moment ago.
+/// The lowest port the kernel hands out for outgoing connections.
+fn ephemeral_ports_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// A loopback port that was free a moment ago, below the kernel's ephemeral range: a
+/// server started on it a little later (ZooKeeper takes seconds) does not find it taken
+/// by one of the many outgoing connections a cluster test makes meanwhile. Picked at
+/// random, so concurrent tests seldom pick the same one.
 pub fn free_port() -> u16 {
+    const LOWEST: u16 = 10_000;
+    let highest = ephemeral_ports_start();
+    if highest > LOWEST + 1_000 {
+        for _ in 0..64 {
+            let port = fastrand::u16(LOWEST..highest);
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
