@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod retry;
 pub mod schema;
 pub mod server_process;
+pub mod table_layout;
 pub mod tls;
 pub mod types;
 pub mod user_directory;

@@ -34,7 +34,7 @@ impl Nameserver {
         }
         let ns = self.clone();
         tokio::spawn(async move {
-            if let Ok(tables) = ns.tables_since_change().await {
+            if let Ok(tables) = ns.cached_tables().await {
                 let mut pushes = tokio::task::JoinSet::new();
                 for table in tables.iter() {
                     let ttls = ttls_of(table);

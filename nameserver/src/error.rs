@@ -38,6 +38,12 @@ impl From<zookeeper_client::Error> for NsError {
     }
 }
 
+impl From<tessera_common::table_layout::LayoutError> for NsError {
+    fn from(e: tessera_common::table_layout::LayoutError) -> Self {
+        NsError::Zk(e.to_string())
+    }
+}
+
 impl From<NsError> for Status {
     fn from(error: NsError) -> Status {
         let message = error.to_string();

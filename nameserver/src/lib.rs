@@ -8,6 +8,7 @@ pub mod detection;
 pub mod error;
 pub mod fencing;
 pub mod http;
+pub mod metadata_cache;
 pub mod metrics;
 pub mod ops;
 pub mod paths;

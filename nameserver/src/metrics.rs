@@ -57,6 +57,9 @@ pub struct NsMetrics {
     leader_reports: Family<VerdictLabel, Counter>,
     pipeline_passes: Counter,
     table_reads: Counter,
+    partition_bytes_written: Counter,
+    cache_loads: Counter,
+    cache_events: Counter,
 }
 
 /// One per process: ops and the reconciler record into it wherever they run.
@@ -81,6 +84,9 @@ impl NsMetrics {
             drifts: Family::default(),
             pipeline_passes: Counter::default(),
             table_reads: Counter::default(),
+            partition_bytes_written: Counter::default(),
+            cache_loads: Counter::default(),
+            cache_events: Counter::default(),
             leader_reports: Family::default(),
         };
         registry.register(
@@ -128,6 +134,21 @@ impl NsMetrics {
             "Reads of every table's metadata from ZooKeeper (the op pipeline reads them only after a change)",
             m.table_reads.clone(),
         );
+        registry.register(
+            "tessera_metadata_partition_bytes_written",
+            "Bytes of partition metadata written to ZooKeeper by partition changes (one chunk node each, not the whole table)",
+            m.partition_bytes_written.clone(),
+        );
+        registry.register(
+            "tessera_metadata_cache_loads",
+            "Whole reads of the table metadata into the nameserver's copy (one per ZooKeeper session, and after a disconnection)",
+            m.cache_loads.clone(),
+        );
+        registry.register(
+            "tessera_metadata_cache_events",
+            "Changed table metadata nodes read again into the nameserver's copy, one per watch event",
+            m.cache_events.clone(),
+        );
         // Every repair from the start, at zero: a dashboard shows none rather than no data.
         for repair in [
             crate::planner::CHANGE_LEADER,
@@ -162,6 +183,21 @@ impl NsMetrics {
     /// Every table's metadata was read from ZooKeeper.
     pub fn tables_read(&self) {
         self.table_reads.inc();
+    }
+
+    /// A partition change wrote `bytes` of metadata.
+    pub fn metadata_written(&self, bytes: usize) {
+        self.partition_bytes_written.inc_by(bytes as u64);
+    }
+
+    /// The whole table metadata was read into the nameserver's copy.
+    pub fn metadata_cache_loaded(&self) {
+        self.cache_loads.inc();
+    }
+
+    /// One changed metadata node was read into the nameserver's copy.
+    pub fn metadata_cache_event(&self) {
+        self.cache_events.inc();
     }
 
     /// The reconciler set out to repair a difference with `repair`.
@@ -214,7 +250,7 @@ impl NsMetrics {
                 .get_or_create(&OpLabels { op_type, status })
                 .set(count);
         }
-        let tables = ns.tables_since_change().await.unwrap_or_default();
+        let tables = ns.cached_tables().await.unwrap_or_default();
         let leaderless = crate::status_page::leaderless(&tables).len();
         self.leaderless.set(leaderless as i64);
         tessera_common::metrics::encode(&self.registry)

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use prost::Message;
-use tessera_common::zk_auth;
+use tessera_common::{table_layout, zk_auth};
 use tessera_proto::nameserver::{OpInfo, PartitionMeta, ReplicaMeta, TableInfo};
 use tessera_proto::tablet::{self as tpb, TableRole};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -366,7 +366,7 @@ impl Nameserver {
             {
                 *cooling.entry(key_of(op)).or_default() |= op.op_type == CHANGE_LEADER;
             }
-            let tables = self.tables_since_change().await?;
+            let tables = self.cached_tables().await?;
             // Most urgent first; at most MAX_PLANNED_PER_TICK are persisted before the ops
             // start, and the next tick comes at once for the rest: a dead tablet of
             // thousands of partitions gets its first leaders in moments, not after
@@ -1263,7 +1263,8 @@ impl Nameserver {
         }
     }
 
-    /// Rewrites one partition's metadata, fenced and with a version check.
+    /// Rewrites one partition's metadata, fenced and with a version check: only the
+    /// chunk node that holds it (see `table_layout`).
     pub(crate) async fn update_partition(
         &self,
         table: &TableInfo,
@@ -1273,18 +1274,57 @@ impl Nameserver {
         let lock = self.lock().await?;
         let client = self.client()?;
         let path = self.paths.table(&table.db, &table.name);
+        let index = table_layout::chunk_of(pid);
+        let chunk_path = table_layout::chunk_path(&path, index);
         loop {
-            let (data, stat) = client.get_data(&path).await?;
-            let mut current =
-                TableInfo::decode(data.as_slice()).map_err(|e| NsError::Zk(e.to_string()))?;
-            if let Some(partition) = current.partitions.iter_mut().find(|p| p.pid == pid) {
-                change(partition);
-            }
-            match lock
-                .set_data(&path, &current.encode_to_vec(), Some(stat.version))
-                .await
-            {
-                Ok(_) => break,
+            let (written, data) = match client.get_data(&chunk_path).await {
+                Ok((data, stat)) => {
+                    let mut chunk = table_layout::decode_chunk(&chunk_path, index, &data)?;
+                    if let Some(partition) = chunk.partitions.iter_mut().find(|p| p.pid == pid) {
+                        change(partition);
+                        table_layout::clip_reason(partition);
+                    }
+                    let data = chunk.encode_to_vec();
+                    let written = lock.set_data(&chunk_path, &data, Some(stat.version)).await;
+                    if let Ok(stat) = &written {
+                        self.metadata
+                            .note_chunk(&table_name(table), index, chunk, stat.mzxid);
+                    }
+                    (written, data)
+                }
+                // No chunk: an inline table (stored before chunks, not yet migrated).
+                Err(ZkError::NoNode) => {
+                    let Some(stored) = table_layout::read_table(&client, &path).await? else {
+                        return Err(NsError::TableNotFound(format!(
+                            "{}.{}",
+                            table.db, table.name
+                        )));
+                    };
+                    if !stored.is_inline() {
+                        // Dropped and created again between the two reads: look again.
+                        continue;
+                    }
+                    let mut current = stored.table;
+                    if let Some(partition) = current.partitions.iter_mut().find(|p| p.pid == pid) {
+                        change(partition);
+                    }
+                    let data = table_layout::header_bytes(&current);
+                    let written = lock
+                        .set_data(&path, &data, Some(stored.header_version))
+                        .await;
+                    if let Ok(stat) = &written {
+                        self.metadata
+                            .note_header(&table_name(table), current, stat.mzxid);
+                    }
+                    (written, data)
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match written {
+                Ok(_) => {
+                    crate::metrics::METRICS.metadata_written(data.len());
+                    break;
+                }
                 Err(ZkError::BadVersion) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -1480,6 +1520,11 @@ fn partition_of(table: &TableInfo, pid: u32) -> Result<PartitionMeta> {
         .ok_or_else(|| {
             NsError::InvalidArgument(format!("table {} has no partition {pid}", table.name))
         })
+}
+
+/// A table's node name under the table directory: `db.name`.
+pub(crate) fn table_name(table: &TableInfo) -> String {
+    format!("{}.{}", table.db, table.name)
 }
 
 fn leader_of(partition: &PartitionMeta) -> Result<String> {

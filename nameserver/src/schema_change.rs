@@ -5,7 +5,7 @@
 //! ([`crate::alignment`]).
 
 use prost::Message;
-use tessera_common::{Schema, SchemaError};
+use tessera_common::{table_layout, Schema, SchemaError};
 use tessera_proto::common::{ColumnDesc, IndexDesc, TableSchema};
 use tessera_proto::nameserver::TableInfo;
 use tessera_proto::tablet as tpb;
@@ -65,7 +65,7 @@ pub fn schema_of(table: &TableInfo) -> Result<Schema> {
 }
 
 impl Nameserver {
-    /// Rewrites table `db.name`'s metadata with `update` (compare-and-set, retried when
+    /// Rewrites table `db.name`'s header with `update` (compare-and-set, retried when
     /// another change came in between) and announces the change. Returns the new
     /// metadata.
     pub(crate) async fn update_table(
@@ -78,19 +78,32 @@ impl Nameserver {
         let path = self.paths.table(db, name);
         let client = self.client()?;
         let table = loop {
-            let (data, stat) = match client.get_data(&path).await {
-                Ok(found) => found,
-                Err(ZkError::NoNode) => return Err(NsError::TableNotFound(format!("{db}.{name}"))),
-                Err(e) => return Err(e.into()),
+            let Some(stored) = table_layout::read_table(&client, &path).await? else {
+                return Err(NsError::TableNotFound(format!("{db}.{name}")));
             };
-            let mut table =
-                TableInfo::decode(data.as_slice()).map_err(|e| NsError::Zk(e.to_string()))?;
+            let mut table = stored.table.clone();
             update(&mut table)?;
+            // Only the header is written: a change to partitions goes through
+            // `update_partition`, one chunk at a time.
+            if table.partitions != stored.table.partitions {
+                return Err(NsError::Zk(format!(
+                    "internal: a change to {db}.{name}'s header also changed its partitions"
+                )));
+            }
+            let header = if stored.is_inline() {
+                table.clone()
+            } else {
+                table_layout::split(&table).header
+            };
             match lock
-                .set_data(&path, &table.encode_to_vec(), Some(stat.version))
+                .set_data(&path, &header.encode_to_vec(), Some(stored.header_version))
                 .await
             {
-                Ok(_) => break table,
+                Ok(stat) => {
+                    self.metadata
+                        .note_header(&format!("{db}.{name}"), header, stat.mzxid);
+                    break table;
+                }
                 Err(ZkError::BadVersion) => continue,
                 Err(e) => return Err(e.into()),
             }

@@ -7,16 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
-use prost::Message;
 use tessera_common::cluster_secret::{self, InternalChannel};
 use tessera_common::coordination::{self, Lease, ZkSettings};
+use tessera_common::table_layout::{self, LayoutError};
 use tessera_common::zk_auth;
 use tessera_common::Schema;
 use tessera_proto::nameserver::*;
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{self as tpb, TableRole};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use zookeeper_client::{Client, CreateMode, Error as ZkError, OwnedLockClient};
 
 use crate::detection::{Probe, ReportCounts, Suspicion};
@@ -86,8 +86,10 @@ pub struct Nameserver {
     lease: Arc<Lease>,
     /// Wakes the op pipeline before its next tick (a tablet was found down).
     pub(crate) ops_kick: tokio::sync::Notify,
-    /// The tables as the op pipeline last read them, with the modification (zxid) of
-    /// `table_changed` read just before: read again only once that moved.
+    /// Every table, kept current by a watch (see `metadata_cache`).
+    pub(crate) metadata: Arc<crate::metadata_cache::MetadataCache>,
+    /// Until that copy is whole: the tables as last read, with the modification (zxid)
+    /// of `table_changed` read just before, read again only once that moved.
     tables_seen: parking_lot::Mutex<Option<(i64, Arc<Vec<TableInfo>>)>>,
     /// Tablets being checked after a follower's report.
     pub(crate) probing: parking_lot::Mutex<std::collections::HashSet<String>>,
@@ -165,6 +167,7 @@ impl Nameserver {
             admin: tokio::sync::Mutex::new(()),
             aligning: std::sync::atomic::AtomicBool::new(false),
             ops_kick: tokio::sync::Notify::new(),
+            metadata: Default::default(),
             tables_seen: Default::default(),
             probing: Default::default(),
             report_counts: Default::default(),
@@ -307,6 +310,11 @@ impl Nameserver {
         self.registry_ready
             .store(false, std::sync::atomic::Ordering::Release);
         tokio::spawn(self.clone().watch_tablets(client.clone()));
+        tokio::spawn(crate::metadata_cache::follow(
+            self.metadata.clone(),
+            client.clone(),
+            self.paths.table_data(),
+        ));
 
         let lock = Arc::new(
             coordination::contend(&client, &self.paths.leader_dir(), &self.endpoint).await?,
@@ -335,11 +343,38 @@ impl Nameserver {
                 "ZooKeeper nodes made writable by this cluster's identity only"
             );
         }
+        self.migrate_inline_tables(&lock).await?;
         *self.leader.write() = Some(lock);
         info!(endpoint = %self.endpoint, "became the nameserver leader");
 
         coordination::until_session_ends(&client).await;
         warn!("ZooKeeper session lost: no longer the leader");
+        Ok(())
+    }
+
+    /// Moves every table still stored in one node (the layout before chunks) to chunk
+    /// nodes, before this nameserver acts as leader (see `table_layout`).
+    async fn migrate_inline_tables(&self, lock: &OwnedLockClient) -> Result<()> {
+        let dir = self.paths.table_data();
+        let mut moved = 0;
+        for child in lock.client().list_children(&dir).await? {
+            let path = format!("{dir}/{child}");
+            match table_layout::migrate_inline(lock, &path, &persistent()).await {
+                Ok(true) => {
+                    info!(table = %child, "table metadata moved to chunk nodes");
+                    moved += 1;
+                }
+                Ok(false) | Err(LayoutError::Incomplete { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if moved > 0 {
+            self.bump_counter(lock, &self.paths.table_changed()).await?;
+            info!(
+                tables = moved,
+                "table metadata migrated to the chunked layout"
+            );
+        }
         Ok(())
     }
 
@@ -522,26 +557,47 @@ impl Nameserver {
             .collect())
     }
 
-    /// Every table's metadata, read from ZooKeeper.
+    /// Every table's metadata, read from ZooKeeper (all tables at once, each with its
+    /// chunks at once). A table being created or dropped is left out.
     pub async fn tables(&self) -> Result<Vec<TableInfo>> {
         crate::metrics::METRICS.tables_read();
+        let client = self.client()?;
+        let dir = self.paths.table_data();
+        let mut reads = tokio::task::JoinSet::new();
+        for child in client.list_children(&dir).await? {
+            let (client, path) = (client.clone(), format!("{dir}/{child}"));
+            reads.spawn(async move {
+                let read = table_layout::read_table(&client, &path).await;
+                (path, read)
+            });
+        }
         let mut out = Vec::new();
-        for (path, data) in self.read_children(&self.paths.table_data()).await? {
-            out.push(
-                TableInfo::decode(data.as_slice())
-                    .map_err(|e| NsError::Zk(format!("{path} does not decode: {e}")))?,
-            );
+        while let Some(joined) = reads.join_next().await {
+            let (path, read) = joined.map_err(|e| NsError::Zk(e.to_string()))?;
+            match read {
+                Ok(Some(stored)) => out.push(stored.table),
+                // Dropped since the listing.
+                Ok(None) => {}
+                Err(LayoutError::Incomplete { index, .. }) => {
+                    debug!(table = %path, chunk = index, "table incomplete (being created or dropped); left out");
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         out.sort_by(|a, b| (&a.db, &a.name).cmp(&(&b.db, &b.name)));
         Ok(out)
     }
 
-    /// Every table, as [`Nameserver::tables`] reads them, but read again only when
+    /// Every table, from the nameserver's copy (see `metadata_cache`): no ZooKeeper read
+    /// at all. Until that copy is whole (the first moments of a session), as
+    /// [`Nameserver::tables`] reads them, but read again only when
     /// `/notify/table_changed` moved since the last read (every metadata write moves
-    /// it, after the write): the op pipeline's passes, every 200 ms, then cost one small
-    /// read while nothing changes, however many partitions there are. The mark is read
-    /// before the tables, so a write it misses moves it again for the next pass.
-    pub(crate) async fn tables_since_change(&self) -> Result<Arc<Vec<TableInfo>>> {
+    /// it, after the write). The mark is read before the tables, so a write it misses
+    /// moves it again for the next pass.
+    pub(crate) async fn cached_tables(&self) -> Result<Arc<Vec<TableInfo>>> {
+        if let Some(tables) = self.metadata.tables() {
+            return Ok(tables);
+        }
         let client = self.client()?;
         let (_, mark) = client.get_data(&self.paths.table_changed()).await?;
         if let Some((seen, tables)) = &*self.tables_seen.lock() {
@@ -587,11 +643,13 @@ impl Nameserver {
     pub async fn table(&self, db: &str, name: &str) -> Result<TableInfo> {
         let db = db_or_default(db);
         let client = self.client()?;
-        match client.get_data(&self.paths.table(db, name)).await {
-            Ok((data, _)) => {
-                TableInfo::decode(data.as_slice()).map_err(|e| NsError::Zk(e.to_string()))
-            }
-            Err(ZkError::NoNode) => Err(NsError::TableNotFound(format!("{db}.{name}"))),
+        match table_layout::read_table(&client, &self.paths.table(db, name)).await {
+            Ok(Some(stored)) => Ok(stored.table),
+            Ok(None) => Err(NsError::TableNotFound(format!("{db}.{name}"))),
+            Err(LayoutError::Incomplete { .. }) => Err(NsError::InvalidArgument(format!(
+                "table `{db}.{name}` is incomplete: its creation or drop was cut short; drop \
+                 it to remove what is left"
+            ))),
             Err(e) => Err(e.into()),
         }
     }
@@ -710,6 +768,8 @@ impl Nameserver {
         let mode = request.mode();
         let table = TableInfo {
             ttl_version: 0,
+            // Set when it is stored (`table_layout::split`).
+            partition_chunks: 0,
             db: db.clone(),
             name: request.name.clone(),
             tid,
@@ -755,12 +815,12 @@ impl Nameserver {
         .unwrap_or_else(|e| Err(internal("creating the table's replicas", &e)));
         created?;
         self.record_database(&lock, &db).await?;
-        lock.create(
-            &self.paths.table(&db, &request.name),
-            &table.encode_to_vec(),
-            &persistent(),
-        )
-        .await?;
+        let path = self.paths.table(&db, &request.name);
+        table_layout::create_table(&lock, &path, &table, &persistent()).await?;
+        if let Ok(Some(stored)) = table_layout::read_table(lock.client(), &path).await {
+            self.metadata
+                .note_table(&format!("{db}.{}", request.name), &stored);
+        }
         self.bump_counter(&lock, &self.paths.table_changed())
             .await?;
         info!(db = %db, table = %request.name, tid, partition_num, replica_num, mode = ?mode, "table created");
@@ -771,12 +831,25 @@ impl Nameserver {
         let lock = self.lock().await?;
         let _admin = self.admin.lock().await;
         let db = db_or_default(db);
-        let table = self.table(db, name).await?;
-        drop_replicas(&table).await;
-        lock.delete(&self.paths.table(db, name), None).await?;
+        let path = self.paths.table(db, name);
+        let tid = match table_layout::read_table(&self.client()?, &path).await {
+            Ok(Some(stored)) => {
+                drop_replicas(&stored.table).await;
+                stored.table.tid
+            }
+            Ok(None) => return Err(NsError::TableNotFound(format!("{db}.{name}"))),
+            // What a cut-short creation or drop left: no replica is known by it.
+            Err(LayoutError::Incomplete { .. }) => {
+                warn!(table = %path, "removing an incomplete table's metadata");
+                0
+            }
+            Err(e) => return Err(e.into()),
+        };
+        table_layout::delete_table(&lock, &path).await?;
+        self.metadata.forget(&format!("{db}.{name}"));
         self.bump_counter(&lock, &self.paths.table_changed())
             .await?;
-        info!(db = %db, table = %name, tid = table.tid, "table dropped");
+        info!(db = %db, table = %name, tid, "table dropped");
         Ok(())
     }
 
@@ -784,10 +857,11 @@ impl Nameserver {
     pub async fn show_table(&self, db: &str, name: &str) -> Result<Vec<ShowTableRow>> {
         let db = db_or_default(db);
         let tables = if name.is_empty() {
-            self.tables()
+            self.cached_tables()
                 .await?
-                .into_iter()
+                .iter()
                 .filter(|t| t.db == db)
+                .cloned()
                 .collect()
         } else {
             vec![self.table(db, name).await?]

@@ -9,6 +9,7 @@ use parking_lot::RwLock;
 use prost::Message;
 use tessera_common::auth::AuthChannel;
 use tessera_common::retry;
+use tessera_common::table_layout::{self, LayoutError};
 use tessera_common::wire_error::{code_of, detail_or, ErrorCode};
 use tessera_common::zk_session::{is_session_lost, ZkSession};
 use tessera_common::{key, Schema, Value};
@@ -390,15 +391,22 @@ impl Client {
         let path = format!("{}/table/table_data/{id}", self.root);
         let read = self.zk.run(|zk| {
             let path = path.clone();
-            async move { zk.get_data(&path).await }
+            async move {
+                // A ZooKeeper error goes out to `run`, which renews a lost session.
+                match table_layout::read_table(&zk, &path).await {
+                    Err(LayoutError::Zk(e)) => Err(e),
+                    read => Ok(read),
+                }
+            }
         });
-        let (data, _) = match read.await {
-            Ok(found) => found,
-            Err(ZkError::NoNode) => return Err(ClientError::TableNotFound(id)),
-            Err(e) => return Err(e.into()),
+        let info = match read.await? {
+            Ok(Some(stored)) => stored.table,
+            // Incomplete: being created (not a table yet) or dropped.
+            Ok(None) | Err(LayoutError::Incomplete { .. }) => {
+                return Err(ClientError::TableNotFound(id))
+            }
+            Err(e) => return Err(ClientError::Zk(e.to_string())),
         };
-        let info = TableInfo::decode(data.as_slice())
-            .map_err(|e| ClientError::Zk(format!("{path}: {e}")))?;
         let schema = Schema::from_proto(&info.schema.clone().unwrap_or_default())
             .map_err(|e| ClientError::Zk(format!("{path}: {e}")))?;
         let cached = Arc::new(Cached { info, schema });

@@ -69,10 +69,11 @@ async fn nameservers_elect_place_create_show_and_fail_over() {
     })
     .await;
     let leader_endpoint = leader_of(&first).await.unwrap();
-    assert_eq!(
-        leader_of(&second).await.as_deref(),
-        Some(leader_endpoint.as_str())
-    );
+    // The standby answers once it has read the users the new leader just made.
+    wait_until_async(WAIT, "the standby to name the same leader", || async {
+        leader_of(&second).await.as_deref() == Some(leader_endpoint.as_str())
+    })
+    .await;
     let (mut leader, standby) = if leader_endpoint == first.endpoint {
         (first, second)
     } else {

@@ -40,6 +40,14 @@ async fn assert_closed_to_strangers(zk_connect: &str) {
         ZkError::NoAuth,
         "deleting the table's metadata"
     );
+    assert_eq!(
+        stranger
+            .set_data(&format!("{TABLE_NODE}/chunk-00000"), b"forged", None)
+            .await
+            .unwrap_err(),
+        ZkError::NoAuth,
+        "rewriting a chunk of the table's partitions"
+    );
     let open = CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
     assert_eq!(
         stranger

@@ -1,0 +1,460 @@
+//! The nameserver's copy of every table's metadata, kept current by one ZooKeeper watch.
+//!
+//! Every nameserver, leader or standby, follows `/table/table_data` with a persistent
+//! recursive watch: each event names the one node that changed (a table's header or one
+//! of its chunks, see `tessera_common::table_layout`), and only that node is read again.
+//! The whole metadata is read once per session (and again after a disconnection, when
+//! events may have been lost), never on a timer; a standby that takes office already
+//! holds it. The leader also applies its own writes as they succeed, so what it reads
+//! next includes them without waiting for the event.
+//!
+//! Each node is kept with the transaction that last changed it (`mzxid`); a read older
+//! than what is held is ignored, so events and writes may arrive in any order and the
+//! copy still converges on ZooKeeper's.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tessera_common::table_layout::{self, LayoutError};
+use tessera_proto::nameserver::{PartitionChunk, TableInfo};
+use tracing::{debug, info, warn};
+use zookeeper_client::{AddWatchMode, Client, Error as ZkError, EventType, SessionState};
+
+/// One node of a table's metadata, named by its path under the table directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Node {
+    Header { table: String },
+    Chunk { table: String, index: u32 },
+}
+
+impl Node {
+    /// The node at `path`, if it is a table's header or chunk under `dir`.
+    fn parse(dir: &str, path: &str) -> Option<Node> {
+        let rest = path.strip_prefix(dir)?.strip_prefix('/')?;
+        match rest.split_once('/') {
+            None if !rest.is_empty() => Some(Node::Header {
+                table: rest.to_string(),
+            }),
+            Some((table, chunk)) => Some(Node::Chunk {
+                table: table.to_string(),
+                index: chunk.strip_prefix("chunk-")?.parse().ok()?,
+            }),
+            None => None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct CachedTable {
+    /// The header as stored (an inline table's holds its partitions), and its mzxid.
+    header: Option<(TableInfo, i64)>,
+    chunks: BTreeMap<u32, (PartitionChunk, i64)>,
+}
+
+impl CachedTable {
+    /// The whole table, if every node of it is held (a table being created or dropped
+    /// is not a table yet).
+    fn assemble(&self) -> Option<TableInfo> {
+        let (header, _) = self.header.as_ref()?;
+        let mut table = header.clone();
+        if table.partition_chunks == 0 {
+            return Some(table);
+        }
+        table.partitions.clear();
+        for index in 0..table.partition_chunks {
+            let (chunk, _) = self.chunks.get(&index)?;
+            table.partitions.extend(chunk.partitions.iter().cloned());
+        }
+        Some(table)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// The whole metadata was read in the current session and no event was lost since.
+    ready: bool,
+    tables: BTreeMap<String, CachedTable>,
+    /// Every table assembled, until the next change.
+    view: Option<Arc<Vec<TableInfo>>>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct MetadataCache {
+    inner: Mutex<Inner>,
+}
+
+impl MetadataCache {
+    /// Every complete table in (db, name) order; `None` until the copy is whole.
+    pub(crate) fn tables(&self) -> Option<Arc<Vec<TableInfo>>> {
+        let mut inner = self.inner.lock();
+        if !inner.ready {
+            return None;
+        }
+        if let Some(view) = &inner.view {
+            return Some(view.clone());
+        }
+        let mut tables: Vec<TableInfo> = inner
+            .tables
+            .values()
+            .filter_map(CachedTable::assemble)
+            .collect();
+        tables.sort_by(|a, b| (&a.db, &a.name).cmp(&(&b.db, &b.name)));
+        let view = Arc::new(tables);
+        inner.view = Some(view.clone());
+        Some(view)
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.inner.lock().ready = ready;
+    }
+
+    /// Replaces the whole copy with a fresh read.
+    fn replace(&self, tables: BTreeMap<String, CachedTable>) {
+        let mut inner = self.inner.lock();
+        inner.tables = tables;
+        inner.view = None;
+        inner.ready = true;
+    }
+
+    /// Takes `data` (read at `mzxid`) for `node`, unless what is held is newer; `None`:
+    /// the node is gone.
+    fn apply(&self, node: &Node, read: Option<(Vec<u8>, i64)>, dir: &str) {
+        let mut inner = self.inner.lock();
+        let table = match node {
+            Node::Header { table } | Node::Chunk { table, .. } => table.clone(),
+        };
+        let Some((data, mzxid)) = read else {
+            match node {
+                Node::Header { .. } => {
+                    if let Some(cached) = inner.tables.get_mut(&table) {
+                        cached.header = None;
+                        if cached.chunks.is_empty() {
+                            inner.tables.remove(&table);
+                        }
+                    }
+                }
+                Node::Chunk { index, .. } => {
+                    if let Some(cached) = inner.tables.get_mut(&table) {
+                        cached.chunks.remove(index);
+                    }
+                }
+            }
+            inner.view = None;
+            return;
+        };
+        let path = format!("{dir}/{table}");
+        match node {
+            Node::Header { .. } => match table_layout::decode_table(&path, &data) {
+                Ok(mut header) => {
+                    header.partitions.sort_by_key(|p| p.pid);
+                    let cached = inner.tables.entry(table).or_default();
+                    if cached.header.as_ref().is_none_or(|(_, held)| *held < mzxid) {
+                        cached.header = Some((header, mzxid));
+                        inner.view = None;
+                    }
+                }
+                Err(e) => warn!(error = %e, "a table header does not decode; left as it was"),
+            },
+            Node::Chunk { index, .. } => {
+                let chunk_path = table_layout::chunk_path(&path, *index);
+                match table_layout::decode_chunk(&chunk_path, *index, &data) {
+                    Ok(chunk) => self.note_chunk_locked(&mut inner, &table, *index, chunk, mzxid),
+                    Err(e) => warn!(error = %e, "a table chunk does not decode; left as it was"),
+                }
+            }
+        }
+    }
+
+    fn note_chunk_locked(
+        &self,
+        inner: &mut Inner,
+        table: &str,
+        index: u32,
+        chunk: PartitionChunk,
+        mzxid: i64,
+    ) {
+        let cached = inner.tables.entry(table.to_string()).or_default();
+        let newer = cached
+            .chunks
+            .get(&index)
+            .is_none_or(|(_, held)| *held < mzxid);
+        if newer {
+            cached.chunks.insert(index, (chunk, mzxid));
+            inner.view = None;
+        }
+    }
+
+    /// The leader wrote chunk `index` of `table` (`db.name`), and ZooKeeper gave the
+    /// write transaction `mzxid`.
+    pub(crate) fn note_chunk(&self, table: &str, index: u32, chunk: PartitionChunk, mzxid: i64) {
+        let mut inner = self.inner.lock();
+        self.note_chunk_locked(&mut inner, table, index, chunk, mzxid);
+    }
+
+    /// The leader wrote `table`'s header (its partitions inline if it has no chunks).
+    pub(crate) fn note_header(&self, table: &str, header: TableInfo, mzxid: i64) {
+        let mut inner = self.inner.lock();
+        let cached = inner.tables.entry(table.to_string()).or_default();
+        if cached.header.as_ref().is_none_or(|(_, held)| *held < mzxid) {
+            cached.header = Some((header, mzxid));
+            inner.view = None;
+        }
+    }
+
+    /// The leader read (or wrote, then read) a whole table.
+    pub(crate) fn note_table(&self, name: &str, stored: &table_layout::StoredTable) {
+        let fresh = cached_from(stored);
+        if let Some((header, mzxid)) = fresh.header {
+            self.note_header(name, header, mzxid);
+        }
+        for (index, (chunk, mzxid)) in fresh.chunks {
+            self.note_chunk(name, index, chunk, mzxid);
+        }
+    }
+
+    /// The leader dropped `table`.
+    pub(crate) fn forget(&self, table: &str) {
+        let mut inner = self.inner.lock();
+        inner.tables.remove(table);
+        inner.view = None;
+    }
+}
+
+/// A table as read, node by node.
+fn cached_from(stored: &table_layout::StoredTable) -> CachedTable {
+    if stored.is_inline() {
+        return CachedTable {
+            header: Some((stored.table.clone(), stored.header_mzxid)),
+            chunks: BTreeMap::new(),
+        };
+    }
+    let split = table_layout::split(&stored.table);
+    CachedTable {
+        header: Some((split.header, stored.header_mzxid)),
+        chunks: (0..)
+            .zip(split.chunks)
+            .zip(&stored.chunk_mzxids)
+            .map(|((index, chunk), mzxid)| (index, (chunk, *mzxid)))
+            .collect(),
+    }
+}
+
+/// Reads every table's nodes under `dir`, all tables at once.
+async fn read_all(client: &Client, dir: &str) -> Result<BTreeMap<String, CachedTable>, ZkError> {
+    let mut reads = tokio::task::JoinSet::new();
+    for child in client.list_children(dir).await? {
+        let (client, path) = (client.clone(), format!("{dir}/{child}"));
+        reads.spawn(async move {
+            let read = table_layout::read_table(&client, &path).await;
+            (child, read)
+        });
+    }
+    let mut tables = BTreeMap::new();
+    while let Some(joined) = reads.join_next().await {
+        let (name, read) = joined.map_err(|e| ZkError::UnexpectedError(e.to_string()))?;
+        let stored = match read {
+            Ok(Some(stored)) => stored,
+            // Gone, or being created or dropped: its events fill it in.
+            Ok(None) | Err(LayoutError::Incomplete { .. }) => continue,
+            Err(LayoutError::Zk(e)) => return Err(e),
+            Err(e) => {
+                warn!(error = %e, "a table's metadata does not decode; left out");
+                continue;
+            }
+        };
+        tables.insert(name, cached_from(&stored));
+    }
+    Ok(tables)
+}
+
+/// Keeps `cache` current for as long as `client`'s session lasts.
+pub(crate) async fn follow(cache: Arc<MetadataCache>, client: Client, dir: String) {
+    cache.set_ready(false);
+    // The watch first, so no change after the full read is missed.
+    let mut watcher = loop {
+        match client.watch(&dir, AddWatchMode::PersistentRecursive).await {
+            Ok(watcher) => break watcher,
+            Err(ZkError::SessionExpired) | Err(ZkError::ClientClosed) => return,
+            Err(e) => {
+                warn!(error = %e, "watching the table metadata failed; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    'session: loop {
+        match read_all(&client, &dir).await {
+            Ok(tables) => {
+                let count = tables.len();
+                cache.replace(tables);
+                crate::metrics::METRICS.metadata_cache_loaded();
+                info!(tables = count, "table metadata read; following its changes");
+            }
+            Err(ZkError::SessionExpired) | Err(ZkError::ClientClosed) => return,
+            Err(e) => {
+                warn!(error = %e, "reading the table metadata failed; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
+        loop {
+            let event = watcher.changed().await;
+            match event.event_type {
+                EventType::Session => match event.session_state {
+                    state if state.is_terminated() => {
+                        cache.set_ready(false);
+                        return;
+                    }
+                    // Events may be lost while disconnected: read everything again once
+                    // connected.
+                    SessionState::Disconnected => cache.set_ready(false),
+                    SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                        continue 'session
+                    }
+                    _ => {}
+                },
+                EventType::NodeCreated | EventType::NodeDataChanged | EventType::NodeDeleted => {
+                    let Some(node) = Node::parse(&dir, &event.path) else {
+                        continue;
+                    };
+                    let read = match client.get_data(&event.path).await {
+                        Ok((data, stat)) => Some((data, stat.mzxid)),
+                        Err(ZkError::NoNode) => None,
+                        Err(ZkError::SessionExpired) | Err(ZkError::ClientClosed) => return,
+                        Err(e) => {
+                            // Not knowing this node's state, the copy is not whole.
+                            warn!(error = %e, path = %event.path, "reading a changed table node failed; reading everything again");
+                            cache.set_ready(false);
+                            continue 'session;
+                        }
+                    };
+                    debug!(path = %event.path, "table metadata changed");
+                    cache.apply(&node, read, &dir);
+                    crate::metrics::METRICS.metadata_cache_event();
+                }
+                EventType::NodeChildrenChanged => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use tessera_proto::nameserver::PartitionMeta;
+
+    use super::*;
+
+    const DIR: &str = "/tessera/table/table_data";
+
+    fn table(partitions: u32, term: u64) -> TableInfo {
+        TableInfo {
+            db: "default".into(),
+            name: "t".into(),
+            partitions: (0..partitions)
+                .map(|pid| PartitionMeta {
+                    pid,
+                    term,
+                    ..PartitionMeta::default()
+                })
+                .collect(),
+            ..TableInfo::default()
+        }
+    }
+
+    fn header_node() -> Node {
+        Node::parse(DIR, &format!("{DIR}/default.t")).unwrap()
+    }
+
+    fn chunk_node(index: u32) -> Node {
+        Node::parse(DIR, &format!("{DIR}/default.t/chunk-{index:05}")).unwrap()
+    }
+
+    #[test]
+    fn paths_name_headers_and_chunks() {
+        assert_eq!(
+            header_node(),
+            Node::Header {
+                table: "default.t".into()
+            }
+        );
+        assert_eq!(
+            chunk_node(12),
+            Node::Chunk {
+                table: "default.t".into(),
+                index: 12
+            }
+        );
+        assert_eq!(Node::parse(DIR, DIR), None);
+        assert_eq!(Node::parse(DIR, "/tessera/db/x"), None);
+        assert_eq!(Node::parse(DIR, &format!("{DIR}/default.t/other")), None);
+    }
+
+    /// Events arrive out of order with the leader's own writes: the newest of each node
+    /// wins, and a table shows only once all its chunks are held.
+    #[test]
+    fn the_newest_read_of_each_node_wins_and_half_tables_stay_out() {
+        let cache = MetadataCache::default();
+        cache.replace(BTreeMap::new());
+        let split = table_layout::split(&table(100, 1));
+        cache.apply(
+            &header_node(),
+            Some((split.header.encode_to_vec(), 10)),
+            DIR,
+        );
+        cache.apply(
+            &chunk_node(0),
+            Some((split.chunks[0].encode_to_vec(), 11)),
+            DIR,
+        );
+        assert!(
+            cache.tables().unwrap().is_empty(),
+            "a table missing a chunk is not shown"
+        );
+        cache.apply(
+            &chunk_node(1),
+            Some((split.chunks[1].encode_to_vec(), 12)),
+            DIR,
+        );
+        assert_eq!(cache.tables().unwrap()[0].partitions.len(), 100);
+
+        // The leader's write (mzxid 20) lands before the event of an older one (15).
+        let newer = table_layout::split(&table(100, 3));
+        cache.note_chunk("default.t", 1, newer.chunks[1].clone(), 20);
+        let older = table_layout::split(&table(100, 2));
+        cache.apply(
+            &chunk_node(1),
+            Some((older.chunks[1].encode_to_vec(), 15)),
+            DIR,
+        );
+        let tables = cache.tables().unwrap();
+        assert_eq!(tables[0].partitions[0].term, 1);
+        assert_eq!(tables[0].partitions[99].term, 3);
+
+        // Dropped: chunks, then the header, go.
+        cache.apply(&chunk_node(0), None, DIR);
+        assert!(cache.tables().unwrap().is_empty());
+        cache.apply(&chunk_node(1), None, DIR);
+        cache.apply(&header_node(), None, DIR);
+        assert!(cache.inner.lock().tables.is_empty());
+    }
+
+    #[test]
+    fn an_inline_header_is_a_whole_table() {
+        let cache = MetadataCache::default();
+        cache.replace(BTreeMap::new());
+        cache.apply(&header_node(), Some((table(3, 1).encode_to_vec(), 5)), DIR);
+        assert_eq!(cache.tables().unwrap()[0].partitions.len(), 3);
+    }
+
+    #[test]
+    fn nothing_is_served_until_the_whole_copy_is_read() {
+        let cache = MetadataCache::default();
+        assert!(cache.tables().is_none());
+        cache.replace(BTreeMap::new());
+        assert!(cache.tables().is_some());
+        cache.set_ready(false);
+        assert!(cache.tables().is_none());
+    }
+}
