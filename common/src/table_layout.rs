@@ -55,21 +55,55 @@ pub struct Split {
 }
 
 /// Cuts `table` into its header and chunks (reasons longer than [`MAX_REASON_BYTES`]
-/// cut).
-pub fn split(table: &TableInfo) -> Split {
-    let mut header = table.clone();
-    let mut partitions = std::mem::take(&mut header.partitions);
+/// cut). Every pid must be below the table's `partition_num`, which sets the number of
+/// chunks.
+pub fn split(table: &TableInfo) -> Result<Split, LayoutError> {
+    let bad = |reason: String| LayoutError::Decode {
+        path: format!("{}.{}", table.db, table.name),
+        reason,
+    };
+    if let Some(stray) = table
+        .partitions
+        .iter()
+        .find(|p| p.pid >= table.partition_num)
+    {
+        return Err(bad(format!(
+            "partition {} is not below the table's partition count {}",
+            stray.pid, table.partition_num
+        )));
+    }
+    let mut header = header_of(table);
+    header.partition_chunks = chunk_count(table.partition_num);
+    let mut chunks = vec![
+        PartitionChunk {
+            tid: table.tid,
+            ..PartitionChunk::default()
+        };
+        header.partition_chunks as usize
+    ];
+    let mut partitions = table.partitions.clone();
     partitions.sort_by_key(|p| p.pid);
-    let count = partitions.last().map_or(0, |p| chunk_of(p.pid) + 1);
-    let mut chunks = vec![PartitionChunk::default(); count as usize];
     for mut partition in partitions {
         clip_reason(&mut partition);
         chunks[chunk_of(partition.pid) as usize]
             .partitions
             .push(partition);
     }
-    header.partition_chunks = count;
-    Split { header, chunks }
+    Ok(Split { header, chunks })
+}
+
+/// The chunks a table of `partition_num` partitions is stored in.
+pub fn chunk_count(partition_num: u32) -> u32 {
+    partition_num.div_ceil(CHUNK_PARTITIONS)
+}
+
+/// `table` without its partitions, as its header node holds it (`partition_chunks` as
+/// the table has it).
+pub fn header_of(table: &TableInfo) -> TableInfo {
+    TableInfo {
+        partitions: Vec::new(),
+        ..table.clone()
+    }
 }
 
 /// Cuts an unavailable reason to [`MAX_REASON_BYTES`], at a character boundary.
@@ -148,6 +182,15 @@ pub async fn read_table(
             chunk_mzxids: Vec::new(),
         }));
     }
+    if table.partition_chunks > chunk_count(table.partition_num) {
+        return Err(LayoutError::Decode {
+            path: path.to_string(),
+            reason: format!(
+                "{} chunks for {} partitions",
+                table.partition_chunks, table.partition_num
+            ),
+        });
+    }
     // Each request is sent when it is made; the futures only wait for the answers.
     let reads: Vec<_> = (0..table.partition_chunks)
         .map(|index| client.get_data(&chunk_path(path, index)))
@@ -167,9 +210,14 @@ pub async fn read_table(
             }
             Err(e) => return Err(e.into()),
         };
-        table
-            .partitions
-            .extend(decode_chunk(&chunk_path, index, &data)?.partitions);
+        let chunk = decode_chunk(&chunk_path, index, &data)?;
+        if chunk.tid != table.tid {
+            return Err(LayoutError::Decode {
+                path: chunk_path,
+                reason: format!("chunk of tid {}, its header has {}", chunk.tid, table.tid),
+            });
+        }
+        table.partitions.extend(chunk.partitions);
         chunk_versions.push(stat.version);
         chunk_mzxids.push(stat.mzxid);
     }
@@ -250,8 +298,8 @@ pub async fn create_table(
     path: &str,
     table: &TableInfo,
     options: &zk::CreateOptions<'_>,
-) -> Result<(), zk::Error> {
-    let split = split(table);
+) -> Result<(), LayoutError> {
+    let split = split(table)?;
     let mut writes = BatchedWrites::new(lock);
     writes
         .create(path, &split.header.encode_to_vec(), options)
@@ -261,7 +309,7 @@ pub async fn create_table(
             .create(&chunk_path(path, index), &chunk.encode_to_vec(), options)
             .await?;
     }
-    writes.send().await
+    Ok(writes.send().await?)
 }
 
 /// Deletes a table's nodes, fenced by `lock`: its chunks, then its header (whatever
@@ -281,8 +329,75 @@ pub fn header_bytes(table: &TableInfo) -> Vec<u8> {
     if table.partition_chunks == 0 {
         table.encode_to_vec()
     } else {
-        split(table).header.encode_to_vec()
+        header_of(table).encode_to_vec()
     }
+}
+
+/// A table's nodes as they are, read one by one: its header and whichever chunks exist
+/// (a table being created or dropped may lack some), each with its version and the
+/// transaction that last changed it. `None` if there is no header.
+#[derive(Debug, Clone, Default)]
+pub struct TableNodes {
+    pub header: TableInfo,
+    pub header_mzxid: i64,
+    /// Chunk index → (chunk, mzxid).
+    pub chunks: std::collections::BTreeMap<u32, (PartitionChunk, i64)>,
+}
+
+impl TableNodes {
+    /// The table with the partitions of the chunks present (all of them for a whole
+    /// table; an inline table's own).
+    pub fn partial_table(&self) -> TableInfo {
+        let mut table = self.header.clone();
+        if table.partition_chunks > 0 {
+            table.partitions = self
+                .chunks
+                .values()
+                .flat_map(|(chunk, _)| chunk.partitions.iter().cloned())
+                .collect();
+        }
+        table
+    }
+}
+
+pub async fn read_nodes(
+    client: &zk::Client,
+    path: &str,
+) -> Result<Option<TableNodes>, LayoutError> {
+    let (data, stat) = match client.get_data(path).await {
+        Ok(found) => found,
+        Err(zk::Error::NoNode) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut nodes = TableNodes {
+        header: decode_table(path, &data)?,
+        header_mzxid: stat.mzxid,
+        ..TableNodes::default()
+    };
+    let children = match client.list_children(path).await {
+        Ok(children) => children,
+        Err(zk::Error::NoNode) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let reads: Vec<_> = children
+        .iter()
+        .filter_map(|child| child.strip_prefix("chunk-")?.parse::<u32>().ok())
+        .map(|index| {
+            let chunk_path = chunk_path(path, index);
+            (index, client.get_data(&chunk_path), chunk_path)
+        })
+        .collect();
+    for (index, read, chunk_path) in reads {
+        match read.await {
+            Ok((data, stat)) => {
+                let chunk = decode_chunk(&chunk_path, index, &data)?;
+                nodes.chunks.insert(index, (chunk, stat.mzxid));
+            }
+            Err(zk::Error::NoNode) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Some(nodes))
 }
 
 /// Moves an inline table (written before chunks) to chunks, fenced by `lock`. The chunks
@@ -299,10 +414,10 @@ pub async fn migrate_inline(
         let Some(stored) = read_table(client, path).await? else {
             return Ok(false);
         };
-        let split = split(&stored.table);
-        if !stored.is_inline() || split.chunks.is_empty() {
+        if !stored.is_inline() || stored.table.partitions.is_empty() {
             return Ok(false);
         }
+        let split = split(&stored.table)?;
         // A migration cut short may have left some chunks.
         let present: std::collections::HashSet<String> =
             client.list_children(path).await?.into_iter().collect();
@@ -376,19 +491,27 @@ mod tests {
             table.encoded_len() > 1 << 20,
             "the old single-node encoding must exceed ZooKeeper's 1 MB for this test"
         );
-        let split = split(&table);
+        let split = split(&table).unwrap();
         assert_eq!(split.header.partition_chunks, 157);
         assert!(split.header.partitions.is_empty());
         assert!(split.header.encoded_len() < 4096);
         for chunk in &split.chunks {
             assert!(chunk.encoded_len() < 64 * 1024, "{}", chunk.encoded_len());
         }
+        assert!(split.chunks.iter().all(|c| c.tid == table.tid));
         let rejoined: Vec<PartitionMeta> = split
             .chunks
             .into_iter()
             .flat_map(|c| c.partitions)
             .collect();
         assert_eq!(rejoined, table.partitions);
+    }
+
+    #[test]
+    fn a_partition_beyond_the_partition_count_is_refused() {
+        let mut table = outage_table(10);
+        table.partitions[3].pid = 4_000_000_000;
+        assert!(split(&table).is_err());
     }
 
     #[test]
@@ -409,6 +532,7 @@ mod tests {
                 pid: 70,
                 ..PartitionMeta::default()
             }],
+            tid: 1,
         };
         assert!(decode_chunk("/t/chunk-00000", 0, &chunk.encode_to_vec()).is_err());
         assert!(decode_chunk("/t/chunk-00001", 1, &chunk.encode_to_vec()).is_ok());

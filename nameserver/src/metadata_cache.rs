@@ -47,7 +47,7 @@ impl Node {
 }
 
 #[derive(Debug, Default, Clone)]
-struct CachedTable {
+pub(crate) struct CachedTable {
     /// The header as stored (an inline table's holds its partitions), and its mzxid.
     header: Option<(TableInfo, i64)>,
     chunks: BTreeMap<u32, (PartitionChunk, i64)>,
@@ -75,6 +75,8 @@ impl CachedTable {
 struct Inner {
     /// The whole metadata was read in the current session and no event was lost since.
     ready: bool,
+    /// Bumped by each session's follower: an older one stops feeding the copy.
+    generation: u64,
     tables: BTreeMap<String, CachedTable>,
     /// Every table assembled, until the next change.
     view: Option<Arc<Vec<TableInfo>>>,
@@ -110,10 +112,44 @@ impl MetadataCache {
         self.inner.lock().ready = ready;
     }
 
-    /// Replaces the whole copy with a fresh read.
-    fn replace(&self, tables: BTreeMap<String, CachedTable>) {
+    /// A new session's follower starts: returns its generation.
+    fn begin(&self) -> u64 {
         let mut inner = self.inner.lock();
-        inner.tables = tables;
+        inner.generation += 1;
+        inner.ready = false;
+        inner.generation
+    }
+
+    fn is_current(&self, generation: u64) -> bool {
+        self.inner.lock().generation == generation
+    }
+
+    /// Takes a whole fresh read: a node it lacks is gone, and a node held newer than
+    /// it was read (a write applied meanwhile) is kept.
+    fn replace(&self, fresh: BTreeMap<String, CachedTable>) {
+        let mut inner = self.inner.lock();
+        let mut held = std::mem::take(&mut inner.tables);
+        let mut merged = BTreeMap::new();
+        for (name, mut table) in fresh {
+            if let Some(old) = held.remove(&name) {
+                if let (Some((_, read)), Some((header, mzxid))) = (&table.header, old.header) {
+                    if mzxid > *read {
+                        table.header = Some((header, mzxid));
+                    }
+                }
+                for (index, (chunk, mzxid)) in old.chunks {
+                    if table
+                        .chunks
+                        .get(&index)
+                        .is_some_and(|(_, read)| mzxid > *read)
+                    {
+                        table.chunks.insert(index, (chunk, mzxid));
+                    }
+                }
+            }
+            merged.insert(name, table);
+        }
+        inner.tables = merged;
         inner.view = None;
         inner.ready = true;
     }
@@ -203,13 +239,10 @@ impl MetadataCache {
         }
     }
 
-    /// The leader read (or wrote, then read) a whole table.
-    pub(crate) fn note_table(&self, name: &str, stored: &table_layout::StoredTable) {
-        let fresh = cached_from(stored);
-        if let Some((header, mzxid)) = fresh.header {
-            self.note_header(name, header, mzxid);
-        }
-        for (index, (chunk, mzxid)) in fresh.chunks {
+    /// The leader read a table's nodes (after creating it).
+    pub(crate) fn note_nodes(&self, name: &str, nodes: table_layout::TableNodes) {
+        self.note_header(name, nodes.header, nodes.header_mzxid);
+        for (index, (chunk, mzxid)) in nodes.chunks {
             self.note_chunk(name, index, chunk, mzxid);
         }
     }
@@ -222,59 +255,70 @@ impl MetadataCache {
     }
 }
 
-/// A table as read, node by node.
-fn cached_from(stored: &table_layout::StoredTable) -> CachedTable {
-    if stored.is_inline() {
-        return CachedTable {
-            header: Some((stored.table.clone(), stored.header_mzxid)),
-            chunks: BTreeMap::new(),
-        };
-    }
-    let split = table_layout::split(&stored.table);
-    CachedTable {
-        header: Some((split.header, stored.header_mzxid)),
-        chunks: (0..)
-            .zip(split.chunks)
-            .zip(&stored.chunk_mzxids)
-            .map(|((index, chunk), mzxid)| (index, (chunk, *mzxid)))
-            .collect(),
-    }
-}
-
-/// Reads every table's nodes under `dir`, all tables at once.
-async fn read_all(client: &Client, dir: &str) -> Result<BTreeMap<String, CachedTable>, ZkError> {
+/// Reads every table's nodes under `dir`, all tables at once; a table being created or
+/// dropped is taken as far as it is there (its events fill in the rest).
+pub(crate) async fn read_all(
+    client: &Client,
+    dir: &str,
+) -> Result<BTreeMap<String, CachedTable>, ZkError> {
     let mut reads = tokio::task::JoinSet::new();
     for child in client.list_children(dir).await? {
         let (client, path) = (client.clone(), format!("{dir}/{child}"));
         reads.spawn(async move {
-            let read = table_layout::read_table(&client, &path).await;
+            let read = table_layout::read_nodes(&client, &path).await;
             (child, read)
         });
     }
     let mut tables = BTreeMap::new();
     while let Some(joined) = reads.join_next().await {
         let (name, read) = joined.map_err(|e| ZkError::UnexpectedError(e.to_string()))?;
-        let stored = match read {
-            Ok(Some(stored)) => stored,
-            // Gone, or being created or dropped: its events fill it in.
-            Ok(None) | Err(LayoutError::Incomplete { .. }) => continue,
-            Err(LayoutError::Zk(e)) => return Err(e),
-            Err(e) => {
-                warn!(error = %e, "a table's metadata does not decode; left out");
-                continue;
+        match read {
+            Ok(Some(nodes)) => {
+                let mut header = nodes.header;
+                header.partitions.sort_by_key(|p| p.pid);
+                tables.insert(
+                    name,
+                    CachedTable {
+                        header: Some((header, nodes.header_mzxid)),
+                        chunks: nodes.chunks,
+                    },
+                );
             }
-        };
-        tables.insert(name, cached_from(&stored));
+            Ok(None) => {}
+            Err(LayoutError::Zk(e)) => return Err(e),
+            Err(e) => warn!(error = %e, "a table's metadata does not decode; left out"),
+        }
     }
     Ok(tables)
 }
 
-/// Keeps `cache` current for as long as `client`'s session lasts.
+/// Reads the whole metadata into `cache` (a nameserver taking office: its copy may still
+/// be taking in the old leader's last writes).
+pub(crate) async fn reload(
+    cache: &MetadataCache,
+    client: &Client,
+    dir: &str,
+) -> Result<(), ZkError> {
+    let tables = read_all(client, dir).await?;
+    cache.replace(tables);
+    crate::metrics::METRICS.metadata_cache_loaded();
+    Ok(())
+}
+
+/// Keeps `cache` current for as long as `client`'s session lasts (or until a newer
+/// session's follower starts); the copy is marked not whole when it stops.
 pub(crate) async fn follow(cache: Arc<MetadataCache>, client: Client, dir: String) {
-    cache.set_ready(false);
+    let generation = cache.begin();
+    follow_session(&cache, &client, &dir, generation).await;
+    if cache.is_current(generation) {
+        cache.set_ready(false);
+    }
+}
+
+async fn follow_session(cache: &MetadataCache, client: &Client, dir: &str, generation: u64) {
     // The watch first, so no change after the full read is missed.
     let mut watcher = loop {
-        match client.watch(&dir, AddWatchMode::PersistentRecursive).await {
+        match client.watch(dir, AddWatchMode::PersistentRecursive).await {
             Ok(watcher) => break watcher,
             Err(ZkError::SessionExpired) | Err(ZkError::ClientClosed) => return,
             Err(e) => {
@@ -284,7 +328,10 @@ pub(crate) async fn follow(cache: Arc<MetadataCache>, client: Client, dir: Strin
         }
     };
     'session: loop {
-        match read_all(&client, &dir).await {
+        if !cache.is_current(generation) {
+            return;
+        }
+        match read_all(client, dir).await {
             Ok(tables) => {
                 let count = tables.len();
                 cache.replace(tables);
@@ -300,12 +347,12 @@ pub(crate) async fn follow(cache: Arc<MetadataCache>, client: Client, dir: Strin
         }
         loop {
             let event = watcher.changed().await;
+            if !cache.is_current(generation) {
+                return;
+            }
             match event.event_type {
                 EventType::Session => match event.session_state {
-                    state if state.is_terminated() => {
-                        cache.set_ready(false);
-                        return;
-                    }
+                    state if state.is_terminated() => return,
                     // Events may be lost while disconnected: read everything again once
                     // connected.
                     SessionState::Disconnected => cache.set_ready(false),
@@ -315,7 +362,7 @@ pub(crate) async fn follow(cache: Arc<MetadataCache>, client: Client, dir: Strin
                     _ => {}
                 },
                 EventType::NodeCreated | EventType::NodeDataChanged | EventType::NodeDeleted => {
-                    let Some(node) = Node::parse(&dir, &event.path) else {
+                    let Some(node) = Node::parse(dir, &event.path) else {
                         continue;
                     };
                     let read = match client.get_data(&event.path).await {
@@ -330,7 +377,7 @@ pub(crate) async fn follow(cache: Arc<MetadataCache>, client: Client, dir: Strin
                         }
                     };
                     debug!(path = %event.path, "table metadata changed");
-                    cache.apply(&node, read, &dir);
+                    cache.apply(&node, read, dir);
                     crate::metrics::METRICS.metadata_cache_event();
                 }
                 EventType::NodeChildrenChanged => {}
@@ -352,6 +399,7 @@ mod tests {
         TableInfo {
             db: "default".into(),
             name: "t".into(),
+            partition_num: partitions,
             partitions: (0..partitions)
                 .map(|pid| PartitionMeta {
                     pid,
@@ -397,7 +445,7 @@ mod tests {
     fn the_newest_read_of_each_node_wins_and_half_tables_stay_out() {
         let cache = MetadataCache::default();
         cache.replace(BTreeMap::new());
-        let split = table_layout::split(&table(100, 1));
+        let split = table_layout::split(&table(100, 1)).unwrap();
         cache.apply(
             &header_node(),
             Some((split.header.encode_to_vec(), 10)),
@@ -420,9 +468,9 @@ mod tests {
         assert_eq!(cache.tables().unwrap()[0].partitions.len(), 100);
 
         // The leader's write (mzxid 20) lands before the event of an older one (15).
-        let newer = table_layout::split(&table(100, 3));
+        let newer = table_layout::split(&table(100, 3)).unwrap();
         cache.note_chunk("default.t", 1, newer.chunks[1].clone(), 20);
-        let older = table_layout::split(&table(100, 2));
+        let older = table_layout::split(&table(100, 2)).unwrap();
         cache.apply(
             &chunk_node(1),
             Some((older.chunks[1].encode_to_vec(), 15)),

@@ -1280,6 +1280,12 @@ impl Nameserver {
             let (written, data) = match client.get_data(&chunk_path).await {
                 Ok((data, stat)) => {
                     let mut chunk = table_layout::decode_chunk(&chunk_path, index, &data)?;
+                    if chunk.tid != table.tid {
+                        return Err(NsError::TableNotFound(format!(
+                            "{}.{} (tid {}: dropped and created again)",
+                            table.db, table.name, table.tid
+                        )));
+                    }
                     if let Some(partition) = chunk.partitions.iter_mut().find(|p| p.pid == pid) {
                         change(partition);
                         table_layout::clip_reason(partition);
@@ -1300,9 +1306,13 @@ impl Nameserver {
                             table.db, table.name
                         )));
                     };
-                    if !stored.is_inline() {
-                        // Dropped and created again between the two reads: look again.
-                        continue;
+                    if !stored.is_inline() || stored.table.tid != table.tid {
+                        // Dropped and created again (with fewer partitions, or inline
+                        // under another tid): not this op's table.
+                        return Err(NsError::TableNotFound(format!(
+                            "{}.{} (tid {}: dropped and created again, or no partition {pid})",
+                            table.db, table.name, table.tid
+                        )));
                     }
                     let mut current = stored.table;
                     if let Some(partition) = current.partitions.iter_mut().find(|p| p.pid == pid) {

@@ -93,7 +93,7 @@ impl Nameserver {
             let header = if stored.is_inline() {
                 table.clone()
             } else {
-                table_layout::split(&table).header
+                table_layout::header_of(&table)
             };
             match lock
                 .set_data(&path, &header.encode_to_vec(), Some(stored.header_version))

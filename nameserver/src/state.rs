@@ -16,7 +16,7 @@ use tessera_proto::nameserver::*;
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{self as tpb, TableRole};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use zookeeper_client::{Client, CreateMode, Error as ZkError, OwnedLockClient};
 
 use crate::detection::{Probe, ReportCounts, Suspicion};
@@ -365,7 +365,11 @@ impl Nameserver {
                     moved += 1;
                 }
                 Ok(false) | Err(LayoutError::Incomplete { .. }) => {}
-                Err(e) => return Err(e.into()),
+                // One damaged table must not keep the cluster without a leader.
+                Err(LayoutError::Decode { path, reason }) => {
+                    error!(table = %path, reason, "a table's metadata does not decode; left in the old layout");
+                }
+                Err(LayoutError::Zk(e)) => return Err(e.into()),
             }
         }
         if moved > 0 {
@@ -375,6 +379,9 @@ impl Nameserver {
                 "table metadata migrated to the chunked layout"
             );
         }
+        // The copy kept as a standby may still be taking in the old leader's last
+        // writes: read it whole before acting on it.
+        crate::metadata_cache::reload(&self.metadata, lock.client(), &dir).await?;
         Ok(())
     }
 
@@ -817,9 +824,9 @@ impl Nameserver {
         self.record_database(&lock, &db).await?;
         let path = self.paths.table(&db, &request.name);
         table_layout::create_table(&lock, &path, &table, &persistent()).await?;
-        if let Ok(Some(stored)) = table_layout::read_table(lock.client(), &path).await {
+        if let Ok(Some(nodes)) = table_layout::read_nodes(lock.client(), &path).await {
             self.metadata
-                .note_table(&format!("{db}.{}", request.name), &stored);
+                .note_nodes(&format!("{db}.{}", request.name), nodes);
         }
         self.bump_counter(&lock, &self.paths.table_changed())
             .await?;
@@ -838,10 +845,17 @@ impl Nameserver {
                 stored.table.tid
             }
             Ok(None) => return Err(NsError::TableNotFound(format!("{db}.{name}"))),
-            // What a cut-short creation or drop left: no replica is known by it.
+            // What a cut-short creation or drop left: drop the replicas its chunks name.
             Err(LayoutError::Incomplete { .. }) => {
-                warn!(table = %path, "removing an incomplete table's metadata");
-                0
+                warn!(table = %path, "removing an incomplete table");
+                match table_layout::read_nodes(&self.client()?, &path).await? {
+                    Some(nodes) => {
+                        let partial = nodes.partial_table();
+                        drop_replicas(&partial).await;
+                        partial.tid
+                    }
+                    None => return Err(NsError::TableNotFound(format!("{db}.{name}"))),
+                }
             }
             Err(e) => return Err(e.into()),
         };

@@ -8,7 +8,8 @@ use std::time::Duration;
 use prost::Message;
 use tessera_common::table_layout;
 use tessera_proto::nameserver::{
-    PartitionMeta, ReplicaMeta, ShowTableRequest, ShowTableRow, TableInfo, UpdateTableAliveRequest,
+    DropTableRequest, PartitionMeta, ReplicaMeta, ShowTableRequest, ShowTableRow, TableInfo,
+    UpdateTableAliveRequest,
 };
 use tessera_tests::process::http_get;
 use tessera_tests::{wait_until_async, NameserverProcess, ZooKeeper};
@@ -166,6 +167,24 @@ async fn an_old_table_is_moved_to_chunks_and_the_copy_converges_after_failover()
         .await
         .unwrap();
 
+    // And what a creation cut short after its first request leaves: a header naming two
+    // chunks, one of them written.
+    let half = table("half", 100);
+    let half_path = format!("{TABLES}/default.half");
+    let split = table_layout::split(&half).unwrap();
+    client
+        .create(&half_path, &split.header.encode_to_vec(), &open)
+        .await
+        .unwrap();
+    client
+        .create(
+            &table_layout::chunk_path(&half_path, 0),
+            &split.chunks[0].encode_to_vec(),
+            &open,
+        )
+        .await
+        .unwrap();
+
     let mut first = NameserverProcess::start(&dir.path().join("ns0"), &zk, 2000).await;
     first.wait_leader().await;
     let stored = read(&client, "old").await;
@@ -179,7 +198,27 @@ async fn an_old_table_is_moved_to_chunks_and_the_copy_converges_after_failover()
             .is_empty(),
         "the header no longer holds the partitions"
     );
-    assert_eq!(all_rows(&first).await.len(), 300);
+    assert_eq!(
+        all_rows(&first).await.len(),
+        300,
+        "the incomplete table is not listed"
+    );
+    let mut ns = first.client().await;
+    let refused = ns
+        .show_table(ShowTableRequest {
+            db: String::new(),
+            name: "half".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(refused.message().contains("incomplete"), "{refused:?}");
+    ns.drop_table(DropTableRequest {
+        db: String::new(),
+        name: "half".into(),
+    })
+    .await
+    .expect("drop what a cut-short creation left");
+    assert!(client.check_stat(&half_path).await.unwrap().is_none());
 
     // One partition's change writes its chunk and nothing else.
     let before = stored;

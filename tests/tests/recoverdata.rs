@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use tessera_proto::nameserver::{ConfSetRequest, ShowTableRow};
+use tessera_proto::nameserver::ShowTableRow;
 use tessera_proto::tablet::{GetTermPairRequest, TableRole};
 use tessera_tests::cluster::{status, wait_in_sync};
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
@@ -162,12 +162,7 @@ async fn recoverdata_prefers_the_most_advanced_replica_over_the_last_leader() {
     let mut cluster = start(dir.path()).await;
     let table = cluster.create_table("t2", 2, 3).await;
     let mut ns = cluster.ns().await;
-    ns.conf_set(ConfSetRequest {
-        key: "auto_failover".into(),
-        value: "false".into(),
-    })
-    .await
-    .unwrap();
+    tessera_tests::ops::set_auto_failover(&mut ns, false).await;
 
     const ROWS: u64 = 50;
     let before = leaders(&table_rows(&mut ns, "t2").await);
@@ -277,12 +272,7 @@ async fn a_silent_tablet_costs_the_survey_one_timeout() {
     let cluster = start(dir.path()).await;
     cluster.create_table("many", PARTITIONS, 3).await;
     let mut ns = cluster.ns().await;
-    ns.conf_set(ConfSetRequest {
-        key: "auto_failover".into(),
-        value: "false".into(),
-    })
-    .await
-    .unwrap();
+    tessera_tests::ops::set_auto_failover(&mut ns, false).await;
     let silent = &cluster.tablets[2];
     silent.pause();
     // Asked a replica at a time, each call waiting for its timeout, this would take

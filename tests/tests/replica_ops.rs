@@ -110,12 +110,7 @@ async fn replicas_are_added_removed_migrated_and_snapshotted() {
     )
     .await;
     let mut ns = cluster.ns().await;
-    ns.conf_set(ConfSetRequest {
-        key: "auto_failover".into(),
-        value: "false".into(),
-    })
-    .await
-    .unwrap();
+    tessera_tests::ops::set_auto_failover(&mut ns, false).await;
     let table = ns
         .create_table(CreateTableRequest {
             db: String::new(),

@@ -652,15 +652,13 @@ async fn idle_partitions_share_one_heartbeat_per_tablet_pair() {
     let calls_before = metric(&b, calls, heartbeat_calls);
     let rounds_at_b =
         |from: f64| (metric(&b, beats, "kind=\"beat\"") - from) / f64::from(PARTITIONS);
-    wait_until_async(
-        SYNC_TIMEOUT,
-        "five rounds of batched heartbeats at B",
-        || {
-            let rounds = rounds_at_b(beats_before);
-            async move { rounds >= 5.0 }
-        },
-    )
-    .await;
+    let wait_rounds = |from: f64, rounds: f64, what: &'static str| {
+        wait_until_async(SYNC_TIMEOUT, what, move || {
+            let done = rounds_at_b(from) >= rounds;
+            async move { done }
+        })
+    };
+    wait_rounds(beats_before, 5.0, "five rounds of batched heartbeats at B").await;
     let empty = metric(&b, beats, "kind=\"empty\"") - empty_before;
     let rounds = rounds_at_b(beats_before);
     let heartbeats = metric(&b, calls, heartbeat_calls) - calls_before;
@@ -678,15 +676,7 @@ async fn idle_partitions_share_one_heartbeat_per_tablet_pair() {
     // refused; once B resumes, its beats renew them again.
     c.kill9();
     let beats_at_kill = metric(&b, beats, "kind=\"beat\"");
-    wait_until_async(
-        SYNC_TIMEOUT,
-        "six rounds of beats at B after C died",
-        || {
-            let rounds = rounds_at_b(beats_at_kill);
-            async move { rounds >= 6.0 }
-        },
-    )
-    .await;
+    wait_rounds(beats_at_kill, 6.0, "six rounds of beats at B after C died").await;
     assert_eq!(
         metric(&a, leases, "") as u32,
         PARTITIONS,
