@@ -60,6 +60,7 @@ pub struct NsMetrics {
     partition_bytes_written: Counter,
     cache_loads: Counter,
     cache_events: Counter,
+    tablet_connections: Counter,
 }
 
 /// One per process: ops and the reconciler record into it wherever they run.
@@ -87,6 +88,7 @@ impl NsMetrics {
             partition_bytes_written: Counter::default(),
             cache_loads: Counter::default(),
             cache_events: Counter::default(),
+            tablet_connections: Counter::default(),
             leader_reports: Family::default(),
         };
         registry.register(
@@ -149,6 +151,11 @@ impl NsMetrics {
             "Changed table metadata nodes read again into the nameserver's copy, one per watch event",
             m.cache_events.clone(),
         );
+        registry.register(
+            "tessera_nameserver_tablet_connections",
+            "Connections made for the pooled control channels to the tablets (one per tablet, again only after it was unreachable)",
+            m.tablet_connections.clone(),
+        );
         // Every repair from the start, at zero: a dashboard shows none rather than no data.
         for repair in [
             crate::planner::CHANGE_LEADER,
@@ -198,6 +205,11 @@ impl NsMetrics {
     /// One changed metadata node was read into the nameserver's copy.
     pub fn metadata_cache_event(&self) {
         self.cache_events.inc();
+    }
+
+    /// A pooled control channel to a tablet was connected.
+    pub fn tablet_connected(&self) {
+        self.tablet_connections.inc();
     }
 
     /// The reconciler set out to repair a difference with `repair`.

@@ -1127,7 +1127,32 @@ async fn create_partition(table: TableInfo, partition: PartitionMeta) -> Result<
     Ok(())
 }
 
+/// The nameserver's channels to the tablets for its control calls, one long-lived
+/// channel (one HTTP/2 connection, calls multiplexed on it) per endpoint, made on first
+/// use. A call that finds its tablet unreachable drops the endpoint's channel, so the
+/// next call connects afresh (and says so if it cannot). Fences and the probes of
+/// failure detection connect afresh on purpose: a refused connection is their proof
+/// that a process is gone.
+static TABLET_CHANNELS: std::sync::LazyLock<
+    parking_lot::Mutex<std::collections::HashMap<String, Arc<ChannelSlot>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// An endpoint's channel, once connected; held while connecting, so calls made at once
+/// to a tablet not yet connected wait for one connection instead of each making one.
+type ChannelSlot = tokio::sync::Mutex<Option<InternalChannel>>;
+
+/// A client for `endpoint` over its pooled channel; each call on it is bounded by
+/// [`TABLET_CALL_TIMEOUT`].
 pub(crate) async fn tablet(endpoint: &str) -> Result<TabletClient<InternalChannel>> {
+    let slot = TABLET_CHANNELS
+        .lock()
+        .entry(endpoint.to_string())
+        .or_default()
+        .clone();
+    let mut slot = slot.lock().await;
+    if let Some(channel) = &*slot {
+        return Ok(TabletClient::new(channel.clone()));
+    }
     let channel = tessera_common::tls::endpoint(endpoint, TABLET_CONNECT_TIMEOUT)
         .map_err(|e| NsError::InvalidArgument(e.to_string()))?
         .timeout(TABLET_CALL_TIMEOUT)
@@ -1137,19 +1162,30 @@ pub(crate) async fn tablet(endpoint: &str) -> Result<TabletClient<InternalChanne
             endpoint: endpoint.to_string(),
             message: format!("cannot connect: {e}"),
         })?;
-    Ok(TabletClient::new(cluster_secret::internal(channel)))
+    crate::metrics::METRICS.tablet_connected();
+    let channel = cluster_secret::internal(channel);
+    *slot = Some(channel.clone());
+    Ok(TabletClient::new(channel))
 }
 
+/// Awaits a tablet call; an unreachable tablet (or a broken connection) drops the
+/// endpoint's pooled channel.
 pub(crate) async fn call<T>(
     endpoint: &str,
     rpc: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T> {
-    rpc.await
-        .map(tonic::Response::into_inner)
-        .map_err(|e| NsError::Tablet {
+    rpc.await.map(tonic::Response::into_inner).map_err(|e| {
+        if matches!(
+            e.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        ) {
+            TABLET_CHANNELS.lock().remove(endpoint);
+        }
+        NsError::Tablet {
             endpoint: endpoint.to_string(),
             message: e.message().to_string(),
-        })
+        }
+    })
 }
 
 #[cfg(test)]

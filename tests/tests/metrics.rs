@@ -309,3 +309,33 @@ async fn the_op_pipeline_reads_the_tables_only_after_a_change() {
     )
     .await;
 }
+
+/// The nameserver's control calls to a tablet share one long-lived connection: creating
+/// and dropping tables of 32 partitions (hundreds of calls to each tablet) connects to
+/// each tablet about once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nameserver_calls_each_tablet_over_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = NsCluster::start(dir.path(), NsClusterSpec::three_tablets()).await;
+    let ns = cluster.nameserver.endpoint.clone();
+    let connections = |s: &Scrape| total(s, "tessera_nameserver_tablet_connections_total", &[]);
+    let before = connections(&scrape(&ns));
+    let mut client = cluster.ns().await;
+    for name in ["c1", "c2"] {
+        cluster.create_table(name, 32, 3).await;
+        let rows = tessera_tests::routed::table_rows(&mut client, name).await;
+        assert_eq!(rows.len(), 96, "{name}: every replica listed");
+        client
+            .drop_table(tessera_proto::nameserver::DropTableRequest {
+                db: String::new(),
+                name: name.into(),
+            })
+            .await
+            .expect("drop");
+    }
+    let made = connections(&scrape(&ns)) - before;
+    assert!(
+        made <= 3.0,
+        "{made} connections to three tablets for two tables' creation and drop"
+    );
+}
