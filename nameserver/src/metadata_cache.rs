@@ -97,13 +97,7 @@ impl MetadataCache {
         if let Some(view) = &inner.view {
             return Some(view.clone());
         }
-        let mut tables: Vec<TableInfo> = inner
-            .tables
-            .values()
-            .filter_map(CachedTable::assemble)
-            .collect();
-        tables.sort_by(|a, b| (&a.db, &a.name).cmp(&(&b.db, &b.name)));
-        let view = Arc::new(tables);
+        let view = Arc::new(assemble_all(&inner.tables));
         inner.view = Some(view.clone());
         Some(view)
     }
@@ -253,6 +247,13 @@ impl MetadataCache {
         inner.tables.remove(table);
         inner.view = None;
     }
+}
+
+/// Every complete table of `tables`, in (db, name) order.
+pub(crate) fn assemble_all(tables: &BTreeMap<String, CachedTable>) -> Vec<TableInfo> {
+    let mut whole: Vec<TableInfo> = tables.values().filter_map(CachedTable::assemble).collect();
+    whole.sort_by(|a, b| (&a.db, &a.name).cmp(&(&b.db, &b.name)));
+    whole
 }
 
 /// Reads every table's nodes under `dir`, all tables at once; a table being created or

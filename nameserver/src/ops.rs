@@ -1075,22 +1075,28 @@ impl Nameserver {
         )
         .await?;
         let mut client = tablet(&op.endpoint).await?;
-        let own = client
-            .get_term_pair(tpb::GetTermPairRequest {
-                tid: table.tid,
-                pid: op.pid,
-            })
-            .await
-            .ok()
-            .map(|r| r.into_inner());
-        let status = client
-            .get_table_status(tpb::GetTableStatusRequest {
-                tid: Some(table.tid),
-                pid: Some(op.pid),
-            })
-            .await
-            .ok()
-            .and_then(|r| r.into_inner().tables.into_iter().next());
+        // Only a tablet that says it has no such replica has none: a call that failed
+        // (a connection broken on the way, say) fails the task, to be tried again,
+        // rather than have a replica that holds data created afresh.
+        let own = absent_if_not_found(
+            &op.endpoint,
+            client
+                .get_term_pair(tpb::GetTermPairRequest {
+                    tid: table.tid,
+                    pid: op.pid,
+                })
+                .await,
+        )?;
+        let status = absent_if_not_found(
+            &op.endpoint,
+            client
+                .get_table_status(tpb::GetTableStatusRequest {
+                    tid: Some(table.tid),
+                    pid: Some(op.pid),
+                })
+                .await,
+        )?
+        .and_then(|r| r.tables.into_iter().next());
         let decision = planner::recovery(
             own.as_ref().map(|o| ReplicaLog {
                 history: &o.term_history,
@@ -1530,6 +1536,25 @@ fn partition_of(table: &TableInfo, pid: u32) -> Result<PartitionMeta> {
         .ok_or_else(|| {
             NsError::InvalidArgument(format!("table {} has no partition {pid}", table.name))
         })
+}
+
+/// A tablet's answer, `None` if it says it has no such replica; any other failure is an
+/// error (see [`call`]).
+fn absent_if_not_found<T>(
+    endpoint: &str,
+    answer: std::result::Result<tonic::Response<T>, tonic::Status>,
+) -> Result<Option<T>> {
+    match answer {
+        Ok(response) => Ok(Some(response.into_inner())),
+        Err(status)
+            if tessera_common::wire_error::detail_of(&status).is_some_and(|d| {
+                d.code() == tessera_common::wire_error::ErrorCode::TableNotFound
+            }) =>
+        {
+            Ok(None)
+        }
+        Err(status) => Err(crate::state::tablet_error(endpoint, status)),
+    }
 }
 
 /// A table's node name under the table directory: `db.name`.

@@ -16,7 +16,7 @@ use tessera_proto::nameserver::*;
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{self as tpb, TableRole};
 use tokio::sync::watch;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 use zookeeper_client::{Client, CreateMode, Error as ZkError, OwnedLockClient};
 
 use crate::detection::{Probe, ReportCounts, Suspicion};
@@ -569,30 +569,8 @@ impl Nameserver {
     pub async fn tables(&self) -> Result<Vec<TableInfo>> {
         crate::metrics::METRICS.tables_read();
         let client = self.client()?;
-        let dir = self.paths.table_data();
-        let mut reads = tokio::task::JoinSet::new();
-        for child in client.list_children(&dir).await? {
-            let (client, path) = (client.clone(), format!("{dir}/{child}"));
-            reads.spawn(async move {
-                let read = table_layout::read_table(&client, &path).await;
-                (path, read)
-            });
-        }
-        let mut out = Vec::new();
-        while let Some(joined) = reads.join_next().await {
-            let (path, read) = joined.map_err(|e| NsError::Zk(e.to_string()))?;
-            match read {
-                Ok(Some(stored)) => out.push(stored.table),
-                // Dropped since the listing.
-                Ok(None) => {}
-                Err(LayoutError::Incomplete { index, .. }) => {
-                    debug!(table = %path, chunk = index, "table incomplete (being created or dropped); left out");
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        out.sort_by(|a, b| (&a.db, &a.name).cmp(&(&b.db, &b.name)));
-        Ok(out)
+        let nodes = crate::metadata_cache::read_all(&client, &self.paths.table_data()).await?;
+        Ok(crate::metadata_cache::assemble_all(&nodes))
     }
 
     /// Every table, from the nameserver's copy (see `metadata_cache`): no ZooKeeper read
@@ -1137,12 +1115,23 @@ static TABLET_CHANNELS: std::sync::LazyLock<
     parking_lot::Mutex<std::collections::HashMap<String, Arc<ChannelSlot>>>,
 > = std::sync::LazyLock::new(Default::default);
 
-/// An endpoint's channel, once connected; held while connecting, so calls made at once
-/// to a tablet not yet connected wait for one connection instead of each making one.
-type ChannelSlot = tokio::sync::Mutex<Option<InternalChannel>>;
+/// An endpoint's pooled channel. Its lock is held while connecting, so calls made at
+/// once to a tablet not yet connected wait for one connection instead of each making
+/// one; a connect that failed is remembered briefly, so they do not then try one after
+/// another, each waiting out the connect timeout.
+type ChannelSlot = tokio::sync::Mutex<Slot>;
+
+#[derive(Default)]
+struct Slot {
+    channel: Option<InternalChannel>,
+    failed: Option<(Instant, String)>,
+}
+
+/// How long a failed connect answers for the calls after it.
+const FAILED_CONNECT_REMEMBERED: Duration = Duration::from_secs(1);
 
 /// A client for `endpoint` over its pooled channel; each call on it is bounded by
-/// [`TABLET_CALL_TIMEOUT`].
+/// [`TABLET_CALL_TIMEOUT`], and HTTP/2 pings find a connection whose peer went silent.
 pub(crate) async fn tablet(endpoint: &str) -> Result<TabletClient<InternalChannel>> {
     let slot = TABLET_CHANNELS
         .lock()
@@ -1150,42 +1139,76 @@ pub(crate) async fn tablet(endpoint: &str) -> Result<TabletClient<InternalChanne
         .or_default()
         .clone();
     let mut slot = slot.lock().await;
-    if let Some(channel) = &*slot {
+    if let Some(channel) = &slot.channel {
         return Ok(TabletClient::new(channel.clone()));
     }
-    let channel = tessera_common::tls::endpoint(endpoint, TABLET_CONNECT_TIMEOUT)
+    let cannot_connect = |e: &str| NsError::Tablet {
+        endpoint: endpoint.to_string(),
+        message: format!("cannot connect: {e}"),
+    };
+    if let Some((at, error)) = &slot.failed {
+        if at.elapsed() < FAILED_CONNECT_REMEMBERED {
+            return Err(cannot_connect(error));
+        }
+    }
+    let connected = tessera_common::tls::endpoint(endpoint, TABLET_CONNECT_TIMEOUT)
         .map_err(|e| NsError::InvalidArgument(e.to_string()))?
         .timeout(TABLET_CALL_TIMEOUT)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
         .connect()
-        .await
-        .map_err(|e| NsError::Tablet {
-            endpoint: endpoint.to_string(),
-            message: format!("cannot connect: {e}"),
-        })?;
+        .await;
+    let channel = match connected {
+        Ok(channel) => cluster_secret::internal(channel),
+        Err(e) => {
+            slot.failed = Some((Instant::now(), e.to_string()));
+            return Err(cannot_connect(&e.to_string()));
+        }
+    };
     crate::metrics::METRICS.tablet_connected();
-    let channel = cluster_secret::internal(channel);
-    *slot = Some(channel.clone());
+    *slot = Slot {
+        channel: Some(channel.clone()),
+        failed: None,
+    };
     Ok(TabletClient::new(channel))
 }
 
-/// Awaits a tablet call; an unreachable tablet (or a broken connection) drops the
-/// endpoint's pooled channel.
+/// Drops `endpoint`'s pooled channel after a call found the tablet unreachable or the
+/// connection broken, so the next call connects afresh; a connect under way is left be.
+fn forget_channel(endpoint: &str) {
+    let slot = TABLET_CHANNELS.lock().get(endpoint).cloned();
+    if let Some(slot) = slot {
+        if let Ok(mut slot) = slot.try_lock() {
+            slot.channel = None;
+        }
+    }
+}
+
+/// The error of a failed tablet call; an unreachable tablet (or a broken connection)
+/// drops the endpoint's pooled channel. A timeout does not: the tablet may only be
+/// slow.
+pub(crate) fn tablet_error(endpoint: &str, status: tonic::Status) -> NsError {
+    if matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown
+    ) {
+        forget_channel(endpoint);
+    }
+    NsError::Tablet {
+        endpoint: endpoint.to_string(),
+        message: status.message().to_string(),
+    }
+}
+
+/// Awaits a tablet call (see [`tablet_error`]).
 pub(crate) async fn call<T>(
     endpoint: &str,
     rpc: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T> {
-    rpc.await.map(tonic::Response::into_inner).map_err(|e| {
-        if matches!(
-            e.code(),
-            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-        ) {
-            TABLET_CHANNELS.lock().remove(endpoint);
-        }
-        NsError::Tablet {
-            endpoint: endpoint.to_string(),
-            message: e.message().to_string(),
-        }
-    })
+    rpc.await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| tablet_error(endpoint, status))
 }
 
 #[cfg(test)]

@@ -60,6 +60,18 @@ async fn ensure_path(client: &Client, path: &str) {
     }
 }
 
+/// A ZooKeeper server with the table directory, and a client of it; `None` where
+/// ZooKeeper is not installed.
+async fn zookeeper(dir: &std::path::Path) -> Option<(ZooKeeper, Client)> {
+    if !ZooKeeper::available() {
+        return None;
+    }
+    let zk = ZooKeeper::start(&dir.join("zk"));
+    let client = Client::connect(&zk.connect_string()).await.unwrap();
+    ensure_path(&client, TABLES).await;
+    Some((zk, client))
+}
+
 async fn read(client: &Client, name: &str) -> table_layout::StoredTable {
     table_layout::read_table(client, &format!("{TABLES}/default.{name}"))
         .await
@@ -71,13 +83,10 @@ async fn read(client: &Client, name: &str) -> table_layout::StoredTable {
 /// and chunks, read back whole, and removed whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_too_big_for_one_node_is_stored_and_read_back() {
-    if !ZooKeeper::available() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let zk = ZooKeeper::start(&dir.path().join("zk"));
-    let client = Client::connect(&zk.connect_string()).await.unwrap();
-    ensure_path(&client, TABLES).await;
+    let Some((_zk, client)) = zookeeper(dir.path()).await else {
+        return;
+    };
     ensure_path(&client, "/tessera/leader").await;
     let big = table("big", 12_000);
     let old_encoding = big.encode_to_vec();
@@ -146,13 +155,10 @@ async fn all_rows(ns: &NameserverProcess) -> Vec<ShowTableRow> {
 /// change written behind its back and agrees with ZooKeeper node for node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_table_is_moved_to_chunks_and_the_copy_converges_after_failover() {
-    if !ZooKeeper::available() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let zk = ZooKeeper::start(&dir.path().join("zk"));
-    let client = Client::connect(&zk.connect_string()).await.unwrap();
-    ensure_path(&client, TABLES).await;
+    let Some((zk, client)) = zookeeper(dir.path()).await else {
+        return;
+    };
     ensure_path(&client, &format!("{ROOT}/config")).await;
     let open = CreateMode::Persistent.with_acls(Acls::anyone_all());
     // No tablet runs: the metadata must not be repaired under the test.
