@@ -160,18 +160,27 @@ pub fn decode_chunk(path: &str, index: u32, data: &[u8]) -> Result<PartitionChun
     Ok(chunk)
 }
 
+/// The header node at `path`, decoded, with its stat; `None` if there is none.
+async fn read_header(
+    client: &zk::Client,
+    path: &str,
+) -> Result<Option<(TableInfo, zk::Stat)>, LayoutError> {
+    match client.get_data(path).await {
+        Ok((data, stat)) => Ok(Some((decode_table(path, &data)?, stat))),
+        Err(zk::Error::NoNode) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Reads the table whose header is at `path`, chunks and all; `None` if there is no such
 /// node. The chunks are asked for at once (one round trip's wait, not one per chunk).
 pub async fn read_table(
     client: &zk::Client,
     path: &str,
 ) -> Result<Option<StoredTable>, LayoutError> {
-    let (data, stat) = match client.get_data(path).await {
-        Ok(found) => found,
-        Err(zk::Error::NoNode) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let Some((mut table, stat)) = read_header(client, path).await? else {
+        return Ok(None);
     };
-    let mut table = decode_table(path, &data)?;
     if table.partition_chunks == 0 {
         table.partitions.sort_by_key(|p| p.pid);
         return Ok(Some(StoredTable {
@@ -364,13 +373,11 @@ pub async fn read_nodes(
     client: &zk::Client,
     path: &str,
 ) -> Result<Option<TableNodes>, LayoutError> {
-    let (data, stat) = match client.get_data(path).await {
-        Ok(found) => found,
-        Err(zk::Error::NoNode) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let Some((header, stat)) = read_header(client, path).await? else {
+        return Ok(None);
     };
     let mut nodes = TableNodes {
-        header: decode_table(path, &data)?,
+        header,
         header_mzxid: stat.mzxid,
         ..TableNodes::default()
     };

@@ -82,6 +82,29 @@ struct Inner {
     view: Option<Arc<Vec<TableInfo>>>,
 }
 
+/// Whether a read made at `mzxid` is newer than what is held.
+fn is_newer<T>(held: Option<&(T, i64)>, mzxid: i64) -> bool {
+    held.is_none_or(|(_, held)| *held < mzxid)
+}
+
+impl Inner {
+    fn note_header(&mut self, table: &str, header: TableInfo, mzxid: i64) {
+        let cached = self.tables.entry(table.to_string()).or_default();
+        if is_newer(cached.header.as_ref(), mzxid) {
+            cached.header = Some((header, mzxid));
+            self.view = None;
+        }
+    }
+
+    fn note_chunk(&mut self, table: &str, index: u32, chunk: PartitionChunk, mzxid: i64) {
+        let cached = self.tables.entry(table.to_string()).or_default();
+        if is_newer(cached.chunks.get(&index), mzxid) {
+            cached.chunks.insert(index, (chunk, mzxid));
+            self.view = None;
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct MetadataCache {
     inner: Mutex<Inner>,
@@ -179,66 +202,54 @@ impl MetadataCache {
             Node::Header { .. } => match table_layout::decode_table(&path, &data) {
                 Ok(mut header) => {
                     header.partitions.sort_by_key(|p| p.pid);
-                    let cached = inner.tables.entry(table).or_default();
-                    if cached.header.as_ref().is_none_or(|(_, held)| *held < mzxid) {
-                        cached.header = Some((header, mzxid));
-                        inner.view = None;
-                    }
+                    inner.note_header(&table, header, mzxid);
                 }
                 Err(e) => warn!(error = %e, "a table header does not decode; left as it was"),
             },
             Node::Chunk { index, .. } => {
                 let chunk_path = table_layout::chunk_path(&path, *index);
                 match table_layout::decode_chunk(&chunk_path, *index, &data) {
-                    Ok(chunk) => self.note_chunk_locked(&mut inner, &table, *index, chunk, mzxid),
+                    Ok(chunk) => inner.note_chunk(&table, *index, chunk, mzxid),
                     Err(e) => warn!(error = %e, "a table chunk does not decode; left as it was"),
                 }
             }
         }
     }
 
-    fn note_chunk_locked(
-        &self,
-        inner: &mut Inner,
-        table: &str,
-        index: u32,
-        chunk: PartitionChunk,
-        mzxid: i64,
-    ) {
-        let cached = inner.tables.entry(table.to_string()).or_default();
-        let newer = cached
-            .chunks
-            .get(&index)
-            .is_none_or(|(_, held)| *held < mzxid);
-        if newer {
-            cached.chunks.insert(index, (chunk, mzxid));
-            inner.view = None;
-        }
-    }
-
     /// The leader wrote chunk `index` of `table` (`db.name`), and ZooKeeper gave the
     /// write transaction `mzxid`.
     pub(crate) fn note_chunk(&self, table: &str, index: u32, chunk: PartitionChunk, mzxid: i64) {
-        let mut inner = self.inner.lock();
-        self.note_chunk_locked(&mut inner, table, index, chunk, mzxid);
+        self.inner.lock().note_chunk(table, index, chunk, mzxid);
     }
 
     /// The leader wrote `table`'s header (its partitions inline if it has no chunks).
     pub(crate) fn note_header(&self, table: &str, header: TableInfo, mzxid: i64) {
-        let mut inner = self.inner.lock();
-        let cached = inner.tables.entry(table.to_string()).or_default();
-        if cached.header.as_ref().is_none_or(|(_, held)| *held < mzxid) {
-            cached.header = Some((header, mzxid));
-            inner.view = None;
-        }
+        self.inner.lock().note_header(table, header, mzxid);
     }
 
     /// The leader read a table's nodes (after creating it).
     pub(crate) fn note_nodes(&self, name: &str, nodes: table_layout::TableNodes) {
-        self.note_header(name, nodes.header, nodes.header_mzxid);
+        let mut inner = self.inner.lock();
+        inner.note_header(name, nodes.header, nodes.header_mzxid);
         for (index, (chunk, mzxid)) in nodes.chunks {
-            self.note_chunk(name, index, chunk, mzxid);
+            inner.note_chunk(name, index, chunk, mzxid);
         }
+    }
+
+    /// The tables whose header still holds their partitions (the layout before chunks).
+    pub(crate) fn inline_tables(&self) -> Vec<String> {
+        self.inner
+            .lock()
+            .tables
+            .iter()
+            .filter(|(_, cached)| {
+                cached
+                    .header
+                    .as_ref()
+                    .is_some_and(|(h, _)| h.partition_chunks == 0 && !h.partitions.is_empty())
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// The leader dropped `table`.

@@ -356,8 +356,12 @@ impl Nameserver {
     /// nodes, before this nameserver acts as leader (see `table_layout`).
     async fn migrate_inline_tables(&self, lock: &OwnedLockClient) -> Result<()> {
         let dir = self.paths.table_data();
+        // The copy kept as a standby may still be taking in the old leader's last
+        // writes: read it whole before acting on it. The read also finds the tables
+        // still in one node.
+        crate::metadata_cache::reload(&self.metadata, lock.client(), &dir).await?;
         let mut moved = 0;
-        for child in lock.client().list_children(&dir).await? {
+        for child in self.metadata.inline_tables() {
             let path = format!("{dir}/{child}");
             match table_layout::migrate_inline(lock, &path, &persistent()).await {
                 Ok(true) => {
@@ -378,10 +382,8 @@ impl Nameserver {
                 tables = moved,
                 "table metadata migrated to the chunked layout"
             );
+            crate::metadata_cache::reload(&self.metadata, lock.client(), &dir).await?;
         }
-        // The copy kept as a standby may still be taking in the old leader's last
-        // writes: read it whole before acting on it.
-        crate::metadata_cache::reload(&self.metadata, lock.client(), &dir).await?;
         Ok(())
     }
 
