@@ -15,13 +15,16 @@ use crate::replication::history;
 use crate::storage::error::io_error;
 use crate::storage::replica::write_replica_state;
 use crate::storage::table::{now_ms, read_meta};
-use crate::storage::{StorageError, Table, TableOptions};
+use crate::storage::{FsyncPolicy, StorageError, Table, TableOptions};
 
 /// A replica that is on disk but could not be loaded; kept so status calls can say why.
 #[derive(Debug, Clone)]
 struct LoadFailure {
     meta: Option<TableMeta>,
     reason: String,
+    /// Its binlog failed under the `journal` policy: records it may lack are in the
+    /// journal, which only a restart writes back, so it is not loaded again before.
+    needs_restart: bool,
 }
 
 pub struct Catalog {
@@ -141,6 +144,15 @@ impl Catalog {
         if self.tables.read().contains_key(&(tid, pid)) {
             return Err(TabletError::TableExists { tid, pid });
         }
+        if let Some(failure) = self.failed.read().get(&(tid, pid)) {
+            if failure.needs_restart {
+                return Err(TabletError::LoadFailed {
+                    tid,
+                    pid,
+                    reason: failure.reason.clone(),
+                });
+            }
+        }
         self.load_locked(tid, pid)
     }
 
@@ -149,7 +161,18 @@ impl Catalog {
         if !dir.is_dir() {
             return Err(TabletError::TableNotFound { tid, pid });
         }
-        match Table::open(&dir, self.options.clone()) {
+        let marker = dir.join(crate::storage::journal::RESTORE_FAILED);
+        let opened = match fs::read_to_string(&marker) {
+            Ok(why) => Err(StorageError::Corruption {
+                file: marker,
+                position: 0,
+                reason: format!(
+                    "{why} (remove this file once the replica is repaired or replaced)"
+                ),
+            }),
+            Err(_) => Table::open(&dir, self.options.clone()),
+        };
+        match opened {
             Ok((table, report)) => {
                 if let Some(torn) = &report.torn_tail {
                     warn!(tid, pid, file = %torn.file.display(), position = torn.position,
@@ -165,6 +188,7 @@ impl Catalog {
                 let failure = LoadFailure {
                     meta: read_meta(&dir).ok().flatten(),
                     reason: e.to_string(),
+                    needs_restart: false,
                 };
                 self.failed.write().insert((tid, pid), failure);
                 Err(e.into())
@@ -182,7 +206,7 @@ impl Catalog {
             return Err(TabletError::TableNotFound { tid, pid });
         }
         if let Some(table) = table {
-            table.close()?;
+            self.close_or_keep_failed(tid, pid, &table)?;
         }
         let recycle = self.root.join("recycle");
         fs::create_dir_all(&recycle).map_err(io_error(&recycle))?;
@@ -239,7 +263,7 @@ impl Catalog {
         let Some(old) = old else {
             return Err(TabletError::TableNotFound { tid, pid });
         };
-        old.close()?;
+        self.close_or_keep_failed(tid, pid, &old)?;
         drop(old);
         let binlog_dir = self.dir_of(tid, pid).join("binlog");
         let removed = crate::storage::binlog::truncate_after(&binlog_dir, keep_through)?;
@@ -248,6 +272,28 @@ impl Catalog {
             pid, keep_through, removed, "binlog truncated at the divergence point"
         );
         self.load_locked(tid, pid)
+    }
+
+    /// Closes a replica taken out of the catalog before its files are cut, moved or
+    /// replaced. If that fails (its binlog could not be made durable), the files stay as
+    /// they are and the replica is listed as failed with the reason, rather than
+    /// vanishing from the catalog.
+    fn close_or_keep_failed(&self, tid: u32, pid: u32, table: &Table) -> Result<()> {
+        table.close().map_err(|e| {
+            error!(tid, pid, error = %e, "closing the replica failed; its files are left as they are");
+            let needs_restart = self.options.binlog.fsync == FsyncPolicy::Journal;
+            let failure = LoadFailure {
+                meta: Some(table.meta().clone()),
+                reason: if needs_restart {
+                    format!("closing failed: {e}; restart the tablet, which writes back what the journal holds")
+                } else {
+                    format!("closing failed: {e}")
+                },
+                needs_restart,
+            };
+            self.failed.write().insert((tid, pid), failure);
+            e.into()
+        })
     }
 
     /// Marks a replica as reloading until the guard drops.
@@ -278,7 +324,7 @@ impl Catalog {
         let _reloading = self.start_reload(tid, pid);
         let dir = self.dir_of(tid, pid);
         if let Some(old) = self.tables.write().remove(&(tid, pid)) {
-            old.close()?;
+            self.close_or_keep_failed(tid, pid, &old)?;
             // Checked once closed, when no fence can change it any more: a replica
             // fenced into a later term (or to nobody in this one) while the snapshot
             // came must not go back to following the leader that sent it.

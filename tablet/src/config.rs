@@ -33,7 +33,7 @@ pub struct TabletConfig {
     pub tls_ca: PathBuf,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
-    /// `every_write`, `group` or `none`.
+    /// `journal`, `group`, `every_write` or `none` (see `FsyncPolicy`).
     pub binlog_fsync: FsyncPolicy,
     /// Bytes after which a binlog segment is closed and a new one started.
     pub binlog_segment_size: u64,
@@ -198,6 +198,9 @@ impl TabletConfig {
                 ),
                 group_commit_max_records: self.binlog_group_commit_max_records,
                 flush_pool: crate::storage::FlushPool::new(self.binlog_flush_threads),
+                // Opened by the server before the replicas load (it reads back what a
+                // crash left only there).
+                journal: None,
             },
             max_row_size: self.max_row_size,
             quorum_timeout: std::time::Duration::from_millis(self.quorum_timeout_ms),

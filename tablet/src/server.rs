@@ -18,7 +18,7 @@ use crate::config::TabletConfig;
 use crate::replication::leader::Replicators;
 use crate::service::TabletService;
 use crate::storage::table::now_ms;
-use crate::storage::PageLimit;
+use crate::storage::{journal, FsyncPolicy, Journal, PageLimit};
 use crate::watchdog::{self, Reporter};
 
 /// Slack above `max_row_size` for the rest of a request.
@@ -43,10 +43,22 @@ pub async fn run(
         .with_context(|| format!("endpoint {} resolves to nothing", config.endpoint))?;
 
     let root = config.db_root_path.clone();
-    let options = config.table_options();
-    let catalog = tokio::task::spawn_blocking(move || Catalog::open(&root, options))
-        .await
-        .context("loading tables panicked")??;
+    let mut options = config.table_options();
+    let catalog = tokio::task::spawn_blocking(move || {
+        // Before any replica loads: its binlog may lack records only the journal holds
+        // (after a machine crash), whatever the policy is now.
+        let segment_size = options.binlog.segment_size;
+        if options.binlog.fsync == FsyncPolicy::Journal {
+            let (journal, _) =
+                Journal::open(&root, segment_size).context("reading the tablet's journal")?;
+            options.binlog.journal = Some(journal);
+        } else {
+            journal::recover(&root, segment_size).context("reading the tablet's journal")?;
+        }
+        anyhow::Ok(Catalog::open(&root, options)?)
+    })
+    .await
+    .context("loading tables panicked")??;
     let catalog = Arc::new(catalog);
     info!(tables = catalog.tables().len(), "tables loaded");
 

@@ -57,7 +57,8 @@ struct Flags {
     /// PEM private key of --tls_cert.
     #[arg(long)]
     tls_key: Option<PathBuf>,
-    /// When binlog writes are fsynced: every_write, group (default) or none.
+    /// When binlog writes are fsynced: group (default), journal (one log shared by the
+    /// tablet's replicas, one fsync for all of them), every_write or none.
     #[arg(long)]
     binlog_fsync: Option<FsyncPolicy>,
     /// Size in bytes at which a binlog segment is rolled.

@@ -28,6 +28,7 @@ use tracing::{info, warn};
 use super::crashsafe;
 pub use super::durability::{Durability, FlushPool};
 use super::error::{io_error, Result, StorageError};
+use super::journal::Journal;
 
 pub const RECORD_HEADER_LEN: usize = 24;
 /// Records larger than this are taken for garbage when reading (a row is at most a few
@@ -50,6 +51,12 @@ pub enum FsyncPolicy {
     /// Never fsync explicitly (the OS writes back when it likes). Acknowledged once the
     /// record is in the page cache: survives a process crash, not a machine crash.
     None,
+    /// Group commit through the tablet's journal ([`super::journal`]): records are also
+    /// appended to one log shared by every binlog of the tablet, and acknowledged once
+    /// that log is fsynced, so one fsync covers the writes of all its partitions. The
+    /// binlogs themselves are fsynced later; a restart after a machine crash writes back
+    /// from the journal what they lack.
+    Journal,
 }
 
 impl std::str::FromStr for FsyncPolicy {
@@ -59,8 +66,9 @@ impl std::str::FromStr for FsyncPolicy {
             "every_write" => Ok(FsyncPolicy::EveryWrite),
             "group" => Ok(FsyncPolicy::Group),
             "none" => Ok(FsyncPolicy::None),
+            "journal" => Ok(FsyncPolicy::Journal),
             other => Err(format!(
-                "unknown fsync policy `{other}` (expected every_write, group or none)"
+                "unknown fsync policy `{other}` (expected journal, group, every_write or none)"
             )),
         }
     }
@@ -77,6 +85,8 @@ pub struct BinlogOptions {
     pub group_commit_max_records: u64,
     /// `group`: the flusher threads, shared by every binlog given the same pool.
     pub flush_pool: FlushPool,
+    /// `journal`: the tablet's journal (required by that policy).
+    pub journal: Option<Journal>,
 }
 
 impl Default for BinlogOptions {
@@ -87,20 +97,33 @@ impl Default for BinlogOptions {
             group_commit_interval: Duration::ZERO,
             group_commit_max_records: 256,
             flush_pool: FlushPool::default(),
+            journal: None,
         }
     }
 }
 
 /// Appends one record to `out`.
 pub fn encode_record(term: u64, offset: u64, payload: &[u8], out: &mut Vec<u8>) {
+    encode_record_parts(term, offset, &[payload], out);
+}
+
+/// [`encode_record`] of a payload given in parts, laid end to end without copying them
+/// together first.
+pub(super) fn encode_record_parts(term: u64, offset: u64, parts: &[&[u8]], out: &mut Vec<u8>) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
     let mut crc = crc32c::crc32c(&term.to_le_bytes());
     crc = crc32c::crc32c_append(crc, &offset.to_le_bytes());
-    crc = crc32c::crc32c_append(crc, payload);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    for part in parts {
+        crc = crc32c::crc32c_append(crc, part);
+    }
+    out.reserve(RECORD_HEADER_LEN + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&term.to_le_bytes());
     out.extend_from_slice(&offset.to_le_bytes());
-    out.extend_from_slice(payload);
+    for part in parts {
+        out.extend_from_slice(part);
+    }
 }
 
 /// One decoded record, borrowing its payload from the segment buffer.
@@ -188,11 +211,15 @@ fn corruption(path: &Path, pos: usize, fault: &RecordFault) -> StorageError {
     StorageError::Corruption {
         file: path.to_path_buf(),
         position: pos as u64,
-        reason: match fault {
-            RecordFault::Incomplete => "record is cut short".into(),
-            RecordFault::BadLength(len) => format!("record length {len} is impossible"),
-            RecordFault::BadChecksum => "record checksum mismatch".into(),
-        },
+        reason: fault_reason(fault),
+    }
+}
+
+fn fault_reason(fault: &RecordFault) -> String {
+    match fault {
+        RecordFault::Incomplete => "record is cut short".into(),
+        RecordFault::BadLength(len) => format!("record length {len} is impossible"),
+        RecordFault::BadChecksum => "record checksum mismatch".into(),
     }
 }
 
@@ -227,25 +254,31 @@ fn segment_path(dir: &Path, first_offset: u64) -> PathBuf {
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<Segment>> {
-    let mut segments = Vec::new();
+    Ok(numbered_files(dir, SEGMENT_SUFFIX)?
+        .into_iter()
+        .map(|(first_offset, path)| Segment { first_offset, path })
+        .collect())
+}
+
+/// The files of `dir` named `<number><suffix>` (binlog and journal segments), in order
+/// of their numbers. A name with the suffix but no number is corruption.
+pub(super) fn numbered_files(dir: &Path, suffix: &str) -> Result<Vec<(u64, PathBuf)>> {
+    let mut files = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_error(dir))? {
         let entry = entry.map_err(io_error(dir))?;
         let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SEGMENT_SUFFIX)) else {
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(suffix)) else {
             continue;
         };
-        let first_offset = stem.parse().map_err(|_| StorageError::Corruption {
+        let number = stem.parse().map_err(|_| StorageError::Corruption {
             file: entry.path(),
             position: 0,
-            reason: "segment name is not an offset".into(),
+            reason: format!("the name of a `{suffix}` file is not a number"),
         })?;
-        segments.push(Segment {
-            first_offset,
-            path: entry.path(),
-        });
+        files.push((number, entry.path()));
     }
-    segments.sort_by_key(|s| s.first_offset);
-    Ok(segments)
+    files.sort();
+    Ok(files)
 }
 
 /// The writable binlog of one replica. Not internally locked for appends: the table
@@ -265,6 +298,8 @@ pub struct Binlog {
     /// (next offset, file length, last term) before the first staged record: where the
     /// binlog stands again if writing the staged records fails.
     unstaged: Option<(u64, u64, u64)>,
+    /// `journal`: the tablet's journal and this binlog's id in it.
+    journal: Option<(Journal, String)>,
 }
 
 impl Binlog {
@@ -281,7 +316,18 @@ impl Binlog {
         mut apply: impl FnMut(Record<'_>) -> Result<()>,
     ) -> Result<(Binlog, OpenReport)> {
         assert!(start >= 1, "binlog offsets start at 1");
+        if options.fsync == FsyncPolicy::Journal && options.journal.is_none() {
+            return Err(StorageError::InvalidArgument(
+                "the journal fsync policy needs the tablet's journal".into(),
+            ));
+        }
         fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let journal = match (&options.fsync, &options.journal) {
+            (FsyncPolicy::Journal, Some(journal)) => {
+                Some((journal.clone(), journal.binlog_id(dir)?))
+            }
+            _ => None,
+        };
         let mut segments = list_segments(dir)?;
         let mut report = OpenReport {
             last_offset: start - 1,
@@ -410,6 +456,7 @@ impl Binlog {
             durability,
             buf: Vec::new(),
             unstaged: None,
+            journal,
         };
         if binlog.segments[last_index].first_offset > binlog.next_offset {
             return Err(StorageError::Corruption {
@@ -476,7 +523,7 @@ impl Binlog {
             return self.durability.check();
         }
         let written = (&*self.file).write_all(&self.buf);
-        self.buf.clear();
+        let staged = std::mem::take(&mut self.buf);
         let unstaged = self.unstaged.take();
         if let Err(e) = written {
             // The binlog says it ends where it did before the staging, so no one is told
@@ -507,30 +554,47 @@ impl Binlog {
             });
         }
         let last = self.last_offset();
+        let outcome = self.made_durable(&staged, last);
+        // The buffer's allocation serves the next batch.
+        self.buf = staged;
+        self.buf.clear();
+        outcome
+    }
+
+    /// After the records up to `last` (`staged`) were handed to the OS: makes them durable
+    /// under the policy, or has them made so.
+    fn made_durable(&mut self, staged: &[u8], last: u64) -> Result<()> {
         match self.options.fsync {
             FsyncPolicy::EveryWrite => {
-                if let Err(e) = self.file.sync_data() {
-                    let reason = format!("fsync of {} failed: {e}", self.current_path().display());
-                    self.durability.fail(reason.clone());
-                    return Err(StorageError::Failed(reason));
-                }
+                self.durability.fsync(&self.file, self.current_path())?;
                 self.durability.written_durably(last);
             }
             FsyncPolicy::Group => self.durability.written(last, &self.options.flush_pool)?,
             FsyncPolicy::None => self.durability.written_durably(last),
+            FsyncPolicy::Journal => {
+                let (journal, id) = self.journal.as_ref().expect("checked at open");
+                self.durability.written_to_journal(last);
+                if let Err(e) = journal.append_records(id, staged, &self.durability, last) {
+                    // In the binlog but maybe not in the journal: the fate of these
+                    // records is unknown, and the binlog takes nothing more.
+                    self.durability.fail(e.to_string());
+                    self.durability.tail_uncertain();
+                    return Err(StorageError::Failed(e.to_string()));
+                }
+            }
         }
         Ok(())
     }
 
     /// Closes the current segment (durably) and starts a new one at `first_offset`.
     fn roll(&mut self, first_offset: u64) -> Result<()> {
-        let old = self.current_path().to_path_buf();
-        if let Err(e) = self.file.sync_data() {
+        if let Err(e) = self.durability.fsync(&self.file, self.current_path()) {
             // What the old segment holds is of unknown fate: no later fsync may count
             // it durable (its writers hear so, as an outcome not known); the write that
             // needed the roll was not logged.
-            let reason = format!("fsync of {} failed: {e}", old.display());
-            self.durability.fail(reason.clone());
+            let StorageError::Failed(reason) = e else {
+                return Err(e);
+            };
             return Err(StorageError::WriteFailed(reason));
         }
         let path = segment_path(&self.dir, first_offset);
@@ -590,11 +654,8 @@ impl Binlog {
 
     /// Forces everything appended so far to disk, whatever the policy.
     pub fn sync(&self) -> Result<()> {
-        if let Err(e) = self.file.sync_data() {
-            let reason = format!("fsync of {} failed: {e}", self.current_path().display());
-            self.durability.fail(reason.clone());
-            return Err(StorageError::Failed(reason));
-        }
+        // Refused after an earlier failure (see `Durability::fsync`).
+        self.durability.fsync(&self.file, self.current_path())?;
         let mut state = self.durability.state.lock();
         state.durable = state.written;
         self.durability.announce();
@@ -628,11 +689,24 @@ impl Binlog {
     pub fn close(&mut self) -> Result<()> {
         // Nothing is staged between calls, but a record staged is a record promised.
         let _ = self.write_staged();
-        let synced = if self.durability.state.lock().failure.is_none() {
-            self.sync()
-        } else {
-            Ok(())
+        let was_open = !self.durability.state.lock().shutdown;
+        let failure = self.durability.state.lock().failure.clone();
+        let mut synced = match &failure {
+            None => self.sync(),
+            Some(_) => Ok(()),
         };
+        if let (Some((journal, id)), true) = (&self.journal, was_open) {
+            // Only once its records are durable here may the journal forget them: a
+            // binlog cut back or replaced at this place later must not get them back.
+            // A failed binlog's records may be only in the journal: it keeps them (the
+            // caller hears of it and must not cut or replace the binlog).
+            synced = match failure {
+                None => synced.and_then(|()| journal.reset(id)),
+                Some(failure) => Err(StorageError::Failed(format!(
+                    "{failure}; the journal keeps this binlog's records until the next start"
+                ))),
+            };
+        }
         {
             let mut state = self.durability.state.lock();
             state.shutdown = true;
@@ -732,6 +806,60 @@ fn read_segment(path: &Path) -> Result<Vec<(u64, u64, Vec<u8>)>> {
     Ok(out)
 }
 
+/// Reads the records of `bytes` (a segment's contents, its first record `first`) in
+/// order, passing each to `each`. A torn tail (only if `last`) ends the reading and its
+/// length is returned; a bad record, or an error from `each`, is `(position, reason)`.
+pub(super) fn scan_buffer(
+    bytes: &[u8],
+    first: u64,
+    last: bool,
+    mut each: impl FnMut(Record<'_>) -> std::result::Result<(), String>,
+) -> std::result::Result<u64, (u64, String)> {
+    let mut pos = 0;
+    let mut expected = first;
+    while pos < bytes.len() {
+        match decode_record(&bytes[pos..]) {
+            Ok((record, len)) => {
+                expected = record.offset + 1;
+                each(record).map_err(|reason| (pos as u64, reason))?;
+                pos += len;
+            }
+            Err(fault) if is_torn_tail(bytes, pos, &fault, expected, last) => {
+                return Ok((bytes.len() - pos) as u64)
+            }
+            Err(fault) => return Err((pos as u64, fault_reason(&fault))),
+        }
+    }
+    Ok(0)
+}
+
+/// The first offset of the oldest segment of the binlog in `dir`, if it has one.
+pub(super) fn first_segment_start(dir: &Path) -> Result<Option<u64>> {
+    Ok(list_segments(dir)?.first().map(|s| s.first_offset))
+}
+
+/// The last segment of the binlog in `dir`, if it has one: its path, its first offset,
+/// the length of the run of good records it starts with, and the offset after them.
+pub(super) fn last_segment_prefix(dir: &Path) -> Result<Option<(PathBuf, u64, u64, u64)>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let Some(last) = list_segments(dir)?.pop() else {
+        return Ok(None);
+    };
+    let bytes = fs::read(&last.path).map_err(io_error(&last.path))?;
+    let mut pos = 0;
+    let mut next = last.first_offset;
+    while let Ok((record, len)) = decode_record(&bytes[pos..]) {
+        if record.offset != next {
+            break;
+        }
+        next += 1;
+        pos += len;
+    }
+    Ok(Some((last.path, last.first_offset, pos as u64, next)))
+}
+
 /// (term, offset) of the last complete record in a binlog directory, read without
 /// modifying anything; `None` when it holds no record.
 pub fn last_record(dir: &Path) -> Result<Option<(u64, u64)>> {
@@ -753,23 +881,16 @@ pub fn scan_records(dir: &Path, mut each: impl FnMut(Record<'_>)) -> Result<()> 
     let segments = list_segments(dir)?;
     for (i, segment) in segments.iter().enumerate() {
         let bytes = fs::read(&segment.path).map_err(io_error(&segment.path))?;
-        let mut pos = 0;
-        let mut expected = segment.first_offset;
-        while pos < bytes.len() {
-            match decode_record(&bytes[pos..]) {
-                Ok((record, len)) => {
-                    expected = record.offset + 1;
-                    each(record);
-                    pos += len;
-                }
-                Err(fault)
-                    if is_torn_tail(&bytes, pos, &fault, expected, i + 1 == segments.len()) =>
-                {
-                    break
-                }
-                Err(fault) => return Err(corruption(&segment.path, pos, &fault)),
-            }
-        }
+        let last = i + 1 == segments.len();
+        scan_buffer(&bytes, segment.first_offset, last, |record| {
+            each(record);
+            Ok(())
+        })
+        .map_err(|(position, reason)| StorageError::Corruption {
+            file: segment.path.clone(),
+            position,
+            reason,
+        })?;
     }
     Ok(())
 }

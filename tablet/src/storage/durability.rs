@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,11 @@ pub struct Durability {
     /// many waiting records end the wait early.
     linger: Duration,
     max_records: u64,
+    /// `journal`: the journal segment this binlog was last written in (see
+    /// [`super::journal`]), so each segment lists the binlogs to fsync before it goes.
+    pub(super) journal_segment: AtomicU64,
+    /// Held across each fsync of the binlog's files (see [`Durability::fsync`]).
+    sync_lock: Mutex<()>,
 }
 
 impl DurableState {
@@ -164,6 +169,51 @@ impl Durability {
         self.announce();
     }
 
+    /// `journal`: records up to `offset` are in the OS; the journal counts them durable
+    /// once it has fsynced its copy ([`Durability::journaled`]).
+    pub(super) fn written_to_journal(&self, offset: u64) {
+        self.state.lock().written = offset;
+    }
+
+    /// `journal`: the journal's copy of the records up to `offset` is durable.
+    pub(super) fn journaled(&self, offset: u64) {
+        let mut state = self.state.lock();
+        if state.failure.is_none() {
+            state.durable = state.durable.max(offset);
+        }
+        self.announce();
+    }
+
+    /// Fsyncs `file`, one of this binlog's segments (`path`). One fsync of the binlog
+    /// runs at a time, and none once one failed: the kernel reports a failed writeback to
+    /// one fsync only, and may drop the pages it could not write, so a concurrent or
+    /// later fsync can succeed without them being on disk. The failure is recorded before
+    /// the next fsync may start.
+    pub(super) fn fsync(&self, file: &File, path: &std::path::Path) -> Result<()> {
+        let _one_at_a_time = self.sync_lock.lock();
+        if let Some(failure) = self.failure() {
+            return Err(StorageError::Failed(failure));
+        }
+        let started = Instant::now();
+        let synced = file.sync_data();
+        crate::metrics::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
+        synced.map_err(|e| {
+            let reason = format!("fsync of {} failed: {e}", path.display());
+            self.fail(reason.clone());
+            StorageError::Failed(reason)
+        })
+    }
+
+    /// Fsyncs the binlog's current segment (its earlier ones were fsynced when it rolled
+    /// on), so the journal's copy of what it holds is no longer needed.
+    pub(super) fn sync_file(&self) -> Result<()> {
+        let file = self.state.lock().file.clone();
+        match file {
+            Some(file) => self.fsync(&file, std::path::Path::new("the binlog's segment")),
+            None => Ok(()),
+        }
+    }
+
     /// Records up to `offset` are in the OS: has the pool fsync them after the linger
     /// (or sooner, once `max_records` wait).
     pub(super) fn written(self: &Arc<Self>, offset: u64, pool: &FlushPool) -> Result<()> {
@@ -207,15 +257,11 @@ impl Durability {
             return false;
         };
         drop(state);
-        let started = std::time::Instant::now();
-        let synced = file.sync_data();
-        crate::metrics::FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
+        // A failure is recorded (and announced) by `fsync` itself.
+        let synced = self.fsync(&file, std::path::Path::new("the binlog's segment"));
         let mut state = self.state.lock();
-        match synced {
-            Ok(()) => state.durable = state.durable.max(target),
-            Err(e) => {
-                state.failure.get_or_insert(format!("fsync failed: {e}"));
-            }
+        if synced.is_ok() {
+            state.durable = state.durable.max(target);
         }
         self.announce();
         let again = state.failure.is_none() && state.written > state.durable;
