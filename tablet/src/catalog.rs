@@ -170,7 +170,10 @@ impl Catalog {
                     "{why} (remove this file once the replica is repaired or replaced)"
                 ),
             }),
-            Err(_) => Table::open(&dir, self.options.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Table::open(&dir, self.options.clone())
+            }
+            Err(e) => Err(io_error(&marker)(e)),
         };
         match opened {
             Ok((table, report)) => {

@@ -752,7 +752,14 @@ pub fn truncate_after(dir: &Path, offset: u64) -> Result<u64> {
     let segments = list_segments(dir)?;
     for segment in segments.iter().rev() {
         if segment.first_offset > offset {
-            removed += read_segment(&segment.path)?.len() as u64;
+            // Counted up to its first bad record, if any: it goes whole either way (an
+            // unsynced tail may hold a hole).
+            let bytes = fs::read(&segment.path).map_err(io_error(&segment.path))?;
+            let mut pos = 0;
+            while let Ok((_, len)) = decode_record(&bytes[pos..]) {
+                removed += 1;
+                pos += len;
+            }
             fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
             continue;
         }
@@ -789,23 +796,6 @@ pub fn truncate_after(dir: &Path, offset: u64) -> Result<u64> {
     Ok(removed)
 }
 
-fn read_segment(path: &Path) -> Result<Vec<(u64, u64, Vec<u8>)>> {
-    let bytes = fs::read(path).map_err(io_error(path))?;
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < bytes.len() {
-        let (record, len) =
-            decode_record(&bytes[pos..]).map_err(|fault| StorageError::Corruption {
-                file: path.to_path_buf(),
-                position: pos as u64,
-                reason: format!("{fault:?}"),
-            })?;
-        out.push((record.term, record.offset, record.payload.to_vec()));
-        pos += len;
-    }
-    Ok(out)
-}
-
 /// Reads the records of `bytes` (a segment's contents, its first record `first`) in
 /// order, passing each to `each`. A torn tail (only if `last`) ends the reading and its
 /// length is returned; a bad record, or an error from `each`, is `(position, reason)`.
@@ -838,9 +828,9 @@ pub(super) fn first_segment_start(dir: &Path) -> Result<Option<u64>> {
     Ok(list_segments(dir)?.first().map(|s| s.first_offset))
 }
 
-/// The last segment of the binlog in `dir`, if it has one: its path, its first offset,
-/// the length of the run of good records it starts with, and the offset after them.
-pub(super) fn last_segment_prefix(dir: &Path) -> Result<Option<(PathBuf, u64, u64, u64)>> {
+/// The last segment of the binlog in `dir`, if it has one: its path, the length of the
+/// run of good records it starts with, and the offset after them.
+pub(super) fn last_segment_prefix(dir: &Path) -> Result<Option<(PathBuf, u64, u64)>> {
     if !dir.exists() {
         return Ok(None);
     }
@@ -857,7 +847,7 @@ pub(super) fn last_segment_prefix(dir: &Path) -> Result<Option<(PathBuf, u64, u6
         next += 1;
         pos += len;
     }
-    Ok(Some((last.path, last.first_offset, pos as u64, next)))
+    Ok(Some((last.path, pos as u64, next)))
 }
 
 /// (term, offset) of the last complete record in a binlog directory, read without

@@ -260,7 +260,9 @@ impl Durability {
         // A failure is recorded (and announced) by `fsync` itself.
         let synced = self.fsync(&file, std::path::Path::new("the binlog's segment"));
         let mut state = self.state.lock();
-        if synced.is_ok() {
+        // Not once the binlog failed meanwhile: its failed fsync may have taken the
+        // error this one would have seen.
+        if synced.is_ok() && state.failure.is_none() {
             state.durable = state.durable.max(target);
         }
         self.announce();

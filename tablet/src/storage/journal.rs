@@ -415,13 +415,17 @@ fn sync_and_tell(
 
 /// Deletes a rolled segment once every binlog written in it is fsynced.
 fn retire(shared: &Shared, segment: Rolled) {
-    if shared.state.lock().retire_blocked {
-        return;
-    }
-    if let Some(failure) = shared.state.lock().failure.clone() {
-        error!(segment = %segment.path.display(), failure, "the journal failed: its segments are kept");
-        shared.state.lock().retire_blocked = true;
-        return;
+    {
+        let mut state = shared.state.lock();
+        if state.retire_blocked {
+            return;
+        }
+        if let Some(failure) = state.failure.clone() {
+            state.retire_blocked = true;
+            drop(state);
+            error!(segment = %segment.path.display(), failure, "the journal failed: its segments are kept");
+            return;
+        }
     }
     // A binlog that failed refuses `sync_file`: its records may be only here.
     let synced = segment
@@ -460,8 +464,11 @@ pub fn recover(root: &Path, segment_size: u64) -> Result<JournalReport> {
     // Every binlog now holds (durably) what the journal held: the old segments can go,
     // oldest first (see `retire_blocked`).
     if report.binlogs_failed == 0 {
+        // Each removal durable before the next: a later segment may hold the reset that
+        // keeps an earlier one's records out, so it must never outlive it.
         for (_, path) in &segments {
             fs::remove_file(path).map_err(io_error(path))?;
+            crashsafe::fsync_dir(&dir)?;
         }
     } else {
         let kept = root.join(format!("{JOURNAL_DIR}.kept-{}", super::table::now_ms()));
@@ -554,13 +561,20 @@ fn restore(root: &Path, segments: &[(u64, PathBuf)], segment_size: u64) -> Resul
     }
     for (id, bodies) in bodies {
         let (dir, token) = binlog_dir(root, &id)?;
-        let current = fs::read_to_string(dir.join(INCARNATION_FILE)).ok();
-        if current.as_deref().map(str::trim) != Some(token) {
+        let restored = match fs::read_to_string(dir.join(INCARNATION_FILE)) {
+            Ok(current) if current.trim() == token => restore_binlog(&dir, &bodies, segment_size),
             // Dropped, or replaced by another incarnation (a snapshot installed over it).
-            report.binlogs_gone += 1;
-            continue;
-        }
-        let restored = match restore_binlog(&dir, &bodies, segment_size) {
+            Ok(_) => {
+                report.binlogs_gone += 1;
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                report.binlogs_gone += 1;
+                continue;
+            }
+            Err(e) => Err(io_error(&dir.join(INCARNATION_FILE))(e)),
+        };
+        let restored = match restored {
             Ok(restored) => restored,
             Err(e) => {
                 error!(binlog = %dir.display(), error = %e,
@@ -622,8 +636,9 @@ fn binlog_dir<'a>(root: &Path, id: &'a str) -> Result<(PathBuf, &'a str)> {
     Ok((root.join(relative), token))
 }
 
-/// Appends to the binlog in `dir` the records of `bodies` after its last one; returns
-/// how many. A record that would leave a gap is corruption.
+/// Writes the records of `bodies` (the journal's copy of the binlog in `dir`, from some
+/// offset on) into that binlog again, in place of what it holds from that offset on;
+/// returns how many of them it lacked. A record that would leave a gap is corruption.
 fn restore_binlog(dir: &Path, bodies: &[Vec<u8>], segment_size: u64) -> Result<u64> {
     let mut records = Vec::new();
     for body in bodies {
@@ -640,8 +655,9 @@ fn restore_binlog(dir: &Path, bodies: &[Vec<u8>], segment_size: u64) -> Result<u
     let Some(&(_, first_journaled, _)) = records.first() else {
         return Ok(0);
     };
-    let start = match binlog::last_segment_prefix(dir)? {
-        Some((path, _, good_len, next)) => {
+    // Where the binlog's last segment stops holding good records in order.
+    let good_end = match binlog::last_segment_prefix(dir)? {
+        Some((path, good_len, next)) => {
             if first_journaled > next {
                 return Err(StorageError::Corruption {
                     file: path,
@@ -651,35 +667,23 @@ fn restore_binlog(dir: &Path, bodies: &[Vec<u8>], segment_size: u64) -> Result<u
                     ),
                 });
             }
-            // Only the last segment can have lost writes (an earlier one was fsynced
-            // when the next began), and not only at its end: the OS may have written
-            // back a later page and not an earlier one. The journal holds the records
-            // from the first bad one on: the segment is cut there and they are written
-            // again.
-            let len = fs::metadata(&path).map_err(io_error(&path))?.len();
-            if len > good_len {
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(io_error(&path))?;
-                file.set_len(good_len).map_err(io_error(&path))?;
-                file.sync_all().map_err(io_error(&path))?;
-                warn!(segment = %path.display(), offset = next, bytes = len - good_len,
-                    "cut a binlog segment's unsynced tail; the journal holds its records");
-            }
-            // Every record from the first journaled one on is read and checked again
-            // (from the oldest segment left, if a snapshot collected the ones before).
-            first_journaled.max(binlog::first_segment_start(dir)?.unwrap_or(first_journaled))
+            next
         }
         None => first_journaled,
     };
+    // The journal holds every record of this binlog from `first_journaled` on. They are
+    // all written again, whatever the binlog's files show: the OS may have written back
+    // a later page and not an earlier one (a hole), and after a failed writeback the
+    // page cache may still show records that never reached the disk.
+    binlog::truncate_after(dir, first_journaled - 1)?;
+    let start = first_journaled.max(binlog::first_segment_start(dir)?.unwrap_or(first_journaled));
     let options = BinlogOptions {
         fsync: FsyncPolicy::None,
         segment_size,
         ..BinlogOptions::default()
     };
     let (mut log, _) = Binlog::open(dir, options, start, |_| Ok(()))?;
-    let mut restored = 0;
+    let mut missing = 0;
     for (term, offset, payload) in records {
         let last = log.last_offset();
         if offset <= last {
@@ -695,10 +699,12 @@ fn restore_binlog(dir: &Path, bodies: &[Vec<u8>], segment_size: u64) -> Result<u
             });
         }
         log.append_at(term, offset, &payload)?;
-        restored += 1;
+        if offset >= good_end {
+            missing += 1;
+        }
     }
     log.close()?;
-    Ok(restored)
+    Ok(missing)
 }
 
 #[cfg(test)]
@@ -919,21 +925,30 @@ mod tests {
         assert_eq!(records(&dir), vec![(2, 1), (2, 2)]);
     }
 
-    /// A binlog that cannot take its records back (here an older segment of it is
-    /// damaged) is marked so that its replica is refused at load, and the journal's
-    /// segments are kept aside instead of deleted.
+    /// A binlog that cannot take its records back (here the records just before the
+    /// journal's copy begins are damaged) is marked so that its replica is refused at
+    /// load, and the journal's segments are kept aside instead of deleted.
     #[test]
     fn a_binlog_that_cannot_take_its_records_is_marked_and_the_journal_kept() {
         let root = tempfile::tempdir().unwrap();
         let replica = root.path().join("8_0");
         let dir = replica.join("binlog");
         let (journal, _) = Journal::open(root.path(), 1 << 20).unwrap();
+        // Records 1..=5 fill the first segment before the binlog is journaled.
+        let unjournaled = BinlogOptions {
+            segment_size: 5 * RECORD_LEN,
+            ..BinlogOptions::default()
+        };
+        let (mut log, _) = Binlog::open(&dir, unjournaled, 1, |_| Ok(())).unwrap();
+        write_acknowledged(&mut log, 1, 5);
+        log.close().unwrap();
+        drop(log);
         let options = BinlogOptions {
             segment_size: 5 * RECORD_LEN,
             ..journaled(&journal)
         };
         let (mut log, _) = Binlog::open(&dir, options, 1, |_| Ok(())).unwrap();
-        write_acknowledged(&mut log, 1, 12);
+        write_acknowledged(&mut log, 1, 7);
         std::mem::forget(log);
         drop(journal);
         let first = dir.join(format!("{:020}.log", 1));
