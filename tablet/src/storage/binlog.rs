@@ -623,7 +623,9 @@ impl Binlog {
             // Everything in the old segment is durable now; the flusher moves on to the
             // new file.
             let mut state = self.durability.state.lock();
-            state.durable = state.written;
+            if self.own_fsync_counts() {
+                state.durable = state.written;
+            }
             state.file = Some(self.file.clone());
             self.durability.announce();
         }
@@ -656,10 +658,20 @@ impl Binlog {
     pub fn sync(&self) -> Result<()> {
         // Refused after an earlier failure (see `Durability::fsync`).
         self.durability.fsync(&self.file, self.current_path())?;
-        let mut state = self.durability.state.lock();
-        state.durable = state.written;
-        self.durability.announce();
+        if self.own_fsync_counts() {
+            let mut state = self.durability.state.lock();
+            state.durable = state.written;
+            self.durability.announce();
+        }
         Ok(())
+    }
+
+    /// Whether an fsync of the binlog's own files makes its records count durable. Not
+    /// under `journal`: there a record counts durable once the journal's copy is, since a
+    /// restart rewrites each binlog from the first record the journal holds for it on,
+    /// so a record durable in its binlog but not yet in the journal could be cut.
+    fn own_fsync_counts(&self) -> bool {
+        self.options.fsync != FsyncPolicy::Journal
     }
 
     /// Deletes the segments whose records all lie at or below `offset` (the current
@@ -826,6 +838,36 @@ pub(super) fn scan_buffer(
 /// The first offset of the oldest segment of the binlog in `dir`, if it has one.
 pub(super) fn first_segment_start(dir: &Path) -> Result<Option<u64>> {
     Ok(list_segments(dir)?.first().map(|s| s.first_offset))
+}
+
+/// Whether the binlog in `dir` holds every record up to `offset` that it has not
+/// collected: the segment that should hold `offset` (none, if it is below the oldest
+/// segment) reaches it. A bad record before it is corruption.
+pub(super) fn holds_through(dir: &Path, offset: u64) -> Result<bool> {
+    let segments = list_segments(dir)?;
+    let Some(segment) = segments.iter().rev().find(|s| s.first_offset <= offset) else {
+        return Ok(true);
+    };
+    let bytes = fs::read(&segment.path).map_err(io_error(&segment.path))?;
+    let mut pos = 0;
+    let mut next = segment.first_offset;
+    while next <= offset {
+        if pos == bytes.len() {
+            return Ok(false);
+        }
+        let (record, len) =
+            decode_record(&bytes[pos..]).map_err(|fault| corruption(&segment.path, pos, &fault))?;
+        if record.offset != next {
+            return Err(StorageError::Corruption {
+                file: segment.path.clone(),
+                position: pos as u64,
+                reason: format!("record has offset {}, expected {next}", record.offset),
+            });
+        }
+        pos += len;
+        next += 1;
+    }
+    Ok(true)
 }
 
 /// The last segment of the binlog in `dir`, if it has one: its path, the length of the

@@ -675,6 +675,16 @@ fn restore_binlog(dir: &Path, bodies: &[Vec<u8>], segment_size: u64) -> Result<u
     // all written again, whatever the binlog's files show: the OS may have written back
     // a later page and not an earlier one (a hole), and after a failed writeback the
     // page cache may still show records that never reached the disk.
+    if !binlog::holds_through(dir, first_journaled - 1)? {
+        return Err(StorageError::Corruption {
+            file: dir.to_path_buf(),
+            position: 0,
+            reason: format!(
+                "the binlog ends before offset {} and the journal's copy begins at {first_journaled}: records are missing from both",
+                first_journaled - 1
+            ),
+        });
+    }
     binlog::truncate_after(dir, first_journaled - 1)?;
     let start = first_journaled.max(binlog::first_segment_start(dir)?.unwrap_or(first_journaled));
     let options = BinlogOptions {
