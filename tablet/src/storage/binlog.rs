@@ -845,6 +845,11 @@ pub(super) fn first_segment_start(dir: &Path) -> Result<Option<u64>> {
 /// segment) reaches it. A bad record before it is corruption.
 pub(super) fn holds_through(dir: &Path, offset: u64) -> Result<bool> {
     let segments = list_segments(dir)?;
+    if segments.iter().any(|s| s.first_offset == offset + 1) {
+        // Begun afresh after `offset` (a snapshot newer than the log): what came before
+        // is the snapshot's.
+        return Ok(true);
+    }
     let Some(segment) = segments.iter().rev().find(|s| s.first_offset <= offset) else {
         return Ok(true);
     };

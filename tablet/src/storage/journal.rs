@@ -135,6 +135,9 @@ pub struct JournalReport {
     /// Binlogs that could not take their records (named in the log; the journal's
     /// segments are then kept aside).
     pub binlogs_failed: u64,
+    /// The journal ended before its last segment did (see `restore`): its segments are
+    /// kept aside too.
+    pub ended_early: bool,
     /// Bytes of a torn final entry that were ignored.
     pub torn_bytes: u64,
 }
@@ -463,7 +466,7 @@ pub fn recover(root: &Path, segment_size: u64) -> Result<JournalReport> {
     let report = restore(root, &segments, segment_size)?;
     // Every binlog now holds (durably) what the journal held: the old segments can go,
     // oldest first (see `retire_blocked`).
-    if report.binlogs_failed == 0 {
+    if report.binlogs_failed == 0 && !report.ended_early {
         // Each removal durable before the next: a later segment may hold the reset that
         // keeps an earlier one's records out, so it must never outlive it.
         for (_, path) in &segments {
@@ -479,8 +482,8 @@ pub fn recover(root: &Path, segment_size: u64) -> Result<JournalReport> {
         }
         crashsafe::fsync_dir(&kept)?;
         crashsafe::fsync_dir(root)?;
-        error!(kept = %kept.display(), failed = report.binlogs_failed,
-            "some binlogs could not take the journal's records: its segments are kept");
+        error!(kept = %kept.display(), failed = report.binlogs_failed, ended_early = report.ended_early,
+            "the journal's segments are kept for the operator");
     }
     crashsafe::fsync_dir(&dir)?;
     if report.entries > 0 {
@@ -502,27 +505,21 @@ fn restore(root: &Path, segments: &[(u64, PathBuf)], segment_size: u64) -> Resul
     let mut report = JournalReport::default();
     // Per binlog, the record bodies after its last reset, in order.
     let mut bodies: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
-    let last_index = segments.len().saturating_sub(1);
     let mut expected: Option<u64> = None;
     for (i, (first, path)) in segments.iter().enumerate() {
         let bytes = fs::read(path).map_err(io_error(path))?;
-        let is_last = i == last_index;
-        let mut read = 0;
-        // An entry that decodes but makes no sense: never taken for a torn write.
+        let is_last = i + 1 == segments.len();
+        // An entry that decodes but makes no sense: damage, never the journal's end.
         let mut nonsense = false;
-        let scanned = binlog::scan_buffer(&bytes, *first, is_last, |record| {
-            read += 1;
+        let scanned = binlog::scan_buffer(&bytes, *first, true, |record| {
             if let Some(want) = expected {
                 if record.offset != want {
-                    nonsense = true;
                     return Err(format!(
-                        "entry {} follows entry {}",
-                        record.offset,
-                        want - 1
+                        "entry {} where entry {want} was due",
+                        record.offset
                     ));
                 }
             }
-            expected = Some(record.offset + 1);
             let entry = split_entry(record.payload);
             nonsense = entry.is_err();
             let (kind, id, body) = entry?;
@@ -536,20 +533,18 @@ fn restore(root: &Path, segments: &[(u64, PathBuf)], segment_size: u64) -> Resul
                     return Err(format!("unknown entry kind {other}"));
                 }
             }
+            expected = Some(record.offset + 1);
+            report.entries += 1;
             Ok(())
         });
-        report.entries += read;
-        match scanned {
-            Ok(torn) => report.torn_bytes += torn,
-            // The last segment was never fsynced past its last acknowledged entry, and
-            // an fsync covers the whole file: no entry from a bad one on was
-            // acknowledged, even if the OS wrote back later pages (good entries after a
-            // hole) before it crashed.
-            Err((position, reason)) if is_last && !nonsense => {
-                warn!(segment = %path.display(), position, reason,
-                    "the journal's last segment ends in entries never acknowledged; they are left out");
-                report.torn_bytes += bytes.len() as u64 - position;
-            }
+        // Where the journal ends: a torn or bad entry, or a missing one. The flusher
+        // fsyncs a segment whole, and every segment before it, before it acknowledges
+        // anything in it, so no entry from there on was acknowledged; the OS may have
+        // written back later pages or a later segment before an earlier one.
+        let end = match scanned {
+            Ok(0) => continue,
+            Ok(torn) => (bytes.len() as u64 - torn, "a torn entry".to_string()),
+            Err((position, reason)) if !nonsense => (position, reason),
             Err((position, reason)) => {
                 return Err(StorageError::Corruption {
                     file: path.clone(),
@@ -557,12 +552,28 @@ fn restore(root: &Path, segments: &[(u64, PathBuf)], segment_size: u64) -> Resul
                     reason,
                 })
             }
+        };
+        report.torn_bytes += bytes.len() as u64 - end.0;
+        if is_last {
+            warn!(segment = %path.display(), position = end.0, reason = end.1,
+                "the journal ends in entries never acknowledged; they are left out");
+        } else {
+            // Normal after a power loss between a roll and the flusher's fsync of the
+            // segment rolled away from; but it is also what a damaged segment would
+            // look like, so the segments are kept for the operator.
+            error!(segment = %path.display(), position = end.0, reason = end.1,
+                later_segments = segments.len() - i - 1,
+                "the journal ends before its last segment: entries from here on are left out (never acknowledged, if a power loss cut them)");
+            report.ended_early = true;
         }
+        break;
     }
     for (id, bodies) in bodies {
         let (dir, token) = binlog_dir(root, &id)?;
         let restored = match fs::read_to_string(dir.join(INCARNATION_FILE)) {
-            Ok(current) if current.trim() == token => restore_binlog(&dir, &bodies, segment_size),
+            Ok(current) if current.trim() == token => {
+                restore_binlog(&dir, &bodies, segment_size, !report.ended_early)
+            }
             // Dropped, or replaced by another incarnation (a snapshot installed over it).
             Ok(_) => {
                 report.binlogs_gone += 1;
@@ -637,9 +648,15 @@ fn binlog_dir<'a>(root: &Path, id: &'a str) -> Result<(PathBuf, &'a str)> {
 }
 
 /// Writes the records of `bodies` (the journal's copy of the binlog in `dir`, from some
-/// offset on) into that binlog again, in place of what it holds from that offset on;
-/// returns how many of them it lacked. A record that would leave a gap is corruption.
-fn restore_binlog(dir: &Path, bodies: &[Vec<u8>], segment_size: u64) -> Result<u64> {
+/// offset on) into that binlog again, in place of what it holds from that offset on
+/// (if `journal_whole`; else only after its last good record); returns how many of
+/// them it lacked. A record that would leave a gap is corruption.
+fn restore_binlog(
+    dir: &Path,
+    bodies: &[Vec<u8>],
+    segment_size: u64,
+    journal_whole: bool,
+) -> Result<u64> {
     let mut records = Vec::new();
     for body in bodies {
         binlog::scan_buffer(body, 0, false, |record| {
@@ -685,7 +702,14 @@ fn restore_binlog(dir: &Path, bodies: &[Vec<u8>], segment_size: u64) -> Result<u
             ),
         });
     }
-    binlog::truncate_after(dir, first_journaled - 1)?;
+    // Unless the journal ended early: it may be damaged rather than cut by a power loss,
+    // and then the binlog's good records are worth more than its missing copy of them.
+    let keep_through = if journal_whole {
+        first_journaled - 1
+    } else {
+        good_end - 1
+    };
+    binlog::truncate_after(dir, keep_through)?;
     let start = first_journaled.max(binlog::first_segment_start(dir)?.unwrap_or(first_journaled));
     let options = BinlogOptions {
         fsync: FsyncPolicy::None,
@@ -878,11 +902,13 @@ mod tests {
         assert_eq!(report.records_restored, 3);
     }
 
-    /// Only the last segment can hold entries never acknowledged; a bad entry in an
-    /// earlier one (fsynced when the next began) is damage, and the tablet must not
-    /// start as if nothing were missing.
+    /// A power loss between a roll and the flusher's fsync of the segment rolled away
+    /// from can leave that segment torn with a later one on disk. Nothing from the tear
+    /// on was acknowledged: the journal is read up to it, the tablet starts, and the
+    /// segments are kept aside (damage would look the same); the binlog keeps its good
+    /// records beyond the journal's end.
     #[test]
-    fn a_damaged_entry_before_the_last_segment_refuses_the_start() {
+    fn a_journal_torn_before_its_last_segment_is_read_up_to_the_tear_and_kept() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("4_1/binlog");
         let (journal, _) = Journal::open(root.path(), 1 << 20).unwrap();
@@ -890,25 +916,62 @@ mod tests {
         write_acknowledged(&mut log, 1, 3);
         std::mem::forget(log);
         drop(journal);
-        // Split the segment after its first entry, as a roll would have: entries 1 and
-        // 2..3. (A real roll is retired as soon as its binlogs are synced.)
+        // Entries 1..=2 in one segment, 3 in the next, as a roll would leave them; then
+        // entry 2 damaged.
         let journal_dir = root.path().join(JOURNAL_DIR);
         let first = journal_dir.join(format!("{:020}.jnl", 1));
         let bytes = fs::read(&first).unwrap();
         let entry_len =
             binlog::RECORD_HEADER_LEN + u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
-        let mut head = bytes[..entry_len].to_vec();
+        let mut head = bytes[..2 * entry_len].to_vec();
         fs::write(
-            journal_dir.join(format!("{:020}.jnl", 2)),
-            &bytes[entry_len..],
+            journal_dir.join(format!("{:020}.jnl", 3)),
+            &bytes[2 * entry_len..],
         )
         .unwrap();
-        head[binlog::RECORD_HEADER_LEN + 5] ^= 0xff;
+        head[entry_len + binlog::RECORD_HEADER_LEN + 5] ^= 0xff;
         fs::write(&first, &head).unwrap();
-        match Journal::open(root.path(), 1 << 20) {
-            Err(StorageError::Corruption { .. }) => {}
-            other => panic!("expected corruption, got {:?}", other.map(|(_, r)| r)),
-        }
+
+        let (_journal, report) = Journal::open(root.path(), 1 << 20).unwrap();
+        assert!(report.ended_early);
+        assert_eq!(report.entries, 1);
+        let expected: Vec<(u64, u64)> = (1..=3).map(|o| (1, o)).collect();
+        assert_eq!(records(&dir), expected, "the binlog keeps its good records");
+        let kept = fs::read_dir(root.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("journal.kept-"))
+            .count();
+        assert_eq!(kept, 1, "the segments are kept aside");
+    }
+
+    /// A binlog begun afresh after a snapshot newer than its records (a segment at the
+    /// snapshot's next offset, older ones ending earlier) is no gap.
+    #[test]
+    fn a_binlog_begun_afresh_after_a_snapshot_is_restored() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("9_0/binlog");
+        let (journal, _) = Journal::open(root.path(), 1 << 20).unwrap();
+        let (mut log, _) = Binlog::open(&dir, BinlogOptions::default(), 1, |_| Ok(())).unwrap();
+        write_acknowledged(&mut log, 1, 3);
+        log.close().unwrap();
+        drop(log);
+        let (mut log, _) = Binlog::open(&dir, journaled(&journal), 10, |_| Ok(())).unwrap();
+        write_acknowledged(&mut log, 2, 2);
+        std::mem::forget(log);
+        drop(journal);
+        let fresh = dir.join(format!("{:020}.log", 10));
+        fs::File::options()
+            .write(true)
+            .open(&fresh)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+
+        let (_journal, report) = Journal::open(root.path(), 1 << 20).unwrap();
+        assert_eq!((report.binlogs_failed, report.records_restored), (0, 2));
+        let expected = vec![(1, 1), (1, 2), (1, 3), (2, 10), (2, 11)];
+        assert_eq!(records(&dir), expected);
     }
 
     /// A replica replaced by a snapshot at the same place while its old binlog's
