@@ -476,12 +476,14 @@ pub fn recover(root: &Path, segment_size: u64) -> Result<JournalReport> {
     } else {
         let kept = root.join(format!("{JOURNAL_DIR}.kept-{}", super::table::now_ms()));
         fs::create_dir_all(&kept).map_err(io_error(&kept))?;
+        crashsafe::fsync_dir(root)?;
+        // Oldest first, each move durable before the next, as when deleting.
         for (_, path) in &segments {
             let target = kept.join(path.file_name().unwrap_or_default());
             fs::rename(path, &target).map_err(io_error(path))?;
+            crashsafe::fsync_dir(&kept)?;
+            crashsafe::fsync_dir(&dir)?;
         }
-        crashsafe::fsync_dir(&kept)?;
-        crashsafe::fsync_dir(root)?;
         error!(kept = %kept.display(), failed = report.binlogs_failed, ended_early = report.ended_early,
             "the journal's segments are kept for the operator");
     }
@@ -511,9 +513,24 @@ fn restore(root: &Path, segments: &[(u64, PathBuf)], segment_size: u64) -> Resul
         let is_last = i + 1 == segments.len();
         // An entry that decodes but makes no sense: damage, never the journal's end.
         let mut nonsense = false;
+        // The segment's first entry is not the one due: the segment before ended short.
+        let mut short_before = false;
+        let mut first_in_segment = true;
         let scanned = binlog::scan_buffer(&bytes, *first, true, |record| {
+            let starts_segment = std::mem::replace(&mut first_in_segment, false);
+            if starts_segment && record.offset != *first {
+                nonsense = true;
+                return Err(format!(
+                    "the segment's first entry is {}, its name says {first}",
+                    record.offset
+                ));
+            }
             if let Some(want) = expected {
                 if record.offset != want {
+                    // Within a segment entries are written in order to a fresh file: a
+                    // wrong number there is damage, not a power loss.
+                    nonsense = !starts_segment;
+                    short_before = starts_segment;
                     return Err(format!(
                         "entry {} where entry {want} was due",
                         record.offset
@@ -554,7 +571,7 @@ fn restore(root: &Path, segments: &[(u64, PathBuf)], segment_size: u64) -> Resul
             }
         };
         report.torn_bytes += bytes.len() as u64 - end.0;
-        if is_last {
+        if is_last && !short_before {
             warn!(segment = %path.display(), position = end.0, reason = end.1,
                 "the journal ends in entries never acknowledged; they are left out");
         } else {
@@ -943,6 +960,36 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with("journal.kept-"))
             .count();
         assert_eq!(kept, 1, "the segments are kept aside");
+    }
+
+    /// The same with the segment rolled away from cut short at an entry's end (entry 2
+    /// lost whole): the next segment's first entry is not the one due.
+    #[test]
+    fn a_journal_segment_cut_short_before_the_last_is_read_up_to_the_cut_and_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("4_2/binlog");
+        let (journal, _) = Journal::open(root.path(), 1 << 20).unwrap();
+        let (mut log, _) = Binlog::open(&dir, journaled(&journal), 1, |_| Ok(())).unwrap();
+        write_acknowledged(&mut log, 1, 3);
+        std::mem::forget(log);
+        drop(journal);
+        let journal_dir = root.path().join(JOURNAL_DIR);
+        let first = journal_dir.join(format!("{:020}.jnl", 1));
+        let bytes = fs::read(&first).unwrap();
+        let entry_len =
+            binlog::RECORD_HEADER_LEN + u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+        fs::write(
+            journal_dir.join(format!("{:020}.jnl", 3)),
+            &bytes[2 * entry_len..],
+        )
+        .unwrap();
+        fs::write(&first, &bytes[..entry_len]).unwrap();
+
+        let (_journal, report) = Journal::open(root.path(), 1 << 20).unwrap();
+        assert!(report.ended_early);
+        assert_eq!(report.entries, 1);
+        let expected: Vec<(u64, u64)> = (1..=3).map(|o| (1, o)).collect();
+        assert_eq!(records(&dir), expected, "the binlog keeps its good records");
     }
 
     /// A binlog begun afresh after a snapshot newer than its records (a segment at the
