@@ -793,6 +793,39 @@ mod tests {
         file.set_len(keep * RECORD_LEN).unwrap();
     }
 
+    /// A journal of three entries (three acknowledged records of the binlog in `dir`),
+    /// left as a crash leaves it: its segment, that segment's bytes and one entry's
+    /// length.
+    fn three_entries(root: &Path, dir: &Path) -> (PathBuf, Vec<u8>, usize) {
+        let (journal, _) = Journal::open(root, 1 << 20).unwrap();
+        let (mut log, _) = Binlog::open(dir, journaled(&journal), 1, |_| Ok(())).unwrap();
+        write_acknowledged(&mut log, 1, 3);
+        std::mem::forget(log);
+        drop(journal);
+        let segment = root.join(JOURNAL_DIR).join(format!("{:020}.jnl", 1));
+        let bytes = fs::read(&segment).unwrap();
+        let entry_len =
+            binlog::RECORD_HEADER_LEN + u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+        (segment, bytes, entry_len)
+    }
+
+    /// Writes the third of `bytes`' entries as a segment of its own, as a roll after
+    /// the second would have.
+    fn move_third_entry_to_its_own_segment(first: &Path, bytes: &[u8], entry_len: usize) {
+        let third = first.with_file_name(format!("{:020}.jnl", 3));
+        fs::write(third, &bytes[2 * entry_len..]).unwrap();
+    }
+
+    /// The directories the journal's segments were kept aside in.
+    fn kept_dirs(root: &Path) -> Vec<PathBuf> {
+        fs::read_dir(root)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("journal.kept-"))
+            .map(|e| e.path())
+            .collect()
+    }
+
     fn records(dir: &Path) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
         binlog::scan_records(dir, |r| out.push((r.term, r.offset))).unwrap();
@@ -903,13 +936,7 @@ mod tests {
     fn a_torn_last_entry_is_left_out() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("4_0/binlog");
-        let (journal, _) = Journal::open(root.path(), 1 << 20).unwrap();
-        let (mut log, _) = Binlog::open(&dir, journaled(&journal), 1, |_| Ok(())).unwrap();
-        write_acknowledged(&mut log, 1, 3);
-        std::mem::forget(log);
-        drop(journal);
-        let segment = root.path().join(JOURNAL_DIR).join(format!("{:020}.jnl", 1));
-        let mut bytes = fs::read(&segment).unwrap();
+        let (segment, mut bytes, _) = three_entries(root.path(), &dir);
         // A write that never finished: the start of a fourth entry's header.
         bytes.extend_from_within(..10);
         fs::write(&segment, &bytes).unwrap();
@@ -928,24 +955,11 @@ mod tests {
     fn a_journal_torn_before_its_last_segment_is_read_up_to_the_tear_and_kept() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("4_1/binlog");
-        let (journal, _) = Journal::open(root.path(), 1 << 20).unwrap();
-        let (mut log, _) = Binlog::open(&dir, journaled(&journal), 1, |_| Ok(())).unwrap();
-        write_acknowledged(&mut log, 1, 3);
-        std::mem::forget(log);
-        drop(journal);
         // Entries 1..=2 in one segment, 3 in the next, as a roll would leave them; then
         // entry 2 damaged.
-        let journal_dir = root.path().join(JOURNAL_DIR);
-        let first = journal_dir.join(format!("{:020}.jnl", 1));
-        let bytes = fs::read(&first).unwrap();
-        let entry_len =
-            binlog::RECORD_HEADER_LEN + u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+        let (first, bytes, entry_len) = three_entries(root.path(), &dir);
         let mut head = bytes[..2 * entry_len].to_vec();
-        fs::write(
-            journal_dir.join(format!("{:020}.jnl", 3)),
-            &bytes[2 * entry_len..],
-        )
-        .unwrap();
+        move_third_entry_to_its_own_segment(&first, &bytes, entry_len);
         head[entry_len + binlog::RECORD_HEADER_LEN + 5] ^= 0xff;
         fs::write(&first, &head).unwrap();
 
@@ -954,12 +968,11 @@ mod tests {
         assert_eq!(report.entries, 1);
         let expected: Vec<(u64, u64)> = (1..=3).map(|o| (1, o)).collect();
         assert_eq!(records(&dir), expected, "the binlog keeps its good records");
-        let kept = fs::read_dir(root.path())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with("journal.kept-"))
-            .count();
-        assert_eq!(kept, 1, "the segments are kept aside");
+        assert_eq!(
+            kept_dirs(root.path()).len(),
+            1,
+            "the segments are kept aside"
+        );
     }
 
     /// The same with the segment rolled away from cut short at an entry's end (entry 2
@@ -968,21 +981,8 @@ mod tests {
     fn a_journal_segment_cut_short_before_the_last_is_read_up_to_the_cut_and_kept() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("4_2/binlog");
-        let (journal, _) = Journal::open(root.path(), 1 << 20).unwrap();
-        let (mut log, _) = Binlog::open(&dir, journaled(&journal), 1, |_| Ok(())).unwrap();
-        write_acknowledged(&mut log, 1, 3);
-        std::mem::forget(log);
-        drop(journal);
-        let journal_dir = root.path().join(JOURNAL_DIR);
-        let first = journal_dir.join(format!("{:020}.jnl", 1));
-        let bytes = fs::read(&first).unwrap();
-        let entry_len =
-            binlog::RECORD_HEADER_LEN + u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
-        fs::write(
-            journal_dir.join(format!("{:020}.jnl", 3)),
-            &bytes[2 * entry_len..],
-        )
-        .unwrap();
+        let (first, bytes, entry_len) = three_entries(root.path(), &dir);
+        move_third_entry_to_its_own_segment(&first, &bytes, entry_len);
         fs::write(&first, &bytes[..entry_len]).unwrap();
 
         let (_journal, report) = Journal::open(root.path(), 1 << 20).unwrap();
@@ -990,6 +990,11 @@ mod tests {
         assert_eq!(report.entries, 1);
         let expected: Vec<(u64, u64)> = (1..=3).map(|o| (1, o)).collect();
         assert_eq!(records(&dir), expected, "the binlog keeps its good records");
+        assert_eq!(
+            kept_dirs(root.path()).len(),
+            1,
+            "the segments are kept aside"
+        );
     }
 
     /// A binlog begun afresh after a snapshot newer than its records (a segment at the
@@ -1080,13 +1085,9 @@ mod tests {
         assert_eq!(report.binlogs_failed, 1);
         let why = fs::read_to_string(replica.join(RESTORE_FAILED)).unwrap();
         assert!(why.contains("could not be written back"), "{why}");
-        let kept: Vec<_> = fs::read_dir(root.path())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with("journal.kept-"))
-            .collect();
+        let kept = kept_dirs(root.path());
         assert_eq!(kept.len(), 1, "the journal's segments are kept aside");
-        assert_eq!(fs::read_dir(kept[0].path()).unwrap().count(), 1);
+        assert_eq!(fs::read_dir(&kept[0]).unwrap().count(), 1);
     }
 
     /// The journal does not grow without bound: a full segment is deleted once the
