@@ -21,6 +21,7 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod status_page;
+pub mod tablet_channels;
 pub mod ttl;
 pub mod users;
 pub mod voting;

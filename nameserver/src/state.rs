@@ -7,13 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
-use tessera_common::cluster_secret::{self, InternalChannel};
 use tessera_common::coordination::{self, Lease, ZkSettings};
 use tessera_common::table_layout::{self, LayoutError};
 use tessera_common::zk_auth;
 use tessera_common::Schema;
 use tessera_proto::nameserver::*;
-use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{self as tpb, TableRole};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -23,9 +21,8 @@ use crate::detection::{Probe, ReportCounts, Suspicion};
 use crate::error::{NsError, Result};
 use crate::paths::Paths;
 use crate::placement;
+pub(crate) use crate::tablet_channels::{call, tablet, tablet_error};
 
-const TABLET_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const TABLET_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub use tessera_common::auth::{db_or_default, DEFAULT_DB};
 pub const DEFAULT_PARTITION_NUM: u32 = 8;
 pub const DEFAULT_REPLICA_NUM: u32 = 3;
@@ -443,6 +440,11 @@ impl Nameserver {
                 entry.since = now;
                 // A new process: what was suspected of the old one no longer holds.
                 entry.suspected = None;
+            }
+            if !entry.healthy || entry.session != *session {
+                // A process that registered afresh: what the pool knew of the old one
+                // (its connection, or that it could not be reached) no longer holds.
+                crate::tablet_channels::registered(endpoint);
             }
             if !entry.healthy {
                 info!(endpoint = %endpoint, "tablet healthy");
@@ -1105,112 +1107,6 @@ async fn create_partition(table: TableInfo, partition: PartitionMeta) -> Result<
     )
     .await?;
     Ok(())
-}
-
-/// The nameserver's channels to the tablets for its control calls, one long-lived
-/// channel (one HTTP/2 connection, calls multiplexed on it) per endpoint, made on first
-/// use. A call that finds its tablet unreachable drops the endpoint's channel, so the
-/// next call connects afresh (and says so if it cannot). Fences and the probes of
-/// failure detection connect afresh on purpose: a refused connection is their proof
-/// that a process is gone.
-static TABLET_CHANNELS: std::sync::LazyLock<
-    parking_lot::Mutex<std::collections::HashMap<String, Arc<ChannelSlot>>>,
-> = std::sync::LazyLock::new(Default::default);
-
-/// An endpoint's pooled channel. Its lock is held while connecting, so calls made at
-/// once to a tablet not yet connected wait for one connection instead of each making
-/// one; a connect that failed is remembered briefly, so they do not then try one after
-/// another, each waiting out the connect timeout.
-type ChannelSlot = tokio::sync::Mutex<Slot>;
-
-#[derive(Default)]
-struct Slot {
-    channel: Option<InternalChannel>,
-    failed: Option<(Instant, String)>,
-}
-
-/// How long a failed connect answers for the calls after it.
-const FAILED_CONNECT_REMEMBERED: Duration = Duration::from_secs(1);
-
-/// A client for `endpoint` over its pooled channel; each call on it is bounded by
-/// [`TABLET_CALL_TIMEOUT`], and HTTP/2 pings find a connection whose peer went silent.
-pub(crate) async fn tablet(endpoint: &str) -> Result<TabletClient<InternalChannel>> {
-    let slot = TABLET_CHANNELS
-        .lock()
-        .entry(endpoint.to_string())
-        .or_default()
-        .clone();
-    let mut slot = slot.lock().await;
-    if let Some(channel) = &slot.channel {
-        return Ok(TabletClient::new(channel.clone()));
-    }
-    let cannot_connect = |e: &str| NsError::Tablet {
-        endpoint: endpoint.to_string(),
-        message: format!("cannot connect: {e}"),
-    };
-    if let Some((at, error)) = &slot.failed {
-        if at.elapsed() < FAILED_CONNECT_REMEMBERED {
-            return Err(cannot_connect(error));
-        }
-    }
-    let connected = tessera_common::tls::endpoint(endpoint, TABLET_CONNECT_TIMEOUT)
-        .map_err(|e| NsError::InvalidArgument(e.to_string()))?
-        .timeout(TABLET_CALL_TIMEOUT)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
-        .connect()
-        .await;
-    let channel = match connected {
-        Ok(channel) => cluster_secret::internal(channel),
-        Err(e) => {
-            slot.failed = Some((Instant::now(), e.to_string()));
-            return Err(cannot_connect(&e.to_string()));
-        }
-    };
-    crate::metrics::METRICS.tablet_connected();
-    *slot = Slot {
-        channel: Some(channel.clone()),
-        failed: None,
-    };
-    Ok(TabletClient::new(channel))
-}
-
-/// Drops `endpoint`'s pooled channel after a call found the tablet unreachable or the
-/// connection broken, so the next call connects afresh; a connect under way is left be.
-fn forget_channel(endpoint: &str) {
-    let slot = TABLET_CHANNELS.lock().get(endpoint).cloned();
-    if let Some(slot) = slot {
-        if let Ok(mut slot) = slot.try_lock() {
-            slot.channel = None;
-        }
-    }
-}
-
-/// The error of a failed tablet call; an unreachable tablet (or a broken connection)
-/// drops the endpoint's pooled channel. A timeout does not: the tablet may only be
-/// slow.
-pub(crate) fn tablet_error(endpoint: &str, status: tonic::Status) -> NsError {
-    if matches!(
-        status.code(),
-        tonic::Code::Unavailable | tonic::Code::Unknown
-    ) {
-        forget_channel(endpoint);
-    }
-    NsError::Tablet {
-        endpoint: endpoint.to_string(),
-        message: status.message().to_string(),
-    }
-}
-
-/// Awaits a tablet call (see [`tablet_error`]).
-pub(crate) async fn call<T>(
-    endpoint: &str,
-    rpc: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T> {
-    rpc.await
-        .map(tonic::Response::into_inner)
-        .map_err(|status| tablet_error(endpoint, status))
 }
 
 #[cfg(test)]
