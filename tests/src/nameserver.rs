@@ -149,6 +149,11 @@ impl ElectedProcess {
         ))
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("process is running").id()
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             process::kill9(&mut child);

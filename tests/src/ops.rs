@@ -13,12 +13,22 @@ pub async fn run(zk: &ZooKeeper, cmd: &str, args: &[&str]) -> (bool, String) {
 
 /// [`run`] against the cluster whose ZooKeeper connect string is `zk_cluster`.
 pub async fn run_against(zk_cluster: &str, cmd: &str, args: &[&str]) -> (bool, String) {
+    run_within(zk_cluster, cmd, args, 120).await
+}
+
+/// [`run_against`] with `--timeout=<timeout_s>` for the ops the command starts.
+pub async fn run_within(
+    zk_cluster: &str,
+    cmd: &str,
+    args: &[&str],
+    timeout_s: u64,
+) -> (bool, String) {
     let mut command = tokio::process::Command::new(binary("tessera-ops"));
     let output = crate::credentials::ops_credentials(&mut command)
         .arg(format!("--zk_cluster={zk_cluster}"))
         .arg("--zk_root_path=/tessera")
         .arg(format!("--cmd={cmd}"))
-        .arg("--timeout=120")
+        .arg(format!("--timeout={timeout_s}"))
         .args(args)
         .output()
         .await

@@ -66,6 +66,11 @@ impl ZooKeeper {
     }
 
     /// `127.0.0.1:<port>`, for `--zk_cluster`.
+    /// The server's process id (the script execs java).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("ZooKeeper is running").id()
+    }
+
     pub fn connect_string(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }

@@ -1,0 +1,410 @@
+//! Scale: `SCALE_TABLES` × `SCALE_PARTITIONS` partitions (100 × 100 by default), three
+//! replicas each, on `SCALE_TABLETS` tablets (5), every setting at its default. It
+//! writes a few rows to every partition, then measures what an operator waits for:
+//! creating the tables, `showtable` of all of them, the nameserver's CPU and
+//! ZooKeeper's disk writes at idle, the failover from `kill -9` of the tablet leading
+//! the most partitions to every one of them taking a write again, and a whole-cluster
+//! `recoverdata`. `scripts/bench-scale.sh` builds the binaries and runs it; `SCALE_DIR`
+//! keeps the processes' logs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_common::auth::AuthChannel;
+use tessera_proto::nameserver::nameserver_client::NameserverClient;
+use tessera_proto::nameserver::ShowTableRow;
+use tessera_proto::tablet::tablet_client::TabletClient;
+use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
+use tessera_tests::routed::table_rows;
+use tessera_tests::{ops, workload, NameserverProcess};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// Rows written to each partition before the measurements.
+const ROWS_PER_PARTITION: u64 = 3;
+/// Calls in flight at once for the writes and the failover probes.
+const IN_FLIGHT: usize = 256;
+/// How long the idle figures are taken over.
+const IDLE_WINDOW: Duration = Duration::from_secs(30);
+/// How long a stage may take before the benchmark gives up on it.
+const STAGE_LIMIT: Duration = Duration::from_secs(1800);
+
+fn env_or(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn table_name(t: u32) -> String {
+    format!("s{t}")
+}
+
+/// User plus system CPU time a process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are the 14th and 15th fields; `fields` starts at the 3rd.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis((ticks(11) + ticks(12)) * 1000 / per_second)
+}
+
+/// Bytes a process has caused to be written to storage, if the kernel keeps the count.
+fn bytes_written(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Every table's `showtable` rows, read in parallel.
+async fn all_rows(
+    ns: &NameserverClient<AuthChannel>,
+    tables: u32,
+) -> BTreeMap<u32, Vec<ShowTableRow>> {
+    let mut reads = JoinSet::new();
+    let limit = Arc::new(Semaphore::new(16));
+    for t in 0..tables {
+        let (mut ns, limit) = (ns.clone(), limit.clone());
+        reads.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            (t, table_rows(&mut ns, &table_name(t)).await)
+        });
+    }
+    let mut rows = BTreeMap::new();
+    while let Some(read) = reads.join_next().await {
+        let (t, table) = read.expect("showtable task");
+        rows.insert(t, table);
+    }
+    rows
+}
+
+/// The leader of each partition as the metadata says, by (tid, pid).
+fn leaders(rows: &BTreeMap<u32, Vec<ShowTableRow>>) -> HashMap<(u32, u32), String> {
+    rows.values()
+        .flatten()
+        .filter(|r| r.role == "leader" && r.is_alive)
+        .map(|r| ((r.tid, r.pid), r.endpoint.clone()))
+        .collect()
+}
+
+/// Tablet clients shared by the tasks, one connection per endpoint.
+#[derive(Clone, Default)]
+struct Clients(Arc<parking_lot::Mutex<HashMap<String, TabletClient<AuthChannel>>>>);
+
+impl Clients {
+    async fn get(&self, endpoint: &str) -> Option<TabletClient<AuthChannel>> {
+        if let Some(client) = self.0.lock().get(endpoint) {
+            return Some(client.clone());
+        }
+        let client = tessera_tests::tablet_client(endpoint).await.ok()?;
+        self.0.lock().insert(endpoint.to_string(), client.clone());
+        Some(client)
+    }
+
+    fn forget(&self, endpoint: &str) {
+        self.0.lock().remove(endpoint);
+    }
+}
+
+/// One put of row `seq` by `writer` to partition (tid, pid) at `endpoint`.
+async fn put(clients: &Clients, endpoint: &str, tid: u32, pid: u32, writer: u64, seq: u64) -> bool {
+    let Some(mut client) = clients.get(endpoint).await else {
+        return false;
+    };
+    let mut request = tonic::Request::new(workload::put_request(tid, pid, writer, seq));
+    request.set_timeout(Duration::from_secs(2));
+    match client.put(request).await {
+        Ok(_) => true,
+        Err(status) => {
+            if status.code() == tonic::Code::Unavailable {
+                clients.forget(endpoint);
+            }
+            false
+        }
+    }
+}
+
+/// Writes [`ROWS_PER_PARTITION`] rows to every partition through its leader.
+async fn write_rows(leaders: &HashMap<(u32, u32), String>) {
+    let clients = Clients::default();
+    let limit = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut writes = JoinSet::new();
+    for (&(tid, pid), endpoint) in leaders {
+        let (clients, limit, endpoint) = (clients.clone(), limit.clone(), endpoint.clone());
+        writes.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            for seq in 0..ROWS_PER_PARTITION {
+                assert!(
+                    put(&clients, &endpoint, tid, pid, u64::from(pid), seq).await,
+                    "put to {tid}.{pid} on {endpoint}"
+                );
+            }
+        });
+    }
+    while let Some(write) = writes.join_next().await {
+        write.expect("write task");
+    }
+}
+
+struct Failover {
+    partitions: usize,
+    /// Until the metadata names a live leader elsewhere for each of them.
+    metadata: Duration,
+    /// Until each took a write: the median, and the last.
+    median_write: Duration,
+    last_write: Duration,
+}
+
+/// Kills the tablet leading the most partitions and times their recovery.
+async fn failover(cluster: &mut NsCluster, tables: u32) -> Failover {
+    let ns = cluster.ns().await;
+    let before = leaders(&all_rows(&ns, tables).await);
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for endpoint in before.values() {
+        *counts.entry(endpoint).or_default() += 1;
+    }
+    let victim = counts
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(e, _)| e.to_string())
+        .expect("some leader");
+    let led: Vec<(u32, u32)> = before
+        .iter()
+        .filter(|(_, e)| **e == victim)
+        .map(|(k, _)| *k)
+        .collect();
+    eprintln!("killing {victim}, which leads {} partitions", led.len());
+    let index = cluster.tablet_index(&victim);
+    cluster.tablets[index].kill9();
+    let killed_at = Instant::now();
+
+    // One reader follows the metadata for every probe.
+    let current = Arc::new(parking_lot::Mutex::new(before.clone()));
+    let metadata_done = Arc::new(parking_lot::Mutex::new(None::<Duration>));
+    let follow = {
+        let (ns, current, metadata_done) = (ns.clone(), current.clone(), metadata_done.clone());
+        let (led, victim) = (led.clone(), victim.clone());
+        tokio::spawn(async move {
+            loop {
+                let now = leaders(&all_rows(&ns, tables).await);
+                let moved = led.iter().all(|k| now.get(k).is_some_and(|e| *e != victim));
+                if moved && metadata_done.lock().is_none() {
+                    *metadata_done.lock() = Some(killed_at.elapsed());
+                }
+                *current.lock() = now;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let clients = Clients::default();
+    let limit = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut probes = JoinSet::new();
+    for (tid, pid) in led.iter().copied() {
+        let (clients, limit, current) = (clients.clone(), limit.clone(), current.clone());
+        let victim = victim.clone();
+        probes.spawn(async move {
+            let mut seq = ROWS_PER_PARTITION;
+            loop {
+                let leader = current.lock().get(&(tid, pid)).cloned();
+                if let Some(leader) = leader.filter(|l| *l != victim) {
+                    let _permit = limit.acquire().await;
+                    if put(&clients, &leader, tid, pid, u64::from(pid), seq).await {
+                        return killed_at.elapsed();
+                    }
+                    seq += 1;
+                }
+                assert!(
+                    killed_at.elapsed() < STAGE_LIMIT,
+                    "{tid}.{pid} takes no write"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+    let mut took = Vec::with_capacity(led.len());
+    while let Some(probe) = probes.join_next().await {
+        took.push(probe.expect("failover probe"));
+    }
+    follow.abort();
+    took.sort();
+    let last_write = *took.last().expect("the victim led some partition");
+    let metadata = metadata_done.lock().unwrap_or(last_write);
+    Failover {
+        partitions: led.len(),
+        metadata,
+        median_write: took[took.len() / 2],
+        last_write,
+    }
+}
+
+async fn run() -> Vec<(String, String)> {
+    let tables = env_or("SCALE_TABLES", 100);
+    let partitions = env_or("SCALE_PARTITIONS", 100);
+    let tablet_count = env_or("SCALE_TABLETS", 5) as usize;
+    let total = (tables * partitions) as usize;
+    let dir = tempfile::tempdir().unwrap();
+    let keep = std::env::var_os("SCALE_DIR").map(std::path::PathBuf::from);
+    let root = keep.as_deref().unwrap_or(dir.path());
+    let mut figures = Vec::new();
+    let mut note = |what: &str, value: String| {
+        eprintln!("{what}: {value}");
+        figures.push((what.to_string(), value));
+    };
+    note(
+        "layout",
+        format!("{tables} tables x {partitions} partitions x 3 replicas on {tablet_count} tablets"),
+    );
+
+    let mut cluster = NsCluster::start(
+        root,
+        NsClusterSpec {
+            tablets: tablet_count,
+            ..NsClusterSpec::defaults()
+        },
+    )
+    .await;
+    let started = Instant::now();
+    for t in 0..tables {
+        cluster.create_table(&table_name(t), partitions, 3).await;
+        if (t + 1) % 10 == 0 {
+            eprintln!("created {} of {tables} tables", t + 1);
+        }
+    }
+    let created = started.elapsed();
+    note(
+        "create",
+        format!(
+            "{:.1} s ({:.1} ms per partition)",
+            created.as_secs_f64(),
+            created.as_secs_f64() * 1000.0 / total as f64
+        ),
+    );
+
+    let ns = cluster.ns().await;
+    let started = Instant::now();
+    let rows = all_rows(&ns, tables).await;
+    note(
+        "showtable, every table",
+        format!("{:.2} s", started.elapsed().as_secs_f64()),
+    );
+    let leading = leaders(&rows);
+    assert_eq!(leading.len(), total, "every partition has a leader");
+    let started = Instant::now();
+    write_rows(&leading).await;
+    note(
+        "writes",
+        format!(
+            "{} rows in {:.1} s",
+            total as u64 * ROWS_PER_PARTITION,
+            started.elapsed().as_secs_f64()
+        ),
+    );
+
+    // Idle: nothing asked of the cluster.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (ns_pid, zk_pid) = (cluster.nameserver.pid(), cluster.zk.pid());
+    let (ns_cpu, zk_bytes) = (cpu_time(ns_pid), bytes_written(zk_pid));
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let ns_busy = cpu_time(ns_pid).saturating_sub(ns_cpu);
+    note(
+        "idle nameserver CPU",
+        format!(
+            "{:.2} % of a core",
+            ns_busy.as_secs_f64() * 100.0 / IDLE_WINDOW.as_secs_f64()
+        ),
+    );
+    note(
+        "idle ZooKeeper writes",
+        match (zk_bytes, bytes_written(zk_pid)) {
+            (Some(before), Some(after)) => format!(
+                "{:.1} KiB/s",
+                after.saturating_sub(before) as f64 / 1024.0 / IDLE_WINDOW.as_secs_f64()
+            ),
+            _ => "not counted by this kernel".to_string(),
+        },
+    );
+
+    let failed_over = failover(&mut cluster, tables).await;
+    note(
+        "failover, partitions led by the killed tablet",
+        failed_over.partitions.to_string(),
+    );
+    note(
+        "failover, metadata names new leaders",
+        format!("{:.2} s", failed_over.metadata.as_secs_f64()),
+    );
+    note(
+        "failover, first write (median / last)",
+        format!(
+            "{:.2} s / {:.2} s",
+            failed_over.median_write.as_secs_f64(),
+            failed_over.last_write.as_secs_f64()
+        ),
+    );
+
+    // The whole cluster goes down together and comes back.
+    for tablet in &mut cluster.tablets {
+        tablet.kill9();
+    }
+    cluster.nameserver.kill9();
+    let started = Instant::now();
+    for tablet in &mut cluster.tablets {
+        tablet.restart().await;
+    }
+    note(
+        "tablet restarts, one after another",
+        format!("{:.1} s", started.elapsed().as_secs_f64()),
+    );
+    cluster.nameserver =
+        NameserverProcess::start_with(&root.join("ns-after"), &cluster.zk, 10_000, &[]).await;
+    cluster.nameserver.wait_leader().await;
+    cluster.wait_healthy(tablet_count).await;
+    let started = Instant::now();
+    let (ok, out) = ops::run_within(
+        &cluster.zk.connect_string(),
+        "recoverdata",
+        &[],
+        STAGE_LIMIT.as_secs(),
+    )
+    .await;
+    let recovered = started.elapsed();
+    assert!(ok, "recoverdata failed:\n{out}");
+    let led_again = leaders(&all_rows(&cluster.ns().await, tables).await).len();
+    note(
+        "recoverdata, whole cluster",
+        format!(
+            "{:.1} s ({led_again} of {total} partitions led after it)",
+            recovered.as_secs_f64()
+        ),
+    );
+    figures
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let figures = runtime.block_on(run());
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::ASCII_MARKDOWN);
+    table.set_header(["measure", "result"]);
+    for (what, value) in figures {
+        table.add_row([what, value]);
+    }
+    println!("{table}");
+}
