@@ -77,6 +77,12 @@ pub async fn run(
         replicators.sync_table(&table);
     }
 
+    // Listening before registering: once registered, the nameserver may call at once,
+    // and a connection refused then reads as a dead process.
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+
     // In a cluster: register in ZooKeeper and hold a lease; leaders stop serving when it
     // lapses.
     let (stop_coordination, coordination_stopped) = tokio::sync::watch::channel(false);
@@ -131,9 +137,6 @@ pub async fn run(
     let service = TabletServer::new(service)
         .max_decoding_message_size(message_limit)
         .max_encoding_message_size(usize::MAX);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
     info!(endpoint = %config.endpoint, db_root_path = %config.db_root_path.display(), "tablet serving");
     let (signalled, mut stopping) = tokio::sync::watch::channel(false);
     // gRPC and HTTP/1.1 (`/metrics`) share the port, as on the nameserver.
