@@ -9,6 +9,14 @@
 //!   off, and may still hold read leases, which ChangeLeader waits out;
 //! - an answer makes the report a false alarm, counted and otherwise ignored.
 //!
+//! A silence counts only against a responsive baseline: the reporter is pinged at the
+//! same time, and if it does not answer in time either, the cluster (or this
+//! nameserver) is too slow for a silence to mean anything. The report is then
+//! *inconclusive*: nothing is done, and the follower reports again if the silence goes
+//! on (the tablet's ZooKeeper session stays the last word). On a loaded machine with
+//! thousands of partitions per tablet, pings answered late made live tablets be failed
+//! over whole.
+//!
 //! A gone or silent tablet counts as unhealthy for the planner (its partitions fail over
 //! at once) until it answers a ping again or registers under a new session.
 
@@ -128,6 +136,17 @@ async fn probe_once(endpoint: &str, limit: Duration) -> Attempt {
     }
 }
 
+/// What a report of a silent leader comes to, from the probes of the leader and of
+/// the reporter made at the same time: a leader that does not answer is taken for
+/// silent only if the reporter did answer.
+pub fn verdict(leader: Probe, reporter: Probe) -> Option<Probe> {
+    match (leader, reporter) {
+        (Probe::Silent, Probe::Alive) => Some(Probe::Silent),
+        (Probe::Silent, _) => None,
+        (found, _) => Some(found),
+    }
+}
+
 /// Counts of what follower reports led to, for `/metrics`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ReportCounts {
@@ -135,6 +154,8 @@ pub struct ReportCounts {
     pub alive: u64,
     pub gone: u64,
     pub silent: u64,
+    /// Neither the leader nor the reporter answered in time: nothing was concluded.
+    pub inconclusive: u64,
     /// Already suspected, already being checked, or not a healthy tablet.
     pub known: u64,
 }
@@ -152,16 +173,27 @@ impl Nameserver {
             self.report_counts.lock().known += 1;
             return "known".into();
         }
-        let found = probe(leader).await;
+        let (found, baseline) = tokio::join!(probe(leader), probe(reporter));
         self.probing.lock().remove(leader);
+        let found = verdict(found, baseline);
         {
             let mut counts = self.report_counts.lock();
             match found {
-                Probe::Alive => counts.alive += 1,
-                Probe::Gone => counts.gone += 1,
-                Probe::Silent => counts.silent += 1,
+                Some(Probe::Alive) => counts.alive += 1,
+                Some(Probe::Gone) => counts.gone += 1,
+                Some(Probe::Silent) => counts.silent += 1,
+                None => counts.inconclusive += 1,
             }
         }
+        let Some(found) = found else {
+            info!(
+                leader,
+                reporter,
+                reason,
+                "a follower reported its leader, but neither answered in time: inconclusive"
+            );
+            return "inconclusive".into();
+        };
         match found {
             Probe::Alive => {
                 info!(
@@ -233,6 +265,16 @@ mod tests {
         });
         assert_eq!(probe(&endpoint).await, Probe::Gone);
         dying.await.unwrap();
+    }
+
+    #[test]
+    fn a_silence_counts_only_when_the_reporter_answers() {
+        use Probe::*;
+        assert_eq!(verdict(Silent, Alive), Some(Silent));
+        assert_eq!(verdict(Silent, Silent), None, "everyone is slow");
+        assert_eq!(verdict(Silent, Gone), None);
+        assert_eq!(verdict(Gone, Silent), Some(Gone), "a refusal is proof alone");
+        assert_eq!(verdict(Alive, Silent), Some(Alive));
     }
 
     /// A port that accepts and never answers is silent, not gone.

@@ -245,6 +245,7 @@ impl NsMetrics {
             ("alive", reports.alive),
             ("gone", reports.gone),
             ("silent", reports.silent),
+            ("inconclusive", reports.inconclusive),
             ("known", reports.known),
         ] {
             let counter = self.leader_reports.get_or_create(&VerdictLabel {

@@ -458,10 +458,21 @@ impl Nameserver {
     /// What every healthy tablet holds, asked all at once; a tablet that does not answer
     /// in time is left out.
     pub(crate) async fn tablet_reports(&self) -> HashMap<String, reconcile::TabletReport> {
+        self.tablet_reports_of(None).await
+    }
+
+    /// [`Nameserver::tablet_reports`] of the replicas of table `tid` only (all if
+    /// `None`): `showtable` of one table need not have every tablet describe every
+    /// replica it holds.
+    pub(crate) async fn tablet_reports_of(
+        &self,
+        tid: Option<u32>,
+    ) -> HashMap<String, reconcile::TabletReport> {
         let mut asked = tokio::task::JoinSet::new();
         for endpoint in self.healthy_tablets() {
             asked.spawn(async move {
-                let report = tokio::time::timeout(REPORT_TIMEOUT, tablet_report(&endpoint)).await;
+                let report =
+                    tokio::time::timeout(REPORT_TIMEOUT, tablet_report(&endpoint, tid)).await;
                 (endpoint, report.ok().flatten())
             });
         }
@@ -1457,14 +1468,11 @@ async fn leader_status(leader: &str, tid: u32, pid: u32) -> Result<tpb::TableSta
 }
 
 /// Every replica a tablet holds, by (tid, pid); None if it cannot be asked.
-async fn tablet_report(endpoint: &str) -> Option<reconcile::TabletReport> {
+async fn tablet_report(endpoint: &str, tid: Option<u32>) -> Option<reconcile::TabletReport> {
     let mut client = tablet(endpoint).await.ok()?;
     let response = call(
         endpoint,
-        client.get_table_status(tpb::GetTableStatusRequest {
-            tid: None,
-            pid: None,
-        }),
+        client.get_table_status(tpb::GetTableStatusRequest { tid, pid: None }),
     )
     .await
     .ok()?;

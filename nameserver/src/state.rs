@@ -852,19 +852,23 @@ impl Nameserver {
     /// One row per replica, with its live offset and size where the tablet answers.
     pub async fn show_table(&self, db: &str, name: &str) -> Result<Vec<ShowTableRow>> {
         let db = db_or_default(db);
-        let tables = if name.is_empty() {
-            self.cached_tables()
+        let (tables, tid) = if name.is_empty() {
+            let tables: Vec<TableInfo> = self
+                .cached_tables()
                 .await?
                 .iter()
                 .filter(|t| t.db == db)
                 .cloned()
-                .collect()
+                .collect();
+            (tables, None)
         } else {
-            vec![self.table(db, name).await?]
+            let table = self.table(db, name).await?;
+            let tid = table.tid;
+            (vec![table], Some(tid))
         };
-        // One question to each healthy tablet, all at once; replicas on tablets that do
-        // not answer show -1.
-        let reports = self.tablet_reports().await;
+        // One question to each healthy tablet, all at once, of that table's replicas
+        // only; replicas on tablets that do not answer show -1.
+        let reports = self.tablet_reports_of(tid).await;
         Ok(replica_rows(&tables, &reports))
     }
 }

@@ -633,7 +633,14 @@ impl Tablet for TabletService {
         request: Request<GetTableStatusRequest>,
     ) -> Result<Response<GetTableStatusResponse>, Status> {
         let GetTableStatusRequest { tid, pid } = request.into_inner();
-        let tables = self.catalog.statuses(tid, pid);
+        let tables = if tid.is_some() && pid.is_some() {
+            self.catalog.statuses(tid, pid)
+        } else {
+            // Thousands of replicas take milliseconds to describe: off the async workers,
+            // which carry the heartbeats and pings that tell this tablet alive.
+            let catalog = self.catalog.clone();
+            blocking(move || Ok(catalog.statuses(tid, pid))).await?
+        };
         if tables.is_empty() {
             if let (Some(tid), Some(pid)) = (tid, pid) {
                 return Err(TabletError::TableNotFound { tid, pid }.into());

@@ -138,26 +138,55 @@ async fn put(clients: &Clients, endpoint: &str, tid: u32, pid: u32, writer: u64,
     }
 }
 
-/// Writes [`ROWS_PER_PARTITION`] rows to every partition through its leader.
-async fn write_rows(leaders: &HashMap<(u32, u32), String>) {
+/// Writes [`ROWS_PER_PARTITION`] rows to every partition through its leader, asking the
+/// nameserver again after a refusal (a leader may have moved).
+async fn write_rows(ns: &NameserverClient<AuthChannel>, rows: &BTreeMap<u32, Vec<ShowTableRow>>) {
     let clients = Clients::default();
     let limit = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut writes = JoinSet::new();
-    for (&(tid, pid), endpoint) in leaders {
-        let (clients, limit, endpoint) = (clients.clone(), limit.clone(), endpoint.clone());
+    for (&(tid, pid), endpoint) in &leaders(rows) {
+        let name = rows
+            .values()
+            .flatten()
+            .find(|r| r.tid == tid)
+            .map(|r| r.name.clone())
+            .expect("a table of each leader");
+        let (clients, limit, mut ns) = (clients.clone(), limit.clone(), ns.clone());
+        let mut endpoint = endpoint.clone();
         writes.spawn(async move {
             let _permit = limit.acquire_owned().await;
+            let started = Instant::now();
             for seq in 0..ROWS_PER_PARTITION {
-                assert!(
-                    put(&clients, &endpoint, tid, pid, u64::from(pid), seq).await,
-                    "put to {tid}.{pid} on {endpoint}"
-                );
+                while !put(&clients, &endpoint, tid, pid, u64::from(pid), seq).await {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(120),
+                        "{name}.{pid} takes no write"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let table = table_rows(&mut ns, &name).await;
+                    if let Some(leader) = table
+                        .iter()
+                        .find(|r| r.pid == pid && r.role == "leader" && r.is_alive)
+                    {
+                        endpoint = leader.endpoint.clone();
+                    }
+                }
             }
         });
     }
     while let Some(write) = writes.join_next().await {
         write.expect("write task");
     }
+}
+
+/// How many failovers the nameserver has started so far by its log: of whole tablets
+/// confirmed down, and of leaders taken for cut off from their followers.
+fn failovers_started(cluster: &NsCluster) -> usize {
+    let log = cluster.nameserver.log();
+    log.matches("leader tablet confirmed down").count()
+        + log
+            .matches("no majority of its replicas answers it")
+            .count()
 }
 
 struct Failover {
@@ -301,10 +330,9 @@ async fn run() -> Vec<(String, String)> {
         "showtable, every table",
         format!("{:.2} s", started.elapsed().as_secs_f64()),
     );
-    let leading = leaders(&rows);
-    assert_eq!(leading.len(), total, "every partition has a leader");
+    assert_eq!(leaders(&rows).len(), total, "every partition has a leader");
     let started = Instant::now();
-    write_rows(&leading).await;
+    write_rows(&ns, &rows).await;
     note(
         "writes",
         format!(
@@ -338,6 +366,10 @@ async fn run() -> Vec<(String, String)> {
         },
     );
 
+    note(
+        "false alarms before the kill (failovers of live leaders)",
+        failovers_started(&cluster).to_string(),
+    );
     let failed_over = failover(&mut cluster, tables).await;
     note(
         "failover, partitions led by the killed tablet",

@@ -26,6 +26,8 @@ struct State {
     voters: BTreeMap<String, u64>,
     /// The term this replica leads in; `None` while it does not lead.
     leading: Option<u64>,
+    /// When it began leading in that term.
+    leading_since: Option<Instant>,
     /// The first offset of the leading term: replicas are counted only at or above it.
     term_start: u64,
     commit: u64,
@@ -56,6 +58,19 @@ pub struct FollowerLag {
 }
 
 impl State {
+    /// See [`Quorum::lease_until`].
+    fn lease_until(&self, lease: Duration) -> Option<Instant> {
+        self.leading?;
+        let members = self.voters.len() + 1;
+        let others_needed = members / 2; // majority - 1: the leader counts itself
+        if others_needed == 0 {
+            return Some(Instant::now() + lease);
+        }
+        let mut times: Vec<Instant> = self.heard.values().copied().collect();
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        times.get(others_needed - 1).map(|sent| *sent + lease)
+    }
+
     /// Forgets the write times every voter is past.
     fn trim_written_at(&mut self) {
         let Some(behind) = self.voters.values().min().copied() else {
@@ -127,6 +142,7 @@ impl Quorum {
     pub fn lead(&self, term: u64, term_start: u64, voters: &[String]) {
         let mut state = self.state.lock();
         state.leading = Some(term);
+        state.leading_since = Some(Instant::now());
         state.term_start = term_start;
         state.voters = voters.iter().map(|v| (v.clone(), 0)).collect();
         state.heard.clear();
@@ -234,16 +250,17 @@ impl Quorum {
     /// member's lease never ends (its ZooKeeper lease bounds it); `None` while it does
     /// not lead or a majority has not answered yet.
     pub fn lease_until(&self, lease: Duration) -> Option<Instant> {
+        self.state.lock().lease_until(lease)
+    }
+
+    /// How long this leader has been without its read lease: since the lease ran out,
+    /// or since it began leading if no majority has answered it yet. `None` while it
+    /// holds the lease or does not lead.
+    pub fn lease_lapsed_for(&self, lease: Duration) -> Option<Duration> {
         let state = self.state.lock();
-        state.leading?;
-        let members = state.voters.len() + 1;
-        let others_needed = members / 2; // majority - 1: the leader counts itself
-        if others_needed == 0 {
-            return Some(Instant::now() + lease);
-        }
-        let mut times: Vec<Instant> = state.heard.values().copied().collect();
-        times.sort_unstable_by(|a, b| b.cmp(a));
-        times.get(others_needed - 1).map(|sent| *sent + lease)
+        let since = state.leading_since.filter(|_| state.leading.is_some())?;
+        let until = state.lease_until(lease).unwrap_or(since);
+        Instant::now().checked_duration_since(until)
     }
 
     /// Everything through `offset` is known committed (learned while following the
@@ -405,6 +422,34 @@ mod tests {
         assert_eq!(q.commit(), 10, "the leader's own durable offset bounds it");
         q.ack("x", 100);
         assert_eq!(q.commit(), 10, "unknown members do not vote");
+    }
+
+    /// The nameserver replaces a leader only after a lasting lapse, so the tablet tells
+    /// how long: from its start until a majority first answers, and from the lease's
+    /// end after that.
+    #[test]
+    fn a_lapsed_lease_says_for_how_long() {
+        let lease = Duration::from_millis(50);
+        let q = leader_of(&["b", "c"]);
+        std::thread::sleep(Duration::from_millis(5));
+        let unanswered = q.lease_lapsed_for(lease).expect("no majority answered yet");
+        assert!(unanswered >= Duration::from_millis(5), "{unanswered:?}");
+
+        q.heard("b", 1, Instant::now());
+        assert_eq!(q.lease_lapsed_for(lease), None, "renewed");
+        std::thread::sleep(lease + Duration::from_millis(10));
+        let lapsed = q.lease_lapsed_for(lease).expect("ran out");
+        assert!(lapsed >= Duration::from_millis(10), "{lapsed:?}");
+        q.step_down();
+        assert_eq!(q.lease_lapsed_for(lease), None, "no longer leading");
+
+        assert_eq!(
+            leader_of(&[]).lease_lapsed_for(lease),
+            None,
+            "a lone leader"
+        );
+        let follower = Quorum::default();
+        assert_eq!(follower.lease_lapsed_for(lease), None, "not leading");
     }
 
     #[test]

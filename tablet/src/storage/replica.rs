@@ -254,6 +254,11 @@ impl Table {
             .is_some_and(|until| Instant::now() < until)
     }
 
+    /// Leader: how long it has been without its read lease (`None` while it holds it).
+    pub fn read_lease_lapsed_for(&self) -> Option<Duration> {
+        self.quorum.lease_lapsed_for(LEADER_LEASE)
+    }
+
     /// How much longer, by this replica's clock, a leader it answered before now may
     /// hold a read lease this replica helped renew (drift margin included).
     pub fn granted_lease_remaining(&self) -> Duration {

@@ -1296,9 +1296,10 @@ impl Table {
                 replica.fenced && replica.awaiting_role,
             )
         };
-        let lease_lapsed = replica.role() == TableRole::Leader
-            && self.mode() == ReplicationMode::Quorum
-            && !self.holds_read_lease();
+        let lease_lapsed_for = (replica.role() == TableRole::Leader
+            && self.mode() == ReplicationMode::Quorum)
+            .then(|| self.read_lease_lapsed_for())
+            .flatten();
         TableStatus {
             mode: self.meta.mode,
             followers: replica.followers,
@@ -1327,7 +1328,8 @@ impl Table {
             snapshot_offset: self.snapshot_offset.load(Ordering::Acquire),
             error: failure.unwrap_or_default(),
             fenced,
-            lease_lapsed,
+            lease_lapsed: lease_lapsed_for.is_some(),
+            lease_lapsed_ms: lease_lapsed_for.map_or(0, |d| d.as_millis() as u64),
         }
     }
 
