@@ -9,13 +9,13 @@
 //!   off, and may still hold read leases, which ChangeLeader waits out;
 //! - an answer makes the report a false alarm, counted and otherwise ignored.
 //!
-//! A silence counts only against a responsive baseline: the reporter is pinged at the
-//! same time, and if it does not answer in time either, the cluster (or this
-//! nameserver) is too slow for a silence to mean anything. The report is then
-//! *inconclusive*: nothing is done, and the follower reports again if the silence goes
-//! on (the tablet's ZooKeeper session stays the last word). On a loaded machine with
-//! thousands of partitions per tablet, pings answered late made live tablets be failed
-//! over whole.
+//! A silence counts only against a responsive baseline: the reporter and up to two
+//! other healthy tablets are pinged at the same time, and if none of them answers in
+//! time either, the cluster (or this nameserver) is too slow for a silence to mean
+//! anything. The report is then *inconclusive*: the nameserver checks the leader and
+//! the baseline again every `RECHECK_EVERY` until a check concludes or the tablet leaves
+//! ZooKeeper. On a loaded machine with thousands of partitions per tablet, pings
+//! answered late made live tablets be failed over whole.
 //!
 //! A gone or silent tablet counts as unhealthy for the planner (its partitions fail over
 //! at once) until it answers a ping again or registers under a new session.
@@ -137,8 +137,8 @@ async fn probe_once(endpoint: &str, limit: Duration) -> Attempt {
 }
 
 /// What a report of a silent leader comes to, from the probes of the leader and of
-/// the reporter made at the same time: a leader that does not answer is taken for
-/// silent only if the reporter did answer.
+/// other tablets (the baseline) made at the same time: a leader that does not answer
+/// is taken for silent only if another tablet did answer.
 pub fn verdict(leader: Probe, reporter: Probe) -> Option<Probe> {
     match (leader, reporter) {
         (Probe::Silent, Probe::Alive) => Some(Probe::Silent),
@@ -160,9 +160,28 @@ pub struct ReportCounts {
     pub known: u64,
 }
 
+/// Other tablets probed beside a silent leader, the reporter first: a silence counts
+/// if any of them answers.
+const BASELINE_TABLETS: usize = 3;
+
+/// A leader being judged, in `Nameserver::probing` while this lives (however the
+/// judging ends: a report whose caller hung up must not leave it there).
+struct Judging {
+    ns: Arc<Nameserver>,
+    leader: String,
+}
+
+impl Drop for Judging {
+    fn drop(&mut self) {
+        self.ns.probing.lock().remove(&self.leader);
+    }
+}
+
 impl Nameserver {
     /// A follower on `reporter` no longer hears from `leader`'s tablet: check it and, if
-    /// it is gone or silent, take it for unhealthy and wake the op pipeline.
+    /// it is gone or silent, take it for unhealthy and wake the op pipeline. Returns the
+    /// first verdict; an inconclusive one is followed by more checks, every
+    /// `RECHECK_EVERY`, until one concludes or the tablet leaves the registry.
     pub async fn leader_trouble(
         self: &Arc<Self>,
         reporter: &str,
@@ -173,51 +192,105 @@ impl Nameserver {
             self.report_counts.lock().known += 1;
             return "known".into();
         }
-        let (found, baseline) = tokio::join!(probe(leader), probe(reporter));
-        self.probing.lock().remove(leader);
-        let found = verdict(found, baseline);
-        {
-            let mut counts = self.report_counts.lock();
-            match found {
-                Some(Probe::Alive) => counts.alive += 1,
-                Some(Probe::Gone) => counts.gone += 1,
-                Some(Probe::Silent) => counts.silent += 1,
-                None => counts.inconclusive += 1,
-            }
-        }
-        let Some(found) = found else {
-            info!(
-                leader,
-                reporter,
-                reason,
-                "a follower reported its leader, but neither answered in time: inconclusive"
-            );
-            return "inconclusive".into();
+        let judging = Judging {
+            ns: self.clone(),
+            leader: leader.to_string(),
         };
-        match found {
-            Probe::Alive => {
-                info!(
-                    leader,
-                    reporter,
-                    reason,
-                    "a follower reported its leader, which answers: a false alarm"
-                );
+        let (first, verdict) = tokio::sync::oneshot::channel();
+        let (reporter, reason) = (reporter.to_string(), reason.to_string());
+        // On a task of its own, so the caller hanging up stops nothing.
+        tokio::spawn(self.clone().judge(judging, reporter, reason, first));
+        verdict.await.unwrap_or_else(|_| "inconclusive".into())
+    }
+
+    async fn judge(
+        self: Arc<Self>,
+        judging: Judging,
+        reporter: String,
+        reason: String,
+        first: tokio::sync::oneshot::Sender<String>,
+    ) {
+        let leader = judging.leader.as_str();
+        let mut first = Some(first);
+        let mut tell = |verdict: &str| {
+            if let Some(first) = first.take() {
+                let _ = first.send(verdict.to_string());
             }
-            Probe::Gone | Probe::Silent => {
-                warn!(
-                    leader,
-                    reporter,
-                    reason,
-                    probe = found.name(),
-                    "leader tablet confirmed down: failing its partitions over"
-                );
-                if self.suspect(leader, found) {
-                    self.ops_kick.notify_one();
-                    tokio::spawn(self.clone().recheck(leader.to_string()));
+        };
+        loop {
+            let (found, baseline) = tokio::join!(probe(leader), self.baseline(leader, &reporter));
+            let found = verdict(found, baseline);
+            {
+                let mut counts = self.report_counts.lock();
+                match found {
+                    Some(Probe::Alive) => counts.alive += 1,
+                    Some(Probe::Gone) => counts.gone += 1,
+                    Some(Probe::Silent) => counts.silent += 1,
+                    None => counts.inconclusive += 1,
                 }
             }
+            match found {
+                Some(Probe::Alive) => {
+                    info!(
+                        leader,
+                        reporter,
+                        reason,
+                        "a follower reported its leader, which answers: a false alarm"
+                    );
+                    return tell("alive");
+                }
+                Some(found) => {
+                    warn!(
+                        leader,
+                        reporter,
+                        reason,
+                        probe = found.name(),
+                        "leader tablet confirmed down: failing its partitions over"
+                    );
+                    if self.suspect(leader, found) {
+                        self.ops_kick.notify_one();
+                        tokio::spawn(self.clone().recheck(leader.to_string()));
+                    }
+                    return tell(found.name());
+                }
+                None => {
+                    info!(
+                        leader,
+                        reporter,
+                        reason,
+                        "a follower reported its leader, but no other tablet answered in time \
+                         either: inconclusive, checking again"
+                    );
+                    tell("inconclusive");
+                }
+            }
+            tokio::time::sleep(RECHECK_EVERY).await;
+            if !self.is_leader() || !self.is_healthy(leader) {
+                return;
+            }
         }
-        found.name().into()
+    }
+
+    /// What the other tablets' pings find, at once: `Alive` if any of them (the
+    /// reporter first, then other healthy tablets) answers, `Silent` otherwise.
+    async fn baseline(&self, leader: &str, reporter: &str) -> Probe {
+        let mut others = vec![reporter.to_string()];
+        others.extend(
+            self.healthy_tablets()
+                .into_iter()
+                .filter(|e| e != leader && e != reporter),
+        );
+        others.truncate(BASELINE_TABLETS);
+        let mut probes = tokio::task::JoinSet::new();
+        for endpoint in others {
+            probes.spawn(async move { probe(&endpoint).await });
+        }
+        while let Some(found) = probes.join_next().await {
+            if matches!(found, Ok(Probe::Alive)) {
+                return Probe::Alive;
+            }
+        }
+        Probe::Silent
     }
 
     /// Pings a suspected tablet until it answers (it was paused, or restarted in its
@@ -273,7 +346,11 @@ mod tests {
         assert_eq!(verdict(Silent, Alive), Some(Silent));
         assert_eq!(verdict(Silent, Silent), None, "everyone is slow");
         assert_eq!(verdict(Silent, Gone), None);
-        assert_eq!(verdict(Gone, Silent), Some(Gone), "a refusal is proof alone");
+        assert_eq!(
+            verdict(Gone, Silent),
+            Some(Gone),
+            "a refusal is proof alone"
+        );
         assert_eq!(verdict(Alive, Silent), Some(Alive));
     }
 

@@ -159,7 +159,11 @@ fn partition_drifts(
             CHANGE_LEADER,
         )];
     }
-    if leader_status.lease_lapsed && leader_status.lease_lapsed_ms >= LAPSED_BEFORE_REPLACING_MS {
+    // A lapse of 0 ms is an older tablet that does not say how long: two looks in a
+    // row, as before.
+    let lapsed_long = leader_status.lease_lapsed_ms == 0
+        || leader_status.lease_lapsed_ms >= LAPSED_BEFORE_REPLACING_MS;
+    if leader_status.lease_lapsed && lapsed_long {
         // No majority answers the leader, yet enough of its followers' tablets answer us
         // to make a majority without it: it is cut off from them. It serves nothing, and
         // a ChangeLeader among the others brings the partition back. (With its
@@ -410,6 +414,20 @@ mod tests {
                 .collect();
             assert!(confirmations.confirm(pass).is_empty());
         }
+    }
+
+    /// An older tablet does not say how long its leader's lease has been lapsed: such a
+    /// leader is replaced after two looks in a row, as before.
+    #[test]
+    fn a_lapse_of_unknown_length_is_replaced_as_before() {
+        let mut seen = healthy();
+        seen[0].1 = Some(TableStatus {
+            lease_lapsed: true,
+            lease_lapsed_ms: 0,
+            ..leader(3, &["b", "c"], &[])
+        });
+        let found = drifts(&table(ABC, 3), &reports(seen));
+        assert_eq!(repairs(&found), vec![(CHANGE_LEADER, "a")]);
     }
 
     /// A ChangeLeader fenced the replicas at term 4 and failed before promoting.

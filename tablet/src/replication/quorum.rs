@@ -26,8 +26,9 @@ struct State {
     voters: BTreeMap<String, u64>,
     /// The term this replica leads in; `None` while it does not lead.
     leading: Option<u64>,
-    /// When it began leading in that term.
-    leading_since: Option<Instant>,
+    /// When it began leading in that term, or its voting members last changed: with no
+    /// majority's answer since, its read lease counts as lapsed from then.
+    counted_since: Option<Instant>,
     /// The first offset of the leading term: replicas are counted only at or above it.
     term_start: u64,
     commit: u64,
@@ -142,7 +143,7 @@ impl Quorum {
     pub fn lead(&self, term: u64, term_start: u64, voters: &[String]) {
         let mut state = self.state.lock();
         state.leading = Some(term);
-        state.leading_since = Some(Instant::now());
+        state.counted_since = Some(Instant::now());
         state.term_start = term_start;
         state.voters = voters.iter().map(|v| (v.clone(), 0)).collect();
         state.heard.clear();
@@ -179,6 +180,7 @@ impl Quorum {
             ..
         } = &mut *state;
         heard.retain(|v, _| members.contains_key(v));
+        state.counted_since = Some(Instant::now());
         state.recompute();
         drop(state);
         self.changed();
@@ -254,12 +256,13 @@ impl Quorum {
     }
 
     /// How long this leader has been without its read lease: since the lease ran out,
-    /// or since it began leading if no majority has answered it yet. `None` while it
-    /// holds the lease or does not lead.
+    /// or, if no majority has answered it yet, since it began leading or its voting
+    /// members changed (whichever is later). `None` while it holds the lease or does
+    /// not lead.
     pub fn lease_lapsed_for(&self, lease: Duration) -> Option<Duration> {
         let state = self.state.lock();
-        let since = state.leading_since.filter(|_| state.leading.is_some())?;
-        let until = state.lease_until(lease).unwrap_or(since);
+        let since = state.counted_since.filter(|_| state.leading.is_some())?;
+        let until = state.lease_until(lease).unwrap_or(since).max(since);
         Instant::now().checked_duration_since(until)
     }
 
@@ -440,6 +443,12 @@ mod tests {
         std::thread::sleep(lease + Duration::from_millis(10));
         let lapsed = q.lease_lapsed_for(lease).expect("ran out");
         assert!(lapsed >= Duration::from_millis(10), "{lapsed:?}");
+        // A new voting set counts afresh, whatever the answers of the old one.
+        q.set_voters(&voters(&["c", "d"]));
+        let recounted = q
+            .lease_lapsed_for(lease)
+            .expect("no majority of the new set");
+        assert!(recounted < lapsed, "{recounted:?} against {lapsed:?}");
         q.step_down();
         assert_eq!(q.lease_lapsed_for(lease), None, "no longer leading");
 

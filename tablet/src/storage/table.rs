@@ -1329,7 +1329,8 @@ impl Table {
             error: failure.unwrap_or_default(),
             fenced,
             lease_lapsed: lease_lapsed_for.is_some(),
-            lease_lapsed_ms: lease_lapsed_for.map_or(0, |d| d.as_millis() as u64),
+            // At least 1 when lapsed: 0 with `lease_lapsed` means an older tablet.
+            lease_lapsed_ms: lease_lapsed_for.map_or(0, |d| (d.as_millis() as u64).max(1)),
         }
     }
 
