@@ -12,10 +12,9 @@
 //! A silence counts only against a responsive baseline: the reporter and up to two
 //! other healthy tablets are pinged at the same time, and if none of them answers in
 //! time either, the cluster (or this nameserver) is too slow for a silence to mean
-//! anything. The report is then *inconclusive*: the nameserver checks the leader and
-//! the baseline again every `RECHECK_EVERY` until a check concludes or the tablet leaves
-//! ZooKeeper. On a loaded machine with thousands of partitions per tablet, pings
-//! answered late made live tablets be failed over whole.
+//! anything. The report is then *inconclusive* and nothing is done; the follower reports
+//! again while the silence lasts, and the tablet's ZooKeeper session stays the last
+//! word.
 //!
 //! A gone or silent tablet counts as unhealthy for the planner (its partitions fail over
 //! at once) until it answers a ping again or registers under a new session.
@@ -154,7 +153,8 @@ pub struct ReportCounts {
     pub alive: u64,
     pub gone: u64,
     pub silent: u64,
-    /// Neither the leader nor the reporter answered in time: nothing was concluded.
+    /// Neither the leader nor any tablet of the baseline answered in time: nothing was
+    /// concluded.
     pub inconclusive: u64,
     /// Already suspected, already being checked, or not a healthy tablet.
     pub known: u64,
@@ -180,8 +180,7 @@ impl Drop for Judging {
 impl Nameserver {
     /// A follower on `reporter` no longer hears from `leader`'s tablet: check it and, if
     /// it is gone or silent, take it for unhealthy and wake the op pipeline. Returns the
-    /// first verdict; an inconclusive one is followed by more checks, every
-    /// `RECHECK_EVERY`, until one concludes or the tablet leaves the registry.
+    /// verdict.
     pub async fn leader_trouble(
         self: &Arc<Self>,
         reporter: &str,
@@ -203,72 +202,66 @@ impl Nameserver {
         verdict.await.unwrap_or_else(|_| "inconclusive".into())
     }
 
+    /// One check of a reported leader against the baseline; its verdict goes to
+    /// `verdict`. An inconclusive check does nothing: the follower reports again (at
+    /// most once a second) while the silence lasts, and each report is judged afresh.
+    /// Checking again on our own would give a busy leader more chances to miss one
+    /// ping and be failed over whole long after anyone reported it.
     async fn judge(
         self: Arc<Self>,
         judging: Judging,
         reporter: String,
         reason: String,
-        first: tokio::sync::oneshot::Sender<String>,
+        verdict_to: tokio::sync::oneshot::Sender<String>,
     ) {
         let leader = judging.leader.as_str();
-        let mut first = Some(first);
-        let mut tell = |verdict: &str| {
-            if let Some(first) = first.take() {
-                let _ = first.send(verdict.to_string());
-            }
-        };
-        loop {
-            let (found, baseline) = tokio::join!(probe(leader), self.baseline(leader, &reporter));
-            let found = verdict(found, baseline);
-            {
-                let mut counts = self.report_counts.lock();
-                match found {
-                    Some(Probe::Alive) => counts.alive += 1,
-                    Some(Probe::Gone) => counts.gone += 1,
-                    Some(Probe::Silent) => counts.silent += 1,
-                    None => counts.inconclusive += 1,
-                }
-            }
+        let (found, baseline) = tokio::join!(probe(leader), self.baseline(leader, &reporter));
+        let found = verdict(found, baseline);
+        {
+            let mut counts = self.report_counts.lock();
             match found {
-                Some(Probe::Alive) => {
-                    info!(
-                        leader,
-                        reporter,
-                        reason,
-                        "a follower reported its leader, which answers: a false alarm"
-                    );
-                    return tell("alive");
-                }
-                Some(found) => {
-                    warn!(
-                        leader,
-                        reporter,
-                        reason,
-                        probe = found.name(),
-                        "leader tablet confirmed down: failing its partitions over"
-                    );
-                    if self.suspect(leader, found) {
-                        self.ops_kick.notify_one();
-                        tokio::spawn(self.clone().recheck(leader.to_string()));
-                    }
-                    return tell(found.name());
-                }
-                None => {
-                    info!(
-                        leader,
-                        reporter,
-                        reason,
-                        "a follower reported its leader, but no other tablet answered in time \
-                         either: inconclusive, checking again"
-                    );
-                    tell("inconclusive");
-                }
-            }
-            tokio::time::sleep(RECHECK_EVERY).await;
-            if !self.is_leader() || !self.is_healthy(leader) {
-                return;
+                Some(Probe::Alive) => counts.alive += 1,
+                Some(Probe::Gone) => counts.gone += 1,
+                Some(Probe::Silent) => counts.silent += 1,
+                None => counts.inconclusive += 1,
             }
         }
+        let said = match found {
+            Some(Probe::Alive) => {
+                info!(
+                    leader,
+                    reporter,
+                    reason,
+                    "a follower reported its leader, which answers: a false alarm"
+                );
+                "alive"
+            }
+            Some(found) => {
+                warn!(
+                    leader,
+                    reporter,
+                    reason,
+                    probe = found.name(),
+                    "leader tablet confirmed down: failing its partitions over"
+                );
+                if self.suspect(leader, found) {
+                    self.ops_kick.notify_one();
+                    tokio::spawn(self.clone().recheck(leader.to_string()));
+                }
+                found.name()
+            }
+            None => {
+                info!(
+                    leader,
+                    reporter,
+                    reason,
+                    "a follower reported its leader, but no other tablet answered in time \
+                     either: inconclusive"
+                );
+                "inconclusive"
+            }
+        };
+        let _ = verdict_to.send(said.to_string());
     }
 
     /// What the other tablets' pings find, at once: `Alive` if any of them (the

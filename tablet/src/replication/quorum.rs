@@ -180,7 +180,10 @@ impl Quorum {
             ..
         } = &mut *state;
         heard.retain(|v, _| members.contains_key(v));
-        state.counted_since = Some(Instant::now());
+        // Only a different set counts afresh: marking a member offline or back keeps it.
+        if !old.keys().eq(state.voters.keys()) {
+            state.counted_since = Some(Instant::now());
+        }
         state.recompute();
         drop(state);
         self.changed();
@@ -443,7 +446,10 @@ mod tests {
         std::thread::sleep(lease + Duration::from_millis(10));
         let lapsed = q.lease_lapsed_for(lease).expect("ran out");
         assert!(lapsed >= Duration::from_millis(10), "{lapsed:?}");
-        // A new voting set counts afresh, whatever the answers of the old one.
+        // The same set again (a member marked offline or back) changes nothing; a new
+        // voting set counts afresh, whatever the answers of the old one.
+        q.set_voters(&voters(&["b", "c"]));
+        assert!(q.lease_lapsed_for(lease).expect("still lapsed") >= lapsed);
         q.set_voters(&voters(&["c", "d"]));
         let recounted = q
             .lease_lapsed_for(lease)
