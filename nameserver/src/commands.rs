@@ -355,7 +355,8 @@ impl Nameserver {
     /// Cancels an unfinished op. The write is version-checked against the op as read,
     /// so an op that finishes at the same moment is reported as ended, not overwritten.
     pub async fn cancel_op(&self, op_id: u64) -> Result<Vec<OpInfo>> {
-        let lock = self.lock().await?;
+        let (leadership, lock) = self.lock_and_leadership().await?;
+        let _writing = self.op_book.gate.read().await;
         let client = self.client()?;
         let path = self.paths.op(op_id);
         loop {
@@ -375,10 +376,11 @@ impl Nameserver {
             }
             op.status = CANCELED.into();
             op.end_time_ms = now_ms();
-            match lock
+            let written = lock
                 .set_data(&path, &op.encode_to_vec(), Some(stat.version))
-                .await
-            {
+                .await;
+            self.note_op_write(leadership, &op, &written, |stat| stat.version);
+            match written {
                 Ok(_) => {
                     crate::metrics::METRICS.op_ended(&op);
                     return Ok(vec![op]);
@@ -390,7 +392,7 @@ impl Nameserver {
     }
 
     pub async fn delete_op(&self, op_id: u64) -> Result<Vec<OpInfo>> {
-        let lock = self.lock().await?;
+        let (leadership, lock) = self.lock_and_leadership().await?;
         let op = self.op(op_id).await?;
         if !is_finished(&op) {
             return Err(NsError::InvalidArgument(format!(
@@ -398,7 +400,10 @@ impl Nameserver {
                 op.status
             )));
         }
-        lock.delete(&self.paths.op(op_id), None).await?;
+        let _writing = self.op_book.gate.read().await;
+        let deleted = lock.delete(&self.paths.op(op_id), None).await;
+        self.note_op_deleted(leadership, op_id, &deleted);
+        deleted?;
         Ok(vec![op])
     }
 }

@@ -2,14 +2,17 @@
 //! the tablets, and places new tables' replicas.
 
 pub mod alignment;
+pub mod combining;
 pub mod commands;
 pub mod databases;
 pub mod detection;
 pub mod error;
 pub mod fencing;
+pub mod group_writes;
 pub mod http;
 pub mod metadata_cache;
 pub mod metrics;
+pub mod op_book;
 pub mod ops;
 pub mod paths;
 pub mod placement;

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use prost::Message;
-use tessera_common::{table_layout, zk_auth};
+use tessera_common::zk_auth;
 use tessera_proto::nameserver::{OpInfo, PartitionMeta, ReplicaMeta, TableInfo};
 use tessera_proto::tablet::{self as tpb, TableRole};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -176,26 +176,94 @@ pub(crate) fn is_finished(op: &OpInfo) -> bool {
 }
 
 impl Nameserver {
-    /// Every op, oldest first.
+    /// Every op, oldest first: from the leader's copy (see `op_book`), read from the
+    /// store when this nameserver does not lead or its copy is not read yet.
     pub async fn ops(&self) -> Result<Vec<OpInfo>> {
-        let mut ops = Vec::new();
-        for (_, data) in self.read_children(&self.paths.op_data()).await? {
-            ops.push(OpInfo::decode(data.as_slice()).map_err(|e| NsError::Zk(e.to_string()))?);
+        let Some(leadership) = self.leadership_number() else {
+            return Ok(self
+                .read_ops()
+                .await?
+                .into_iter()
+                .map(|(_, op)| op)
+                .collect());
+        };
+        if let Some(ops) = self.op_book.ops(leadership) {
+            return Ok(ops);
         }
-        ops.sort_by_key(|op| op.op_id);
+        // No op write runs while the store is read.
+        let _quiet = self.op_book.gate.write().await;
+        if let Some(ops) = self.op_book.ops(leadership) {
+            return Ok(ops);
+        }
+        let stored = self.read_ops().await?;
+        let ops = stored.iter().map(|(_, op)| op.clone()).collect();
+        self.op_book.load(leadership, stored);
+        Ok(ops)
+    }
+
+    /// Every stored op with its data version, oldest first.
+    async fn read_ops(&self) -> Result<Vec<(i32, OpInfo)>> {
+        let mut ops = Vec::new();
+        for (_, data, version) in self
+            .read_children_with_versions(&self.paths.op_data())
+            .await?
+        {
+            let op = OpInfo::decode(data.as_slice()).map_err(|e| NsError::Zk(e.to_string()))?;
+            ops.push((version, op));
+        }
+        ops.sort_by_key(|(_, op)| op.op_id);
         Ok(ops)
     }
 
     pub(crate) async fn op(&self, op_id: u64) -> Result<OpInfo> {
         let client = self.client()?;
+        let leadership = self.leadership_number();
         match client.get_data(&self.paths.op(op_id)).await {
-            Ok((data, _)) => {
-                OpInfo::decode(data.as_slice()).map_err(|e| NsError::Zk(e.to_string()))
+            Ok((data, stat)) => {
+                let op = OpInfo::decode(data.as_slice()).map_err(|e| NsError::Zk(e.to_string()))?;
+                if let Some(leadership) = leadership {
+                    self.op_book.note(leadership, &op, stat.version);
+                }
+                Ok(op)
             }
             Err(ZkError::NoNode) => {
+                if let Some(leadership) = leadership {
+                    self.op_book.forget(leadership, op_id);
+                }
                 Err(NsError::InvalidArgument(format!("there is no op {op_id}")))
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Notes the outcome of an op write in the leader's copy: what was written, or, when
+    /// ZooKeeper's answer does not say whether it was applied, that the copy is unsure.
+    pub(crate) fn note_op_write<T>(
+        &self,
+        leadership: u64,
+        op: &OpInfo,
+        written: &std::result::Result<T, ZkError>,
+        version_of: impl Fn(&T) -> i32,
+    ) {
+        match written {
+            Ok(done) => self.op_book.note(leadership, op, version_of(done)),
+            Err(ZkError::BadVersion | ZkError::NodeExists) => {}
+            Err(ZkError::NoNode) => self.op_book.forget(leadership, op.op_id),
+            Err(_) => self.op_book.distrust(),
+        }
+    }
+
+    /// Notes the outcome of an op node's delete in the leader's copy.
+    pub(crate) fn note_op_deleted(
+        &self,
+        leadership: u64,
+        op_id: u64,
+        deleted: &std::result::Result<(), ZkError>,
+    ) {
+        match deleted {
+            Ok(()) | Err(ZkError::NoNode) => self.op_book.forget(leadership, op_id),
+            Err(ZkError::BadVersion) => {}
+            Err(_) => self.op_book.distrust(),
         }
     }
 
@@ -205,12 +273,24 @@ impl Nameserver {
     /// execution left over from an earlier term of leadership (whose op another leader
     /// finished since) cannot bring a finished op back to life.
     pub(crate) async fn save_op(&self, op: &OpInfo) -> Result<()> {
-        let lock = self.lock().await?;
+        let (leadership, lock) = self.lock_and_leadership().await?;
+        let _writing = self.op_book.gate.read().await;
         let client = self.client()?;
         let path = self.paths.op(op.op_id);
+        // The copy's version first: if the store moved past it, the write is refused and
+        // the op is read from the store.
+        let mut kept = self.op_book.get(leadership, op.op_id);
         loop {
-            let (data, stat) = client.get_data(&path).await?;
-            let stored = OpInfo::decode(data.as_slice()).map_err(|e| NsError::Zk(e.to_string()))?;
+            let (version, stored) = match kept.take() {
+                Some(kept) => kept,
+                None => {
+                    let (data, stat) = client.get_data(&path).await?;
+                    let stored =
+                        OpInfo::decode(data.as_slice()).map_err(|e| NsError::Zk(e.to_string()))?;
+                    self.op_book.note(leadership, &stored, stat.version);
+                    (stat.version, stored)
+                }
+            };
             if stored.status == CANCELED && op.status != CANCELED {
                 info!(op_id = op.op_id, "op cancelled");
                 return Err(NsError::InvalidArgument(format!(
@@ -225,10 +305,11 @@ impl Nameserver {
                     op.op_id, stored.status
                 )));
             }
-            match lock
-                .set_data(&path, &op.encode_to_vec(), Some(stat.version))
-                .await
-            {
+            let written = lock
+                .set_data(&path, &op.encode_to_vec(), Some(version))
+                .await;
+            self.note_op_write(leadership, op, &written, |stat| stat.version);
+            match written {
                 Ok(_) => return Ok(()),
                 Err(ZkError::BadVersion) => continue,
                 Err(e) => return Err(e.into()),
@@ -251,7 +332,7 @@ impl Nameserver {
                 "unknown op type {op_type}"
             )));
         }
-        let lock = self.lock().await?;
+        let (leadership, lock) = self.lock_and_leadership().await?;
         let op_id = self.bump_counter(&lock, &self.paths.op_index()).await?;
         let mut op = OpInfo {
             op_id,
@@ -267,12 +348,17 @@ impl Nameserver {
             ..OpInfo::default()
         };
         configure(&mut op);
-        lock.create(
-            &self.paths.op(op_id),
-            &op.encode_to_vec(),
-            &CreateMode::Persistent.with_acls(zk_auth::acls()),
-        )
-        .await?;
+        let _writing = self.op_book.gate.read().await;
+        let created = lock
+            .create(
+                &self.paths.op(op_id),
+                &op.encode_to_vec(),
+                &CreateMode::Persistent.with_acls(zk_auth::acls()),
+            )
+            .await;
+        // A new node's data version is 0.
+        self.note_op_write(leadership, &op, &created, |_| 0);
+        created?;
         info!(op_id, op_type, table = %table.name, pid, endpoint, "op added");
         Ok(op)
     }
@@ -503,8 +589,13 @@ impl Nameserver {
                     .iter()
                     .any(|r| on_restarted(r) && r.is_alive)
                 {
-                    self.update_partition(&table, partition.pid, |p| {
-                        for replica in p.replicas.iter_mut().filter(|r| on_restarted(r)) {
+                    let restarted = restarted.to_vec();
+                    self.update_partition(&table, partition.pid, move |p| {
+                        for replica in p
+                            .replicas
+                            .iter_mut()
+                            .filter(|r| restarted.contains(&r.endpoint))
+                        {
                             replica.is_alive = false;
                         }
                     })
@@ -521,9 +612,13 @@ impl Nameserver {
         if finished.len() <= KEEP_FINISHED {
             return;
         }
-        let Ok(lock) = self.lock().await else { return };
+        let Ok((leadership, lock)) = self.lock_and_leadership().await else {
+            return;
+        };
+        let _writing = self.op_book.gate.read().await;
         for op in &finished[..finished.len() - KEEP_FINISHED] {
-            let _ = lock.delete(&self.paths.op(op.op_id), None).await;
+            let deleted = lock.delete(&self.paths.op(op.op_id), None).await;
+            self.note_op_deleted(leadership, op.op_id, &deleted);
         }
     }
 
@@ -658,7 +753,8 @@ impl Nameserver {
         }
         let settled = async {
             let table = self.table_of(op).await?;
-            self.update_partition(&table, op.pid, |p| {
+            let (removing, returning) = (removing.clone(), returning.clone());
+            self.update_partition(&table, op.pid, move |p| {
                 for replica in p.replicas.iter_mut() {
                     if Some(&replica.endpoint) == removing.as_ref() && replica.leaving {
                         replica.leaving = false;
@@ -977,13 +1073,6 @@ impl Nameserver {
         self.wait_out_old_leaders(table, op, round).await
     }
 
-    /// A new term above `floor`, from the ZooKeeper counter.
-    async fn take_term(&self, floor: u64) -> Result<u64> {
-        let lock = self.lock().await?;
-        self.bump_counter_above(&lock, &self.paths.term(), floor)
-            .await
-    }
-
     /// Tells the others to follow the chosen replica, then makes it leader of those that
     /// listened.
     async fn promote_leader(
@@ -1281,87 +1370,6 @@ impl Nameserver {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    /// Rewrites one partition's metadata, fenced and with a version check: only the
-    /// chunk node that holds it (see `table_layout`).
-    pub(crate) async fn update_partition(
-        &self,
-        table: &TableInfo,
-        pid: u32,
-        change: impl Fn(&mut PartitionMeta),
-    ) -> Result<()> {
-        let lock = self.lock().await?;
-        let client = self.client()?;
-        let path = self.paths.table(&table.db, &table.name);
-        let index = table_layout::chunk_of(pid);
-        let chunk_path = table_layout::chunk_path(&path, index);
-        loop {
-            let (written, data) = match client.get_data(&chunk_path).await {
-                Ok((data, stat)) => {
-                    let mut chunk = table_layout::decode_chunk(&chunk_path, index, &data)?;
-                    if chunk.tid != table.tid {
-                        return Err(NsError::TableNotFound(format!(
-                            "{}.{} (tid {}: dropped and created again)",
-                            table.db, table.name, table.tid
-                        )));
-                    }
-                    if let Some(partition) = chunk.partitions.iter_mut().find(|p| p.pid == pid) {
-                        change(partition);
-                        table_layout::clip_reason(partition);
-                    }
-                    let data = chunk.encode_to_vec();
-                    let written = lock.set_data(&chunk_path, &data, Some(stat.version)).await;
-                    if let Ok(stat) = &written {
-                        self.metadata
-                            .note_chunk(&table_name(table), index, chunk, stat.mzxid);
-                    }
-                    (written, data)
-                }
-                // No chunk: an inline table (stored before chunks, not yet migrated).
-                Err(ZkError::NoNode) => {
-                    let Some(stored) = table_layout::read_table(&client, &path).await? else {
-                        return Err(NsError::TableNotFound(format!(
-                            "{}.{}",
-                            table.db, table.name
-                        )));
-                    };
-                    if !stored.is_inline() || stored.table.tid != table.tid {
-                        // Dropped and created again (with fewer partitions, or inline
-                        // under another tid): not this op's table.
-                        return Err(NsError::TableNotFound(format!(
-                            "{}.{} (tid {}: dropped and created again, or no partition {pid})",
-                            table.db, table.name, table.tid
-                        )));
-                    }
-                    let mut current = stored.table;
-                    if let Some(partition) = current.partitions.iter_mut().find(|p| p.pid == pid) {
-                        change(partition);
-                    }
-                    let data = table_layout::header_bytes(&current);
-                    let written = lock
-                        .set_data(&path, &data, Some(stored.header_version))
-                        .await;
-                    if let Ok(stat) = &written {
-                        self.metadata
-                            .note_header(&table_name(table), current, stat.mzxid);
-                    }
-                    (written, data)
-                }
-                Err(e) => return Err(e.into()),
-            };
-            match written {
-                Ok(_) => {
-                    crate::metrics::METRICS.metadata_written(data.len());
-                    break;
-                }
-                Err(ZkError::BadVersion) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        self.bump_counter(&lock, &self.paths.table_changed())
-            .await?;
-        Ok(())
     }
 }
 

@@ -108,7 +108,7 @@ impl Nameserver {
                 Err(e) => return Err(e.into()),
             }
         };
-        self.bump_counter(lock, &self.paths.table_changed()).await?;
+        self.announce_table_change(lock).await?;
         Ok(table)
     }
 

@@ -57,8 +57,18 @@ pub struct Nameserver {
     settings: ZkSettings,
     /// The current ZooKeeper session.
     client: RwLock<Option<Client>>,
-    /// Held while this nameserver leads; writes through it are fenced by the lock node.
-    leader: RwLock<Option<Arc<OwnedLockClient>>>,
+    /// Held while this nameserver leads, with the number of that leadership (the count
+    /// of `leaderships_won` when it was won); writes through it are fenced by the lock
+    /// node.
+    leader: RwLock<Option<(u64, Arc<OwnedLockClient>)>>,
+    /// How many times this process has won the leadership (see `op_book`).
+    leaderships_won: std::sync::atomic::AtomicU64,
+    /// The leader's copy of every op (see `op_book`).
+    pub(crate) op_book: crate::op_book::OpBook,
+    /// Partition changes waiting for their chunk's next write (see `group_writes`).
+    pub(crate) chunk_writes: Arc<crate::group_writes::ChunkWrites>,
+    /// Fences waiting for a term (see `group_writes`).
+    pub(crate) term_writes: Arc<crate::group_writes::TermWrites>,
     tablets: RwLock<BTreeMap<String, TabletEntry>>,
     /// Whether `/nodes` has been read in the current session. Until then every tablet
     /// would look offline, so the failover planner waits.
@@ -158,6 +168,10 @@ impl Nameserver {
             settings,
             client: RwLock::new(None),
             leader: RwLock::new(None),
+            leaderships_won: std::sync::atomic::AtomicU64::new(0),
+            op_book: Default::default(),
+            chunk_writes: Default::default(),
+            term_writes: Default::default(),
             tablets: RwLock::new(BTreeMap::new()),
             registry_ready: std::sync::atomic::AtomicBool::new(false),
             restarted: Default::default(),
@@ -240,6 +254,17 @@ impl Nameserver {
 
     /// The election lock, or `NotLeader` naming whoever leads.
     pub(crate) async fn lock(&self) -> Result<Arc<OwnedLockClient>> {
+        self.lock_and_leadership().await.map(|(_, lock)| lock)
+    }
+
+    /// The number of the leadership this nameserver holds now, if it leads (see
+    /// `op_book`).
+    pub(crate) fn leadership_number(&self) -> Option<u64> {
+        self.leader.read().as_ref().map(|(number, _)| *number)
+    }
+
+    /// The election lock with the number of the leadership it belongs to.
+    pub(crate) async fn lock_and_leadership(&self) -> Result<(u64, Arc<OwnedLockClient>)> {
         if let Some(lock) = self.leader.read().clone() {
             if !self.lease.is_valid() {
                 return Err(NsError::Zk(
@@ -341,7 +366,11 @@ impl Nameserver {
             );
         }
         self.migrate_inline_tables(&lock).await?;
-        *self.leader.write() = Some(lock);
+        let number = self
+            .leaderships_won
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        *self.leader.write() = Some((number, lock));
         info!(endpoint = %self.endpoint, "became the nameserver leader");
 
         coordination::until_session_ends(&client).await;
@@ -374,7 +403,7 @@ impl Nameserver {
             }
         }
         if moved > 0 {
-            self.bump_counter(lock, &self.paths.table_changed()).await?;
+            self.announce_table_change(lock).await?;
             info!(
                 tables = moved,
                 "table metadata migrated to the chunked layout"
@@ -603,6 +632,19 @@ impl Nameserver {
     /// one per child: the op pipeline reads them on every tick and before a failover).
     /// A child gone between the listing and its read is left out.
     pub(crate) async fn read_children(&self, dir: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(self
+            .read_children_with_versions(dir)
+            .await?
+            .into_iter()
+            .map(|(path, data, _)| (path, data))
+            .collect())
+    }
+
+    /// As [`Nameserver::read_children`], with each child's data version.
+    pub(crate) async fn read_children_with_versions(
+        &self,
+        dir: &str,
+    ) -> Result<Vec<(String, Vec<u8>, i32)>> {
         let client = self.client()?;
         let mut reads = tokio::task::JoinSet::new();
         for (i, child) in client.list_children(dir).await?.into_iter().enumerate() {
@@ -616,15 +658,15 @@ impl Nameserver {
         while let Some(joined) = reads.join_next().await {
             let (i, path, read) = joined.map_err(|e| NsError::Zk(e.to_string()))?;
             match read {
-                Ok((data, _)) => out.push((i, path, data)),
+                Ok((data, stat)) => out.push((i, path, data, stat.version)),
                 Err(ZkError::NoNode) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        out.sort_by_key(|(i, _, _)| *i);
+        out.sort_by_key(|(i, _, _, _)| *i);
         Ok(out
             .into_iter()
-            .map(|(_, path, data)| (path, data))
+            .map(|(_, path, data, version)| (path, data, version))
             .collect())
     }
 
@@ -674,6 +716,14 @@ impl Nameserver {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Moves `/notify/table_changed` after a metadata write. Clients and the other
+    /// nameservers watch it and compare its modification, never its value, so it is
+    /// written blind: no read, and no compare-and-set for concurrent ops to contend on.
+    pub(crate) async fn announce_table_change(&self, lock: &OwnedLockClient) -> Result<()> {
+        crate::group_writes::write_table_changed(lock, &self.paths.table_changed()).await?;
+        Ok(())
     }
 
     pub async fn conf_get(&self) -> Result<Vec<ConfEntry>> {
@@ -810,8 +860,7 @@ impl Nameserver {
             self.metadata
                 .note_nodes(&format!("{db}.{}", request.name), nodes);
         }
-        self.bump_counter(&lock, &self.paths.table_changed())
-            .await?;
+        self.announce_table_change(&lock).await?;
         info!(db = %db, table = %request.name, tid, partition_num, replica_num, mode = ?mode, "table created");
         Ok(table)
     }
@@ -843,8 +892,7 @@ impl Nameserver {
         };
         table_layout::delete_table(&lock, &path).await?;
         self.metadata.forget(&format!("{db}.{name}"));
-        self.bump_counter(&lock, &self.paths.table_changed())
-            .await?;
+        self.announce_table_change(&lock).await?;
         info!(db = %db, table = %name, tid, "table dropped");
         Ok(())
     }
