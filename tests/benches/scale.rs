@@ -96,6 +96,27 @@ async fn all_rows(
     rows
 }
 
+/// The alive leader of each partition as the stored metadata says, by (tid, pid).
+async fn stored_leaders(zk: &zookeeper_client::Client, tables: u32) -> HashMap<(u32, u32), String> {
+    let mut found = HashMap::new();
+    for t in 0..tables {
+        let path = format!("/tessera/table/table_data/default.{}", table_name(t));
+        let Ok(Some(stored)) = tessera_common::table_layout::read_table(zk, &path).await else {
+            continue;
+        };
+        for partition in &stored.table.partitions {
+            if let Some(leader) = partition
+                .replicas
+                .iter()
+                .find(|r| r.is_leader && r.is_alive)
+            {
+                found.insert((stored.table.tid, partition.pid), leader.endpoint.clone());
+            }
+        }
+    }
+    found
+}
+
 /// The leader of each partition as the metadata says, by (tid, pid).
 fn leaders(rows: &BTreeMap<u32, Vec<ShowTableRow>>) -> HashMap<(u32, u32), String> {
     rows.values()
@@ -225,15 +246,19 @@ async fn failover(cluster: &mut NsCluster, tables: u32) -> Failover {
     cluster.tablets[index].kill9();
     let killed_at = Instant::now();
 
-    // One reader follows the metadata for every probe.
+    // One reader follows the metadata for every probe, from ZooKeeper as the SDK does
+    // (`showtable` would also ask every tablet, a load of its own on the failover).
     let current = Arc::new(parking_lot::Mutex::new(before.clone()));
     let metadata_done = Arc::new(parking_lot::Mutex::new(None::<Duration>));
+    let zk = zookeeper_client::Client::connect(&cluster.zk.connect_string())
+        .await
+        .expect("connect to ZooKeeper");
     let follow = {
-        let (ns, current, metadata_done) = (ns.clone(), current.clone(), metadata_done.clone());
+        let (current, metadata_done) = (current.clone(), metadata_done.clone());
         let (led, victim) = (led.clone(), victim.clone());
         tokio::spawn(async move {
             loop {
-                let now = leaders(&all_rows(&ns, tables).await);
+                let now = stored_leaders(&zk, tables).await;
                 let moved = led.iter().all(|k| now.get(k).is_some_and(|e| *e != victim));
                 if moved && metadata_done.lock().is_none() {
                     *metadata_done.lock() = Some(killed_at.elapsed());
