@@ -376,10 +376,12 @@ impl Nameserver {
             }
             op.status = CANCELED.into();
             op.end_time_ms = now_ms();
+            let unsettled = self.op_book.unsettled();
             let written = lock
                 .set_data(&path, &op.encode_to_vec(), Some(stat.version))
                 .await;
             self.note_op_write(leadership, &op, &written, |stat| stat.version);
+            unsettled.settle();
             match written {
                 Ok(_) => {
                     crate::metrics::METRICS.op_ended(&op);
@@ -401,8 +403,10 @@ impl Nameserver {
             )));
         }
         let _writing = self.op_book.gate.read().await;
+        let unsettled = self.op_book.unsettled();
         let deleted = lock.delete(&self.paths.op(op_id), None).await;
         self.note_op_deleted(leadership, op_id, &deleted);
+        unsettled.settle();
         deleted?;
         Ok(vec![op])
     }

@@ -30,8 +30,12 @@ pub(crate) enum Changed {
     Inline,
 }
 
-pub(crate) type ChunkWrites = Combiner<String, PartitionChange, Result<Changed>>;
-pub(crate) type TermWrites = Combiner<(), u64, Result<u64>>;
+/// Queued by leadership (a writer keeps the election lock it started with: one left from
+/// an earlier leadership fails its writes, and must not take a new leadership's) and
+/// chunk path.
+pub(crate) type ChunkWrites = Combiner<(u64, String), PartitionChange, Result<Changed>>;
+/// Queued by leadership.
+pub(crate) type TermWrites = Combiner<u64, u64, Result<u64>>;
 
 impl Nameserver {
     /// Changes one partition's metadata, fenced and with a version check: only the chunk
@@ -43,7 +47,7 @@ impl Nameserver {
         pid: u32,
         change: impl Fn(&mut PartitionMeta) + Send + Sync + 'static,
     ) -> Result<()> {
-        let lock = self.lock().await?;
+        let (leadership, lock) = self.lock_and_leadership().await?;
         let client = self.client()?;
         let table_path = self.paths.table(&table.db, &table.name);
         let index = table_layout::chunk_of(pid);
@@ -65,7 +69,7 @@ impl Nameserver {
         };
         let changed = self
             .chunk_writes
-            .submit(chunk_path, request, move |batch| {
+            .submit((leadership, chunk_path), request, move |batch| {
                 let writer = writer.clone();
                 async move { writer.write(batch).await }
             })
@@ -131,11 +135,11 @@ impl Nameserver {
     /// A new term above `floor`, from the ZooKeeper counter: one write of the counter
     /// for every fence waiting on one, each given a term of its own.
     pub(crate) async fn take_term(&self, floor: u64) -> Result<u64> {
-        let lock = self.lock().await?;
+        let (leadership, lock) = self.lock_and_leadership().await?;
         let client = self.client()?;
         let path = self.paths.term();
         self.term_writes
-            .submit((), floor, move |floors| {
+            .submit(leadership, floor, move |floors| {
                 let (lock, client, path) = (lock.clone(), client.clone(), path.clone());
                 async move { take_terms(&lock, &client, &path, &floors).await }
             })

@@ -12,9 +12,12 @@
 //!   operator's cancel) may finish in either order, and the copy keeps the later.
 //! - A deleted op is remembered as deleted, so that a write noted late cannot bring it
 //!   back.
-//! - A write whose outcome is unknown (ZooKeeper did not answer) leaves the copy unsure:
-//!   the next pass reads the store again. Writes hold the gate shared, and a reload holds
-//!   it alone, so a reload never reads the store halfway through a write.
+//! - A write whose outcome is unknown (ZooKeeper did not answer, or the caller stopped
+//!   waiting: the request may be applied all the same) leaves the copy unsure: the next
+//!   pass reads the store again, after a `sync` so that a write still under way is
+//!   settled first. Writes and reads hold the gate shared, and a reload holds it alone,
+//!   so a reload never reads the store halfway through a write, and no read made before
+//!   a reload is noted after it.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -92,6 +95,29 @@ impl OpBook {
     pub(crate) fn distrust(&self) {
         self.copy.lock().epoch = None;
     }
+
+    /// A guard for one op write: unless [`Unsettled::settle`]d (its outcome noted), its
+    /// drop makes the copy unsure. A write's future dropped while in flight (a caller
+    /// that hung up, a task timeout) may still be applied by ZooKeeper.
+    pub(crate) fn unsettled(&self) -> Unsettled<'_> {
+        Unsettled { book: self }
+    }
+}
+
+pub(crate) struct Unsettled<'a> {
+    book: &'a OpBook,
+}
+
+impl Unsettled<'_> {
+    pub(crate) fn settle(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        self.book.distrust();
+    }
 }
 
 #[cfg(test)]
@@ -142,6 +168,23 @@ mod tests {
         );
         book.distrust();
         assert_eq!(book.ops(1), None, "an unsure copy is read again");
+    }
+
+    #[test]
+    fn a_write_left_unsettled_makes_the_copy_unsure() {
+        let book = OpBook::default();
+        book.load(1, vec![(0, op(7, "kInited"))]);
+        book.unsettled().settle();
+        assert!(
+            book.ops(1).is_some(),
+            "a settled write leaves the copy as it is"
+        );
+        drop(book.unsettled());
+        assert_eq!(
+            book.ops(1),
+            None,
+            "a write given up in flight may still be applied"
+        );
     }
 
     #[test]

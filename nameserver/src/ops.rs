@@ -46,8 +46,6 @@ const TICK: Duration = Duration::from_millis(200);
 const KEEP_FINISHED: usize = 200;
 /// auto_failover waits this long after a failed op before planning its partition again.
 const RETRY_AFTER_FAILURE_MS: u64 = 5_000;
-/// How often (in ticks) the reconciler asks the tablets what they hold.
-const RECONCILE_EVERY_TICKS: u64 = 5;
 /// How long a tablet may take to report to the reconciler.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Ops of lower priority (snapshots) never take the last permits: failover always has room.
@@ -195,6 +193,8 @@ impl Nameserver {
         if let Some(ops) = self.op_book.ops(leadership) {
             return Ok(ops);
         }
+        // A write given up on may still be on its way through ZooKeeper: settled first.
+        self.client()?.sync(&self.paths.op_data()).await?;
         let stored = self.read_ops().await?;
         let ops = stored.iter().map(|(_, op)| op.clone()).collect();
         self.op_book.load(leadership, stored);
@@ -218,6 +218,8 @@ impl Nameserver {
     pub(crate) async fn op(&self, op_id: u64) -> Result<OpInfo> {
         let client = self.client()?;
         let leadership = self.leadership_number();
+        // Shared with writes: a read made before a reload is not noted after it.
+        let _reading = self.op_book.gate.read().await;
         match client.get_data(&self.paths.op(op_id)).await {
             Ok((data, stat)) => {
                 let op = OpInfo::decode(data.as_slice()).map_err(|e| NsError::Zk(e.to_string()))?;
@@ -226,10 +228,8 @@ impl Nameserver {
                 }
                 Ok(op)
             }
+            // Not forgotten: an op whose id is taken may not be created yet.
             Err(ZkError::NoNode) => {
-                if let Some(leadership) = leadership {
-                    self.op_book.forget(leadership, op_id);
-                }
                 Err(NsError::InvalidArgument(format!("there is no op {op_id}")))
             }
             Err(e) => Err(e.into()),
@@ -305,10 +305,12 @@ impl Nameserver {
                     op.op_id, stored.status
                 )));
             }
+            let unsettled = self.op_book.unsettled();
             let written = lock
                 .set_data(&path, &op.encode_to_vec(), Some(version))
                 .await;
             self.note_op_write(leadership, op, &written, |stat| stat.version);
+            unsettled.settle();
             match written {
                 Ok(_) => return Ok(()),
                 Err(ZkError::BadVersion) => continue,
@@ -349,6 +351,7 @@ impl Nameserver {
         };
         configure(&mut op);
         let _writing = self.op_book.gate.read().await;
+        let unsettled = self.op_book.unsettled();
         let created = lock
             .create(
                 &self.paths.op(op_id),
@@ -358,6 +361,7 @@ impl Nameserver {
             .await;
         // A new node's data version is 0.
         self.note_op_write(leadership, &op, &created, |_| 0);
+        unsettled.settle();
         created?;
         info!(op_id, op_type, table = %table.name, pid, endpoint, "op added");
         Ok(op)
@@ -370,14 +374,14 @@ impl Nameserver {
         let queue: Queue = Arc::default();
         let permits = Arc::new(Semaphore::new(MAX_PARALLEL_OPS));
         let mut confirmations = reconcile::Confirmations::default();
-        let mut ticks = 0u64;
+        let mut next_reconcile = tokio::time::Instant::now();
         // The reconciler's questions to the tablets run beside the loop: a tablet that
         // is slow to answer (paused, say) must not hold back the failover of another.
         let mut asking: Option<tokio::task::JoinHandle<HashMap<String, reconcile::TabletReport>>> =
             None;
         loop {
             // A tablet found down is planned for at once, not at the next tick; only
-            // ticks count toward the reconciler's period (its passes stay a second apart).
+            // ticks start the reconciler's passes (which stay at least a second apart).
             let ticked = tokio::select! {
                 _ = tokio::time::sleep(TICK) => true,
                 _ = self.ops_kick.notified() => false,
@@ -391,16 +395,24 @@ impl Nameserver {
                 self.take_restarted();
                 continue;
             }
-            ticks += u64::from(ticked);
             let mut reports = None;
             if asking.as_ref().is_some_and(|a| a.is_finished()) {
                 reports = asking.take().expect("checked").await.ok();
             }
-            if ticked && ticks.is_multiple_of(RECONCILE_EVERY_TICKS) && asking.is_none() {
+            let now = tokio::time::Instant::now();
+            if ticked && now >= next_reconcile && asking.is_none() {
+                let replicas = self.metadata.tables().map_or(0, |tables| {
+                    tables
+                        .iter()
+                        .flat_map(|t| &t.partitions)
+                        .map(|p| p.replicas.len())
+                        .sum()
+                });
+                next_reconcile = now + reconcile::period(replicas);
                 let ns = self.clone();
                 asking = Some(tokio::spawn(async move { ns.tablet_reports().await }));
             }
-            let reconcile = reports.map(|reports| (&mut confirmations, reports));
+            let reconcile = reports.map(|reports| (&mut confirmations, Arc::new(reports)));
             if let Err(e) = self
                 .clone()
                 .tick(&running, &queue, &permits, reconcile)
@@ -418,7 +430,7 @@ impl Nameserver {
         permits: &Arc<Semaphore>,
         reconcile: Option<(
             &mut reconcile::Confirmations,
-            HashMap<String, reconcile::TabletReport>,
+            Arc<HashMap<String, reconcile::TabletReport>>,
         )>,
     ) -> Result<()> {
         crate::metrics::METRICS.pipeline_pass();
@@ -615,10 +627,14 @@ impl Nameserver {
         let Ok((leadership, lock)) = self.lock_and_leadership().await else {
             return;
         };
-        let _writing = self.op_book.gate.read().await;
         for op in &finished[..finished.len() - KEEP_FINISHED] {
+            // One delete at a time: a reload waiting for the gate holds back every op
+            // write, so it is not kept waiting for hundreds of deletes.
+            let _writing = self.op_book.gate.read().await;
+            let unsettled = self.op_book.unsettled();
             let deleted = lock.delete(&self.paths.op(op.op_id), None).await;
             self.note_op_deleted(leadership, op.op_id, &deleted);
+            unsettled.settle();
         }
     }
 
