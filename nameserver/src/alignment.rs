@@ -28,7 +28,7 @@ impl Nameserver {
     /// one such task at a time. Best effort: a replica that does not take them now is
     /// tried again at the next reconciliation. Followers with an older schema are left
     /// alone: they take the change from their leader's log.
-    pub(crate) fn align_replicas(self: &Arc<Self>, reports: HashMap<String, TabletReport>) {
+    pub(crate) fn align_replicas(self: &Arc<Self>, reports: Arc<HashMap<String, TabletReport>>) {
         if self.aligning.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -39,7 +39,7 @@ impl Nameserver {
                 for table in tables.iter() {
                     let ttls = ttls_of(table);
                     let schema = table.schema.clone().unwrap_or_default();
-                    for (endpoint, report) in &reports {
+                    for (endpoint, report) in reports.iter() {
                         for partition in &table.partitions {
                             let Some(status) = report.get(&(table.tid, partition.pid)) else {
                                 continue;

@@ -14,7 +14,12 @@
 //! time either, the cluster (or this nameserver) is too slow for a silence to mean
 //! anything. The report is then *inconclusive* and nothing is done; the follower reports
 //! again while the silence lasts, and the tablet's ZooKeeper session stays the last
-//! word.
+//! word. The baseline also says how loaded the cluster is: the leader is given
+//! `LOADED_FACTOR` times the slowest baseline answer to answer in turn (at least
+//! `PROBE_TIMEOUT`, at most `LOADED_PROBE_LIMIT`). On a quiet cluster the tablets answer
+//! in milliseconds and a paused leader is still found silent after `PROBE_TIMEOUT`; on a
+//! saturated machine, where every tablet takes a few hundred milliseconds to answer a
+//! new connection, the busiest one is not failed over whole for being the slowest.
 //!
 //! A gone or silent tablet counts as unhealthy for the planner (its partitions fail over
 //! at once) until it answers a ping again or registers under a new session.
@@ -76,16 +81,21 @@ pub fn is_connection_refused(error: &(dyn std::error::Error + 'static)) -> bool 
 }
 
 /// Pings a tablet, with `PROBE_TIMEOUT` for the connection and the answer each.
+pub async fn probe(endpoint: &str) -> Probe {
+    probe_within(endpoint, PROBE_TIMEOUT).await
+}
+
+/// Pings a tablet, with `timeout` for the connection and the answer each.
 ///
 /// A connection that breaks (reset or closed) instead of being refused or left
-/// unanswered is tried again for up to `PROBE_TIMEOUT`: a process being killed
+/// unanswered is tried again for up to `timeout`: a process being killed
 /// accepts connections and drops them for a few milliseconds while it exits, then
 /// refuses, and only the refusal proves it gone (saving the wait for its lease).
-pub async fn probe(endpoint: &str) -> Probe {
-    let retry_until = Instant::now() + PROBE_TIMEOUT;
+async fn probe_within(endpoint: &str, timeout: Duration) -> Probe {
+    let retry_until = Instant::now() + timeout;
     // The first try has the whole timeout for each step; the tries after a broken
-    // connection share what is left of it, so a probe never takes longer than before.
-    let mut limit = PROBE_TIMEOUT;
+    // connection share what is left of it, so a probe never takes longer than that.
+    let mut limit = timeout;
     loop {
         match probe_once(endpoint, limit).await {
             Attempt::Answered => return Probe::Alive,
@@ -164,6 +174,20 @@ pub struct ReportCounts {
 /// if any of them answers.
 const BASELINE_TABLETS: usize = 3;
 
+/// A reported leader is given this many times the slowest answer of the baseline.
+const LOADED_FACTOR: u32 = 4;
+
+/// The longest a reported leader is given to answer, however loaded the cluster.
+const LOADED_PROBE_LIMIT: Duration = Duration::from_millis(1500);
+
+/// How long a reported leader is given to answer when the baseline's slowest answer
+/// took `slowest` (`None`: none answered).
+fn leader_allowance(slowest: Option<Duration>) -> Duration {
+    slowest
+        .map_or(PROBE_TIMEOUT, |slowest| slowest * LOADED_FACTOR)
+        .clamp(PROBE_TIMEOUT, LOADED_PROBE_LIMIT)
+}
+
 /// A leader being judged, in `Nameserver::probing` while this lives (however the
 /// judging ends: a report whose caller hung up must not leave it there).
 struct Judging {
@@ -215,7 +239,38 @@ impl Nameserver {
         verdict_to: tokio::sync::oneshot::Sender<String>,
     ) {
         let leader = judging.leader.as_str();
-        let (found, baseline) = tokio::join!(probe(leader), self.baseline(leader, &reporter));
+        let started = tokio::time::Instant::now();
+        let mut leader_probe = tokio::spawn({
+            let leader = leader.to_string();
+            async move { probe_within(&leader, LOADED_PROBE_LIMIT).await }
+        });
+        let baseline = self.baseline(leader, &reporter);
+        tokio::pin!(baseline);
+        let answered = |slowest: Option<Duration>| {
+            if slowest.is_some() {
+                Probe::Alive
+            } else {
+                Probe::Silent
+            }
+        };
+        let (found, baseline) = tokio::select! {
+            // An answer or a refusal needs no baseline (see `verdict`).
+            found = &mut leader_probe => match found.unwrap_or(Probe::Silent) {
+                Probe::Silent => (Probe::Silent, answered(baseline.await)),
+                found => (found, Probe::Alive),
+            },
+            slowest = &mut baseline => {
+                let allowed = leader_allowance(slowest);
+                let found = match tokio::time::timeout_at(started + allowed, &mut leader_probe).await {
+                    Ok(found) => found.unwrap_or(Probe::Silent),
+                    Err(_) => {
+                        leader_probe.abort();
+                        Probe::Silent
+                    }
+                };
+                (found, answered(slowest))
+            }
+        };
         let found = verdict(found, baseline);
         {
             let mut counts = self.report_counts.lock();
@@ -264,9 +319,10 @@ impl Nameserver {
         let _ = verdict_to.send(said.to_string());
     }
 
-    /// What the other tablets' pings find, at once: `Alive` if any of them (the
-    /// reporter first, then other healthy tablets) answers, `Silent` otherwise.
-    async fn baseline(&self, leader: &str, reporter: &str) -> Probe {
+    /// What the other tablets' pings find, at once (the reporter first, then other
+    /// healthy tablets): how long the slowest of those that answered took, `None` if
+    /// none answered.
+    async fn baseline(&self, leader: &str, reporter: &str) -> Option<Duration> {
         let mut others = vec![reporter.to_string()];
         others.extend(
             self.healthy_tablets()
@@ -276,14 +332,18 @@ impl Nameserver {
         others.truncate(BASELINE_TABLETS);
         let mut probes = tokio::task::JoinSet::new();
         for endpoint in others {
-            probes.spawn(async move { probe(&endpoint).await });
+            probes.spawn(async move {
+                let started = Instant::now();
+                (probe(&endpoint).await, started.elapsed())
+            });
         }
+        let mut slowest = None;
         while let Some(found) = probes.join_next().await {
-            if matches!(found, Ok(Probe::Alive)) {
-                return Probe::Alive;
+            if let Ok((Probe::Alive, took)) = found {
+                slowest = slowest.max(Some(took));
             }
         }
-        Probe::Silent
+        slowest
     }
 
     /// Pings a suspected tablet until it answers (it was paused, or restarted in its
@@ -345,6 +405,23 @@ mod tests {
             "a refusal is proof alone"
         );
         assert_eq!(verdict(Alive, Silent), Some(Alive));
+    }
+
+    #[test]
+    fn a_loaded_cluster_gives_the_leader_longer_to_answer() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            leader_allowance(Some(ms(2))),
+            PROBE_TIMEOUT,
+            "quiet: as before"
+        );
+        assert_eq!(leader_allowance(None), PROBE_TIMEOUT);
+        assert_eq!(leader_allowance(Some(ms(200))), ms(800));
+        assert_eq!(
+            leader_allowance(Some(ms(900))),
+            LOADED_PROBE_LIMIT,
+            "bounded"
+        );
     }
 
     /// A port that accepts and never answers is silent, not gone.

@@ -47,13 +47,7 @@ fn table_name(t: u32) -> String {
 
 /// User plus system CPU time a process has used so far.
 fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
+    let fields = tessera_tests::process::stat_fields(pid as i32).unwrap_or_default();
     let ticks = |i: usize| {
         fields
             .get(i)

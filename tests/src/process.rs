@@ -174,13 +174,16 @@ fn tls_client(
 
 /// Whether a process runs (and is not a zombie waiting to be reaped).
 pub fn pid_alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s != "Z"))
-        })
-        .unwrap_or(false)
+    stat_fields(pid).is_some_and(|fields| fields.first().is_some_and(|state| state != "Z"))
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (which is in parentheses
+/// and may hold spaces): the process state first, the stat's third field. `None` if
+/// there is no such process.
+pub fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
 /// The pid a pidfile names, if it exists and holds one.
