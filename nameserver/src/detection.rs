@@ -96,14 +96,18 @@ async fn probe_within(endpoint: &str, timeout: Duration) -> Probe {
     // The first try has the whole timeout for each step; the tries after a broken
     // connection share what is left of it, so a probe never takes longer than that.
     let mut limit = timeout;
+    // Doubled after each broken try, so a long timeout does not mean a hundred new
+    // connections to a tablet that is already struggling.
+    let mut pause = PROBE_RETRY;
     loop {
         match probe_once(endpoint, limit).await {
             Attempt::Answered => return Probe::Alive,
             Attempt::Refused => return Probe::Gone,
             Attempt::NoAnswer => return Probe::Silent,
-            Attempt::Broken if Instant::now() + PROBE_RETRY >= retry_until => return Probe::Silent,
+            Attempt::Broken if Instant::now() + pause >= retry_until => return Probe::Silent,
             Attempt::Broken => {
-                tokio::time::sleep(PROBE_RETRY).await;
+                tokio::time::sleep(pause).await;
+                pause *= 2;
                 limit = retry_until
                     .saturating_duration_since(Instant::now())
                     .max(PROBE_RETRY);
@@ -177,8 +181,9 @@ const BASELINE_TABLETS: usize = 3;
 /// A reported leader is given this many times the slowest answer of the baseline.
 const LOADED_FACTOR: u32 = 4;
 
-/// The longest a reported leader is given to answer, however loaded the cluster.
-const LOADED_PROBE_LIMIT: Duration = Duration::from_millis(1500);
+/// The longest a reported leader is given to answer, however loaded the cluster: well
+/// within the 1 s a follower waits for the verdict on its report.
+const LOADED_PROBE_LIMIT: Duration = Duration::from_millis(800);
 
 /// How long a reported leader is given to answer when the baseline's slowest answer
 /// took `slowest` (`None`: none answered).
@@ -255,20 +260,22 @@ impl Nameserver {
         };
         let (found, baseline) = tokio::select! {
             // An answer or a refusal needs no baseline (see `verdict`).
-            found = &mut leader_probe => match found.unwrap_or(Probe::Silent) {
-                Probe::Silent => (Probe::Silent, answered(baseline.await)),
-                found => (found, Probe::Alive),
+            found = &mut leader_probe => match found {
+                Ok(Probe::Silent) => (Probe::Silent, answered(baseline.await)),
+                Ok(found) => (found, Probe::Alive),
+                // The probe itself failed: nothing is concluded (see `verdict`).
+                Err(_) => (Probe::Silent, Probe::Silent),
             },
             slowest = &mut baseline => {
                 let allowed = leader_allowance(slowest);
-                let found = match tokio::time::timeout_at(started + allowed, &mut leader_probe).await {
-                    Ok(found) => found.unwrap_or(Probe::Silent),
+                match tokio::time::timeout_at(started + allowed, &mut leader_probe).await {
+                    Ok(Ok(found)) => (found, answered(slowest)),
+                    Ok(Err(_)) => (Probe::Silent, Probe::Silent),
                     Err(_) => {
                         leader_probe.abort();
-                        Probe::Silent
+                        (Probe::Silent, answered(slowest))
                     }
-                };
-                (found, answered(slowest))
+                }
             }
         };
         let found = verdict(found, baseline);

@@ -380,13 +380,12 @@ impl Nameserver {
         let mut asking: Option<tokio::task::JoinHandle<HashMap<String, reconcile::TabletReport>>> =
             None;
         loop {
-            // A tablet found down is planned for at once, not at the next tick; only
-            // ticks start the reconciler's passes (which stay at least a second apart).
-            let ticked = tokio::select! {
-                _ = tokio::time::sleep(TICK) => true,
-                _ = self.ops_kick.notified() => false,
+            // A tablet found down is planned for at once, not at the next tick.
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = self.ops_kick.notified() => {}
                 _ = stop.changed() => return,
-            };
+            }
             if !self.is_leader() {
                 // Whoever leads plans again from what is stored.
                 queue.lock().clear();
@@ -400,7 +399,8 @@ impl Nameserver {
                 reports = asking.take().expect("checked").await.ok();
             }
             let now = tokio::time::Instant::now();
-            if ticked && now >= next_reconcile && asking.is_none() {
+            // By time, not ticks: kicks during a mass failover come faster than ticks.
+            if now >= next_reconcile && asking.is_none() {
                 let replicas = self.metadata.tables().map_or(0, |tables| {
                     tables
                         .iter()
@@ -472,10 +472,13 @@ impl Nameserver {
             // start, and the next tick comes at once for the rest: a dead tablet of
             // thousands of partitions gets its first leaders in moments, not after
             // every op of the outage is written.
+            // One view of the registry for the whole pass (and one lock, not one per
+            // replica of every partition).
+            let healthy: HashSet<String> = self.healthy_tablets().into_iter().collect();
             let mut planned: Vec<(&TableInfo, planner::Planned)> = tables
                 .iter()
                 .flat_map(|table| {
-                    planner::plan(table, |e| self.is_healthy(e))
+                    planner::plan(table, |e| healthy.contains(e))
                         .into_iter()
                         .map(move |planned| (table, planned))
                 })

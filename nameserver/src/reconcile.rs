@@ -19,12 +19,16 @@ const STATUSES_PER_SECOND: usize = 5_000;
 
 /// How long after a pass over `replicas` replicas the next one starts: every second up
 /// to 5,000 replicas, then in proportion (every 6 s at 10,000 partitions of 3
-/// replicas), so an idle nameserver's reconciling stays a small share of a core
-/// however large the cluster. Failures the registry or the followers' reports show do
+/// replicas), so an idle nameserver's reconciling stays a small share of a core, up to
+/// once a minute. Failures the registry or the followers' reports show do
 /// not wait for it.
 pub fn period(replicas: usize) -> std::time::Duration {
-    std::time::Duration::from_millis((replicas * 1000 / STATUSES_PER_SECOND).max(1000) as u64)
+    let millis = (replicas * 1000 / STATUSES_PER_SECOND).clamp(1000, LONGEST_PERIOD_MS);
+    std::time::Duration::from_millis(millis as u64)
 }
+
+/// However large the cluster, a difference is looked for at least once a minute.
+const LONGEST_PERIOD_MS: usize = 60_000;
 
 /// What one tablet reported: its replicas by (tid, pid). A tablet that could not be
 /// asked is absent from the map of observations.
@@ -306,7 +310,11 @@ mod tests {
             "small clusters: every second"
         );
         assert_eq!(period(30_000), Duration::from_secs(6));
-        assert_eq!(period(3_000_000), Duration::from_secs(600));
+        assert_eq!(
+            period(3_000_000),
+            Duration::from_secs(60),
+            "at most a minute"
+        );
     }
 
     const TID: u32 = 7;
