@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::heartbeat::Beat;
 use super::history;
+use super::link_channels::LinkChannels;
 use super::transfer;
 use crate::catalog::Catalog;
 use crate::storage::binlog::{BinlogReader, ReadError};
@@ -76,6 +77,8 @@ pub struct Replicators {
     /// This tablet's endpoint, named as leader in every request.
     endpoint: String,
     links: Mutex<HashMap<(u32, u32), HashMap<String, Link>>>,
+    /// The connections the links share (see `link_channels`).
+    channels: LinkChannels,
 }
 
 impl Replicators {
@@ -84,6 +87,7 @@ impl Replicators {
             catalog,
             endpoint,
             links: Mutex::new(HashMap::new()),
+            channels: LinkChannels::default(),
         })
     }
 
@@ -371,12 +375,13 @@ impl LinkTask {
         if !self.still_leading(&table) {
             return Ok(LinkEnd::NotLeading);
         }
-        let channel = tessera_common::tls::endpoint(&self.follower, CONNECT_TIMEOUT)
-            .map_err(|e| e.to_string())?
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        let mut client = TabletClient::new(cluster_secret::internal(channel))
+        // Held for the link's life: its share of a connection to the follower.
+        let shared = self
+            .replicators
+            .channels
+            .acquire(&self.follower, CONNECT_TIMEOUT)
+            .await?;
+        let mut client = TabletClient::new(cluster_secret::internal(shared.channel.clone()))
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         let (requests, outgoing) = mpsc::channel::<AppendEntriesRequest>(MAX_IN_FLIGHT + 1);

@@ -1,0 +1,133 @@
+//! Connections for replication links, shared.
+//!
+//! Every (partition, follower) pair a tablet leads has a link: one long-lived
+//! `AppendEntries` stream. With a connection of its own per link, a tablet leading
+//! 2,500 partitions of 3 replicas held 5,000 connections out and about as many in, and
+//! with two binlog files open per replica it ran out of file descriptors (20,000 here)
+//! during a failover at 10,000 partitions: new connections, the nameserver's fences
+//! among them, were refused. Links to one follower now share connections, each
+//! carrying up to `LINKS_PER_CONNECTION` streams (HTTP/2 multiplexes them; a server
+//! takes up to `MAX_REQUESTS_PER_CONNECTION` at once on one connection).
+//!
+//! A connection that breaks fails the streams on it; each link retries with its
+//! backoff, and the shared channel connects again on the next call.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tonic::transport::Channel;
+
+/// Streams carried by one connection to a follower tablet.
+const LINKS_PER_CONNECTION: usize = 64;
+
+const _: () = assert!(LINKS_PER_CONNECTION < tessera_common::tls::MAX_REQUESTS_PER_CONNECTION);
+
+#[derive(Default)]
+pub struct LinkChannels {
+    peers: Mutex<HashMap<String, Vec<Shared>>>,
+}
+
+struct Shared {
+    channel: Channel,
+    links: Arc<AtomicUsize>,
+}
+
+/// A link's share of a connection, given back when dropped.
+pub struct LinkChannel {
+    pub channel: Channel,
+    links: Arc<AtomicUsize>,
+}
+
+impl Drop for LinkChannel {
+    fn drop(&mut self) {
+        self.links.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl LinkChannels {
+    /// A connection to `follower` with room for one more link: a shared one, or a new
+    /// one (connected within `connect_timeout`). Connections no link uses are closed.
+    pub async fn acquire(
+        &self,
+        follower: &str,
+        connect_timeout: Duration,
+    ) -> Result<LinkChannel, String> {
+        if let Some(shared) = self.take_room(follower) {
+            return Ok(shared);
+        }
+        let channel = tessera_common::tls::endpoint(follower, connect_timeout)
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let links = Arc::new(AtomicUsize::new(1));
+        self.peers
+            .lock()
+            .entry(follower.to_string())
+            .or_default()
+            .push(Shared {
+                channel: channel.clone(),
+                links: links.clone(),
+            });
+        Ok(LinkChannel { channel, links })
+    }
+
+    fn take_room(&self, follower: &str) -> Option<LinkChannel> {
+        let mut peers = self.peers.lock();
+        let connections = peers.get_mut(follower)?;
+        connections.retain(|c| c.links.load(Ordering::Acquire) > 0);
+        let shared = connections
+            .iter()
+            .find(|c| c.links.load(Ordering::Acquire) < LINKS_PER_CONNECTION)?;
+        // Counted under the lock: no two links take the last room of one connection.
+        shared.links.fetch_add(1, Ordering::AcqRel);
+        Some(LinkChannel {
+            channel: shared.channel.clone(),
+            links: shared.links.clone(),
+        })
+    }
+
+    /// Connections held to `follower` now (for tests and metrics).
+    pub fn connections_to(&self, follower: &str) -> usize {
+        self.peers.lock().get(follower).map_or(0, Vec::len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn links_to_one_follower_share_connections() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let follower = listener.local_addr().unwrap().to_string();
+        // Accepts and holds connections: enough for the HTTP/2 client to connect.
+        let accepting = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                held.push(connection);
+            }
+        });
+        let pool = LinkChannels::default();
+        let timeout = Duration::from_secs(5);
+        let mut links = Vec::new();
+        for _ in 0..LINKS_PER_CONNECTION + 1 {
+            links.push(pool.acquire(&follower, timeout).await.unwrap());
+        }
+        assert_eq!(
+            pool.connections_to(&follower),
+            2,
+            "65 links on two connections"
+        );
+        // The second connection's only link ends: it is closed at the next acquire, and
+        // the link taking its place finds room on the first.
+        links.pop();
+        links.pop();
+        links.push(pool.acquire(&follower, timeout).await.unwrap());
+        assert_eq!(pool.connections_to(&follower), 1);
+        accepting.abort();
+    }
+}
