@@ -472,16 +472,10 @@ impl Nameserver {
             // start, and the next tick comes at once for the rest: a dead tablet of
             // thousands of partitions gets its first leaders in moments, not after
             // every op of the outage is written.
-            // One view of the registry for the whole pass (and one lock, not one per
-            // replica of every partition).
-            let healthy: HashSet<String> = self.healthy_tablets().into_iter().collect();
-            let mut planned: Vec<(&TableInfo, planner::Planned)> = tables
+            let mut planned: Vec<(&TableInfo, planner::Planned)> = self
+                .plan_all(&tables)
                 .iter()
-                .flat_map(|table| {
-                    planner::plan(table, |e| healthy.contains(e))
-                        .into_iter()
-                        .map(move |planned| (table, planned))
-                })
+                .map(|(table, planned)| (&tables[*table], planned.clone()))
                 .collect();
             planned.sort_by_key(|(_, planned)| urgency(planned.op_type));
             let mut added = 0;
@@ -546,6 +540,36 @@ impl Nameserver {
             tokio::spawn(worker.run(permit, op));
         }
         Ok(())
+    }
+
+    /// What the planner wants for every table (by index in `tables`), against one view
+    /// of the registry. `planner::plan` depends on nothing else, so while neither the
+    /// tables (the same copy) nor the healthy tablets changed, the last pass's answer is
+    /// reused: an idle pass plans 10,000 partitions five times a second otherwise.
+    fn plan_all(&self, tables: &Arc<Vec<TableInfo>>) -> Arc<Vec<(usize, planner::Planned)>> {
+        let mut healthy = self.healthy_tablets();
+        healthy.sort();
+        let mut memo = self.plan_memo.lock();
+        if let Some((seen_tables, seen_healthy, planned)) = &*memo {
+            if Arc::ptr_eq(seen_tables, tables) && *seen_healthy == healthy {
+                return planned.clone();
+            }
+        }
+        let planned: Arc<Vec<(usize, planner::Planned)>> = Arc::new(
+            tables
+                .iter()
+                .enumerate()
+                .flat_map(|(i, table)| {
+                    planner::plan(table, |e| {
+                        healthy.binary_search_by(|h| h.as_str().cmp(e)).is_ok()
+                    })
+                    .into_iter()
+                    .map(move |planned| (i, planned))
+                })
+                .collect(),
+        );
+        *memo = Some((tables.clone(), healthy, planned.clone()));
+        planned
     }
 
     async fn add_planned(&self, table: &TableInfo, planned: &planner::Planned) -> Result<OpInfo> {

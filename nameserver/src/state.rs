@@ -65,6 +65,16 @@ pub struct Nameserver {
     leaderships_won: std::sync::atomic::AtomicU64,
     /// The leader's copy of every op (see `op_book`).
     pub(crate) op_book: crate::op_book::OpBook,
+    /// The planner's last answer, with the tables and healthy tablets it was for (see
+    /// `Nameserver::plan_all`).
+    #[allow(clippy::type_complexity)]
+    pub(crate) plan_memo: parking_lot::Mutex<
+        Option<(
+            Arc<Vec<TableInfo>>,
+            Vec<String>,
+            Arc<Vec<(usize, crate::planner::Planned)>>,
+        )>,
+    >,
     /// Partition changes waiting for their chunk's next write (see `group_writes`).
     pub(crate) chunk_writes: Arc<crate::group_writes::ChunkWrites>,
     /// Fences waiting for a term (see `group_writes`).
@@ -170,6 +180,7 @@ impl Nameserver {
             leader: RwLock::new(None),
             leaderships_won: std::sync::atomic::AtomicU64::new(0),
             op_book: Default::default(),
+            plan_memo: Default::default(),
             chunk_writes: Default::default(),
             term_writes: Default::default(),
             tablets: RwLock::new(BTreeMap::new()),

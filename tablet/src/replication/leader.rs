@@ -379,8 +379,7 @@ impl LinkTask {
         let shared = self
             .replicators
             .channels
-            .acquire(&self.follower, CONNECT_TIMEOUT)
-            .await?;
+            .acquire(&self.follower, CONNECT_TIMEOUT)?;
         let mut client = TabletClient::new(cluster_secret::internal(shared.channel.clone()))
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
@@ -395,9 +394,13 @@ impl LinkTask {
         // at our log end, which the follower answers with where its log stands.
         let mut next = table.last_offset() + 1;
         outbox.send(self.request(&table, next, Vec::new())).await?;
-        let mut responses = client
-            .append_entries(ReceiverStream::new(outgoing))
+        let opened = tokio::time::timeout(
+            RESPONSE_TIMEOUT,
+            client.append_entries(ReceiverStream::new(outgoing)),
+        );
+        let mut responses = opened
             .await
+            .map_err(|_| format!("no answer to the stream within {RESPONSE_TIMEOUT:?}"))?
             .map_err(|e| format!("stream refused: {}", e.message()))?
             .into_inner();
         let mut appended = table.subscribe_appended();

@@ -10,7 +10,10 @@
 //! takes up to `MAX_REQUESTS_PER_CONNECTION` at once on one connection).
 //!
 //! A connection that breaks fails the streams on it; each link retries with its
-//! backoff, and the shared channel connects again on the next call.
+//! backoff, and the shared channel connects again on the next call. HTTP/2 keepalive
+//! finds a connection that died silently. A follower's server gives each connection a
+//! window of 64 streams' worth (`tls::server_builder`), so a stream whose partition is
+//! slow to take its data holds up only its own share, not its 63 neighbours.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -49,42 +52,46 @@ impl Drop for LinkChannel {
 
 impl LinkChannels {
     /// A connection to `follower` with room for one more link: a shared one, or a new
-    /// one (connected within `connect_timeout`). Connections no link uses are closed.
-    pub async fn acquire(
+    /// one (connected within `connect_timeout` on its first call).
+    pub fn acquire(
         &self,
         follower: &str,
         connect_timeout: Duration,
     ) -> Result<LinkChannel, String> {
-        if let Some(shared) = self.take_room(follower) {
-            return Ok(shared);
-        }
-        let channel = tessera_common::tls::endpoint(follower, connect_timeout)
+        // The channel connects on its first call (bounded by `connect_timeout`), so it
+        // is made and counted under the lock: the thousands of links a failover starts
+        // at once share it instead of each connecting before the first connect ends.
+        let endpoint = tessera_common::tls::endpoint(follower, connect_timeout)
             .map_err(|e| e.to_string())?
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        let links = Arc::new(AtomicUsize::new(1));
-        self.peers
-            .lock()
-            .entry(follower.to_string())
-            .or_default()
-            .push(Shared {
-                channel: channel.clone(),
-                links: links.clone(),
-            });
-        Ok(LinkChannel { channel, links })
-    }
-
-    fn take_room(&self, follower: &str) -> Option<LinkChannel> {
+            // A connection that dies without a word (a host down, a partition) is found
+            // within 15 s and made again, instead of holding its links until TCP gives
+            // up.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
         let mut peers = self.peers.lock();
-        let connections = peers.get_mut(follower)?;
-        connections.retain(|c| c.links.load(Ordering::Acquire) > 0);
-        let shared = connections
+        // Connections no link uses any more are closed, whichever follower they go to.
+        for connections in peers.values_mut() {
+            connections.retain(|c| c.links.load(Ordering::Acquire) > 0);
+        }
+        peers.retain(|_, connections| !connections.is_empty());
+        let connections = peers.entry(follower.to_string()).or_default();
+        let shared = match connections
             .iter()
-            .find(|c| c.links.load(Ordering::Acquire) < LINKS_PER_CONNECTION)?;
+            .find(|c| c.links.load(Ordering::Acquire) < LINKS_PER_CONNECTION)
+        {
+            Some(shared) => shared,
+            None => {
+                connections.push(Shared {
+                    channel: endpoint.connect_lazy(),
+                    links: Arc::new(AtomicUsize::new(0)),
+                });
+                connections.last().expect("just pushed")
+            }
+        };
         // Counted under the lock: no two links take the last room of one connection.
         shared.links.fetch_add(1, Ordering::AcqRel);
-        Some(LinkChannel {
+        Ok(LinkChannel {
             channel: shared.channel.clone(),
             links: shared.links.clone(),
         })
@@ -102,20 +109,13 @@ mod tests {
 
     #[tokio::test]
     async fn links_to_one_follower_share_connections() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let follower = listener.local_addr().unwrap().to_string();
-        // Accepts and holds connections: enough for the HTTP/2 client to connect.
-        let accepting = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((connection, _)) = listener.accept().await {
-                held.push(connection);
-            }
-        });
+        // Channels connect on their first call: no follower needs to listen here.
+        let follower = "127.0.0.1:9".to_string();
         let pool = LinkChannels::default();
         let timeout = Duration::from_secs(5);
         let mut links = Vec::new();
         for _ in 0..LINKS_PER_CONNECTION + 1 {
-            links.push(pool.acquire(&follower, timeout).await.unwrap());
+            links.push(pool.acquire(&follower, timeout).unwrap());
         }
         assert_eq!(
             pool.connections_to(&follower),
@@ -126,8 +126,7 @@ mod tests {
         // the link taking its place finds room on the first.
         links.pop();
         links.pop();
-        links.push(pool.acquire(&follower, timeout).await.unwrap());
+        links.push(pool.acquire(&follower, timeout).unwrap());
         assert_eq!(pool.connections_to(&follower), 1);
-        accepting.abort();
     }
 }
