@@ -258,9 +258,13 @@ pub fn server_builder() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_REQUESTS_PER_CONNECTION)
         .max_concurrent_streams(Some(MAX_REQUESTS_PER_CONNECTION as u32))
-        // Replication multiplexes up to 64 long-lived streams on one connection: each
-        // stream may hold its own window's worth unread (a partition slow to append)
-        // without using up the connection's window for the others.
+}
+
+/// [`server_builder`] for a tablet. Replication multiplexes up to 64 long-lived streams
+/// on one connection: each stream may hold its own window's worth unread (a partition
+/// slow to append) without using up the connection's window for the others.
+pub fn tablet_server_builder() -> tonic::transport::Server {
+    server_builder()
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(STREAM_WINDOW * 64))
 }

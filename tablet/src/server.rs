@@ -163,7 +163,7 @@ pub async fn run(
             }
         }),
     ));
-    let server = tessera_common::tls::server_builder()
+    let server = tessera_common::tls::tablet_server_builder()
         .accept_http1(true)
         .add_routes(tonic::service::Routes::from(app))
         .serve_with_incoming_shutdown(tessera_common::tls::incoming(listener), async move {

@@ -12,7 +12,7 @@
 //! A connection that breaks fails the streams on it; each link retries with its
 //! backoff, and the shared channel connects again on the next call. HTTP/2 keepalive
 //! finds a connection that died silently. A follower's server gives each connection a
-//! window of 64 streams' worth (`tls::server_builder`), so a stream whose partition is
+//! window of 64 streams' worth (`tls::tablet_server_builder`), so a stream whose partition is
 //! slow to take its data holds up only its own share, not its 63 neighbours.
 
 use std::collections::HashMap;
@@ -61,14 +61,6 @@ impl LinkChannels {
         // The channel connects on its first call (bounded by `connect_timeout`), so it
         // is made and counted under the lock: the thousands of links a failover starts
         // at once share it instead of each connecting before the first connect ends.
-        let endpoint = tessera_common::tls::endpoint(follower, connect_timeout)
-            .map_err(|e| e.to_string())?
-            // A connection that dies without a word (a host down, a partition) is found
-            // within 15 s and made again, instead of holding its links until TCP gives
-            // up.
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
         let mut peers = self.peers.lock();
         // Connections no link uses any more are closed, whichever follower they go to.
         for connections in peers.values_mut() {
@@ -82,6 +74,14 @@ impl LinkChannels {
         {
             Some(shared) => shared,
             None => {
+                let endpoint = tessera_common::tls::endpoint(follower, connect_timeout)
+                    .map_err(|e| e.to_string())?
+                    // A connection that dies without a word (a host down, a partition)
+                    // is found within 15 s and made again, instead of holding its links
+                    // until TCP gives up.
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .keep_alive_while_idle(true);
                 connections.push(Shared {
                     channel: endpoint.connect_lazy(),
                     links: Arc::new(AtomicUsize::new(0)),
