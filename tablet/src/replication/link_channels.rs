@@ -97,7 +97,7 @@ impl LinkChannels {
         })
     }
 
-    /// Connections held to `follower` now (for tests and metrics).
+    /// Connections held to `follower` now.
     pub fn connections_to(&self, follower: &str) -> usize {
         self.peers.lock().get(follower).map_or(0, Vec::len)
     }
