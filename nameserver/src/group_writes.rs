@@ -1,7 +1,7 @@
 //! The metadata writes that many ops make at once, group-committed (see `combining`):
 //! partition changes (one write of a chunk node for every change waiting on it, and one
-//! `table_changed` announcement for them all) and new terms (one write of the term
-//! counter for every fence waiting on one).
+//! `table_changed` announcement for them all) and counters (one write of the term or op
+//! id counter for every fence or new op waiting on one).
 
 use std::sync::Arc;
 
@@ -34,8 +34,8 @@ pub(crate) enum Changed {
 /// an earlier leadership fails its writes, and must not take a new leadership's) and
 /// chunk path.
 pub(crate) type ChunkWrites = Combiner<(u64, String), PartitionChange, Result<Changed>>;
-/// Queued by leadership.
-pub(crate) type TermWrites = Combiner<u64, u64, Result<u64>>;
+/// Queued by leadership and counter path; a request is the floor its value must exceed.
+pub(crate) type CounterWrites = Combiner<(u64, String), u64, Result<u64>>;
 
 impl Nameserver {
     /// Changes one partition's metadata, fenced and with a version check: only the chunk
@@ -135,16 +135,24 @@ impl Nameserver {
     /// A new term above `floor`, from the ZooKeeper counter: one write of the counter
     /// for every fence waiting on one, each given a term of its own.
     pub(crate) async fn take_term(&self, floor: u64) -> Result<u64> {
+        self.take_counter(self.paths.term(), floor).await
+    }
+
+    /// The next value of the counter node at `path`, above `floor`, fenced by the
+    /// election lock: one compare-and-set of the counter for every caller waiting on it
+    /// (op ids during a mass failover, terms), each given a value of its own.
+    pub(crate) async fn take_counter(&self, path: String, floor: u64) -> Result<u64> {
         let (leadership, lock) = self.lock_and_leadership().await?;
         let client = self.client()?;
-        let path = self.paths.term();
-        self.term_writes
-            .submit(leadership, floor, move |floors| {
-                let (lock, client, path) = (lock.clone(), client.clone(), path.clone());
-                async move { take_terms(&lock, &client, &path, &floors).await }
+        let key = (leadership, path.clone());
+        let counter = path.clone();
+        self.counter_writes
+            .submit(key, floor, move |floors| {
+                let (lock, client, path) = (lock.clone(), client.clone(), counter.clone());
+                async move { take_values(&lock, &client, &path, &floors).await }
             })
             .await
-            .unwrap_or_else(|| Err(NsError::Zk("the term counter write failed".into())))
+            .unwrap_or_else(|| Err(NsError::Zk(format!("the write of counter {path} failed"))))
     }
 }
 
@@ -232,10 +240,10 @@ pub(crate) async fn write_table_changed(lock: &OwnedLockClient, path: &str) -> R
     lock.set_data(path, now.as_bytes(), None).await.map(|_| ())
 }
 
-/// Takes one term for each of `floors` from the counter at `path`, in one
+/// Takes one value for each of `floors` from the counter at `path`, in one
 /// compare-and-set: the counter moves to the larger of its value and every floor, plus
-/// one per term, and each gets one of the values above that base (above its own floor).
-async fn take_terms(
+/// one per value, and each gets one of the values above that base (above its own floor).
+async fn take_values(
     lock: &OwnedLockClient,
     client: &Client,
     path: &str,
@@ -251,21 +259,21 @@ async fn take_terms(
             .trim()
             .parse::<u64>()
             .unwrap_or(0);
-        let (top, terms) = terms_above(counter, floors);
+        let (top, values) = values_above(counter, floors);
         match lock
             .set_data(path, top.to_string().as_bytes(), Some(stat.version))
             .await
         {
-            Ok(_) => return terms.into_iter().map(Ok).collect(),
+            Ok(_) => return values.into_iter().map(Ok).collect(),
             Err(ZkError::BadVersion) => continue,
             Err(e) => return floors.iter().map(|_| Err(e.clone().into())).collect(),
         }
     }
 }
 
-/// The counter's new value and one term for each of `floors`: distinct, each above the
+/// The counter's new value and one value for each of `floors`: distinct, each above the
 /// counter and above its own floor.
-fn terms_above(counter: u64, floors: &[u64]) -> (u64, Vec<u64>) {
+fn values_above(counter: u64, floors: &[u64]) -> (u64, Vec<u64>) {
     let base = floors.iter().copied().fold(counter, u64::max);
     let terms: Vec<u64> = (1..=floors.len() as u64).map(|n| base + n).collect();
     (base + floors.len() as u64, terms)
@@ -278,12 +286,12 @@ mod tests {
     #[test]
     fn terms_taken_together_are_distinct_and_above_every_floor() {
         let floors = [3, 40, 7];
-        let (top, terms) = terms_above(10, &floors);
+        let (top, terms) = values_above(10, &floors);
         assert_eq!(terms, vec![41, 42, 43]);
         assert_eq!(top, 43, "the counter moves past every term handed out");
         for (term, floor) in terms.iter().zip(floors) {
             assert!(*term > floor && *term > 10);
         }
-        assert_eq!(terms_above(50, &[1]), (51, vec![51]));
+        assert_eq!(values_above(50, &[1]), (51, vec![51]));
     }
 }

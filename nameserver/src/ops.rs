@@ -37,9 +37,9 @@ pub const FAILED: &str = "kFailed";
 /// ZooKeeper and the tablets, so a dead tablet's thousands of partitions fail over as
 /// fast as ops run side by side: at 8, a tablet leading 2,000 partitions took over
 /// 100 s (`scripts/bench-scale.sh`).
-const MAX_PARALLEL_OPS: usize = 32;
+const MAX_PARALLEL_OPS: usize = 256;
 /// New ops planned and persisted per pass of the pipeline before the ops start.
-const MAX_PLANNED_PER_TICK: usize = 64;
+const MAX_PLANNED_PER_TICK: usize = 512;
 /// How often the leader compares metadata with the registry and starts ops.
 const TICK: Duration = Duration::from_millis(200);
 /// Finished ops kept for `showopstatus`.
@@ -48,8 +48,11 @@ const KEEP_FINISHED: usize = 200;
 const RETRY_AFTER_FAILURE_MS: u64 = 5_000;
 /// How long a tablet may take to report to the reconciler.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Ops of lower priority (snapshots) never take the last permits: failover always has room.
-const PERMITS_KEPT_FOR_FAILOVER: usize = MAX_PARALLEL_OPS / 2;
+/// Housekeeping ops (snapshots, migrations, added and removed replicas) running at once,
+/// at most: they never take the permits kept for failover.
+const HOUSEKEEPING_AT_ONCE: usize = 32;
+/// Permits only failover ops take: failover always has room.
+const PERMITS_KEPT_FOR_FAILOVER: usize = MAX_PARALLEL_OPS - HOUSEKEEPING_AT_ONCE;
 /// The tasks that call the partition's leader, and give way when it stops answering.
 const CALLS_THE_LEADER: &[&str] = &[
     "kPrepareReplica",
@@ -236,6 +239,19 @@ impl Nameserver {
         }
     }
 
+    /// An op as it stands: from the leader's copy, which every op write (this leader's
+    /// own, an operator's cancel among them) keeps current; read from the store when
+    /// this nameserver does not lead or its copy does not hold the op.
+    async fn current_op(&self, op_id: u64) -> Result<OpInfo> {
+        if let Some(kept) = self
+            .leadership_number()
+            .and_then(|leadership| self.op_book.get(leadership, op_id))
+        {
+            return Ok(kept.1);
+        }
+        self.op(op_id).await
+    }
+
     /// Notes the outcome of an op write in the leader's copy: what was written, or, when
     /// ZooKeeper's answer does not say whether it was applied, that the copy is unsure.
     pub(crate) fn note_op_write<T>(
@@ -335,7 +351,7 @@ impl Nameserver {
             )));
         }
         let (leadership, lock) = self.lock_and_leadership().await?;
-        let op_id = self.bump_counter(&lock, &self.paths.op_index()).await?;
+        let op_id = self.take_counter(self.paths.op_index(), 0).await?;
         let mut op = OpInfo {
             op_id,
             op_type: op_type.into(),
@@ -472,14 +488,14 @@ impl Nameserver {
             // start, and the next tick comes at once for the rest: a dead tablet of
             // thousands of partitions gets its first leaders in moments, not after
             // every op of the outage is written.
-            let mut planned: Vec<(&TableInfo, planner::Planned)> = self
-                .plan_all(&tables)
-                .iter()
-                .map(|(table, planned)| (&tables[*table], planned.clone()))
-                .collect();
+            let mut planned: Vec<(usize, planner::Planned)> = self.plan_all(&tables).to_vec();
             planned.sort_by_key(|(_, planned)| urgency(planned.op_type));
-            let mut added = 0;
-            for (table, planned) in planned {
+            // Persisted all at once: their ids share a write of the counter, and
+            // ZooKeeper commits their nodes together (a dead tablet's thousands of
+            // ChangeLeaders otherwise wait for three round trips each, one after another).
+            let mut adding = tokio::task::JoinSet::new();
+            for (index, planned) in planned {
+                let table = &tables[index];
                 let key = (table.db.clone(), table.name.clone(), planned.pid);
                 let cooled = cooling.get(&key).is_some_and(|change_leader_failed| {
                     planned.op_type != CHANGE_LEADER || *change_leader_failed
@@ -488,14 +504,25 @@ impl Nameserver {
                     continue;
                 }
                 busy.insert(key);
-                if added == MAX_PLANNED_PER_TICK {
+                if adding.len() == MAX_PLANNED_PER_TICK {
                     // Left for the next pass, which comes at once; still busy for this
                     // one, so the reconciler below plans nothing for it either.
                     self.ops_kick.notify_one();
                     continue;
                 }
-                ops.push(self.add_planned(table, &planned).await?);
-                added += 1;
+                let (ns, tables) = (self.clone(), tables.clone());
+                adding.spawn(async move { ns.add_planned(&tables[index], &planned).await });
+            }
+            let mut failed = None;
+            while let Some(added) = adding.join_next().await {
+                match added {
+                    Ok(Ok(op)) => ops.push(op),
+                    Ok(Err(e)) => failed = Some(e),
+                    Err(e) => failed = Some(NsError::Zk(format!("adding an op failed: {e}"))),
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
             }
             if let Some((confirmations, reports)) = reconcile {
                 let mut pass = Vec::new();
@@ -667,7 +694,7 @@ impl Nameserver {
 
     async fn was_cancelled(&self, op_id: u64) -> bool {
         let cancelled = self
-            .op(op_id)
+            .current_op(op_id)
             .await
             .is_ok_and(|stored| stored.status == CANCELED);
         if cancelled {
@@ -680,7 +707,7 @@ impl Nameserver {
         // The pass that started this op read it before now: an execution that ended
         // meanwhile (it leaves `running` only after saving its end) would be repeated
         // from a stale task. Go on from what is stored.
-        let mut op = match self.op(op.op_id).await {
+        let mut op = match self.current_op(op.op_id).await {
             Ok(stored) if !is_finished(&stored) => stored,
             _ => return,
         };
@@ -737,6 +764,14 @@ impl Nameserver {
                 return;
             }
             op.task_index += 1;
+            let last = op.task_index as usize == op.tasks.len();
+            if last {
+                // The end is written with the last task's progress, in one write: a
+                // leader that stops before it resumes the last task, which is
+                // idempotent like every task.
+                op.status = DONE.into();
+                op.end_time_ms = now_ms();
+            }
             // Refused if an operator cancelled it while the task ran (the cancel stands),
             // or if leadership was lost (the next leader resumes from the last saved task).
             if self.save_op(&op).await.is_err() {
@@ -745,12 +780,18 @@ impl Nameserver {
                 }
                 return;
             }
+            if last {
+                report_done(&op);
+            }
         }
-        op.status = DONE.into();
-        op.end_time_ms = now_ms();
-        crate::metrics::METRICS.op_ended(&op);
-        info!(op_id = op.op_id, op_type = %op.op_type, table = %op.name, pid = op.pid, "op done");
-        let _ = self.save_op(&op).await;
+        if op.status != DONE {
+            // Every task had run before this execution (stored by a leader that wrote
+            // the end apart from the last task's progress, and stopped between the two).
+            op.status = DONE.into();
+            op.end_time_ms = now_ms();
+            report_done(&op);
+            let _ = self.save_op(&op).await;
+        }
     }
 
     /// After a failed or cancelled op: one that had the leader ship to a returning or new
@@ -1540,6 +1581,12 @@ async fn tablet_report(endpoint: &str, tid: Option<u32>) -> Option<reconcile::Ta
 }
 
 /// Ops that restore availability or redundancy after a failure.
+/// Counts and logs an op that ran to its end.
+fn report_done(op: &OpInfo) {
+    crate::metrics::METRICS.op_ended(op);
+    info!(op_id = op.op_id, op_type = %op.op_type, table = %op.name, pid = op.pid, "op done");
+}
+
 fn is_failover(op_type: &str) -> bool {
     matches!(op_type, CHANGE_LEADER | OFFLINE_REPLICA | RECOVER_TABLE)
 }
@@ -1737,6 +1784,36 @@ mod tests {
             Some(1)
         );
         assert!(queue.lock().is_empty());
+    }
+
+    /// A dead tablet's partitions fail over many at once (an op mostly waits on
+    /// ZooKeeper and the tablets), while housekeeping stays within its share.
+    #[test]
+    fn failover_runs_hundreds_at_once_and_housekeeping_its_share() {
+        let op = |op_id: u64, op_type: &str| OpInfo {
+            op_id,
+            op_type: op_type.into(),
+            name: "t".into(),
+            pid: op_id as u32,
+            ..Default::default()
+        };
+        let started = |queued: Vec<OpInfo>| {
+            let queue: Queue = Arc::new(Mutex::new(VecDeque::from(queued)));
+            let running: Running = Arc::default();
+            let permits = Arc::new(Semaphore::new(MAX_PARALLEL_OPS));
+            let mut held = Vec::new();
+            while let Ok(permit) = permits.clone().try_acquire_owned() {
+                if next_startable(&queue, &running, permits.available_permits()).is_none() {
+                    break;
+                }
+                held.push(permit);
+            }
+            held.len()
+        };
+        let failovers = (0..1_000).map(|i| op(i, CHANGE_LEADER)).collect();
+        assert!(started(failovers) >= 128, "failover runs hundreds at once");
+        let snapshots = (0..1_000).map(|i| op(i, MAKE_SNAPSHOT)).collect();
+        assert_eq!(started(snapshots), HOUSEKEEPING_AT_ONCE);
     }
 
     #[test]

@@ -77,8 +77,8 @@ pub struct Nameserver {
     >,
     /// Partition changes waiting for their chunk's next write (see `group_writes`).
     pub(crate) chunk_writes: Arc<crate::group_writes::ChunkWrites>,
-    /// Fences waiting for a term (see `group_writes`).
-    pub(crate) term_writes: Arc<crate::group_writes::TermWrites>,
+    /// Fences waiting for a term, new ops for an id (see `group_writes`).
+    pub(crate) counter_writes: Arc<crate::group_writes::CounterWrites>,
     tablets: RwLock<BTreeMap<String, TabletEntry>>,
     /// Whether `/nodes` has been read in the current session. Until then every tablet
     /// would look offline, so the failover planner waits.
@@ -182,7 +182,7 @@ impl Nameserver {
             op_book: Default::default(),
             plan_memo: Default::default(),
             chunk_writes: Default::default(),
-            term_writes: Default::default(),
+            counter_writes: Default::default(),
             tablets: RwLock::new(BTreeMap::new()),
             registry_ready: std::sync::atomic::AtomicBool::new(false),
             restarted: Default::default(),
@@ -696,39 +696,6 @@ impl Nameserver {
         }
     }
 
-    /// Adds one to a counter node, through the election lock.
-    pub(crate) async fn bump_counter(&self, lock: &OwnedLockClient, path: &str) -> Result<u64> {
-        self.bump_counter_above(lock, path, 0).await
-    }
-
-    /// Sets a counter node to one more than the larger of its value and `floor`, through
-    /// the election lock (a deposed leader's attempt fails), and returns the new value.
-    pub(crate) async fn bump_counter_above(
-        &self,
-        lock: &OwnedLockClient,
-        path: &str,
-        floor: u64,
-    ) -> Result<u64> {
-        let client = self.client()?;
-        loop {
-            let (data, stat) = client.get_data(path).await?;
-            let next = String::from_utf8_lossy(&data)
-                .trim()
-                .parse::<u64>()
-                .unwrap_or(0)
-                .max(floor)
-                + 1;
-            match lock
-                .set_data(path, next.to_string().as_bytes(), Some(stat.version))
-                .await
-            {
-                Ok(_) => return Ok(next),
-                Err(ZkError::BadVersion) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
     /// Moves `/notify/table_changed` after a metadata write. Clients and the other
     /// nameservers watch it and compare its modification, never its value, so it is
     /// written blind: no read, and no compare-and-set for concurrent ops to contend on.
@@ -814,7 +781,7 @@ impl Nameserver {
             }
         }
         let placed = placement::place(&healthy, partition_num, replica_num, &leading)?;
-        let tid = self.bump_counter(&lock, &self.paths.table_index()).await? as u32;
+        let tid = self.take_counter(self.paths.table_index(), 0).await? as u32;
         let mode = request.mode();
         let table = TableInfo {
             ttl_version: 0,

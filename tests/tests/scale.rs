@@ -100,6 +100,18 @@ async fn two_thousand_partitions_all_lead_again_after_a_tablet_dies() {
         "ops run to their end more than once: {repeated:?}"
     );
     assert!(ends.len() >= led_by_dead, "{} ops ended", ends.len());
+    // The outage's ops were persisted together: their ids came from a few writes of the
+    // id counter, not one each (a node's data version counts its writes).
+    let zk = zookeeper_client::Client::connect(&cluster.zk.connect_string())
+        .await
+        .unwrap();
+    let (_, counter) = zk.get_data("/tessera/op/op_index").await.unwrap();
+    assert!(
+        (counter.version as usize) * 4 < ends.len(),
+        "{} writes of the op id counter for {} ops",
+        counter.version,
+        ends.len()
+    );
     wait_until_async(
         Duration::from_secs(120),
         "the running tablets to lead every partition, each exactly once",
