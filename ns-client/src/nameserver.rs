@@ -17,7 +17,9 @@ const LEADER_WAIT: Duration = Duration::from_secs(30);
 const LEADER_CHECK: Duration = Duration::from_millis(500);
 
 /// A connection to whichever instance of an elected service leads (the lowest election
-/// node under `dir`), re-resolved when it changes.
+/// node under `dir`), re-resolved when it changes. A clone shares the ZooKeeper session
+/// and the channel, for calls made side by side.
+#[derive(Clone)]
 pub struct LeaderConnection<C> {
     /// Renewed when ZooKeeper expires it, so a long-lived connection outlives it.
     zk: std::sync::Arc<ZkSession>,

@@ -60,6 +60,39 @@ fn refused(status: tonic::Status) -> OpsError {
     }
 }
 
+/// Starts ops through `ns` (`call` sends the request) and returns them.
+pub async fn start_with<F, Fut>(ns: &mut NameserverConnection, call: F) -> Result<Vec<OpInfo>>
+where
+    F: Fn(
+        tessera_proto::nameserver::nameserver_client::NameserverClient<
+            tessera_common::auth::AuthChannel,
+        >,
+    ) -> Fut,
+    Fut: std::future::Future<
+        Output = std::result::Result<
+            tonic::Response<tessera_proto::nameserver::OpsResponse>,
+            tonic::Status,
+        >,
+    >,
+{
+    Ok(ns.call(call).await.map_err(refused)?.into_inner().ops)
+}
+
+/// Runs `work` on every item, at most `at_once` at a time, and returns the outputs in the
+/// order they end.
+pub async fn side_by_side<I, F, Fut>(items: Vec<I>, at_once: usize, work: F) -> Vec<Fut::Output>
+where
+    F: FnMut(I) -> Fut,
+    Fut: std::future::Future,
+{
+    use futures_util::stream::{self, StreamExt};
+    stream::iter(items)
+        .map(work)
+        .buffer_unordered(at_once.max(1))
+        .collect()
+        .await
+}
+
 /// A partition: (db, table, pid).
 pub type PartitionId = (String, String, u32);
 
@@ -95,6 +128,11 @@ impl Ops {
 
     pub fn nameserver(&mut self) -> &mut NameserverConnection {
         &mut self.ns
+    }
+
+    /// A connection to the nameserver leader for calls made beside this one's.
+    pub fn nameserver_clone(&self) -> NameserverConnection {
+        self.ns.clone()
     }
 
     pub async fn auto_failover(&mut self) -> Result<bool> {
@@ -189,7 +227,7 @@ impl Ops {
             >,
         >,
     {
-        Ok(self.ns.call(call).await.map_err(refused)?.into_inner().ops)
+        start_with(&mut self.ns, call).await
     }
 
     /// Starts one op per request (`call` sends it), waits for them all, and returns the
@@ -293,13 +331,37 @@ impl Ops {
 pub async fn tablet(
     endpoint: &str,
 ) -> std::result::Result<TabletClient<cluster_secret::InternalChannel>, String> {
-    let channel = tessera_common::tls::endpoint(endpoint, Duration::from_secs(3))
-        .map_err(|e| e.to_string())?
-        .timeout(Duration::from_secs(30))
-        .connect()
-        .await
-        .map_err(|e| format!("unreachable ({e})"))?;
-    Ok(TabletClient::new(cluster_secret::internal(channel)))
+    Ok(TabletClient::new(cluster_secret::internal(
+        tablet_channel(endpoint).await?,
+    )))
+}
+
+/// One channel per tablet for the whole run, shared by every call: `recoverdata` makes
+/// tens of thousands of calls, side by side, and a connection each would cost a
+/// handshake each and could run the process out of file descriptors.
+async fn tablet_channel(endpoint: &str) -> std::result::Result<tonic::transport::Channel, String> {
+    type Slot = std::sync::Arc<tokio::sync::OnceCell<tonic::transport::Channel>>;
+    static CHANNELS: std::sync::OnceLock<
+        parking_lot::Mutex<std::collections::HashMap<String, Slot>>,
+    > = std::sync::OnceLock::new();
+    let slot = CHANNELS
+        .get_or_init(Default::default)
+        .lock()
+        .entry(endpoint.to_string())
+        .or_default()
+        .clone();
+    // Calls started together wait for the first connection to this tablet (and only
+    // this one); one that failed is tried again by the next call.
+    slot.get_or_try_init(|| async {
+        tessera_common::tls::endpoint(endpoint, Duration::from_secs(3))
+            .map_err(|e| e.to_string())?
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .map_err(|e| format!("unreachable ({e})"))
+    })
+    .await
+    .cloned()
 }
 
 /// The replicas of each partition, per endpoint: how many each tablet holds and leads.
@@ -354,5 +416,40 @@ pub(crate) mod fixtures {
                 .collect(),
             ..Default::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Work on many partitions runs side by side, up to the bound and no further.
+    #[tokio::test]
+    async fn work_runs_side_by_side_up_to_the_bound() {
+        let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let items: Vec<usize> = (0..200).collect();
+        let outputs = side_by_side(items, 64, |item| {
+            let (now, most) = (&now, &most);
+            async move {
+                let running = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(running, Ordering::SeqCst);
+                for _ in 0..3 {
+                    tokio::task::yield_now().await;
+                }
+                now.fetch_sub(1, Ordering::SeqCst);
+                item * 2
+            }
+        })
+        .await;
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            64,
+            "at most 64, and 64 at once"
+        );
+        let mut outputs = outputs;
+        outputs.sort();
+        assert_eq!(outputs, (0..200).map(|i| i * 2).collect::<Vec<_>>());
     }
 }

@@ -19,8 +19,15 @@ use tessera_proto::tablet::{
     GetTermPairRequest, LoadTableRequest, ReplicationMode, TableRole, TableState,
 };
 
+use tessera_common::auth::AuthChannel;
+use tessera_ns_client::nameserver::NameserverConnection;
+use tessera_proto::nameserver::nameserver_client::NameserverClient;
+
 use super::survey::Survey;
-use super::{op_label, tablet, Ops, OpsError, Result};
+use super::{op_label, side_by_side, start_with, tablet, Ops, OpsError, Result};
+
+/// Partitions whose ops recoverdata starts side by side.
+const CALLS_AT_ONCE: usize = 64;
 
 /// What one replica's tablet said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -337,22 +344,43 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
         return Ok(report);
     }
 
-    // Leaders first, every partition at once; then the followers rejoin them.
-    let mut leader_ops = Vec::new();
+    // Leaders first, every partition at once; then the followers rejoin them. Each
+    // partition's calls (load the replica, mark the others, start the op) go one after
+    // another, partitions side by side.
+    let mut new_leaders = Vec::new();
     let mut rejoining = Vec::new();
     for (table, pid, replicas, plan) in plans {
         match plan {
             Plan::NewLeader { leader, rejoin, .. } => {
-                match start_new_leader(ops, &table, pid, &replicas, &leader, force).await {
-                    Ok(op) => {
-                        leader_ops.push(op);
-                        rejoining.push((table, pid, rejoin));
-                    }
-                    Err(e) => report.set(&table, pid, Outcome::Failed(e.to_string())),
-                }
+                new_leaders.push((table, pid, replicas, leader, rejoin))
             }
             Plan::RecoverFollowers { rejoin, .. } => rejoining.push((table, pid, rejoin)),
             Plan::Healthy | Plan::Impossible(_) => {}
+        }
+    }
+    println!("starting {} new leaders", new_leaders.len());
+    let ns = ops.nameserver_clone();
+    let started = side_by_side(
+        new_leaders,
+        CALLS_AT_ONCE,
+        |(table, pid, replicas, leader, rejoin)| {
+            let mut ns = ns.clone();
+            async move {
+                let started =
+                    start_new_leader(&mut ns, &table, pid, &replicas, &leader, force).await;
+                (table, pid, rejoin, started)
+            }
+        },
+    )
+    .await;
+    let mut leader_ops = Vec::new();
+    for (table, pid, rejoin, started) in started {
+        match started {
+            Ok(op) => {
+                leader_ops.push(op);
+                rejoining.push((table, pid, rejoin));
+            }
+            Err(e) => report.set(&table, pid, Outcome::Failed(e.to_string())),
         }
     }
     let ended = ops.wait_ops(&leader_ops, "leaders").await?;
@@ -367,31 +395,45 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
         rejoining.retain(|(t, pid, _)| !(t.db == op.db && t.name == op.name && *pid == op.pid));
     }
 
-    let mut recover_ops = Vec::new();
-    for (table, pid, rejoin) in &rejoining {
-        let mut failed = None;
-        for endpoint in rejoin {
-            load_if_needed(table, *pid, endpoint).await;
-            let request = RecoverTableRequest {
-                db: table.db.clone(),
-                name: table.name.clone(),
-                pid: *pid,
-                endpoint: endpoint.clone(),
-            };
-            match ops
-                .start(|mut c| {
+    println!(
+        "starting the rejoin of {} replicas",
+        rejoining
+            .iter()
+            .map(|(_, _, rejoin)| rejoin.len())
+            .sum::<usize>()
+    );
+    let started = side_by_side(rejoining, CALLS_AT_ONCE, |(table, pid, rejoin)| {
+        let mut ns = ns.clone();
+        async move {
+            let mut started = Vec::new();
+            let mut failed = None;
+            for endpoint in rejoin {
+                load_if_needed(&table, pid, &endpoint).await;
+                let request = RecoverTableRequest {
+                    db: table.db.clone(),
+                    name: table.name.clone(),
+                    pid,
+                    endpoint: endpoint.clone(),
+                };
+                let call = |mut c: NameserverClient<AuthChannel>| {
                     let r = request.clone();
                     async move { c.recover_table(r).await }
-                })
-                .await
-            {
-                Ok(started) => recover_ops.extend(started),
-                Err(e) => failed = Some(format!("recovering {endpoint}: {e}")),
+                };
+                match start_with(&mut ns, call).await {
+                    Ok(ops) => started.extend(ops),
+                    Err(e) => failed = Some(format!("recovering {endpoint}: {e}")),
+                }
             }
+            (table, pid, started, failed)
         }
+    })
+    .await;
+    let mut recover_ops = Vec::new();
+    for (table, pid, started, failed) in started {
+        recover_ops.extend(started);
         report.set(
-            table,
-            *pid,
+            &table,
+            pid,
             failed.map_or(Outcome::Recovered, Outcome::Failed),
         );
     }
@@ -440,7 +482,7 @@ async fn load_if_needed(table: &TableInfo, pid: u32, endpoint: &str) -> Option<S
 /// Loads the chosen replica if needed, marks it the only alive replica in the metadata
 /// (the others rejoin through RecoverTable), and starts a ChangeLeader naming it.
 async fn start_new_leader(
-    ops: &mut Ops,
+    ns: &mut NameserverConnection,
     table: &TableInfo,
     pid: u32,
     replicas: &[ReplicaSurvey],
@@ -464,13 +506,12 @@ async fn start_new_leader(
             endpoint: replica.endpoint.clone(),
             alive,
         };
-        ops.nameserver()
-            .call(|mut c| {
-                let r = request.clone();
-                async move { c.update_table_alive(r).await }
-            })
-            .await
-            .map_err(|s| OpsError::Nameserver(s.message().to_string()))?;
+        ns.call(|mut c| {
+            let r = request.clone();
+            async move { c.update_table_alive(r).await }
+        })
+        .await
+        .map_err(|s| OpsError::Nameserver(s.message().to_string()))?;
     }
     let request = ChangeLeaderRequest {
         db: table.db.clone(),
@@ -479,7 +520,7 @@ async fn start_new_leader(
         candidate: leader.to_string(),
         force,
     };
-    ops.start(|mut c| {
+    start_with(ns, |mut c| {
         let r = request.clone();
         async move { c.change_leader(r).await }
     })
