@@ -72,11 +72,53 @@ fn fence_request(table: &TableInfo, op: &OpInfo) -> tpb::FenceRequest {
     }
 }
 
+/// What a fence's answer says: the replica's log, or why it was not fenced.
+fn fence_answer(
+    answer: std::result::Result<tonic::Response<tpb::FenceResponse>, tonic::Status>,
+) -> FenceOutcome {
+    match answer {
+        Ok(answer) => FenceOutcome::Fenced(answer.into_inner()),
+        Err(status)
+            if wire_error::detail_of(&status)
+                .is_some_and(|d| d.code() == wire_error::ErrorCode::TableNotFound) =>
+        {
+            FenceOutcome::NoReplica
+        }
+        Err(status) => FenceOutcome::Failed {
+            stale_term: wire_error::detail_of(&status)
+                .filter(|d| d.code() == wire_error::ErrorCode::StaleTerm)
+                .map(|d| d.term),
+            reason: status.message().to_string(),
+        },
+    }
+}
+
 async fn fence_one(endpoint: &str, request: tpb::FenceRequest) -> FenceOutcome {
     let failed = |reason: String| FenceOutcome::Failed {
         reason,
         stale_term: None,
     };
+    let deadline = tokio::time::Instant::now() + FENCE_TIMEOUT;
+    // Over the tablet's long-lived channel first: a connection per fence cost a
+    // handshake each, hundreds at once when a dead tablet's partitions fail over, and
+    // fences of live tablets then ran out of time. Only an answer of the tablet's own
+    // counts here; a transport failure is looked into below, on a connection of its own.
+    let pooled = async {
+        let mut client = crate::tablet_channels::tablet(endpoint).await.ok()?;
+        match client.fence(request).await {
+            Err(status) if wire_error::detail_of(&status).is_none() => {
+                // Drops the pooled channel if the tablet is unreachable.
+                crate::tablet_channels::tablet_error(endpoint, status);
+                None
+            }
+            answer => Some(fence_answer(answer)),
+        }
+    };
+    match tokio::time::timeout_at(deadline, pooled).await {
+        Ok(Some(outcome)) => return outcome,
+        Ok(None) => {}
+        Err(_) => return failed("no answer in time".into()),
+    }
     let target = match tessera_common::tls::endpoint(endpoint, FENCE_TIMEOUT) {
         Ok(target) => target,
         Err(e) => return failed(e.to_string()),
@@ -95,26 +137,13 @@ async fn fence_one(endpoint: &str, request: tpb::FenceRequest) -> FenceOutcome {
                 Err(_) => tokio::time::sleep(PROBE_RETRY).await,
             }
         };
-        match TabletClient::new(cluster_secret::internal(channel))
-            .fence(request)
-            .await
-        {
-            Ok(answer) => FenceOutcome::Fenced(answer.into_inner()),
-            Err(status)
-                if wire_error::detail_of(&status)
-                    .is_some_and(|d| d.code() == wire_error::ErrorCode::TableNotFound) =>
-            {
-                FenceOutcome::NoReplica
-            }
-            Err(status) => FenceOutcome::Failed {
-                stale_term: wire_error::detail_of(&status)
-                    .filter(|d| d.code() == wire_error::ErrorCode::StaleTerm)
-                    .map(|d| d.term),
-                reason: status.message().to_string(),
-            },
-        }
+        fence_answer(
+            TabletClient::new(cluster_secret::internal(channel))
+                .fence(request)
+                .await,
+        )
     };
-    tokio::time::timeout(FENCE_TIMEOUT, call)
+    tokio::time::timeout_at(deadline, call)
         .await
         .unwrap_or_else(|_| failed("no answer in time".into()))
 }
@@ -250,5 +279,54 @@ impl Nameserver {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Fences of many partitions on one tablet share its long-lived connection.
+    #[tokio::test]
+    async fn fences_to_one_tablet_share_a_connection() {
+        // Accepts and holds connections, and never answers: every fence runs out of time.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let accepting = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                held.push(socket);
+            }
+        });
+        let fences = (1..=8).map(|pid| {
+            let endpoint = endpoint.clone();
+            tokio::spawn(async move {
+                let request = tpb::FenceRequest {
+                    tid: 1,
+                    pid,
+                    term: 7,
+                };
+                fence_one(&endpoint, request).await
+            })
+        });
+        for fence in fences {
+            let outcome = fence.await.unwrap();
+            assert!(
+                matches!(&outcome, FenceOutcome::Failed { reason, .. } if reason == "no answer in time"),
+                "a silent tablet is not fenced"
+            );
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection for eight fences"
+        );
+        accepting.abort();
     }
 }

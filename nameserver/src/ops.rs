@@ -51,6 +51,8 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Housekeeping ops (snapshots, migrations, added and removed replicas) running at once,
 /// at most: they never take the permits kept for failover.
 const HOUSEKEEPING_AT_ONCE: usize = 32;
+/// RecoverTables running at once, at most (within the failover permits).
+const RECOVERIES_AT_ONCE: usize = 64;
 /// Permits only failover ops take: failover always has room.
 const PERMITS_KEPT_FOR_FAILOVER: usize = MAX_PARALLEL_OPS - HOUSEKEEPING_AT_ONCE;
 /// The tasks that call the partition's leader, and give way when it stops answering.
@@ -76,7 +78,32 @@ pub(crate) fn now_ms() -> u64 {
 /// A partition: (db, table, pid).
 type PartitionKey = (String, String, u32);
 /// The partitions with an op running now.
-type Running = Arc<Mutex<HashSet<PartitionKey>>>;
+type Running = Arc<Mutex<RunningOps>>;
+
+/// The ops running: their partitions (one op each), and how many are RecoverTables.
+#[derive(Default)]
+struct RunningOps {
+    partitions: HashSet<PartitionKey>,
+    recoveries: usize,
+}
+
+impl RunningOps {
+    fn contains(&self, key: &PartitionKey) -> bool {
+        self.partitions.contains(key)
+    }
+
+    fn insert(&mut self, op: &OpInfo) {
+        if self.partitions.insert(key_of(op)) && op.op_type == RECOVER_TABLE {
+            self.recoveries += 1;
+        }
+    }
+
+    fn remove(&mut self, op: &OpInfo) {
+        if self.partitions.remove(&key_of(op)) && op.op_type == RECOVER_TABLE {
+            self.recoveries -= 1;
+        }
+    }
+}
 /// Ops waiting for a permit, in start order, one per partition; refilled at each pass.
 type Queue = Arc<Mutex<VecDeque<OpInfo>>>;
 
@@ -91,11 +118,16 @@ fn next_startable(queue: &Queue, running: &Running, free: usize) -> Option<OpInf
     let mut queue = queue.lock();
     let mut running = running.lock();
     let at = queue.iter().position(|op| {
-        !running.contains(&key_of(op))
-            && (is_failover(&op.op_type) || free >= PERMITS_KEPT_FOR_FAILOVER)
+        let room = match op.op_type.as_str() {
+            // A returning replica catches up or takes a snapshot: a stream of data each.
+            RECOVER_TABLE => running.recoveries < RECOVERIES_AT_ONCE,
+            op_type if is_failover(op_type) => true,
+            _ => free >= PERMITS_KEPT_FOR_FAILOVER,
+        };
+        room && !running.contains(&key_of(op))
     })?;
     let op = queue.remove(at)?;
-    running.insert(key_of(&op));
+    running.insert(&op);
     Some(op)
 }
 
@@ -110,9 +142,9 @@ struct Worker {
 impl Worker {
     async fn run(self, permit: OwnedSemaphorePermit, mut op: OpInfo) {
         loop {
-            let key = key_of(&op);
+            let ended = op.clone();
             self.ns.execute(op).await;
-            self.running.lock().remove(&key);
+            self.running.lock().remove(&ended);
             if !self.ns.is_leader() {
                 return;
             }
@@ -789,8 +821,9 @@ impl Nameserver {
             // the end apart from the last task's progress, and stopped between the two).
             op.status = DONE.into();
             op.end_time_ms = now_ms();
-            report_done(&op);
-            let _ = self.save_op(&op).await;
+            if self.save_op(&op).await.is_ok() {
+                report_done(&op);
+            }
         }
     }
 
@@ -1770,7 +1803,7 @@ mod tests {
             op(3, OFFLINE_REPLICA, 2),
         ])));
         let running: Running = Arc::default();
-        running.lock().insert(key_of(&op(0, CHANGE_LEADER, 0)));
+        running.lock().insert(&op(0, CHANGE_LEADER, 0));
         let few = PERMITS_KEPT_FOR_FAILOVER - 1;
         let next = next_startable(&queue, &running, few).map(|o| o.op_id);
         assert_eq!(next, Some(3), "partition 0 is busy; the snapshot waits");
@@ -1778,7 +1811,7 @@ mod tests {
         assert!(next_startable(&queue, &running, few).is_none());
         let next = next_startable(&queue, &running, PERMITS_KEPT_FOR_FAILOVER);
         assert_eq!(next.map(|o| o.op_id), Some(2));
-        running.lock().remove(&key_of(&op(0, CHANGE_LEADER, 0)));
+        running.lock().remove(&op(0, CHANGE_LEADER, 0));
         assert_eq!(
             next_startable(&queue, &running, 0).map(|o| o.op_id),
             Some(1)
@@ -1814,6 +1847,8 @@ mod tests {
         assert!(started(failovers) >= 128, "failover runs hundreds at once");
         let snapshots = (0..1_000).map(|i| op(i, MAKE_SNAPSHOT)).collect();
         assert_eq!(started(snapshots), HOUSEKEEPING_AT_ONCE);
+        let recoveries = (0..1_000).map(|i| op(i, RECOVER_TABLE)).collect();
+        assert_eq!(started(recoveries), RECOVERIES_AT_ONCE);
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! The nameserver's channels to the tablets for its control calls: one long-lived
 //! channel (one HTTP/2 connection, calls multiplexed on it) per endpoint, made on first
 //! use. A call that finds its tablet unreachable drops the endpoint's channel, so the
-//! next call connects afresh (and says so if it cannot). Fences and the probes of
-//! failure detection connect afresh on purpose: a refused connection is their proof
-//! that a process is gone.
+//! next call connects afresh (and says so if it cannot). Fences go over it too, and
+//! connect afresh only when it fails them; the probes of failure detection always
+//! connect afresh: a refused connection is their proof that a process is gone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};

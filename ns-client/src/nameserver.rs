@@ -17,8 +17,9 @@ const LEADER_WAIT: Duration = Duration::from_secs(30);
 const LEADER_CHECK: Duration = Duration::from_millis(500);
 
 /// A connection to whichever instance of an elected service leads (the lowest election
-/// node under `dir`), re-resolved when it changes. A clone shares the ZooKeeper session
-/// and the channel, for calls made side by side.
+/// node under `dir`), re-resolved when it changes. Clones share the ZooKeeper session and
+/// the client of the leader, for calls made side by side: a leader found by one is the
+/// next call's of every clone.
 #[derive(Clone)]
 pub struct LeaderConnection<C> {
     /// Renewed when ZooKeeper expires it, so a long-lived connection outlives it.
@@ -27,7 +28,8 @@ pub struct LeaderConnection<C> {
     /// `nameserver` or `taskmanager`, for messages.
     what: &'static str,
     make: fn(AuthChannel) -> C,
-    client: Option<(String, C)>,
+    /// The leader's endpoint and a client of it, once known.
+    client: std::sync::Arc<std::sync::Mutex<Option<(String, C)>>>,
 }
 
 /// The nameserver leader.
@@ -178,7 +180,7 @@ impl<C: Clone> LeaderConnection<C> {
             dir,
             what,
             make,
-            client: None,
+            client: Default::default(),
         })
     }
 
@@ -206,11 +208,11 @@ impl<C: Clone> LeaderConnection<C> {
     }
 
     /// The cached client, or one for `hint` (where a standby said the leader is), or for
-    /// the endpoint ZooKeeper names.
-    async fn client(&mut self, fresh: bool, hint: Option<String>) -> Result<C, ClientError> {
+    /// the endpoint ZooKeeper names; with the endpoint it calls.
+    async fn client(&self, fresh: bool, hint: Option<String>) -> Result<(String, C), ClientError> {
         if !fresh {
-            if let Some((_, client)) = &self.client {
-                return Ok(client.clone());
+            if let Some(cached) = self.cached() {
+                return Ok(cached);
             }
         }
         let endpoint = match hint {
@@ -227,8 +229,27 @@ impl<C: Clone> LeaderConnection<C> {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         let client = (self.make)(tessera_common::auth::with_credentials(channel));
-        self.client = Some((endpoint, client.clone()));
-        Ok(client)
+        *self.shared_client() = Some((endpoint.clone(), client.clone()));
+        Ok((endpoint, client))
+    }
+
+    fn cached(&self) -> Option<(String, C)> {
+        self.shared_client().clone()
+    }
+
+    fn shared_client(&self) -> std::sync::MutexGuard<'_, Option<(String, C)>> {
+        self.client
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Forgets the cached client if it still calls `endpoint` (a clone may have found
+    /// the new leader meanwhile).
+    fn forget(&self, endpoint: &str) {
+        let mut cached = self.shared_client();
+        if cached.as_ref().is_some_and(|(e, _)| e == endpoint) {
+            *cached = None;
+        }
     }
 
     /// Waits for `answer` from the leader being called, unless ZooKeeper names another
@@ -237,13 +258,9 @@ impl<C: Clone> LeaderConnection<C> {
     /// answer, and returns the new leader.
     async fn unless_leader_moves<T>(
         &self,
+        calling: &str,
         answer: impl std::future::Future<Output = Result<T, tonic::Status>>,
     ) -> Result<Result<T, tonic::Status>, String> {
-        let calling = self
-            .client
-            .as_ref()
-            .map(|(endpoint, _)| endpoint.clone())
-            .unwrap_or_default();
         tokio::pin!(answer);
         loop {
             tokio::select! {
@@ -281,37 +298,39 @@ impl<C: Clone> LeaderConnection<C> {
             attempt += 1;
             match self.client(attempt > 1, hint.take()).await {
                 Err(e) => last = tonic::Status::unavailable(e.to_string()),
-                Ok(client) => match self.unless_leader_moves(call(client)).await {
-                    // The old leader may yet act on the call: not sent again, since not
-                    // every call may be applied twice.
-                    Err(leader) => {
-                        let calling = self.client.take().map(|(e, _)| e).unwrap_or_default();
-                        return Err(wire_error::status(
-                            ErrorCode::OutcomeUnknown,
-                            format!(
-                                "the {} at {calling} stopped answering and {leader} leads \
+                Ok((calling, client)) => {
+                    match self.unless_leader_moves(&calling, call(client)).await {
+                        // The old leader may yet act on the call: not sent again, since not
+                        // every call may be applied twice.
+                        Err(leader) => {
+                            self.forget(&calling);
+                            return Err(wire_error::status(
+                                ErrorCode::OutcomeUnknown,
+                                format!(
+                                    "the {} at {calling} stopped answering and {leader} leads \
                                  now; whether the call took effect is not known",
-                                self.what
-                            ),
-                        ));
-                    }
-                    Ok(Ok(value)) => return Ok(value),
-                    Ok(Err(status)) => {
-                        let retry = match detail_of(&status) {
-                            Some(d) if d.code() == ErrorCode::NotLeader => {
-                                hint = (!d.leader.is_empty()).then_some(d.leader);
-                                true
-                            }
-                            Some(_) => false,
-                            // No structured reason: the connection's or the gRPC layer's.
-                            None => tessera_common::retry::transport_may_recover(status.code()),
-                        };
-                        if !retry {
-                            return Err(status);
+                                    self.what
+                                ),
+                            ));
                         }
-                        last = status;
+                        Ok(Ok(value)) => return Ok(value),
+                        Ok(Err(status)) => {
+                            let retry = match detail_of(&status) {
+                                Some(d) if d.code() == ErrorCode::NotLeader => {
+                                    hint = (!d.leader.is_empty()).then_some(d.leader);
+                                    true
+                                }
+                                Some(_) => false,
+                                // No structured reason: the connection's or the gRPC layer's.
+                                None => tessera_common::retry::transport_may_recover(status.code()),
+                            };
+                            if !retry {
+                                return Err(status);
+                            }
+                            last = status;
+                        }
                     }
-                },
+                }
             }
             let pause = backoff.next().unwrap_or(Duration::from_secs(1));
             tokio::time::sleep(

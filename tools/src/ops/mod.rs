@@ -356,6 +356,9 @@ async fn tablet_channel(endpoint: &str) -> std::result::Result<tonic::transport:
         tessera_common::tls::endpoint(endpoint, Duration::from_secs(3))
             .map_err(|e| e.to_string())?
             .timeout(Duration::from_secs(30))
+            // A tablet that vanished without closing the connection is found in seconds.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
             .connect()
             .await
             .map_err(|e| format!("unreachable ({e})"))

@@ -468,6 +468,9 @@ async fn load_if_needed(table: &TableInfo, pid: u32, endpoint: &str) -> Option<S
     if loaded {
         return None;
     }
+    // A tablet loads one replica at a time: the partitions started side by side wait
+    // here for their turn, not inside the call, whose time limit would run out in line.
+    let _turn = load_turn(endpoint).await;
     client
         .load_table(LoadTableRequest {
             tid: table.tid,
@@ -477,6 +480,19 @@ async fn load_if_needed(table: &TableInfo, pid: u32, endpoint: &str) -> Option<S
         .await
         .err()
         .map(|s| s.message().to_string())
+}
+
+/// A turn to ask `endpoint` to load a replica: one at a time per tablet.
+async fn load_turn(endpoint: &str) -> tokio::sync::OwnedSemaphorePermit {
+    type Turns = std::collections::HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>;
+    static TURNS: std::sync::OnceLock<parking_lot::Mutex<Turns>> = std::sync::OnceLock::new();
+    let turns = TURNS
+        .get_or_init(Default::default)
+        .lock()
+        .entry(endpoint.to_string())
+        .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(1)))
+        .clone();
+    turns.acquire_owned().await.expect("never closed")
 }
 
 /// Loads the chosen replica if needed, marks it the only alive replica in the metadata
