@@ -36,8 +36,9 @@ pub const FAILED: &str = "kFailed";
 /// Ops running at once, across partitions. An op spends most of its time waiting on
 /// ZooKeeper and the tablets, so a dead tablet's thousands of partitions fail over as
 /// fast as ops run side by side: at 8, a tablet leading 2,000 partitions took over
-/// 100 s (`scripts/bench-scale.sh`).
-const MAX_PARALLEL_OPS: usize = 256;
+/// 100 s (`scripts/bench-scale.sh`). Not more: at 256 the tablets, busy with fences and
+/// role changes, answered too late, and a loaded cluster failed live tablets over.
+const MAX_PARALLEL_OPS: usize = 64;
 /// New ops planned and persisted per pass of the pipeline before the ops start.
 const MAX_PLANNED_PER_TICK: usize = 512;
 /// How often the leader compares metadata with the registry and starts ops.
@@ -50,9 +51,9 @@ const RETRY_AFTER_FAILURE_MS: u64 = 5_000;
 const REPORT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Housekeeping ops (snapshots, migrations, added and removed replicas) running at once,
 /// at most: they never take the permits kept for failover.
-const HOUSEKEEPING_AT_ONCE: usize = 32;
+const HOUSEKEEPING_AT_ONCE: usize = 16;
 /// RecoverTables running at once, at most (within the failover permits).
-const RECOVERIES_AT_ONCE: usize = 64;
+const RECOVERIES_AT_ONCE: usize = 32;
 /// Permits only failover ops take: failover always has room.
 const PERMITS_KEPT_FOR_FAILOVER: usize = MAX_PARALLEL_OPS - HOUSEKEEPING_AT_ONCE;
 /// The tasks that call the partition's leader, and give way when it stops answering.
@@ -1822,7 +1823,7 @@ mod tests {
     /// A dead tablet's partitions fail over many at once (an op mostly waits on
     /// ZooKeeper and the tablets), while housekeeping stays within its share.
     #[test]
-    fn failover_runs_hundreds_at_once_and_housekeeping_its_share() {
+    fn failover_takes_every_permit_and_housekeeping_its_share() {
         let op = |op_id: u64, op_type: &str| OpInfo {
             op_id,
             op_type: op_type.into(),
@@ -1844,7 +1845,11 @@ mod tests {
             held.len()
         };
         let failovers = (0..1_000).map(|i| op(i, CHANGE_LEADER)).collect();
-        assert!(started(failovers) >= 128, "failover runs hundreds at once");
+        assert_eq!(
+            started(failovers),
+            MAX_PARALLEL_OPS,
+            "failover takes every permit"
+        );
         let snapshots = (0..1_000).map(|i| op(i, MAKE_SNAPSHOT)).collect();
         assert_eq!(started(snapshots), HOUSEKEEPING_AT_ONCE);
         let recoveries = (0..1_000).map(|i| op(i, RECOVER_TABLE)).collect();
