@@ -25,6 +25,7 @@ use tessera_common::failure_detection::{stretched, LEADER_LEASE, PROBE_TIMEOUT};
 use tessera_common::{cluster_secret, wire_error};
 use tessera_proto::nameserver::{OpInfo, PartitionMeta, TableInfo};
 use tessera_proto::tablet::{self as tpb, tablet_client::TabletClient};
+use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::detection::{is_connection_refused, Probe, PROBE_RETRY};
@@ -102,7 +103,9 @@ async fn fence_one(endpoint: &str, request: tpb::FenceRequest) -> FenceOutcome {
     // Over the tablet's long-lived channel first: a connection per fence cost a
     // handshake each, hundreds at once when a dead tablet's partitions fail over, and
     // fences of live tablets then ran out of time. Only an answer of the tablet's own
-    // counts here; a transport failure is looked into below, on a connection of its own.
+    // counts here. A transport failure, or no answer in half the time (a connection that
+    // died silently, a connect under way), is looked into on a connection of its own,
+    // whose refusal proves the process gone, while the pooled call may still answer.
     let pooled = async {
         let mut client = crate::tablet_channels::tablet(endpoint).await.ok()?;
         match client.fence(request).await {
@@ -114,38 +117,75 @@ async fn fence_one(endpoint: &str, request: tpb::FenceRequest) -> FenceOutcome {
             answer => Some(fence_answer(answer)),
         }
     };
-    match tokio::time::timeout_at(deadline, pooled).await {
-        Ok(Some(outcome)) => return outcome,
-        Ok(None) => {}
-        Err(_) => return failed("no answer in time".into()),
-    }
-    let target = match tessera_common::tls::endpoint(endpoint, FENCE_TIMEOUT) {
-        Ok(target) => target,
-        Err(e) => return failed(e.to_string()),
+    let mut pooled = Box::pin(pooled);
+    let slow = tokio::select! {
+        outcome = &mut pooled => match outcome {
+            Some(outcome) => return outcome,
+            None => false,
+        },
+        _ = tokio::time::sleep_until(deadline - FENCE_TIMEOUT / 2) => true,
     };
-    let call = async {
-        // A connection broken rather than refused may be a process in the middle of
-        // exiting: try again briefly, for the refusal that proves it gone.
-        let retry_until = Instant::now() + PROBE_TIMEOUT;
-        let channel = loop {
-            match target.connect().await {
-                Ok(channel) => break channel,
-                Err(e) if is_connection_refused(&e) => return FenceOutcome::Refused,
-                Err(e) if Instant::now() + PROBE_RETRY >= retry_until => {
-                    return failed(format!("cannot connect: {e}"))
-                }
-                Err(_) => tokio::time::sleep(PROBE_RETRY).await,
+    if slow {
+        // The pooled call may yet answer; a refused connection meanwhile settles it.
+        let outcome = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                outcome = &mut pooled => outcome,
+                () = refused(endpoint) => Some(FenceOutcome::Refused),
             }
-        };
-        fence_answer(
+        })
+        .await;
+        match outcome {
+            Ok(Some(outcome)) => return outcome,
+            Ok(None) => {}
+            Err(_) => return failed("no answer in time".into()),
+        }
+    }
+    tokio::time::timeout_at(deadline, fresh_fence(endpoint, request))
+        .await
+        .unwrap_or_else(|_| failed("no answer in time".into()))
+}
+
+/// A connection of its own to `endpoint`, or how connecting ended: `Refused` proves the
+/// tablet's process gone.
+async fn connect_afresh(endpoint: &str) -> std::result::Result<Channel, FenceOutcome> {
+    let failed = |reason: String| FenceOutcome::Failed {
+        reason,
+        stale_term: None,
+    };
+    let target = tessera_common::tls::endpoint(endpoint, FENCE_TIMEOUT)
+        .map_err(|e| failed(e.to_string()))?;
+    // A connection broken rather than refused may be a process in the middle of
+    // exiting: try again briefly, for the refusal that proves it gone.
+    let retry_until = Instant::now() + PROBE_TIMEOUT;
+    loop {
+        match target.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(e) if is_connection_refused(&e) => return Err(FenceOutcome::Refused),
+            Err(e) if Instant::now() + PROBE_RETRY >= retry_until => {
+                return Err(failed(format!("cannot connect: {e}")))
+            }
+            Err(_) => tokio::time::sleep(PROBE_RETRY).await,
+        }
+    }
+}
+
+/// Resolves only if a connection to `endpoint` is refused.
+async fn refused(endpoint: &str) {
+    if !matches!(connect_afresh(endpoint).await, Err(FenceOutcome::Refused)) {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A fence over a connection of its own.
+async fn fresh_fence(endpoint: &str, request: tpb::FenceRequest) -> FenceOutcome {
+    match connect_afresh(endpoint).await {
+        Ok(channel) => fence_answer(
             TabletClient::new(cluster_secret::internal(channel))
                 .fence(request)
                 .await,
-        )
-    };
-    tokio::time::timeout_at(deadline, call)
-        .await
-        .unwrap_or_else(|_| failed("no answer in time".into()))
+        ),
+        Err(outcome) => outcome,
+    }
 }
 
 impl Nameserver {
@@ -289,20 +329,23 @@ mod tests {
 
     use super::*;
 
-    /// Fences of many partitions on one tablet share its long-lived connection.
+    /// Fences of many partitions on one tablet share its long-lived connection; and one
+    /// that hangs there (a connection that died silently) still finds a refusal, the
+    /// proof that the process is gone.
     #[tokio::test]
-    async fn fences_to_one_tablet_share_a_connection() {
-        // Accepts and holds connections, and never answers: every fence runs out of time.
+    async fn fences_share_a_connection_and_still_find_a_refusal() {
+        // Accepts one connection, holds it without ever answering, and stops listening:
+        // connections after it are refused.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = listener.local_addr().unwrap().to_string();
         let accepted = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
         let accepting = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                held.push(socket);
-            }
+            let (held, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(listener);
+            std::future::pending::<()>().await;
+            drop(held);
         });
         let fences = (1..=8).map(|pid| {
             let endpoint = endpoint.clone();
@@ -318,8 +361,8 @@ mod tests {
         for fence in fences {
             let outcome = fence.await.unwrap();
             assert!(
-                matches!(&outcome, FenceOutcome::Failed { reason, .. } if reason == "no answer in time"),
-                "a silent tablet is not fenced"
+                matches!(outcome, FenceOutcome::Refused),
+                "the refusal is found despite the silent connection"
             );
         }
         assert_eq!(

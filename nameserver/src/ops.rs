@@ -105,6 +105,19 @@ impl RunningOps {
         }
     }
 }
+/// Takes an op off the running ones when dropped: also when its execution panicked,
+/// which would otherwise hold its partition (and a RecoverTable's place) for good.
+struct RunningGuard {
+    running: Running,
+    op: OpInfo,
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.running.lock().remove(&self.op);
+    }
+}
+
 /// Ops waiting for a permit, in start order, one per partition; refilled at each pass.
 type Queue = Arc<Mutex<VecDeque<OpInfo>>>;
 
@@ -143,9 +156,12 @@ struct Worker {
 impl Worker {
     async fn run(self, permit: OwnedSemaphorePermit, mut op: OpInfo) {
         loop {
-            let ended = op.clone();
+            let running = RunningGuard {
+                running: self.running.clone(),
+                op: op.clone(),
+            };
             self.ns.execute(op).await;
-            self.running.lock().remove(&ended);
+            drop(running);
             if !self.ns.is_leader() {
                 return;
             }

@@ -60,20 +60,19 @@ fn refused(status: tonic::Status) -> OpsError {
     }
 }
 
+/// A client of the nameserver leader, as calls are given it.
+pub type NsClient = tessera_proto::nameserver::nameserver_client::NameserverClient<
+    tessera_common::auth::AuthChannel,
+>;
+/// The answer of a request that starts ops.
+pub type OpsAnswer =
+    std::result::Result<tonic::Response<tessera_proto::nameserver::OpsResponse>, tonic::Status>;
+
 /// Starts ops through `ns` (`call` sends the request) and returns them.
 pub async fn start_with<F, Fut>(ns: &mut NameserverConnection, call: F) -> Result<Vec<OpInfo>>
 where
-    F: Fn(
-        tessera_proto::nameserver::nameserver_client::NameserverClient<
-            tessera_common::auth::AuthChannel,
-        >,
-    ) -> Fut,
-    Fut: std::future::Future<
-        Output = std::result::Result<
-            tonic::Response<tessera_proto::nameserver::OpsResponse>,
-            tonic::Status,
-        >,
-    >,
+    F: Fn(NsClient) -> Fut,
+    Fut: std::future::Future<Output = OpsAnswer>,
 {
     Ok(ns.call(call).await.map_err(refused)?.into_inner().ops)
 }
@@ -215,17 +214,8 @@ impl Ops {
     /// Calls the nameserver leader with a request that starts ops; returns them.
     pub async fn start<F, Fut>(&mut self, call: F) -> Result<Vec<OpInfo>>
     where
-        F: Fn(
-            tessera_proto::nameserver::nameserver_client::NameserverClient<
-                tessera_common::auth::AuthChannel,
-            >,
-        ) -> Fut,
-        Fut: std::future::Future<
-            Output = std::result::Result<
-                tonic::Response<tessera_proto::nameserver::OpsResponse>,
-                tonic::Status,
-            >,
-        >,
+        F: Fn(NsClient) -> Fut,
+        Fut: std::future::Future<Output = OpsAnswer>,
     {
         start_with(&mut self.ns, call).await
     }
@@ -240,18 +230,8 @@ impl Ops {
     ) -> Result<Vec<(PartitionId, String)>>
     where
         R: Clone,
-        F: Fn(
-            tessera_proto::nameserver::nameserver_client::NameserverClient<
-                tessera_common::auth::AuthChannel,
-            >,
-            R,
-        ) -> Fut,
-        Fut: std::future::Future<
-            Output = std::result::Result<
-                tonic::Response<tessera_proto::nameserver::OpsResponse>,
-                tonic::Status,
-            >,
-        >,
+        F: Fn(NsClient, R) -> Fut,
+        Fut: std::future::Future<Output = OpsAnswer>,
     {
         let mut failed = Vec::new();
         let mut started = Vec::new();

@@ -19,12 +19,10 @@ use tessera_proto::tablet::{
     GetTermPairRequest, LoadTableRequest, ReplicationMode, TableRole, TableState,
 };
 
-use tessera_common::auth::AuthChannel;
 use tessera_ns_client::nameserver::NameserverConnection;
-use tessera_proto::nameserver::nameserver_client::NameserverClient;
 
 use super::survey::Survey;
-use super::{op_label, side_by_side, start_with, tablet, Ops, OpsError, Result};
+use super::{op_label, side_by_side, start_with, tablet, NsClient, Ops, OpsError, Result};
 
 /// Partitions whose ops recoverdata starts side by side.
 const CALLS_AT_ONCE: usize = 64;
@@ -415,7 +413,7 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
                     pid,
                     endpoint: endpoint.clone(),
                 };
-                let call = |mut c: NameserverClient<AuthChannel>| {
+                let call = |mut c: NsClient| {
                     let r = request.clone();
                     async move { c.recover_table(r).await }
                 };
@@ -456,21 +454,24 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
 /// Makes sure a replica is loaded; a replica that cannot load is left to its op to report.
 async fn load_if_needed(table: &TableInfo, pid: u32, endpoint: &str) -> Option<String> {
     let mut client = tablet(endpoint).await.ok()?;
-    let loaded = client
-        .get_term_pair(GetTermPairRequest {
-            tid: table.tid,
-            pid,
-        })
-        .await
-        .ok()?
-        .into_inner()
-        .loaded;
-    if loaded {
-        return None;
-    }
+    let request = GetTermPairRequest {
+        tid: table.tid,
+        pid,
+    };
     // A tablet loads one replica at a time: the partitions started side by side wait
-    // here for their turn, not inside the call, whose time limit would run out in line.
-    let _turn = load_turn(endpoint).await;
+    // for their turn, not inside the call, whose time limit would run out in line; once
+    // it comes, look again (something else may have loaded it meanwhile).
+    let mut turn = None;
+    loop {
+        let status = client.get_term_pair(request).await.ok()?.into_inner();
+        if status.loaded {
+            return None;
+        }
+        if turn.is_some() {
+            break;
+        }
+        turn = Some(load_turn(endpoint).await);
+    }
     client
         .load_table(LoadTableRequest {
             tid: table.tid,
