@@ -126,7 +126,10 @@ impl Nameserver {
                     break;
                 }
                 Err(ZkError::BadVersion) => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    self.metadata.unsure(&table_name(table));
+                    return Err(e.into());
+                }
             }
         }
         self.announce_table_change(lock).await
@@ -227,7 +230,12 @@ impl ChunkWriter {
                     write_table_changed(&self.lock, &self.table_changed).await
                 }
                 Err(ZkError::BadVersion) => continue,
-                Err(e) => Err(e),
+                Err(e) => {
+                    // It may have landed all the same: op tasks read the table from
+                    // ZooKeeper until the copy is read whole again.
+                    self.metadata.unsure(&self.table);
+                    Err(e)
+                }
             };
             return (0..batch.len()).map(|i| outcome_of(i, &written)).collect();
         }

@@ -46,11 +46,22 @@ impl Node {
     }
 }
 
+/// Every table, each shared: a change re-assembles only the table it touches, and the
+/// tables it does not touch stay the same allocations (the op planner's memo keys on
+/// them).
+pub(crate) type Tables = Arc<Vec<Arc<TableInfo>>>;
+
 #[derive(Debug, Default, Clone)]
 pub(crate) struct CachedTable {
     /// The header as stored (an inline table's holds its partitions), and its mzxid.
     header: Option<(TableInfo, i64)>,
     chunks: BTreeMap<u32, (PartitionChunk, i64)>,
+    /// The whole table as last assembled, until one of its nodes changes.
+    assembled: Option<Arc<TableInfo>>,
+    /// A write of the leader's to it has an unknown outcome (a lost connection): the copy
+    /// may lack a committed change, so [`MetadataCache::table`] does not serve it until
+    /// the next whole read.
+    unsure: bool,
 }
 
 impl CachedTable {
@@ -65,6 +76,11 @@ impl CachedTable {
         table.partitions.clear();
         for index in 0..table.partition_chunks {
             let (chunk, _) = self.chunks.get(&index)?;
+            // A chunk left by a table of the same name dropped and created again is
+            // not this table's.
+            if chunk.tid != table.tid {
+                return None;
+            }
             table.partitions.extend(chunk.partitions.iter().cloned());
         }
         Some(table)
@@ -77,9 +93,16 @@ struct Inner {
     ready: bool,
     /// Bumped by each session's follower: an older one stops feeding the copy.
     generation: u64,
+    /// Whole reads begun so far (see [`MetadataCache::begin_read`]).
+    reads_begun: u64,
+    /// The whole read last taken: an older one that finishes later is not taken.
+    replaced_by: u64,
+    /// Reads begun up to this one started before the copy was last found not whole
+    /// (a disconnection, a new session): they cannot make it whole.
+    untrusted_up_to: u64,
     tables: BTreeMap<String, CachedTable>,
     /// Every table assembled, until the next change.
-    view: Option<Arc<Vec<TableInfo>>>,
+    view: Option<Tables>,
 }
 
 /// Whether a read made at `mzxid` is newer than what is held.
@@ -88,10 +111,16 @@ fn is_newer<T>(held: Option<&(T, i64)>, mzxid: i64) -> bool {
 }
 
 impl Inner {
+    fn not_ready(&mut self) {
+        self.ready = false;
+        self.untrusted_up_to = self.reads_begun;
+    }
+
     fn note_header(&mut self, table: &str, header: TableInfo, mzxid: i64) {
         let cached = self.tables.entry(table.to_string()).or_default();
         if is_newer(cached.header.as_ref(), mzxid) {
             cached.header = Some((header, mzxid));
+            cached.assembled = None;
             self.view = None;
         }
     }
@@ -100,6 +129,7 @@ impl Inner {
         let cached = self.tables.entry(table.to_string()).or_default();
         if is_newer(cached.chunks.get(&index), mzxid) {
             cached.chunks.insert(index, (chunk, mzxid));
+            cached.assembled = None;
             self.view = None;
         }
     }
@@ -112,7 +142,7 @@ pub(crate) struct MetadataCache {
 
 impl MetadataCache {
     /// Every complete table in (db, name) order; `None` until the copy is whole.
-    pub(crate) fn tables(&self) -> Option<Arc<Vec<TableInfo>>> {
+    pub(crate) fn tables(&self) -> Option<Tables> {
         let mut inner = self.inner.lock();
         if !inner.ready {
             return None;
@@ -120,31 +150,85 @@ impl MetadataCache {
         if let Some(view) = &inner.view {
             return Some(view.clone());
         }
-        let view = Arc::new(assemble_all(&inner.tables));
+        // Only the tables changed since the last view are assembled again.
+        let mut whole: Vec<Arc<TableInfo>> = inner
+            .tables
+            .values_mut()
+            .filter_map(|cached| {
+                if cached.assembled.is_none() {
+                    cached.assembled = cached.assemble().map(Arc::new);
+                }
+                cached.assembled.clone()
+            })
+            .collect();
+        whole.sort_by(|a, b| (&a.db, &a.name).cmp(&(&b.db, &b.name)));
+        let view = Arc::new(whole);
         inner.view = Some(view.clone());
         Some(view)
     }
 
-    fn set_ready(&self, ready: bool) {
-        self.inner.lock().ready = ready;
+    /// One complete table (`db.name`); `None` until the copy is whole, or while the copy
+    /// does not hold the table whole.
+    pub(crate) fn table(&self, name: &str) -> Option<Arc<TableInfo>> {
+        let mut inner = self.inner.lock();
+        if !inner.ready {
+            return None;
+        }
+        let cached = inner.tables.get_mut(name)?;
+        if cached.unsure {
+            return None;
+        }
+        if cached.assembled.is_none() {
+            cached.assembled = cached.assemble().map(Arc::new);
+        }
+        cached.assembled.clone()
+    }
+
+    /// The copy is not whole (events may be lost): nothing is served from it until a
+    /// whole read begun after now is taken.
+    fn set_not_ready(&self) {
+        self.inner.lock().not_ready();
     }
 
     /// A new session's follower starts: returns its generation.
     fn begin(&self) -> u64 {
         let mut inner = self.inner.lock();
         inner.generation += 1;
-        inner.ready = false;
+        inner.not_ready();
         inner.generation
+    }
+
+    /// A whole read is about to begin: its number, for [`MetadataCache::replace`].
+    fn begin_read(&self) -> u64 {
+        let mut inner = self.inner.lock();
+        inner.reads_begun += 1;
+        inner.reads_begun
+    }
+
+    /// A write of the leader's to `table` (`db.name`) has an unknown outcome.
+    pub(crate) fn unsure(&self, table: &str) {
+        if let Some(cached) = self.inner.lock().tables.get_mut(table) {
+            cached.unsure = true;
+        }
     }
 
     fn is_current(&self, generation: u64) -> bool {
         self.inner.lock().generation == generation
     }
 
-    /// Takes a whole fresh read: a node it lacks is gone, and a node held newer than
-    /// it was read (a write applied meanwhile) is kept.
-    fn replace(&self, fresh: BTreeMap<String, CachedTable>) {
+    /// Takes a whole fresh read (number `read`, from [`MetadataCache::begin_read`]): a
+    /// node it lacks is gone, and a node held newer than it was read (a write applied
+    /// meanwhile) is kept. A read that began before the last one taken, or before the
+    /// copy was last found not whole, is left: it may still list a table dropped since,
+    /// or miss what happened while events were lost, and what it could add the events
+    /// and the newer read bring.
+    fn replace(&self, fresh: BTreeMap<String, CachedTable>, read: u64) {
         let mut inner = self.inner.lock();
+        if read < inner.replaced_by || read <= inner.untrusted_up_to {
+            debug!(read, "a whole read older than the copy's last one is left");
+            return;
+        }
+        inner.replaced_by = read;
         let mut held = std::mem::take(&mut inner.tables);
         let mut merged = BTreeMap::new();
         for (name, mut table) in fresh {
@@ -183,6 +267,7 @@ impl MetadataCache {
                 Node::Header { .. } => {
                     if let Some(cached) = inner.tables.get_mut(&table) {
                         cached.header = None;
+                        cached.assembled = None;
                         if cached.chunks.is_empty() {
                             inner.tables.remove(&table);
                         }
@@ -191,6 +276,7 @@ impl MetadataCache {
                 Node::Chunk { index, .. } => {
                     if let Some(cached) = inner.tables.get_mut(&table) {
                         cached.chunks.remove(index);
+                        cached.assembled = None;
                     }
                 }
             }
@@ -293,6 +379,8 @@ pub(crate) async fn read_all(
                     CachedTable {
                         header: Some((header, nodes.header_mzxid)),
                         chunks: nodes.chunks,
+                        assembled: None,
+                        unsure: false,
                     },
                 );
             }
@@ -311,8 +399,9 @@ pub(crate) async fn reload(
     client: &Client,
     dir: &str,
 ) -> Result<(), ZkError> {
+    let read = cache.begin_read();
     let tables = read_all(client, dir).await?;
-    cache.replace(tables);
+    cache.replace(tables, read);
     crate::metrics::METRICS.metadata_cache_loaded();
     Ok(())
 }
@@ -323,7 +412,7 @@ pub(crate) async fn follow(cache: Arc<MetadataCache>, client: Client, dir: Strin
     let generation = cache.begin();
     follow_session(&cache, &client, &dir, generation).await;
     if cache.is_current(generation) {
-        cache.set_ready(false);
+        cache.set_not_ready();
     }
 }
 
@@ -343,10 +432,11 @@ async fn follow_session(cache: &MetadataCache, client: &Client, dir: &str, gener
         if !cache.is_current(generation) {
             return;
         }
+        let read = cache.begin_read();
         match read_all(client, dir).await {
             Ok(tables) => {
                 let count = tables.len();
-                cache.replace(tables);
+                cache.replace(tables, read);
                 crate::metrics::METRICS.metadata_cache_loaded();
                 info!(tables = count, "table metadata read; following its changes");
             }
@@ -367,7 +457,7 @@ async fn follow_session(cache: &MetadataCache, client: &Client, dir: &str, gener
                     state if state.is_terminated() => return,
                     // Events may be lost while disconnected: read everything again once
                     // connected.
-                    SessionState::Disconnected => cache.set_ready(false),
+                    SessionState::Disconnected => cache.set_not_ready(),
                     SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
                         continue 'session
                     }
@@ -384,7 +474,7 @@ async fn follow_session(cache: &MetadataCache, client: &Client, dir: &str, gener
                         Err(e) => {
                             // Not knowing this node's state, the copy is not whole.
                             warn!(error = %e, path = %event.path, "reading a changed table node failed; reading everything again");
-                            cache.set_ready(false);
+                            cache.set_not_ready();
                             continue 'session;
                         }
                     };
@@ -456,7 +546,7 @@ mod tests {
     #[test]
     fn the_newest_read_of_each_node_wins_and_half_tables_stay_out() {
         let cache = MetadataCache::default();
-        cache.replace(BTreeMap::new());
+        cache.replace(BTreeMap::new(), cache.begin_read());
         let split = table_layout::split(&table(100, 1)).unwrap();
         cache.apply(
             &header_node(),
@@ -503,18 +593,111 @@ mod tests {
     #[test]
     fn an_inline_header_is_a_whole_table() {
         let cache = MetadataCache::default();
-        cache.replace(BTreeMap::new());
+        cache.replace(BTreeMap::new(), cache.begin_read());
         cache.apply(&header_node(), Some((table(3, 1).encode_to_vec(), 5)), DIR);
         assert_eq!(cache.tables().unwrap()[0].partitions.len(), 3);
+    }
+
+    /// A change re-assembles only the table it touches: every other table is the very
+    /// same copy as before (the planner's memo and the op tasks rely on it), and
+    /// `table` serves the changed one.
+    #[test]
+    fn a_change_assembles_again_only_its_own_table() {
+        let cache = MetadataCache::default();
+        cache.replace(BTreeMap::new(), cache.begin_read());
+        for name in ["a", "b"] {
+            let mut whole = table(100, 1);
+            whole.name = name.into();
+            let split = table_layout::split(&whole).unwrap();
+            let key = format!("default.{name}");
+            cache.note_header(&key, split.header, 1);
+            for (index, chunk) in split.chunks.into_iter().enumerate() {
+                cache.note_chunk(&key, index as u32, chunk, 1);
+            }
+        }
+        let before = cache.tables().unwrap();
+        assert!(
+            Arc::ptr_eq(&before, &cache.tables().unwrap()),
+            "no change, the same view"
+        );
+
+        let mut changed = table(100, 7);
+        changed.name = "b".into();
+        let split = table_layout::split(&changed).unwrap();
+        cache.note_chunk("default.b", 1, split.chunks[1].clone(), 2);
+        let after = cache.tables().unwrap();
+        assert_eq!(after.len(), 2);
+        assert!(
+            Arc::ptr_eq(&before[0], &after[0]),
+            "the untouched table is the same copy"
+        );
+        assert!(!Arc::ptr_eq(&before[1], &after[1]));
+        assert_eq!(after[1].partitions[99].term, 7);
+        assert_eq!(after[1].partitions[0].term, 1);
+
+        let held = cache.table("default.b").unwrap();
+        assert!(Arc::ptr_eq(&held, &after[1]), "one assembly serves both");
+        assert!(cache.table("default.c").is_none());
+        cache.set_not_ready();
+        assert!(
+            cache.table("default.a").is_none(),
+            "not before the copy is whole"
+        );
+    }
+
+    /// A whole read that began before the last one taken, or before the copy was found
+    /// not whole, is not taken; a table whose write had an unknown outcome is not served
+    /// alone until the next whole read.
+    #[test]
+    fn only_the_newest_whole_read_counts_and_an_unsure_table_is_read_again() {
+        let whole = |tables: &[&str]| -> BTreeMap<String, CachedTable> {
+            tables
+                .iter()
+                .map(|name| {
+                    let mut header = table(3, 1);
+                    header.name = name.to_string();
+                    let cached = CachedTable {
+                        header: Some((header, 1)),
+                        ..CachedTable::default()
+                    };
+                    (format!("default.{name}"), cached)
+                })
+                .collect()
+        };
+        let cache = MetadataCache::default();
+        let (older, newer) = (cache.begin_read(), cache.begin_read());
+        cache.replace(whole(&["a"]), newer);
+        // The older read still lists a table dropped meanwhile.
+        cache.replace(whole(&["a", "dropped"]), older);
+        assert_eq!(cache.tables().unwrap().len(), 1);
+
+        let before_the_disconnection = cache.begin_read();
+        cache.set_not_ready();
+        cache.replace(whole(&["a"]), before_the_disconnection);
+        assert!(
+            cache.tables().is_none(),
+            "events may have been lost since it began"
+        );
+        cache.replace(whole(&["a"]), cache.begin_read());
+        assert!(cache.table("default.a").is_some());
+
+        cache.unsure("default.a");
+        assert!(
+            cache.table("default.a").is_none(),
+            "read from ZooKeeper instead"
+        );
+        assert_eq!(cache.tables().unwrap().len(), 1, "still listed");
+        cache.replace(whole(&["a"]), cache.begin_read());
+        assert!(cache.table("default.a").is_some());
     }
 
     #[test]
     fn nothing_is_served_until_the_whole_copy_is_read() {
         let cache = MetadataCache::default();
         assert!(cache.tables().is_none());
-        cache.replace(BTreeMap::new());
+        cache.replace(BTreeMap::new(), cache.begin_read());
         assert!(cache.tables().is_some());
-        cache.set_ready(false);
+        cache.set_not_ready();
         assert!(cache.tables().is_none());
     }
 }

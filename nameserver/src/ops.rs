@@ -21,11 +21,12 @@ use tracing::{info, warn};
 use zookeeper_client::{CreateMode, Error as ZkError};
 
 use crate::error::{NsError, Result};
+use crate::metadata_cache::Tables;
 use crate::planner::{
     self, Recovery, ReplicaLog, ADD_REPLICA, CHANGE_LEADER, DEL_REPLICA, MAKE_SNAPSHOT, MIGRATE,
     OFFLINE_REPLICA, RECOVER_TABLE,
 };
-use crate::state::{call, tablet, Nameserver, Presence};
+use crate::state::{call, db_or_default, tablet, Nameserver, Presence};
 use crate::{reconcile, voting};
 
 pub const INITED: &str = "kInited";
@@ -621,30 +622,20 @@ impl Nameserver {
     /// What the planner wants for every table (by index in `tables`), against one view
     /// of the registry. `planner::plan` depends on nothing else, so while neither the
     /// tables (the same copy) nor the healthy tablets changed, the last pass's answer is
-    /// reused: an idle pass plans 10,000 partitions five times a second otherwise.
-    fn plan_all(&self, tables: &Arc<Vec<TableInfo>>) -> Arc<Vec<(usize, planner::Planned)>> {
+    /// reused: an idle pass plans 10,000 partitions five times a second otherwise. While
+    /// only some tables changed, only those are planned again.
+    fn plan_all(&self, tables: &Tables) -> Arc<Vec<(usize, planner::Planned)>> {
         let mut healthy = self.healthy_tablets();
         healthy.sort();
         let mut memo = self.plan_memo.lock();
-        if let Some((seen_tables, seen_healthy, planned)) = &*memo {
-            if Arc::ptr_eq(seen_tables, tables) && *seen_healthy == healthy {
-                return planned.clone();
+        if let Some(seen) = &*memo {
+            if Arc::ptr_eq(&seen.tables, tables) && seen.healthy == healthy {
+                return seen.planned.clone();
             }
         }
-        let planned: Arc<Vec<(usize, planner::Planned)>> = Arc::new(
-            tables
-                .iter()
-                .enumerate()
-                .flat_map(|(i, table)| {
-                    planner::plan(table, |e| {
-                        healthy.binary_search_by(|h| h.as_str().cmp(e)).is_ok()
-                    })
-                    .into_iter()
-                    .map(move |planned| (i, planned))
-                })
-                .collect(),
-        );
-        *memo = Some((tables.clone(), healthy, planned.clone()));
+        let fresh = planner::plan_tables(tables, healthy, memo.as_ref());
+        let planned = fresh.planned.clone();
+        *memo = Some(fresh);
         planned
     }
 
@@ -969,8 +960,19 @@ impl Nameserver {
     }
 
     /// The op's table, refused if it was dropped and created again since the op was made.
-    async fn table_of(&self, op: &OpInfo) -> Result<TableInfo> {
-        let table = self.table(&op.db, &op.name).await?;
+    /// From the leader's copy, which holds its own writes the moment they succeed and was
+    /// read whole when it took office; from ZooKeeper while the copy does not hold it.
+    /// (Every task of every op read the whole table from ZooKeeper before: at a thousand
+    /// partitions a table, seventeen nodes per task, and ZooKeeper was the bottleneck of
+    /// a mass failover.)
+    async fn table_of(&self, op: &OpInfo) -> Result<Arc<TableInfo>> {
+        let held = self
+            .metadata
+            .table(&format!("{}.{}", db_or_default(&op.db), op.name));
+        let table = match held {
+            Some(table) => table,
+            None => Arc::new(self.table(&op.db, &op.name).await?),
+        };
         if op.tid != 0 && table.tid != op.tid {
             return Err(NsError::InvalidArgument(format!(
                 "table {} was dropped and created again (tid {} is now {}); the op was for \

@@ -2,9 +2,14 @@
 //! given which tablets are healthy, which replica to promote, and how to bring a
 //! returning replica back.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use tessera_common::history;
 use tessera_proto::common::TermPair;
 use tessera_proto::nameserver::TableInfo;
+
+use crate::metadata_cache::Tables;
 
 pub const CHANGE_LEADER: &str = "kChangeLeader";
 pub const OFFLINE_REPLICA: &str = "kOfflineReplica";
@@ -13,6 +18,46 @@ pub const ADD_REPLICA: &str = "kAddReplica";
 pub const DEL_REPLICA: &str = "kDelReplica";
 pub const MIGRATE: &str = "kMigrate";
 pub const MAKE_SNAPSHOT: &str = "kMakeSnapshot";
+
+/// The planner's last answer, with what it was for: the tables (each table's plan kept
+/// by the address of its shared copy, which `tables` keeps alive, so no other table can
+/// have it) and the healthy tablets, sorted.
+pub(crate) struct PlanMemo {
+    pub tables: Tables,
+    pub healthy: Vec<String>,
+    pub planned: Arc<Vec<(usize, Planned)>>,
+    pub per_table: HashMap<usize, Vec<Planned>>,
+}
+
+/// Plans every table (`planned`: the table's index and the op), reusing `memo`'s plan of
+/// each table that did not change while the healthy tablets stayed the same: at a
+/// million partitions, a pass after one chunk's write plans one table, not all of them.
+pub(crate) fn plan_tables(
+    tables: &Tables,
+    healthy: Vec<String>,
+    memo: Option<&PlanMemo>,
+) -> PlanMemo {
+    let reusable = memo.filter(|m| m.healthy == healthy);
+    let mut per_table = HashMap::with_capacity(tables.len());
+    let mut planned = Vec::new();
+    for (index, table) in tables.iter().enumerate() {
+        let key = Arc::as_ptr(table) as usize;
+        let plan = match reusable.and_then(|m| m.per_table.get(&key)) {
+            Some(plan) => plan.clone(),
+            None => plan(table, |e| {
+                healthy.binary_search_by(|h| h.as_str().cmp(e)).is_ok()
+            }),
+        };
+        planned.extend(plan.iter().cloned().map(|p| (index, p)));
+        per_table.insert(key, plan);
+    }
+    PlanMemo {
+        tables: tables.clone(),
+        healthy,
+        planned: Arc::new(planned),
+        per_table,
+    }
+}
 
 /// One op the planner wants: its type, the partition, and the replica it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +271,37 @@ pub(crate) mod tests {
 
     fn up(list: &'static [&'static str]) -> impl Fn(&str) -> bool {
         move |e| list.contains(&e)
+    }
+
+    /// A table whose shared copy is the same as at the last pass keeps its plan (here
+    /// a marker, to tell reuse from planning again); a changed table is planned again;
+    /// nothing is reused once the healthy tablets differ.
+    #[test]
+    fn only_changed_tables_are_planned_again() {
+        let dead_leader = || table(&[("a", true, true), ("b", false, true), ("c", false, true)]);
+        let healthy = || vec!["b".to_string(), "c".to_string()];
+        let first: Tables = Arc::new(vec![Arc::new(dead_leader()), Arc::new(dead_leader())]);
+        let mut memo = plan_tables(&first, healthy(), None);
+        assert_eq!(memo.planned.len(), 2, "a ChangeLeader for each table");
+        let marker = Planned {
+            op_type: MIGRATE,
+            pid: 9,
+            endpoint: "marker".into(),
+        };
+        memo.per_table
+            .insert(Arc::as_ptr(&first[0]) as usize, vec![marker.clone()]);
+
+        // The second table was written: its leader moved to b.
+        let moved = table(&[("a", false, false), ("b", true, true), ("c", false, true)]);
+        let second: Tables = Arc::new(vec![first[0].clone(), Arc::new(moved)]);
+        let again = plan_tables(&second, healthy(), Some(&memo));
+        assert_eq!(*again.planned, vec![(0, marker.clone())]);
+
+        let elsewhere = plan_tables(&second, vec!["c".to_string()], Some(&again));
+        assert!(
+            elsewhere.planned.iter().all(|(_, p)| *p != marker),
+            "other healthy tablets, every table planned again"
+        );
     }
 
     #[test]

@@ -105,7 +105,11 @@ impl Nameserver {
                     break table;
                 }
                 Err(ZkError::BadVersion) => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    // It may have landed: see `MetadataCache::unsure`.
+                    self.metadata.unsure(&format!("{db}.{name}"));
+                    return Err(e.into());
+                }
             }
         };
         self.announce_table_change(lock).await?;

@@ -2,7 +2,8 @@
 //! lock through which every metadata write is fenced), the tablet registry, and the
 //! metadata operations.
 
-use std::collections::BTreeMap;
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use zookeeper_client::{Client, CreateMode, Error as ZkError, OwnedLockClient};
 
 use crate::detection::{Probe, ReportCounts, Suspicion};
 use crate::error::{NsError, Result};
+use crate::metadata_cache::Tables;
 use crate::paths::Paths;
 use crate::placement;
 pub(crate) use crate::tablet_channels::{call, tablet, tablet_error};
@@ -65,16 +67,8 @@ pub struct Nameserver {
     leaderships_won: std::sync::atomic::AtomicU64,
     /// The leader's copy of every op (see `op_book`).
     pub(crate) op_book: crate::op_book::OpBook,
-    /// The planner's last answer, with the tables and healthy tablets it was for (see
-    /// `Nameserver::plan_all`).
-    #[allow(clippy::type_complexity)]
-    pub(crate) plan_memo: parking_lot::Mutex<
-        Option<(
-            Arc<Vec<TableInfo>>,
-            Vec<String>,
-            Arc<Vec<(usize, crate::planner::Planned)>>,
-        )>,
-    >,
+    /// The planner's last answer (see `Nameserver::plan_all`).
+    pub(crate) plan_memo: parking_lot::Mutex<Option<crate::planner::PlanMemo>>,
     /// Partition changes waiting for their chunk's next write (see `group_writes`).
     pub(crate) chunk_writes: Arc<crate::group_writes::ChunkWrites>,
     /// Fences waiting for a term, new ops for an id (see `group_writes`).
@@ -107,7 +101,7 @@ pub struct Nameserver {
     pub(crate) metadata: Arc<crate::metadata_cache::MetadataCache>,
     /// Until that copy is whole: the tables as last read, with the modification (zxid)
     /// of `table_changed` read just before, read again only once that moved.
-    tables_seen: parking_lot::Mutex<Option<(i64, Arc<Vec<TableInfo>>)>>,
+    tables_seen: parking_lot::Mutex<Option<(i64, Tables)>>,
     /// Tablets being checked after a follower's report.
     pub(crate) probing: parking_lot::Mutex<std::collections::HashSet<String>>,
     pub(crate) report_counts: parking_lot::Mutex<ReportCounts>,
@@ -623,7 +617,7 @@ impl Nameserver {
     /// `/notify/table_changed` moved since the last read (every metadata write moves
     /// it, after the write). The mark is read before the tables, so a write it misses
     /// moves it again for the next pass.
-    pub(crate) async fn cached_tables(&self) -> Result<Arc<Vec<TableInfo>>> {
+    pub(crate) async fn cached_tables(&self) -> Result<Tables> {
         if let Some(tables) = self.metadata.tables() {
             return Ok(tables);
         }
@@ -634,7 +628,7 @@ impl Nameserver {
                 return Ok(tables.clone());
             }
         }
-        let tables = Arc::new(self.tables().await?);
+        let tables: Tables = Arc::new(self.tables().await?.into_iter().map(Arc::new).collect());
         *self.tables_seen.lock() = Some((mark.mzxid, tables.clone()));
         Ok(tables)
     }
@@ -772,14 +766,22 @@ impl Nameserver {
         } else {
             request.replica_num
         };
-        let mut leading = BTreeMap::new();
-        for table in self.tables().await? {
+        // From the nameserver's copy: a read of every table from ZooKeeper per create
+        // grew with the cluster (30,000 node reads at a million partitions).
+        let tables = self.cached_tables().await?;
+        let mut counted: HashMap<&str, usize> = HashMap::new();
+        for table in tables.iter() {
             for partition in &table.partitions {
                 for replica in partition.replicas.iter().filter(|r| r.is_leader) {
-                    *leading.entry(replica.endpoint.clone()).or_insert(0) += 1;
+                    *counted.entry(replica.endpoint.as_str()).or_insert(0) += 1;
                 }
             }
         }
+        let leading: BTreeMap<String, usize> = counted
+            .into_iter()
+            .map(|(endpoint, n)| (endpoint.to_string(), n))
+            .collect();
+        drop(tables);
         let placed = placement::place(&healthy, partition_num, replica_num, &leading)?;
         let tid = self.take_counter(self.paths.table_index(), 0).await? as u32;
         let mode = request.mode();
@@ -868,7 +870,11 @@ impl Nameserver {
             }
             Err(e) => return Err(e.into()),
         };
-        table_layout::delete_table(&lock, &path).await?;
+        if let Err(e) = table_layout::delete_table(&lock, &path).await {
+            // Some of its nodes may be gone: see `MetadataCache::unsure`.
+            self.metadata.unsure(&format!("{db}.{name}"));
+            return Err(e.into());
+        }
         self.metadata.forget(&format!("{db}.{name}"));
         self.announce_table_change(&lock).await?;
         info!(db = %db, table = %name, tid, "table dropped");
@@ -879,7 +885,7 @@ impl Nameserver {
     pub async fn show_table(&self, db: &str, name: &str) -> Result<Vec<ShowTableRow>> {
         let db = db_or_default(db);
         let (tables, tid) = if name.is_empty() {
-            let tables: Vec<TableInfo> = self
+            let tables: Vec<Arc<TableInfo>> = self
                 .cached_tables()
                 .await?
                 .iter()
@@ -890,7 +896,7 @@ impl Nameserver {
         } else {
             let table = self.table(db, name).await?;
             let tid = table.tid;
-            (vec![table], Some(tid))
+            (vec![Arc::new(table)], Some(tid))
         };
         // One question to each healthy tablet, all at once, of that table's replicas
         // only; replicas on tablets that do not answer show -1.
@@ -900,12 +906,13 @@ impl Nameserver {
 }
 
 /// One row per replica of `tables`, with what its tablet reported (-1 where it did not).
-pub(crate) fn replica_rows(
-    tables: &[TableInfo],
+pub(crate) fn replica_rows<T: Borrow<TableInfo>>(
+    tables: &[T],
     reports: &std::collections::HashMap<String, crate::reconcile::TabletReport>,
 ) -> Vec<ShowTableRow> {
     let mut rows = Vec::new();
     for table in tables {
+        let table: &TableInfo = table.borrow();
         let drifts = crate::reconcile::drifts(table, reports);
         for partition in &table.partitions {
             for replica in &partition.replicas {
@@ -968,10 +975,24 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
     }
 }
 
-/// Partitions whose replicas are created (or replicas dropped) at once. A tablet
-/// creates one replica at a time (its catalog lock), so this mostly spreads the work over
-/// the tablets without queueing much on any one.
+/// Partitions whose replicas are created (or replicas dropped) at once, at least. A
+/// tablet creates one replica at a time (its catalog lock), so this mostly spreads the
+/// work over the tablets without queueing much on any one.
 const PARTITIONS_AT_ONCE: usize = 8;
+/// More partitions at once per tablet the table spans: a table on a hundred tablets
+/// would otherwise be created at the pace of eight partitions in flight.
+const PARTITIONS_AT_ONCE_PER_TABLET: usize = 2;
+
+/// How many of `table`'s partitions are created (or dropped) at once: the work per
+/// tablet stays about the same whatever the number of tablets.
+fn partitions_at_once(table: &TableInfo) -> usize {
+    let tablets: HashSet<&str> = table
+        .partitions
+        .iter()
+        .flat_map(|p| p.replicas.iter().map(|r| r.endpoint.as_str()))
+        .collect();
+    PARTITIONS_AT_ONCE.max(PARTITIONS_AT_ONCE_PER_TABLET * tablets.len())
+}
 
 /// A task that panicked or was cancelled, as an error.
 fn internal(what: &str, e: &tokio::task::JoinError) -> NsError {
@@ -982,19 +1003,23 @@ fn internal(what: &str, e: &tokio::task::JoinError) -> NsError {
 }
 
 /// Creates every replica of a new table, some partitions at a time
-/// ([`PARTITIONS_AT_ONCE`]). After a failure no more partitions start, and those under
+/// ([`partitions_at_once`]). After a failure no more partitions start, and those under
 /// way finish before the error is returned, so that the caller's drop of what was
 /// made comes after every create.
 async fn create_replicas(table: &TableInfo) -> Result<()> {
+    let at_once = partitions_at_once(table);
+    // One copy for every partition's task: a copy each made creating a table of n
+    // partitions cost n² replica copies.
+    let shared = Arc::new(table.clone());
     let mut partitions = table.partitions.iter();
     let mut running = tokio::task::JoinSet::new();
     let mut failed = None;
     loop {
-        while failed.is_none() && running.len() < PARTITIONS_AT_ONCE {
+        while failed.is_none() && running.len() < at_once {
             let Some(partition) = partitions.next() else {
                 break;
             };
-            running.spawn(create_partition(table.clone(), partition.clone()));
+            running.spawn(create_partition(shared.clone(), partition.clone()));
         }
         let outcome = match running.join_next().await {
             None => break,
@@ -1017,10 +1042,11 @@ async fn drop_replicas(table: &TableInfo) {
             replicas.push((partition.pid, replica.endpoint.clone()));
         }
     }
+    let at_once = partitions_at_once(table);
     let mut replicas = replicas.into_iter();
     let mut running = tokio::task::JoinSet::new();
     loop {
-        while running.len() < PARTITIONS_AT_ONCE {
+        while running.len() < at_once {
             let Some((pid, endpoint)) = replicas.next() else {
                 break;
             };
@@ -1072,7 +1098,7 @@ pub(crate) fn replica_meta(
 
 /// Creates a new partition's replicas (all at once), then makes the followers follow
 /// and the leader lead.
-async fn create_partition(table: TableInfo, partition: PartitionMeta) -> Result<()> {
+async fn create_partition(table: Arc<TableInfo>, partition: PartitionMeta) -> Result<()> {
     let leader = &partition.replicas[0].endpoint;
     let followers: Vec<String> = partition.replicas[1..]
         .iter()
@@ -1164,6 +1190,27 @@ mod tests {
         for bad in ["kPromoteLeader", "x:sleep", "x:delay_ms=soon"] {
             assert!(bad.parse::<TaskFault>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_table_over_more_tablets_creates_more_partitions_at_once() {
+        let spread = |tablets: usize| TableInfo {
+            partitions: (0..1000u32)
+                .map(|pid| PartitionMeta {
+                    pid,
+                    replicas: (0..3u32)
+                        .map(|r| ReplicaMeta {
+                            endpoint: format!("t{}", (pid + r) as usize % tablets),
+                            ..ReplicaMeta::default()
+                        })
+                        .collect(),
+                    ..PartitionMeta::default()
+                })
+                .collect(),
+            ..TableInfo::default()
+        };
+        assert_eq!(partitions_at_once(&spread(3)), PARTITIONS_AT_ONCE);
+        assert_eq!(partitions_at_once(&spread(100)), 200);
     }
 
     #[test]

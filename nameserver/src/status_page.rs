@@ -4,6 +4,7 @@
 //! Plain server-rendered HTML that reloads itself every few seconds; a standby answers
 //! with a page pointing at the leader.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -107,7 +108,9 @@ async fn render_now(ns: &Nameserver) -> String {
             return elsewhere(ns, "This nameserver is a standby.", leader.as_deref());
         }
     }
-    let tables = ns.tables().await;
+    // The nameserver's copy: the page refreshes itself, and must not read all metadata
+    // from ZooKeeper on each refresh.
+    let tables = ns.cached_tables().await;
     let ops = ns.ops().await;
     let auto_failover = ns.auto_failover().await;
     let reports = ns.tablet_reports().await;
@@ -163,9 +166,10 @@ async fn render_now(ns: &Nameserver) -> String {
 }
 
 /// `db.table pid N` of every partition with no alive leader.
-pub(crate) fn leaderless(tables: &[TableInfo]) -> Vec<String> {
+pub(crate) fn leaderless<T: Borrow<TableInfo>>(tables: &[T]) -> Vec<String> {
     tables
         .iter()
+        .map(Borrow::borrow)
         .flat_map(|t| {
             t.partitions
                 .iter()
@@ -208,7 +212,7 @@ fn age(ms: u64) -> String {
     }
 }
 
-fn tables_section(tables: &[TableInfo], rows: &[ShowTableRow], body: &mut String) {
+fn tables_section<T: Borrow<TableInfo>>(tables: &[T], rows: &[ShowTableRow], body: &mut String) {
     body.push_str("<h2>Tables</h2>");
     if tables.is_empty() {
         body.push_str("<p class=\"muted\">No tables.</p>");
@@ -222,6 +226,7 @@ fn tables_section(tables: &[TableInfo], rows: &[ShowTableRow], body: &mut String
             .push(row);
     }
     for table in tables {
+        let table: &TableInfo = table.borrow();
         let _ = write!(
             body,
             "<h3>{}.{} <span class=\"muted\">tid {}, {} partition(s), {} replica(s)</span></h3>\
