@@ -10,6 +10,7 @@
 #                                           foreground, serving ADDRESS:2181; PEERS lists
 #                                           every member's address, comma-separated, in
 #                                           id order (quorum ports 2888 and 3888)
+#   ZK_HEAP (256m by default) sets the server's heap: a million partitions need about 2g.
 set -euo pipefail
 # shellcheck source=scripts/apt.sh
 source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
@@ -52,7 +53,9 @@ dataDir=$dir/data
 clientPort=$port
 clientPortAddress=$address
 admin.enableServer=false
-4lw.commands.whitelist=ruok,srvr,stat,cons
+4lw.commands.whitelist=ruok,srvr,stat,cons,mntr
+# Every local process connects from 127.0.0.1: no cap of 60 per address.
+maxClientCnxns=0
 CFG
     cat
   } > "$dir/zoo.cfg"
@@ -61,7 +64,7 @@ CFG
 run() {
   local dir=$1 port=$2
   write_config "$dir" 127.0.0.1 "$port" </dev/null
-  exec java -Xmx256m -cp "$(classpath)" org.apache.zookeeper.server.ZooKeeperServerMain "$dir/zoo.cfg"
+  exec java -Xmx"${ZK_HEAP:-256m}" -cp "$(classpath)" org.apache.zookeeper.server.ZooKeeperServerMain "$dir/zoo.cfg"
 }
 
 member() {
@@ -74,7 +77,7 @@ member() {
   done
   printf '%s' "$servers" | write_config "$dir" "$address" 2181
   echo "$id" > "$dir/data/myid"
-  exec java -Xmx256m -cp "$(classpath)" org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg"
+  exec java -Xmx"${ZK_HEAP:-256m}" -cp "$(classpath)" org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg"
 }
 
 case "${1:-}" in

@@ -16,6 +16,7 @@ use tessera_common::auth::AuthChannel;
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::ShowTableRow;
 use tessera_proto::tablet::tablet_client::TabletClient;
+use tessera_tests::bench::{env_or, Figures};
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::routed::table_rows;
 use tessera_tests::{ops, workload, NameserverProcess};
@@ -34,29 +35,8 @@ const NAMESERVER_ARGS: &[&str] = &["--make_snapshot_time=-1"];
 /// How long a stage may take before the benchmark gives up on it.
 const STAGE_LIMIT: Duration = Duration::from_secs(1800);
 
-fn env_or(name: &str, default: u32) -> u32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn table_name(t: u32) -> String {
     format!("s{t}")
-}
-
-/// User plus system CPU time a process has used so far.
-fn cpu_time(pid: u32) -> Duration {
-    let fields = tessera_tests::process::stat_fields(pid as i32).unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are the 14th and 15th fields; `fields` starts at the 3rd.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_millis((ticks(11) + ticks(12)) * 1000 / per_second)
 }
 
 /// Bytes a process has caused to be written to storage, if the kernel keeps the count.
@@ -303,20 +283,16 @@ async fn failover(cluster: &mut NsCluster, tables: u32) -> Failover {
     }
 }
 
-async fn run() -> Vec<(String, String)> {
-    let tables = env_or("SCALE_TABLES", 100);
-    let partitions = env_or("SCALE_PARTITIONS", 100);
-    let tablet_count = env_or("SCALE_TABLETS", 5) as usize;
+async fn run() -> Figures {
+    let tables: u32 = env_or("SCALE_TABLES", 100);
+    let partitions: u32 = env_or("SCALE_PARTITIONS", 100);
+    let tablet_count = env_or::<usize>("SCALE_TABLETS", 5);
     let total = (tables * partitions) as usize;
     let dir = tempfile::tempdir().unwrap();
     let keep = std::env::var_os("SCALE_DIR").map(std::path::PathBuf::from);
     let root = keep.as_deref().unwrap_or(dir.path());
-    let mut figures = Vec::new();
-    let mut note = |what: &str, value: String| {
-        eprintln!("{what}: {value}");
-        figures.push((what.to_string(), value));
-    };
-    note(
+    let mut figures = Figures::default();
+    figures.note(
         "layout",
         format!("{tables} tables x {partitions} partitions x 3 replicas on {tablet_count} tablets"),
     );
@@ -338,7 +314,7 @@ async fn run() -> Vec<(String, String)> {
         }
     }
     let created = started.elapsed();
-    note(
+    figures.note(
         "create",
         format!(
             "{:.1} s ({:.1} ms per partition)",
@@ -350,14 +326,14 @@ async fn run() -> Vec<(String, String)> {
     let ns = cluster.ns().await;
     let started = Instant::now();
     let rows = all_rows(&ns, tables).await;
-    note(
+    figures.note(
         "showtable, every table",
         format!("{:.2} s", started.elapsed().as_secs_f64()),
     );
     assert_eq!(leaders(&rows).len(), total, "every partition has a leader");
     let started = Instant::now();
     write_rows(&ns, &rows).await;
-    note(
+    figures.note(
         "writes",
         format!(
             "{} rows in {:.1} s",
@@ -369,17 +345,20 @@ async fn run() -> Vec<(String, String)> {
     // Idle: nothing asked of the cluster.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (ns_pid, zk_pid) = (cluster.nameserver.pid(), cluster.zk.pid());
-    let (ns_cpu, zk_bytes) = (cpu_time(ns_pid), bytes_written(zk_pid));
+    let (ns_cpu, zk_bytes) = (
+        tessera_tests::process::cpu_time(ns_pid),
+        bytes_written(zk_pid),
+    );
     tokio::time::sleep(IDLE_WINDOW).await;
-    let ns_busy = cpu_time(ns_pid).saturating_sub(ns_cpu);
-    note(
+    let ns_busy = tessera_tests::process::cpu_time(ns_pid).saturating_sub(ns_cpu);
+    figures.note(
         "idle nameserver CPU",
         format!(
             "{:.2} % of a core",
             ns_busy.as_secs_f64() * 100.0 / IDLE_WINDOW.as_secs_f64()
         ),
     );
-    note(
+    figures.note(
         "idle ZooKeeper writes",
         match (zk_bytes, bytes_written(zk_pid)) {
             (Some(before), Some(after)) => format!(
@@ -390,20 +369,20 @@ async fn run() -> Vec<(String, String)> {
         },
     );
 
-    note(
+    figures.note(
         "false alarms before the kill (failovers of live leaders)",
         failovers_started(&cluster).to_string(),
     );
     let failed_over = failover(&mut cluster, tables).await;
-    note(
+    figures.note(
         "failover, partitions led by the killed tablet",
         failed_over.partitions.to_string(),
     );
-    note(
+    figures.note(
         "failover, metadata names new leaders",
         format!("{:.2} s", failed_over.metadata.as_secs_f64()),
     );
-    note(
+    figures.note(
         "failover, first write (median / last)",
         format!(
             "{:.2} s / {:.2} s",
@@ -421,7 +400,7 @@ async fn run() -> Vec<(String, String)> {
     for tablet in &mut cluster.tablets {
         tablet.restart().await;
     }
-    note(
+    figures.note(
         "tablet restarts, one after another",
         format!("{:.1} s", started.elapsed().as_secs_f64()),
     );
@@ -441,7 +420,7 @@ async fn run() -> Vec<(String, String)> {
     let recovered = started.elapsed();
     assert!(ok, "recoverdata failed:\n{out}");
     let led_again = leaders(&all_rows(&cluster.ns().await, tables).await).len();
-    note(
+    figures.note(
         "recoverdata, whole cluster",
         format!(
             "{:.1} s ({led_again} of {total} partitions led after it)",
@@ -452,16 +431,5 @@ async fn run() -> Vec<(String, String)> {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let figures = runtime.block_on(run());
-    let mut table = comfy_table::Table::new();
-    table.load_style(comfy_table::presets::ASCII_MARKDOWN);
-    table.set_header(["measure", "result"]);
-    for (what, value) in figures {
-        table.add_row([what, value]);
-    }
-    println!("{table}");
+    tessera_tests::bench::run_and_print(run());
 }

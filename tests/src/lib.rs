@@ -1,9 +1,11 @@
 //! Integration harness: real Tessera processes (and, for the cluster tests, a real
 //! ZooKeeper) on loopback ports, owned by guards that kill them on drop.
 
+pub mod bench;
 pub mod chaos;
 pub mod cluster;
 pub mod credentials;
+pub mod fake_tablet;
 pub mod jobs;
 pub mod nameserver;
 pub mod netbed;

@@ -9,6 +9,7 @@ use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::{CreateTableRequest, ShowTabletRequest, TableInfo};
 use tessera_proto::tablet::ReplicationMode;
 
+use crate::fake_tablet::FakeTablet;
 use crate::ElectedProcess;
 use crate::{wait_until_async, workload, NameserverProcess, TabletProcess, ZooKeeper};
 
@@ -100,6 +101,26 @@ impl NsCluster {
         };
         cluster.wait_healthy(spec.tablets).await;
         cluster
+    }
+
+    /// `nameserver` (leading, on `zk`) with `count` fake tablets (see `fake_tablet`) of
+    /// ZooKeeper sessions of `session`, once it sees them all healthy.
+    pub async fn on_fake_tablets(
+        zk: ZooKeeper,
+        nameserver: NameserverProcess,
+        count: usize,
+        session: Duration,
+    ) -> (NsCluster, Vec<FakeTablet>) {
+        let fakes = (0..count)
+            .map(|_| FakeTablet::start(&zk.connect_string(), "/tessera", session))
+            .collect();
+        let cluster = NsCluster {
+            zk,
+            tablets: Vec::new(),
+            nameserver,
+        };
+        cluster.wait_healthy(count).await;
+        (cluster, fakes)
     }
 
     /// An SDK client of this cluster whose calls give up after `deadline`.

@@ -186,6 +186,21 @@ pub fn stat_fields(pid: i32) -> Option<Vec<String>> {
     Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
+/// User plus system CPU time a process has used so far (zero if there is no such
+/// process).
+pub fn cpu_time(pid: u32) -> Duration {
+    let fields = stat_fields(pid as i32).unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are the 14th and 15th fields; `fields` starts at the 3rd.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis((ticks(11) + ticks(12)) * 1000 / per_second)
+}
+
 /// The pid a pidfile names, if it exists and holds one.
 pub fn read_pid(path: &std::path::Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()

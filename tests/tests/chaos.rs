@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use tessera_common::Value;
 use tessera_ns_client::{Client, ClientOptions};
 use tessera_proto::tablet::{GetTableStatusRequest, GetTermPairRequest, TableRole};
+use tessera_tests::bench::env_or;
 use tessera_tests::chaos::checker::check;
 use tessera_tests::chaos::history::{write_history, FinalState, Op, OpKind, Outcome, PartitionEnd};
 use tessera_tests::chaos::record::{summary, write_faults, writes_after, FaultRecord, RunSummary};
@@ -35,13 +36,6 @@ const PARTITIONS: u32 = 2;
 const SESSION: Duration = Duration::from_secs(3);
 const HEAL: Duration = Duration::from_secs(180);
 const SMALL_DISK: u64 = 256 << 20;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn values_of(rows: &[Vec<Value>]) -> Vec<i64> {
     rows.iter()
@@ -344,8 +338,8 @@ async fn wait_healed(cluster: &NetCluster) -> Result<(), String> {
 }
 
 async fn run_schedule(seed: u64, out: &Path) -> RunSummary {
-    let steps = env_or("CHAOS_STEPS", 6) as usize;
-    let minutes = env_or("CHAOS_MINUTES", 0);
+    let steps = env_or::<usize>("CHAOS_STEPS", 6);
+    let minutes: u64 = env_or("CHAOS_MINUTES", 0);
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = NetCluster::start(
         dir.path(),
