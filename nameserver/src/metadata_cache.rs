@@ -12,7 +12,7 @@
 //! than what is held is ignored, so events and writes may arrive in any order and the
 //! copy still converges on ZooKeeper's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,10 +58,6 @@ pub(crate) struct CachedTable {
     chunks: BTreeMap<u32, (PartitionChunk, i64)>,
     /// The whole table as last assembled, until one of its nodes changes.
     assembled: Option<Arc<TableInfo>>,
-    /// A write of the leader's to it has an unknown outcome (a lost connection): the copy
-    /// may lack a committed change, so [`MetadataCache::table`] does not serve it until
-    /// the next whole read.
-    unsure: bool,
 }
 
 impl CachedTable {
@@ -100,6 +96,11 @@ struct Inner {
     /// Reads begun up to this one started before the copy was last found not whole
     /// (a disconnection, a new session): they cannot make it whole.
     untrusted_up_to: u64,
+    /// Tables a write of the leader's left unsure (a lost connection: the write may have
+    /// landed), with the number of the last whole read begun before: the copy may lack
+    /// a committed change to them, so [`MetadataCache::table`] does not serve them until
+    /// a whole read begun after is taken.
+    unsure: HashMap<String, u64>,
     tables: BTreeMap<String, CachedTable>,
     /// Every table assembled, until the next change.
     view: Option<Tables>,
@@ -174,10 +175,10 @@ impl MetadataCache {
         if !inner.ready {
             return None;
         }
-        let cached = inner.tables.get_mut(name)?;
-        if cached.unsure {
+        if inner.unsure.contains_key(name) {
             return None;
         }
+        let cached = inner.tables.get_mut(name)?;
         if cached.assembled.is_none() {
             cached.assembled = cached.assemble().map(Arc::new);
         }
@@ -207,9 +208,9 @@ impl MetadataCache {
 
     /// A write of the leader's to `table` (`db.name`) has an unknown outcome.
     pub(crate) fn unsure(&self, table: &str) {
-        if let Some(cached) = self.inner.lock().tables.get_mut(table) {
-            cached.unsure = true;
-        }
+        let mut inner = self.inner.lock();
+        let begun = inner.reads_begun;
+        inner.unsure.insert(table.to_string(), begun);
     }
 
     fn is_current(&self, generation: u64) -> bool {
@@ -229,6 +230,8 @@ impl MetadataCache {
             return;
         }
         inner.replaced_by = read;
+        // A read begun after a write left its table unsure covers that write.
+        inner.unsure.retain(|_, before| *before >= read);
         let mut held = std::mem::take(&mut inner.tables);
         let mut merged = BTreeMap::new();
         for (name, mut table) in fresh {
@@ -380,7 +383,6 @@ pub(crate) async fn read_all(
                         header: Some((header, nodes.header_mzxid)),
                         chunks: nodes.chunks,
                         assembled: None,
-                        unsure: false,
                     },
                 );
             }
@@ -681,12 +683,18 @@ mod tests {
         cache.replace(whole(&["a"]), cache.begin_read());
         assert!(cache.table("default.a").is_some());
 
+        let before_the_write = cache.begin_read();
         cache.unsure("default.a");
         assert!(
             cache.table("default.a").is_none(),
             "read from ZooKeeper instead"
         );
         assert_eq!(cache.tables().unwrap().len(), 1, "still listed");
+        cache.replace(whole(&["a"]), before_the_write);
+        assert!(
+            cache.table("default.a").is_none(),
+            "a read begun before the write does not cover it"
+        );
         cache.replace(whole(&["a"]), cache.begin_read());
         assert!(cache.table("default.a").is_some());
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tessera_common::coordination::{run_registration, Lease, ZkSettings};
-use tessera_common::wire_error::{self, ErrorCode};
+use tessera_common::wire_error::{self, ErrorCode, ErrorDetail};
 use tessera_proto::tablet::tablet_server::{Tablet, TabletServer};
 use tessera_proto::tablet::*;
 use tonic::codegen::tokio_stream::Stream;
@@ -158,10 +158,20 @@ fn check_term(replica: &FakeReplica, term: u64, claim: Claim<'_>) -> Result<(), 
     if term == 0 {
         return Err(Status::invalid_argument("a role change needs a term"));
     }
+    // The nameserver reads the term in the detail: the replica's for a stale one, to
+    // take a newer one; the claimed one for a taken one.
+    let refused = |message: String, term: u64| {
+        wire_error::status_from_detail(ErrorDetail {
+            code: ErrorCode::StaleTerm as i32,
+            message,
+            term,
+            ..ErrorDetail::default()
+        })
+    };
     if term < replica.term {
-        return Err(wire_error::status(
-            ErrorCode::StaleTerm,
+        return Err(refused(
             format!("term {term} is older than the replica's {}", replica.term),
+            replica.term,
         ));
     }
     if term > replica.term {
@@ -174,10 +184,7 @@ fn check_term(replica: &FakeReplica, term: u64, claim: Claim<'_>) -> Result<(), 
         Claim::Follow(leader) => leading || replica.leader != leader,
     };
     if differs && (leading || !replica.leader.is_empty()) {
-        return Err(wire_error::status(
-            ErrorCode::StaleTerm,
-            format!("term {term} already has a leader"),
-        ));
+        return Err(refused(format!("term {term} already has a leader"), term));
     }
     Ok(())
 }
