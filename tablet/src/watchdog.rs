@@ -78,14 +78,13 @@ async fn watch_silence(catalog: Arc<Catalog>, reporter: Reporter, mut stop: watc
         }
         // Per leader, the longest silence among the partitions it leads here.
         let mut silent: HashMap<String, Duration> = HashMap::new();
+        // Past the limit the leader has long been checked (or stopped shipping here on
+        // purpose, as to a member taken offline): stop repeating it.
+        let reportable = SILENCE_TIMEOUT..SILENCE_REPORT_LIMIT;
         for table in catalog.tables() {
-            if let Some((leader, quiet)) = table.leader_silence() {
-                // Past the limit the leader has long been checked (or stopped shipping
-                // here on purpose, as to a member taken offline): stop repeating it.
-                if (SILENCE_TIMEOUT..SILENCE_REPORT_LIMIT).contains(&quiet) {
-                    let longest = silent.entry(leader).or_default();
-                    *longest = (*longest).max(quiet);
-                }
+            if let Some((leader, quiet)) = table.leader_silent_within(&reportable) {
+                let longest = silent.entry(leader).or_default();
+                *longest = (*longest).max(quiet);
             }
         }
         for (leader, quiet) in silent {

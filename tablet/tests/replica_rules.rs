@@ -618,3 +618,38 @@ fn a_fence_reports_the_lease_the_replica_granted() {
     ));
     assert!(table.granted_lease_remaining() <= owed);
 }
+
+/// The watchdog asks every replica for its leader's silence ten times a second; a
+/// replica answers only when the silence lies in the reported range, and only a
+/// follower with a leader answers at all.
+#[test]
+fn a_follower_tells_its_leaders_silence_only_within_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = create(&dir.path().join("1_0"), 1 << 20);
+    let always = Duration::ZERO..Duration::from_secs(3600);
+    assert_eq!(table.leader_silent_within(&always), None, "no leader yet");
+    table
+        .change_role(&RoleChange {
+            role: TableRole::Follower,
+            term: 2,
+            followers: Vec::new(),
+            leader: "a:1".into(),
+            offline: Vec::new(),
+        })
+        .unwrap();
+    let (leader, quiet) = table.leader_silent_within(&always).expect("a follower");
+    assert_eq!(leader, "a:1");
+    assert!(quiet < Duration::from_secs(3600));
+    let later = Duration::from_secs(3600)..Duration::from_secs(7200);
+    assert_eq!(
+        table.leader_silent_within(&later),
+        None,
+        "heard from just now"
+    );
+    leader_of(&table, 3, &["b", "c"], &[]);
+    assert_eq!(
+        table.leader_silent_within(&always),
+        None,
+        "a leader has none"
+    );
+}

@@ -345,17 +345,36 @@ async fn run() -> Figures {
     // Idle: nothing asked of the cluster.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (ns_pid, zk_pid) = (cluster.nameserver.pid(), cluster.zk.pid());
-    let (ns_cpu, zk_bytes) = (
+    let tablet_pids: Vec<u32> = cluster.tablets.iter().map(|t| t.pid()).collect();
+    let tablets_cpu = |pids: &[u32]| -> Duration {
+        pids.iter()
+            .map(|pid| tessera_tests::process::cpu_time(*pid))
+            .sum()
+    };
+    let (ns_cpu, zk_bytes, tablet_cpu) = (
         tessera_tests::process::cpu_time(ns_pid),
         bytes_written(zk_pid),
+        tablets_cpu(&tablet_pids),
     );
     tokio::time::sleep(IDLE_WINDOW).await;
     let ns_busy = tessera_tests::process::cpu_time(ns_pid).saturating_sub(ns_cpu);
+    let tablets_busy = tablets_cpu(&tablet_pids).saturating_sub(tablet_cpu);
     figures.note(
         "idle nameserver CPU",
         format!(
             "{:.2} % of a core",
             ns_busy.as_secs_f64() * 100.0 / IDLE_WINDOW.as_secs_f64()
+        ),
+    );
+    // Heartbeats and the silence watch: their cost grows with the partitions a tablet
+    // holds, not with the traffic.
+    figures.note(
+        "idle tablet CPU (mean of the tablets)",
+        format!(
+            "{:.1} % of a core",
+            tablets_busy.as_secs_f64() * 100.0
+                / IDLE_WINDOW.as_secs_f64()
+                / tablet_pids.len().max(1) as f64
         ),
     );
     figures.note(

@@ -246,8 +246,14 @@ impl Quorum {
         if state.leading != Some(term) || !state.voters.contains_key(voter) {
             return;
         }
-        let latest = state.heard.entry(voter.to_string()).or_insert(sent);
-        *latest = (*latest).max(sent);
+        // Called for every partition on every heartbeat: no allocation once a voter
+        // has been heard.
+        match state.heard.get_mut(voter) {
+            Some(latest) => *latest = (*latest).max(sent),
+            None => {
+                state.heard.insert(voter.to_string(), sent);
+            }
+        }
     }
 
     /// Until when this leader may serve reads: `lease` after the latest send time that a
@@ -428,6 +434,31 @@ mod tests {
         assert_eq!(q.commit(), 10, "the leader's own durable offset bounds it");
         q.ack("x", 100);
         assert_eq!(q.commit(), 10, "unknown members do not vote");
+    }
+
+    /// Answers may come back out of order (a heartbeat batch and a stream's answer): a
+    /// voter's lease runs from the latest request it answered, never an earlier one.
+    #[test]
+    fn a_voter_renews_from_its_latest_answered_request() {
+        let lease = Duration::from_secs(10);
+        let q = leader_of(&["b", "c"]);
+        let earlier = Instant::now();
+        let later = earlier + Duration::from_millis(30);
+        q.heard("b", 1, later);
+        q.heard("b", 1, earlier);
+        assert_eq!(q.lease_until(lease), Some(later + lease));
+        q.heard("b", 1, later + Duration::from_millis(5));
+        assert_eq!(
+            q.lease_until(lease),
+            Some(later + Duration::from_millis(5) + lease)
+        );
+        // Another term's answer or a non-member renews nothing.
+        q.heard("b", 2, later + Duration::from_secs(1));
+        q.heard("x", 1, later + Duration::from_secs(1));
+        assert_eq!(
+            q.lease_until(lease),
+            Some(later + Duration::from_millis(5) + lease)
+        );
     }
 
     /// The nameserver replaces a leader only after a lasting lapse, so the tablet tells

@@ -276,6 +276,24 @@ impl Table {
             .then(|| (state.leader.clone(), replica.leader_contact.elapsed()))
     }
 
+    /// Follower: its leader and how long since it last heard from it, if that silence
+    /// lies in `range`. The watchdog asks every replica ten times a second: the leader's
+    /// name is copied only for a replica worth reporting.
+    pub fn leader_silent_within(
+        &self,
+        range: &std::ops::Range<Duration>,
+    ) -> Option<(String, Duration)> {
+        let replica = self.replica.lock();
+        let state = &replica.state;
+        if state.role() != TableRole::Follower || state.leader.is_empty() {
+            return None;
+        }
+        let quiet = replica.leader_contact.elapsed();
+        range
+            .contains(&quiet)
+            .then(|| (state.leader.clone(), quiet))
+    }
+
     /// A leader's answer from a voting member to a request sent at `sent`.
     pub fn lease_heard(&self, follower: &str, term: u64, sent: Instant) {
         self.quorum.heard(follower, term, sent);
