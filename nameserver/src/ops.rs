@@ -46,6 +46,17 @@ const MAX_PLANNED_PER_TICK: usize = 512;
 const TICK: Duration = Duration::from_millis(200);
 /// Finished ops kept for `showopstatus`.
 const KEEP_FINISHED: usize = 200;
+/// Finished ops deleted in one ZooKeeper transaction when trimmed.
+const DELETES_AT_ONCE: usize = 100;
+
+/// How a batch of op deletes ended.
+enum Deleted {
+    All,
+    /// One of them was not there; none was deleted.
+    NoneOneMissing,
+    /// Not this nameserver's to finish now: leadership lost or the outcome unknown.
+    Unknown,
+}
 /// auto_failover waits this long after a failed op before planning its partition again.
 const RETRY_AFTER_FAILURE_MS: u64 = 5_000;
 /// How long a tablet may take to report to the reconciler.
@@ -721,14 +732,68 @@ impl Nameserver {
         let Ok((leadership, lock)) = self.lock_and_leadership().await else {
             return;
         };
-        for op in &finished[..finished.len() - KEEP_FINISHED] {
-            // One delete at a time: a reload waiting for the gate holds back every op
-            // write, so it is not kept waiting for hundreds of deletes.
-            let _writing = self.op_book.gate.read().await;
-            let unsettled = self.op_book.unsettled();
-            let deleted = lock.delete(&self.paths.op(op.op_id), None).await;
-            self.note_op_deleted(leadership, op.op_id, &deleted);
-            unsettled.settle();
+        // A batch at a time, each one ZooKeeper transaction: after a whole-cluster
+        // recovery tens of thousands of ops end, and a write each would cost ZooKeeper
+        // as much as the ops' own. A reload waiting for the gate, which holds back every
+        // op write, waits for one transaction only.
+        for batch in finished[..finished.len() - KEEP_FINISHED].chunks(DELETES_AT_ONCE) {
+            match self.delete_ops_together(leadership, &lock, batch).await {
+                Deleted::All => {}
+                // Nothing was applied: one was deleted meanwhile (an operator's
+                // DeleteOp), so each is deleted on its own.
+                Deleted::NoneOneMissing => {
+                    for op in batch {
+                        let _writing = self.op_book.gate.read().await;
+                        let unsettled = self.op_book.unsettled();
+                        let deleted = lock.delete(&self.paths.op(op.op_id), None).await;
+                        self.note_op_deleted(leadership, op.op_id, &deleted);
+                        unsettled.settle();
+                    }
+                }
+                // Leadership lost, or the outcome unknown (the copy is distrusted and
+                // read again): the next pass of whoever leads tries again.
+                Deleted::Unknown => return,
+            }
+        }
+    }
+
+    /// Deletes `batch` in one transaction checked against the election lock.
+    async fn delete_ops_together(
+        &self,
+        leadership: u64,
+        lock: &zookeeper_client::OwnedLockClient,
+        batch: &[&OpInfo],
+    ) -> Deleted {
+        let _writing = self.op_book.gate.read().await;
+        let mut writer = lock.new_check_writer();
+        for op in batch {
+            if writer.add_delete(&self.paths.op(op.op_id), None).is_err() {
+                return Deleted::Unknown;
+            }
+        }
+        let unsettled = self.op_book.unsettled();
+        match writer.commit().await {
+            Ok(_) => {
+                for op in batch {
+                    self.note_op_deleted(leadership, op.op_id, &Ok(()));
+                }
+                unsettled.settle();
+                Deleted::All
+            }
+            Err(zookeeper_client::CheckWriteError::OperationFailed {
+                source: ZkError::NoNode,
+                ..
+            }) => {
+                unsettled.settle();
+                Deleted::NoneOneMissing
+            }
+            // The lock is gone: nothing was applied.
+            Err(zookeeper_client::CheckWriteError::CheckFailed { .. }) => {
+                unsettled.settle();
+                Deleted::Unknown
+            }
+            // Dropped unsettled: the copy is read again.
+            Err(_) => Deleted::Unknown,
         }
     }
 

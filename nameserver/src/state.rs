@@ -678,6 +678,16 @@ impl Nameserver {
     /// A table's metadata; an empty `db` means the default database.
     pub async fn table(&self, db: &str, name: &str) -> Result<TableInfo> {
         let db = db_or_default(db);
+        // The leader's copy, when it holds the table: only the leader writes tables, and
+        // its copy holds its own writes the moment they succeed (one of unknown outcome
+        // leaves the table unsure, read below until a whole read settles it). The
+        // commands that start ops ask for a table each: `recoverdata` sends tens of
+        // thousands of them, each of which read every node of its table before.
+        if self.is_leader() {
+            if let Some(table) = self.metadata.table(&format!("{db}.{name}")) {
+                return Ok(TableInfo::clone(&table));
+            }
+        }
         let client = self.client()?;
         match table_layout::read_table(&client, &self.paths.table(db, name)).await {
             Ok(Some(stored)) => Ok(stored.table),

@@ -1,11 +1,12 @@
 //! The nameserver on fake tablets (`tessera_tests::fake_tablet`), which the
 //! million-partition simulation of `scripts/bench-scale.sh` runs on: a table is created
 //! on them, and when one is killed and a follower reports its leader gone, every
-//! partition it led gets a new leader, in the metadata and on the fake tablets.
+//! partition it led gets a new leader, in the metadata and on the fake tablets. The
+//! leading nameserver answers for a table from its copy, not from ZooKeeper.
 
 use std::time::Duration;
 
-use tessera_proto::nameserver::LeaderTroubleRequest;
+use tessera_proto::nameserver::{LeaderTroubleRequest, ShowSchemaRequest};
 use tessera_tests::fake_tablet::FakeTablet;
 use tessera_tests::nscluster::NsCluster;
 use tessera_tests::routed::table_rows;
@@ -76,5 +77,63 @@ async fn a_killed_fake_tablets_partitions_are_led_again() {
     assert_eq!(
         leading, PARTITIONS,
         "the surviving fake tablets lead every partition, once each"
+    );
+}
+
+/// Requests ZooKeeper has received so far, by its `mntr` report.
+fn zookeeper_requests(zk: &ZooKeeper) -> u64 {
+    let report = zk.four_letter("mntr").expect("mntr answers");
+    report
+        .lines()
+        .find_map(|line| line.strip_prefix("zk_packets_received"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no zk_packets_received in:\n{report}"))
+}
+
+/// Commands that look a table up (`recoverdata` sends tens of thousands: ChangeLeader,
+/// RecoverTable, UpdateTableAlive) are answered from the leader's copy: each read every
+/// node of its table from ZooKeeper before, seventeen for a thousand partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_answers_for_a_table_from_its_copy() {
+    const CALLS: u64 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let zk = ZooKeeper::start(&dir.path().join("zk"));
+    let nameserver = NameserverProcess::start(&dir.path().join("ns"), &zk, 2000).await;
+    nameserver.wait_leader().await;
+    let (cluster, _fakes) =
+        NsCluster::on_fake_tablets(zk, nameserver, 3, Duration::from_secs(3)).await;
+    cluster.create_table("wide", 1000, 3).await;
+    let ns = cluster.ns().await;
+    let schema = || {
+        let mut ns = ns.clone();
+        async move {
+            ns.show_schema(ShowSchemaRequest {
+                db: String::new(),
+                name: "wide".into(),
+            })
+            .await
+            .expect("showschema")
+            .into_inner()
+            .table
+            .expect("a table")
+        }
+    };
+    // Once the copy holds the table (the create's own write puts it there).
+    wait_until_async(Duration::from_secs(30), "the table in full", || async {
+        schema().await.partitions.len() == 1000
+    })
+    .await;
+
+    let before = zookeeper_requests(&cluster.zk);
+    for _ in 0..CALLS {
+        let table = schema().await;
+        assert_eq!(table.partitions.len(), 1000);
+    }
+    let requests = zookeeper_requests(&cluster.zk) - before;
+    // Each call's session is checked against its user's node; sessions' pings go on
+    // meanwhile. The table's own seventeen nodes would be 1,700 more.
+    assert!(
+        requests < CALLS * 5,
+        "{requests} ZooKeeper requests for {CALLS} lookups of a 1,000-partition table"
     );
 }

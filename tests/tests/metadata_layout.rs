@@ -1,15 +1,16 @@
 //! The table metadata layout in a real ZooKeeper: a header node and chunk nodes per
 //! table (`tessera_common::table_layout`), the move of tables stored the old way (one
 //! node) when a nameserver takes office, partition changes that rewrite one chunk, and
-//! the nameserver's watch-fed copy of it all converging after a nameserver failover.
+//! the nameserver's watch-fed copy of it all converging after a nameserver failover,
+//! and finished ops trimmed in batches.
 
 use std::time::Duration;
 
 use prost::Message;
 use tessera_common::table_layout;
 use tessera_proto::nameserver::{
-    DropTableRequest, PartitionMeta, ReplicaMeta, ShowTableRequest, ShowTableRow, TableInfo,
-    UpdateTableAliveRequest,
+    DropTableRequest, OpInfo, PartitionMeta, ReplicaMeta, ShowTableRequest, ShowTableRow,
+    TableInfo, UpdateTableAliveRequest,
 };
 use tessera_tests::process::http_get;
 use tessera_tests::{wait_until_async, NameserverProcess, ZooKeeper};
@@ -297,4 +298,70 @@ async fn an_old_table_is_moved_to_chunks_and_the_copy_converges_after_failover()
         assert_eq!(row.is_alive, replica.is_alive, "{row:?}");
         assert_eq!(row.note, partition.unavailable_reason, "{row:?}");
     }
+}
+
+/// Finished ops beyond the 200 kept for `showopstatus` are deleted a hundred to a
+/// ZooKeeper transaction: after a whole-cluster recovery tens of thousands end within
+/// minutes, and a transaction each cost ZooKeeper as much again as the ops themselves.
+/// Counted by ZooKeeper's transaction id, which every transaction raises by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_ops_are_trimmed_a_hundred_to_a_transaction() {
+    const STORED: u64 = 1_000;
+    const KEPT: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let Some((zk, client)) = zookeeper(dir.path()).await else {
+        return;
+    };
+    let ops = format!("{ROOT}/op/op_data");
+    ensure_path(&client, &ops).await;
+    let open = CreateMode::Persistent.with_acls(Acls::anyone_all());
+    let ids: Vec<u64> = (1..=STORED).collect();
+    for batch in ids.chunks(100) {
+        let mut writer = client.new_multi_writer();
+        for &op_id in batch {
+            let done = OpInfo {
+                op_id,
+                op_type: "kMakeSnapshot".into(),
+                status: "kDone".into(),
+                tasks: vec!["kMakeSnapshot".into()],
+                task_index: 1,
+                ..OpInfo::default()
+            };
+            writer
+                .add_create(&format!("{ops}/{op_id:010}"), &done.encode_to_vec(), &open)
+                .unwrap();
+        }
+        writer.commit().await.expect("store finished ops");
+    }
+    let (before, _) = client
+        .create(&format!("{ROOT}/before-trim"), b"", &open)
+        .await
+        .unwrap();
+
+    let _ns = NameserverProcess::start(&dir.path().join("ns"), &zk, 2000).await;
+    wait_until_async(WAIT, "the oldest finished ops trimmed", || {
+        let (client, ops) = (client.clone(), ops.clone());
+        async move { client.list_children(&ops).await.unwrap().len() == KEPT }
+    })
+    .await;
+    let mut left = client.list_children(&ops).await.unwrap();
+    left.sort();
+    assert_eq!(
+        left.first().map(String::as_str),
+        Some(format!("{:010}", STORED - KEPT as u64 + 1).as_str()),
+        "the newest are kept"
+    );
+
+    let (after, _) = client
+        .create(&format!("{ROOT}/after-trim"), b"", &open)
+        .await
+        .unwrap();
+    let transactions = after.czxid - before.czxid - 1;
+    // 8 for the deletes, and the nameserver's own start-up writes (its election node,
+    // its directories, counters).
+    assert!(
+        transactions < 100,
+        "{transactions} ZooKeeper transactions while {} ops were trimmed",
+        STORED as usize - KEPT
+    );
 }

@@ -66,8 +66,7 @@ struct Link {
 struct BeatLink {
     tid: u32,
     pid: u32,
-    /// Index into the followers listed with it.
-    follower: usize,
+    follower: String,
     term: u64,
     kick: Arc<Notify>,
 }
@@ -164,31 +163,22 @@ impl Replicators {
     /// For each follower tablet, a beat for every partition led here in the term its
     /// link ships for.
     pub(super) fn beats_by_follower(&self) -> HashMap<String, Vec<Beat>> {
-        // Taken out of the lock first: looking the tables up takes other locks. Each
-        // follower's name is copied once, not once per partition ten times a second.
-        let mut followers: Vec<String> = Vec::new();
-        let links: Vec<BeatLink> = {
-            let all = self.links.lock();
-            let mut index: HashMap<&str, usize> = HashMap::new();
-            let mut links = Vec::new();
-            for (&(tid, pid), table_links) in all.iter() {
-                for (follower, link) in table_links {
-                    let follower = *index.entry(follower.as_str()).or_insert_with(|| {
-                        followers.push(follower.clone());
-                        followers.len() - 1
-                    });
-                    links.push(BeatLink {
-                        tid,
-                        pid,
-                        follower,
-                        term: link.term,
-                        kick: link.kick.clone(),
-                    });
-                }
-            }
-            links
-        };
-        let mut batches: Vec<Vec<Beat>> = followers.iter().map(|_| Vec::new()).collect();
+        // Taken out of the lock first: looking the tables up takes other locks.
+        let links: Vec<BeatLink> = self
+            .links
+            .lock()
+            .iter()
+            .flat_map(|(&(tid, pid), followers)| {
+                followers.iter().map(move |(follower, link)| BeatLink {
+                    tid,
+                    pid,
+                    follower: follower.clone(),
+                    term: link.term,
+                    kick: link.kick.clone(),
+                })
+            })
+            .collect();
+        let mut batches: HashMap<String, Vec<Beat>> = HashMap::new();
         for link in links {
             let Ok(table) = self.catalog.get(link.tid, link.pid) else {
                 continue;
@@ -196,17 +186,13 @@ impl Replicators {
             if table.leading_term() != Some(link.term) {
                 continue;
             }
-            batches[link.follower].push(Beat {
+            batches.entry(link.follower).or_default().push(Beat {
                 table,
                 term: link.term,
                 kick: link.kick,
             });
         }
-        followers
-            .into_iter()
-            .zip(batches)
-            .filter(|(_, beats)| !beats.is_empty())
-            .collect()
+        batches
     }
 
     pub fn follower_status(&self, table: &Table) -> Vec<FollowerStatus> {

@@ -243,16 +243,16 @@ impl Quorum {
     /// renews nothing).
     pub fn heard(&self, voter: &str, term: u64, sent: Instant) {
         let mut state = self.state.lock();
-        if state.leading != Some(term) || !state.voters.contains_key(voter) {
+        if state.leading != Some(term) {
             return;
         }
-        // Called for every partition on every heartbeat: no allocation once a voter
-        // has been heard.
-        match state.heard.get_mut(voter) {
-            Some(latest) => *latest = (*latest).max(sent),
-            None => {
-                state.heard.insert(voter.to_string(), sent);
-            }
+        // Called for every partition on every heartbeat: one lookup and no allocation
+        // once a voter has been heard (`heard` holds voting members only: a change of
+        // members trims it).
+        if let Some(latest) = state.heard.get_mut(voter) {
+            *latest = (*latest).max(sent);
+        } else if state.voters.contains_key(voter) {
+            state.heard.insert(voter.to_string(), sent);
         }
     }
 
