@@ -115,6 +115,7 @@ impl Nameserver {
                 change(partition);
             }
             let data = table_layout::header_bytes(&current);
+            let writing = self.metadata.write_guard(&table_name(table));
             match lock
                 .set_data(&path, &data, Some(stored.header_version))
                 .await
@@ -122,14 +123,16 @@ impl Nameserver {
                 Ok(stat) => {
                     self.metadata
                         .note_header(&table_name(table), current, stat.mzxid);
+                    writing.settle();
                     crate::metrics::METRICS.metadata_written(data.len());
                     break;
                 }
-                Err(ZkError::BadVersion) => continue,
-                Err(e) => {
-                    self.metadata.unsure(&table_name(table));
-                    return Err(e.into());
+                Err(ZkError::BadVersion) => {
+                    writing.settle();
+                    continue;
                 }
+                // It may have landed: the guard makes the table unsure.
+                Err(e) => return Err(e.into()),
             }
         }
         self.announce_table_change(lock).await

@@ -213,6 +213,17 @@ impl MetadataCache {
         inner.unsure.insert(table.to_string(), begun);
     }
 
+    /// Guards a leader's write to `table` (`db.name`) made in the caller's own future:
+    /// if that future is dropped before the outcome is noted (a client that hung up, an
+    /// op task's timeout), the write may still land, and the table is made unsure as for
+    /// any unknown outcome. [`WriteGuard::settle`] once the outcome is noted.
+    pub(crate) fn write_guard(&self, table: &str) -> WriteGuard<'_> {
+        WriteGuard {
+            cache: self,
+            table: table.to_string(),
+        }
+    }
+
     fn is_current(&self, generation: u64) -> bool {
         self.inner.lock().generation == generation
     }
@@ -490,6 +501,25 @@ async fn follow_session(cache: &MetadataCache, client: &Client, dir: &str, gener
     }
 }
 
+/// See [`MetadataCache::write_guard`].
+pub(crate) struct WriteGuard<'a> {
+    cache: &'a MetadataCache,
+    table: String,
+}
+
+impl WriteGuard<'_> {
+    /// The write's outcome is noted in the copy (or known not to have been applied).
+    pub(crate) fn settle(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        self.cache.unsure(&self.table);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;
@@ -697,6 +727,16 @@ mod tests {
         );
         cache.replace(whole(&["a"]), cache.begin_read());
         assert!(cache.table("default.a").is_some());
+
+        // A write whose caller settles it leaves the table served from the copy; one
+        // whose caller went away before its outcome was noted does not.
+        cache.write_guard("default.a").settle();
+        assert!(cache.table("default.a").is_some());
+        drop(cache.write_guard("default.a"));
+        assert!(
+            cache.table("default.a").is_none(),
+            "a write dropped in flight may land"
+        );
     }
 
     #[test]

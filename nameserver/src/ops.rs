@@ -46,8 +46,33 @@ const MAX_PLANNED_PER_TICK: usize = 512;
 const TICK: Duration = Duration::from_millis(200);
 /// Finished ops kept for `showopstatus`.
 const KEEP_FINISHED: usize = 200;
+/// Failed and cancelled ops kept besides, newest first: a whole-cluster recovery ends
+/// tens of thousands of ops within minutes, and the few that failed must still be there
+/// when the operator (or `recoverdata`, waiting for its ops) looks.
+const KEEP_FAILED: usize = 2_000;
 /// Finished ops deleted in one ZooKeeper transaction when trimmed.
 const DELETES_AT_ONCE: usize = 100;
+
+/// The finished ops (oldest first) to delete, oldest first: all but the newest
+/// `KEEP_FINISHED`, and the newest `KEEP_FAILED` of those that did not end well.
+fn ops_to_trim<'a>(finished: &[&'a OpInfo]) -> Vec<&'a OpInfo> {
+    let older = finished.len().saturating_sub(KEEP_FINISHED);
+    let mut failed_kept = 0;
+    let mut doomed: Vec<&OpInfo> = finished[..older]
+        .iter()
+        .rev()
+        .filter(|op| {
+            if op.status != DONE && failed_kept < KEEP_FAILED {
+                failed_kept += 1;
+                return false;
+            }
+            true
+        })
+        .copied()
+        .collect();
+    doomed.reverse();
+    doomed
+}
 
 /// How a batch of op deletes ended.
 enum Deleted {
@@ -729,6 +754,10 @@ impl Nameserver {
         if finished.len() <= KEEP_FINISHED {
             return;
         }
+        let doomed = ops_to_trim(&finished);
+        if doomed.is_empty() {
+            return;
+        }
         let Ok((leadership, lock)) = self.lock_and_leadership().await else {
             return;
         };
@@ -736,7 +765,7 @@ impl Nameserver {
         // recovery tens of thousands of ops end, and a write each would cost ZooKeeper
         // as much as the ops' own. A reload waiting for the gate, which holds back every
         // op write, waits for one transaction only.
-        for batch in finished[..finished.len() - KEEP_FINISHED].chunks(DELETES_AT_ONCE) {
+        for batch in doomed.chunks(DELETES_AT_ONCE) {
             match self.delete_ops_together(leadership, &lock, batch).await {
                 Deleted::All => {}
                 // Nothing was applied: one was deleted meanwhile (an operator's
@@ -1974,6 +2003,40 @@ mod tests {
             ..new
         };
         assert!(!first_task_saves_before_acting(&recover));
+    }
+
+    #[test]
+    fn trimming_keeps_the_newest_and_the_failed() {
+        let op = |op_id: u64, status: &str| OpInfo {
+            op_id,
+            status: status.into(),
+            ..OpInfo::default()
+        };
+        let mut finished: Vec<OpInfo> = (1..=(KEEP_FINISHED as u64 + 500))
+            .map(|id| op(id, if id % 100 == 0 { FAILED } else { DONE }))
+            .collect();
+        finished[7].status = CANCELED.into();
+        let finished_refs: Vec<&OpInfo> = finished.iter().collect();
+        let doomed: Vec<u64> = ops_to_trim(&finished_refs)
+            .iter()
+            .map(|op| op.op_id)
+            .collect();
+        // The 500 oldest go but the five failed and the cancelled one among them.
+        assert_eq!(doomed.len(), 494);
+        assert!(doomed.windows(2).all(|w| w[0] < w[1]), "oldest first");
+        assert!(!doomed.contains(&8) && !doomed.contains(&100) && !doomed.contains(&500));
+        assert!(doomed.iter().all(|id| *id <= 500), "the newest 200 stay");
+
+        let many_failed: Vec<OpInfo> = (1..=(KEEP_FINISHED + KEEP_FAILED + 10) as u64)
+            .map(|id| op(id, FAILED))
+            .collect();
+        let refs: Vec<&OpInfo> = many_failed.iter().collect();
+        let doomed = ops_to_trim(&refs);
+        assert_eq!(
+            doomed.iter().map(|op| op.op_id).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>(),
+            "past the failed ones kept, the oldest failed go too"
+        );
     }
 
     #[test]

@@ -95,6 +95,7 @@ impl Nameserver {
             } else {
                 table_layout::header_of(&table)
             };
+            let writing = self.metadata.write_guard(&format!("{db}.{name}"));
             match lock
                 .set_data(&path, &header.encode_to_vec(), Some(stored.header_version))
                 .await
@@ -102,14 +103,16 @@ impl Nameserver {
                 Ok(stat) => {
                     self.metadata
                         .note_header(&format!("{db}.{name}"), header, stat.mzxid);
+                    writing.settle();
                     break table;
                 }
-                Err(ZkError::BadVersion) => continue,
-                Err(e) => {
-                    // It may have landed: see `MetadataCache::unsure`.
-                    self.metadata.unsure(&format!("{db}.{name}"));
-                    return Err(e.into());
+                Err(ZkError::BadVersion) => {
+                    writing.settle();
+                    continue;
                 }
+                // It may have landed: the guard makes the table unsure (see
+                // `MetadataCache::unsure`).
+                Err(e) => return Err(e.into()),
             }
         };
         self.announce_table_change(lock).await?;

@@ -880,12 +880,12 @@ impl Nameserver {
             }
             Err(e) => return Err(e.into()),
         };
-        if let Err(e) = table_layout::delete_table(&lock, &path).await {
-            // Some of its nodes may be gone: see `MetadataCache::unsure`.
-            self.metadata.unsure(&format!("{db}.{name}"));
-            return Err(e.into());
-        }
+        let writing = self.metadata.write_guard(&format!("{db}.{name}"));
+        // On an error some of its nodes may be gone: the guard makes the table unsure
+        // (see `MetadataCache::unsure`), as it does if this call is dropped meanwhile.
+        table_layout::delete_table(&lock, &path).await?;
         self.metadata.forget(&format!("{db}.{name}"));
+        writing.settle();
         self.announce_table_change(&lock).await?;
         info!(db = %db, table = %name, tid, "table dropped");
         Ok(())

@@ -302,9 +302,17 @@ impl Ops {
                     after: self.timeout,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(poll_interval(ids.len())).await;
         }
     }
+}
+
+/// How long `wait_ops` waits between two looks at the ops: each look lists every op,
+/// tens of thousands during a whole-cluster recovery, so the more ops are waited for
+/// (and the longer they take), the less often.
+fn poll_interval(waited_for: usize) -> Duration {
+    let step = Duration::from_millis(300);
+    (step + step * (waited_for / 1_000) as u32).min(Duration::from_secs(2))
 }
 
 /// A tablet's client, or why it cannot be reached (quickly: an operator waits).
