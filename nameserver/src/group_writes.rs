@@ -131,6 +131,11 @@ impl Nameserver {
                     writing.settle();
                     continue;
                 }
+                // Not applied: the table was dropped meanwhile.
+                Err(ZkError::NoNode) => {
+                    writing.settle();
+                    return Err(NsError::TableNotFound(table_name(table)));
+                }
                 // It may have landed: the guard makes the table unsure.
                 Err(e) => return Err(e.into()),
             }

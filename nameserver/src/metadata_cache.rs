@@ -221,6 +221,7 @@ impl MetadataCache {
         WriteGuard {
             cache: self,
             table: table.to_string(),
+            settled: false,
         }
     }
 
@@ -505,18 +506,21 @@ async fn follow_session(cache: &MetadataCache, client: &Client, dir: &str, gener
 pub(crate) struct WriteGuard<'a> {
     cache: &'a MetadataCache,
     table: String,
+    settled: bool,
 }
 
 impl WriteGuard<'_> {
     /// The write's outcome is noted in the copy (or known not to have been applied).
-    pub(crate) fn settle(self) {
-        std::mem::forget(self);
+    pub(crate) fn settle(mut self) {
+        self.settled = true;
     }
 }
 
 impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
-        self.cache.unsure(&self.table);
+        if !self.settled {
+            self.cache.unsure(&self.table);
+        }
     }
 }
 

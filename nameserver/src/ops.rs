@@ -46,23 +46,27 @@ const MAX_PLANNED_PER_TICK: usize = 512;
 const TICK: Duration = Duration::from_millis(200);
 /// Finished ops kept for `showopstatus`.
 const KEEP_FINISHED: usize = 200;
-/// Failed and cancelled ops kept besides, newest first: a whole-cluster recovery ends
-/// tens of thousands of ops within minutes, and the few that failed must still be there
-/// when the operator (or `recoverdata`, waiting for its ops) looks.
+/// Failed and cancelled ops kept besides, newest first, for `FAILED_KEPT_FOR` after they
+/// end: a whole-cluster recovery ends tens of thousands of ops within minutes, and the
+/// few that failed must still be there when the operator (or `recoverdata`, waiting for
+/// its ops) looks. Not for ever: every pass of the pipeline goes through every op kept.
 const KEEP_FAILED: usize = 2_000;
+const FAILED_KEPT_FOR_MS: u64 = 60 * 60 * 1000;
 /// Finished ops deleted in one ZooKeeper transaction when trimmed.
 const DELETES_AT_ONCE: usize = 100;
 
 /// The finished ops (oldest first) to delete, oldest first: all but the newest
-/// `KEEP_FINISHED`, and the newest `KEEP_FAILED` of those that did not end well.
-fn ops_to_trim<'a>(finished: &[&'a OpInfo]) -> Vec<&'a OpInfo> {
+/// `KEEP_FINISHED`, and the newest `KEEP_FAILED` of those that did not end well, ended
+/// less than `FAILED_KEPT_FOR_MS` before `now_ms`.
+fn ops_to_trim<'a>(finished: &[&'a OpInfo], now_ms: u64) -> Vec<&'a OpInfo> {
     let older = finished.len().saturating_sub(KEEP_FINISHED);
     let mut failed_kept = 0;
     let mut doomed: Vec<&OpInfo> = finished[..older]
         .iter()
         .rev()
         .filter(|op| {
-            if op.status != DONE && failed_kept < KEEP_FAILED {
+            let recent = now_ms.saturating_sub(op.end_time_ms) < FAILED_KEPT_FOR_MS;
+            if op.status != DONE && recent && failed_kept < KEEP_FAILED {
                 failed_kept += 1;
                 return false;
             }
@@ -754,7 +758,7 @@ impl Nameserver {
         if finished.len() <= KEEP_FINISHED {
             return;
         }
-        let doomed = ops_to_trim(&finished);
+        let doomed = ops_to_trim(&finished, now_ms());
         if doomed.is_empty() {
             return;
         }
@@ -2007,9 +2011,11 @@ mod tests {
 
     #[test]
     fn trimming_keeps_the_newest_and_the_failed() {
+        let now = 10 * FAILED_KEPT_FOR_MS;
         let op = |op_id: u64, status: &str| OpInfo {
             op_id,
             status: status.into(),
+            end_time_ms: now - 1000,
             ..OpInfo::default()
         };
         let mut finished: Vec<OpInfo> = (1..=(KEEP_FINISHED as u64 + 500))
@@ -2017,7 +2023,7 @@ mod tests {
             .collect();
         finished[7].status = CANCELED.into();
         let finished_refs: Vec<&OpInfo> = finished.iter().collect();
-        let doomed: Vec<u64> = ops_to_trim(&finished_refs)
+        let doomed: Vec<u64> = ops_to_trim(&finished_refs, now)
             .iter()
             .map(|op| op.op_id)
             .collect();
@@ -2031,12 +2037,15 @@ mod tests {
             .map(|id| op(id, FAILED))
             .collect();
         let refs: Vec<&OpInfo> = many_failed.iter().collect();
-        let doomed = ops_to_trim(&refs);
+        let doomed = ops_to_trim(&refs, now);
         assert_eq!(
             doomed.iter().map(|op| op.op_id).collect::<Vec<_>>(),
             (1..=10).collect::<Vec<_>>(),
             "past the failed ones kept, the oldest failed go too"
         );
+        // An hour after they ended, failed ops go like the rest.
+        let doomed = ops_to_trim(&refs, now + FAILED_KEPT_FOR_MS);
+        assert_eq!(doomed.len(), KEEP_FAILED + 10);
     }
 
     #[test]

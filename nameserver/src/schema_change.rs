@@ -110,6 +110,11 @@ impl Nameserver {
                     writing.settle();
                     continue;
                 }
+                // Not applied: the table was dropped meanwhile.
+                Err(ZkError::NoNode) => {
+                    writing.settle();
+                    return Err(NsError::TableNotFound(format!("{db}.{name}")));
+                }
                 // It may have landed: the guard makes the table unsure (see
                 // `MetadataCache::unsure`).
                 Err(e) => return Err(e.into()),

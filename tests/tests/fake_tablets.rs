@@ -130,8 +130,8 @@ async fn the_leader_answers_for_a_table_from_its_copy() {
         assert_eq!(table.partitions.len(), 1000);
     }
     let requests = zookeeper_requests(&cluster.zk) - before;
-    // Each call's session is checked against its user's node; sessions' pings go on
-    // meanwhile. The table's own seventeen nodes would be 1,700 more.
+    // The nameserver's and the fakes' lease renewals go on meanwhile, a few dozen a
+    // second. The table's own seventeen nodes would be 1,700 more.
     assert!(
         requests < CALLS * 5,
         "{requests} ZooKeeper requests for {CALLS} lookups of a 1,000-partition table"

@@ -12,7 +12,7 @@ pub mod recoverdata;
 pub mod status;
 mod survey;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tessera_common::cluster_secret;
@@ -263,13 +263,28 @@ impl Ops {
         let ids: HashSet<u64> = started.iter().map(|op| op.op_id).collect();
         let deadline = Instant::now() + self.timeout;
         let mut reported = None;
+        // Each op as last seen: a finished op may be trimmed away between two looks
+        // (the nameserver keeps the newest 200, and failed ones longer), and an end once
+        // seen is still reported.
+        let mut last_seen: HashMap<u64, OpInfo> = HashMap::new();
         loop {
-            let ours: Vec<OpInfo> = self
+            let listed: HashSet<u64> = self
                 .ops()
                 .await?
                 .into_iter()
                 .filter(|op| ids.contains(&op.op_id))
+                .map(|op| {
+                    let id = op.op_id;
+                    last_seen.insert(id, op);
+                    id
+                })
                 .collect();
+            let mut ours: Vec<OpInfo> = last_seen
+                .values()
+                .filter(|op| listed.contains(&op.op_id) || is_finished(op))
+                .cloned()
+                .collect();
+            ours.sort_by_key(|op| op.op_id);
             let finished = ours.iter().filter(|op| is_finished(op)).count();
             let failed = ours
                 .iter()
@@ -287,7 +302,8 @@ impl Ops {
                 );
                 reported = Some((finished, failed));
             }
-            // An op that disappeared was deleted by someone: it is finished for us.
+            // An op that disappeared unseen to end was deleted once it ended, and ended
+            // well (failed ones are kept): it is finished for us.
             if finished + (ids.len() - ours.len()) == ids.len() {
                 return Ok(ours);
             }
@@ -308,8 +324,8 @@ impl Ops {
 }
 
 /// How long `wait_ops` waits between two looks at the ops: each look lists every op,
-/// tens of thousands during a whole-cluster recovery, so the more ops are waited for
-/// (and the longer they take), the less often.
+/// tens of thousands during a whole-cluster recovery, so the more ops are waited for,
+/// the less often.
 fn poll_interval(waited_for: usize) -> Duration {
     let step = Duration::from_millis(300);
     (step + step * (waited_for / 1_000) as u32).min(Duration::from_secs(2))
