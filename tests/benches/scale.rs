@@ -16,7 +16,7 @@ use tessera_common::auth::AuthChannel;
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::ShowTableRow;
 use tessera_proto::tablet::tablet_client::TabletClient;
-use tessera_tests::bench::{env_or, Figures};
+use tessera_tests::bench::{self, env_or, Figures};
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
 use tessera_tests::routed::table_rows;
 use tessera_tests::{ops, workload, NameserverProcess};
@@ -72,23 +72,10 @@ async fn all_rows(
 
 /// The alive leader of each partition as the stored metadata says, by (tid, pid).
 async fn stored_leaders(zk: &zookeeper_client::Client, tables: u32) -> HashMap<(u32, u32), String> {
-    let mut found = HashMap::new();
-    for t in 0..tables {
-        let path = format!("/tessera/table/table_data/default.{}", table_name(t));
-        let Ok(Some(stored)) = tessera_common::table_layout::read_table(zk, &path).await else {
-            continue;
-        };
-        for partition in &stored.table.partitions {
-            if let Some(leader) = partition
-                .replicas
-                .iter()
-                .find(|r| r.is_leader && r.is_alive)
-            {
-                found.insert((stored.table.tid, partition.pid), leader.endpoint.clone());
-            }
-        }
-    }
-    found
+    let paths = (0..tables)
+        .map(|t| format!("/tessera/table/table_data/default.{}", table_name(t)))
+        .collect();
+    bench::stored_leaders(zk, paths, 16).await
 }
 
 /// The leader of each partition as the metadata says, by (tid, pid).

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera_proto::nameserver::LeaderTroubleRequest;
-use tessera_tests::bench::{env_or, Figures};
+use tessera_tests::bench::{self, env_or, Figures};
 use tessera_tests::fake_tablet::FakeTablet;
 use tessera_tests::nscluster::NsCluster;
 use tessera_tests::routed::table_rows;
@@ -95,36 +95,8 @@ async fn largest_node(zk: &zookeeper_client::Client, tables: u64) -> u64 {
 }
 
 /// The alive leader of each partition as the stored metadata says, by (tid, pid).
-/// Tables are read `LISTING_AT_ONCE` at a time.
 async fn stored_leaders(zk: &zookeeper_client::Client, tables: u64) -> HashMap<(u32, u32), String> {
-    let mut reads = JoinSet::new();
-    let limit = Arc::new(Semaphore::new(LISTING_AT_ONCE));
-    for t in 0..tables {
-        let (zk, limit) = (zk.clone(), limit.clone());
-        reads.spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            let path = table_path(t);
-            let stored = tessera_common::table_layout::read_table(&zk, &path).await;
-            let mut leaders = Vec::new();
-            if let Ok(Some(stored)) = stored {
-                for partition in &stored.table.partitions {
-                    if let Some(leader) = partition
-                        .replicas
-                        .iter()
-                        .find(|r| r.is_leader && r.is_alive)
-                    {
-                        leaders.push(((stored.table.tid, partition.pid), leader.endpoint.clone()));
-                    }
-                }
-            }
-            leaders
-        });
-    }
-    let mut found = HashMap::new();
-    while let Some(read) = reads.join_next().await {
-        found.extend(read.expect("a metadata read"));
-    }
-    found
+    bench::stored_leaders(zk, (0..tables).map(table_path).collect(), LISTING_AT_ONCE).await
 }
 
 async fn run() -> Figures {

@@ -40,3 +40,38 @@ pub fn run_and_print(measure: impl Future<Output = Figures>) {
     }
     println!("{table}");
 }
+
+/// The alive leader of each partition as the stored metadata says, by (tid, pid), from
+/// the tables at `paths` (a table not there is skipped), read `at_once` at a time.
+pub async fn stored_leaders(
+    zk: &zookeeper_client::Client,
+    paths: Vec<String>,
+    at_once: usize,
+) -> std::collections::HashMap<(u32, u32), String> {
+    let mut reads = tokio::task::JoinSet::new();
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(at_once.max(1)));
+    for path in paths {
+        let (zk, limit) = (zk.clone(), limit.clone());
+        reads.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let mut leaders = Vec::new();
+            if let Ok(Some(stored)) = tessera_common::table_layout::read_table(&zk, &path).await {
+                for partition in &stored.table.partitions {
+                    if let Some(leader) = partition
+                        .replicas
+                        .iter()
+                        .find(|r| r.is_leader && r.is_alive)
+                    {
+                        leaders.push(((stored.table.tid, partition.pid), leader.endpoint.clone()));
+                    }
+                }
+            }
+            leaders
+        });
+    }
+    let mut found = std::collections::HashMap::new();
+    while let Some(read) = reads.join_next().await {
+        found.extend(read.expect("a metadata read"));
+    }
+    found
+}
