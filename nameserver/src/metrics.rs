@@ -253,14 +253,18 @@ impl NsMetrics {
             });
             counter.inc_by(total.saturating_sub(counter.get()));
         }
-        let mut ops: BTreeMap<(String, String), i64> = BTreeMap::new();
-        for op in ns.ops().await.unwrap_or_default() {
-            *ops.entry((op.op_type, op.status)).or_default() += 1;
+        let all = ns.shared_ops().await.unwrap_or_default();
+        let mut ops: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        for op in &all {
+            *ops.entry((&op.op_type, &op.status)).or_default() += 1;
         }
         self.ops.clear();
         for ((op_type, status), count) in ops {
             self.ops
-                .get_or_create(&OpLabels { op_type, status })
+                .get_or_create(&OpLabels {
+                    op_type: op_type.into(),
+                    status: status.into(),
+                })
                 .set(count);
         }
         let tables = ns.cached_tables().await.unwrap_or_default();

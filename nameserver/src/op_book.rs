@@ -20,6 +20,7 @@
 //!   a reload is noted after it.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use tessera_proto::nameserver::OpInfo;
 
@@ -35,13 +36,15 @@ pub(crate) struct OpBook {
 struct Copy {
     /// The term of leadership this copy belongs to; `None` until it is read.
     epoch: Option<u64>,
-    ops: BTreeMap<u64, (i32, OpInfo)>,
+    /// Shared with the passes that read it: a pass during a whole-cluster recovery goes
+    /// through tens of thousands of ops, and a deep copy of each was most of its work.
+    ops: BTreeMap<u64, (i32, Arc<OpInfo>)>,
     deleted: HashSet<u64>,
 }
 
 impl OpBook {
     /// Every op, oldest first, if the copy belongs to `epoch`.
-    pub(crate) fn ops(&self, epoch: u64) -> Option<Vec<OpInfo>> {
+    pub(crate) fn ops(&self, epoch: u64) -> Option<Vec<Arc<OpInfo>>> {
         let copy = self.copy.lock();
         (copy.epoch == Some(epoch)).then(|| copy.ops.values().map(|(_, op)| op.clone()).collect())
     }
@@ -52,7 +55,9 @@ impl OpBook {
         if copy.epoch != Some(epoch) {
             return None;
         }
-        copy.ops.get(&op_id).cloned()
+        copy.ops
+            .get(&op_id)
+            .map(|(version, op)| (*version, OpInfo::clone(op)))
     }
 
     /// Replaces the copy with what the store holds (read under the gate held alone).
@@ -62,7 +67,7 @@ impl OpBook {
         copy.deleted.clear();
         copy.ops = stored
             .into_iter()
-            .map(|(version, op)| (op.op_id, (version, op)))
+            .map(|(version, op)| (op.op_id, (version, Arc::new(op))))
             .collect();
     }
 
@@ -77,7 +82,7 @@ impl OpBook {
             .get(&op.op_id)
             .is_none_or(|(kept, _)| version > *kept);
         if newer {
-            copy.ops.insert(op.op_id, (version, op.clone()));
+            copy.ops.insert(op.op_id, (version, Arc::new(op.clone())));
         }
     }
 

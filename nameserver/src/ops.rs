@@ -54,6 +54,38 @@ const KEEP_FAILED: usize = 2_000;
 const FAILED_KEPT_FOR_MS: u64 = 60 * 60 * 1000;
 /// Finished ops deleted in one ZooKeeper transaction when trimmed.
 const DELETES_AT_ONCE: usize = 100;
+/// `kWaitCatchUp` looks at the leader again after this, then twice as long each time up
+/// to `CATCH_UP_LOOK_AT_MOST`: a follower of an idle partition has usually caught up
+/// within milliseconds of being added, and a whole-cluster recovery runs twenty thousand
+/// of these waits, so a fixed 100 ms pause was most of each RecoverTable.
+const CATCH_UP_FIRST_LOOK: Duration = Duration::from_millis(5);
+const CATCH_UP_LOOK_AT_MOST: Duration = Duration::from_millis(100);
+
+/// The pauses between looks at a leader's followers: `CATCH_UP_FIRST_LOOK`, doubled
+/// each time up to `CATCH_UP_LOOK_AT_MOST`.
+struct LookAgain {
+    next: Duration,
+}
+
+impl Default for LookAgain {
+    fn default() -> Self {
+        LookAgain {
+            next: CATCH_UP_FIRST_LOOK,
+        }
+    }
+}
+
+impl LookAgain {
+    fn pause(&mut self) -> Duration {
+        let pause = self.next;
+        self.next = (self.next * 2).min(CATCH_UP_LOOK_AT_MOST);
+        pause
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.pause()).await;
+    }
+}
 
 /// The finished ops (oldest first) to delete, oldest first: all but the newest
 /// `KEEP_FINISHED`, and the newest `KEEP_FAILED` of those that did not end well, ended
@@ -160,7 +192,7 @@ impl Drop for RunningGuard {
 }
 
 /// Ops waiting for a permit, in start order, one per partition; refilled at each pass.
-type Queue = Arc<Mutex<VecDeque<OpInfo>>>;
+type Queue = Arc<Mutex<VecDeque<Arc<OpInfo>>>>;
 
 fn key_of(op: &OpInfo) -> PartitionKey {
     (op.db.clone(), op.name.clone(), op.pid)
@@ -169,7 +201,7 @@ fn key_of(op: &OpInfo) -> PartitionKey {
 /// Takes the first queued op whose partition has none running, and marks it running,
 /// for a holder of a permit with `free` permits left besides: housekeeping never takes
 /// the last `PERMITS_KEPT_FOR_FAILOVER`.
-fn next_startable(queue: &Queue, running: &Running, free: usize) -> Option<OpInfo> {
+fn next_startable(queue: &Queue, running: &Running, free: usize) -> Option<Arc<OpInfo>> {
     let mut queue = queue.lock();
     let mut running = running.lock();
     let at = queue.iter().position(|op| {
@@ -207,7 +239,7 @@ impl Worker {
                 return;
             }
             match next_startable(&self.queue, &self.running, self.permits.available_permits()) {
-                Some(next) => op = next,
+                Some(next) => op = Arc::unwrap_or_clone(next),
                 None => break,
             }
         }
@@ -270,12 +302,22 @@ impl Nameserver {
     /// Every op, oldest first: from the leader's copy (see `op_book`), read from the
     /// store when this nameserver does not lead or its copy is not read yet.
     pub async fn ops(&self) -> Result<Vec<OpInfo>> {
+        Ok(self
+            .shared_ops()
+            .await?
+            .into_iter()
+            .map(Arc::unwrap_or_clone)
+            .collect())
+    }
+
+    /// Every op, oldest first, shared with the leader's copy where it serves them.
+    pub(crate) async fn shared_ops(&self) -> Result<Vec<Arc<OpInfo>>> {
         let Some(leadership) = self.leadership_number() else {
             return Ok(self
                 .read_ops()
                 .await?
                 .into_iter()
-                .map(|(_, op)| op)
+                .map(|(_, op)| Arc::new(op))
                 .collect());
         };
         if let Some(ops) = self.op_book.ops(leadership) {
@@ -289,7 +331,7 @@ impl Nameserver {
         // A write given up on may still be on its way through ZooKeeper: settled first.
         self.client()?.sync(&self.paths.op_data()).await?;
         let stored = self.read_ops().await?;
-        let ops = stored.iter().map(|(_, op)| op.clone()).collect();
+        let ops = stored.iter().map(|(_, op)| Arc::new(op.clone())).collect();
         self.op_book.load(leadership, stored);
         Ok(ops)
     }
@@ -540,7 +582,7 @@ impl Nameserver {
         )>,
     ) -> Result<()> {
         crate::metrics::METRICS.pipeline_pass();
-        let mut ops = self.ops().await?;
+        let mut ops = self.shared_ops().await?;
         if let Some((_, reports)) = &reconcile {
             // Whatever auto_failover says: TTLs and schemas are configuration, not repairs.
             if self.registry_ready() {
@@ -559,7 +601,7 @@ impl Nameserver {
                     let queued_housekeeping = op.status == INITED && !is_failover(&op.op_type);
                     !is_finished(op) && !queued_housekeeping
                 })
-                .map(key_of)
+                .map(|op| key_of(op))
                 .collect();
             // Partitions with an op that failed moments ago, so that one that cannot be
             // repaired yet is not retried in a tight loop, and which failed a
@@ -606,7 +648,7 @@ impl Nameserver {
             let mut failed = None;
             while let Some(added) = adding.join_next().await {
                 match added {
-                    Ok(Ok(op)) => ops.push(op),
+                    Ok(Ok(op)) => ops.push(Arc::new(op)),
                     Ok(Err(e)) => failed = Some(e),
                     Err(e) => failed = Some(NsError::Zk(format!("adding an op failed: {e}"))),
                 }
@@ -628,7 +670,7 @@ impl Nameserver {
                     if busy.insert((db, name, drift.pid)) {
                         warn!(table = %table.name, pid = drift.pid, endpoint = %drift.endpoint, drift = %drift.what, repair = drift.repair, "the tablets differ from the metadata; repairing");
                         crate::metrics::METRICS.difference(drift.repair);
-                        ops.push(self.add_planned(table, &drift.planned()).await?);
+                        ops.push(Arc::new(self.add_planned(table, &drift.planned()).await?));
                     }
                 }
             }
@@ -638,12 +680,8 @@ impl Nameserver {
         // then failover before the rest, oldest first; housekeeping leaves permits free
         // for failover. What cannot start now waits in the queue, where an op that ends
         // hands its permit to the next (so a thousand ops do not each wait for a pass).
-        let mut seen = HashSet::new();
-        let unfinished: Vec<OpInfo> = ops.into_iter().filter(|op| !is_finished(op)).collect();
-        *queue.lock() = in_start_order(unfinished)
-            .into_iter()
-            .filter(|op| seen.insert(key_of(op)))
-            .collect();
+        let unfinished = ops.into_iter().filter(|op| !is_finished(op)).collect();
+        *queue.lock() = first_of_each_partition(in_start_order(unfinished));
         while let Ok(permit) = permits.clone().try_acquire_owned() {
             let Some(op) = next_startable(queue, running, permits.available_permits()) else {
                 break;
@@ -654,7 +692,7 @@ impl Nameserver {
                 running: running.clone(),
                 permits: permits.clone(),
             };
-            tokio::spawn(worker.run(permit, op));
+            tokio::spawn(worker.run(permit, Arc::unwrap_or_clone(op)));
         }
         Ok(())
     }
@@ -753,8 +791,12 @@ impl Nameserver {
         Ok(())
     }
 
-    async fn trim_finished(&self, ops: &[OpInfo]) {
-        let finished: Vec<&OpInfo> = ops.iter().filter(|op| is_finished(op)).collect();
+    async fn trim_finished(&self, ops: &[Arc<OpInfo>]) {
+        let finished: Vec<&OpInfo> = ops
+            .iter()
+            .map(|op| op.as_ref())
+            .filter(|op| is_finished(op))
+            .collect();
         if finished.len() <= KEEP_FINISHED {
             return;
         }
@@ -1503,6 +1545,7 @@ impl Nameserver {
     ) -> Result<()> {
         let leader = leader_of(partition)?;
         let mut committed_before = None;
+        let mut pause = LookAgain::default();
         loop {
             let status = follower_status(&leader, table.tid, op.pid).await?;
             // The leader's end, not its commit offset: after a change of leader the commit
@@ -1518,7 +1561,7 @@ impl Nameserver {
             if acked >= committed_before {
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            pause.wait().await;
         }
     }
 
@@ -1586,6 +1629,7 @@ impl Nameserver {
             .cloned()
             .collect();
         let mut committed_before = None;
+        let mut pause = LookAgain::default();
         loop {
             let status = follower_status(&leader, table.tid, partition.pid).await?;
             // The leader's end (see `wait_catch_up`).
@@ -1603,7 +1647,7 @@ impl Nameserver {
             if voting::majority_of_every_set_holds(&remaining, &holders) {
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            pause.wait().await;
         }
     }
 }
@@ -1753,9 +1797,24 @@ fn is_failover(op_type: &str) -> bool {
 /// The order ops may start in: ops under way first (resumed where they stopped), then
 /// failover (a leaderless partition before a missing follower), then the rest, snapshots
 /// last, oldest first within each.
-fn in_start_order(mut ops: Vec<OpInfo>) -> Vec<OpInfo> {
+fn in_start_order(mut ops: Vec<Arc<OpInfo>>) -> Vec<Arc<OpInfo>> {
     ops.sort_by_key(|op| (op.status != DOING, urgency(&op.op_type), op.op_id));
     ops
+}
+
+/// The first op of each partition, in the order given (the keys borrowed, not copied:
+/// a pass during a whole-cluster recovery goes through tens of thousands).
+fn first_of_each_partition(ops: Vec<Arc<OpInfo>>) -> VecDeque<Arc<OpInfo>> {
+    let first: Vec<bool> = {
+        let mut seen = HashSet::new();
+        ops.iter()
+            .map(|op| seen.insert((op.db.as_str(), op.name.as_str(), op.pid)))
+            .collect()
+    };
+    ops.into_iter()
+        .zip(first)
+        .filter_map(|(op, first)| first.then_some(op))
+        .collect()
 }
 
 /// How soon an op of this type should run, most urgent first: a leaderless partition,
@@ -1845,6 +1904,15 @@ fn leader_of(partition: &PartitionMeta) -> Result<String> {
 mod tests {
     use super::*;
 
+    /// A caught-up follower is seen within milliseconds, a slow one without looking at
+    /// its leader more than ten times a second.
+    #[test]
+    fn catch_up_looks_start_soon_and_slow_down() {
+        let mut look = LookAgain::default();
+        let pauses: Vec<u64> = (0..7).map(|_| look.pause().as_millis() as u64).collect();
+        assert_eq!(pauses, [5, 10, 20, 40, 80, 100, 100]);
+    }
+
     fn partition(endpoints: &[&str]) -> PartitionMeta {
         PartitionMeta {
             pid: 0,
@@ -1886,10 +1954,12 @@ mod tests {
     /// Thousands of snapshot ops queued first do not hold back a failover.
     #[test]
     fn failover_ops_start_before_housekeeping() {
-        let op = |op_id: u64, op_type: &str| OpInfo {
-            op_id,
-            op_type: op_type.into(),
-            ..Default::default()
+        let op = |op_id: u64, op_type: &str| {
+            Arc::new(OpInfo {
+                op_id,
+                op_type: op_type.into(),
+                ..Default::default()
+            })
         };
         let queued = vec![
             op(1, MAKE_SNAPSHOT),
@@ -1907,9 +1977,28 @@ mod tests {
         assert_eq!(order, vec![5, 7, 6, 4, 3, 1, 2]);
         // An op under way is resumed before anything else.
         let mut resumed = queued;
-        resumed[2].status = DOING.into();
+        Arc::make_mut(&mut resumed[2]).status = DOING.into();
         assert_eq!(in_start_order(resumed)[0].op_id, 3);
         assert!(is_failover(RECOVER_TABLE) && !is_failover(MAKE_SNAPSHOT));
+    }
+
+    /// The queue holds one op per partition: the first in start order.
+    #[test]
+    fn the_queue_takes_the_first_op_of_each_partition() {
+        let op = |op_id: u64, name: &str, pid: u32| {
+            Arc::new(OpInfo {
+                op_id,
+                name: name.into(),
+                pid,
+                ..Default::default()
+            })
+        };
+        let ops = vec![op(1, "t", 0), op(2, "t", 1), op(3, "t", 0), op(4, "u", 0)];
+        let ids: Vec<u64> = first_of_each_partition(ops)
+            .iter()
+            .map(|op| op.op_id)
+            .collect();
+        assert_eq!(ids, vec![1, 2, 4]);
     }
 
     /// A permit freed by an op goes to the first queued op of a partition with none
@@ -1924,9 +2013,9 @@ mod tests {
             ..Default::default()
         };
         let queue: Queue = Arc::new(Mutex::new(VecDeque::from(vec![
-            op(1, CHANGE_LEADER, 0),
-            op(2, MAKE_SNAPSHOT, 1),
-            op(3, OFFLINE_REPLICA, 2),
+            Arc::new(op(1, CHANGE_LEADER, 0)),
+            Arc::new(op(2, MAKE_SNAPSHOT, 1)),
+            Arc::new(op(3, OFFLINE_REPLICA, 2)),
         ])));
         let running: Running = Arc::default();
         running.lock().insert(&op(0, CHANGE_LEADER, 0));
@@ -1957,7 +2046,8 @@ mod tests {
             ..Default::default()
         };
         let started = |queued: Vec<OpInfo>| {
-            let queue: Queue = Arc::new(Mutex::new(VecDeque::from(queued)));
+            let queued: VecDeque<_> = queued.into_iter().map(Arc::new).collect();
+            let queue: Queue = Arc::new(Mutex::new(queued));
             let running: Running = Arc::default();
             let permits = Arc::new(Semaphore::new(MAX_PARALLEL_OPS));
             let mut held = Vec::new();
