@@ -60,8 +60,9 @@ impl OpBook {
             .map(|(version, op)| (*version, OpInfo::clone(op)))
     }
 
-    /// Replaces the copy with what the store holds (read under the gate held alone).
-    pub(crate) fn load(&self, epoch: u64, stored: Vec<(i32, OpInfo)>) {
+    /// Replaces the copy with what the store holds (read under the gate held alone), and
+    /// returns its ops, oldest first.
+    pub(crate) fn load(&self, epoch: u64, stored: Vec<(i32, OpInfo)>) -> Vec<Arc<OpInfo>> {
         let mut copy = self.copy.lock();
         copy.epoch = Some(epoch);
         copy.deleted.clear();
@@ -69,6 +70,7 @@ impl OpBook {
             .into_iter()
             .map(|(version, op)| (op.op_id, (version, Arc::new(op))))
             .collect();
+        copy.ops.values().map(|(_, op)| op.clone()).collect()
     }
 
     /// An op as written or read at `version`, within `epoch`.
@@ -195,7 +197,11 @@ mod tests {
     #[test]
     fn ops_come_oldest_first() {
         let book = OpBook::default();
-        book.load(1, vec![(0, op(9, "kInited")), (0, op(3, "kInited"))]);
+        let loaded = book.load(1, vec![(0, op(9, "kInited")), (0, op(3, "kInited"))]);
+        assert_eq!(
+            loaded.iter().map(|op| op.op_id).collect::<Vec<_>>(),
+            vec![3, 9]
+        );
         book.note(1, &op(5, "kInited"), 0);
         let ids: Vec<u64> = book.ops(1).unwrap().iter().map(|op| op.op_id).collect();
         assert_eq!(ids, vec![3, 5, 9]);
