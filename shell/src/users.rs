@@ -46,23 +46,6 @@ pub enum Statement {
     },
 }
 
-/// Whether `line` is a user statement (the shell hands those to [`run`]).
-pub fn is_user_statement(line: &str) -> bool {
-    let words: Vec<String> = line
-        .split_whitespace()
-        .take(2)
-        .map(str::to_ascii_lowercase)
-        .collect();
-    match words.as_slice() {
-        [first, ..] if first == "grant" || first == "revoke" => true,
-        [first, second] => {
-            matches!(first.as_str(), "create" | "alter" | "drop") && second == "user"
-                || first == "show" && second == "users"
-        }
-        _ => false,
-    }
-}
-
 /// The password in `options (password='…')`: quoted with ' or ", a doubled quote
 /// standing for itself.
 fn password_option(text: &str, usage: &str) -> Result<String, String> {
@@ -343,9 +326,5 @@ mod tests {
             let error = parse(line).unwrap_err();
             assert!(error.contains(expected), "{line}: {error}");
         }
-        assert!(is_user_statement("grant select on db.* to a"));
-        assert!(is_user_statement("Show Users"));
-        assert!(!is_user_statement("drop table t"));
-        assert!(!is_user_statement("create table t (a int)"));
     }
 }

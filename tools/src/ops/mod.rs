@@ -302,8 +302,9 @@ impl Ops {
                 );
                 reported = Some((finished, failed));
             }
-            // An op that disappeared unseen to end was deleted once it ended, and ended
-            // well (failed ones are kept): it is finished for us.
+            // An op that disappeared unseen to end was deleted once it ended, and most
+            // likely ended well (failed ones are kept longer): it is finished for us, and
+            // callers that must know (recoverdata) confirm the outcome in the metadata.
             if finished + (ids.len() - ours.len()) == ids.len() {
                 return Ok(ours);
             }

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 
 use comfy_table::{presets, Table};
 use tessera_proto::nameserver::{
-    ChangeLeaderRequest, OpInfo, RecoverTableRequest, TableInfo, UpdateTableAliveRequest,
+    ChangeLeaderRequest, OpInfo, PartitionMeta, RecoverTableRequest, TableInfo,
+    UpdateTableAliveRequest,
 };
 use tessera_proto::tablet::{
     GetTermPairRequest, LoadTableRequest, ReplicationMode, TableRole, TableState,
@@ -347,7 +348,17 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
     // another, partitions side by side.
     let mut new_leaders = Vec::new();
     let mut rejoining = Vec::new();
+    // What the metadata must show at the end for each partition repaired: an op may be
+    // trimmed away before its end is seen, and is then taken as ended well (failed ops
+    // are kept longer); the metadata confirms it did.
+    let mut repaired: Vec<(TableInfo, u32, Vec<String>)> = Vec::new();
     for (table, pid, replicas, plan) in plans {
+        match &plan {
+            Plan::NewLeader { rejoin, .. } | Plan::RecoverFollowers { rejoin, .. } => {
+                repaired.push((table.clone(), pid, rejoin.clone()))
+            }
+            Plan::Healthy | Plan::Impossible(_) => {}
+        }
         match plan {
             Plan::NewLeader { leader, rejoin, .. } => {
                 new_leaders.push((table, pid, replicas, leader, rejoin))
@@ -448,7 +459,64 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
             );
         }
     }
+    confirm(ops, &mut report, &repaired).await?;
     Ok(report)
+}
+
+/// Checks the metadata for every partition reported recovered: it has an alive leader,
+/// and every replica that rejoined is alive and no longer joining.
+async fn confirm(
+    ops: &mut Ops,
+    report: &mut Report,
+    repaired: &[(TableInfo, u32, Vec<String>)],
+) -> Result<()> {
+    let tables = ops.tables().await?;
+    let mut unconfirmed = 0;
+    for (table, pid, rejoined) in repaired {
+        let key = format!("{}.{}", table.db, table.name);
+        if report.tables.get(&key).and_then(|p| p.get(pid)) != Some(&Outcome::Recovered) {
+            continue;
+        }
+        let now = tables
+            .iter()
+            .find(|t| t.db == table.db && t.name == table.name)
+            .and_then(|t| t.partitions.iter().find(|p| p.pid == *pid));
+        let reason = match now {
+            Some(partition) => not_repaired(partition, rejoined),
+            None => Some("the partition is no longer in the metadata".into()),
+        };
+        if let Some(reason) = reason {
+            unconfirmed += 1;
+            report.set(table, *pid, Outcome::Failed(reason));
+        }
+    }
+    if unconfirmed > 0 {
+        println!("{unconfirmed} partitions reported recovered are not so in the metadata");
+    }
+    Ok(())
+}
+
+/// Why `partition`, as the metadata has it now, is not repaired with `rejoined` back.
+fn not_repaired(partition: &PartitionMeta, rejoined: &[String]) -> Option<String> {
+    if !partition.replicas.iter().any(|r| r.is_leader && r.is_alive) {
+        return Some("no alive leader in the metadata after its ops ended".into());
+    }
+    let missing: Vec<&str> = rejoined
+        .iter()
+        .filter(|endpoint| {
+            !partition
+                .replicas
+                .iter()
+                .any(|r| &r.endpoint == *endpoint && r.is_alive && !r.joining)
+        })
+        .map(String::as_str)
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "not alive in the metadata after its ops ended: {}",
+            missing.join(", ")
+        )
+    })
 }
 
 /// Makes sure a replica is loaded; a replica that cannot load is left to its op to report.
@@ -562,6 +630,48 @@ mod tests {
             followers: Vec::new(),
             leader: String::new(),
         }
+    }
+
+    /// A partition counts as repaired only if the metadata shows it: an op trimmed away
+    /// before its end was seen proves nothing.
+    #[test]
+    fn a_repair_is_confirmed_by_the_metadata() {
+        use tessera_proto::nameserver::ReplicaMeta;
+        let meta = |endpoint: &str, leader: bool, alive: bool, joining: bool| ReplicaMeta {
+            endpoint: endpoint.into(),
+            is_leader: leader,
+            is_alive: alive,
+            joining,
+            ..Default::default()
+        };
+        let partition = |replicas| PartitionMeta {
+            replicas,
+            ..Default::default()
+        };
+        let rejoined = ["b".to_string(), "c".to_string()];
+        let whole = partition(vec![
+            meta("a", true, true, false),
+            meta("b", false, true, false),
+            meta("c", false, true, false),
+        ]);
+        assert_eq!(not_repaired(&whole, &rejoined), None);
+        let leaderless = partition(vec![
+            meta("a", true, false, false),
+            meta("b", false, true, false),
+            meta("c", false, true, false),
+        ]);
+        assert!(
+            not_repaired(&leaderless, &rejoined).is_some_and(|why| why.contains("no alive leader"))
+        );
+        let still_joining = partition(vec![
+            meta("a", true, true, false),
+            meta("b", false, true, true),
+            meta("c", false, false, false),
+        ]);
+        assert_eq!(
+            not_repaired(&still_joining, &rejoined).as_deref(),
+            Some("not alive in the metadata after its ops ended: b, c")
+        );
     }
 
     #[test]
