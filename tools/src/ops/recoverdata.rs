@@ -221,10 +221,18 @@ impl Report {
     }
 
     fn set(&mut self, table: &TableInfo, pid: u32, outcome: Outcome) {
+        self.set_key(&format!("{}.{}", table.db, table.name), pid, outcome);
+    }
+
+    fn set_key(&mut self, table: &str, pid: u32, outcome: Outcome) {
         self.tables
-            .entry(format!("{}.{}", table.db, table.name))
+            .entry(table.to_string())
             .or_default()
             .insert(pid, outcome);
+    }
+
+    fn outcome(&self, table: &str, pid: u32) -> Option<&Outcome> {
+        self.tables.get(table)?.get(&pid)
     }
 }
 
@@ -351,12 +359,26 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
     // What the metadata must show at the end for each partition repaired: an op may be
     // trimmed away before its end is seen, and is then taken as ended well (failed ops
     // are kept longer); the metadata confirms it did.
-    let mut repaired: Vec<(TableInfo, u32, Vec<String>)> = Vec::new();
+    let mut repaired: Vec<Repaired> = Vec::new();
     for (table, pid, replicas, plan) in plans {
+        let repair = |rejoined: &[String], new_leader_above: Option<u64>| Repaired {
+            table: format!("{}.{}", table.db, table.name),
+            pid,
+            rejoined: rejoined.to_vec(),
+            new_leader_above,
+        };
         match &plan {
-            Plan::NewLeader { rejoin, .. } | Plan::RecoverFollowers { rejoin, .. } => {
-                repaired.push((table.clone(), pid, rejoin.clone()))
+            Plan::NewLeader { rejoin, .. } => {
+                // The leadership term the metadata held before: the ChangeLeader's
+                // own term is newer (auto_failover is off, nothing else changes it).
+                let before = table
+                    .partitions
+                    .iter()
+                    .find(|p| p.pid == pid)
+                    .map_or(0, |p| p.term);
+                repaired.push(repair(rejoin, Some(before)));
             }
+            Plan::RecoverFollowers { rejoin, .. } => repaired.push(repair(rejoin, None)),
             Plan::Healthy | Plan::Impossible(_) => {}
         }
         match plan {
@@ -459,49 +481,102 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
             );
         }
     }
-    confirm(ops, &mut report, &repaired).await?;
+    confirm(ops, &mut report, &repaired).await;
     Ok(report)
 }
 
-/// Checks the metadata for every partition reported recovered: it has an alive leader,
-/// and every replica that rejoined is alive and no longer joining.
-async fn confirm(
-    ops: &mut Ops,
-    report: &mut Report,
-    repaired: &[(TableInfo, u32, Vec<String>)],
-) -> Result<()> {
-    let tables = ops.tables().await?;
+/// A partition recoverdata repaired, and what the metadata must show for it.
+struct Repaired {
+    /// `db.name`.
+    table: String,
+    pid: u32,
+    /// Replicas that rejoined through RecoverTable.
+    rejoined: Vec<String>,
+    /// For a new leader, the leadership term the metadata held before it.
+    new_leader_above: Option<u64>,
+}
+
+/// Reads the metadata again and checks every partition reported recovered (see
+/// [`confirm_against`]). If it cannot be read, the repairs are reported unconfirmed:
+/// the summary, with every reason found so far, is still printed.
+async fn confirm(ops: &mut Ops, report: &mut Report, repaired: &[Repaired]) {
+    let mut tries = 0;
+    let tables = loop {
+        tries += 1;
+        match ops.tables().await {
+            Ok(tables) => break Ok(tables),
+            Err(e) if tries == 3 => break Err(e),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+        }
+    };
+    let unconfirmed = match tables {
+        Ok(tables) => confirm_against(report, &tables, repaired),
+        Err(e) => {
+            let reason = format!("not confirmed: the metadata could not be read ({e})");
+            let mut unconfirmed = 0;
+            for repair in repaired {
+                if report.outcome(&repair.table, repair.pid) == Some(&Outcome::Recovered) {
+                    report.set_key(&repair.table, repair.pid, Outcome::Failed(reason.clone()));
+                    unconfirmed += 1;
+                }
+            }
+            unconfirmed
+        }
+    };
+    if unconfirmed > 0 {
+        println!("{unconfirmed} partitions reported recovered are not confirmed by the metadata");
+    }
+}
+
+/// Turns a partition reported recovered into a failure unless `tables` shows it
+/// repaired; a table dropped meanwhile is left as it was. Returns how many changed.
+fn confirm_against(report: &mut Report, tables: &[TableInfo], repaired: &[Repaired]) -> usize {
     let mut unconfirmed = 0;
-    for (table, pid, rejoined) in repaired {
-        let key = format!("{}.{}", table.db, table.name);
-        if report.tables.get(&key).and_then(|p| p.get(pid)) != Some(&Outcome::Recovered) {
+    for repair in repaired {
+        if report.outcome(&repair.table, repair.pid) != Some(&Outcome::Recovered) {
             continue;
         }
-        let now = tables
+        let Some(table) = tables
             .iter()
-            .find(|t| t.db == table.db && t.name == table.name)
-            .and_then(|t| t.partitions.iter().find(|p| p.pid == *pid));
-        let reason = match now {
-            Some(partition) => not_repaired(partition, rejoined),
+            .find(|t| format!("{}.{}", t.db, t.name) == repair.table)
+        else {
+            continue;
+        };
+        let reason = match table.partitions.iter().find(|p| p.pid == repair.pid) {
+            Some(partition) => not_repaired(partition, repair),
             None => Some("the partition is no longer in the metadata".into()),
         };
         if let Some(reason) = reason {
             unconfirmed += 1;
-            report.set(table, *pid, Outcome::Failed(reason));
+            report.set_key(&repair.table, repair.pid, Outcome::Failed(reason));
         }
     }
-    if unconfirmed > 0 {
-        println!("{unconfirmed} partitions reported recovered are not so in the metadata");
-    }
-    Ok(())
+    unconfirmed
 }
 
-/// Why `partition`, as the metadata has it now, is not repaired with `rejoined` back.
-fn not_repaired(partition: &PartitionMeta, rejoined: &[String]) -> Option<String> {
+/// Why `partition`, as the metadata has it now, does not show `repair` done: it needs an
+/// alive leader and no unavailable reason, a leadership newer than before for a new
+/// leader, and every rejoined replica alive and no longer joining.
+fn not_repaired(partition: &PartitionMeta, repair: &Repaired) -> Option<String> {
     if !partition.replicas.iter().any(|r| r.is_leader && r.is_alive) {
         return Some("no alive leader in the metadata after its ops ended".into());
     }
-    let missing: Vec<&str> = rejoined
+    if !partition.unavailable_reason.is_empty() {
+        return Some(format!(
+            "unavailable in the metadata after its ops ended: {}",
+            partition.unavailable_reason
+        ));
+    }
+    if let Some(before) = repair.new_leader_above {
+        if partition.term <= before {
+            return Some(format!(
+                "no new leader in the metadata after its ops ended (term {} as before)",
+                partition.term
+            ));
+        }
+    }
+    let missing: Vec<&str> = repair
+        .rejoined
         .iter()
         .filter(|endpoint| {
             !partition
@@ -513,7 +588,7 @@ fn not_repaired(partition: &PartitionMeta, rejoined: &[String]) -> Option<String
         .collect();
     (!missing.is_empty()).then(|| {
         format!(
-            "not alive in the metadata after its ops ended: {}",
+            "not alive or still joining in the metadata after its ops ended: {}",
             missing.join(", ")
         )
     })
@@ -644,33 +719,89 @@ mod tests {
             joining,
             ..Default::default()
         };
-        let partition = |replicas| PartitionMeta {
+        let partition = |pid: u32, term: u64, replicas: Vec<ReplicaMeta>| PartitionMeta {
+            pid,
+            term,
             replicas,
             ..Default::default()
         };
-        let rejoined = ["b".to_string(), "c".to_string()];
-        let whole = partition(vec![
-            meta("a", true, true, false),
-            meta("b", false, true, false),
-            meta("c", false, true, false),
-        ]);
-        assert_eq!(not_repaired(&whole, &rejoined), None);
-        let leaderless = partition(vec![
-            meta("a", true, false, false),
-            meta("b", false, true, false),
-            meta("c", false, true, false),
-        ]);
-        assert!(
-            not_repaired(&leaderless, &rejoined).is_some_and(|why| why.contains("no alive leader"))
-        );
-        let still_joining = partition(vec![
-            meta("a", true, true, false),
-            meta("b", false, true, true),
-            meta("c", false, false, false),
-        ]);
+        let whole = || {
+            vec![
+                meta("a", true, true, false),
+                meta("b", false, true, false),
+                meta("c", false, true, false),
+            ]
+        };
+        let mut unavailable = partition(5, 9, whole());
+        unavailable.unavailable_reason = "no replica answered".into();
+        let table = TableInfo {
+            db: "db".into(),
+            name: "t".into(),
+            partitions: vec![
+                // 0: a new leader (term 9, after 4) and both followers back.
+                partition(0, 9, whole()),
+                // 1: leaderless.
+                partition(1, 9, {
+                    let mut r = whole();
+                    r[0].is_alive = false;
+                    r
+                }),
+                // 2: b still joining, c dead.
+                partition(2, 9, {
+                    let mut r = whole();
+                    r[1].joining = true;
+                    r[2].is_alive = false;
+                    r
+                }),
+                // 3: the leadership of before: the ChangeLeader did not happen.
+                partition(3, 4, whole()),
+                // 4: failed earlier, whatever the metadata says.
+                partition(4, 4, whole()),
+                unavailable,
+            ],
+            ..Default::default()
+        };
+        let rejoined = vec!["b".to_string(), "c".to_string()];
+        let repaired: Vec<Repaired> = (0..6)
+            .map(|pid| Repaired {
+                table: "db.t".into(),
+                pid,
+                rejoined: rejoined.clone(),
+                new_leader_above: Some(4),
+            })
+            .chain(std::iter::once(Repaired {
+                table: "db.dropped".into(),
+                pid: 0,
+                rejoined: Vec::new(),
+                new_leader_above: None,
+            }))
+            .collect();
+        let mut report = Report::default();
+        for pid in 0..6 {
+            let outcome = if pid == 4 {
+                Outcome::Failed("earlier".into())
+            } else {
+                Outcome::Recovered
+            };
+            report.set_key("db.t", pid, outcome);
+        }
+        report.set_key("db.dropped", 0, Outcome::Recovered);
+
+        assert_eq!(confirm_against(&mut report, &[table], &repaired), 4);
+        let why = |pid| match report.outcome("db.t", pid) {
+            Some(Outcome::Failed(reason)) => reason.clone(),
+            other => panic!("pid {pid}: {other:?}"),
+        };
+        assert_eq!(report.outcome("db.t", 0), Some(&Outcome::Recovered));
+        assert!(why(1).contains("no alive leader"), "{}", why(1));
+        assert!(why(2).ends_with("still joining in the metadata after its ops ended: b, c"));
+        assert!(why(3).contains("no new leader"), "{}", why(3));
+        assert_eq!(why(4), "earlier", "a failure found before stays as it was");
+        assert!(why(5).contains("no replica answered"), "{}", why(5));
         assert_eq!(
-            not_repaired(&still_joining, &rejoined).as_deref(),
-            Some("not alive in the metadata after its ops ended: b, c")
+            report.outcome("db.dropped", 0),
+            Some(&Outcome::Recovered),
+            "a table dropped meanwhile is not a failed repair"
         );
     }
 
