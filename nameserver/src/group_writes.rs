@@ -116,27 +116,21 @@ impl Nameserver {
             }
             let data = table_layout::header_bytes(&current);
             let writing = self.metadata.write_guard(&table_name(table));
-            match lock
+            let written = lock
                 .set_data(&path, &data, Some(stored.header_version))
-                .await
-            {
+                .await;
+            writing.settle_if_known(&written);
+            match written {
                 Ok(stat) => {
                     self.metadata
                         .note_header(&table_name(table), current, stat.mzxid);
-                    writing.settle();
                     crate::metrics::METRICS.metadata_written(data.len());
                     break;
                 }
-                Err(ZkError::BadVersion) => {
-                    writing.settle();
-                    continue;
-                }
+                Err(ZkError::BadVersion) => continue,
                 // Not applied: the table was dropped meanwhile.
-                Err(ZkError::NoNode) => {
-                    writing.settle();
-                    return Err(NsError::TableNotFound(table_name(table)));
-                }
-                // It may have landed: the guard makes the table unsure.
+                Err(ZkError::NoNode) => return Err(NsError::TableNotFound(table_name(table))),
+                // It may have landed: the guard made the table unsure.
                 Err(e) => return Err(e.into()),
             }
         }

@@ -514,6 +514,19 @@ impl WriteGuard<'_> {
     pub(crate) fn settle(mut self) {
         self.settled = true;
     }
+
+    /// Settles a header write whose answer is `written`, unless its outcome is unknown:
+    /// applied (the caller notes it in the copy before any await), or refused whole
+    /// (`BadVersion`: retried; `NoNode`: the table was dropped). Any other error may
+    /// have landed, and the table is made unsure.
+    pub(crate) fn settle_if_known<T>(self, written: &Result<T, ZkError>) {
+        if matches!(
+            written,
+            Ok(_) | Err(ZkError::BadVersion) | Err(ZkError::NoNode)
+        ) {
+            self.settle();
+        }
+    }
 }
 
 impl Drop for WriteGuard<'_> {

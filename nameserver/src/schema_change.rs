@@ -96,26 +96,20 @@ impl Nameserver {
                 table_layout::header_of(&table)
             };
             let writing = self.metadata.write_guard(&format!("{db}.{name}"));
-            match lock
+            let written = lock
                 .set_data(&path, &header.encode_to_vec(), Some(stored.header_version))
-                .await
-            {
+                .await;
+            writing.settle_if_known(&written);
+            match written {
                 Ok(stat) => {
                     self.metadata
                         .note_header(&format!("{db}.{name}"), header, stat.mzxid);
-                    writing.settle();
                     break table;
                 }
-                Err(ZkError::BadVersion) => {
-                    writing.settle();
-                    continue;
-                }
+                Err(ZkError::BadVersion) => continue,
                 // Not applied: the table was dropped meanwhile.
-                Err(ZkError::NoNode) => {
-                    writing.settle();
-                    return Err(NsError::TableNotFound(format!("{db}.{name}")));
-                }
-                // It may have landed: the guard makes the table unsure (see
+                Err(ZkError::NoNode) => return Err(NsError::TableNotFound(format!("{db}.{name}"))),
+                // It may have landed: the guard made the table unsure (see
                 // `MetadataCache::unsure`).
                 Err(e) => return Err(e.into()),
             }

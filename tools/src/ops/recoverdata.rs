@@ -9,7 +9,7 @@
 //! A partition whose leader is already the most advanced replica and whose followers
 //! follow it is left alone, so a second run changes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use comfy_table::{presets, Table};
 use tessera_proto::nameserver::{
@@ -531,15 +531,16 @@ async fn confirm(ops: &mut Ops, report: &mut Report, repaired: &[Repaired]) {
 /// Turns a partition reported recovered into a failure unless `tables` shows it
 /// repaired; a table dropped meanwhile is left as it was. Returns how many changed.
 fn confirm_against(report: &mut Report, tables: &[TableInfo], repaired: &[Repaired]) -> usize {
+    let by_name: HashMap<String, &TableInfo> = tables
+        .iter()
+        .map(|t| (format!("{}.{}", t.db, t.name), t))
+        .collect();
     let mut unconfirmed = 0;
     for repair in repaired {
         if report.outcome(&repair.table, repair.pid) != Some(&Outcome::Recovered) {
             continue;
         }
-        let Some(table) = tables
-            .iter()
-            .find(|t| format!("{}.{}", t.db, t.name) == repair.table)
-        else {
+        let Some(table) = by_name.get(&repair.table) else {
             continue;
         };
         let reason = match table.partitions.iter().find(|p| p.pid == repair.pid) {
