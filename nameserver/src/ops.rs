@@ -61,30 +61,11 @@ const DELETES_AT_ONCE: usize = 100;
 const CATCH_UP_FIRST_LOOK: Duration = Duration::from_millis(5);
 const CATCH_UP_LOOK_AT_MOST: Duration = Duration::from_millis(100);
 
-/// The pauses between looks at a leader's followers: `CATCH_UP_FIRST_LOOK`, doubled
-/// each time up to `CATCH_UP_LOOK_AT_MOST`.
-struct LookAgain {
-    next: Duration,
-}
-
-impl Default for LookAgain {
-    fn default() -> Self {
-        LookAgain {
-            next: CATCH_UP_FIRST_LOOK,
-        }
-    }
-}
-
-impl LookAgain {
-    fn pause(&mut self) -> Duration {
-        let pause = self.next;
-        self.next = (self.next * 2).min(CATCH_UP_LOOK_AT_MOST);
-        pause
-    }
-
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.pause()).await;
-    }
+/// The pauses between looks at a leader's followers: about `CATCH_UP_FIRST_LOOK`,
+/// doubled each time up to about `CATCH_UP_LOOK_AT_MOST`, with a jitter so that the
+/// waits of a mass recovery do not all ask at once.
+fn look_again() -> impl Iterator<Item = Duration> + Send {
+    tessera_common::retry::backoff(CATCH_UP_FIRST_LOOK, CATCH_UP_LOOK_AT_MOST)
 }
 
 /// The finished ops (oldest first) to delete, oldest first: all but the newest
@@ -1543,7 +1524,7 @@ impl Nameserver {
     ) -> Result<()> {
         let leader = leader_of(partition)?;
         let mut committed_before = None;
-        let mut pause = LookAgain::default();
+        let mut pauses = look_again();
         loop {
             let status = follower_status(&leader, table.tid, op.pid).await?;
             // The leader's end, not its commit offset: after a change of leader the commit
@@ -1559,7 +1540,7 @@ impl Nameserver {
             if acked >= committed_before {
                 return Ok(());
             }
-            pause.wait().await;
+            tokio::time::sleep(pauses.next().unwrap_or(CATCH_UP_LOOK_AT_MOST)).await;
         }
     }
 
@@ -1627,7 +1608,7 @@ impl Nameserver {
             .cloned()
             .collect();
         let mut committed_before = None;
-        let mut pause = LookAgain::default();
+        let mut pauses = look_again();
         loop {
             let status = follower_status(&leader, table.tid, partition.pid).await?;
             // The leader's end (see `wait_catch_up`).
@@ -1645,7 +1626,7 @@ impl Nameserver {
             if voting::majority_of_every_set_holds(&remaining, &holders) {
                 return Ok(());
             }
-            pause.wait().await;
+            tokio::time::sleep(pauses.next().unwrap_or(CATCH_UP_LOOK_AT_MOST)).await;
         }
     }
 }
@@ -1902,13 +1883,19 @@ fn leader_of(partition: &PartitionMeta) -> Result<String> {
 mod tests {
     use super::*;
 
-    /// A caught-up follower is seen within milliseconds; a slow one is looked at five
-    /// times in its first 100 ms, then ten times a second.
+    /// A caught-up follower is seen within milliseconds; a slow one is looked at several
+    /// times in its first 100 ms, then a few times a second.
     #[test]
     fn catch_up_looks_start_soon_and_slow_down() {
-        let mut look = LookAgain::default();
-        let pauses: Vec<u64> = (0..7).map(|_| look.pause().as_millis() as u64).collect();
-        assert_eq!(pauses, [5, 10, 20, 40, 80, 100, 100]);
+        let pauses: Vec<Duration> = look_again().take(8).collect();
+        // Each pause is its step plus up to as much again of jitter.
+        assert!(pauses[0] >= CATCH_UP_FIRST_LOOK && pauses[0] <= 2 * CATCH_UP_FIRST_LOOK);
+        let first_four: Duration = pauses[..4].iter().sum();
+        assert!(first_four <= Duration::from_millis(150), "{pauses:?}");
+        for pause in &pauses {
+            assert!(*pause <= 2 * CATCH_UP_LOOK_AT_MOST, "{pauses:?}");
+        }
+        assert!(pauses[7] >= CATCH_UP_LOOK_AT_MOST, "{pauses:?}");
     }
 
     fn partition(endpoints: &[&str]) -> PartitionMeta {

@@ -383,7 +383,11 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
         }
         match plan {
             Plan::NewLeader { leader, rejoin, .. } => {
-                new_leaders.push((table, pid, replicas, leader, rejoin))
+                let planned = Planned {
+                    leader: leader.clone(),
+                    rejoin,
+                };
+                new_leaders.push((table, pid, replicas, leader, planned))
             }
             Plan::RecoverFollowers { rejoin, .. } => rejoining.push((table, pid, rejoin)),
             Plan::Healthy | Plan::Impossible(_) => {}
@@ -394,22 +398,23 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
     let started = side_by_side(
         new_leaders,
         CALLS_AT_ONCE,
-        |(table, pid, replicas, leader, rejoin)| {
+        |(table, pid, replicas, leader, planned)| {
             let mut ns = ns.clone();
             async move {
                 let started =
                     start_new_leader(&mut ns, &table, pid, &replicas, &leader, force).await;
-                (table, pid, rejoin, started)
+                (table, pid, planned, started)
             }
         },
     )
     .await;
     let mut leader_ops = Vec::new();
-    for (table, pid, rejoin, started) in started {
+    let mut elected = Vec::new();
+    for (table, pid, planned, started) in started {
         match started {
             Ok(op) => {
                 leader_ops.push(op);
-                rejoining.push((table, pid, rejoin));
+                elected.push((table, pid, planned));
             }
             Err(e) => report.set(&table, pid, Outcome::Failed(e.to_string())),
         }
@@ -423,8 +428,9 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
                 Outcome::Failed(format!("ChangeLeader {}: {}", op.status, op.reason)),
             );
         }
-        rejoining.retain(|(t, pid, _)| !(t.db == op.db && t.name == op.name && *pid == op.pid));
+        elected.retain(|(t, pid, _)| !(t.db == op.db && t.name == op.name && *pid == op.pid));
     }
+    rejoining.extend(rejoin_the_elected(ops, elected, &mut repaired).await);
 
     println!(
         "starting the rejoin of {} replicas",
@@ -483,6 +489,71 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
     }
     confirm(ops, &mut report, &repaired).await;
     Ok(report)
+}
+
+/// A partition's new leader as planned, and the replicas planned to rejoin it.
+struct Planned {
+    leader: String,
+    rejoin: Vec<String>,
+}
+
+/// The rejoins of the partitions whose ChangeLeader ended well, taken from the metadata:
+/// the op may have promoted another replica than the one planned (the planned one did
+/// not answer its fence in time), and a RecoverTable is for followers only. If the
+/// metadata cannot be read, the plan stands (the confirmation reports what went wrong).
+async fn rejoin_the_elected(
+    ops: &mut Ops,
+    elected: Vec<(TableInfo, u32, Planned)>,
+    repaired: &mut [Repaired],
+) -> Vec<(TableInfo, u32, Vec<String>)> {
+    if elected.is_empty() {
+        return Vec::new();
+    }
+    let now: HashMap<(String, String), TableInfo> = match ops.tables().await {
+        Ok(tables) => tables
+            .into_iter()
+            .map(|t| ((t.db.clone(), t.name.clone()), t))
+            .collect(),
+        Err(e) => {
+            println!("the metadata could not be read after the leaders changed ({e}): rejoining as planned");
+            HashMap::new()
+        }
+    };
+    let index: HashMap<(String, u32), usize> = repaired
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ((r.table.clone(), r.pid), i))
+        .collect();
+    elected
+        .into_iter()
+        .map(|(table, pid, planned)| {
+            let partition = now
+                .get(&(table.db.clone(), table.name.clone()))
+                .and_then(|t| t.partitions.iter().find(|p| p.pid == pid));
+            let rejoin = match partition {
+                Some(partition) => followers_to_rejoin(partition, &planned),
+                None => planned.rejoin,
+            };
+            let key = (format!("{}.{}", table.db, table.name), pid);
+            if let Some(&i) = index.get(&key) {
+                repaired[i].rejoined = rejoin.clone();
+            }
+            (table, pid, rejoin)
+        })
+        .collect()
+}
+
+/// Every replica of the plan (its leader and those to rejoin) but the one the metadata
+/// now names leader; the plan as it was if the metadata names none.
+fn followers_to_rejoin(partition: &PartitionMeta, planned: &Planned) -> Vec<String> {
+    let Some(leader) = partition.replicas.iter().find(|r| r.is_leader) else {
+        return planned.rejoin.clone();
+    };
+    std::iter::once(&planned.leader)
+        .chain(&planned.rejoin)
+        .filter(|endpoint| **endpoint != leader.endpoint)
+        .cloned()
+        .collect()
 }
 
 /// A partition recoverdata repaired, and what the metadata must show for it.
@@ -706,6 +777,44 @@ mod tests {
             followers: Vec::new(),
             leader: String::new(),
         }
+    }
+
+    /// A ChangeLeader may promote another replica than the planned one: the rejoins
+    /// follow the metadata's leader, and the planned leader rejoins it.
+    #[test]
+    fn the_rejoins_follow_the_leader_the_metadata_names() {
+        use tessera_proto::nameserver::ReplicaMeta;
+        let partition = |leader: Option<&str>| PartitionMeta {
+            replicas: ["a", "b", "c"]
+                .iter()
+                .map(|e| ReplicaMeta {
+                    endpoint: e.to_string(),
+                    is_leader: leader == Some(*e),
+                    is_alive: true,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let planned = Planned {
+            leader: "a".into(),
+            rejoin: vec!["b".into(), "c".into()],
+        };
+        assert_eq!(
+            followers_to_rejoin(&partition(Some("a")), &planned),
+            ["b", "c"],
+            "as planned"
+        );
+        assert_eq!(
+            followers_to_rejoin(&partition(Some("b")), &planned),
+            ["a", "c"],
+            "b was promoted instead of a: a rejoins b"
+        );
+        assert_eq!(
+            followers_to_rejoin(&partition(None), &planned),
+            ["b", "c"],
+            "no leader named: the plan stands"
+        );
     }
 
     /// A partition counts as repaired only if the metadata shows it: an op trimmed away
