@@ -24,6 +24,7 @@ use tokio_stream::Stream;
 use crate::catalog::Catalog;
 use crate::error::{Result as TabletResult, TabletError};
 use crate::replication::leader::Replicators;
+use crate::replication::pair_lease;
 use crate::replication::transfer;
 use crate::storage::entry::{RequestId, TsRange};
 use crate::storage::replica::{AppendOutcome, FollowerChange, RoleChange};
@@ -729,22 +730,37 @@ impl Tablet for TabletService {
         } = request.into_inner();
         crate::metrics::replication_received("beat", beats.len() as u64);
         let catalog = self.replicators.catalog();
-        let answers = beats
+        let grant = self.replicators.grants().of(&leader);
+        let outcomes: Vec<_> = beats
             .iter()
-            .map(|beat| match catalog.get(beat.tid, beat.pid) {
-                Ok(table) => {
-                    let outcome = table.heartbeat(&leader, lease_ms, beat);
-                    BeatAnswer {
-                        granted: outcome.granted,
-                        in_step: outcome.in_step,
-                        term: outcome.term,
-                    }
-                }
-                // Not here (dropped, or not created yet): the stream's probe says so.
-                Err(_) => BeatAnswer::default(),
+            .map(|beat| {
+                catalog
+                    .get(beat.tid, beat.pid)
+                    .ok()
+                    .map(|table| table.heartbeat(&grant, lease_ms, beat))
             })
             .collect();
-        Ok(Response::new(HeartbeatResponse { answers }))
+        // Renewed after every replica of the batch joined: the generation it is made in
+        // tells the leader which of them are still in the grant (see `pair_lease`).
+        let generation = grant.renew(pair_lease::lease_asked(lease_ms));
+        let answers = outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Some(outcome) => BeatAnswer {
+                    granted: outcome.granted,
+                    in_step: outcome.in_step,
+                    term: outcome.term,
+                    in_grant: outcome.joined == Some(generation),
+                },
+                // Not here (dropped, or not created yet): the stream's probe says so.
+                None => BeatAnswer::default(),
+            })
+            .collect();
+        Ok(Response::new(HeartbeatResponse {
+            answers,
+            grant_id: grant.id(),
+            grant_generation: generation,
+        }))
     }
 
     async fn change_role(

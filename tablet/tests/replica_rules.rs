@@ -619,6 +619,101 @@ fn a_fence_reports_the_lease_the_replica_granted() {
     assert!(table.granted_lease_remaining() <= owed);
 }
 
+/// A follower in its leader tablet's grant has its lease renewed by the grant alone, and
+/// hears from its leader through it; a fence makes it leave the grant (the generation
+/// moves, so its leader stops counting the grant for it) and report what the grant
+/// promised; a closed replica leaves too.
+#[test]
+fn a_replica_in_a_grant_is_renewed_by_it_until_it_leaves() {
+    use tessera_proto::tablet::PartitionBeat;
+    use tessera_tablet::replication::pair_lease::PairGrants;
+    let dir = tempfile::tempdir().unwrap();
+    let table = create(&dir.path().join("1_0"), 1 << 20);
+    table
+        .change_role(&RoleChange {
+            role: TableRole::Follower,
+            term: 2,
+            followers: Vec::new(),
+            leader: "a:1".into(),
+            offline: Vec::new(),
+        })
+        .unwrap();
+    let grants = PairGrants::default();
+    let grant = grants.of("a:1");
+    let beat = PartitionBeat {
+        tid: 1,
+        pid: 0,
+        term: 2,
+        ..Default::default()
+    };
+    assert_eq!(
+        table.heartbeat(&grants.of("b:1"), 1, &beat).joined,
+        None,
+        "another tablet's beat: not its leader"
+    );
+    // A beat asking for a 1 ms lease: granted, and in the grant.
+    let outcome = table.heartbeat(&grant, 1, &beat);
+    assert!(outcome.granted);
+    let joined = outcome.joined.expect("in the grant");
+    // A replica just loaded owes a whole lease (it may have granted one before a
+    // restart): wait until most of it has run out.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while table.granted_lease_remaining() >= Duration::from_millis(100) {
+        assert!(Instant::now() < deadline, "the loaded replica's lease never ran out");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The grant's renewal renews the replica's lease with no beat of its own.
+    assert_eq!(grant.renew(Duration::from_millis(500)), joined);
+    let owed = table.granted_lease_remaining();
+    assert!(owed > Duration::from_millis(400), "{owed:?}");
+    let silent = Duration::from_millis(300)..Duration::from_secs(3600);
+    assert_eq!(
+        table.leader_silent_within(&silent),
+        None,
+        "heard through the grant"
+    );
+
+    table.fence(3).unwrap();
+    let after_fence = grant.renew(Duration::from_millis(500));
+    assert_eq!(after_fence, joined + 1, "leaving moves the generation");
+    let still_owed = table.granted_lease_remaining();
+    assert!(
+        still_owed > Duration::from_millis(300) && still_owed <= owed,
+        "a fence reports what the grant promised: {still_owed:?} of {owed:?}"
+    );
+    assert!(
+        !table.heartbeat(&grant, 500, &beat).granted,
+        "term 2 is over"
+    );
+
+    // Back in the grant under the new term, then closed: it leaves again.
+    table
+        .change_role(&RoleChange {
+            role: TableRole::Follower,
+            term: 4,
+            followers: Vec::new(),
+            leader: "a:1".into(),
+            offline: Vec::new(),
+        })
+        .unwrap();
+    assert_eq!(
+        grant.generation(),
+        after_fence,
+        "not in the grant until beaten"
+    );
+    let beat = PartitionBeat { term: 4, ..beat };
+    assert_eq!(
+        table.heartbeat(&grant, 500, &beat).joined,
+        Some(after_fence)
+    );
+    table.close().unwrap();
+    assert_eq!(
+        grant.generation(),
+        after_fence + 1,
+        "a closed replica leaves"
+    );
+}
+
 /// The watchdog asks every replica for its leader's silence ten times a second; a
 /// replica answers only when the silence lies in the reported range, and only a
 /// follower with a leader answers at all.

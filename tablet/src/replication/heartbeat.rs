@@ -1,14 +1,20 @@
 //! Heartbeats batched per follower tablet. Every `HEARTBEAT`, one `Heartbeat` call to
 //! each tablet this one ships to carries a beat for every partition it leads with a
-//! replica there, instead of one message per partition on each partition's stream: at
-//! thousands of partitions per tablet, per-partition heartbeats alone would fill the
-//! CPU. A granted beat renews the partition's read lease from when the call was sent,
-//! as an answer on the stream does. A beat the follower does not grant, or one that
-//! finds its log elsewhere, wakes the partition's link, which probes on its own stream
-//! where every check of an append applies; so does a follower too old to know the call.
+//! replica there that needs one, instead of one message per partition on each
+//! partition's stream: at thousands of partitions per tablet, per-partition heartbeats
+//! alone would fill the CPU.
+//!
+//! Each call renews the follower tablet's grant to this tablet (`pair_lease`), which
+//! renews the read lease of every partition in it: a partition whose follower answered
+//! its beat in step, in the grant, needs no beat of its own until it moves (a write, a
+//! new commit offset) or the grant changes generation. A granted beat renews the
+//! partition's lease from when the call was sent, as an answer on the stream does. A
+//! beat the follower does not grant, or one that finds its log elsewhere, wakes the
+//! partition's link, which probes on its own stream where every check of an append
+//! applies; so does a follower too old to know the call.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +27,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::debug;
 
 use super::leader::Replicators;
+use super::pair_lease::PeerGrant;
 use crate::storage::Table;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -31,6 +38,48 @@ pub(super) struct Beat {
     pub term: u64,
     /// Wakes the partition's link to this follower.
     pub kick: Arc<Notify>,
+    /// Where the partition stood when its follower last answered in step.
+    pub quiet: Arc<Quiet>,
+    pub last_offset: u64,
+    pub last_term: u64,
+    pub commit_offset: u64,
+}
+
+/// A link's last answer in step, in the follower's grant: the partition's last offset
+/// and commit offset the beat carried. While both stay there and the grant still counts
+/// for the partition, the follower has nothing to learn from a beat of its own.
+#[derive(Debug)]
+pub(super) struct Quiet {
+    last_offset: AtomicU64,
+    commit_offset: AtomicU64,
+}
+
+/// No answer in step yet.
+const UNSEEN: u64 = u64::MAX;
+
+impl Default for Quiet {
+    fn default() -> Quiet {
+        Quiet {
+            last_offset: AtomicU64::new(UNSEEN),
+            commit_offset: AtomicU64::new(UNSEEN),
+        }
+    }
+}
+
+impl Quiet {
+    pub(super) fn still(&self, last_offset: u64, commit_offset: u64) -> bool {
+        self.last_offset.load(Ordering::Acquire) == last_offset
+            && self.commit_offset.load(Ordering::Acquire) == commit_offset
+    }
+
+    fn set(&self, last_offset: u64, commit_offset: u64) {
+        self.last_offset.store(last_offset, Ordering::Release);
+        self.commit_offset.store(commit_offset, Ordering::Release);
+    }
+
+    fn clear(&self) {
+        self.set(UNSEEN, UNSEEN);
+    }
 }
 
 /// A follower tablet: one long-lived channel, and whether a call to it is on the way
@@ -83,6 +132,7 @@ pub async fn run(replicators: Arc<Replicators>, mut stop: watch::Receiver<bool>)
                 client: peer.client.clone(),
                 _calling: Calling(peer.calling.clone()),
                 leader: replicators.endpoint().to_string(),
+                grant: replicators.peer_grants().of(&follower),
                 follower,
                 beats,
             };
@@ -106,6 +156,8 @@ struct Call {
     _calling: Calling,
     leader: String,
     follower: String,
+    /// The follower tablet's grant, as this tablet knows it.
+    grant: Arc<PeerGrant>,
     beats: Vec<Beat>,
 }
 
@@ -119,14 +171,13 @@ impl Call {
                 .iter()
                 .map(|beat| {
                     let meta = beat.table.meta();
-                    let (last_offset, last_term) = beat.table.log_end();
                     PartitionBeat {
                         tid: meta.tid,
                         pid: meta.pid,
                         term: beat.term,
-                        last_offset,
-                        last_term,
-                        commit_offset: beat.table.commit_offset(),
+                        last_offset: beat.last_offset,
+                        last_term: beat.last_term,
+                        commit_offset: beat.commit_offset,
                     }
                 })
                 .collect(),
@@ -138,13 +189,20 @@ impl Call {
         let answer = tokio::time::timeout(LEADER_LEASE, self.client.heartbeat(request)).await;
         match answer {
             Ok(Ok(answer)) => {
-                let answers = answer.into_inner().answers;
-                if answers.len() != self.beats.len() {
+                let answer = answer.into_inner();
+                if answer.answers.len() != self.beats.len() {
                     debug!(follower = %self.follower, "a heartbeat answer of the wrong length");
                     return self.kick_all();
                 }
-                for (beat, answer) in self.beats.iter().zip(answers) {
-                    self.settle(beat, &answer, sent);
+                // The grant's renewal counts first for the partitions that joined it in
+                // this epoch; an answer in a new generation ends the epoch, so none that
+                // may have left counts it (a follower too old to have a grant names none).
+                let epoch = (answer.grant_id != 0).then(|| {
+                    self.grant
+                        .answered(answer.grant_id, answer.grant_generation, sent)
+                });
+                for (beat, answer) in self.beats.iter().zip(&answer.answers) {
+                    self.settle(beat, answer, sent, epoch);
                 }
             }
             // A follower that does not know the call: its links heartbeat on their
@@ -159,9 +217,23 @@ impl Call {
         }
     }
 
-    fn settle(&self, beat: &Beat, answer: &BeatAnswer, sent: Instant) {
-        if answer.granted && answer.term == beat.term {
+    fn settle(&self, beat: &Beat, answer: &BeatAnswer, sent: Instant, epoch: Option<u64>) {
+        let granted = answer.granted && answer.term == beat.term;
+        if granted {
             beat.table.lease_heard(&self.follower, beat.term, sent);
+        }
+        let joined = match epoch {
+            Some(epoch) if granted && answer.in_grant => {
+                beat.table
+                    .join_pair(&self.follower, beat.term, &self.grant, epoch);
+                true
+            }
+            _ => false,
+        };
+        if joined && answer.in_step {
+            beat.quiet.set(beat.last_offset, beat.commit_offset);
+        } else {
+            beat.quiet.clear();
         }
         if !answer.granted || !answer.in_step {
             beat.kick.notify_one();
@@ -170,6 +242,7 @@ impl Call {
 
     fn kick_all(&self) {
         for beat in &self.beats {
+            beat.quiet.clear();
             beat.kick.notify_one();
         }
     }

@@ -21,9 +21,10 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
-use super::heartbeat::Beat;
+use super::heartbeat::{Beat, Quiet};
 use super::history;
 use super::link_channels::LinkChannels;
+use super::pair_lease::{PairGrants, PeerGrant, PeerGrants};
 use super::transfer;
 use crate::catalog::Catalog;
 use crate::storage::binlog::{BinlogReader, ReadError};
@@ -60,6 +61,8 @@ struct Link {
     term: u64,
     /// Makes the link probe on its stream now.
     kick: Arc<Notify>,
+    /// Where the partition stood when the follower last answered its beat in step.
+    quiet: Arc<Quiet>,
 }
 
 /// A link as the heartbeat loop needs it.
@@ -69,6 +72,7 @@ struct BeatLink {
     follower: String,
     term: u64,
     kick: Arc<Notify>,
+    quiet: Arc<Quiet>,
 }
 
 /// Every replicator of this tablet.
@@ -79,6 +83,10 @@ pub struct Replicators {
     links: Mutex<HashMap<(u32, u32), HashMap<String, Link>>>,
     /// The connections the links share (see `link_channels`).
     channels: LinkChannels,
+    /// As a follower tablet: this tablet's grant to each leader tablet.
+    grants: PairGrants,
+    /// As a leader tablet: each follower tablet's grant, as its answers tell it.
+    peer_grants: PeerGrants,
 }
 
 impl Replicators {
@@ -88,7 +96,17 @@ impl Replicators {
             endpoint,
             links: Mutex::new(HashMap::new()),
             channels: LinkChannels::default(),
+            grants: PairGrants::default(),
+            peer_grants: PeerGrants::default(),
         })
+    }
+
+    pub fn grants(&self) -> &PairGrants {
+        &self.grants
+    }
+
+    pub(super) fn peer_grants(&self) -> &PeerGrants {
+        &self.peer_grants
     }
 
     pub fn endpoint(&self) -> &str {
@@ -138,6 +156,7 @@ impl Replicators {
                     status,
                     term: state.term,
                     kick,
+                    quiet: Arc::default(),
                 },
             );
         }
@@ -161,7 +180,9 @@ impl Replicators {
     }
 
     /// For each follower tablet, a beat for every partition led here in the term its
-    /// link ships for.
+    /// link ships for, but those the follower's grant renews that have not moved since
+    /// the follower last answered in step: a follower with nothing to hear still gets a
+    /// (then empty) beat, which renews its grant.
     pub(super) fn beats_by_follower(&self) -> HashMap<String, Vec<Beat>> {
         // Taken out of the lock first: looking the tables up takes other locks.
         let links: Vec<BeatLink> = self
@@ -175,10 +196,12 @@ impl Replicators {
                     follower: follower.clone(),
                     term: link.term,
                     kick: link.kick.clone(),
+                    quiet: link.quiet.clone(),
                 })
             })
             .collect();
         let mut batches: HashMap<String, Vec<Beat>> = HashMap::new();
+        let mut peers: HashMap<String, Arc<PeerGrant>> = HashMap::new();
         for link in links {
             let Ok(table) = self.catalog.get(link.tid, link.pid) else {
                 continue;
@@ -186,10 +209,30 @@ impl Replicators {
             if table.leading_term() != Some(link.term) {
                 continue;
             }
-            batches.entry(link.follower).or_default().push(Beat {
+            let peer = match peers.get(&link.follower) {
+                Some(peer) => peer.clone(),
+                None => {
+                    let peer = self.peer_grants.of(&link.follower);
+                    peers.insert(link.follower.clone(), peer.clone());
+                    peer
+                }
+            };
+            let (last_offset, last_term) = table.log_end();
+            let commit_offset = table.commit_offset();
+            let quiet = link.quiet.still(last_offset, commit_offset)
+                && table.in_pair(&link.follower, &peer);
+            let batch = batches.entry(link.follower).or_default();
+            if quiet {
+                continue;
+            }
+            batch.push(Beat {
                 table,
                 term: link.term,
                 kick: link.kick,
+                quiet: link.quiet,
+                last_offset,
+                last_term,
+                commit_offset,
             });
         }
         batches

@@ -4,5 +4,6 @@ pub use tessera_common::history;
 pub mod heartbeat;
 pub mod leader;
 pub mod link_channels;
+pub mod pair_lease;
 pub mod quorum;
 pub mod transfer;

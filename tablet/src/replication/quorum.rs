@@ -13,10 +13,13 @@
 //!   and never recomputes the commit offset from its own log alone.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
+
+use super::pair_lease::PeerGrant;
 
 #[derive(Debug, Default)]
 struct State {
@@ -36,6 +39,10 @@ struct State {
     /// the leading term (answers that did not refuse the term): the read lease runs from
     /// the send time a majority reached.
     heard: BTreeMap<String, Instant>,
+    /// Per voting member, the grant of its tablet this partition joined and the epoch it
+    /// joined in: the grant's renewals in that epoch renew the lease too (see
+    /// `pair_lease`).
+    pair: BTreeMap<String, (Arc<PeerGrant>, u64)>,
     /// While leading: when the local log reached each offset (at most one entry per
     /// [`WRITTEN_AT_STEP`], at most [`WRITTEN_AT_MAX`] entries), trimmed to what every
     /// voter holds: the age of the oldest record a follower lacks, for its lag in seconds.
@@ -67,7 +74,18 @@ impl State {
         if others_needed == 0 {
             return Some(Instant::now() + lease);
         }
-        let mut times: Vec<Instant> = self.heard.values().copied().collect();
+        let mut times: Vec<Instant> = self
+            .voters
+            .keys()
+            .filter_map(|voter| {
+                let direct = self.heard.get(voter).copied();
+                let paired = self
+                    .pair
+                    .get(voter)
+                    .and_then(|(peer, epoch)| peer.heard_in(*epoch));
+                direct.max(paired)
+            })
+            .collect();
         times.sort_unstable_by(|a, b| b.cmp(a));
         times.get(others_needed - 1).map(|sent| *sent + lease)
     }
@@ -147,6 +165,7 @@ impl Quorum {
         state.term_start = term_start;
         state.voters = voters.iter().map(|v| (v.clone(), 0)).collect();
         state.heard.clear();
+        state.pair.clear();
         state.written_at.clear();
         state.recompute();
         drop(state);
@@ -158,6 +177,7 @@ impl Quorum {
     pub fn step_down(&self) {
         let mut state = self.state.lock();
         state.heard.clear();
+        state.pair.clear();
         state.written_at.clear();
         if state.leading.take().is_some() {
             drop(state);
@@ -176,10 +196,12 @@ impl Quorum {
             .collect();
         let State {
             heard,
+            pair,
             voters: members,
             ..
         } = &mut *state;
         heard.retain(|v, _| members.contains_key(v));
+        pair.retain(|v, _| members.contains_key(v));
         // Only a different set counts afresh: marking a member offline or back keeps it.
         if !old.keys().eq(state.voters.keys()) {
             state.counted_since = Some(Instant::now());
@@ -254,6 +276,31 @@ impl Quorum {
         } else if state.voters.contains_key(voter) {
             state.heard.insert(voter.to_string(), sent);
         }
+    }
+
+    /// A voting member's tablet answered a beat in the leading term `term` with this
+    /// partition in its grant, in `epoch` of `peer`: the grant's renewals in that epoch
+    /// renew the lease from now on, with no beat of the partition's own.
+    pub fn join_pair(&self, voter: &str, term: u64, peer: &Arc<PeerGrant>, epoch: u64) {
+        let mut state = self.state.lock();
+        if state.leading != Some(term) || !state.voters.contains_key(voter) {
+            return;
+        }
+        match state.pair.get_mut(voter) {
+            Some(joined) => *joined = (peer.clone(), epoch),
+            None => {
+                state.pair.insert(voter.to_string(), (peer.clone(), epoch));
+            }
+        }
+    }
+
+    /// Whether `peer`'s renewals renew this partition's lease for `voter` now.
+    pub fn in_pair(&self, voter: &str, peer: &Arc<PeerGrant>) -> bool {
+        let state = self.state.lock();
+        state
+            .pair
+            .get(voter)
+            .is_some_and(|(joined, epoch)| Arc::ptr_eq(joined, peer) && joined.current(*epoch))
     }
 
     /// Until when this leader may serve reads: `lease` after the latest send time that a
@@ -459,6 +506,64 @@ mod tests {
             q.lease_until(lease),
             Some(later + Duration::from_millis(5) + lease)
         );
+    }
+
+    /// A follower tablet's grant renews the lease of the partitions that joined it, in
+    /// the epoch they joined in only: once the follower names a new generation (a
+    /// replica left the grant), the grant counts for none of them until they join again.
+    #[test]
+    fn a_grant_renews_the_lease_of_the_partitions_in_it_until_its_generation_moves() {
+        let lease = Duration::from_millis(500);
+        let q = leader_of(&["b", "c"]);
+        let peer = Arc::new(PeerGrant::default());
+        let t0 = Instant::now();
+        let epoch = peer.answered(7, 0, t0);
+        q.join_pair("b", 1, &peer, epoch);
+        assert!(q.in_pair("b", &peer));
+        assert_eq!(q.lease_until(lease), Some(t0 + lease));
+        // A later renewal of the same grant renews the partition with no beat of its own.
+        let t1 = t0 + Duration::from_millis(100);
+        peer.answered(7, 0, t1);
+        assert_eq!(q.lease_until(lease), Some(t1 + lease));
+        // A direct answer still counts, whichever is later.
+        q.heard("b", 1, t1 + Duration::from_millis(5));
+        assert_eq!(
+            q.lease_until(lease),
+            Some(t1 + Duration::from_millis(5) + lease)
+        );
+        // A new generation: only the direct answer counts, the grant's later renewals
+        // do not.
+        peer.answered(7, 1, t1 + Duration::from_millis(200));
+        assert!(!q.in_pair("b", &peer));
+        assert_eq!(
+            q.lease_until(lease),
+            Some(t1 + Duration::from_millis(5) + lease)
+        );
+        // Joined again in the new epoch; another term's or a non-member's join counts
+        // for nothing; a new term forgets every join.
+        let other = Arc::new(PeerGrant::default());
+        q.join_pair(
+            "x",
+            1,
+            &other,
+            other.answered(3, 0, t1 + Duration::from_secs(1)),
+        );
+        q.join_pair(
+            "c",
+            2,
+            &other,
+            other.answered(3, 0, t1 + Duration::from_secs(1)),
+        );
+        assert!(!q.in_pair("c", &other) && !q.in_pair("x", &other));
+        let epoch = peer.answered(7, 1, t1 + Duration::from_millis(300));
+        q.join_pair("b", 1, &peer, epoch);
+        assert_eq!(
+            q.lease_until(lease),
+            Some(t1 + Duration::from_millis(300) + lease)
+        );
+        q.lead(2, 1, &voters(&["b", "c"]));
+        assert!(!q.in_pair("b", &peer), "a new term forgets the joins");
+        assert_eq!(q.lease_until(lease), None);
     }
 
     /// The nameserver replaces a leader only after a lasting lapse, so the tablet tells

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -19,6 +20,7 @@ use super::error::{Result, StorageError};
 use super::table::{ReplicaRuntime, Table, Version};
 use super::{crashsafe, snapshot};
 use crate::replication::history;
+use crate::replication::pair_lease::{self, PairGrant, PeerGrant};
 
 const STATE_FILE: &str = "replica_state";
 const STATE_MAGIC: [u8; 4] = *b"TSRS";
@@ -122,16 +124,59 @@ fn refuse_if_closed(binlog: &super::binlog::Binlog) -> Result<()> {
 }
 
 /// Answering promises the leader nothing newer for its lease than now, and counts as
-/// hearing from it. A lease longer than Tessera's own is taken for ours (the nameserver
-/// waits no longer than that); none said is taken for ours too.
+/// hearing from it (see [`pair_lease::lease_asked`] for the lease).
 fn grant_lease(replica: &mut ReplicaRuntime, lease_ms: u32) {
-    let lease = match lease_ms {
-        0 => LEADER_LEASE,
-        ms => Duration::from_millis(u64::from(ms)).min(LEADER_LEASE),
-    };
     let now = Instant::now();
+    let lease = pair_lease::lease_asked(lease_ms);
     replica.granted_until = replica.granted_until.max(now + stretched(lease));
     replica.leader_contact = now;
+}
+
+impl Drop for ReplicaRuntime {
+    /// A replica dropped without being closed leaves its grant all the same.
+    fn drop(&mut self) {
+        self.leave_pair();
+    }
+}
+
+impl ReplicaRuntime {
+    /// Leaves the grant to its leader's tablet, if in one, keeping what it promised: a
+    /// replica calls it under its lock in the same step as whatever makes it stop
+    /// following that leader in that term, so its leader learns of it (by the grant's
+    /// new generation) before the grant renews anything more for it.
+    pub(crate) fn leave_pair(&mut self) {
+        if let Some(grant) = self.pair.take() {
+            let left = grant.leave();
+            self.granted_until = self.granted_until.max(left.granted_until);
+            self.leader_contact = self.leader_contact.max(left.contact);
+        }
+    }
+
+    /// When it last heard from its leader, directly or through the grant it is in.
+    fn leader_contact(&self) -> Instant {
+        match &self.pair {
+            Some(grant) => self.leader_contact.max(grant.contact()),
+            None => self.leader_contact,
+        }
+    }
+
+    /// Until when a lease it helped renew may last, directly or through its grant.
+    fn granted_until(&self) -> Instant {
+        match &self.pair {
+            Some(grant) => self.granted_until.max(grant.granted_until()),
+            None => self.granted_until,
+        }
+    }
+
+    /// Joins `grant` (it follows the grant's leader): returns the grant's generation as
+    /// of joining.
+    fn join_pair(&mut self, grant: &Arc<PairGrant>) -> u64 {
+        if !self.pair.as_ref().is_some_and(|g| Arc::ptr_eq(g, grant)) {
+            self.leave_pair();
+            self.pair = Some(grant.clone());
+        }
+        grant.generation()
+    }
 }
 
 /// What a follower made of one partition's beat in a leader's batched heartbeat.
@@ -143,6 +188,9 @@ pub struct BeatOutcome {
     pub in_step: bool,
     /// Its term.
     pub term: u64,
+    /// Granted: the generation of the leader's grant when the replica joined it (or
+    /// found itself in it).
+    pub joined: Option<u64>,
 }
 
 /// A change to one follower of a leader.
@@ -264,7 +312,7 @@ impl Table {
     pub fn granted_lease_remaining(&self) -> Duration {
         self.replica
             .lock()
-            .granted_until
+            .granted_until()
             .saturating_duration_since(Instant::now())
     }
 
@@ -273,7 +321,7 @@ impl Table {
         let replica = self.replica.lock();
         let state = &replica.state;
         (state.role() == TableRole::Follower && !state.leader.is_empty())
-            .then(|| (state.leader.clone(), replica.leader_contact.elapsed()))
+            .then(|| (state.leader.clone(), replica.leader_contact().elapsed()))
     }
 
     /// Follower: its leader and how long since it last heard from it, if that silence
@@ -288,7 +336,7 @@ impl Table {
         if state.role() != TableRole::Follower || state.leader.is_empty() {
             return None;
         }
-        let quiet = replica.leader_contact.elapsed();
+        let quiet = replica.leader_contact().elapsed();
         range
             .contains(&quiet)
             .then(|| (state.leader.clone(), quiet))
@@ -297,6 +345,17 @@ impl Table {
     /// A leader's answer from a voting member to a request sent at `sent`.
     pub fn lease_heard(&self, follower: &str, term: u64, sent: Instant) {
         self.quorum.heard(follower, term, sent);
+    }
+
+    /// A leader's follower tablet answered a beat in `term` with this partition in its
+    /// grant, in `epoch` of `peer` (see `replication::pair_lease`).
+    pub fn join_pair(&self, follower: &str, term: u64, peer: &Arc<PeerGrant>, epoch: u64) {
+        self.quorum.join_pair(follower, term, peer, epoch);
+    }
+
+    /// Whether the renewals of `follower`'s grant renew this leader's lease now.
+    pub fn in_pair(&self, follower: &str, peer: &Arc<PeerGrant>) -> bool {
+        self.quorum.in_pair(follower, peer)
     }
 
     pub fn replica_state(&self) -> ReplicaState {
@@ -370,6 +429,7 @@ impl Table {
         }
         state.leader.clear();
         self.persist(&state)?;
+        replica.leave_pair();
         replica.state = state;
         // Writers still waiting learn their outcome is unknown; nothing more commits here.
         self.quorum.step_down();
@@ -459,6 +519,7 @@ impl Table {
             "role changed"
         );
         let leading = state.role() == TableRole::Leader;
+        replica.leave_pair();
         replica.state = state;
         replica.fenced = false;
         replica.awaiting_role = false;
@@ -658,20 +719,30 @@ impl Table {
     }
 
     /// A leader's heartbeat for this partition, from a batch. Unlike an AppendEntries it
-    /// changes nothing but the lease: a replica that does not already follow `leader` in
-    /// the beat's term (a newer term, another role, fenced, reloading) grants nothing,
-    /// and the leader then probes on the partition's own stream, where every check of
-    /// [`Table::log_append`] applies. The checks and the grant happen under the replica
-    /// lock, as a fence's change of term does, so no grant follows a fence.
+    /// changes nothing but the lease: a replica that does not already follow the grant's
+    /// leader in the beat's term (a newer term, another role, fenced, reloading) grants
+    /// nothing, and the leader then probes on the partition's own stream, where every
+    /// check of [`Table::log_append`] applies. The checks and the grant happen under the
+    /// replica lock, as a fence's change of term does, so no grant follows a fence.
+    ///
+    /// A granting replica joins `grant` (the leader tablet's, see
+    /// `replication::pair_lease`): from then on the grant's renewals renew its lease too,
+    /// until it leaves.
     ///
     /// A replica busy appending (its writer lock taken) grants nothing either, rather
     /// than hold up the rest of the batch: the append's own answer renews the lease.
-    pub fn heartbeat(&self, leader: &str, lease_ms: u32, beat: &PartitionBeat) -> BeatOutcome {
+    pub fn heartbeat(
+        &self,
+        grant: &Arc<PairGrant>,
+        lease_ms: u32,
+        beat: &PartitionBeat,
+    ) -> BeatOutcome {
         let Some(binlog) = self.writer.try_lock() else {
             return BeatOutcome {
                 granted: false,
                 in_step: false,
                 term: beat.term,
+                joined: None,
             };
         };
         let mut replica = self.replica.lock();
@@ -679,7 +750,7 @@ impl Table {
         let follows = !binlog.is_closed()
             && beat.term == term
             && replica.state.role() == TableRole::Follower
-            && replica.state.leader == leader
+            && replica.state.leader == grant.leader()
             && !replica.fenced
             && !replica.awaiting_role;
         if !follows {
@@ -687,9 +758,11 @@ impl Table {
                 granted: false,
                 in_step: false,
                 term,
+                joined: None,
             };
         }
         grant_lease(&mut replica, lease_ms);
+        let joined = replica.join_pair(grant);
         drop(replica);
         let last = binlog.last_offset();
         // A replica just reloaded (a snapshot installed, a truncation) knows no commit
@@ -701,6 +774,7 @@ impl Table {
             granted: true,
             in_step,
             term,
+            joined: Some(joined),
         }
     }
 
@@ -748,6 +822,7 @@ impl Table {
                 };
                 self.persist(&adopted)?;
                 self.quorum.step_down();
+                replica.leave_pair();
                 replica.state = adopted;
                 replica.fenced = false;
                 replica.awaiting_role = false;

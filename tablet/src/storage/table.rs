@@ -200,6 +200,9 @@ pub struct ReplicaRuntime {
     /// Until when (this clock, drift margin included) a lease this replica helped a
     /// leader renew may last; a loaded replica may have helped just before its restart.
     pub granted_until: std::time::Instant,
+    /// Follower: the grant to its leader's tablet it belongs to, renewed by every beat
+    /// of that tablet (see `replication::pair_lease`); left before it stops following.
+    pub pair: Option<std::sync::Arc<crate::replication::pair_lease::PairGrant>>,
 }
 
 /// How many trailing columns a row leaves out that schema changes added (and that it may
@@ -457,6 +460,7 @@ impl Table {
                         tessera_common::failure_detection::LEADER_LEASE,
                     ),
                 awaiting_role: false,
+                pair: None,
             }),
             history: Mutex::new(term_history),
             snapshot_offset: AtomicU64::new(report.snapshot_offset),
@@ -1336,6 +1340,9 @@ impl Table {
 
     /// Makes everything written durable and stops the binlog's flusher.
     pub fn close(&self) -> Result<()> {
-        self.writer.lock().close()
+        let mut binlog = self.writer.lock();
+        // A closed replica follows nobody: it leaves its leader's grant first.
+        self.replica.lock().leave_pair();
+        binlog.close()
     }
 }
