@@ -659,7 +659,10 @@ fn a_replica_in_a_grant_is_renewed_by_it_until_it_leaves() {
     // restart): wait until most of it has run out.
     let deadline = Instant::now() + Duration::from_secs(5);
     while table.granted_lease_remaining() >= Duration::from_millis(100) {
-        assert!(Instant::now() < deadline, "the loaded replica's lease never ran out");
+        assert!(
+            Instant::now() < deadline,
+            "the loaded replica's lease never ran out"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     // The grant's renewal renews the replica's lease with no beat of its own.

@@ -13,7 +13,7 @@
 //! join again by a beat of their own. A replica that leaves keeps what the grant
 //! promised until then, so a fence still reports every lease it helped renew.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -143,10 +143,20 @@ impl PairGrants {
 /// last answered with, and when the latest request it answered was sent. Each change of
 /// grant or generation starts a new *epoch*; a partition counts the grant's renewals only
 /// in the epoch it joined in.
+///
+/// An epoch that ended keeps its last renewal: every answer of that epoch named its
+/// generation, so each renewal came before the leave that ended it, and a replica that
+/// left took that renewal's promise with it. The partitions of the epoch go on counting
+/// it (it runs out by itself) until a beat of their own joins them to the new epoch;
+/// dropping it would lapse every idle partition's lease whenever any replica left.
 #[derive(Debug, Default)]
 pub struct PeerGrant {
     state: Mutex<PeerState>,
 }
+
+/// Ended epochs kept with their last renewal. An epoch lasts at least one heartbeat
+/// round (its answers come one call at a time), so this covers several leases.
+const ENDED_KEPT: usize = 16;
 
 #[derive(Debug, Default)]
 struct PeerState {
@@ -154,6 +164,8 @@ struct PeerState {
     generation: u64,
     epoch: u64,
     heard: Option<Instant>,
+    /// The latest ended epochs, oldest first, with their last renewal.
+    ended: VecDeque<(u64, Instant)>,
 }
 
 impl PeerGrant {
@@ -163,6 +175,13 @@ impl PeerGrant {
     pub fn answered(&self, id: u64, generation: u64, sent: Instant) -> u64 {
         let mut state = self.state.lock();
         if (state.id, state.generation) != (id, generation) {
+            if let Some(heard) = state.heard {
+                if state.ended.len() == ENDED_KEPT {
+                    state.ended.pop_front();
+                }
+                let epoch = state.epoch;
+                state.ended.push_back((epoch, heard));
+            }
             state.id = id;
             state.generation = generation;
             state.epoch += 1;
@@ -172,13 +191,22 @@ impl PeerGrant {
         state.epoch
     }
 
-    /// When the latest request renewing `epoch` was sent, if `epoch` is still current.
+    /// When the latest request renewing `epoch` was sent: the current epoch's latest, or
+    /// an ended epoch's last.
     pub fn heard_in(&self, epoch: u64) -> Option<Instant> {
         let state = self.state.lock();
-        (state.epoch == epoch).then_some(state.heard).flatten()
+        if state.epoch == epoch {
+            return state.heard;
+        }
+        state
+            .ended
+            .iter()
+            .rev()
+            .find(|(ended, _)| *ended == epoch)
+            .map(|(_, heard)| *heard)
     }
 
-    /// Whether `epoch` is still current.
+    /// Whether `epoch` is still current: its partitions need no beat of their own.
     pub fn current(&self, epoch: u64) -> bool {
         self.state.lock().epoch == epoch
     }
@@ -240,14 +268,26 @@ mod tests {
             "the same grant and generation"
         );
         assert_eq!(peer.heard_in(epoch), Some(t1));
-        let next = peer.answered(7, 1, t1);
+        let t2 = t1 + Duration::from_millis(100);
+        let next = peer.answered(7, 1, t2);
         assert_ne!(next, epoch, "a replica left the grant");
-        assert_eq!(peer.heard_in(epoch), None, "the old epoch counts no more");
         assert!(!peer.current(epoch));
-        let restarted = peer.answered(9, 1, t1);
+        assert_eq!(
+            peer.heard_in(epoch),
+            Some(t1),
+            "the old epoch keeps its last renewal, not the new epoch's"
+        );
+        assert_eq!(peer.heard_in(next), Some(t2));
+        let restarted = peer.answered(9, 1, t2);
         assert_ne!(restarted, next, "another grant: the follower restarted");
         // An earlier send time never moves the renewal back.
         assert_eq!(peer.answered(9, 1, t0), restarted);
-        assert_eq!(peer.heard_in(restarted), Some(t1));
+        assert_eq!(peer.heard_in(restarted), Some(t2));
+        // Only the latest ended epochs are kept; older ones have run out anyway.
+        for generation in 2..2 + ENDED_KEPT as u64 {
+            peer.answered(9, generation, t2);
+        }
+        assert_eq!(peer.heard_in(epoch), None);
+        assert_eq!(peer.heard_in(restarted), Some(t2));
     }
 }
