@@ -22,11 +22,11 @@ use tessera_common::cluster_secret::{self, InternalChannel};
 use tessera_common::failure_detection::{HEARTBEAT, LEADER_LEASE};
 use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{BeatAnswer, HeartbeatRequest, PartitionBeat};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tracing::debug;
 
-use super::leader::Replicators;
+use super::leader::{Beating, Replicators};
 use super::pair_lease::PeerGrant;
 use crate::storage::Table;
 
@@ -36,10 +36,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub(super) struct Beat {
     pub table: Arc<Table>,
     pub term: u64,
-    /// Wakes the partition's link to this follower.
-    pub kick: Arc<Notify>,
-    /// Where the partition stood when its follower last answered in step.
-    pub quiet: Arc<Quiet>,
+    /// The partition's link to this follower.
+    pub link: Arc<Beating>,
     pub last_offset: u64,
     pub last_term: u64,
     pub commit_offset: u64,
@@ -231,19 +229,19 @@ impl Call {
             _ => false,
         };
         if joined && answer.in_step {
-            beat.quiet.set(beat.last_offset, beat.commit_offset);
+            beat.link.quiet.set(beat.last_offset, beat.commit_offset);
         } else {
-            beat.quiet.clear();
+            beat.link.quiet.clear();
         }
         if !answer.granted || !answer.in_step {
-            beat.kick.notify_one();
+            beat.link.kick.notify_one();
         }
     }
 
     fn kick_all(&self) {
         for beat in &self.beats {
-            beat.quiet.clear();
-            beat.kick.notify_one();
+            beat.link.quiet.clear();
+            beat.link.kick.notify_one();
         }
     }
 }

@@ -59,20 +59,28 @@ struct Link {
     status: Arc<Mutex<LinkStatus>>,
     /// The term the link ships for; a new term gets new links.
     term: u64,
-    /// Makes the link probe on its stream now.
-    kick: Arc<Notify>,
-    /// Where the partition stood when the follower last answered its beat in step.
-    quiet: Arc<Quiet>,
+    /// What the heartbeat loop needs of the link.
+    beating: Arc<Beating>,
 }
 
-/// A link as the heartbeat loop needs it.
-struct BeatLink {
+/// A link as the heartbeat loop needs it: shared, so a round copies one pointer per
+/// link.
+pub(super) struct Beating {
+    pub(super) follower: String,
+    /// Makes the link probe on its stream now.
+    pub(super) kick: Notify,
+    /// Where the partition stood when the follower last answered its beat in step.
+    pub(super) quiet: Quiet,
+    /// The follower tablet's grant, as this tablet knows it.
+    pub(super) grant: Arc<PeerGrant>,
+}
+
+/// A partition's links as one heartbeat round needs them.
+struct BeatTable {
     tid: u32,
     pid: u32,
-    follower: String,
     term: u64,
-    kick: Arc<Notify>,
-    quiet: Arc<Quiet>,
+    links: Vec<Arc<Beating>>,
 }
 
 /// Every replicator of this tablet.
@@ -138,9 +146,14 @@ impl Replicators {
             }
             let (stop, stopped) = watch::channel(false);
             let status = Arc::new(Mutex::new(LinkStatus::default()));
-            let kick = Arc::new(Notify::new());
+            let beating = Arc::new(Beating {
+                follower: follower.clone(),
+                kick: Notify::new(),
+                quiet: Quiet::default(),
+                grant: self.peer_grants.of(&follower),
+            });
             let task = LinkTask {
-                kick: kick.clone(),
+                beating: beating.clone(),
                 replicators: self.clone(),
                 tid,
                 pid,
@@ -155,8 +168,7 @@ impl Replicators {
                     stop,
                     status,
                     term: state.term,
-                    kick,
-                    quiet: Arc::default(),
+                    beating,
                 },
             );
         }
@@ -185,55 +197,57 @@ impl Replicators {
     /// (then empty) beat, which renews its grant.
     pub(super) fn beats_by_follower(&self) -> HashMap<String, Vec<Beat>> {
         // Taken out of the lock first: looking the tables up takes other locks.
-        let links: Vec<BeatLink> = self
+        let tables: Vec<BeatTable> = self
             .links
             .lock()
             .iter()
-            .flat_map(|(&(tid, pid), followers)| {
-                followers.iter().map(move |(follower, link)| BeatLink {
+            .filter_map(|(&(tid, pid), followers)| {
+                let term = followers.values().next()?.term;
+                let links = followers
+                    .values()
+                    .filter(|link| link.term == term)
+                    .map(|link| link.beating.clone())
+                    .collect();
+                Some(BeatTable {
                     tid,
                     pid,
-                    follower: follower.clone(),
-                    term: link.term,
-                    kick: link.kick.clone(),
-                    quiet: link.quiet.clone(),
+                    term,
+                    links,
                 })
             })
             .collect();
         let mut batches: HashMap<String, Vec<Beat>> = HashMap::new();
-        let mut peers: HashMap<String, Arc<PeerGrant>> = HashMap::new();
-        for link in links {
-            let Ok(table) = self.catalog.get(link.tid, link.pid) else {
+        for beat_table in tables {
+            let Ok(table) = self.catalog.get(beat_table.tid, beat_table.pid) else {
                 continue;
             };
-            if table.leading_term() != Some(link.term) {
+            if table.leading_term() != Some(beat_table.term) {
                 continue;
             }
-            let peer = match peers.get(&link.follower) {
-                Some(peer) => peer.clone(),
-                None => {
-                    let peer = self.peer_grants.of(&link.follower);
-                    peers.insert(link.follower.clone(), peer.clone());
-                    peer
-                }
-            };
-            let (last_offset, last_term) = table.log_end();
+            let last_offset = table.last_offset();
             let commit_offset = table.commit_offset();
-            let quiet = link.quiet.still(last_offset, commit_offset)
-                && table.in_pair(&link.follower, &peer);
-            let batch = batches.entry(link.follower).or_default();
-            if quiet {
-                continue;
+            // The term of the last record, looked up only for a beat that goes.
+            let mut last_term = None;
+            for link in beat_table.links {
+                let quiet = link.quiet.still(last_offset, commit_offset)
+                    && table.in_pair(&link.follower, &link.grant);
+                let batch = match batches.get_mut(&link.follower) {
+                    Some(batch) => batch,
+                    None => batches.entry(link.follower.clone()).or_default(),
+                };
+                if quiet {
+                    continue;
+                }
+                let last_term = *last_term.get_or_insert_with(|| table.term_at(last_offset));
+                batch.push(Beat {
+                    table: table.clone(),
+                    term: beat_table.term,
+                    link,
+                    last_offset,
+                    last_term,
+                    commit_offset,
+                });
             }
-            batch.push(Beat {
-                table,
-                term: link.term,
-                kick: link.kick,
-                quiet: link.quiet,
-                last_offset,
-                last_term,
-                commit_offset,
-            });
         }
         batches
     }
@@ -349,7 +363,7 @@ struct LinkTask {
     term: u64,
     follower: String,
     status: Arc<Mutex<LinkStatus>>,
-    kick: Arc<Notify>,
+    beating: Arc<Beating>,
 }
 
 /// Why a link ended without an error.
@@ -495,7 +509,7 @@ impl LinkTask {
                 tokio::select! {
                     _ = appended.changed(), if caught_up => {}
                     _ = commits.changed() => {}
-                    _ = self.kick.notified() => probe_now = true,
+                    _ = self.beating.kick.notified() => probe_now = true,
                     _ = idle_probe => {}
                     // With nothing asked, the stream only ends or breaks (a follower
                     // restarted): find out now, not at the next write.

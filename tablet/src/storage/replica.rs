@@ -381,7 +381,12 @@ impl Table {
     /// read first, and a record's term is noted before its offset is published.
     pub fn log_end(&self) -> (u64, u64) {
         let last = self.last_offset();
-        (last, history::term_at(&self.history.lock(), last))
+        (last, self.term_at(last))
+    }
+
+    /// The term of the record at `offset` (of the last record before it, if none is).
+    pub fn term_at(&self, offset: u64) -> u64 {
+        history::term_at(&self.history.lock(), offset)
     }
 
     /// The term this replica leads in (fenced by a lapsed ZooKeeper lease or not: its
