@@ -25,6 +25,18 @@ fn leader_of(table: &Table, term: u64, followers: &[&str], offline: &[&str]) {
         .unwrap();
 }
 
+fn follower_of(table: &Table, term: u64, leader: &str) {
+    table
+        .change_role(&RoleChange {
+            role: TableRole::Follower,
+            term,
+            followers: Vec::new(),
+            leader: leader.into(),
+            offline: Vec::new(),
+        })
+        .unwrap();
+}
+
 fn count(table: &Table, id: &str) -> u64 {
     table.count("", &key(id)).unwrap().1
 }
@@ -629,15 +641,7 @@ fn a_replica_in_a_grant_is_renewed_by_it_until_it_leaves() {
     use tessera_tablet::replication::pair_lease::PairGrants;
     let dir = tempfile::tempdir().unwrap();
     let table = create(&dir.path().join("1_0"), 1 << 20);
-    table
-        .change_role(&RoleChange {
-            role: TableRole::Follower,
-            term: 2,
-            followers: Vec::new(),
-            leader: "a:1".into(),
-            offline: Vec::new(),
-        })
-        .unwrap();
+    follower_of(&table, 2, "a:1");
     let grants = PairGrants::default();
     let grant = grants.of("a:1");
     let beat = PartitionBeat {
@@ -690,15 +694,7 @@ fn a_replica_in_a_grant_is_renewed_by_it_until_it_leaves() {
     );
 
     // Back in the grant under the new term, then closed: it leaves again.
-    table
-        .change_role(&RoleChange {
-            role: TableRole::Follower,
-            term: 4,
-            followers: Vec::new(),
-            leader: "a:1".into(),
-            offline: Vec::new(),
-        })
-        .unwrap();
+    follower_of(&table, 4, "a:1");
     assert_eq!(
         grant.generation(),
         after_fence,
@@ -726,15 +722,7 @@ fn a_follower_tells_its_leaders_silence_only_within_the_range() {
     let table = create(&dir.path().join("1_0"), 1 << 20);
     let always = Duration::ZERO..Duration::from_secs(3600);
     assert_eq!(table.leader_silent_within(&always), None, "no leader yet");
-    table
-        .change_role(&RoleChange {
-            role: TableRole::Follower,
-            term: 2,
-            followers: Vec::new(),
-            leader: "a:1".into(),
-            offline: Vec::new(),
-        })
-        .unwrap();
+    follower_of(&table, 2, "a:1");
     let (leader, quiet) = table.leader_silent_within(&always).expect("a follower");
     assert_eq!(leader, "a:1");
     assert!(quiet < Duration::from_secs(3600));

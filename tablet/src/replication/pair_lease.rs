@@ -129,14 +129,24 @@ pub struct PairGrants {
 
 impl PairGrants {
     pub fn of(&self, leader: &str) -> Arc<PairGrant> {
-        let mut grants = self.by_leader.lock();
-        if let Some(grant) = grants.get(leader) {
-            return grant.clone();
-        }
-        let grant = Arc::new(PairGrant::new(leader));
-        grants.insert(leader.to_string(), grant.clone());
-        grant
+        shared_entry(&self.by_leader, leader, || PairGrant::new(leader))
     }
+}
+
+/// The entry of `map` for `key`, made by `make` the first time (with no allocation for
+/// a key already there).
+fn shared_entry<T>(
+    map: &Mutex<HashMap<String, Arc<T>>>,
+    key: &str,
+    make: impl FnOnce() -> T,
+) -> Arc<T> {
+    let mut map = map.lock();
+    if let Some(entry) = map.get(key) {
+        return entry.clone();
+    }
+    let entry = Arc::new(make());
+    map.insert(key.to_string(), entry.clone());
+    entry
 }
 
 /// A leader tablet's view of one follower tablet's grant: which grant and generation it
@@ -222,13 +232,7 @@ pub struct PeerGrants {
 
 impl PeerGrants {
     pub fn of(&self, follower: &str) -> Arc<PeerGrant> {
-        let mut peers = self.by_follower.lock();
-        if let Some(peer) = peers.get(follower) {
-            return peer.clone();
-        }
-        let peer = Arc::new(PeerGrant::default());
-        peers.insert(follower.to_string(), peer.clone());
-        peer
+        shared_entry(&self.by_follower, follower, PeerGrant::default)
     }
 }
 
