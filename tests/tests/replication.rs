@@ -701,6 +701,9 @@ async fn idle_partitions_share_one_heartbeat_per_tablet_pair() {
     }
     let kept = PARTITIONS - 1;
     let mut looks_at_kept = 0;
+    // A lapse of the others lasted until their next beats, a round or two (several
+    // looks in a row); a single late look on a loaded machine is not one.
+    let mut short_in_a_row = 0;
     let deadline = std::time::Instant::now() + SYNC_TIMEOUT;
     while looks_at_kept < 20 {
         assert!(
@@ -708,9 +711,10 @@ async fn idle_partitions_share_one_heartbeat_per_tablet_pair() {
             "the fenced partition's lease never ran out"
         );
         let held = metric(&a, leases, "") as u32;
+        short_in_a_row = if held < kept { short_in_a_row + 1 } else { 0 };
         assert!(
-            held >= kept,
-            "{held} leases held after fencing one partition of {PARTITIONS}"
+            short_in_a_row < 3,
+            "{held} leases held after fencing one partition of {PARTITIONS}, three looks in a row"
         );
         if held == kept {
             looks_at_kept += 1;

@@ -202,7 +202,9 @@ impl Replicators {
             .lock()
             .iter()
             .filter_map(|(&(tid, pid), followers)| {
+                // Every link of a partition ships for its term now (`sync_table`).
                 let term = followers.values().next()?.term;
+                debug_assert!(followers.values().all(|link| link.term == term));
                 let links = followers
                     .values()
                     .filter(|link| link.term == term)

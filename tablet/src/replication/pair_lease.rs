@@ -156,7 +156,9 @@ fn shared_entry<T>(
 ///
 /// An epoch that ended keeps its last renewal: every answer of that epoch named its
 /// generation, so each renewal came before the leave that ended it, and a replica that
-/// left took that renewal's promise with it. The partitions of the epoch go on counting
+/// left took that renewal's promise with it. (An epoch ended by a new grant id, a
+/// restarted follower, is no different: a replica loaded at the restart owes a whole
+/// lease from then, later than any renewal before it.) The partitions of the epoch go on counting
 /// it (it runs out by itself) until a beat of their own joins them to the new epoch;
 /// dropping it would lapse every idle partition's lease whenever any replica left.
 #[derive(Debug, Default)]

@@ -377,13 +377,6 @@ impl Table {
         (history::term_at(&self.history.lock(), last), last)
     }
 
-    /// (last offset, term of the record there), without the writer lock: the offset is
-    /// read first, and a record's term is noted before its offset is published.
-    pub fn log_end(&self) -> (u64, u64) {
-        let last = self.last_offset();
-        (last, self.term_at(last))
-    }
-
     /// The term of the record at `offset` (of the last record before it, if none is).
     pub fn term_at(&self, offset: u64) -> u64 {
         history::term_at(&self.history.lock(), offset)
