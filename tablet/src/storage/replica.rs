@@ -152,6 +152,14 @@ impl ReplicaRuntime {
         }
     }
 
+    /// Every change of role, term or leader goes through here: the replica leaves the
+    /// grant of the leader it followed in the same step, so it is never in a grant for
+    /// a leadership it no longer follows.
+    pub(crate) fn set_state(&mut self, state: ReplicaState) {
+        self.leave_pair();
+        self.state = state;
+    }
+
     /// When it last heard from its leader, directly or through the grant it is in.
     fn leader_contact(&self) -> Instant {
         match &self.pair {
@@ -427,8 +435,7 @@ impl Table {
         }
         state.leader.clear();
         self.persist(&state)?;
-        replica.leave_pair();
-        replica.state = state;
+        replica.set_state(state);
         // Writers still waiting learn their outcome is unknown; nothing more commits here.
         self.quorum.step_down();
         let last = binlog.last_offset();
@@ -517,8 +524,7 @@ impl Table {
             "role changed"
         );
         let leading = state.role() == TableRole::Leader;
-        replica.leave_pair();
-        replica.state = state;
+        replica.set_state(state);
         replica.fenced = false;
         replica.awaiting_role = false;
         // A new follower gives its leader time to reach it before it reports silence.
@@ -576,7 +582,7 @@ impl Table {
             offline = ?state.offline,
             "follower changed"
         );
-        replica.state = state;
+        replica.set_state(state);
         Ok(())
     }
 
@@ -820,8 +826,7 @@ impl Table {
                 };
                 self.persist(&adopted)?;
                 self.quorum.step_down();
-                replica.leave_pair();
-                replica.state = adopted;
+                replica.set_state(adopted);
                 replica.fenced = false;
                 replica.awaiting_role = false;
             }
