@@ -28,6 +28,7 @@ use tracing::debug;
 
 use super::leader::{Beating, Replicators};
 use super::pair_lease::PeerGrant;
+use super::quorum::PairMark;
 use crate::storage::Table;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -44,12 +45,15 @@ pub(super) struct Beat {
 }
 
 /// A link's last answer in step, in the follower's grant: the partition's last offset
-/// and commit offset the beat carried. While both stay there and the grant still counts
-/// for the partition, the follower has nothing to learn from a beat of its own.
+/// and commit offset the beat carried, and the mark of its join to the grant. While the
+/// offsets stay there and the join stands, the follower has nothing to learn from a beat
+/// of its own. All atomics: a round reads them for every idle partition, with no lock.
 #[derive(Debug)]
 pub(super) struct Quiet {
     last_offset: AtomicU64,
     commit_offset: AtomicU64,
+    epoch: AtomicU64,
+    resets: AtomicU64,
 }
 
 /// No answer in step yet.
@@ -60,23 +64,37 @@ impl Default for Quiet {
         Quiet {
             last_offset: AtomicU64::new(UNSEEN),
             commit_offset: AtomicU64::new(UNSEEN),
+            epoch: AtomicU64::new(UNSEEN),
+            resets: AtomicU64::new(UNSEEN),
         }
     }
 }
 
 impl Quiet {
-    pub(super) fn still(&self, last_offset: u64, commit_offset: u64) -> bool {
-        self.last_offset.load(Ordering::Acquire) == last_offset
-            && self.commit_offset.load(Ordering::Acquire) == commit_offset
+    /// The mark of the join the follower last answered in step with, if the partition
+    /// has not moved from where it stood then.
+    pub(super) fn still(&self, last_offset: u64, commit_offset: u64) -> Option<PairMark> {
+        let unmoved = self.last_offset.load(Ordering::Acquire) == last_offset
+            && self.commit_offset.load(Ordering::Acquire) == commit_offset;
+        unmoved.then(|| PairMark {
+            epoch: self.epoch.load(Ordering::Acquire),
+            resets: self.resets.load(Ordering::Acquire),
+        })
     }
 
-    fn set(&self, last_offset: u64, commit_offset: u64) {
+    /// Answers of one link are settled one call at a time, so the mark and the offsets
+    /// written here are read together: the mark first, then the offsets that make it
+    /// count.
+    fn set(&self, last_offset: u64, commit_offset: u64, mark: PairMark) {
+        self.epoch.store(mark.epoch, Ordering::Release);
+        self.resets.store(mark.resets, Ordering::Release);
         self.last_offset.store(last_offset, Ordering::Release);
         self.commit_offset.store(commit_offset, Ordering::Release);
     }
 
     fn clear(&self) {
-        self.set(UNSEEN, UNSEEN);
+        self.last_offset.store(UNSEEN, Ordering::Release);
+        self.commit_offset.store(UNSEEN, Ordering::Release);
     }
 }
 
@@ -223,15 +241,17 @@ impl Call {
         let joined = match epoch {
             Some(epoch) if granted && answer.in_grant => {
                 beat.table
-                    .join_pair(&self.follower, beat.term, &self.grant, epoch);
-                true
+                    .join_pair(&self.follower, beat.term, &self.grant, epoch)
             }
-            _ => false,
+            _ => None,
         };
-        if joined && answer.in_step {
-            beat.link.quiet.set(beat.last_offset, beat.commit_offset);
-        } else {
-            beat.link.quiet.clear();
+        match joined {
+            Some(mark) if answer.in_step => {
+                beat.link
+                    .quiet
+                    .set(beat.last_offset, beat.commit_offset, mark)
+            }
+            _ => beat.link.quiet.clear(),
         }
         if !answer.granted || !answer.in_step {
             beat.link.kick.notify_one();

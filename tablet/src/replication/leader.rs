@@ -7,7 +7,7 @@
 //! binlog no longer reaches gets the snapshot first.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -59,6 +59,8 @@ struct Link {
     status: Arc<Mutex<LinkStatus>>,
     /// The term the link ships for; a new term gets new links.
     term: u64,
+    /// The replica it ships for (the catalog's, as of the last `sync_table`).
+    table: Weak<Table>,
     /// What the heartbeat loop needs of the link.
     beating: Arc<Beating>,
 }
@@ -66,7 +68,6 @@ struct Link {
 /// A link as the heartbeat loop needs it: shared, so a round copies one pointer per
 /// link.
 pub(super) struct Beating {
-    pub(super) follower: String,
     /// Makes the link probe on its stream now.
     pub(super) kick: Notify,
     /// Where the partition stood when the follower last answered its beat in step.
@@ -75,12 +76,52 @@ pub(super) struct Beating {
     pub(super) grant: Arc<PeerGrant>,
 }
 
-/// A partition's links as one heartbeat round needs them.
-struct BeatTable {
-    tid: u32,
-    pid: u32,
+/// A partition's links as the heartbeat rounds walk them.
+struct RosterTable {
+    table: Weak<Table>,
     term: u64,
-    links: Vec<Arc<Beating>>,
+    /// Each link with its follower's index in [`Roster::followers`].
+    links: Vec<(usize, Arc<Beating>)>,
+}
+
+/// What every heartbeat round walks: each partition led here with its links, and the
+/// follower tablets. Built again only after the links change, so an idle round looks up
+/// no table and copies nothing but the few beats that go.
+struct Roster {
+    followers: Vec<String>,
+    tables: Vec<RosterTable>,
+}
+
+impl Roster {
+    fn of(links: &HashMap<(u32, u32), HashMap<String, Link>>) -> Roster {
+        let mut followers: Vec<String> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut tables = Vec::new();
+        for table_links in links.values() {
+            // Every link of a partition ships for its term now (`sync_table`).
+            let Some(first) = table_links.values().next() else {
+                continue;
+            };
+            debug_assert!(table_links.values().all(|link| link.term == first.term));
+            let links = table_links
+                .iter()
+                .filter(|(_, link)| link.term == first.term)
+                .map(|(follower, link)| {
+                    let at = *index.entry(follower).or_insert_with(|| {
+                        followers.push(follower.clone());
+                        followers.len() - 1
+                    });
+                    (at, link.beating.clone())
+                })
+                .collect();
+            tables.push(RosterTable {
+                table: first.table.clone(),
+                term: first.term,
+                links,
+            });
+        }
+        Roster { followers, tables }
+    }
 }
 
 /// Every replicator of this tablet.
@@ -89,6 +130,8 @@ pub struct Replicators {
     /// This tablet's endpoint, named as leader in every request.
     endpoint: String,
     links: Mutex<HashMap<(u32, u32), HashMap<String, Link>>>,
+    /// The heartbeat rounds' view of `links`; `None` once they changed.
+    roster: Mutex<Option<Arc<Roster>>>,
     /// The connections the links share (see `link_channels`).
     channels: LinkChannels,
     /// As a follower tablet: this tablet's grant to each leader tablet.
@@ -103,6 +146,7 @@ impl Replicators {
             catalog,
             endpoint,
             links: Mutex::new(HashMap::new()),
+            roster: Mutex::new(None),
             channels: LinkChannels::default(),
             grants: PairGrants::default(),
             peer_grants: PeerGrants::default(),
@@ -132,7 +176,12 @@ impl Replicators {
         let state = table.replica_state();
         let wanted = table.shipping_followers();
         let mut links = self.links.lock();
+        if wanted.is_empty() && !links.contains_key(&(tid, pid)) {
+            // A follower's replica: nothing to ship, and no entry to walk past.
+            return;
+        }
         let table_links = links.entry((tid, pid)).or_default();
+        let before = table_links.len();
         table_links.retain(|follower, link| {
             let keep = wanted.contains(follower) && link.term == state.term;
             if !keep {
@@ -140,6 +189,14 @@ impl Replicators {
             }
             keep
         });
+        let mut changed = table_links.len() != before;
+        for link in table_links.values_mut() {
+            // The catalog may hold a new copy of the replica (loaded again).
+            if !std::ptr::eq(link.table.as_ptr(), Arc::as_ptr(table)) {
+                link.table = Arc::downgrade(table);
+                changed = true;
+            }
+        }
         for follower in wanted {
             if table_links.contains_key(&follower) {
                 continue;
@@ -147,7 +204,6 @@ impl Replicators {
             let (stop, stopped) = watch::channel(false);
             let status = Arc::new(Mutex::new(LinkStatus::default()));
             let beating = Arc::new(Beating {
-                follower: follower.clone(),
                 kick: Notify::new(),
                 quiet: Quiet::default(),
                 grant: self.peer_grants.of(&follower),
@@ -168,27 +224,48 @@ impl Replicators {
                     stop,
                     status,
                     term: state.term,
+                    table: Arc::downgrade(table),
                     beating,
                 },
             );
+            changed = true;
+        }
+        if table_links.is_empty() {
+            links.remove(&(tid, pid));
+        }
+        if changed {
+            *self.roster.lock() = None;
         }
     }
 
     /// Stops every link of a table.
     pub fn stop_table(&self, tid: u32, pid: u32) {
-        if let Some(links) = self.links.lock().remove(&(tid, pid)) {
+        let mut links = self.links.lock();
+        if let Some(links) = links.remove(&(tid, pid)) {
             for link in links.values() {
                 let _ = link.stop.send(true);
             }
+            *self.roster.lock() = None;
         }
     }
 
     pub fn stop_all(&self) {
-        for (_, links) in self.links.lock().drain() {
+        let mut links = self.links.lock();
+        for (_, links) in links.drain() {
             for link in links.values() {
                 let _ = link.stop.send(true);
             }
         }
+        *self.roster.lock() = None;
+    }
+
+    /// The roster as the links stand now.
+    fn roster(&self) -> Arc<Roster> {
+        let links = self.links.lock();
+        let mut roster = self.roster.lock();
+        roster
+            .get_or_insert_with(|| Arc::new(Roster::of(&links)))
+            .clone()
     }
 
     /// For each follower tablet, a beat for every partition led here in the term its
@@ -196,62 +273,40 @@ impl Replicators {
     /// the follower last answered in step: a follower with nothing to hear still gets a
     /// (then empty) beat, which renews its grant.
     pub(super) fn beats_by_follower(&self) -> HashMap<String, Vec<Beat>> {
-        // Taken out of the lock first: looking the tables up takes other locks.
-        let tables: Vec<BeatTable> = self
-            .links
-            .lock()
-            .iter()
-            .filter_map(|(&(tid, pid), followers)| {
-                // Every link of a partition ships for its term now (`sync_table`).
-                let term = followers.values().next()?.term;
-                debug_assert!(followers.values().all(|link| link.term == term));
-                let links = followers
-                    .values()
-                    .filter(|link| link.term == term)
-                    .map(|link| link.beating.clone())
-                    .collect();
-                Some(BeatTable {
-                    tid,
-                    pid,
-                    term,
-                    links,
-                })
-            })
-            .collect();
-        let mut batches: HashMap<String, Vec<Beat>> = HashMap::new();
-        for beat_table in tables {
-            let Ok(table) = self.catalog.get(beat_table.tid, beat_table.pid) else {
+        let roster = self.roster();
+        let mut batches: Vec<Vec<Beat>> = roster.followers.iter().map(|_| Vec::new()).collect();
+        for entry in &roster.tables {
+            // Dropped since, or not leading in the links' term: nothing to beat for.
+            let Some(table) = entry.table.upgrade() else {
                 continue;
             };
-            if table.leading_term() != Some(beat_table.term) {
+            if table.leading_term() != Some(entry.term) {
                 continue;
             }
             let last_offset = table.last_offset();
             let commit_offset = table.commit_offset();
             // The term of the last record, looked up only for a beat that goes.
             let mut last_term = None;
-            for link in beat_table.links {
-                let quiet = link.quiet.still(last_offset, commit_offset)
-                    && table.in_pair(&link.follower, &link.grant);
-                let batch = match batches.get_mut(&link.follower) {
-                    Some(batch) => batch,
-                    None => batches.entry(link.follower.clone()).or_default(),
-                };
+            for (follower, link) in &entry.links {
+                let quiet = link
+                    .quiet
+                    .still(last_offset, commit_offset)
+                    .is_some_and(|mark| table.paired(mark, &link.grant));
                 if quiet {
                     continue;
                 }
                 let last_term = *last_term.get_or_insert_with(|| table.term_at(last_offset));
-                batch.push(Beat {
+                batches[*follower].push(Beat {
                     table: table.clone(),
-                    term: beat_table.term,
-                    link,
+                    term: entry.term,
+                    link: link.clone(),
                     last_offset,
                     last_term,
                     commit_offset,
                 });
             }
         }
-        batches
+        roster.followers.iter().cloned().zip(batches).collect()
     }
 
     pub fn follower_status(&self, table: &Table) -> Vec<FollowerStatus> {

@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -164,6 +165,9 @@ fn shared_entry<T>(
 #[derive(Debug, Default)]
 pub struct PeerGrant {
     state: Mutex<PeerState>,
+    /// The state's epoch, written under its lock and read without it: a heartbeat round
+    /// asks whether each idle partition's epoch is still current.
+    epoch_now: AtomicU64,
 }
 
 /// Ended epochs kept with their last renewal. An epoch lasts at least one heartbeat
@@ -197,6 +201,7 @@ impl PeerGrant {
             state.id = id;
             state.generation = generation;
             state.epoch += 1;
+            self.epoch_now.store(state.epoch, Ordering::Release);
             state.heard = None;
         }
         state.heard = Some(state.heard.map_or(sent, |heard| heard.max(sent)));
@@ -220,7 +225,7 @@ impl PeerGrant {
 
     /// Whether `epoch` is still current: its partitions need no beat of their own.
     pub fn current(&self, epoch: u64) -> bool {
-        self.state.lock().epoch == epoch
+        self.epoch_now.load(Ordering::Acquire) == epoch
     }
 }
 

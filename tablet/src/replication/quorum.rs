@@ -13,6 +13,7 @@
 //!   and never recomputes the commit offset from its own log alone.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -128,6 +129,10 @@ pub struct Quorum {
     advanced: Condvar,
     /// Wakes async waiters; the value is a change counter.
     changes: watch::Sender<u64>,
+    /// Moves (under the state's lock) whenever joins to grants may be forgotten: a new
+    /// term, a step down, a change of voters. A [`PairMark`] taken before it moved no
+    /// longer says the partition is in its grant.
+    pair_resets: AtomicU64,
 }
 
 impl Default for Quorum {
@@ -136,8 +141,19 @@ impl Default for Quorum {
             state: Mutex::default(),
             advanced: Condvar::new(),
             changes: watch::Sender::new(0),
+            pair_resets: AtomicU64::new(0),
         }
     }
+}
+
+/// A partition's join to a follower tablet's grant, as [`Quorum::join_pair`] recorded it:
+/// while neither the grant's epoch nor the quorum's joins moved since, the grant's
+/// renewals renew the partition's lease (see [`Quorum::paired`]). Checked without a lock,
+/// so a heartbeat round can look at thousands of idle partitions cheaply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairMark {
+    pub epoch: u64,
+    pub resets: u64,
 }
 
 /// Why a quorum wait ended without the offset committed.
@@ -166,6 +182,7 @@ impl Quorum {
         state.voters = voters.iter().map(|v| (v.clone(), 0)).collect();
         state.heard.clear();
         state.pair.clear();
+        self.pair_resets.fetch_add(1, Ordering::AcqRel);
         state.written_at.clear();
         state.recompute();
         drop(state);
@@ -178,6 +195,7 @@ impl Quorum {
         let mut state = self.state.lock();
         state.heard.clear();
         state.pair.clear();
+        self.pair_resets.fetch_add(1, Ordering::AcqRel);
         state.written_at.clear();
         if state.leading.take().is_some() {
             drop(state);
@@ -202,6 +220,7 @@ impl Quorum {
         } = &mut *state;
         heard.retain(|v, _| members.contains_key(v));
         pair.retain(|v, _| members.contains_key(v));
+        self.pair_resets.fetch_add(1, Ordering::AcqRel);
         // Only a different set counts afresh: marking a member offline or back keeps it.
         if !old.keys().eq(state.voters.keys()) {
             state.counted_since = Some(Instant::now());
@@ -280,11 +299,18 @@ impl Quorum {
 
     /// A voting member's tablet answered a beat in the leading term `term` with this
     /// partition in its grant, in `epoch` of `peer`: the grant's renewals in that epoch
-    /// renew the lease from now on, with no beat of the partition's own.
-    pub fn join_pair(&self, voter: &str, term: u64, peer: &Arc<PeerGrant>, epoch: u64) {
+    /// renew the lease from now on, with no beat of the partition's own. Returns the mark
+    /// of the join, `None` if it did not count (another term, not a voter).
+    pub fn join_pair(
+        &self,
+        voter: &str,
+        term: u64,
+        peer: &Arc<PeerGrant>,
+        epoch: u64,
+    ) -> Option<PairMark> {
         let mut state = self.state.lock();
         if state.leading != Some(term) || !state.voters.contains_key(voter) {
-            return;
+            return None;
         }
         match state.pair.get_mut(voter) {
             Some(joined) => *joined = (peer.clone(), epoch),
@@ -292,15 +318,18 @@ impl Quorum {
                 state.pair.insert(voter.to_string(), (peer.clone(), epoch));
             }
         }
+        Some(PairMark {
+            epoch,
+            resets: self.pair_resets.load(Ordering::Acquire),
+        })
     }
 
-    /// Whether `peer`'s renewals renew this partition's lease for `voter` now.
-    pub fn in_pair(&self, voter: &str, peer: &Arc<PeerGrant>) -> bool {
-        let state = self.state.lock();
-        state
-            .pair
-            .get(voter)
-            .is_some_and(|(joined, epoch)| Arc::ptr_eq(joined, peer) && joined.current(*epoch))
+    /// Whether the join `mark` recorded still stands, so that `peer`'s renewals renew
+    /// this partition's lease now: nothing forgot the joins since, and `peer` is still
+    /// in the epoch joined. The voter's entry is the one the mark's join wrote (each
+    /// voter has one link, which joins for it).
+    pub fn paired(&self, mark: PairMark, peer: &PeerGrant) -> bool {
+        self.pair_resets.load(Ordering::Acquire) == mark.resets && peer.current(mark.epoch)
     }
 
     /// Until when this leader may serve reads: `lease` after the latest send time that a
@@ -518,8 +547,10 @@ mod tests {
         let peer = Arc::new(PeerGrant::default());
         let t0 = Instant::now();
         let epoch = peer.answered(7, 0, t0);
-        q.join_pair("b", 1, &peer, epoch);
-        assert!(q.in_pair("b", &peer));
+        let mark = q
+            .join_pair("b", 1, &peer, epoch)
+            .expect("b votes in term 1");
+        assert!(q.paired(mark, &peer));
         assert_eq!(q.lease_until(lease), Some(t0 + lease));
         // A later renewal of the same grant renews the partition with no beat of its own.
         let t1 = t0 + Duration::from_millis(100);
@@ -537,33 +568,44 @@ mod tests {
         let t2 = t1 + Duration::from_millis(50);
         peer.answered(7, 0, t2);
         peer.answered(7, 1, t1 + Duration::from_millis(200));
-        assert!(!q.in_pair("b", &peer));
+        assert!(!q.paired(mark, &peer));
         assert_eq!(q.lease_until(lease), Some(t2 + lease));
         // Joined again in the new epoch; another term's or a non-member's join counts
         // for nothing; a new term forgets every join.
         let other = Arc::new(PeerGrant::default());
-        q.join_pair(
-            "x",
-            1,
-            &other,
-            other.answered(3, 0, t1 + Duration::from_secs(1)),
+        let other_epoch = other.answered(3, 0, t1 + Duration::from_secs(1));
+        assert_eq!(
+            q.join_pair("x", 1, &other, other_epoch),
+            None,
+            "not a voter"
         );
-        q.join_pair(
-            "c",
-            2,
-            &other,
-            other.answered(3, 0, t1 + Duration::from_secs(1)),
+        assert_eq!(
+            q.join_pair("c", 2, &other, other_epoch),
+            None,
+            "another term"
         );
-        assert!(!q.in_pair("c", &other) && !q.in_pair("x", &other));
         let epoch = peer.answered(7, 1, t1 + Duration::from_millis(300));
-        q.join_pair("b", 1, &peer, epoch);
+        let mark = q.join_pair("b", 1, &peer, epoch).expect("joined again");
+        assert!(q.paired(mark, &peer));
         assert_eq!(
             q.lease_until(lease),
             Some(t1 + Duration::from_millis(300) + lease)
         );
+        // A change of voters may drop the join: the mark no longer stands, though a
+        // beat of its own joins again.
+        q.set_voters(&voters(&["b", "c"]));
+        assert!(
+            !q.paired(mark, &peer),
+            "a change of voters forgets the mark"
+        );
+        let mark = q.join_pair("b", 1, &peer, epoch).expect("joined again");
+        assert!(q.paired(mark, &peer));
         q.lead(2, 1, &voters(&["b", "c"]));
-        assert!(!q.in_pair("b", &peer), "a new term forgets the joins");
+        assert!(!q.paired(mark, &peer), "a new term forgets the joins");
         assert_eq!(q.lease_until(lease), None);
+        let mark = q.join_pair("b", 2, &peer, epoch).expect("joined in term 2");
+        q.step_down();
+        assert!(!q.paired(mark, &peer), "a step down forgets the joins");
     }
 
     /// The nameserver replaces a leader only after a lasting lapse, so the tablet tells

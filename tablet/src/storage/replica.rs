@@ -21,6 +21,7 @@ use super::table::{ReplicaRuntime, Table, Version};
 use super::{crashsafe, snapshot};
 use crate::replication::history;
 use crate::replication::pair_lease::{self, PairGrant, PeerGrant};
+use crate::replication::quorum::PairMark;
 
 const STATE_FILE: &str = "replica_state";
 const STATE_MAGIC: [u8; 4] = *b"TSRS";
@@ -357,13 +358,20 @@ impl Table {
 
     /// A leader's follower tablet answered a beat in `term` with this partition in its
     /// grant, in `epoch` of `peer` (see `replication::pair_lease`).
-    pub fn join_pair(&self, follower: &str, term: u64, peer: &Arc<PeerGrant>, epoch: u64) {
-        self.quorum.join_pair(follower, term, peer, epoch);
+    pub fn join_pair(
+        &self,
+        follower: &str,
+        term: u64,
+        peer: &Arc<PeerGrant>,
+        epoch: u64,
+    ) -> Option<PairMark> {
+        self.quorum.join_pair(follower, term, peer, epoch)
     }
 
-    /// Whether the renewals of `follower`'s grant renew this leader's lease now.
-    pub fn in_pair(&self, follower: &str, peer: &Arc<PeerGrant>) -> bool {
-        self.quorum.in_pair(follower, peer)
+    /// Whether the join `mark` stands: the renewals of its grant renew this leader's
+    /// lease now.
+    pub fn paired(&self, mark: PairMark, peer: &PeerGrant) -> bool {
+        self.quorum.paired(mark, peer)
     }
 
     pub fn replica_state(&self) -> ReplicaState {
