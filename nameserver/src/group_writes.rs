@@ -8,7 +8,9 @@ use std::sync::Arc;
 use prost::Message;
 use tessera_common::table_layout;
 use tessera_proto::nameserver::{PartitionMeta, TableInfo};
-use zookeeper_client::{Client, Error as ZkError, OwnedLockClient};
+use zookeeper_client::{
+    CheckWriteError, Client, Error as ZkError, MultiWriteResult, OwnedLockClient,
+};
 
 use crate::combining::Combiner;
 use crate::error::{NsError, Result};
@@ -34,8 +36,37 @@ pub(crate) enum Changed {
 /// an earlier leadership fails its writes, and must not take a new leadership's) and
 /// chunk path.
 pub(crate) type ChunkWrites = Combiner<(u64, String), PartitionChange, Result<Changed>>;
-/// Queued by leadership and counter path; a request is the floor its value must exceed.
-pub(crate) type CounterWrites = Combiner<(u64, String), u64, Result<u64>>;
+/// Queued by leadership and counter path; a request is the floor its values must exceed
+/// and how many consecutive values it takes; the answer is the first of them.
+pub(crate) type CounterWrites = Combiner<(u64, String), (u64, u64), Result<u64>>;
+
+/// Terms reserved from the counter at once. A failover of thousands of partitions takes
+/// a term for each: from a reserved block, most fences take theirs with no ZooKeeper
+/// write at all. A block is reserved (written) before any of its terms is handed out,
+/// so no other leadership ever hands one out again; the rest of a block a leadership
+/// did not use is skipped.
+const TERM_BLOCK: u64 = 64;
+
+/// The terms left in the block this nameserver reserved last.
+#[derive(Debug, Default)]
+pub(crate) struct TermBlock {
+    /// The leadership that reserved it.
+    leadership: u64,
+    /// The next term to hand out, and the last of the block.
+    next: u64,
+    last: u64,
+}
+
+impl TermBlock {
+    /// The next term of the block for `leadership`, if one is left above `floor`.
+    fn take(&mut self, leadership: u64, floor: u64) -> Option<u64> {
+        if self.leadership != leadership || self.next <= floor || self.next > self.last {
+            return None;
+        }
+        self.next += 1;
+        Some(self.next - 1)
+    }
+}
 
 impl Nameserver {
     /// Changes one partition's metadata, fenced and with a version check: only the chunk
@@ -137,22 +168,43 @@ impl Nameserver {
         self.announce_table_change(lock).await
     }
 
-    /// A new term above `floor`, from the ZooKeeper counter: one write of the counter
-    /// for every fence waiting on one, each given a term of its own.
+    /// A new term above `floor`, never handed out before: from the block this
+    /// leadership reserved, or the first of a new block reserved from the ZooKeeper
+    /// counter (one write of the counter for every fence waiting on one).
     pub(crate) async fn take_term(&self, floor: u64) -> Result<u64> {
-        self.take_counter(self.paths.term(), floor).await
+        let (leadership, _) = self.lock_and_leadership().await?;
+        if let Some(term) = self.term_block.lock().take(leadership, floor) {
+            return Ok(term);
+        }
+        let first = self
+            .take_counter_values(self.paths.term(), floor, TERM_BLOCK)
+            .await?;
+        // Fences that reserved blocks together each keep theirs for the one term
+        // they need; the last one's rest serves the next fences.
+        *self.term_block.lock() = TermBlock {
+            leadership,
+            next: first + 1,
+            last: first + TERM_BLOCK - 1,
+        };
+        Ok(first)
     }
 
     /// The next value of the counter node at `path`, above `floor`, fenced by the
     /// election lock: one compare-and-set of the counter for every caller waiting on it
     /// (op ids during a mass failover, terms), each given a value of its own.
     pub(crate) async fn take_counter(&self, path: String, floor: u64) -> Result<u64> {
+        self.take_counter_values(path, floor, 1).await
+    }
+
+    /// The first of `count` consecutive values of the counter at `path`, all above
+    /// `floor` and given to this caller alone (see `take_counter`).
+    async fn take_counter_values(&self, path: String, floor: u64, count: u64) -> Result<u64> {
         let (leadership, lock) = self.lock_and_leadership().await?;
         let client = self.client()?;
         let key = (leadership, path.clone());
         let counter = path.clone();
         self.counter_writes
-            .submit(key, floor, move |floors| {
+            .submit(key, (floor, count), move |floors| {
                 let (lock, client, path) = (lock.clone(), client.clone(), counter.clone());
                 async move { take_values(&lock, &client, &path, &floors).await }
             })
@@ -220,23 +272,41 @@ impl ChunkWriter {
                 return (0..batch.len()).map(|i| outcome_of(i, &Ok(()))).collect();
             }
             let data = chunk.encode_to_vec();
-            let written = match self
-                .lock
-                .set_data(&self.chunk_path, &data, Some(stat.version))
-                .await
-            {
-                Ok(stat) => {
+            // The chunk and the announcement in one transaction: one round trip fewer
+            // for each of the thousands of changes a mass failover writes.
+            let mut writer = self.lock.new_check_writer();
+            let now = crate::ops::now_ms().to_string();
+            let added = writer
+                .add_set_data(&self.chunk_path, &data, Some(stat.version))
+                .and_then(|()| writer.add_set_data(&self.table_changed, now.as_bytes(), None));
+            if let Err(e) = added {
+                return all(&|| Err(e.clone().into()));
+            }
+            let written = match writer.commit().await {
+                Ok(results) => {
+                    let mzxid = match results.first() {
+                        Some(MultiWriteResult::SetData { stat }) => stat.mzxid,
+                        _ => 0,
+                    };
                     self.metadata
-                        .note_chunk(&self.table, self.index, chunk, stat.mzxid);
+                        .note_chunk(&self.table, self.index, chunk, mzxid);
                     crate::metrics::METRICS.metadata_written(data.len());
-                    write_table_changed(&self.lock, &self.table_changed).await
+                    Ok(())
                 }
-                Err(ZkError::BadVersion) => continue,
+                Err(CheckWriteError::OperationFailed {
+                    source: ZkError::BadVersion,
+                    ..
+                }) => continue,
                 Err(e) => {
                     // It may have landed all the same: op tasks read the table from
-                    // ZooKeeper until the copy is read whole again.
+                    // ZooKeeper until the copy is read whole again. (A failed check of
+                    // the election lock applied nothing, but leadership is gone then.)
                     self.metadata.unsure(&self.table);
-                    Err(e)
+                    Err(match e {
+                        CheckWriteError::RequestFailed { source }
+                        | CheckWriteError::CheckFailed { source }
+                        | CheckWriteError::OperationFailed { source, .. } => source,
+                    })
                 }
             };
             return (0..batch.len()).map(|i| outcome_of(i, &written)).collect();
@@ -250,14 +320,15 @@ pub(crate) async fn write_table_changed(lock: &OwnedLockClient, path: &str) -> R
     lock.set_data(path, now.as_bytes(), None).await.map(|_| ())
 }
 
-/// Takes one value for each of `floors` from the counter at `path`, in one
+/// Takes values for each request (floor, count) from the counter at `path`, in one
 /// compare-and-set: the counter moves to the larger of its value and every floor, plus
-/// one per value, and each gets one of the values above that base (above its own floor).
+/// every value taken, and each request gets `count` consecutive values above that base
+/// (above its own floor); its answer is the first.
 async fn take_values(
     lock: &OwnedLockClient,
     client: &Client,
     path: &str,
-    floors: &[u64],
+    floors: &[(u64, u64)],
 ) -> Vec<Result<u64>> {
     loop {
         let read = client.get_data(path).await;
@@ -281,12 +352,24 @@ async fn take_values(
     }
 }
 
-/// The counter's new value and one value for each of `floors`: distinct, each above the
-/// counter and above its own floor.
-fn values_above(counter: u64, floors: &[u64]) -> (u64, Vec<u64>) {
-    let base = floors.iter().copied().fold(counter, u64::max);
-    let terms: Vec<u64> = (1..=floors.len() as u64).map(|n| base + n).collect();
-    (base + floors.len() as u64, terms)
+/// The counter's new value and, for each request (floor, count), the first of `count`
+/// consecutive values: no value given twice, each above the counter and above its
+/// request's floor.
+fn values_above(counter: u64, requests: &[(u64, u64)]) -> (u64, Vec<u64>) {
+    let base = requests
+        .iter()
+        .map(|(floor, _)| *floor)
+        .fold(counter, u64::max);
+    let mut top = base;
+    let firsts = requests
+        .iter()
+        .map(|(_, count)| {
+            let first = top + 1;
+            top += (*count).max(1);
+            first
+        })
+        .collect();
+    (top, firsts)
 }
 
 #[cfg(test)]
@@ -295,13 +378,37 @@ mod tests {
 
     #[test]
     fn terms_taken_together_are_distinct_and_above_every_floor() {
-        let floors = [3, 40, 7];
+        let floors = [(3, 1), (40, 1), (7, 1)];
         let (top, terms) = values_above(10, &floors);
         assert_eq!(terms, vec![41, 42, 43]);
         assert_eq!(top, 43, "the counter moves past every term handed out");
-        for (term, floor) in terms.iter().zip(floors) {
+        for (term, (floor, _)) in terms.iter().zip(floors) {
             assert!(*term > floor && *term > 10);
         }
-        assert_eq!(values_above(50, &[1]), (51, vec![51]));
+        assert_eq!(values_above(50, &[(1, 1)]), (51, vec![51]));
+        // Blocks taken together do not overlap, and the counter passes them all.
+        let (top, firsts) = values_above(10, &[(3, 64), (12, 1), (5, 64)]);
+        assert_eq!(firsts, vec![13, 77, 78]);
+        assert_eq!(top, 141);
+    }
+
+    #[test]
+    fn a_term_block_hands_out_each_term_once_to_its_own_leadership() {
+        let mut block = TermBlock {
+            leadership: 2,
+            next: 11,
+            last: 13,
+        };
+        assert_eq!(block.take(1, 0), None, "another leadership's block");
+        assert_eq!(block.take(2, 0), Some(11));
+        assert_eq!(block.take(2, 11), Some(12), "above the floor");
+        assert_eq!(block.take(2, 20), None, "the floor is past the block");
+        assert_eq!(block.take(2, 0), Some(13));
+        assert_eq!(block.take(2, 0), None, "used up");
+        assert_eq!(
+            TermBlock::default().take(0, 0),
+            None,
+            "nothing reserved yet"
+        );
     }
 }

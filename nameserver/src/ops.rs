@@ -925,6 +925,11 @@ impl Nameserver {
             }
             op.task_index += 1;
             let last = op.task_index as usize == op.tasks.len();
+            if !last && repeats_harmlessly(&op.op_type, &task) {
+                // Its progress is written with the next task's: a leader that stops
+                // before then runs it again.
+                continue;
+            }
             if last {
                 // The end is written with the last task's progress, in one write: a
                 // leader that stops before it resumes the last task, which is
@@ -1769,6 +1774,15 @@ fn first_task_saves_before_acting(op: &OpInfo) -> bool {
     op.op_type == CHANGE_LEADER && op.status == INITED && op.task_index == 0 && op.term == 0
 }
 
+/// Whether a task that ran may run again after it, its progress unwritten, with nothing
+/// changed: a ChangeLeader's promotion tells the same replicas the same term and leader
+/// again, which each takes as what it already holds (the term is the one the fence saved,
+/// and a replica refuses that term from anyone else). One ZooKeeper write fewer for each
+/// partition of a failover.
+fn repeats_harmlessly(op_type: &str, task: &str) -> bool {
+    op_type == CHANGE_LEADER && task == "kPromoteLeader"
+}
+
 fn is_failover(op_type: &str) -> bool {
     matches!(op_type, CHANGE_LEADER | OFFLINE_REPLICA | RECOVER_TABLE)
 }
@@ -2054,6 +2068,28 @@ mod tests {
         assert_eq!(started(snapshots), HOUSEKEEPING_AT_ONCE);
         let recoveries = (0..1_000).map(|i| op(i, RECOVER_TABLE)).collect();
         assert_eq!(started(recoveries), RECOVERIES_AT_ONCE);
+    }
+
+    #[test]
+    fn only_a_change_leaders_promotion_goes_unwritten() {
+        // The fence's progress (its term and the chosen replica) is always written
+        // before the promotion, which must tell only those.
+        for op_type in [CHANGE_LEADER, OFFLINE_REPLICA, RECOVER_TABLE, MIGRATE] {
+            for task in tasks_of(op_type) {
+                let skipped = repeats_harmlessly(op_type, &task);
+                assert_eq!(
+                    skipped,
+                    op_type == CHANGE_LEADER && task == "kPromoteLeader",
+                    "{op_type} {task}"
+                );
+            }
+        }
+        let change_leader = tasks_of(CHANGE_LEADER);
+        assert!(!repeats_harmlessly(CHANGE_LEADER, &change_leader[0]));
+        assert_ne!(
+            change_leader.last().map(String::as_str),
+            Some("kPromoteLeader")
+        );
     }
 
     #[test]

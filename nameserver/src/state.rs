@@ -73,6 +73,8 @@ pub struct Nameserver {
     pub(crate) chunk_writes: Arc<crate::group_writes::ChunkWrites>,
     /// Fences waiting for a term, new ops for an id (see `group_writes`).
     pub(crate) counter_writes: Arc<crate::group_writes::CounterWrites>,
+    /// Terms reserved ahead for fences (see `group_writes`).
+    pub(crate) term_block: parking_lot::Mutex<crate::group_writes::TermBlock>,
     tablets: RwLock<BTreeMap<String, TabletEntry>>,
     /// Whether `/nodes` has been read in the current session. Until then every tablet
     /// would look offline, so the failover planner waits.
@@ -177,6 +179,7 @@ impl Nameserver {
             plan_memo: Default::default(),
             chunk_writes: Default::default(),
             counter_writes: Default::default(),
+            term_block: Default::default(),
             tablets: RwLock::new(BTreeMap::new()),
             registry_ready: std::sync::atomic::AtomicBool::new(false),
             restarted: Default::default(),
