@@ -278,6 +278,14 @@ impl Nameserver {
                 }
             }
         };
+        // A leader that answered another call while it was judged is not silent: one
+        // ping it was slow to take says less than that (see `answered_since`).
+        let found = match found {
+            Probe::Silent if crate::tablet_channels::answered_since(leader, started.into_std()) => {
+                Probe::Alive
+            }
+            found => found,
+        };
         let found = verdict(found, baseline);
         {
             let mut counts = self.report_counts.lock();

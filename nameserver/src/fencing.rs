@@ -108,7 +108,11 @@ async fn fence_one(endpoint: &str, request: tpb::FenceRequest) -> FenceOutcome {
     // whose refusal proves the process gone, while the pooled call may still answer.
     let pooled = async {
         let mut client = crate::tablet_channels::tablet(endpoint).await.ok()?;
-        match client.fence(request).await {
+        let answer = client.fence(request).await;
+        if crate::tablet_channels::tablet_answered(&answer) {
+            crate::tablet_channels::note_answered(endpoint);
+        }
+        match answer {
             Err(status) if wire_error::detail_of(&status).is_none() => {
                 // Drops the pooled channel if the tablet is unreachable.
                 crate::tablet_channels::tablet_error(endpoint, status);

@@ -66,6 +66,19 @@ impl TermBlock {
         self.next += 1;
         Some(self.next - 1)
     }
+
+    /// Serves the next fences from `fresh`, just reserved, if it lies above this block
+    /// (or this one is another leadership's). Fences that run out together each reserve
+    /// a block and finish in any order: a lower block installed after a higher one would
+    /// hand out terms below those already given, and a partition's later fence must
+    /// always take a higher term than its earlier one (a replica left in the earlier
+    /// term would otherwise refuse the new leader, or, unfenced, outrank it). Blocks
+    /// never overlap, so a block not installed lies wholly below this one's next term.
+    fn replace_if_above(&mut self, fresh: TermBlock) {
+        if self.leadership != fresh.leadership || fresh.next > self.last {
+            *self = fresh;
+        }
+    }
 }
 
 impl Nameserver {
@@ -179,13 +192,11 @@ impl Nameserver {
         let first = self
             .take_counter_values(self.paths.term(), floor, TERM_BLOCK)
             .await?;
-        // Fences that reserved blocks together each keep theirs for the one term
-        // they need; the last one's rest serves the next fences.
-        *self.term_block.lock() = TermBlock {
+        self.term_block.lock().replace_if_above(TermBlock {
             leadership,
             next: first + 1,
             last: first + TERM_BLOCK - 1,
-        };
+        });
         Ok(first)
     }
 
@@ -302,11 +313,7 @@ impl ChunkWriter {
                     // ZooKeeper until the copy is read whole again. (A failed check of
                     // the election lock applied nothing, but leadership is gone then.)
                     self.metadata.unsure(&self.table);
-                    Err(match e {
-                        CheckWriteError::RequestFailed { source }
-                        | CheckWriteError::CheckFailed { source }
-                        | CheckWriteError::OperationFailed { source, .. } => source,
-                    })
+                    Err(ZkError::from(e))
                 }
             };
             return (0..batch.len()).map(|i| outcome_of(i, &written)).collect();
@@ -410,5 +417,37 @@ mod tests {
             None,
             "nothing reserved yet"
         );
+    }
+
+    /// Two fences reserve blocks together and finish in either order: the terms handed
+    /// out after both never fall below one handed out before.
+    #[test]
+    fn a_lower_block_reserved_at_the_same_time_does_not_replace_a_higher_one() {
+        let (low, high) = ((13, 76), (77, 140));
+        let block_of = |(first, last): (u64, u64)| TermBlock {
+            leadership: 1,
+            next: first + 1,
+            last,
+        };
+        // The higher finishes first: its fence took 77, the next take 78; the lower
+        // one's fence took 13 and its block is not installed.
+        let mut block = TermBlock::default();
+        block.replace_if_above(block_of(high));
+        assert_eq!(block.take(1, 0), Some(78));
+        block.replace_if_above(block_of(low));
+        assert_eq!(block.take(1, 0), Some(79), "not 14, below 78 handed out");
+        // The lower finishes first: the higher replaces it.
+        let mut block = TermBlock::default();
+        block.replace_if_above(block_of(low));
+        assert_eq!(block.take(1, 0), Some(14));
+        block.replace_if_above(block_of(high));
+        assert_eq!(block.take(1, 0), Some(78));
+        // A new leadership's block replaces the old one's, wherever it lies.
+        block.replace_if_above(TermBlock {
+            leadership: 2,
+            next: 30,
+            last: 40,
+        });
+        assert_eq!(block.take(2, 0), Some(30));
     }
 }

@@ -32,6 +32,8 @@ struct ChannelSlot {
     /// When the tablet last registered in ZooKeeper as a new process (or came back):
     /// a connection made, or a connect that failed, before then was to the old one.
     registered: parking_lot::Mutex<Option<Instant>>,
+    /// When the tablet last answered a control call (an error of its own included).
+    answered: parking_lot::Mutex<Option<Instant>>,
     slot: tokio::sync::Mutex<Slot>,
 }
 
@@ -58,6 +60,30 @@ fn slot(endpoint: &str) -> Arc<ChannelSlot> {
 /// down.
 pub(crate) fn registered(endpoint: &str) {
     *slot(endpoint).registered.lock() = Some(Instant::now());
+}
+
+/// `endpoint`'s tablet answered a call just now: its own answer, not a transport error.
+/// Failure detection counts it like an answered ping (see `answered_since`).
+pub(crate) fn note_answered(endpoint: &str) {
+    *slot(endpoint).answered.lock() = Some(Instant::now());
+}
+
+/// Whether `endpoint`'s tablet answered a call at or after `since`. During a mass
+/// failover the nameserver calls the surviving tablets hundreds of times a second, and
+/// a saturated tablet may be slow to take a new connection for a ping while it answers
+/// those calls: then it is not silent, whatever the ping found.
+pub(crate) fn answered_since(endpoint: &str, since: Instant) -> bool {
+    let shared = TABLET_CHANNELS.lock().get(endpoint).cloned();
+    shared.is_some_and(|shared| shared.answered.lock().is_some_and(|at| at >= since))
+}
+
+/// Whether a call's outcome came from the tablet itself: an answer, or an error status
+/// it built (which carries a structured detail; a transport error carries none).
+pub(crate) fn tablet_answered<T>(outcome: &std::result::Result<T, tonic::Status>) -> bool {
+    match outcome {
+        Ok(_) => true,
+        Err(status) => !status.details().is_empty(),
+    }
 }
 
 /// A client for `endpoint` over its pooled channel; each call on it is bounded by
@@ -141,7 +167,11 @@ pub(crate) async fn call<T>(
     endpoint: &str,
     rpc: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T> {
-    rpc.await
+    let outcome = rpc.await;
+    if tablet_answered(&outcome) {
+        note_answered(endpoint);
+    }
+    outcome
         .map(tonic::Response::into_inner)
         .map_err(|status| tablet_error(endpoint, status))
 }
@@ -149,6 +179,31 @@ pub(crate) async fn call<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_tablets_own_answers_count_as_answered() {
+        assert!(tablet_answered(&Ok::<(), tonic::Status>(())));
+        let built = tessera_common::wire_error::status(
+            tessera_common::wire_error::ErrorCode::TableNotFound,
+            "no such table",
+        );
+        assert!(
+            tablet_answered::<()>(&Err(built)),
+            "an error the tablet built"
+        );
+        let transport = tonic::Status::unavailable("connection reset");
+        assert!(!tablet_answered::<()>(&Err(transport)), "a transport error");
+
+        let endpoint = "192.0.2.1:1";
+        let before = Instant::now();
+        assert!(!answered_since(endpoint, before), "never answered");
+        note_answered(endpoint);
+        assert!(answered_since(endpoint, before));
+        assert!(!answered_since(
+            endpoint,
+            Instant::now() + Duration::from_secs(1)
+        ));
+    }
 
     #[tokio::test]
     async fn a_tablet_registering_again_is_called_at_once_despite_a_failed_connect() {

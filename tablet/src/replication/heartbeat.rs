@@ -92,7 +92,7 @@ impl Quiet {
         self.commit_offset.store(commit_offset, Ordering::Release);
     }
 
-    fn clear(&self) {
+    pub(super) fn clear(&self) {
         self.last_offset.store(UNSEEN, Ordering::Release);
         self.commit_offset.store(UNSEEN, Ordering::Release);
     }

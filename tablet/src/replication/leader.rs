@@ -173,6 +173,10 @@ impl Replicators {
     pub fn sync_table(self: &Arc<Self>, table: &Arc<Table>) {
         let meta = table.meta();
         let (tid, pid) = (meta.tid, meta.pid);
+        // A caller may hold a copy the catalog has replaced since (reloaded while a role
+        // change waited): the links follow the catalog's.
+        let current = self.catalog.get(tid, pid).ok();
+        let table = current.as_ref().unwrap_or(table);
         let state = table.replica_state();
         let wanted = table.shipping_followers();
         let mut links = self.links.lock();
@@ -194,6 +198,8 @@ impl Replicators {
             // The catalog may hold a new copy of the replica (loaded again).
             if !std::ptr::eq(link.table.as_ptr(), Arc::as_ptr(table)) {
                 link.table = Arc::downgrade(table);
+                // What the follower answered was about the other copy.
+                link.beating.quiet.clear();
                 changed = true;
             }
         }

@@ -129,8 +129,8 @@ pub struct Quorum {
     advanced: Condvar,
     /// Wakes async waiters; the value is a change counter.
     changes: watch::Sender<u64>,
-    /// Moves (under the state's lock) whenever joins to grants may be forgotten: a new
-    /// term, a step down, a change of voters. A [`PairMark`] taken before it moved no
+    /// Takes a new value (under the state's lock) whenever joins to grants may be
+    /// forgotten: a new term, a step down, a change of voters. A [`PairMark`] taken before it moved no
     /// longer says the partition is in its grant.
     pair_resets: AtomicU64,
 }
@@ -141,9 +141,17 @@ impl Default for Quorum {
             state: Mutex::default(),
             advanced: Condvar::new(),
             changes: watch::Sender::new(0),
-            pair_resets: AtomicU64::new(0),
+            pair_resets: AtomicU64::new(fresh_reset()),
         }
     }
+}
+
+/// Values of `Quorum::pair_resets`, unique in the process: a mark taken from one copy of
+/// a replica (before a reload, say) never matches another copy's.
+static NEXT_PAIR_RESET: AtomicU64 = AtomicU64::new(1);
+
+fn fresh_reset() -> u64 {
+    NEXT_PAIR_RESET.fetch_add(1, Ordering::Relaxed)
 }
 
 /// A partition's join to a follower tablet's grant, as [`Quorum::join_pair`] recorded it:
@@ -182,7 +190,7 @@ impl Quorum {
         state.voters = voters.iter().map(|v| (v.clone(), 0)).collect();
         state.heard.clear();
         state.pair.clear();
-        self.pair_resets.fetch_add(1, Ordering::AcqRel);
+        self.pair_resets.store(fresh_reset(), Ordering::Release);
         state.written_at.clear();
         state.recompute();
         drop(state);
@@ -195,7 +203,7 @@ impl Quorum {
         let mut state = self.state.lock();
         state.heard.clear();
         state.pair.clear();
-        self.pair_resets.fetch_add(1, Ordering::AcqRel);
+        self.pair_resets.store(fresh_reset(), Ordering::Release);
         state.written_at.clear();
         if state.leading.take().is_some() {
             drop(state);
@@ -220,7 +228,7 @@ impl Quorum {
         } = &mut *state;
         heard.retain(|v, _| members.contains_key(v));
         pair.retain(|v, _| members.contains_key(v));
-        self.pair_resets.fetch_add(1, Ordering::AcqRel);
+        self.pair_resets.store(fresh_reset(), Ordering::Release);
         // Only a different set counts afresh: marking a member offline or back keeps it.
         if !old.keys().eq(state.voters.keys()) {
             state.counted_since = Some(Instant::now());
