@@ -11,11 +11,17 @@
 #                                           every member's address, comma-separated, in
 #                                           id order (quorum ports 2888 and 3888)
 #   ZK_HEAP (256m by default) sets the server's heap: a million partitions need about 2g.
+#   ZK_JAVA_OPTS (-XX:TieredStopAtLevel=1 by default) is passed to java. The JVM's
+#   optimising compiler took a fifth of this 2-core machine while a failover drove new
+#   code paths hot, competing with the tablets; ZooKeeper's own work is a small part of
+#   the load, so the quick compiler alone serves it better here. ZK_JAVA_OPTS= (empty)
+#   restores the JVM's default.
 set -euo pipefail
 # shellcheck source=scripts/apt.sh
 source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 JAR_DIR=/usr/share/java
+read -ra JAVA_OPTS <<<"${ZK_JAVA_OPTS--XX:TieredStopAtLevel=1}"
 # The server's jars and what it loads at run time; one slf4j binding (simple, to stderr).
 JARS=(
   zookeeper zookeeper-jute slf4j-api slf4j-simple commons-cli metrics-core snappy-java
@@ -64,7 +70,7 @@ CFG
 run() {
   local dir=$1 port=$2
   write_config "$dir" 127.0.0.1 "$port" </dev/null
-  exec java -Xmx"${ZK_HEAP:-256m}" -cp "$(classpath)" org.apache.zookeeper.server.ZooKeeperServerMain "$dir/zoo.cfg"
+  exec java -Xmx"${ZK_HEAP:-256m}" "${JAVA_OPTS[@]}" -cp "$(classpath)" org.apache.zookeeper.server.ZooKeeperServerMain "$dir/zoo.cfg"
 }
 
 member() {
@@ -77,7 +83,7 @@ member() {
   done
   printf '%s' "$servers" | write_config "$dir" "$address" 2181
   echo "$id" > "$dir/data/myid"
-  exec java -Xmx"${ZK_HEAP:-256m}" -cp "$(classpath)" org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg"
+  exec java -Xmx"${ZK_HEAP:-256m}" "${JAVA_OPTS[@]}" -cp "$(classpath)" org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg"
 }
 
 case "${1:-}" in
