@@ -1775,12 +1775,28 @@ fn first_task_saves_before_acting(op: &OpInfo) -> bool {
 }
 
 /// Whether a task that ran may run again after it, its progress unwritten, with nothing
-/// changed: a ChangeLeader's promotion tells the same replicas the same term and leader
-/// again, which each takes as what it already holds (the term is the one the fence saved,
-/// and a replica refuses that term from anyone else). One ZooKeeper write fewer for each
-/// partition of a failover.
+/// changed; its progress is then written with the next task's. Each is one ZooKeeper
+/// write fewer for every partition of a failover or a whole-cluster recovery.
+/// - A ChangeLeader's promotion tells the same replicas the same term and leader again,
+///   which each takes as what it already holds (the term is the one the fence saved,
+///   and a replica refuses that term from anyone else).
+/// - A RecoverTable run again from an earlier task finds its replica already following
+///   the leader: the preparation decides from the term histories as it would for any
+///   returning replica (one that caught up is only told to follow again; one whose
+///   snapshot is still on its way is marked joining and reseeded again), adding it
+///   again counts its acknowledgements afresh, and the wait for it to catch up only
+///   reads. None marks it alive: that is the last task's, which is written.
+/// - An OfflineReplica's leader is told again to stop shipping to the replica.
 fn repeats_harmlessly(op_type: &str, task: &str) -> bool {
-    op_type == CHANGE_LEADER && task == "kPromoteLeader"
+    matches!(
+        (op_type, task),
+        (CHANGE_LEADER, "kPromoteLeader")
+            | (
+                RECOVER_TABLE,
+                "kPrepareReplica" | "kAddReplica" | "kWaitCatchUp"
+            )
+            | (OFFLINE_REPLICA, "kDelReplica")
+    )
 }
 
 fn is_failover(op_type: &str) -> bool {
@@ -2071,25 +2087,30 @@ mod tests {
     }
 
     #[test]
-    fn only_a_change_leaders_promotion_goes_unwritten() {
+    fn only_tasks_that_repeat_harmlessly_go_unwritten() {
+        let unwritten = |op_type: &str| -> Vec<String> {
+            tasks_of(op_type)
+                .into_iter()
+                .filter(|task| repeats_harmlessly(op_type, task))
+                .collect()
+        };
         // The fence's progress (its term and the chosen replica) is always written
         // before the promotion, which must tell only those.
-        for op_type in [CHANGE_LEADER, OFFLINE_REPLICA, RECOVER_TABLE, MIGRATE] {
-            for task in tasks_of(op_type) {
-                let skipped = repeats_harmlessly(op_type, &task);
-                assert_eq!(
-                    skipped,
-                    op_type == CHANGE_LEADER && task == "kPromoteLeader",
-                    "{op_type} {task}"
-                );
-            }
-        }
-        let change_leader = tasks_of(CHANGE_LEADER);
-        assert!(!repeats_harmlessly(CHANGE_LEADER, &change_leader[0]));
-        assert_ne!(
-            change_leader.last().map(String::as_str),
-            Some("kPromoteLeader")
+        assert_eq!(unwritten(CHANGE_LEADER), ["kPromoteLeader"]);
+        assert_eq!(
+            unwritten(RECOVER_TABLE),
+            ["kPrepareReplica", "kAddReplica", "kWaitCatchUp"]
         );
+        assert_eq!(unwritten(OFFLINE_REPLICA), ["kDelReplica"]);
+        // Housekeeping writes every step: a migration's steps change the metadata.
+        for op_type in [ADD_REPLICA, DEL_REPLICA, MIGRATE, MAKE_SNAPSHOT] {
+            assert!(unwritten(op_type).is_empty(), "{op_type}");
+        }
+        // The last task of each is always written: it carries the end.
+        for op_type in [CHANGE_LEADER, OFFLINE_REPLICA, RECOVER_TABLE] {
+            let last = tasks_of(op_type).pop().expect("tasks");
+            assert!(!repeats_harmlessly(op_type, &last), "{op_type}");
+        }
     }
 
     #[test]
