@@ -1780,21 +1780,17 @@ fn first_task_saves_before_acting(op: &OpInfo) -> bool {
 /// - A ChangeLeader's promotion tells the same replicas the same term and leader again,
 ///   which each takes as what it already holds (the term is the one the fence saved,
 ///   and a replica refuses that term from anyone else).
-/// - A RecoverTable run again from an earlier task finds its replica already following
-///   the leader: the preparation decides from the term histories as it would for any
-///   returning replica (one that caught up is only told to follow again; one whose
-///   snapshot is still on its way is marked joining and reseeded again), adding it
-///   again counts its acknowledgements afresh, and the wait for it to catch up only
-///   reads. None marks it alive: that is the last task's, which is written.
+/// - A RecoverTable's preparation, run again before the leader was told to ship to the
+///   replica, decides from the term histories as the first time; the wait for it to
+///   catch up only reads. The re-add is written: a preparation run again on a replica
+///   the leader already ships to could take a log that is ahead of the leader's read
+///   for divergent, and a failed op's undo must know the leader ships to it.
 /// - An OfflineReplica's leader is told again to stop shipping to the replica.
 fn repeats_harmlessly(op_type: &str, task: &str) -> bool {
     matches!(
         (op_type, task),
         (CHANGE_LEADER, "kPromoteLeader")
-            | (
-                RECOVER_TABLE,
-                "kPrepareReplica" | "kAddReplica" | "kWaitCatchUp"
-            )
+            | (RECOVER_TABLE, "kPrepareReplica" | "kWaitCatchUp")
             | (OFFLINE_REPLICA, "kDelReplica")
     )
 }
@@ -2099,7 +2095,8 @@ mod tests {
         assert_eq!(unwritten(CHANGE_LEADER), ["kPromoteLeader"]);
         assert_eq!(
             unwritten(RECOVER_TABLE),
-            ["kPrepareReplica", "kAddReplica", "kWaitCatchUp"]
+            ["kPrepareReplica", "kWaitCatchUp"],
+            "the re-add is written: a failed op's undo stops the shipping it began"
         );
         assert_eq!(unwritten(OFFLINE_REPLICA), ["kDelReplica"]);
         // Housekeeping writes every step: a migration's steps change the metadata.

@@ -32,7 +32,8 @@ struct ChannelSlot {
     /// When the tablet last registered in ZooKeeper as a new process (or came back):
     /// a connection made, or a connect that failed, before then was to the old one.
     registered: parking_lot::Mutex<Option<Instant>>,
-    /// When the tablet last answered a control call (an error of its own included).
+    /// When the latest control call the tablet answered (an error of its own included)
+    /// was sent.
     answered: parking_lot::Mutex<Option<Instant>>,
     slot: tokio::sync::Mutex<Slot>,
 }
@@ -62,13 +63,17 @@ pub(crate) fn registered(endpoint: &str) {
     *slot(endpoint).registered.lock() = Some(Instant::now());
 }
 
-/// `endpoint`'s tablet answered a call just now: its own answer, not a transport error.
-/// Failure detection counts it like an answered ping (see `answered_since`).
-pub(crate) fn note_answered(endpoint: &str) {
-    *slot(endpoint).answered.lock() = Some(Instant::now());
+/// `endpoint`'s tablet answered a call sent at `sent`: its own answer, not a transport
+/// error. Failure detection counts it like an answered ping (see `answered_since`). The
+/// send time, not the time the answer was read: on a starved nameserver an answer sent
+/// just before the tablet stopped may be read much later, and proves nothing of then.
+pub(crate) fn note_answered(endpoint: &str, sent: Instant) {
+    let shared = slot(endpoint);
+    let mut answered = shared.answered.lock();
+    *answered = (*answered).max(Some(sent));
 }
 
-/// Whether `endpoint`'s tablet answered a call at or after `since`. During a mass
+/// Whether `endpoint`'s tablet answered a call sent at or after `since`. During a mass
 /// failover the nameserver calls the surviving tablets hundreds of times a second, and
 /// a saturated tablet may be slow to take a new connection for a ping while it answers
 /// those calls: then it is not silent, whatever the ping found.
@@ -167,9 +172,10 @@ pub(crate) async fn call<T>(
     endpoint: &str,
     rpc: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T> {
+    let sent = Instant::now();
     let outcome = rpc.await;
     if tablet_answered(&outcome) {
-        note_answered(endpoint);
+        note_answered(endpoint, sent);
     }
     outcome
         .map(tonic::Response::into_inner)
@@ -197,12 +203,15 @@ mod tests {
         let endpoint = "192.0.2.1:1";
         let before = Instant::now();
         assert!(!answered_since(endpoint, before), "never answered");
-        note_answered(endpoint);
+        note_answered(endpoint, before);
         assert!(answered_since(endpoint, before));
-        assert!(!answered_since(
-            endpoint,
-            Instant::now() + Duration::from_secs(1)
-        ));
+        // An answer to a call sent before the judging began proves nothing of it, even
+        // if it is read later, and an older one read last does not move the mark back.
+        let judging = before + Duration::from_millis(10);
+        assert!(!answered_since(endpoint, judging));
+        note_answered(endpoint, before - Duration::from_millis(5));
+        note_answered(endpoint, judging);
+        assert!(answered_since(endpoint, judging));
     }
 
     #[tokio::test]
