@@ -108,12 +108,7 @@ async fn fence_one(endpoint: &str, request: tpb::FenceRequest) -> FenceOutcome {
     // whose refusal proves the process gone, while the pooled call may still answer.
     let pooled = async {
         let mut client = crate::tablet_channels::tablet(endpoint).await.ok()?;
-        let sent = Instant::now();
-        let answer = client.fence(request).await;
-        if crate::tablet_channels::tablet_answered(&answer) {
-            crate::tablet_channels::note_answered(endpoint, sent);
-        }
-        match answer {
+        match crate::tablet_channels::observed(endpoint, client.fence(request)).await {
             Err(status) if wire_error::detail_of(&status).is_none() => {
                 // Drops the pooled channel if the tablet is unreachable.
                 crate::tablet_channels::tablet_error(endpoint, status);

@@ -189,7 +189,8 @@ impl Nameserver {
         if let Some(term) = self.term_block.lock().take(leadership, floor) {
             return Ok(term);
         }
-        let first = self
+        // Stamped with the leadership whose lock wrote the reservation.
+        let (leadership, first) = self
             .take_counter_values(self.paths.term(), floor, TERM_BLOCK)
             .await?;
         self.term_block.lock().replace_if_above(TermBlock {
@@ -204,12 +205,18 @@ impl Nameserver {
     /// election lock: one compare-and-set of the counter for every caller waiting on it
     /// (op ids during a mass failover, terms), each given a value of its own.
     pub(crate) async fn take_counter(&self, path: String, floor: u64) -> Result<u64> {
-        self.take_counter_values(path, floor, 1).await
+        Ok(self.take_counter_values(path, floor, 1).await?.1)
     }
 
     /// The first of `count` consecutive values of the counter at `path`, all above
-    /// `floor` and given to this caller alone (see `take_counter`).
-    async fn take_counter_values(&self, path: String, floor: u64, count: u64) -> Result<u64> {
+    /// `floor` and given to this caller alone (see `take_counter`), with the leadership
+    /// whose lock wrote them.
+    async fn take_counter_values(
+        &self,
+        path: String,
+        floor: u64,
+        count: u64,
+    ) -> Result<(u64, u64)> {
         let (leadership, lock) = self.lock_and_leadership().await?;
         let client = self.client()?;
         let key = (leadership, path.clone());
@@ -221,6 +228,7 @@ impl Nameserver {
             })
             .await
             .unwrap_or_else(|| Err(NsError::Zk(format!("the write of counter {path} failed"))))
+            .map(|first| (leadership, first))
     }
 }
 
@@ -286,10 +294,11 @@ impl ChunkWriter {
             // The chunk and the announcement in one transaction: one round trip fewer
             // for each of the thousands of changes a mass failover writes.
             let mut writer = self.lock.new_check_writer();
-            let now = crate::ops::now_ms().to_string();
             let added = writer
                 .add_set_data(&self.chunk_path, &data, Some(stat.version))
-                .and_then(|()| writer.add_set_data(&self.table_changed, now.as_bytes(), None));
+                .and_then(|()| {
+                    writer.add_set_data(&self.table_changed, &table_changed_mark(), None)
+                });
             if let Err(e) = added {
                 return all(&|| Err(e.clone().into()));
             }
@@ -323,8 +332,14 @@ impl ChunkWriter {
 
 /// Moves `/notify/table_changed` (see [`Nameserver::announce_table_change`]).
 pub(crate) async fn write_table_changed(lock: &OwnedLockClient, path: &str) -> Result<(), ZkError> {
-    let now = crate::ops::now_ms().to_string();
-    lock.set_data(path, now.as_bytes(), None).await.map(|_| ())
+    lock.set_data(path, &table_changed_mark(), None)
+        .await
+        .map(|_| ())
+}
+
+/// What a move of `/notify/table_changed` writes: the time, so every write differs.
+fn table_changed_mark() -> Vec<u8> {
+    crate::ops::now_ms().to_string().into_bytes()
 }
 
 /// Takes values for each request (floor, count) from the counter at `path`, in one

@@ -67,7 +67,7 @@ pub(crate) fn registered(endpoint: &str) {
 /// error. Failure detection counts it like an answered ping (see `answered_since`). The
 /// send time, not the time the answer was read: on a starved nameserver an answer sent
 /// just before the tablet stopped may be read much later, and proves nothing of then.
-pub(crate) fn note_answered(endpoint: &str, sent: Instant) {
+fn note_answered(endpoint: &str, sent: Instant) {
     let shared = slot(endpoint);
     let mut answered = shared.answered.lock();
     *answered = (*answered).max(Some(sent));
@@ -84,7 +84,7 @@ pub(crate) fn answered_since(endpoint: &str, since: Instant) -> bool {
 
 /// Whether a call's outcome came from the tablet itself: an answer, or an error status
 /// it built (which carries a structured detail; a transport error carries none).
-pub(crate) fn tablet_answered<T>(outcome: &std::result::Result<T, tonic::Status>) -> bool {
+fn tablet_answered<T>(outcome: &std::result::Result<T, tonic::Status>) -> bool {
     match outcome {
         Ok(_) => true,
         Err(status) => !status.details().is_empty(),
@@ -167,17 +167,27 @@ pub(crate) fn tablet_error(endpoint: &str, status: tonic::Status) -> NsError {
     }
 }
 
-/// Awaits a tablet call (see [`tablet_error`]).
-pub(crate) async fn call<T>(
+/// Awaits a tablet call as it came back, noting an answer of the tablet's own for
+/// failure detection (see `note_answered`).
+pub(crate) async fn observed<T>(
     endpoint: &str,
-    rpc: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T> {
+    rpc: impl std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+) -> std::result::Result<T, tonic::Status> {
     let sent = Instant::now();
     let outcome = rpc.await;
     if tablet_answered(&outcome) {
         note_answered(endpoint, sent);
     }
     outcome
+}
+
+/// Awaits a tablet call (see [`observed`], [`tablet_error`]).
+pub(crate) async fn call<T>(
+    endpoint: &str,
+    rpc: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T> {
+    observed(endpoint, rpc)
+        .await
         .map(tonic::Response::into_inner)
         .map_err(|status| tablet_error(endpoint, status))
 }
