@@ -369,9 +369,11 @@ impl Nameserver {
             if self.suspicion(&endpoint).is_none() {
                 return;
             }
-            if !self.is_leader() {
+            if !self.leadership().keeps_evidence() {
                 // Suspicion is the leader's evidence: a nameserver that leads again later
-                // must not find the tablet still down without anyone checking it.
+                // must not find the tablet still down without anyone checking it. A
+                // leader whose lease lapsed keeps it (and keeps checking: an answer says
+                // the tablet is back whoever leads).
                 self.clear_suspicion(&endpoint);
                 return;
             }

@@ -26,7 +26,7 @@ use crate::planner::{
     self, Recovery, ReplicaLog, ADD_REPLICA, CHANGE_LEADER, DEL_REPLICA, MAKE_SNAPSHOT, MIGRATE,
     OFFLINE_REPLICA, RECOVER_TABLE,
 };
-use crate::state::{call, db_or_default, tablet, Nameserver, Presence};
+use crate::state::{call, db_or_default, tablet, Leadership, Nameserver, Presence};
 use crate::{reconcile, voting};
 
 pub const INITED: &str = "kInited";
@@ -513,12 +513,16 @@ impl Nameserver {
                 _ = self.ops_kick.notified() => {}
                 _ = stop.changed() => return,
             }
-            if !self.is_leader() {
+            let leadership = self.leadership();
+            if leadership != Leadership::Leading {
                 // Whoever leads plans again from what is stored.
                 queue.lock().clear();
-                // Restarts seen while standing by are not this nameserver's to repair
-                // later: by the time it leads, they may be long settled.
-                self.take_restarted();
+                if !leadership.keeps_evidence() {
+                    // Restarts seen while standing by are not this nameserver's to repair
+                    // later: by the time it leads, they may be long settled. One seen in
+                    // a lapse of the lease is repaired when it leads again.
+                    self.take_restarted();
+                }
                 continue;
             }
             let mut reports = None;

@@ -158,6 +158,17 @@ pub enum Leadership {
     Standby,
 }
 
+impl Leadership {
+    /// Whether what this nameserver learned while leading (a tablet found gone or silent,
+    /// a restart seen) still stands. A lapse of the ZooKeeper lease (`Suspended`) ends
+    /// either in leading again under the same lock, when that evidence is still this
+    /// leadership's to act on, or in standing by, when it is dropped. Dropped at the
+    /// lapse, a dead tablet whose session still stands would be taken for back.
+    pub fn keeps_evidence(self) -> bool {
+        self != Leadership::Standby
+    }
+}
+
 pub(crate) fn persistent() -> zookeeper_client::CreateOptions<'static> {
     CreateMode::Persistent.with_acls(zk_auth::acls())
 }
@@ -1191,6 +1202,16 @@ mod tests {
         assert!(check_name("table", "1t").is_err());
         assert!(check_name("table", "a.b").is_err());
         assert!(check_name("table", "a/b").is_err());
+    }
+
+    #[test]
+    fn a_lapse_of_the_lease_keeps_what_the_leader_learned() {
+        assert!(Leadership::Leading.keeps_evidence());
+        assert!(
+            Leadership::Suspended.keeps_evidence(),
+            "a lapse ends in leading again under the same lock, or in standing by"
+        );
+        assert!(!Leadership::Standby.keeps_evidence());
     }
 
     #[test]

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use tessera_common::Value;
 use tessera_ns_client::Client;
-use tessera_proto::nameserver::ShowOpStatusRequest;
+use tessera_proto::nameserver::{ShowOpStatusRequest, ShowTabletRequest};
 use tessera_proto::tablet::{GetRequest, PutRequest};
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
+use tessera_tests::process::http_get;
 use tessera_tests::routed::{leaders, led_by, table_rows};
 use tessera_tests::wait_until_async;
 use tessera_tests::workload::{key_in_partition, sdk_row};
@@ -51,7 +52,11 @@ struct Setup {
 }
 
 async fn setup(dir: &std::path::Path) -> Setup {
-    let cluster = NsCluster::start(dir, spec()).await;
+    setup_with(dir, spec()).await
+}
+
+async fn setup_with(dir: &std::path::Path, spec: NsClusterSpec<'_>) -> Setup {
+    let cluster = NsCluster::start(dir, spec).await;
     let table = cluster.create_table(TABLE, PARTITIONS, 3).await;
     let client = cluster.sdk(WAIT).await;
     let zk = zookeeper_client::Client::connect(&cluster.zk.connect_string())
@@ -135,6 +140,101 @@ async fn a_killed_leader_is_replaced_without_waiting_for_its_session() {
     let index = setup.cluster.tablet_index(&setup.victim);
     setup.cluster.tablets[index].kill9();
     setup.write_through_failover(1).await;
+}
+
+/// A nameserver whose ZooKeeper lease lapses for a moment (ZooKeeper paused, its session
+/// outliving the pause) leads again with what it knew: a killed tablet found gone stays
+/// offline until its session ends. Taken for back at the lapse, it was planned
+/// RecoverTables that failed against its closed port, and partitions it still led would
+/// have waited for its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gone_tablet_stays_offline_through_a_lapse_of_the_nameservers_lease() {
+    // The lease lapses two thirds into the session; the session outlives the pause.
+    const NS_SESSION_MS: u64 = 9_000;
+    // The victim's registration outlasts the whole test.
+    const VICTIM_SESSION_MS: u64 = 40_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = setup_with(
+        dir.path(),
+        NsClusterSpec {
+            tablet_session_ms: Some(VICTIM_SESSION_MS),
+            nameserver_session_ms: NS_SESSION_MS,
+            ..spec()
+        },
+    )
+    .await;
+    let index = setup.cluster.tablet_index(&setup.victim);
+    setup.cluster.tablets[index].kill9();
+    setup.write_through_failover(1).await;
+
+    let mut ns = setup.cluster.ns().await;
+    wait_until_async(WAIT, "the failover's ops to finish", || {
+        let mut ns = ns.clone();
+        async move {
+            ns.show_op_status(ShowOpStatusRequest::default())
+                .await
+                .is_ok_and(|r| r.into_inner().ops.iter().all(|op| op.status == "kDone"))
+        }
+    })
+    .await;
+
+    let nameserver = setup.cluster.nameserver.endpoint.clone();
+    let leader_check = || http_get(&nameserver, "/api/leader-check").0;
+    setup.cluster.zk.pause();
+    let suspended = tessera_tests::wait::poll_until_async(
+        Duration::from_millis(NS_SESSION_MS * 3 / 4),
+        || async { leader_check() == 503 },
+    )
+    .await;
+    // Held suspended through a few of the nameserver's rechecks of the gone tablet (one
+    // each 500 ms), each of which once dropped the suspicion.
+    let held_from = std::time::Instant::now();
+    while suspended && held_from.elapsed() < Duration::from_millis(1_500) {
+        assert_eq!(leader_check(), 503, "suspended while ZooKeeper is paused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    setup.cluster.zk.resume();
+    assert!(
+        suspended,
+        "the nameserver's lease lapsed while ZooKeeper was paused"
+    );
+    wait_until_async(WAIT, "the nameserver to lead again", || async {
+        leader_check() == 200
+    })
+    .await;
+
+    // The test's own session may have ended in the pause.
+    let zk = zookeeper_client::Client::connect(&setup.cluster.zk.connect_string())
+        .await
+        .expect("connect to ZooKeeper");
+    assert!(
+        registered(&zk, &setup.victim).await,
+        "the victim's session still stands, so only the suspicion marks it offline"
+    );
+    let tablets = ns
+        .show_tablet(ShowTabletRequest {})
+        .await
+        .expect("showtablet")
+        .into_inner()
+        .tablets;
+    let victim = tablets
+        .iter()
+        .find(|t| t.endpoint == setup.victim)
+        .expect("the victim is listed");
+    assert_eq!(
+        victim.state, "kTabletOffline",
+        "the gone tablet stays offline after the lapse: {tablets:?}"
+    );
+    let ops = ns
+        .show_op_status(ShowOpStatusRequest::default())
+        .await
+        .expect("showopstatus")
+        .into_inner()
+        .ops;
+    assert!(
+        ops.iter().all(|op| op.status != "kFailed"),
+        "no op was tried against the gone tablet: {ops:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
