@@ -244,6 +244,9 @@ impl Nameserver {
         verdict_to: tokio::sync::oneshot::Sender<String>,
     ) {
         let leader = judging.leader.as_str();
+        // A suspicion is evidence of this leadership: one that ends while the probes run
+        // (a judgement takes up to a second) plants none in the next.
+        let leadership = self.leadership_number();
         let started = tokio::time::Instant::now();
         let mut leader_probe = tokio::spawn({
             let leader = leader.to_string();
@@ -314,7 +317,7 @@ impl Nameserver {
                     probe = found.name(),
                     "leader tablet confirmed down: failing its partitions over"
                 );
-                if self.suspect(leader, found) {
+                if self.leadership_number() == leadership && self.suspect(leader, found) {
                     self.ops_kick.notify_one();
                     tokio::spawn(self.clone().recheck(leader.to_string()));
                 }

@@ -573,8 +573,20 @@ impl Nameserver {
             }
         }
         let restarted = self.take_restarted();
-        if self.registry_ready() && self.auto_failover().await? {
-            self.mark_restarted_replicas_dead(&restarted).await?;
+        // A pass cut short (ZooKeeper unreachable, the lease lapsing) leaves the restarts
+        // it took for the next one.
+        let failover = match self.auto_failover().await {
+            Ok(failover) => failover,
+            Err(e) => {
+                self.give_back_restarted(restarted);
+                return Err(e);
+            }
+        };
+        if self.registry_ready() && failover {
+            if let Err(e) = self.mark_restarted_replicas_dead(&restarted.tablets).await {
+                self.give_back_restarted(restarted);
+                return Err(e);
+            }
             // Partitions with an op under way.
             let mut busy: HashSet<PartitionKey> = ops
                 .iter()

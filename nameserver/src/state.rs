@@ -81,7 +81,7 @@ pub struct Nameserver {
     registry_ready: std::sync::atomic::AtomicBool,
     /// Tablets seen registering again under a new session since the op pipeline last
     /// looked: their replicas restarted as followers, whatever the metadata says.
-    restarted: parking_lot::Mutex<std::collections::BTreeSet<String>>,
+    restarted: parking_lot::Mutex<Restarts>,
     /// Serialises metadata changes.
     pub(crate) admin: tokio::sync::Mutex<()>,
     /// A task is bringing replicas' TTLs in line (see `ttl.rs`).
@@ -146,6 +146,21 @@ impl std::str::FromStr for TaskFault {
             kind,
         })
     }
+}
+
+/// Tablets seen restarting, not yet acted on, with the number of the election session
+/// they belong to (moved on when a session ends, so that restarts taken in one are never
+/// given back into the next).
+#[derive(Default)]
+pub(crate) struct Restarts {
+    generation: u64,
+    tablets: std::collections::BTreeSet<String>,
+}
+
+/// Restarts taken for a pass of the op pipeline (see `Nameserver::take_restarted`).
+pub(crate) struct TakenRestarts {
+    generation: u64,
+    pub tablets: Vec<String>,
 }
 
 /// Where this nameserver stands in the election.
@@ -329,6 +344,7 @@ impl Nameserver {
                 _ = stop.changed() => break,
             };
             self.leader.write().take();
+            self.forget_leaderships_evidence();
             if let Err(e) = session {
                 warn!(error = %e, "nameserver session ended");
             }
@@ -484,7 +500,7 @@ impl Nameserver {
             // appear between two listings, too quickly for any op to have run.
             if entry.session != *session {
                 warn!(endpoint = %endpoint, "tablet restarted (registered under a new session)");
-                self.restarted.lock().insert(endpoint.clone());
+                self.restarted.lock().tablets.insert(endpoint.clone());
                 entry.since = now;
                 // A new process: what was suspected of the old one no longer holds.
                 entry.suspected = None;
@@ -513,10 +529,32 @@ impl Nameserver {
     }
 
     /// The tablets that restarted since the last call.
-    pub(crate) fn take_restarted(&self) -> Vec<String> {
-        std::mem::take(&mut *self.restarted.lock())
-            .into_iter()
-            .collect()
+    pub(crate) fn take_restarted(&self) -> TakenRestarts {
+        let mut restarts = self.restarted.lock();
+        TakenRestarts {
+            generation: restarts.generation,
+            tablets: std::mem::take(&mut restarts.tablets).into_iter().collect(),
+        }
+    }
+
+    /// Restarts taken by a pass that could not act on them, for the next pass, unless
+    /// the election session they were taken in has ended meanwhile.
+    pub(crate) fn give_back_restarted(&self, taken: TakenRestarts) {
+        let mut restarts = self.restarted.lock();
+        if restarts.generation == taken.generation {
+            restarts.tablets.extend(taken.tablets);
+        }
+    }
+
+    /// What a leadership learned of the tablets (suspicions, restarts seen) goes with
+    /// it: a later leadership of this nameserver finds out for itself.
+    fn forget_leaderships_evidence(&self) {
+        for entry in self.tablets.write().values_mut() {
+            entry.suspected = None;
+        }
+        let mut restarts = self.restarted.lock();
+        restarts.generation += 1;
+        restarts.tablets.clear();
     }
 
     pub fn tablets(&self) -> Vec<TabletInfo> {
@@ -1202,6 +1240,39 @@ mod tests {
         assert!(check_name("table", "1t").is_err());
         assert!(check_name("table", "a.b").is_err());
         assert!(check_name("table", "a/b").is_err());
+    }
+
+    fn offline_nameserver() -> Arc<Nameserver> {
+        let settings = ZkSettings {
+            cluster: String::new(),
+            root: "/tessera".into(),
+            session_timeout: Duration::from_secs(10),
+        };
+        Nameserver::new("127.0.0.1:1".into(), settings, Duration::from_secs(10))
+    }
+
+    /// Restarts taken by a pass that failed go back for the next pass, but not into the
+    /// next election session; suspicions end with the session too.
+    #[test]
+    fn what_a_leadership_learned_ends_with_its_session() {
+        let ns = offline_nameserver();
+        ns.update_tablets(&[("a".into(), 1)]);
+        ns.update_tablets(&[("a".into(), 2)]);
+        let taken = ns.take_restarted();
+        assert_eq!(taken.tablets, vec!["a".to_string()]);
+        ns.give_back_restarted(taken);
+        let taken = ns.take_restarted();
+        assert_eq!(taken.tablets, vec!["a".to_string()], "given back");
+
+        assert!(ns.suspect("a", Probe::Gone));
+        assert!(!ns.is_healthy("a"));
+        ns.forget_leaderships_evidence();
+        ns.give_back_restarted(taken);
+        assert!(
+            ns.take_restarted().tablets.is_empty(),
+            "a pass of the ended session gives nothing back into the next"
+        );
+        assert!(ns.is_healthy("a"), "the suspicion ended with the session");
     }
 
     #[test]
