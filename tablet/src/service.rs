@@ -1015,7 +1015,12 @@ async fn follower_append(replicators: &Arc<Replicators>, request: AppendEntriesR
         Err(e) => return respond(AppendResult::Unavailable, 0, 0, e.to_string()),
     };
     let entries = request.entries.len();
-    let outcome = if entries <= INLINE_APPEND_ENTRIES {
+    // A request that makes this replica adopt a term or a leader fsyncs its state first,
+    // and one that meets a fence or role change in progress waits for that fsync: both
+    // wait on a blocking thread, not on one of the runtime's few (in a mass failover
+    // thousands of them arrive at once).
+    let inline = entries <= INLINE_APPEND_ENTRIES && table.follows(request.term, &request.leader);
+    let outcome = if inline {
         table.log_append(&request)
     } else {
         let worker = table.clone();

@@ -619,8 +619,12 @@ impl LinkTask {
                 Step::Superseded { term } => {
                     info!(tid = self.tid, pid = self.pid, follower = %self.follower, term,
                         "a follower is in a newer term: this replica no longer leads");
-                    if let Err(e) = table.fence(term) {
-                        warn!(error = %e, "fencing after a stale term failed");
+                    // The fence writes the replica's state to disk: off the runtime.
+                    let fencing = table.clone();
+                    match tokio::task::spawn_blocking(move || fencing.fence(term)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => warn!(error = %e, "fencing after a stale term failed"),
+                        Err(e) => warn!(error = %e, "fencing after a stale term failed"),
                     }
                     return Ok(LinkEnd::NotLeading);
                 }

@@ -382,6 +382,18 @@ impl Table {
         self.replica.lock().state.role()
     }
 
+    /// Whether this replica already follows `leader` in `term`, so that an AppendEntries
+    /// from it changes no persisted state (see `log_append`: adopting a term or a leader
+    /// is fsynced first, which the caller keeps off the async runtime). False while the
+    /// state is being changed (a fence or role change holds the lock across an fsync).
+    pub fn follows(&self, term: u64, leader: &str) -> bool {
+        let Some(replica) = self.replica.try_lock() else {
+            return false;
+        };
+        let state = &replica.state;
+        state.term == term && state.role() == TableRole::Follower && state.leader == leader
+    }
+
     pub fn term_history(&self) -> Vec<TermPair> {
         self.history.lock().clone()
     }
