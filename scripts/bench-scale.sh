@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Many partitions on one machine: scripts/bench-scale.sh
 #   SCALE_TABLES=100 SCALE_PARTITIONS=100 SCALE_TABLETS=5 by default (10,000 partitions,
-#   three replicas each); SCALE_DIR=<dir> keeps the processes' data and logs.
+#   three replicas each); SCALE_DIR=<dir> keeps the processes' data and logs;
+#   SCALE_TABLET_ARGS="--flag=value ..." passes flags to every tablet.
 # Prints create and showtable times, the idle nameserver's CPU and ZooKeeper's writes,
 # the failover of the partitions a killed tablet led, and a whole-cluster recoverdata.
 # Then the nameserver alone at a million partitions on fake tablets (tests/benches/

@@ -284,10 +284,17 @@ async fn run() -> Figures {
         format!("{tables} tables x {partitions} partitions x 3 replicas on {tablet_count} tablets"),
     );
 
+    // Extra tablet flags, to compare settings (`SCALE_TABLET_ARGS="--flag=value ..."`).
+    let tablet_args = std::env::var("SCALE_TABLET_ARGS").unwrap_or_default();
+    let tablet_args: Vec<&str> = tablet_args.split_whitespace().collect();
+    if !tablet_args.is_empty() {
+        figures.note("tablet flags", tablet_args.join(" "));
+    }
     let mut cluster = NsCluster::start(
         root,
         NsClusterSpec {
             tablets: tablet_count,
+            tablet_args: &tablet_args,
             nameserver_args: NAMESERVER_ARGS,
             ..NsClusterSpec::defaults()
         },
