@@ -317,7 +317,9 @@ impl Nameserver {
                     probe = found.name(),
                     "leader tablet confirmed down: failing its partitions over"
                 );
-                if self.leadership_number() == leadership && self.suspect(leader, found) {
+                let planted =
+                    leadership.is_some_and(|number| self.suspect_for(number, leader, found));
+                if planted {
                     self.ops_kick.notify_one();
                     tokio::spawn(self.clone().recheck(leader.to_string()));
                 }

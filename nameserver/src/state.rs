@@ -343,8 +343,14 @@ impl Nameserver {
                 s = self.clone().lead_one_session() => s,
                 _ = stop.changed() => break,
             };
-            self.leader.write().take();
-            self.forget_leaderships_evidence();
+            {
+                // One step, so that a judgement checking its leadership under the read
+                // lock (`suspect_for`) plants its suspicion before the forgetting or not
+                // at all.
+                let mut leader = self.leader.write();
+                leader.take();
+                self.forget_leaderships_evidence();
+            }
             if let Err(e) = session {
                 warn!(error = %e, "nameserver session ended");
             }
@@ -611,6 +617,16 @@ impl Nameserver {
             }
             _ => false,
         }
+    }
+
+    /// `suspect`, if this nameserver still holds leadership number `leadership`: a
+    /// judgement that outlived its leadership plants nothing in the next.
+    pub(crate) fn suspect_for(&self, leadership: u64, endpoint: &str, probe: Probe) -> bool {
+        let leader = self.leader.read();
+        leader
+            .as_ref()
+            .is_some_and(|(number, _)| *number == leadership)
+            && self.suspect(endpoint, probe)
     }
 
     pub(crate) fn suspicion(&self, endpoint: &str) -> Option<Suspicion> {
@@ -1273,6 +1289,11 @@ mod tests {
             "a pass of the ended session gives nothing back into the next"
         );
         assert!(ns.is_healthy("a"), "the suspicion ended with the session");
+        assert!(
+            !ns.suspect_for(1, "a", Probe::Gone),
+            "a judgement of a leadership no longer held plants no suspicion"
+        );
+        assert!(ns.is_healthy("a"));
     }
 
     #[test]
