@@ -572,7 +572,9 @@ impl Nameserver {
                 self.align_replicas(reports.clone());
             }
         }
-        let restarted = self.take_restarted();
+        // What the pass plans with: the healthy tablets as they were when it took the
+        // restarts it acts on (see `take_restarted_with_healthy`).
+        let (restarted, healthy) = self.take_restarted_with_healthy();
         // A pass cut short (ZooKeeper unreachable, the lease lapsing) leaves the restarts
         // it took for the next one.
         let failover = match self.auto_failover().await {
@@ -615,7 +617,8 @@ impl Nameserver {
             // start, and the next tick comes at once for the rest: a dead tablet of
             // thousands of partitions gets its first leaders in moments, not after
             // every op of the outage is written.
-            let mut planned: Vec<(usize, planner::Planned)> = self.plan_all(&tables).to_vec();
+            let mut planned: Vec<(usize, planner::Planned)> =
+                self.plan_all(&tables, healthy).to_vec();
             planned.sort_by_key(|(_, planned)| urgency(planned.op_type));
             // Persisted all at once: their ids share a write of the counter, and
             // ZooKeeper commits their nodes together (a dead tablet's thousands of
@@ -697,8 +700,11 @@ impl Nameserver {
     /// tables (the same copy) nor the healthy tablets changed, the last pass's answer is
     /// reused: an idle pass plans 10,000 partitions five times a second otherwise. While
     /// only some tables changed, only those are planned again.
-    fn plan_all(&self, tables: &Tables) -> Arc<Vec<(usize, planner::Planned)>> {
-        let mut healthy = self.healthy_tablets();
+    fn plan_all(
+        &self,
+        tables: &Tables,
+        mut healthy: Vec<String>,
+    ) -> Arc<Vec<(usize, planner::Planned)>> {
         healthy.sort();
         let mut memo = self.plan_memo.lock();
         if let Some(seen) = &*memo {

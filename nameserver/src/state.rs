@@ -543,6 +543,25 @@ impl Nameserver {
         }
     }
 
+    /// The restarts not yet acted on, taken, and the healthy tablets, read together. A
+    /// pass plans with this view: a tablet whose restart the registry records after it
+    /// (a new session makes it healthy again) is planned for by the next pass, after that
+    /// pass marks its replicas dead. Read apart, a pass could plan a RecoverTable for the
+    /// returning tablet, and the next one mark the replica it recovered meanwhile dead
+    /// again, for a second RecoverTable.
+    pub(crate) fn take_restarted_with_healthy(&self) -> (TakenRestarts, Vec<String>) {
+        let tablets = self.tablets.read();
+        // The registry records a restart and the tablet's new state under its write
+        // lock: both or neither are seen here.
+        let taken = self.take_restarted();
+        let healthy = tablets
+            .iter()
+            .filter(|(_, e)| e.healthy && e.suspected.is_none())
+            .map(|(endpoint, _)| endpoint.clone())
+            .collect();
+        (taken, healthy)
+    }
+
     /// Restarts taken by a pass that could not act on them, for the next pass, unless
     /// the election session they were taken in has ended meanwhile.
     pub(crate) fn give_back_restarted(&self, taken: TakenRestarts) {
@@ -1290,10 +1309,29 @@ mod tests {
         );
         assert!(ns.is_healthy("a"), "the suspicion ended with the session");
         assert!(
-            !ns.suspect_for(1, "a", Probe::Gone),
+            !ns.suspect_for(2, "a", Probe::Gone),
             "a judgement of a leadership no longer held plants no suspicion"
         );
         assert!(ns.is_healthy("a"));
+    }
+
+    /// A pass's view of the healthy tablets goes with the restarts it takes: a tablet
+    /// back under a new session is not healthy for a pass that has not taken (and acted
+    /// on) its restart.
+    #[test]
+    fn a_pass_sees_a_restarted_tablet_healthy_only_with_its_restart() {
+        let ns = offline_nameserver();
+        ns.update_tablets(&[("a".into(), 1), ("b".into(), 1)]);
+        assert!(ns.suspect("a", Probe::Gone));
+        let (taken, healthy) = ns.take_restarted_with_healthy();
+        assert!(taken.tablets.is_empty());
+        assert_eq!(healthy, vec!["b".to_string()], "a is down");
+        // a comes back under a new session while that pass runs.
+        ns.update_tablets(&[("a".into(), 2), ("b".into(), 1)]);
+        let (taken, mut healthy) = ns.take_restarted_with_healthy();
+        healthy.sort();
+        assert_eq!(taken.tablets, vec!["a".to_string()]);
+        assert_eq!(healthy, vec!["a".to_string(), "b".to_string()]);
     }
 
     #[test]
