@@ -42,6 +42,22 @@ pub struct TabletEntry {
     pub suspected: Option<Suspicion>,
 }
 
+impl TabletEntry {
+    /// Registered and not suspected: a tablet the planner may use.
+    fn is_healthy(&self) -> bool {
+        self.healthy && self.suspected.is_none()
+    }
+}
+
+/// The healthy tablets of a registry (see `TabletEntry::is_healthy`).
+fn healthy_of(tablets: &BTreeMap<String, TabletEntry>) -> Vec<String> {
+    tablets
+        .iter()
+        .filter(|(_, entry)| entry.is_healthy())
+        .map(|(endpoint, _)| endpoint.clone())
+        .collect()
+}
+
 /// Where a tablet stands for failover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Presence {
@@ -554,12 +570,7 @@ impl Nameserver {
         // The registry records a restart and the tablet's new state under its write
         // lock: both or neither are seen here.
         let taken = self.take_restarted();
-        let healthy = tablets
-            .iter()
-            .filter(|(_, e)| e.healthy && e.suspected.is_none())
-            .map(|(endpoint, _)| endpoint.clone())
-            .collect();
-        (taken, healthy)
+        (taken, healthy_of(&tablets))
     }
 
     /// Restarts taken by a pass that could not act on them, for the next pass, unless
@@ -588,7 +599,7 @@ impl Nameserver {
             .iter()
             .map(|(endpoint, entry)| TabletInfo {
                 endpoint: endpoint.clone(),
-                state: if entry.healthy && entry.suspected.is_none() {
+                state: if entry.is_healthy() {
                     "kTabletHealthy"
                 } else {
                     "kTabletOffline"
@@ -671,12 +682,7 @@ impl Nameserver {
     }
 
     pub(crate) fn healthy_tablets(&self) -> Vec<String> {
-        self.tablets
-            .read()
-            .iter()
-            .filter(|(_, e)| e.healthy && e.suspected.is_none())
-            .map(|(endpoint, _)| endpoint.clone())
-            .collect()
+        healthy_of(&self.tablets.read())
     }
 
     /// Every nameserver in the election, in order; the first leads.
