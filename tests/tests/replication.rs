@@ -774,3 +774,109 @@ fn get_request(tid: u32) -> GetRequest {
         ..Default::default()
     }
 }
+
+/// The links of many partitions to a follower tablet that is gone take turns to try it:
+/// one link at a time, at growing intervals, instead of every link on its own backoff
+/// (thousands of refused connections a second in a failover at scale). The follower
+/// here is a port that accepts connections and drops them, as a process being killed
+/// does; it counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_to_a_gone_follower_take_turns_to_try_it() {
+    const PARTITIONS: u32 = 256;
+    let dir = tempfile::tempdir().unwrap();
+    let (_zk, args) = zookeeper(dir.path(), &[]);
+    let a = tablet(dir.path(), "a", &args).await;
+    let b = tablet(dir.path(), "b", &args).await;
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone_endpoint = gone.local_addr().unwrap().to_string();
+    let tried = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    {
+        let tried = tried.clone();
+        std::thread::spawn(move || {
+            for connection in gone.incoming() {
+                tried.fetch_add(1, Ordering::Relaxed);
+                drop(connection);
+            }
+        });
+    }
+    for tid in 1..=PARTITIONS {
+        let meta = workload::meta(tid, 0, ReplicationMode::Quorum);
+        for tablet in [&a, &b] {
+            tablet
+                .client()
+                .await
+                .create_table(CreateTableRequest {
+                    meta: Some(meta.clone()),
+                })
+                .await
+                .expect("create replica");
+        }
+        change_role(
+            &mut b.client().await,
+            tid,
+            0,
+            TableRole::Follower,
+            1,
+            &[],
+            Some(&a),
+        )
+        .await;
+        a.client()
+            .await
+            .change_role(ChangeRoleRequest {
+                tid,
+                pid: 0,
+                role: TableRole::Leader as i32,
+                term: 1,
+                followers: vec![b.endpoint.clone(), gone_endpoint.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("leader of {tid}: {}", e.message()));
+    }
+    // Every link has tried the gone follower at least once by now, or soon: let the
+    // first attempts pass, then count the connections over twenty heartbeat rounds at
+    // B (about two seconds), the window paced by the tablets themselves.
+    wait_until_async(SYNC_TIMEOUT, "the gone follower to be tried", || {
+        let tried = tried.load(Ordering::Relaxed);
+        async move { tried > 0 }
+    })
+    .await;
+    let calls_at_b = || {
+        metric(
+            &b,
+            "tessera_tablet_grpc_calls_total",
+            "method=\"Heartbeat\"",
+        )
+    };
+    let wait_rounds = |rounds: f64, what: &'static str| {
+        let from = calls_at_b();
+        wait_until_async(SYNC_TIMEOUT, what, move || {
+            let done = calls_at_b() - from >= rounds;
+            async move { done }
+        })
+    };
+    wait_rounds(5.0, "five heartbeat rounds at B").await;
+    let tried_before = tried.load(Ordering::Relaxed);
+    wait_rounds(20.0, "twenty more heartbeat rounds at B").await;
+    let tried_in_window = tried.load(Ordering::Relaxed) - tried_before;
+    eprintln!("{tried_in_window} connections to the gone follower in twenty heartbeat rounds");
+    // Each link retrying on its own tries at least once a second: more than
+    // PARTITIONS connections. Taking turns, the window holds a few probes, besides
+    // the heartbeat rounds' own calls to the gone follower (one a round of A's at
+    // most, and A's rounds may outnumber those B answers on a loaded machine).
+    assert!(
+        tried_in_window < u64::from(PARTITIONS) / 2,
+        "{tried_in_window} connections to the gone follower from the links of \
+         {PARTITIONS} partitions in twenty heartbeat rounds"
+    );
+    // The partitions stay writable with B, and their links to B never waited for the
+    // gone follower's turns.
+    for tid in [1, PARTITIONS] {
+        a.client()
+            .await
+            .put(workload::put_request(tid, 0, 1, 0))
+            .await
+            .unwrap_or_else(|e| panic!("put to {tid}: {}", e.message()));
+    }
+}

@@ -25,6 +25,7 @@ use super::heartbeat::{Beat, Quiet};
 use super::history;
 use super::link_channels::LinkChannels;
 use super::pair_lease::{PairGrants, PeerGrant, PeerGrants};
+use super::reach::{Reach, Turn};
 use super::transfer;
 use crate::catalog::Catalog;
 use crate::storage::binlog::{BinlogReader, ReadError};
@@ -134,6 +135,8 @@ pub struct Replicators {
     roster: Mutex<Option<Arc<Roster>>>,
     /// The connections the links share (see `link_channels`).
     channels: LinkChannels,
+    /// Which followers answer: a silent one is tried by one link at a time (see `reach`).
+    reach: Reach,
     /// As a follower tablet: this tablet's grant to each leader tablet.
     grants: PairGrants,
     /// As a leader tablet: each follower tablet's grant, as its answers tell it.
@@ -148,6 +151,7 @@ impl Replicators {
             links: Mutex::new(HashMap::new()),
             roster: Mutex::new(None),
             channels: LinkChannels::default(),
+            reach: Reach::default(),
             grants: PairGrants::default(),
             peer_grants: PeerGrants::default(),
         })
@@ -355,6 +359,13 @@ enum Step {
     Fail(String),
 }
 
+/// Whether a call failed in the transport (no connection, a broken one, no answer in
+/// time) rather than with the follower's own answer: tonic keeps the local error as the
+/// status's source, and a status the follower sent has none.
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
+}
+
 /// Decides what an answer proves. Only `Ok` is an acknowledgement: the follower checked
 /// that its log continues the leader's at `prev_offset` (same term there), appended the
 /// entries and made them durable, so its log agrees with the leader's through
@@ -445,10 +456,16 @@ impl LinkTask {
             if *stop.borrow() {
                 return;
             }
-            let outcome = tokio::select! {
-                outcome = self.link() => outcome,
+            let mut turn = tokio::select! {
+                turn = self.replicators.reach.turn(&self.follower) => turn,
                 _ = stop.changed() => return,
             };
+            let outcome = tokio::select! {
+                outcome = self.link(&mut turn) => outcome,
+                _ = stop.changed() => return,
+            };
+            let silent = turn.found_silent();
+            drop(turn);
             let was_connected = {
                 let mut status = self.status.lock();
                 let was_connected = std::mem::replace(&mut status.connected, false);
@@ -471,6 +488,11 @@ impl LinkTask {
                     } else {
                         debug!(tid = self.tid, pid = self.pid, follower = %self.follower, error = %e, failures, "replication link failed again");
                     }
+                    // A silent follower is paced by the probes of `reach`; a link whose
+                    // follower answered with an error waits on its own backoff.
+                    if silent {
+                        continue;
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stop.changed() => return,
@@ -486,7 +508,7 @@ impl LinkTask {
             && table.shipping_followers().contains(&self.follower)
     }
 
-    async fn link(&self) -> Result<LinkEnd, String> {
+    async fn link(&self, turn: &mut Turn) -> Result<LinkEnd, String> {
         let table = self
             .replicators
             .catalog
@@ -518,9 +540,23 @@ impl LinkTask {
             RESPONSE_TIMEOUT,
             client.append_entries(ReceiverStream::new(outgoing)),
         );
+        let opened = match opened.await {
+            Err(_) => {
+                turn.not_answered();
+                return Err(format!(
+                    "no answer to the stream within {RESPONSE_TIMEOUT:?}"
+                ));
+            }
+            Ok(Err(status)) if is_transport_failure(&status) => {
+                turn.not_answered();
+                return Err(format!("stream refused: {}", status.message()));
+            }
+            Ok(opened) => {
+                turn.answered();
+                opened
+            }
+        };
         let mut responses = opened
-            .await
-            .map_err(|_| format!("no answer to the stream within {RESPONSE_TIMEOUT:?}"))?
             .map_err(|e| format!("stream refused: {}", e.message()))?
             .into_inner();
         let mut appended = table.subscribe_appended();
@@ -579,7 +615,7 @@ impl LinkTask {
                     unasked = responses.message() => return Err(match unasked {
                         Ok(Some(_)) => "the follower answered nothing asked".to_string(),
                         Ok(None) => "follower closed the stream".to_string(),
-                        Err(e) => format!("stream failed: {}", e.message()),
+                        Err(e) => self.stream_failed(&e),
                     }),
                 }
                 continue;
@@ -588,9 +624,12 @@ impl LinkTask {
             let overdue = tokio::time::sleep_until((oldest.due_from + RESPONSE_TIMEOUT).into());
             let response = tokio::select! {
                 answer = responses.message() => answer
-                    .map_err(|e| format!("stream failed: {}", e.message()))?
+                    .map_err(|e| self.stream_failed(&e))?
                     .ok_or_else(|| "follower closed the stream".to_string())?,
-                _ = overdue => return Err("follower did not answer in time".into()),
+                _ = overdue => {
+                    self.replicators.reach.not_answered(&self.follower);
+                    return Err("follower did not answer in time".into());
+                }
                 // Room in the pipeline and new records: go and send them.
                 _ = appended.changed(), if caught_up && outbox.has_room() => continue,
             };
@@ -643,6 +682,16 @@ impl LinkTask {
                 Step::Fail(reason) => return Err(reason),
             }
         }
+    }
+
+    /// Why an open stream failed; a failure of the transport (the follower's process or
+    /// connection gone) marks the follower silent, so the links that try it again take
+    /// turns (see `reach`).
+    fn stream_failed(&self, status: &tonic::Status) -> String {
+        if is_transport_failure(status) {
+            self.replicators.reach.not_answered(&self.follower);
+        }
+        format!("stream failed: {}", status.message())
     }
 
     /// Reads the next batch from the binlog on the blocking pool.
@@ -719,6 +768,30 @@ impl LinkTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The links tell a follower that is not there from one that answers with an
+    /// error by the status's source (see `is_transport_failure`): pinned here against
+    /// the transport's way of reporting a refused connection.
+    #[tokio::test]
+    async fn a_refused_connection_is_a_failure_of_the_transport() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let channel = tessera_common::tls::endpoint(&format!("127.0.0.1:{port}"), CONNECT_TIMEOUT)
+            .unwrap()
+            .connect_lazy();
+        let refused = TabletClient::new(channel)
+            .ping(tessera_proto::tablet::PingRequest::default())
+            .await
+            .expect_err("nothing listens there");
+        assert!(is_transport_failure(&refused), "{refused:?}");
+        // A status the follower sends carries no local error.
+        assert!(!is_transport_failure(&tonic::Status::not_found(
+            "no such replica"
+        )));
+    }
 
     fn answer(result: AppendResult, last_offset: u64) -> AppendEntriesResponse {
         AppendEntriesResponse {

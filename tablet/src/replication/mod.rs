@@ -6,4 +6,5 @@ pub mod leader;
 pub mod link_channels;
 pub mod pair_lease;
 pub mod quorum;
+pub mod reach;
 pub mod transfer;
