@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use tessera_common::auth::AuthChannel;
+use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::ShowTableRow;
 use tessera_proto::tablet::{GetTermPairRequest, TableRole};
 use tessera_tests::cluster::{status, wait_in_sync};
@@ -310,4 +312,98 @@ async fn a_silent_tablet_costs_the_survey_one_timeout() {
         "a plan per partition:\n{plan}"
     );
     assert!(plan.contains("dry run: nothing changed"), "{plan}");
+}
+
+/// After a whole-cluster restart of a cluster at rest, every replica ends where its
+/// leader does: recoverdata loads them and they follow the new leaders from the
+/// ChangeLeader on, with no RecoverTable, and they replicate what comes next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_in_step_follow_the_new_leader_without_rejoining() {
+    const PARTITIONS: u32 = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start(dir.path()).await;
+    let table = cluster.create_table("t1", PARTITIONS, 3).await;
+    let mut ns = cluster.ns().await;
+    let writers = RoutedWriters::start(&ns, "t1", table.tid, PARTITIONS);
+    writers.wait_acked(150, DEADLINE).await;
+    let logs = writers.finish().await;
+    {
+        let all: Vec<&TabletProcess> = cluster.tablets.iter().collect();
+        for pid in 0..PARTITIONS {
+            wait_in_sync(&all, table.tid, pid, DEADLINE).await;
+        }
+    }
+    // The nameserver that comes back repairs nothing before recoverdata does.
+    ops::set_auto_failover(&mut ns, false).await;
+    for tablet in &mut cluster.tablets {
+        tablet.kill9();
+    }
+    cluster.nameserver.kill9();
+    for tablet in &mut cluster.tablets {
+        tablet.restart().await;
+    }
+    cluster.nameserver =
+        NameserverProcess::start_with(&dir.path().join("ns2"), &cluster.zk, 2000, &[]).await;
+    cluster.nameserver.wait_leader().await;
+    cluster.wait_healthy(3).await;
+
+    let mut ns = cluster.ns().await;
+    let ops_now = |mut ns: NameserverClient<AuthChannel>| async move {
+        ns.show_op_status(tessera_proto::nameserver::ShowOpStatusRequest::default())
+            .await
+            .expect("showopstatus")
+            .into_inner()
+            .ops
+    };
+    let last_op_before = ops_now(ns.clone())
+        .await
+        .iter()
+        .map(|op| op.op_id)
+        .max()
+        .unwrap_or(0);
+    let out = ops::run_ok(&cluster.zk, "recoverdata", &[]).await;
+    eprintln!("{out}");
+    assert_eq!(
+        out.matches("; recover nothing").count(),
+        PARTITIONS as usize,
+        "every partition's other replicas in step:\n{out}"
+    );
+    let recoveries: Vec<_> = ops_now(ns.clone())
+        .await
+        .into_iter()
+        .filter(|op| op.op_id > last_op_before && op.op_type == "kRecoverTable")
+        .collect();
+    assert!(
+        recoveries.is_empty(),
+        "no replica had to rejoin: {recoveries:?}\n{out}"
+    );
+    let rows = table_rows(&mut ns, "t1").await;
+    assert_recovered(&cluster, &rows, PARTITIONS).await;
+    for (pid, leader) in leaders(&rows) {
+        let mut client = cluster.tablets[cluster.tablet_index(&leader)]
+            .client()
+            .await;
+        workload::assert_all_acked_present(
+            &mut client,
+            table.tid,
+            pid,
+            u64::from(pid),
+            &[logs[pid as usize].acked.clone()],
+        )
+        .await;
+        // A new write is acknowledged by a majority, and every follower takes it.
+        client
+            .put(workload::put_request(table.tid, pid, 99, 1))
+            .await
+            .unwrap_or_else(|e| panic!("a write to pid {pid} after recoverdata: {}", e.message()));
+        let all: Vec<&TabletProcess> = cluster.tablets.iter().collect();
+        wait_in_sync(&all, table.tid, pid, DEADLINE).await;
+    }
+    // Running it again finds nothing to do.
+    let again = ops::run_ok(&cluster.zk, "recoverdata", &[]).await;
+    assert_eq!(
+        again.matches(": healthy").count(),
+        PARTITIONS as usize,
+        "every partition healthy:\n{again}"
+    );
 }

@@ -4,8 +4,11 @@
 //! memory if the replica is loaded, from its manifest and binlog if not; every tablet at
 //! once, each over one connection (`survey`). The replica with
 //! the largest pair becomes leader (through a ChangeLeader op naming it, so the
-//! nameserver fences the others and checks that enough of them answered), and the others
-//! rejoin it through RecoverTable ops, which cut divergent records or send a snapshot.
+//! nameserver fences the others and checks that enough of them answered). A replica
+//! whose last record is the leader's (same term and offset) holds the leader's very log:
+//! a term has one leader, which numbers its records once. It is loaded and follows the
+//! new leader at once, through the ChangeLeader. The others rejoin through RecoverTable
+//! ops, which cut divergent records or send a snapshot.
 //! A partition whose leader is already the most advanced replica and whose followers
 //! follow it is left alone, so a second run changes nothing.
 
@@ -34,6 +37,8 @@ pub struct ReplicaSurvey {
     pub endpoint: String,
     pub is_leader: bool,
     pub is_alive: bool,
+    /// Neither joining nor leaving in the metadata: a voting member as any other.
+    pub settled: bool,
     /// (last term, last offset, loaded), or why it is unknown.
     pub log: std::result::Result<(u64, u64, bool), String>,
     /// Role, state and followers of a loaded replica.
@@ -51,6 +56,14 @@ impl ReplicaSurvey {
     fn loaded_normal(&self) -> bool {
         self.state == Some(TableState::Normal) && self.log.as_ref().is_ok_and(|l| l.2)
     }
+
+    /// Can follow a leader whose last record is this replica's, from its ChangeLeader
+    /// on: a settled member, loaded and taking writes or not loaded yet. One that is
+    /// joining or leaving, or whose load or writes failed, rejoins through RecoverTable,
+    /// which settles it or reports why it cannot.
+    fn can_follow_as_is(&self) -> bool {
+        self.settled && self.state.is_none_or(|s| s == TableState::Normal)
+    }
 }
 
 /// What to do about a partition.
@@ -63,11 +76,14 @@ pub enum Plan {
         leader: String,
         rejoin: Vec<String>,
     },
-    /// `leader` (the largest term and offset) leads; `rejoin` follow it.
+    /// `leader` (the largest term and offset) leads; `in_step` (whose last record is
+    /// the leader's, so whose log is the leader's) follow it from the ChangeLeader on,
+    /// and `rejoin` through RecoverTable.
     NewLeader {
         leader: String,
         term: u64,
         offset: u64,
+        in_step: Vec<String>,
         rejoin: Vec<String>,
     },
     Impossible(String),
@@ -145,15 +161,19 @@ pub fn plan(replicas: &[ReplicaSurvey], mode: ReplicationMode, force: bool) -> P
         .filter(|r| most_advanced(r))
         .min_by_key(|r| (!r.is_leader, !r.loaded_normal(), r.endpoint.clone()))
         .expect("the best pair belongs to an answered replica");
+    let (in_step, rejoin): (Vec<&ReplicaSurvey>, Vec<&ReplicaSurvey>) = answered
+        .iter()
+        .filter(|r| r.endpoint != chosen.endpoint)
+        .partition(|r| most_advanced(r) && r.can_follow_as_is());
+    let endpoints = |replicas: Vec<&ReplicaSurvey>| -> Vec<String> {
+        replicas.iter().map(|r| r.endpoint.clone()).collect()
+    };
     Plan::NewLeader {
         leader: chosen.endpoint.clone(),
         term: best.0,
         offset: best.1,
-        rejoin: answered
-            .iter()
-            .filter(|r| r.endpoint != chosen.endpoint)
-            .map(|r| r.endpoint.clone())
-            .collect(),
+        in_step: endpoints(in_step),
+        rejoin: endpoints(rejoin),
     }
 }
 
@@ -332,9 +352,11 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
                     leader,
                     term,
                     offset,
+                    in_step,
                     rejoin,
                 } => println!(
-                    "{label}: load {leader} as leader (term {term}, offset {offset}); recover {} [{}]",
+                    "{label}: load {leader} as leader (term {term}, offset {offset}); in step {}; recover {} [{}]",
+                    if in_step.is_empty() { "none".into() } else { in_step.join(", ") },
                     if rejoin.is_empty() { "nothing".into() } else { rejoin.join(", ") },
                     logs.join("; ")
                 ),
@@ -368,7 +390,9 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
             new_leader_above,
         };
         match &plan {
-            Plan::NewLeader { rejoin, .. } => {
+            Plan::NewLeader {
+                rejoin, in_step, ..
+            } => {
                 // The leadership term the metadata held before: the ChangeLeader's
                 // own term is newer (auto_failover is off, nothing else changes it).
                 let before = table
@@ -376,18 +400,25 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
                     .iter()
                     .find(|p| p.pid == pid)
                     .map_or(0, |p| p.term);
-                repaired.push(repair(rejoin, Some(before)));
+                let followers: Vec<String> = in_step.iter().chain(rejoin).cloned().collect();
+                repaired.push(repair(&followers, Some(before)));
             }
             Plan::RecoverFollowers { rejoin, .. } => repaired.push(repair(rejoin, None)),
             Plan::Healthy | Plan::Impossible(_) => {}
         }
         match plan {
-            Plan::NewLeader { leader, rejoin, .. } => {
+            Plan::NewLeader {
+                leader,
+                in_step,
+                rejoin,
+                ..
+            } => {
                 let planned = Planned {
                     leader: leader.clone(),
+                    in_step,
                     rejoin,
                 };
-                new_leaders.push((table, pid, replicas, leader, planned))
+                new_leaders.push((table, pid, replicas, planned))
             }
             Plan::RecoverFollowers { rejoin, .. } => rejoining.push((table, pid, rejoin)),
             Plan::Healthy | Plan::Impossible(_) => {}
@@ -398,11 +429,11 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
     let started = side_by_side(
         new_leaders,
         CALLS_AT_ONCE,
-        |(table, pid, replicas, leader, planned)| {
+        |(table, pid, replicas, planned)| {
             let mut ns = ns.clone();
             async move {
                 let started =
-                    start_new_leader(&mut ns, &table, pid, &replicas, &leader, force).await;
+                    start_new_leader(&mut ns, &table, pid, &replicas, &planned, force).await;
                 (table, pid, planned, started)
             }
         },
@@ -491,9 +522,11 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
     Ok(report)
 }
 
-/// A partition's new leader as planned, and the replicas planned to rejoin it.
+/// A partition's new leader as planned, the replicas planned to follow it from its
+/// ChangeLeader on, and those planned to rejoin it.
 struct Planned {
     leader: String,
+    in_step: Vec<String>,
     rejoin: Vec<String>,
 }
 
@@ -530,30 +563,56 @@ async fn rejoin_the_elected(
             let partition = now
                 .get(&(table.db.clone(), table.name.clone()))
                 .and_then(|t| t.partitions.iter().find(|p| p.pid == pid));
-            let rejoin = match partition {
+            let (followers, rejoin) = match partition {
                 Some(partition) => followers_to_rejoin(partition, &planned),
-                None => planned.rejoin,
+                None => {
+                    let all: Vec<String> = planned
+                        .in_step
+                        .iter()
+                        .chain(&planned.rejoin)
+                        .cloned()
+                        .collect();
+                    (all.clone(), all)
+                }
             };
             let key = (format!("{}.{}", table.db, table.name), pid);
             if let Some(&i) = index.get(&key) {
-                repaired[i].rejoined = rejoin.clone();
+                repaired[i].rejoined = followers;
             }
             (table, pid, rejoin)
         })
         .collect()
 }
 
-/// Every replica of the plan (its leader and those to rejoin) but the one the metadata
-/// now names leader; the plan as it was if the metadata names none.
-fn followers_to_rejoin(partition: &PartitionMeta, planned: &Planned) -> Vec<String> {
+/// The followers a partition must end with (every replica of the plan but the one the
+/// metadata now names leader), and those of them to rejoin through RecoverTable: all but
+/// the replicas in step that follow since the ChangeLeader (alive in the metadata). If
+/// the metadata names no leader, the plan's followers, every one to rejoin.
+fn followers_to_rejoin(partition: &PartitionMeta, planned: &Planned) -> (Vec<String>, Vec<String>) {
     let Some(leader) = partition.replicas.iter().find(|r| r.is_leader) else {
-        return planned.rejoin.clone();
+        let all: Vec<String> = planned
+            .in_step
+            .iter()
+            .chain(&planned.rejoin)
+            .cloned()
+            .collect();
+        return (all.clone(), all);
     };
-    std::iter::once(&planned.leader)
+    let followers: Vec<String> = std::iter::once(&planned.leader)
+        .chain(&planned.in_step)
         .chain(&planned.rejoin)
         .filter(|endpoint| **endpoint != leader.endpoint)
         .cloned()
-        .collect()
+        .collect();
+    let follows = |endpoint: &String| {
+        planned.in_step.contains(endpoint)
+            && partition
+                .replicas
+                .iter()
+                .any(|r| &r.endpoint == endpoint && r.is_alive && !r.joining && !r.leaving)
+    };
+    let rejoin = followers.iter().filter(|e| !follows(e)).cloned().collect();
+    (followers, rejoin)
 }
 
 /// A partition recoverdata repaired, and what the metadata must show for it.
@@ -628,7 +687,7 @@ fn confirm_against(report: &mut Report, tables: &[TableInfo], repaired: &[Repair
 
 /// Why `partition`, as the metadata has it now, does not show `repair` done: it needs an
 /// alive leader and no unavailable reason, a leadership newer than before for a new
-/// leader, and every rejoined replica alive and no longer joining.
+/// leader, and every rejoined replica alive and neither joining nor leaving.
 fn not_repaired(partition: &PartitionMeta, repair: &Repaired) -> Option<String> {
     if !partition.replicas.iter().any(|r| r.is_leader && r.is_alive) {
         return Some("no alive leader in the metadata after its ops ended".into());
@@ -654,7 +713,7 @@ fn not_repaired(partition: &PartitionMeta, repair: &Repaired) -> Option<String> 
             !partition
                 .replicas
                 .iter()
-                .any(|r| &r.endpoint == *endpoint && r.is_alive && !r.joining)
+                .any(|r| &r.endpoint == *endpoint && r.is_alive && !r.joining && !r.leaving)
         })
         .map(String::as_str)
         .collect();
@@ -668,7 +727,27 @@ fn not_repaired(partition: &PartitionMeta, repair: &Repaired) -> Option<String> 
 
 /// Makes sure a replica is loaded; a replica that cannot load is left to its op to report.
 async fn load_if_needed(table: &TableInfo, pid: u32, endpoint: &str) -> Option<String> {
-    let mut client = tablet(endpoint).await.ok()?;
+    match ensure_loaded(table, pid, endpoint).await {
+        Ok(()) | Err(Unloaded::Unknown) => None,
+        Err(Unloaded::Refused(reason)) => Some(reason),
+    }
+}
+
+/// Why a replica is not known to be loaded.
+enum Unloaded {
+    /// Its tablet could not be asked.
+    Unknown,
+    /// Its tablet refused to load it, for this reason.
+    Refused(String),
+}
+
+/// Loads a replica if it is not loaded; `Ok` only if its tablet said it is loaded.
+async fn ensure_loaded(
+    table: &TableInfo,
+    pid: u32,
+    endpoint: &str,
+) -> std::result::Result<(), Unloaded> {
+    let mut client = tablet(endpoint).await.map_err(|_| Unloaded::Unknown)?;
     let request = GetTermPairRequest {
         tid: table.tid,
         pid,
@@ -678,9 +757,13 @@ async fn load_if_needed(table: &TableInfo, pid: u32, endpoint: &str) -> Option<S
     // it comes, look again (something else may have loaded it meanwhile).
     let mut turn = None;
     loop {
-        let status = client.get_term_pair(request).await.ok()?.into_inner();
+        let status = client
+            .get_term_pair(request)
+            .await
+            .map_err(|_| Unloaded::Unknown)?
+            .into_inner();
         if status.loaded {
-            return None;
+            return Ok(());
         }
         if turn.is_some() {
             break;
@@ -694,8 +777,8 @@ async fn load_if_needed(table: &TableInfo, pid: u32, endpoint: &str) -> Option<S
             ..Default::default()
         })
         .await
-        .err()
-        .map(|s| s.message().to_string())
+        .map(|_| ())
+        .map_err(|s| Unloaded::Refused(s.message().to_string()))
 }
 
 /// A turn to ask `endpoint` to load a replica: one at a time per tablet.
@@ -711,23 +794,33 @@ async fn load_turn(endpoint: &str) -> tokio::sync::OwnedSemaphorePermit {
     turns.acquire_owned().await.expect("never closed")
 }
 
-/// Loads the chosen replica if needed, marks it the only alive replica in the metadata
-/// (the others rejoin through RecoverTable), and starts a ChangeLeader naming it.
+/// Loads the chosen replica and those in step with it if needed, marks them the alive
+/// replicas in the metadata (the ChangeLeader tells them to follow; the others rejoin
+/// through RecoverTable), and starts a ChangeLeader naming the chosen one.
 async fn start_new_leader(
     ns: &mut NameserverConnection,
     table: &TableInfo,
     pid: u32,
     replicas: &[ReplicaSurvey],
-    leader: &str,
+    planned: &Planned,
     force: bool,
 ) -> Result<OpInfo> {
+    let leader = planned.leader.as_str();
     if let Some(reason) = load_if_needed(table, pid, leader).await {
         return Err(OpsError::InvalidArgument(format!(
             "the most advanced replica, on {leader}, does not load: {reason} (repair or drop it, then run again)"
         )));
     }
+    // One not known to be loaded stays dead in the metadata and rejoins through
+    // RecoverTable, which loads it or reports why it cannot.
+    let mut following = Vec::new();
+    for endpoint in &planned.in_step {
+        if ensure_loaded(table, pid, endpoint).await.is_ok() {
+            following.push(endpoint.as_str());
+        }
+    }
     for replica in replicas {
-        let alive = replica.endpoint == leader;
+        let alive = replica.endpoint == leader || following.contains(&replica.endpoint.as_str());
         if replica.is_alive == alive {
             continue;
         }
@@ -771,6 +864,7 @@ mod tests {
             endpoint: endpoint.into(),
             is_leader: leader,
             is_alive: true,
+            settled: true,
             log: Ok((term, offset, true)),
             role: Some(TableRole::Follower),
             state: Some(TableState::Normal),
@@ -780,17 +874,19 @@ mod tests {
     }
 
     /// A ChangeLeader may promote another replica than the planned one: the rejoins
-    /// follow the metadata's leader, and the planned leader rejoins it.
+    /// follow the metadata's leader, and the planned leader rejoins it. A replica in
+    /// step follows from the ChangeLeader on, and rejoins only if the metadata shows it
+    /// dead (it did not answer the fence, or did not load).
     #[test]
     fn the_rejoins_follow_the_leader_the_metadata_names() {
         use tessera_proto::nameserver::ReplicaMeta;
-        let partition = |leader: Option<&str>| PartitionMeta {
-            replicas: ["a", "b", "c"]
+        let partition = |leader: Option<&str>, dead: &[&str]| PartitionMeta {
+            replicas: ["a", "b", "c", "d"]
                 .iter()
                 .map(|e| ReplicaMeta {
                     endpoint: e.to_string(),
                     is_leader: leader == Some(*e),
-                    is_alive: true,
+                    is_alive: !dead.contains(e),
                     ..Default::default()
                 })
                 .collect(),
@@ -798,22 +894,37 @@ mod tests {
         };
         let planned = Planned {
             leader: "a".into(),
+            in_step: vec!["d".into()],
             rejoin: vec!["b".into(), "c".into()],
         };
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let ended = |followers: &[&str], rejoin: &[&str]| (strings(followers), strings(rejoin));
         assert_eq!(
-            followers_to_rejoin(&partition(Some("a")), &planned),
-            ["b", "c"],
-            "as planned"
+            followers_to_rejoin(&partition(Some("a"), &["b", "c"]), &planned),
+            ended(&["d", "b", "c"], &["b", "c"]),
+            "as planned: d follows, b and c rejoin"
         );
         assert_eq!(
-            followers_to_rejoin(&partition(Some("b")), &planned),
-            ["a", "c"],
-            "b was promoted instead of a: a rejoins b"
+            followers_to_rejoin(&partition(Some("b"), &["a", "c"]), &planned),
+            ended(&["a", "d", "c"], &["a", "c"]),
+            "b was promoted instead of a: a rejoins b, d follows b"
         );
         assert_eq!(
-            followers_to_rejoin(&partition(None), &planned),
-            ["b", "c"],
-            "no leader named: the plan stands"
+            followers_to_rejoin(&partition(Some("a"), &["b", "c", "d"]), &planned),
+            ended(&["d", "b", "c"], &["d", "b", "c"]),
+            "d did not follow: it rejoins too"
+        );
+        let mut d_leaving = partition(Some("a"), &["b", "c"]);
+        d_leaving.replicas[3].leaving = true;
+        assert_eq!(
+            followers_to_rejoin(&d_leaving, &planned),
+            ended(&["d", "b", "c"], &["d", "b", "c"]),
+            "d is marked leaving: it rejoins, which settles it"
+        );
+        assert_eq!(
+            followers_to_rejoin(&partition(None, &[]), &planned),
+            ended(&["d", "b", "c"], &["d", "b", "c"]),
+            "no leader named: every follower of the plan rejoins"
         );
     }
 
@@ -928,7 +1039,60 @@ mod tests {
                 leader: "b".into(),
                 term: 2,
                 offset: 101,
+                in_step: Vec::new(),
                 rejoin: vec!["a".into(), "c".into()],
+            }
+        );
+    }
+
+    /// A replica in step but joining or leaving, or whose writes failed, is settled by
+    /// RecoverTable (or reported by it), not made a follower as it is.
+    #[test]
+    fn only_settled_replicas_that_take_writes_follow_without_rejoining() {
+        let leaving = ReplicaSurvey {
+            settled: false,
+            ..replica("b", false, 3, 10)
+        };
+        let write_failed = ReplicaSurvey {
+            state: Some(TableState::WriteFailed),
+            ..replica("c", false, 3, 10)
+        };
+        let not_loaded = ReplicaSurvey {
+            state: None,
+            log: Ok((3, 10, false)),
+            ..replica("d", false, 3, 10)
+        };
+        let replicas = [replica("a", true, 3, 10), leaving, write_failed, not_loaded];
+        assert_eq!(
+            plan(&replicas, ReplicationMode::Quorum, false),
+            Plan::NewLeader {
+                leader: "a".into(),
+                term: 3,
+                offset: 10,
+                in_step: vec!["d".into()],
+                rejoin: vec!["b".into(), "c".into()],
+            }
+        );
+    }
+
+    /// A replica whose last record is the leader's holds the leader's log: it follows
+    /// at once instead of rejoining; one that differs, even by its term alone, rejoins.
+    #[test]
+    fn replicas_that_end_where_the_leader_does_follow_it_without_rejoining() {
+        let replicas = [
+            replica("a", true, 3, 10),
+            replica("b", false, 3, 10),
+            replica("c", false, 2, 10),
+            replica("d", false, 3, 9),
+        ];
+        assert_eq!(
+            plan(&replicas, ReplicationMode::Quorum, false),
+            Plan::NewLeader {
+                leader: "a".into(),
+                term: 3,
+                offset: 10,
+                in_step: vec!["b".into()],
+                rejoin: vec!["c".into(), "d".into()],
             }
         );
     }

@@ -114,6 +114,7 @@ impl Survey {
                     endpoint: replica.endpoint.clone(),
                     is_leader: replica.is_leader,
                     is_alive: replica.is_alive,
+                    settled: !replica.joining && !replica.leaving,
                     log,
                     role: status.map(|s| s.role()),
                     state: status.map(|s| s.state()),
