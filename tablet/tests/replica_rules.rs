@@ -509,6 +509,44 @@ fn a_term_has_one_leader() {
     ));
 }
 
+/// A replica that led a term and restarted never leads that term again: the restart may
+/// have lost records of the term it had shipped, and new records would take their
+/// offsets with the same term (a resumed ChangeLeader repeats its promotion).
+#[test]
+fn a_restarted_leader_does_not_lead_its_term_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_options = || TableOptions {
+        restore_leadership: false,
+        ..options(1 << 20)
+    };
+    let table = Table::create(&dir.path().join("1_0"), meta(1, 0), cluster_options())
+        .unwrap()
+        .0;
+    table.fence(2).unwrap();
+    leader_of(&table, 2, &[], &[]);
+    leader_of(&table, 2, &[], &[]); // a repeated promotion while it leads: fine
+    let dir = table.dir().to_path_buf();
+    table.close().unwrap();
+    drop(table);
+    let (table, _) = Table::open(&dir, cluster_options()).unwrap();
+    let lead = |term| {
+        table.change_role(&RoleChange {
+            role: TableRole::Leader,
+            term,
+            followers: vec![],
+            leader: String::new(),
+            offline: vec![],
+        })
+    };
+    assert!(
+        matches!(lead(2), Err(StorageError::TermTaken { term: 2, .. })),
+        "it led term 2 before it restarted"
+    );
+    // A new term, after its fence, it may lead.
+    table.fence(3).unwrap();
+    lead(3).unwrap();
+}
+
 /// A read answers with an offset at or beyond every entry it shows: a client that then
 /// asks a follower for that offset never sees less (found by the fault-injection bed as
 /// a scan from the leader, then one from a caught-up follower, missing a row).

@@ -479,6 +479,18 @@ impl Table {
             TableRole::Follower => TermClaim::Follow(&change.leader),
         };
         check_term(&replica.state, change.term, claim)?;
+        if change.role == TableRole::Leader && replica.led_before_load == Some(change.term) {
+            // It led this term before a restart (or a reload), which may have lost
+            // records of the term it had already shipped (written, not yet synced):
+            // leading the term again, it would number new records at offsets its
+            // followers hold with other records of the same term, and no check could
+            // tell the two logs apart. A resumed promotion fails here; a new
+            // ChangeLeader takes a new term.
+            return Err(StorageError::TermTaken {
+                term: change.term,
+                holder: "this replica, before it restarted".into(),
+            });
+        }
         let state = match change.role {
             TableRole::Leader => {
                 let mut followers = change.followers.clone();
