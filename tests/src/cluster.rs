@@ -46,8 +46,8 @@ pub async fn change_role(
 }
 
 /// Creates the replica on every tablet; the first leads the others in term 1.
-pub async fn create_replicated(tablets: &[&TabletProcess], meta: TableMeta) {
-    let (tid, pid) = (meta.tid, meta.pid);
+/// Creates a replica of `meta` on each of `tablets`, with no role given yet.
+pub async fn create_replicas(tablets: &[&TabletProcess], meta: &TableMeta) {
     for tablet in tablets {
         tablet
             .client()
@@ -58,6 +58,11 @@ pub async fn create_replicated(tablets: &[&TabletProcess], meta: TableMeta) {
             .await
             .expect("create replica");
     }
+}
+
+pub async fn create_replicated(tablets: &[&TabletProcess], meta: TableMeta) {
+    let (tid, pid) = (meta.tid, meta.pid);
+    create_replicas(tablets, &meta).await;
     let (leader, followers) = tablets.split_first().expect("at least one tablet");
     for follower in followers {
         change_role(

@@ -9,10 +9,11 @@ use std::time::Duration;
 use tessera_common::auth::AuthChannel;
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::ShowTableRow;
+use tessera_proto::tablet::tablet_client::TabletClient;
 use tessera_proto::tablet::{GetTermPairRequest, TableRole};
 use tessera_tests::cluster::{status, wait_in_sync};
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
-use tessera_tests::routed::{leaders, table_rows, RoutedWriters};
+use tessera_tests::routed::{leaders, table_rows, RoutedWriters, WriterLog};
 use tessera_tests::{ops, workload, NameserverProcess, TabletProcess};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -84,6 +85,27 @@ async fn assert_recovered(cluster: &NsCluster, rows: &[ShowTableRow], partitions
     }
 }
 
+/// Checks that `leader` holds every row its writer saw acknowledged on `pid`; returns a
+/// client of it.
+async fn acked_rows_at_leader(
+    cluster: &NsCluster,
+    leader: &str,
+    tid: u32,
+    pid: u32,
+    logs: &[WriterLog],
+) -> TabletClient<AuthChannel> {
+    let mut client = cluster.tablets[cluster.tablet_index(leader)].client().await;
+    workload::assert_all_acked_present(
+        &mut client,
+        tid,
+        pid,
+        u64::from(pid),
+        &[logs[pid as usize].acked.clone()],
+    )
+    .await;
+    client
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn recoverdata_brings_back_every_acknowledged_row_after_a_whole_cluster_crash() {
     let dir = tempfile::tempdir().unwrap();
@@ -129,17 +151,7 @@ async fn recoverdata_brings_back_every_acknowledged_row_after_a_whole_cluster_cr
             "pid {pid} is led by {leader}, not by one of the most advanced {:?}",
             best[&pid]
         );
-        let mut client = cluster.tablets[cluster.tablet_index(&leader)]
-            .client()
-            .await;
-        workload::assert_all_acked_present(
-            &mut client,
-            table.tid,
-            pid,
-            u64::from(pid),
-            &[logs[pid as usize].acked.clone()],
-        )
-        .await;
+        acked_rows_at_leader(&cluster, &leader, table.tid, pid, &logs).await;
     }
 
     // Running it again finds nothing to do.
@@ -380,17 +392,7 @@ async fn replicas_in_step_follow_the_new_leader_without_rejoining() {
     let rows = table_rows(&mut ns, "t1").await;
     assert_recovered(&cluster, &rows, PARTITIONS).await;
     for (pid, leader) in leaders(&rows) {
-        let mut client = cluster.tablets[cluster.tablet_index(&leader)]
-            .client()
-            .await;
-        workload::assert_all_acked_present(
-            &mut client,
-            table.tid,
-            pid,
-            u64::from(pid),
-            &[logs[pid as usize].acked.clone()],
-        )
-        .await;
+        let mut client = acked_rows_at_leader(&cluster, &leader, table.tid, pid, &logs).await;
         // A new write is acknowledged by a majority, and every follower takes it.
         client
             .put(workload::put_request(table.tid, pid, 99, 1))

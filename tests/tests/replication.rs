@@ -9,7 +9,7 @@ use tessera_common::wire_error::{detail_of, ErrorCode};
 use tessera_common::Value;
 use tessera_proto::tablet::*;
 use tessera_tests::cluster::{
-    change_role, create_replicated, fence_all, rows_checksum, status, wait_in_sync,
+    change_role, create_replicas, create_replicated, fence_all, rows_checksum, status, wait_in_sync,
 };
 use tessera_tests::workload::{self, Writers};
 use tessera_tests::{wait_until_async, TabletProcess, ZooKeeper};
@@ -800,17 +800,7 @@ async fn links_to_a_gone_follower_take_turns_to_try_it() {
         });
     }
     for tid in 1..=PARTITIONS {
-        let meta = workload::meta(tid, 0, ReplicationMode::Quorum);
-        for tablet in [&a, &b] {
-            tablet
-                .client()
-                .await
-                .create_table(CreateTableRequest {
-                    meta: Some(meta.clone()),
-                })
-                .await
-                .expect("create replica");
-        }
+        create_replicas(&[&a, &b], &workload::meta(tid, 0, ReplicationMode::Quorum)).await;
         change_role(
             &mut b.client().await,
             tid,

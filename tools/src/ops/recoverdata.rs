@@ -530,6 +530,13 @@ struct Planned {
     rejoin: Vec<String>,
 }
 
+impl Planned {
+    /// Every replica planned to follow, in step or rejoining.
+    fn followers(&self) -> Vec<String> {
+        self.in_step.iter().chain(&self.rejoin).cloned().collect()
+    }
+}
+
 /// The rejoins of the partitions whose ChangeLeader ended well, taken from the metadata:
 /// the op may have promoted another replica than the one planned (the planned one did
 /// not answer its fence in time), and a RecoverTable is for followers only. If the
@@ -565,15 +572,7 @@ async fn rejoin_the_elected(
                 .and_then(|t| t.partitions.iter().find(|p| p.pid == pid));
             let (followers, rejoin) = match partition {
                 Some(partition) => followers_to_rejoin(partition, &planned),
-                None => {
-                    let all: Vec<String> = planned
-                        .in_step
-                        .iter()
-                        .chain(&planned.rejoin)
-                        .cloned()
-                        .collect();
-                    (all.clone(), all)
-                }
+                None => (planned.followers(), planned.followers()),
             };
             let key = (format!("{}.{}", table.db, table.name), pid);
             if let Some(&i) = index.get(&key) {
@@ -590,13 +589,7 @@ async fn rejoin_the_elected(
 /// the metadata names no leader, the plan's followers, every one to rejoin.
 fn followers_to_rejoin(partition: &PartitionMeta, planned: &Planned) -> (Vec<String>, Vec<String>) {
     let Some(leader) = partition.replicas.iter().find(|r| r.is_leader) else {
-        let all: Vec<String> = planned
-            .in_step
-            .iter()
-            .chain(&planned.rejoin)
-            .cloned()
-            .collect();
-        return (all.clone(), all);
+        return (planned.followers(), planned.followers());
     };
     let followers: Vec<String> = std::iter::once(&planned.leader)
         .chain(&planned.in_step)
@@ -1065,14 +1058,20 @@ mod tests {
         let replicas = [replica("a", true, 3, 10), leaving, write_failed, not_loaded];
         assert_eq!(
             plan(&replicas, ReplicationMode::Quorum, false),
-            Plan::NewLeader {
-                leader: "a".into(),
-                term: 3,
-                offset: 10,
-                in_step: vec!["d".into()],
-                rejoin: vec!["b".into(), "c".into()],
-            }
+            a_leads_at_3_10(&["d"], &["b", "c"])
         );
+    }
+
+    /// `a` leads from (3, 10), these replicas in step and these to rejoin.
+    fn a_leads_at_3_10(in_step: &[&str], rejoin: &[&str]) -> Plan {
+        let endpoints = |e: &[&str]| e.iter().map(|e| e.to_string()).collect();
+        Plan::NewLeader {
+            leader: "a".into(),
+            term: 3,
+            offset: 10,
+            in_step: endpoints(in_step),
+            rejoin: endpoints(rejoin),
+        }
     }
 
     /// A replica whose last record is the leader's holds the leader's log: it follows
@@ -1087,13 +1086,7 @@ mod tests {
         ];
         assert_eq!(
             plan(&replicas, ReplicationMode::Quorum, false),
-            Plan::NewLeader {
-                leader: "a".into(),
-                term: 3,
-                offset: 10,
-                in_step: vec!["b".into()],
-                rejoin: vec!["c".into(), "d".into()],
-            }
+            a_leads_at_3_10(&["b"], &["c", "d"])
         );
     }
 
