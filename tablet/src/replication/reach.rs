@@ -102,6 +102,9 @@ impl State {
     /// not a probe of this episode only marks a follower that answered until then.
     fn not_answered(&mut self, probe: Option<u64>, now: Instant) -> bool {
         match &mut self.silent {
+            // A probe of an episode that ended (the follower answered another link
+            // meanwhile) says nothing of it now.
+            None if probe.is_some() => false,
             None => {
                 self.episodes += 1;
                 self.silent = Some(Silent {
@@ -330,6 +333,11 @@ mod tests {
         assert!(!state.not_answered(Some(1), at));
         assert!(!state.probe_dropped(1, at));
         assert_eq!(state.decide(at), Decision::Wait(None));
+        // And once the follower answered, a late failure of an earlier probe does not
+        // make it silent again.
+        assert!(state.answered());
+        assert!(!state.not_answered(Some(2), at));
+        assert_eq!(state.decide(at), Decision::Go);
     }
 
     #[test]

@@ -479,16 +479,17 @@ impl Table {
             TableRole::Follower => TermClaim::Follow(&change.leader),
         };
         check_term(&replica.state, change.term, claim)?;
-        if change.role == TableRole::Leader && replica.led_before_load == Some(change.term) {
-            // It led this term before a restart (or a reload), which may have lost
-            // records of the term it had already shipped (written, not yet synced):
-            // leading the term again, it would number new records at offsets its
-            // followers hold with other records of the same term, and no check could
-            // tell the two logs apart. A resumed promotion fails here; a new
-            // ChangeLeader takes a new term.
+        if change.role == TableRole::Leader && replica.term_at_load == Some(change.term) {
+            // It lived in this term before a restart (or a reload), which may have lost
+            // records it had written and not yet synced: ones it shipped as the term's
+            // leader, or ones it reported to the fence that chose it. Leading the term
+            // now, it would number new records at offsets other replicas hold with
+            // other records of the same term, and no check could tell the logs apart.
+            // A resumed promotion fails here; a new ChangeLeader takes a new term, and
+            // its fence sees the log as it is now.
             return Err(StorageError::TermTaken {
                 term: change.term,
-                holder: "this replica, before it restarted".into(),
+                holder: "this replica or another, before it was loaded".into(),
             });
         }
         let state = match change.role {

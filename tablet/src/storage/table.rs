@@ -197,9 +197,9 @@ pub struct ReplicaRuntime {
     /// Follower: when it last answered its leader without refusing its term (or became
     /// a follower, or was loaded), for silence detection.
     pub leader_contact: std::time::Instant,
-    /// The term this replica led when it was loaded, waiting to be told its role: it
-    /// never leads that term again (see `change_role`).
-    pub led_before_load: Option<u64>,
+    /// In a cluster, the term its stored state held when it was loaded: it never leads
+    /// that term (see `change_role`).
+    pub term_at_load: Option<u64>,
     /// Until when (this clock, drift margin included) a lease this replica helped a
     /// leader renew may last; a loaded replica may have helped just before its restart.
     pub granted_until: std::time::Instant,
@@ -395,11 +395,9 @@ impl Table {
         term = term.max(open_report.last_term);
 
         let stored = read_replica_state(dir)?;
-        // A replica created as leader has led nothing yet; one whose stored state says
-        // leader led its term in an earlier life.
-        let stored_leader = stored
-            .as_ref()
-            .is_some_and(|s| s.role() == TableRole::Leader);
+        // A replica created as leader has led nothing yet; one with a stored state lived
+        // in its term before this load, and may have lost records of it.
+        let had_a_term = stored.is_some() && !options.restore_leadership;
         let mut state = stored.unwrap_or_else(|| ReplicaState {
             term,
             role: meta.role,
@@ -408,9 +406,8 @@ impl Table {
             offline: Vec::new(),
         });
         state.term = state.term.max(term);
-        let mut led_before_load = None;
+        let term_at_load = had_a_term.then_some(state.term);
         if state.role() == TableRole::Leader && !options.restore_leadership {
-            led_before_load = stored_leader.then_some(state.term);
             // Someone else may lead by now: wait to be told.
             state.role = TableRole::Follower as i32;
             state.leader.clear();
@@ -466,7 +463,7 @@ impl Table {
                 state,
                 fenced: false,
                 leader_contact: std::time::Instant::now(),
-                led_before_load,
+                term_at_load,
                 granted_until: std::time::Instant::now()
                     + tessera_common::failure_detection::stretched(
                         tessera_common::failure_detection::LEADER_LEASE,
