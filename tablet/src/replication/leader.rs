@@ -540,25 +540,26 @@ impl LinkTask {
             RESPONSE_TIMEOUT,
             client.append_entries(ReceiverStream::new(outgoing)),
         );
-        let opened = match opened.await {
+        let mut responses = match opened.await {
             Err(_) => {
                 turn.not_answered();
                 return Err(format!(
                     "no answer to the stream within {RESPONSE_TIMEOUT:?}"
                 ));
             }
-            Ok(Err(status)) if is_transport_failure(&status) => {
-                turn.not_answered();
+            Ok(Err(status)) => {
+                if is_transport_failure(&status) {
+                    turn.not_answered();
+                } else {
+                    turn.answered();
+                }
                 return Err(format!("stream refused: {}", status.message()));
             }
-            Ok(opened) => {
+            Ok(Ok(opened)) => {
                 turn.answered();
-                opened
+                opened.into_inner()
             }
         };
-        let mut responses = opened
-            .map_err(|e| format!("stream refused: {}", e.message()))?
-            .into_inner();
         let mut appended = table.subscribe_appended();
         let mut commits = table.subscribe_commit();
         let mut reader: Option<BinlogReader> = None;

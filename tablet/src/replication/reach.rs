@@ -181,12 +181,6 @@ impl Reach {
         self.follower(endpoint)
             .change(|state| state.not_answered(None, Instant::now()));
     }
-
-    /// Whether `endpoint` was last found silent.
-    pub fn is_silent(&self, endpoint: &str) -> bool {
-        let follower = self.followers.lock().get(endpoint).cloned();
-        follower.is_some_and(|f| f.state.lock().silent.is_some())
-    }
 }
 
 impl Follower {
@@ -410,7 +404,7 @@ mod tests {
                 "the follower answers: no link needs to probe it"
             );
         }
-        assert!(!reach.is_silent(follower));
+        assert!(reach.follower(follower).state.lock().silent.is_none());
     }
 
     #[tokio::test]

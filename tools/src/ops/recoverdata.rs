@@ -389,9 +389,12 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
             rejoined: rejoined.to_vec(),
             new_leader_above,
         };
-        match &plan {
+        match plan {
             Plan::NewLeader {
-                rejoin, in_step, ..
+                leader,
+                in_step,
+                rejoin,
+                ..
             } => {
                 // The leadership term the metadata held before: the ChangeLeader's
                 // own term is newer (auto_failover is off, nothing else changes it).
@@ -400,27 +403,18 @@ async fn recover(ops: &mut Ops, dry_run: bool, force: bool) -> Result<Report> {
                     .iter()
                     .find(|p| p.pid == pid)
                     .map_or(0, |p| p.term);
-                let followers: Vec<String> = in_step.iter().chain(rejoin).cloned().collect();
-                repaired.push(repair(&followers, Some(before)));
-            }
-            Plan::RecoverFollowers { rejoin, .. } => repaired.push(repair(rejoin, None)),
-            Plan::Healthy | Plan::Impossible(_) => {}
-        }
-        match plan {
-            Plan::NewLeader {
-                leader,
-                in_step,
-                rejoin,
-                ..
-            } => {
                 let planned = Planned {
-                    leader: leader.clone(),
+                    leader,
                     in_step,
                     rejoin,
                 };
+                repaired.push(repair(&planned.followers(), Some(before)));
                 new_leaders.push((table, pid, replicas, planned))
             }
-            Plan::RecoverFollowers { rejoin, .. } => rejoining.push((table, pid, rejoin)),
+            Plan::RecoverFollowers { rejoin, .. } => {
+                repaired.push(repair(&rejoin, None));
+                rejoining.push((table, pid, rejoin))
+            }
             Plan::Healthy | Plan::Impossible(_) => {}
         }
     }
