@@ -5,10 +5,11 @@
 //!
 //! Workloads: puts of 100-byte values with 1, 16 and 64 concurrent clients; batches of
 //! 100 puts (an etcd transaction, a Tessera `put_batch`) with 16 clients; gets of
-//! existing keys at full speed, then at half of that rate for the latency; failover by
-//! `kill -9` and by SIGSTOP of a leader, `RUNS` times each. Prints one table, Tessera's
-//! figure over etcd's in the last column. `scripts/bench-compare.sh` installs etcd,
-//! builds the release binaries and runs this.
+//! existing keys at full speed, then at half of that rate for the latency (arrivals evenly
+//! spaced, each get timed from its arrival); failover by `kill -9` and by SIGSTOP of a
+//! leader, `RUNS` times each. Prints one table, Tessera's figure over etcd's in the last
+//! column. `scripts/bench-compare.sh` installs etcd, builds the release binaries and runs
+//! this.
 //!
 //! Environment: `RUNS` (failovers of each kind, 5), `SECONDS` (per load step, 10),
 //! `ETCD` (the etcd binary, `etcd` on the PATH), `SYSTEMS` (`etcd,tessera`; `tessera` alone
@@ -50,7 +51,7 @@ fn env_number(name: &str, default: u64) -> u64 {
 /// Either system, behind the same two calls.
 #[derive(Clone)]
 enum Store {
-    Etcd(etcd_client::Client),
+    Etcd(Box<etcd_client::Client>),
     Tessera(Arc<tessera_ns_client::Client>),
 }
 
@@ -178,8 +179,56 @@ enum Op {
 /// Rows per batch call (etcd takes at most 128 operations in one transaction).
 const BATCH_ROWS: u64 = 100;
 
+/// Arrival times of an open-loop step, `rate` a second in all, evenly spaced and handed
+/// to the `clients` round-robin until `end`. A thread of its own sleeps to each arrival
+/// on the kernel's high-resolution timers: tokio's timers fire on whole milliseconds,
+/// so clients paced by them start their calls together, a burst at every tick.
+fn arrivals(rate: f64, clients: usize, end: Instant) -> Vec<mpsc::UnboundedReceiver<Instant>> {
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..clients).map(|_| mpsc::unbounded_channel()).unzip();
+    let period = Duration::from_secs_f64(1.0 / rate);
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        for k in 0u32.. {
+            let due = start + period * k;
+            if due >= end {
+                break;
+            }
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if senders[k as usize % clients].send(due).is_err() {
+                break;
+            }
+        }
+        // The senders drop here: each client ends once it has taken its last arrival.
+    });
+    receivers
+}
+
+/// One call of a load step; the number of operations it stands for, if it succeeded.
+async fn call(store: &Store, op: Op, i: u64) -> Result<u64, String> {
+    let key = format!("k{}", i % KEYS);
+    match op {
+        Op::Put => store.put(&key, i as i64 + 1).await.map(|()| 1),
+        Op::PutBatch => {
+            let keys: Vec<String> = (0..BATCH_ROWS)
+                .map(|b| format!("k{}", (i * BATCH_ROWS + b) % KEYS))
+                .collect();
+            store
+                .put_batch(&keys, i as i64 + 1)
+                .await
+                .map(|()| BATCH_ROWS)
+        }
+        Op::Get => store.get(&key).await.map(|()| 1),
+    }
+}
+
 /// `clients` tasks, each issuing one call after another for `duration` (closed loop), or
-/// at `rate` calls per second in all (open loop, each task at its share).
+/// at `rate` calls per second in all (open loop: evenly spaced arrivals, see
+/// [`arrivals`], each call's latency counted from its arrival, so a client still busy
+/// with the call before counts its wait too).
 async fn load(
     store: &Store,
     op: Op,
@@ -189,35 +238,25 @@ async fn load(
 ) -> Stats {
     let start = Instant::now();
     let end = start + duration;
+    let mut paced = rate.map(|r| arrivals(r, clients, end).into_iter());
     let mut tasks = Vec::new();
     for client in 0..clients {
         let store = store.clone();
+        let mut arrivals = paced.as_mut().and_then(Iterator::next);
         tasks.push(tokio::spawn(async move {
             let mut stats = Stats::default();
-            let mut ticks = rate.map(|r| {
-                let mut ticks = tokio::time::interval(Duration::from_secs_f64(clients as f64 / r));
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                ticks
-            });
             let mut i = client as u64;
-            while Instant::now() < end {
-                if let Some(ticks) = &mut ticks {
-                    ticks.tick().await;
-                }
-                let key = format!("k{}", i % KEYS);
-                let began = Instant::now();
-                let (done, ops) = match op {
-                    Op::Put => (store.put(&key, i as i64 + 1).await, 1),
-                    Op::PutBatch => {
-                        let keys: Vec<String> = (0..BATCH_ROWS)
-                            .map(|b| format!("k{}", (i * BATCH_ROWS + b) % KEYS))
-                            .collect();
-                        (store.put_batch(&keys, i as i64 + 1).await, BATCH_ROWS)
-                    }
-                    Op::Get => (store.get(&key).await, 1),
+            loop {
+                let began = match &mut arrivals {
+                    Some(arrivals) => match arrivals.recv().await {
+                        Some(due) => due,
+                        None => break,
+                    },
+                    None if Instant::now() < end => Instant::now(),
+                    None => break,
                 };
-                match done {
-                    Ok(()) => {
+                match call(&store, op, i).await {
+                    Ok(ops) => {
                         stats.ops += ops;
                         stats.latencies.push(began.elapsed());
                     }
@@ -588,7 +627,7 @@ async fn run() {
         let client = etcd_client::Client::connect(started.endpoints(), None)
             .await
             .expect("connect to etcd");
-        etcd_store = Some(Store::Etcd(client));
+        etcd_store = Some(Store::Etcd(Box::new(client)));
         etcd = Some(started);
     }
     // Extra tablet flags, for experiments only: the published figures use the defaults.
@@ -635,7 +674,10 @@ async fn run() {
         let mut results = [None, None];
         for (i, store) in stores.iter().enumerate() {
             if let Some(store) = store {
-                eprintln!("{}: {op:?} with {clients} clients for {step:?}", store.name());
+                eprintln!(
+                    "{}: {op:?} with {clients} clients for {step:?}",
+                    store.name()
+                );
                 let stats = load(store, op, clients, step, rate(i)).await;
                 if stats.errors > 0 {
                     eprintln!("{}: {} calls failed", store.name(), stats.errors);
