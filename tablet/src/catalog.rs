@@ -157,6 +157,19 @@ impl Catalog {
     }
 
     fn load_locked(&self, tid: u32, pid: u32) -> Result<Arc<Table>> {
+        self.load_locked_after(tid, pid, None)
+    }
+
+    /// Loads a replica; `closed_cleanly` names an earlier load of it in this process,
+    /// closed without error since. A clean close keeps the whole log, so the reload lost
+    /// nothing (checked: its log reaches as far) and keeps that load's `term_at_load`
+    /// instead of the term it holds now.
+    fn load_locked_after(
+        &self,
+        tid: u32,
+        pid: u32,
+        closed_cleanly: Option<EarlierLoad>,
+    ) -> Result<Arc<Table>> {
         let dir = self.dir_of(tid, pid);
         if !dir.is_dir() {
             return Err(TabletError::TableNotFound { tid, pid });
@@ -176,7 +189,12 @@ impl Catalog {
             Err(e) => Err(io_error(&marker)(e)),
         };
         match opened {
-            Ok((table, report)) => {
+            Ok((mut table, report)) => {
+                if let Some(earlier) =
+                    closed_cleanly.filter(|earlier| table.last_offset() >= earlier.last_offset)
+                {
+                    table.keep_term_at_load(earlier.term_at_load);
+                }
                 if let Some(torn) = &report.torn_tail {
                     warn!(tid, pid, file = %torn.file.display(), position = torn.position,
                         bytes = torn.bytes_dropped, "a torn record was cut from the binlog tail");
@@ -326,7 +344,10 @@ impl Catalog {
         let _admin = self.admin.lock();
         let _reloading = self.start_reload(tid, pid);
         let dir = self.dir_of(tid, pid);
-        if let Some(old) = self.tables.write().remove(&(tid, pid)) {
+        // Taken out in a statement of its own: a guard in the `if let` below would hold
+        // the map's lock through the block, and the reload there takes it again.
+        let old = self.tables.write().remove(&(tid, pid));
+        if let Some(old) = old {
             self.close_or_keep_failed(tid, pid, &old)?;
             // Checked once closed, when no fence can change it any more: a replica
             // fenced into a later term (or to nobody in this one) while the snapshot
@@ -335,8 +356,14 @@ impl Catalog {
             let newer = current.term > state.term
                 || (current.term == state.term && current.leader != state.leader);
             if newer {
+                // Its fence may have chosen it to lead that later term: reloaded after a
+                // clean close, it still may (a restart is what takes that away).
+                let earlier = EarlierLoad {
+                    term_at_load: old.term_at_load(),
+                    last_offset: old.last_offset(),
+                };
                 drop(old);
-                self.load_locked(tid, pid)?;
+                self.load_locked_after(tid, pid, Some(earlier))?;
                 return Err(StorageError::StaleTerm {
                     current: current.term,
                     got: state.term,
@@ -390,6 +417,13 @@ impl Catalog {
             }
         }
     }
+}
+
+/// What a reload carries over from the replica's earlier load in this process.
+struct EarlierLoad {
+    term_at_load: Option<u64>,
+    /// Its log's end when it was closed, which it may have reported to a fence.
+    last_offset: u64,
 }
 
 /// (last term, last offset, term history) of a replica that is not loaded, from its

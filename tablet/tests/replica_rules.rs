@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tessera_proto::common::TermPair;
+use tessera_proto::tablet::ReplicaState;
 use tessera_proto::tablet::{AppendEntriesRequest, LogRecord, TableRole};
+use tessera_tablet::catalog::Catalog;
+use tessera_tablet::error::TabletError;
 use tessera_tablet::storage::entry::{LogEntry, RequestId};
 use tessera_tablet::storage::replica::{AppendOutcome, FollowerChange, RoleChange};
 use tessera_tablet::storage::{StorageError, Table, TableOptions};
@@ -568,6 +571,81 @@ fn a_restarted_replica_does_not_lead_the_term_it_held() {
     // A term it has not held since it was loaded, after its fence, it may lead.
     table.fence(4).unwrap();
     lead(&table, 4).unwrap();
+}
+
+/// A follower fenced into a new term while a snapshot from its old leader arrives is
+/// closed and reloaded without installing it. Nothing of its log is lost by that clean
+/// reload, so it may still lead the term its fence was for (the ChangeLeader that fenced
+/// it may have chosen it); a replica loaded at a restart in that term still may not.
+#[test]
+fn a_replica_reloaded_after_a_refused_snapshot_may_lead_its_fence_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cluster_options = || TableOptions {
+        restore_leadership: false,
+        ..options(1 << 20)
+    };
+    let lead = |table: &Table, term| {
+        table.change_role(&RoleChange {
+            role: TableRole::Leader,
+            term,
+            followers: vec![],
+            leader: String::new(),
+            offline: vec![],
+        })
+    };
+    let old_leader = "127.0.0.1:1";
+    let snapshot_from_old_leader = ReplicaState {
+        term: 2,
+        role: TableRole::Follower as i32,
+        leader: old_leader.into(),
+        ..ReplicaState::default()
+    };
+    let refused = |catalog: &Arc<Catalog>, current: u64| {
+        // On a thread of its own, with a deadline: the refusal once deadlocked the
+        // catalog (its map's lock held across the reload).
+        let (done, outcome) = std::sync::mpsc::channel();
+        let (installing, incoming) = (catalog.clone(), root.join("incoming-not-used"));
+        let state = snapshot_from_old_leader.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(installing.install_snapshot(1, 0, &incoming, &state).err());
+        });
+        let outcome = outcome
+            .recv_timeout(Duration::from_secs(30))
+            .expect("install_snapshot did not return: the catalog is deadlocked");
+        assert!(
+            matches!(
+                outcome,
+                Some(TabletError::Storage(StorageError::StaleTerm { current: c, got: 2 })) if c == current
+            ),
+            "fenced into term {current}, it must not take term 2's snapshot: {outcome:?}"
+        );
+        catalog.get(1, 0).expect("reloaded after the refusal")
+    };
+
+    let catalog = Arc::new(Catalog::open(root, cluster_options()).unwrap());
+    let table = catalog.create(meta(1, 0)).unwrap();
+    follower_of(&table, 2, old_leader);
+    table.fence(3).unwrap();
+    drop(table);
+    let reloaded = refused(&catalog, 3);
+    assert_eq!(reloaded.replica_state().term, 3);
+    lead(&reloaded, 3).expect("a clean reload lost nothing: it may lead its fence's term");
+
+    // Restarted in term 3 (its log may have lost records it reported): not that term,
+    // and a reload after a refused snapshot keeps it so.
+    reloaded.fence(4).unwrap();
+    drop(reloaded);
+    catalog.close_all();
+    drop(catalog);
+    let catalog = Arc::new(Catalog::open(root, cluster_options()).unwrap());
+    let reloaded = refused(&catalog, 4);
+    assert!(matches!(
+        lead(&reloaded, 4),
+        Err(StorageError::TermTaken { term: 4, .. })
+    ));
+    reloaded.fence(5).unwrap();
+    lead(&reloaded, 5).expect("a term it has not held since it was loaded");
 }
 
 /// A read answers with an offset at or beyond every entry it shows: a client that then

@@ -378,6 +378,18 @@ impl Table {
         self.replica.lock().state.clone()
     }
 
+    /// Takes an earlier load's `term_at_load` for this one's, before the table is shared
+    /// (a reload after a clean close in this process: see the catalog).
+    pub(crate) fn keep_term_at_load(&mut self, term_at_load: Option<u64>) {
+        self.replica.get_mut().term_at_load = term_at_load;
+    }
+
+    /// The term its stored state held when it was loaded, in a cluster: a term it never
+    /// leads (see [`Table::change_role`]).
+    pub fn term_at_load(&self) -> Option<u64> {
+        self.replica.lock().term_at_load
+    }
+
     pub fn role(&self) -> TableRole {
         self.replica.lock().state.role()
     }
