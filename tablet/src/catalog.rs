@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use tessera_proto::common::TermPair;
-use tessera_proto::tablet::{ReplicaState, TableMeta, TableState, TableStatus};
+use tessera_proto::tablet::{ReplicaState, TableMeta, TableRole, TableState, TableStatus};
 use tracing::{error, info, warn};
 
 use crate::error::{Result, TabletError};
@@ -161,9 +161,9 @@ impl Catalog {
     }
 
     /// Loads a replica; `closed_cleanly` names an earlier load of it in this process,
-    /// closed without error since. A clean close keeps the whole log, so the reload lost
-    /// nothing (checked: its log reaches as far) and keeps that load's `term_at_load`
-    /// instead of the term it holds now.
+    /// closed with its whole log synced since. The reload then lost nothing (checked: its
+    /// log ends where the old one did) and keeps that load's `term_at_load` instead of
+    /// the term it holds now.
     fn load_locked_after(
         &self,
         tid: u32,
@@ -191,7 +191,7 @@ impl Catalog {
         match opened {
             Ok((mut table, report)) => {
                 if let Some(earlier) =
-                    closed_cleanly.filter(|earlier| table.last_offset() >= earlier.last_offset)
+                    closed_cleanly.filter(|earlier| table.term_pair() == earlier.term_pair)
                 {
                     table.keep_term_at_load(earlier.term_at_load);
                 }
@@ -357,13 +357,17 @@ impl Catalog {
                 || (current.term == state.term && current.leader != state.leader);
             if newer {
                 // Its fence may have chosen it to lead that later term: reloaded after a
-                // clean close, it still may (a restart is what takes that away).
-                let earlier = EarlierLoad {
-                    term_at_load: old.term_at_load(),
-                    last_offset: old.last_offset(),
-                };
+                // clean close, it still may (a restart is what takes that away). Not if
+                // its binlog had failed (a failed fsync may have lost pages, and the close
+                // does not sync such a log), nor if it led meanwhile.
+                let closed_cleanly = (old.binlog_failure().is_none()
+                    && current.role() != TableRole::Leader)
+                    .then(|| EarlierLoad {
+                        term_at_load: old.term_at_load(),
+                        term_pair: old.term_pair(),
+                    });
                 drop(old);
-                self.load_locked_after(tid, pid, Some(earlier))?;
+                self.load_locked_after(tid, pid, closed_cleanly)?;
                 return Err(StorageError::StaleTerm {
                     current: current.term,
                     got: state.term,
@@ -422,8 +426,8 @@ impl Catalog {
 /// What a reload carries over from the replica's earlier load in this process.
 struct EarlierLoad {
     term_at_load: Option<u64>,
-    /// Its log's end when it was closed, which it may have reported to a fence.
-    last_offset: u64,
+    /// Its log's last (term, offset) when it was closed, as it reported them to a fence.
+    term_pair: (u64, u64),
 }
 
 /// (last term, last offset, term history) of a replica that is not loaded, from its

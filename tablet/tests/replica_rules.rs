@@ -631,6 +631,13 @@ fn a_replica_reloaded_after_a_refused_snapshot_may_lead_its_fence_term() {
     let reloaded = refused(&catalog, 3);
     assert_eq!(reloaded.replica_state().term, 3);
     lead(&reloaded, 3).expect("a clean reload lost nothing: it may lead its fence's term");
+    // Having led term 3, a reload keeps the marker of what it held then: not term 3 again.
+    drop(reloaded);
+    let reloaded = refused(&catalog, 3);
+    assert!(matches!(
+        lead(&reloaded, 3),
+        Err(StorageError::TermTaken { term: 3, .. })
+    ));
 
     // Restarted in term 3 (its log may have lost records it reported): not that term,
     // and a reload after a refused snapshot keeps it so.

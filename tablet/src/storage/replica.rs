@@ -492,11 +492,12 @@ impl Table {
         };
         check_term(&replica.state, change.term, claim)?;
         if change.role == TableRole::Leader && replica.term_at_load == Some(change.term) {
-            // It lived in this term before a restart (or a reload), which may have lost
-            // records it had written and not yet synced: ones it shipped as the term's
-            // leader, or ones it reported to the fence that chose it. Leading the term
-            // now, it would number new records at offsets other replicas hold with
-            // other records of the same term, and no check could tell the logs apart.
+            // It lived in this term before a restart (or a reload the catalog could not
+            // prove lossless), which may have lost records it had written and not yet
+            // synced: ones it shipped as the term's leader, or ones it reported to the
+            // fence that chose it. Leading the term now, it would number new records at
+            // offsets other replicas hold with other records of the same term, and no
+            // check could tell the logs apart.
             // A resumed promotion fails here; a new ChangeLeader takes a new term, and
             // its fence sees the log as it is now.
             return Err(StorageError::TermTaken {
