@@ -512,6 +512,25 @@ fn a_term_has_one_leader() {
     ));
 }
 
+/// Asks `table` to lead `term` with no followers.
+fn try_lead(table: &Table, term: u64) -> Result<(), StorageError> {
+    table.change_role(&RoleChange {
+        role: TableRole::Leader,
+        term,
+        followers: vec![],
+        leader: String::new(),
+        offline: vec![],
+    })
+}
+
+/// A cluster's options: a restarted leader waits to be told its role.
+fn cluster_options() -> TableOptions {
+    TableOptions {
+        restore_leadership: false,
+        ..options(1 << 20)
+    }
+}
+
 /// A replica never leads the term it held when it was loaded: the restart may have
 /// lost records of that term it had written and not synced — ones it shipped as the
 /// term's leader, or ones it reported to the fence that chose it — and new records would
@@ -519,35 +538,22 @@ fn a_term_has_one_leader() {
 #[test]
 fn a_restarted_replica_does_not_lead_the_term_it_held() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster_options = || TableOptions {
-        restore_leadership: false,
-        ..options(1 << 20)
-    };
     let restart = |table: Table| {
         let dir = table.dir().to_path_buf();
         table.close().unwrap();
         drop(table);
         Table::open(&dir, cluster_options()).unwrap().0
     };
-    let lead = |table: &Table, term| {
-        table.change_role(&RoleChange {
-            role: TableRole::Leader,
-            term,
-            followers: vec![],
-            leader: String::new(),
-            offline: vec![],
-        })
-    };
     let table = Table::create(&dir.path().join("1_0"), meta(1, 0), cluster_options())
         .unwrap()
         .0;
     table.fence(2).unwrap();
-    lead(&table, 2).unwrap();
-    lead(&table, 2).unwrap(); // a repeated promotion while it leads: fine
+    try_lead(&table, 2).unwrap();
+    try_lead(&table, 2).unwrap(); // a repeated promotion while it leads: fine
     let table = restart(table);
     assert!(
         matches!(
-            lead(&table, 2),
+            try_lead(&table, 2),
             Err(StorageError::TermTaken { term: 2, .. })
         ),
         "it led term 2 before it restarted"
@@ -557,7 +563,7 @@ fn a_restarted_replica_does_not_lead_the_term_it_held() {
     table.fence(2).unwrap();
     let table = restart(table);
     assert!(matches!(
-        lead(&table, 2),
+        try_lead(&table, 2),
         Err(StorageError::TermTaken { .. })
     ));
     // Fenced for a new term, then restarted before its promotion: the log it reported
@@ -565,12 +571,12 @@ fn a_restarted_replica_does_not_lead_the_term_it_held() {
     table.fence(3).unwrap();
     let table = restart(table);
     assert!(matches!(
-        lead(&table, 3),
+        try_lead(&table, 3),
         Err(StorageError::TermTaken { .. })
     ));
     // A term it has not held since it was loaded, after its fence, it may lead.
     table.fence(4).unwrap();
-    lead(&table, 4).unwrap();
+    try_lead(&table, 4).unwrap();
 }
 
 /// A follower fenced into a new term while a snapshot from its old leader arrives is
@@ -581,19 +587,6 @@ fn a_restarted_replica_does_not_lead_the_term_it_held() {
 fn a_replica_reloaded_after_a_refused_snapshot_may_lead_its_fence_term() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let cluster_options = || TableOptions {
-        restore_leadership: false,
-        ..options(1 << 20)
-    };
-    let lead = |table: &Table, term| {
-        table.change_role(&RoleChange {
-            role: TableRole::Leader,
-            term,
-            followers: vec![],
-            leader: String::new(),
-            offline: vec![],
-        })
-    };
     let old_leader = "127.0.0.1:1";
     let snapshot_from_old_leader = ReplicaState {
         term: 2,
@@ -630,12 +623,12 @@ fn a_replica_reloaded_after_a_refused_snapshot_may_lead_its_fence_term() {
     drop(table);
     let reloaded = refused(&catalog, 3);
     assert_eq!(reloaded.replica_state().term, 3);
-    lead(&reloaded, 3).expect("a clean reload lost nothing: it may lead its fence's term");
+    try_lead(&reloaded, 3).expect("a clean reload lost nothing: it may lead its fence's term");
     // Having led term 3, a reload keeps the marker of what it held then: not term 3 again.
     drop(reloaded);
     let reloaded = refused(&catalog, 3);
     assert!(matches!(
-        lead(&reloaded, 3),
+        try_lead(&reloaded, 3),
         Err(StorageError::TermTaken { term: 3, .. })
     ));
 
@@ -648,11 +641,11 @@ fn a_replica_reloaded_after_a_refused_snapshot_may_lead_its_fence_term() {
     let catalog = Arc::new(Catalog::open(root, cluster_options()).unwrap());
     let reloaded = refused(&catalog, 4);
     assert!(matches!(
-        lead(&reloaded, 4),
+        try_lead(&reloaded, 4),
         Err(StorageError::TermTaken { term: 4, .. })
     ));
     reloaded.fence(5).unwrap();
-    lead(&reloaded, 5).expect("a term it has not held since it was loaded");
+    try_lead(&reloaded, 5).expect("a term it has not held since it was loaded");
 }
 
 /// A read answers with an offset at or beyond every entry it shows: a client that then
