@@ -45,7 +45,6 @@ pub async fn change_role(
     }
 }
 
-/// Creates the replica on every tablet; the first leads the others in term 1.
 /// Creates a replica of `meta` on each of `tablets`, with no role given yet.
 pub async fn create_replicas(tablets: &[&TabletProcess], meta: &TableMeta) {
     for tablet in tablets {
@@ -60,6 +59,7 @@ pub async fn create_replicas(tablets: &[&TabletProcess], meta: &TableMeta) {
     }
 }
 
+/// Creates the replica on every tablet; the first leads the others in term 1.
 pub async fn create_replicated(tablets: &[&TabletProcess], meta: TableMeta) {
     let (tid, pid) = (meta.tid, meta.pid);
     create_replicas(tablets, &meta).await;

@@ -564,10 +564,7 @@ async fn rejoin_the_elected(
             let partition = now
                 .get(&(table.db.clone(), table.name.clone()))
                 .and_then(|t| t.partitions.iter().find(|p| p.pid == pid));
-            let (followers, rejoin) = match partition {
-                Some(partition) => followers_to_rejoin(partition, &planned),
-                None => (planned.followers(), planned.followers()),
-            };
+            let (followers, rejoin) = followers_to_rejoin(partition, &planned);
             let key = (format!("{}.{}", table.db, table.name), pid);
             if let Some(&i) = index.get(&key) {
                 repaired[i].rejoined = followers;
@@ -580,9 +577,15 @@ async fn rejoin_the_elected(
 /// The followers a partition must end with (every replica of the plan but the one the
 /// metadata now names leader), and those of them to rejoin through RecoverTable: all but
 /// the replicas in step that follow since the ChangeLeader (alive in the metadata). If
-/// the metadata names no leader, the plan's followers, every one to rejoin.
-fn followers_to_rejoin(partition: &PartitionMeta, planned: &Planned) -> (Vec<String>, Vec<String>) {
-    let Some(leader) = partition.replicas.iter().find(|r| r.is_leader) else {
+/// the metadata (`None`: the partition is not in it) names no leader, the plan's
+/// followers, every one to rejoin.
+fn followers_to_rejoin(
+    partition: Option<&PartitionMeta>,
+    planned: &Planned,
+) -> (Vec<String>, Vec<String>) {
+    let Some((partition, leader)) =
+        partition.and_then(|p| Some((p, p.replicas.iter().find(|r| r.is_leader)?)))
+    else {
         return (planned.followers(), planned.followers());
     };
     let followers: Vec<String> = std::iter::once(&planned.leader)
@@ -887,31 +890,36 @@ mod tests {
         let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let ended = |followers: &[&str], rejoin: &[&str]| (strings(followers), strings(rejoin));
         assert_eq!(
-            followers_to_rejoin(&partition(Some("a"), &["b", "c"]), &planned),
+            followers_to_rejoin(Some(&partition(Some("a"), &["b", "c"])), &planned),
             ended(&["d", "b", "c"], &["b", "c"]),
             "as planned: d follows, b and c rejoin"
         );
         assert_eq!(
-            followers_to_rejoin(&partition(Some("b"), &["a", "c"]), &planned),
+            followers_to_rejoin(Some(&partition(Some("b"), &["a", "c"])), &planned),
             ended(&["a", "d", "c"], &["a", "c"]),
             "b was promoted instead of a: a rejoins b, d follows b"
         );
         assert_eq!(
-            followers_to_rejoin(&partition(Some("a"), &["b", "c", "d"]), &planned),
+            followers_to_rejoin(Some(&partition(Some("a"), &["b", "c", "d"])), &planned),
             ended(&["d", "b", "c"], &["d", "b", "c"]),
             "d did not follow: it rejoins too"
         );
         let mut d_leaving = partition(Some("a"), &["b", "c"]);
         d_leaving.replicas[3].leaving = true;
         assert_eq!(
-            followers_to_rejoin(&d_leaving, &planned),
+            followers_to_rejoin(Some(&d_leaving), &planned),
             ended(&["d", "b", "c"], &["d", "b", "c"]),
             "d is marked leaving: it rejoins, which settles it"
         );
         assert_eq!(
-            followers_to_rejoin(&partition(None, &[]), &planned),
+            followers_to_rejoin(Some(&partition(None, &[])), &planned),
             ended(&["d", "b", "c"], &["d", "b", "c"]),
             "no leader named: every follower of the plan rejoins"
+        );
+        assert_eq!(
+            followers_to_rejoin(None, &planned),
+            ended(&["d", "b", "c"], &["d", "b", "c"]),
+            "the partition is not in the metadata: likewise"
         );
     }
 
