@@ -24,6 +24,7 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod status_page;
+pub mod tablet_batches;
 pub mod tablet_channels;
 pub mod ttl;
 pub mod users;
