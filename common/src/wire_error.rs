@@ -5,7 +5,7 @@
 use prost::Message;
 use tonic::{Code, Status};
 
-pub use tessera_proto::common::{CallError, ErrorCode, ErrorDetail};
+pub use tessera_proto::common::{ErrorCode, ErrorDetail};
 
 /// A status with the given code and message.
 pub fn status(code: ErrorCode, message: impl Into<String>) -> Status {
@@ -55,24 +55,6 @@ pub fn code_of(status: &Status) -> ErrorCode {
     detail_of(status).map_or(ErrorCode::Unspecified, |d| d.code())
 }
 
-/// One call's error status as an item of a batch's answer.
-pub fn call_error(status: &Status) -> CallError {
-    CallError {
-        code: status.code() as i32,
-        message: status.message().to_string(),
-        details: status.details().to_vec(),
-    }
-}
-
-/// The status a batch's item carries, as the call on its own would have returned it.
-pub fn status_of_call(error: CallError) -> Status {
-    Status::with_details(
-        Code::from_i32(error.code),
-        error.message,
-        error.details.into(),
-    )
-}
-
 fn grpc_code(code: ErrorCode) -> Code {
     match code {
         ErrorCode::InvalidArgument | ErrorCode::RowTooLarge => Code::InvalidArgument,
@@ -113,17 +95,5 @@ mod tests {
             (ErrorCode::Internal, "plain")
         );
         assert_eq!(detail_or(&s, ErrorCode::Internal).column, "v");
-    }
-
-    #[test]
-    fn a_batch_item_carries_the_status_unchanged() {
-        let refused = status(ErrorCode::StaleTerm, "term 7 is older than 9");
-        let back = status_of_call(call_error(&refused));
-        assert_eq!(back.code(), Code::FailedPrecondition);
-        assert_eq!(back.message(), "term 7 is older than 9");
-        assert_eq!(code_of(&back), ErrorCode::StaleTerm);
-        let plain = status_of_call(call_error(&Status::unavailable("gone")));
-        assert_eq!(plain.code(), Code::Unavailable);
-        assert!(detail_of(&plain).is_none(), "no detail invented");
     }
 }

@@ -106,10 +106,9 @@ async fn fence_one(endpoint: &str, request: tpb::FenceRequest) -> FenceOutcome {
     // counts here. A transport failure, or no answer in half the time (a connection that
     // died silently, a connect under way), is looked into on a connection of its own,
     // whose refusal proves the process gone, while the pooled call may still answer.
-    // Fences sent at once to one tablet go in one call (see `tablet_batches`).
     let pooled = async {
-        let batched = crate::tablet_batches::fence(endpoint, request);
-        match crate::tablet_channels::observed(endpoint, batched).await {
+        let mut client = crate::tablet_channels::tablet(endpoint).await.ok()?;
+        match crate::tablet_channels::observed(endpoint, client.fence(request)).await {
             Err(status) if wire_error::detail_of(&status).is_none() => {
                 // Drops the pooled channel if the tablet is unreachable.
                 crate::tablet_channels::tablet_error(endpoint, status);

@@ -24,7 +24,6 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod status_page;
-pub mod tablet_batches;
 pub mod tablet_channels;
 pub mod ttl;
 pub mod users;

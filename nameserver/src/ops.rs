@@ -27,7 +27,7 @@ use crate::planner::{
     OFFLINE_REPLICA, RECOVER_TABLE,
 };
 use crate::state::{call, db_or_default, tablet, Leadership, Nameserver, Presence};
-use crate::{reconcile, tablet_batches, voting};
+use crate::{reconcile, voting};
 
 pub const INITED: &str = "kInited";
 pub const DOING: &str = "kDoing";
@@ -1371,20 +1371,21 @@ impl Nameserver {
             .filter(|r| r.endpoint != op.chosen && r.endpoint != op.endpoint && r.is_alive)
         {
             self.check_leading()?;
-            let followed = call(
-                &replica.endpoint,
-                tablet_batches::change_role(
+            let followed = async {
+                let mut client = tablet(&replica.endpoint).await?;
+                call(
                     &replica.endpoint,
-                    tpb::ChangeRoleRequest {
+                    client.change_role(tpb::ChangeRoleRequest {
                         tid: table.tid,
                         pid: op.pid,
                         role: TableRole::Follower as i32,
                         term: op.term,
                         leader: op.chosen.clone(),
                         ..Default::default()
-                    },
-                ),
-            )
+                    }),
+                )
+                .await
+            }
             .await;
             match followed {
                 Ok(_) => told.push(replica.endpoint.clone()),
@@ -1416,20 +1417,18 @@ impl Nameserver {
             voting_members(partition, &op.chosen, &told)
         };
         self.check_leading()?;
+        let mut client = tablet(&op.chosen).await?;
         call(
             &op.chosen,
-            tablet_batches::change_role(
-                &op.chosen,
-                tpb::ChangeRoleRequest {
-                    tid: table.tid,
-                    pid: op.pid,
-                    role: TableRole::Leader as i32,
-                    term: op.term,
-                    followers,
-                    offline,
-                    ..Default::default()
-                },
-            ),
+            client.change_role(tpb::ChangeRoleRequest {
+                tid: table.tid,
+                pid: op.pid,
+                role: TableRole::Leader as i32,
+                term: op.term,
+                followers,
+                offline,
+                ..Default::default()
+            }),
         )
         .await?;
         self.told_followers.lock().insert(op.op_id, told);

@@ -147,74 +147,6 @@ impl TabletService {
         Ok((table, result?))
     }
 
-    /// [`with_table`](Self::with_table) for each item of a batch (FenceMany,
-    /// ChangeRoleMany): `work` runs on the replica each item locates, given the item's
-    /// input (or the item is answered with its input's error). The items run on a few
-    /// blocking jobs, [`BATCH_ITEMS_PER_JOB`] one after another in each, instead of a
-    /// thread hop each; a job once started runs to its end, the replica's replication
-    /// synced after each item, even if the caller goes away. Answers come in the
-    /// items' order.
-    async fn with_tables<In, Out>(
-        &self,
-        located: Vec<(u32, u32)>,
-        inputs: Vec<Result<In, Status>>,
-        work: fn(&Table, In) -> TabletResult<Out>,
-    ) -> Vec<ItemDone<Out>>
-    where
-        In: Send + 'static,
-        Out: Send + 'static,
-    {
-        let mut answers: Vec<Option<ItemDone<Out>>> = located.iter().map(|_| None).collect();
-        let mut found = Vec::with_capacity(located.len());
-        for (index, ((tid, pid), input)) in located.into_iter().zip(inputs).enumerate() {
-            match input.and_then(|input| Ok((self.table(tid, pid)?, input))) {
-                Ok((table, input)) => found.push((index, table, input)),
-                Err(status) => answers[index] = Some(Err(status)),
-            }
-        }
-        let mut jobs = Vec::new();
-        while !found.is_empty() {
-            let job: Vec<_> = found
-                .drain(..found.len().min(BATCH_ITEMS_PER_JOB))
-                .collect();
-            let tables: Vec<_> = job.iter().map(|(i, t, _)| (*i, t.clone())).collect();
-            let replicators = self.replicators.clone();
-            // Each replica's replication follows its new state, whatever became of the
-            // work, in the job itself: it is done even if the caller goes away.
-            let done = tokio::task::spawn_blocking(move || {
-                job.into_iter()
-                    .map(|(index, table, input)| {
-                        let outcome = work(&table, input);
-                        replicators.sync_table(&table);
-                        (index, outcome)
-                    })
-                    .collect::<Vec<_>>()
-            });
-            jobs.push((tables, done));
-        }
-        for (tables, done) in jobs {
-            match done.await {
-                Ok(outcomes) => {
-                    for ((index, outcome), (_, table)) in outcomes.into_iter().zip(tables) {
-                        answers[index] =
-                            Some(outcome.map(|out| (table, out)).map_err(Status::from));
-                    }
-                }
-                Err(e) => {
-                    let failed = format!("storage task failed: {e}");
-                    for (index, table) in tables {
-                        self.replicators.sync_table(&table);
-                        answers[index] = Some(Err(Status::internal(failed.clone())));
-                    }
-                }
-            }
-        }
-        answers
-            .into_iter()
-            .map(|answer| answer.unwrap_or_else(|| Err(Status::internal("the item was not run"))))
-            .collect()
-    }
-
     fn table(&self, tid: u32, pid: u32) -> Result<Arc<Table>, Status> {
         Ok(self.catalog.get(tid, pid)?)
     }
@@ -285,12 +217,6 @@ async fn log_and_commit(
         .map_err(|e| Status::internal(format!("commit task failed: {e}")))?
 }
 
-/// A batch item's replica and the work's outcome, or why it failed.
-type ItemDone<Out> = Result<(Arc<Table>, Out), Status>;
-
-/// How many items of a batch one blocking job runs, one after another.
-const BATCH_ITEMS_PER_JOB: usize = 8;
-
 /// Runs storage work off the async workers.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> TabletResult<T> + Send + 'static,
@@ -298,34 +224,6 @@ async fn blocking<T: Send + 'static>(
     match tokio::task::spawn_blocking(work).await {
         Ok(result) => result.map_err(Status::from),
         Err(e) => Err(Status::internal(format!("storage task failed: {e}"))),
-    }
-}
-
-/// A ChangeRole request as the replica's role change, or why it cannot be one.
-fn role_change(request: ChangeRoleRequest) -> Result<RoleChange, TabletError> {
-    if request.term == 0 {
-        return Err(TabletError::InvalidArgument(
-            "change role needs a term".into(),
-        ));
-    }
-    Ok(RoleChange {
-        role: request.role(),
-        term: request.term,
-        followers: request.followers,
-        leader: request.leader,
-        offline: request.offline,
-    })
-}
-
-/// A fence's answer: where the replica's log ends, and how long a lease it helped renew
-/// may last.
-fn fence_response(table: &Table, term: u64, (last_term, last_offset): (u64, u64)) -> FenceResponse {
-    FenceResponse {
-        last_term,
-        last_offset,
-        term,
-        // Taken after the fence: no answer to an older term can follow it.
-        lease_remaining_ms: table.granted_lease_remaining().as_millis() as u64,
     }
 }
 
@@ -871,43 +769,24 @@ impl Tablet for TabletService {
     ) -> Result<Response<ChangeRoleResponse>, Status> {
         cluster_secret::check(&request, "ChangeRole")?;
         let request = request.into_inner();
-        let (tid, pid) = (request.tid, request.pid);
-        let change = role_change(request)?;
+        let change = RoleChange {
+            role: request.role(),
+            term: request.term,
+            followers: request.followers,
+            leader: request.leader,
+            offline: request.offline,
+        };
+        if change.term == 0 {
+            return Err(TabletError::InvalidArgument("change role needs a term".into()).into());
+        }
         let (table, ()) = self
-            .with_table(tid, pid, move |t| Ok(t.change_role(&change)?))
+            .with_table(request.tid, request.pid, move |t| {
+                Ok(t.change_role(&change)?)
+            })
             .await?;
         Ok(Response::new(ChangeRoleResponse {
             status: Some(table.status()),
         }))
-    }
-
-    async fn change_role_many(
-        &self,
-        request: Request<ChangeRoleManyRequest>,
-    ) -> Result<Response<ChangeRoleManyResponse>, Status> {
-        cluster_secret::check(&request, "ChangeRoleMany")?;
-        let changes = request.into_inner().changes;
-        let located: Vec<_> = changes.iter().map(|c| (c.tid, c.pid)).collect();
-        let work = changes
-            .into_iter()
-            .map(|request| role_change(request).map_err(Status::from))
-            .collect();
-        let answers = self
-            .with_tables(located, work, |t, change| Ok(t.change_role(&change)?))
-            .await
-            .into_iter()
-            .map(|done| ChangeRoleAnswer {
-                outcome: Some(match done {
-                    Ok((table, ())) => change_role_answer::Outcome::Changed(ChangeRoleResponse {
-                        status: Some(table.status()),
-                    }),
-                    Err(status) => {
-                        change_role_answer::Outcome::Error(wire_error::call_error(&status))
-                    }
-                }),
-            })
-            .collect();
-        Ok(Response::new(ChangeRoleManyResponse { answers }))
     }
 
     async fn add_replica(
@@ -951,36 +830,16 @@ impl Tablet for TabletService {
     ) -> Result<Response<FenceResponse>, Status> {
         cluster_secret::check(&request, "Fence")?;
         let FenceRequest { tid, pid, term } = request.into_inner();
-        let (table, log_end) = self
+        let (table, (last_term, last_offset)) = self
             .with_table(tid, pid, move |t| Ok(t.fence(term)?))
             .await?;
-        Ok(Response::new(fence_response(&table, term, log_end)))
-    }
-
-    async fn fence_many(
-        &self,
-        request: Request<FenceManyRequest>,
-    ) -> Result<Response<FenceManyResponse>, Status> {
-        cluster_secret::check(&request, "FenceMany")?;
-        let fences = request.into_inner().fences;
-        let located = fences.iter().map(|f| (f.tid, f.pid)).collect();
-        let terms: Vec<u64> = fences.iter().map(|f| f.term).collect();
-        let work = terms.iter().map(|term| Ok(*term)).collect();
-        let answers = self
-            .with_tables(located, work, |t, term| Ok(t.fence(term)?))
-            .await
-            .into_iter()
-            .zip(terms)
-            .map(|(done, term)| FenceAnswer {
-                outcome: Some(match done {
-                    Ok((table, log_end)) => {
-                        fence_answer::Outcome::Fenced(fence_response(&table, term, log_end))
-                    }
-                    Err(status) => fence_answer::Outcome::Error(wire_error::call_error(&status)),
-                }),
-            })
-            .collect();
-        Ok(Response::new(FenceManyResponse { answers }))
+        Ok(Response::new(FenceResponse {
+            last_term,
+            last_offset,
+            term,
+            // Taken after the fence: no answer to an older term can follow it.
+            lease_remaining_ms: table.granted_lease_remaining().as_millis() as u64,
+        }))
     }
 
     async fn get_term_pair(

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,8 +40,6 @@ type Replicas = Arc<Mutex<HashMap<(u32, u32), FakeReplica>>>;
 pub struct FakeTablet {
     pub endpoint: String,
     replicas: Replicas,
-    /// The fences and role changes it was sent.
-    pub fences_and_role_changes: Arc<ControlCalls>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -64,11 +61,9 @@ impl FakeTablet {
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .unwrap_or_else(|e| panic!("a fake tablet cannot listen on {addr}: {e}"));
         let replicas = Replicas::default();
-        let fences_and_role_changes = Arc::<ControlCalls>::default();
         let service = FakeService {
             endpoint: endpoint.clone(),
             replicas: replicas.clone(),
-            fences_and_role_changes: fences_and_role_changes.clone(),
         };
         runtime.spawn(async move {
             let listener =
@@ -98,7 +93,6 @@ impl FakeTablet {
         FakeTablet {
             endpoint,
             replicas,
-            fences_and_role_changes,
             runtime: Some(runtime),
         }
     }
@@ -135,22 +129,6 @@ impl Drop for FakeTablet {
 struct FakeService {
     endpoint: String,
     replicas: Replicas,
-    fences_and_role_changes: Arc<ControlCalls>,
-}
-
-/// The fences and role changes a fake tablet was sent: calls, and the items they carried
-/// (one per single call, many per batched call).
-#[derive(Debug, Default)]
-pub struct ControlCalls {
-    pub calls: AtomicU64,
-    pub items: AtomicU64,
-}
-
-impl ControlCalls {
-    fn note(&self, items: usize) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.items.fetch_add(items as u64, Ordering::Relaxed);
-    }
 }
 
 fn not_found(tid: u32, pid: u32) -> Status {
@@ -223,40 +201,6 @@ fn check_leads(replica: &FakeReplica) -> Result<(), Status> {
 }
 
 impl FakeService {
-    fn change_one_role(&self, request: ChangeRoleRequest) -> Answer<ChangeRoleResponse> {
-        let role = request.role();
-        let (_, status) = self.with_replica(request.tid, request.pid, |replica| {
-            set_role(
-                replica,
-                role,
-                request.term,
-                request.leader,
-                request.followers,
-                request.offline,
-            )
-        })?;
-        Ok(Response::new(ChangeRoleResponse {
-            status: Some(status),
-        }))
-    }
-
-    fn fence_one(&self, FenceRequest { tid, pid, term }: FenceRequest) -> Answer<FenceResponse> {
-        self.with_replica(tid, pid, |replica| {
-            check_term(replica, term, Claim::Fence)?;
-            replica.term = term;
-            replica.role = TableRole::Follower;
-            replica.leader.clear();
-            replica.followers.clear();
-            replica.offline.clear();
-            Ok(())
-        })?;
-        // No records: every replica of a partition is as far as the others.
-        Ok(Response::new(FenceResponse {
-            term,
-            ..FenceResponse::default()
-        }))
-    }
-
     fn status(&self, tid: u32, pid: u32, replica: &FakeReplica) -> TableStatus {
         TableStatus {
             tid,
@@ -477,8 +421,21 @@ impl Tablet for FakeService {
     }
 
     async fn change_role(&self, request: Request<ChangeRoleRequest>) -> Answer<ChangeRoleResponse> {
-        self.fences_and_role_changes.note(1);
-        self.change_one_role(request.into_inner())
+        let request = request.into_inner();
+        let role = request.role();
+        let (_, status) = self.with_replica(request.tid, request.pid, |replica| {
+            set_role(
+                replica,
+                role,
+                request.term,
+                request.leader,
+                request.followers,
+                request.offline,
+            )
+        })?;
+        Ok(Response::new(ChangeRoleResponse {
+            status: Some(status),
+        }))
     }
 
     async fn add_replica(&self, request: Request<AddReplicaRequest>) -> Answer<AddReplicaResponse> {
@@ -518,43 +475,21 @@ impl Tablet for FakeService {
     }
 
     async fn fence(&self, request: Request<FenceRequest>) -> Answer<FenceResponse> {
-        self.fences_and_role_changes.note(1);
-        self.fence_one(request.into_inner())
-    }
-
-    async fn fence_many(&self, request: Request<FenceManyRequest>) -> Answer<FenceManyResponse> {
-        let fences = request.into_inner().fences;
-        self.fences_and_role_changes.note(fences.len());
-        let mut answers = Vec::new();
-        for fence in fences {
-            answers.push(FenceAnswer {
-                outcome: Some(match self.fence_one(fence) {
-                    Ok(fenced) => fence_answer::Outcome::Fenced(fenced.into_inner()),
-                    Err(status) => fence_answer::Outcome::Error(wire_error::call_error(&status)),
-                }),
-            });
-        }
-        Ok(Response::new(FenceManyResponse { answers }))
-    }
-
-    async fn change_role_many(
-        &self,
-        request: Request<ChangeRoleManyRequest>,
-    ) -> Answer<ChangeRoleManyResponse> {
-        let changes = request.into_inner().changes;
-        self.fences_and_role_changes.note(changes.len());
-        let mut answers = Vec::new();
-        for change in changes {
-            answers.push(ChangeRoleAnswer {
-                outcome: Some(match self.change_one_role(change) {
-                    Ok(changed) => change_role_answer::Outcome::Changed(changed.into_inner()),
-                    Err(status) => {
-                        change_role_answer::Outcome::Error(wire_error::call_error(&status))
-                    }
-                }),
-            });
-        }
-        Ok(Response::new(ChangeRoleManyResponse { answers }))
+        let FenceRequest { tid, pid, term } = request.into_inner();
+        self.with_replica(tid, pid, |replica| {
+            check_term(replica, term, Claim::Fence)?;
+            replica.term = term;
+            replica.role = TableRole::Follower;
+            replica.leader.clear();
+            replica.followers.clear();
+            replica.offline.clear();
+            Ok(())
+        })?;
+        // No records: every replica of a partition is as far as the others.
+        Ok(Response::new(FenceResponse {
+            term,
+            ..FenceResponse::default()
+        }))
     }
 
     async fn get_term_pair(

@@ -77,32 +77,6 @@ async fn internal_calls_need_the_cluster_secret() {
         "Fence",
     );
     refused(
-        stranger
-            .fence_many(FenceManyRequest {
-                fences: vec![FenceRequest {
-                    tid,
-                    pid,
-                    term: 1_000,
-                }],
-            })
-            .await,
-        "FenceMany",
-    );
-    refused(
-        stranger
-            .change_role_many(ChangeRoleManyRequest {
-                changes: vec![ChangeRoleRequest {
-                    tid,
-                    pid,
-                    role: TableRole::Follower as i32,
-                    term: 1_000,
-                    ..Default::default()
-                }],
-            })
-            .await,
-        "ChangeRoleMany",
-    );
-    refused(
         stranger.drop_table(DropTableRequest { tid, pid }).await,
         "DropTable",
     );

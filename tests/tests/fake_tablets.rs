@@ -4,7 +4,6 @@
 //! partition it led gets a new leader, in the metadata and on the fake tablets. The
 //! leading nameserver answers for a table from its copy, not from ZooKeeper.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tessera_proto::nameserver::{LeaderTroubleRequest, ShowSchemaRequest};
@@ -41,19 +40,6 @@ async fn a_killed_fake_tablets_partitions_are_led_again() {
         .filter(|r| r.role == "leader" && r.endpoint == victim)
         .count();
     assert!(led > 0, "the victim leads some partitions");
-    let sent = |fakes: &[FakeTablet]| -> (u64, u64) {
-        fakes[1..]
-            .iter()
-            .map(|f| {
-                let calls = &f.fences_and_role_changes;
-                (
-                    calls.calls.load(Ordering::Relaxed),
-                    calls.items.load(Ordering::Relaxed),
-                )
-            })
-            .fold((0, 0), |(c, i), (fc, fi)| (c + fc, i + fi))
-    };
-    let before = sent(&fakes);
     fakes[0].kill();
     let verdict = ns
         .report_leader_trouble(LeaderTroubleRequest {
@@ -91,19 +77,6 @@ async fn a_killed_fake_tablets_partitions_are_led_again() {
     assert_eq!(
         leading, PARTITIONS,
         "the surviving fake tablets lead every partition, once each"
-    );
-    // Each ChangeLeader fences the surviving replicas and changes two roles: the
-    // nameserver sends the ones for one tablet together, many to a call.
-    let after = sent(&fakes);
-    let (calls, items) = (after.0 - before.0, after.1 - before.1);
-    eprintln!("{led} ChangeLeaders: {items} fences and role changes in {calls} calls");
-    assert!(
-        items >= 4 * led as u64,
-        "{items} fences and role changes for {led} ChangeLeaders"
-    );
-    assert!(
-        calls * 2 <= items,
-        "{calls} calls carried {items} fences and role changes: not batched"
     );
 }
 

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tessera_common::wire_error::{self, detail_of, ErrorCode};
+use tessera_common::wire_error::{detail_of, ErrorCode};
 use tessera_common::Value;
 use tessera_proto::tablet::*;
 use tessera_tests::cluster::{
@@ -401,108 +401,6 @@ async fn a_follower_behind_the_retained_binlog_gets_a_snapshot() {
         },
     )
     .await;
-}
-
-/// The nameserver's batched fences and role changes (`FenceMany`, `ChangeRoleMany`):
-/// each item is answered as the single call would answer it, its refusal with the
-/// structured detail the nameserver acts on, and a refused item does not stop the rest.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batched_fences_and_role_changes_answer_each_item_as_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_zk, args) = zookeeper(dir.path(), &[]);
-    let a = tablet(dir.path(), "a", &args).await;
-    let b = tablet(dir.path(), "b", &args).await;
-    for pid in 0..3 {
-        create_replicated(&[&a, &b], workload::meta(1, pid, ReplicationMode::Quorum)).await;
-    }
-    put_rows(&a, 0, 0..5).await;
-    // Partition 2 is already in term 9 on B.
-    fence_all(&[&b], 1, 2, 9).await;
-    let fence = |pid, term| FenceRequest { tid: 1, pid, term };
-    let answers = b
-        .client()
-        .await
-        .fence_many(FenceManyRequest {
-            fences: vec![fence(0, 3), fence(7, 3), fence(2, 4), fence(1, 3)],
-        })
-        .await
-        .expect("the batch is answered")
-        .into_inner()
-        .answers;
-    assert_eq!(answers.len(), 4, "one answer per fence");
-    let outcome = |i: usize| answers[i].outcome.clone().expect("an outcome");
-    let error_code = |i: usize| match outcome(i) {
-        fence_answer::Outcome::Error(e) => {
-            detail_of(&wire_error::status_of_call(e)).map(|d| (d.code(), d.term))
-        }
-        fence_answer::Outcome::Fenced(f) => panic!("item {i} was fenced: {f:?}"),
-    };
-    // The leader's log, as a single fence reports it: B holds all of it (quorum).
-    let leaders_log = fence_all(&[&a], 1, 0, 3).await[0];
-    let mut logs = Vec::new();
-    for (i, pid) in [(0, 0), (3, 1)] {
-        match outcome(i) {
-            fence_answer::Outcome::Fenced(f) => {
-                assert_eq!(f.term, 3);
-                logs.push((f.last_term, f.last_offset));
-            }
-            fence_answer::Outcome::Error(e) => panic!("partition {pid} not fenced: {e:?}"),
-        }
-        assert_eq!(status(&b, 1, pid).await.term, 3, "partition {pid} fenced");
-    }
-    assert_eq!(logs[0], leaders_log, "partition 0's log as the leader's");
-    assert!(
-        logs[1].1 < logs[0].1,
-        "partition 1 took no writes: {logs:?}"
-    );
-    assert_eq!(
-        error_code(1).map(|(c, _)| c),
-        Some(ErrorCode::TableNotFound)
-    );
-    assert_eq!(error_code(2), Some((ErrorCode::StaleTerm, 9)));
-
-    // B follows A in term 3 for partition 0; an unknown partition and a change without a
-    // term are refused on their own.
-    let change = |pid, term| ChangeRoleRequest {
-        tid: 1,
-        pid,
-        role: TableRole::Follower as i32,
-        term,
-        leader: a.endpoint.clone(),
-        ..Default::default()
-    };
-    let answers = b
-        .client()
-        .await
-        .change_role_many(ChangeRoleManyRequest {
-            changes: vec![change(7, 3), change(0, 3), change(1, 0)],
-        })
-        .await
-        .expect("the batch is answered")
-        .into_inner()
-        .answers;
-    let codes: Vec<_> = answers
-        .into_iter()
-        .map(|answer| match answer.outcome.expect("an outcome") {
-            change_role_answer::Outcome::Changed(changed) => {
-                let status = changed.status.expect("the replica's status");
-                assert_eq!((status.pid, status.term), (0, 3));
-                assert_eq!(status.role(), TableRole::Follower);
-                None
-            }
-            change_role_answer::Outcome::Error(e) => {
-                detail_of(&wire_error::status_of_call(e)).map(|d| d.code())
-            }
-        })
-        .collect();
-    assert_eq!(
-        codes,
-        vec![
-            Some(ErrorCode::TableNotFound),
-            None,
-            Some(ErrorCode::InvalidArgument)
-        ]
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
