@@ -27,6 +27,15 @@ struct LoadFailure {
     needs_restart: bool,
 }
 
+/// Whether a replica in `current` must refuse a snapshot sent for `offered` (its term,
+/// as a follower of its sender): it is in a later term, or in that term without following
+/// the sender (fenced to no leader, or leading itself): it must not go back to following
+/// a leader it has left.
+pub fn refuses_snapshot(current: &ReplicaState, offered: &ReplicaState) -> bool {
+    current.term > offered.term
+        || (current.term == offered.term && current.leader != offered.leader)
+}
+
 pub struct Catalog {
     root: PathBuf,
     options: TableOptions,
@@ -353,9 +362,7 @@ impl Catalog {
             // fenced into a later term (or to nobody in this one) while the snapshot
             // came must not go back to following the leader that sent it.
             let current = old.replica_state();
-            let newer = current.term > state.term
-                || (current.term == state.term && current.leader != state.leader);
-            if newer {
+            if refuses_snapshot(&current, state) {
                 // Its fence may have chosen it to lead that later term: reloaded after a
                 // clean close, it still may (a restart is what takes that away). Not if
                 // its binlog had failed (a failed fsync may have lost pages, and the close
@@ -367,6 +374,8 @@ impl Catalog {
                         term_pair: old.term_pair(),
                     });
                 drop(old);
+                // The refused snapshot's files are of no use to any later one.
+                let _ = fs::remove_dir_all(incoming);
                 self.load_locked_after(tid, pid, closed_cleanly)?;
                 return Err(StorageError::StaleTerm {
                     current: current.term,

@@ -909,8 +909,14 @@ impl Tablet for TabletService {
         request: Request<tonic::Streaming<SnapshotChunk>>,
     ) -> Result<Response<ReceiveSnapshotResponse>, Status> {
         cluster_secret::check(&request, "ReceiveSnapshot")?;
-        let table = transfer::receive_snapshot(self.catalog.clone(), request.into_inner()).await?;
-        self.replicators.sync_table(&table);
+        let received =
+            transfer::receive_snapshot(self.catalog.clone(), request.into_inner()).await?;
+        // Installed or refused, the catalog may hold a new copy of the replica (a refused
+        // snapshot reloads it): its replication follows that copy.
+        if let Ok(current) = self.catalog.get(received.tid, received.pid) {
+            self.replicators.sync_table(&current);
+        }
+        let table = received.outcome?;
         Ok(Response::new(ReceiveSnapshotResponse {
             offset: table.snapshot_offset(),
         }))

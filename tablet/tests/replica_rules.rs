@@ -598,7 +598,11 @@ fn a_replica_reloaded_after_a_refused_snapshot_may_lead_its_fence_term() {
         // On a thread of its own, with a deadline: the refusal once deadlocked the
         // catalog (its map's lock held across the reload).
         let (done, outcome) = std::sync::mpsc::channel();
-        let (installing, incoming) = (catalog.clone(), root.join("incoming-not-used"));
+        // The snapshot's files, as received.
+        let incoming = catalog.incoming_dir(1, 0);
+        std::fs::create_dir_all(incoming.join("snapshot")).unwrap();
+        std::fs::write(incoming.join("snapshot").join("data"), b"rows").unwrap();
+        let installing = catalog.clone();
         let state = snapshot_from_old_leader.clone();
         std::thread::spawn(move || {
             let _ = done.send(installing.install_snapshot(1, 0, &incoming, &state).err());
@@ -612,6 +616,10 @@ fn a_replica_reloaded_after_a_refused_snapshot_may_lead_its_fence_term() {
                 Some(TabletError::Storage(StorageError::StaleTerm { current: c, got: 2 })) if c == current
             ),
             "fenced into term {current}, it must not take term 2's snapshot: {outcome:?}"
+        );
+        assert!(
+            !catalog.incoming_dir(1, 0).exists(),
+            "the refused snapshot's files are removed"
         );
         catalog.get(1, 0).expect("reloaded after the refusal")
     };

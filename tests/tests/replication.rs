@@ -403,6 +403,86 @@ async fn a_follower_behind_the_retained_binlog_gets_a_snapshot() {
     .await;
 }
 
+/// A snapshot stream cut short (a leader gone mid-transfer, a broken connection) is
+/// refused and leaves none of its files behind; the next snapshot starts clean anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_cut_short_leaves_no_files_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_zk, args) = zookeeper(dir.path(), &[]);
+    let b = tablet(dir.path(), "b", &args).await;
+    let cut_short = vec![SnapshotChunk {
+        meta: Some(workload::meta(1, 5, ReplicationMode::Quorum)),
+        term: 1,
+        leader: "127.0.0.1:1".into(),
+        file: "snapshot/MANIFEST".into(),
+        data: b"the first half of a file".to_vec(),
+        ..Default::default()
+    }];
+    let refused = b
+        .client()
+        .await
+        .receive_snapshot(tokio_stream::iter(cut_short))
+        .await
+        .expect_err("a stream that ends in the middle of a file");
+    assert!(
+        refused.message().contains("middle of a file"),
+        "{}",
+        refused.message()
+    );
+    let left: Vec<_> = std::fs::read_dir(&b.db_root_path)
+        .unwrap()
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".incoming"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the cut-short snapshot's files stayed: {left:?}"
+    );
+}
+
+/// A leader sent a snapshot of its own term by another leader refuses it and is loaded
+/// again from its own files; it goes on leading, its replication following the copy now
+/// loaded: its writes are still acknowledged by its follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_refuses_a_snapshot_goes_on_replicating() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_zk, args) = zookeeper(dir.path(), &[]);
+    let a = tablet(dir.path(), "a", &args).await;
+    let b = tablet(dir.path(), "b", &args).await;
+    create_replicated(&[&a, &b], workload::meta(1, 0, ReplicationMode::Quorum)).await;
+    put_rows(&a, 0, 0..5).await;
+    // A leader of the same term that is not A: A must not follow it.
+    let from_another_leader = vec![SnapshotChunk {
+        meta: Some(workload::meta(1, 0, ReplicationMode::Quorum)),
+        term: 1,
+        leader: "127.0.0.1:1".into(),
+        file: "table_meta".into(),
+        last_of_file: true,
+        ..Default::default()
+    }];
+    let refused = a
+        .client()
+        .await
+        .receive_snapshot(tokio_stream::iter(from_another_leader))
+        .await
+        .expect_err("a snapshot from another leader of its term");
+    assert_eq!(
+        detail_of(&refused).map(|d| d.code()),
+        Some(ErrorCode::StaleTerm),
+        "{refused:?}"
+    );
+    let leader = status(&a, 1, 0).await;
+    assert_eq!(
+        (leader.role(), leader.term),
+        (TableRole::Leader, 1),
+        "still the leader"
+    );
+    // Each put needs B's acknowledgement (two replicas, quorum).
+    put_rows(&a, 0, 5..10).await;
+    wait_in_sync(&[&a, &b], 1, 0, SYNC_TIMEOUT).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_terms_are_refused_and_followers_redirect() {
     let dir = tempfile::tempdir().unwrap();

@@ -129,11 +129,22 @@ fn allowed_file(name: &str) -> bool {
             .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Receives a snapshot, installs it as a follower replica, and returns the replica.
+/// A snapshot received for a replica: which one, and how its install ended.
+pub struct Received {
+    pub tid: u32,
+    pub pid: u32,
+    /// The replica loaded from the snapshot, or why it was not installed. Even when it
+    /// was refused the catalog may hold a new copy of the replica (reloaded after a
+    /// refused install): its replication must follow that copy.
+    pub outcome: Result<Arc<Table>, TabletError>,
+}
+
+/// Receives a snapshot and installs it as a follower replica. Fails on its own only if
+/// the stream does not say which replica it is for.
 pub async fn receive_snapshot(
     catalog: Arc<Catalog>,
     mut stream: Streaming<SnapshotChunk>,
-) -> Result<Arc<Table>, TabletError> {
+) -> Result<Received, TabletError> {
     let invalid = |m: &str| TabletError::InvalidArgument(m.to_string());
     let first = stream
         .message()
@@ -145,17 +156,20 @@ pub async fn receive_snapshot(
         .clone()
         .ok_or_else(|| invalid("the first snapshot chunk carries no meta"))?;
     let (tid, pid) = (meta.tid, meta.pid);
-    if let Ok(existing) = catalog.get(tid, pid) {
-        let state = existing.replica_state();
-        if state.term > first.term {
-            return Err(StorageError::StaleTerm {
-                current: state.term,
-                got: first.term,
-            }
-            .into());
-        }
-    }
-    let incoming = catalog.incoming_dir(tid, pid);
+    let outcome = install_received(catalog, tid, pid, first, stream).await;
+    Ok(Received { tid, pid, outcome })
+}
+
+/// Writes the snapshot's files to the replica's incoming directory and installs them; a
+/// snapshot that is not installed leaves no incoming directory behind.
+async fn install_received(
+    catalog: Arc<Catalog>,
+    tid: u32,
+    pid: u32,
+    first: SnapshotChunk,
+    mut stream: Streaming<SnapshotChunk>,
+) -> Result<Arc<Table>, TabletError> {
+    let invalid = |m: &str| TabletError::InvalidArgument(m.to_string());
     let state = ReplicaState {
         term: first.term,
         role: TableRole::Follower as i32,
@@ -163,6 +177,19 @@ pub async fn receive_snapshot(
         offline: Vec::new(),
         leader: first.leader.clone(),
     };
+    // Refused before anything is received, and without touching the replica (a leader
+    // goes on leading); the install checks again, for a fence that comes meanwhile.
+    if let Ok(existing) = catalog.get(tid, pid) {
+        let current = existing.replica_state();
+        if crate::catalog::refuses_snapshot(&current, &state) {
+            return Err(StorageError::StaleTerm {
+                current: current.term,
+                got: first.term,
+            }
+            .into());
+        }
+    }
+    let incoming = catalog.incoming_dir(tid, pid);
     let _ = fs::remove_dir_all(&incoming);
     fs::create_dir_all(incoming.join("snapshot")).map_err(|e| StorageError::Io {
         path: incoming.clone(),
@@ -170,16 +197,25 @@ pub async fn receive_snapshot(
     })?;
 
     let mut writer = ChunkWriter::new(incoming.clone());
-    let mut next = Some(first);
-    while let Some(chunk) = next.take() {
-        tokio::task::block_in_place(|| writer.write(&chunk))?;
-        next = stream
-            .message()
-            .await
-            .map_err(|e| invalid(&format!("snapshot stream failed: {}", e.message())))?;
+    let received = async {
+        let mut next = Some(first);
+        while let Some(chunk) = next.take() {
+            tokio::task::block_in_place(|| writer.write(&chunk))?;
+            next = stream
+                .message()
+                .await
+                .map_err(|e| invalid(&format!("snapshot stream failed: {}", e.message())))?;
+        }
+        if writer.open.is_some() {
+            return Err(invalid("the snapshot stream ended in the middle of a file"));
+        }
+        Ok(())
     }
-    if writer.open.is_some() {
-        return Err(invalid("the snapshot stream ended in the middle of a file"));
+    .await;
+    if let Err(e) = received {
+        drop(writer);
+        let _ = fs::remove_dir_all(&incoming);
+        return Err(e);
     }
     tokio::task::spawn_blocking(move || catalog.install_snapshot(tid, pid, &incoming, &state))
         .await
