@@ -28,12 +28,13 @@ struct LoadFailure {
 }
 
 /// Whether a replica in `current` must refuse a snapshot sent for `offered` (its term,
-/// as a follower of its sender): it is in a later term, or in that term without following
-/// the sender (fenced to no leader, or leading itself): it must not go back to following
-/// a leader it has left.
+/// as a follower of its sender): it is in a later term, or leads that term, or follows
+/// another leader in it or none (fenced): it must not go back to following a leader it
+/// has left, nor stop leading for a snapshot.
 pub fn refuses_snapshot(current: &ReplicaState, offered: &ReplicaState) -> bool {
     current.term > offered.term
-        || (current.term == offered.term && current.leader != offered.leader)
+        || (current.term == offered.term
+            && (current.role() == TableRole::Leader || current.leader != offered.leader))
 }
 
 pub struct Catalog {
@@ -46,7 +47,13 @@ pub struct Catalog {
     reloading: RwLock<std::collections::HashSet<(u32, u32)>>,
     /// Serialises create, load and drop so two of them never race on one directory.
     admin: Mutex<()>,
+    /// Numbers the directories snapshots are received in: two streams for one replica
+    /// (an old leader's still running when the new leader's starts) never share one.
+    incoming_seq: std::sync::atomic::AtomicU64,
 }
+
+/// What the name of a directory a snapshot is received in holds.
+const INCOMING: &str = ".incoming";
 
 fn replica_dir_name(tid: u32, pid: u32) -> String {
     format!("{tid}_{pid}")
@@ -69,12 +76,20 @@ impl Catalog {
             failed: RwLock::default(),
             reloading: RwLock::default(),
             admin: Mutex::new(()),
+            incoming_seq: Default::default(),
         };
         let mut found = Vec::new();
         for entry in fs::read_dir(root).map_err(io_error(root))? {
             let entry = entry.map_err(io_error(root))?;
             let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            if let Some(id) = entry.file_name().to_str().and_then(parse_replica_dir) {
+            let name = entry.file_name();
+            let name = name.to_str().unwrap_or_default();
+            if is_dir && name.contains(INCOMING) {
+                // A snapshot still arriving when the process stopped: never installed.
+                let _ = fs::remove_dir_all(entry.path());
+                continue;
+            }
+            if let Some(id) = parse_replica_dir(name) {
                 if is_dir {
                     found.push(id);
                 }
@@ -335,10 +350,14 @@ impl Catalog {
         }
     }
 
-    /// Where a snapshot being received for `(tid, pid)` is assembled.
-    pub fn incoming_dir(&self, tid: u32, pid: u32) -> PathBuf {
+    /// A new directory name to assemble a snapshot received for `(tid, pid)` in: each
+    /// stream its own, so a stream only ever creates, removes or installs its own files.
+    pub fn new_incoming_dir(&self, tid: u32, pid: u32) -> PathBuf {
+        let seq = self
+            .incoming_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.root
-            .join(format!("{}.incoming", replica_dir_name(tid, pid)))
+            .join(format!("{}{INCOMING}.{seq}", replica_dir_name(tid, pid)))
     }
 
     /// Replaces a replica (if any) with the snapshot assembled in `incoming`, as a
@@ -385,17 +404,19 @@ impl Catalog {
             }
         }
         self.failed.write().remove(&(tid, pid));
+        // The snapshot made whole and durable before the old replica is moved away: an
+        // error here leaves the old one in place.
+        write_replica_state(incoming, state)?;
+        // The received files are fsynced one by one; their directory entries too, before
+        // the replica is counted as holding the snapshot.
+        crate::storage::crashsafe::fsync_dir(&incoming.join("snapshot"))?;
+        crate::storage::crashsafe::fsync_dir(incoming)?;
         if dir.exists() {
             let recycle = self.root.join("recycle");
             fs::create_dir_all(&recycle).map_err(io_error(&recycle))?;
             let target = recycle.join(format!("{}_{}", replica_dir_name(tid, pid), now_ms()));
             fs::rename(&dir, &target).map_err(io_error(&dir))?;
         }
-        write_replica_state(incoming, state)?;
-        // The received files are fsynced one by one; their directory entries too, before
-        // the replica is counted as holding the snapshot.
-        crate::storage::crashsafe::fsync_dir(&incoming.join("snapshot"))?;
-        crate::storage::crashsafe::fsync_dir(incoming)?;
         fs::rename(incoming, &dir).map_err(io_error(incoming))?;
         crate::storage::crashsafe::fsync_dir(&self.root)?;
         info!(tid, pid, term = state.term, leader = %state.leader, "snapshot installed");

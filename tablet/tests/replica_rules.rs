@@ -599,10 +599,10 @@ fn a_replica_reloaded_after_a_refused_snapshot_may_lead_its_fence_term() {
         // catalog (its map's lock held across the reload).
         let (done, outcome) = std::sync::mpsc::channel();
         // The snapshot's files, as received.
-        let incoming = catalog.incoming_dir(1, 0);
+        let incoming = catalog.new_incoming_dir(1, 0);
         std::fs::create_dir_all(incoming.join("snapshot")).unwrap();
         std::fs::write(incoming.join("snapshot").join("data"), b"rows").unwrap();
-        let installing = catalog.clone();
+        let (installing, received) = (catalog.clone(), incoming.clone());
         let state = snapshot_from_old_leader.clone();
         std::thread::spawn(move || {
             let _ = done.send(installing.install_snapshot(1, 0, &incoming, &state).err());
@@ -618,7 +618,7 @@ fn a_replica_reloaded_after_a_refused_snapshot_may_lead_its_fence_term() {
             "fenced into term {current}, it must not take term 2's snapshot: {outcome:?}"
         );
         assert!(
-            !catalog.incoming_dir(1, 0).exists(),
+            !received.exists(),
             "the refused snapshot's files are removed"
         );
         catalog.get(1, 0).expect("reloaded after the refusal")
@@ -654,6 +654,32 @@ fn a_replica_reloaded_after_a_refused_snapshot_may_lead_its_fence_term() {
     ));
     reloaded.fence(5).unwrap();
     try_lead(&reloaded, 5).expect("a term it has not held since it was loaded");
+}
+
+/// Snapshots received for one replica at once (an old leader's stream still running
+/// when the new leader's starts) are assembled apart, so one stream's cleanup never
+/// removes the other's files; and what a stopped process was receiving is removed when
+/// the catalog opens, never taken for a replica.
+#[test]
+fn snapshots_received_at_once_are_assembled_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path(), cluster_options()).unwrap();
+    let (first, second) = (
+        catalog.new_incoming_dir(1, 0),
+        catalog.new_incoming_dir(1, 0),
+    );
+    assert_ne!(first, second, "two streams, two directories");
+    for received in [&first, &second] {
+        std::fs::create_dir_all(received.join("snapshot")).unwrap();
+        std::fs::write(received.join("snapshot").join("data"), b"rows").unwrap();
+    }
+    drop(catalog);
+    let catalog = Catalog::open(dir.path(), cluster_options()).unwrap();
+    assert!(
+        !first.exists() && !second.exists(),
+        "a snapshot a stopped process was receiving is removed at the next start"
+    );
+    assert!(catalog.get(1, 0).is_err(), "and not taken for a replica");
 }
 
 /// A read answers with an offset at or beyond every entry it shows: a client that then

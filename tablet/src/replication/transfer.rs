@@ -160,8 +160,9 @@ pub async fn receive_snapshot(
     Ok(Received { tid, pid, outcome })
 }
 
-/// Writes the snapshot's files to the replica's incoming directory and installs them; a
-/// snapshot that is not installed leaves no incoming directory behind.
+/// Writes the snapshot's files to a directory of this stream's own and installs them. A
+/// stream that fails or ends mid-file, or a snapshot refused, leaves no directory behind
+/// (after other failures of the install one may stay until the tablet restarts).
 async fn install_received(
     catalog: Arc<Catalog>,
     tid: u32,
@@ -189,8 +190,7 @@ async fn install_received(
             .into());
         }
     }
-    let incoming = catalog.incoming_dir(tid, pid);
-    let _ = fs::remove_dir_all(&incoming);
+    let incoming = catalog.new_incoming_dir(tid, pid);
     fs::create_dir_all(incoming.join("snapshot")).map_err(|e| StorageError::Io {
         path: incoming.clone(),
         source: e,
@@ -214,7 +214,8 @@ async fn install_received(
     .await;
     if let Err(e) = received {
         drop(writer);
-        let _ = fs::remove_dir_all(&incoming);
+        // This stream's own directory (a data file may be large: off the async worker).
+        let _ = tokio::task::block_in_place(|| fs::remove_dir_all(&incoming));
         return Err(e);
     }
     tokio::task::spawn_blocking(move || catalog.install_snapshot(tid, pid, &incoming, &state))
