@@ -892,6 +892,7 @@ impl Nameserver {
             Ok(stored) if !is_finished(&stored) => stored,
             _ => return,
         };
+        let mut steps = StepTimes::default();
         let saved_by_first_task = first_task_saves_before_acting(&op);
         op.status = DOING.into();
         if !saved_by_first_task && self.save_op(&op).await.is_err() {
@@ -909,6 +910,7 @@ impl Nameserver {
                 return;
             }
             let task = op.tasks[op.task_index as usize].clone();
+            steps.start();
             let leader = self.leader_to_watch(&op, &task).await;
             let work = async {
                 match self.injected_fault(&task).await {
@@ -925,6 +927,7 @@ impl Nameserver {
                         .into(),
                 })),
             };
+            steps.done(&task);
             let failure = match outcome {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(format!("{task}: {e}")),
@@ -961,14 +964,16 @@ impl Nameserver {
             }
             // Refused if an operator cancelled it while the task ran (the cancel stands),
             // or if leadership was lost (the next leader resumes from the last saved task).
+            steps.start();
             if self.save_op(&op).await.is_err() {
                 if self.was_cancelled(op.op_id).await {
                     self.undo_half_done(&op).await;
                 }
                 return;
             }
+            steps.done("saved");
             if last {
-                report_done(&op);
+                report_done(&op, &steps);
             }
         }
         if op.status != DONE {
@@ -977,7 +982,7 @@ impl Nameserver {
             op.status = DONE.into();
             op.end_time_ms = now_ms();
             if self.save_op(&op).await.is_ok() {
-                report_done(&op);
+                report_done(&op, &steps);
             }
         }
     }
@@ -1783,9 +1788,34 @@ async fn tablet_report(endpoint: &str, tid: Option<u32>) -> Option<reconcile::Ta
 
 /// Ops that restore availability or redundancy after a failure.
 /// Counts and logs an op that ran to its end.
-fn report_done(op: &OpInfo) {
+fn report_done(op: &OpInfo, steps: &StepTimes) {
     crate::metrics::METRICS.op_ended(op);
-    info!(op_id = op.op_id, op_type = %op.op_type, table = %op.name, pid = op.pid, "op done");
+    info!(op_id = op.op_id, op_type = %op.op_type, table = %op.name, pid = op.pid, steps = %steps.taken, "op done");
+}
+
+/// How long each step of one execution of an op took (its tasks, and the writes of its
+/// progress), for the log line of its end: where a failover's time goes, op by op.
+#[derive(Default)]
+struct StepTimes {
+    started: Option<std::time::Instant>,
+    /// "kFenceReplicas 41 ms, saved 12 ms, ...".
+    taken: String,
+}
+
+impl StepTimes {
+    fn start(&mut self) {
+        self.started = Some(std::time::Instant::now());
+    }
+
+    fn done(&mut self, step: &str) {
+        if let Some(started) = self.started.take() {
+            if !self.taken.is_empty() {
+                self.taken.push_str(", ");
+            }
+            let ms = started.elapsed().as_millis();
+            self.taken.push_str(&format!("{step} {ms} ms"));
+        }
+    }
 }
 
 /// Whether the op's first task saves it before it calls any tablet, so that starting
