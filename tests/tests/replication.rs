@@ -403,27 +403,51 @@ async fn a_follower_behind_the_retained_binlog_gets_a_snapshot() {
     .await;
 }
 
-/// A snapshot stream cut short (a leader gone mid-transfer, a broken connection) is
-/// refused and leaves none of its files behind; the next snapshot starts clean anyway.
+/// Tablets A and B replicating partition 0 of table 1 (quorum, A leading in term 1),
+/// five rows written.
+async fn leader_and_follower(dir: &std::path::Path) -> (ZooKeeper, TabletProcess, TabletProcess) {
+    let (zk, args) = zookeeper(dir, &[]);
+    let a = tablet(dir, "a", &args).await;
+    let b = tablet(dir, "b", &args).await;
+    create_replicated(&[&a, &b], workload::meta(1, 0, ReplicationMode::Quorum)).await;
+    put_rows(&a, 0, 0..5).await;
+    (zk, a, b)
+}
+
+/// Sends `tablet` a snapshot stream of one chunk for partition `pid` in term 1, from a
+/// leader that is not in the cluster, and returns how it was refused.
+async fn refused_snapshot(
+    tablet: &TabletProcess,
+    pid: u32,
+    file: &str,
+    data: &[u8],
+    last_of_file: bool,
+) -> tonic::Status {
+    let chunk = SnapshotChunk {
+        meta: Some(workload::meta(1, pid, ReplicationMode::Quorum)),
+        term: 1,
+        leader: "127.0.0.1:1".into(),
+        file: file.into(),
+        data: data.to_vec(),
+        last_of_file,
+        ..Default::default()
+    };
+    tablet
+        .client()
+        .await
+        .receive_snapshot(tokio_stream::iter(vec![chunk]))
+        .await
+        .expect_err("the snapshot is refused")
+}
+
+/// A snapshot stream that ends in the middle of a file (its sender gone mid-transfer) is
+/// refused and leaves none of its files behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_cut_short_leaves_no_files_behind() {
     let dir = tempfile::tempdir().unwrap();
     let (_zk, args) = zookeeper(dir.path(), &[]);
     let b = tablet(dir.path(), "b", &args).await;
-    let cut_short = vec![SnapshotChunk {
-        meta: Some(workload::meta(1, 5, ReplicationMode::Quorum)),
-        term: 1,
-        leader: "127.0.0.1:1".into(),
-        file: "snapshot/MANIFEST".into(),
-        data: b"the first half of a file".to_vec(),
-        ..Default::default()
-    }];
-    let refused = b
-        .client()
-        .await
-        .receive_snapshot(tokio_stream::iter(cut_short))
-        .await
-        .expect_err("a stream that ends in the middle of a file");
+    let refused = refused_snapshot(&b, 5, "snapshot/MANIFEST", b"half a file", false).await;
     assert!(
         refused.message().contains("middle of a file"),
         "{}",
@@ -441,32 +465,14 @@ async fn a_snapshot_cut_short_leaves_no_files_behind() {
     );
 }
 
-/// A leader sent a snapshot of its own term by another leader refuses it and is loaded
-/// again from its own files; it goes on leading, its replication following the copy now
-/// loaded: its writes are still acknowledged by its follower.
+/// A leader sent a snapshot of its own term by another leader refuses it at once,
+/// untouched: it goes on leading, and its writes are still acknowledged by its follower.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_refuses_a_snapshot_goes_on_replicating() {
     let dir = tempfile::tempdir().unwrap();
-    let (_zk, args) = zookeeper(dir.path(), &[]);
-    let a = tablet(dir.path(), "a", &args).await;
-    let b = tablet(dir.path(), "b", &args).await;
-    create_replicated(&[&a, &b], workload::meta(1, 0, ReplicationMode::Quorum)).await;
-    put_rows(&a, 0, 0..5).await;
+    let (_zk, a, b) = leader_and_follower(dir.path()).await;
     // A leader of the same term that is not A: A must not follow it.
-    let from_another_leader = vec![SnapshotChunk {
-        meta: Some(workload::meta(1, 0, ReplicationMode::Quorum)),
-        term: 1,
-        leader: "127.0.0.1:1".into(),
-        file: "table_meta".into(),
-        last_of_file: true,
-        ..Default::default()
-    }];
-    let refused = a
-        .client()
-        .await
-        .receive_snapshot(tokio_stream::iter(from_another_leader))
-        .await
-        .expect_err("a snapshot from another leader of its term");
+    let refused = refused_snapshot(&a, 0, "table_meta", b"", true).await;
     assert_eq!(
         detail_of(&refused).map(|d| d.code()),
         Some(ErrorCode::StaleTerm),
@@ -486,11 +492,7 @@ async fn a_leader_that_refuses_a_snapshot_goes_on_replicating() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_terms_are_refused_and_followers_redirect() {
     let dir = tempfile::tempdir().unwrap();
-    let (_zk, args) = zookeeper(dir.path(), &[]);
-    let a = tablet(dir.path(), "a", &args).await;
-    let b = tablet(dir.path(), "b", &args).await;
-    create_replicated(&[&a, &b], workload::meta(1, 0, ReplicationMode::Quorum)).await;
-    put_rows(&a, 0, 0..5).await;
+    let (_zk, a, b) = leader_and_follower(dir.path()).await;
     let mut follower = b.client().await;
 
     // Raise B's term; anything from term 1 is now refused with a structured error.
