@@ -55,6 +55,21 @@ pub struct Catalog {
 /// What the name of a directory a snapshot is received in holds.
 const INCOMING: &str = ".incoming";
 
+/// A directory a stopped process was receiving a snapshot in. If its install had begun
+/// (the snapshot's state written and synced, the old replica already moved to
+/// `recycle/`) and not ended, it holds the only copy of the replica: kept, for an
+/// operator, with a warning. Any other was never installed and is removed.
+fn settle_leftover_incoming(root: &Path, name: &str, path: &Path) {
+    let replica = name.split(INCOMING).next().unwrap_or_default();
+    let mid_install =
+        path.join(crate::storage::replica::STATE_FILE).exists() && !root.join(replica).exists();
+    if mid_install {
+        warn!(path = %path.display(), "a snapshot install was cut short after the old replica was moved to recycle/: kept for an operator");
+    } else {
+        let _ = fs::remove_dir_all(path);
+    }
+}
+
 fn replica_dir_name(tid: u32, pid: u32) -> String {
     format!("{tid}_{pid}")
 }
@@ -85,8 +100,7 @@ impl Catalog {
             let name = entry.file_name();
             let name = name.to_str().unwrap_or_default();
             if is_dir && name.contains(INCOMING) {
-                // A snapshot still arriving when the process stopped: never installed.
-                let _ = fs::remove_dir_all(entry.path());
+                settle_leftover_incoming(root, name, &entry.path());
                 continue;
             }
             if let Some(id) = parse_replica_dir(name) {

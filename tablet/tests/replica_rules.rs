@@ -673,11 +673,20 @@ fn snapshots_received_at_once_are_assembled_apart() {
         std::fs::create_dir_all(received.join("snapshot")).unwrap();
         std::fs::write(received.join("snapshot").join("data"), b"rows").unwrap();
     }
+    // A third whose install was cut short after the old replica was moved away: its
+    // state written, the replica's own directory gone.
+    let mid_install = catalog.new_incoming_dir(1, 0);
+    std::fs::create_dir_all(&mid_install).unwrap();
+    std::fs::write(mid_install.join("replica_state"), b"state").unwrap();
     drop(catalog);
     let catalog = Catalog::open(dir.path(), cluster_options()).unwrap();
     assert!(
         !first.exists() && !second.exists(),
         "a snapshot a stopped process was receiving is removed at the next start"
+    );
+    assert!(
+        mid_install.exists(),
+        "one whose install had begun is the replica's only copy: kept"
     );
     assert!(catalog.get(1, 0).is_err(), "and not taken for a replica");
 }

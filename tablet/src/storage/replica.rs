@@ -23,7 +23,7 @@ use crate::replication::history;
 use crate::replication::pair_lease::{self, PairGrant, PeerGrant};
 use crate::replication::quorum::PairMark;
 
-const STATE_FILE: &str = "replica_state";
+pub(crate) const STATE_FILE: &str = "replica_state";
 const STATE_MAGIC: [u8; 4] = *b"TSRS";
 const STATE_VERSION: u32 = 1;
 
