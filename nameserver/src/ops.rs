@@ -1808,12 +1808,13 @@ impl StepTimes {
     }
 
     fn done(&mut self, step: &str) {
+        use std::fmt::Write;
         if let Some(started) = self.started.take() {
             if !self.taken.is_empty() {
                 self.taken.push_str(", ");
             }
             let ms = started.elapsed().as_millis();
-            self.taken.push_str(&format!("{step} {ms} ms"));
+            let _ = write!(self.taken, "{step} {ms} ms");
         }
     }
 }

@@ -129,6 +129,10 @@ fn allowed_file(name: &str) -> bool {
             .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
+fn invalid(message: &str) -> TabletError {
+    TabletError::InvalidArgument(message.to_string())
+}
+
 /// A snapshot received for a replica: which one, and how its install ended.
 pub struct Received {
     pub tid: u32,
@@ -145,7 +149,6 @@ pub async fn receive_snapshot(
     catalog: Arc<Catalog>,
     mut stream: Streaming<SnapshotChunk>,
 ) -> Result<Received, TabletError> {
-    let invalid = |m: &str| TabletError::InvalidArgument(m.to_string());
     let first = stream
         .message()
         .await
@@ -170,7 +173,6 @@ async fn install_received(
     first: SnapshotChunk,
     mut stream: Streaming<SnapshotChunk>,
 ) -> Result<Arc<Table>, TabletError> {
-    let invalid = |m: &str| TabletError::InvalidArgument(m.to_string());
     let state = ReplicaState {
         term: first.term,
         role: TableRole::Follower as i32,
