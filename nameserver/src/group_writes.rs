@@ -23,11 +23,23 @@ pub(crate) struct PartitionChange {
     tid: u32,
     pid: u32,
     change: Arc<dyn Fn(&mut PartitionMeta) + Send + Sync>,
+    /// The end of the op whose last task this change is, written in the same
+    /// transaction.
+    op_end: Option<OpEnd>,
+}
+
+/// An op node's write (its end), checked against the version the leader's copy holds.
+pub(crate) struct OpEnd {
+    pub(crate) path: String,
+    pub(crate) data: Vec<u8>,
+    pub(crate) version: i32,
 }
 
 /// How a partition change ended.
 pub(crate) enum Changed {
-    Written,
+    /// Written; with the op end's outcome when one came with it: the op node's new
+    /// version, or why it was left out (nothing of it applied).
+    Written(Option<std::result::Result<i32, ZkError>>),
     /// The table has no chunk nodes (stored inline, before chunks): written one at a time.
     Inline,
 }
@@ -91,12 +103,26 @@ impl Nameserver {
         pid: u32,
         change: impl Fn(&mut PartitionMeta) + Send + Sync + 'static,
     ) -> Result<()> {
+        self.update_partition_with(table, pid, Arc::new(change), None)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Nameserver::update_partition`], with an op's end (`op_end`) written in the same
+    /// transaction as the chunk, if the chunk is stored apart and the op node still has
+    /// the version given. Returns the end's outcome (`None` when it was not written).
+    pub(crate) async fn update_partition_with(
+        &self,
+        table: &TableInfo,
+        pid: u32,
+        change: Arc<dyn Fn(&mut PartitionMeta) + Send + Sync>,
+        op_end: Option<OpEnd>,
+    ) -> Result<Option<std::result::Result<i32, ZkError>>> {
         let (leadership, lock) = self.lock_and_leadership().await?;
         let client = self.client()?;
         let table_path = self.paths.table(&table.db, &table.name);
         let index = table_layout::chunk_of(pid);
         let chunk_path = table_layout::chunk_path(&table_path, index);
-        let change: Arc<dyn Fn(&mut PartitionMeta) + Send + Sync> = Arc::new(change);
         let writer = ChunkWriter {
             lock: lock.clone(),
             client: client.clone(),
@@ -110,6 +136,7 @@ impl Nameserver {
             tid: table.tid,
             pid,
             change: change.clone(),
+            op_end,
         };
         let changed = self
             .chunk_writes
@@ -120,10 +147,11 @@ impl Nameserver {
             .await
             .unwrap_or_else(|| Err(NsError::Zk("the metadata write failed".into())))?;
         match changed {
-            Changed::Written => Ok(()),
+            Changed::Written(op_end) => Ok(op_end),
             Changed::Inline => {
                 self.update_inline_partition(&lock, &client, table, pid, &*change)
-                    .await
+                    .await?;
+                Ok(None)
             }
         }
     }
@@ -246,10 +274,14 @@ struct ChunkWriter {
 
 impl ChunkWriter {
     /// Applies every change of `batch` to the chunk and writes it once (again from a
-    /// fresh read if the chunk moved meanwhile). A change for a table dropped and created
-    /// again since (another tid) is refused on its own.
+    /// fresh read if the chunk moved meanwhile), with the op ends that came with the
+    /// changes; an op end whose version check fails is left out and the rest written
+    /// again. A change for a table dropped and created again since (another tid) is
+    /// refused on its own.
     async fn write(&self, batch: Vec<PartitionChange>) -> Vec<Result<Changed>> {
         let all = |outcome: &dyn Fn() -> Result<Changed>| batch.iter().map(|_| outcome()).collect();
+        // Why each op end was left out, by request.
+        let mut ends_left_out: Vec<Option<ZkError>> = batch.iter().map(|_| None).collect();
         loop {
             let (data, stat) = match self.client.get_data(&self.chunk_path).await {
                 Ok(read) => read,
@@ -275,30 +307,31 @@ impl ChunkWriter {
                     table_layout::clip_reason(partition);
                 }
             }
-            let outcome_of = |i: usize, written: &Result<(), ZkError>| {
-                if refused[i] {
-                    return Err(NsError::TableNotFound(format!(
-                        "{} (tid {}: dropped and created again)",
-                        self.table, batch[i].tid
-                    )));
-                }
-                match written {
-                    Ok(()) => Ok(Changed::Written),
-                    Err(e) => Err(e.clone().into()),
-                }
-            };
             if refused.iter().all(|r| *r) {
-                return (0..batch.len()).map(|i| outcome_of(i, &Ok(()))).collect();
+                return (0..batch.len())
+                    .map(|i| Err(self.refusal(&batch[i])))
+                    .collect();
             }
             let data = chunk.encode_to_vec();
             // The chunk and the announcement in one transaction: one round trip fewer
-            // for each of the thousands of changes a mass failover writes.
+            // for each of the thousands of changes a mass failover writes; and the ends
+            // of the ops whose last task this is, one more for each.
             let mut writer = self.lock.new_check_writer();
-            let added = writer
+            let mut added = writer
                 .add_set_data(&self.chunk_path, &data, Some(stat.version))
                 .and_then(|()| {
                     writer.add_set_data(&self.table_changed, &table_changed_mark(), None)
                 });
+            // The request each op end written belongs to, in the transaction's order.
+            let mut end_of_request = Vec::new();
+            for (i, request) in batch.iter().enumerate() {
+                let Some(end) = &request.op_end else { continue };
+                if refused[i] || ends_left_out[i].is_some() || added.is_err() {
+                    continue;
+                }
+                added = writer.add_set_data(&end.path, &end.data, Some(end.version));
+                end_of_request.push(i);
+            }
             if let Err(e) = added {
                 return all(&|| Err(e.clone().into()));
             }
@@ -311,12 +344,18 @@ impl ChunkWriter {
                     self.metadata
                         .note_chunk(&self.table, self.index, chunk, mzxid);
                     crate::metrics::METRICS.metadata_written(data.len());
-                    Ok(())
+                    Ok(results)
                 }
                 Err(CheckWriteError::OperationFailed {
                     source: ZkError::BadVersion,
-                    ..
+                    index: 0,
                 }) => continue,
+                Err(CheckWriteError::OperationFailed { index, source }) if index >= 2 => {
+                    // An op node moved (an operator's cancel) or went: nothing was
+                    // applied; that end is left to the op's own write.
+                    ends_left_out[end_of_request[index - 2]] = Some(source);
+                    continue;
+                }
                 Err(e) => {
                     // It may have landed all the same: op tasks read the table from
                     // ZooKeeper until the copy is read whole again. (A failed check of
@@ -325,8 +364,36 @@ impl ChunkWriter {
                     Err(ZkError::from(e))
                 }
             };
-            return (0..batch.len()).map(|i| outcome_of(i, &written)).collect();
+            return (0..batch.len())
+                .map(|i| {
+                    if refused[i] {
+                        return Err(self.refusal(&batch[i]));
+                    }
+                    let results = written.as_ref().map_err(|e| NsError::from(e.clone()))?;
+                    let op_end = batch[i].op_end.as_ref().map(|_| {
+                        if let Some(left_out) = &ends_left_out[i] {
+                            return Err(left_out.clone());
+                        }
+                        let at = end_of_request.iter().position(|r| *r == i);
+                        match at.and_then(|at| results.get(at + 2)) {
+                            Some(MultiWriteResult::SetData { stat }) => Ok(stat.version),
+                            _ => Err(ZkError::UnexpectedError(
+                                "no answer for the op's end in the transaction".into(),
+                            )),
+                        }
+                    });
+                    Ok(Changed::Written(op_end))
+                })
+                .collect();
         }
+    }
+
+    /// Why a change for a table dropped and created again since is refused.
+    fn refusal(&self, request: &PartitionChange) -> NsError {
+        NsError::TableNotFound(format!(
+            "{} (tid {}: dropped and created again)",
+            self.table, request.tid
+        ))
     }
 }
 

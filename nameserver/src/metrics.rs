@@ -39,6 +39,12 @@ struct VerdictLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpWriteLabel {
+    /// "alone", or "metadata" for an op's end written in its last task's transaction.
+    with: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RepairLabel {
     repair: String,
 }
@@ -61,6 +67,7 @@ pub struct NsMetrics {
     cache_loads: Counter,
     cache_events: Counter,
     tablet_connections: Counter,
+    op_writes: Family<OpWriteLabel, Counter>,
 }
 
 /// One per process: ops and the reconciler record into it wherever they run.
@@ -89,6 +96,7 @@ impl NsMetrics {
             cache_loads: Counter::default(),
             cache_events: Counter::default(),
             tablet_connections: Counter::default(),
+            op_writes: Family::default(),
             leader_reports: Family::default(),
         };
         registry.register(
@@ -156,6 +164,11 @@ impl NsMetrics {
             "Connections made for the pooled control channels to the tablets (one per tablet, again only after it was unreachable)",
             m.tablet_connections.clone(),
         );
+        registry.register(
+            "tessera_op_node_writes",
+            "Writes of op nodes by the op pipeline: alone, or with the metadata change of the op's last task (its end, in one transaction)",
+            m.op_writes.clone(),
+        );
         // Every repair from the start, at zero: a dashboard shows none rather than no data.
         for repair in [
             crate::planner::CHANGE_LEADER,
@@ -180,6 +193,15 @@ impl NsMetrics {
                 })
                 .observe((op.end_time_ms - op.start_time_ms) as f64 / 1000.0);
         }
+    }
+
+    /// An op node was written: alone, or (`with_metadata`) in the transaction of its
+    /// last task's metadata change.
+    pub fn op_written(&self, with_metadata: bool) {
+        let with = if with_metadata { "metadata" } else { "alone" };
+        self.op_writes
+            .get_or_create(&OpWriteLabel { with: with.into() })
+            .inc();
     }
 
     /// The op pipeline made a pass.

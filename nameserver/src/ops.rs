@@ -439,7 +439,10 @@ impl Nameserver {
             self.note_op_write(leadership, op, &written, |stat| stat.version);
             unsettled.settle();
             match written {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    crate::metrics::METRICS.op_written(false);
+                    return Ok(());
+                }
                 Err(ZkError::BadVersion) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -893,9 +896,9 @@ impl Nameserver {
             _ => return,
         };
         let mut steps = StepTimes::default();
-        let saved_by_first_task = first_task_saves_before_acting(&op);
+        let written_after_first_task = first_written_after_first_task(&op);
         op.status = DOING.into();
-        if !saved_by_first_task && self.save_op(&op).await.is_err() {
+        if !written_after_first_task && self.save_op(&op).await.is_err() {
             return;
         }
         while (op.task_index as usize) < op.tasks.len() {
@@ -912,10 +915,24 @@ impl Nameserver {
             let task = op.tasks[op.task_index as usize].clone();
             steps.start();
             let leader = self.leader_to_watch(&op, &task).await;
+            // A last task that records a new leader writes the op's end with it.
+            let ending = (task == "kUpdateLeaderInfo"
+                && op.task_index as usize + 1 == op.tasks.len())
+            .then(|| {
+                let mut ended = op.clone();
+                ended.task_index += 1;
+                ended.status = DONE.into();
+                ended
+            });
             let work = async {
                 match self.injected_fault(&task).await {
                     Some(failure) => Err(failure),
-                    None => self.run_task(&mut op, &task).await,
+                    None if ending.is_some() => {
+                        let table = self.table_of(&op).await?;
+                        partition_of(&table, op.pid)?;
+                        self.update_leader_info(&op, &table, ending).await
+                    }
+                    None => self.run_task(&mut op, &task).await.map(|()| None),
                 }
             };
             let outcome = tokio::select! {
@@ -928,10 +945,13 @@ impl Nameserver {
                 })),
             };
             steps.done(&task);
-            let failure = match outcome {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(format!("{task}: {e}")),
-                Err(_) => Some(format!("{task} timed out after {:?}", self.task_timeout)),
+            let (failure, ended) = match outcome {
+                Ok(Ok(ended)) => (None, ended),
+                Ok(Err(e)) => (Some(format!("{task}: {e}")), None),
+                Err(_) => (
+                    Some(format!("{task} timed out after {:?}", self.task_timeout)),
+                    None,
+                ),
             };
             if let Some(reason) = failure {
                 if !self.is_leader() {
@@ -946,6 +966,11 @@ impl Nameserver {
                 op.end_time_ms = now_ms();
                 crate::metrics::METRICS.op_ended(&op);
                 let _ = self.save_op(&op).await;
+                return;
+            }
+            if let Some(ended) = ended {
+                // Its end went in the same transaction as the task's metadata.
+                report_done(&ended, &steps);
                 return;
             }
             op.task_index += 1;
@@ -1141,37 +1166,7 @@ impl Nameserver {
         match task {
             "kFenceReplicas" => self.fence_replicas(op, &table, &partition).await,
             "kPromoteLeader" => self.promote_leader(op, &table, &partition).await,
-            "kUpdateLeaderInfo" => {
-                let (chosen, term, failed) = (op.chosen.clone(), op.term, op.endpoint.clone());
-                let told = self.told_followers.lock().remove(&op.op_id);
-                let forced = op.force;
-                self.update_partition(&table, op.pid, move |p| {
-                    p.term = term;
-                    p.unavailable_reason.clear();
-                    for replica in &mut p.replicas {
-                        replica.is_leader = replica.endpoint == chosen;
-                        // It answered the fence and took the lead: alive, whatever the
-                        // metadata said before (a restarted tablet's replica).
-                        if replica.endpoint == chosen {
-                            replica.is_alive = true;
-                        }
-                        if replica.endpoint == failed {
-                            replica.is_alive = false;
-                        }
-                        if let Some(told) = &told {
-                            if replica.endpoint != chosen && !told.contains(&replica.endpoint) {
-                                replica.is_alive = false;
-                                // After a forced change only the replicas that listened
-                                // vote; the others rejoin as new members.
-                                if forced {
-                                    replica.joining = true;
-                                }
-                            }
-                        }
-                    }
-                })
-                .await
-            }
+            "kUpdateLeaderInfo" => self.update_leader_info(op, &table, None).await.map(|_| ()),
             "kDelReplica" => {
                 // OfflineReplica stops shipping to the replica but keeps its vote;
                 // DelReplica takes it out of the voting set.
@@ -1299,6 +1294,79 @@ impl Nameserver {
         }
     }
 
+    /// Records the chosen replica as the partition's leader in the op's term. With
+    /// `ending` (the op as it ends, when this is its last task), the op's end is written
+    /// in the same transaction if the leader's copy of the op node is current; returns
+    /// the op as written then, `None` when its end is still to be written.
+    async fn update_leader_info(
+        &self,
+        op: &OpInfo,
+        table: &TableInfo,
+        ending: Option<OpInfo>,
+    ) -> Result<Option<OpInfo>> {
+        let (chosen, term, failed) = (op.chosen.clone(), op.term, op.endpoint.clone());
+        let told = self.told_followers.lock().remove(&op.op_id);
+        let forced = op.force;
+        let change = Arc::new(move |p: &mut PartitionMeta| {
+            p.term = term;
+            p.unavailable_reason.clear();
+            for replica in &mut p.replicas {
+                replica.is_leader = replica.endpoint == chosen;
+                // It answered the fence and took the lead: alive, whatever the metadata
+                // said before (a restarted tablet's replica).
+                if replica.endpoint == chosen {
+                    replica.is_alive = true;
+                }
+                if replica.endpoint == failed {
+                    replica.is_alive = false;
+                }
+                if let Some(told) = &told {
+                    if replica.endpoint != chosen && !told.contains(&replica.endpoint) {
+                        replica.is_alive = false;
+                        // After a forced change only the replicas that listened vote;
+                        // the others rejoin as new members.
+                        if forced {
+                            replica.joining = true;
+                        }
+                    }
+                }
+            }
+        });
+        let Some(mut ended) = ending else {
+            self.update_partition_with(table, op.pid, change, None)
+                .await?;
+            return Ok(None);
+        };
+        // The end's write follows `save_op`'s rules: under the gate, checked against
+        // the copy's version, never over a cancel or an end already stored.
+        let (leadership, _) = self.lock_and_leadership().await?;
+        let _writing = self.op_book.gate.read().await;
+        let kept = self
+            .op_book
+            .get(leadership, op.op_id)
+            .filter(|(_, stored)| !is_finished(stored));
+        ended.end_time_ms = now_ms();
+        let op_end = kept.map(|(version, _)| crate::group_writes::OpEnd {
+            path: self.paths.op(op.op_id),
+            data: ended.encode_to_vec(),
+            version,
+        });
+        let unsettled = self.op_book.unsettled();
+        let written = self
+            .update_partition_with(table, op.pid, change, op_end)
+            .await?;
+        let Some(written) = written else {
+            unsettled.settle();
+            return Ok(None);
+        };
+        self.note_op_write(leadership, &ended, &written, |version| *version);
+        unsettled.settle();
+        if written.is_ok() {
+            crate::metrics::METRICS.op_written(true);
+        }
+        Ok(written.ok().map(|_| ended))
+    }
+
     /// Raises the term on every reachable replica but the failed leader and picks the
     /// new leader from their answers.
     async fn fence_replicas(
@@ -1308,17 +1376,18 @@ impl Nameserver {
         partition: &PartitionMeta,
     ) -> Result<()> {
         if op.term == 0 {
-            // A term of its own, from the fenced counter, recorded before any RPC: a
-            // resumed op reuses it, and no other attempt can ever take it.
+            // A term of its own, from the fenced counter: no other attempt can ever take
+            // it. It is written with the leader chosen, when the fence ends; a leader
+            // that stops before then leaves the op as planned, and the next one fences
+            // again in a term of its own, above this one (its block of terms is reserved
+            // above every term handed out before).
             op.term = self.take_term(partition.term).await?;
-            self.save_op(op).await?;
         }
         let mut round = self.fence_all(table, partition, op).await?;
         if let Some(ahead) = round.ahead.filter(|t| *t >= op.term) {
             // Some replica is already in a term at least this high (taken before the
             // counter existed, or by an attempt that failed): take one above it.
             op.term = self.take_term(ahead).await?;
-            self.save_op(op).await?;
             round = self.fence_all(table, partition, op).await?;
         }
         let answered = &round.answered;
@@ -1786,7 +1855,6 @@ async fn tablet_report(endpoint: &str, tid: Option<u32>) -> Option<reconcile::Ta
     )
 }
 
-/// Ops that restore availability or redundancy after a failure.
 /// Counts and logs an op that ran to its end.
 fn report_done(op: &OpInfo, steps: &StepTimes) {
     crate::metrics::METRICS.op_ended(op);
@@ -1819,11 +1887,12 @@ impl StepTimes {
     }
 }
 
-/// Whether the op's first task saves it before it calls any tablet, so that starting
-/// it needs no write of its own to mark it under way: a new ChangeLeader's fence takes a
-/// term and saves it first. One ZooKeeper write fewer for each of the thousands of
+/// Whether the op's first write may wait for its first task's end, so that starting it
+/// needs no write of its own to mark it under way: a new ChangeLeader's fence takes a
+/// term of its own and is written, with the leader it chose, when it ends; run again from
+/// the start it takes a new term. One ZooKeeper write fewer for each of the thousands of
 /// ChangeLeaders a dead tablet leaves.
-fn first_task_saves_before_acting(op: &OpInfo) -> bool {
+fn first_written_after_first_task(op: &OpInfo) -> bool {
     op.op_type == CHANGE_LEADER && op.status == INITED && op.task_index == 0 && op.term == 0
 }
 
@@ -1848,6 +1917,7 @@ fn repeats_harmlessly(op_type: &str, task: &str) -> bool {
     )
 }
 
+/// Ops that restore availability or redundancy after a failure.
 fn is_failover(op_type: &str) -> bool {
     matches!(op_type, CHANGE_LEADER | OFFLINE_REPLICA | RECOVER_TABLE)
 }
@@ -2171,24 +2241,25 @@ mod tests {
             tasks: tasks_of(CHANGE_LEADER),
             ..OpInfo::default()
         };
-        assert!(first_task_saves_before_acting(&new));
-        // Resumed: its term is taken, so the fence saves nothing before it calls.
+        assert!(first_written_after_first_task(&new));
+        // Stored with a term (by an older version, which wrote the term before the
+        // fence): marked under way first, as before.
         let resumed = OpInfo {
             term: 7,
             ..new.clone()
         };
-        assert!(!first_task_saves_before_acting(&resumed));
+        assert!(!first_written_after_first_task(&resumed));
         let under_way = OpInfo {
             status: DOING.into(),
             ..new.clone()
         };
-        assert!(!first_task_saves_before_acting(&under_way));
+        assert!(!first_written_after_first_task(&under_way));
         let recover = OpInfo {
             op_type: RECOVER_TABLE.into(),
             tasks: tasks_of(RECOVER_TABLE),
             ..new
         };
-        assert!(!first_task_saves_before_acting(&recover));
+        assert!(!first_written_after_first_task(&recover));
     }
 
     #[test]

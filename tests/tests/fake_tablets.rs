@@ -78,6 +78,62 @@ async fn a_killed_fake_tablets_partitions_are_led_again() {
         leading, PARTITIONS,
         "the surviving fake tablets lead every partition, once each"
     );
+    assert_change_leaders_written_twice(&cluster.zk, led).await;
+    assert!(
+        ends_written_with_metadata(&cluster.nameserver.endpoint) >= led as f64,
+        "every ChangeLeader's end went in the transaction that recorded its leader"
+    );
+}
+
+/// `tessera_op_node_writes{with="metadata"}` on the nameserver's `/metrics`.
+fn ends_written_with_metadata(endpoint: &str) -> f64 {
+    let (code, body) = tessera_tests::process::http_get(endpoint, "/metrics");
+    assert_eq!(code, 200, "{endpoint}/metrics: {body}");
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("the metrics parse");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric.starts_with("tessera_op_node_writes"))
+        .filter(|s| s.labels.get("with") == Some("metadata"))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// Each ChangeLeader's op node is written twice after its creation: with the leader its
+/// fence chose (and the term), and with its end, in the transaction that records the new
+/// leader. Fewer ZooKeeper writes per op is most of what a mass failover waits for.
+async fn assert_change_leaders_written_twice(zk: &ZooKeeper, expected: usize) {
+    use tessera_proto::nameserver::OpInfo;
+    let client = zookeeper_client::Client::connect(&zk.connect_string())
+        .await
+        .expect("connect to ZooKeeper");
+    let ops_dir = "/tessera/op/op_data";
+    let mut change_leaders = 0;
+    for child in client.list_children(ops_dir).await.expect("list the ops") {
+        let (data, stat) = client
+            .get_data(&format!("{ops_dir}/{child}"))
+            .await
+            .expect("read an op");
+        let op = <OpInfo as prost::Message>::decode(data.as_slice()).expect("an op");
+        if op.op_type != "kChangeLeader" {
+            continue;
+        }
+        change_leaders += 1;
+        assert_eq!(op.status, "kDone", "op {} ended: {op:?}", op.op_id);
+        assert_eq!(
+            stat.version, 2,
+            "op {} written with its chosen leader, then its end with the metadata",
+            op.op_id
+        );
+    }
+    assert_eq!(
+        change_leaders, expected,
+        "one ChangeLeader per partition led"
+    );
 }
 
 /// Requests ZooKeeper has received so far, by its `mntr` report.
