@@ -1340,20 +1340,27 @@ impl Nameserver {
         // The end's write follows `save_op`'s rules: under the gate, checked against
         // the copy's version, never over a cancel or an end already stored.
         let (leadership, _) = self.lock_and_leadership().await?;
-        let _writing = self.op_book.gate.read().await;
+        let writing = self.op_book.gate.read().await;
         let kept = self
             .op_book
             .get(leadership, op.op_id)
             .filter(|(_, stored)| !is_finished(stored));
+        let Some((version, _)) = kept else {
+            // Not in the copy (being read again): the end goes apart, as before.
+            drop(writing);
+            self.update_partition_with(table, op.pid, change, None)
+                .await?;
+            return Ok(None);
+        };
         ended.end_time_ms = now_ms();
-        let op_end = kept.map(|(version, _)| crate::group_writes::OpEnd {
+        let op_end = crate::group_writes::OpEnd {
             path: self.paths.op(op.op_id),
             data: ended.encode_to_vec(),
             version,
-        });
+        };
         let unsettled = self.op_book.unsettled();
         let written = self
-            .update_partition_with(table, op.pid, change, op_end)
+            .update_partition_with(table, op.pid, change, Some(op_end))
             .await?;
         let Some(written) = written else {
             unsettled.settle();

@@ -79,10 +79,17 @@ async fn a_killed_fake_tablets_partitions_are_led_again() {
         "the surviving fake tablets lead every partition, once each"
     );
     assert_change_leaders_written_twice(&cluster.zk, led).await;
-    assert!(
-        ends_written_with_metadata(&cluster.nameserver.endpoint) >= led as f64,
-        "every ChangeLeader's end went in the transaction that recorded its leader"
-    );
+    // Counted just after the metadata copy sees the write: waited for, not read at once.
+    let endpoint = cluster.nameserver.endpoint.clone();
+    wait_until_async(
+        Duration::from_secs(10),
+        "every ChangeLeader's end to go in the transaction that recorded its leader",
+        || {
+            let endpoint = endpoint.clone();
+            async move { ends_written_with_metadata(&endpoint) >= led as f64 }
+        },
+    )
+    .await;
 }
 
 /// `tessera_op_node_writes{with="metadata"}` on the nameserver's `/metrics`.
@@ -103,9 +110,9 @@ fn ends_written_with_metadata(endpoint: &str) -> f64 {
         .sum()
 }
 
-/// Each ChangeLeader's op node is written twice after its creation: with the leader its
-/// fence chose (and the term), and with its end, in the transaction that records the new
-/// leader. Fewer ZooKeeper writes per op is most of what a mass failover waits for.
+/// Each ChangeLeader's op node is written twice after its creation (three times before):
+/// with the leader its fence chose (and the term), and with its end, in the transaction
+/// that records the new leader.
 async fn assert_change_leaders_written_twice(zk: &ZooKeeper, expected: usize) {
     use tessera_proto::nameserver::OpInfo;
     let client = zookeeper_client::Client::connect(&zk.connect_string())
