@@ -322,7 +322,8 @@ impl ChunkWriter {
                 .and_then(|()| {
                     writer.add_set_data(&self.table_changed, &table_changed_mark(), None)
                 });
-            // The request each op end written belongs to, in the transaction's order.
+            // The request each op end written belongs to: the transaction's operation
+            // 2 + k is the end of request `end_of_request[k]`.
             let mut end_of_request = Vec::new();
             for (i, request) in batch.iter().enumerate() {
                 let Some(end) = &request.op_end else { continue };
