@@ -945,6 +945,11 @@ impl Nameserver {
                 })),
             };
             steps.done(&task);
+            if matches!(outcome, Ok(Ok(_))) {
+                // Fault injection for tests: a nameserver stopped between a task's calls
+                // and the write of its outcome.
+                self.injected_delay_after(&task).await;
+            }
             let (failure, ended) = match outcome {
                 Ok(Ok(ended)) => (None, ended),
                 Ok(Err(e)) => (Some(format!("{task}: {e}")), None),
@@ -990,7 +995,8 @@ impl Nameserver {
             // Refused if an operator cancelled it while the task ran (the cancel stands),
             // or if leadership was lost (the next leader resumes from the last saved task).
             steps.start();
-            if self.save_op(&op).await.is_err() {
+            if let Err(e) = self.save_op(&op).await {
+                warn!(op_id = op.op_id, task = %task, error = %e, "op progress not written");
                 if self.was_cancelled(op.op_id).await {
                     self.undo_half_done(&op).await;
                 }

@@ -141,20 +141,27 @@ pub enum TaskFaultKind {
     Fail,
     /// The task runs after this delay.
     Delay(Duration),
+    /// The task runs, then this delay passes before its outcome is acted on or saved:
+    /// a nameserver stopped between a task's calls and its write.
+    DelayAfter(Duration),
 }
 
 impl std::str::FromStr for TaskFault {
     type Err = String;
 
-    /// `<task>:fail` or `<task>:delay_ms=<n>`.
+    /// `<task>:fail`, `<task>:delay_ms=<n>` or `<task>:delay_after_ms=<n>`.
     fn from_str(text: &str) -> std::result::Result<TaskFault, String> {
-        let usage = || format!("`{text}`: expected <task>:fail or <task>:delay_ms=<n>");
+        let usage = || {
+            format!(
+                "`{text}`: expected <task>:fail, <task>:delay_ms=<n> or <task>:delay_after_ms=<n>"
+            )
+        };
+        let millis = |ms: &str| ms.parse().map(Duration::from_millis).map_err(|_| usage());
         let (task, kind) = text.split_once(':').ok_or_else(usage)?;
         let kind = match kind.split_once('=') {
             None if kind == "fail" => TaskFaultKind::Fail,
-            Some(("delay_ms", ms)) => {
-                TaskFaultKind::Delay(Duration::from_millis(ms.parse().map_err(|_| usage())?))
-            }
+            Some(("delay_ms", ms)) => TaskFaultKind::Delay(millis(ms)?),
+            Some(("delay_after_ms", ms)) => TaskFaultKind::DelayAfter(millis(ms)?),
             _ => return Err(usage()),
         };
         Ok(TaskFault {
@@ -246,18 +253,25 @@ impl Nameserver {
         *self.task_fault.lock() = Some(fault);
     }
 
-    /// Applies the armed fault if it is for `task` (once): a failure to report, or a
-    /// delay before the task runs.
+    /// Takes the armed fault if it is for `task` and `when` picks its kind (once).
+    fn take_fault(&self, task: &str, when: fn(TaskFaultKind) -> bool) -> Option<TaskFaultKind> {
+        let mut armed = self.task_fault.lock();
+        if armed
+            .as_ref()
+            .is_none_or(|f| f.task != task || !when(f.kind))
+        {
+            return None;
+        }
+        let kind = armed.take()?.kind;
+        warn!(task, fault = ?kind, "injecting a fault (--inject_task_fault)");
+        Some(kind)
+    }
+
+    /// Applies the armed fault if it is for `task` and acts before it runs (once): a
+    /// failure to report, or a delay before the task runs.
     pub(crate) async fn injected_fault(&self, task: &str) -> Option<NsError> {
-        let fault = {
-            let mut armed = self.task_fault.lock();
-            if armed.as_ref().is_none_or(|f| f.task != task) {
-                return None;
-            }
-            armed.take()?
-        };
-        warn!(task, fault = ?fault.kind, "injecting a fault (--inject_task_fault)");
-        match fault.kind {
+        let before = |kind| matches!(kind, TaskFaultKind::Fail | TaskFaultKind::Delay(_));
+        match self.take_fault(task, before)? {
             TaskFaultKind::Fail => Some(NsError::InvalidArgument(format!(
                 "{task} failed by injection"
             ))),
@@ -265,6 +279,15 @@ impl Nameserver {
                 tokio::time::sleep(delay).await;
                 None
             }
+            TaskFaultKind::DelayAfter(_) => None,
+        }
+    }
+
+    /// Waits out the armed fault if it is for `task` and acts after it ran (once).
+    pub(crate) async fn injected_delay_after(&self, task: &str) {
+        let after = |kind| matches!(kind, TaskFaultKind::DelayAfter(_));
+        if let Some(TaskFaultKind::DelayAfter(delay)) = self.take_fault(task, after) {
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -1357,7 +1380,17 @@ mod tests {
         assert_eq!(fail.kind, TaskFaultKind::Fail);
         let delay: TaskFault = "kFenceReplicas:delay_ms=250".parse().unwrap();
         assert_eq!(delay.kind, TaskFaultKind::Delay(Duration::from_millis(250)));
-        for bad in ["kPromoteLeader", "x:sleep", "x:delay_ms=soon"] {
+        let after: TaskFault = "kFenceReplicas:delay_after_ms=9000".parse().unwrap();
+        assert_eq!(
+            after.kind,
+            TaskFaultKind::DelayAfter(Duration::from_millis(9000))
+        );
+        for bad in [
+            "kPromoteLeader",
+            "x:sleep",
+            "x:delay_ms=soon",
+            "x:delay_after_ms=",
+        ] {
             assert!(bad.parse::<TaskFault>().is_err(), "{bad}");
         }
     }

@@ -205,3 +205,22 @@ pub fn cpu_time(pid: u32) -> Duration {
 pub fn read_pid(path: &std::path::Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
+
+/// `tessera_op_node_writes{with="metadata"}` on a nameserver's `/metrics`: the op ends
+/// written in the transaction that records a partition's new leader.
+pub fn op_ends_written_with_metadata(endpoint: &str) -> f64 {
+    let (code, body) = http_get(endpoint, "/metrics");
+    assert_eq!(code, 200, "{endpoint}/metrics: {body}");
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("the metrics parse");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric.starts_with("tessera_op_node_writes"))
+        .filter(|s| s.labels.get("with") == Some("metadata"))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}

@@ -578,3 +578,239 @@ async fn a_nameserver_cut_off_from_zookeeper_suspends_itself() {
     })
     .await;
 }
+
+/// How the leading nameserver stops in the middle of a ChangeLeader.
+#[derive(Debug, Clone, Copy)]
+enum NameserverStop {
+    Kill9,
+    /// SIGSTOP until its standby leads, then SIGCONT.
+    PauseAndResume,
+}
+
+/// The leading nameserver sends a ChangeLeader's fences and stops before writing what
+/// they did (the op is stored as planned, with no term: nothing is written before the
+/// fence ends). The standby takes over, fences again in a term of its own above the
+/// stopped one's, and finishes the op. A paused leader that wakes up after that writes
+/// nothing and promotes no one: the partition ends with one leader per term, in the new
+/// term, holding every acknowledged write.
+async fn a_nameserver_stopped_between_a_fence_and_its_write(how: NameserverStop) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = NsCluster::start(
+        dir.path(),
+        NsClusterSpec {
+            nameserver_args: &["--inject_task_fault=kFenceReplicas:delay_after_ms=3000"],
+            ..NsClusterSpec::fast_failover()
+        },
+    )
+    .await;
+    let standby = NameserverProcess::start(&dir.path().join("ns2"), &cluster.zk, 2000).await;
+    let table = cluster.create_table("t1", 1, 3).await;
+    let mut ns = cluster.ns().await;
+    set_auto_failover(&mut ns, false).await;
+    let rows = table_rows(&mut ns, "t1").await;
+    let endpoints: Vec<String> = rows.iter().map(|r| r.endpoint.clone()).collect();
+    let leader = leaders(&rows)[&0].clone();
+    let candidate = endpoints.iter().find(|e| **e != leader).unwrap().clone();
+    let writer = cluster.sdk(Duration::from_secs(30)).await;
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let key = format!("before-{i}");
+        writer
+            .put("default", "t1", sdk_row(&key, i))
+            .await
+            .expect("put");
+        acked.push(key);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_leaders(endpoints.clone(), table.tid, stop.clone());
+
+    let op_id = change_leader(&mut ns, &candidate).await;
+    wait_until_async(WAIT, "the fence to be sent and the write held back", || {
+        let log = cluster.nameserver.log();
+        async move { log.contains("injecting a fault") }
+    })
+    .await;
+    let fenced_term = replica_roles(&endpoints, table.tid)
+        .await
+        .values()
+        .map(|(_, term)| *term)
+        .max()
+        .expect("the replicas answer");
+    let planned = op(&mut ns, op_id).await.expect("the op is stored");
+    assert_eq!(
+        (planned.status.as_str(), planned.term),
+        ("kInited", 0),
+        "nothing is written before the fence's end: {planned:?}"
+    );
+    match how {
+        NameserverStop::Kill9 => cluster.nameserver.kill9(),
+        NameserverStop::PauseAndResume => cluster.nameserver.pause(),
+    }
+
+    standby.wait_leader().await;
+    if let NameserverStop::PauseAndResume = how {
+        // Woken as soon as it is replaced: its write races the standby's resumption of
+        // the op, and must lose whichever comes first (its lease has lapsed, its
+        // election node is gone, or the op has ended).
+        cluster.nameserver.resume();
+    }
+    let mut standby_ns = standby.client().await;
+    wait_until_async(WAIT, "the standby to finish the ChangeLeader", || {
+        let mut ns = standby_ns.clone();
+        async move {
+            op(&mut ns, op_id)
+                .await
+                .is_some_and(|o| o.status == "kDone")
+        }
+    })
+    .await;
+    if let NameserverStop::PauseAndResume = how {
+        wait_until_async(WAIT, "the resumed nameserver to give up its write", || {
+            let log = cluster.nameserver.log();
+            let op_field = format!("op_id={op_id} ");
+            async move {
+                log.lines()
+                    .any(|l| l.contains("op progress not written") && l.contains(&op_field))
+            }
+        })
+        .await;
+    }
+    let mut attempt = 0;
+    wait_until_async(WAIT, "a serving leader after the takeover", || {
+        let mut ns = standby_ns.clone();
+        let writer = &writer;
+        attempt += 1;
+        let key = format!("after-{attempt}");
+        async move {
+            let rows = table_rows(&mut ns, "t1").await;
+            leaders(&rows).contains_key(&0)
+                && rows.iter().all(|r| r.drift.is_empty())
+                && writer.put("default", "t1", sdk_row(&key, 0)).await.is_ok()
+        }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = watcher.await.unwrap();
+
+    let done = op(&mut standby_ns, op_id).await.expect("the op");
+    assert!(
+        done.term > fenced_term,
+        "the standby fences in a term of its own above {fenced_term}: {done:?}"
+    );
+    for (term, holders) in &seen {
+        assert_eq!(holders.len(), 1, "term {term} had two leaders: {holders:?}");
+    }
+    let promoted_in_fenced_term = cluster.tablets.iter().any(|tablet| {
+        tablet.log().lines().any(|line| {
+            line.contains("role changed")
+                && line.contains(&format!("term={fenced_term} "))
+                && line.contains("role=Leader")
+        })
+    });
+    assert!(
+        !promoted_in_fenced_term,
+        "no replica leads in the stopped nameserver's term {fenced_term} ({how:?})"
+    );
+    let final_roles = replica_roles(&endpoints, table.tid).await;
+    let leading: Vec<_> = final_roles
+        .iter()
+        .filter(|(_, (role, _))| *role == TableRole::Leader)
+        .collect();
+    assert_eq!(leading.len(), 1, "{final_roles:?}");
+    assert_eq!(leading[0].1 .1, done.term, "{final_roles:?}");
+    for key in &acked {
+        assert!(
+            writer
+                .get("default", "t1", vec![Value::String(key.clone())])
+                .await
+                .expect("get")
+                .is_some(),
+            "acknowledged row {key} was lost"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nameserver_killed_between_a_fence_and_its_write_is_replaced_cleanly() {
+    a_nameserver_stopped_between_a_fence_and_its_write(NameserverStop::Kill9).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nameserver_paused_between_a_fence_and_its_write_writes_nothing_when_it_wakes() {
+    a_nameserver_stopped_between_a_fence_and_its_write(NameserverStop::PauseAndResume).await;
+}
+
+/// A ChangeLeader's end goes in the transaction that records its new leader, checked
+/// against the op node's version in the leader's copy. An operator's cancel that lands
+/// between that copy being read and the transaction (here written straight to ZooKeeper
+/// while the task waits, which the copy never sees) fails the check: the new leader is
+/// recorded without the end, the op's own write then finds the cancel, and the cancel
+/// stands instead of being overwritten by `kDone`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_racing_a_change_leaders_end_stands() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = NsCluster::start(
+        dir.path(),
+        NsClusterSpec {
+            nameserver_args: &["--inject_task_fault=kUpdateLeaderInfo:delay_ms=3000"],
+            ..NsClusterSpec::fast_failover()
+        },
+    )
+    .await;
+    cluster.create_table("t1", 1, 3).await;
+    let mut ns = cluster.ns().await;
+    set_auto_failover(&mut ns, false).await;
+    let rows = table_rows(&mut ns, "t1").await;
+    let leader = leaders(&rows)[&0].clone();
+    let candidate = rows
+        .iter()
+        .map(|r| r.endpoint.clone())
+        .find(|e| *e != leader)
+        .unwrap();
+
+    let op_id = change_leader(&mut ns, &candidate).await;
+    wait_until_async(WAIT, "the ChangeLeader to reach its last task", || {
+        let log = cluster.nameserver.log();
+        async move { log.contains("injecting a fault") }
+    })
+    .await;
+    let zk = zookeeper_client::Client::connect(&cluster.zk.connect_string())
+        .await
+        .expect("connect to ZooKeeper");
+    let path = format!("/tessera/op/op_data/{op_id:010}");
+    let (data, stat) = zk.get_data(&path).await.expect("the op node");
+    let mut cancelled = OpInfo::decode(data.as_slice()).expect("an op");
+    assert_eq!(cancelled.status, "kDoing", "{cancelled:?}");
+    cancelled.status = "kCanceled".into();
+    zk.set_data(&path, &cancelled.encode_to_vec(), Some(stat.version))
+        .await
+        .expect("cancel behind the leader's back");
+
+    wait_until_async(
+        WAIT,
+        "the ChangeLeader's own write to find the cancel",
+        || {
+            let log = cluster.nameserver.log();
+            let op_field = format!("op_id={op_id} ");
+            async move {
+                log.lines()
+                    .any(|l| l.contains("op progress not written") && l.contains(&op_field))
+            }
+        },
+    )
+    .await;
+    let (data, _) = zk.get_data(&path).await.expect("the op node");
+    let stored = OpInfo::decode(data.as_slice()).expect("an op");
+    assert_eq!(stored.status, "kCanceled", "the cancel stands: {stored:?}");
+    assert_eq!(
+        tessera_tests::process::op_ends_written_with_metadata(&cluster.nameserver.endpoint),
+        0.0,
+        "the end was left out of the transaction"
+    );
+    // The rest of the transaction was written again without it: the metadata names the
+    // leader the op promoted.
+    let rows = table_rows(&mut ns, "t1").await;
+    assert_eq!(leaders(&rows).get(&0), Some(&candidate), "{rows:?}");
+    wait_served(&cluster, "the new leader serving after the cancel").await;
+}

@@ -86,28 +86,10 @@ async fn a_killed_fake_tablets_partitions_are_led_again() {
         "every ChangeLeader's end to go in the transaction that recorded its leader",
         || {
             let endpoint = endpoint.clone();
-            async move { ends_written_with_metadata(&endpoint) >= led as f64 }
+            async move { tessera_tests::process::op_ends_written_with_metadata(&endpoint) >= led as f64 }
         },
     )
     .await;
-}
-
-/// `tessera_op_node_writes{with="metadata"}` on the nameserver's `/metrics`.
-fn ends_written_with_metadata(endpoint: &str) -> f64 {
-    let (code, body) = tessera_tests::process::http_get(endpoint, "/metrics");
-    assert_eq!(code, 200, "{endpoint}/metrics: {body}");
-    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
-        .expect("the metrics parse");
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric.starts_with("tessera_op_node_writes"))
-        .filter(|s| s.labels.get("with") == Some("metadata"))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
 }
 
 /// Each ChangeLeader's op node is written twice after its creation (three times before):

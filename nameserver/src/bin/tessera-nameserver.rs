@@ -43,7 +43,8 @@ struct Flags {
     #[arg(long, default_value_t = 23, allow_negative_numbers = true)]
     make_snapshot_time: i32,
     /// Fault injection for tests: the first run of one op task fails
-    /// (`kPromoteLeader:fail`) or waits first (`kPromoteLeader:delay_ms=3000`).
+    /// (`kPromoteLeader:fail`), waits first (`kPromoteLeader:delay_ms=3000`), or runs
+    /// and waits before its outcome is saved (`kFenceReplicas:delay_after_ms=3000`).
     #[arg(long, hide = true)]
     inject_task_fault: Option<TaskFault>,
     /// File whose first line is the password the `root` user gets on the cluster's
