@@ -13,6 +13,7 @@ pub mod page;
 pub mod replica;
 pub mod sessions;
 pub mod snapshot;
+mod state_slots;
 pub mod table;
 
 pub use binlog::{BinlogOptions, FsyncPolicy};

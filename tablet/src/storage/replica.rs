@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use tessera_common::failure_detection::{stretched, LEADER_LEASE};
 use tessera_proto::common::TermPair;
 use tessera_proto::tablet::{
@@ -18,40 +17,25 @@ use tracing::info;
 use super::apply::{note_request, PendingEntry};
 use super::error::{Result, StorageError};
 use super::table::{ReplicaRuntime, Table, Version};
-use super::{crashsafe, snapshot};
+use super::{snapshot, state_slots};
 use crate::replication::history;
 use crate::replication::pair_lease::{self, PairGrant, PeerGrant};
 use crate::replication::quorum::PairMark;
 
 pub(crate) const STATE_FILE: &str = "replica_state";
-const STATE_MAGIC: [u8; 4] = *b"TSRS";
-const STATE_VERSION: u32 = 1;
 
 fn state_path(dir: &Path) -> PathBuf {
     dir.join(STATE_FILE)
 }
 
+/// The state stored in replica directory `dir`, or `None` if it has none.
 pub fn read_replica_state(dir: &Path) -> Result<Option<ReplicaState>> {
-    let path = state_path(dir);
-    let Some((_, body)) = crashsafe::read_framed(&path, STATE_MAGIC)? else {
-        return Ok(None);
-    };
-    ReplicaState::decode(body.as_slice())
-        .map(Some)
-        .map_err(|e| StorageError::Corruption {
-            file: path,
-            position: 16,
-            reason: format!("replica state does not decode: {e}"),
-        })
+    state_slots::read(&state_path(dir))
 }
 
+/// Makes `state` durable in replica directory `dir` (in place; see `state_slots`).
 pub fn write_replica_state(dir: &Path, state: &ReplicaState) -> Result<()> {
-    crashsafe::write_framed(
-        &state_path(dir),
-        STATE_MAGIC,
-        STATE_VERSION,
-        &state.encode_to_vec(),
-    )
+    state_slots::write(&state_path(dir), state)
 }
 
 /// What a follower did with an AppendEntries request.
