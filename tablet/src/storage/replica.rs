@@ -576,6 +576,11 @@ impl Table {
     /// member) or adds it to the voting set, `Offline` stops shipping to it while it
     /// keeps its vote, `Remove` takes it out of the voting set.
     pub fn set_follower(&self, endpoint: &str, change: FollowerChange) -> Result<()> {
+        // Under the writer lock like every other change of state, and refused once the
+        // replica is closed: a closed replica's directory may already hold another (a
+        // snapshot installed), whose state this must not overwrite.
+        let binlog = self.writer.lock();
+        refuse_if_closed(&binlog)?;
         let mut replica = self.replica.lock();
         if replica.state.role() != TableRole::Leader {
             return Err(StorageError::NotLeader {
