@@ -1,5 +1,6 @@
-//! Storage benchmarks: memtable put and get, and binlog append under each fsync policy
-//! with one writer and with eight concurrent writers.
+//! Storage benchmarks: memtable put and get, binlog append under each fsync policy
+//! with one writer and with eight concurrent writers, and a replica state write (every
+//! fence and role change makes one) against the crash-safe replacement it replaced.
 //!
 //! `cargo bench -p tessera-tablet --bench storage`; figures go to docs/BENCHMARKS.md.
 
@@ -10,8 +11,11 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use parking_lot::Mutex;
 use tessera_common::{codec, ColumnType, Schema, Ttl, Value};
+use tessera_proto::tablet::{ReplicaState, TableRole};
 use tessera_tablet::storage::binlog::Binlog;
+use tessera_tablet::storage::crashsafe;
 use tessera_tablet::storage::memtable::Memtable;
+use tessera_tablet::storage::replica::write_replica_state;
 use tessera_tablet::storage::{BinlogOptions, FsyncPolicy};
 
 const KEYS: u64 = 10_000;
@@ -134,5 +138,38 @@ fn binlog(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, memtable, binlog);
+fn replica_state(c: &mut Criterion) {
+    let state = |term: u64| ReplicaState {
+        term,
+        role: TableRole::Follower as i32,
+        followers: Vec::new(),
+        leader: "127.0.0.1:9527".into(),
+        offline: Vec::new(),
+    };
+    let mut group = c.benchmark_group("replica_state_write");
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(5));
+    group.bench_function("in_place_two_slots", |b| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut term = 0;
+        b.iter(|| {
+            term += 1;
+            write_replica_state(dir.path(), &state(term)).unwrap();
+        });
+    });
+    // What a state write was before: temp file, fsync, rename, fsync of the directory.
+    group.bench_function("crash_safe_replacement", |b| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replica_state");
+        let mut term = 0;
+        b.iter(|| {
+            term += 1;
+            let body = prost::Message::encode_to_vec(&state(term));
+            crashsafe::write_framed(&path, *b"TSRS", 1, &body).unwrap();
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, memtable, binlog, replica_state);
 criterion_main!(benches);
