@@ -252,12 +252,21 @@ pub fn endpoint(
     }
 }
 
-/// A server builder with a bound on the requests in flight per connection. It serves
-/// the connections of [`incoming`], which are TLS when the process uses it.
+/// How often a server pings a connection's peer, and how long it waits for the answer
+/// before it closes the connection: a peer that stopped (SIGSTOP, a cut link) would
+/// otherwise hold its calls open for ever, a snapshot stream it was sending among them.
+pub const SERVER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const SERVER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A server builder with a bound on the requests in flight per connection, which closes
+/// connections whose peer stops answering its pings. It serves the connections of
+/// [`incoming`], which are TLS when the process uses it.
 pub fn server_builder() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_REQUESTS_PER_CONNECTION)
         .max_concurrent_streams(Some(MAX_REQUESTS_PER_CONNECTION as u32))
+        .http2_keepalive_interval(Some(SERVER_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(SERVER_KEEPALIVE_TIMEOUT))
 }
 
 /// [`server_builder`] for a tablet. Replication multiplexes up to 64 long-lived streams

@@ -824,3 +824,60 @@ async fn a_damaged_replica_is_reported_then_repaired_and_loaded_with_a_role() {
     );
     assert_eq!(loaded.leader, "127.0.0.1:1");
 }
+
+/// A peer that stops answering (SIGSTOP, a cut link) does not hold a connection open
+/// for ever: the tablet pings it and closes the connection once the pings go
+/// unanswered (before, a snapshot stream from a paused sender waited indefinitely).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_whose_peer_stops_answering_pings_is_closed() {
+    use tessera_common::tls::{SERVER_KEEPALIVE_INTERVAL, SERVER_KEEPALIVE_TIMEOUT};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SETTINGS: u8 = 4;
+    const PING: u8 = 6;
+    const ACK: u8 = 1;
+    let dir = tempfile::tempdir().unwrap();
+    let tablet = TabletProcess::start(dir.path(), &[]).await;
+    let mut peer = tokio::net::TcpStream::connect(&tablet.endpoint)
+        .await
+        .expect("connect to the tablet");
+    // An HTTP/2 client's preface and empty SETTINGS. The peer then acknowledges the
+    // server's SETTINGS, as a live client does, and never answers a PING.
+    peer.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    peer.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    let limit = SERVER_KEEPALIVE_INTERVAL + SERVER_KEEPALIVE_TIMEOUT + Duration::from_secs(30);
+    let mut pings = 0;
+    let closed = tokio::time::timeout(limit, async {
+        let mut header = [0u8; 9];
+        loop {
+            if peer.read_exact(&mut header).await.is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if peer.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            match (header[3], header[4] & ACK) {
+                (SETTINGS, 0) => {
+                    let ack = [0, 0, 0, SETTINGS, ACK, 0, 0, 0, 0];
+                    if peer.write_all(&ack).await.is_err() {
+                        return;
+                    }
+                }
+                (PING, 0) => pings += 1,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the tablet still holds the connection of a peer that answered none of its {pings} \
+         pings in {limit:?}"
+    );
+    assert!(pings >= 1, "closed after a ping went unanswered");
+}
