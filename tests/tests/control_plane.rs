@@ -13,7 +13,7 @@ use tessera_common::Value;
 use tessera_proto::nameserver::nameserver_client::NameserverClient;
 use tessera_proto::nameserver::{
     ChangeLeaderRequest, ConfSetRequest, EndpointRequest, OpIdRequest, OpInfo, ReplicaRequest,
-    ShowOpStatusRequest, ShowSchemaRequest,
+    ShowOpStatusRequest, ShowSchemaRequest, TableInfo,
 };
 use tessera_proto::tablet::{GetTableStatusRequest, TableRole};
 use tessera_tests::nscluster::{NsCluster, NsClusterSpec};
@@ -103,9 +103,16 @@ fn watch_leaders(
 /// Waits until partition 0 of t1 has one leader that the tablets agree with (no
 /// difference in showtable) and takes a write.
 async fn wait_served(cluster: &NsCluster, what: &str) {
-    let ns = cluster.ns().await;
     let writer = cluster.sdk(Duration::from_secs(2)).await;
-    let writer = &writer;
+    wait_served_by(cluster.ns().await, &writer, what).await;
+}
+
+/// [`wait_served`], asking nameserver `ns` and writing through `writer`.
+async fn wait_served_by(
+    ns: NameserverClient<AuthChannel>,
+    writer: &tessera_ns_client::Client,
+    what: &str,
+) {
     let mut attempt = 0;
     wait_until_async(WAIT, what, || {
         let mut ns = ns.clone();
@@ -121,6 +128,84 @@ async fn wait_served(cluster: &NsCluster, what: &str) {
     .await;
 }
 
+/// A cluster whose nameserver runs with `--inject_task_fault=<fault>`, with table t1 (one
+/// partition, three replicas) and auto_failover off: t1's metadata and a client of the
+/// nameserver.
+async fn with_task_fault(
+    dir: &std::path::Path,
+    fault: &str,
+) -> (NsCluster, TableInfo, NameserverClient<AuthChannel>) {
+    let flag = format!("--inject_task_fault={fault}");
+    let cluster = NsCluster::start(
+        dir,
+        NsClusterSpec {
+            nameserver_args: &[flag.as_str()],
+            ..NsClusterSpec::fast_failover()
+        },
+    )
+    .await;
+    let table = cluster.create_table("t1", 1, 3).await;
+    let mut ns = cluster.ns().await;
+    set_auto_failover(&mut ns, false).await;
+    (cluster, table, ns)
+}
+
+/// Puts `count` rows and returns their keys, each acknowledged.
+async fn acknowledged_rows(writer: &tessera_ns_client::Client, count: i64) -> Vec<String> {
+    let mut acked = Vec::new();
+    for i in 0..count {
+        let key = format!("before-{i}");
+        writer
+            .put("default", "t1", sdk_row(&key, i))
+            .await
+            .expect("put");
+        acked.push(key);
+    }
+    acked
+}
+
+async fn assert_readable(writer: &tessera_ns_client::Client, acked: &[String]) {
+    for key in acked {
+        assert!(
+            writer
+                .get("default", "t1", vec![Value::String(key.clone())])
+                .await
+                .expect("get")
+                .is_some(),
+            "acknowledged row {key} was lost"
+        );
+    }
+}
+
+/// No term seen with two leaders, and one replica leading at the end: its (endpoint, term).
+async fn assert_one_leader_per_term(
+    seen: &BTreeMap<u64, BTreeSet<String>>,
+    endpoints: &[String],
+    tid: u32,
+) -> (String, u64) {
+    for (term, holders) in seen {
+        assert_eq!(holders.len(), 1, "term {term} had two leaders: {holders:?}");
+    }
+    let final_roles = replica_roles(endpoints, tid).await;
+    let leading: Vec<_> = final_roles
+        .iter()
+        .filter(|(_, (role, _))| *role == TableRole::Leader)
+        .collect();
+    assert_eq!(leading.len(), 1, "{final_roles:?}");
+    (leading[0].0.clone(), leading[0].1 .1)
+}
+
+/// Whether a tablet's log says one of its replicas took the lead in `term`.
+fn promoted_in(cluster: &NsCluster, term: u64) -> bool {
+    cluster.tablets.iter().any(|tablet| {
+        tablet.log().lines().any(|line| {
+            line.contains("role changed")
+                && line.contains(&format!("term={term} "))
+                && line.contains("role=Leader")
+        })
+    })
+}
+
 /// An operator cancels a ChangeLeader whose promotion is under way and asks for another
 /// leader: the first attempt still promotes its replica, after the cancel. The second
 /// takes a term of its own from the counter, so however the two interleave no term ever
@@ -129,31 +214,14 @@ async fn wait_served(cluster: &NsCluster, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_change_leaders_end_with_one_leader_per_term() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = NsCluster::start(
-        dir.path(),
-        NsClusterSpec {
-            nameserver_args: &["--inject_task_fault=kPromoteLeader:delay_ms=3000"],
-            ..NsClusterSpec::fast_failover()
-        },
-    )
-    .await;
-    let table = cluster.create_table("t1", 1, 3).await;
-    let mut ns = cluster.ns().await;
-    set_auto_failover(&mut ns, false).await;
+    let (cluster, table, mut ns) =
+        with_task_fault(dir.path(), "kPromoteLeader:delay_ms=3000").await;
     let rows = table_rows(&mut ns, "t1").await;
     let endpoints: Vec<String> = rows.iter().map(|r| r.endpoint.clone()).collect();
     let leader = leaders(&rows)[&0].clone();
     let others: Vec<&String> = endpoints.iter().filter(|e| **e != leader).collect();
     let writer = cluster.sdk(Duration::from_secs(30)).await;
-    let mut acked = Vec::new();
-    for i in 0..20 {
-        let key = format!("before-{i}");
-        writer
-            .put("default", "t1", sdk_row(&key, i))
-            .await
-            .expect("put");
-        acked.push(key);
-    }
+    let acked = acknowledged_rows(&writer, 20).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_leaders(endpoints.clone(), table.tid, stop.clone());
@@ -197,39 +265,15 @@ async fn racing_change_leaders_end_with_one_leader_per_term() {
         first.term,
         second.term
     );
-    for (term, holders) in &seen {
-        assert_eq!(holders.len(), 1, "term {term} had two leaders: {holders:?}");
-    }
     // The promotion may last only until the second attempt's fence, too briefly for the
     // watcher to sample: the tablet's own log says it happened.
-    let promoted_in_first_term = cluster.tablets.iter().any(|tablet| {
-        tablet.log().lines().any(|line| {
-            line.contains("role changed")
-                && line.contains(&format!("term={} ", first.term))
-                && line.contains("role=Leader")
-        })
-    });
     assert!(
-        promoted_in_first_term,
+        promoted_in(&cluster, first.term),
         "the cancelled attempt promoted its replica in term {} (seen: {seen:?})",
         first.term
     );
-    let final_roles = replica_roles(&endpoints, table.tid).await;
-    let leading: Vec<_> = final_roles
-        .iter()
-        .filter(|(_, (role, _))| *role == TableRole::Leader)
-        .collect();
-    assert_eq!(leading.len(), 1, "{final_roles:?}");
-    for key in &acked {
-        assert!(
-            writer
-                .get("default", "t1", vec![Value::String(key.clone())])
-                .await
-                .expect("get")
-                .is_some(),
-            "acknowledged row {key} was lost"
-        );
-    }
+    assert_one_leader_per_term(&seen, &endpoints, table.tid).await;
+    assert_readable(&writer, &acked).await;
 }
 
 /// A ChangeLeader fences every replica and then fails to promote: the metadata still
@@ -239,17 +283,7 @@ async fn racing_change_leaders_end_with_one_leader_per_term() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_change_leader_whose_promotion_fails_is_repaired_by_the_reconciler() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = NsCluster::start(
-        dir.path(),
-        NsClusterSpec {
-            nameserver_args: &["--inject_task_fault=kPromoteLeader:fail"],
-            ..NsClusterSpec::fast_failover()
-        },
-    )
-    .await;
-    cluster.create_table("t1", 1, 3).await;
-    let mut ns = cluster.ns().await;
-    set_auto_failover(&mut ns, false).await;
+    let (cluster, _, mut ns) = with_task_fault(dir.path(), "kPromoteLeader:fail").await;
     let leader = leaders(&table_rows(&mut ns, "t1").await)[&0].clone();
     let failed = change_leader(&mut ns, "").await;
     wait_until_async(WAIT, "the ChangeLeader to fail", || {
@@ -595,32 +629,15 @@ enum NameserverStop {
 /// term, holding every acknowledged write.
 async fn a_nameserver_stopped_between_a_fence_and_its_write(how: NameserverStop) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = NsCluster::start(
-        dir.path(),
-        NsClusterSpec {
-            nameserver_args: &["--inject_task_fault=kFenceReplicas:delay_after_ms=3000"],
-            ..NsClusterSpec::fast_failover()
-        },
-    )
-    .await;
+    let (mut cluster, table, mut ns) =
+        with_task_fault(dir.path(), "kFenceReplicas:delay_after_ms=3000").await;
     let standby = NameserverProcess::start(&dir.path().join("ns2"), &cluster.zk, 2000).await;
-    let table = cluster.create_table("t1", 1, 3).await;
-    let mut ns = cluster.ns().await;
-    set_auto_failover(&mut ns, false).await;
     let rows = table_rows(&mut ns, "t1").await;
     let endpoints: Vec<String> = rows.iter().map(|r| r.endpoint.clone()).collect();
     let leader = leaders(&rows)[&0].clone();
     let candidate = endpoints.iter().find(|e| **e != leader).unwrap().clone();
     let writer = cluster.sdk(Duration::from_secs(30)).await;
-    let mut acked = Vec::new();
-    for i in 0..20 {
-        let key = format!("before-{i}");
-        writer
-            .put("default", "t1", sdk_row(&key, i))
-            .await
-            .expect("put");
-        acked.push(key);
-    }
+    let acked = acknowledged_rows(&writer, 20).await;
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_leaders(endpoints.clone(), table.tid, stop.clone());
 
@@ -675,19 +692,11 @@ async fn a_nameserver_stopped_between_a_fence_and_its_write(how: NameserverStop)
         })
         .await;
     }
-    let mut attempt = 0;
-    wait_until_async(WAIT, "a serving leader after the takeover", || {
-        let mut ns = standby_ns.clone();
-        let writer = &writer;
-        attempt += 1;
-        let key = format!("after-{attempt}");
-        async move {
-            let rows = table_rows(&mut ns, "t1").await;
-            leaders(&rows).contains_key(&0)
-                && rows.iter().all(|r| r.drift.is_empty())
-                && writer.put("default", "t1", sdk_row(&key, 0)).await.is_ok()
-        }
-    })
+    wait_served_by(
+        standby_ns.clone(),
+        &writer,
+        "a serving leader after the takeover",
+    )
     .await;
     stop.store(true, Ordering::Relaxed);
     let seen = watcher.await.unwrap();
@@ -697,37 +706,13 @@ async fn a_nameserver_stopped_between_a_fence_and_its_write(how: NameserverStop)
         done.term > fenced_term,
         "the standby fences in a term of its own above {fenced_term}: {done:?}"
     );
-    for (term, holders) in &seen {
-        assert_eq!(holders.len(), 1, "term {term} had two leaders: {holders:?}");
-    }
-    let promoted_in_fenced_term = cluster.tablets.iter().any(|tablet| {
-        tablet.log().lines().any(|line| {
-            line.contains("role changed")
-                && line.contains(&format!("term={fenced_term} "))
-                && line.contains("role=Leader")
-        })
-    });
     assert!(
-        !promoted_in_fenced_term,
+        !promoted_in(&cluster, fenced_term),
         "no replica leads in the stopped nameserver's term {fenced_term} ({how:?})"
     );
-    let final_roles = replica_roles(&endpoints, table.tid).await;
-    let leading: Vec<_> = final_roles
-        .iter()
-        .filter(|(_, (role, _))| *role == TableRole::Leader)
-        .collect();
-    assert_eq!(leading.len(), 1, "{final_roles:?}");
-    assert_eq!(leading[0].1 .1, done.term, "{final_roles:?}");
-    for key in &acked {
-        assert!(
-            writer
-                .get("default", "t1", vec![Value::String(key.clone())])
-                .await
-                .expect("get")
-                .is_some(),
-            "acknowledged row {key} was lost"
-        );
-    }
+    let (_, final_term) = assert_one_leader_per_term(&seen, &endpoints, table.tid).await;
+    assert_eq!(final_term, done.term);
+    assert_readable(&writer, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -750,17 +735,7 @@ async fn a_nameserver_paused_between_a_fence_and_its_write_writes_nothing_when_i
 async fn a_cancel_racing_a_change_leaders_end_stands() {
     use prost::Message;
     let dir = tempfile::tempdir().unwrap();
-    let cluster = NsCluster::start(
-        dir.path(),
-        NsClusterSpec {
-            nameserver_args: &["--inject_task_fault=kUpdateLeaderInfo:delay_ms=3000"],
-            ..NsClusterSpec::fast_failover()
-        },
-    )
-    .await;
-    cluster.create_table("t1", 1, 3).await;
-    let mut ns = cluster.ns().await;
-    set_auto_failover(&mut ns, false).await;
+    let (cluster, _, mut ns) = with_task_fault(dir.path(), "kUpdateLeaderInfo:delay_ms=3000").await;
     let rows = table_rows(&mut ns, "t1").await;
     let leader = leaders(&rows)[&0].clone();
     let candidate = rows
