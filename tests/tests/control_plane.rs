@@ -36,6 +36,15 @@ async fn op(ns: &mut NameserverClient<AuthChannel>, op_id: u64) -> Option<OpInfo
     all_ops(ns).await.into_iter().find(|o| o.op_id == op_id)
 }
 
+/// Waits until op `op_id` has `status`, as nameserver `ns` shows it.
+async fn wait_op_status(ns: &NameserverClient<AuthChannel>, op_id: u64, status: &str, what: &str) {
+    wait_until_async(WAIT, what, || {
+        let mut ns = ns.clone();
+        async move { op(&mut ns, op_id).await.is_some_and(|o| o.status == status) }
+    })
+    .await;
+}
+
 async fn change_leader(ns: &mut NameserverClient<AuthChannel>, candidate: &str) -> u64 {
     ns.change_leader(ChangeLeaderRequest {
         db: String::new(),
@@ -243,15 +252,7 @@ async fn racing_change_leaders_end_with_one_leader_per_term() {
         .await
         .expect("cancel the first attempt");
     let second = change_leader(&mut ns, others[1]).await;
-    wait_until_async(WAIT, "the second ChangeLeader to finish", || {
-        let mut ns = ns.clone();
-        async move {
-            op(&mut ns, second)
-                .await
-                .is_some_and(|o| o.status == "kDone")
-        }
-    })
-    .await;
+    wait_op_status(&ns, second, "kDone", "the second ChangeLeader to finish").await;
     wait_served(&cluster, "one serving leader after the race").await;
     stop.store(true, Ordering::Relaxed);
     let seen = watcher.await.unwrap();
@@ -286,15 +287,7 @@ async fn a_change_leader_whose_promotion_fails_is_repaired_by_the_reconciler() {
     let (cluster, _, mut ns) = with_task_fault(dir.path(), "kPromoteLeader:fail").await;
     let leader = leaders(&table_rows(&mut ns, "t1").await)[&0].clone();
     let failed = change_leader(&mut ns, "").await;
-    wait_until_async(WAIT, "the ChangeLeader to fail", || {
-        let mut ns = ns.clone();
-        async move {
-            op(&mut ns, failed)
-                .await
-                .is_some_and(|o| o.status == "kFailed")
-        }
-    })
-    .await;
+    wait_op_status(&ns, failed, "kFailed", "the ChangeLeader to fail").await;
     let rows = table_rows(&mut ns, "t1").await;
     let drift = rows
         .iter()
@@ -413,15 +406,7 @@ async fn delreplica_refuses_to_leave_a_partition_unable_to_write() {
         .into_inner()
         .ops[0]
         .op_id;
-    wait_until_async(WAIT, "the DelReplica to fail", || {
-        let mut ns = ns.clone();
-        async move {
-            op(&mut ns, op_id)
-                .await
-                .is_some_and(|o| o.status == "kFailed")
-        }
-    })
-    .await;
+    wait_op_status(&ns, op_id, "kFailed", "the DelReplica to fail").await;
     let failed = op(&mut ns, op_id).await.unwrap();
     assert!(
         failed.reason.contains("unable to take writes"),
@@ -672,14 +657,12 @@ async fn a_nameserver_stopped_between_a_fence_and_its_write(how: NameserverStop)
         cluster.nameserver.resume();
     }
     let mut standby_ns = standby.client().await;
-    wait_until_async(WAIT, "the standby to finish the ChangeLeader", || {
-        let mut ns = standby_ns.clone();
-        async move {
-            op(&mut ns, op_id)
-                .await
-                .is_some_and(|o| o.status == "kDone")
-        }
-    })
+    wait_op_status(
+        &standby_ns,
+        op_id,
+        "kDone",
+        "the standby to finish the ChangeLeader",
+    )
     .await;
     if let NameserverStop::PauseAndResume = how {
         wait_until_async(WAIT, "the resumed nameserver to give up its write", || {
