@@ -45,6 +45,19 @@ async fn wait_op_status(ns: &NameserverClient<AuthChannel>, op_id: u64, status: 
     .await;
 }
 
+/// Waits until `nameserver` logs that it did not write op `op_id`'s progress.
+async fn wait_progress_refused(nameserver: &NameserverProcess, op_id: u64, what: &str) {
+    wait_until_async(WAIT, what, || {
+        let log = nameserver.log();
+        let op_field = format!("op_id={op_id} ");
+        async move {
+            log.lines()
+                .any(|l| l.contains("op progress not written") && l.contains(&op_field))
+        }
+    })
+    .await;
+}
+
 async fn change_leader(ns: &mut NameserverClient<AuthChannel>, candidate: &str) -> u64 {
     ns.change_leader(ChangeLeaderRequest {
         db: String::new(),
@@ -665,14 +678,11 @@ async fn a_nameserver_stopped_between_a_fence_and_its_write(how: NameserverStop)
     )
     .await;
     if let NameserverStop::PauseAndResume = how {
-        wait_until_async(WAIT, "the resumed nameserver to give up its write", || {
-            let log = cluster.nameserver.log();
-            let op_field = format!("op_id={op_id} ");
-            async move {
-                log.lines()
-                    .any(|l| l.contains("op progress not written") && l.contains(&op_field))
-            }
-        })
+        wait_progress_refused(
+            &cluster.nameserver,
+            op_id,
+            "the resumed nameserver to give up its write",
+        )
         .await;
     }
     wait_served_by(
@@ -745,17 +755,10 @@ async fn a_cancel_racing_a_change_leaders_end_stands() {
         .await
         .expect("cancel behind the leader's back");
 
-    wait_until_async(
-        WAIT,
+    wait_progress_refused(
+        &cluster.nameserver,
+        op_id,
         "the ChangeLeader's own write to find the cancel",
-        || {
-            let log = cluster.nameserver.log();
-            let op_field = format!("op_id={op_id} ");
-            async move {
-                log.lines()
-                    .any(|l| l.contains("op progress not written") && l.contains(&op_field))
-            }
-        },
     )
     .await;
     let (data, _) = zk.get_data(&path).await.expect("the op node");
