@@ -956,3 +956,41 @@ fn the_replica_state_is_written_in_place_and_survives_one_damaged_copy() {
     let state = table.replica_state();
     assert_eq!((state.term, state.leader.as_str()), (3, "x"), "{state:?}");
 }
+
+/// A snapshot send pauses the replica's snapshots (and binlog collection) while it
+/// prepares and sends. A send dropped while it prepares (its link stopped, its caller's
+/// connection closed) must not leave them paused: before, the pause was taken on the
+/// blocking pool and its release made only once the caller was polled again, so a
+/// dropped caller left snapshots off until the replica was reloaded.
+#[test]
+fn a_snapshot_send_dropped_while_it_prepares_leaves_snapshots_on() {
+    // One blocking thread: a task queued after the preparation runs once it has ended.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let table = Arc::new(create(&dir.path().join("1_0"), 1 << 20));
+    for ts in 1..=3 {
+        table.put(&row("a", ts, None, "t")).unwrap();
+    }
+    runtime.block_on(async {
+        let mut send = Box::pin(tessera_tablet::replication::transfer::send_snapshot(
+            table.clone(),
+            1,
+            "127.0.0.1:1",
+            "127.0.0.1:1",
+        ));
+        // Polled once (the preparation starts on the blocking pool), then dropped.
+        let _ = tokio::time::timeout(Duration::ZERO, &mut send).await;
+        drop(send);
+        tokio::task::spawn_blocking(|| ()).await.unwrap();
+    });
+    let snapshot = table.make_snapshot();
+    assert!(
+        snapshot.is_ok(),
+        "snapshots still paused after the send was dropped: {snapshot:?}"
+    );
+}

@@ -40,11 +40,17 @@ pub async fn send_snapshot(
     target: &str,
 ) -> Result<u64, String> {
     let prepared = table.clone();
-    let manifest = tokio::task::spawn_blocking(move || prepared.snapshot_for_transfer())
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let _resume = ResumeOnDrop(table.clone());
+    // The guard is made where the pause is taken, on the blocking pool: if this future is
+    // dropped meanwhile (its link stopped, its caller gone), the task's output, guard
+    // included, is dropped when it ends, and snapshots resume.
+    let (manifest, _resume) = tokio::task::spawn_blocking(move || {
+        prepared
+            .snapshot_for_transfer()
+            .map(|manifest| (manifest, ResumeOnDrop(prepared)))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
 
     let dir = table.dir().to_path_buf();
     let files: Vec<String> = vec![
