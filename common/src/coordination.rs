@@ -16,7 +16,7 @@
 //! session (a ZooKeeper stall shorter than the session timeout) lets leaders resume,
 //! since nobody could have replaced them; after a new session they wait to be told.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -52,6 +52,8 @@ pub struct Lease {
     valid_for_ms: AtomicU64,
     /// Which session renews the lease: 1 for the first, one more for each new one.
     session: AtomicU64,
+    /// The ZooKeeper id of the session owning the registration node; 0 while none does.
+    registered_session: AtomicI64,
 }
 
 impl Lease {
@@ -63,6 +65,7 @@ impl Lease {
             renewed_at_ms: AtomicU64::new(0),
             valid_for_ms: AtomicU64::new(two_thirds_ms(session_timeout)),
             session: AtomicU64::new(0),
+            registered_session: AtomicI64::new(0),
         })
     }
 
@@ -80,6 +83,18 @@ impl Lease {
     /// The session renewing the lease (0 before the first).
     pub fn session(&self) -> u64 {
         self.session.load(Ordering::Acquire)
+    }
+
+    /// The registration node is now owned by the ZooKeeper session `id` (0: by none).
+    pub fn set_registered_session(&self, id: i64) {
+        self.registered_session.store(id, Ordering::Release);
+    }
+
+    /// The ZooKeeper id of the session owning the registration node; 0 while none does.
+    /// Equal to the node's ephemeral owner, which is how others tell this process from
+    /// another one on the same endpoint.
+    pub fn registered_session(&self) -> i64 {
+        self.registered_session.load(Ordering::Acquire)
     }
 
     /// A request sent at `sent` was answered.
@@ -224,7 +239,10 @@ pub async fn run_registration(
         };
         info!(path = %path, session_timeout = ?client.session_timeout(), "registered in ZooKeeper");
         lease.new_session(client.session_timeout());
-        match keep_lease(&client, &path, &lease, &mut stop).await {
+        lease.set_registered_session(client.session_id().0);
+        let end = keep_lease(&client, &path, &lease, &mut stop).await;
+        lease.set_registered_session(0);
+        match end {
             LeaseEnd::Stopped => {
                 // Leave cleanly: the node goes away with the session at once.
                 drop(client);

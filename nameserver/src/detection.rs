@@ -22,7 +22,10 @@
 //! new connection, the busiest one is not failed over whole for being the slowest.
 //!
 //! A gone or silent tablet counts as unhealthy for the planner (its partitions fail over
-//! at once) until it answers a ping again or registers under a new session.
+//! at once) until it answers a ping again or registers under a new session. Only an
+//! answer from the process holding the registration it knows counts: a ping names the
+//! ZooKeeper session of the answering process's registration, and a new process on the
+//! endpoint, not registered yet, is still suspected until its registration is seen.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,16 +85,18 @@ pub fn is_connection_refused(error: &(dyn std::error::Error + 'static)) -> bool 
 
 /// Pings a tablet, with `PROBE_TIMEOUT` for the connection and the answer each.
 pub async fn probe(endpoint: &str) -> Probe {
-    probe_within(endpoint, PROBE_TIMEOUT).await
+    probe_within(endpoint, PROBE_TIMEOUT).await.0
 }
 
-/// Pings a tablet, with `timeout` for the connection and the answer each.
+/// Pings a tablet, with `timeout` for the connection and the answer each; an answer
+/// comes with the ZooKeeper session the answering process holds its registration in (0:
+/// none), which tells the process the nameserver knows from a new one on its endpoint.
 ///
 /// A connection that breaks (reset or closed) instead of being refused or left
 /// unanswered is tried again for up to `timeout`: a process being killed
 /// accepts connections and drops them for a few milliseconds while it exits, then
 /// refuses, and only the refusal proves it gone (saving the wait for its lease).
-async fn probe_within(endpoint: &str, timeout: Duration) -> Probe {
+async fn probe_within(endpoint: &str, timeout: Duration) -> (Probe, Option<i64>) {
     let retry_until = Instant::now() + timeout;
     // The first try has the whole timeout for each step; the tries after a broken
     // connection share what is left of it, so a probe never takes longer than that.
@@ -101,10 +106,14 @@ async fn probe_within(endpoint: &str, timeout: Duration) -> Probe {
     let mut pause = PROBE_RETRY;
     loop {
         match probe_once(endpoint, limit).await {
-            Attempt::Answered => return Probe::Alive,
-            Attempt::Refused => return Probe::Gone,
-            Attempt::NoAnswer => return Probe::Silent,
-            Attempt::Broken if Instant::now() + pause >= retry_until => return Probe::Silent,
+            Attempt::Answered { registered_session } => {
+                return (Probe::Alive, Some(registered_session))
+            }
+            Attempt::Refused => return (Probe::Gone, None),
+            Attempt::NoAnswer => return (Probe::Silent, None),
+            Attempt::Broken if Instant::now() + pause >= retry_until => {
+                return (Probe::Silent, None)
+            }
             Attempt::Broken => {
                 tokio::time::sleep(pause).await;
                 pause *= 2;
@@ -120,7 +129,10 @@ async fn probe_within(endpoint: &str, timeout: Duration) -> Probe {
 pub(crate) const PROBE_RETRY: Duration = Duration::from_millis(10);
 
 enum Attempt {
-    Answered,
+    Answered {
+        /// The answering process's registration (see `PingResponse`).
+        registered_session: i64,
+    },
     Refused,
     /// Nothing came back in time.
     NoAnswer,
@@ -143,7 +155,9 @@ async fn probe_once(endpoint: &str, limit: Duration) -> Attempt {
     };
     let answer = tokio::time::timeout(limit, TabletClient::new(channel).ping(PingRequest {})).await;
     match answer {
-        Ok(Ok(_)) => Attempt::Answered,
+        Ok(Ok(answer)) => Attempt::Answered {
+            registered_session: answer.into_inner().registered_session,
+        },
         Ok(Err(_)) => Attempt::Broken,
         Err(_) => Attempt::NoAnswer,
     }
@@ -250,7 +264,7 @@ impl Nameserver {
         let started = tokio::time::Instant::now();
         let mut leader_probe = tokio::spawn({
             let leader = leader.to_string();
-            async move { probe_within(&leader, LOADED_PROBE_LIMIT).await }
+            async move { probe_within(&leader, LOADED_PROBE_LIMIT).await.0 }
         });
         let baseline = self.baseline(leader, &reporter);
         tokio::pin!(baseline);
@@ -366,9 +380,15 @@ impl Nameserver {
         slowest
     }
 
-    /// Pings a suspected tablet until it answers (it was paused, or restarted in its
-    /// session) or the suspicion is lifted otherwise (a new registration).
+    /// Pings a suspected tablet until the process it knows answers (it was paused, or
+    /// cut off) or the suspicion is lifted otherwise (a new registration). An answer from
+    /// a process not holding the registration the nameserver knows is a new process on
+    /// the endpoint, started but not registered yet: it has none of the old one's
+    /// replicas in its roles, and its registration (a restart, which marks them dead
+    /// first) is what brings it back. Taken for the old one, it was planned
+    /// RecoverTables at once, then again when its registration was seen.
     async fn recheck(self: Arc<Self>, endpoint: String) {
+        let mut newcomer_noted = false;
         loop {
             tokio::time::sleep(RECHECK_EVERY).await;
             if self.suspicion(&endpoint).is_none() {
@@ -382,11 +402,26 @@ impl Nameserver {
                 self.clear_suspicion(&endpoint);
                 return;
             }
-            if probe(&endpoint).await == Probe::Alive {
+            let (found, answered_in) = probe_within(&endpoint, PROBE_TIMEOUT).await;
+            if found != Probe::Alive {
+                continue;
+            }
+            let registered_in = self.registered_session(&endpoint);
+            if answered_in == registered_in {
                 info!(endpoint = %endpoint, "suspected tablet answers again");
                 self.clear_suspicion(&endpoint);
                 self.ops_kick.notify_one();
                 return;
+            }
+            if !newcomer_noted {
+                newcomer_noted = true;
+                info!(
+                    endpoint = %endpoint,
+                    answered_in = answered_in.unwrap_or_default(),
+                    registered_in = registered_in.unwrap_or_default(),
+                    "a process not holding the suspected tablet's registration answers on its \
+                     endpoint (restarted, not registered yet): still suspected"
+                );
             }
         }
     }

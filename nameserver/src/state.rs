@@ -686,6 +686,15 @@ impl Nameserver {
         self.tablets.read().get(endpoint).and_then(|e| e.suspected)
     }
 
+    /// The ZooKeeper session holding `endpoint`'s registration, while it is registered.
+    pub(crate) fn registered_session(&self, endpoint: &str) -> Option<i64> {
+        self.tablets
+            .read()
+            .get(endpoint)
+            .filter(|entry| entry.healthy)
+            .map(|entry| entry.session)
+    }
+
     pub(crate) fn clear_suspicion(&self, endpoint: &str) {
         if let Some(entry) = self.tablets.write().get_mut(endpoint) {
             entry.suspected = None;

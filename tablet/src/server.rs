@@ -88,6 +88,7 @@ pub async fn run(
     let (stop_coordination, coordination_stopped) = tokio::sync::watch::channel(false);
     let mut reporter = Reporter::default();
     let mut users = None;
+    let mut registration_lease = None;
     if !config.zk_cluster.is_empty() {
         let settings = ZkSettings {
             cluster: config.zk_cluster.clone(),
@@ -96,6 +97,7 @@ pub async fn run(
         };
         users = Some(Arc::new(UserDirectory::new(settings.clone())));
         let lease = Lease::for_session(settings.session_timeout);
+        registration_lease = Some(lease.clone());
         tokio::spawn(run_registration(
             settings.clone(),
             config.endpoint.clone(),
@@ -133,6 +135,9 @@ pub async fn run(
     let mut service = TabletService::new(replicators.clone(), page_limit, reporter);
     if let Some(users) = users {
         service = service.with_users(users);
+    }
+    if let Some(lease) = registration_lease {
+        service = service.with_lease(lease);
     }
     let service = TabletServer::new(service)
         .max_decoding_message_size(message_limit)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tessera_common::auth::Need;
 use tessera_common::cluster_secret;
+use tessera_common::coordination::Lease;
 use tessera_common::user_directory::UserDirectory;
 use tessera_common::wire_error::{self, ErrorCode};
 use tessera_common::Value;
@@ -41,6 +42,8 @@ pub struct TabletService {
     reporter: Reporter,
     /// The cluster's users, for checking data calls (`None` outside a cluster).
     users: Option<Arc<UserDirectory>>,
+    /// The ZooKeeper lease, whose registration a ping names (`None` outside a cluster).
+    lease: Option<Arc<Lease>>,
 }
 
 impl TabletService {
@@ -98,7 +101,14 @@ impl TabletService {
             page_limit,
             reporter,
             users: None,
+            lease: None,
         }
+    }
+
+    /// Names the tablet's ZooKeeper registration (held through `lease`) in pings.
+    pub fn with_lease(mut self, lease: Arc<Lease>) -> TabletService {
+        self.lease = Some(lease);
+        self
     }
 
     /// Checks data calls against the cluster's users (when authentication is on).
@@ -925,6 +935,10 @@ impl Tablet for TabletService {
     async fn ping(&self, _: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
         Ok(Response::new(PingResponse {
             endpoint: self.replicators.endpoint().to_string(),
+            registered_session: self
+                .lease
+                .as_ref()
+                .map_or(0, |lease| lease.registered_session()),
         }))
     }
 

@@ -61,9 +61,11 @@ impl FakeTablet {
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .unwrap_or_else(|e| panic!("a fake tablet cannot listen on {addr}: {e}"));
         let replicas = Replicas::default();
+        let lease = Lease::for_session(session);
         let service = FakeService {
             endpoint: endpoint.clone(),
             replicas: replicas.clone(),
+            lease: lease.clone(),
         };
         runtime.spawn(async move {
             let listener =
@@ -88,7 +90,7 @@ impl FakeTablet {
         runtime.spawn(async move {
             // Never told to stop: the registration ends with the runtime.
             let _stop = stop;
-            run_registration(settings, registered, Lease::for_session(session), stopped).await
+            run_registration(settings, registered, lease, stopped).await
         });
         FakeTablet {
             endpoint,
@@ -128,6 +130,8 @@ impl Drop for FakeTablet {
 
 struct FakeService {
     endpoint: String,
+    /// Its registration, named in pings as a real tablet does.
+    lease: Arc<Lease>,
     replicas: Replicas,
 }
 
@@ -555,6 +559,7 @@ impl Tablet for FakeService {
     async fn ping(&self, _: Request<PingRequest>) -> Answer<PingResponse> {
         Ok(Response::new(PingResponse {
             endpoint: self.endpoint.clone(),
+            registered_session: self.lease.registered_session(),
         }))
     }
 }

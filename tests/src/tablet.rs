@@ -148,6 +148,20 @@ impl TabletProcess {
         self.spawn().await;
     }
 
+    /// [`TabletProcess::restart`] with `args` instead of the ones it was started with
+    /// (which later restarts keep); returns those.
+    pub async fn restart_with_args(&mut self, args: &[&str]) -> Vec<String> {
+        let before =
+            std::mem::replace(&mut self.args, args.iter().map(|a| a.to_string()).collect());
+        self.spawn().await;
+        before
+    }
+
+    /// The arguments the process starts with (beyond its endpoint and data directory).
+    pub fn args(&self) -> Vec<String> {
+        self.args.clone()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }

@@ -252,6 +252,111 @@ async fn a_gone_tablet_stays_offline_through_a_lapse_of_the_nameservers_lease() 
     );
 }
 
+/// A killed tablet's new process answers on its endpoint before the nameserver sees it
+/// registered (here it registers elsewhere, standing for the moment between listening
+/// and registering): it is not the process the nameserver suspects, so the suspicion
+/// stands and nothing is planned for it. Before, its answer lifted the suspicion, the
+/// old registration still standing made the tablet healthy, and RecoverTables were
+/// planned at once, then all again when the new registration was seen (marking the
+/// replicas they had just brought back dead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_process_answering_before_it_registers_stays_suspected() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = setup(dir.path()).await;
+    let index = setup.cluster.tablet_index(&setup.victim);
+    setup.cluster.tablets[index].kill9();
+    setup.write_through_failover(1).await;
+
+    // The same endpoint and data, registered under a root the nameserver does not watch.
+    let mut elsewhere: Vec<String> = setup.cluster.tablets[index]
+        .args()
+        .into_iter()
+        .filter(|a| !a.starts_with("--zk_root_path="))
+        .collect();
+    elsewhere.push("--zk_root_path=/elsewhere".to_string());
+    let elsewhere: Vec<&str> = elsewhere.iter().map(String::as_str).collect();
+    let args = setup.cluster.tablets[index]
+        .restart_with_args(&elsewhere)
+        .await;
+    let recoveries = |ops: &[tessera_proto::nameserver::OpInfo]| {
+        ops.iter()
+            .filter(|op| op.op_type == "kRecoverTable")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let mut ns = setup.cluster.ns().await;
+    let ops_client = ns.clone();
+    let show_ops = || {
+        let mut ns = ops_client.clone();
+        async move {
+            ns.show_op_status(ShowOpStatusRequest::default())
+                .await
+                .expect("showopstatus")
+                .into_inner()
+                .ops
+        }
+    };
+    let nameserver = &setup.cluster.nameserver;
+    const NOTED: &str = "a process not holding the suspected tablet's registration answers";
+    // Either the nameserver notes the newcomer, or (taking it for the old process) plans
+    // RecoverTables for it.
+    wait_until_async(
+        WAIT,
+        "the nameserver to find a process not holding the registration on the endpoint",
+        || async { nameserver.log().contains(NOTED) || !recoveries(&show_ops().await).is_empty() },
+    )
+    .await;
+    let ops = show_ops().await;
+    assert!(
+        recoveries(&ops).is_empty(),
+        "nothing planned for a process that has not registered: {ops:?}"
+    );
+    let tablets = ns
+        .show_tablet(ShowTabletRequest {})
+        .await
+        .expect("showtablet")
+        .into_inner()
+        .tablets;
+    let shown = tablets
+        .iter()
+        .find(|t| t.endpoint == setup.victim)
+        .expect("the victim is listed");
+    assert_eq!(
+        shown.state, "kTabletOffline",
+        "still suspected while its old registration stands: {tablets:?}"
+    );
+    assert!(
+        registered(&setup.zk, &setup.victim).await,
+        "the old registration still stands"
+    );
+
+    // Restarted as it was, it registers: one RecoverTable for each of its replicas.
+    setup.cluster.tablets[index].kill9();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    setup.cluster.tablets[index].restart_with_args(&args).await;
+    wait_until_async(WAIT, "every replica alive again after the restart", || {
+        let mut ns = ns.clone();
+        async move {
+            let rows = table_rows(&mut ns, TABLE).await;
+            rows.len() == (PARTITIONS * 3) as usize && rows.iter().all(|r| r.is_alive)
+        }
+    })
+    .await;
+    let recovered = recoveries(&show_ops().await);
+    let mut pids: Vec<u32> = recovered.iter().map(|op| op.pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    assert_eq!(
+        (pids.len(), recovered.len()),
+        (PARTITIONS as usize, PARTITIONS as usize),
+        "one RecoverTable per partition: {recovered:?}"
+    );
+    assert!(
+        recovered.iter().all(|op| op.status == "kDone"),
+        "{recovered:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_leader_is_replaced_and_serves_nothing_after_it_resumes() {
     let dir = tempfile::tempdir().unwrap();
