@@ -90,7 +90,8 @@ pub async fn probe(endpoint: &str) -> Probe {
 
 /// Pings a tablet, with `timeout` for the connection and the answer each; an answer
 /// comes with the ZooKeeper session the answering process holds its registration in (0:
-/// none), which tells the process the nameserver knows from a new one on its endpoint.
+/// none; `None`: a tablet too old to say), which tells the process the nameserver knows
+/// from a new one on its endpoint.
 ///
 /// A connection that breaks (reset or closed) instead of being refused or left
 /// unanswered is tried again for up to `timeout`: a process being killed
@@ -106,9 +107,7 @@ async fn probe_within(endpoint: &str, timeout: Duration) -> (Probe, Option<i64>)
     let mut pause = PROBE_RETRY;
     loop {
         match probe_once(endpoint, limit).await {
-            Attempt::Answered { registered_session } => {
-                return (Probe::Alive, Some(registered_session))
-            }
+            Attempt::Answered { registered_session } => return (Probe::Alive, registered_session),
             Attempt::Refused => return (Probe::Gone, None),
             Attempt::NoAnswer => return (Probe::Silent, None),
             Attempt::Broken if Instant::now() + pause >= retry_until => {
@@ -131,7 +130,7 @@ pub(crate) const PROBE_RETRY: Duration = Duration::from_millis(10);
 enum Attempt {
     Answered {
         /// The answering process's registration (see `PingResponse`).
-        registered_session: i64,
+        registered_session: Option<i64>,
     },
     Refused,
     /// Nothing came back in time.
@@ -407,7 +406,8 @@ impl Nameserver {
                 continue;
             }
             let registered_in = self.registered_session(&endpoint);
-            if answered_in == registered_in {
+            // A tablet too old to name its registration is taken at its word, as before.
+            if answered_in.is_none() || answered_in == registered_in {
                 info!(endpoint = %endpoint, "suspected tablet answers again");
                 self.clear_suspicion(&endpoint);
                 self.ops_kick.notify_one();

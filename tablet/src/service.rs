@@ -935,10 +935,11 @@ impl Tablet for TabletService {
     async fn ping(&self, _: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
         Ok(Response::new(PingResponse {
             endpoint: self.replicators.endpoint().to_string(),
-            registered_session: self
-                .lease
-                .as_ref()
-                .map_or(0, |lease| lease.registered_session()),
+            registered_session: Some(
+                self.lease
+                    .as_ref()
+                    .map_or(0, |lease| lease.registered_session()),
+            ),
         }))
     }
 

@@ -559,7 +559,7 @@ impl Tablet for FakeService {
     async fn ping(&self, _: Request<PingRequest>) -> Answer<PingResponse> {
         Ok(Response::new(PingResponse {
             endpoint: self.endpoint.clone(),
-            registered_session: self.lease.registered_session(),
+            registered_session: Some(self.lease.registered_session()),
         }))
     }
 }
