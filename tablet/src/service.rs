@@ -143,7 +143,10 @@ impl TabletService {
         .await
     }
 
-    /// Runs a role-changing call on a table, then brings its replicators in line.
+    /// Runs a role-changing call on a table, then brings its replicators in line, both
+    /// in a task of its own: a caller that goes away (a nameserver's call timing out)
+    /// once the change has run must not leave the replication links as they were, out of
+    /// step with the replica's role and followers until some later call syncs them.
     async fn with_table<T: Send + 'static>(
         &self,
         tid: u32,
@@ -151,9 +154,16 @@ impl TabletService {
         work: impl FnOnce(&Table) -> TabletResult<T> + Send + 'static,
     ) -> Result<(Arc<Table>, T), Status> {
         let table = self.table(tid, pid)?;
+        let (synced, replicators) = (table.clone(), self.replicators.clone());
         let worker = table.clone();
-        let result = blocking(move || work(&worker)).await;
-        self.replicators.sync_table(&table);
+        let changed = tokio::spawn(async move {
+            let result = blocking(move || work(&worker)).await;
+            replicators.sync_table(&synced);
+            result
+        });
+        let result = changed
+            .await
+            .map_err(|e| Status::internal(format!("role change task failed: {e}")))?;
         Ok((table, result?))
     }
 

@@ -994,3 +994,70 @@ fn a_snapshot_send_dropped_while_it_prepares_leaves_snapshots_on() {
         "snapshots still paused after the send was dropped: {snapshot:?}"
     );
 }
+
+/// A role change whose caller goes away once the change has run (a nameserver's call
+/// timing out, its connection closed) still brings the replica's replication links in
+/// line: before, the links were synced by the caller after the change, so a dropped
+/// caller left a new leader shipping to nobody until some later call synced them.
+#[test]
+fn a_role_change_whose_caller_goes_away_still_syncs_the_links() {
+    use tessera_proto::tablet::tablet_server::Tablet;
+    use tessera_proto::tablet::ChangeRoleRequest;
+    use tessera_tablet::replication::leader::Replicators;
+    use tessera_tablet::service::TabletService;
+    use tessera_tablet::storage::PageLimit;
+    use tessera_tablet::watchdog::Reporter;
+
+    // One blocking thread: a task queued after the role change runs once it has ended.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Arc::new(Catalog::open(dir.path(), cluster_options()).unwrap());
+    let table = catalog.create(meta(1, 0)).unwrap();
+    // Nothing listens on port 1: a link to it reports its failed connection.
+    const FOLLOWER: &str = "127.0.0.1:1";
+    runtime.block_on(async {
+        let replicators = Replicators::new(catalog.clone(), "127.0.0.1:2".into());
+        let service = TabletService::new(
+            replicators.clone(),
+            PageLimit {
+                rows: 100,
+                bytes: 1 << 20,
+            },
+            Reporter::default(),
+        );
+        let mut call = Box::pin(service.change_role(tonic::Request::new(ChangeRoleRequest {
+            tid: 1,
+            pid: 0,
+            role: TableRole::Leader as i32,
+            term: 1,
+            followers: vec![FOLLOWER.to_string()],
+            ..Default::default()
+        })));
+        // Polled once (the change starts on the blocking pool), then dropped.
+        let _ = tokio::time::timeout(Duration::ZERO, &mut call).await;
+        drop(call);
+        tokio::task::spawn_blocking(|| ()).await.unwrap();
+        assert_eq!(table.replica_state().role(), TableRole::Leader);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let linked = replicators
+                .follower_status(&table)
+                .iter()
+                .any(|f| f.endpoint == FOLLOWER && !f.error.is_empty());
+            if linked {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no replication link to the follower after the role change: {:?}",
+                replicators.follower_status(&table)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+}
