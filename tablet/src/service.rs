@@ -143,10 +143,8 @@ impl TabletService {
         .await
     }
 
-    /// Runs a role-changing call on a table, then brings its replicators in line, both
-    /// in a task of its own: a caller that goes away (a nameserver's call timing out)
-    /// once the change has run must not leave the replication links as they were, out of
-    /// step with the replica's role and followers until some later call syncs them.
+    /// Runs a role-changing call on a table, then brings its replicators in line (see
+    /// `blocking_then`).
     async fn with_table<T: Send + 'static>(
         &self,
         tid: u32,
@@ -156,15 +154,12 @@ impl TabletService {
         let table = self.table(tid, pid)?;
         let (synced, replicators) = (table.clone(), self.replicators.clone());
         let worker = table.clone();
-        let changed = tokio::spawn(async move {
-            let result = blocking(move || work(&worker)).await;
-            replicators.sync_table(&synced);
-            result
-        });
-        let result = changed
-            .await
-            .map_err(|e| Status::internal(format!("role change task failed: {e}")))?;
-        Ok((table, result?))
+        let result = blocking_then(
+            move || work(&worker),
+            move |_| replicators.sync_table(&synced),
+        )
+        .await?;
+        Ok((table, result))
     }
 
     fn table(&self, tid: u32, pid: u32) -> Result<Arc<Table>, Status> {
@@ -235,6 +230,29 @@ async fn log_and_commit(
     settle
         .await
         .map_err(|e| Status::internal(format!("commit task failed: {e}")))?
+}
+
+/// Runs `work` off the async workers, then `then` with what it returned (`None` if it
+/// failed), to bring the replication links in line with what the work changed; both in
+/// a task of their own: a caller that goes away once the work has run (a nameserver's
+/// call timing out, its connection closed) must not leave the links out of step with
+/// the replica's role and followers until some later call syncs them.
+async fn blocking_then<T: Send + 'static>(
+    work: impl FnOnce() -> TabletResult<T> + Send + 'static,
+    then: impl FnOnce(Option<&T>) + Send + 'static,
+) -> Result<T, Status> {
+    let task = tokio::spawn(async move {
+        let result = match tokio::task::spawn_blocking(work).await {
+            Ok(result) => result.map_err(Status::from),
+            Err(e) => Err(Status::internal(format!("storage task failed: {e}"))),
+        };
+        then(result.as_ref().ok());
+        result
+    });
+    match task.await {
+        Ok(result) => result,
+        Err(e) => Err(Status::internal(format!("storage task failed: {e}"))),
+    }
 }
 
 /// Runs storage work off the async workers.
@@ -320,16 +338,22 @@ impl Tablet for TabletService {
             }),
             None => None,
         };
-        let catalog = self.catalog.clone();
-        let table = blocking(move || {
-            let table = catalog.load(tid, pid)?;
-            if let Some(change) = change {
-                table.change_role(&change)?;
-            }
-            Ok(table)
-        })
+        let (catalog, replicators) = (self.catalog.clone(), self.replicators.clone());
+        let table = blocking_then(
+            move || {
+                let table = catalog.load(tid, pid)?;
+                if let Some(change) = change {
+                    table.change_role(&change)?;
+                }
+                Ok(table)
+            },
+            move |loaded| {
+                if let Some(table) = loaded {
+                    replicators.sync_table(table);
+                }
+            },
+        )
         .await?;
-        self.replicators.sync_table(&table);
         Ok(Response::new(LoadTableResponse {
             status: Some(table.status()),
         }))
@@ -929,13 +953,21 @@ impl Tablet for TabletService {
         request: Request<tonic::Streaming<SnapshotChunk>>,
     ) -> Result<Response<ReceiveSnapshotResponse>, Status> {
         cluster_secret::check(&request, "ReceiveSnapshot")?;
-        let received =
-            transfer::receive_snapshot(self.catalog.clone(), request.into_inner()).await?;
-        // Installed or refused, the catalog may hold a new copy of the replica (a refused
-        // snapshot reloads it): its replication follows that copy.
-        if let Ok(current) = self.catalog.get(received.tid, received.pid) {
-            self.replicators.sync_table(&current);
-        }
+        let (catalog, replicators) = (self.catalog.clone(), self.replicators.clone());
+        let chunks = request.into_inner();
+        // In a task of its own, as `blocking_then`: a sender gone once the install has run
+        // must not leave the links of the replaced copy shipping.
+        let received = tokio::spawn(async move {
+            let received = transfer::receive_snapshot(catalog.clone(), chunks).await?;
+            // Installed or refused, the catalog may hold a new copy of the replica (a
+            // refused snapshot reloads it): its replication follows that copy.
+            if let Ok(current) = catalog.get(received.tid, received.pid) {
+                replicators.sync_table(&current);
+            }
+            Ok::<_, TabletError>(received)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("snapshot receive task failed: {e}")))??;
         let table = received.outcome?;
         Ok(Response::new(ReceiveSnapshotResponse {
             offset: table.snapshot_offset(),
