@@ -957,6 +957,17 @@ fn the_replica_state_is_written_in_place_and_survives_one_damaged_copy() {
     assert_eq!((state.term, state.leader.as_str()), (3, "x"), "{state:?}");
 }
 
+/// A runtime whose blocking pool has one thread: work queued behind a task there runs
+/// only once that task has ended.
+fn one_blocking_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A snapshot send pauses the replica's snapshots (and binlog collection) while it
 /// prepares and sends. A send dropped while it prepares (its link stopped, its caller's
 /// connection closed) must not leave them paused: before, the pause was taken on the
@@ -965,12 +976,7 @@ fn the_replica_state_is_written_in_place_and_survives_one_damaged_copy() {
 #[test]
 fn a_snapshot_send_dropped_while_it_prepares_leaves_snapshots_on() {
     // One blocking thread: a task queued after the preparation runs once it has ended.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = one_blocking_thread();
     let dir = tempfile::tempdir().unwrap();
     let table = Arc::new(create(&dir.path().join("1_0"), 1 << 20));
     for ts in 1..=3 {
@@ -1009,12 +1015,7 @@ fn a_role_change_whose_caller_goes_away_still_syncs_the_links() {
     use tessera_tablet::watchdog::Reporter;
 
     // One blocking thread: a task queued after the role change runs once it has ended.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = one_blocking_thread();
     let dir = tempfile::tempdir().unwrap();
     let catalog = Arc::new(Catalog::open(dir.path(), cluster_options()).unwrap());
     let table = catalog.create(meta(1, 0)).unwrap();

@@ -41,6 +41,34 @@ async fn registered(zk: &zookeeper_client::Client, endpoint: &str) -> bool {
         .is_some()
 }
 
+type NsClient = tessera_proto::nameserver::nameserver_client::NameserverClient<
+    tessera_common::auth::AuthChannel,
+>;
+
+/// Every op ShowOpStatus lists.
+async fn all_ops(mut ns: NsClient) -> Vec<tessera_proto::nameserver::OpInfo> {
+    ns.show_op_status(ShowOpStatusRequest::default())
+        .await
+        .expect("showopstatus")
+        .into_inner()
+        .ops
+}
+
+/// ShowTablet lists `endpoint` as offline.
+async fn assert_shown_offline(ns: &mut NsClient, endpoint: &str, why: &str) {
+    let tablets = ns
+        .show_tablet(ShowTabletRequest {})
+        .await
+        .expect("showtablet")
+        .into_inner()
+        .tablets;
+    let shown = tablets
+        .iter()
+        .find(|t| t.endpoint == endpoint)
+        .expect("the tablet is listed");
+    assert_eq!(shown.state, "kTabletOffline", "{why}: {tablets:?}");
+}
+
 struct Setup {
     cluster: NsCluster,
     client: Client,
@@ -224,20 +252,12 @@ async fn a_gone_tablet_stays_offline_through_a_lapse_of_the_nameservers_lease() 
         registered(&zk, &setup.victim).await,
         "the victim's session still stands, so only the suspicion marks it offline"
     );
-    let tablets = ns
-        .show_tablet(ShowTabletRequest {})
-        .await
-        .expect("showtablet")
-        .into_inner()
-        .tablets;
-    let victim = tablets
-        .iter()
-        .find(|t| t.endpoint == setup.victim)
-        .expect("the victim is listed");
-    assert_eq!(
-        victim.state, "kTabletOffline",
-        "the gone tablet stays offline after the lapse: {tablets:?}"
-    );
+    assert_shown_offline(
+        &mut ns,
+        &setup.victim,
+        "the gone tablet stays offline after the lapse",
+    )
+    .await;
     let ops = ns
         .show_op_status(ShowOpStatusRequest::default())
         .await
@@ -287,16 +307,7 @@ async fn a_new_process_answering_before_it_registers_stays_suspected() {
     };
     let mut ns = setup.cluster.ns().await;
     let ops_client = ns.clone();
-    let show_ops = || {
-        let mut ns = ops_client.clone();
-        async move {
-            ns.show_op_status(ShowOpStatusRequest::default())
-                .await
-                .expect("showopstatus")
-                .into_inner()
-                .ops
-        }
-    };
+    let show_ops = || all_ops(ops_client.clone());
     let nameserver = &setup.cluster.nameserver;
     const NOTED: &str = "a process not holding the suspected tablet's registration answers";
     // Either the nameserver notes the newcomer, or (taking it for the old process) plans
@@ -323,20 +334,12 @@ async fn a_new_process_answering_before_it_registers_stays_suspected() {
         recoveries(&ops).is_empty(),
         "nothing planned for a process that has not registered: {ops:?}"
     );
-    let tablets = ns
-        .show_tablet(ShowTabletRequest {})
-        .await
-        .expect("showtablet")
-        .into_inner()
-        .tablets;
-    let shown = tablets
-        .iter()
-        .find(|t| t.endpoint == setup.victim)
-        .expect("the victim is listed");
-    assert_eq!(
-        shown.state, "kTabletOffline",
-        "still suspected while its old registration stands: {tablets:?}"
-    );
+    assert_shown_offline(
+        &mut ns,
+        &setup.victim,
+        "still suspected while its old registration stands",
+    )
+    .await;
     assert!(
         registered(&setup.zk, &setup.victim).await,
         "the old registration still stands"
@@ -476,13 +479,10 @@ async fn a_repair_waiting_on_a_paused_leader_gives_way_to_its_failover() {
     cluster.tablets[index].kill9();
     cluster.tablets[index].restart().await;
     let recover_op = || {
-        let mut ns = ns.clone();
+        let ns = ns.clone();
         async move {
-            ns.show_op_status(ShowOpStatusRequest::default())
+            all_ops(ns)
                 .await
-                .expect("showopstatus")
-                .into_inner()
-                .ops
                 .into_iter()
                 .find(|o| o.op_type == "kRecoverTable")
         }
