@@ -311,8 +311,18 @@ impl Tablet for TabletService {
     ) -> Result<Response<DropTableResponse>, Status> {
         cluster_secret::check(&request, "DropTable")?;
         let DropTableRequest { tid, pid } = request.into_inner();
-        let catalog = self.catalog.clone();
-        blocking(move || catalog.drop_table(tid, pid)).await?;
+        let (catalog, replicators) = (self.catalog.clone(), self.replicators.clone());
+        blocking_then(
+            move || catalog.drop_table(tid, pid),
+            // A dropped leader's links would otherwise retry against its followers for
+            // ever.
+            move |dropped| {
+                if dropped.is_some() {
+                    replicators.stop_table(tid, pid);
+                }
+            },
+        )
+        .await?;
         Ok(Response::new(DropTableResponse {}))
     }
 

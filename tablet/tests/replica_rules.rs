@@ -983,15 +983,15 @@ fn a_snapshot_send_dropped_while_it_prepares_leaves_snapshots_on() {
         table.put(&row("a", ts, None, "t")).unwrap();
     }
     runtime.block_on(async {
-        let mut send = Box::pin(tessera_tablet::replication::transfer::send_snapshot(
+        // Polled once (the preparation is queued on the blocking pool), then dropped.
+        polled_once_then_dropped(tessera_tablet::replication::transfer::send_snapshot(
             table.clone(),
             1,
             "127.0.0.1:1",
             "127.0.0.1:1",
-        ));
-        // Polled once (the preparation starts on the blocking pool), then dropped.
-        let _ = tokio::time::timeout(Duration::ZERO, &mut send).await;
-        drop(send);
+        ))
+        .await;
+        // Queued after the preparation: runs once it has ended.
         tokio::task::spawn_blocking(|| ()).await.unwrap();
     });
     let snapshot = table.make_snapshot();
@@ -1001,26 +1001,37 @@ fn a_snapshot_send_dropped_while_it_prepares_leaves_snapshots_on() {
     );
 }
 
-/// A role change whose caller goes away once the change has run (a nameserver's call
-/// timing out, its connection closed) still brings the replica's replication links in
-/// line: before, the links were synced by the caller after the change, so a dropped
-/// caller left a new leader shipping to nobody until some later call synced them.
+/// A role change (ChangeRole, or LoadTable with a role) whose caller goes away once the
+/// change has run (a nameserver's call timing out, its connection closed) still brings
+/// the replica's replication links in line: before, the links were synced by the caller
+/// after the change, so a dropped caller left a new leader shipping to nobody until some
+/// later call synced them. A dropped leader's links stop (before, they retried for ever).
 #[test]
 fn a_role_change_whose_caller_goes_away_still_syncs_the_links() {
     use tessera_proto::tablet::tablet_server::Tablet;
-    use tessera_proto::tablet::ChangeRoleRequest;
+    use tessera_proto::tablet::{ChangeRoleRequest, DropTableRequest, LoadTableRequest};
     use tessera_tablet::replication::leader::Replicators;
     use tessera_tablet::service::TabletService;
     use tessera_tablet::storage::PageLimit;
     use tessera_tablet::watchdog::Reporter;
 
-    // One blocking thread: a task queued after the role change runs once it has ended.
-    let runtime = one_blocking_thread();
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = Arc::new(Catalog::open(dir.path(), cluster_options()).unwrap());
-    let table = catalog.create(meta(1, 0)).unwrap();
     // Nothing listens on port 1: a link to it reports its failed connection.
     const FOLLOWER: &str = "127.0.0.1:1";
+    // Replica 1_0 is loaded and changes role; 2_0 is on disk (put there by hand) and is
+    // loaded as a leader.
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    {
+        let catalog = Catalog::open(elsewhere.path(), cluster_options()).unwrap();
+        catalog.create(meta(2, 0)).unwrap();
+        catalog.close_all();
+    }
+    let catalog = Arc::new(Catalog::open(dir.path(), cluster_options()).unwrap());
+    std::fs::rename(elsewhere.path().join("2_0"), dir.path().join("2_0")).unwrap();
+    catalog.create(meta(1, 0)).unwrap();
+
+    // One blocking thread: a task queued after the role change runs once it has ended.
+    let runtime = one_blocking_thread();
     runtime.block_on(async {
         let replicators = Replicators::new(catalog.clone(), "127.0.0.1:2".into());
         let service = TabletService::new(
@@ -1031,34 +1042,83 @@ fn a_role_change_whose_caller_goes_away_still_syncs_the_links() {
             },
             Reporter::default(),
         );
-        let mut call = Box::pin(service.change_role(tonic::Request::new(ChangeRoleRequest {
+        let change_role = service.change_role(tonic::Request::new(ChangeRoleRequest {
             tid: 1,
             pid: 0,
             role: TableRole::Leader as i32,
             term: 1,
             followers: vec![FOLLOWER.to_string()],
             ..Default::default()
-        })));
-        // Polled once (the change starts on the blocking pool), then dropped.
-        let _ = tokio::time::timeout(Duration::ZERO, &mut call).await;
-        drop(call);
-        tokio::task::spawn_blocking(|| ()).await.unwrap();
-        assert_eq!(table.replica_state().role(), TableRole::Leader);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let linked = replicators
-                .follower_status(&table)
+        }));
+        polled_once_then_dropped(change_role).await;
+        let load = service.load_table(tonic::Request::new(LoadTableRequest {
+            tid: 2,
+            pid: 0,
+            role: Some(TableRole::Leader as i32),
+            term: 1,
+            followers: vec![FOLLOWER.to_string()],
+            ..Default::default()
+        }));
+        polled_once_then_dropped(load).await;
+        // A link reports its failed connections to the follower; none, no link.
+        let linked = |table: &Table| {
+            replicators
+                .follower_status(table)
                 .iter()
-                .any(|f| f.endpoint == FOLLOWER && !f.error.is_empty());
-            if linked {
+                .any(|f| f.endpoint == FOLLOWER && !f.error.is_empty())
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for tid in [1, 2] {
+            loop {
+                let table = catalog.get(tid, 0).ok();
+                let led = table
+                    .as_ref()
+                    .is_some_and(|t| t.replica_state().role() == TableRole::Leader);
+                if led && table.as_deref().is_some_and(linked) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "replica {tid}_0 leads with no replication link to its follower: {:?}",
+                    table.map(|t| replicators.follower_status(&t))
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+
+        // Dropped, a leader's links stop with it, however its caller ends.
+        let dropped = catalog.get(1, 0).unwrap();
+        let drop_table =
+            service.drop_table(tonic::Request::new(DropTableRequest { tid: 1, pid: 0 }));
+        polled_once_then_dropped(drop_table).await;
+        loop {
+            if catalog.get(1, 0).is_err() && !linked(&dropped) {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "no replication link to the follower after the role change: {:?}",
-                replicators.follower_status(&table)
+                "the dropped leader still ships: {:?}",
+                replicators.follower_status(&dropped)
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
+}
+
+/// Polls `call` exactly once while the one blocking thread is held, so whatever it
+/// queues there cannot have run before it is dropped; then lets the thread go.
+async fn polled_once_then_dropped(call: impl std::future::Future) {
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let held = tokio::task::spawn_blocking(move || {
+        let _ = gate.recv();
+    });
+    let mut call = Box::pin(call);
+    std::future::poll_fn(|cx| {
+        let _ = call.as_mut().poll(cx);
+        std::task::Poll::Ready(())
+    })
+    .await;
+    drop(call);
+    release.send(()).unwrap();
+    held.await.unwrap();
 }

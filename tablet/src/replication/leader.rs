@@ -177,13 +177,16 @@ impl Replicators {
     pub fn sync_table(self: &Arc<Self>, table: &Arc<Table>) {
         let meta = table.meta();
         let (tid, pid) = (meta.tid, meta.pid);
+        // The replica is read under the links' lock: two syncs of one partition apply
+        // what they read in the order they read it, so one that read an older role or
+        // follower set never lands after a newer one (stopping the links it made).
+        let mut links = self.links.lock();
         // A caller may hold a copy the catalog has replaced since (reloaded while a role
         // change waited): the links follow the catalog's.
         let current = self.catalog.get(tid, pid).ok();
         let table = current.as_ref().unwrap_or(table);
         let state = table.replica_state();
         let wanted = table.shipping_followers();
-        let mut links = self.links.lock();
         if wanted.is_empty() && !links.contains_key(&(tid, pid)) {
             // A follower's replica: nothing to ship, and no entry to walk past.
             return;
