@@ -318,7 +318,7 @@ impl Tablet for TabletService {
             // ever.
             move |dropped| {
                 if dropped.is_some() {
-                    replicators.stop_table(tid, pid);
+                    replicators.stop_table_unless_loaded(tid, pid);
                 }
             },
         )
@@ -971,8 +971,10 @@ impl Tablet for TabletService {
             let received = transfer::receive_snapshot(catalog.clone(), chunks).await?;
             // Installed or refused, the catalog may hold a new copy of the replica (a
             // refused snapshot reloads it): its replication follows that copy.
-            if let Ok(current) = catalog.get(received.tid, received.pid) {
-                replicators.sync_table(&current);
+            match catalog.get(received.tid, received.pid) {
+                Ok(current) => replicators.sync_table(&current),
+                // Refused and not loaded again: the replaced copy's links stop with it.
+                Err(_) => replicators.stop_table_unless_loaded(received.tid, received.pid),
             }
             Ok::<_, TabletError>(received)
         })

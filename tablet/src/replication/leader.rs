@@ -253,7 +253,25 @@ impl Replicators {
 
     /// Stops every link of a table.
     pub fn stop_table(&self, tid: u32, pid: u32) {
+        self.remove_links(&mut self.links.lock(), tid, pid);
+    }
+
+    /// Stops every link of a table the catalog no longer holds. Checked under the links'
+    /// lock, as `sync_table` reads the catalog: a load of the table racing this call
+    /// either finds its links stopped first and starts them again, or is seen here.
+    pub fn stop_table_unless_loaded(&self, tid: u32, pid: u32) {
         let mut links = self.links.lock();
+        if self.catalog.get(tid, pid).is_err() {
+            self.remove_links(&mut links, tid, pid);
+        }
+    }
+
+    fn remove_links(
+        &self,
+        links: &mut HashMap<(u32, u32), HashMap<String, Link>>,
+        tid: u32,
+        pid: u32,
+    ) {
         if let Some(links) = links.remove(&(tid, pid)) {
             for link in links.values() {
                 let _ = link.stop.send(true);
