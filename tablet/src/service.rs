@@ -315,12 +315,9 @@ impl Tablet for TabletService {
         blocking_then(
             move || catalog.drop_table(tid, pid),
             // A dropped leader's links would otherwise retry against its followers for
-            // ever.
-            move |dropped| {
-                if dropped.is_some() {
-                    replicators.stop_table_unless_loaded(tid, pid);
-                }
-            },
+            // ever (also after a drop that failed once the replica was out of the
+            // catalog).
+            move |_| replicators.stop_table_unless_loaded(tid, pid),
         )
         .await?;
         Ok(Response::new(DropTableResponse {}))

@@ -1092,7 +1092,7 @@ fn a_role_change_whose_caller_goes_away_still_syncs_the_links() {
             service.drop_table(tonic::Request::new(DropTableRequest { tid: 1, pid: 0 }));
         polled_once_then_dropped(drop_table).await;
         loop {
-            if catalog.get(1, 0).is_err() && !linked(&dropped) {
+            if catalog.get(1, 0).is_err() && !replicators.ships(1, 0) {
                 break;
             }
             assert!(
@@ -1102,6 +1102,12 @@ fn a_role_change_whose_caller_goes_away_still_syncs_the_links() {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // A sync arriving late with the dropped copy (a role change's, say) starts none.
+        replicators.sync_table(&dropped);
+        assert!(
+            !replicators.ships(1, 0),
+            "links started for a replica the catalog no longer holds"
+        );
     });
 }
 

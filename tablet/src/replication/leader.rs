@@ -177,16 +177,20 @@ impl Replicators {
     pub fn sync_table(self: &Arc<Self>, table: &Arc<Table>) {
         let meta = table.meta();
         let (tid, pid) = (meta.tid, meta.pid);
-        // The replica is read under the links' lock: two syncs of one partition apply
-        // what they read in the order they read it, so one that read an older role or
-        // follower set never lands after a newer one (stopping the links it made).
-        let mut links = self.links.lock();
         // A caller may hold a copy the catalog has replaced since (reloaded while a role
-        // change waited): the links follow the catalog's.
-        let current = self.catalog.get(tid, pid).ok();
-        let table = current.as_ref().unwrap_or(table);
+        // change waited): the links follow the catalog's. One the catalog no longer
+        // holds (dropped, or failed) has no links: made for the caller's copy, they would
+        // retry for ever.
+        let Ok(current) = self.catalog.get(tid, pid) else {
+            self.stop_table_unless_loaded(tid, pid);
+            return;
+        };
+        let table = &current;
+        // Read before the links' lock is taken: the replica's lock is held across the
+        // fsync of a state change, and the links' lock is every partition's.
         let state = table.replica_state();
         let wanted = table.shipping_followers();
+        let mut links = self.links.lock();
         if wanted.is_empty() && !links.contains_key(&(tid, pid)) {
             // A follower's replica: nothing to ship, and no entry to walk past.
             return;
@@ -249,6 +253,11 @@ impl Replicators {
         if changed {
             *self.roster.lock() = None;
         }
+    }
+
+    /// Whether any replication link of the table runs.
+    pub fn ships(&self, tid: u32, pid: u32) -> bool {
+        self.links.lock().contains_key(&(tid, pid))
     }
 
     /// Stops every link of a table.
