@@ -131,6 +131,9 @@ pub struct Replicators {
     /// This tablet's endpoint, named as leader in every request.
     endpoint: String,
     links: Mutex<HashMap<(u32, u32), HashMap<String, Link>>>,
+    /// Per partition, the change number of the replica's state the links were last
+    /// synced to (see `sync_table`); taken only under `links`.
+    applied: Mutex<HashMap<(u32, u32), u64>>,
     /// The heartbeat rounds' view of `links`; `None` once they changed.
     roster: Mutex<Option<Arc<Roster>>>,
     /// The connections the links share (see `link_channels`).
@@ -149,6 +152,7 @@ impl Replicators {
             catalog,
             endpoint,
             links: Mutex::new(HashMap::new()),
+            applied: Mutex::new(HashMap::new()),
             roster: Mutex::new(None),
             channels: LinkChannels::default(),
             reach: Reach::default(),
@@ -188,9 +192,32 @@ impl Replicators {
         let table = &current;
         // Read before the links' lock is taken: the replica's lock is held across the
         // fsync of a state change, and the links' lock is every partition's.
-        let state = table.replica_state();
-        let wanted = table.shipping_followers();
+        let view = table.shipping_view();
+        let wanted = view.followers;
         let mut links = self.links.lock();
+        // Looked up again under the lock (the catalog's lock is never held across an
+        // fsync): a copy dropped meanwhile gets no links; one replaced meanwhile is
+        // synced by whoever replaced it.
+        match self.catalog.get(tid, pid) {
+            Err(_) => {
+                self.remove_links(&mut links, tid, pid);
+                return;
+            }
+            Ok(now) if !Arc::ptr_eq(&now, &current) => return,
+            Ok(_) => {}
+        }
+        // Two syncs of one partition apply what they read in the order of its changes:
+        // one that read an older role or follower set, late to the lock, is dropped
+        // instead of undoing the newer one (a leader left shipping to nobody).
+        {
+            let mut applied = self.applied.lock();
+            let last = applied.entry((tid, pid)).or_insert(0);
+            if *last > view.seq {
+                return;
+            }
+            *last = view.seq;
+        }
+        let term = view.term;
         if wanted.is_empty() && !links.contains_key(&(tid, pid)) {
             // A follower's replica: nothing to ship, and no entry to walk past.
             return;
@@ -198,7 +225,7 @@ impl Replicators {
         let table_links = links.entry((tid, pid)).or_default();
         let before = table_links.len();
         table_links.retain(|follower, link| {
-            let keep = wanted.contains(follower) && link.term == state.term;
+            let keep = wanted.contains(follower) && link.term == term;
             if !keep {
                 let _ = link.stop.send(true);
             }
@@ -230,7 +257,7 @@ impl Replicators {
                 replicators: self.clone(),
                 tid,
                 pid,
-                term: state.term,
+                term,
                 follower: follower.clone(),
                 status: status.clone(),
             };
@@ -240,7 +267,7 @@ impl Replicators {
                 Link {
                     stop,
                     status,
-                    term: state.term,
+                    term,
                     table: Arc::downgrade(table),
                     beating,
                 },
@@ -281,6 +308,7 @@ impl Replicators {
         tid: u32,
         pid: u32,
     ) {
+        self.applied.lock().remove(&(tid, pid));
         if let Some(links) = links.remove(&(tid, pid)) {
             for link in links.values() {
                 let _ = link.stop.send(true);
@@ -291,6 +319,7 @@ impl Replicators {
 
     pub fn stop_all(&self) {
         let mut links = self.links.lock();
+        self.applied.lock().clear();
         for (_, links) in links.drain() {
             for link in links.values() {
                 let _ = link.stop.send(true);

@@ -108,6 +108,37 @@ fn refuse_if_closed(binlog: &super::binlog::Binlog) -> Result<()> {
     Ok(())
 }
 
+/// Numbers every change of any replica's state in this process (see
+/// `ReplicaRuntime::state_seq`).
+static STATE_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A leader's voting members that are not offline; none for any other role.
+fn shipping_of(state: &ReplicaState) -> Vec<String> {
+    if state.role() != TableRole::Leader {
+        return Vec::new();
+    }
+    state
+        .followers
+        .iter()
+        .filter(|f| !state.offline.contains(f))
+        .cloned()
+        .collect()
+}
+
+pub(crate) fn next_state_seq() -> u64 {
+    STATE_SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What a replica's replication links follow, read at once: the number of the state's
+/// latest change (see `ReplicaRuntime::state_seq`), its term, and the followers it
+/// ships to (none unless it leads).
+#[derive(Debug, Clone)]
+pub struct ShippingView {
+    pub seq: u64,
+    pub term: u64,
+    pub followers: Vec<String>,
+}
+
 /// Answering promises the leader nothing newer for its lease than now, and counts as
 /// hearing from it (see [`pair_lease::lease_asked`] for the lease).
 fn grant_lease(replica: &mut ReplicaRuntime, lease_ms: u32) {
@@ -143,6 +174,7 @@ impl ReplicaRuntime {
     pub(crate) fn set_state(&mut self, state: ReplicaState) {
         self.leave_pair();
         self.state = state;
+        self.state_seq = next_state_seq();
     }
 
     /// When it last heard from its leader, directly or through the grant it is in.
@@ -621,19 +653,19 @@ impl Table {
         Ok(())
     }
 
+    /// What its replication links follow now (see [`ShippingView`]).
+    pub fn shipping_view(&self) -> ShippingView {
+        let replica = self.replica.lock();
+        ShippingView {
+            seq: replica.state_seq,
+            term: replica.state.term,
+            followers: shipping_of(&replica.state),
+        }
+    }
+
     /// The followers a leader ships to now: its voting members that are not offline.
     pub fn shipping_followers(&self) -> Vec<String> {
-        let replica = self.replica.lock();
-        if replica.state.role() != TableRole::Leader {
-            return Vec::new();
-        }
-        replica
-            .state
-            .followers
-            .iter()
-            .filter(|f| !replica.state.offline.contains(f))
-            .cloned()
-            .collect()
+        shipping_of(&self.replica.lock().state)
     }
 
     /// Pauses snapshots (and binlog collection) until a matching resume.

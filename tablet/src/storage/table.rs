@@ -206,6 +206,10 @@ pub struct ReplicaRuntime {
     /// Follower: the grant to its leader's tablet it belongs to, renewed by every beat
     /// of that tablet (see `replication::pair_lease`); left before it stops following.
     pub pair: Option<std::sync::Arc<crate::replication::pair_lease::PairGrant>>,
+    /// The number of the state's latest change (or of the load), from one counter for
+    /// every replica of the process: a later change, of this copy or of a copy loaded
+    /// after it, has a larger number.
+    pub state_seq: u64,
 }
 
 /// How many trailing columns a row leaves out that schema changes added (and that it may
@@ -470,6 +474,7 @@ impl Table {
                     ),
                 awaiting_role: false,
                 pair: None,
+                state_seq: super::replica::next_state_seq(),
             }),
             history: Mutex::new(term_history),
             snapshot_offset: AtomicU64::new(report.snapshot_offset),
