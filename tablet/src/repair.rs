@@ -62,9 +62,14 @@ pub async fn repair_failed_replicas(
                 }
                 Ok(Err(e)) => {
                     warn!(tid, pid, error = %e, "reload failed; trying again");
+                    // A sync of the failed copy may have started links after the stop.
+                    replicators.stop_table_unless_loaded(tid, pid);
                     unloaded.insert((tid, pid));
                 }
-                Err(e) => warn!(tid, pid, error = %e, "reload panicked"),
+                Err(e) => {
+                    warn!(tid, pid, error = %e, "reload panicked");
+                    replicators.stop_table_unless_loaded(tid, pid);
+                }
             }
         }
         for (tid, pid) in unloaded.clone() {

@@ -200,7 +200,7 @@ impl Replicators {
         // synced by whoever replaced it.
         match self.catalog.get(tid, pid) {
             Err(_) => {
-                self.remove_links(&mut links, tid, pid);
+                self.forget_table(&mut links, tid, pid);
                 return;
             }
             Ok(now) if !Arc::ptr_eq(&now, &current) => return,
@@ -298,8 +298,22 @@ impl Replicators {
     pub fn stop_table_unless_loaded(&self, tid: u32, pid: u32) {
         let mut links = self.links.lock();
         if self.catalog.get(tid, pid).is_err() {
-            self.remove_links(&mut links, tid, pid);
+            self.forget_table(&mut links, tid, pid);
         }
+    }
+
+    /// Stops the links of a table the catalog no longer holds and forgets the state
+    /// they were synced to: a later copy numbers its states above it, and a sync of the
+    /// old copy finds it gone. (A table still in the catalog keeps the number, or a sync
+    /// that read an older state could land after `stop_table`.)
+    fn forget_table(
+        &self,
+        links: &mut HashMap<(u32, u32), HashMap<String, Link>>,
+        tid: u32,
+        pid: u32,
+    ) {
+        self.remove_links(links, tid, pid);
+        self.applied.lock().remove(&(tid, pid));
     }
 
     fn remove_links(
@@ -308,7 +322,6 @@ impl Replicators {
         tid: u32,
         pid: u32,
     ) {
-        self.applied.lock().remove(&(tid, pid));
         if let Some(links) = links.remove(&(tid, pid)) {
             for link in links.values() {
                 let _ = link.stop.send(true);
