@@ -242,10 +242,7 @@ async fn blocking_then<T: Send + 'static>(
     then: impl FnOnce(Option<&T>) + Send + 'static,
 ) -> Result<T, Status> {
     let task = tokio::spawn(async move {
-        let result = match tokio::task::spawn_blocking(work).await {
-            Ok(result) => result.map_err(Status::from),
-            Err(e) => Err(Status::internal(format!("storage task failed: {e}"))),
-        };
+        let result = blocking(work).await;
         then(result.as_ref().ok());
         result
     });

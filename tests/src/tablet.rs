@@ -149,12 +149,10 @@ impl TabletProcess {
     }
 
     /// [`TabletProcess::restart`] with `args` instead of the ones it was started with
-    /// (which later restarts keep); returns those.
-    pub async fn restart_with_args(&mut self, args: &[&str]) -> Vec<String> {
-        let before =
-            std::mem::replace(&mut self.args, args.iter().map(|a| a.to_string()).collect());
+    /// (which later restarts keep).
+    pub async fn restart_with_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| a.to_string()).collect();
         self.spawn().await;
-        before
     }
 
     /// The arguments the process starts with (beyond its endpoint and data directory).

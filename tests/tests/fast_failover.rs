@@ -289,14 +289,14 @@ async fn a_new_process_answering_before_it_registers_stays_suspected() {
     setup.write_through_failover(1).await;
 
     // The same endpoint and data, registered under a root the nameserver does not watch.
-    let mut elsewhere: Vec<String> = setup.cluster.tablets[index]
-        .args()
-        .into_iter()
+    let args = setup.cluster.tablets[index].args();
+    let mut elsewhere: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
         .filter(|a| !a.starts_with("--zk_root_path="))
         .collect();
-    elsewhere.push("--zk_root_path=/elsewhere".to_string());
-    let elsewhere: Vec<&str> = elsewhere.iter().map(String::as_str).collect();
-    let args = setup.cluster.tablets[index]
+    elsewhere.push("--zk_root_path=/elsewhere");
+    setup.cluster.tablets[index]
         .restart_with_args(&elsewhere)
         .await;
     let recoveries = |ops: &[tessera_proto::nameserver::OpInfo]| {

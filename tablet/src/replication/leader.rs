@@ -576,8 +576,8 @@ impl LinkTask {
     }
 
     fn still_leading(&self, table: &Table) -> bool {
-        table.replica_state().term == self.term
-            && table.shipping_followers().contains(&self.follower)
+        let view = table.shipping_view();
+        view.term == self.term && view.followers.contains(&self.follower)
     }
 
     async fn link(&self, turn: &mut Turn) -> Result<LinkEnd, String> {
